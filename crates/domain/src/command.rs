@@ -1,0 +1,130 @@
+//! Requests to change state. Each carries the time the leader stamped on it: the core has no clock.
+
+use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::FailureReason;
+use crate::registry::DeviceRegistration;
+use crate::spec::JobSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateJob {
+        id: JobId,
+        spec: JobSpec,
+        at: Timestamp,
+    },
+    StopJob {
+        id: JobId,
+        at: Timestamp,
+    },
+    ResumeJob {
+        id: JobId,
+        at: Timestamp,
+    },
+    CancelJob {
+        id: JobId,
+        at: Timestamp,
+    },
+    /// Starts a new run over the devices whose last outcome was a failure or a timeout.
+    RerunJob {
+        id: JobId,
+        rerun_id: RerunId,
+        at: Timestamp,
+    },
+    /// The leader is about to send these attempts. Devices that are no longer eligible (a race
+    /// with a stop or a duplicate proposal) are skipped, and the per-minute limit is enforced, so
+    /// proposing is always safe.
+    MarkDispatched {
+        job: JobId,
+        run: RunId,
+        devices: Vec<DeviceId>,
+        at: Timestamp,
+    },
+    /// Answers collected by the dispatcher; many travel in one command. Answers for an attempt
+    /// that is no longer running (late, duplicate, or after a cancel) are ignored.
+    RecordDeviceResults {
+        results: Vec<DeviceResult>,
+        at: Timestamp,
+    },
+    /// Time passed: start due jobs, time out silent devices, fail offline ones, end expired jobs.
+    Advance {
+        at: Timestamp,
+    },
+    RegisterDevices {
+        devices: Vec<DeviceRegistration>,
+        /// Update devices that exist instead of refusing them (bulk import, IoT Central's PUT).
+        upsert: bool,
+        at: Timestamp,
+    },
+    /// A service-side twin update (tags and/or desired properties), optionally conditional on the
+    /// twin's version (an ETag).
+    UpdateTwin {
+        device: DeviceId,
+        tags: Option<Value>,
+        desired: Option<Value>,
+        if_version: Option<u64>,
+        at: Timestamp,
+    },
+    /// Reported properties published by the device.
+    ReportProperties {
+        device: DeviceId,
+        patch: Value,
+        at: Timestamp,
+    },
+    SetConnection {
+        device: DeviceId,
+        connected: bool,
+        at: Timestamp,
+    },
+    SaveGroup {
+        id: GroupId,
+        display_name: String,
+        query: String,
+        at: Timestamp,
+    },
+    DeleteGroup {
+        id: GroupId,
+        at: Timestamp,
+    },
+}
+
+impl Command {
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Command::CreateJob { at, .. }
+            | Command::StopJob { at, .. }
+            | Command::ResumeJob { at, .. }
+            | Command::CancelJob { at, .. }
+            | Command::RerunJob { at, .. }
+            | Command::MarkDispatched { at, .. }
+            | Command::RecordDeviceResults { at, .. }
+            | Command::Advance { at }
+            | Command::RegisterDevices { at, .. }
+            | Command::UpdateTwin { at, .. }
+            | Command::ReportProperties { at, .. }
+            | Command::SetConnection { at, .. }
+            | Command::SaveGroup { at, .. }
+            | Command::DeleteGroup { at, .. } => *at,
+        }
+    }
+}
+
+/// One device's answer to one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceResult {
+    pub job: JobId,
+    pub run: RunId,
+    pub device: DeviceId,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The device answered; 200..=299 is success, anything else a device error.
+    Responded { status: i32, payload: Value },
+    /// The dispatcher gave up on the attempt without an answer.
+    Failed(FailureReason),
+}

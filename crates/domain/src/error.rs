@@ -1,0 +1,53 @@
+//! The one error type of the pure core. Each variant maps to one HTTP/gRPC status at the edge, and
+//! its message tells the caller what to change.
+
+use muster_types::{DeviceId, GroupId, IdError, JobId, RerunId};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DomainError {
+    /// Bad input: `field` names the JSON path of the offending value.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{field} is {size} bytes; at most {max} are allowed")]
+    TooLarge {
+        field: String,
+        size: usize,
+        max: usize,
+    },
+    #[error("job {0} does not exist")]
+    JobNotFound(JobId),
+    #[error("device {0} is not registered")]
+    DeviceNotFound(DeviceId),
+    #[error("device group {0} does not exist")]
+    GroupNotFound(GroupId),
+    #[error("a job with id {0} already exists; choose another id")]
+    JobExists(JobId),
+    #[error("device {0} is already registered")]
+    DeviceExists(DeviceId),
+    #[error("job {job} already has a rerun named {rerun}; choose another rerun id")]
+    RerunExists { job: JobId, rerun: RerunId },
+    /// A lifecycle transition that the job's current status does not allow.
+    #[error("cannot {action} job {job}: it is {status}; {hint}")]
+    Conflict {
+        job: JobId,
+        action: &'static str,
+        status: &'static str,
+        hint: &'static str,
+    },
+    #[error("twin of {device} is at version {actual}, not {expected}; read it again and retry")]
+    VersionMismatch {
+        device: DeviceId,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+impl DomainError {
+    /// Wraps an id error with the field it came from.
+    pub fn bad_id(field: &str, err: IdError) -> Self {
+        DomainError::Invalid {
+            field: field.to_string(),
+            message: err.to_string(),
+        }
+    }
+}

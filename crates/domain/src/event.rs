@@ -1,0 +1,221 @@
+//! What happened. Events are the log's content and the only input of `evolve`; their protobuf
+//! encoding (`proto/muster/v1/events.proto`) is a compatibility promise.
+
+use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::{CancelReason, FailureReason, JobFailure, MethodResponse};
+use crate::registry::{DeviceRegistration, TwinSection};
+use crate::spec::JobSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// The resolved device list is part of the event, so replay never re-evaluates a query
+    /// against a registry that has since changed.
+    JobCreated {
+        job: JobId,
+        spec: JobSpec,
+        devices: Vec<DeviceId>,
+        at: Timestamp,
+    },
+    JobScheduled {
+        job: JobId,
+        start_at: Timestamp,
+        at: Timestamp,
+    },
+    JobStarted {
+        job: JobId,
+        run: RunId,
+        at: Timestamp,
+    },
+    BatchStarted {
+        job: JobId,
+        run: RunId,
+        batch: u32,
+        at: Timestamp,
+    },
+    DeviceDispatched {
+        job: JobId,
+        run: RunId,
+        device: DeviceId,
+        attempt: u32,
+        at: Timestamp,
+    },
+    DeviceSucceeded {
+        job: JobId,
+        run: RunId,
+        device: DeviceId,
+        attempt: u32,
+        response: Option<MethodResponse>,
+        at: Timestamp,
+    },
+    /// `retry` says the device goes back to pending for another attempt instead of ending failed.
+    DeviceFailed {
+        job: JobId,
+        run: RunId,
+        device: DeviceId,
+        attempt: u32,
+        reason: FailureReason,
+        response: Option<MethodResponse>,
+        retry: bool,
+        at: Timestamp,
+    },
+    /// Devices that started matching a continuous job's target; they form a new batch.
+    DevicesJoined {
+        job: JobId,
+        run: RunId,
+        devices: Vec<DeviceId>,
+        at: Timestamp,
+    },
+    JobStopped {
+        job: JobId,
+        at: Timestamp,
+    },
+    JobResumed {
+        job: JobId,
+        at: Timestamp,
+    },
+    /// Every device not yet final in the current run ends cancelled.
+    JobCancelled {
+        job: JobId,
+        reason: CancelReason,
+        at: Timestamp,
+    },
+    JobCompleted {
+        job: JobId,
+        at: Timestamp,
+    },
+    /// Every device not yet final in the current run ends cancelled.
+    JobFailed {
+        job: JobId,
+        reason: JobFailure,
+        at: Timestamp,
+    },
+    RerunStarted {
+        job: JobId,
+        run: RunId,
+        rerun_id: RerunId,
+        devices: Vec<DeviceId>,
+        at: Timestamp,
+    },
+    DeviceRegistered {
+        device: DeviceRegistration,
+        at: Timestamp,
+    },
+    DeviceUpdated {
+        device: DeviceRegistration,
+        at: Timestamp,
+    },
+    TwinPatched {
+        device: DeviceId,
+        section: TwinSection,
+        patch: Value,
+        at: Timestamp,
+    },
+    ConnectionChanged {
+        device: DeviceId,
+        connected: bool,
+        at: Timestamp,
+    },
+    GroupSaved {
+        group: GroupId,
+        display_name: String,
+        query: String,
+        at: Timestamp,
+    },
+    GroupDeleted {
+        group: GroupId,
+        at: Timestamp,
+    },
+}
+
+impl Event {
+    /// The job an event belongs to, for per-job histories and filters.
+    pub fn job(&self) -> Option<&JobId> {
+        match self {
+            Event::JobCreated { job, .. }
+            | Event::JobScheduled { job, .. }
+            | Event::JobStarted { job, .. }
+            | Event::BatchStarted { job, .. }
+            | Event::DeviceDispatched { job, .. }
+            | Event::DeviceSucceeded { job, .. }
+            | Event::DeviceFailed { job, .. }
+            | Event::DevicesJoined { job, .. }
+            | Event::JobStopped { job, .. }
+            | Event::JobResumed { job, .. }
+            | Event::JobCancelled { job, .. }
+            | Event::JobCompleted { job, .. }
+            | Event::JobFailed { job, .. }
+            | Event::RerunStarted { job, .. } => Some(job),
+            _ => None,
+        }
+    }
+
+    /// The device an event is about, when it is about one.
+    pub fn device(&self) -> Option<&DeviceId> {
+        match self {
+            Event::DeviceDispatched { device, .. }
+            | Event::DeviceSucceeded { device, .. }
+            | Event::DeviceFailed { device, .. }
+            | Event::TwinPatched { device, .. }
+            | Event::ConnectionChanged { device, .. } => Some(device),
+            Event::DeviceRegistered { device, .. } | Event::DeviceUpdated { device, .. } => {
+                Some(&device.id)
+            }
+            _ => None,
+        }
+    }
+
+    /// When it happened (the leader's stamp on the command that produced it).
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Event::JobCreated { at, .. }
+            | Event::JobScheduled { at, .. }
+            | Event::JobStarted { at, .. }
+            | Event::BatchStarted { at, .. }
+            | Event::DeviceDispatched { at, .. }
+            | Event::DeviceSucceeded { at, .. }
+            | Event::DeviceFailed { at, .. }
+            | Event::DevicesJoined { at, .. }
+            | Event::JobStopped { at, .. }
+            | Event::JobResumed { at, .. }
+            | Event::JobCancelled { at, .. }
+            | Event::JobCompleted { at, .. }
+            | Event::JobFailed { at, .. }
+            | Event::RerunStarted { at, .. }
+            | Event::DeviceRegistered { at, .. }
+            | Event::DeviceUpdated { at, .. }
+            | Event::TwinPatched { at, .. }
+            | Event::ConnectionChanged { at, .. }
+            | Event::GroupSaved { at, .. }
+            | Event::GroupDeleted { at, .. } => *at,
+        }
+    }
+
+    /// The event's name as audit exports and the REST history show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::JobCreated { .. } => "JobCreated",
+            Event::JobScheduled { .. } => "JobScheduled",
+            Event::JobStarted { .. } => "JobStarted",
+            Event::BatchStarted { .. } => "BatchStarted",
+            Event::DeviceDispatched { .. } => "DeviceDispatched",
+            Event::DeviceSucceeded { .. } => "DeviceSucceeded",
+            Event::DeviceFailed { .. } => "DeviceFailed",
+            Event::DevicesJoined { .. } => "DevicesJoined",
+            Event::JobStopped { .. } => "JobStopped",
+            Event::JobResumed { .. } => "JobResumed",
+            Event::JobCancelled { .. } => "JobCancelled",
+            Event::JobCompleted { .. } => "JobCompleted",
+            Event::JobFailed { .. } => "JobFailed",
+            Event::RerunStarted { .. } => "RerunStarted",
+            Event::DeviceRegistered { .. } => "DeviceRegistered",
+            Event::DeviceUpdated { .. } => "DeviceUpdated",
+            Event::TwinPatched { .. } => "TwinPatched",
+            Event::ConnectionChanged { .. } => "ConnectionChanged",
+            Event::GroupSaved { .. } => "GroupSaved",
+            Event::GroupDeleted { .. } => "GroupDeleted",
+        }
+    }
+}

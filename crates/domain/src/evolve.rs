@@ -1,0 +1,369 @@
+//! `evolve`: apply one event to the state. Total and deterministic: an event that does not fit the
+//! state (which `decide` never produces) changes nothing rather than panicking, so replaying any
+//! log is safe.
+
+use std::collections::VecDeque;
+
+use muster_types::Timestamp;
+
+use crate::event::Event;
+use crate::job::{DeviceStatus, Job, JobStatus, Run};
+use crate::query::Query;
+use crate::registry::{merge_patch, ConnectionState, Device, Group, TwinSection};
+use crate::spec::TargetSelector;
+use crate::State;
+
+pub fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::JobCreated {
+            job,
+            spec,
+            devices,
+            at,
+        } => {
+            let watch = if spec.target.continuous {
+                match &spec.target.selector {
+                    TargetSelector::Query(q) => Query::parse(q).ok(),
+                    TargetSelector::Group(g) => {
+                        state.registry.groups.get(g).map(|g| g.query.clone())
+                    }
+                    TargetSelector::Devices(_) => None,
+                }
+            } else {
+                None
+            };
+            let run = Run::new(muster_types::RunId(0), None, devices, spec, *at);
+            state.jobs.insert(
+                job.clone(),
+                Job {
+                    id: job.clone(),
+                    spec: spec.clone(),
+                    watch,
+                    status: JobStatus::Pending,
+                    created_at: *at,
+                    start_at: spec.schedule.start_at,
+                    started_at: None,
+                    ended_at: None,
+                    resumed_at: None,
+                    cancel_reason: None,
+                    failure: None,
+                    runs: vec![run],
+                    recent_dispatches: VecDeque::new(),
+                },
+            );
+        }
+        Event::JobScheduled { job, start_at, .. } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Scheduled;
+                j.start_at = Some(*start_at);
+            }
+        }
+        Event::JobStarted { job, run, at } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                if let Some(r) = j.runs.get_mut(run.0 as usize) {
+                    r.started_at = Some(*at);
+                }
+                j.status = JobStatus::Running;
+                j.started_at = Some(*at);
+                j.ended_at = None;
+            }
+        }
+        Event::BatchStarted {
+            job,
+            run,
+            batch,
+            at,
+        } => {
+            let Some(r) = run_mut(state, job, run.0) else {
+                return;
+            };
+            let Some(b) = r.batches.get_mut(*batch as usize) else {
+                return;
+            };
+            b.started_at = Some(*at);
+            let (start, end) = (b.start, b.end);
+            r.batches_started = r.batches_started.max(batch + 1);
+            for i in start..end {
+                let d = &mut r.devices[i as usize];
+                if d.status == DeviceStatus::Pending {
+                    d.ready_since = Some(*at);
+                    r.ready.insert(i);
+                }
+            }
+        }
+        Event::DeviceDispatched {
+            job,
+            run,
+            device,
+            attempt,
+            at,
+        } => {
+            let Some(j) = state.jobs.get_mut(job) else {
+                return;
+            };
+            let window = j.spec.response_window_ms();
+            if j.spec.rollout.max_devices_per_minute.is_some() {
+                record_dispatch(&mut j.recent_dispatches, *at);
+            }
+            let Some(r) = j.runs.get_mut(run.0 as usize) else {
+                return;
+            };
+            let Some(&i) = r.index.get(device) else {
+                return;
+            };
+            set_status(r, i, DeviceStatus::Running);
+            r.ready.remove(&i);
+            let d = &mut r.devices[i as usize];
+            d.attempts = *attempt;
+            d.dispatched_at = Some(*at);
+            r.deadlines.insert((at.plus_millis(window), i));
+        }
+        Event::DeviceSucceeded {
+            job,
+            run,
+            device,
+            response,
+            at,
+            ..
+        } => {
+            let Some(j) = state.jobs.get_mut(job) else {
+                return;
+            };
+            let window = j.spec.response_window_ms();
+            let Some(r) = j.runs.get_mut(run.0 as usize) else {
+                return;
+            };
+            let Some(&i) = r.index.get(device) else {
+                return;
+            };
+            leave_indexes(r, i, window);
+            set_status(r, i, DeviceStatus::Succeeded);
+            let d = &mut r.devices[i as usize];
+            d.finished_at = Some(*at);
+            d.response = response.clone();
+            d.last_error = None;
+        }
+        Event::DeviceFailed {
+            job,
+            run,
+            device,
+            reason,
+            response,
+            retry,
+            at,
+            ..
+        } => {
+            let Some(j) = state.jobs.get_mut(job) else {
+                return;
+            };
+            let window = j.spec.response_window_ms();
+            let Some(r) = j.runs.get_mut(run.0 as usize) else {
+                return;
+            };
+            let Some(&i) = r.index.get(device) else {
+                return;
+            };
+            leave_indexes(r, i, window);
+            if *retry {
+                set_status(r, i, DeviceStatus::Pending);
+                r.ready.insert(i);
+            } else if reason.is_timeout() {
+                set_status(r, i, DeviceStatus::TimedOut);
+            } else {
+                set_status(r, i, DeviceStatus::Failed);
+            }
+            let d = &mut r.devices[i as usize];
+            if *retry {
+                d.ready_since = Some(*at);
+            } else {
+                d.finished_at = Some(*at);
+            }
+            d.last_error = Some(reason.clone());
+            d.response = response.clone();
+        }
+        Event::DevicesJoined {
+            job, run, devices, ..
+        } => {
+            if let Some(r) = run_mut(state, job, run.0) {
+                r.append_batch(devices);
+            }
+        }
+        Event::JobStopped { job, .. } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Stopped;
+            }
+        }
+        Event::JobResumed { job, at } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.resumed_at = Some(*at);
+                j.status = if j.current_run().started_at.is_some() {
+                    JobStatus::Running
+                } else if j.start_at.is_some_and(|s| s > *at) {
+                    JobStatus::Scheduled
+                } else {
+                    JobStatus::Pending
+                };
+            }
+        }
+        Event::JobCancelled { job, reason, at } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Cancelled;
+                j.cancel_reason = Some(reason.clone());
+                end_job(j, *at);
+            }
+        }
+        Event::JobCompleted { job, at } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Completed;
+                j.ended_at = Some(*at);
+            }
+        }
+        Event::JobFailed { job, reason, at } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Failed;
+                j.failure = Some(reason.clone());
+                end_job(j, *at);
+            }
+        }
+        Event::RerunStarted {
+            job,
+            run,
+            rerun_id,
+            devices,
+            at,
+        } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                let r = Run::new(*run, Some(rerun_id.clone()), devices, &j.spec, *at);
+                j.runs.push(r);
+                j.status = JobStatus::Pending;
+                j.ended_at = None;
+                j.cancel_reason = None;
+                j.failure = None;
+                j.resumed_at = None;
+                j.start_at = None;
+                j.recent_dispatches.clear();
+            }
+        }
+        Event::DeviceRegistered { device, at } => {
+            state
+                .registry
+                .devices
+                .insert(device.id.clone(), Device::new(device, *at));
+        }
+        Event::DeviceUpdated { device, .. } => {
+            if let Some(d) = state.registry.devices.get_mut(&device.id) {
+                d.display_name = device.display_name.clone();
+                d.model_id = device.model_id.clone();
+                d.enabled = device.enabled;
+                if device.tags.as_object().is_some_and(|m| !m.is_empty()) {
+                    merge_patch(&mut d.tags, &device.tags);
+                }
+                d.version += 1;
+            }
+        }
+        Event::TwinPatched {
+            device,
+            section,
+            patch,
+            at,
+        } => {
+            if let Some(d) = state.registry.devices.get_mut(device) {
+                d.patch(*section, patch);
+                if *section == TwinSection::Reported {
+                    d.last_activity = Some(*at);
+                }
+            }
+        }
+        Event::ConnectionChanged {
+            device,
+            connected,
+            at,
+        } => {
+            if let Some(d) = state.registry.devices.get_mut(device) {
+                d.connection = if *connected {
+                    ConnectionState::Connected
+                } else {
+                    ConnectionState::Disconnected
+                };
+                d.last_activity = Some(*at);
+            }
+        }
+        Event::GroupSaved {
+            group,
+            display_name,
+            query,
+            at,
+        } => {
+            if let Ok(q) = Query::parse(query) {
+                state.registry.groups.insert(
+                    group.clone(),
+                    Group {
+                        id: group.clone(),
+                        display_name: display_name.clone(),
+                        query: q,
+                        saved_at: *at,
+                    },
+                );
+            }
+        }
+        Event::GroupDeleted { group, .. } => {
+            state.registry.groups.remove(group);
+        }
+    }
+}
+
+fn run_mut<'a>(state: &'a mut State, job: &muster_types::JobId, run: u32) -> Option<&'a mut Run> {
+    state.jobs.get_mut(job)?.runs.get_mut(run as usize)
+}
+
+/// Moves a device to a new status, keeping the run's and its batch's counters in step.
+fn set_status(r: &mut Run, i: u32, to: DeviceStatus) {
+    let d = &mut r.devices[i as usize];
+    let from = d.status;
+    if from == to {
+        return;
+    }
+    d.status = to;
+    r.stats.moved(from, to);
+    if let Some(b) = r.batches.get_mut(d.batch as usize) {
+        b.stats.moved(from, to);
+    }
+}
+
+/// Takes a device out of the ready and in-flight indexes.
+fn leave_indexes(r: &mut Run, i: u32, window: i64) {
+    let d = &r.devices[i as usize];
+    match d.status {
+        DeviceStatus::Pending => {
+            r.ready.remove(&i);
+        }
+        DeviceStatus::Running => {
+            if let Some(t) = d.dispatched_at {
+                r.deadlines.remove(&(t.plus_millis(window), i));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Ends a job: whatever is not final in the current run is cancelled.
+fn end_job(j: &mut Job, at: Timestamp) {
+    j.ended_at = Some(at);
+    let r = j.current_run_mut();
+    for i in 0..r.devices.len() as u32 {
+        if !r.devices[i as usize].status.is_final() {
+            set_status(r, i, DeviceStatus::Cancelled);
+            r.devices[i as usize].finished_at = Some(at);
+        }
+    }
+    r.ready.clear();
+    r.deadlines.clear();
+}
+
+fn record_dispatch(recent: &mut VecDeque<Timestamp>, at: Timestamp) {
+    let window_start = at.plus_millis(-60_000);
+    while recent.front().is_some_and(|t| *t <= window_start) {
+        recent.pop_front();
+    }
+    recent.push_back(at);
+}

@@ -1,0 +1,444 @@
+//! A job's current state, which is also its projection: statistics per run and per batch, and each
+//! device's status with attempts, timestamps, last error and method response.
+//!
+//! Everything here changes only in `evolve`. The indexes (`ready`, `running`, `deadlines`) exist so
+//! that the leader's actions and the next deadline are found without scanning every device.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use muster_types::{DeviceId, JobId, RerunId, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::query::Query;
+use crate::spec::JobSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Waiting for its start time.
+    Scheduled,
+    /// Accepted; starts at the leader's next tick.
+    Pending,
+    Running,
+    /// Halted by the user: nothing new is dispatched, answers already due are still recorded.
+    Stopped,
+    Completed,
+    /// Ended by its maximum execution time.
+    Failed,
+    /// Ended by the user or by the cancellation threshold.
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Scheduled => "scheduled",
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Stopped => "stopped",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DeviceStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl DeviceStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeviceStatus::Pending | DeviceStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Running => "running",
+            DeviceStatus::Succeeded => "succeeded",
+            DeviceStatus::Failed => "failed",
+            DeviceStatus::TimedOut => "timedOut",
+            DeviceStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why one device's attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureReason {
+    /// The device answered with a status outside 200..=299; its body is kept as the response.
+    DeviceError {
+        status: i32,
+    },
+    /// No answer within the response timeout.
+    Timeout,
+    /// Offline for longer than the connect timeout.
+    NotConnected,
+    DeviceNotFound,
+    DeviceDisabled,
+    /// The dispatcher could not send the request (for example the broker refused it).
+    DispatchFailed {
+        message: String,
+    },
+}
+
+impl FailureReason {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FailureReason::Timeout)
+    }
+
+    /// A human-readable reason for per-device results and CSV exports.
+    pub fn describe(&self) -> String {
+        match self {
+            FailureReason::DeviceError { status } => {
+                format!("device answered with status {status}")
+            }
+            FailureReason::Timeout => "no answer within the response timeout".into(),
+            FailureReason::NotConnected => "device stayed offline past the connect timeout".into(),
+            FailureReason::DeviceNotFound => "device is not registered".into(),
+            FailureReason::DeviceDisabled => "device is disabled".into(),
+            FailureReason::DispatchFailed { message } => format!("could not send: {message}"),
+        }
+    }
+}
+
+/// What a device answered to a direct method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodResponse {
+    pub status: i32,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelReason {
+    User,
+    /// The cancellation threshold was crossed: `failures` out of `population` (the batch's or the
+    /// run's device count).
+    Threshold {
+        failures: u64,
+        population: u64,
+        batch: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobFailure {
+    MaxExecutionTimeExceeded,
+}
+
+/// Device counts. Counters are disjoint, so their sum is the device count; `failed` and
+/// `timed_out` together are what the Azure shapes call failed. Counts are of devices, never of
+/// attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub devices: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub cancelled: u64,
+}
+
+impl Stats {
+    fn slot(&mut self, s: DeviceStatus) -> &mut u64 {
+        match s {
+            DeviceStatus::Pending => &mut self.pending,
+            DeviceStatus::Running => &mut self.running,
+            DeviceStatus::Succeeded => &mut self.succeeded,
+            DeviceStatus::Failed => &mut self.failed,
+            DeviceStatus::TimedOut => &mut self.timed_out,
+            DeviceStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    pub(crate) fn add(&mut self, s: DeviceStatus) {
+        self.devices += 1;
+        *self.slot(s) += 1;
+    }
+
+    pub(crate) fn moved(&mut self, from: DeviceStatus, to: DeviceStatus) {
+        let f = self.slot(from);
+        *f = f.saturating_sub(1);
+        *self.slot(to) += 1;
+    }
+
+    /// Final failures: what thresholds count.
+    pub fn failures(&self) -> u64 {
+        self.failed + self.timed_out
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.timed_out + self.cancelled
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.pending + self.running + self.finished()
+    }
+
+    pub fn all_final(&self) -> bool {
+        self.pending == 0 && self.running == 0
+    }
+}
+
+/// One device within one run of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRun {
+    pub device: DeviceId,
+    pub batch: u32,
+    pub status: DeviceStatus,
+    /// Attempts started so far (the one running included).
+    pub attempts: u32,
+    /// When the device last became eligible for dispatch (its batch started, or it is retried).
+    pub ready_since: Option<Timestamp>,
+    pub dispatched_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub last_error: Option<FailureReason>,
+    pub response: Option<MethodResponse>,
+}
+
+/// A contiguous slice of a run's devices, started in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub start: u32,
+    pub end: u32,
+    pub started_at: Option<Timestamp>,
+    pub stats: Stats,
+}
+
+impl Batch {
+    pub fn len(&self) -> u32 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// One pass of the job over a set of devices: the original run or a rerun of the failed ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub number: RunId,
+    pub rerun_id: Option<RerunId>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub devices: Vec<DeviceRun>,
+    pub index: BTreeMap<DeviceId, u32>,
+    pub batches: Vec<Batch>,
+    /// Batches started so far (they start in order).
+    pub batches_started: u32,
+    pub stats: Stats,
+    /// Devices of started batches waiting for dispatch, in dispatch order.
+    pub ready: BTreeSet<u32>,
+    /// Devices with an attempt in flight, keyed by the attempt's deadline.
+    pub deadlines: BTreeSet<(Timestamp, u32)>,
+}
+
+impl Run {
+    pub(crate) fn new(
+        number: RunId,
+        rerun_id: Option<RerunId>,
+        devices: &[DeviceId],
+        spec: &JobSpec,
+        at: Timestamp,
+    ) -> Self {
+        let mut run = Run {
+            number,
+            rerun_id,
+            created_at: at,
+            started_at: None,
+            devices: Vec::with_capacity(devices.len()),
+            index: BTreeMap::new(),
+            batches: Vec::new(),
+            batches_started: 0,
+            stats: Stats::default(),
+            ready: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+        };
+        let per = spec
+            .rollout
+            .batch
+            .map_or(devices.len().max(1), |b| b.per_batch(devices.len()));
+        for chunk in devices.chunks(per.max(1)) {
+            run.append_batch(chunk);
+        }
+        run
+    }
+
+    /// Adds devices as a new batch at the end; used at creation and when devices join a
+    /// continuous job. Devices already in the run are skipped.
+    pub(crate) fn append_batch(&mut self, devices: &[DeviceId]) {
+        let start = self.devices.len() as u32;
+        let batch = self.batches.len() as u32;
+        let mut stats = Stats::default();
+        for d in devices {
+            if self.index.contains_key(d) {
+                continue;
+            }
+            self.index.insert(d.clone(), self.devices.len() as u32);
+            self.devices.push(DeviceRun {
+                device: d.clone(),
+                batch,
+                status: DeviceStatus::Pending,
+                attempts: 0,
+                ready_since: None,
+                dispatched_at: None,
+                finished_at: None,
+                last_error: None,
+                response: None,
+            });
+            stats.add(DeviceStatus::Pending);
+            self.stats.add(DeviceStatus::Pending);
+        }
+        let end = self.devices.len() as u32;
+        if end > start {
+            self.batches.push(Batch {
+                start,
+                end,
+                started_at: None,
+                stats,
+            });
+        }
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<&DeviceRun> {
+        self.index.get(id).map(|&i| &self.devices[i as usize])
+    }
+
+    /// The batch whose devices are being worked on: the last one started.
+    pub fn current_batch(&self) -> Option<u32> {
+        self.batches_started.checked_sub(1)
+    }
+
+    /// Whether every started batch has only final devices.
+    pub fn started_batches_done(&self) -> bool {
+        self.batches[..self.batches_started as usize]
+            .iter()
+            .all(|b| b.stats.all_final())
+    }
+
+    /// The rid on the wire: unique per job, run, device (in the topic) and attempt, so a device can
+    /// drop a duplicate and the dispatcher can route an answer without a lookup table.
+    pub fn rid(job: &JobId, run: RunId, attempt: u32) -> String {
+        format!("{job}:{}:{attempt}", run.0)
+    }
+}
+
+/// Reads a rid back into (job, run, attempt). Job ids cannot contain ':', so this is unambiguous.
+pub fn parse_rid(rid: &str) -> Option<(JobId, RunId, u32)> {
+    let mut parts = rid.rsplitn(3, ':');
+    let attempt = parts.next()?.parse().ok()?;
+    let run = parts.next()?.parse().ok()?;
+    let job = JobId::new(parts.next()?).ok()?;
+    Some((job, RunId(run), attempt))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    /// Compiled target query of a continuous job (a group target is resolved to its query).
+    pub watch: Option<Query>,
+    pub status: JobStatus,
+    pub created_at: Timestamp,
+    pub start_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    pub resumed_at: Option<Timestamp>,
+    pub cancel_reason: Option<CancelReason>,
+    pub failure: Option<JobFailure>,
+    pub runs: Vec<Run>,
+    /// Dispatch times within the last minute, only for a job with a devices-per-minute limit.
+    pub recent_dispatches: VecDeque<Timestamp>,
+}
+
+impl Job {
+    pub fn current_run(&self) -> &Run {
+        // A job is created with run 0, and runs are never removed.
+        &self.runs[self.runs.len() - 1]
+    }
+
+    pub(crate) fn current_run_mut(&mut self) -> &mut Run {
+        let last = self.runs.len() - 1;
+        &mut self.runs[last]
+    }
+
+    pub fn run(&self, run: RunId) -> Option<&Run> {
+        self.runs.get(run.0 as usize)
+    }
+
+    /// The statistics users see: those of the current run.
+    pub fn stats(&self) -> Stats {
+        self.current_run().stats
+    }
+
+    /// When an eligible device's wait for a connection began: a resume restarts the clock.
+    pub fn effective_ready_since(&self, d: &DeviceRun) -> Option<Timestamp> {
+        d.ready_since.map(|t| match self.resumed_at {
+            Some(r) if r > t => r,
+            _ => t,
+        })
+    }
+
+    /// How many more devices the per-minute limit allows at `now`, and when the next slot opens.
+    pub fn dispatch_allowance(&self, now: Timestamp) -> (usize, Option<Timestamp>) {
+        let Some(limit) = self.spec.rollout.max_devices_per_minute else {
+            return (usize::MAX, None);
+        };
+        let window_start = now.plus_millis(-60_000);
+        let in_window: Vec<&Timestamp> = self
+            .recent_dispatches
+            .iter()
+            .filter(|t| **t > window_start)
+            .collect();
+        let used = in_window.len();
+        let allowance = (limit as usize).saturating_sub(used);
+        let next = if allowance == 0 {
+            in_window.first().map(|t| t.plus_millis(60_000))
+        } else {
+            None
+        };
+        (allowance, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rid_round_trips() {
+        let job = JobId::new("fw-rollout.2").unwrap();
+        let rid = Run::rid(&job, RunId(3), 2);
+        assert_eq!(rid, "fw-rollout.2:3:2");
+        assert_eq!(parse_rid(&rid), Some((job, RunId(3), 2)));
+        assert_eq!(parse_rid("nope"), None);
+        assert_eq!(parse_rid("a:b:c"), None);
+    }
+
+    #[test]
+    fn stats_moves_keep_the_sum() {
+        let mut s = Stats::default();
+        s.add(DeviceStatus::Pending);
+        s.add(DeviceStatus::Pending);
+        s.moved(DeviceStatus::Pending, DeviceStatus::Running);
+        s.moved(DeviceStatus::Running, DeviceStatus::TimedOut);
+        assert_eq!(s.sum(), s.devices);
+        assert_eq!(s.failures(), 1);
+    }
+}

@@ -1,0 +1,67 @@
+//! The pure core of muster.
+//!
+//! Commands come in, [`decide`] checks them against the [`State`] and answers with events,
+//! [`evolve`] applies events one at a time, and [`actions`] tells the leader what to do next. All
+//! three are plain functions over plain data: no I/O, no clock, no randomness, no async. Time comes
+//! in only as the timestamp the leader stamps on each command, so every replica that applies the
+//! same log reaches the same state, and replaying the log rebuilds it exactly.
+
+pub mod actions;
+pub mod command;
+mod decide;
+pub mod error;
+pub mod event;
+mod evolve;
+pub mod job;
+pub mod query;
+pub mod registry;
+pub mod spec;
+
+use std::collections::BTreeMap;
+
+use muster_types::JobId;
+use serde::{Deserialize, Serialize};
+
+pub use actions::{actions, send_request, Action, MethodInvocation, SendRequest};
+pub use command::{Command, DeviceResult, Outcome};
+pub use decide::{decide, responded};
+pub use error::DomainError;
+pub use event::Event;
+pub use evolve::evolve;
+pub use job::{
+    CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus,
+    MethodResponse, Run, Stats,
+};
+pub use registry::{ConnectionState, Device, DeviceRegistration, Group, Registry, TwinSection};
+pub use spec::{
+    BatchSize, CancellationThreshold, JobSpec, MethodCall, Operation, RetryPolicy, Rollout,
+    Schedule, Target, TargetSelector, Threshold,
+};
+
+/// Everything muster knows: the jobs (with their runs, batches and devices) and the registry.
+/// It is the replicated state machine's content and, at the same time, every projection.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct State {
+    pub jobs: BTreeMap<JobId, Job>,
+    pub registry: Registry,
+}
+
+impl State {
+    /// Decides and, if accepted, applies: the convenience the state machine and tests use.
+    pub fn execute(&mut self, cmd: &Command) -> Result<Vec<Event>, DomainError> {
+        let events = decide(self, cmd)?;
+        for e in &events {
+            evolve(self, e);
+        }
+        Ok(events)
+    }
+
+    /// Rebuilds state from a log of events: what `muster audit replay` does.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut s = State::default();
+        for e in events {
+            evolve(&mut s, e);
+        }
+        s
+    }
+}
