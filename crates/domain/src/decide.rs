@@ -610,12 +610,10 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
     let mut events = Vec::new();
     for j in state.jobs.values() {
         match j.status {
-            JobStatus::Scheduled | JobStatus::Pending => {
-                if j.start_at.is_none_or(|s| s <= at) {
-                    let mut s = Scratch::new(j, at);
-                    s.start();
-                    events.extend(s.events);
-                }
+            JobStatus::Scheduled | JobStatus::Pending if j.start_at.is_none_or(|s| s <= at) => {
+                let mut s = Scratch::new(j, at);
+                s.start();
+                events.extend(s.events);
             }
             JobStatus::Running | JobStatus::Stopped => {
                 let run = j.current_run();

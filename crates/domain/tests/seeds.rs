@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! The seeds' own examples, walked through the pure core: the IoT Central job of the first seed
 //! (batch 25%, cancellation threshold 10% job-wide) on groups of 4 and 40 devices, and an IoT Hub
 //! twin-update job by query. A tiny in-test "leader" loop drives `actions` the way the real one will.
