@@ -1,0 +1,26 @@
+//! Compiles the `.proto` files in `proto/muster/v1` into Rust with protox, a protobuf compiler
+//! written in Rust, so building muster needs no system `protoc`.
+//!
+//! protox parses the files into a `FileDescriptorSet`; tonic-prost-build turns that into prost
+//! messages and, for files that declare a `service`, tonic clients and servers. A new `.proto`
+//! file is one more line in `PROTO_FILES`. `events.proto` has no service, so today the output is
+//! plain prost messages and the crate needs neither `tonic` nor `tonic-prost`; the first file with
+//! a `service` adds those two dependencies.
+
+use std::path::PathBuf;
+
+/// The files to compile, relative to the proto root. Imports between them resolve from that root
+/// (`import "muster/v1/events.proto";`).
+const PROTO_FILES: &[&str] = &["muster/v1/events.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let files: Vec<PathBuf> = PROTO_FILES.iter().map(|f| root.join(f)).collect();
+
+    // The whole folder, so that edits of imported files and new files are noticed too.
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let descriptors = protox::compile(&files, [&root])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Conversions of commands, the entries proposed to the Raft log.
+
+use muster_domain::{Command, DeviceResult, Outcome};
+
+use crate::error::ProtoError;
+use crate::fields::{id, id_strings, ids, json, json_text, message, messages, required, time};
+use crate::pb;
+use crate::pb::command::{
+    Advance, CancelJob, CreateJob, DeleteGroup, Kind, MarkDispatched, RecordDeviceResults,
+    RegisterDevices, ReportProperties, RerunJob, ResumeJob, SaveGroup, SetConnection, StopJob,
+    UpdateTwin,
+};
+
+impl From<&Command> for pb::Command {
+    fn from(c: &Command) -> Self {
+        let kind = match c {
+            Command::CreateJob { id, spec, at } => Kind::CreateJob(CreateJob {
+                job_id: id.to_string(),
+                spec: Some(spec.into()),
+                at_ms: at.millis(),
+            }),
+            Command::StopJob { id, at } => Kind::StopJob(StopJob {
+                job_id: id.to_string(),
+                at_ms: at.millis(),
+            }),
+            Command::ResumeJob { id, at } => Kind::ResumeJob(ResumeJob {
+                job_id: id.to_string(),
+                at_ms: at.millis(),
+            }),
+            Command::CancelJob { id, at } => Kind::CancelJob(CancelJob {
+                job_id: id.to_string(),
+                at_ms: at.millis(),
+            }),
+            Command::RerunJob { id, rerun_id, at } => Kind::RerunJob(RerunJob {
+                job_id: id.to_string(),
+                rerun_id: rerun_id.to_string(),
+                at_ms: at.millis(),
+            }),
+            Command::MarkDispatched {
+                job,
+                run,
+                devices,
+                at,
+            } => Kind::MarkDispatched(MarkDispatched {
+                job_id: job.to_string(),
+                run: run.0,
+                device_ids: id_strings(devices),
+                at_ms: at.millis(),
+            }),
+            Command::RecordDeviceResults { results, at } => {
+                Kind::RecordDeviceResults(RecordDeviceResults {
+                    results: results.iter().map(Into::into).collect(),
+                    at_ms: at.millis(),
+                })
+            }
+            Command::Advance { at } => Kind::Advance(Advance { at_ms: at.millis() }),
+            Command::RegisterDevices {
+                devices,
+                upsert,
+                at,
+            } => Kind::RegisterDevices(RegisterDevices {
+                devices: devices.iter().map(Into::into).collect(),
+                upsert: *upsert,
+                at_ms: at.millis(),
+            }),
+            Command::UpdateTwin {
+                device,
+                tags,
+                desired,
+                if_version,
+                at,
+            } => Kind::UpdateTwin(UpdateTwin {
+                device_id: device.to_string(),
+                tags_json: tags.as_ref().map(json_text),
+                desired_json: desired.as_ref().map(json_text),
+                if_version: *if_version,
+                at_ms: at.millis(),
+            }),
+            Command::ReportProperties { device, patch, at } => {
+                Kind::ReportProperties(ReportProperties {
+                    device_id: device.to_string(),
+                    patch_json: json_text(patch),
+                    at_ms: at.millis(),
+                })
+            }
+            Command::SetConnection {
+                device,
+                connected,
+                at,
+            } => Kind::SetConnection(SetConnection {
+                device_id: device.to_string(),
+                connected: *connected,
+                at_ms: at.millis(),
+            }),
+            Command::SaveGroup {
+                id,
+                display_name,
+                query,
+                at,
+            } => Kind::SaveGroup(SaveGroup {
+                group_id: id.to_string(),
+                display_name: display_name.clone(),
+                query: query.clone(),
+                at_ms: at.millis(),
+            }),
+            Command::DeleteGroup { id, at } => Kind::DeleteGroup(DeleteGroup {
+                group_id: id.to_string(),
+                at_ms: at.millis(),
+            }),
+        };
+        pb::Command { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::Command> for Command {
+    type Error = ProtoError;
+
+    /// Field paths in errors start at `Command`, e.g. `Command.create_job.spec.target.selector`.
+    fn try_from(c: pb::Command) -> Result<Self, ProtoError> {
+        let kind = required("Command.kind", c.kind)?;
+        command_kind(kind).map_err(|e| e.within("Command"))
+    }
+}
+
+fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
+    Ok(match kind {
+        Kind::CreateJob(m) => Command::CreateJob {
+            id: id("create_job.job_id", m.job_id)?,
+            spec: message("create_job.spec", m.spec)?,
+            at: time(m.at_ms),
+        },
+        Kind::StopJob(m) => Command::StopJob {
+            id: id("stop_job.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::ResumeJob(m) => Command::ResumeJob {
+            id: id("resume_job.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::CancelJob(m) => Command::CancelJob {
+            id: id("cancel_job.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::RerunJob(m) => Command::RerunJob {
+            id: id("rerun_job.job_id", m.job_id)?,
+            rerun_id: id("rerun_job.rerun_id", m.rerun_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::MarkDispatched(m) => Command::MarkDispatched {
+            job: id("mark_dispatched.job_id", m.job_id)?,
+            run: muster_types::RunId(m.run),
+            devices: ids("mark_dispatched.device_ids", m.device_ids)?,
+            at: time(m.at_ms),
+        },
+        Kind::RecordDeviceResults(m) => Command::RecordDeviceResults {
+            results: messages("record_device_results.results", m.results)?,
+            at: time(m.at_ms),
+        },
+        Kind::Advance(m) => Command::Advance { at: time(m.at_ms) },
+        Kind::RegisterDevices(m) => Command::RegisterDevices {
+            devices: messages("register_devices.devices", m.devices)?,
+            upsert: m.upsert,
+            at: time(m.at_ms),
+        },
+        Kind::UpdateTwin(m) => Command::UpdateTwin {
+            device: id("update_twin.device_id", m.device_id)?,
+            tags: m
+                .tags_json
+                .map(|t| json("update_twin.tags_json", &t))
+                .transpose()?,
+            desired: m
+                .desired_json
+                .map(|t| json("update_twin.desired_json", &t))
+                .transpose()?,
+            if_version: m.if_version,
+            at: time(m.at_ms),
+        },
+        Kind::ReportProperties(m) => Command::ReportProperties {
+            device: id("report_properties.device_id", m.device_id)?,
+            patch: json("report_properties.patch_json", &m.patch_json)?,
+            at: time(m.at_ms),
+        },
+        Kind::SetConnection(m) => Command::SetConnection {
+            device: id("set_connection.device_id", m.device_id)?,
+            connected: m.connected,
+            at: time(m.at_ms),
+        },
+        Kind::SaveGroup(m) => Command::SaveGroup {
+            id: id("save_group.group_id", m.group_id)?,
+            display_name: m.display_name,
+            query: m.query,
+            at: time(m.at_ms),
+        },
+        Kind::DeleteGroup(m) => Command::DeleteGroup {
+            id: id("delete_group.group_id", m.group_id)?,
+            at: time(m.at_ms),
+        },
+    })
+}
+
+impl From<&DeviceResult> for pb::DeviceResult {
+    fn from(r: &DeviceResult) -> Self {
+        pb::DeviceResult {
+            job_id: r.job.to_string(),
+            run: r.run.0,
+            device_id: r.device.to_string(),
+            attempt: r.attempt,
+            outcome: Some((&r.outcome).into()),
+        }
+    }
+}
+
+impl TryFrom<pb::DeviceResult> for DeviceResult {
+    type Error = ProtoError;
+
+    fn try_from(r: pb::DeviceResult) -> Result<Self, ProtoError> {
+        Ok(DeviceResult {
+            job: id("job_id", r.job_id)?,
+            run: muster_types::RunId(r.run),
+            device: id("device_id", r.device_id)?,
+            attempt: r.attempt,
+            outcome: message("outcome", r.outcome)?,
+        })
+    }
+}
+
+impl From<&Outcome> for pb::Outcome {
+    fn from(o: &Outcome) -> Self {
+        use pb::outcome::{Kind, Responded};
+        let kind = match o {
+            Outcome::Responded { status, payload } => Kind::Responded(Responded {
+                status: *status,
+                payload_json: json_text(payload),
+            }),
+            Outcome::Failed(reason) => Kind::Failed(reason.into()),
+        };
+        pb::Outcome { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::Outcome> for Outcome {
+    type Error = ProtoError;
+
+    fn try_from(o: pb::Outcome) -> Result<Self, ProtoError> {
+        use pb::outcome::Kind;
+        Ok(match required("kind", o.kind)? {
+            Kind::Responded(r) => Outcome::Responded {
+                status: r.status,
+                payload: json("responded.payload_json", &r.payload_json)?,
+            },
+            Kind::Failed(reason) => Outcome::Failed(message("failed", Some(reason))?),
+        })
+    }
+}

@@ -1,0 +1,619 @@
+//! Sample commands and events shared by the round-trip and golden tests.
+//!
+//! Together the samples hold every `Command` and `Event` variant and every variant of the types
+//! inside them; `coverage` checks that with exhaustive matches, so a new domain variant fails to
+//! compile here until it gets a sample (and so a golden file).
+//!
+//! The values are fixed (no randomness, no clock): golden files store their exact encoding.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use muster_domain::{
+    BatchSize, CancelReason, CancellationThreshold, Command, DeviceRegistration, DeviceResult,
+    Event, FailureReason, JobFailure, JobSpec, MethodCall, MethodResponse, Operation, Outcome,
+    RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold, TwinSection,
+};
+use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
+use serde_json::json;
+
+/// 2026-03-01T12:00:00Z, the time every sample happens at (plus small offsets).
+pub const T0: i64 = 1_772_366_400_000;
+
+pub fn at(offset_ms: i64) -> Timestamp {
+    Timestamp(T0 + offset_ms)
+}
+
+pub fn job() -> JobId {
+    JobId::new("fw-rollout-43").unwrap()
+}
+
+pub fn dev(n: u32) -> DeviceId {
+    DeviceId::new(format!("b43-thermo-{n:03}")).unwrap()
+}
+
+pub fn group() -> GroupId {
+    GroupId::new("building-43").unwrap()
+}
+
+/// A spec that uses a bit of everything: a method with a nested payload, all rollout options, a
+/// per-batch count threshold and retries.
+pub fn full_spec() -> JobSpec {
+    JobSpec {
+        display_name: "Firmware 2.1 for building 43".into(),
+        description: "Staged roll-out; stop if more than 5 devices fail in a batch.".into(),
+        target: Target {
+            selector: TargetSelector::Devices(vec![dev(1), dev(2), dev(3)]),
+            continuous: false,
+        },
+        operations: vec![Operation::InvokeMethod(MethodCall {
+            name: "updateFirmware".into(),
+            // Keys deliberately not in alphabetical order: the text keeps them as written.
+            payload: json!({
+                "version": "2.1.0",
+                "url": "https://fw.example.com/2.1.0.bin",
+                "sha256": "9f2c",
+                "sizeBytes": 1_048_576,
+                "options": {"reboot": true, "delaySecs": 5, "ratio": 0.25, "tags": ["a", "b"]},
+                "previous": null
+            }),
+            response_timeout_secs: 30,
+            connect_timeout_secs: 300,
+        })],
+        schedule: Schedule {
+            start_at: Some(at(3_600_000)),
+            max_execution_secs: Some(86_400),
+        },
+        rollout: Rollout {
+            batch: Some(BatchSize::Percentage(25)),
+            max_devices_per_minute: Some(120),
+        },
+        cancellation: Some(CancellationThreshold {
+            limit: Threshold::Count(5),
+            per_batch: true,
+        }),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            retry_failed: true,
+            retry_timed_out: true,
+        },
+    }
+}
+
+/// A group target with twin operations, a count batch, a whole-run percentage threshold and
+/// every optional value absent.
+pub fn group_spec() -> JobSpec {
+    JobSpec {
+        display_name: "Night mode".into(),
+        description: String::new(),
+        target: Target {
+            selector: TargetSelector::Group(group()),
+            continuous: true,
+        },
+        operations: vec![
+            Operation::PatchDesired {
+                patch: json!({"nightMode": {"enabled": true, "from": "22:00"}}),
+            },
+            Operation::PatchTags {
+                patch: json!({"site": "b43", "floor": 2, "retired": null}),
+            },
+            Operation::SetCloudProperty {
+                name: "maintenanceWindow".into(),
+                value: json!("Sun 02:00-04:00"),
+            },
+        ],
+        schedule: Schedule::default(),
+        rollout: Rollout {
+            batch: Some(BatchSize::Count(50)),
+            max_devices_per_minute: None,
+        },
+        cancellation: Some(CancellationThreshold {
+            limit: Threshold::Percentage(10),
+            per_batch: false,
+        }),
+        retry: RetryPolicy::default(),
+    }
+}
+
+/// A query target, no batches, no threshold.
+pub fn query_spec() -> JobSpec {
+    JobSpec {
+        display_name: "Reboot old firmware".into(),
+        description: "Ünïcödé description ✓".into(),
+        target: Target {
+            selector: TargetSelector::Query(
+                "SELECT * FROM devices WHERE properties.reported.fw < '2.0'".into(),
+            ),
+            continuous: false,
+        },
+        operations: vec![Operation::InvokeMethod(MethodCall {
+            name: "reboot".into(),
+            payload: json!(null),
+            response_timeout_secs: 10,
+            connect_timeout_secs: 0,
+        })],
+        schedule: Schedule::default(),
+        rollout: Rollout::default(),
+        cancellation: None,
+        retry: RetryPolicy::default(),
+    }
+}
+
+pub fn registration() -> DeviceRegistration {
+    DeviceRegistration {
+        id: dev(7),
+        display_name: "Thermostat 7, floor 2".into(),
+        model_id: Some("dtmi:contoso:Thermostat;1".into()),
+        enabled: true,
+        tags: json!({"site": "b43", "floor": 2}),
+    }
+}
+
+fn device_failed(reason: FailureReason, response: Option<MethodResponse>, retry: bool) -> Event {
+    Event::DeviceFailed {
+        job: job(),
+        run: RunId(0),
+        device: dev(2),
+        attempt: 2,
+        reason,
+        response,
+        retry,
+        at: at(40_000),
+    }
+}
+
+/// Every event variant, and every reason inside them. Names are golden file names.
+pub fn events() -> Vec<(&'static str, Event)> {
+    vec![
+        (
+            "event_job_created",
+            Event::JobCreated {
+                job: job(),
+                spec: full_spec(),
+                devices: vec![dev(1), dev(2), dev(3)],
+                at: at(0),
+            },
+        ),
+        (
+            "event_job_created_group",
+            Event::JobCreated {
+                job: JobId::new("night-mode").unwrap(),
+                spec: group_spec(),
+                devices: vec![dev(10), dev(11)],
+                at: at(0),
+            },
+        ),
+        (
+            "event_job_created_query",
+            Event::JobCreated {
+                job: JobId::new("reboot-old").unwrap(),
+                spec: query_spec(),
+                devices: vec![],
+                at: at(0),
+            },
+        ),
+        (
+            "event_job_scheduled",
+            Event::JobScheduled {
+                job: job(),
+                start_at: at(3_600_000),
+                at: at(0),
+            },
+        ),
+        (
+            "event_job_started",
+            Event::JobStarted {
+                job: job(),
+                run: RunId(0),
+                at: at(3_600_000),
+            },
+        ),
+        (
+            "event_batch_started",
+            Event::BatchStarted {
+                job: job(),
+                run: RunId(0),
+                batch: 1,
+                at: at(3_600_000),
+            },
+        ),
+        (
+            "event_device_dispatched",
+            Event::DeviceDispatched {
+                job: job(),
+                run: RunId(0),
+                device: dev(1),
+                attempt: 1,
+                at: at(3_600_010),
+            },
+        ),
+        (
+            "event_device_succeeded",
+            Event::DeviceSucceeded {
+                job: job(),
+                run: RunId(0),
+                device: dev(1),
+                attempt: 1,
+                response: Some(MethodResponse {
+                    status: 200,
+                    payload: json!({"result": "ok", "fw": "2.1.0", "tookMs": 1234}),
+                }),
+                at: at(3_601_000),
+            },
+        ),
+        (
+            "event_device_succeeded_no_response",
+            Event::DeviceSucceeded {
+                job: JobId::new("night-mode").unwrap(),
+                run: RunId(0),
+                device: dev(10),
+                attempt: 1,
+                response: None,
+                at: at(5_000),
+            },
+        ),
+        (
+            "event_device_failed_device_error",
+            device_failed(
+                FailureReason::DeviceError { status: 503 },
+                Some(MethodResponse {
+                    status: 503,
+                    payload: json!({"error": "busy", "retryAfterSecs": 60}),
+                }),
+                true,
+            ),
+        ),
+        (
+            "event_device_failed_timeout",
+            device_failed(FailureReason::Timeout, None, true),
+        ),
+        (
+            "event_device_failed_not_connected",
+            device_failed(FailureReason::NotConnected, None, false),
+        ),
+        (
+            "event_device_failed_not_found",
+            device_failed(FailureReason::DeviceNotFound, None, false),
+        ),
+        (
+            "event_device_failed_disabled",
+            device_failed(FailureReason::DeviceDisabled, None, false),
+        ),
+        (
+            "event_device_failed_dispatch",
+            device_failed(
+                FailureReason::DispatchFailed {
+                    message: "broker refused publish: quota exceeded".into(),
+                },
+                None,
+                false,
+            ),
+        ),
+        (
+            "event_devices_joined",
+            Event::DevicesJoined {
+                job: JobId::new("night-mode").unwrap(),
+                run: RunId(0),
+                devices: vec![dev(12), dev(13)],
+                at: at(90_000),
+            },
+        ),
+        (
+            "event_job_stopped",
+            Event::JobStopped {
+                job: job(),
+                at: at(100_000),
+            },
+        ),
+        (
+            "event_job_resumed",
+            Event::JobResumed {
+                job: job(),
+                at: at(200_000),
+            },
+        ),
+        (
+            "event_job_cancelled_user",
+            Event::JobCancelled {
+                job: job(),
+                reason: CancelReason::User,
+                at: at(300_000),
+            },
+        ),
+        (
+            "event_job_cancelled_threshold_batch",
+            Event::JobCancelled {
+                job: job(),
+                reason: CancelReason::Threshold {
+                    failures: 6,
+                    population: 25,
+                    batch: Some(2),
+                },
+                at: at(300_000),
+            },
+        ),
+        (
+            "event_job_cancelled_threshold_run",
+            Event::JobCancelled {
+                job: JobId::new("night-mode").unwrap(),
+                reason: CancelReason::Threshold {
+                    failures: 11,
+                    population: 100,
+                    batch: None,
+                },
+                at: at(300_000),
+            },
+        ),
+        (
+            "event_job_completed",
+            Event::JobCompleted {
+                job: job(),
+                at: at(400_000),
+            },
+        ),
+        (
+            "event_job_failed",
+            Event::JobFailed {
+                job: job(),
+                reason: JobFailure::MaxExecutionTimeExceeded,
+                at: at(86_400_000),
+            },
+        ),
+        (
+            "event_rerun_started",
+            Event::RerunStarted {
+                job: job(),
+                run: RunId(1),
+                rerun_id: RerunId::new("retry-failed-1").unwrap(),
+                devices: vec![dev(2)],
+                at: at(500_000),
+            },
+        ),
+        (
+            "event_device_registered",
+            Event::DeviceRegistered {
+                device: registration(),
+                at: at(-86_400_000),
+            },
+        ),
+        (
+            "event_device_updated",
+            Event::DeviceUpdated {
+                device: DeviceRegistration {
+                    model_id: None,
+                    enabled: false,
+                    tags: json!({}),
+                    ..registration()
+                },
+                at: at(1_000),
+            },
+        ),
+        (
+            "event_twin_patched_tags",
+            Event::TwinPatched {
+                device: dev(7),
+                section: TwinSection::Tags,
+                patch: json!({"floor": 3}),
+                at: at(2_000),
+            },
+        ),
+        (
+            "event_twin_patched_desired",
+            Event::TwinPatched {
+                device: dev(7),
+                section: TwinSection::Desired,
+                patch: json!({"targetTemp": 21.5, "mode": "eco"}),
+                at: at(2_000),
+            },
+        ),
+        (
+            "event_twin_patched_reported",
+            Event::TwinPatched {
+                device: dev(7),
+                section: TwinSection::Reported,
+                patch: json!({"fw": "2.1.0", "uptimeSecs": 12_345_678_901_u64, "drift": -0.001}),
+                at: at(2_000),
+            },
+        ),
+        (
+            "event_twin_patched_cloud",
+            Event::TwinPatched {
+                device: dev(7),
+                section: TwinSection::CloudProperties,
+                patch: json!({"maintenanceWindow": "Sun 02:00-04:00"}),
+                at: at(2_000),
+            },
+        ),
+        (
+            "event_connection_changed",
+            Event::ConnectionChanged {
+                device: dev(7),
+                connected: true,
+                at: at(3_000),
+            },
+        ),
+        (
+            "event_group_saved",
+            Event::GroupSaved {
+                group: group(),
+                display_name: "Building 43".into(),
+                query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+                at: at(4_000),
+            },
+        ),
+        (
+            "event_group_deleted",
+            Event::GroupDeleted {
+                group: group(),
+                at: at(5_000),
+            },
+        ),
+    ]
+}
+
+/// Every command variant, and every outcome inside them. Names are golden file names.
+pub fn commands() -> Vec<(&'static str, Command)> {
+    vec![
+        (
+            "command_create_job",
+            Command::CreateJob {
+                id: job(),
+                spec: full_spec(),
+                at: at(0),
+            },
+        ),
+        (
+            "command_create_job_group",
+            Command::CreateJob {
+                id: JobId::new("night-mode").unwrap(),
+                spec: group_spec(),
+                at: at(0),
+            },
+        ),
+        (
+            "command_stop_job",
+            Command::StopJob {
+                id: job(),
+                at: at(100_000),
+            },
+        ),
+        (
+            "command_resume_job",
+            Command::ResumeJob {
+                id: job(),
+                at: at(200_000),
+            },
+        ),
+        (
+            "command_cancel_job",
+            Command::CancelJob {
+                id: job(),
+                at: at(300_000),
+            },
+        ),
+        (
+            "command_rerun_job",
+            Command::RerunJob {
+                id: job(),
+                rerun_id: RerunId::new("retry-failed-1").unwrap(),
+                at: at(500_000),
+            },
+        ),
+        (
+            "command_mark_dispatched",
+            Command::MarkDispatched {
+                job: job(),
+                run: RunId(1),
+                devices: vec![dev(1), dev(2)],
+                at: at(3_600_010),
+            },
+        ),
+        (
+            "command_record_device_results",
+            Command::RecordDeviceResults {
+                results: vec![
+                    DeviceResult {
+                        job: job(),
+                        run: RunId(0),
+                        device: dev(1),
+                        attempt: 1,
+                        outcome: Outcome::Responded {
+                            status: 200,
+                            payload: json!({"result": "ok"}),
+                        },
+                    },
+                    DeviceResult {
+                        job: job(),
+                        run: RunId(0),
+                        device: dev(2),
+                        attempt: 1,
+                        outcome: Outcome::Responded {
+                            status: -1,
+                            payload: json!("negative status, string body"),
+                        },
+                    },
+                    DeviceResult {
+                        job: job(),
+                        run: RunId(0),
+                        device: dev(3),
+                        attempt: 2,
+                        outcome: Outcome::Failed(FailureReason::DispatchFailed {
+                            message: "connection reset".into(),
+                        }),
+                    },
+                ],
+                at: at(3_601_000),
+            },
+        ),
+        ("command_advance", Command::Advance { at: at(3_600_000) }),
+        (
+            "command_register_devices",
+            Command::RegisterDevices {
+                devices: vec![
+                    registration(),
+                    DeviceRegistration {
+                        id: dev(8),
+                        display_name: String::new(),
+                        model_id: None,
+                        enabled: true,
+                        tags: json!(null),
+                    },
+                ],
+                upsert: true,
+                at: at(-86_400_000),
+            },
+        ),
+        (
+            "command_update_twin",
+            Command::UpdateTwin {
+                device: dev(7),
+                tags: Some(json!({"floor": 3})),
+                desired: Some(json!({"targetTemp": 21.5})),
+                if_version: Some(4),
+                at: at(2_000),
+            },
+        ),
+        (
+            "command_update_twin_partial",
+            Command::UpdateTwin {
+                device: dev(7),
+                tags: None,
+                // A present patch whose value is null differs from an absent one.
+                desired: Some(json!(null)),
+                if_version: None,
+                at: at(2_000),
+            },
+        ),
+        (
+            "command_report_properties",
+            Command::ReportProperties {
+                device: dev(7),
+                patch: json!({"fw": "2.1.0", "battery": 87}),
+                at: at(2_500),
+            },
+        ),
+        (
+            "command_set_connection",
+            Command::SetConnection {
+                device: dev(7),
+                connected: false,
+                at: at(3_000),
+            },
+        ),
+        (
+            "command_save_group",
+            Command::SaveGroup {
+                id: group(),
+                display_name: "Building 43".into(),
+                query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+                at: at(4_000),
+            },
+        ),
+        (
+            "command_delete_group",
+            Command::DeleteGroup {
+                id: group(),
+                at: at(5_000),
+            },
+        ),
+    ]
+}
