@@ -1,0 +1,55 @@
+//! muster's storage: the Raft log and the replicated state machine, on sled 0.34.
+//!
+//! [`Store::open`] opens (or creates) a data directory and returns the two halves openraft wants,
+//! [`LogStore`] (`RaftLogStorage`) and [`StateMachine`] (`RaftStateMachine`), both implementing
+//! openraft 0.9's storage-v2 traits for [`TypeConfig`]. Before handing the state machine to
+//! `Raft::new`, take a [`StateReader`] from it: that is how queries read the applied state and how
+//! the API's `WatchJob` and the leader's dispatcher follow applied events.
+//!
+//! One sled database holds every tree, so one flush makes everything written before it durable;
+//! see `log_store` and `state_machine` for each tree and its durability rule, and `flush` for
+//! the group commit that shares flushes between concurrent callers.
+//!
+//! On-disk layout (all integers big-endian):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command / JSON membership |
+//! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
+//! | `events` | seq u64 | protobuf `muster.v1.Event` |
+//! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` | serde_json / u64 |
+//! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
+
+mod codec;
+mod error;
+mod flush;
+mod log_store;
+mod state_machine;
+mod types;
+
+use std::path::Path;
+
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use state_machine::{AppliedEvents, EventLog, StateMachine, StateReader, StateUpdate};
+pub use types::{
+    AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,
+    StorageError, StoredMembership, TypeConfig,
+};
+
+/// Entry point: opens a data directory.
+#[derive(Debug)]
+pub struct Store;
+
+impl Store {
+    /// Opens or creates the store in `dir` and restores the state machine (latest snapshot plus
+    /// the events after it). Only one process may have a directory open at a time (sled locks
+    /// it).
+    pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let flusher = flush::GroupFlusher::new(db.clone());
+        let log = LogStore::open(&db, flusher.clone())?;
+        let sm = StateMachine::open(&db, flusher)?;
+        Ok((log, sm))
+    }
+}

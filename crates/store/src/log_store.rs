@@ -1,0 +1,218 @@
+//! The Raft log on sled: openraft's `RaftLogStorage` (storage-v2).
+//!
+//! Trees:
+//! - `raft_log`: big-endian index -> entry envelope ([`crate::codec::encode_entry`]).
+//! - `raft_meta`: `vote`, `committed`, `last_purged` -> serde_json of openraft's types.
+//!
+//! Durability: `append` writes the entries in one sled batch, then flushes (blocking flush on a
+//! blocking thread, through the shared [`GroupFlusher`]) and only then reports the entries
+//! flushed to openraft. Vote, committed and truncation are flushed before the call returns.
+//! Purge is not flushed: losing a purge in a crash only leaves entries that a later purge
+//! removes, and `last_purged` is written before the entries go (sled recovers a prefix of its
+//! write order), so the log never looks like it has a hole.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, Vote};
+
+use crate::codec::{decode_entry, encode_entry, from_json, to_json, u64_key};
+use crate::error::{Op, RaftResult, StoreError};
+use crate::flush::GroupFlusher;
+use crate::types::{Entry, LogId, StorageError, TypeConfig};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// openraft's log storage. Cheap to clone: clones share the same trees, and a clone is also the
+/// log reader openraft asks for.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Arc<GroupFlusher>,
+}
+
+impl LogStore {
+    pub(crate) fn open(db: &sled::Db, flusher: Arc<GroupFlusher>) -> Result<Self, StoreError> {
+        Ok(LogStore {
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+            flusher,
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static [u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.meta.get(key)? {
+            Some(bytes) => Ok(Some(from_json("raft metadata", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StoreError> {
+        self.read_meta(LAST_PURGED)
+    }
+
+    /// Entries in `range`, in index order.
+    fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => match i.checked_add(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(u64_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(u64_key(i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        // sled asserts that a range is not inverted; an empty request is answered here.
+        let empty = match end {
+            Bound::Included(e) => u64_key(start) > e,
+            Bound::Excluded(e) => u64_key(start) >= e,
+            Bound::Unbounded => false,
+        };
+        if empty {
+            return Ok(Vec::new());
+        }
+        self.log
+            .range((Bound::Included(u64_key(start)), end))
+            .values()
+            .map(|v| decode_entry(&v?))
+            .collect()
+    }
+
+    /// Writes `entries` in one batch; returns once they are readable (not yet durable).
+    async fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for entry in &entries {
+                batch.insert(&u64_key(entry.log_id.index), encode_entry(entry)?);
+            }
+            log.apply_batch(batch)?;
+            Ok::<_, StoreError>(())
+        })
+        .await?
+    }
+
+    /// Removes every entry whose index is in `range` in one batch.
+    fn remove(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(range).keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.entries(range).raft(Op::ReadLogs)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged().raft(Op::ReadLogs)?;
+        let last_in_log = match self.log.last().raft(Op::ReadLogs)? {
+            Some((_, v)) => Some(decode_entry(&v).raft(Op::ReadLogs)?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_log_id: last_in_log.or(last_purged_log_id),
+            last_purged_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.meta
+            .insert(VOTE, to_json(vote).raft(Op::WriteVote)?)
+            .raft(Op::WriteVote)?;
+        self.flusher.flush().await.raft(Op::WriteVote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.read_meta(VOTE).raft(Op::ReadVote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        match committed {
+            Some(c) => self
+                .meta
+                .insert(COMMITTED, to_json(&c).raft(Op::WriteLogs)?)
+                .raft(Op::WriteLogs)?,
+            None => self.meta.remove(COMMITTED).raft(Op::WriteLogs)?,
+        };
+        self.flusher.flush().await.raft(Op::WriteLogs)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(COMMITTED).raft(Op::ReadLogs)
+    }
+
+    /// Writes the entries (one batch), then hands the flush and the callback to a blocking
+    /// thread and returns: the entries are readable now, durable when the callback fires. The
+    /// flush goes through the group flusher, so appends, votes and snapshots that want
+    /// durability at the same moment share flushes instead of queueing one fsync each.
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Err(e) = self.write_entries(entries).await {
+            let err = e.into_raft(Op::WriteLogs);
+            callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+            return Err(err);
+        }
+        let flusher = Arc::clone(&self.flusher);
+        tokio::task::spawn_blocking(move || {
+            let result = flusher
+                .flush_blocking()
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(result);
+        });
+        Ok(())
+    }
+
+    /// Deletes the entries from `log_id.index` on (a conflicting suffix), durably.
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove(u64_key(log_id.index)..).raft(Op::WriteLogs)?;
+        self.flusher.flush().await.raft(Op::WriteLogs)
+    }
+
+    /// Deletes the entries up to and including `log_id.index`, recording `log_id` as purged
+    /// first.
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if self.last_purged().raft(Op::ReadLogs)? >= Some(log_id) {
+            return Ok(());
+        }
+        self.meta
+            .insert(LAST_PURGED, to_json(&log_id).raft(Op::WriteLogs)?)
+            .raft(Op::WriteLogs)?;
+        self.remove(..=u64_key(log_id.index)).raft(Op::WriteLogs)
+    }
+}

@@ -1,0 +1,595 @@
+//! The replicated state machine: openraft's `RaftStateMachine` over the domain's [`State`], with
+//! the event log beside it.
+//!
+//! Trees:
+//! - `events`: big-endian seq -> `muster-proto` encoding of one `Event`. Seqs are global, start
+//!   at 1 and have no gaps from `first_seq` on.
+//! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
+//!   `first_seq` (big-endian u64).
+//! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `data` (the snapshot bytes, see
+//!   [`SnapshotPayload`]).
+//!
+//! Applying a batch of entries runs `State::execute` per command and writes the new events and
+//! the new `sm_meta` in one sled transaction, so the events tree and `last_applied` never
+//! disagree. It does not flush: the entries are durable in the Raft log already, and after a
+//! crash openraft re-applies the committed entries after `last_applied` (it reads `committed`
+//! from the log store), which re-creates the same events with the same seqs because `decide`
+//! is deterministic. Snapshots and installed snapshots are flushed, because openraft purges the
+//! log behind them.
+//!
+//! Restart = snapshot + event tail: [`StateMachine::open`] loads the stored snapshot (if any)
+//! and replays the events after the snapshot's `last_seq` with `evolve` (never `decide`: the
+//! events are facts, not requests), up to `sm_meta.last_seq`.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use muster_domain::{evolve, Event, State};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::broadcast;
+
+use crate::codec::{decode_event, encode_event, from_json, key_u64, to_json, u64_key};
+use crate::error::{Op, RaftResult, StoreError};
+use crate::flush::GroupFlusher;
+use crate::types::{
+    AppliedRange, CommandError, Entry, LogId, MusterNode, Response, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+const LAST_APPLIED: &[u8] = b"last_applied";
+const MEMBERSHIP: &[u8] = b"membership";
+const LAST_SEQ: &[u8] = b"last_seq";
+const FIRST_SEQ: &[u8] = b"first_seq";
+const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_DATA: &[u8] = b"data";
+
+/// Format version of [`SnapshotPayload`].
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// How many applied batches a slow subscriber may fall behind before it sees `Lagged` and has
+/// to catch up from the events tree.
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// The bytes of a snapshot: serde_json of this struct.
+///
+/// JSON is a known cost (size and time grow with the state; a 100,000-device state is tens of
+/// megabytes), accepted for now because `State` already derives serde and no compact format is
+/// among the chosen dependencies. The version field lets a later format replace it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotPayload<S> {
+    format: u32,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// The seq of the newest event the state includes.
+    last_seq: u64,
+    state: S,
+}
+
+/// What the state machine has applied, in memory; readers share it through [`StateReader`].
+#[derive(Debug)]
+struct Applied {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    last_seq: u64,
+    first_seq_available: u64,
+}
+
+/// A change subscribers of [`StateReader::subscribe`] are told about, in apply order.
+#[derive(Debug, Clone)]
+pub enum StateUpdate {
+    /// One accepted command's events (never empty).
+    Events(Arc<AppliedEvents>),
+    /// A snapshot from the leader replaced the whole state; events before it were not seen here.
+    /// A follower of the event stream must re-read the state.
+    SnapshotInstalled { last_seq: u64 },
+}
+
+/// The events one accepted command appended, with their seqs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedEvents {
+    pub first_seq: u64,
+    pub events: Vec<Event>,
+}
+
+impl AppliedEvents {
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.events.len() as u64 - 1
+    }
+
+    /// `(seq, event)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Event)> {
+        (self.first_seq..).zip(self.events.iter())
+    }
+}
+
+/// Read access to the event log, whatever engine holds it.
+///
+/// The design keeps storage behind the openraft traits and this one, so that audit, export and
+/// catch-up code does not depend on sled.
+pub trait EventLog {
+    /// The seq of the newest event, 0 if there is none.
+    fn last_seq(&self) -> u64;
+    /// The oldest seq this replica holds. 1 unless the replica was seeded from a leader's
+    /// snapshot, in which case the events before it were never stored here.
+    fn first_seq_available(&self) -> u64;
+    /// Up to `limit` events with seq >= `from_seq`, in order.
+    fn read_events(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError>;
+}
+
+#[derive(Debug)]
+struct Shared {
+    applied: RwLock<Applied>,
+    events: sled::Tree,
+    meta: sled::Tree,
+    snapshot: sled::Tree,
+    flusher: Arc<GroupFlusher>,
+    updates: broadcast::Sender<StateUpdate>,
+    /// Serialises writes to the `snapshot` tree, so a slow build cannot overwrite a newer one.
+    snapshot_lock: Mutex<()>,
+    /// Makes snapshot ids unique within this process.
+    snapshot_count: AtomicU64,
+}
+
+impl Shared {
+    // `Applied` is replaced or updated only while the write lock is held and no code in those
+    // sections panics on purpose; a poisoned lock is still read rather than turned into a panic
+    // in every reader.
+    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The openraft state machine. Hand it to `Raft::new`; keep a [`StateReader`] (from
+/// [`StateMachine::reader`]) for queries first.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// A cheap, cloneable handle for reading the applied state and following the event log.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    shared: Arc<Shared>,
+}
+
+impl StateReader {
+    /// Runs `f` on the current state under a read lock. Keep `f` short: applying waits for it.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.shared.read().state)
+    }
+
+    /// Like [`read`](Self::read), also passing the seq of the newest event the state includes:
+    /// subscribe first, then read, then skip updates up to that seq.
+    pub fn read_with_seq<T>(&self, f: impl FnOnce(&State, u64) -> T) -> T {
+        let a = self.shared.read();
+        f(&a.state, a.last_seq)
+    }
+
+    /// The log id of the last applied entry.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.shared.read().last_applied
+    }
+
+    /// The membership the state machine applied last (with every member's addresses).
+    pub fn membership(&self) -> StoredMembership {
+        self.shared.read().membership.clone()
+    }
+
+    /// Updates from now on. A receiver that falls more than a thousand commands behind gets
+    /// `RecvError::Lagged` and catches up with [`EventLog::read_events`].
+    pub fn subscribe(&self) -> broadcast::Receiver<StateUpdate> {
+        self.shared.updates.subscribe()
+    }
+}
+
+impl EventLog for StateReader {
+    fn last_seq(&self) -> u64 {
+        self.shared.read().last_seq
+    }
+
+    fn first_seq_available(&self) -> u64 {
+        self.shared.read().first_seq_available
+    }
+
+    fn read_events(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        self.shared
+            .events
+            .range(u64_key(from_seq)..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key_u64("event key", &k)?, decode_event(&v)?))
+            })
+            .collect()
+    }
+}
+
+fn sled_tx_error(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => StoreError::Sled(e),
+        TransactionError::Abort(()) => StoreError::corrupt("transaction", "aborted"),
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &'static [u8]) -> Result<Option<u64>, StoreError> {
+    tree.get(key)?
+        .map(|v| key_u64("state machine metadata", &v))
+        .transpose()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &'static [u8],
+) -> Result<Option<T>, StoreError> {
+    tree.get(key)?
+        .map(|v| from_json("state machine metadata", &v))
+        .transpose()
+}
+
+impl StateMachine {
+    /// Opens the state machine's trees and restores the state: stored snapshot, then the event
+    /// tail after it.
+    pub(crate) fn open(db: &sled::Db, flusher: Arc<GroupFlusher>) -> Result<Self, StoreError> {
+        let events = db.open_tree("events")?;
+        let meta = db.open_tree("sm_meta")?;
+        let snapshot = db.open_tree("snapshot")?;
+
+        let stored = match snapshot.get(SNAPSHOT_DATA)? {
+            Some(data) => Some(from_json::<SnapshotPayload<State>>("snapshot", &data)?),
+            None => None,
+        };
+        let last_seq = read_u64(&meta, LAST_SEQ)?.unwrap_or(0);
+        let first_seq_available = read_u64(&meta, FIRST_SEQ)?.unwrap_or(1);
+        let last_applied: Option<LogId> = read_json(&meta, LAST_APPLIED)?.flatten();
+        let membership: Option<StoredMembership> = read_json(&meta, MEMBERSHIP)?;
+
+        let (mut state, snapshot_seq, snap_applied, snap_membership) = match stored {
+            Some(p) => (p.state, p.last_seq, p.last_applied, Some(p.membership)),
+            None => (State::default(), 0, None, None),
+        };
+        if snapshot_seq > last_seq || snap_applied > last_applied {
+            // Cannot happen: a built snapshot only captures state whose `sm_meta` was written
+            // already (apply holds the lock through its write), and an installed one is written
+            // in one transaction with `sm_meta`.
+            return Err(StoreError::corrupt(
+                "state machine",
+                format!("snapshot at seq {snapshot_seq} is ahead of the applied seq {last_seq}"),
+            ));
+        }
+        if snapshot_seq + 1 < first_seq_available {
+            return Err(StoreError::corrupt(
+                "state machine",
+                format!(
+                    "events start at seq {first_seq_available} but the snapshot ends at {snapshot_seq}"
+                ),
+            ));
+        }
+
+        // Leftovers of an install that stopped between committing the snapshot and clearing the
+        // old events.
+        let mut stale = sled::Batch::default();
+        for key in events.range(..u64_key(first_seq_available)).keys() {
+            stale.remove(key?);
+        }
+        events.apply_batch(stale)?;
+
+        let mut expected = snapshot_seq + 1;
+        // `..=last_seq` would be an inverted range (which sled rejects) when there is no tail.
+        for kv in events.range(u64_key(expected)..u64_key(last_seq.saturating_add(1))) {
+            let (k, v) = kv?;
+            let seq = key_u64("event key", &k)?;
+            if seq != expected {
+                return Err(StoreError::corrupt(
+                    "events",
+                    format!("expected seq {expected}, found {seq}"),
+                ));
+            }
+            evolve(&mut state, &decode_event(&v)?);
+            expected += 1;
+        }
+        if expected != last_seq + 1 {
+            return Err(StoreError::corrupt(
+                "events",
+                format!(
+                    "events end at seq {} but {last_seq} were applied",
+                    expected - 1
+                ),
+            ));
+        }
+        tracing::info!(
+            snapshot_seq,
+            replayed = last_seq - snapshot_seq,
+            last_seq,
+            "state machine restored"
+        );
+
+        let (updates, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let applied = Applied {
+            state,
+            last_applied,
+            membership: membership.or(snap_membership).unwrap_or_default(),
+            last_seq,
+            first_seq_available,
+        };
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                applied: RwLock::new(applied),
+                events,
+                meta,
+                snapshot,
+                flusher,
+                updates,
+                snapshot_lock: Mutex::new(()),
+                snapshot_count: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The handle the rest of the node reads state and events through.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || f(&shared)).await?
+    }
+}
+
+/// Applies `entries` in order; see the module docs for the durability argument.
+///
+/// The write lock is held until the sled transaction has been applied, so the in-memory state is
+/// never ahead of what sled has (a snapshot taken under the read lock then only ever contains
+/// written events). If the write fails, memory is ahead of disk; openraft treats the error as
+/// fatal and stops, and a restart rebuilds from disk.
+fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, StoreError> {
+    let mut guard = shared.write();
+    let applied = &mut *guard;
+    let mut event_batch = sled::Batch::default();
+    let mut published = Vec::new();
+    let mut responses = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let result = match entry.payload {
+            EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
+            EntryPayload::Membership(m) => {
+                applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                Ok(AppliedRange::empty_after(applied.last_seq))
+            }
+            EntryPayload::Normal(req) => match applied.state.execute(&req.command) {
+                Ok(events) => {
+                    let first_seq = applied.last_seq + 1;
+                    for event in &events {
+                        applied.last_seq += 1;
+                        event_batch.insert(&u64_key(applied.last_seq), encode_event(event));
+                    }
+                    if !events.is_empty() {
+                        published.push(AppliedEvents { first_seq, events });
+                    }
+                    Ok(AppliedRange {
+                        first_seq,
+                        last_seq: applied.last_seq,
+                    })
+                }
+                Err(e) => Err(CommandError::from(&e)),
+            },
+        };
+        applied.last_applied = Some(entry.log_id);
+        responses.push(Response { result });
+    }
+
+    let mut meta_batch = sled::Batch::default();
+    meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);
+    meta_batch.insert(MEMBERSHIP, to_json(&applied.membership)?);
+    meta_batch.insert(LAST_SEQ, &u64_key(applied.last_seq));
+    (&shared.events, &shared.meta)
+        .transaction(|(events, meta)| {
+            events.apply_batch(&event_batch)?;
+            meta.apply_batch(&meta_batch)?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+        .map_err(sled_tx_error)?;
+    drop(guard);
+
+    for events in published {
+        // No subscribers is not an error.
+        let _ = shared.updates.send(StateUpdate::Events(Arc::new(events)));
+    }
+    Ok(responses)
+}
+
+/// Writes `meta` + `data` as the current snapshot unless a newer one is stored, then flushes.
+fn store_snapshot(
+    shared: &Shared,
+    meta: &SnapshotMeta<u64, MusterNode>,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let _only_one = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let current: Option<SnapshotMeta<u64, MusterNode>> =
+        read_json(&shared.snapshot, SNAPSHOT_META)?;
+    if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAPSHOT_META, to_json(meta)?);
+    batch.insert(SNAPSHOT_DATA, data);
+    shared.snapshot.apply_batch(batch)?;
+    shared.flusher.flush_blocking()
+}
+
+fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
+    // Clone under the lock (fast), serialise outside it (slow), so applying is not held up by
+    // JSON encoding.
+    let (state, last_applied, membership, last_seq) = {
+        let a = shared.read();
+        (
+            a.state.clone(),
+            a.last_applied,
+            a.membership.clone(),
+            a.last_seq,
+        )
+    };
+    let data = to_json(&SnapshotPayload {
+        format: SNAPSHOT_FORMAT,
+        last_applied,
+        membership: membership.clone(),
+        last_seq,
+        state: &state,
+    })?;
+    let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
+    let snapshot_id = match last_applied {
+        Some(l) => format!(
+            "{}-{}-{}-{n}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("none-{n}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    store_snapshot(shared, &meta, &data)?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
+}
+
+/// Replaces state, `sm_meta` and the stored snapshot with the leader's snapshot, and drops the
+/// local events: from here on this replica's event log starts at the snapshot's `last_seq + 1`
+/// (`first_seq_available`), because the events before it were never sent here.
+fn install_snapshot(
+    shared: &Shared,
+    meta: &SnapshotMeta<u64, MusterNode>,
+    data: Vec<u8>,
+) -> Result<(), StoreError> {
+    let payload: SnapshotPayload<State> = from_json("received snapshot", &data)?;
+    if payload.format != SNAPSHOT_FORMAT {
+        return Err(StoreError::corrupt(
+            "received snapshot",
+            format!("format {}", payload.format),
+        ));
+    }
+    let last_seq = payload.last_seq;
+    let first_seq_available = last_seq + 1;
+
+    let _only_one = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut guard = shared.write();
+
+    let mut snap_batch = sled::Batch::default();
+    snap_batch.insert(SNAPSHOT_META, to_json(meta)?);
+    snap_batch.insert(SNAPSHOT_DATA, data);
+    let mut meta_batch = sled::Batch::default();
+    meta_batch.insert(LAST_APPLIED, to_json(&meta.last_log_id)?);
+    meta_batch.insert(MEMBERSHIP, to_json(&meta.last_membership)?);
+    meta_batch.insert(LAST_SEQ, &u64_key(last_seq));
+    meta_batch.insert(FIRST_SEQ, &u64_key(first_seq_available));
+    (&shared.snapshot, &shared.meta)
+        .transaction(|(snap, sm_meta)| {
+            snap.apply_batch(&snap_batch)?;
+            sm_meta.apply_batch(&meta_batch)?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+        .map_err(sled_tx_error)?;
+    shared.flusher.flush_blocking()?;
+
+    *guard = Applied {
+        state: payload.state,
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        last_seq,
+        first_seq_available,
+    };
+    // Every local event is older than the snapshot (openraft installs only snapshots newer than
+    // what was applied). If this stops half-way, `open` finishes it.
+    shared.events.clear()?;
+    drop(guard);
+
+    let _ = shared
+        .updates
+        .send(StateUpdate::SnapshotInstalled { last_seq });
+    Ok(())
+}
+
+fn current_snapshot(shared: &Shared) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+    let meta: Option<SnapshotMeta<u64, MusterNode>> = read_json(&shared.snapshot, SNAPSHOT_META)?;
+    let data = shared.snapshot.get(SNAPSHOT_DATA)?;
+    Ok(match (meta, data) {
+        (Some(meta), Some(data)) => Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }),
+        _ => None,
+    })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.blocking(build_snapshot).await.raft(Op::WriteSnapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shared.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.blocking(move |shared| apply_entries(shared, entries))
+            .await
+            .raft(Op::WriteStateMachine)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, MusterNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        self.blocking(move |shared| install_snapshot(shared, &meta, data))
+            .await
+            .raft(Op::WriteSnapshot)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.blocking(current_snapshot).await.raft(Op::ReadSnapshot)
+    }
+}

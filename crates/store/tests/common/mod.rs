@@ -1,0 +1,216 @@
+//! Test helpers: a realistic command workload, and a stand-in for openraft that appends, commits
+//! and applies one entry at a time, so the store can be exercised without a running Raft.
+
+// Each test binary uses a different part; helpers outside #[test] functions may unwrap.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use muster_domain::{
+    actions, Action, BatchSize, Command, DeviceRegistration, DeviceResult, MethodCall, Operation,
+    Outcome, RetryPolicy, Rollout, Schedule, State, Target, TargetSelector,
+};
+use muster_domain::{FailureReason, JobSpec};
+use muster_store::{
+    Entry, EventLog, LogId, LogStore, MusterNode, Request, Response, StateMachine, StateReader,
+    Store, TypeConfig,
+};
+use muster_types::{DeviceId, JobId, Timestamp};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, Membership};
+use serde_json::json;
+
+pub fn at(ms: i64) -> Timestamp {
+    Timestamp(1_700_000_000_000 + ms)
+}
+
+pub fn device(i: usize) -> DeviceId {
+    DeviceId::new(format!("sensor-{i:03}")).unwrap()
+}
+
+pub fn register(from: usize, n: usize, ms: i64) -> Command {
+    Command::RegisterDevices {
+        devices: (from..from + n)
+            .map(|i| DeviceRegistration {
+                id: device(i),
+                display_name: format!("Sensor {i}"),
+                model_id: None,
+                enabled: true,
+                tags: json!({"building": 43, "floor": i % 3}),
+            })
+            .collect(),
+        upsert: false,
+        at: at(ms),
+    }
+}
+
+pub fn create_job(id: &str, devices: usize, ms: i64) -> Command {
+    Command::CreateJob {
+        id: JobId::new(id).unwrap(),
+        spec: JobSpec {
+            display_name: format!("Reboot {id}"),
+            description: "reboot every sensor".into(),
+            target: Target {
+                selector: TargetSelector::Devices((0..devices).map(device).collect()),
+                continuous: false,
+            },
+            operations: vec![Operation::InvokeMethod(MethodCall {
+                name: "reboot".into(),
+                payload: json!({"delay": 5}),
+                response_timeout_secs: 30,
+                connect_timeout_secs: 10,
+            })],
+            schedule: Schedule::default(),
+            rollout: Rollout {
+                batch: Some(BatchSize::Percentage(50)),
+                max_devices_per_minute: None,
+            },
+            cancellation: None,
+            retry: RetryPolicy::default(),
+        },
+        at: at(ms),
+    }
+}
+
+/// Registers devices, creates two jobs and drives them the way a leader would: advance,
+/// dispatch, results (every fifth device fails). Built against a shadow state so each command
+/// is one the leader would really propose.
+pub fn workload() -> Vec<Command> {
+    let mut shadow = State::default();
+    let mut cmds = vec![
+        register(0, 20, 0),
+        create_job("reboot-1", 20, 10),
+        create_job("reboot-2", 6, 20),
+    ];
+    for c in &cmds {
+        shadow.execute(c).unwrap();
+    }
+    let mut now = 100;
+    for _ in 0..6 {
+        let mut round = Vec::new();
+        let mut results = Vec::new();
+        for a in actions(&shadow, at(now), 1000) {
+            match a {
+                Action::Advance => round.push(Command::Advance { at: at(now) }),
+                Action::Dispatch { job, run, devices } => round.push(Command::MarkDispatched {
+                    job,
+                    run,
+                    devices,
+                    at: at(now),
+                }),
+                Action::Send(req) => {
+                    let n: usize = req.device.as_str()[7..].parse().unwrap();
+                    results.push(DeviceResult {
+                        job: req.job.clone(),
+                        run: req.run,
+                        device: req.device.clone(),
+                        attempt: req.attempt,
+                        outcome: if n.is_multiple_of(5) {
+                            Outcome::Failed(FailureReason::Timeout)
+                        } else {
+                            Outcome::Responded {
+                                status: 200,
+                                payload: json!({"ok": true}),
+                            }
+                        },
+                    });
+                }
+                Action::WakeAt(_) => {}
+            }
+        }
+        if !results.is_empty() {
+            round.push(Command::RecordDeviceResults {
+                results,
+                at: at(now + 5),
+            });
+        }
+        for c in &round {
+            shadow.execute(c).unwrap();
+        }
+        cmds.extend(round);
+        now += 1000;
+    }
+    cmds
+}
+
+/// The state and event log a correct store must end up with after `cmds`.
+pub fn expected(cmds: &[Command]) -> (State, Vec<muster_domain::Event>) {
+    let mut state = State::default();
+    let mut events = Vec::new();
+    for c in cmds {
+        if let Ok(evs) = state.execute(c) {
+            events.extend(evs);
+        }
+    }
+    (state, events)
+}
+
+/// Every event the replica holds, with its seq.
+pub fn events_of(reader: &StateReader) -> Vec<(u64, muster_domain::Event)> {
+    reader.read_events(0, usize::MAX).unwrap()
+}
+
+/// The two halves of a store plus the next log index: a one-node "Raft".
+pub struct Node {
+    pub log: LogStore,
+    pub sm: StateMachine,
+    pub next_index: u64,
+}
+
+pub fn entry(index: u64, command: Command) -> Entry {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Request { command }),
+    }
+}
+
+pub fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+impl Node {
+    pub async fn open(dir: &Path) -> Node {
+        let (mut log, sm) = Store::open(dir).unwrap();
+        let state = RaftLogStorage::<TypeConfig>::get_log_state(&mut log)
+            .await
+            .unwrap();
+        let mut node = Node {
+            log,
+            sm,
+            next_index: state.last_log_id.map_or(0, |l| l.index + 1),
+        };
+        if node.next_index == 0 {
+            // What `Raft::initialize` writes: the first membership, at index 0.
+            let members = Membership::new(
+                vec![BTreeSet::from([1])],
+                BTreeMap::from([(1, MusterNode::default())]),
+            );
+            let e = Entry {
+                log_id: log_id(0),
+                payload: EntryPayload::Membership(members),
+            };
+            node.log.blocking_append([e.clone()]).await.unwrap();
+            node.log.save_committed(Some(e.log_id)).await.unwrap();
+            node.sm.apply([e]).await.unwrap();
+            node.next_index = 1;
+        }
+        node
+    }
+
+    /// Appends (flushed) and commits `cmd`, without applying it.
+    pub async fn commit(&mut self, cmd: Command) -> Entry {
+        let e = entry(self.next_index, cmd);
+        self.next_index += 1;
+        self.log.blocking_append([e.clone()]).await.unwrap();
+        self.log.save_committed(Some(e.log_id)).await.unwrap();
+        e
+    }
+
+    /// Appends, commits and applies `cmd`, like a leader's `client_write`.
+    pub async fn propose(&mut self, cmd: Command) -> Response {
+        let e = self.commit(cmd).await;
+        let mut out = self.sm.apply([e]).await.unwrap();
+        out.pop().unwrap()
+    }
+}
