@@ -1,0 +1,28 @@
+//! muster's REST shapes: the pure JSON mapping between the two Azure APIs users already script
+//! against and muster's domain types. No HTTP here; the gateway calls these functions.
+//!
+//! * [`central`]: IoT Central's `/api/jobs`, `/api/deviceGroups` and `/api/devices`.
+//! * [`hub`]: IoT Hub's `/jobs/v2` and `/twins`.
+//! * [`error`]: [`ApiError`], the `{"error": {"code", "message"}}` answer with its HTTP status.
+//!
+//! Every parser here takes untrusted text and returns either a value the domain accepts or an
+//! [`ApiError`] naming the field to fix; none of them panics, whatever the input.
+
+pub mod central;
+pub mod error;
+pub mod hub;
+mod json;
+
+pub use central::{
+    central_device_group_json, central_device_json, central_device_status, central_job,
+    central_job_device_json, central_job_json, central_page, central_status, check_api_version,
+    device_group_from_central, device_registration_from_central, job_request_from_central,
+    job_spec_from_central, job_template, next_link, CentralDeviceGroup, CentralJob,
+    CentralJobRequest, CENTRAL_API_VERSIONS,
+};
+pub use error::ApiError;
+pub use hub::{
+    etag_version, hub_job_json, hub_job_status, hub_job_type, hub_twin_json, job_spec_from_hub,
+    page_size, twin_patch_from_hub, HubJobFilter, HUB_API_VERSIONS,
+};
+pub use json::MAX_BODY_BYTES;
