@@ -174,11 +174,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             at,
         } => {
             let d = registered(state, device)?;
-            let now = if *connected {
-                ConnectionState::Connected
-            } else {
-                ConnectionState::Disconnected
-            };
+            let now = ConnectionState::from_connected(*connected);
             if d.connection == now {
                 return Ok(Vec::new());
             }
@@ -412,11 +408,7 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
         match e {
             Event::TwinPatched { section, patch, .. } => d.patch(*section, patch),
             Event::ConnectionChanged { connected, .. } => {
-                d.connection = if *connected {
-                    ConnectionState::Connected
-                } else {
-                    ConnectionState::Disconnected
-                }
+                d.connection = ConnectionState::from_connected(*connected)
             }
             Event::DeviceUpdated { device, .. } => {
                 d.display_name = device.display_name.clone();

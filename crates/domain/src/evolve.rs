@@ -126,14 +126,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             at,
             ..
         } => {
-            let Some(j) = state.jobs.get_mut(job) else {
-                return;
-            };
-            let window = j.spec.response_window_ms();
-            let Some(r) = j.runs.get_mut(run.0 as usize) else {
-                return;
-            };
-            let Some(&i) = r.index.get(device) else {
+            let Some((r, i, window)) = locate(state, job, *run, device) else {
                 return;
             };
             leave_indexes(r, i, window);
@@ -153,14 +146,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             at,
             ..
         } => {
-            let Some(j) = state.jobs.get_mut(job) else {
-                return;
-            };
-            let window = j.spec.response_window_ms();
-            let Some(r) = j.runs.get_mut(run.0 as usize) else {
-                return;
-            };
-            let Some(&i) = r.index.get(device) else {
+            let Some((r, i, window)) = locate(state, job, *run, device) else {
                 return;
             };
             leave_indexes(r, i, window);
@@ -280,11 +266,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             at,
         } => {
             if let Some(d) = state.registry.devices.get_mut(device) {
-                d.connection = if *connected {
-                    ConnectionState::Connected
-                } else {
-                    ConnectionState::Disconnected
-                };
+                d.connection = ConnectionState::from_connected(*connected);
                 d.last_activity = Some(*at);
             }
         }
@@ -310,6 +292,20 @@ pub fn evolve(state: &mut State, event: &Event) {
             state.registry.groups.remove(group);
         }
     }
+}
+
+/// Finds a device's slot in a run, with the job's response window (the deadline offset).
+fn locate<'a>(
+    state: &'a mut State,
+    job: &muster_types::JobId,
+    run: muster_types::RunId,
+    device: &muster_types::DeviceId,
+) -> Option<(&'a mut Run, u32, i64)> {
+    let j = state.jobs.get_mut(job)?;
+    let window = j.spec.response_window_ms();
+    let r = j.runs.get_mut(run.0 as usize)?;
+    let i = *r.index.get(device)?;
+    Some((r, i, window))
 }
 
 fn run_mut<'a>(state: &'a mut State, job: &muster_types::JobId, run: u32) -> Option<&'a mut Run> {

@@ -34,6 +34,15 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// What a presence message (`online` / `offline`) says.
+    pub fn from_connected(connected: bool) -> Self {
+        if connected {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Disconnected
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectionState::Unknown => "Unknown",
