@@ -427,7 +427,11 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
         let run = j.current_run();
         let joined: Vec<DeviceId> = changed
             .values()
-            .filter(|d| !run.index.contains_key(&d.id) && q.matches(&d.twin_document()))
+            // A device any run has already had (for example one that succeeded before a rerun)
+            // does not join again: a rerun is only for the failed ones.
+            .filter(|d| {
+                !j.runs.iter().any(|r| r.index.contains_key(&d.id)) && q.matches(&d.twin_document())
+            })
             .map(|d| d.id.clone())
             .collect();
         if joined.is_empty() {
