@@ -4,14 +4,41 @@
 
 use std::collections::VecDeque;
 
-use muster_types::Timestamp;
+use muster_types::{DeviceId, JobId, RunId, Timestamp};
 
 use crate::event::Event;
-use crate::job::{DeviceStatus, Job, JobStatus, Run};
+use crate::job::{DeviceStatus, FailureReason, Job, JobStatus, MethodResponse, Run};
 use crate::query::Query;
 use crate::registry::{merge_patch, ConnectionState, Device, Group, TwinSection};
 use crate::spec::TargetSelector;
 use crate::State;
+
+/// Like [`evolve`], but takes the event by value so a device's response moves into the state
+/// instead of being copied: the path for applying freshly decoded events (replay from disk, the
+/// state machine), where the copy would be the biggest cost.
+pub fn apply(state: &mut State, event: Event) {
+    match event {
+        Event::DeviceSucceeded {
+            job,
+            run,
+            device,
+            response,
+            at,
+            ..
+        } => succeeded(state, &job, run, &device, response, at),
+        Event::DeviceFailed {
+            job,
+            run,
+            device,
+            reason,
+            response,
+            retry,
+            at,
+            ..
+        } => failed(state, &job, run, &device, reason, response, retry, at),
+        other => evolve(state, &other),
+    }
+}
 
 pub fn evolve(state: &mut State, event: &Event) {
     match event {
@@ -125,17 +152,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             response,
             at,
             ..
-        } => {
-            let Some((r, i, window)) = locate(state, job, *run, device) else {
-                return;
-            };
-            leave_indexes(r, i, window);
-            set_status(r, i, DeviceStatus::Succeeded);
-            let d = &mut r.devices[i as usize];
-            d.finished_at = Some(*at);
-            d.response = response.clone();
-            d.last_error = None;
-        }
+        } => succeeded(state, job, *run, device, response.clone(), *at),
         Event::DeviceFailed {
             job,
             run,
@@ -145,28 +162,16 @@ pub fn evolve(state: &mut State, event: &Event) {
             retry,
             at,
             ..
-        } => {
-            let Some((r, i, window)) = locate(state, job, *run, device) else {
-                return;
-            };
-            leave_indexes(r, i, window);
-            if *retry {
-                set_status(r, i, DeviceStatus::Pending);
-                r.ready.insert(i);
-            } else if reason.is_timeout() {
-                set_status(r, i, DeviceStatus::TimedOut);
-            } else {
-                set_status(r, i, DeviceStatus::Failed);
-            }
-            let d = &mut r.devices[i as usize];
-            if *retry {
-                d.ready_since = Some(*at);
-            } else {
-                d.finished_at = Some(*at);
-            }
-            d.last_error = Some(reason.clone());
-            d.response = response.clone();
-        }
+        } => failed(
+            state,
+            job,
+            *run,
+            device,
+            reason.clone(),
+            response.clone(),
+            *retry,
+            *at,
+        ),
         Event::DevicesJoined {
             job, run, devices, ..
         } => {
@@ -294,12 +299,65 @@ pub fn evolve(state: &mut State, event: &Event) {
     }
 }
 
+fn succeeded(
+    state: &mut State,
+    job: &JobId,
+    run: RunId,
+    device: &DeviceId,
+    response: Option<MethodResponse>,
+    at: Timestamp,
+) {
+    let Some((r, i, window)) = locate(state, job, run, device) else {
+        return;
+    };
+    leave_indexes(r, i, window);
+    set_status(r, i, DeviceStatus::Succeeded);
+    let d = &mut r.devices[i as usize];
+    d.finished_at = Some(at);
+    d.response = response;
+    d.last_error = None;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn failed(
+    state: &mut State,
+    job: &JobId,
+    run: RunId,
+    device: &DeviceId,
+    reason: FailureReason,
+    response: Option<MethodResponse>,
+    retry: bool,
+    at: Timestamp,
+) {
+    let Some((r, i, window)) = locate(state, job, run, device) else {
+        return;
+    };
+    leave_indexes(r, i, window);
+    let to = if retry {
+        r.ready.insert(i);
+        DeviceStatus::Pending
+    } else if reason.is_timeout() {
+        DeviceStatus::TimedOut
+    } else {
+        DeviceStatus::Failed
+    };
+    set_status(r, i, to);
+    let d = &mut r.devices[i as usize];
+    if retry {
+        d.ready_since = Some(at);
+    } else {
+        d.finished_at = Some(at);
+    }
+    d.last_error = Some(reason);
+    d.response = response;
+}
+
 /// Finds a device's slot in a run, with the job's response window (the deadline offset).
 fn locate<'a>(
     state: &'a mut State,
-    job: &muster_types::JobId,
-    run: muster_types::RunId,
-    device: &muster_types::DeviceId,
+    job: &JobId,
+    run: RunId,
+    device: &DeviceId,
 ) -> Option<(&'a mut Run, u32, i64)> {
     let j = state.jobs.get_mut(job)?;
     let window = j.spec.response_window_ms();
@@ -308,7 +366,7 @@ fn locate<'a>(
     Some((r, i, window))
 }
 
-fn run_mut<'a>(state: &'a mut State, job: &muster_types::JobId, run: u32) -> Option<&'a mut Run> {
+fn run_mut<'a>(state: &'a mut State, job: &JobId, run: u32) -> Option<&'a mut Run> {
     state.jobs.get_mut(job)?.runs.get_mut(run as usize)
 }
 

@@ -27,7 +27,7 @@ pub use command::{Command, DeviceResult, Outcome};
 pub use decide::{decide, responded};
 pub use error::DomainError;
 pub use event::Event;
-pub use evolve::evolve;
+pub use evolve::{apply, evolve};
 pub use job::{
     CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus,
     MethodResponse, Run, Stats,
