@@ -2,7 +2,8 @@
 //!
 //! The fixture is one job over 100,000 registered devices, started, with every device dispatched.
 //! `evolve/*` applies 100,000 precomputed result events to a fresh clone of that state (the clone
-//! is made outside the timing); `execute/*` runs `decide` + `evolve` on `RecordDeviceResults`
+//! is made outside the timing); `apply/*` does the same through the owned-event path, which moves
+//! each response into the state; `execute/*` runs `decide` + `evolve` on `RecordDeviceResults`
 //! commands of 1,000 results each. Throughput is reported in device results per second.
 //!
 //! `cargo bench -p muster-domain --bench evolve -- --warm-up-time 1 --measurement-time 5`
@@ -93,8 +94,9 @@ fn dispatched_state() -> State {
     s
 }
 
-/// One result event per device; every `fail_every`-th one a final device error.
-fn result_events(fail_every: Option<usize>) -> Vec<Event> {
+/// One result event per device; every `fail_every`-th one a final device error. Without
+/// `with_response` the events carry no method response, which shows what cloning it costs.
+fn result_events(fail_every: Option<usize>, with_response: bool) -> Vec<Event> {
     let at = Timestamp(T0 + 1_000);
     (0..N)
         .map(|i| {
@@ -106,7 +108,7 @@ fn result_events(fail_every: Option<usize>) -> Vec<Event> {
                     device: device(i),
                     attempt: 1,
                     reason: FailureReason::DeviceError { status: 500 },
-                    response: Some(MethodResponse {
+                    response: with_response.then(|| MethodResponse {
                         status: 500,
                         payload: json!({"error": "flash failed"}),
                     }),
@@ -119,7 +121,7 @@ fn result_events(fail_every: Option<usize>) -> Vec<Event> {
                     run: RunId(0),
                     device: device(i),
                     attempt: 1,
-                    response: Some(MethodResponse {
+                    response: with_response.then(|| MethodResponse {
                         status: 200,
                         payload: json!({"fw": "2.0"}),
                     }),
@@ -165,17 +167,43 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("evolve");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(10);
-    for (name, fail_every) in [
-        ("succeeded_100k", None),
-        ("mixed_10pct_failed_100k", Some(10)),
+    for (name, fail_every, with_response) in [
+        ("succeeded_100k", None, true),
+        ("mixed_10pct_failed_100k", Some(10), true),
+        ("succeeded_100k_no_response", None, false),
     ] {
-        let events = result_events(fail_every);
+        let events = result_events(fail_every, with_response);
         g.bench_function(name, |b| {
             b.iter_batched(
                 || base.clone(),
                 |mut s| {
                     for e in &events {
                         evolve(&mut s, black_box(e));
+                    }
+                    s
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+
+    // The owned path: responses move into the state instead of being copied (the events are
+    // cloned in the untimed setup, standing in for freshly decoded ones).
+    let mut g = c.benchmark_group("apply");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    for (name, fail_every) in [
+        ("succeeded_100k", None),
+        ("mixed_10pct_failed_100k", Some(10)),
+    ] {
+        let events = result_events(fail_every, true);
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || (base.clone(), events.clone()),
+                |(mut s, events)| {
+                    for e in events {
+                        muster_domain::apply(&mut s, black_box(e));
                     }
                     s
                 },

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use muster_domain::{
     actions, decide, evolve, Action, BatchSize, CancelReason, CancellationThreshold, Command,
-    DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus, DomainError, Event, FailureReason,
-    Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation, Outcome, RetryPolicy, Rollout,
-    Schedule, State, Stats, Target, TargetSelector, Threshold,
+    ConnectionState, DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus, DomainError, Event,
+    FailureReason, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation, Outcome,
+    RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector, Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use proptest::prelude::*;
@@ -807,11 +807,9 @@ impl Harness {
             }
         }
         // A device joins a continuous job only when it starts matching the job's target: it did not
-        // match (or did not exist) before this command. (Known to fail after a rerun of a continuous
-        // job, see `a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job`;
-        // MUSTER_SKIP_REJOIN_CHECK=1 skips it to see the other properties meanwhile.)
-        let check_joins = std::env::var_os("MUSTER_SKIP_REJOIN_CHECK").is_none();
-        for e in events.iter().filter(|_| check_joins) {
+        // match (or did not exist) before this command. This found devices of an earlier run
+        // rejoining a rerun, see `a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job`.
+        for e in events {
             if let Event::DevicesJoined { job, devices, .. } = e {
                 let watch = pre.jobs.get(job).and_then(|j| j.watch.as_ref());
                 ensure!(watch.is_some(), "{e:?} for a job that watches nothing");
@@ -947,6 +945,41 @@ impl Harness {
         }
 
         check_state(&self.state)?;
+
+        // After an Advance nothing it handles is still due: no due start, no passed deadline.
+        if let Command::Advance { at } = cmd {
+            for j in self.state.jobs.values() {
+                if matches!(j.status, JobStatus::Pending | JobStatus::Scheduled) {
+                    ensure!(
+                        j.start_at.is_some_and(|s| s > *at),
+                        "job {} is still {:?} after Advance at {at:?} (start at {:?})",
+                        j.id,
+                        j.status,
+                        j.start_at
+                    );
+                }
+                if let Some(&(deadline, i)) = j.current_run().deadlines.first() {
+                    ensure!(
+                        deadline > *at,
+                        "job {} ({:?}): device {i} is past its deadline {deadline:?} after Advance at {at:?}",
+                        j.id,
+                        j.status
+                    );
+                }
+                if let (Some(max), Some(started), false) = (
+                    j.spec.schedule.max_execution_secs,
+                    j.current_run().started_at,
+                    j.status.is_final(),
+                ) {
+                    ensure!(
+                        started.plus_secs(max as i64) > *at,
+                        "job {} ({:?}) outlived its maximum execution time after Advance at {at:?}",
+                        j.id,
+                        j.status
+                    );
+                }
+            }
+        }
 
         // actions agree with the state, and an Advance they ask for always does something
         let acts = actions(&self.state, self.now, MAX_DISPATCH);
@@ -1122,7 +1155,43 @@ impl Harness {
                 );
                 self.final_seen.insert(key);
             }
-            Event::DeviceFailed { reason, retry, .. } => {
+            Event::DeviceFailed {
+                reason, retry, at, ..
+            } => {
+                // Failures the core decides itself happen for the reason they give, and not early.
+                let reg = state.registry.devices.get(device);
+                if d.status == DeviceStatus::Pending {
+                    match reason {
+                        FailureReason::DeviceNotFound => {
+                            ensure!(reg.is_none(), "event {k}: {e:?} for a registered device")
+                        }
+                        FailureReason::DeviceDisabled => ensure!(
+                            reg.is_some_and(|r| !r.enabled),
+                            "event {k}: {e:?} for a device that is enabled or unknown"
+                        ),
+                        FailureReason::NotConnected => {
+                            let since = j.effective_ready_since(d);
+                            let window = j.spec.connect_window_ms();
+                            ensure!(
+                                matches!(cmd, Command::Advance { .. })
+                                    && reg.is_some_and(|r| r.connection == ConnectionState::Disconnected)
+                                    && since.is_some_and(|t| t.plus_millis(window) <= *at),
+                                "event {k}: {e:?} but the device is {:?}, ready since {since:?}, connect window {window} ms",
+                                reg.map(|r| r.connection)
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                if matches!(cmd, Command::Advance { .. }) && d.status == DeviceStatus::Running {
+                    let deadline = d
+                        .dispatched_at
+                        .map(|t| t.plus_millis(j.spec.response_window_ms()));
+                    ensure!(
+                        *reason == FailureReason::Timeout && deadline.is_some_and(|t| t <= *at),
+                        "event {k}: {e:?} from Advance before the deadline {deadline:?}"
+                    );
+                }
                 let from_pending = d.status == DeviceStatus::Pending
                     && matches!(
                         reason,
@@ -1892,9 +1961,9 @@ fn threshold_cancels_exactly_when_crossed() {
 // Continuous jobs and reruns
 // ------------------------------------------------------------------------------------------------
 
-/// Found while writing the join property: after a rerun of a continuous job, any change of a
-/// device that matches the target and is not in the rerun (for example one that succeeded in run 0)
-/// makes it join the rerun, so it runs the job again; here a mere connection change does it.
+/// Found by the join property: after a rerun of a continuous job, any change of a device that
+/// matches the target and is not in the rerun (for example one that succeeded in run 0) made it
+/// join the rerun and run the job again; here a mere connection change did it.
 #[test]
 fn a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job() {
     let mut s = State::default();
