@@ -580,7 +580,7 @@ fn record_results(
                 Outcome::Responded { status, payload } => {
                     let response = Some(MethodResponse {
                         status: *status,
-                        payload: payload.clone(),
+                        payload: std::sync::Arc::new(payload.clone()),
                     });
                     if (200..300).contains(status) {
                         s.succeed(i, r.attempt, response);

@@ -5,6 +5,7 @@
 //! that the leader's actions and the next deadline are found without scanning every device.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use muster_types::{DeviceId, JobId, RerunId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -116,11 +117,13 @@ impl FailureReason {
     }
 }
 
-/// What a device answered to a direct method.
+/// What a device answered to a direct method. The payload is shared, not copied, between the
+/// event that records it and the device's status: copying JSON per result was the largest cost of
+/// applying results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodResponse {
     pub status: i32,
-    pub payload: Value,
+    pub payload: Arc<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

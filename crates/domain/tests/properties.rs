@@ -6,6 +6,27 @@
 //! the live state, so that most commands are meaningful (dispatching what `actions` proposes,
 //! answering attempts really in flight) while some are deliberately wrong (random devices, stale
 //! attempts, wrong runs, stopped jobs, unknown ids) to test robustness.
+//!
+//! Checked after every command (see `Harness::step`, `Harness::check_event`, `check_state`):
+//! 1. replaying the log (through `evolve` and through the owned `apply`) rebuilds the live state,
+//!    and `execute` equals `decide` + `evolve`;
+//! 2. run and batch counters add up to their device counts and equal a recount of the statuses;
+//! 3. at most one final outcome per (job, run, device), nothing after it, final statuses never
+//!    change (ending a job cancels only what is not final);
+//! 4. a job that is not running dispatches nothing;
+//! 5. a threshold cancel comes exactly after the final failure that crosses (with its numbers),
+//!    never otherwise, and no crossing is ever left standing;
+//! 6. `ready` holds exactly the pending devices of started batches, `deadlines` exactly the running
+//!    devices with their deadlines;
+//! 7. attempts never exceed `retry.max_attempts`, and each failure is retried exactly when the
+//!    policy says;
+//!
+//! and more: per-minute limits, batches start in order and only after the previous one is done,
+//! failures the core decides (not connected, not found, disabled, timeout) have their cause,
+//! `actions` only proposes what `decide` accepts and an Advance it asks for does something, joins
+//! of continuous jobs happen only for devices that start matching.
+//!
+//! `PROPTEST_CASES=2000 cargo test -p muster-domain --test properties` for a longer soak.
 
 // Helpers outside #[test] functions fail loudly on purpose: a broken fixture is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,10 +34,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use muster_domain::{
-    actions, decide, evolve, Action, BatchSize, CancelReason, CancellationThreshold, Command,
-    ConnectionState, DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus, DomainError, Event,
-    FailureReason, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation, Outcome,
-    RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector, Threshold,
+    actions, apply, decide, evolve, Action, BatchSize, CancelReason, CancellationThreshold,
+    Command, ConnectionState, DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus,
+    DomainError, Event, FailureReason, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation,
+    Outcome, RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector, Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use proptest::prelude::*;
@@ -806,10 +827,15 @@ impl Harness {
                 }
             }
         }
-        // A device joins a continuous job only when it starts matching the job's target: it did not
-        // match (or did not exist) before this command. This found devices of an earlier run
-        // rejoining a rerun, see `a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job`.
-        for e in events {
+        // A registry change makes a device join a continuous job only when the device starts
+        // matching the job's target: it did not match (or did not exist) before this command. This
+        // found devices of an earlier run rejoining a rerun
+        // (`a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job`) and devices that
+        // started matching while the job had ended joining its rerun at their next unrelated change
+        // (`devices_that_matched_while_the_job_had_ended_are_treated_alike_by_its_rerun`). Joins
+        // decided by a rerun itself are not constrained here.
+        let registry_change = !matches!(cmd, Command::RerunJob { .. });
+        for e in events.iter().filter(|_| registry_change) {
             if let Event::DevicesJoined { job, devices, .. } = e {
                 let watch = pre.jobs.get(job).and_then(|j| j.watch.as_ref());
                 ensure!(watch.is_some(), "{e:?} for a job that watches nothing");
@@ -912,6 +938,16 @@ impl Harness {
             "execute gave other events: {again:?}"
         );
         ensure!(alt == self.state, "execute reached another state");
+
+        // the owned path (`apply`, which moves responses) reaches the same state as `evolve`
+        let mut owned = pre.clone();
+        for e in events.iter().cloned() {
+            apply(&mut owned, e);
+        }
+        ensure!(
+            owned == self.state,
+            "apply reached another state than evolve"
+        );
 
         // 1. replay rebuilds the live state
         let replayed = State::replay(&self.log);
@@ -1758,6 +1794,12 @@ proptest! {
         }
         prop_assert!(a == b);
         prop_assert!(a == h.state);
+        // and the whole log replayed through the owned path rebuilds it too
+        let mut owned = State::default();
+        for e in h.log.iter().cloned() {
+            apply(&mut owned, e);
+        }
+        prop_assert!(owned == h.state);
     }
 }
 
@@ -2032,5 +2074,96 @@ fn a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job() {
             .iter()
             .any(|e| matches!(e, Event::DevicesJoined { devices, .. } if devices.contains(&d0))),
         "dev-000 joined the rerun: {events:?}"
+    );
+}
+
+/// Found by the join property (with the fix above in place): devices that start matching a
+/// continuous job's target while the job has ended are not picked up then; after a rerun, one of
+/// them joins the rerun at its next, unrelated change (here it goes offline), while an identical
+/// device that stays quiet never joins. Whether such devices belong to the rerun or not, they should
+/// be treated alike; the documented rule ("devices that started matching") says not to join them.
+#[test]
+fn devices_that_matched_while_the_job_had_ended_are_treated_alike_by_its_rerun() {
+    let mut s = State::default();
+    let at = Timestamp(T0);
+    let id = jid("c");
+    let d0 = did("dev-000");
+    let mut devices = fleet(1);
+    devices[0].tags = json!({"site": "a"});
+    s.execute(&Command::RegisterDevices {
+        devices,
+        upsert: false,
+        at,
+    })
+    .unwrap();
+    let mut spec = method_spec(None, None);
+    spec.target = Target {
+        selector: TargetSelector::Query(site_query(Some(0))),
+        continuous: true,
+    };
+    s.execute(&Command::CreateJob {
+        id: id.clone(),
+        spec,
+        at,
+    })
+    .unwrap();
+    s.execute(&Command::Advance { at }).unwrap();
+    s.execute(&Command::MarkDispatched {
+        job: id.clone(),
+        run: RunId(0),
+        devices: vec![d0.clone()],
+        at,
+    })
+    .unwrap();
+    s.execute(&Command::RecordDeviceResults {
+        results: vec![muster_domain::responded(
+            &id,
+            RunId(0),
+            &d0,
+            1,
+            500,
+            json!({}),
+        )],
+        at,
+    })
+    .unwrap();
+    s.execute(&Command::CancelJob { id: id.clone(), at })
+        .unwrap();
+    // Two devices start matching while the job has ended: nothing joins an ended job.
+    let (n1, n2) = (did("new-001"), did("new-002"));
+    for n in [&n1, &n2] {
+        s.execute(&Command::RegisterDevices {
+            devices: vec![DeviceRegistration {
+                id: n.clone(),
+                display_name: String::new(),
+                model_id: None,
+                enabled: true,
+                tags: json!({"site": "a"}),
+            }],
+            upsert: false,
+            at,
+        })
+        .unwrap();
+    }
+    s.execute(&Command::RerunJob {
+        id: id.clone(),
+        rerun_id: RerunId::new("r1").unwrap(),
+        at,
+    })
+    .unwrap();
+    // new-001 goes offline; new-002 does nothing. Their twins match the target exactly alike.
+    s.execute(&Command::SetConnection {
+        device: n1.clone(),
+        connected: false,
+        at,
+    })
+    .unwrap();
+    let rerun = s.jobs[&id].current_run();
+    assert_eq!(
+        rerun.device(&n1).is_some(),
+        rerun.device(&n2).is_some(),
+        "new-001 in the rerun: {}, new-002 in the rerun: {}",
+        rerun.device(&n1).is_some(),
+        rerun.device(&n2).is_some()
     );
 }

@@ -59,7 +59,7 @@ impl TryFrom<pb::MethodResponse> for MethodResponse {
     fn try_from(r: pb::MethodResponse) -> Result<Self, ProtoError> {
         Ok(MethodResponse {
             status: r.status,
-            payload: json("payload_json", &r.payload_json)?,
+            payload: std::sync::Arc::new(json("payload_json", &r.payload_json)?),
         })
     }
 }

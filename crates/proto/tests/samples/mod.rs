@@ -235,7 +235,9 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 attempt: 1,
                 response: Some(MethodResponse {
                     status: 200,
-                    payload: json!({"result": "ok", "fw": "2.1.0", "tookMs": 1234}),
+                    payload: std::sync::Arc::new(
+                        json!({"result": "ok", "fw": "2.1.0", "tookMs": 1234}),
+                    ),
                 }),
                 at: at(3_601_000),
             },
@@ -257,7 +259,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 FailureReason::DeviceError { status: 503 },
                 Some(MethodResponse {
                     status: 503,
-                    payload: json!({"error": "busy", "retryAfterSecs": 60}),
+                    payload: std::sync::Arc::new(json!({"error": "busy", "retryAfterSecs": 60})),
                 }),
                 true,
             ),
