@@ -429,8 +429,17 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
             .values()
             // A device any run has already had (for example one that succeeded before a rerun)
             // does not join again: a rerun is only for the failed ones.
+            // Joining is edge-triggered: only a device that this command makes start matching
+            // joins. One that already matched (say, while the job had ended) does not join later
+            // because of an unrelated change, so alike devices are treated alike.
             .filter(|d| {
-                !j.runs.iter().any(|r| r.index.contains_key(&d.id)) && q.matches(&d.twin_document())
+                !j.runs.iter().any(|r| r.index.contains_key(&d.id))
+                    && q.matches(&d.twin_document())
+                    && !state
+                        .registry
+                        .devices
+                        .get(&d.id)
+                        .is_some_and(|before| q.matches(&before.twin_document()))
             })
             .map(|d| d.id.clone())
             .collect();
