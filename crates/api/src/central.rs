@@ -229,9 +229,8 @@ pub fn job_request_from_central_value(
     Ok(CentralJobRequest { id, spec, template })
 }
 
-/// The id in the URL, and the body's `id` if it has one: they must agree.
-fn path_id(f: &Fields<'_>, id_from_path: &str) -> Result<JobId, ApiError> {
-    let id = JobId::new(id_from_path).map_err(|e| ApiError::bad_request("id", e))?;
+/// The body's `id`, if it has one, must be the id in the URL.
+fn same_id(f: &Fields<'_>, id_from_path: &str) -> Result<(), ApiError> {
     if let Some(body_id) = f.str_opt("id")? {
         if body_id != id_from_path {
             return Err(ApiError::bad_request(
@@ -244,6 +243,13 @@ fn path_id(f: &Fields<'_>, id_from_path: &str) -> Result<JobId, ApiError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// The id in the URL, and the body's `id` if it has one: they must agree.
+fn path_id(f: &Fields<'_>, id_from_path: &str) -> Result<JobId, ApiError> {
+    let id = JobId::new(id_from_path).map_err(|e| ApiError::bad_request("id", e))?;
+    same_id(f, id_from_path)?;
     Ok(id)
 }
 
@@ -591,18 +597,7 @@ pub fn device_group_from_central(
     let f = Fields::of(&value, "")?;
     f.only(&["id", "displayName", "filter", "description", "etag"])?;
     let id = GroupId::new(id_from_path).map_err(|e| ApiError::bad_request("id", e))?;
-    if let Some(body_id) = f.str_opt("id")? {
-        if body_id != id_from_path {
-            return Err(ApiError::bad_request(
-                "id",
-                format!(
-                    "the body says {} but the URL says {}; make them equal or leave id out of the body",
-                    quote(body_id),
-                    quote(id_from_path)
-                ),
-            ));
-        }
-    }
+    same_id(&f, id_from_path)?;
     let display_name = f.str_req("displayName")?.to_string();
     check_text("displayName", &display_name, 256)?;
     let description = f.str_opt("description")?.unwrap_or_default();
@@ -651,18 +646,7 @@ pub fn device_registration_from_central(
         "provisioned",
     ])?;
     let id = DeviceId::new(id_from_path).map_err(|e| ApiError::bad_request("id", e))?;
-    if let Some(body_id) = f.str_opt("id")? {
-        if body_id != id_from_path {
-            return Err(ApiError::bad_request(
-                "id",
-                format!(
-                    "the body says {} but the URL says {}; make them equal or leave id out of the body",
-                    quote(body_id),
-                    quote(id_from_path)
-                ),
-            ));
-        }
-    }
+    same_id(&f, id_from_path)?;
     let display_name = f
         .str_opt("displayName")?
         .map_or_else(|| id.to_string(), str::to_string);
