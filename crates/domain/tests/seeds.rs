@@ -32,6 +32,25 @@ impl Leader {
         Ok(events)
     }
 
+    /// A leader whose registry has `n` thermostats of the seed's template and the seed's group.
+    fn with_group(n: usize) -> Self {
+        let mut l = Leader::new();
+        l.register(n, TEMPLATE);
+        l.save_group();
+        l
+    }
+
+    /// Drives the loop with every device answering 200, except `failing`, which answer 500.
+    fn drive_failing(&mut self, failing: &[&str]) {
+        self.drive(|req| {
+            if failing.contains(&req.device.as_str()) {
+                fail()
+            } else {
+                ok()
+            }
+        });
+    }
+
     fn tick(&mut self, ms: i64) {
         self.now = self.now.plus_millis(ms);
     }
@@ -250,9 +269,7 @@ impl Leader {
 
 #[test]
 fn central_seed_on_four_devices_one_failure_crosses_ten_percent() {
-    let mut l = Leader::new();
-    l.register(4, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(4);
     create(&mut l, "job-004", central_job());
     l.drive(|req| {
         if req.device.as_str() == "thermostat-001" {
@@ -295,9 +312,7 @@ fn central_seed_on_four_devices_one_failure_crosses_ten_percent() {
 #[test]
 fn central_seed_on_forty_devices_tolerates_four_failures_and_cancels_at_the_fifth() {
     // 10% of 40 is 4: four failures are not "more than 10%", the fifth is.
-    let mut l = Leader::new();
-    l.register(40, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(40);
     create(&mut l, "tolerant", central_job());
     let failing = [
         "thermostat-003",
@@ -305,13 +320,7 @@ fn central_seed_on_forty_devices_tolerates_four_failures_and_cancels_at_the_fift
         "thermostat-025",
         "thermostat-036",
     ];
-    l.drive(|req| {
-        if failing.contains(&req.device.as_str()) {
-            fail()
-        } else {
-            ok()
-        }
-    });
+    l.drive_failing(&failing);
     let j = l.job("tolerant");
     assert_eq!(j.status, JobStatus::Completed);
     assert_eq!(j.current_run().batches.len(), 4);
@@ -320,9 +329,7 @@ fn central_seed_on_forty_devices_tolerates_four_failures_and_cancels_at_the_fift
     assert_eq!((s.succeeded, s.failed, s.cancelled), (36, 4, 0));
     assert_eq!(batch_starts(&l.log), vec![0, 1, 2, 3]);
 
-    let mut l = Leader::new();
-    l.register(40, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(40);
     create(&mut l, "strict", central_job());
     // Five failures, all in the second batch (devices 10..20).
     let failing = [
@@ -332,13 +339,7 @@ fn central_seed_on_forty_devices_tolerates_four_failures_and_cancels_at_the_fift
         "thermostat-013",
         "thermostat-014",
     ];
-    l.drive(|req| {
-        if failing.contains(&req.device.as_str()) {
-            fail()
-        } else {
-            ok()
-        }
-    });
+    l.drive_failing(&failing);
     let j = l.job("strict");
     assert_eq!(j.status, JobStatus::Cancelled);
     assert_eq!(
@@ -409,9 +410,7 @@ fn hub_seed_twin_update_by_query_changes_the_twins() {
 
 #[test]
 fn stop_holds_dispatch_and_resume_finishes() {
-    let mut l = Leader::new();
-    l.register(4, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(4);
     create(&mut l, "job-004", central_job());
     l.exec(Command::Advance { at: l.now }).unwrap();
     l.exec(Command::StopJob {
@@ -443,9 +442,7 @@ fn stop_holds_dispatch_and_resume_finishes() {
 
 #[test]
 fn rerun_reaches_exactly_the_failed_devices() {
-    let mut l = Leader::new();
-    l.register(8, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(8);
     let mut spec = central_job();
     spec.cancellation = None;
     create(&mut l, "j", spec);
@@ -488,9 +485,7 @@ fn rerun_reaches_exactly_the_failed_devices() {
 
 #[test]
 fn silent_devices_time_out_and_are_retried_with_a_new_attempt() {
-    let mut l = Leader::new();
-    l.register(2, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(2);
     let mut spec = central_job();
     spec.rollout.batch = None;
     spec.cancellation = None;
@@ -536,9 +531,7 @@ fn silent_devices_time_out_and_are_retried_with_a_new_attempt() {
 
 #[test]
 fn a_device_that_never_answers_ends_timed_out() {
-    let mut l = Leader::new();
-    l.register(1, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(1);
     create(&mut l, "j", central_job());
     l.drive(|_| None);
     let j = l.job("j");
@@ -552,9 +545,7 @@ fn a_device_that_never_answers_ends_timed_out() {
 
 #[test]
 fn an_offline_device_is_served_when_it_comes_online_and_fails_after_the_connect_timeout() {
-    let mut l = Leader::new();
-    l.register(2, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(2);
     for i in 0..2 {
         l.exec(Command::SetConnection {
             device: DeviceId::new(format!("thermostat-00{i}")).unwrap(),
@@ -606,9 +597,7 @@ fn an_offline_device_is_served_when_it_comes_online_and_fails_after_the_connect_
 
 #[test]
 fn max_execution_time_fails_the_job_and_cancels_the_rest() {
-    let mut l = Leader::new();
-    l.register(3, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(3);
     let mut spec = central_job();
     spec.cancellation = None;
     spec.schedule.max_execution_secs = Some(10);
@@ -627,9 +616,7 @@ fn max_execution_time_fails_the_job_and_cancels_the_rest() {
 
 #[test]
 fn rate_limit_spreads_dispatch_over_minutes() {
-    let mut l = Leader::new();
-    l.register(5, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(5);
     let mut spec = central_job();
     spec.rollout = Rollout {
         batch: None,
@@ -657,9 +644,7 @@ fn rate_limit_spreads_dispatch_over_minutes() {
 
 #[test]
 fn continuous_job_takes_devices_that_join_the_group_later() {
-    let mut l = Leader::new();
-    l.register(2, TEMPLATE);
-    l.save_group();
+    let mut l = Leader::with_group(2);
     let mut spec = central_job();
     spec.target.continuous = true;
     spec.cancellation = None;
