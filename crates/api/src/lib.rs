@@ -10,8 +10,10 @@
 
 pub mod central;
 pub mod error;
+pub mod grpc;
 pub mod hub;
 mod json;
+pub mod rest;
 
 pub use central::{
     central_device_group_json, central_device_json, central_device_status, central_job,

@@ -1,0 +1,67 @@
+//! `muster`: the one binary. It parses flags, loads the layered configuration, sets up tracing
+//! and hands over to `muster-node` (for `serve`) or to the gRPC client (every other command).
+
+mod client;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "muster", version, about = "A job coordinator for fleets of IoT devices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a node.
+    Serve(serve::ServeArgs),
+    /// Create, inspect and steer jobs.
+    Job {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::JobCmd,
+    },
+    /// Register and inspect devices.
+    Device {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::DeviceCmd,
+    },
+    /// Device groups (saved queries).
+    Group {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::GroupCmd,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Serve(args) => serve::serve(args).await,
+            Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
+            Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
+            Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The binary's own surface. Besides checking it, this file makes `cargo test --workspace`
+//! build `target/<profile>/muster`, which the end-to-end tests in `tests/` start.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+fn muster() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_muster"))
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = muster().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "job", "device", "group"] {
+        assert!(text.contains(cmd), "--help does not mention {cmd}: {text}");
+    }
+}
+
+#[test]
+fn a_bad_address_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = muster()
+        .args(["serve", "--http-addr", "not-an-address", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http_addr"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = muster()
+        .args(["serve", "--config", "/nonexistent/muster.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/muster.toml"));
+}

@@ -1,0 +1,341 @@
+//! muster's Raft cluster: the node-level handle every other part of a server writes and reads
+//! through.
+//!
+//! [`Cluster::start`] opens the store in a data directory, builds the openraft instance, and, if
+//! the directory is new, initialises it as a cluster of one (as etcd runs a one-member cluster),
+//! so a single node and a multi-node cluster use the same storage, state machine and code paths.
+//! A restarted node finds its vote and log on disk and simply carries on.
+//!
+//! Writes go through [`Cluster::write`]: one domain command per Raft entry, answered once it is
+//! committed and applied. Reads come from the applied state ([`Cluster::reader`]), either as they
+//! are (fast, possibly stale on a follower) or after [`Cluster::linearizable`] has confirmed this
+//! node is still the leader and its state machine has caught up with the commit index.
+//!
+//! The network between nodes is [`network`]; for the single-member cluster it is never called.
+
+mod network;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use muster_domain::Command;
+use muster_types::Timestamp;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+pub use muster_store::{
+    AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
+    StateReader, StateUpdate, Store, StoreError, TypeConfig,
+};
+pub use network::Network;
+
+/// The openraft instance with muster's types.
+pub type MusterRaft = Raft<TypeConfig>;
+/// What openraft reports about this node (state, leader, term, indexes, membership).
+pub type Metrics = RaftMetrics<u64, MusterNode>;
+
+/// The wall clock as a [`Timestamp`]: the leader stamps commands with it. The pure core never
+/// reads a clock; this is the one place the server does for commands.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+/// How a node takes part in Raft.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// This node's addresses, recorded in the membership when it initialises the cluster.
+    pub node: MusterNode,
+    /// Heartbeat interval; the election timeout is drawn between `election_min` and
+    /// `election_max`. The defaults suit a LAN.
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one (the log behind it
+    /// is then purged).
+    pub snapshot_after: u64,
+}
+
+impl ClusterConfig {
+    pub fn new(node_id: u64, data_dir: PathBuf, node: MusterNode) -> Self {
+        ClusterConfig {
+            node_id,
+            data_dir,
+            node,
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
+            snapshot_after: 20_000,
+        }
+    }
+}
+
+/// Why a write or a read did not happen. Callers map it to an API status.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The command was applied and refused by the core; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] CommandError),
+    /// This node is not the leader. `leader` is the current leader if one is known, so the
+    /// caller (or the forwarding layer) can retry there.
+    #[error("this node is not the leader{}", leader.as_ref().map(|(id, n)| format!("; the leader is node {id} ({})", n.grpc_addr)).unwrap_or_default())]
+    NotLeader {
+        leader: Option<(u64, MusterNode)>,
+    },
+    /// No leader could be reached or elected in time (for instance a node cut off from the
+    /// majority): the write was not acknowledged and may or may not be applied later.
+    #[error("the cluster has no leader reachable from this node: {0}")]
+    Unavailable(String),
+    /// Opening the data directory failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// openraft stopped (a storage failure, or shutdown).
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// A running Raft node with muster's store.
+#[derive(Clone)]
+pub struct Cluster {
+    id: u64,
+    raft: MusterRaft,
+    reader: StateReader,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("id", &self.id).finish()
+    }
+}
+
+impl Cluster {
+    /// Opens `cfg.data_dir` (creating it if needed), starts Raft, and initialises a cluster of one
+    /// if the directory held no Raft state. Returns once Raft runs; use
+    /// [`wait_for_leader`](Self::wait_for_leader) before the first write.
+    pub async fn start(cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            ClusterError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
+        let (log, sm) = open_store(&cfg.data_dir).await?;
+        let reader = sm.reader();
+        let config = openraft::Config {
+            cluster_name: "muster".into(),
+            heartbeat_interval: millis(cfg.heartbeat),
+            election_timeout_min: millis(cfg.election_min),
+            election_timeout_max: millis(cfg.election_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Unavailable(format!("invalid raft settings: {e}")))?;
+        let raft = Raft::new(cfg.node_id, Arc::new(config), Network::default(), log, sm)
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        if !initialized {
+            let members = BTreeMap::from([(cfg.node_id, cfg.node.clone())]);
+            tracing::info!(node = cfg.node_id, "new data directory: initialising a cluster of one");
+            if let Err(e) = raft.initialize(members).await {
+                return Err(ClusterError::Fatal(format!("initialise: {e}")));
+            }
+        }
+        Ok(Cluster {
+            id: cfg.node_id,
+            raft,
+            reader,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The openraft instance, for the peer RPC service and membership changes.
+    pub fn raft(&self) -> &MusterRaft {
+        &self.raft
+    }
+
+    /// The applied state and the event log, as this node has them.
+    pub fn reader(&self) -> &StateReader {
+        &self.reader
+    }
+
+    pub fn metrics(&self) -> watch::Receiver<Metrics> {
+        self.raft.metrics()
+    }
+
+    /// Whether this node is the leader, as it currently believes.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// The current leader's id and addresses, if one is known.
+    pub fn leader(&self) -> Option<(u64, MusterNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, node))
+    }
+
+    /// Waits until some node is leader (this one or another). Returns the leader id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(id) = rx.borrow_and_update().current_leader {
+                    return Ok(id);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClusterError::Fatal("raft stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClusterError::Unavailable(format!("no leader elected within {timeout:?}")))?
+    }
+
+    /// Proposes one command and waits until it is committed and applied here. `Ok` carries the
+    /// seqs of the events it appended; the state read through [`reader`](Self::reader)
+    /// includes them when this returns.
+    pub async fn write(&self, command: Command) -> Result<AppliedRange, ClusterError> {
+        match self.raft.client_write(Request { command }).await {
+            Ok(resp) => Ok(resp.data.into_result()?),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ClusterError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ClusterError::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Confirms with a quorum that this node is still the leader and waits until its state
+    /// machine has applied everything committed before the call (the read-index protocol), so a
+    /// read that follows sees every write acknowledged before it began.
+    pub async fn linearizable(&self) -> Result<(), ClusterError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ClusterError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ClusterError::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Stops Raft. Everything acknowledged is already durable; this only ends the tasks.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+/// Opens the store, waiting a few seconds if another holder of the directory is still letting go
+/// of it (a previous process exiting, or sled's background thread of a store just dropped in
+/// this one); after that the directory is reported as in use.
+async fn open_store(
+    dir: &std::path::Path,
+) -> Result<(muster_store::LogStore, muster_store::StateMachine), ClusterError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = dir.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || Store::open(&d))
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        match opened {
+            Err(StoreError::Sled(e)) if e.to_string().contains("could not acquire lock") => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ClusterError::Unavailable(format!(
+                        "data directory {} is in use by another process",
+                        dir.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_domain::DeviceRegistration;
+    use muster_types::DeviceId;
+
+    fn cfg(dir: &std::path::Path) -> ClusterConfig {
+        ClusterConfig::new(1, dir.to_path_buf(), MusterNode::default())
+    }
+
+    fn register(id: &str) -> Command {
+        Command::RegisterDevices {
+            devices: vec![DeviceRegistration {
+                id: DeviceId::new(id).unwrap(),
+                display_name: id.into(),
+                model_id: None,
+                enabled: true,
+                tags: serde_json::json!({}),
+            }],
+            upsert: false,
+            at: now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_directory_becomes_a_cluster_of_one_and_restarts_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::start(cfg(dir.path())).await.unwrap();
+        assert_eq!(c.wait_for_leader(Duration::from_secs(10)).await.unwrap(), 1);
+        let r = c.write(register("d1")).await.unwrap();
+        assert!(!r.is_empty());
+        let err = c.write(register("d1")).await.unwrap_err();
+        assert!(matches!(
+            err,
+            ClusterError::Rejected(CommandError {
+                kind: ErrorKind::AlreadyExists,
+                ..
+            })
+        ));
+        c.linearizable().await.unwrap();
+        c.shutdown().await;
+        drop(c);
+
+        let c = Cluster::start(cfg(dir.path())).await.unwrap();
+        c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+        c.linearizable().await.unwrap();
+        let n = c.reader().read(|s| s.registry.devices.len());
+        assert_eq!(n, 1);
+        c.shutdown().await;
+    }
+}

@@ -1,0 +1,1 @@
+//! The MQTT worker pool (being built).

@@ -1,0 +1,167 @@
+//! Wiring: one muster node from its configuration.
+//!
+//! [`run`] takes listeners that are already bound and a shutdown future, in the manner of
+//! mini-redis: the binary binds the configured addresses (tests bind port 0 and read the real
+//! ones back), and whoever owns the future decides when the node stops. Nothing here parses flags
+//! or reads files; that is the binary's job.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use muster_cluster::{Cluster, ClusterConfig, ClusterError, MusterNode};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A node's settings, as the binary's layered configuration produces them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's Raft id; unique in the cluster, never reused.
+    pub node_id: u64,
+    /// Where the Raft log, the event log and snapshots live. Required outside dev mode.
+    pub data_dir: Option<PathBuf>,
+    /// Client gRPC API.
+    pub grpc_addr: String,
+    /// REST gateway.
+    pub http_addr: String,
+    /// Raft between nodes.
+    pub peer_addr: String,
+    /// Heartbeat interval and election timeout range, in milliseconds.
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_after: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            data_dir: None,
+            grpc_addr: "127.0.0.1:9090".into(),
+            http_addr: "127.0.0.1:8080".into(),
+            peer_addr: "127.0.0.1:9091".into(),
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_after: 20_000,
+        }
+    }
+}
+
+/// The sockets a node serves on, bound before [`run`] so callers know the real ports.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses (`:0` picks a free port).
+    pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, NodeError> {
+        Ok(Listeners {
+            grpc: bind(&cfg.grpc_addr, "grpc_addr").await?,
+            http: bind(&cfg.http_addr, "http_addr").await?,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> Result<SocketAddr, NodeError> {
+        local(&self.grpc)
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr, NodeError> {
+        local(&self.http)
+    }
+}
+
+async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|e| NodeError::Bind {
+        what,
+        addr: addr.to_string(),
+        source: e,
+    })
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, NodeError> {
+    l.local_addr().map_err(|e| NodeError::Io(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Runs a node until `shutdown` resolves, then stops serving (finishing requests in flight) and
+/// stops Raft. Everything acknowledged before is durable on disk.
+pub async fn run(
+    cfg: NodeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let data_dir = cfg
+        .data_dir
+        .clone()
+        .ok_or_else(|| NodeError::Config("data_dir is required (--data-dir)".into()))?;
+    let me = MusterNode {
+        peer_addr: cfg.peer_addr.clone(),
+        grpc_addr: listeners.grpc_addr()?.to_string(),
+        http_addr: listeners.http_addr()?.to_string(),
+    };
+    let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
+    ccfg.heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+    ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
+    ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
+    ccfg.snapshot_after = cfg.snapshot_after;
+    let cluster = Cluster::start(ccfg).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_routes(muster_api::grpc::routes(cluster.clone()))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(listeners.http, muster_api::rest::router(cluster.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(10);
+    match tokio::time::timeout(grace, async { (grpc.await, http.await) }).await {
+        Ok((g, h)) => {
+            if let Ok(Err(e)) = g {
+                tracing::warn!("gRPC server: {e}");
+            }
+            if let Ok(Err(e)) = h {
+                tracing::warn!("REST server: {e}");
+            }
+        }
+        Err(_) => tracing::warn!("requests still running after {grace:?}; stopping anyway"),
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
