@@ -1,1 +1,70 @@
-//! Helpers shared by the benchmarks (being built).
+//! Helpers shared by the benchmarks: fleets, specs and percentiles.
+
+use std::time::Duration;
+
+use muster_domain::{
+    DeviceRegistration, JobSpec, MethodCall, Operation, RetryPolicy, Rollout, Schedule, Target,
+    TargetSelector,
+};
+use muster_types::DeviceId;
+use serde_json::json;
+
+/// `{prefix}-{i:06}`, the simulator's naming.
+pub fn device(prefix: &str, i: usize) -> DeviceId {
+    DeviceId::new(format!("{prefix}-{i:06}")).unwrap_or_else(|_| unreachable_id())
+}
+
+fn unreachable_id() -> DeviceId {
+    // Only reached if a caller passes a prefix that is not a valid id; the benches do not.
+    DeviceId::new("invalid-prefix").unwrap_or_else(|_| std::process::abort())
+}
+
+pub fn registrations(prefix: &str, range: std::ops::Range<usize>) -> Vec<DeviceRegistration> {
+    range
+        .map(|i| DeviceRegistration {
+            id: device(prefix, i),
+            display_name: String::new(),
+            model_id: None,
+            enabled: true,
+            tags: json!({"site": "bench"}),
+        })
+        .collect()
+}
+
+/// A method job over the devices a query selects, one batch, long timeouts.
+pub fn method_job(query: &str) -> JobSpec {
+    JobSpec {
+        display_name: "bench".into(),
+        description: String::new(),
+        target: Target {
+            selector: TargetSelector::Query(query.into()),
+            continuous: false,
+        },
+        operations: vec![Operation::InvokeMethod(MethodCall {
+            name: "reboot".into(),
+            payload: json!({"delay": 1}),
+            response_timeout_secs: 3600,
+            connect_timeout_secs: 0,
+        })],
+        schedule: Schedule::default(),
+        rollout: Rollout::default(),
+        cancellation: None,
+        retry: RetryPolicy::default(),
+    }
+}
+
+/// The `p`th percentile (0..=100) of `samples`, sorted in place.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let i = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+/// The median of a few runs' figures.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}

@@ -5,6 +5,8 @@
 //! ones back), and whoever owns the future decides when the node stops. Nothing here parses flags
 //! or reads files; that is the binary's job.
 
+mod ticker;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,6 +147,7 @@ pub async fn run(
     let http = axum::serve(listeners.http, muster_api::rest::router(cluster.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
+    let ticker = tokio::spawn(ticker::run(cluster.clone(), stop_rx.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     shutdown.await;
@@ -162,6 +165,7 @@ pub async fn run(
         }
         Err(_) => tracing::warn!("requests still running after {grace:?}; stopping anyway"),
     }
+    let _ = ticker.await;
     cluster.shutdown().await;
     Ok(())
 }

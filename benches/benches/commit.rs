@@ -1,0 +1,226 @@
+//! Commands committed durably through the Raft-of-one on sled: what one node can take.
+//!
+//! `cargo bench -p muster-benches --bench commit` prints, for three runs and their median:
+//! - CreateJob one at a time (each waits for its fsync): ops/s, p50 and p99 latency;
+//! - CreateJob from 32 concurrent writers (group commit shares flushes): ops/s;
+//! - device results, 1,000 per `RecordDeviceResults` entry, from 4 concurrent writers:
+//!   results/s (the issue's goal: at least 50,000 per second).
+//!
+//! Data goes to a temporary directory under `target/` (the real disk, not tmpfs); set
+//! `MUSTER_BENCH_DIR` to measure another disk.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use muster_benches::{median, method_job, percentile, registrations};
+use muster_cluster::{now, Cluster, ClusterConfig, MusterNode};
+use muster_domain::{Command, DeviceResult, Outcome};
+use muster_types::{JobId, RunId};
+use serde_json::json;
+
+const RUNS: usize = 3;
+const SEQ_CREATES: usize = 300;
+const CONC_CREATES: usize = 2_000;
+const WRITERS: usize = 32;
+const DEVICES: usize = 100_000;
+const RESULTS_PER_ENTRY: usize = 1_000;
+const RESULT_WRITERS: usize = 4;
+
+async fn node(dir: &std::path::Path) -> Cluster {
+    let c = Cluster::start(ClusterConfig::new(
+        1,
+        dir.to_path_buf(),
+        MusterNode::default(),
+    ))
+    .await
+    .unwrap();
+    c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+    c
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
+        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
+        let _ = std::fs::create_dir_all(d);
+        d.to_string()
+    });
+    tempfile::tempdir_in(base).unwrap()
+}
+
+async fn setup_fleet(c: &Cluster, n: usize) {
+    for start in (0..n).step_by(5_000) {
+        c.write(Command::RegisterDevices {
+            devices: registrations("b", start..(start + 5_000).min(n)),
+            upsert: false,
+            at: now(),
+        })
+        .await
+        .unwrap();
+    }
+}
+
+fn create(id: String) -> Command {
+    Command::CreateJob {
+        id: JobId::new(id).unwrap(),
+        spec: method_job("SELECT * FROM devices WHERE deviceId = 'b-000001'"),
+        at: now(),
+    }
+}
+
+/// (ops/s, p50, p99) of sequential CreateJob.
+async fn sequential_creates(c: &Cluster, run: usize) -> (f64, Duration, Duration) {
+    let mut lat = Vec::with_capacity(SEQ_CREATES);
+    let t0 = Instant::now();
+    for i in 0..SEQ_CREATES {
+        let t = Instant::now();
+        c.write(create(format!("seq-{run}-{i}"))).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    let rate = SEQ_CREATES as f64 / t0.elapsed().as_secs_f64();
+    (
+        rate,
+        percentile(&mut lat, 50.0),
+        percentile(&mut lat, 99.0),
+    )
+}
+
+async fn concurrent_creates(c: &Cluster, run: usize) -> f64 {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..CONC_CREATES).step_by(WRITERS) {
+                c.write(create(format!("conc-{run}-{i}"))).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    CONC_CREATES as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Starts a job over the whole fleet and dispatches every device; then times recording one
+/// result for each, `RESULTS_PER_ENTRY` per command.
+async fn device_results(c: &Cluster, run: usize) -> f64 {
+    let id = JobId::new(format!("results-{run}")).unwrap();
+    c.write(Command::CreateJob {
+        id: id.clone(),
+        spec: method_job("SELECT * FROM devices"),
+        at: now(),
+    })
+    .await
+    .unwrap();
+    c.write(Command::Advance { at: now() }).await.unwrap();
+    let devices = c.reader().read(|s| {
+        s.jobs[&id]
+            .current_run()
+            .devices
+            .iter()
+            .map(|d| d.device.clone())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(devices.len(), DEVICES);
+    for chunk in devices.chunks(10_000) {
+        c.write(Command::MarkDispatched {
+            job: id.clone(),
+            run: RunId(0),
+            devices: chunk.to_vec(),
+            at: now(),
+        })
+        .await
+        .unwrap();
+    }
+    let chunks: Vec<Vec<DeviceResult>> = devices
+        .chunks(RESULTS_PER_ENTRY)
+        .map(|ch| {
+            ch.iter()
+                .map(|d| DeviceResult {
+                    job: id.clone(),
+                    run: RunId(0),
+                    device: d.clone(),
+                    attempt: 1,
+                    outcome: Outcome::Responded {
+                        status: 200,
+                        payload: json!({"ok": true}),
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    let chunks = Arc::new(std::sync::Mutex::new(chunks));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..RESULT_WRITERS {
+        let (c, chunks) = (c.clone(), chunks.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = chunks.lock().unwrap().pop();
+                let Some(results) = next else { return };
+                c.write(Command::RecordDeviceResults {
+                    results,
+                    at: now(),
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = DEVICES as f64 / t0.elapsed().as_secs_f64();
+    let done = c.reader().read(|s| s.jobs[&id].stats().succeeded);
+    assert_eq!(done, DEVICES as u64);
+    rate
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run a tiny smoke pass.
+    let full = std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if !full {
+            let dir = bench_dir();
+            let c = node(dir.path()).await;
+            c.write(create("smoke".into())).await.unwrap();
+            c.shutdown().await;
+            return;
+        }
+        let (mut seq, mut p50s, mut p99s, mut conc, mut res) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for run in 0..RUNS {
+            let dir = bench_dir();
+            let c = node(dir.path()).await;
+            setup_fleet(&c, DEVICES).await;
+            let (rate, p50, p99) = sequential_creates(&c, run).await;
+            let crate_ = concurrent_creates(&c, run).await;
+            let r = device_results(&c, run).await;
+            println!(
+                "run {run}: CreateJob sequential {rate:.0}/s (p50 {p50:?}, p99 {p99:?}); \
+                 CreateJob x{WRITERS} writers {crate_:.0}/s; device results {r:.0}/s"
+            );
+            seq.push(rate);
+            p50s.push(p50.as_secs_f64() * 1e3);
+            p99s.push(p99.as_secs_f64() * 1e3);
+            conc.push(crate_);
+            res.push(r);
+            c.shutdown().await;
+        }
+        println!(
+            "median of {RUNS}: CreateJob sequential {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; \
+             CreateJob with {WRITERS} writers {:.0}/s; device results {:.0}/s \
+             ({RESULTS_PER_ENTRY} per entry, {RESULT_WRITERS} writers)",
+            median(seq),
+            median(p50s),
+            median(p99s),
+            median(conc),
+            median(res)
+        );
+    });
+}
