@@ -81,7 +81,7 @@ impl Server {
             .arg(&self.data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", "info,openraft=warn,rumqttd=off")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -3,15 +3,21 @@
 //!
 //! protox parses the files into a `FileDescriptorSet`; tonic-prost-build turns that into prost
 //! messages and, for files that declare a `service`, tonic clients and servers. A new `.proto`
-//! file is one more line in `PROTO_FILES`. `events.proto` has no service, so today the output is
-//! plain prost messages and the crate needs neither `tonic` nor `tonic-prost`; the first file with
-//! a `service` adds those two dependencies.
+//! file is one more line in `PROTO_FILES`. `jobs.proto` and `devices.proto` declare services, so
+//! the crate depends on `tonic` and `tonic-prost`.
+//!
+//! The same descriptors, encoded, are written to `OUT_DIR/muster_descriptor.bin`: the gRPC
+//! reflection service serves them, so `grpcurl` works without a copy of the `.proto` files.
 
 use std::path::PathBuf;
 
 /// The files to compile, relative to the proto root. Imports between them resolve from that root
 /// (`import "muster/v1/events.proto";`).
-const PROTO_FILES: &[&str] = &["muster/v1/events.proto"];
+const PROTO_FILES: &[&str] = &[
+    "muster/v1/events.proto",
+    "muster/v1/jobs.proto",
+    "muster/v1/devices.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
@@ -21,6 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.display());
 
     let descriptors = protox::compile(&files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("muster_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

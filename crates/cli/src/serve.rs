@@ -37,8 +37,33 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<u64>,
+    /// MQTT broker URL (`mqtt://HOST:PORT`); repeat to spread devices over several brokers.
+    #[arg(long = "mqtt-url", value_name = "URL")]
+    #[serde(skip)]
+    mqtt_urls: Vec<String>,
+    /// Dev mode: data in a temporary directory (unless --data-dir), an embedded MQTT broker, and
+    /// a registered simulated fleet.
+    #[arg(long)]
+    #[serde(skip)]
+    dev: bool,
+    /// Dev mode: number of simulated devices.
+    #[arg(long, requires = "dev")]
+    #[serde(skip)]
+    dev_devices: Option<usize>,
+    /// Dev mode: share of method calls that fail (0.0 - 1.0).
+    #[arg(long, requires = "dev")]
+    #[serde(skip)]
+    dev_fail_rate: Option<f64>,
+    /// Dev mode: how long a simulated device takes to answer, in milliseconds.
+    #[arg(long, requires = "dev")]
+    #[serde(skip)]
+    dev_latency_ms: Option<u64>,
+    /// Dev mode: where the embedded MQTT broker listens (port 0 picks one).
+    #[arg(long, requires = "dev")]
+    #[serde(skip)]
+    mqtt_addr: Option<String>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
-    #[arg(long, default_value = "info,openraft=warn")]
+    #[arg(long, default_value = "info,openraft=warn,rumqttd=off")]
     #[serde(skip)]
     log: String,
 }
@@ -52,9 +77,36 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         fig = fig.merge(Toml::file(path));
     }
     fig = fig
-        .merge(Env::prefixed("MUSTER_").ignore(&["endpoint", "log"]))
+        .merge(
+            Env::prefixed("MUSTER_")
+                .ignore(&["endpoint", "log", "bin", "test_mqtt_url"])
+                .split("__"),
+        )
         .merge(Serialized::defaults(args));
-    fig.extract().context("invalid configuration")
+    let mut cfg: NodeConfig = fig.extract().context("invalid configuration")?;
+    if !args.mqtt_urls.is_empty() {
+        cfg.dispatch.brokers = args.mqtt_urls.clone();
+    }
+    if args.dev {
+        let mut dev = cfg.dev.take().unwrap_or_default();
+        if let Some(n) = args.dev_devices {
+            dev.devices = n;
+        }
+        if let Some(f) = args.dev_fail_rate {
+            if !(0.0..=1.0).contains(&f) {
+                anyhow::bail!("--dev-fail-rate must be between 0.0 and 1.0, not {f}");
+            }
+            dev.fail_rate = f;
+        }
+        if let Some(l) = args.dev_latency_ms {
+            dev.latency_ms = l;
+        }
+        if let Some(a) = &args.mqtt_addr {
+            dev.mqtt_addr = a.clone();
+        }
+        cfg.dev = Some(dev);
+    }
+    Ok(cfg)
 }
 
 fn init_tracing(filter: &str) {
@@ -68,14 +120,64 @@ fn init_tracing(filter: &str) {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&args.log);
-    let cfg = load(&args)?;
+    let mut cfg = load(&args)?;
+    // Dev mode keeps its data in a temporary directory, removed when the node stops.
+    let mut _temp = None;
+    let mut mqtt = None;
+    if let Some(dev) = &cfg.dev {
+        if cfg.data_dir.is_none() {
+            let t = tempfile::Builder::new().prefix("muster-dev-").tempdir()?;
+            cfg.data_dir = Some(t.path().to_path_buf());
+            _temp = Some(t);
+        }
+        let broker = muster_node::dev::start_broker(dev)?;
+        cfg.dispatch.brokers = vec![broker.url()];
+        mqtt = Some(broker.url());
+    }
+    if cfg.data_dir.is_none() {
+        anyhow::bail!("--data-dir is required (or use --dev to try muster with a temporary one)");
+    }
     let listeners = Listeners::bind(&cfg).await?;
     let grpc = listeners.grpc_addr()?;
     let http = listeners.http_addr()?;
     // Tests and scripts read this line to learn the ports when they asked for port 0.
-    println!("muster listening: rest=http://{http} grpc=http://{grpc}");
+    match &mqtt {
+        Some(m) => println!("muster listening: rest=http://{http} grpc=http://{grpc} mqtt={m}"),
+        None => println!("muster listening: rest=http://{http} grpc=http://{grpc}"),
+    }
+    if let Some(dev) = &cfg.dev {
+        print_dev_banner(dev, &cfg, http, grpc);
+    }
     muster_node::run(cfg, listeners, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The model id of the simulated devices (devsim's default).
+const DEV_MODEL: &str = "dtmi:muster:simulated;1";
+
+fn print_dev_banner(
+    dev: &muster_node::DevConfig,
+    cfg: &NodeConfig,
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+) {
+    let dir = cfg
+        .data_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    println!(
+        "dev mode: {n} simulated devices (sim-000001 ... sim-{n:06}), data in {dir}",
+        n = dev.devices
+    );
+    println!("try:");
+    println!("  curl -X PUT 'http://{http}/api/deviceGroups/all?api-version=2022-07-31' \\");
+    println!("    -H 'content-type: application/json' \\");
+    println!("    -d '{{\"displayName\": \"All devices\", \"filter\": \"SELECT * FROM devices\"}}'");
+    println!("  curl -X PUT 'http://{http}/api/jobs/reboot-all?api-version=2022-07-31' \\");
+    println!("    -H 'content-type: application/json' \\");
+    println!("    -d '{{\"displayName\": \"Reboot\", \"group\": \"all\", \"batch\": {{\"type\": \"percentage\", \"value\": 25}}, \"cancellationThreshold\": {{\"type\": \"percentage\", \"value\": 10, \"batch\": false}}, \"data\": [{{\"type\": \"CommandJobData\", \"target\": \"{DEV_MODEL}\", \"path\": \"reboot\", \"value\": {{}}}}]}}'");
+    println!("  muster job watch reboot-all --endpoint http://{grpc}");
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -5,6 +5,8 @@
 //! ones back), and whoever owns the future decides when the node stops. Nothing here parses flags
 //! or reads files; that is the binary's job.
 
+pub mod dev;
+mod leader;
 mod ticker;
 
 use std::future::Future;
@@ -13,6 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_cluster::{Cluster, ClusterConfig, ClusterError, MusterNode};
+use muster_dispatch::DispatchConfig;
+
+pub use dev::DevConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -37,6 +42,11 @@ pub struct NodeConfig {
     pub election_max_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_after: u64,
+    /// The MQTT worker pool (`[dispatch]`; `brokers` are the `--mqtt-url`s). With no broker the
+    /// leader still advances jobs but reaches no device.
+    pub dispatch: DispatchConfig,
+    /// Dev mode: an embedded broker and a simulated fleet (`--dev`).
+    pub dev: Option<DevConfig>,
 }
 
 impl Default for NodeConfig {
@@ -51,6 +61,11 @@ impl Default for NodeConfig {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_after: 20_000,
+            dispatch: DispatchConfig {
+                brokers: Vec::new(),
+                ..DispatchConfig::default()
+            },
+            dev: None,
         }
     }
 }
@@ -147,7 +162,23 @@ pub async fn run(
     let http = axum::serve(listeners.http, muster_api::rest::router(cluster.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
-    let ticker = tokio::spawn(ticker::run(cluster.clone(), stop_rx.clone()));
+    if cfg.dispatch.brokers.is_empty() {
+        tracing::warn!("no MQTT broker configured (--mqtt-url): jobs advance but reach no device");
+    }
+    let leader = tokio::spawn(leader::run(
+        cluster.clone(),
+        cfg.dispatch.clone(),
+        stop_rx.clone(),
+    ));
+    let fleet = match (&cfg.dev, cfg.dispatch.brokers.first()) {
+        (Some(dev), Some(url)) => {
+            cluster.wait_for_leader(Duration::from_secs(30)).await?;
+            let fleet = dev::start_fleet(&cluster, dev, url.clone()).await?;
+            tracing::info!(devices = dev.devices, "dev mode: simulated fleet connected");
+            Some(fleet)
+        }
+        _ => None,
+    };
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     shutdown.await;
@@ -165,7 +196,10 @@ pub async fn run(
         }
         Err(_) => tracing::warn!("requests still running after {grace:?}; stopping anyway"),
     }
-    let _ = ticker.await;
+    let _ = leader.await;
+    if let Some(f) = fleet {
+        f.shutdown().await;
+    }
     cluster.shutdown().await;
     Ok(())
 }

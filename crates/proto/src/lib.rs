@@ -35,6 +35,12 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/muster.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of every file in `proto/muster/v1` (imports included), for
+/// the gRPC reflection service: with it `grpcurl` can list and call the API without the `.proto`
+/// files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/muster_descriptor.bin"));
+
 /// The bytes of one event as the event log stores them.
 pub fn encode_event(event: &Event) -> Vec<u8> {
     pb::Event::from(event).encode_to_vec()

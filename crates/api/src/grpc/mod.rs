@@ -1,11 +1,164 @@
-//! The gRPC API: `muster.v1.JobService`, `DeviceService`, `GroupService`, with tonic health and
-//! reflection (being built).
+//! The gRPC API: `muster.v1.JobService`, `DeviceService` and `GroupService`
+//! (`proto/muster/v1/jobs.proto`, `devices.proto`), with tonic health and reflection so that
+//! `grpcurl` and health probes work against any node.
+//!
+//! Every handler follows the same shape: check the request (ids through their constructors, JSON
+//! text parsed, enums known), turn it into a domain `Command` stamped with this node's clock and
+//! write it through the cluster, or, for a read, ask the cluster for a read index first (unless
+//! the caller set `stale_ok`) and answer from the replicated state. Nothing here panics on any
+//! input; every refusal is a `Status` whose message says what to fix.
 
-use muster_cluster::Cluster;
+mod convert;
+mod devices;
+mod jobs;
+
+use std::ops::Bound;
+
+use muster_cluster::{Cluster, ClusterError, ErrorKind};
+use tonic::Status;
+
+pub use devices::{DeviceApi, GroupApi};
+pub use jobs::JobApi;
+
+use muster_proto::pb;
+
+/// Largest request a client may send: big enough for an import of ~100k devices or a job listing
+/// that many device ids, small enough that one request cannot exhaust memory.
+pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// Every gRPC service of a node, ready to be served on the client gRPC address.
 pub fn routes(cluster: Cluster) -> tonic::service::Routes {
-    let _ = cluster;
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    tonic::service::Routes::new(health)
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // The reporter's setters are async only because they take a lock; when no runtime is
+    // running (never the case in `muster serve`) the services stay UNKNOWN instead of failing.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            reporter
+                .set_serving::<pb::job_service_server::JobServiceServer<JobApi>>()
+                .await;
+            reporter
+                .set_serving::<pb::device_service_server::DeviceServiceServer<DeviceApi>>()
+                .await;
+            reporter
+                .set_serving::<pb::group_service_server::GroupServiceServer<GroupApi>>()
+                .await;
+        });
+    }
+    let mut routes = tonic::service::Routes::new(health)
+        .add_service(
+            pb::job_service_server::JobServiceServer::new(JobApi::new(cluster.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::device_service_server::DeviceServiceServer::new(DeviceApi::new(cluster.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(pb::group_service_server::GroupServiceServer::new(
+            GroupApi::new(cluster),
+        ));
+    match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(muster_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(reflection) => routes = routes.add_service(reflection),
+        // Only a descriptor set that does not decode gets here, and it is compiled in: serve the
+        // API without reflection rather than not at all.
+        Err(e) => tracing::error!("gRPC reflection is off: {e}"),
+    }
+    routes
+}
+
+/// The gRPC status for a failed write or read index.
+///
+/// Rejections carry the domain's message, which names the field and says what to change. Storage
+/// and Raft failures are logged here and answered with a generic text: their details are about
+/// the server, not about the request.
+pub(crate) fn cluster_status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Rejected(c) => match c.kind {
+            ErrorKind::Invalid | ErrorKind::TooLarge => Status::invalid_argument(c.message),
+            ErrorKind::NotFound => Status::not_found(c.message),
+            ErrorKind::AlreadyExists => Status::already_exists(c.message),
+            ErrorKind::Conflict => Status::failed_precondition(c.message),
+            // A failed test-and-set: the client should read again and retry (gRPC's guidance
+            // for ABORTED), which FAILED_PRECONDITION would tell it not to do.
+            ErrorKind::VersionMismatch => Status::aborted(c.message),
+        },
+        e @ (ClusterError::NotLeader { .. } | ClusterError::Unavailable(_)) => {
+            Status::unavailable(e.to_string())
+        }
+        e @ (ClusterError::Store(_) | ClusterError::Fatal(_)) => {
+            tracing::error!("gRPC request failed: {e}");
+            Status::internal("internal error on the server; the server log has the details")
+        }
+    }
+}
+
+/// Waits for a read index unless the caller accepts a possibly stale answer, so that a read sees
+/// every write acknowledged before it was sent, whichever node answers it.
+pub(crate) async fn read_barrier(cluster: &Cluster, stale_ok: bool) -> Result<(), Status> {
+    if stale_ok {
+        return Ok(());
+    }
+    cluster.linearizable().await.map_err(cluster_status)
+}
+
+/// Items per page: 0 means the default.
+pub(crate) fn page_size(requested: u32) -> usize {
+    const DEFAULT: usize = 100;
+    const MAX: usize = 1000;
+    match requested {
+        0 => DEFAULT,
+        n => (n as usize).min(MAX),
+    }
+}
+
+/// Where a page over an id-ordered map starts: after the id in the token.
+pub(crate) fn after<T>(token: Option<T>) -> (Bound<T>, Bound<T>) {
+    match token {
+        Some(t) => (Bound::Excluded(t), Bound::Unbounded),
+        None => (Bound::Unbounded, Bound::Unbounded),
+    }
+}
+
+/// Parses a page token that holds the last id of the previous page; empty is the first page.
+pub(crate) fn id_token<T>(token: &str) -> Result<Option<T>, Status>
+where
+    T: TryFrom<String>,
+{
+    if token.is_empty() {
+        return Ok(None);
+    }
+    T::try_from(token.to_string())
+        .map(Some)
+        .map_err(|_| bad_token())
+}
+
+pub(crate) fn bad_token() -> Status {
+    Status::invalid_argument(
+        "page_token: not a token this API returned; pass next_page_token back unchanged, or leave it empty for the first page",
+    )
+}
+
+/// A validated id from a request field, or INVALID_ARGUMENT naming the field.
+pub(crate) fn parse_id<T>(field: &str, value: &str) -> Result<T, Status>
+where
+    T: TryFrom<String, Error = muster_types::IdError>,
+{
+    T::try_from(value.to_string()).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// JSON text from a `_json` field, or INVALID_ARGUMENT naming the field.
+pub(crate) fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, Status> {
+    serde_json::from_str(text)
+        .map_err(|e| Status::invalid_argument(format!("{field}: not valid JSON text: {e}")))
+}
+
+/// Takes up to `size` items and says whether more follow, so `next_page_token` is empty exactly
+/// on the last page.
+pub(crate) fn take_page<I: Iterator>(iter: I, size: usize) -> (Vec<I::Item>, bool) {
+    let mut iter = iter.peekable();
+    let page: Vec<_> = iter.by_ref().take(size).collect();
+    let more = iter.peek().is_some();
+    (page, more)
 }

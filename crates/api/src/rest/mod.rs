@@ -1,9 +1,226 @@
-//! The REST gateway: the IoT Central and IoT Hub shapes over axum (being built).
+//! The REST gateway: IoT Central's and IoT Hub's jobs APIs over axum, so scripts written for
+//! them work by changing the host.
+//!
+//! * [`central`]: `/api/jobs`, `/api/deviceGroups`, `/api/devices`.
+//! * [`hub`]: `/jobs/v2`, `/twins`.
+//! * `GET /healthz` (the process answers) and `GET /readyz` (a leader is known: writes and
+//!   linearizable reads can be served).
+//!
+//! Every handler is a thin translation: check `api-version`, check the ids in the path, parse
+//! the body with the pure mappings in [`crate::central`] / [`crate::hub`], then either propose
+//! **one** command (so a request is applied whole or not at all) or read the state after
+//! [`Cluster::linearizable`] (a read sees every write acknowledged before it began). Lists page
+//! through the state's `BTreeMap`s from the token, so a page never copies the whole state.
+//!
+//! Every error is `{"error": {"code", "message"}}` (see [`errors`]), including axum's own:
+//! unknown routes (404), wrong methods (405), bodies over [`MAX_BODY_BYTES`] (413).
 
+mod central;
+mod errors;
+mod extract;
+mod hub;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Json, Router};
 use muster_cluster::Cluster;
+use muster_domain::{Command, State as DomainState};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::json::MAX_BODY_BYTES;
+use errors::{cluster_error, Codes};
 
 /// The REST routes of a node, ready to be served on the REST address.
-pub fn router(cluster: Cluster) -> axum::Router {
-    let _ = cluster;
-    axum::Router::new()
+pub fn router(cluster: Cluster) -> Router {
+    let app = App { cluster };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(central::routes())
+        .merge(hub::routes())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::map_response(errors::json_errors))
+        // A body over the limit is refused while it is read, before it is buffered.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// What every handler needs: the node's cluster handle.
+#[derive(Clone, Debug)]
+struct App {
+    cluster: Cluster,
+}
+
+impl App {
+    /// Reads the state after confirming this node leads and has applied everything committed
+    /// before the call (a linearizable read). `f` runs under the state's read lock: it builds
+    /// the answer (a page, one job) and must not copy more than that.
+    async fn read<T>(&self, f: impl FnOnce(&DomainState) -> T) -> Result<T, ApiError> {
+        self.cluster
+            .linearizable()
+            .await
+            .map_err(|e| cluster_error(e, errors::JOB))?;
+        Ok(self.cluster.reader().read(f))
+    }
+
+    /// Proposes one command; `Ok` once it is committed and applied on this node.
+    async fn write(&self, command: Command, codes: Codes) -> Result<(), ApiError> {
+        self.cluster
+            .write(command)
+            .await
+            .map(|_| ())
+            .map_err(|e| cluster_error(e, codes))
+    }
+
+    /// Reads the state right after this node applied a write (no second leadership round-trip:
+    /// the write itself proved it).
+    fn read_applied<T>(&self, f: impl FnOnce(&DomainState) -> T) -> T {
+        self.cluster.reader().read(f)
+    }
+}
+
+/// 200 with a JSON body.
+fn ok_json(v: Value) -> Response {
+    Json(v).into_response()
+}
+
+/// `GET /healthz`: the process is up and answering. Says nothing about Raft, so a supervisor
+/// does not restart a node that is merely waiting for an election.
+async fn healthz() -> Response {
+    ok_json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when a leader is known (this node or another), so writes and reads can be
+/// served; 503 (JSON error) while there is none, e.g. during an election or a partition.
+async fn readyz(State(app): State<App>) -> Response {
+    match app.cluster.leader() {
+        Some((id, _)) => ok_json(json!({
+            "status": "ready",
+            "node": app.cluster.id(),
+            "leader": id,
+            "isLeader": app.cluster.is_leader(),
+        })),
+        None => ApiError::new(
+            503,
+            "NotReady",
+            "this node knows no leader yet (an election is running, or the node is cut off from the cluster); retry shortly",
+        )
+        .into_response(),
+    }
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!(
+            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins (IoT Hub), /healthz and /readyz",
+            crate::json::quote(uri.path()).trim_matches('"')
+        ),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        405,
+        "MethodNotAllowed",
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it takes",
+            crate::json::quote(uri.path()).trim_matches('"')
+        ),
+    )
+}
+
+/// One page of `map` in key order, starting after `after`: up to `size` values that `render`
+/// keeps (it returns `None` to skip a filtered-out entry), and the key to continue after when
+/// at least one more entry would be kept.
+fn page<K, V, T>(
+    map: &BTreeMap<K, V>,
+    after: Option<&K>,
+    size: usize,
+    mut render: impl FnMut(&K, &V) -> Option<T>,
+) -> (Vec<T>, Option<String>)
+where
+    K: Ord + std::fmt::Display,
+{
+    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut items = Vec::new();
+    let mut last: Option<&K> = None;
+    for (k, v) in map.range((lower, Bound::Unbounded)) {
+        if items.len() == size {
+            // Only hand out a token when another kept entry exists, so the last page has none.
+            if render(k, v).is_some() {
+                return (items, last.map(ToString::to_string));
+            }
+            continue;
+        }
+        if let Some(t) = render(k, v) {
+            items.push(t);
+            last = Some(k);
+        }
+    }
+    (items, None)
+}
+
+/// Reads a page token: the id the previous page ended with. `parse` is the id type's
+/// constructor; a token that is not one is a 400 naming `param`.
+fn token<K, E>(
+    value: Option<&str>,
+    param: &str,
+    parse: impl Fn(&str) -> Result<K, E>,
+) -> Result<Option<K>, ApiError> {
+    match value.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => parse(s).map(Some).map_err(|_| {
+            ApiError::bad_request(
+                param,
+                "is not a page token this service issued; use the one from the previous page, or leave it out to start from the first page",
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_walk_the_map_and_stop_with_no_token() {
+        let map: BTreeMap<u32, u32> = (0..10).map(|i| (i, i * 10)).collect();
+        let (items, next) = page(&map, None, 4, |_, v| Some(*v));
+        assert_eq!(items, vec![0, 10, 20, 30]);
+        assert_eq!(next.as_deref(), Some("3"));
+        let (items, next) = page(&map, Some(&3), 4, |_, v| Some(*v));
+        assert_eq!(items, vec![40, 50, 60, 70]);
+        let (items, next2) = page(&map, Some(&7), 4, |_, v| Some(*v));
+        assert_eq!(items, vec![80, 90]);
+        assert_eq!(next.as_deref(), Some("7"));
+        assert_eq!(next2, None);
+        // Exactly full last page: no token.
+        let (items, next) = page(&map, Some(&5), 4, |_, v| Some(*v));
+        assert_eq!(items.len(), 4);
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn filtered_pages_skip_and_need_a_further_match_for_a_token() {
+        let map: BTreeMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
+        let even = |_: &u32, v: &u32| v.is_multiple_of(2).then_some(*v);
+        let (items, next) = page(&map, None, 2, even);
+        assert_eq!(items, vec![0, 2]);
+        assert_eq!(next.as_deref(), Some("2"));
+        let (items, next) = page(&map, Some(&6), 2, even);
+        assert_eq!(items, vec![8]);
+        assert_eq!(next, None);
+        let (items, next) = page(&map, None, 3, |_, v| (*v < 3).then_some(*v));
+        assert_eq!(items, vec![0, 1, 2]);
+        assert_eq!(next, None);
+    }
 }

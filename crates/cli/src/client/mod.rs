@@ -1,6 +1,25 @@
-//! Client subcommands against a node's gRPC API (being built).
+//! Client subcommands against a node's gRPC API (`muster job|device|group ...`).
+//!
+//! Each command makes one connection to `--endpoint`, calls the API and prints the answer: text
+//! for people, or with `--output json` exactly one JSON document on stdout for scripts. Lists
+//! follow `next_page_token` to the end (or to `--limit`). Errors go to stderr as one line that
+//! says what failed (`not found: job j1 does not exist`, `cannot reach muster at http://...`)
+//! and the exit status is 1.
 
+mod render;
+mod spec;
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
+use muster_proto::pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use render::print_json;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -16,29 +35,832 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 pub struct ClientOpts {
     /// The node's gRPC address.
-    #[arg(long, global = true, env = "MUSTER_ENDPOINT", default_value = "http://127.0.0.1:9090")]
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_ENDPOINT",
+        default_value = "http://127.0.0.1:9090"
+    )]
     pub endpoint: String,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum JobCmd {}
-
-#[derive(Debug, Subcommand)]
-pub enum DeviceCmd {}
-
-#[derive(Debug, Subcommand)]
-pub enum GroupCmd {}
-
-pub async fn job(_opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
-    match cmd {}
+pub enum JobCmd {
+    /// Create a job from flags (e.g. `--method reboot --group lab --batch 25% --threshold 10%`)
+    /// or from a file (`--file spec.json`).
+    Create {
+        /// The new job's id.
+        id: String,
+        #[command(flatten)]
+        spec: Box<spec::SpecArgs>,
+    },
+    /// Show a job: status, statistics, batches.
+    Get { id: String },
+    /// List jobs, ordered by id.
+    List {
+        /// Only jobs in these statuses (comma-separated).
+        #[arg(long, value_delimiter = ',', value_enum)]
+        status: Vec<JobStatusArg>,
+        /// Only jobs of this type.
+        #[arg(long = "type", value_enum)]
+        job_type: Option<JobTypeArg>,
+        /// Stop after this many jobs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Jobs fetched per request.
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+    },
+    /// Halt dispatch of new devices (devices already asked may still answer).
+    Stop { id: String },
+    /// Continue a stopped job.
+    Resume { id: String },
+    /// End a job; its devices that have not finished end cancelled.
+    Cancel { id: String },
+    /// Run a finished job again over its failed and timed-out devices.
+    Rerun {
+        id: String,
+        /// Names the rerun (unique within the job); default: `rerun-<unix ms>`.
+        rerun_id: Option<String>,
+    },
+    /// List a job's devices with their status, attempts, last error and response.
+    Devices {
+        id: String,
+        /// Only devices in this status.
+        #[arg(long, value_enum)]
+        status: Option<DeviceStatusArg>,
+        /// The run to show (0 is the original run); default: the latest.
+        #[arg(long)]
+        run: Option<u32>,
+        /// Stop after this many devices.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
+    /// Follow a job with a progress bar until it ends, then print it. Exits 0 when the job
+    /// completed, 1 when it ended failed or cancelled (so `muster job watch J && next-step`
+    /// works). With `--output json` there is no bar, only the final job.
+    Watch { id: String },
 }
 
-pub async fn device(_opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
-    match cmd {}
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// Register one device.
+    Register {
+        id: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        /// IoT Plug and Play model id / device template.
+        #[arg(long)]
+        model_id: Option<String>,
+        /// Register it disabled (jobs fail on it at once).
+        #[arg(long)]
+        disabled: bool,
+        /// Tags, a JSON object.
+        #[arg(long, value_name = "JSON")]
+        tags: Option<String>,
+        /// Update the device if it is registered already.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// Register (or update) many devices from a file (`-` for stdin): a JSON array, or one JSON
+    /// object per line, each like `{"deviceId": "d1", "displayName": "...", "modelId": "...",
+    /// "enabled": true, "tags": {"site": "b43"}}` (only deviceId is required).
+    Import { file: String },
+    /// Show a device and its twin.
+    Get { id: String },
+    /// List devices, ordered by id.
+    List {
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
+    /// Devices matching a query: `SELECT * FROM devices WHERE ...`, or just the condition
+    /// (`"tags.site = 'b43' AND properties.reported.fw != '1.2'"`).
+    Query {
+        query: String,
+        /// Print only the matching ids.
+        #[arg(long)]
+        ids_only: bool,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
+    /// Merge-patch a device twin's tags and/or desired properties.
+    UpdateTwin {
+        id: String,
+        #[arg(long, value_name = "JSON")]
+        tags: Option<String>,
+        #[arg(long, value_name = "JSON")]
+        desired: Option<String>,
+        /// Apply only if the twin is at this version (from `device get`).
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<u64>,
+    },
 }
 
-pub async fn group(_opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
-    match cmd {}
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Create or replace a device group (a saved query).
+    Put {
+        id: String,
+        /// `SELECT * FROM devices WHERE ...`, or just the condition.
+        #[arg(long)]
+        query: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Show a device group.
+    Get { id: String },
+    /// List device groups.
+    List,
+    /// Delete a device group.
+    Delete { id: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JobStatusArg {
+    Scheduled,
+    Pending,
+    Running,
+    Stopped,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JobTypeArg {
+    Method,
+    Twin,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DeviceStatusArg {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+/// Connects to the endpoint, so an unreachable node is reported once, by address, before any
+/// call is made.
+async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(opts.endpoint.clone())
+        .map_err(|_| {
+            anyhow!(
+                "--endpoint {:?} is not a URL; give one like http://127.0.0.1:9090",
+                opts.endpoint
+            )
+        })?
+        .connect_timeout(Duration::from_secs(10));
+    endpoint.connect().await.map_err(|e| {
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        anyhow!("cannot reach muster at {}: {cause}", opts.endpoint)
+    })
+}
+
+/// An API error as one line: the status in words and the server's message.
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let what = match status.code() {
+        Code::InvalidArgument => "invalid request",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::FailedPrecondition => "not allowed now",
+        Code::Aborted => "changed meanwhile",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "timed out",
+        Code::Internal => "server error",
+        _ => "error",
+    };
+    anyhow!("{what}: {}", status.message())
+}
+
+/// The text of a file, or of stdin for `-`.
+fn read_input(path: &str) -> anyhow::Result<String> {
+    if path == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))
+    }
+}
+
+fn job_status_arg(s: JobStatusArg) -> pb::JobStatus {
+    match s {
+        JobStatusArg::Scheduled => pb::JobStatus::Scheduled,
+        JobStatusArg::Pending => pb::JobStatus::Pending,
+        JobStatusArg::Running => pb::JobStatus::Running,
+        JobStatusArg::Stopped => pb::JobStatus::Stopped,
+        JobStatusArg::Completed => pb::JobStatus::Completed,
+        JobStatusArg::Failed => pb::JobStatus::Failed,
+        JobStatusArg::Cancelled => pb::JobStatus::Cancelled,
+    }
+}
+
+fn device_status_arg(s: DeviceStatusArg) -> pb::DeviceStatus {
+    match s {
+        DeviceStatusArg::Pending => pb::DeviceStatus::Pending,
+        DeviceStatusArg::Running => pb::DeviceStatus::Running,
+        DeviceStatusArg::Succeeded => pb::DeviceStatus::Succeeded,
+        DeviceStatusArg::Failed => pb::DeviceStatus::Failed,
+        DeviceStatusArg::TimedOut => pb::DeviceStatus::TimedOut,
+        DeviceStatusArg::Cancelled => pb::DeviceStatus::Cancelled,
+    }
+}
+
+/// Prints one job in the chosen form.
+fn print_job(opts: &ClientOpts, j: &pb::Job) {
+    match opts.output {
+        Output::Json => print_json(&render::job_json(j)),
+        Output::Text => println!("{}", render::job_text(j)),
+    }
+}
+
+/// How many more items to fetch: `None` when `limit` is reached.
+fn remaining(limit: Option<usize>, have: usize) -> Option<usize> {
+    match limit {
+        Some(l) if have >= l => None,
+        Some(l) => Some(l - have),
+        None => Some(usize::MAX),
+    }
+}
+
+pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
+    if let JobCmd::Create { id, spec } = cmd {
+        // Built before connecting, so a bad flag is reported without a server.
+        let spec = spec::build(&id, *spec)?;
+        let mut client = pb::job_service_client::JobServiceClient::new(connect(opts).await?)
+            .max_encoding_message_size(usize::MAX);
+        let job = client
+            .create_job(pb::CreateJobRequest {
+                job_id: id,
+                spec: Some(spec),
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        print_job(opts, &job);
+        return Ok(());
+    }
+    let mut client = pb::job_service_client::JobServiceClient::new(connect(opts).await?)
+        .max_decoding_message_size(usize::MAX);
+    match cmd {
+        JobCmd::Create { .. } => Ok(()),
+        JobCmd::Get { id } => {
+            let job = client
+                .get_job(pb::GetJobRequest {
+                    job_id: id,
+                    stale_ok: false,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_job(opts, &job);
+            Ok(())
+        }
+        JobCmd::List {
+            status,
+            job_type,
+            limit,
+            page_size,
+        } => {
+            let types = job_type
+                .map(|t| match t {
+                    JobTypeArg::Method => pb::JobType::Method as i32,
+                    JobTypeArg::Twin => pb::JobType::Twin as i32,
+                })
+                .into_iter()
+                .collect::<Vec<_>>();
+            let statuses: Vec<i32> = status
+                .into_iter()
+                .map(|s| job_status_arg(s) as i32)
+                .collect();
+            let mut jobs = Vec::new();
+            let mut token = String::new();
+            while let Some(left) = remaining(limit, jobs.len()) {
+                let page = client
+                    .list_jobs(pb::ListJobsRequest {
+                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
+                        page_token: token,
+                        types: types.clone(),
+                        statuses: statuses.clone(),
+                        stale_ok: false,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            if let Some(l) = limit {
+                jobs.truncate(l);
+            }
+            match opts.output {
+                Output::Json => {
+                    print_json(&Value::Array(jobs.iter().map(render::job_json).collect()))
+                }
+                Output::Text => println!("{}", render::jobs_table(&jobs)),
+            }
+            Ok(())
+        }
+        JobCmd::Stop { id } => {
+            let job = client
+                .stop_job(pb::StopJobRequest { job_id: id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_job(opts, &job);
+            Ok(())
+        }
+        JobCmd::Resume { id } => {
+            let job = client
+                .resume_job(pb::ResumeJobRequest { job_id: id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_job(opts, &job);
+            Ok(())
+        }
+        JobCmd::Cancel { id } => {
+            let job = client
+                .cancel_job(pb::CancelJobRequest { job_id: id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_job(opts, &job);
+            Ok(())
+        }
+        JobCmd::Rerun { id, rerun_id } => {
+            let rerun_id = rerun_id.unwrap_or_else(|| format!("rerun-{}", unix_ms()));
+            let job = client
+                .rerun_job(pb::RerunJobRequest {
+                    job_id: id,
+                    rerun_id,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_job(opts, &job);
+            Ok(())
+        }
+        JobCmd::Devices {
+            id,
+            status,
+            run,
+            limit,
+            page_size,
+        } => {
+            let status = status.map_or(0, |s| device_status_arg(s) as i32);
+            let mut devices = Vec::new();
+            let mut token = String::new();
+            while let Some(left) = remaining(limit, devices.len()) {
+                let page = client
+                    .list_job_devices(pb::ListJobDevicesRequest {
+                        job_id: id.clone(),
+                        run,
+                        status,
+                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
+                        page_token: token,
+                        stale_ok: false,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                devices.extend(page.devices);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            if let Some(l) = limit {
+                devices.truncate(l);
+            }
+            match opts.output {
+                Output::Json => print_json(&Value::Array(
+                    devices.iter().map(render::job_device_json).collect(),
+                )),
+                Output::Text => println!("{}", render::job_devices_table(&devices)),
+            }
+            Ok(())
+        }
+        JobCmd::Watch { id } => watch(opts, &mut client, id).await,
+    }
+}
+
+/// Unix milliseconds now, for default names.
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+async fn watch(
+    opts: &ClientOpts,
+    client: &mut pb::job_service_client::JobServiceClient<Channel>,
+    id: String,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest { job_id: id.clone() })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    // The bar goes to stderr and hides itself when stderr is not a terminal; JSON output has none.
+    let bar = match opts.output {
+        Output::Text => indicatif::ProgressBar::new(0),
+        Output::Json => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} devices finished  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut last: Option<pb::Job> = None;
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(status) => {
+                bar.abandon();
+                return Err(rpc(status));
+            }
+        };
+        let Some(job) = message.job else { continue };
+        let d = pb::JobStats::default();
+        let s = job.stats.as_ref().unwrap_or(&d);
+        bar.set_length(s.total);
+        bar.set_position(s.succeeded + s.failed + s.timed_out + s.cancelled);
+        bar.set_message(format!(
+            "{} · {} succeeded, {} failed, {} timed out, {} cancelled",
+            render::job_status(job.status),
+            s.succeeded,
+            s.failed,
+            s.timed_out,
+            s.cancelled
+        ));
+        last = Some(job);
+    }
+    bar.finish_and_clear();
+    let Some(job) = last else {
+        bail!("the server ended the watch of job {id} without sending its progress");
+    };
+    print_job(opts, &job);
+    match pb::JobStatus::try_from(job.status) {
+        Ok(pb::JobStatus::Completed) => Ok(()),
+        Ok(pb::JobStatus::Failed | pb::JobStatus::Cancelled) => {
+            if job.status_reason.is_empty() {
+                bail!("job {id} ended {}", render::job_status(job.status))
+            }
+            bail!("job {id} ended {}", job.status_reason)
+        }
+        _ => bail!(
+            "the server ended the watch of job {id} while it was {}; watch again",
+            render::job_status(job.status)
+        ),
+    }
+}
+
+/// One line of `device import`; camelCase (IoT Central's names) or snake_case both read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportedDevice {
+    #[serde(alias = "device_id", alias = "id")]
+    #[serde(rename = "deviceId")]
+    device_id: String,
+    #[serde(default, alias = "display_name", rename = "displayName")]
+    display_name: String,
+    #[serde(default, alias = "model_id", alias = "template", rename = "modelId")]
+    model_id: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    tags: Option<Value>,
+}
+
+impl ImportedDevice {
+    fn into_pb(self) -> pb::NewDevice {
+        pb::NewDevice {
+            device_id: self.device_id,
+            display_name: self.display_name,
+            model_id: self.model_id,
+            enabled: self.enabled,
+            tags_json: self.tags.map(|t| t.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A JSON array of devices, or one device object per line (JSONL).
+fn parse_import(path: &str, text: &str) -> anyhow::Result<Vec<pb::NewDevice>> {
+    let trimmed = text.trim_start();
+    let devices: Vec<ImportedDevice> = if trimmed.starts_with('[') {
+        serde_json::from_str(text)
+            .with_context(|| format!("{path} is not a JSON array of devices"))?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{path} line {}: not a device object", i + 1))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if devices.is_empty() {
+        bail!("{path} lists no devices");
+    }
+    Ok(devices.into_iter().map(ImportedDevice::into_pb).collect())
+}
+
+fn print_device(opts: &ClientOpts, d: &pb::Device) {
+    match opts.output {
+        Output::Json => print_json(&render::device_json(d)),
+        Output::Text => println!("{}", render::device_text(d)),
+    }
+}
+
+pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
+    // Parse local input before connecting, so a bad file is reported without a server.
+    let import = match &cmd {
+        DeviceCmd::Import { file } => Some(parse_import(file, &read_input(file)?)?),
+        _ => None,
+    };
+    let tags_json = match &cmd {
+        DeviceCmd::Register { tags: Some(t), .. } => spec::json_flag("--tags", t)?,
+        _ => String::new(),
+    };
+    let mut client = pb::device_service_client::DeviceServiceClient::new(connect(opts).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    match cmd {
+        DeviceCmd::Register {
+            id,
+            display_name,
+            model_id,
+            disabled,
+            tags: _,
+            upsert,
+        } => {
+            let d = client
+                .register_device(pb::RegisterDeviceRequest {
+                    device: Some(pb::NewDevice {
+                        device_id: id,
+                        display_name: display_name.unwrap_or_default(),
+                        model_id,
+                        enabled: Some(!disabled),
+                        tags_json,
+                    }),
+                    upsert,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_device(opts, &d);
+        }
+        DeviceCmd::Import { file } => {
+            let devices = import.unwrap_or_default();
+            let count = client
+                .import_devices(pb::ImportDevicesRequest { devices })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .count;
+            match opts.output {
+                Output::Json => print_json(&json!({ "imported": count })),
+                Output::Text => println!("imported {count} devices from {file}"),
+            }
+        }
+        DeviceCmd::Get { id } => {
+            let d = client
+                .get_device(pb::GetDeviceRequest {
+                    device_id: id,
+                    stale_ok: false,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_device(opts, &d);
+        }
+        DeviceCmd::List { limit, page_size } => {
+            let mut devices = Vec::new();
+            let mut token = String::new();
+            while let Some(left) = remaining(limit, devices.len()) {
+                let page = client
+                    .list_devices(pb::ListDevicesRequest {
+                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
+                        page_token: token,
+                        stale_ok: false,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                devices.extend(page.devices);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            if let Some(l) = limit {
+                devices.truncate(l);
+            }
+            match opts.output {
+                Output::Json => print_json(&Value::Array(
+                    devices.iter().map(render::device_json).collect(),
+                )),
+                Output::Text => println!("{}", render::devices_table(&devices)),
+            }
+        }
+        DeviceCmd::Query {
+            query,
+            ids_only,
+            limit,
+            page_size,
+        } => {
+            let query = spec::full_query(&query);
+            let mut ids = Vec::new();
+            let mut devices = Vec::new();
+            let mut token = String::new();
+            while let Some(left) = remaining(limit, ids.len()) {
+                let page = client
+                    .query_devices(pb::QueryDevicesRequest {
+                        query: query.clone(),
+                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
+                        page_token: token,
+                        ids_only,
+                        stale_ok: false,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                ids.extend(page.device_ids);
+                devices.extend(page.devices);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            if let Some(l) = limit {
+                ids.truncate(l);
+                devices.truncate(l);
+            }
+            match (opts.output, ids_only) {
+                (Output::Json, true) => print_json(&json!(ids)),
+                (Output::Json, false) => print_json(&Value::Array(
+                    devices.iter().map(render::device_json).collect(),
+                )),
+                (Output::Text, true) => {
+                    for id in &ids {
+                        println!("{id}");
+                    }
+                }
+                (Output::Text, false) => println!("{}", render::devices_table(&devices)),
+            }
+        }
+        DeviceCmd::UpdateTwin {
+            id,
+            tags,
+            desired,
+            if_version,
+        } => {
+            let tags_json = tags.map(|t| spec::json_flag("--tags", &t)).transpose()?;
+            let desired_json = desired
+                .map(|d| spec::json_flag("--desired", &d))
+                .transpose()?;
+            if tags_json.is_none() && desired_json.is_none() {
+                bail!("give --tags JSON and/or --desired JSON");
+            }
+            let d = client
+                .update_twin(pb::UpdateTwinRequest {
+                    device_id: id,
+                    tags_json,
+                    desired_json,
+                    if_version,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_device(opts, &d);
+        }
+    }
+    Ok(())
+}
+
+pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
+    let mut client = pb::group_service_client::GroupServiceClient::new(connect(opts).await?);
+    let print_group = |g: &pb::Group| match opts.output {
+        Output::Json => print_json(&render::group_json(g)),
+        Output::Text => println!("{}", render::groups_table(std::slice::from_ref(g))),
+    };
+    match cmd {
+        GroupCmd::Put {
+            id,
+            query,
+            display_name,
+        } => {
+            let g = client
+                .put_group(pb::PutGroupRequest {
+                    group_id: id,
+                    display_name: display_name.unwrap_or_default(),
+                    query: spec::full_query(&query),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_group(&g);
+        }
+        GroupCmd::Get { id } => {
+            let g = client
+                .get_group(pb::GetGroupRequest {
+                    group_id: id,
+                    stale_ok: false,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_group(&g);
+        }
+        GroupCmd::List => {
+            let mut groups = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_groups(pb::ListGroupsRequest {
+                        page_size: 1000,
+                        page_token: token,
+                        stale_ok: false,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                groups.extend(page.groups);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            match opts.output {
+                Output::Json => print_json(&Value::Array(
+                    groups.iter().map(render::group_json).collect(),
+                )),
+                Output::Text => println!("{}", render::groups_table(&groups)),
+            }
+        }
+        GroupCmd::Delete { id } => {
+            client
+                .delete_group(pb::DeleteGroupRequest {
+                    group_id: id.clone(),
+                })
+                .await
+                .map_err(rpc)?;
+            match opts.output {
+                Output::Json => print_json(&json!({ "deleted": id })),
+                Output::Text => println!("deleted group {id}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn imports_read_arrays_and_lines() {
+        let a = parse_import(
+            "f",
+            r#"[{"deviceId": "d1", "tags": {"a": 1}}, {"device_id": "d2"}]"#,
+        )
+        .unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].tags_json, r#"{"a":1}"#);
+        let l = parse_import(
+            "f",
+            "{\"deviceId\": \"d1\"}\n\n{\"deviceId\": \"d2\", \"enabled\": false}\n",
+        )
+        .unwrap();
+        assert_eq!(l[1].enabled, Some(false));
+        assert!(parse_import("f", "[]").is_err());
+        assert!(parse_import("f", r#"[{"deviceId": "d1", "colour": 1}]"#).is_err());
+    }
 }

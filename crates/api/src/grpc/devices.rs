@@ -1,0 +1,311 @@
+//! `muster.v1.DeviceService` and `muster.v1.GroupService`.
+
+use muster_cluster::{now, Cluster};
+use muster_domain::query::Query;
+use muster_domain::{Command, DeviceRegistration};
+use muster_proto::pb;
+use muster_types::{DeviceId, GroupId};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::{
+    after, cluster_status, id_token, page_size, parse_id, parse_json, read_barrier, take_page,
+};
+
+/// The device service over a cluster handle.
+#[derive(Debug, Clone)]
+pub struct DeviceApi {
+    cluster: Cluster,
+}
+
+impl DeviceApi {
+    pub fn new(cluster: Cluster) -> Self {
+        DeviceApi { cluster }
+    }
+
+    fn device_now(&self, id: &DeviceId) -> Result<pb::Device, Status> {
+        self.cluster
+            .reader()
+            .read(|s| s.registry.devices.get(id).map(convert::device))
+            .ok_or_else(|| Status::not_found(format!("device {id} is not registered")))
+    }
+}
+
+/// A registration from the API's `NewDevice`, with its defaults (enabled, display name = id,
+/// no tags); `field` prefixes every error's field name.
+fn registration(field: &str, d: pb::NewDevice) -> Result<DeviceRegistration, Status> {
+    let id: DeviceId = parse_id(&format!("{field}.device_id"), &d.device_id)?;
+    let tags = if d.tags_json.is_empty() {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        let tags = parse_json(&format!("{field}.tags_json"), &d.tags_json)?;
+        if !tags.is_object() {
+            return Err(Status::invalid_argument(format!(
+                "{field}.tags_json: must be a JSON object such as {{\"site\": \"b43\"}}"
+            )));
+        }
+        tags
+    };
+    Ok(DeviceRegistration {
+        display_name: if d.display_name.is_empty() {
+            id.to_string()
+        } else {
+            d.display_name
+        },
+        id,
+        model_id: d.model_id.filter(|m| !m.is_empty()),
+        enabled: d.enabled.unwrap_or(true),
+        tags,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::device_service_server::DeviceService for DeviceApi {
+    async fn register_device(
+        &self,
+        request: Request<pb::RegisterDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let req = request.into_inner();
+        let device = req
+            .device
+            .ok_or_else(|| Status::invalid_argument("device: give the device to register"))?;
+        let reg = registration("device", device)?;
+        let id = reg.id.clone();
+        self.cluster
+            .write(Command::RegisterDevices {
+                devices: vec![reg],
+                upsert: req.upsert,
+                at: now(),
+            })
+            .await
+            .map_err(cluster_status)?;
+        self.device_now(&id).map(Response::new)
+    }
+
+    async fn import_devices(
+        &self,
+        request: Request<pb::ImportDevicesRequest>,
+    ) -> Result<Response<pb::ImportDevicesResponse>, Status> {
+        let req = request.into_inner();
+        if req.devices.is_empty() {
+            return Err(Status::invalid_argument(
+                "devices: give at least one device to import",
+            ));
+        }
+        let devices = req
+            .devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| registration(&format!("devices[{i}]"), d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = devices.len() as u64;
+        // One command: the import is all or nothing, and one Raft entry however many devices.
+        self.cluster
+            .write(Command::RegisterDevices {
+                devices,
+                upsert: true,
+                at: now(),
+            })
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::ImportDevicesResponse { count }))
+    }
+
+    async fn get_device(
+        &self,
+        request: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let req = request.into_inner();
+        let id: DeviceId = parse_id("device_id", &req.device_id)?;
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        self.device_now(&id).map(Response::new)
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let req = request.into_inner();
+        let token: Option<DeviceId> = id_token(&req.page_token)?;
+        let size = page_size(req.page_size);
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        let (devices, more) = self.cluster.reader().read(|s| {
+            let (page, more) = take_page(s.registry.devices.range(after(token)), size);
+            let devices: Vec<pb::Device> =
+                page.into_iter().map(|(_, d)| convert::device(d)).collect();
+            (devices, more)
+        });
+        let next_page_token = match (more, devices.last()) {
+            (true, Some(last)) => last.device_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices,
+            next_page_token,
+        }))
+    }
+
+    async fn query_devices(
+        &self,
+        request: Request<pb::QueryDevicesRequest>,
+    ) -> Result<Response<pb::QueryDevicesResponse>, Status> {
+        let req = request.into_inner();
+        let query = Query::parse(&req.query)
+            .map_err(|e| Status::invalid_argument(format!("query: {e}")))?;
+        let token: Option<DeviceId> = id_token(&req.page_token)?;
+        let size = page_size(req.page_size);
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        let (device_ids, devices, more) = self.cluster.reader().read(|s| {
+            let matching = s
+                .registry
+                .devices
+                .range(after(token))
+                .map(|(_, d)| d)
+                .filter(|d| query.matches(&d.twin_document()));
+            let (page, more) = take_page(matching, size);
+            let ids: Vec<String> = page.iter().map(|d| d.id.to_string()).collect();
+            let devices: Vec<pb::Device> = if req.ids_only {
+                Vec::new()
+            } else {
+                page.into_iter().map(convert::device).collect()
+            };
+            (ids, devices, more)
+        });
+        let next_page_token = match (more, device_ids.last()) {
+            (true, Some(last)) => last.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::QueryDevicesResponse {
+            device_ids,
+            devices,
+            next_page_token,
+        }))
+    }
+
+    async fn update_twin(
+        &self,
+        request: Request<pb::UpdateTwinRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let req = request.into_inner();
+        let id: DeviceId = parse_id("device_id", &req.device_id)?;
+        let tags = req
+            .tags_json
+            .as_deref()
+            .map(|t| parse_json("tags_json", t))
+            .transpose()?;
+        let desired = req
+            .desired_json
+            .as_deref()
+            .map(|t| parse_json("desired_json", t))
+            .transpose()?;
+        if tags.is_none() && desired.is_none() {
+            return Err(Status::invalid_argument(
+                "tags_json, desired_json: give at least one of them to change",
+            ));
+        }
+        self.cluster
+            .write(Command::UpdateTwin {
+                device: id.clone(),
+                tags,
+                desired,
+                if_version: req.if_version,
+                at: now(),
+            })
+            .await
+            .map_err(cluster_status)?;
+        self.device_now(&id).map(Response::new)
+    }
+}
+
+/// The group service over a cluster handle.
+#[derive(Debug, Clone)]
+pub struct GroupApi {
+    cluster: Cluster,
+}
+
+impl GroupApi {
+    pub fn new(cluster: Cluster) -> Self {
+        GroupApi { cluster }
+    }
+
+    fn group_now(&self, id: &GroupId) -> Result<pb::Group, Status> {
+        self.cluster
+            .reader()
+            .read(|s| s.registry.groups.get(id).map(convert::group))
+            .ok_or_else(|| Status::not_found(format!("device group {id} does not exist")))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::group_service_server::GroupService for GroupApi {
+    async fn put_group(
+        &self,
+        request: Request<pb::PutGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let req = request.into_inner();
+        let id: GroupId = parse_id("group_id", &req.group_id)?;
+        // Checked here too, so the error names this API's field (`decide` calls it `filter`,
+        // IoT Central's name).
+        Query::parse(&req.query).map_err(|e| Status::invalid_argument(format!("query: {e}")))?;
+        let display_name = if req.display_name.is_empty() {
+            id.to_string()
+        } else {
+            req.display_name
+        };
+        self.cluster
+            .write(Command::SaveGroup {
+                id: id.clone(),
+                display_name,
+                query: req.query,
+                at: now(),
+            })
+            .await
+            .map_err(cluster_status)?;
+        self.group_now(&id).map(Response::new)
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let req = request.into_inner();
+        let id: GroupId = parse_id("group_id", &req.group_id)?;
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        self.group_now(&id).map(Response::new)
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let req = request.into_inner();
+        let token: Option<GroupId> = id_token(&req.page_token)?;
+        let size = page_size(req.page_size);
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        let (groups, more) = self.cluster.reader().read(|s| {
+            let (page, more) = take_page(s.registry.groups.range(after(token)), size);
+            let groups: Vec<pb::Group> = page.into_iter().map(|(_, g)| convert::group(g)).collect();
+            (groups, more)
+        });
+        let next_page_token = match (more, groups.last()) {
+            (true, Some(last)) => last.group_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups,
+            next_page_token,
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let id: GroupId = parse_id("group_id", &request.into_inner().group_id)?;
+        self.cluster
+            .write(Command::DeleteGroup { id, at: now() })
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
+    }
+}

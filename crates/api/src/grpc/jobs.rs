@@ -1,0 +1,346 @@
+//! `muster.v1.JobService`.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use muster_cluster::{now, Cluster, StateReader, StateUpdate};
+use muster_domain::{Command, JobSpec, State};
+use muster_proto::pb;
+use muster_types::{JobId, RerunId, RunId};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, Detail};
+use super::{
+    after, bad_token, cluster_status, id_token, page_size, parse_id, read_barrier, take_page,
+};
+
+/// Default response timeout of a method call whose request left it at 0: IoT Hub's default.
+const DEFAULT_RESPONSE_TIMEOUT_SECS: u32 = 30;
+
+/// Progress messages buffered per watcher. A slow watcher fills it, the task then waits, the
+/// broadcast receiver lags, and the next message is re-read from state: a slow client sees fewer,
+/// newer messages instead of holding memory.
+const WATCH_BUFFER: usize = 8;
+
+/// The job service over a cluster handle.
+#[derive(Debug, Clone)]
+pub struct JobApi {
+    cluster: Cluster,
+}
+
+impl JobApi {
+    pub fn new(cluster: Cluster) -> Self {
+        JobApi { cluster }
+    }
+
+    /// Writes a command about one job and answers with the job as it is after the command.
+    async fn write_then_get(&self, id: &JobId, command: Command) -> Result<pb::Job, Status> {
+        self.cluster.write(command).await.map_err(cluster_status)?;
+        // `write` returns once the command is applied here, so the state already has its effect.
+        self.cluster
+            .reader()
+            .read(|s| s.jobs.get(id).map(|j| convert::job(j, Detail::Full)))
+            .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))
+    }
+}
+
+/// Fills in what a hand-written request may leave out, so that `{"job_id": "j", "spec":
+/// {"target": ..., "operations": [...]}}` is a complete request (see the conventions at the top of
+/// jobs.proto), then converts with the persisted format's checks. The domain's own validation
+/// runs later in `decide`, with the same messages the REST API gives.
+fn spec_from_request(id: &JobId, mut spec: pb::JobSpec) -> Result<JobSpec, Status> {
+    if spec.display_name.is_empty() {
+        spec.display_name = id.to_string();
+    }
+    spec.schedule.get_or_insert_with(Default::default);
+    spec.rollout.get_or_insert_with(Default::default);
+    let retry = spec.retry.get_or_insert_with(Default::default);
+    if retry.max_attempts == 0 {
+        retry.max_attempts = 1;
+    }
+    for op in &mut spec.operations {
+        if let Some(pb::operation::Kind::InvokeMethod(m)) = &mut op.kind {
+            if m.response_timeout_secs == 0 {
+                m.response_timeout_secs = DEFAULT_RESPONSE_TIMEOUT_SECS;
+            }
+            if m.payload_json.is_empty() {
+                m.payload_json = "null".into();
+            }
+        }
+    }
+    JobSpec::try_from(spec).map_err(|e| Status::invalid_argument(format!("spec.{e}")))
+}
+
+fn job_or_404(state: &State, id: &JobId, detail: Detail) -> Result<pb::Job, Status> {
+    state
+        .jobs
+        .get(id)
+        .map(|j| convert::job(j, detail))
+        .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::JobProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for JobApi {
+    async fn create_job(
+        &self,
+        request: Request<pb::CreateJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let req = request.into_inner();
+        let id: JobId = parse_id("job_id", &req.job_id)?;
+        let spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: give the job's spec"))?;
+        let spec = spec_from_request(&id, spec)?;
+        let command = Command::CreateJob {
+            id: id.clone(),
+            spec,
+            at: now(),
+        };
+        self.write_then_get(&id, command).await.map(Response::new)
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let req = request.into_inner();
+        let id: JobId = parse_id("job_id", &req.job_id)?;
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        self.cluster
+            .reader()
+            .read(|s| job_or_404(s, &id, Detail::Full))
+            .map(Response::new)
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let token: Option<JobId> = id_token(&req.page_token)?;
+        let types = req
+            .types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| convert::job_type_filter(&format!("types[{i}]"), *t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let statuses = req
+            .statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| convert::job_status_filter(&format!("statuses[{i}]"), *s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let size = page_size(req.page_size);
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        let (jobs, more) = self.cluster.reader().read(|s| {
+            let matching = s.jobs.range(after(token)).map(|(_, j)| j).filter(|j| {
+                (types.is_empty() || types.contains(&convert::job_type(&j.spec)))
+                    && (statuses.is_empty() || statuses.contains(&j.status))
+            });
+            let (page, more) = take_page(matching, size);
+            let jobs: Vec<pb::Job> = page
+                .into_iter()
+                .map(|j| convert::job(j, Detail::Summary))
+                .collect();
+            (jobs, more)
+        });
+        let next_page_token = match (more, jobs.last()) {
+            (true, Some(last)) => last.job_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
+        let command = Command::StopJob {
+            id: id.clone(),
+            at: now(),
+        };
+        self.write_then_get(&id, command).await.map(Response::new)
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
+        let command = Command::ResumeJob {
+            id: id.clone(),
+            at: now(),
+        };
+        self.write_then_get(&id, command).await.map(Response::new)
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
+        let command = Command::CancelJob {
+            id: id.clone(),
+            at: now(),
+        };
+        self.write_then_get(&id, command).await.map(Response::new)
+    }
+
+    async fn rerun_job(
+        &self,
+        request: Request<pb::RerunJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let req = request.into_inner();
+        let id: JobId = parse_id("job_id", &req.job_id)?;
+        let rerun_id: RerunId = parse_id("rerun_id", &req.rerun_id)?;
+        let command = Command::RerunJob {
+            id: id.clone(),
+            rerun_id,
+            at: now(),
+        };
+        self.write_then_get(&id, command).await.map(Response::new)
+    }
+
+    async fn list_job_devices(
+        &self,
+        request: Request<pb::ListJobDevicesRequest>,
+    ) -> Result<Response<pb::ListJobDevicesResponse>, Status> {
+        let req = request.into_inner();
+        let id: JobId = parse_id("job_id", &req.job_id)?;
+        let status = convert::device_status_filter("status", req.status)?;
+        // A position in the run's device list: devices are only ever appended to a run, so a
+        // position stays valid between pages.
+        let start: usize = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse().map_err(|_| bad_token())?
+        };
+        let size = page_size(req.page_size);
+        read_barrier(&self.cluster, req.stale_ok).await?;
+        let (devices, next) = self.cluster.reader().read(|s| {
+            let job = s
+                .jobs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))?;
+            let run = match req.run {
+                None => job.current_run(),
+                Some(n) => job.run(RunId(n)).ok_or_else(|| {
+                    Status::not_found(format!(
+                        "job {id} has no run {n}; its runs are 0 to {}",
+                        job.runs.len().saturating_sub(1)
+                    ))
+                })?,
+            };
+            let matching = run
+                .devices
+                .iter()
+                .enumerate()
+                .skip(start)
+                .filter(|(_, d)| status.is_none_or(|st| d.status == st));
+            let (page, more) = take_page(matching, size);
+            let next = match (more, page.last()) {
+                (true, Some((pos, _))) => (pos + 1).to_string(),
+                _ => String::new(),
+            };
+            let devices: Vec<pb::JobDevice> = page
+                .into_iter()
+                .map(|(_, d)| convert::job_device(run, d))
+                .collect();
+            Ok::<_, Status>((devices, next))
+        })?;
+        Ok(Response::new(pb::ListJobDevicesResponse {
+            devices,
+            next_page_token: next,
+        }))
+    }
+
+    type WatchJobStream = ProgressStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
+        read_barrier(&self.cluster, false).await?;
+        let reader = self.cluster.reader().clone();
+        // Subscribe before the first read: an update applied in between is then both in the
+        // first message and in the receiver, never in neither.
+        let mut updates = reader.subscribe();
+        let first = progress(&reader, &id)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            let mut seq = first.seq;
+            let mut done = is_final(&first);
+            if tx.send(Ok(first)).await.is_err() || done {
+                return;
+            }
+            while !done {
+                let changed = match updates.recv().await {
+                    Ok(StateUpdate::Events(applied)) => {
+                        applied.last_seq() > seq
+                            && applied.events.iter().any(|e| e.job() == Some(&id))
+                    }
+                    // The state was replaced, or we missed updates: look again.
+                    Ok(StateUpdate::SnapshotInstalled { .. })
+                    | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    // The node is shutting down.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the node is shutting down; watch again on another node",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                if !changed {
+                    continue;
+                }
+                let message = match progress(&reader, &id) {
+                    Ok(m) => m,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if message.seq <= seq && !is_final(&message) {
+                    continue;
+                }
+                seq = message.seq;
+                done = is_final(&message);
+                if tx.send(Ok(message)).await.is_err() {
+                    // The client went away.
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The job's progress now, with the seq of the newest event it reflects.
+fn progress(reader: &StateReader, id: &JobId) -> Result<pb::JobProgress, Status> {
+    reader.read_with_seq(|s, seq| {
+        job_or_404(s, id, Detail::Progress).map(|job| pb::JobProgress {
+            job: Some(job),
+            seq,
+        })
+    })
+}
+
+fn is_final(p: &pb::JobProgress) -> bool {
+    p.job.as_ref().is_some_and(|j| {
+        matches!(
+            pb::JobStatus::try_from(j.status),
+            Ok(pb::JobStatus::Completed | pb::JobStatus::Failed | pb::JobStatus::Cancelled)
+        )
+    })
+}

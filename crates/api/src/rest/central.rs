@@ -1,0 +1,440 @@
+//! IoT Central's routes: `/api/jobs`, `/api/deviceGroups`, `/api/devices`.
+//!
+//! Every route requires `api-version` (one of [`CENTRAL_API_VERSIONS`]), as IoT Central does.
+//! Lists answer `{"value": [...], "nextLink": "http://<Host>/...&$skiptoken=..."}` in id order,
+//! `nextLink` absent on the last page; `maxpagesize` (1..=1000, default 100) sets the page size
+//! and is carried in the link.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use muster_domain::{Command, TargetSelector};
+use muster_types::{DeviceId, GroupId, JobId, RerunId};
+use serde_json::Value;
+
+use super::errors::{internal, DEVICE, GROUP, JOB, RERUN};
+use super::extract::{base_url, JsonText, Params, PathParams};
+use super::{ok_json, page, token, App};
+use crate::central::{
+    central_device_group_json, central_device_json, central_job_device_json, central_job_json,
+    central_page, check_api_version, device_group_from_central, device_registration_from_central,
+    job_request_from_central, job_template, next_link, CENTRAL_API_VERSIONS, NEXT_LINK_TOKEN_PARAM,
+};
+use crate::error::ApiError;
+use muster_cluster::now;
+
+/// Page size of a list when `maxpagesize` is not given.
+const DEFAULT_PAGE: usize = 100;
+/// Largest `maxpagesize` accepted.
+const MAX_PAGE: usize = 1000;
+
+pub(super) fn routes() -> Router<App> {
+    Router::new()
+        .route("/api/jobs", get(list_jobs))
+        .route("/api/jobs/{id}", get(get_job).put(put_job))
+        .route("/api/jobs/{id}/devices", get(job_devices))
+        .route("/api/jobs/{id}/stop", post(stop_job))
+        .route("/api/jobs/{id}/resume", post(resume_job))
+        .route("/api/jobs/{id}/rerun/{rerun_id}", put(rerun_job))
+        .route("/api/deviceGroups", get(list_groups))
+        .route(
+            "/api/deviceGroups/{id}",
+            get(get_group).put(put_group).delete(delete_group),
+        )
+        .route("/api/devices", get(list_devices))
+        .route("/api/devices/{id}", get(get_device).put(put_device))
+}
+
+/// The checked `api-version`, kept for the `nextLink`.
+fn version(q: &Params) -> Result<String, ApiError> {
+    let v = q.get("api-version");
+    check_api_version(v, CENTRAL_API_VERSIONS)?;
+    Ok(v.unwrap_or_default().to_string())
+}
+
+fn job_id(s: &str) -> Result<JobId, ApiError> {
+    JobId::new(s).map_err(|e| ApiError::bad_request("id", format!("{e} (the job id in the URL)")))
+}
+
+fn group_id(s: &str) -> Result<GroupId, ApiError> {
+    GroupId::new(s)
+        .map_err(|e| ApiError::bad_request("id", format!("{e} (the device group id in the URL)")))
+}
+
+fn device_id(s: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(s)
+        .map_err(|e| ApiError::bad_request("id", format!("{e} (the device id in the URL)")))
+}
+
+fn job_not_found(id: &JobId) -> ApiError {
+    ApiError::new(
+        404,
+        "JobNotFound",
+        format!("job {id} does not exist; check the id in the URL (GET /api/jobs lists the jobs)"),
+    )
+}
+
+fn group_not_found(id: &GroupId) -> ApiError {
+    ApiError::new(
+        404,
+        "DeviceGroupNotFound",
+        format!("device group {id} does not exist; check the id in the URL (GET /api/deviceGroups lists them)"),
+    )
+}
+
+fn device_not_found(id: &DeviceId) -> ApiError {
+    ApiError::new(
+        404,
+        "DeviceNotFound",
+        format!("device {id} is not registered; check the id in the URL (PUT /api/devices/{{id}} registers one)"),
+    )
+}
+
+/// The list paging parameters: page size and the token (`$skiptoken`) parsed by `parse`.
+struct Paging<K> {
+    size: usize,
+    size_given: bool,
+    after: Option<K>,
+}
+
+fn paging<K, E>(q: &Params, parse: impl Fn(&str) -> Result<K, E>) -> Result<Paging<K>, ApiError> {
+    let raw = q.get("maxpagesize").filter(|s| !s.is_empty());
+    let size = match raw {
+        None => DEFAULT_PAGE,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "maxpagesize",
+                    format!(
+                        "must be a whole number from 1 to {MAX_PAGE}, got {}",
+                        crate::json::quote(s)
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(Paging {
+        size,
+        size_given: raw.is_some(),
+        after: token(q.get(NEXT_LINK_TOKEN_PARAM), NEXT_LINK_TOKEN_PARAM, parse)?,
+    })
+}
+
+/// `{"value": [...], "nextLink": ...}` for a page that ended with `next` (`None`: last page).
+fn list_page<K>(
+    headers: &HeaderMap,
+    uri: &Uri,
+    api_version: &str,
+    paging: &Paging<K>,
+    items: Vec<Value>,
+    next: Option<String>,
+) -> Response {
+    let link = next_link(
+        &base_url(headers, uri),
+        uri.path(),
+        api_version,
+        next.as_deref(),
+    )
+    .map(|l| {
+        if paging.size_given {
+            format!("{l}&maxpagesize={}", paging.size)
+        } else {
+            l
+        }
+    });
+    ok_json(central_page(items, link))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+// ---------------------------------------------------------------------------------------------
+
+/// A job in Central's shape with `data[*].target` recovered from its devices' template (only a
+/// group job has one: a job from the IoT Hub shape targets devices or a query).
+fn render_job(job: &muster_domain::Job, state: &muster_domain::State) -> Value {
+    let template = match job.spec.target.selector {
+        TargetSelector::Group(_) => job_template(job, &state.registry),
+        _ => None,
+    };
+    central_job_json(job, template)
+}
+
+async fn list_jobs(
+    State(app): State<App>,
+    q: Params,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let v = version(&q)?;
+    let p = paging(&q, |s: &str| JobId::new(s))?;
+    let (items, next) = app
+        .read(|s| {
+            page(&s.jobs, p.after.as_ref(), p.size, |_, j| {
+                Some(render_job(j, s))
+            })
+        })
+        .await?;
+    Ok(list_page(&headers, &uri, &v, &p, items, next))
+}
+
+async fn get_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.read(|s| s.jobs.get(&id).map(|j| render_job(j, s)))
+        .await?
+        .map(ok_json)
+        .ok_or_else(|| job_not_found(&id))
+}
+
+/// `PUT /api/jobs/{id}`: creates the job (409 if the id is taken: a job's definition does not
+/// change once it runs). The answer is the job as the create command left it, `pending` as the
+/// seed shows, even if the leader has started it in the meantime; GET shows the live status.
+async fn put_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    job_id(&id)?;
+    let req = job_request_from_central(&body, &id)?;
+    let id = req.id;
+    app.write(
+        Command::CreateJob {
+            id: id.clone(),
+            spec: req.spec,
+            at: now(),
+        },
+        JOB,
+    )
+    .await?;
+    let json = app.read_applied(|s| {
+        s.jobs.get(&id).map(|j| {
+            let mut v = central_job_json(j, req.template.as_deref());
+            if let Some(m) = v.as_object_mut() {
+                m.insert("status".into(), Value::String("pending".into()));
+            }
+            v
+        })
+    });
+    json.map(ok_json).ok_or_else(|| {
+        internal(&format!(
+            "job {id} missing right after its creation applied"
+        ))
+    })
+}
+
+/// `GET /api/jobs/{id}/devices`: the devices of the job's current run (after a rerun, the rerun's
+/// devices), in device id order.
+async fn job_devices(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let v = version(&q)?;
+    let id = job_id(&id)?;
+    let p = paging(&q, |s: &str| DeviceId::new(s))?;
+    let found = app
+        .read(|s| {
+            s.jobs.get(&id).map(|j| {
+                let run = j.current_run();
+                page(&run.index, p.after.as_ref(), p.size, |_, &pos| {
+                    run.devices.get(pos as usize).map(central_job_device_json)
+                })
+            })
+        })
+        .await?;
+    let (items, next) = found.ok_or_else(|| job_not_found(&id))?;
+    Ok(list_page(&headers, &uri, &v, &p, items, next))
+}
+
+async fn stop_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.write(Command::StopJob { id, at: now() }, JOB).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.write(Command::ResumeJob { id, at: now() }, JOB).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/jobs/{id}/rerun/{rerunId}`: a new run over the devices that failed or timed out in
+/// the last one; answers the job (200) as it is after the rerun was applied.
+async fn rerun_job(
+    State(app): State<App>,
+    PathParams((id, rerun)): PathParams<(String, String)>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    let rerun_id = RerunId::new(rerun)
+        .map_err(|e| ApiError::bad_request("rerunId", format!("{e} (the rerun id in the URL)")))?;
+    app.write(
+        Command::RerunJob {
+            id: id.clone(),
+            rerun_id,
+            at: now(),
+        },
+        RERUN,
+    )
+    .await?;
+    app.read_applied(|s| s.jobs.get(&id).map(|j| render_job(j, s)))
+        .map(ok_json)
+        .ok_or_else(|| job_not_found(&id))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device groups
+// ---------------------------------------------------------------------------------------------
+
+async fn list_groups(
+    State(app): State<App>,
+    q: Params,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let v = version(&q)?;
+    let p = paging(&q, |s: &str| GroupId::new(s))?;
+    let (items, next) = app
+        .read(|s| {
+            page(&s.registry.groups, p.after.as_ref(), p.size, |_, g| {
+                Some(central_device_group_json(g))
+            })
+        })
+        .await?;
+    Ok(list_page(&headers, &uri, &v, &p, items, next))
+}
+
+async fn get_group(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = group_id(&id)?;
+    app.read(|s| s.registry.groups.get(&id).map(central_device_group_json))
+        .await?
+        .map(ok_json)
+        .ok_or_else(|| group_not_found(&id))
+}
+
+/// `PUT /api/deviceGroups/{id}`: creates or replaces the group (IoT Central's PUT). Jobs already
+/// created on the group keep the filter they were created with.
+async fn put_group(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    group_id(&id)?;
+    let g = device_group_from_central(&body, &id)?;
+    let gid = g.id.clone();
+    app.write(
+        Command::SaveGroup {
+            id: g.id,
+            display_name: g.display_name,
+            query: g.filter,
+            at: now(),
+        },
+        GROUP,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.groups.get(&gid).map(central_device_group_json))
+        .map(ok_json)
+        .ok_or_else(|| group_not_found(&gid))
+}
+
+async fn delete_group(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let id = group_id(&id)?;
+    app.write(Command::DeleteGroup { id, at: now() }, GROUP)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+// ---------------------------------------------------------------------------------------------
+
+async fn list_devices(
+    State(app): State<App>,
+    q: Params,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let v = version(&q)?;
+    let p = paging(&q, |s: &str| DeviceId::new(s))?;
+    let (items, next) = app
+        .read(|s| {
+            page(&s.registry.devices, p.after.as_ref(), p.size, |_, d| {
+                Some(central_device_json(d))
+            })
+        })
+        .await?;
+    Ok(list_page(&headers, &uri, &v, &p, items, next))
+}
+
+async fn get_device(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    app.read(|s| s.registry.devices.get(&id).map(central_device_json))
+        .await?
+        .map(ok_json)
+        .ok_or_else(|| device_not_found(&id))
+}
+
+/// `PUT /api/devices/{id}`: registers the device, or updates its display name, template and
+/// enabled flag if it exists (IoT Central's create-or-update); its twin is kept.
+async fn put_device(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    device_id(&id)?;
+    let reg = device_registration_from_central(&body, &id)?;
+    let did = reg.id.clone();
+    app.write(
+        Command::RegisterDevices {
+            devices: vec![reg],
+            upsert: true,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
+        .map(ok_json)
+        .ok_or_else(|| device_not_found(&did))
+}

@@ -1,0 +1,270 @@
+//! IoT Hub's routes: `/jobs/v2/{jobId}`, `/jobs/v2/{jobId}/cancel`, `/jobs/v2/query`,
+//! `/twins/{deviceId}`. Every route requires `api-version` (one of [`HUB_API_VERSIONS`]).
+//!
+//! # Job query paging
+//!
+//! `GET /jobs/v2/query` answers a JSON **array** of jobs, as IoT Hub does, in job id order. When
+//! more remain, the response carries the token in the `x-ms-continuation` header (IoT Hub's
+//! header, which its SDKs read). The next request passes it back either in the
+//! `x-ms-continuation` request header (what the SDKs do) or as the `continuationToken` query
+//! parameter (what the seed shows); the query parameter wins if both are sent. The page size is
+//! `pageSize` or, as the SDKs send it, the `x-ms-max-item-count` header (1..=1000, default 100).
+//!
+//! A job whose id is `query` cannot be read through `GET /jobs/v2/query` (that path is the
+//! query); it can through IoT Central's `GET /api/jobs/query`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use muster_cluster::now;
+use muster_domain::{Command, Device, Job};
+use muster_types::{DeviceId, JobId};
+use serde_json::{json, Value};
+
+use super::errors::{internal, DEVICE, JOB};
+use super::extract::{JsonText, Params, PathParams};
+use super::{ok_json, page, token, App};
+use crate::central::check_api_version;
+use crate::error::ApiError;
+use crate::hub::{
+    etag_version, hub_job_json, hub_twin_json, job_spec_from_hub, page_size, twin_patch_from_hub,
+    HubJobFilter, HUB_API_VERSIONS,
+};
+
+/// IoT Hub's continuation header, in requests and responses.
+pub(super) const CONTINUATION: HeaderName = HeaderName::from_static("x-ms-continuation");
+/// IoT Hub's page-size header (the SDKs' way of sending `pageSize`).
+const MAX_ITEM_COUNT: HeaderName = HeaderName::from_static("x-ms-max-item-count");
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+pub(super) fn routes() -> Router<App> {
+    Router::new()
+        .route("/jobs/v2/query", get(query_jobs))
+        .route("/jobs/v2/{job_id}", put(put_job).get(get_job))
+        .route("/jobs/v2/{job_id}/cancel", post(cancel_job))
+        .route("/twins/{device_id}", get(get_twin).patch(patch_twin))
+}
+
+fn version(q: &Params) -> Result<(), ApiError> {
+    check_api_version(q.get("api-version"), HUB_API_VERSIONS)
+}
+
+fn job_id(s: &str) -> Result<JobId, ApiError> {
+    JobId::new(s)
+        .map_err(|e| ApiError::bad_request("jobId", format!("{e} (the job id in the URL)")))
+}
+
+fn device_id(s: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(s)
+        .map_err(|e| ApiError::bad_request("deviceId", format!("{e} (the device id in the URL)")))
+}
+
+fn job_not_found(id: &JobId) -> ApiError {
+    ApiError::new(
+        404,
+        "JobNotFound",
+        format!(
+            "job {id} does not exist; check the id in the URL (GET /jobs/v2/query lists the jobs)"
+        ),
+    )
+}
+
+fn device_not_found(id: &DeviceId) -> ApiError {
+    ApiError::new(
+        404,
+        "DeviceNotFound",
+        format!("device {id} is not registered; check the id in the URL"),
+    )
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `PUT /jobs/v2/{jobId}`: creates the job (409 if the id is taken). The answer is the job as
+/// the create command left it: `scheduled` with a future `startTime`, otherwise `pending`, every
+/// device pending, even if the leader has started it since; GET shows the live state.
+async fn put_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    job_id(&id)?;
+    let (id, spec) = job_spec_from_hub(&body, &id)?;
+    app.write(
+        Command::CreateJob {
+            id: id.clone(),
+            spec,
+            at: now(),
+        },
+        JOB,
+    )
+    .await?;
+    app.read_applied(|s| s.jobs.get(&id).map(as_created))
+        .map(ok_json)
+        .ok_or_else(|| {
+            internal(&format!(
+                "job {id} missing right after its creation applied"
+            ))
+        })
+}
+
+fn as_created(j: &Job) -> Value {
+    let mut v = hub_job_json(j);
+    let scheduled = j.start_at.is_some_and(|t| t > j.created_at);
+    let n = j.runs.first().map_or(0, |r| r.stats.devices);
+    // `insert` on an existing key keeps its place, so the field order stays the GET order.
+    if let Some(m) = v.as_object_mut() {
+        m.insert(
+            "status".into(),
+            json!(if scheduled { "scheduled" } else { "pending" }),
+        );
+        m.insert(
+            "deviceJobStatistics".into(),
+            json!({
+                "deviceCount": n,
+                "failedCount": 0,
+                "succeededCount": 0,
+                "runningCount": 0,
+                "pendingCount": n,
+            }),
+        );
+        m.shift_remove("endTime");
+        m.shift_remove("statusMessage");
+        m.shift_remove("failureReason");
+    }
+    v
+}
+
+async fn get_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.read(|s| s.jobs.get(&id).map(hub_job_json))
+        .await?
+        .map(ok_json)
+        .ok_or_else(|| job_not_found(&id))
+}
+
+/// `POST /jobs/v2/{jobId}/cancel`: ends the job; devices not yet final are cancelled. Answers the
+/// job as it is after the cancel (200), as IoT Hub does.
+async fn cancel_job(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.write(
+        Command::CancelJob {
+            id: id.clone(),
+            at: now(),
+        },
+        JOB,
+    )
+    .await?;
+    app.read_applied(|s| s.jobs.get(&id).map(hub_job_json))
+        .map(ok_json)
+        .ok_or_else(|| job_not_found(&id))
+}
+
+/// `GET /jobs/v2/query?jobType=&jobStatus=&pageSize=&continuationToken=`: see the module docs.
+async fn query_jobs(
+    State(app): State<App>,
+    q: Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let filter = HubJobFilter::from_query(q.get("jobType"), q.get("jobStatus"))?;
+    let size = page_size(
+        q.get("pageSize")
+            .or_else(|| header_str(&headers, &MAX_ITEM_COUNT)),
+        DEFAULT_PAGE,
+        MAX_PAGE,
+    )?;
+    let raw_token = q
+        .get("continuationToken")
+        .filter(|s| !s.is_empty())
+        .or_else(|| header_str(&headers, &CONTINUATION));
+    let after = token(raw_token, "continuationToken", |s: &str| JobId::new(s))?;
+    let (items, next) = app
+        .read(|s| {
+            page(&s.jobs, after.as_ref(), size, |_, j| {
+                filter.matches(j).then(|| hub_job_json(j))
+            })
+        })
+        .await?;
+    let mut resp = ok_json(Value::Array(items));
+    if let Some(next) = next {
+        // Job ids are printable ASCII, so a token is always a valid header value.
+        match HeaderValue::from_str(&next) {
+            Ok(v) => {
+                resp.headers_mut().insert(CONTINUATION, v);
+            }
+            Err(e) => return Err(internal(&e)),
+        }
+    }
+    Ok(resp)
+}
+
+/// The twin with its `ETag` header (the twin's version, quoted), for conditional PATCHes.
+fn twin_response(d: &Device) -> Response {
+    let mut resp = ok_json(hub_twin_json(d));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", d.version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn get_twin(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    app.read(|s| s.registry.devices.get(&id).map(twin_response))
+        .await?
+        .ok_or_else(|| device_not_found(&id))
+}
+
+/// `PATCH /twins/{deviceId}`: merges `tags` and `properties.desired` (JSON merge patch) in one
+/// command. `If-Match` with the twin's ETag makes it conditional: 412 if the twin changed since
+/// (`*` or no header: unconditional).
+async fn patch_twin(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let if_version = etag_version(if_match.as_deref())?;
+    let (tags, desired) = twin_patch_from_hub(&body)?;
+    app.write(
+        Command::UpdateTwin {
+            device: id.clone(),
+            tags,
+            desired,
+            if_version,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&id).map(twin_response))
+        .ok_or_else(|| device_not_found(&id))
+        .map(IntoResponse::into_response)
+}

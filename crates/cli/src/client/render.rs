@@ -1,0 +1,473 @@
+//! Printing API messages: one JSON document for scripts (`--output json`), tables and key/value
+//! lines for people.
+//!
+//! The JSON uses lowerCamelCase names, enum values as lower-case words (`timedOut`), times as
+//! RFC 3339 strings and JSON documents (tags, payloads) as JSON values rather than text, so that
+//! `jq` works on them directly. A job's `spec` is muster's JobSpec as JSON, the very form
+//! `muster job create --file` reads back.
+
+use muster_domain::JobSpec;
+use muster_proto::pb;
+use muster_types::Timestamp;
+use serde_json::{json, Map, Value};
+
+pub fn job_status(raw: i32) -> &'static str {
+    match pb::JobStatus::try_from(raw) {
+        Ok(pb::JobStatus::Scheduled) => "scheduled",
+        Ok(pb::JobStatus::Pending) => "pending",
+        Ok(pb::JobStatus::Running) => "running",
+        Ok(pb::JobStatus::Stopped) => "stopped",
+        Ok(pb::JobStatus::Completed) => "completed",
+        Ok(pb::JobStatus::Failed) => "failed",
+        Ok(pb::JobStatus::Cancelled) => "cancelled",
+        Ok(pb::JobStatus::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn job_type(raw: i32) -> &'static str {
+    match pb::JobType::try_from(raw) {
+        Ok(pb::JobType::Method) => "method",
+        Ok(pb::JobType::Twin) => "twin",
+        Ok(pb::JobType::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn device_status(raw: i32) -> &'static str {
+    match pb::DeviceStatus::try_from(raw) {
+        Ok(pb::DeviceStatus::Pending) => "pending",
+        Ok(pb::DeviceStatus::Running) => "running",
+        Ok(pb::DeviceStatus::Succeeded) => "succeeded",
+        Ok(pb::DeviceStatus::Failed) => "failed",
+        Ok(pb::DeviceStatus::TimedOut) => "timedOut",
+        Ok(pb::DeviceStatus::Cancelled) => "cancelled",
+        Ok(pb::DeviceStatus::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn connection(raw: i32) -> &'static str {
+    match pb::ConnectionState::try_from(raw) {
+        Ok(pb::ConnectionState::Connected) => "connected",
+        Ok(pb::ConnectionState::Disconnected) => "disconnected",
+        Ok(pb::ConnectionState::Unknown | pb::ConnectionState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn time(ms: i64) -> String {
+    Timestamp::from_millis(ms).to_rfc3339()
+}
+
+fn opt_time(m: &mut Map<String, Value>, key: &str, ms: Option<i64>) {
+    if let Some(ms) = ms {
+        m.insert(key.into(), Value::String(time(ms)));
+    }
+}
+
+/// JSON text from the server as a value; text that does not parse (it always should) is kept as
+/// a string rather than lost.
+fn json_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+pub fn stats_json(s: Option<&pb::JobStats>) -> Value {
+    let d = pb::JobStats::default();
+    let s = s.unwrap_or(&d);
+    json!({
+        "total": s.total, "pending": s.pending, "running": s.running,
+        "succeeded": s.succeeded, "failed": s.failed, "timedOut": s.timed_out,
+        "cancelled": s.cancelled,
+    })
+}
+
+pub fn job_json(j: &pb::Job) -> Value {
+    let mut m = Map::new();
+    m.insert("jobId".into(), json!(j.job_id));
+    m.insert("displayName".into(), json!(j.display_name));
+    m.insert("description".into(), json!(j.description));
+    m.insert("type".into(), json!(job_type(j.r#type)));
+    m.insert("status".into(), json!(job_status(j.status)));
+    if !j.status_reason.is_empty() {
+        m.insert("statusReason".into(), json!(j.status_reason));
+    }
+    m.insert("stats".into(), stats_json(j.stats.as_ref()));
+    m.insert("createdAt".into(), json!(time(j.created_at_ms)));
+    opt_time(&mut m, "startAt", j.start_at_ms);
+    opt_time(&mut m, "startedAt", j.started_at_ms);
+    opt_time(&mut m, "endedAt", j.ended_at_ms);
+    m.insert("run".into(), json!(j.run));
+    if let Some(r) = &j.rerun_id {
+        m.insert("rerunId".into(), json!(r));
+    }
+    if !j.batches.is_empty() {
+        let batches: Vec<Value> = j
+            .batches
+            .iter()
+            .map(|b| {
+                let mut bm = Map::new();
+                bm.insert("index".into(), json!(b.index));
+                opt_time(&mut bm, "startedAt", b.started_at_ms);
+                bm.insert("stats".into(), stats_json(b.stats.as_ref()));
+                Value::Object(bm)
+            })
+            .collect();
+        m.insert("batches".into(), Value::Array(batches));
+    }
+    if !j.runs.is_empty() {
+        let runs: Vec<Value> = j
+            .runs
+            .iter()
+            .map(|r| {
+                let mut rm = Map::new();
+                rm.insert("run".into(), json!(r.run));
+                if let Some(id) = &r.rerun_id {
+                    rm.insert("rerunId".into(), json!(id));
+                }
+                rm.insert("createdAt".into(), json!(time(r.created_at_ms)));
+                opt_time(&mut rm, "startedAt", r.started_at_ms);
+                rm.insert("stats".into(), stats_json(r.stats.as_ref()));
+                Value::Object(rm)
+            })
+            .collect();
+        m.insert("runs".into(), Value::Array(runs));
+    }
+    if let Some(spec) = &j.spec {
+        let spec = JobSpec::try_from(spec.clone())
+            .ok()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null);
+        m.insert("spec".into(), spec);
+    }
+    Value::Object(m)
+}
+
+pub fn job_device_json(d: &pb::JobDevice) -> Value {
+    let mut m = Map::new();
+    m.insert("deviceId".into(), json!(d.device_id));
+    m.insert("run".into(), json!(d.run));
+    m.insert("batch".into(), json!(d.batch));
+    m.insert("status".into(), json!(device_status(d.status)));
+    m.insert("attempts".into(), json!(d.attempts));
+    opt_time(&mut m, "dispatchedAt", d.dispatched_at_ms);
+    opt_time(&mut m, "finishedAt", d.finished_at_ms);
+    if !d.last_error.is_empty() {
+        m.insert("lastError".into(), json!(d.last_error));
+    }
+    if let Some(status) = d.response_status {
+        let payload = d
+            .response_payload_json
+            .as_deref()
+            .map_or(Value::Null, json_value);
+        m.insert(
+            "response".into(),
+            json!({"status": status, "payload": payload}),
+        );
+    }
+    Value::Object(m)
+}
+
+pub fn device_json(d: &pb::Device) -> Value {
+    let mut m = Map::new();
+    m.insert("deviceId".into(), json!(d.device_id));
+    m.insert("displayName".into(), json!(d.display_name));
+    if let Some(model) = &d.model_id {
+        m.insert("modelId".into(), json!(model));
+    }
+    m.insert("enabled".into(), json!(d.enabled));
+    m.insert("connection".into(), json!(connection(d.connection)));
+    m.insert("version".into(), json!(d.version));
+    m.insert("tags".into(), json_value(&d.tags_json));
+    m.insert(
+        "properties".into(),
+        json!({
+            "desired": json_value(&d.desired_json),
+            "desiredVersion": d.desired_version,
+            "reported": json_value(&d.reported_json),
+            "reportedVersion": d.reported_version,
+        }),
+    );
+    m.insert(
+        "cloudProperties".into(),
+        json_value(&d.cloud_properties_json),
+    );
+    m.insert("registeredAt".into(), json!(time(d.registered_at_ms)));
+    opt_time(&mut m, "lastActivity", d.last_activity_ms);
+    Value::Object(m)
+}
+
+pub fn group_json(g: &pb::Group) -> Value {
+    json!({
+        "groupId": g.group_id,
+        "displayName": g.display_name,
+        "query": g.query,
+        "savedAt": time(g.saved_at_ms),
+    })
+}
+
+/// Prints a JSON document, pretty (scripts parse it either way; people may read it).
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+// ---------------------------------------------------------------------------------------------
+
+/// A plain table: a header and rows, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                let w = widths.get(i).copied().unwrap_or(0);
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn stats_text(s: Option<&pb::JobStats>) -> String {
+    let d = pb::JobStats::default();
+    let s = s.unwrap_or(&d);
+    format!(
+        "{} devices: {} pending, {} running, {} succeeded, {} failed, {} timed out, {} cancelled",
+        s.total, s.pending, s.running, s.succeeded, s.failed, s.timed_out, s.cancelled
+    )
+}
+
+pub fn job_text(j: &pb::Job) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| out.push_str(&format!("{k:<13}{v}\n"));
+    kv("Job:", j.job_id.clone());
+    if j.display_name != j.job_id {
+        kv("Name:", j.display_name.clone());
+    }
+    if !j.description.is_empty() {
+        kv("Description:", j.description.clone());
+    }
+    kv("Type:", job_type(j.r#type).into());
+    // The reason, when there is one, starts with the status ("cancelled by a user").
+    let status = if j.status_reason.is_empty() {
+        job_status(j.status).to_string()
+    } else {
+        j.status_reason.clone()
+    };
+    kv("Status:", status);
+    kv("Devices:", stats_text(j.stats.as_ref()));
+    kv("Created:", time(j.created_at_ms));
+    if let Some(t) = j.start_at_ms {
+        kv("Starts at:", time(t));
+    }
+    if let Some(t) = j.started_at_ms {
+        kv("Started:", time(t));
+    }
+    if let Some(t) = j.ended_at_ms {
+        kv("Ended:", time(t));
+    }
+    if j.run > 0 {
+        kv(
+            "Run:",
+            format!("{} (rerun {})", j.run, j.rerun_id.as_deref().unwrap_or("-")),
+        );
+    }
+    if !j.batches.is_empty() {
+        let rows: Vec<Vec<String>> = j
+            .batches
+            .iter()
+            .map(|b| {
+                let d = pb::JobStats::default();
+                let s = b.stats.as_ref().unwrap_or(&d);
+                vec![
+                    b.index.to_string(),
+                    b.started_at_ms.map_or("-".into(), time),
+                    s.total.to_string(),
+                    s.pending.to_string(),
+                    s.running.to_string(),
+                    s.succeeded.to_string(),
+                    (s.failed + s.timed_out).to_string(),
+                    s.cancelled.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "BATCH",
+                "STARTED",
+                "DEVICES",
+                "PENDING",
+                "RUNNING",
+                "SUCCEEDED",
+                "FAILED",
+                "CANCELLED",
+            ],
+            &rows,
+        ));
+        out.push('\n');
+    }
+    out.trim_end().to_string()
+}
+
+pub fn jobs_table(jobs: &[pb::Job]) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let d = pb::JobStats::default();
+            let s = j.stats.as_ref().unwrap_or(&d);
+            vec![
+                j.job_id.clone(),
+                job_type(j.r#type).into(),
+                job_status(j.status).into(),
+                s.total.to_string(),
+                s.succeeded.to_string(),
+                (s.failed + s.timed_out).to_string(),
+                time(j.created_at_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "TYPE",
+            "STATUS",
+            "DEVICES",
+            "SUCCEEDED",
+            "FAILED",
+            "CREATED",
+        ],
+        &rows,
+    )
+}
+
+pub fn job_devices_table(devices: &[pb::JobDevice]) -> String {
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.device_id.clone(),
+                d.batch.to_string(),
+                device_status(d.status).into(),
+                d.attempts.to_string(),
+                d.response_status.map_or("-".into(), |s| s.to_string()),
+                if d.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    d.last_error.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DEVICE",
+            "BATCH",
+            "STATUS",
+            "ATTEMPTS",
+            "RESPONSE",
+            "LAST ERROR",
+        ],
+        &rows,
+    )
+}
+
+pub fn device_text(d: &pb::Device) -> String {
+    let pretty =
+        |t: &str| serde_json::to_string_pretty(&json_value(t)).unwrap_or_else(|_| t.to_string());
+    let mut out = String::new();
+    out.push_str(&format!("{:<13}{}\n", "Device:", d.device_id));
+    out.push_str(&format!("{:<13}{}\n", "Name:", d.display_name));
+    if let Some(m) = &d.model_id {
+        out.push_str(&format!("{:<13}{}\n", "Model:", m));
+    }
+    out.push_str(&format!(
+        "{:<13}{}\n",
+        "Enabled:",
+        if d.enabled { "yes" } else { "no" }
+    ));
+    out.push_str(&format!(
+        "{:<13}{}\n",
+        "Connection:",
+        connection(d.connection)
+    ));
+    out.push_str(&format!("{:<13}{}\n", "Version:", d.version));
+    out.push_str(&format!(
+        "{:<13}{}\n",
+        "Registered:",
+        time(d.registered_at_ms)
+    ));
+    out.push_str(&format!("Tags:\n{}\n", pretty(&d.tags_json)));
+    out.push_str(&format!(
+        "Desired (version {}):\n{}\n",
+        d.desired_version,
+        pretty(&d.desired_json)
+    ));
+    out.push_str(&format!(
+        "Reported (version {}):\n{}",
+        d.reported_version,
+        pretty(&d.reported_json)
+    ));
+    out
+}
+
+pub fn devices_table(devices: &[pb::Device]) -> String {
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.device_id.clone(),
+                d.display_name.clone(),
+                if d.enabled { "yes" } else { "no" }.into(),
+                connection(d.connection).into(),
+                d.version.to_string(),
+                d.tags_json.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "ENABLED", "CONNECTION", "VERSION", "TAGS"],
+        &rows,
+    )
+}
+
+pub fn groups_table(groups: &[pb::Group]) -> String {
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| vec![g.group_id.clone(), g.display_name.clone(), g.query.clone()])
+        .collect();
+    table(&["ID", "NAME", "QUERY"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_pad_columns() {
+        let t = table(
+            &["ID", "STATUS"],
+            &[
+                vec!["a-long-id".into(), "ok".into()],
+                vec!["b".into(), "failed".into()],
+            ],
+        );
+        assert_eq!(t, "ID         STATUS\na-long-id  ok\nb          failed");
+    }
+}

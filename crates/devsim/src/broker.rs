@@ -1,0 +1,113 @@
+//! An embedded MQTT broker (rumqttd) for `muster serve --dev`, so a first run needs nothing
+//! installed.
+//!
+//! rumqttd binds inside its own threads and does not report the bound address, so port 0 is
+//! resolved here first (bind, read the port, release it, hand it to rumqttd; a tiny race with
+//! another process taking the port in between is accepted for a dev convenience). The broker
+//! runs until the process exits: rumqttd offers no way to stop it.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use tracing::error;
+
+use crate::DevsimError;
+
+/// A running embedded broker.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+}
+
+impl EmbeddedBroker {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `mqtt://ip:port`, what the dispatcher's and the fleet's configuration take.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+/// Largest publish the embedded broker accepts: a 128 KiB method payload plus topic and margin.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Starts rumqttd on `listen` (port 0 picks a free port) and returns once it accepts
+/// connections.
+pub fn start_embedded(listen: SocketAddr) -> Result<EmbeddedBroker, DevsimError> {
+    let addr = if listen.port() == 0 {
+        let l = TcpListener::bind(listen).map_err(|e| DevsimError::Broker(e.to_string()))?;
+        let a = l
+            .local_addr()
+            .map_err(|e| DevsimError::Broker(e.to_string()))?;
+        drop(l);
+        a
+    } else {
+        listen
+    };
+    let server = ServerSettings {
+        name: "muster-dev".to_string(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: MAX_PAYLOAD_BYTES,
+            max_inflight_count: 1000,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            // A fleet of 100,000 simulated devices uses ~100 connections, but real devices
+            // connect one each.
+            max_connections: 200_000,
+            max_outgoing_packet_count: 1000,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..RouterConfig::default()
+        },
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Config::default()
+    };
+    std::thread::Builder::new()
+        .name("muster-mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(|e| DevsimError::Broker(e.to_string()))?;
+    let connect_to = if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect_timeout(&connect_to, Duration::from_millis(200)).is_ok() {
+            return Ok(EmbeddedBroker { addr: connect_to });
+        }
+        if Instant::now() > deadline {
+            return Err(DevsimError::Broker(format!(
+                "embedded broker did not start listening on {addr}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

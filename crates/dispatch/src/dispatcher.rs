@@ -1,0 +1,729 @@
+//! The leader's dispatch loop: the core's [`Action`]s in, MQTT traffic out, outcomes proposed
+//! back.
+//!
+//! One task owns all of the dispatcher's memory (no locks): it reacts to device messages, state
+//! updates, finished proposals and timers. Proposals run as separate tasks so a slow Raft commit
+//! never holds up reading answers; broker connections run as separate tasks (see `link`).
+//!
+//! What this process remembers is only an optimisation. Everything that matters (which attempts
+//! are in flight, their deadlines, what was answered) is in the replicated state, so a new leader,
+//! or this one after a reconnect, re-derives it: the core lists every attempt in flight as
+//! `Action::Send`, and the dispatcher (re)sends those it has not sent on its current connection.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use muster_domain::job::Run;
+use muster_domain::{
+    actions, send_request, Action, Command, ConnectionState, DeviceResult, FailureReason,
+    MethodInvocation, Outcome, SendRequest,
+};
+use muster_types::{DeviceId, JobId, RunId, Timestamp};
+use rumqttc::QoS;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::batch::ResultBatcher;
+use crate::host::{Host, HostError, Update};
+use crate::link::{Link, LinkEvent};
+use crate::protocol::{self, Inbound};
+use crate::{DispatchConfig, DispatchError};
+
+/// The wall clock as a [`Timestamp`]. The leader stamps commands with it; the core never reads a
+/// clock.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+/// How long to wait before retrying after a failed proposal.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// Device messages handled per turn of the loop before other work gets a chance.
+const INBOUND_PER_TURN: usize = 4096;
+
+/// The leader's worker pool. See [`Dispatcher::run`].
+#[derive(Debug)]
+pub struct Dispatcher;
+
+impl Dispatcher {
+    /// Carries out the core's actions until `shutdown` resolves or the host's update stream ends.
+    ///
+    /// Start it when this node becomes the leader and resolve `shutdown` when it stops being the
+    /// leader. It returns an error only for a configuration it cannot use (a bad broker URL);
+    /// broker outages are retried for ever with backoff.
+    pub async fn run<H: Host>(
+        host: H,
+        config: DispatchConfig,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), DispatchError> {
+        if config.brokers.is_empty() {
+            return Err(DispatchError::NoBrokers);
+        }
+        // Subscribe before reading the baseline, so no update falls in between.
+        let mut updates = host.updates();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut links = Vec::with_capacity(config.brokers.len());
+        for (i, url) in config.brokers.iter().enumerate() {
+            match Link::start(i, url, &config, tx.clone()) {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    for l in links {
+                        l.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        drop(tx);
+        let mut engine = Engine::new(host, config, links);
+        engine.rebaseline();
+        info!(
+            brokers = engine.links.len(),
+            max_in_flight = engine.cfg.max_in_flight,
+            "dispatcher started"
+        );
+
+        tokio::pin!(shutdown);
+        loop {
+            let tick = engine.next_tick();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = engine.tasks.join_next(), if !engine.tasks.is_empty() => {
+                    match done {
+                        Ok(done) => engine.on_done(done),
+                        Err(e) => error!(error = %e, "a proposal task failed"),
+                    }
+                }
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    engine.on_link(ev);
+                    let mut n = 1;
+                    while n < INBOUND_PER_TURN {
+                        let Ok(ev) = rx.try_recv() else { break };
+                        engine.on_link(ev);
+                        n += 1;
+                    }
+                }
+                u = updates.next() => {
+                    let Some(u) = u else {
+                        info!("host update stream ended; dispatcher stops");
+                        break;
+                    };
+                    engine.on_update(u);
+                }
+                _ = sleep_until(tick.unwrap_or_else(Instant::now)), if tick.is_some() => {}
+            }
+            engine.turn();
+        }
+        engine.finish().await;
+        info!("dispatcher stopped");
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlightState {
+    /// Known to be in flight, not (or no longer) on the wire of the current connection.
+    Unsent,
+    /// Published; waiting for the answer to `step`.
+    Sent,
+    /// Answered (or failed here); the outcome is batched or being proposed.
+    Answered,
+}
+
+/// An attempt in flight, as this process knows it.
+#[derive(Debug)]
+struct Flight {
+    job: JobId,
+    run: RunId,
+    device: DeviceId,
+    attempt: u32,
+    broker: usize,
+    methods: Vec<MethodInvocation>,
+    /// The method being called: methods run one after another.
+    step: usize,
+    state: FlightState,
+    /// The action computation that last listed it; unlisted attempts are forgotten.
+    seen: u64,
+}
+
+/// What a proposal task reports back.
+#[derive(Debug)]
+enum Done {
+    Advance(Result<(), HostError>),
+    Dispatched {
+        job: JobId,
+        run: RunId,
+        devices: Vec<DeviceId>,
+        result: Result<(), HostError>,
+    },
+    Results {
+        batch: Vec<DeviceResult>,
+        result: Result<(), HostError>,
+    },
+    Registry {
+        device: DeviceId,
+        result: Result<(), HostError>,
+    },
+}
+
+/// (device id, rid): an attempt on the wire. A device may be in several jobs at once; the rid
+/// names the job, run and attempt.
+type Key = (String, String);
+
+struct Engine<H: Host> {
+    host: H,
+    cfg: DispatchConfig,
+    links: Vec<Link>,
+    ready: Vec<bool>,
+    flights: HashMap<Key, Flight>,
+    generation: u64,
+    /// Devices in `MarkDispatched` proposals under way (they will need slots).
+    reserved: usize,
+    dispatching: HashSet<JobId>,
+    advancing: bool,
+    batcher: ResultBatcher,
+    result_proposals: usize,
+    /// Presence seen and not yet compared with the registry; the last message per device wins.
+    presence: BTreeMap<DeviceId, bool>,
+    /// Registry commands waiting for a proposal slot, in arrival order.
+    registry_queue: VecDeque<(DeviceId, Command)>,
+    /// Devices with a registry proposal under way: one at a time per device keeps their order.
+    registry_busy: HashSet<DeviceId>,
+    /// Desired-property versions, to stamp `$version` on patches: the registry's value at the
+    /// baseline, plus one per patch applied since.
+    desired_versions: HashMap<DeviceId, u64>,
+    desired_seq: u64,
+    dirty: bool,
+    last_recompute: Option<Instant>,
+    wake_at: Option<Instant>,
+    tasks: JoinSet<Done>,
+}
+
+impl<H: Host> Engine<H> {
+    fn new(host: H, cfg: DispatchConfig, links: Vec<Link>) -> Self {
+        let batcher = ResultBatcher::new(cfg.result_batch_size, cfg.batch_interval());
+        let n = links.len();
+        Engine {
+            host,
+            cfg,
+            links,
+            ready: vec![false; n],
+            flights: HashMap::new(),
+            generation: 0,
+            reserved: 0,
+            dispatching: HashSet::new(),
+            advancing: false,
+            batcher,
+            result_proposals: 0,
+            presence: BTreeMap::new(),
+            registry_queue: VecDeque::new(),
+            registry_busy: HashSet::new(),
+            desired_versions: HashMap::new(),
+            desired_seq: 0,
+            dirty: true,
+            last_recompute: None,
+            wake_at: None,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Re-reads the desired versions (at start, and when updates were missed; patches applied
+    /// while the dispatcher was not following are not pushed).
+    fn rebaseline(&mut self) {
+        let (seq, versions) = self.host.read(|s, seq| {
+            let v: HashMap<DeviceId, u64> = s
+                .registry
+                .devices
+                .values()
+                .filter(|d| d.desired_version > 0)
+                .map(|d| (d.id.clone(), d.desired_version))
+                .collect();
+            (seq, v)
+        });
+        self.desired_seq = seq;
+        self.desired_versions = versions;
+    }
+
+    /// When the loop must wake up by itself: the next recompute, timer or batch cut.
+    fn next_tick(&self) -> Option<Instant> {
+        let recompute = self.dirty.then(|| {
+            self.last_recompute
+                .map_or_else(Instant::now, |t| t + self.cfg.recompute_interval())
+        });
+        [recompute, self.wake_at, self.batcher.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Work done after every event: cut due batches, start proposals, recompute if due.
+    fn turn(&mut self) {
+        let now = Instant::now();
+        self.batcher.tick(now, false);
+        self.flush_presence();
+        self.pump();
+        if self.wake_at.is_some_and(|t| t <= now) {
+            self.wake_at = None;
+            self.dirty = true;
+        }
+        let due = self
+            .last_recompute
+            .is_none_or(|t| t + self.cfg.recompute_interval() <= now);
+        if self.dirty && due {
+            self.recompute();
+            self.pump();
+        }
+    }
+
+    fn recompute(&mut self) {
+        self.dirty = false;
+        self.last_recompute = Some(Instant::now());
+        let at = now();
+        let free = self
+            .cfg
+            .max_in_flight
+            .saturating_sub(self.flights.len() + self.reserved);
+        let list = self.host.read(|s, _| actions(s, at, free));
+        self.generation += 1;
+        let generation = self.generation;
+        let mut remaining = free;
+        let mut wake = None;
+        for a in list {
+            match a {
+                Action::Advance => {
+                    if !self.advancing {
+                        self.advancing = true;
+                        let host = self.host.clone();
+                        self.tasks.spawn(async move {
+                            Done::Advance(host.propose(Command::Advance { at: now() }).await)
+                        });
+                    }
+                }
+                Action::WakeAt(t) => wake = Some(t),
+                Action::Dispatch { job, run, devices } => {
+                    if remaining == 0 || self.dispatching.contains(&job) {
+                        continue;
+                    }
+                    let n = self.links.len();
+                    let mut devices: Vec<DeviceId> = devices
+                        .into_iter()
+                        .filter(|d| self.ready[protocol::broker_index(d.as_str(), n)])
+                        .collect();
+                    devices.truncate(remaining);
+                    if devices.is_empty() {
+                        continue;
+                    }
+                    remaining -= devices.len();
+                    self.reserved += devices.len();
+                    self.dispatching.insert(job.clone());
+                    let host = self.host.clone();
+                    self.tasks.spawn(async move {
+                        let cmd = Command::MarkDispatched {
+                            job: job.clone(),
+                            run,
+                            devices: devices.clone(),
+                            at: now(),
+                        };
+                        let result = host.propose(cmd).await;
+                        Done::Dispatched {
+                            job,
+                            run,
+                            devices,
+                            result,
+                        }
+                    });
+                }
+                Action::Send(req) => self.track(req, generation),
+            }
+        }
+        // Attempts the state no longer lists have ended (answered, timed out, cancelled).
+        self.flights.retain(|_, f| f.seen == generation);
+        self.wake_at = wake.map(|t| {
+            let ms = t.millis().saturating_sub(at.millis()).max(0) as u64;
+            Instant::now() + Duration::from_millis(ms)
+        });
+    }
+
+    /// Takes note of an attempt in flight and sends it unless it is already on the wire.
+    fn track(&mut self, req: SendRequest, generation: u64) {
+        let key: Key = (req.device.as_str().to_owned(), req.rid.clone());
+        if let Some(f) = self.flights.get_mut(&key) {
+            f.seen = generation;
+            if f.state == FlightState::Unsent {
+                self.send(&key);
+            }
+            return;
+        }
+        let broker = protocol::broker_index(req.device.as_str(), self.links.len());
+        let unsendable = if req.methods.is_empty() {
+            Some("the job has no method to call".to_string())
+        } else if !protocol::topic_safe(&req.rid) {
+            Some(format!(
+                "request id {:?} holds an MQTT wildcard ('+' or '#'); rename the job",
+                req.rid
+            ))
+        } else {
+            req.methods
+                .iter()
+                .find(|m| !protocol::topic_safe(&m.name))
+                .map(|m| format!("method name {:?} cannot appear in an MQTT topic", m.name))
+        };
+        let mut flight = Flight {
+            job: req.job,
+            run: req.run,
+            device: req.device,
+            attempt: req.attempt,
+            broker,
+            methods: req.methods,
+            step: 0,
+            state: FlightState::Unsent,
+            seen: generation,
+        };
+        if let Some(message) = unsendable {
+            flight.state = FlightState::Answered;
+            self.batcher.push(
+                DeviceResult {
+                    job: flight.job.clone(),
+                    run: flight.run,
+                    device: flight.device.clone(),
+                    attempt: flight.attempt,
+                    outcome: Outcome::Failed(FailureReason::DispatchFailed { message }),
+                },
+                Instant::now(),
+            );
+            self.flights.insert(key, flight);
+            return;
+        }
+        self.flights.insert(key.clone(), flight);
+        self.send(&key);
+    }
+
+    /// Publishes the current method of an attempt, if its broker is connected. Never waits: if
+    /// the connection's queue is full the attempt stays unsent and a later pass retries, so a
+    /// stalled broker cannot stall answers arriving over the others.
+    fn send(&mut self, key: &Key) {
+        let Some(f) = self.flights.get_mut(key) else {
+            return;
+        };
+        if !self.ready[f.broker] {
+            f.state = FlightState::Unsent;
+            return;
+        }
+        let Some(m) = f.methods.get(f.step) else {
+            return;
+        };
+        let topic = protocol::method_request_topic(&key.0, &m.name, &key.1);
+        let payload = match serde_json::to_vec(&m.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "method payload did not serialise");
+                return;
+            }
+        };
+        match self.links[f.broker]
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            Ok(()) => f.state = FlightState::Sent,
+            Err(e) => {
+                debug!(error = %e, "request not queued; will resend");
+                f.state = FlightState::Unsent;
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Ready(i) => {
+                if let Some(r) = self.ready.get_mut(i) {
+                    *r = true;
+                }
+                // The old session, and whatever it carried, is gone: send again.
+                for f in self.flights.values_mut() {
+                    if f.broker == i && f.state == FlightState::Sent {
+                        f.state = FlightState::Unsent;
+                    }
+                }
+                self.dirty = true;
+            }
+            LinkEvent::Down(i) => {
+                if let Some(r) = self.ready.get_mut(i) {
+                    *r = false;
+                }
+            }
+            LinkEvent::Message(m) => self.on_message(m),
+        }
+    }
+
+    fn on_message(&mut self, m: Inbound) {
+        match m {
+            Inbound::Reply {
+                device,
+                status,
+                rid,
+                payload,
+            } => {
+                let key: Key = (device, rid);
+                let Some(f) = self.flights.get_mut(&key) else {
+                    // Not ours: another leader's, late, or for a device of another deployment
+                    // sharing the broker.
+                    return;
+                };
+                if f.state == FlightState::Answered {
+                    return; // a duplicate
+                }
+                let ok = (200..300).contains(&status);
+                if ok && f.step + 1 < f.methods.len() {
+                    f.step += 1;
+                    f.state = FlightState::Unsent;
+                    self.send(&key);
+                    return;
+                }
+                f.state = FlightState::Answered;
+                let r = DeviceResult {
+                    job: f.job.clone(),
+                    run: f.run,
+                    device: f.device.clone(),
+                    attempt: f.attempt,
+                    outcome: Outcome::Responded { status, payload },
+                };
+                self.batcher.push(r, Instant::now());
+            }
+            Inbound::Presence { device, online } => {
+                if let Ok(d) = DeviceId::new(device) {
+                    self.presence.insert(d, online);
+                }
+            }
+            Inbound::Reported { device, patch } => {
+                let (Ok(d), Some(patch)) = (DeviceId::new(device), patch) else {
+                    return;
+                };
+                if self.host.read(|s, _| s.registry.devices.contains_key(&d)) {
+                    let cmd = Command::ReportProperties {
+                        device: d.clone(),
+                        patch,
+                        at: now(),
+                    };
+                    self.registry_queue.push_back((d, cmd));
+                }
+            }
+        }
+    }
+
+    fn on_update(&mut self, u: Update) {
+        self.dirty = true;
+        match u {
+            Update::Resync => self.rebaseline(),
+            Update::Applied { last_seq, desired } => {
+                for p in desired {
+                    if p.seq <= self.desired_seq {
+                        continue;
+                    }
+                    let v = self.desired_versions.entry(p.device.clone()).or_insert(0);
+                    *v += 1;
+                    let version = *v;
+                    self.push_desired(&p.device, version, &p.patch);
+                }
+                self.desired_seq = self.desired_seq.max(last_seq);
+            }
+        }
+    }
+
+    fn push_desired(&mut self, device: &DeviceId, version: u64, patch: &Value) {
+        let broker = protocol::broker_index(device.as_str(), self.links.len());
+        if !self.ready[broker] {
+            debug!(%device, version, "broker down; desired patch not pushed");
+            return;
+        }
+        let payload = match serde_json::to_vec(patch) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let topic = protocol::desired_patch_topic(device.as_str(), version);
+        if let Err(e) =
+            self.links[broker]
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            warn!(%device, version, error = %e, "desired patch not queued (connection queue full)");
+        }
+    }
+
+    /// Compares the presence seen since last time with the registry and queues the changes.
+    fn flush_presence(&mut self) {
+        if self.presence.is_empty() {
+            return;
+        }
+        let seen = std::mem::take(&mut self.presence);
+        let changes: Vec<(DeviceId, bool)> = self.host.read(|s, _| {
+            seen.into_iter()
+                .filter(|(d, online)| {
+                    s.registry
+                        .devices
+                        .get(d)
+                        .is_some_and(|r| r.connection != ConnectionState::from_connected(*online))
+                })
+                .collect()
+        });
+        let at = now();
+        for (device, connected) in changes {
+            let cmd = Command::SetConnection {
+                device: device.clone(),
+                connected,
+                at,
+            };
+            self.registry_queue.push_back((device, cmd));
+        }
+    }
+
+    /// Starts the proposals there are slots for.
+    fn pump(&mut self) {
+        while self.result_proposals < self.cfg.max_result_proposals.max(1) {
+            let Some(batch) = self.batcher.next_ready() else {
+                break;
+            };
+            self.result_proposals += 1;
+            let host = self.host.clone();
+            self.tasks.spawn(async move {
+                let cmd = Command::RecordDeviceResults {
+                    results: batch.clone(),
+                    at: now(),
+                };
+                let result = host.propose(cmd).await;
+                Done::Results { batch, result }
+            });
+        }
+        // Registry commands: one per device at a time (so a device's commands keep their
+        // order); looking only a bounded way into the queue keeps a storm cheap.
+        let limit = self.cfg.max_registry_proposals.max(1);
+        let mut i = 0;
+        let scan = limit * 4;
+        while self.registry_busy.len() < limit && i < self.registry_queue.len() && i < scan {
+            let busy = self
+                .registry_queue
+                .get(i)
+                .is_some_and(|(d, _)| self.registry_busy.contains(d));
+            if busy {
+                i += 1;
+                continue;
+            }
+            let Some((device, cmd)) = self.registry_queue.remove(i) else {
+                break;
+            };
+            self.registry_busy.insert(device.clone());
+            let host = self.host.clone();
+            self.tasks.spawn(async move {
+                let result = host.propose(cmd).await;
+                Done::Registry { device, result }
+            });
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        self.dirty = true;
+        match done {
+            Done::Advance(result) => {
+                self.advancing = false;
+                if let Err(e) = result {
+                    warn!(error = %e, "Advance not committed; retrying");
+                    self.retry_soon();
+                }
+            }
+            Done::Dispatched {
+                job,
+                run,
+                devices,
+                result,
+            } => {
+                self.reserved = self.reserved.saturating_sub(devices.len());
+                self.dispatching.remove(&job);
+                match result {
+                    Ok(()) => {
+                        let reqs: Vec<SendRequest> = self.host.read(|s, _| {
+                            devices
+                                .iter()
+                                .filter_map(|d| send_request(s, &job, run, d))
+                                .collect()
+                        });
+                        let generation = self.generation;
+                        for req in reqs {
+                            self.track(req, generation);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%job, error = %e, "MarkDispatched not committed; retrying");
+                        self.retry_soon();
+                    }
+                }
+            }
+            Done::Results { batch, result } => {
+                self.result_proposals = self.result_proposals.saturating_sub(1);
+                match result {
+                    Ok(()) => {}
+                    Err(HostError::Rejected(why)) => {
+                        // Cannot happen with today's core (results are never refused); the
+                        // devices' deadlines decide their fate if it ever does.
+                        error!(results = batch.len(), %why, "device results rejected");
+                    }
+                    Err(e) => {
+                        // Send again: the device answers a repeated rid from its cache, and the
+                        // answer comes back through the normal path.
+                        warn!(results = batch.len(), error = %e, "device results not committed; resending");
+                        for r in &batch {
+                            let key = (
+                                r.device.as_str().to_owned(),
+                                Run::rid(&r.job, r.run, r.attempt),
+                            );
+                            if let Some(f) = self.flights.get_mut(&key) {
+                                f.state = FlightState::Unsent;
+                            }
+                        }
+                        self.retry_soon();
+                    }
+                }
+            }
+            Done::Registry { device, result } => {
+                self.registry_busy.remove(&device);
+                if let Err(e) = result {
+                    debug!(%device, error = %e, "registry update not committed");
+                }
+            }
+        }
+    }
+
+    fn retry_soon(&mut self) {
+        let t = Instant::now() + RETRY_AFTER;
+        self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    /// Proposes the answers still held (best effort, briefly) and closes the connections.
+    async fn finish(mut self) {
+        self.batcher.tick(Instant::now(), true);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.batcher.is_empty() || self.result_proposals > 0 {
+            self.pump();
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(Done::Results { .. }))) => {
+                    self.result_proposals = self.result_proposals.saturating_sub(1);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.tasks.abort_all();
+        for l in self.links {
+            l.stop().await;
+        }
+    }
+}

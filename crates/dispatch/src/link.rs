@@ -1,0 +1,149 @@
+//! One MQTT connection per broker, each driven by its own task.
+//!
+//! The task only moves packets: it parses what devices publish and hands it to the dispatcher
+//! over an unbounded channel, so it never waits on the dispatcher (which may itself be waiting
+//! for room in this connection's request queue; a bounded channel here could deadlock the two).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{self, Inbound};
+use crate::{DispatchConfig, DispatchError};
+
+/// What a connection tells the dispatcher.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// Subscribed on a fresh session: requests may be sent, and whatever was sent before (lost
+    /// with the old session, the session being clean) must be sent again.
+    Ready(usize),
+    /// The connection failed; it reconnects by itself.
+    Down(usize),
+    Message(Inbound),
+}
+
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) client: AsyncClient,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    pub(crate) fn start(
+        index: usize,
+        url: &str,
+        cfg: &DispatchConfig,
+        tx: UnboundedSender<LinkEvent>,
+    ) -> Result<Link, DispatchError> {
+        let (host, port) = protocol::parse_broker_url(url)?;
+        let mut opts = MqttOptions::new(client_id(&cfg.client_id_prefix, index), host, port);
+        opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
+            // A clean session: state (what is in flight) is rebuilt from the replicated state
+            // on reconnect, not from the broker's memory of an old session.
+            .set_clean_session(true)
+            .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
+            .set_inflight(cfg.mqtt_inflight.max(1));
+        let (client, eventloop) = AsyncClient::new(opts, cfg.mqtt_channel_capacity.max(16));
+        let backoff = (
+            Duration::from_millis(cfg.reconnect_min_ms.max(1)),
+            Duration::from_millis(cfg.reconnect_max_ms.max(cfg.reconnect_min_ms).max(1)),
+        );
+        let task = tokio::spawn(drive(
+            index,
+            url.to_string(),
+            client.clone(),
+            eventloop,
+            tx,
+            backoff,
+        ));
+        Ok(Link { client, task })
+    }
+
+    /// Says goodbye to the broker (best effort) and stops the task.
+    pub(crate) async fn stop(self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.disconnect()).await;
+        // Give the event loop a moment to put the DISCONNECT on the wire.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.task.abort();
+    }
+}
+
+fn client_id(prefix: &str, index: usize) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{index}-{}-{nanos:08x}", std::process::id())
+}
+
+/// Replies, presence and reported properties are subscribed at QoS 0. The session is clean, so
+/// QoS 1 towards the dispatcher would add nothing across a reconnect, while brokers cap QoS 1
+/// deliveries per client (Mosquitto: 20 in flight, 1000 queued, then it drops) and a burst of
+/// answers or retained presence messages would exceed that. A lost answer is recovered like any
+/// other: the device's deadline passes, or the request is resent after a reconnect.
+fn subscriptions() -> Vec<SubscribeFilter> {
+    [
+        protocol::REPLY_FILTER,
+        protocol::PRESENCE_FILTER,
+        protocol::REPORTED_FILTER,
+    ]
+    .into_iter()
+    .map(|f| SubscribeFilter::new(f.to_string(), QoS::AtMostOnce))
+    .collect()
+}
+
+async fn drive(
+    index: usize,
+    url: String,
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    tx: UnboundedSender<LinkEvent>,
+    (min_backoff, max_backoff): (Duration, Duration),
+) {
+    let mut backoff = min_backoff;
+    let mut failures = 0u64;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                info!(broker = %url, "connected");
+                backoff = min_backoff;
+                failures = 0;
+                // Subscribing through the request queue from a separate task: this task must
+                // keep polling, or the queue could never drain.
+                let c = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = c.subscribe_many(subscriptions()).await {
+                        debug!(error = %e, "subscribe not queued (connection closing)");
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                let _ = tx.send(LinkEvent::Ready(index));
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(m) = protocol::parse_inbound(&p.topic, &p.payload) {
+                    let _ = tx.send(LinkEvent::Message(m));
+                }
+            }
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                failures += 1;
+                // The first failure and then every tenth: a broker that is down for an hour
+                // should not fill the log.
+                if failures == 1 || failures.is_multiple_of(10) {
+                    warn!(broker = %url, error = %e, failures, "MQTT connection failed; reconnecting");
+                }
+                let _ = tx.send(LinkEvent::Down(index));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
