@@ -78,11 +78,7 @@ async fn sequential_creates(c: &Cluster, run: usize) -> (f64, Duration, Duration
         lat.push(t.elapsed());
     }
     let rate = SEQ_CREATES as f64 / t0.elapsed().as_secs_f64();
-    (
-        rate,
-        percentile(&mut lat, 50.0),
-        percentile(&mut lat, 99.0),
-    )
+    (rate, percentile(&mut lat, 50.0), percentile(&mut lat, 99.0))
 }
 
 async fn concurrent_creates(c: &Cluster, run: usize) -> f64 {
@@ -159,12 +155,9 @@ async fn device_results(c: &Cluster, run: usize) -> f64 {
             loop {
                 let next = chunks.lock().unwrap().pop();
                 let Some(results) = next else { return };
-                c.write(Command::RecordDeviceResults {
-                    results,
-                    at: now(),
-                })
-                .await
-                .unwrap();
+                c.write(Command::RecordDeviceResults { results, at: now() })
+                    .await
+                    .unwrap();
             }
         }));
     }

@@ -7,7 +7,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "muster", version, about = "A job coordinator for fleets of IoT devices")]
+#[command(
+    name = "muster",
+    version,
+    about = "A job coordinator for fleets of IoT devices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -42,7 +46,10 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

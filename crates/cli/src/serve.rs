@@ -173,7 +173,9 @@ fn print_dev_banner(
     println!("try:");
     println!("  curl -X PUT 'http://{http}/api/deviceGroups/all?api-version=2022-07-31' \\");
     println!("    -H 'content-type: application/json' \\");
-    println!("    -d '{{\"displayName\": \"All devices\", \"filter\": \"SELECT * FROM devices\"}}'");
+    println!(
+        "    -d '{{\"displayName\": \"All devices\", \"filter\": \"SELECT * FROM devices\"}}'"
+    );
     println!("  curl -X PUT 'http://{http}/api/jobs/reboot-all?api-version=2022-07-31' \\");
     println!("    -H 'content-type: application/json' \\");
     println!("    -d '{{\"displayName\": \"Reboot\", \"group\": \"all\", \"batch\": {{\"type\": \"percentage\", \"value\": 25}}, \"cancellationThreshold\": {{\"type\": \"percentage\", \"value\": 10, \"batch\": false}}, \"data\": [{{\"type\": \"CommandJobData\", \"target\": \"{DEV_MODEL}\", \"path\": \"reboot\", \"value\": {{}}}}]}}'");

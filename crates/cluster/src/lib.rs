@@ -87,9 +87,7 @@ pub enum ClusterError {
     /// This node is not the leader. `leader` is the current leader if one is known, so the
     /// caller (or the forwarding layer) can retry there.
     #[error("this node is not the leader{}", leader.as_ref().map(|(id, n)| format!("; the leader is node {id} ({})", n.grpc_addr)).unwrap_or_default())]
-    NotLeader {
-        leader: Option<(u64, MusterNode)>,
-    },
+    NotLeader { leader: Option<(u64, MusterNode)> },
     /// No leader could be reached or elected in time (for instance a node cut off from the
     /// majority): the write was not acknowledged and may or may not be applied later.
     #[error("the cluster has no leader reachable from this node: {0}")]
@@ -140,7 +138,7 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Unavailable(format!("invalid raft settings: {e}")))?;
-        let raft = Raft::new(cfg.node_id, Arc::new(config), Network::default(), log, sm)
+        let raft = Raft::new(cfg.node_id, Arc::new(config), Network, log, sm)
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let initialized = raft
@@ -149,7 +147,10 @@ impl Cluster {
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         if !initialized {
             let members = BTreeMap::from([(cfg.node_id, cfg.node.clone())]);
-            tracing::info!(node = cfg.node_id, "new data directory: initialising a cluster of one");
+            tracing::info!(
+                node = cfg.node_id,
+                "new data directory: initialising a cluster of one"
+            );
             if let Err(e) = raft.initialize(members).await {
                 return Err(ClusterError::Fatal(format!("initialise: {e}")));
             }
@@ -208,9 +209,9 @@ impl Cluster {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| ClusterError::Unavailable(format!("no leader elected within {timeout:?}")))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            ClusterError::Unavailable(format!("no leader elected within {timeout:?}"))
+        })?
     }
 
     /// Proposes one command and waits until it is committed and applied here. `Ok` carries the

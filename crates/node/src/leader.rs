@@ -49,7 +49,11 @@ impl Host for ClusterHost {
 }
 
 /// Runs the dispatcher (or the broker-less ticker) whenever this node leads, until `stop`.
-pub(crate) async fn run(cluster: Cluster, dispatch: DispatchConfig, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    cluster: Cluster,
+    dispatch: DispatchConfig,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut metrics = cluster.metrics();
     loop {
         if *stop.borrow() {
@@ -83,9 +87,14 @@ pub(crate) async fn run(cluster: Cluster, dispatch: DispatchConfig, mut stop: wa
             let work = async {
                 if dispatch.brokers.is_empty() {
                     crate::ticker::run(cluster.clone(), lost_rx.clone()).await;
-                } else if let Err(e) =
-                    Dispatcher::run(ClusterHost { cluster: cluster.clone() }, dispatch.clone(), ended)
-                        .await
+                } else if let Err(e) = Dispatcher::run(
+                    ClusterHost {
+                        cluster: cluster.clone(),
+                    },
+                    dispatch.clone(),
+                    ended,
+                )
+                .await
                 {
                     tracing::error!("dispatcher cannot run: {e}");
                 }
