@@ -4,7 +4,9 @@
 //! - CreateJob one at a time (each waits for its fsync): ops/s, p50 and p99 latency;
 //! - CreateJob from 32 concurrent writers (group commit shares flushes): ops/s;
 //! - device results, 1,000 per `RecordDeviceResults` entry, from 4 concurrent writers:
-//!   results/s (the issue's goal: at least 50,000 per second).
+//!   results/s (the issue's goal: at least 50,000 per second);
+//! - CreateJob over gRPC against a whole node (`muster_node::run` on loopback ports), one at a
+//!   time: p50 and p99 latency as a client sees it.
 //!
 //! Data goes to a temporary directory under `target/` (the real disk, not tmpfs); set
 //! `MUSTER_BENCH_DIR` to measure another disk.
@@ -170,6 +172,56 @@ async fn device_results(c: &Cluster, run: usize) -> f64 {
     rate
 }
 
+const GRPC_CREATES: usize = 500;
+
+/// (p50, p99) of CreateJob over gRPC, through a whole node on loopback.
+async fn grpc_creates(run: usize) -> (Duration, Duration) {
+    use muster_proto::pb::job_service_client::JobServiceClient;
+    use muster_proto::pb::CreateJobRequest;
+
+    let dir = bench_dir();
+    let cfg = muster_node::NodeConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        grpc_addr: "127.0.0.1:0".into(),
+        http_addr: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    let listeners = muster_node::Listeners::bind(&cfg).await.unwrap();
+    let url = format!("http://{}", listeners.grpc_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(muster_node::run(cfg, listeners, async move {
+        let _ = stop_rx.await;
+    }));
+    let mut client = loop {
+        match JobServiceClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let spec = muster_proto::pb::JobSpec::from(&method_job("SELECT * FROM devices"));
+    let mut lat = Vec::with_capacity(GRPC_CREATES);
+    let mut i = 0;
+    while lat.len() < GRPC_CREATES {
+        let req = CreateJobRequest {
+            job_id: format!("grpc-{run}-{i}"),
+            spec: Some(spec.clone()),
+        };
+        i += 1;
+        let t = Instant::now();
+        match client.create_job(req).await {
+            Ok(_) => lat.push(t.elapsed()),
+            // Before the node has elected itself, writes are refused: not a sample.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("CreateJob: {s}"),
+        }
+    }
+    let _ = stop_tx.send(());
+    node.await.unwrap().unwrap();
+    (percentile(&mut lat, 50.0), percentile(&mut lat, 99.0))
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run a tiny smoke pass.
     let full = std::env::args().any(|a| a == "--bench");
@@ -187,6 +239,7 @@ fn main() {
         }
         let (mut seq, mut p50s, mut p99s, mut conc, mut res) =
             (vec![], vec![], vec![], vec![], vec![]);
+        let (mut g50s, mut g99s) = (vec![], vec![]);
         for run in 0..RUNS {
             let dir = bench_dir();
             let c = node(dir.path()).await;
@@ -198,22 +251,29 @@ fn main() {
                 "run {run}: CreateJob sequential {rate:.0}/s (p50 {p50:?}, p99 {p99:?}); \
                  CreateJob x{WRITERS} writers {crate_:.0}/s; device results {r:.0}/s"
             );
+            c.shutdown().await;
+            let (g50, g99) = grpc_creates(run).await;
+            println!("run {run}: CreateJob over gRPC p50 {g50:?}, p99 {g99:?}");
+            g50s.push(g50.as_secs_f64() * 1e3);
+            g99s.push(g99.as_secs_f64() * 1e3);
             seq.push(rate);
             p50s.push(p50.as_secs_f64() * 1e3);
             p99s.push(p99.as_secs_f64() * 1e3);
             conc.push(crate_);
             res.push(r);
-            c.shutdown().await;
         }
         println!(
             "median of {RUNS}: CreateJob sequential {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; \
              CreateJob with {WRITERS} writers {:.0}/s; device results {:.0}/s \
-             ({RESULTS_PER_ENTRY} per entry, {RESULT_WRITERS} writers)",
+             ({RESULTS_PER_ENTRY} per entry, {RESULT_WRITERS} writers); \
+             CreateJob over gRPC p50 {:.2} ms, p99 {:.2} ms",
             median(seq),
             median(p50s),
             median(p99s),
             median(conc),
-            median(res)
+            median(res),
+            median(g50s),
+            median(g99s)
         );
     });
 }

@@ -438,6 +438,7 @@ async fn run_connection(
                     );
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    drain_until_closed(&mut eventloop).await;
                     if let Some(done) = shutting_down.take() {
                         let _ = done.send(());
                     }
@@ -481,6 +482,16 @@ async fn run_connection(
             }
         }
     }
+}
+
+/// After DISCONNECT, reads until the broker closes the connection. Dropping a socket with
+/// unread data (acks) in it makes the kernel send a reset, and the broker may then discard what
+/// it had not yet read (the last presence messages) and publish the will.
+async fn drain_until_closed(eventloop: &mut rumqttc::EventLoop) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
 }
 
 fn presence_topic(id: &str) -> String {

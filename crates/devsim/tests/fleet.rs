@@ -69,7 +69,6 @@ async fn wait_for(
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let (t, p) = rx.recv().await.expect("service connection alive");
-            eprintln!("{what}: {t} {}", String::from_utf8_lossy(&p));
             if pred(&t, &p) {
                 return (t, p);
             }

@@ -63,10 +63,17 @@ impl Link {
     }
 
     /// Says goodbye to the broker (best effort) and stops the task.
-    pub(crate) async fn stop(self) {
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.disconnect()).await;
-        // Give the event loop a moment to put the DISCONNECT on the wire.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    pub(crate) async fn stop(mut self) {
+        let queued = tokio::time::timeout(Duration::from_millis(500), self.client.disconnect())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if queued
+            && tokio::time::timeout(Duration::from_secs(3), &mut self.task)
+                .await
+                .is_ok()
+        {
+            return;
+        }
         self.task.abort();
     }
 }
@@ -130,6 +137,15 @@ async fn drive(
                 if let Some(m) = protocol::parse_inbound(&p.topic, &p.payload) {
                     let _ = tx.send(LinkEvent::Message(m));
                 }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                // Read until the broker closes: dropping a socket with unread data makes the
+                // kernel reset it, and the broker may discard what it had not read yet.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return;
             }
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
