@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use muster_benches::{median, method_job, percentile, registrations};
 use muster_cluster::{now, Cluster, ClusterConfig, MusterNode};
-use muster_domain::{Command, DeviceResult, Outcome};
+use muster_domain::{Command, DeviceResult, Outcome, TargetSelector};
 use muster_types::{JobId, RunId};
 use serde_json::json;
 
@@ -62,10 +62,13 @@ async fn setup_fleet(c: &Cluster, n: usize) {
     }
 }
 
+/// A job on one explicit device: what is measured is the commit path, not target resolution.
 fn create(id: String) -> Command {
+    let mut spec = method_job("SELECT * FROM devices");
+    spec.target.selector = TargetSelector::Devices(vec![muster_benches::device("b", 1)]);
     Command::CreateJob {
         id: JobId::new(id).unwrap(),
-        spec: method_job("SELECT * FROM devices WHERE deviceId = 'b-000001'"),
+        spec,
         at: now(),
     }
 }
