@@ -36,6 +36,9 @@ use crate::error::ApiError;
 use crate::json::MAX_BODY_BYTES;
 use errors::{cluster_error, Codes};
 
+/// How long a request body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The REST routes of a node, ready to be served on the REST address.
 pub fn router(cluster: Cluster) -> Router {
     let app = App { cluster };
@@ -49,6 +52,8 @@ pub fn router(cluster: Cluster) -> Router {
         .layer(middleware::map_response(errors::json_errors))
         // A body over the limit is refused while it is read, before it is buffered.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A client that announces a body and never sends it does not hold a connection for ever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .with_state(app)
 }
 
