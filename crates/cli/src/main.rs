@@ -2,6 +2,7 @@
 //! and hands over to `muster-node` (for `serve`) or to the gRPC client (every other command).
 
 mod client;
+mod devsim;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: client::GroupCmd,
     },
+    /// Run a simulated device fleet on MQTT brokers until Ctrl-C.
+    Devsim(devsim::DevsimArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
+            Cmd::Devsim(args) => devsim::devsim(args).await,
         }
     });
     match result {

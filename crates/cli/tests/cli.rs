@@ -13,7 +13,7 @@ fn help_lists_the_commands() {
     let out = muster().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "job", "device", "group"] {
+    for cmd in ["serve", "job", "device", "group", "devsim"] {
         assert!(text.contains(cmd), "--help does not mention {cmd}: {text}");
     }
 }

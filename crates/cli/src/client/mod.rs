@@ -212,7 +212,7 @@ pub enum DeviceStatusArg {
 
 /// Connects to the endpoint, so an unreachable node is reported once, by address, before any
 /// call is made.
-async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
     let endpoint = Channel::from_shared(opts.endpoint.clone())
         .map_err(|_| {
             anyhow!(
@@ -231,7 +231,7 @@ async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
 }
 
 /// An API error as one line: the status in words and the server's message.
-fn rpc(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let what = match status.code() {
         Code::InvalidArgument => "invalid request",
