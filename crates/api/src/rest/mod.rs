@@ -53,7 +53,9 @@ pub fn router(cluster: Cluster) -> Router {
         // A body over the limit is refused while it is read, before it is buffered.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A client that announces a body and never sends it does not hold a connection for ever.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_READ_TIMEOUT,
+        ))
         .with_state(app)
 }
 
