@@ -12,13 +12,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use muster_domain::job::Run;
 use muster_domain::{
-    actions, send_request, Action, Command, ConnectionState, DeviceResult, FailureReason,
-    MethodInvocation, Outcome, SendRequest,
+    actions_with, send_requests, Action, ActionOptions, Command, ConnectionState, DeviceResult,
+    FailureReason, MethodInvocation, Outcome, SendRequest,
 };
 use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use rumqttc::QoS;
@@ -48,6 +49,14 @@ pub fn now() -> Timestamp {
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// Device messages handled per turn of the loop before other work gets a chance.
 const INBOUND_PER_TURN: usize = 4096;
+/// How often the attempts in flight are listed again (`Action::Send`) even when nothing asks
+/// for it, so attempts that ended without an answer here (timed out, cancelled) free their slots.
+const FULL_RECOMPUTE_EVERY: Duration = Duration::from_secs(1);
+/// A recomputation may take at most 1/(1 + this) of the loop's time: the pause before the next
+/// one is at least this many times as long as the last one took. Computing actions is linear in
+/// the ready devices of the running jobs (100,000 in a big batch), so a fixed 5 ms pause would
+/// let it starve the answers.
+const RECOMPUTE_PAUSE_FACTOR: u32 = 4;
 
 /// The leader's worker pool. See [`Dispatcher::run`].
 #[derive(Debug)]
@@ -148,7 +157,7 @@ struct Flight {
     device: DeviceId,
     attempt: u32,
     broker: usize,
-    methods: Vec<MethodInvocation>,
+    methods: Arc<[MethodInvocation]>,
     /// The method being called: methods run one after another.
     step: usize,
     state: FlightState,
@@ -167,7 +176,8 @@ enum Done {
         result: Result<(), HostError>,
     },
     Results {
-        batch: Vec<DeviceResult>,
+        /// The attempts the command answered.
+        keys: Vec<Key>,
         result: Result<(), HostError>,
     },
     Registry {
@@ -205,6 +215,15 @@ struct Engine<H: Host> {
     desired_seq: u64,
     dirty: bool,
     last_recompute: Option<Instant>,
+    /// The pause after the last recomputation before the next (see `RECOMPUTE_PAUSE_FACTOR`).
+    recompute_pause: Duration,
+    /// The next recomputation must list the attempts in flight (`Action::Send`): at start, after
+    /// missed updates, a reconnect or a failed results proposal.
+    full_due: bool,
+    last_full: Option<Instant>,
+    /// Attempts whose request could not be queued (the connection's queue was full), to send
+    /// again on the next recomputation.
+    resend: Vec<Key>,
     wake_at: Option<Instant>,
     tasks: JoinSet<Done>,
 }
@@ -232,6 +251,10 @@ impl<H: Host> Engine<H> {
             desired_seq: 0,
             dirty: true,
             last_recompute: None,
+            recompute_pause: Duration::ZERO,
+            full_due: true,
+            last_full: None,
+            resend: Vec::new(),
             wake_at: None,
             tasks: JoinSet::new(),
         }
@@ -258,7 +281,7 @@ impl<H: Host> Engine<H> {
     fn next_tick(&self) -> Option<Instant> {
         let recompute = self.dirty.then(|| {
             self.last_recompute
-                .map_or_else(Instant::now, |t| t + self.cfg.recompute_interval())
+                .map_or_else(Instant::now, |t| t + self.recompute_gap())
         });
         [recompute, self.wake_at, self.batcher.deadline()]
             .into_iter()
@@ -278,23 +301,49 @@ impl<H: Host> Engine<H> {
         }
         let due = self
             .last_recompute
-            .is_none_or(|t| t + self.cfg.recompute_interval() <= now);
+            .is_none_or(|t| t + self.recompute_gap() <= now);
         if self.dirty && due {
             self.recompute();
             self.pump();
         }
     }
 
+    /// The shortest pause between two recomputations: the configured interval, stretched when
+    /// recomputing is expensive.
+    fn recompute_gap(&self) -> Duration {
+        self.cfg
+            .recompute_interval()
+            .max(self.recompute_pause * RECOMPUTE_PAUSE_FACTOR)
+    }
+
+    /// Computes the core's actions and carries them out. Most recomputations leave out the
+    /// attempts in flight (this process sent them and forgets them when their answers are
+    /// committed); a full one lists them, sends what is not on the wire, and forgets what the
+    /// state no longer lists.
     fn recompute(&mut self) {
+        let started = Instant::now();
         self.dirty = false;
-        self.last_recompute = Some(Instant::now());
+        let full = self.full_due
+            || self
+                .last_full
+                .is_none_or(|t| t + FULL_RECOMPUTE_EVERY <= started);
+        if full {
+            self.full_due = false;
+            self.last_full = Some(started);
+        }
         let at = now();
         let free = self
             .cfg
             .max_in_flight
             .saturating_sub(self.flights.len() + self.reserved);
-        let list = self.host.read(|s, _| actions(s, at, free));
-        self.generation += 1;
+        let opts = ActionOptions {
+            max_dispatch: free,
+            sends: full,
+        };
+        let list = self.host.read(|s, _| actions_with(s, at, opts));
+        if full {
+            self.generation += 1;
+        }
         let generation = self.generation;
         let mut remaining = free;
         let mut wake = None;
@@ -346,12 +395,25 @@ impl<H: Host> Engine<H> {
                 Action::Send(req) => self.track(req, generation),
             }
         }
-        // Attempts the state no longer lists have ended (answered, timed out, cancelled).
-        self.flights.retain(|_, f| f.seen == generation);
+        if full {
+            // Attempts the state no longer lists have ended (answered, timed out, cancelled).
+            self.flights.retain(|_, f| f.seen == generation);
+        }
+        for key in std::mem::take(&mut self.resend) {
+            if self
+                .flights
+                .get(&key)
+                .is_some_and(|f| f.state == FlightState::Unsent)
+            {
+                self.send(&key);
+            }
+        }
         self.wake_at = wake.map(|t| {
             let ms = t.millis().saturating_sub(at.millis()).max(0) as u64;
             Instant::now() + Duration::from_millis(ms)
         });
+        self.last_recompute = Some(Instant::now());
+        self.recompute_pause = started.elapsed();
     }
 
     /// Takes note of an attempt in flight and sends it unless it is already on the wire.
@@ -416,6 +478,7 @@ impl<H: Host> Engine<H> {
             return;
         };
         if !self.ready[f.broker] {
+            // Sent when the connection is back (`LinkEvent::Ready` asks for a full recompute).
             f.state = FlightState::Unsent;
             return;
         }
@@ -438,6 +501,7 @@ impl<H: Host> Engine<H> {
             Err(e) => {
                 debug!(error = %e, "request not queued; will resend");
                 f.state = FlightState::Unsent;
+                self.resend.push(key.clone());
                 self.dirty = true;
             }
         }
@@ -455,6 +519,7 @@ impl<H: Host> Engine<H> {
                         f.state = FlightState::Unsent;
                     }
                 }
+                self.full_due = true;
                 self.dirty = true;
             }
             LinkEvent::Down(i) => {
@@ -524,7 +589,10 @@ impl<H: Host> Engine<H> {
     fn on_update(&mut self, u: Update) {
         self.dirty = true;
         match u {
-            Update::Resync => self.rebaseline(),
+            Update::Resync => {
+                self.full_due = true;
+                self.rebaseline();
+            }
             Update::Applied { last_seq, desired } => {
                 for p in desired {
                     if p.seq <= self.desired_seq {
@@ -595,13 +663,23 @@ impl<H: Host> Engine<H> {
             };
             self.result_proposals += 1;
             let host = self.host.clone();
+            // The keys, not a copy of the results (their response bodies), come back.
+            let keys: Vec<Key> = batch
+                .iter()
+                .map(|r| {
+                    (
+                        r.device.as_str().to_owned(),
+                        Run::rid(&r.job, r.run, r.attempt),
+                    )
+                })
+                .collect();
             self.tasks.spawn(async move {
                 let cmd = Command::RecordDeviceResults {
-                    results: batch.clone(),
+                    results: batch,
                     at: now(),
                 };
                 let result = host.propose(cmd).await;
-                Done::Results { batch, result }
+                Done::Results { keys, result }
             });
         }
         // Registry commands: one per device at a time (so a device's commands keep their
@@ -650,12 +728,8 @@ impl<H: Host> Engine<H> {
                 self.dispatching.remove(&job);
                 match result {
                     Ok(()) => {
-                        let reqs: Vec<SendRequest> = self.host.read(|s, _| {
-                            devices
-                                .iter()
-                                .filter_map(|d| send_request(s, &job, run, d))
-                                .collect()
-                        });
+                        let reqs: Vec<SendRequest> =
+                            self.host.read(|s, _| send_requests(s, &job, run, &devices));
                         let generation = self.generation;
                         for req in reqs {
                             self.track(req, generation);
@@ -667,28 +741,31 @@ impl<H: Host> Engine<H> {
                     }
                 }
             }
-            Done::Results { batch, result } => {
+            Done::Results { keys, result } => {
                 self.result_proposals = self.result_proposals.saturating_sub(1);
                 match result {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // Recorded: those attempts have ended (a retry is a new attempt, which
+                        // comes back as a Dispatch).
+                        for key in &keys {
+                            self.flights.remove(key);
+                        }
+                    }
                     Err(HostError::Rejected(why)) => {
                         // Cannot happen with today's core (results are never refused); the
                         // devices' deadlines decide their fate if it ever does.
-                        error!(results = batch.len(), %why, "device results rejected");
+                        error!(results = keys.len(), %why, "device results rejected");
                     }
                     Err(e) => {
                         // Send again: the device answers a repeated rid from its cache, and the
                         // answer comes back through the normal path.
-                        warn!(results = batch.len(), error = %e, "device results not committed; resending");
-                        for r in &batch {
-                            let key = (
-                                r.device.as_str().to_owned(),
-                                Run::rid(&r.job, r.run, r.attempt),
-                            );
-                            if let Some(f) = self.flights.get_mut(&key) {
+                        warn!(results = keys.len(), error = %e, "device results not committed; resending");
+                        for key in &keys {
+                            if let Some(f) = self.flights.get_mut(key) {
                                 f.state = FlightState::Unsent;
                             }
                         }
+                        self.full_due = true;
                         self.retry_soon();
                     }
                 }

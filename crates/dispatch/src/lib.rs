@@ -8,6 +8,11 @@
 //! - `Dispatch` → propose `MarkDispatched`, then publish each recorded attempt's request.
 //! - `Send` → publish a request not yet on the wire of the current connection (this is how a
 //!   new leader, or a reconnected one, resends: at least once, with the attempt's stable rid).
+//!   Sends are asked for only at start, after missed updates, a reconnect or a failed results
+//!   proposal, and once a second (to forget attempts that ended without an answer here); in
+//!   between, the dispatcher forgets an attempt when its answer is committed
+//!   ([`muster_domain::actions_with`], `sends: false`). Recomputations are spaced at least four
+//!   times as long as the last one took, so a 100,000-device batch cannot starve the answers.
 //! - Replies (`devices/{id}/methods/res/{status}/?$rid=`) are batched into
 //!   `RecordDeviceResults` commands, many answers per command. Timeouts are not decided here:
 //!   the core fails silent devices when `Advance` passes their deadline.

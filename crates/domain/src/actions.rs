@@ -1,10 +1,12 @@
 //! What the leader must do, derived from state alone, so a new leader recomputes it after an
 //! election and nothing depends on a previous leader's memory.
 
+use std::sync::Arc;
+
 use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use serde_json::Value;
 
-use crate::job::{JobStatus, Run};
+use crate::job::{DeviceRun, DeviceStatus, Job, JobStatus, Run};
 use crate::registry::ConnectionState;
 use crate::spec::Operation;
 use crate::State;
@@ -37,7 +39,8 @@ pub struct SendRequest {
     pub attempt: u32,
     pub rid: String,
     pub deadline: Timestamp,
-    pub methods: Vec<MethodInvocation>,
+    /// The job's methods, in order; shared by every attempt of the job.
+    pub methods: Arc<[MethodInvocation]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,9 +50,35 @@ pub struct MethodInvocation {
     pub response_timeout_secs: u32,
 }
 
+/// What [`actions_with`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionOptions {
+    /// Bounds the devices listed per job in a `Dispatch` (the dispatcher's free slots), so a batch
+    /// of 100,000 does not become one huge action.
+    pub max_dispatch: usize,
+    /// List a `Send` for every attempt in flight. A leader needs them when it starts (or
+    /// reconnects, or missed changes) to put on the wire what no answer came back for; between
+    /// those moments it knows what it sent, and listing 10,000 attempts (with their payloads) on
+    /// every recomputation is most of the cost of computing actions.
+    pub sends: bool,
+}
+
 /// Everything the leader should do at `now`. `max_dispatch` bounds the devices listed per job (the
 /// dispatcher's free slots), so a batch of 100,000 does not become one huge action.
 pub fn actions(state: &State, now: Timestamp, max_dispatch: usize) -> Vec<Action> {
+    actions_with(
+        state,
+        now,
+        ActionOptions {
+            max_dispatch,
+            sends: true,
+        },
+    )
+}
+
+/// [`actions`] with options: the same list, less the `Send`s when `opts.sends` is false.
+pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<Action> {
+    let max_dispatch = opts.max_dispatch;
     let mut out = Vec::new();
     let mut next: Option<Timestamp> = None;
     let mut due = false;
@@ -75,10 +104,13 @@ pub fn actions(state: &State, now: Timestamp, max_dispatch: usize) -> Vec<Action
                 if let Some(&(deadline, _)) = run.deadlines.first() {
                     consider(deadline, &mut next, &mut due);
                 }
-                for &(_, i) in &run.deadlines {
-                    let d = &run.devices[i as usize];
-                    if let Some(req) = send_request(state, &j.id, run.number, &d.device) {
-                        out.push(Action::Send(req));
+                if opts.sends && !run.deadlines.is_empty() {
+                    let methods = job_methods(j);
+                    for &(_, i) in &run.deadlines {
+                        let d = &run.devices[i as usize];
+                        if let Some(req) = request(j, run, d, &methods) {
+                            out.push(Action::Send(req));
+                        }
                     }
                 }
                 if j.status != JobStatus::Running {
@@ -87,20 +119,44 @@ pub fn actions(state: &State, now: Timestamp, max_dispatch: usize) -> Vec<Action
                 let needs_device = j.spec.needs_device();
                 let window = j.spec.connect_window_ms();
                 let (allowance, reopens) = j.dispatch_allowance(now);
+                let cap = allowance.min(max_dispatch);
                 let mut devices = Vec::new();
                 for &i in &run.ready {
                     let d = &run.devices[i as usize];
-                    let offline = needs_device
-                        && state
-                            .registry
-                            .devices
-                            .get(&d.device)
-                            .is_some_and(|r| r.connection == ConnectionState::Disconnected);
-                    if offline {
-                        if let Some(t) = j.effective_ready_since(d) {
-                            consider(t.plus_millis(window), &mut next, &mut due);
+                    let full = devices.len() >= cap;
+                    if !needs_device {
+                        // Nothing waits for a connection: only the first `cap` matter.
+                        if full {
+                            break;
                         }
-                    } else if devices.len() < allowance.min(max_dispatch) {
+                        devices.push(d.device.clone());
+                        continue;
+                    }
+                    let wait_until = j.effective_ready_since(d).map(|t| t.plus_millis(window));
+                    // Once the list is full, a device matters only if it is offline and its
+                    // connect timeout would change what is due or when to wake: skip the
+                    // registry lookup (the bulk of the cost for a large batch) otherwise.
+                    if full
+                        && !wait_until.is_some_and(|t| {
+                            if t <= now {
+                                !due
+                            } else {
+                                next.is_none_or(|n| t < n)
+                            }
+                        })
+                    {
+                        continue;
+                    }
+                    let offline = state
+                        .registry
+                        .devices
+                        .get(&d.device)
+                        .is_some_and(|r| r.connection == ConnectionState::Disconnected);
+                    if offline {
+                        if let Some(t) = wait_until {
+                            consider(t, &mut next, &mut due);
+                        }
+                    } else if !full {
                         devices.push(d.device.clone());
                     }
                 }
@@ -139,12 +195,29 @@ pub fn send_request(
     let j = state.jobs.get(job)?;
     let r = j.run(run)?;
     let d = r.device(device)?;
-    if d.status != crate::job::DeviceStatus::Running {
-        return None;
-    }
-    let dispatched = d.dispatched_at?;
-    let methods = j
-        .spec
+    request(j, r, d, &job_methods(j))
+}
+
+/// [`send_request`] for many devices of one run (those without an attempt in flight are left
+/// out), sharing one copy of the job's methods.
+pub fn send_requests(
+    state: &State,
+    job: &JobId,
+    run: RunId,
+    devices: &[DeviceId],
+) -> Vec<SendRequest> {
+    let Some((j, r)) = state.jobs.get(job).and_then(|j| Some((j, j.run(run)?))) else {
+        return Vec::new();
+    };
+    let methods = job_methods(j);
+    devices
+        .iter()
+        .filter_map(|d| request(j, r, r.device(d)?, &methods))
+        .collect()
+}
+
+fn job_methods(j: &Job) -> Arc<[MethodInvocation]> {
+    j.spec
         .operations
         .iter()
         .filter_map(|op| match op {
@@ -155,14 +228,26 @@ pub fn send_request(
             }),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+fn request(
+    j: &Job,
+    r: &Run,
+    d: &DeviceRun,
+    methods: &Arc<[MethodInvocation]>,
+) -> Option<SendRequest> {
+    if d.status != DeviceStatus::Running {
+        return None;
+    }
+    let dispatched = d.dispatched_at?;
     Some(SendRequest {
-        job: job.clone(),
-        run,
-        device: device.clone(),
+        job: j.id.clone(),
+        run: r.number,
+        device: d.device.clone(),
         attempt: d.attempts,
-        rid: Run::rid(job, run, d.attempts),
+        rid: Run::rid(&j.id, r.number, d.attempts),
         deadline: dispatched.plus_millis(j.spec.response_window_ms()),
-        methods,
+        methods: methods.clone(),
     })
 }

@@ -22,7 +22,10 @@ use std::collections::BTreeMap;
 use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
-pub use actions::{actions, send_request, Action, MethodInvocation, SendRequest};
+pub use actions::{
+    actions, actions_with, send_request, send_requests, Action, ActionOptions, MethodInvocation,
+    SendRequest,
+};
 pub use command::{Command, DeviceResult, Outcome};
 pub use decide::{decide, responded};
 pub use error::DomainError;

@@ -34,10 +34,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use muster_domain::{
-    actions, apply, decide, evolve, Action, BatchSize, CancelReason, CancellationThreshold,
-    Command, ConnectionState, DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus,
-    DomainError, Event, FailureReason, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation,
-    Outcome, RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector, Threshold,
+    actions, actions_with, apply, decide, evolve, Action, ActionOptions, BatchSize, CancelReason,
+    CancellationThreshold, Command, ConnectionState, DeviceRegistration, DeviceResult, DeviceRun,
+    DeviceStatus, DomainError, Event, FailureReason, Job, JobFailure, JobSpec, JobStatus,
+    MethodCall, Operation, Outcome, RetryPolicy, Rollout, Schedule, State, Stats, Target,
+    TargetSelector, Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use proptest::prelude::*;
@@ -1079,6 +1080,38 @@ impl Harness {
             sends == running,
             "Send actions {sends:?} differ from the attempts in flight {running:?}"
         );
+
+        // Without Sends, or with fewer free slots, the list is the same but for the Sends and
+        // the length of each Dispatch: timers (Advance, WakeAt) never depend on the slots.
+        for max in [0, 1, 3, MAX_DISPATCH] {
+            let light = actions_with(
+                &self.state,
+                self.now,
+                ActionOptions {
+                    max_dispatch: max,
+                    sends: false,
+                },
+            );
+            let expected: Vec<Action> = acts
+                .iter()
+                .filter(|a| !matches!(a, Action::Send(_)))
+                .filter_map(|a| match a {
+                    Action::Dispatch { job, run, devices } => {
+                        let devices: Vec<DeviceId> = devices.iter().take(max).cloned().collect();
+                        (!devices.is_empty()).then(|| Action::Dispatch {
+                            job: job.clone(),
+                            run: *run,
+                            devices,
+                        })
+                    }
+                    other => Some(other.clone()),
+                })
+                .collect();
+            ensure!(
+                light == expected,
+                "actions_with(max_dispatch {max}, no sends) = {light:?}, expected {expected:?}"
+            );
+        }
         Ok(())
     }
 

@@ -1,0 +1,734 @@
+//! The end-to-end load harness (issue 4): a method job on a simulated fleet through Mosquitto.
+//!
+//! ```sh
+//! cargo build --release -p muster-cli          # the node under test is the real binary
+//! cargo bench -p muster-benches --bench load
+//! ```
+//!
+//! Per run (default 3 runs, then medians):
+//! 1. **muster**: starts `target/release/muster serve` (a Raft-of-one node on a data directory
+//!    under `target/bench-data`), registers the fleet's devices over gRPC `ImportDevices`, starts
+//!    the simulated fleet (`muster_devsim::Fleet`, in this process), waits until the registry shows
+//!    every device connected (the presence storm: one `SetConnection` per device), then creates a
+//!    method job over `SELECT * FROM devices` over gRPC and waits for it to complete. It prints
+//!    device operations per second (job started -> ended, from the job's own timestamps),
+//!    p50/p99 per-device latency (the job's `dispatched_at` -> `finished_at`, i.e. dispatch ->
+//!    result recorded) and the node's peak memory (`VmHWM` of its process).
+//! 2. **raw**: the node stopped, a plain rumqttc client publishes the same method requests to the
+//!    same fleet with the same in-flight window (the dispatcher's `max_in_flight`, 10,000) and
+//!    counts the replies: the broker's and simulator's round-trip rate with no muster in between.
+//!
+//! Environment:
+//! - `MUSTER_BENCH_MQTT_URL`: the broker. Unset: the harness starts its own Mosquitto on a free
+//!   loopback port with a configuration that lifts the per-client inflight (20) and queue (1000)
+//!   limits of a stock Mosquitto, and stops it at the end. (A stock broker drops QoS 1 messages
+//!   beyond its queue, which shows as devices timing out.)
+//! - `MUSTER_BENCH_DEVICES` (default 100000), `MUSTER_BENCH_RUNS` (default 3),
+//!   `MUSTER_BENCH_WINDOW` (default 10000: the raw client's window; the node keeps its own
+//!   default `max_in_flight`, also 10000), `MUSTER_BENCH_MOSQUITTO` (default
+//!   `/usr/sbin/mosquitto`), `MUSTER_BENCH_DIR` (where node data goes), `MUSTER_BENCH_ONLY`
+//!   (`muster` or `raw`: one side only, for profiling).
+//!
+//! Without `--bench` (as `cargo test --benches` runs it) it does nothing: a pass needs a release
+//! binary and minutes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use muster_benches::{median, method_job, percentile};
+use muster_devsim::{Fleet, FleetConfig};
+use muster_dispatch::protocol::{self, Inbound};
+use muster_proto::pb;
+use muster_proto::pb::device_service_client::DeviceServiceClient;
+use muster_proto::pb::job_service_client::JobServiceClient;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+const JOB_ID: &str = "load";
+const METHOD: &str = "reboot";
+const IMPORT_CHUNK: usize = 5_000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// `target/release/muster`, next to this bench executable (`target/release/deps/load-*`).
+fn muster_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory from the bench executable")?;
+    let bin = dir.join("muster");
+    if !bin.is_file() {
+        bail!(
+            "the node binary {} is missing: run cargo build --release -p muster-cli first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
+        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
+        let _ = std::fs::create_dir_all(d);
+        d.to_string()
+    });
+    tempfile::tempdir_in(base).unwrap()
+}
+
+/// Peak resident set size (`VmHWM`) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds used by the node, the broker and this process (fleet, raw client) over a phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    node: f64,
+    broker: f64,
+    harness: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuMark {
+    node: Option<f64>,
+    broker: Option<f64>,
+    harness: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(node: Option<u32>, broker: Option<u32>) -> CpuMark {
+        CpuMark {
+            node: node.and_then(cpu_secs),
+            broker: broker.and_then(cpu_secs),
+            harness: cpu_secs(std::process::id()),
+        }
+    }
+
+    fn since(self, earlier: CpuMark) -> Cpu {
+        let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => a - b,
+            _ => f64::NAN,
+        };
+        Cpu {
+            node: d(self.node, earlier.node),
+            broker: d(self.broker, earlier.broker),
+            harness: d(self.harness, earlier.harness),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU s: node {:.1}, broker {:.1}, fleet+client {:.1}",
+            self.node, self.broker, self.harness
+        )
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A Mosquitto started for the harness; stopped on drop.
+struct Broker {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Result<Broker> {
+        let bin = std::env::var("MUSTER_BENCH_MOSQUITTO")
+            .unwrap_or_else(|_| "/usr/sbin/mosquitto".to_string());
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        // Stock limits: 20 QoS 1 messages in flight and 1000 queued per client, then drops. A
+        // simulated connection carries 1000 devices and the dispatcher's one connection carries
+        // every request, so both are lifted.
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 persistence false\n\
+                 max_inflight_messages 1000\n\
+                 max_queued_messages 1000000\n\
+                 set_tcp_nodelay true\n\
+                 log_dest stderr\n\
+                 log_type error\n\
+                 log_type warning\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {bin} (is Mosquitto installed?)"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("Mosquitto did not listen on 127.0.0.1:{port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Broker {
+            child,
+            url: format!("mqtt://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// The node under test: the real binary, on its own data directory.
+struct Node {
+    child: Child,
+    grpc: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(bin: &Path, mqtt_url: &str) -> Result<Node> {
+        let dir = bench_dir();
+        let log_path = dir.path().join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(bin);
+        // The node reads `MUSTER_*` as configuration and refuses keys it does not know.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MUSTER_BENCH_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--mqtt-url", mqtt_url])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--peer-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            line
+        });
+        let line = match tokio::time::timeout(Duration::from_secs(30), line).await {
+            Ok(Ok(l)) => l,
+            _ => {
+                let _ = child.kill();
+                bail!("the node did not print its addresses within 30 s");
+            }
+        };
+        let Some(grpc) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .map(str::to_string)
+        else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("unexpected first line from the node: {line:?}; its log:\n{log}");
+        };
+        Ok(Node {
+            child,
+            grpc,
+            _dir: dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Channel::from_shared(self.grpc.clone())?.connect().await {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+fn fleet_config(url: &str, devices: usize, run: usize) -> FleetConfig {
+    FleetConfig {
+        brokers: vec![url.to_string()],
+        devices,
+        prefix: format!("load{run}"),
+        client_id_prefix: "muster-bench-fleet".into(),
+        ready_timeout_ms: 300_000,
+        ..FleetConfig::default()
+    }
+}
+
+async fn import_devices(channel: Channel, ids: &[String], model: &str) -> Result<()> {
+    let mut client = DeviceServiceClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for chunk in ids.chunks(IMPORT_CHUNK) {
+        let req = pb::ImportDevicesRequest {
+            devices: chunk
+                .iter()
+                .map(|id| pb::NewDevice {
+                    device_id: id.clone(),
+                    display_name: String::new(),
+                    model_id: Some(model.to_string()),
+                    enabled: None,
+                    tags_json: r#"{"site":"bench"}"#.into(),
+                })
+                .collect(),
+        };
+        loop {
+            match client.import_devices(req.clone()).await {
+                Ok(_) => break,
+                // Before the node has elected itself, writes are refused.
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(s) => bail!("ImportDevices: {s}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until no registered device is anything but connected.
+async fn wait_all_connected(channel: Channel, timeout: Duration) -> Result<()> {
+    let mut client = DeviceServiceClient::new(channel);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = client
+            .query_devices(pb::QueryDevicesRequest {
+                query: "SELECT * FROM devices WHERE connectionState != 'Connected'".into(),
+                page_size: 1,
+                page_token: String::new(),
+                ids_only: true,
+                stale_ok: true,
+            })
+            .await?
+            .into_inner();
+        if r.device_ids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "devices still not connected after {timeout:?} (e.g. {:?})",
+                r.device_ids
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct MusterRun {
+    /// Fleet start -> every device connected in the registry.
+    presence_secs: f64,
+    /// CPU used from CreateJob to the job seen complete.
+    cpu: Cpu,
+    /// Devices per second from the job's started_at to its ended_at.
+    rate: f64,
+    /// Devices per second from the client's CreateJob to seeing the job completed.
+    wall_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_mib: f64,
+    requests_received: u64,
+}
+
+async fn muster_phase(
+    bin: &Path,
+    url: &str,
+    broker_pid: Option<u32>,
+    fleet_cfg: &FleetConfig,
+) -> Result<(MusterRun, Fleet)> {
+    let n = fleet_cfg.devices;
+    let node = Node::start(bin, url).await?;
+    let channel = node.channel().await?;
+    let ids = fleet_cfg.device_ids();
+    let t = Instant::now();
+    import_devices(channel.clone(), &ids, &fleet_cfg.model_id).await?;
+    println!(
+        "  registered {n} devices in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let mark = CpuMark::now(Some(node.pid()), broker_pid);
+    let fleet = Fleet::start(fleet_cfg.clone()).await?;
+    let connected = t.elapsed().as_secs_f64();
+    wait_all_connected(channel.clone(), Duration::from_secs(600)).await?;
+    let presence_secs = t.elapsed().as_secs_f64();
+    println!(
+        "  fleet connected in {connected:.1} s; registry shows all {n} connected after {presence_secs:.1} s ({})",
+        CpuMark::now(Some(node.pid()), broker_pid).since(mark)
+    );
+
+    let before = fleet.stats().requests_received;
+    let mut jobs = JobServiceClient::new(channel.clone());
+    let t = Instant::now();
+    let mark = CpuMark::now(Some(node.pid()), broker_pid);
+    jobs.create_job(pb::CreateJobRequest {
+        job_id: JOB_ID.into(),
+        spec: Some(pb::JobSpec::from(&method_job("SELECT * FROM devices"))),
+    })
+    .await
+    .context("CreateJob")?;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let job = loop {
+        let job = jobs
+            .get_job(pb::GetJobRequest {
+                job_id: JOB_ID.into(),
+                stale_ok: true,
+            })
+            .await?
+            .into_inner();
+        let status = pb::JobStatus::try_from(job.status).unwrap_or(pb::JobStatus::Unspecified);
+        if matches!(
+            status,
+            pb::JobStatus::Completed | pb::JobStatus::Failed | pb::JobStatus::Cancelled
+        ) {
+            break job;
+        }
+        if Instant::now() > deadline {
+            bail!("job not final after 20 minutes: {:?}", job.stats);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = CpuMark::now(Some(node.pid()), broker_pid).since(mark);
+    let stats = job.stats.unwrap_or_default();
+    if stats.succeeded != n as u64 {
+        bail!(
+            "job ended {:?} with {stats:?}; expected {n} succeeded",
+            pb::JobStatus::try_from(job.status)
+        );
+    }
+    let (Some(started), Some(ended)) = (job.started_at_ms, job.ended_at_ms) else {
+        bail!("the job has no start or end time");
+    };
+    let span = ((ended - started).max(1)) as f64 / 1e3;
+
+    // Per-device latency: dispatched -> result recorded.
+    let mut lat = Vec::with_capacity(n);
+    let mut token = String::new();
+    loop {
+        let page = jobs
+            .list_job_devices(pb::ListJobDevicesRequest {
+                job_id: JOB_ID.into(),
+                run: None,
+                status: 0,
+                page_size: 1000,
+                page_token: token,
+                stale_ok: true,
+            })
+            .await?
+            .into_inner();
+        for d in &page.devices {
+            if let (Some(a), Some(b)) = (d.dispatched_at_ms, d.finished_at_ms) {
+                lat.push(Duration::from_millis((b - a).max(0) as u64));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let peak_mib = peak_rss_mib(node.pid()).unwrap_or(f64::NAN);
+    let requests_received = fleet.stats().requests_received - before;
+    drop(node);
+    let r = MusterRun {
+        presence_secs,
+        cpu,
+        rate: n as f64 / span,
+        wall_rate: n as f64 / wall,
+        p50_ms: percentile(&mut lat, 50.0).as_secs_f64() * 1e3,
+        p99_ms: percentile(&mut lat, 99.0).as_secs_f64() * 1e3,
+        peak_mib,
+        requests_received,
+    };
+    Ok((r, fleet))
+}
+
+#[derive(Debug, Clone, Default)]
+struct RawRun {
+    rate: f64,
+    cpu: Cpu,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// The broker's round trip with no muster: a plain client, the dispatcher's subscription and
+/// QoS, the same topics and payload, a window of `window` requests in flight.
+async fn raw_phase(
+    url: &str,
+    broker_pid: Option<u32>,
+    ids: &[String],
+    window: usize,
+    run: usize,
+) -> Result<RawRun> {
+    let n = ids.len();
+    let (host, port) = protocol::parse_broker_url(url)?;
+    let mut opts = MqttOptions::new(
+        format!("muster-bench-raw-{}-{run}", std::process::id()),
+        host,
+        port,
+    );
+    // As the dispatcher's link (DispatchConfig defaults).
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<(String, i32)>>();
+    let driver = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send(None);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(Inbound::Reply { device, status, .. }) =
+                        protocol::parse_inbound(&p.topic, &p.payload)
+                    {
+                        let _ = tx.send(Some((device, status)));
+                    }
+                }
+                Ok(_) => {}
+                // The end, after the disconnect below (or a failure, seen as missing replies).
+                Err(_) => return,
+            }
+        }
+    });
+    client
+        .subscribe(protocol::REPLY_FILTER, QoS::AtMostOnce)
+        .await?;
+    match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+        Ok(Some(None)) => {}
+        _ => bail!("raw client: not subscribed within 30 s"),
+    }
+    let index: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+    let rid = format!("raw{run}:0:1");
+    let payload = serde_json::json!({"delay": 1});
+    let mut sent_at: Vec<Option<Instant>> = vec![None; n];
+    let mut lat = Vec::with_capacity(n);
+    let publish = |i: usize| {
+        let topic = protocol::method_request_topic(&ids[i], METHOD, &rid);
+        let body = serde_json::to_vec(&payload).unwrap();
+        let c = client.clone();
+        async move { c.publish(topic, QoS::AtLeastOnce, false, body).await }
+    };
+    let t0 = Instant::now();
+    let mark = CpuMark::now(None, broker_pid);
+    let mut next = 0;
+    while next < n.min(window) {
+        sent_at[next] = Some(Instant::now());
+        publish(next).await?;
+        next += 1;
+    }
+    let mut done = 0;
+    while done < n {
+        let msg = match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(m)) => m,
+            _ => bail!("raw client: {done} of {n} replies, then nothing for 60 s"),
+        };
+        let Some((device, status)) = msg else {
+            continue;
+        };
+        let Some(&i) = index.get(device.as_str()) else {
+            continue;
+        };
+        let Some(at) = sent_at[i].take() else {
+            continue; // a duplicate
+        };
+        if !(200..300).contains(&status) {
+            bail!("raw client: {device} answered {status}");
+        }
+        lat.push(at.elapsed());
+        done += 1;
+        if next < n {
+            sent_at[next] = Some(Instant::now());
+            publish(next).await?;
+            next += 1;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = CpuMark::now(None, broker_pid).since(mark);
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    Ok(RawRun {
+        rate: n as f64 / elapsed,
+        cpu,
+        p50_ms: percentile(&mut lat, 50.0).as_secs_f64() * 1e3,
+        p99_ms: percentile(&mut lat, 99.0).as_secs_f64() * 1e3,
+    })
+}
+
+async fn bench() -> Result<()> {
+    let bin = muster_binary()?;
+    let devices = env_usize("MUSTER_BENCH_DEVICES", 100_000);
+    let runs = env_usize("MUSTER_BENCH_RUNS", 3).max(1);
+    let window = env_usize("MUSTER_BENCH_WINDOW", 10_000).max(1);
+    let only = std::env::var("MUSTER_BENCH_ONLY").ok();
+    let (broker, url) = match std::env::var("MUSTER_BENCH_MQTT_URL") {
+        Ok(u) => (None, u),
+        Err(_) => {
+            let b = Broker::start()?;
+            let u = b.url.clone();
+            (Some(b), u)
+        }
+    };
+    let broker_pid = broker.as_ref().map(|b| b.child.id());
+    println!(
+        "load harness: {devices} devices, {runs} run(s), broker {url}, node {}",
+        bin.display()
+    );
+    let mut results: Vec<(MusterRun, RawRun)> = Vec::new();
+    for run in 0..runs {
+        println!("run {run} (load average {})", loadavg());
+        let cfg = fleet_config(&url, devices, run);
+        let (m, fleet) = if only.as_deref() == Some("raw") {
+            (MusterRun::default(), Fleet::start(cfg.clone()).await?)
+        } else {
+            muster_phase(&bin, &url, broker_pid, &cfg).await?
+        };
+        println!(
+            "  muster: {:.0} device ops/s (job start -> end; {:.0}/s CreateJob -> seen complete), \
+             latency p50 {:.0} ms p99 {:.0} ms, node peak RSS {:.0} MiB, \
+             {} requests for {devices} devices; {}",
+            m.rate, m.wall_rate, m.p50_ms, m.p99_ms, m.peak_mib, m.requests_received, m.cpu
+        );
+        let raw = if only.as_deref() == Some("muster") {
+            RawRun {
+                rate: f64::NAN,
+                ..RawRun::default()
+            }
+        } else {
+            raw_phase(&url, broker_pid, fleet.device_ids(), window, run).await?
+        };
+        println!(
+            "  raw:    {:.0} round trips/s (window {window}), latency p50 {:.0} ms p99 {:.0} ms, \
+             {}; muster/raw = {:.0}%",
+            raw.rate,
+            raw.p50_ms,
+            raw.p99_ms,
+            raw.cpu,
+            100.0 * m.rate / raw.rate
+        );
+        drop(fleet);
+        results.push((m, raw));
+    }
+    let med = |f: &dyn Fn(&(MusterRun, RawRun)) -> f64| median(results.iter().map(f).collect());
+    let rate = med(&|r| r.0.rate);
+    let raw = med(&|r| r.1.rate);
+    println!(
+        "median of {runs}: muster {rate:.0} device ops/s ({:.0}/s wall), p50 {:.0} ms, p99 {:.0} ms, \
+         node peak RSS {:.0} MiB, presence of {devices} devices settled in {:.1} s; \
+         raw {raw:.0}/s (p50 {:.0} ms, p99 {:.0} ms); muster/raw {:.0}% (median of per-run ratios {:.0}%)",
+        med(&|r| r.0.wall_rate),
+        med(&|r| r.0.p50_ms),
+        med(&|r| r.0.p99_ms),
+        med(&|r| r.0.peak_mib),
+        med(&|r| r.0.presence_secs),
+        med(&|r| r.1.p50_ms),
+        med(&|r| r.1.p99_ms),
+        100.0 * rate / raw,
+        med(&|r| 100.0 * r.0.rate / r.1.rate),
+    );
+    Ok(())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: a full pass needs a
+    // release build of the node and minutes, so there is nothing to do then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load harness: skipped (run it with cargo bench -p muster-benches --bench load)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Err(e) = rt.block_on(bench()) {
+        eprintln!("load harness failed: {e:#}");
+        std::process::exit(1);
+    }
+}
