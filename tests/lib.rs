@@ -45,6 +45,8 @@ pub struct Server {
     pub rest: String,
     /// `http://127.0.0.1:PORT` of the gRPC API.
     pub grpc: String,
+    /// `127.0.0.1:PORT` of the Raft peer listener.
+    pub peer: String,
     data_dir: PathBuf,
     extra: Vec<String>,
     log: PathBuf,
@@ -62,6 +64,7 @@ impl Server {
             child: None,
             rest: String::new(),
             grpc: String::new(),
+            peer: String::new(),
             data_dir: dir.join("data"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("server.log"),
@@ -75,11 +78,15 @@ impl Server {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut child = Command::new(muster_bin()?)
-            .arg("serve")
+        let mut cmd = Command::new(muster_bin()?);
+        cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        if !self.extra.iter().any(|a| a == "--peer-addr") {
+            cmd.args(["--peer-addr", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn,rumqttd=off")
             .stdout(Stdio::piped())
@@ -110,6 +117,8 @@ impl Server {
                 self.rest = v.to_string();
             } else if let Some(v) = part.strip_prefix("grpc=") {
                 self.grpc = v.to_string();
+            } else if let Some(v) = part.strip_prefix("peer=") {
+                self.peer = v.to_string();
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ const PROTO_FILES: &[&str] = &[
     "muster/v1/events.proto",
     "muster/v1/jobs.proto",
     "muster/v1/devices.proto",
+    "muster/v1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

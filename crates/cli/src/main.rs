@@ -1,6 +1,7 @@
 //! `muster`: the one binary. It parses flags, loads the layered configuration, sets up tracing
 //! and hands over to `muster-node` (for `serve`) or to the gRPC client (every other command).
 
+mod audit;
 mod client;
 mod devsim;
 mod serve;
@@ -45,6 +46,8 @@ enum Cmd {
     },
     /// Run a simulated device fleet on MQTT brokers until Ctrl-C.
     Devsim(devsim::DevsimArgs),
+    /// Read a stopped node's event log: verify, export, replay, timeline.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
             Cmd::Devsim(args) => devsim::devsim(args).await,
+            Cmd::Audit(args) => audit::audit(args),
         }
     });
     match result {

@@ -29,10 +29,16 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     http_addr: Option<String>,
-    /// Raft peer address (host:port).
+    /// Raft peer address (host:port; port 0 picks one), served to the other members only.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_addr: Option<String>,
+    /// The peer addresses of all initial members, this node included, the same list on every
+    /// node: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. A new node then joins that cluster instead of
+    /// starting a cluster of one; the member with the smallest id forms it once a majority is up.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<String>,
     /// This node's id in the cluster.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,10 +147,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&cfg).await?;
     let grpc = listeners.grpc_addr()?;
     let http = listeners.http_addr()?;
+    let peer = listeners
+        .peer_addr()?
+        .map(|p| format!(" peer={p}"))
+        .unwrap_or_default();
     // Tests and scripts read this line to learn the ports when they asked for port 0.
     match &mqtt {
-        Some(m) => println!("muster listening: rest=http://{http} grpc=http://{grpc} mqtt={m}"),
-        None => println!("muster listening: rest=http://{http} grpc=http://{grpc}"),
+        Some(m) => {
+            println!("muster listening: rest=http://{http} grpc=http://{grpc} mqtt={m}{peer}")
+        }
+        None => println!("muster listening: rest=http://{http} grpc=http://{grpc}{peer}"),
     }
     if let Some(dev) = &cfg.dev {
         print_dev_banner(dev, &cfg, http, grpc);

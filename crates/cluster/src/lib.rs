@@ -11,7 +11,20 @@
 //! are (fast, possibly stale on a follower) or after [`Cluster::linearizable`] has confirmed this
 //! node is still the leader and its state machine has caught up with the commit index.
 //!
-//! The network between nodes is [`network`]; for the single-member cluster it is never called.
+//! The network between nodes is [`network`]: gRPC on each node's peer address. For the
+//! single-member cluster it is never called.
+//!
+//! A multi-member cluster is bootstrapped from [`ClusterConfig::peers`], the peer addresses of all
+//! initial members (the same list on every node): a new node then does not initialise a cluster
+//! of one; instead the member with the smallest id initialises the cluster with all of them, as
+//! soon as a majority answers on their peer addresses. The others wait to be contacted by the
+//! leader. At that point only their peer addresses are known, so their membership records carry
+//! only `peer_addr`; a node that becomes leader writes its own full record (gRPC and REST
+//! addresses too) into the membership, so "not leader" answers can name the leader's client
+//! address.
+//!
+//! A write on a follower is forwarded to the leader over the same peer service
+//! ([`Cluster::write`]), so a caller does not see "not leader" while a leader is reachable.
 
 mod network;
 
@@ -22,15 +35,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use muster_domain::Command;
 use muster_types::Timestamp;
+use openraft::error::InitializeError;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 pub use muster_store::{
     AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
     StateReader, StateUpdate, Store, StoreError, TypeConfig,
 };
-pub use network::Network;
+pub use network::{Network, PeerService};
 
 /// The openraft instance with muster's types.
 pub type MusterRaft = Raft<TypeConfig>;
@@ -54,6 +68,9 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// This node's addresses, recorded in the membership when it initialises the cluster.
     pub node: MusterNode,
+    /// The peer addresses of all initial members by node id, this node included, when it is one
+    /// of several; empty for a cluster of one. Only read when the data directory is new.
+    pub peers: BTreeMap<u64, String>,
     /// Heartbeat interval; the election timeout is drawn between `election_min` and
     /// `election_max`. The defaults suit a LAN.
     pub heartbeat: Duration,
@@ -70,6 +87,7 @@ impl ClusterConfig {
             node_id,
             data_dir,
             node,
+            peers: BTreeMap::new(),
             heartbeat: Duration::from_millis(100),
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(600),
@@ -106,6 +124,7 @@ pub struct Cluster {
     id: u64,
     raft: MusterRaft,
     reader: StateReader,
+    forwarder: network::Forwarder,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -145,7 +164,8 @@ impl Cluster {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
-        if !initialized {
+        let multi = cfg.peers.keys().any(|id| *id != cfg.node_id);
+        if !initialized && !multi {
             let members = BTreeMap::from([(cfg.node_id, cfg.node.clone())]);
             tracing::info!(
                 node = cfg.node_id,
@@ -154,11 +174,28 @@ impl Cluster {
             if let Err(e) = raft.initialize(members).await {
                 return Err(ClusterError::Fatal(format!("initialise: {e}")));
             }
+        } else if !initialized {
+            let first = cfg.peers.keys().next().copied();
+            if first == Some(cfg.node_id) {
+                tokio::spawn(bootstrap(raft.clone(), cfg.clone()));
+            } else {
+                tracing::info!(
+                    node = cfg.node_id,
+                    "new data directory: waiting for node {} to form the cluster",
+                    first.unwrap_or_default()
+                );
+            }
         }
+        tokio::spawn(publish_own_record(
+            raft.clone(),
+            cfg.node_id,
+            cfg.node.clone(),
+        ));
         Ok(Cluster {
             id: cfg.node_id,
             raft,
             reader,
+            forwarder: network::Forwarder::default(),
         })
     }
 
@@ -214,12 +251,44 @@ impl Cluster {
         })?
     }
 
-    /// Proposes one command and waits until it is committed and applied here. `Ok` carries the
-    /// seqs of the events it appended; the state read through [`reader`](Self::reader)
-    /// includes them when this returns.
+    /// Proposes one command and waits until it is committed and applied. `Ok` carries the
+    /// seqs of the events it appended; on the leader, the state read through
+    /// [`reader`](Self::reader) includes them when this returns.
+    ///
+    /// On a follower the command is forwarded to the leader and answered with the leader's
+    /// answer; this node's state catches up a heartbeat later. `NotLeader` is returned only when
+    /// no leader is known (or the leader moved on while the write was forwarded).
     pub async fn write(&self, command: Command) -> Result<AppliedRange, ClusterError> {
-        match self.raft.client_write(Request { command }).await {
-            Ok(resp) => Ok(resp.data.into_result()?),
+        let request = Request { command };
+        match self.write_here(request.clone()).await {
+            Err(ClusterError::NotLeader {
+                leader: Some((id, node)),
+            }) if id != self.id && !node.peer_addr.is_empty() => {
+                let (range, index) = self.forwarder.write(id, &node.peer_addr, &request).await?;
+                // Read-your-writes on this node too: callers read the state right after.
+                self.raft
+                    .wait(Some(FORWARDED_APPLY_WAIT))
+                    .applied_index_at_least(Some(index), "forwarded write applied here")
+                    .await
+                    .map_err(|e| {
+                        ClusterError::Unavailable(format!(
+                            "the leader applied the write, but this node has not caught up: {e}"
+                        ))
+                    })?;
+                Ok(range)
+            }
+            other => other.map(|(range, _)| range),
+        }
+    }
+
+    /// Proposes `request` to this node's Raft, without forwarding. `Ok` also carries the index of
+    /// the log entry.
+    pub(crate) async fn write_here(
+        &self,
+        request: Request,
+    ) -> Result<(AppliedRange, u64), ClusterError> {
+        match self.raft.client_write(request).await {
+            Ok(resp) => Ok((resp.data.into_result()?, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ClusterError::NotLeader {
                     leader: f.leader_id.zip(f.leader_node),
@@ -284,6 +353,112 @@ async fn open_store(
         }
     }
 }
+
+/// Forms a new multi-member cluster: run by the member with the smallest id when its data
+/// directory is new. Waits until a majority of the members accept TCP connections on their peer
+/// addresses, then initialises the cluster with all of them, retrying until it succeeds (an
+/// "already initialised" answer counts as success) or Raft stops.
+async fn bootstrap(raft: MusterRaft, cfg: ClusterConfig) {
+    let members: BTreeMap<u64, MusterNode> = cfg
+        .peers
+        .iter()
+        .map(|(id, addr)| {
+            let node = if *id == cfg.node_id {
+                cfg.node.clone()
+            } else {
+                MusterNode {
+                    peer_addr: addr.clone(),
+                    ..MusterNode::default()
+                }
+            };
+            (*id, node)
+        })
+        .collect();
+    let majority = members.len() / 2 + 1;
+    loop {
+        let mut up = 1; // this node
+        for (id, node) in &members {
+            if *id == cfg.node_id {
+                continue;
+            }
+            let connect = tokio::net::TcpStream::connect(node.peer_addr.as_str());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), connect).await {
+                up += 1;
+            }
+        }
+        if up >= majority {
+            break;
+        }
+        tracing::info!(
+            up,
+            of = members.len(),
+            "forming the cluster: waiting for a majority of the members to listen"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    loop {
+        match raft.initialize(members.clone()).await {
+            Ok(()) => {
+                tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "cluster formed");
+                return;
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => return,
+            Err(RaftError::Fatal(e)) => {
+                tracing::warn!("cannot form the cluster: raft stopped: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("cannot form the cluster yet: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Keeps this node's record in the membership current while it is the leader of a multi-member
+/// cluster: members other than the one that formed the cluster start with only their peer
+/// address recorded, and a restarted node may listen on new client ports.
+async fn publish_own_record(raft: MusterRaft, id: u64, me: MusterNode) {
+    let mut rx = raft.metrics();
+    let mut done_term = None;
+    loop {
+        let stale_term = {
+            let m = rx.borrow_and_update();
+            let membership = m.membership_config.membership();
+            let several = membership.nodes().count() > 1;
+            let recorded = membership.get_node(&id);
+            (m.state == ServerState::Leader
+                && several
+                && recorded.is_some_and(|n| *n != me)
+                && done_term != Some(m.current_term))
+            .then_some(m.current_term)
+        };
+        if let Some(term) = stale_term {
+            let nodes = BTreeMap::from([(id, me.clone())]);
+            match raft
+                .change_membership(ChangeMembers::SetNodes(nodes), true)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(node = id, "recorded this node's addresses ({me})");
+                    done_term = Some(term);
+                }
+                Err(RaftError::Fatal(_)) => return,
+                Err(e) => {
+                    tracing::debug!("cannot record this node's addresses yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a follower waits to apply a write it forwarded, once the leader answered.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(10);
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64

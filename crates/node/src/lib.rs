@@ -9,6 +9,7 @@ pub mod dev;
 mod leader;
 mod ticker;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ pub struct NodeConfig {
     pub http_addr: String,
     /// Raft between nodes.
     pub peer_addr: String,
+    /// The peer addresses of all initial members, this node included, as
+    /// `ID=HOST:PORT,ID=HOST:PORT,...` (the same on every node). Empty: a cluster of one.
+    pub peers: String,
     /// Heartbeat interval and election timeout range, in milliseconds.
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
@@ -57,6 +61,7 @@ impl Default for NodeConfig {
             grpc_addr: "127.0.0.1:9090".into(),
             http_addr: "127.0.0.1:8080".into(),
             peer_addr: "127.0.0.1:9091".into(),
+            peers: String::new(),
             heartbeat_ms: 100,
             election_min_ms: 300,
             election_max_ms: 600,
@@ -75,15 +80,31 @@ impl Default for NodeConfig {
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    /// Raft between nodes. A cluster of one does not need it, so when no `peers` are configured
+    /// and the peer address is taken (two single nodes on one host with the default address),
+    /// the node runs without it instead of failing.
+    pub peer: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Binds the configured addresses (`:0` picks a free port).
     pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, NodeError> {
-        Ok(Listeners {
-            grpc: bind(&cfg.grpc_addr, "grpc_addr").await?,
-            http: bind(&cfg.http_addr, "http_addr").await?,
-        })
+        let grpc = bind(&cfg.grpc_addr, "grpc_addr").await?;
+        let http = bind(&cfg.http_addr, "http_addr").await?;
+        let peer = match bind(&cfg.peer_addr, "peer_addr").await {
+            Ok(l) => Some(l),
+            Err(e) if cfg.peers.trim().is_empty() => {
+                tracing::warn!("{e}; running as a cluster of one without a peer listener");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Listeners { grpc, http, peer })
+    }
+
+    /// The bound peer address, if the peer listener is up.
+    pub fn peer_addr(&self) -> Result<Option<SocketAddr>, NodeError> {
+        self.peer.as_ref().map(local).transpose()
     }
 
     pub fn grpc_addr(&self) -> Result<SocketAddr, NodeError> {
@@ -105,6 +126,30 @@ async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, NodeError> 
 
 fn local(l: &TcpListener) -> Result<SocketAddr, NodeError> {
     l.local_addr().map_err(|e| NodeError::Io(e.to_string()))
+}
+
+/// Reads `ID=HOST:PORT,ID=HOST:PORT,...` (spaces allowed around the commas).
+pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, NodeError> {
+    let mut peers = BTreeMap::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || {
+            NodeError::Config(format!(
+                "peers: `{item}` is not ID=HOST:PORT (for example 1=10.0.0.1:9091)"
+            ))
+        };
+        let (id, addr) = item.split_once('=').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        let addr = addr.trim();
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(bad());
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(NodeError::Config(format!(
+                "peers: node {id} is listed twice"
+            )));
+        }
+    }
+    Ok(peers)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,12 +181,28 @@ pub async fn run(
         .data_dir
         .clone()
         .ok_or_else(|| NodeError::Config("data_dir is required (--data-dir)".into()))?;
+    let peers = parse_peers(&cfg.peers)?;
+    if !peers.is_empty() && !peers.contains_key(&cfg.node_id) {
+        return Err(NodeError::Config(format!(
+            "peers lists nodes {:?} but not this node ({}): give every node the same list of all initial members",
+            peers.keys().collect::<Vec<_>>(),
+            cfg.node_id
+        )));
+    }
+    // What other nodes dial: the address in the members list if there is one (it is what they
+    // were given), otherwise the bound address (so port 0 works).
+    let peer_addr = match (peers.get(&cfg.node_id), listeners.peer_addr()?) {
+        (Some(listed), _) => listed.clone(),
+        (None, Some(bound)) => bound.to_string(),
+        (None, None) => String::new(),
+    };
     let me = MusterNode {
-        peer_addr: cfg.peer_addr.clone(),
+        peer_addr,
         grpc_addr: listeners.grpc_addr()?.to_string(),
         http_addr: listeners.http_addr()?.to_string(),
     };
     let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
+    ccfg.peers = peers;
     ccfg.heartbeat = Duration::from_millis(cfg.heartbeat_ms);
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
@@ -161,6 +222,12 @@ pub async fn run(
         );
     let http = axum::serve(listeners.http, muster_api::rest::router(cluster.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
+    // Raft between nodes, on its own listener only.
+    let peer = listeners.peer.map(|l| {
+        tonic::transport::Server::builder()
+            .add_service(muster_cluster::PeerService::server(cluster.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone()))
+    });
 
     if cfg.dispatch.brokers.is_empty() {
         tracing::warn!("no MQTT broker configured (--mqtt-url): jobs advance but reach no device");
@@ -181,6 +248,7 @@ pub async fn run(
     };
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
+    let peer = peer.map(tokio::spawn);
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -196,10 +264,33 @@ pub async fn run(
         }
         Err(_) => tracing::warn!("requests still running after {grace:?}; stopping anyway"),
     }
+    if let Some(p) = peer {
+        // Raft RPCs are short; the peer server stops with Raft below either way.
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), p).await {
+            tracing::warn!("peer server: {e}");
+        }
+    }
     let _ = leader.await;
     if let Some(f) = fleet {
         f.shutdown().await;
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_lists_parse_and_bad_ones_say_what_to_fix() {
+        let p = parse_peers(" 1=127.0.0.1:7001, 2=h2:7002,3=h3:7003 ").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "h2:7002");
+        assert!(parse_peers("").unwrap().is_empty());
+        for bad in ["1", "x=h:1", "1=h", "1=h:1,1=h:2"] {
+            let e = parse_peers(bad).unwrap_err().to_string();
+            assert!(e.contains("peers"), "{bad}: {e}");
+        }
+    }
 }

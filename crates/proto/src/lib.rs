@@ -60,3 +60,36 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
 pub fn decode_command(bytes: &[u8]) -> Result<Command, ProtoError> {
     Command::try_from(pb::Command::decode(bytes)?)
 }
+
+/// One record of the event log as stored: the sequence number, the exact bytes of the event (as
+/// [`encode_event`] wrote them) and the record's hash-chain link.
+///
+/// It is wire-compatible with `muster.v1.EventRecord` (field 2 is read as bytes, not as a
+/// decoded `Event`), so the hash can be checked over the bytes that were written, whatever a
+/// later release's `Event` knows.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventRecordBytes {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub event: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub hash: Vec<u8>,
+}
+
+impl EventRecordBytes {
+    /// The encoded `muster.v1.EventRecord`.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        Message::encode_to_vec(self)
+    }
+
+    /// Reads a `muster.v1.EventRecord`, keeping the event's bytes as they are.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
+        Ok(<Self as Message>::decode(bytes)?)
+    }
+
+    /// The event this record holds.
+    pub fn decode_event(&self) -> Result<Event, ProtoError> {
+        decode_event(&self.event)
+    }
+}

@@ -15,7 +15,11 @@ use std::fmt::Debug;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use muster_proto::{decode_command, decode_event, encode_command, encode_event, ProtoError};
+use muster_domain::Event;
+use muster_proto::{
+    decode_command, decode_event, encode_command, encode_event, EventRecordBytes, ProtoError,
+};
+use prost::Message;
 
 const UPDATE_VAR: &str = "MUSTER_UPDATE_GOLDEN";
 
@@ -128,6 +132,9 @@ fn encodings_match_the_golden_files() {
             decode_command,
         ));
     }
+    let (name, record) = record_sample();
+    names.insert(format!("{name}.hex"));
+    problems.extend(check(name, &record, encode_record(&record), decode_record));
 
     // A file without a sample means a sample was dropped; its bytes would go unchecked.
     if let Ok(entries) = fs::read_dir(golden_dir()) {
@@ -151,4 +158,38 @@ fn hex_helpers_round_trip() {
     assert_eq!(from_hex(&to_hex(&bytes)).unwrap(), bytes);
     assert!(from_hex("abc").is_err());
     assert!(from_hex("zz").is_err());
+}
+
+/// An event log record: seq, event, hash (field 3, the hash chain).
+#[allow(clippy::unwrap_used)] // test helper: the sample exists
+fn record_sample() -> (&'static str, (u64, Event, Vec<u8>)) {
+    let (_, event) = samples::events()
+        .into_iter()
+        .find(|(name, _)| *name == "event_job_completed")
+        .unwrap();
+    ("event_record", (42, event, (0u8..32).collect()))
+}
+
+fn encode_record((seq, event, hash): &(u64, Event, Vec<u8>)) -> Vec<u8> {
+    EventRecordBytes {
+        seq: *seq,
+        event: encode_event(event),
+        hash: hash.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_record(bytes: &[u8]) -> Result<(u64, Event, Vec<u8>), ProtoError> {
+    let record = EventRecordBytes::decode(bytes)?;
+    Ok((record.seq, record.decode_event()?, record.hash))
+}
+
+#[test]
+fn event_record_bytes_is_the_generated_event_record() {
+    let (_, sample) = record_sample();
+    let bytes = encode_record(&sample);
+    let generated = muster_proto::pb::EventRecord::decode(bytes.as_slice()).unwrap();
+    assert_eq!(generated.seq, sample.0);
+    assert_eq!(generated.hash, sample.2);
+    assert_eq!(generated.encode_to_vec(), bytes);
 }

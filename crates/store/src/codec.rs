@@ -4,7 +4,8 @@
 //!   numeric order and range scans work.
 //! - A log entry is a small binary envelope (see [`encode_entry`]) whose command payload is
 //!   protobuf, via `muster-proto`: field numbers there are the compatibility promise.
-//! - An event is `muster-proto`'s encoding of the domain `Event`, nothing around it.
+//! - An event is stored as a `muster.v1.EventRecord`: its seq, `muster-proto`'s encoding of the
+//!   domain `Event`, and its hash-chain link (see [`crate::chain`]).
 //! - openraft's own types (vote, log ids, membership, snapshot meta) are serde_json: they are
 //!   small, rare, and openraft owns their shape.
 
@@ -13,8 +14,10 @@ use openraft::{CommittedLeaderId, EntryPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::chain::{chain_hash, Hash};
 use crate::error::StoreError;
 use crate::types::{Entry, LogId, Request};
+use muster_proto::EventRecordBytes;
 
 /// Version byte at the head of every log entry envelope.
 const ENTRY_FORMAT: u8 = 1;
@@ -94,6 +97,34 @@ pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
 
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
     muster_proto::decode_event(bytes).map_err(|e| StoreError::corrupt("event", e))
+}
+
+/// The stored bytes of the event `seq` whose predecessor's hash is `prev`, and its own hash.
+pub(crate) fn encode_record(seq: u64, event: &Event, prev: &Hash) -> (Vec<u8>, Hash) {
+    let event = encode_event(event);
+    let hash = chain_hash(prev, seq, &event);
+    let record = EventRecordBytes {
+        seq,
+        event,
+        hash: hash.to_vec(),
+    };
+    (record.encode_to_vec(), hash)
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<EventRecordBytes, StoreError> {
+    EventRecordBytes::decode(bytes).map_err(|e| StoreError::corrupt("event record", e))
+}
+
+/// The event of a stored record, checking that the record is the one its key says.
+pub(crate) fn decode_record_event(seq: u64, bytes: &[u8]) -> Result<Event, StoreError> {
+    let record = decode_record(bytes)?;
+    if record.seq != seq {
+        return Err(StoreError::corrupt(
+            "event record",
+            format!("record {} stored under seq {seq}", record.seq),
+        ));
+    }
+    decode_event(&record.event)
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

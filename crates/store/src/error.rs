@@ -11,6 +11,13 @@ pub enum StoreError {
     /// without a migration, or a damaged disk. Never retried.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// Another process (normally a running `muster serve`) holds the data directory: sled locks
+    /// it, and it has no read-only mode, so offline tools refuse to open it while a server runs.
+    #[error("data directory {0} is in use (stop the server that holds it first)")]
+    InUse(String),
+    /// The directory holds no muster store.
+    #[error("{0} is not a muster data directory")]
+    NotADataDir(String),
     /// A blocking task (sled write or flush) panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

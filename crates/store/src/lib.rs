@@ -16,10 +16,15 @@
 //! | --- | --- | --- |
 //! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command / JSON membership |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
-//! | `events` | seq u64 | protobuf `muster.v1.Event` |
-//! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` | serde_json / u64 |
+//! | `events` | seq u64 | protobuf `muster.v1.EventRecord` (seq, event, hash-chain link) |
+//! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
 //! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
+//!
+//! [`chain`] describes the hash chain over the event log; [`audit`] reads a data directory
+//! offline (verify the chain, export, replay) for `muster audit`.
 
+pub mod audit;
+pub mod chain;
 mod codec;
 mod error;
 mod flush;

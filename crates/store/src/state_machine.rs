@@ -2,10 +2,12 @@
 //! the event log beside it.
 //!
 //! Trees:
-//! - `events`: big-endian seq -> `muster-proto` encoding of one `Event`. Seqs are global, start
-//!   at 1 and have no gaps from `first_seq` on.
+//! - `events`: big-endian seq -> protobuf `muster.v1.EventRecord` (seq, the event, its hash-chain
+//!   link; see [`crate::chain`]). Seqs are global, start at 1 and have no gaps from `first_seq`
+//!   on.
 //! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
-//!   `first_seq` (big-endian u64).
+//!   `first_seq` (big-endian u64), `chain_head` (the 32-byte hash of event `last_seq`; the
+//!   genesis hash when there is none).
 //! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `data` (the snapshot bytes, see
 //!   [`SnapshotPayload`]).
 //!
@@ -19,7 +21,9 @@
 //!
 //! Restart = snapshot + event tail: [`StateMachine::open`] loads the stored snapshot (if any)
 //! and replays the events after the snapshot's `last_seq` with `evolve` (never `decide`: the
-//! events are facts, not requests), up to `sm_meta.last_seq`.
+//! events are facts, not requests), up to `sm_meta.last_seq`, checking the hash chain from the
+//! snapshot's head to `sm_meta.chain_head` on the way: a damaged or edited log stops the node
+//! with an error naming the seq instead of serving a state it cannot vouch for.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +37,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::broadcast;
 
-use crate::codec::{decode_event, encode_event, from_json, key_u64, to_json, u64_key};
+use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
+use crate::codec::{
+    decode_event, decode_record, decode_record_event, encode_record, from_json, key_u64, to_json,
+    u64_key,
+};
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
 use crate::types::{
@@ -41,15 +49,16 @@ use crate::types::{
     TypeConfig,
 };
 
-const LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
-const LAST_SEQ: &[u8] = b"last_seq";
-const FIRST_SEQ: &[u8] = b"first_seq";
+pub(crate) const LAST_SEQ: &[u8] = b"last_seq";
+pub(crate) const FIRST_SEQ: &[u8] = b"first_seq";
+const CHAIN_HEAD: &[u8] = b"chain_head";
 const SNAPSHOT_META: &[u8] = b"meta";
-const SNAPSHOT_DATA: &[u8] = b"data";
+pub(crate) const SNAPSHOT_DATA: &[u8] = b"data";
 
-/// Format version of [`SnapshotPayload`].
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Format version of [`SnapshotPayload`] (2: with `chain_head`).
+pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
 
 /// How many applied batches a slow subscriber may fall behind before it sees `Lagged` and has
 /// to catch up from the events tree.
@@ -61,13 +70,15 @@ const BROADCAST_CAPACITY: usize = 1024;
 /// megabytes), accepted for now because `State` already derives serde and no compact format is
 /// among the chosen dependencies. The version field lets a later format replace it.
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotPayload<S> {
-    format: u32,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
+pub(crate) struct SnapshotPayload<S> {
+    pub(crate) format: u32,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
     /// The seq of the newest event the state includes.
-    last_seq: u64,
-    state: S,
+    pub(crate) last_seq: u64,
+    /// The hash-chain link of event `last_seq` ([`GENESIS`] when it is 0).
+    pub(crate) chain_head: Hash,
+    pub(crate) state: S,
 }
 
 /// What the state machine has applied, in memory; readers share it through [`StateReader`].
@@ -77,6 +88,8 @@ struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     last_seq: u64,
+    /// The hash of event `last_seq`.
+    head: Hash,
     first_seq_available: u64,
 }
 
@@ -180,6 +193,12 @@ impl StateReader {
         self.shared.read().last_applied
     }
 
+    /// The seq of the newest applied event and its hash-chain link.
+    pub fn chain_head(&self) -> (u64, Hash) {
+        let a = self.shared.read();
+        (a.last_seq, a.head)
+    }
+
     /// The membership the state machine applied last (with every member's addresses).
     pub fn membership(&self) -> StoredMembership {
         self.shared.read().membership.clone()
@@ -213,7 +232,8 @@ impl EventLog for StateReader {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((key_u64("event key", &k)?, decode_event(&v)?))
+                let seq = key_u64("event key", &k)?;
+                Ok((seq, decode_record_event(seq, &v)?))
             })
             .collect()
     }
@@ -226,10 +246,23 @@ fn sled_tx_error(e: TransactionError<()>) -> StoreError {
     }
 }
 
-fn read_u64(tree: &sled::Tree, key: &'static [u8]) -> Result<Option<u64>, StoreError> {
+pub(crate) fn read_u64(tree: &sled::Tree, key: &'static [u8]) -> Result<Option<u64>, StoreError> {
     tree.get(key)?
         .map(|v| key_u64("state machine metadata", &v))
         .transpose()
+}
+
+/// The stored chain head; absent only in a store that has applied no event yet.
+pub(crate) fn read_head(meta: &sled::Tree, last_seq: u64) -> Result<Hash, StoreError> {
+    match meta.get(CHAIN_HEAD)? {
+        Some(v) => Hash::try_from(v.as_ref())
+            .map_err(|_| StoreError::corrupt("chain head", format!("{} bytes", v.len()))),
+        None if last_seq == 0 => Ok(GENESIS),
+        None => Err(StoreError::corrupt(
+            "state machine metadata",
+            "no hash-chain head: the data directory was written by a release without the hash chain",
+        )),
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(
@@ -257,10 +290,25 @@ impl StateMachine {
         let first_seq_available = read_u64(&meta, FIRST_SEQ)?.unwrap_or(1);
         let last_applied: Option<LogId> = read_json(&meta, LAST_APPLIED)?.flatten();
         let membership: Option<StoredMembership> = read_json(&meta, MEMBERSHIP)?;
+        let head = read_head(&meta, last_seq)?;
 
-        let (mut state, snapshot_seq, snap_applied, snap_membership) = match stored {
-            Some(p) => (p.state, p.last_seq, p.last_applied, Some(p.membership)),
-            None => (State::default(), 0, None, None),
+        if let Some(p) = &stored {
+            if p.format != SNAPSHOT_FORMAT {
+                return Err(StoreError::corrupt(
+                    "snapshot",
+                    format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
+                ));
+            }
+        }
+        let (mut state, snapshot_seq, snap_applied, snap_membership, mut prev) = match stored {
+            Some(p) => (
+                p.state,
+                p.last_seq,
+                p.last_applied,
+                Some(p.membership),
+                p.chain_head,
+            ),
+            None => (State::default(), 0, None, None, GENESIS),
         };
         if snapshot_seq > last_seq || snap_applied > last_applied {
             // Cannot happen: a built snapshot only captures state whose `sm_meta` was written
@@ -299,7 +347,16 @@ impl StateMachine {
                     format!("expected seq {expected}, found {seq}"),
                 ));
             }
-            evolve(&mut state, &decode_event(&v)?);
+            let record = decode_record(&v)?;
+            let hash = chain_hash(&prev, seq, &record.event);
+            if record.seq != seq || record.hash != hash {
+                return Err(StoreError::corrupt(
+                    "events",
+                    format!("the hash chain breaks at seq {seq} (run `muster audit verify`)"),
+                ));
+            }
+            evolve(&mut state, &decode_event(&record.event)?);
+            prev = hash;
             expected += 1;
         }
         if expected != last_seq + 1 {
@@ -308,6 +365,16 @@ impl StateMachine {
                 format!(
                     "events end at seq {} but {last_seq} were applied",
                     expected - 1
+                ),
+            ));
+        }
+        if prev != head {
+            return Err(StoreError::corrupt(
+                "events",
+                format!(
+                    "the hash of seq {last_seq} is {} but the stored chain head is {}",
+                    to_hex(&prev),
+                    to_hex(&head)
                 ),
             ));
         }
@@ -324,6 +391,7 @@ impl StateMachine {
             last_applied,
             membership: membership.or(snap_membership).unwrap_or_default(),
             last_seq,
+            head,
             first_seq_available,
         };
         Ok(StateMachine {
@@ -380,7 +448,9 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                     let first_seq = applied.last_seq + 1;
                     for event in &events {
                         applied.last_seq += 1;
-                        event_batch.insert(&u64_key(applied.last_seq), encode_event(event));
+                        let (record, hash) = encode_record(applied.last_seq, event, &applied.head);
+                        event_batch.insert(&u64_key(applied.last_seq), record);
+                        applied.head = hash;
                     }
                     if !events.is_empty() {
                         published.push(AppliedEvents { first_seq, events });
@@ -401,6 +471,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
     meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);
     meta_batch.insert(MEMBERSHIP, to_json(&applied.membership)?);
     meta_batch.insert(LAST_SEQ, &u64_key(applied.last_seq));
+    meta_batch.insert(CHAIN_HEAD, &applied.head);
     // Events first, then the metadata that makes them count. Each batch is atomic within its
     // tree; a crash between the two leaves events past `last_seq`, which nothing reads (`open`
     // and `read_events` stop at `last_seq`) and which the re-apply of the same entries after
@@ -442,13 +513,14 @@ fn store_snapshot(
 fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     // Clone under the lock (fast), serialise outside it (slow), so applying is not held up by
     // JSON encoding.
-    let (state, last_applied, membership, last_seq) = {
+    let (state, last_applied, membership, last_seq, chain_head) = {
         let a = shared.read();
         (
             a.state.clone(),
             a.last_applied,
             a.membership.clone(),
             a.last_seq,
+            a.head,
         )
     };
     let data = to_json(&SnapshotPayload {
@@ -456,6 +528,7 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         last_applied,
         membership: membership.clone(),
         last_seq,
+        chain_head,
         state: &state,
     })?;
     let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -510,6 +583,7 @@ fn install_snapshot(
     meta_batch.insert(MEMBERSHIP, to_json(&meta.last_membership)?);
     meta_batch.insert(LAST_SEQ, &u64_key(last_seq));
     meta_batch.insert(FIRST_SEQ, &u64_key(first_seq_available));
+    meta_batch.insert(CHAIN_HEAD, &payload.chain_head);
     (&shared.snapshot, &shared.meta)
         .transaction(|(snap, sm_meta)| {
             snap.apply_batch(&snap_batch)?;
@@ -524,6 +598,7 @@ fn install_snapshot(
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
         last_seq,
+        head: payload.chain_head,
         first_seq_available,
     };
     // Every local event is older than the snapshot (openraft installs only snapshots newer than
