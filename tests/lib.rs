@@ -147,20 +147,7 @@ impl Server {
         let Some(mut c) = self.child.take() else {
             return Ok(true);
         };
-        let pid = c.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status.success());
-            }
-            if std::time::Instant::now() > deadline {
-                c.kill()?;
-                c.wait()?;
-                bail!("muster did not exit within {PATIENCE:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Ok(sigterm_and_wait(&mut c, "muster")?.success())
     }
 
     /// Starts the process again on the same data directory (new ports).
@@ -190,6 +177,31 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.kill9();
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to [`PATIENCE`] for it to exit; after that it is killed
+/// and this is an error naming `what`.
+pub fn sigterm_and_wait(child: &mut Child, what: &str) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    if !Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?
+        .success()
+    {
+        bail!("could not send SIGTERM to {what} (pid {pid})");
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            bail!("{what} did not exit within {PATIENCE:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

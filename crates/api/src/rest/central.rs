@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::errors::{internal, DEVICE, GROUP, JOB, RERUN};
 use super::extract::{base_url, JsonText, Params, PathParams};
-use super::{ok_json, page, token, App};
+use super::{ok_json, page, path_id, token, App};
 use crate::central::{
     central_device_group_json, central_device_json, central_job_device_json, central_job_json,
     central_page, check_api_version, device_group_from_central, device_registration_from_central,
@@ -55,17 +55,15 @@ fn version(q: &Params) -> Result<String, ApiError> {
 }
 
 fn job_id(s: &str) -> Result<JobId, ApiError> {
-    JobId::new(s).map_err(|e| ApiError::bad_request("id", format!("{e} (the job id in the URL)")))
+    path_id(s, |s: &str| JobId::new(s), "id", "job id")
 }
 
 fn group_id(s: &str) -> Result<GroupId, ApiError> {
-    GroupId::new(s)
-        .map_err(|e| ApiError::bad_request("id", format!("{e} (the device group id in the URL)")))
+    path_id(s, |s: &str| GroupId::new(s), "id", "device group id")
 }
 
 fn device_id(s: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::new(s)
-        .map_err(|e| ApiError::bad_request("id", format!("{e} (the device id in the URL)")))
+    path_id(s, |s: &str| DeviceId::new(s), "id", "device id")
 }
 
 fn job_not_found(id: &JobId) -> ApiError {

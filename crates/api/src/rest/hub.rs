@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::errors::{internal, DEVICE, JOB};
 use super::extract::{JsonText, Params, PathParams};
-use super::{ok_json, page, token, App};
+use super::{ok_json, page, path_id, token, App};
 use crate::central::check_api_version;
 use crate::error::ApiError;
 use crate::hub::{
@@ -53,13 +53,11 @@ fn version(q: &Params) -> Result<(), ApiError> {
 }
 
 fn job_id(s: &str) -> Result<JobId, ApiError> {
-    JobId::new(s)
-        .map_err(|e| ApiError::bad_request("jobId", format!("{e} (the job id in the URL)")))
+    path_id(s, |s: &str| JobId::new(s), "jobId", "job id")
 }
 
 fn device_id(s: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::new(s)
-        .map_err(|e| ApiError::bad_request("deviceId", format!("{e} (the device id in the URL)")))
+    path_id(s, |s: &str| DeviceId::new(s), "deviceId", "device id")
 }
 
 fn job_not_found(id: &JobId) -> ApiError {

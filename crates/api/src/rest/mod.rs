@@ -94,6 +94,17 @@ impl App {
 }
 
 /// 200 with a JSON body.
+/// Parses an id taken from the URL path with its type's constructor; a bad one is a 400 naming
+/// `field` and saying which id of the URL it was, so both shapes word it alike.
+fn path_id<T, E: std::fmt::Display>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    field: &str,
+    what: &str,
+) -> Result<T, ApiError> {
+    parse(s).map_err(|e| ApiError::bad_request(field, format!("{e} (the {what} in the URL)")))
+}
+
 fn ok_json(v: Value) -> Response {
     Json(v).into_response()
 }
