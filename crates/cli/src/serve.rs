@@ -43,6 +43,38 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     node_id: Option<u64>,
+    /// A new data directory waits to be added to a running cluster (`muster cluster add-learner
+    /// ID HOST:PORT`, then `promote ID`) instead of starting a cluster of one.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    join: bool,
+    /// The client gRPC address other nodes and clients should use to reach this one, when it
+    /// differs from --grpc-addr (a container bound to 0.0.0.0, a NAT).
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_grpc_addr: Option<String>,
+    /// The REST address to advertise, when it differs from --http-addr.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_http_addr: Option<String>,
+    /// Raft heartbeat interval in milliseconds (default 100).
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_ms: Option<u64>,
+    /// Shortest election timeout in milliseconds (default 300): a follower that hears no
+    /// heartbeat for a random time between this and --election-max-ms starts an election.
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    election_min_ms: Option<u64>,
+    /// Longest election timeout in milliseconds (default 600).
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    election_max_ms: Option<u64>,
+    /// Build a snapshot after this many applied log entries (default 20000); the log behind a
+    /// snapshot is purged, and a node that falls further behind receives the snapshot.
+    #[arg(long, value_name = "ENTRIES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_after: Option<u64>,
     /// MQTT broker URL (`mqtt://HOST:PORT`); repeat to spread devices over several brokers.
     #[arg(long = "mqtt-url", value_name = "URL")]
     #[serde(skip)]
@@ -90,6 +122,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         )
         .merge(Serialized::defaults(args));
     let mut cfg: NodeConfig = fig.extract().context("invalid configuration")?;
+    cfg.check().context("invalid configuration")?;
     if !args.mqtt_urls.is_empty() {
         cfg.dispatch.brokers = args.mqtt_urls.clone();
     }

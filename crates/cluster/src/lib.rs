@@ -26,6 +26,7 @@
 //! A write on a follower is forwarded to the leader over the same peer service
 //! ([`Cluster::write`]), so a caller does not see "not leader" while a leader is reachable.
 
+mod admin;
 mod network;
 
 use std::collections::BTreeMap;
@@ -37,13 +38,15 @@ use muster_domain::Command;
 use muster_types::Timestamp;
 use openraft::error::InitializeError;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+pub use admin::{ClusterStatus, MemberStatus, Role};
 pub use muster_store::{
     AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
     StateReader, StateUpdate, Store, StoreError, TypeConfig,
 };
+use network::{Forward, Forwarded};
 pub use network::{Network, PeerService};
 
 /// The openraft instance with muster's types.
@@ -79,6 +82,9 @@ pub struct ClusterConfig {
     /// Build a snapshot after this many applied entries since the last one (the log behind it
     /// is then purged).
     pub snapshot_after: u64,
+    /// A new data directory waits to be added to an existing cluster (`muster cluster
+    /// add-learner`) instead of starting a cluster of one.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -92,6 +98,7 @@ impl ClusterConfig {
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(600),
             snapshot_after: 20_000,
+            join: false,
         }
     }
 }
@@ -110,6 +117,10 @@ pub enum ClusterError {
     /// majority): the write was not acknowledged and may or may not be applied later.
     #[error("the cluster has no leader reachable from this node: {0}")]
     Unavailable(String),
+    /// A membership change that cannot be made as asked (an unknown node, a node that is not a
+    /// learner, a change already in progress); the message says what to do instead.
+    #[error("{0}")]
+    Membership(String),
     /// Opening the data directory failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -125,6 +136,9 @@ pub struct Cluster {
     raft: MusterRaft,
     reader: StateReader,
     forwarder: network::Forwarder,
+    /// A leader that has not heard from a majority for this long refuses writes at once: it
+    /// cannot commit them.
+    quorum_lost_after: Duration,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -165,7 +179,15 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let multi = cfg.peers.keys().any(|id| *id != cfg.node_id);
-        if !initialized && !multi {
+        if !initialized && cfg.join {
+            tracing::info!(
+                node = cfg.node_id,
+                peer = %cfg.node.peer_addr,
+                "new data directory: waiting to be added to a cluster (muster cluster add-learner {} {})",
+                cfg.node_id,
+                cfg.node.peer_addr
+            );
+        } else if !initialized && !multi {
             let members = BTreeMap::from([(cfg.node_id, cfg.node.clone())]);
             tracing::info!(
                 node = cfg.node_id,
@@ -186,17 +208,15 @@ impl Cluster {
                 );
             }
         }
-        tokio::spawn(publish_own_record(
-            raft.clone(),
-            cfg.node_id,
-            cfg.node.clone(),
-        ));
-        Ok(Cluster {
+        let cluster = Cluster {
             id: cfg.node_id,
             raft,
             reader,
             forwarder: network::Forwarder::default(),
-        })
+            quorum_lost_after: (cfg.election_max * 3).max(Duration::from_millis(1500)),
+        };
+        tokio::spawn(publish_own_record(cluster.clone(), cfg.node.clone()));
+        Ok(cluster)
     }
 
     pub fn id(&self) -> u64 {
@@ -252,33 +272,21 @@ impl Cluster {
     }
 
     /// Proposes one command and waits until it is committed and applied. `Ok` carries the
-    /// seqs of the events it appended; on the leader, the state read through
-    /// [`reader`](Self::reader) includes them when this returns.
+    /// seqs of the events it appended; the state read through [`reader`](Self::reader) includes
+    /// them when this returns, on this node whether it leads or not.
     ///
-    /// On a follower the command is forwarded to the leader and answered with the leader's
-    /// answer; this node's state catches up a heartbeat later. `NotLeader` is returned only when
-    /// no leader is known (or the leader moved on while the write was forwarded).
+    /// On a follower the command is forwarded to the leader. While no leader is known (an
+    /// election is under way) or the known one cannot be reached, it waits for one, up to
+    /// [`LEADER_WAIT`]; a request is sent again only when it certainly did not arrive, so a write
+    /// is never applied twice by this layer. A leader cut off from the majority refuses at once
+    /// (`Unavailable`) instead of accepting a write it cannot commit.
     pub async fn write(&self, command: Command) -> Result<AppliedRange, ClusterError> {
         let request = Request { command };
-        match self.write_here(request.clone()).await {
-            Err(ClusterError::NotLeader {
-                leader: Some((id, node)),
-            }) if id != self.id && !node.peer_addr.is_empty() => {
-                let (range, index) = self.forwarder.write(id, &node.peer_addr, &request).await?;
-                // Read-your-writes on this node too: callers read the state right after.
-                self.raft
-                    .wait(Some(FORWARDED_APPLY_WAIT))
-                    .applied_index_at_least(Some(index), "forwarded write applied here")
-                    .await
-                    .map_err(|e| {
-                        ClusterError::Unavailable(format!(
-                            "the leader applied the write, but this node has not caught up: {e}"
-                        ))
-                    })?;
-                Ok(range)
-            }
-            other => other.map(|(range, _)| range),
-        }
+        self.via_leader(Forward::ClientWrite, &request, |this| {
+            let request = request.clone();
+            async move { this.write_here(request).await }
+        })
+        .await
     }
 
     /// Proposes `request` to this node's Raft, without forwarding. `Ok` also carries the index of
@@ -287,36 +295,203 @@ impl Cluster {
         &self,
         request: Request,
     ) -> Result<(AppliedRange, u64), ClusterError> {
-        match self.raft.client_write(request).await {
-            Ok(resp) => Ok((resp.data.into_result()?, resp.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+        self.refuse_without_quorum()?;
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(request)).await;
+        match written {
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "the write was not committed within {WRITE_TIMEOUT:?} (is a majority of the cluster reachable?); \
+                 it was not acknowledged and may or may not take effect: read before retrying"
+            ))),
+            Ok(Ok(resp)) => Ok((resp.data.into_result()?, resp.log_id.index)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(ClusterError::NotLeader {
                     leader: f.leader_id.zip(f.leader_node),
                 })
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(ClusterError::Unavailable(e.to_string()))
             }
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Fatal(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
         }
     }
 
-    /// Confirms with a quorum that this node is still the leader and waits until its state
-    /// machine has applied everything committed before the call (the read-index protocol), so a
-    /// read that follows sees every write acknowledged before it began.
-    pub async fn linearizable(&self) -> Result<(), ClusterError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ClusterError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                })
-            }
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(ClusterError::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Fatal(e.to_string())),
+    /// A leader that has not heard from a majority recently cannot commit: say so before
+    /// appending anything.
+    fn refuse_without_quorum(&self) -> Result<(), ClusterError> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader
+            || m.membership_config.membership().voter_ids().count() < 2
+        {
+            return Ok(());
         }
+        match m.millis_since_quorum_ack {
+            Some(ms) if ms > millis(self.quorum_lost_after) => Err(ClusterError::Unavailable(
+                format!(
+                    "this node has not heard from a majority of the cluster for {ms} ms, so nothing \
+                     can be committed; the request was not accepted. Check the other members \
+                     (`muster cluster status`)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes sure a read that follows sees every write acknowledged before this call, on any
+    /// node (the read-index protocol): the leader confirms with a quorum that it still leads and
+    /// names its commit index; this node waits until it has applied that far. On a follower the
+    /// leader is asked over the peer service.
+    pub async fn linearizable(&self) -> Result<(), ClusterError> {
+        self.via_leader(Forward::ReadIndex, &(), |this| async move {
+            this.read_index_here().await.map(|i| ((), i))
+        })
+        .await
+    }
+
+    /// The read index, if this node is the leader: confirmed with a quorum, and already applied
+    /// here.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, ClusterError> {
+        self.refuse_without_quorum()?;
+        let checked = tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await;
+        match checked {
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "the leader could not confirm its leadership with a majority within {WRITE_TIMEOUT:?}"
+            ))),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(ClusterError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            }),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
+                e,
+            )))) => Err(ClusterError::Unavailable(format!(
+                "this node cannot reach a majority of the cluster: {e}"
+            ))),
+            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Runs `here` on this node; if it answers `NotLeader`, sends `request` as `what` to the
+    /// leader instead and, when that answers, waits until this node has applied the log index the
+    /// leader returned (so the caller reads its own writes here). Waits for a leader, up to
+    /// [`LEADER_WAIT`], while none is known or the known one cannot be reached.
+    async fn via_leader<Req, Resp, F, Fut>(
+        &self,
+        what: Forward,
+        request: &Req,
+        here: F,
+    ) -> Result<Resp, ClusterError>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: Fn(Cluster) -> Fut,
+        Fut: std::future::Future<Output = Result<(Resp, u64), ClusterError>>,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = match here(self.clone()).await {
+                Err(ClusterError::NotLeader { leader }) => leader,
+                other => return other.map(|(resp, _)| resp),
+            };
+            let why = match leader {
+                Some((id, node)) if id != self.id && !node.peer_addr.is_empty() => {
+                    let sent = self
+                        .forwarder
+                        .call::<Req, (Resp, u64)>(
+                            what,
+                            id,
+                            &node.peer_addr,
+                            request,
+                            FORWARD_TIMEOUT,
+                        )
+                        .await;
+                    match sent {
+                        Ok((resp, index)) => {
+                            self.wait_applied(index).await?;
+                            return Ok(resp);
+                        }
+                        Err(Forwarded::NotSent(m)) => {
+                            format!("the leader, node {id}, cannot be reached: {m}")
+                        }
+                        // The leader stepped down before it appended anything: ask the next one.
+                        Err(Forwarded::Failed(ClusterError::NotLeader { .. })) => {
+                            format!("node {id} stopped leading")
+                        }
+                        Err(Forwarded::Failed(e)) => return Err(e),
+                    }
+                }
+                Some((id, _)) if id != self.id => {
+                    format!("the leader, node {id}, has not recorded its peer address yet")
+                }
+                _ => "no leader is known: an election may be under way".to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Unavailable(format!(
+                    "{why}; gave up after {LEADER_WAIT:?}"
+                )));
+            }
+            self.leader_changes(deadline).await;
+        }
+    }
+
+    /// Waits a little for the leader to change (or become known), at most until `deadline`.
+    async fn leader_changes(&self, deadline: tokio::time::Instant) {
+        let mut rx = self.raft.metrics();
+        let before = rx.borrow_and_update().current_leader;
+        let until = deadline.min(tokio::time::Instant::now() + LEADER_POLL);
+        let changed = rx.wait_for(|m| m.current_leader.is_some() && m.current_leader != before);
+        let _ = tokio::time::timeout_at(until, changed).await;
+    }
+
+    /// Waits until this node has applied log index `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), ClusterError> {
+        self.raft
+            .wait(Some(FORWARDED_APPLY_WAIT))
+            .applied_index_at_least(Some(index), "applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ClusterError::Unavailable(format!(
+                    "the leader answered, but this node has not applied its log up to index {index}: {e}"
+                ))
+            })
+    }
+
+    /// The members, the leader, the term, and each member's log position and lag, as far as this
+    /// node can reach them. Works on any node, also one cut off from the others.
+    pub async fn status(&self) -> ClusterStatus {
+        admin::status(self).await
+    }
+
+    /// Adds node `id`, reachable for Raft at `peer_addr`, as a learner: it receives the log (or
+    /// a snapshot) but does not vote. Start the node with `join` first.
+    pub async fn add_learner(&self, id: u64, peer_addr: String) -> Result<(), ClusterError> {
+        let node = MusterNode {
+            peer_addr,
+            ..MusterNode::default()
+        };
+        self.admin(admin::AdminRequest::AddLearner { id, node })
+            .await
+    }
+
+    /// Makes learner `id` a voter, once it has caught up with the leader's log.
+    pub async fn promote(&self, id: u64) -> Result<(), ClusterError> {
+        self.admin(admin::AdminRequest::Promote { id }).await
+    }
+
+    /// Removes voter or learner `id` from the cluster.
+    pub async fn remove(&self, id: u64) -> Result<(), ClusterError> {
+        self.admin(admin::AdminRequest::Remove { id }).await
+    }
+
+    async fn admin(&self, req: admin::AdminRequest) -> Result<(), ClusterError> {
+        self.via_leader(Forward::Admin, &req, |this| {
+            let req = req.clone();
+            async move { admin::execute(&this, req).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Stops Raft. Everything acknowledged is already durable; this only ends the tasks.
@@ -415,35 +590,45 @@ async fn bootstrap(raft: MusterRaft, cfg: ClusterConfig) {
     }
 }
 
-/// Keeps this node's record in the membership current while it is the leader of a multi-member
+/// Keeps this node's record in the membership current, on every member of a multi-member
 /// cluster: members other than the one that formed the cluster start with only their peer
-/// address recorded, and a restarted node may listen on new client ports.
-async fn publish_own_record(raft: MusterRaft, id: u64, me: MusterNode) {
-    let mut rx = raft.metrics();
-    let mut done_term = None;
+/// address recorded (a learner with only the one the operator gave), and a restarted node may
+/// listen on new client ports. The peer address already recorded is kept: it is what the others
+/// were told to dial, while this node only knows what it bound (perhaps `0.0.0.0`).
+async fn publish_own_record(cluster: Cluster, me: MusterNode) {
+    let id = cluster.id;
+    let mut rx = cluster.raft.metrics();
+    let mut done: Option<(u64, MusterNode)> = None;
     loop {
-        let stale_term = {
+        let todo = {
             let m = rx.borrow_and_update();
             let membership = m.membership_config.membership();
             let several = membership.nodes().count() > 1;
-            let recorded = membership.get_node(&id);
-            (m.state == ServerState::Leader
-                && several
-                && recorded.is_some_and(|n| *n != me)
-                && done_term != Some(m.current_term))
-            .then_some(m.current_term)
+            match (membership.get_node(&id), m.current_leader) {
+                (Some(recorded), Some(_)) if several => {
+                    let mut want = me.clone();
+                    if !recorded.peer_addr.is_empty() {
+                        want.peer_addr = recorded.peer_addr.clone();
+                    }
+                    let again = done.as_ref() == Some(&(m.current_term, want.clone()));
+                    (*recorded != want && !again).then_some((m.current_term, want))
+                }
+                _ => None,
+            }
         };
-        if let Some(term) = stale_term {
-            let nodes = BTreeMap::from([(id, me.clone())]);
-            match raft
-                .change_membership(ChangeMembers::SetNodes(nodes), true)
+        if let Some((term, node)) = todo {
+            match cluster
+                .admin(admin::AdminRequest::SetNode {
+                    id,
+                    node: node.clone(),
+                })
                 .await
             {
-                Ok(_) => {
-                    tracing::info!(node = id, "recorded this node's addresses ({me})");
-                    done_term = Some(term);
+                Ok(()) => {
+                    tracing::info!(node = id, "recorded this node's addresses ({node})");
+                    done = Some((term, node));
                 }
-                Err(RaftError::Fatal(_)) => return,
+                Err(ClusterError::Fatal(_)) => return,
                 Err(e) => {
                     tracing::debug!("cannot record this node's addresses yet: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -459,6 +644,15 @@ async fn publish_own_record(raft: MusterRaft, id: u64, me: MusterNode) {
 
 /// How long a follower waits to apply a write it forwarded, once the leader answered.
 const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(10);
+/// How long a request waits for a leader to be elected or to become reachable. Elections take
+/// about one election timeout; this covers several failed rounds.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How often a request waiting for a leader looks again.
+const LEADER_POLL: Duration = Duration::from_millis(200);
+/// How long a write or a read index may take to be confirmed by a majority.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request forwarded to the leader may take (it waits for commit and apply there).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64

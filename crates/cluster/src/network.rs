@@ -31,14 +31,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
-use muster_store::{AppliedRange, CommandError, MusterNode, Request, TypeConfig};
+use muster_store::{CommandError, MusterNode, Request, TypeConfig};
 
+use crate::admin::AdminRequest;
 use crate::{Cluster, ClusterError};
 
 /// How long a connection attempt to a peer may take before the RPC counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a forwarded client write may take (it waits for commit and apply on the leader).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Snapshot chunks and large append-entries batches travel as JSON; allow big messages.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -119,6 +118,7 @@ impl PeerClient {
         &mut self,
         rpc: Rpc,
         req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, MusterNode, E>>
     where
@@ -140,7 +140,7 @@ impl PeerClient {
             return Err(self.unreachable("not connected"));
         };
         let ttl = option.hard_ttl();
-        let mut request = tonic::Request::new(RaftBytes { json });
+        let mut request = tonic::Request::new(RaftBytes { json, data });
         request.set_timeout(ttl);
         let call = async {
             match rpc {
@@ -180,18 +180,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MusterNode, RaftError<u64>>> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, MusterNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+        // The chunk travels as raw bytes beside the JSON header.
+        let data = std::mem::take(&mut rpc.data);
+        self.call(Rpc::InstallSnapshot, &rpc, data, &option).await
     }
 
     async fn vote(
@@ -199,17 +202,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, MusterNode, RaftError<u64>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, Vec::new(), &option).await
     }
 }
 
-/// The answer to a forwarded write, as it crosses the network: [`ClusterError`] without the
+/// The answer to a forwarded request, as it crosses the network: [`ClusterError`] without the
 /// variants that cannot happen remotely, in a serializable form.
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardError {
     Rejected(CommandError),
     NotLeader(Option<(u64, MusterNode)>),
     Unavailable(String),
+    Membership(String),
     Fatal(String),
 }
 
@@ -219,6 +223,7 @@ impl From<ClusterError> for ForwardError {
             ClusterError::Rejected(c) => ForwardError::Rejected(c),
             ClusterError::NotLeader { leader } => ForwardError::NotLeader(leader),
             ClusterError::Unavailable(m) => ForwardError::Unavailable(m),
+            ClusterError::Membership(m) => ForwardError::Membership(m),
             other @ (ClusterError::Store(_) | ClusterError::Fatal(_)) => {
                 ForwardError::Fatal(other.to_string())
             }
@@ -232,57 +237,109 @@ impl From<ForwardError> for ClusterError {
             ForwardError::Rejected(c) => ClusterError::Rejected(c),
             ForwardError::NotLeader(leader) => ClusterError::NotLeader { leader },
             ForwardError::Unavailable(m) => ClusterError::Unavailable(m),
+            ForwardError::Membership(m) => ClusterError::Membership(m),
             ForwardError::Fatal(m) => ClusterError::Fatal(m),
         }
     }
 }
 
-/// Clients for forwarding writes to the leader, one per peer address, shared by all callers.
+/// The requests one node makes of another outside Raft itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Forward {
+    /// A client's write, to the leader.
+    ClientWrite,
+    /// A read index, from the leader.
+    ReadIndex,
+    /// Membership administration (to the leader) or a member's own status (to anyone).
+    Admin,
+}
+
+/// Why a forwarded request has no answer from the other node.
+#[derive(Debug)]
+pub(crate) enum Forwarded {
+    /// The request never reached the other node (no connection): it is safe to send it again,
+    /// to the same node or another.
+    NotSent(String),
+    /// The other node answered with this error, or the request may have reached it and the
+    /// answer was lost (then the error is `Unavailable`).
+    Failed(ClusterError),
+}
+
+/// Clients for requests to other nodes, one per peer address, shared by all callers.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Forwarder {
     clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
 }
 
 impl Forwarder {
-    /// Sends `request` to the node at `peer_addr`, which applies it if it is the leader. `Ok`
-    /// also carries the index of the log entry.
-    pub(crate) async fn write(
+    /// Sends `request` to node `target` at `peer_addr` and waits up to `timeout` for its answer.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        leader: u64,
+        what: Forward,
+        target: u64,
         peer_addr: &str,
-        request: &Request,
-    ) -> Result<(AppliedRange, u64), ClusterError> {
-        let unavailable = |m: String| {
-            ClusterError::Unavailable(format!(
-                "forwarding to the leader, node {leader} ({peer_addr}): {m}"
-            ))
-        };
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Forwarded> {
+        let context = |m: &dyn std::fmt::Display| format!("node {target} ({peer_addr}): {m}");
+        let unavailable =
+            |m: &dyn std::fmt::Display| Forwarded::Failed(ClusterError::Unavailable(context(m)));
         let mut client = {
             let mut clients = self
                 .clients
                 .lock()
-                .map_err(|_| ClusterError::Fatal("forwarder lock poisoned".into()))?;
+                .map_err(|_| Forwarded::Failed(ClusterError::Fatal("forwarder lock".into())))?;
             match clients.get(peer_addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = connect(peer_addr).map_err(|e| unavailable(e.to_string()))?;
+                    let c = connect(peer_addr)
+                        .map_err(|e| Forwarded::NotSent(context(&format!("bad address: {e}"))))?;
                     clients.insert(peer_addr.to_string(), c.clone());
                     c
                 }
             }
         };
-        let json = serde_json::to_vec(request).map_err(|e| unavailable(e.to_string()))?;
-        let mut req = tonic::Request::new(RaftBytes { json });
-        req.set_timeout(FORWARD_TIMEOUT);
-        let answer = match tokio::time::timeout(FORWARD_TIMEOUT, client.client_write(req)).await {
-            Err(_) => return Err(unavailable(format!("no answer within {FORWARD_TIMEOUT:?}"))),
-            Ok(Err(status)) => return Err(unavailable(status.message().to_string())),
+        let json = serde_json::to_vec(request).map_err(|e| unavailable(&e))?;
+        let mut req = tonic::Request::new(RaftBytes {
+            json,
+            data: Vec::new(),
+        });
+        req.set_timeout(timeout);
+        let call = async {
+            match what {
+                Forward::ClientWrite => client.client_write(req).await,
+                Forward::ReadIndex => client.read_index(req).await,
+                Forward::Admin => client.admin(req).await,
+            }
+        };
+        let answer = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(unavailable(&format!("no answer within {timeout:?}"))),
+            Ok(Err(status)) if never_sent(&status) => {
+                return Err(Forwarded::NotSent(context(&status.message())))
+            }
+            Ok(Err(status)) => return Err(unavailable(&status.message())),
             Ok(Ok(a)) => a.into_inner(),
         };
-        let result: Result<(AppliedRange, u64), ForwardError> =
-            serde_json::from_slice(&answer.json).map_err(|e| unavailable(e.to_string()))?;
-        result.map_err(ClusterError::from)
+        let result: Result<Resp, ForwardError> =
+            serde_json::from_slice(&answer.json).map_err(|e| unavailable(&e))?;
+        result.map_err(|e| Forwarded::Failed(e.into()))
     }
+}
+
+/// Whether a failed call certainly did not reach the other node: the connection could not be
+/// made. Anything else (a reset, a timeout) may have delivered the request.
+fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut text = status.message().to_ascii_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push(' ');
+        text.push_str(&e.to_string().to_ascii_lowercase());
+        source = e.source();
+    }
+    text.contains("connect") || text.contains("refused")
 }
 
 /// The server side of the peer RPCs: hands each request to this node's Raft.
@@ -307,7 +364,12 @@ fn decode<T: DeserializeOwned>(req: tonic::Request<RaftBytes>) -> Result<T, toni
 
 fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
     serde_json::to_vec(value)
-        .map(|json| tonic::Response::new(RaftBytes { json }))
+        .map(|json| {
+            tonic::Response::new(RaftBytes {
+                json,
+                data: Vec::new(),
+            })
+        })
         .map_err(|e| tonic::Status::internal(format!("cannot encode raft answer: {e}")))
 }
 
@@ -333,7 +395,14 @@ impl RaftService for PeerService {
         &self,
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        let bytes = req.into_inner();
+        let mut rpc: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(&bytes.json)
+            .map_err(|e| {
+                tonic::Status::invalid_argument(format!("undecodable raft message: {e}"))
+            })?;
+        if rpc.data.is_empty() {
+            rpc.data = bytes.data;
+        }
         encode(&self.cluster.raft().install_snapshot(rpc).await)
     }
 
@@ -345,6 +414,30 @@ impl RaftService for PeerService {
         let result = self
             .cluster
             .write_here(request)
+            .await
+            .map_err(ForwardError::from);
+        encode(&result)
+    }
+
+    async fn read_index(
+        &self,
+        _req: tonic::Request<RaftBytes>,
+    ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
+        let result = self
+            .cluster
+            .read_index_here()
+            .await
+            .map(|index| ((), index))
+            .map_err(ForwardError::from);
+        encode(&result)
+    }
+
+    async fn admin(
+        &self,
+        req: tonic::Request<RaftBytes>,
+    ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
+        let request: AdminRequest = decode(req)?;
+        let result = crate::admin::execute(&self.cluster, request)
             .await
             .map_err(ForwardError::from);
         encode(&result)

@@ -40,6 +40,14 @@ pub struct NodeConfig {
     /// The peer addresses of all initial members, this node included, as
     /// `ID=HOST:PORT,ID=HOST:PORT,...` (the same on every node). Empty: a cluster of one.
     pub peers: String,
+    /// A new data directory waits to be added to a running cluster instead of starting a
+    /// cluster of one.
+    pub join: bool,
+    /// The client addresses recorded in the membership (and named in "not leader" answers and
+    /// `muster cluster status`) when they differ from the bound ones: a node bound to
+    /// `0.0.0.0` in a container is reached by its service name.
+    pub advertise_grpc_addr: Option<String>,
+    pub advertise_http_addr: Option<String>,
     /// Heartbeat interval and election timeout range, in milliseconds.
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
@@ -62,6 +70,9 @@ impl Default for NodeConfig {
             http_addr: "127.0.0.1:8080".into(),
             peer_addr: "127.0.0.1:9091".into(),
             peers: String::new(),
+            join: false,
+            advertise_grpc_addr: None,
+            advertise_http_addr: None,
             heartbeat_ms: 100,
             election_min_ms: 300,
             election_max_ms: 600,
@@ -72,6 +83,52 @@ impl Default for NodeConfig {
             },
             dev: None,
         }
+    }
+}
+
+impl NodeConfig {
+    /// Checks the settings that would otherwise fail late or oddly, with a message naming the
+    /// setting.
+    pub fn check(&self) -> Result<(), NodeError> {
+        let bad = |m: String| Err(NodeError::Config(m));
+        if self.node_id == 0 {
+            return bad("node_id must be a positive integer".into());
+        }
+        if self.heartbeat_ms == 0 {
+            return bad("heartbeat_ms must be at least 1".into());
+        }
+        if self.election_min_ms <= self.heartbeat_ms {
+            return bad(format!(
+                "election_min_ms ({}) must be larger than heartbeat_ms ({}), or followers start elections while the leader is healthy",
+                self.election_min_ms, self.heartbeat_ms
+            ));
+        }
+        if self.election_max_ms <= self.election_min_ms {
+            return bad(format!(
+                "election_max_ms ({}) must be larger than election_min_ms ({})",
+                self.election_max_ms, self.election_min_ms
+            ));
+        }
+        if self.snapshot_after == 0 {
+            return bad("snapshot_after must be at least 1".into());
+        }
+        if self.join && !self.peers.trim().is_empty() {
+            return bad(
+                "join and peers do not go together: peers forms a new cluster, join waits to be added to a running one"
+                    .into(),
+            );
+        }
+        for (name, addr) in [
+            ("advertise_grpc_addr", &self.advertise_grpc_addr),
+            ("advertise_http_addr", &self.advertise_http_addr),
+        ] {
+            if let Some(a) = addr {
+                if !a.contains(':') || a.contains('/') {
+                    return bad(format!("{name}: `{a}` is not HOST:PORT"));
+                }
+            }
+        }
+        parse_peers(&self.peers).map(|_| ())
     }
 }
 
@@ -93,7 +150,7 @@ impl Listeners {
         let http = bind(&cfg.http_addr, "http_addr").await?;
         let peer = match bind(&cfg.peer_addr, "peer_addr").await {
             Ok(l) => Some(l),
-            Err(e) if cfg.peers.trim().is_empty() => {
+            Err(e) if cfg.peers.trim().is_empty() && !cfg.join => {
                 tracing::warn!("{e}; running as a cluster of one without a peer listener");
                 None
             }
@@ -198,11 +255,19 @@ pub async fn run(
     };
     let me = MusterNode {
         peer_addr,
-        grpc_addr: listeners.grpc_addr()?.to_string(),
-        http_addr: listeners.http_addr()?.to_string(),
+        grpc_addr: match &cfg.advertise_grpc_addr {
+            Some(a) => a.clone(),
+            None => listeners.grpc_addr()?.to_string(),
+        },
+        http_addr: match &cfg.advertise_http_addr {
+            Some(a) => a.clone(),
+            None => listeners.http_addr()?.to_string(),
+        },
     };
+    cfg.check()?;
     let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
     ccfg.peers = peers;
+    ccfg.join = cfg.join;
     ccfg.heartbeat = Duration::from_millis(cfg.heartbeat_ms);
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);

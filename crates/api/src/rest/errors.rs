@@ -88,9 +88,10 @@ pub(crate) fn cluster_error(e: ClusterError, codes: Codes) -> ApiError {
             ApiError::new(
                 503,
                 "ServiceUnavailable",
-                "the cluster has no reachable leader right now; retry shortly",
+                format!("the cluster cannot serve this request right now: {detail}"),
             )
         }
+        ClusterError::Membership(message) => ApiError::new(409, "InvalidMembershipChange", message),
         ClusterError::Store(err) => internal(&err),
         ClusterError::Fatal(detail) => internal(&detail),
     }
