@@ -227,3 +227,157 @@ where
 pub fn data_dir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("muster-e2e-").tempdir()?)
 }
+
+/// Free loopback ports: bound on port 0, then released for the nodes to take.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Several real `muster serve` processes forming one Raft cluster from the same `--peers` list
+/// (node ids 1..=n, peer ports picked free). Each node's data and log live in its own temporary
+/// directory, removed when the cluster is dropped.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub nodes: Vec<Server>,
+    /// The `--peers` value every node was started with.
+    pub peers: String,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with `extra` flags on each (for instance `--mqtt-url`).
+    pub fn start(n: usize, extra: &[&str]) -> anyhow::Result<TestCluster> {
+        let ports = free_ports(n)?;
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dirs = (0..n).map(|_| data_dir()).collect::<Result<Vec<_>, _>>()?;
+        let mut nodes = Vec::with_capacity(n);
+        for (i, dir) in dirs.iter().enumerate() {
+            let id = (i + 1).to_string();
+            let addr = format!("127.0.0.1:{}", ports[i]);
+            let mut args = vec!["--node-id", &id, "--peer-addr", &addr, "--peers", &peers];
+            args.extend_from_slice(extra);
+            nodes.push(Server::start_with(dir.path(), &args)?);
+        }
+        Ok(TestCluster { nodes, peers, dirs })
+    }
+
+    /// The temporary directory of node index `i` (0-based), for starting a process of its own there.
+    pub fn dir(&self, i: usize) -> &Path {
+        self.dirs[i].path()
+    }
+
+    /// `Some(is_leader)` when node index `i` answers `/readyz` (it knows a leader).
+    pub async fn ready(&self, client: &reqwest::Client, i: usize) -> Option<bool> {
+        let r = client
+            .get(format!("{}/readyz", self.nodes[i].rest))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = r.json().await.ok()?;
+        body["isLeader"].as_bool()
+    }
+
+    /// Waits until one of the nodes in `alive` (indexes) says it is the leader; returns its index.
+    /// The error carries every node's log.
+    pub async fn leader_among(&self, alive: &[usize]) -> anyhow::Result<usize> {
+        let client = reqwest::Client::new();
+        let found = std::sync::Mutex::new(None);
+        let waited = wait_for("a leader", || async {
+            for &i in alive {
+                if self.ready(&client, i).await == Some(true) {
+                    if let Ok(mut f) = found.lock() {
+                        *f = Some(i);
+                    }
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if let Err(e) = waited {
+            bail!("{e}\n{}", self.logs());
+        }
+        let i = found.lock().map_err(|_| anyhow!("poisoned"))?.take();
+        i.ok_or_else(|| anyhow!("no leader"))
+    }
+
+    /// Waits for a leader among all nodes.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.leader_among(&all).await
+    }
+
+    /// Every node's log, separated, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("---- node {} ----\n{}", i + 1, n.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Signals and process ids, for fault tests (SIGSTOP a node, resume it).
+impl Server {
+    /// The operating system's id of the running process, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends signal `sig` (as `kill` spells it: `STOP`, `CONT`, `TERM`, ...) to the process. A
+    /// stopped process (`STOP`) keeps its sockets open but answers nothing until `CONT`, as a
+    /// node frozen by a long pause or a partition would; [`kill9`](Self::kill9) and drop still
+    /// end it.
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("the server is not running"))?
+            .to_string();
+        if !Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()?
+            .success()
+        {
+            bail!("could not send SIG{sig} to muster (pid {pid})");
+        }
+        Ok(())
+    }
+}
+
+/// Like [`wait_for`], for up to `patience` instead of [`PATIENCE`] (large fleets on a shared CI
+/// machine).
+pub async fn wait_for_long<F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut cond: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {patience:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
