@@ -18,6 +18,7 @@ const PROTO_FILES: &[&str] = &[
     "muster/v1/jobs.proto",
     "muster/v1/devices.proto",
     "muster/v1/cluster.proto",
+    "muster/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

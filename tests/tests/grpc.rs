@@ -1050,9 +1050,17 @@ async fn devices_groups_health_and_reflection() {
         "muster.v1.JobService",
         "muster.v1.DeviceService",
         "muster.v1.GroupService",
+        "muster.v1.EventService",
+        "muster.v1.ClusterService",
+        "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == s), "{names:?}");
     }
+    // Raft between nodes is served on the peer address only, so it is not listed here.
+    assert!(
+        !names.iter().any(|n| n.contains("RaftService")),
+        "{names:?}"
+    );
     // And it can describe a message of the API, so grpcurl can encode requests.
     let request = ServerReflectionRequest {
         host: String::new(),

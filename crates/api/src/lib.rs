@@ -4,6 +4,8 @@
 //! * [`central`]: IoT Central's `/api/jobs`, `/api/deviceGroups` and `/api/devices`.
 //! * [`hub`]: IoT Hub's `/jobs/v2` and `/twins`.
 //! * [`error`]: [`ApiError`], the `{"error": {"code", "message"}}` answer with its HTTP status.
+//! * [`history`]: event filters and the JSON of one event, for `GET /api/jobs/{id}/events` and
+//!   `muster.v1.EventService`.
 //!
 //! Every parser here takes untrusted text and returns either a value the domain accepts or an
 //! [`ApiError`] naming the field to fix; none of them panics, whatever the input.
@@ -11,6 +13,7 @@
 pub mod central;
 pub mod error;
 pub mod grpc;
+pub mod history;
 pub mod hub;
 mod json;
 pub mod rest;

@@ -3,6 +3,7 @@
 
 mod audit;
 mod client;
+mod cluster;
 mod devsim;
 mod serve;
 
@@ -44,6 +45,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: client::GroupCmd,
     },
+    /// Follow the event log live (change data capture), from any seq.
+    Events {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::EventsCmd,
+    },
+    /// The Raft cluster: status, add a learner, promote it, remove a member.
+    Cluster {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// Run a simulated device fleet on MQTT brokers until Ctrl-C.
     Devsim(devsim::DevsimArgs),
     /// Read a stopped node's event log: verify, export, replay, timeline.
@@ -68,6 +83,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
+            Cmd::Events { opts, cmd } => client::events(&opts, cmd).await,
+            Cmd::Cluster { opts, cmd } => cluster::cluster(&opts, cmd).await,
             Cmd::Devsim(args) => devsim::devsim(args).await,
             Cmd::Audit(args) => audit::audit(args),
         }

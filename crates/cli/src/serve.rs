@@ -114,10 +114,29 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         }
         fig = fig.merge(Toml::file(path));
     }
+    // Only settings muster knows are read from the environment: orchestrators inject variables
+    // of their own with the same prefix (Kubernetes: MUSTER_SERVICE_HOST for a Service named
+    // `muster`), which must not stop a node from starting. The TOML file stays strict.
+    let known = known_settings();
+    for (key, _) in std::env::vars() {
+        if let Some(rest) = key.strip_prefix("MUSTER_") {
+            let top = rest
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !known.contains(&top) && !CLIENT_ENV.contains(&top.as_str()) {
+                tracing::warn!("ignoring environment variable {key}: not a muster setting");
+            }
+        }
+    }
     fig = fig
         .merge(
             Env::prefixed("MUSTER_")
-                .ignore(&["endpoint", "log", "bin", "test_mqtt_url"])
+                .filter(move |k| {
+                    let top = k.as_str().split("__").next().unwrap_or_default();
+                    known.iter().any(|s| s.eq_ignore_ascii_case(top))
+                })
                 .split("__"),
         )
         .merge(Serialized::defaults(args));
@@ -146,6 +165,17 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         cfg.dev = Some(dev);
     }
     Ok(cfg)
+}
+
+/// `MUSTER_*` variables read by other commands (the client's endpoint, the tests), not settings.
+const CLIENT_ENV: &[&str] = &["endpoint", "log", "bin", "test_mqtt_url"];
+
+/// The top-level setting names of [`NodeConfig`], as the environment spells them (lowercase).
+fn known_settings() -> Vec<String> {
+    match serde_json::to_value(NodeConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 pub(crate) fn init_tracing(filter: &str) {

@@ -289,6 +289,15 @@ impl Cluster {
         .await
     }
 
+    /// Proposes one command only if this node leads: never forwarded, never waiting for a
+    /// leader. For the leader's own work (the dispatcher), which must stop, not move elsewhere,
+    /// when this node stops leading.
+    pub async fn write_if_leader(&self, command: Command) -> Result<AppliedRange, ClusterError> {
+        self.write_here(Request { command })
+            .await
+            .map(|(range, _)| range)
+    }
+
     /// Proposes `request` to this node's Raft, without forwarding. `Ok` also carries the index of
     /// the log entry.
     pub(crate) async fn write_here(
@@ -346,6 +355,11 @@ impl Cluster {
             this.read_index_here().await.map(|i| ((), i))
         })
         .await
+    }
+
+    /// Whether a quorum confirms that this node leads now (not merely that it believes so).
+    pub async fn confirm_leadership(&self) -> Result<(), ClusterError> {
+        self.read_index_here().await.map(|_| ())
     }
 
     /// The read index, if this node is the leader: confirmed with a quorum, and already applied

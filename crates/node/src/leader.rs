@@ -23,7 +23,8 @@ pub(crate) struct ClusterHost {
 
 impl Host for ClusterHost {
     async fn propose(&self, cmd: Command) -> Result<(), HostError> {
-        match self.cluster.write(cmd).await {
+        // Only as leader: a deposed leader's dispatcher must not push its work to the next one.
+        match self.cluster.write_if_leader(cmd).await {
             Ok(_) => Ok(()),
             Err(ClusterError::Rejected(e)) => Err(HostError::Rejected(e.message)),
             Err(ClusterError::NotLeader { .. }) => Err(HostError::NotLeader),
@@ -59,7 +60,9 @@ pub(crate) async fn run(
         if *stop.borrow() {
             return;
         }
-        if cluster.is_leader() {
+        // A restarted former leader may believe it leads for a moment, until it hears of a
+        // newer term: start leader work only once a quorum has confirmed the leadership.
+        if cluster.is_leader() && cluster.confirm_leadership().await.is_ok() {
             tracing::info!(node = cluster.id(), "leader: starting the dispatcher");
             let (lost_tx, lost_rx) = watch::channel(false);
             let watcher = {

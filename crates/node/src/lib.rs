@@ -280,7 +280,7 @@ pub async fn run(
     };
 
     let grpc = tonic::transport::Server::builder()
-        .add_routes(muster_api::grpc::routes(cluster.clone()))
+        .add_routes(muster_api::grpc::routes(cluster.clone(), stop_rx.clone()))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),

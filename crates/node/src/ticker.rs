@@ -36,7 +36,7 @@ pub(crate) async fn run(cluster: Cluster, mut stop: watch::Receiver<bool>) {
                     }
                     Action::Send(_) => continue,
                 };
-                if let Err(e) = cluster.write(cmd).await {
+                if let Err(e) = cluster.write_if_leader(cmd).await {
                     tracing::debug!("ticker: {e}");
                 }
             }

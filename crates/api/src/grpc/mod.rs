@@ -8,8 +8,10 @@
 //! the caller set `stale_ok`) and answer from the replicated state. Nothing here panics on any
 //! input; every refusal is a `Status` whose message says what to fix.
 
+mod cluster;
 mod convert;
 mod devices;
+mod events;
 mod jobs;
 
 use std::ops::Bound;
@@ -17,7 +19,9 @@ use std::ops::Bound;
 use muster_cluster::{Cluster, ClusterError, ErrorKind};
 use tonic::Status;
 
+pub use cluster::ClusterApi;
 pub use devices::{DeviceApi, GroupApi};
+pub use events::EventApi;
 pub use jobs::JobApi;
 
 use muster_proto::pb;
@@ -26,8 +30,26 @@ use muster_proto::pb;
 /// that many device ids, small enough that one request cannot exhaust memory.
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
-/// Every gRPC service of a node, ready to be served on the client gRPC address.
-pub fn routes(cluster: Cluster) -> tonic::service::Routes {
+/// The services on the client gRPC address, as reflection lists them.
+const CLIENT_SERVICES: &[&str] = &[
+    "muster.v1.JobService",
+    "muster.v1.DeviceService",
+    "muster.v1.GroupService",
+    "muster.v1.EventService",
+    "muster.v1.ClusterService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+];
+
+/// Every gRPC service of a node, ready to be served on the client gRPC address. `stop` turning
+/// true ends the streams that never end by themselves (event subscriptions), so a graceful
+/// shutdown does not wait for their clients.
+pub fn routes(
+    cluster: Cluster,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tonic::service::Routes {
+    let events = EventApi::new(cluster.clone()).with_shutdown(stop);
+    let cluster_api = ClusterApi::new(cluster.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     // The reporter's setters are async only because they take a lock; when no runtime is
     // running (never the case in `muster serve`) the services stay UNKNOWN instead of failing.
@@ -41,6 +63,12 @@ pub fn routes(cluster: Cluster) -> tonic::service::Routes {
                 .await;
             reporter
                 .set_serving::<pb::group_service_server::GroupServiceServer<GroupApi>>()
+                .await;
+            reporter
+                .set_serving::<pb::event_service_server::EventServiceServer<EventApi>>()
+                .await;
+            reporter
+                .set_serving::<pb::cluster_service_server::ClusterServiceServer<ClusterApi>>()
                 .await;
         });
     }
@@ -56,10 +84,19 @@ pub fn routes(cluster: Cluster) -> tonic::service::Routes {
         .add_service(pb::group_service_server::GroupServiceServer::new(
             GroupApi::new(cluster),
         ));
-    match tonic_reflection::server::Builder::configure()
+    routes = routes.add_service(pb::event_service_server::EventServiceServer::new(events));
+    routes = routes.add_service(pb::cluster_service_server::ClusterServiceServer::new(
+        cluster_api,
+    ));
+    // Reflection lists the services served here, not the peer-only RaftService that shares the
+    // descriptor set.
+    let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(muster_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-    {
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for name in CLIENT_SERVICES {
+        reflection = reflection.with_service_name(*name);
+    }
+    match reflection.build_v1() {
         Ok(reflection) => routes = routes.add_service(reflection),
         // Only a descriptor set that does not decode gets here, and it is compiled in: serve the
         // API without reflection rather than not at all.
@@ -87,6 +124,7 @@ pub(crate) fn cluster_status(e: ClusterError) -> Status {
         e @ (ClusterError::NotLeader { .. } | ClusterError::Unavailable(_)) => {
             Status::unavailable(e.to_string())
         }
+        ClusterError::Membership(message) => Status::failed_precondition(message),
         e @ (ClusterError::Store(_) | ClusterError::Fatal(_)) => {
             tracing::error!("gRPC request failed: {e}");
             Status::internal("internal error on the server; the server log has the details")

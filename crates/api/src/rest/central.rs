@@ -3,7 +3,8 @@
 //! Every route requires `api-version` (one of [`CENTRAL_API_VERSIONS`]), as IoT Central does.
 //! Lists answer `{"value": [...], "nextLink": "http://<Host>/...&$skiptoken=..."}` in id order,
 //! `nextLink` absent on the last page; `maxpagesize` (1..=1000, default 100) sets the page size
-//! and is carried in the link.
+//! and is carried in the link. `GET /api/jobs/{id}/events` (muster's own addition) pages through
+//! a job's history the same way, its token being the seq the page ended with.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -23,7 +24,8 @@ use crate::central::{
     job_request_from_central, job_template, next_link, CENTRAL_API_VERSIONS, NEXT_LINK_TOKEN_PARAM,
 };
 use crate::error::ApiError;
-use muster_cluster::now;
+use crate::history::event_json;
+use muster_cluster::{now, EventLog};
 
 /// Page size of a list when `maxpagesize` is not given.
 const DEFAULT_PAGE: usize = 100;
@@ -35,6 +37,7 @@ pub(super) fn routes() -> Router<App> {
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job).put(put_job))
         .route("/api/jobs/{id}/devices", get(job_devices))
+        .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/jobs/{id}/stop", post(stop_job))
         .route("/api/jobs/{id}/resume", post(resume_job))
         .route("/api/jobs/{id}/rerun/{rerun_id}", put(rerun_job))
@@ -255,6 +258,68 @@ async fn job_devices(
     Ok(list_page(&headers, &uri, &v, &p, items, next))
 }
 
+/// Events read from the log per step of a history scan.
+const HISTORY_CHUNK: usize = 1024;
+
+/// `GET /api/jobs/{id}/events`: the job's history from this node's event log, in seq order;
+/// `$skiptoken` is the seq the previous page ended with.
+///
+/// The log has no per-job index, so a page scans the log from the token on: cheap for recent
+/// jobs and short logs, proportional to the log for an old job in a long one.
+async fn job_events(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let v = version(&q)?;
+    let id = job_id(&id)?;
+    let p = paging(&q, |s: &str| s.parse::<u64>())?;
+    if !app.read(|s| s.jobs.contains_key(&id)).await? {
+        return Err(job_not_found(&id));
+    }
+    let reader = app.cluster.reader().clone();
+    let start = p.after.map_or(1, |seq| seq.saturating_add(1));
+    let size = p.size;
+    let (items, next) =
+        tokio::task::spawn_blocking(move || history_page(&reader, &id, start, size))
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(|e| internal(&e))?;
+    Ok(list_page(&headers, &uri, &v, &p, items, next))
+}
+
+/// Up to `size` of the job's events from seq `start` on, and the token for the next page when
+/// at least one more event of the job follows.
+fn history_page(
+    log: &impl EventLog,
+    job: &JobId,
+    start: u64,
+    size: usize,
+) -> Result<(Vec<Value>, Option<String>), muster_cluster::StoreError> {
+    let mut items = Vec::new();
+    let mut last = 0;
+    let mut from = start.max(log.first_seq_available());
+    loop {
+        let chunk = log.read_events(from, HISTORY_CHUNK)?;
+        let Some((end, _)) = chunk.last() else {
+            return Ok((items, None));
+        };
+        from = end + 1;
+        for (seq, event) in &chunk {
+            if event.job() != Some(job) {
+                continue;
+            }
+            if items.len() == size {
+                return Ok((items, Some(last.to_string())));
+            }
+            items.push(event_json(*seq, event));
+            last = *seq;
+        }
+    }
+}
+
 async fn stop_job(
     State(app): State<App>,
     PathParams(id): PathParams<String>,
@@ -435,4 +500,94 @@ async fn put_device(
     app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
         .map(ok_json)
         .ok_or_else(|| device_not_found(&did))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use muster_domain::Event;
+    use muster_types::Timestamp;
+
+    /// An in-memory log: seq i+first holds events[i].
+    struct Log {
+        first: u64,
+        events: Vec<Event>,
+    }
+
+    impl EventLog for Log {
+        fn last_seq(&self) -> u64 {
+            self.first + self.events.len() as u64 - 1
+        }
+        fn first_seq_available(&self) -> u64 {
+            self.first
+        }
+        fn read_events(
+            &self,
+            from_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, Event)>, muster_cluster::StoreError> {
+            Ok((self.first..)
+                .zip(self.events.iter().cloned())
+                .filter(|(s, _)| *s >= from_seq)
+                .take(limit)
+                .collect())
+        }
+    }
+
+    fn stopped(job: &str, at: i64) -> Event {
+        Event::JobStopped {
+            job: JobId::new(job).unwrap(),
+            at: Timestamp::from_millis(at),
+        }
+    }
+
+    #[test]
+    fn history_pages_hold_only_the_job_and_end_without_a_token() {
+        // j1 at seqs 1, 3, 5, ..., j2 in between; 2,500 events cross several read chunks.
+        let events = (0..2500)
+            .map(|i| stopped(if i % 2 == 0 { "j1" } else { "j2" }, i))
+            .collect();
+        let log = Log { first: 1, events };
+        let j1 = JobId::new("j1").unwrap();
+        let (page, next) = history_page(&log, &j1, 1, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0]["seq"], 1);
+        assert_eq!(page[1]["seq"], 3);
+        assert_eq!(next.as_deref(), Some("3"));
+
+        let mut seqs = Vec::new();
+        let mut start = 1;
+        loop {
+            let (page, next) = history_page(&log, &j1, start, 300).unwrap();
+            seqs.extend(page.iter().map(|v| v["seq"].as_u64().unwrap()));
+            match next {
+                Some(t) => start = t.parse::<u64>().unwrap() + 1,
+                None => break,
+            }
+        }
+        assert_eq!(seqs, (1..=2500).step_by(2).collect::<Vec<u64>>());
+
+        // Exactly a page's worth left: no token for an empty page.
+        let (page, next) = history_page(&log, &j1, 2497, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(next, None);
+
+        let none = JobId::new("j3").unwrap();
+        assert_eq!(history_page(&log, &none, 1, 10).unwrap(), (vec![], None));
+    }
+
+    #[test]
+    fn history_starts_at_the_oldest_event_held() {
+        let log = Log {
+            first: 10,
+            events: vec![stopped("j1", 0), stopped("j1", 1)],
+        };
+        let j1 = JobId::new("j1").unwrap();
+        let (page, next) = history_page(&log, &j1, 1, 10).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0]["seq"], 10);
+        assert_eq!(next, None);
+    }
 }

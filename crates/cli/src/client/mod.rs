@@ -6,6 +6,7 @@
 //! says what failed (`not found: job j1 does not exist`, `cannot reach muster at http://...`)
 //! and the exit status is 1.
 
+mod events;
 mod render;
 mod spec;
 
@@ -21,20 +22,33 @@ use tonic::transport::Channel;
 
 use render::print_json;
 
+pub use events::{events, EventsCmd};
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum Output {
     /// For people.
     #[default]
     Text,
-    /// One JSON document, for scripts.
+    /// One JSON document, for scripts (`events follow`: one JSON object a line).
     Json,
+    /// CSV with a header row (RFC 4180); only `job devices` offers it.
+    Csv,
+}
+
+/// Refuses `--output csv` for a command that has no CSV form, before anything is called.
+fn no_csv(opts: &ClientOpts, command: &str) -> anyhow::Result<()> {
+    if opts.output == Output::Csv {
+        bail!("--output csv is offered by `muster job devices` only; use --output text or json with `{command}`");
+    }
+    Ok(())
 }
 
 /// Options every client command takes.
 #[derive(Debug, clap::Args)]
 pub struct ClientOpts {
-    /// The node's gRPC address.
+    /// The node's gRPC address (`events follow` takes several, comma-separated, and moves on
+    /// to the next when one fails).
     #[arg(
         long,
         global = true,
@@ -287,7 +301,7 @@ fn device_status_arg(s: DeviceStatusArg) -> pb::DeviceStatus {
 fn print_job(opts: &ClientOpts, j: &pb::Job) {
     match opts.output {
         Output::Json => print_json(&render::job_json(j)),
-        Output::Text => println!("{}", render::job_text(j)),
+        Output::Text | Output::Csv => println!("{}", render::job_text(j)),
     }
 }
 
@@ -301,6 +315,9 @@ fn remaining(limit: Option<usize>, have: usize) -> Option<usize> {
 }
 
 pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
+    if !matches!(cmd, JobCmd::Devices { .. }) {
+        no_csv(opts, "muster job")?;
+    }
     if let JobCmd::Create { id, spec } = cmd {
         // Built before connecting, so a bad flag is reported without a server.
         let spec = spec::build(&id, *spec)?;
@@ -377,7 +394,7 @@ pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
                 Output::Json => {
                     print_json(&Value::Array(jobs.iter().map(render::job_json).collect()))
                 }
-                Output::Text => println!("{}", render::jobs_table(&jobs)),
+                Output::Text | Output::Csv => println!("{}", render::jobs_table(&jobs)),
             }
             Ok(())
         }
@@ -458,6 +475,7 @@ pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
                     devices.iter().map(render::job_device_json).collect(),
                 )),
                 Output::Text => println!("{}", render::job_devices_table(&devices)),
+                Output::Csv => print!("{}", render::job_devices_csv(&devices)),
             }
             Ok(())
         }
@@ -485,7 +503,7 @@ async fn watch(
         .into_inner();
     // The bar goes to stderr and hides itself when stderr is not a terminal; JSON output has none.
     let bar = match opts.output {
-        Output::Text => indicatif::ProgressBar::new(0),
+        Output::Text | Output::Csv => indicatif::ProgressBar::new(0),
         Output::Json => indicatif::ProgressBar::hidden(),
     };
     bar.set_style(
@@ -594,11 +612,12 @@ fn parse_import(path: &str, text: &str) -> anyhow::Result<Vec<pb::NewDevice>> {
 fn print_device(opts: &ClientOpts, d: &pb::Device) {
     match opts.output {
         Output::Json => print_json(&render::device_json(d)),
-        Output::Text => println!("{}", render::device_text(d)),
+        Output::Text | Output::Csv => println!("{}", render::device_text(d)),
     }
 }
 
 pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
+    no_csv(opts, "muster device")?;
     // Parse local input before connecting, so a bad file is reported without a server.
     let import = match &cmd {
         DeviceCmd::Import { file } => Some(parse_import(file, &read_input(file)?)?),
@@ -646,7 +665,7 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 .count;
             match opts.output {
                 Output::Json => print_json(&json!({ "imported": count })),
-                Output::Text => println!("imported {count} devices from {file}"),
+                Output::Text | Output::Csv => println!("imported {count} devices from {file}"),
             }
         }
         DeviceCmd::Get { id } => {
@@ -686,7 +705,7 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 Output::Json => print_json(&Value::Array(
                     devices.iter().map(render::device_json).collect(),
                 )),
-                Output::Text => println!("{}", render::devices_table(&devices)),
+                Output::Text | Output::Csv => println!("{}", render::devices_table(&devices)),
             }
         }
         DeviceCmd::Query {
@@ -727,12 +746,14 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 (Output::Json, false) => print_json(&Value::Array(
                     devices.iter().map(render::device_json).collect(),
                 )),
-                (Output::Text, true) => {
+                (Output::Text | Output::Csv, true) => {
                     for id in &ids {
                         println!("{id}");
                     }
                 }
-                (Output::Text, false) => println!("{}", render::devices_table(&devices)),
+                (Output::Text | Output::Csv, false) => {
+                    println!("{}", render::devices_table(&devices))
+                }
             }
         }
         DeviceCmd::UpdateTwin {
@@ -765,10 +786,11 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
 }
 
 pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
+    no_csv(opts, "muster group")?;
     let mut client = pb::group_service_client::GroupServiceClient::new(connect(opts).await?);
     let print_group = |g: &pb::Group| match opts.output {
         Output::Json => print_json(&render::group_json(g)),
-        Output::Text => println!("{}", render::groups_table(std::slice::from_ref(g))),
+        Output::Text | Output::Csv => println!("{}", render::groups_table(std::slice::from_ref(g))),
     };
     match cmd {
         GroupCmd::Put {
@@ -821,7 +843,7 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
                 Output::Json => print_json(&Value::Array(
                     groups.iter().map(render::group_json).collect(),
                 )),
-                Output::Text => println!("{}", render::groups_table(&groups)),
+                Output::Text | Output::Csv => println!("{}", render::groups_table(&groups)),
             }
         }
         GroupCmd::Delete { id } => {
@@ -833,7 +855,7 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
                 .map_err(rpc)?;
             match opts.output {
                 Output::Json => print_json(&json!({ "deleted": id })),
-                Output::Text => println!("deleted group {id}"),
+                Output::Text | Output::Csv => println!("deleted group {id}"),
             }
         }
     }

@@ -471,3 +471,170 @@ mod tests {
         assert_eq!(t, "ID         STATUS\na-long-id  ok\nb          failed");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// CSV (RFC 4180)
+// ---------------------------------------------------------------------------------------------
+
+/// One CSV field: quoted when it holds a comma, a quote, CR or LF (quotes doubled), or
+/// surrounding spaces that a spreadsheet would otherwise trim.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// One CSV record, CRLF-terminated as RFC 4180 has it.
+fn csv_record<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut line = fields
+        .iter()
+        .map(|f| csv_field(f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push_str("\r\n");
+    line
+}
+
+/// The short name of why a device's last attempt failed (`lastError` says it in words).
+fn failure_code(r: Option<&pb::FailureReason>) -> &'static str {
+    use pb::failure_reason::Kind;
+    match r.and_then(|r| r.kind.as_ref()) {
+        None => "",
+        Some(Kind::DeviceError(_)) => "deviceError",
+        Some(Kind::Timeout(_)) => "timeout",
+        Some(Kind::NotConnected(_)) => "notConnected",
+        Some(Kind::DeviceNotFound(_)) => "deviceNotFound",
+        Some(Kind::DeviceDisabled(_)) => "deviceDisabled",
+        Some(Kind::DispatchFailed(_)) => "dispatchFailed",
+    }
+}
+
+/// A job's devices as a CSV file with a header row: what IoT Central's results log offers, plus
+/// the reason of each failure and the device's answer.
+pub fn job_devices_csv(devices: &[pb::JobDevice]) -> String {
+    let mut out = csv_record(&[
+        "deviceId",
+        "run",
+        "batch",
+        "status",
+        "attempts",
+        "dispatchedAt",
+        "finishedAt",
+        "failureReason",
+        "lastError",
+        "responseStatus",
+        "responseBody",
+    ]);
+    for d in devices {
+        out.push_str(&csv_record(&[
+            d.device_id.clone(),
+            d.run.to_string(),
+            d.batch.to_string(),
+            device_status(d.status).to_string(),
+            d.attempts.to_string(),
+            d.dispatched_at_ms.map(time).unwrap_or_default(),
+            d.finished_at_ms.map(time).unwrap_or_default(),
+            failure_code(d.last_error_reason.as_ref()).to_string(),
+            d.last_error.clone(),
+            d.response_status.map(|s| s.to_string()).unwrap_or_default(),
+            d.response_payload_json.clone().unwrap_or_default(),
+        ]));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+/// A streamed event as one JSON object (`muster events follow --output json` prints one a line).
+pub fn event_json(e: &pb::StreamedEvent) -> Value {
+    let mut m = Map::new();
+    m.insert("seq".into(), json!(e.seq));
+    m.insert("time".into(), json!(time(e.at_ms)));
+    m.insert("type".into(), json!(e.r#type));
+    if !e.job_id.is_empty() {
+        m.insert("jobId".into(), json!(e.job_id));
+    }
+    if !e.device_id.is_empty() {
+        m.insert("deviceId".into(), json!(e.device_id));
+    }
+    if !e.hash.is_empty() {
+        m.insert("hash".into(), json!(hex(&e.hash)));
+    }
+    m.insert("body".into(), json_value(&e.body_json));
+    Value::Object(m)
+}
+
+/// A streamed event as one line for people: seq, time, type, job, device.
+pub fn event_line(e: &pb::StreamedEvent) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    format!(
+        "{:>8}  {}  {:<18} {:<20} {}",
+        e.seq,
+        time(e.at_ms),
+        e.r#type,
+        dash(&e.job_id),
+        dash(&e.device_id)
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod csv_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field(""), "");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("cr\r"), "\"cr\r\"");
+        assert_eq!(csv_field(" padded"), "\" padded\"");
+    }
+
+    #[test]
+    fn a_device_row_has_every_column() {
+        let d = pb::JobDevice {
+            device_id: "d1".into(),
+            run: 0,
+            batch: 1,
+            status: pb::DeviceStatus::Failed as i32,
+            attempts: 2,
+            dispatched_at_ms: Some(0),
+            finished_at_ms: None,
+            last_error: "device answered 500".into(),
+            last_error_reason: Some(pb::FailureReason {
+                kind: Some(pb::failure_reason::Kind::DeviceError(
+                    pb::failure_reason::DeviceError { status: 500 },
+                )),
+            }),
+            response_status: Some(500),
+            response_payload_json: Some(r#"{"error":"disk full, retry"}"#.into()),
+        };
+        let csv = job_devices_csv(&[d]);
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert_eq!(lines.len(), 3, "{csv:?}");
+        assert!(lines[0].starts_with("deviceId,run,batch,status,attempts,"));
+        assert_eq!(
+            lines[1],
+            r#"d1,0,1,failed,2,1970-01-01T00:00:00.000Z,,deviceError,device answered 500,500,"{""error"":""disk full, retry""}""#
+        );
+        assert_eq!(lines[2], "");
+    }
+}
