@@ -410,7 +410,9 @@ impl RaftService for PeerService {
         &self,
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
-        let request: Request = decode(req)?;
+        let mut request: Request = decode(req)?;
+        // The leader's clock stamps what it appends (see `Command::at_mut`).
+        *request.command.at_mut() = crate::now();
         let result = self
             .cluster
             .write_here(request)

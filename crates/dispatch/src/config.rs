@@ -24,7 +24,10 @@ pub struct DispatchConfig {
     pub result_batch_interval_ms: u64,
     /// `RecordDeviceResults` proposals under way at once (pipelining through Raft).
     pub max_result_proposals: usize,
-    /// Proposals of presence and reported properties under way at once (one command per device).
+    /// Presence changes (or reported-property patches) per `SetConnections`
+    /// (`ReportPropertiesBatch`) command at most; they wait `result_batch_interval_ms` at most.
+    pub registry_batch_size: usize,
+    /// `SetConnections` / `ReportPropertiesBatch` proposals under way at once.
     pub max_registry_proposals: usize,
     /// Shortest pause between two computations of the leader's actions, so a stream of applied
     /// entries does not recompute them for every entry.
@@ -51,7 +54,8 @@ impl Default for DispatchConfig {
             result_batch_size: 1000,
             result_batch_interval_ms: 5,
             max_result_proposals: 4,
-            max_registry_proposals: 64,
+            registry_batch_size: 1000,
+            max_registry_proposals: 4,
             recompute_interval_ms: 5,
             keep_alive_secs: 30,
             mqtt_inflight: 1000,

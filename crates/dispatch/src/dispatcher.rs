@@ -10,7 +10,7 @@
 //! or this one after a reconnect, re-derives it: the core lists every attempt in flight as
 //! `Action::Send`, and the dispatcher (re)sends those it has not sent on its current connection.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use futures::StreamExt;
 use muster_domain::job::Run;
 use muster_domain::{
     actions_with, send_requests, Action, ActionOptions, Command, ConnectionState, DeviceResult,
-    FailureReason, MethodInvocation, Outcome, SendRequest,
+    FailureReason, MethodInvocation, Outcome, PropertyReport, SendRequest,
 };
 use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use rumqttc::QoS;
@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
-use crate::batch::ResultBatcher;
+use crate::batch::{RegistryBatch, RegistryBatcher, ResultBatcher};
 use crate::host::{Host, HostError, Update};
 use crate::link::{Link, LinkEvent};
 use crate::protocol::{self, Inbound};
@@ -181,7 +181,10 @@ enum Done {
         result: Result<(), HostError>,
     },
     Registry {
-        device: DeviceId,
+        /// What was proposed, to queue again if it was not committed.
+        batch: RegistryBatch,
+        /// Every device of the batch as cut (before pruning), to release.
+        devices: Vec<DeviceId>,
         result: Result<(), HostError>,
     },
 }
@@ -203,12 +206,9 @@ struct Engine<H: Host> {
     advancing: bool,
     batcher: ResultBatcher,
     result_proposals: usize,
-    /// Presence seen and not yet compared with the registry; the last message per device wins.
-    presence: BTreeMap<DeviceId, bool>,
-    /// Registry commands waiting for a proposal slot, in arrival order.
-    registry_queue: VecDeque<(DeviceId, Command)>,
-    /// Devices with a registry proposal under way: one at a time per device keeps their order.
-    registry_busy: HashSet<DeviceId>,
+    /// Presence and reported properties waiting to be proposed as batches.
+    registry: RegistryBatcher,
+    registry_proposals: usize,
     /// Desired-property versions, to stamp `$version` on patches: the registry's value at the
     /// baseline, plus one per patch applied since.
     desired_versions: HashMap<DeviceId, u64>,
@@ -231,6 +231,7 @@ struct Engine<H: Host> {
 impl<H: Host> Engine<H> {
     fn new(host: H, cfg: DispatchConfig, links: Vec<Link>) -> Self {
         let batcher = ResultBatcher::new(cfg.result_batch_size, cfg.batch_interval());
+        let registry = RegistryBatcher::new(cfg.registry_batch_size, cfg.batch_interval());
         let n = links.len();
         Engine {
             host,
@@ -244,9 +245,8 @@ impl<H: Host> Engine<H> {
             advancing: false,
             batcher,
             result_proposals: 0,
-            presence: BTreeMap::new(),
-            registry_queue: VecDeque::new(),
-            registry_busy: HashSet::new(),
+            registry,
+            registry_proposals: 0,
             desired_versions: HashMap::new(),
             desired_seq: 0,
             dirty: true,
@@ -283,17 +283,21 @@ impl<H: Host> Engine<H> {
             self.last_recompute
                 .map_or_else(Instant::now, |t| t + self.recompute_gap())
         });
-        [recompute, self.wake_at, self.batcher.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            recompute,
+            self.wake_at,
+            self.batcher.deadline(),
+            self.registry.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Work done after every event: cut due batches, start proposals, recompute if due.
     fn turn(&mut self) {
         let now = Instant::now();
         self.batcher.tick(now, false);
-        self.flush_presence();
         self.pump();
         if self.wake_at.is_some_and(|t| t <= now) {
             self.wake_at = None;
@@ -567,21 +571,15 @@ impl<H: Host> Engine<H> {
             }
             Inbound::Presence { device, online } => {
                 if let Ok(d) = DeviceId::new(device) {
-                    self.presence.insert(d, online);
+                    self.registry.push_presence(d, online, Instant::now());
                 }
             }
             Inbound::Reported { device, patch } => {
-                let (Ok(d), Some(patch)) = (DeviceId::new(device), patch) else {
+                let (Ok(device), Some(patch)) = (DeviceId::new(device), patch) else {
                     return;
                 };
-                if self.host.read(|s, _| s.registry.devices.contains_key(&d)) {
-                    let cmd = Command::ReportProperties {
-                        device: d.clone(),
-                        patch,
-                        at: now(),
-                    };
-                    self.registry_queue.push_back((d, cmd));
-                }
+                self.registry
+                    .push_report(PropertyReport { device, patch }, Instant::now());
             }
         }
     }
@@ -628,31 +626,29 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    /// Compares the presence seen since last time with the registry and queues the changes.
-    fn flush_presence(&mut self) {
-        if self.presence.is_empty() {
-            return;
-        }
-        let seen = std::mem::take(&mut self.presence);
-        let changes: Vec<(DeviceId, bool)> = self.host.read(|s, _| {
-            seen.into_iter()
-                .filter(|(d, online)| {
-                    s.registry
-                        .devices
-                        .get(d)
-                        .is_some_and(|r| r.connection != ConnectionState::from_connected(*online))
-                })
-                .collect()
-        });
-        let at = now();
-        for (device, connected) in changes {
-            let cmd = Command::SetConnection {
-                device: device.clone(),
-                connected,
-                at,
-            };
-            self.registry_queue.push_back((device, cmd));
-        }
+    /// Drops what would change nothing (unregistered devices, presence the registry already
+    /// shows), so a dispatcher restarting under a fleet's retained presence proposes nothing.
+    /// The devices of the batch have no other batch of its kind under way, so the state read
+    /// here already holds this dispatcher's earlier changes to them.
+    fn prune(&self, batch: RegistryBatch) -> RegistryBatch {
+        self.host.read(|s, _| match batch {
+            RegistryBatch::Presence(changes) => RegistryBatch::Presence(
+                changes
+                    .into_iter()
+                    .filter(|c| {
+                        s.registry.devices.get(&c.device).is_some_and(|d| {
+                            d.connection != ConnectionState::from_connected(c.connected)
+                        })
+                    })
+                    .collect(),
+            ),
+            RegistryBatch::Reports(reports) => RegistryBatch::Reports(
+                reports
+                    .into_iter()
+                    .filter(|r| s.registry.devices.contains_key(&r.device))
+                    .collect(),
+            ),
+        })
     }
 
     /// Starts the proposals there are slots for.
@@ -682,30 +678,49 @@ impl<H: Host> Engine<H> {
                 Done::Results { keys, result }
             });
         }
-        // Registry commands: one per device at a time (so a device's commands keep their
-        // order); looking only a bounded way into the queue keeps a storm cheap.
-        let limit = self.cfg.max_registry_proposals.max(1);
-        let mut i = 0;
-        let scan = limit * 4;
-        while self.registry_busy.len() < limit && i < self.registry_queue.len() && i < scan {
-            let busy = self
-                .registry_queue
-                .get(i)
-                .is_some_and(|(d, _)| self.registry_busy.contains(d));
-            if busy {
-                i += 1;
-                continue;
-            }
-            let Some((device, cmd)) = self.registry_queue.remove(i) else {
+        // Presence and reported properties: a few batches under way at once; a device waits for
+        // its previous batch of the same kind (`RegistryBatcher`), which keeps its order.
+        let now_i = Instant::now();
+        if !self.registry.due(now_i) {
+            return;
+        }
+        while self.registry_proposals < self.cfg.max_registry_proposals.max(1) {
+            let Some(batch) = self.registry.cut() else {
                 break;
             };
-            self.registry_busy.insert(device.clone());
+            let presence = batch.is_presence();
+            let devices = batch.devices();
+            let batch = self.prune(batch);
+            let cmd = match &batch {
+                RegistryBatch::Presence(changes) if !changes.is_empty() => {
+                    Command::SetConnections {
+                        changes: changes.clone(),
+                        at: now(),
+                    }
+                }
+                RegistryBatch::Reports(reports) if !reports.is_empty() => {
+                    Command::ReportPropertiesBatch {
+                        reports: reports.clone(),
+                        at: now(),
+                    }
+                }
+                _ => {
+                    self.registry.done(presence, &devices);
+                    continue;
+                }
+            };
+            self.registry_proposals += 1;
             let host = self.host.clone();
             self.tasks.spawn(async move {
                 let result = host.propose(cmd).await;
-                Done::Registry { device, result }
+                Done::Registry {
+                    batch,
+                    devices,
+                    result,
+                }
             });
         }
+        self.registry.rearm(now_i);
     }
 
     fn on_done(&mut self, done: Done) {
@@ -770,11 +785,28 @@ impl<H: Host> Engine<H> {
                     }
                 }
             }
-            Done::Registry { device, result } => {
-                self.registry_busy.remove(&device);
-                if let Err(e) = result {
-                    debug!(%device, error = %e, "registry update not committed");
+            Done::Registry {
+                batch,
+                devices,
+                result,
+            } => {
+                self.registry_proposals = self.registry_proposals.saturating_sub(1);
+                let presence = batch.is_presence();
+                match result {
+                    Ok(()) => {}
+                    Err(HostError::Rejected(why)) => {
+                        // Cannot happen with today's core (batches skip what they cannot use).
+                        error!(devices = devices.len(), %why, "registry batch rejected");
+                    }
+                    Err(e) => {
+                        warn!(devices = devices.len(), error = %e, "registry batch not committed; retrying");
+                        // Back at the front, before anything that arrived since for these
+                        // devices (which waited for this batch), so the order holds.
+                        self.registry.requeue(batch, Instant::now());
+                        self.retry_soon();
+                    }
                 }
+                self.registry.done(presence, &devices);
             }
         }
     }

@@ -16,8 +16,9 @@
 //! - Replies (`devices/{id}/methods/res/{status}/?$rid=`) are batched into
 //!   `RecordDeviceResults` commands, many answers per command. Timeouts are not decided here:
 //!   the core fails silent devices when `Advance` passes their deadline.
-//! - Presence (`devices/+/presence`) becomes `SetConnection` when it differs from the registry;
-//!   reported properties become `ReportProperties`; desired-property patches applied to the
+//! - Presence (`devices/+/presence`) is coalesced per device and batched into `SetConnections`
+//!   (changes that differ from the registry); reported properties are batched into
+//!   `ReportPropertiesBatch`; desired-property patches applied to the
 //!   registry are pushed to the devices with their twin `$version`.
 //!
 //! **Several methods in one job** run one after another on a device, each published with the

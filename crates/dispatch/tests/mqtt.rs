@@ -44,6 +44,8 @@ struct TestHost {
     tx: broadcast::Sender<Update>,
     /// Sizes of the `RecordDeviceResults` commands proposed.
     result_batches: Arc<Mutex<Vec<usize>>>,
+    /// Sizes of the `SetConnections` commands proposed (a single `SetConnection` counts as 0).
+    presence_batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl TestHost {
@@ -52,12 +54,20 @@ impl TestHost {
             state: Arc::new(Mutex::new((State::default(), 0))),
             tx: broadcast::channel(4096).0,
             result_batches: Arc::new(Mutex::new(Vec::new())),
+            presence_batches: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     fn execute(&self, cmd: Command) -> Result<(), HostError> {
-        if let Command::RecordDeviceResults { results, .. } = &cmd {
-            self.result_batches.lock().unwrap().push(results.len());
+        match &cmd {
+            Command::RecordDeviceResults { results, .. } => {
+                self.result_batches.lock().unwrap().push(results.len());
+            }
+            Command::SetConnections { changes, .. } => {
+                self.presence_batches.lock().unwrap().push(changes.len());
+            }
+            Command::SetConnection { .. } => self.presence_batches.lock().unwrap().push(0),
+            _ => {}
         }
         let mut g = self.state.lock().unwrap();
         let events =
@@ -343,7 +353,43 @@ async fn silent_devices_time_out_through_advance() {
     fleet.shutdown().await;
 }
 
-/// An offline device waits; when it comes online (presence → SetConnection) it is dispatched.
+/// A fleet coming online is recorded in a few `SetConnections` entries, not one per device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_coming_online_takes_few_entries() {
+    let host = TestHost::new();
+    let n = 600;
+    let fleet = Fleet::start(FleetConfig {
+        brokers: vec![broker_url()],
+        devices: n,
+        prefix: unique("storm"),
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let ids = fleet.device_ids().to_vec();
+    register(&host, &ids, fleet.model_id());
+    let d = start_dispatcher(&host, vec![broker_url()]);
+    eventually("every device is connected", &host, |s| {
+        ids.iter().all(|id| {
+            s.registry.devices[&DeviceId::new(id.as_str()).unwrap()].connection
+                == ConnectionState::Connected
+        })
+    })
+    .await;
+    let batches = host.presence_batches.lock().unwrap().clone();
+    assert!(!batches.contains(&0), "a single SetConnection was proposed");
+    // Each device's change once (unchanged presence is not proposed), in far fewer entries.
+    assert_eq!(batches.iter().sum::<usize>(), n, "{batches:?}");
+    assert!(
+        batches.len() * 10 <= n,
+        "{} entries: {batches:?}",
+        batches.len()
+    );
+    d.stop().await;
+    fleet.shutdown().await;
+}
+
+/// An offline device waits; when it comes online (presence → SetConnections) it is dispatched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_device_is_dispatched_once_it_comes_online() {
     let host = TestHost::new();

@@ -78,6 +78,22 @@ pub enum Command {
         connected: bool,
         at: Timestamp,
     },
+    /// Presence of many devices in one Raft entry: a fleet of 100,000 coming online as single
+    /// `SetConnection`s was 100,000 entries and over a minute of a node's CPU. Each change that
+    /// differs from the device's connection (as the earlier changes in the command left it) is
+    /// still its own `ConnectionChanged` event. Unregistered devices are skipped, so one stale id
+    /// cannot refuse the others.
+    SetConnections {
+        changes: Vec<ConnectionChange>,
+        at: Timestamp,
+    },
+    /// Reported-property patches of many devices in one Raft entry, for the same reason as
+    /// `SetConnections`; each becomes its own `TwinPatched` event, in order. Patches of
+    /// unregistered devices and patches `ReportProperties` would refuse are skipped.
+    ReportPropertiesBatch {
+        reports: Vec<PropertyReport>,
+        at: Timestamp,
+    },
     SaveGroup {
         id: GroupId,
         display_name: String,
@@ -105,10 +121,50 @@ impl Command {
             | Command::UpdateTwin { at, .. }
             | Command::ReportProperties { at, .. }
             | Command::SetConnection { at, .. }
+            | Command::SetConnections { at, .. }
+            | Command::ReportPropertiesBatch { at, .. }
             | Command::SaveGroup { at, .. }
             | Command::DeleteGroup { at, .. } => *at,
         }
     }
+
+    /// The stamp, to be replaced by the leader when a follower forwards a command: time in the
+    /// log comes from the clock of the node that appends it, so it does not jump back and forth
+    /// with the clocks of whichever nodes clients happened to call.
+    pub fn at_mut(&mut self) -> &mut Timestamp {
+        match self {
+            Command::CreateJob { at, .. }
+            | Command::StopJob { at, .. }
+            | Command::ResumeJob { at, .. }
+            | Command::CancelJob { at, .. }
+            | Command::RerunJob { at, .. }
+            | Command::MarkDispatched { at, .. }
+            | Command::RecordDeviceResults { at, .. }
+            | Command::Advance { at }
+            | Command::RegisterDevices { at, .. }
+            | Command::UpdateTwin { at, .. }
+            | Command::ReportProperties { at, .. }
+            | Command::SetConnection { at, .. }
+            | Command::SetConnections { at, .. }
+            | Command::ReportPropertiesBatch { at, .. }
+            | Command::SaveGroup { at, .. }
+            | Command::DeleteGroup { at, .. } => at,
+        }
+    }
+}
+
+/// One device's presence, as its last presence message said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionChange {
+    pub device: DeviceId,
+    pub connected: bool,
+}
+
+/// One reported-properties patch published by a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PropertyReport {
+    pub device: DeviceId,
+    pub patch: Value,
 }
 
 /// One device's answer to one attempt.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use serde_json::Value;
 
-use crate::command::{Command, DeviceResult, Outcome};
+use crate::command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::job::{
@@ -188,6 +188,8 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 *at,
             )
         }
+        Command::SetConnections { changes, at } => set_connections(state, changes, *at),
+        Command::ReportPropertiesBatch { reports, at } => report_properties(state, reports, *at),
         Command::SaveGroup {
             id,
             display_name,
@@ -216,6 +218,53 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             }])
         }
     }
+}
+
+/// The events of the single `SetConnection`s in order, with the continuous-target joins worked
+/// out once for the whole command (devices that start matching join together, as one batch).
+fn set_connections(
+    state: &State,
+    changes: &[ConnectionChange],
+    at: Timestamp,
+) -> Result<Vec<Event>, DomainError> {
+    // Each device's connection as the earlier changes of this command leave it.
+    let mut now: BTreeMap<&DeviceId, ConnectionState> = BTreeMap::new();
+    let mut events = Vec::new();
+    for c in changes {
+        let Some(d) = state.registry.devices.get(&c.device) else {
+            continue;
+        };
+        let to = ConnectionState::from_connected(c.connected);
+        let from = now.get(&c.device).copied().unwrap_or(d.connection);
+        if from == to {
+            continue;
+        }
+        now.insert(&c.device, to);
+        events.push(Event::ConnectionChanged {
+            device: c.device.clone(),
+            connected: c.connected,
+            at,
+        });
+    }
+    with_joins(state, events, at)
+}
+
+/// The events of the single `ReportProperties` in order, skipping what one would refuse; joins
+/// as in [`set_connections`].
+fn report_properties(
+    state: &State,
+    reports: &[PropertyReport],
+    at: Timestamp,
+) -> Result<Vec<Event>, DomainError> {
+    let events = reports
+        .iter()
+        .filter(|r| {
+            state.registry.devices.contains_key(&r.device)
+                && check_patch("properties.reported", &r.patch).is_ok()
+        })
+        .map(|r| patched(&r.device, TwinSection::Reported, &r.patch, at))
+        .collect();
+    with_joins(state, events, at)
 }
 
 fn job<'a>(state: &'a State, id: &JobId) -> Result<&'a Job, DomainError> {

@@ -26,7 +26,7 @@ pub use actions::{
     actions, actions_with, send_request, send_requests, Action, ActionOptions, MethodInvocation,
     SendRequest,
 };
-pub use command::{Command, DeviceResult, Outcome};
+pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 pub use decide::{decide, responded};
 pub use error::DomainError;
 pub use event::Event;

@@ -35,10 +35,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use muster_domain::{
     actions, actions_with, apply, decide, evolve, Action, ActionOptions, BatchSize, CancelReason,
-    CancellationThreshold, Command, ConnectionState, DeviceRegistration, DeviceResult, DeviceRun,
-    DeviceStatus, DomainError, Event, FailureReason, Job, JobFailure, JobSpec, JobStatus,
-    MethodCall, Operation, Outcome, RetryPolicy, Rollout, Schedule, State, Stats, Target,
-    TargetSelector, Threshold,
+    CancellationThreshold, Command, ConnectionChange, ConnectionState, DeviceRegistration,
+    DeviceResult, DeviceRun, DeviceStatus, DomainError, Event, FailureReason, Job, JobFailure,
+    JobSpec, JobStatus, MethodCall, Operation, Outcome, PropertyReport, RetryPolicy, Rollout,
+    Schedule, State, Stats, Target, TargetSelector, Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use proptest::prelude::*;
@@ -158,6 +158,11 @@ enum Op {
     Cancel(usize),
     Rerun(usize, u8),
     Connect(usize, bool),
+    /// Presence of many devices in one `SetConnections` (repeats and ghosts included).
+    ConnectMany(Vec<(usize, bool)>),
+    /// Reported properties of many devices in one `ReportPropertiesBatch`; `None` is a patch
+    /// `ReportProperties` would refuse (an empty object).
+    ReportMany(Vec<(usize, Option<u8>)>),
     Tag {
         device: usize,
         site: Option<u8>,
@@ -362,6 +367,18 @@ fn op_gen() -> impl Strategy<Value = Op> {
             2,
             (any::<usize>(), prop::bool::weighted(0.4))
                 .prop_map(|(d, c)| Op::Connect(d, c))
+                .boxed(),
+        ),
+        (
+            1,
+            prop::collection::vec((any::<usize>(), prop::bool::weighted(0.6)), 1..12)
+                .prop_map(Op::ConnectMany)
+                .boxed(),
+        ),
+        (
+            1,
+            prop::collection::vec((any::<usize>(), prop::option::weighted(0.9, 0u8..4)), 1..8)
+                .prop_map(Op::ReportMany)
                 .boxed(),
         ),
         (
@@ -1372,6 +1389,40 @@ impl Harness {
 
     // --- turning the script into commands -------------------------------------------------
 
+    /// A batched registry command is never refused and does what its single commands, executed
+    /// in order on the same state, do (those refused skipped): the same events and the same
+    /// state. (The scripts' continuous targets query tags, which these commands do not touch,
+    /// so no joins are involved; `joins_of_a_batch_are_one_batch` covers those.)
+    fn batch_equals_singles(
+        &mut self,
+        batch: Command,
+        singles: Vec<Command>,
+    ) -> Result<(), TestCaseError> {
+        let mut expected = self.state.clone();
+        let mut expected_events = Vec::new();
+        for c in &singles {
+            if let Ok(evs) = expected.execute(c) {
+                expected_events.extend(evs);
+            }
+        }
+        if let Err(e) = decide(&self.state, &batch) {
+            return Err(self.report(&format!("{batch:?} was refused: {e}")));
+        }
+        let events = self.apply(batch)?;
+        if !events.is_empty() {
+            self.coverage.hit("batched-registry-change");
+        }
+        if events != expected_events {
+            return Err(self.report(&format!(
+                "a batch gave {events:?}, its single commands {expected_events:?}"
+            )));
+        }
+        if self.state != expected {
+            return Err(self.report("a batch left another state than its single commands"));
+        }
+        Ok(())
+    }
+
     fn pick_job(&self, i: usize) -> Option<JobId> {
         if self.jobs.is_empty() {
             return None;
@@ -1709,6 +1760,48 @@ impl Harness {
                     at: now,
                 })?;
             }
+            Op::ConnectMany(picks) => {
+                let changes: Vec<ConnectionChange> = picks
+                    .iter()
+                    .map(|(d, connected)| ConnectionChange {
+                        device: self.pick_device(*d),
+                        connected: *connected,
+                    })
+                    .collect();
+                let singles: Vec<Command> = changes
+                    .iter()
+                    .map(|c| Command::SetConnection {
+                        device: c.device.clone(),
+                        connected: c.connected,
+                        at: now,
+                    })
+                    .collect();
+                self.batch_equals_singles(Command::SetConnections { changes, at: now }, singles)?;
+            }
+            Op::ReportMany(picks) => {
+                let reports: Vec<PropertyReport> = picks
+                    .iter()
+                    .map(|(d, fw)| PropertyReport {
+                        device: self.pick_device(*d),
+                        patch: match fw {
+                            Some(v) => json!({ "fw": format!("1.{v}") }),
+                            None => json!({}),
+                        },
+                    })
+                    .collect();
+                let singles: Vec<Command> = reports
+                    .iter()
+                    .map(|r| Command::ReportProperties {
+                        device: r.device.clone(),
+                        patch: r.patch.clone(),
+                        at: now,
+                    })
+                    .collect();
+                self.batch_equals_singles(
+                    Command::ReportPropertiesBatch { reports, at: now },
+                    singles,
+                )?;
+            }
             Op::Tag {
                 device,
                 site,
@@ -1880,6 +1973,7 @@ fn scripts_reach_the_interesting_corners() {
         "rate-limit-reached",
         "dispatch-while-stopped",
         "rejected",
+        "batched-registry-change",
     ] {
         assert!(
             total.counts.get(key).copied().unwrap_or(0) > 0,
@@ -2198,5 +2292,90 @@ fn devices_that_matched_while_the_job_had_ended_are_treated_alike_by_its_rerun()
         "new-001 in the rerun: {}, new-002 in the rerun: {}",
         rerun.device(&n1).is_some(),
         rerun.device(&n2).is_some()
+    );
+}
+
+/// Devices that a `SetConnections` makes match a continuous job's query join it together, as one
+/// batch; a device that comes online and goes offline again within the command never matched as
+/// far as the command's net effect goes, so it does not join; unknown devices are skipped.
+#[test]
+fn joins_of_a_batch_are_one_batch() {
+    let mut s = State::default();
+    let at = Timestamp(T0);
+    let id = jid("online");
+    s.execute(&Command::RegisterDevices {
+        devices: fleet(5),
+        upsert: false,
+        at,
+    })
+    .unwrap();
+    let mut spec = method_spec(None, None);
+    spec.target = Target {
+        selector: TargetSelector::Query(
+            "SELECT * FROM devices WHERE connectionState = 'Connected'".into(),
+        ),
+        continuous: true,
+    };
+    s.execute(&Command::CreateJob {
+        id: id.clone(),
+        spec,
+        at,
+    })
+    .unwrap();
+    s.execute(&Command::Advance { at }).unwrap();
+    let change = |d: &str, connected| ConnectionChange {
+        device: did(d),
+        connected,
+    };
+    let events = s
+        .execute(&Command::SetConnections {
+            changes: vec![
+                change("dev-000", true),
+                change("ghost-1", true),
+                change("dev-002", true),
+                change("dev-001", true),
+                change("dev-001", false),
+                // Already offline: no event.
+                change("dev-003", false),
+            ],
+            at,
+        })
+        .expect("a batch is never refused");
+    let changed: Vec<(String, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConnectionChanged {
+                device, connected, ..
+            } => Some((device.to_string(), *connected)),
+            _ => None,
+        })
+        .collect();
+    // dev-003 starts Unknown, so `false` is a change for it.
+    assert_eq!(
+        changed,
+        vec![
+            ("dev-000".to_string(), true),
+            ("dev-002".to_string(), true),
+            ("dev-001".to_string(), true),
+            ("dev-001".to_string(), false),
+            ("dev-003".to_string(), false),
+        ]
+    );
+    let joined: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::DevicesJoined { .. }))
+        .collect();
+    assert_eq!(joined.len(), 1, "{events:?}");
+    let Event::DevicesJoined { devices, .. } = joined[0] else {
+        unreachable!()
+    };
+    assert_eq!(devices, &vec![did("dev-000"), did("dev-002")]);
+    let run = s.jobs[&id].current_run();
+    assert_eq!(run.stats.pending + run.stats.running, 2);
+    assert_eq!(run.devices.len(), 2);
+    check_state(&s).unwrap();
+    assert_eq!(
+        s.registry.devices[&did("dev-001")].connection,
+        ConnectionState::Disconnected
     );
 }

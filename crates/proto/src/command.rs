@@ -1,14 +1,14 @@
 //! Conversions of commands, the entries proposed to the Raft log.
 
-use muster_domain::{Command, DeviceResult, Outcome};
+use muster_domain::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 
 use crate::error::ProtoError;
 use crate::fields::{id, id_strings, ids, json, json_text, message, messages, required, time};
 use crate::pb;
 use crate::pb::command::{
     Advance, CancelJob, CreateJob, DeleteGroup, Kind, MarkDispatched, RecordDeviceResults,
-    RegisterDevices, ReportProperties, RerunJob, ResumeJob, SaveGroup, SetConnection, StopJob,
-    UpdateTwin,
+    RegisterDevices, ReportProperties, ReportPropertiesBatch, RerunJob, ResumeJob, SaveGroup,
+    SetConnection, SetConnections, StopJob, UpdateTwin,
 };
 
 impl From<&Command> for pb::Command {
@@ -92,6 +92,28 @@ impl From<&Command> for pb::Command {
                 connected: *connected,
                 at_ms: at.millis(),
             }),
+            Command::SetConnections { changes, at } => Kind::SetConnections(SetConnections {
+                changes: changes
+                    .iter()
+                    .map(|c| pb::command::ConnectionChange {
+                        device_id: c.device.to_string(),
+                        connected: c.connected,
+                    })
+                    .collect(),
+                at_ms: at.millis(),
+            }),
+            Command::ReportPropertiesBatch { reports, at } => {
+                Kind::ReportPropertiesBatch(ReportPropertiesBatch {
+                    reports: reports
+                        .iter()
+                        .map(|r| pb::command::PropertyReport {
+                            device_id: r.device.to_string(),
+                            patch_json: json_text(&r.patch),
+                        })
+                        .collect(),
+                    at_ms: at.millis(),
+                })
+            }
             Command::SaveGroup {
                 id,
                 display_name,
@@ -183,6 +205,38 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         Kind::SetConnection(m) => Command::SetConnection {
             device: id("set_connection.device_id", m.device_id)?,
             connected: m.connected,
+            at: time(m.at_ms),
+        },
+        Kind::SetConnections(m) => Command::SetConnections {
+            changes: m
+                .changes
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    Ok(ConnectionChange {
+                        device: id(
+                            &format!("set_connections.changes[{i}].device_id"),
+                            c.device_id,
+                        )?,
+                        connected: c.connected,
+                    })
+                })
+                .collect::<Result<_, ProtoError>>()?,
+            at: time(m.at_ms),
+        },
+        Kind::ReportPropertiesBatch(m) => Command::ReportPropertiesBatch {
+            reports: m
+                .reports
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let field = format!("report_properties_batch.reports[{i}]");
+                    Ok(PropertyReport {
+                        device: id(&format!("{field}.device_id"), r.device_id)?,
+                        patch: json(&format!("{field}.patch_json"), &r.patch_json)?,
+                    })
+                })
+                .collect::<Result<_, ProtoError>>()?,
             at: time(m.at_ms),
         },
         Kind::SaveGroup(m) => Command::SaveGroup {

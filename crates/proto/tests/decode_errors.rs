@@ -284,3 +284,41 @@ proptest! {
         prop_assert_eq!(decode_event(&encode_event(&event)).unwrap(), event);
     }
 }
+
+#[test]
+fn bad_entries_of_a_batch_name_their_index() {
+    let command = |kind| pb::Command { kind: Some(kind) };
+    let changes = pb::command::SetConnections {
+        changes: vec![
+            pb::command::ConnectionChange {
+                device_id: "ok".into(),
+                connected: true,
+            },
+            pb::command::ConnectionChange {
+                device_id: "not ok".into(),
+                connected: false,
+            },
+        ],
+        at_ms: 1,
+    };
+    let bytes = command(pb::command::Kind::SetConnections(changes)).encode_to_vec();
+    let err = decode_command(&bytes).expect_err("a bad id");
+    assert_eq!(
+        err.field(),
+        Some("Command.set_connections.changes[1].device_id")
+    );
+
+    let reports = pb::command::ReportPropertiesBatch {
+        reports: vec![pb::command::PropertyReport {
+            device_id: "d1".into(),
+            patch_json: "{".into(),
+        }],
+        at_ms: 1,
+    };
+    let bytes = command(pb::command::Kind::ReportPropertiesBatch(reports)).encode_to_vec();
+    let err = decode_command(&bytes).expect_err("bad JSON");
+    assert_eq!(
+        err.field(),
+        Some("Command.report_properties_batch.reports[0].patch_json")
+    );
+}

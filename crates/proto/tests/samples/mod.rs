@@ -9,9 +9,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use muster_domain::{
-    BatchSize, CancelReason, CancellationThreshold, Command, DeviceRegistration, DeviceResult,
-    Event, FailureReason, JobFailure, JobSpec, MethodCall, MethodResponse, Operation, Outcome,
-    RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold, TwinSection,
+    BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceRegistration,
+    DeviceResult, Event, FailureReason, JobFailure, JobSpec, MethodCall, MethodResponse, Operation,
+    Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold,
+    TwinSection,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use serde_json::json;
@@ -599,6 +600,38 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                 device: dev(7),
                 connected: false,
                 at: at(3_000),
+            },
+        ),
+        (
+            "command_set_connections",
+            Command::SetConnections {
+                changes: vec![
+                    ConnectionChange {
+                        device: dev(7),
+                        connected: true,
+                    },
+                    ConnectionChange {
+                        device: dev(8),
+                        connected: false,
+                    },
+                ],
+                at: at(3_100),
+            },
+        ),
+        (
+            "command_report_properties_batch",
+            Command::ReportPropertiesBatch {
+                reports: vec![
+                    PropertyReport {
+                        device: dev(7),
+                        patch: json!({"fw": "2.1.0"}),
+                    },
+                    PropertyReport {
+                        device: dev(8),
+                        patch: json!({"battery": 87, "net": {"rssi": -61}}),
+                    },
+                ],
+                at: at(3_200),
             },
         ),
         (
