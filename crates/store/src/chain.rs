@@ -6,6 +6,12 @@
 //! (the chain head) is kept in `sm_meta` next to `last_seq`, and every snapshot carries the head
 //! at its `last_seq`, so a replica installed from a snapshot continues the same chain. Replicas
 //! apply the same events with the same seqs, so they compute the same chain.
+//!
+//! The chain is computed once, when an event is applied. Readers that hand links out take the
+//! stored ones ([`crate::EventLog::read_records`], [`crate::AppliedEvents::hashes`]) instead of
+//! recomputing them, which would need every event from seq 1: too slow for a reader starting
+//! late in a long log, and impossible on a replica seeded from a snapshot. Only verification
+//! (`Store::open` for the tail after the snapshot, [`crate::audit`] for all of it) recomputes.
 
 /// A link of the chain.
 pub type Hash = [u8; 32];

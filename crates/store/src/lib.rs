@@ -20,8 +20,9 @@
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
 //! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
 //!
-//! [`chain`] describes the hash chain over the event log; [`audit`] reads a data directory
-//! offline (verify the chain, export, replay) for `muster audit`.
+//! [`chain`] describes the hash chain over the event log; readers get each event's stored link
+//! through [`EventLog::read_records`] and [`AppliedEvents::hashes`]. [`audit`] reads a data
+//! directory offline (verify the chain, export, replay) for `muster audit`.
 
 pub mod audit;
 pub mod chain;
@@ -36,7 +37,9 @@ use std::path::Path;
 
 pub use error::StoreError;
 pub use log_store::LogStore;
-pub use state_machine::{AppliedEvents, EventLog, StateMachine, StateReader, StateUpdate};
+pub use state_machine::{
+    AppliedEvents, EventLog, StateMachine, StateReader, StateUpdate, StoredEvent,
+};
 pub use types::{
     AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,
     StorageError, StoredMembership, TypeConfig,

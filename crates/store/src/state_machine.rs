@@ -4,7 +4,8 @@
 //! Trees:
 //! - `events`: big-endian seq -> protobuf `muster.v1.EventRecord` (seq, the event, its hash-chain
 //!   link; see [`crate::chain`]). Seqs are global, start at 1 and have no gaps from `first_seq`
-//!   on.
+//!   on. Readers get the stored link with each event ([`EventLog::read_records`], and
+//!   [`AppliedEvents::hashes`] in the live feed) rather than recomputing the chain.
 //! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
 //!   `first_seq` (big-endian u64), `chain_head` (the 32-byte hash of event `last_seq`; the
 //!   genesis hash when there is none).
@@ -39,8 +40,7 @@ use tokio::sync::broadcast;
 
 use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
 use crate::codec::{
-    decode_event, decode_record, decode_record_event, encode_record, from_json, key_u64, to_json,
-    u64_key,
+    decode_event, decode_record, encode_record, from_json, key_u64, to_json, u64_key,
 };
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
@@ -103,11 +103,15 @@ pub enum StateUpdate {
     SnapshotInstalled { last_seq: u64 },
 }
 
-/// The events one accepted command appended, with their seqs.
+/// The events one accepted command appended, with their seqs and hash-chain links.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppliedEvents {
     pub first_seq: u64,
     pub events: Vec<Event>,
+    /// The hash-chain link of each event (`hashes[i]` belongs to `events[i]`), exactly as the
+    /// apply wrote it into the event's record (see [`crate::chain`]). Carried so a follower of
+    /// the live feed can pass an event's link on without hashing the log from seq 1 itself.
+    pub hashes: Vec<Hash>,
 }
 
 impl AppliedEvents {
@@ -119,6 +123,27 @@ impl AppliedEvents {
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Event)> {
         (self.first_seq..).zip(self.events.iter())
     }
+
+    /// `(seq, event, hash)` triples: the events as [`EventLog::read_records`] reads them back.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &Event, &Hash)> {
+        self.iter()
+            .zip(self.hashes.iter())
+            .map(|((seq, event), hash)| (seq, event, hash))
+    }
+}
+
+/// One stored event: its seq, the event, and the hash-chain link stored with it.
+///
+/// The hash is the one the apply computed and wrote into the record (see [`crate::chain`]),
+/// read back rather than recomputed: recomputing needs the previous link, hence the whole log
+/// from seq 1, which a reader starting at a late seq would have to hash through and which a
+/// replica seeded from a snapshot does not even hold. Reading does not check the chain
+/// (`Store::open` checks the tail after the snapshot; `muster audit verify` checks all of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event: Event,
+    pub hash: Hash,
 }
 
 /// Read access to the event log, whatever engine holds it.
@@ -131,8 +156,19 @@ pub trait EventLog {
     /// The oldest seq this replica holds. 1 unless the replica was seeded from a leader's
     /// snapshot, in which case the events before it were never stored here.
     fn first_seq_available(&self) -> u64;
-    /// Up to `limit` events with seq >= `from_seq`, in order.
-    fn read_events(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError>;
+    /// Up to `limit` stored events with seq >= `from_seq`, in order, each with its stored
+    /// hash-chain link ([`StoredEvent`]), so a reader can start anywhere at or after
+    /// [`first_seq_available`](Self::first_seq_available) and still hand out each event's link.
+    fn read_records(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Up to `limit` events with seq >= `from_seq`, in order: [`read_records`](Self::read_records)
+    /// without the hashes, for readers that do not show them.
+    fn read_events(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        Ok(self
+            .read_records(from_seq, limit)?
+            .into_iter()
+            .map(|r| (r.seq, r.event))
+            .collect())
+    }
 }
 
 #[derive(Debug)]
@@ -205,7 +241,8 @@ impl StateReader {
     }
 
     /// Updates from now on. A receiver that falls more than a thousand commands behind gets
-    /// `RecvError::Lagged` and catches up with [`EventLog::read_events`].
+    /// `RecvError::Lagged` and catches up with [`EventLog::read_records`] (or
+    /// [`EventLog::read_events`]).
     pub fn subscribe(&self) -> broadcast::Receiver<StateUpdate> {
         self.shared.updates.subscribe()
     }
@@ -220,7 +257,7 @@ impl EventLog for StateReader {
         self.shared.read().first_seq_available
     }
 
-    fn read_events(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+    fn read_records(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         // Only what the applied metadata covers (see `apply_entries`).
         let last_seq = self.shared.read().last_seq;
         if from_seq > last_seq {
@@ -232,11 +269,32 @@ impl EventLog for StateReader {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                let seq = key_u64("event key", &k)?;
-                Ok((seq, decode_record_event(seq, &v)?))
+                decode_stored(key_u64("event key", &k)?, &v)
             })
             .collect()
     }
+}
+
+/// The stored record under key `seq`, checking that it is the one the key says.
+fn decode_stored(seq: u64, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    let record = decode_record(bytes)?;
+    if record.seq != seq {
+        return Err(StoreError::corrupt(
+            "event record",
+            format!("record {} stored under seq {seq}", record.seq),
+        ));
+    }
+    let hash = Hash::try_from(record.hash.as_slice()).map_err(|_| {
+        StoreError::corrupt(
+            "event record",
+            format!("the hash of seq {seq} has {} bytes", record.hash.len()),
+        )
+    })?;
+    Ok(StoredEvent {
+        seq,
+        event: decode_event(&record.event)?,
+        hash,
+    })
 }
 
 fn sled_tx_error(e: TransactionError<()>) -> StoreError {
@@ -446,14 +504,20 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
             EntryPayload::Normal(req) => match applied.state.execute(&req.command) {
                 Ok(events) => {
                     let first_seq = applied.last_seq + 1;
+                    let mut hashes = Vec::with_capacity(events.len());
                     for event in &events {
                         applied.last_seq += 1;
                         let (record, hash) = encode_record(applied.last_seq, event, &applied.head);
                         event_batch.insert(&u64_key(applied.last_seq), record);
                         applied.head = hash;
+                        hashes.push(hash);
                     }
                     if !events.is_empty() {
-                        published.push(AppliedEvents { first_seq, events });
+                        published.push(AppliedEvents {
+                            first_seq,
+                            events,
+                            hashes,
+                        });
                     }
                     Ok(AppliedRange {
                         first_seq,
@@ -671,5 +735,165 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.blocking(current_snapshot).await.raft(Op::ReadSnapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use muster_domain::{Command, DeviceRegistration};
+    use muster_types::{DeviceId, Timestamp};
+    use openraft::CommittedLeaderId;
+    use serde_json::json;
+
+    use super::*;
+    use crate::types::Request;
+
+    fn open() -> StateMachine {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap()
+    }
+
+    /// Registers `n` devices from `from` on: one command, `n` events.
+    fn register(from: usize, n: usize) -> Command {
+        Command::RegisterDevices {
+            devices: (from..from + n)
+                .map(|i| DeviceRegistration {
+                    id: DeviceId::new(format!("d{i:03}")).unwrap(),
+                    display_name: format!("Device {i}"),
+                    model_id: None,
+                    enabled: true,
+                    tags: json!({"floor": i % 3}),
+                })
+                .collect(),
+            upsert: false,
+            at: Timestamp(1_700_000_000_000 + from as i64),
+        }
+    }
+
+    /// Applies one entry per command, with log indexes from `index` on.
+    fn apply(sm: &StateMachine, index: u64, cmds: Vec<Command>) {
+        let entries = (index..)
+            .zip(cmds)
+            .map(|(i, command)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Request { command }),
+            })
+            .collect();
+        for r in apply_entries(&sm.shared, entries).unwrap() {
+            r.result.unwrap();
+        }
+    }
+
+    /// The chain recomputed from the raw stored bytes, from `prev` (the link before `from`).
+    fn recomputed(sm: &StateMachine, from: u64, mut prev: Hash) -> Vec<(u64, Hash)> {
+        sm.shared
+            .events
+            .range(u64_key(from)..)
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                let seq = key_u64("event key", &k).unwrap();
+                let record = decode_record(&v).unwrap();
+                prev = chain_hash(&prev, seq, &record.event);
+                (seq, prev)
+            })
+            .collect()
+    }
+
+    fn links(records: &[StoredEvent]) -> Vec<(u64, Hash)> {
+        records.iter().map(|r| (r.seq, r.hash)).collect()
+    }
+
+    #[test]
+    fn records_carry_the_chain_from_any_seq() {
+        let sm = open();
+        let reader = sm.reader();
+        apply(&sm, 1, vec![register(0, 3), register(3, 4), register(7, 2)]);
+
+        let all = reader.read_records(1, usize::MAX).unwrap();
+        assert_eq!(all.len(), 9);
+        assert_eq!(links(&all), recomputed(&sm, 1, GENESIS));
+        assert_eq!(reader.chain_head(), (9, all[8].hash));
+        // The events are the ones read_events returns.
+        let events: Vec<(u64, Event)> = all.iter().map(|r| (r.seq, r.event.clone())).collect();
+        assert_eq!(reader.read_events(1, usize::MAX).unwrap(), events);
+
+        // Starting late reads only from there, with the same links; limits hold.
+        let tail = reader.read_records(6, 2).unwrap();
+        assert_eq!(tail, all[5..7].to_vec());
+        assert_eq!(reader.read_records(0, 1).unwrap(), all[..1].to_vec());
+        assert!(reader.read_records(10, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_live_feed_carries_the_stored_links() {
+        let sm = open();
+        let reader = sm.reader();
+        let mut updates = reader.subscribe();
+        apply(&sm, 1, vec![register(0, 2), register(2, 3)]);
+
+        let mut live = Vec::new();
+        while let Ok(StateUpdate::Events(applied)) = updates.try_recv() {
+            assert_eq!(applied.hashes.len(), applied.events.len());
+            live.extend(applied.records().map(|(seq, event, hash)| StoredEvent {
+                seq,
+                event: event.clone(),
+                hash: *hash,
+            }));
+        }
+        assert_eq!(live, reader.read_records(1, usize::MAX).unwrap());
+        assert_eq!(links(&live), recomputed(&sm, 1, GENESIS));
+    }
+
+    #[test]
+    fn a_replica_seeded_from_a_snapshot_holds_the_links_after_it() {
+        let leader = open();
+        apply(&leader, 1, vec![register(0, 3), register(3, 2)]);
+        let snapshot = build_snapshot(&leader.shared).unwrap();
+        let (snap_seq, snap_head) = leader.reader().chain_head();
+        assert_eq!(snap_seq, 5);
+
+        let follower = open();
+        install_snapshot(
+            &follower.shared,
+            &snapshot.meta,
+            snapshot.snapshot.into_inner(),
+        )
+        .unwrap();
+        let mut updates = follower.reader().subscribe();
+        apply(&leader, 3, vec![register(5, 2), register(7, 3)]);
+        apply(&follower, 3, vec![register(5, 2), register(7, 3)]);
+
+        let reader = follower.reader();
+        assert_eq!(reader.first_seq_available(), 6);
+        let held = reader.read_records(1, usize::MAX).unwrap();
+        assert_eq!(held.first().map(|r| r.seq), Some(6));
+        // The same links as the leader's, continuing the chain from the snapshot's head.
+        assert_eq!(links(&held), recomputed(&follower, 6, snap_head));
+        assert_eq!(held, leader.reader().read_records(6, usize::MAX).unwrap());
+
+        let mut live = Vec::new();
+        while let Ok(update) = updates.try_recv() {
+            if let StateUpdate::Events(applied) = update {
+                live.extend(applied.records().map(|(seq, _, hash)| (seq, *hash)));
+            }
+        }
+        assert_eq!(live, links(&held));
+    }
+
+    #[test]
+    fn a_record_with_a_bad_hash_length_is_an_error() {
+        let (bytes, _) = encode_record(4, &register_event(), &GENESIS);
+        let mut record = decode_record(&bytes).unwrap();
+        assert_eq!(decode_stored(4, &bytes).unwrap().seq, 4);
+        assert!(decode_stored(5, &bytes).is_err());
+        record.hash.pop();
+        assert!(decode_stored(4, &record.encode_to_vec()).is_err());
+    }
+
+    fn register_event() -> Event {
+        let mut state = State::default();
+        state.execute(&register(0, 1)).unwrap().remove(0)
     }
 }

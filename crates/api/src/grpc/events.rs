@@ -10,10 +10,12 @@
 //! client therefore costs the node nothing but its own buffer ([`STREAM_BUFFER`] events): the
 //! broadcast never waits for it, and what it missed is read back from the log.
 //!
-//! The hash of each event is the log's chain link, recomputed from the event's encoded bytes and
-//! the previous link, which is why the walk starts at seq 1 whatever `from_seq` is (events before
-//! `from_seq` are hashed, not sent). A node seeded from a snapshot does not hold the chain from
-//! seq 1 and sends the events without their hash.
+//! The hash of each event is the log's chain link as the store wrote it when the event was
+//! applied ([`EventLog::read_records`] on disk, [`AppliedEvents::hashes`] in the live feed), so
+//! the walk starts at `from_seq` rather than hashing the log from seq 1, and a node seeded from a
+//! snapshot sends the links of the events it holds.
+//!
+//! [`AppliedEvents::hashes`]: muster_cluster::AppliedEvents::hashes
 
 use std::pin::Pin;
 
@@ -21,9 +23,9 @@ use futures::Stream;
 use muster_cluster::{Cluster, EventLog, StateReader, StateUpdate};
 use muster_domain::Event;
 use muster_proto::pb;
-use muster_store::chain::{chain_hash, Hash, GENESIS};
+use muster_store::chain::Hash;
+use muster_store::StoredEvent;
 use muster_types::{DeviceId, JobId};
-use prost::Message;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
@@ -123,25 +125,16 @@ enum Stop {
 struct Follower {
     reader: StateReader,
     filter: EventFilter,
-    /// The first seq to deliver.
-    from: u64,
-    /// The first seq not yet looked at.
+    /// The first seq not yet looked at (starts at the request's `from_seq`).
     next: u64,
-    /// The chain link of seq `next - 1`, when this node holds the chain from seq 1.
-    prev: Option<Hash>,
     tx: mpsc::Sender<Result<pb::StreamedEvent, Status>>,
 }
 
 impl Follower {
-    /// Looks at the event at the cursor: hashes it, and sends it if it is wanted.
-    async fn step(&mut self, seq: u64, event: &Event) -> Result<(), Stop> {
-        let message = pb::Event::from(event);
-        let hash = self
-            .prev
-            .map(|prev| chain_hash(&prev, seq, &message.encode_to_vec()));
-        self.prev = hash;
+    /// Looks at the event at the cursor, with its stored chain link, and sends it if it is wanted.
+    async fn step(&mut self, seq: u64, event: &Event, hash: &Hash) -> Result<(), Stop> {
         self.next = seq + 1;
-        if seq < self.from || !self.filter.matches(event) {
+        if !self.filter.matches(event) {
             return Ok(());
         }
         let item = pb::StreamedEvent {
@@ -150,8 +143,8 @@ impl Follower {
             r#type: event.kind().to_string(),
             job_id: event.job().map(|j| j.to_string()).unwrap_or_default(),
             device_id: event.device().map(|d| d.to_string()).unwrap_or_default(),
-            hash: hash.map(|h| h.to_vec()).unwrap_or_default(),
-            event: Some(message),
+            hash: hash.to_vec(),
+            event: Some(pb::Event::from(event)),
             body_json: event_body(event).to_string(),
         };
         self.tx.send(Ok(item)).await.map_err(|_| Stop::Gone)
@@ -164,9 +157,9 @@ impl Follower {
             let reader = self.reader.clone();
             let from = self.next;
             let chunk =
-                tokio::task::spawn_blocking(move || reader.read_events(from, READ_CHUNK)).await;
-            let events = match chunk {
-                Ok(Ok(events)) => events,
+                tokio::task::spawn_blocking(move || reader.read_records(from, READ_CHUNK)).await;
+            let records = match chunk {
+                Ok(Ok(records)) => records,
                 Ok(Err(e)) => {
                     tracing::error!("Subscribe: reading the event log at seq {from}: {e}");
                     return Err(Stop::Status(Status::internal(format!(
@@ -180,10 +173,10 @@ impl Follower {
                     ))));
                 }
             };
-            if events.is_empty() {
+            if records.is_empty() {
                 return Ok(());
             }
-            for (seq, event) in &events {
+            for StoredEvent { seq, event, hash } in &records {
                 if *seq != self.next {
                     // The log has no gaps after `first_seq_available`; a snapshot installed
                     // meanwhile is the only way here.
@@ -194,14 +187,14 @@ impl Follower {
                         self.resume_seq()
                     ))));
                 }
-                self.step(*seq, event).await?;
+                self.step(*seq, event, hash).await?;
             }
         }
     }
 
     /// The seq a client should resume from after this stream ends.
     fn resume_seq(&self) -> u64 {
-        self.from.max(self.next)
+        self.next
     }
 
     /// Fails when the node no longer holds the event at the cursor (a snapshot replaced its log).
@@ -230,9 +223,9 @@ impl Follower {
                         if applied.first_seq > self.next {
                             break;
                         }
-                        for (seq, event) in applied.iter() {
+                        for (seq, event, hash) in applied.records() {
                             if seq >= self.next {
-                                self.step(seq, event).await?;
+                                self.step(seq, event, hash).await?;
                             }
                         }
                     }
@@ -277,19 +270,11 @@ impl pb::event_service_server::EventService for EventApi {
                 "from_seq: this node holds events from seq {first} on (it was brought up to date from a snapshot); subscribe on another node, or with from_seq {first} or later"
             )));
         }
-        // With the whole chain here, walk from seq 1 so every event gets its link.
-        let (next, prev) = if first <= 1 {
-            (1, Some(GENESIS))
-        } else {
-            (from, None)
-        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut follower = Follower {
             reader,
             filter,
-            from,
-            next,
-            prev,
+            next: from,
             tx: tx.clone(),
         };
         let stop = self.stop.clone();

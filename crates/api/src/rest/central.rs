@@ -523,15 +523,21 @@ mod tests {
         fn first_seq_available(&self) -> u64 {
             self.first
         }
-        fn read_events(
+        fn read_records(
             &self,
             from_seq: u64,
             limit: usize,
-        ) -> Result<Vec<(u64, Event)>, muster_cluster::StoreError> {
+        ) -> Result<Vec<muster_store::StoredEvent>, muster_cluster::StoreError> {
+            // History pages show no hashes; any will do.
             Ok((self.first..)
                 .zip(self.events.iter().cloned())
                 .filter(|(s, _)| *s >= from_seq)
                 .take(limit)
+                .map(|(seq, event)| muster_store::StoredEvent {
+                    seq,
+                    event,
+                    hash: [0; 32],
+                })
                 .collect())
         }
     }
