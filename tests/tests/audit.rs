@@ -1,6 +1,6 @@
 //! `muster audit` on a real node's data directory: refused while the node runs, and after it
 //! stops, `verify` passes, `export` lists every event, `replay` rebuilds the jobs the API showed
-//! and `timeline` tells one job's history.
+//! (from the directory and from the export alone) and `timeline` tells one job's history.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -124,6 +124,26 @@ async fn audit_reads_a_stopped_nodes_log() {
         assert_eq!(job["status"], "scheduled");
         assert_eq!(job["stats"]["devices"], json!(2 * (j + 1)));
     }
+
+    // The export alone replays to the same jobs, and its hash chain ends at the node's head.
+    let scratch = data_dir().unwrap();
+    let file = scratch.path().join("export.jsonl");
+    std::fs::write(&file, &e.stdout).unwrap();
+    let x = std::process::Command::new(muster_bin().unwrap())
+        .args(["audit", "replay", "--output", "json", "--from-export"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(x.status.success(), "{}", text(&x.stderr));
+    let from_export: Value = serde_json::from_slice(&x.stdout).unwrap();
+    assert_eq!(from_export, replayed);
+    let head = text(&v.stdout)
+        .split("chain head ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(text(&x.stderr).contains(&head), "{}", text(&x.stderr));
 
     // Before the first job existed there was no job.
     let first_job_seq = created[0]["seq"].as_u64().unwrap();

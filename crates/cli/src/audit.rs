@@ -5,13 +5,15 @@
 //! run the command on a copy); otherwise the command says the directory is in use. Nothing is
 //! written.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use muster_domain::{Event, Job, State};
-use muster_store::audit::{AuditLog, ReplayTo};
-use muster_types::Timestamp;
+use muster_store::audit::{
+    self as store_audit, AuditLog, ExportFilter, Outcomes, ReplayTo, Replayed, TimelineEntry,
+};
+use muster_types::{JobId, Timestamp};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -49,7 +51,8 @@ enum AuditCmd {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Print events, one a line: seq, time, type, job, device and body.
+    /// Print events, one a line: seq, time, type, job, device and body (the whole event; JSON
+    /// Lines also carry each event's chain hash, and `replay --from-export` reads them back).
     Export {
         #[command(flatten)]
         dir: DirArg,
@@ -65,8 +68,13 @@ enum AuditCmd {
     },
     /// Rebuild the state from the log alone and print the jobs as they were.
     Replay {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The node's data directory. The node must not be running on it.
+        #[arg(long, required_unless_present = "from_export")]
+        data_dir: Option<PathBuf>,
+        /// Replay a complete JSON Lines export (`muster audit export`) instead of a data
+        /// directory; its hash chain is checked on the way.
+        #[arg(long, conflicts_with = "data_dir")]
+        from_export: Option<PathBuf>,
         /// Stop after this sequence number.
         #[arg(long, conflicts_with = "at")]
         to_seq: Option<u64>,
@@ -106,7 +114,8 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
             format,
         ),
         AuditCmd::Replay {
-            dir,
+            data_dir,
+            from_export,
             to_seq,
             at,
             output,
@@ -118,7 +127,27 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 ),
                 (None, None) => ReplayTo::End,
             };
-            replay(&open(&dir)?, to, output)
+            let r = match (from_export, data_dir) {
+                (Some(file), _) => {
+                    let f = std::fs::File::open(&file)
+                        .with_context(|| format!("opening {}", file.display()))?;
+                    let r = store_audit::replay_export(BufReader::new(f), to)
+                        .with_context(|| format!("replaying {}", file.display()))?;
+                    match r.chain_head {
+                        Some(h) => eprintln!(
+                            "export: {} hashes checked, chain head {} (compare with `muster \
+                             audit verify` on the node)",
+                            r.hashes_checked,
+                            muster_store::chain::to_hex(&h)
+                        ),
+                        None => eprintln!("export: rows without hashes, the chain was not checked"),
+                    }
+                    r.replayed
+                }
+                (None, Some(data_dir)) => open(&DirArg { data_dir })?.replay(to)?,
+                (None, None) => bail!("give --data-dir or --from-export"),
+            };
+            replay(&r, output)
         }
         AuditCmd::Timeline { dir, job } => timeline(&open(&dir)?, &job),
     }
@@ -147,26 +176,6 @@ fn verify(log: &AuditLog) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One event as an export row.
-fn row(seq: u64, event: &Event) -> anyhow::Result<serde_json::Value> {
-    Ok(json!({
-        "seq": seq,
-        "time": event.at().to_rfc3339(),
-        "type": event.kind(),
-        "job": event.job().map(|j| j.as_str()),
-        "device": event.device().map(|d| d.as_str()),
-        "body": serde_json::to_value(event)?,
-    }))
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 fn export(
     log: &AuditLog,
     from: u64,
@@ -175,30 +184,16 @@ fn export(
     format: ExportFormat,
 ) -> anyhow::Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
-    if format == ExportFormat::Csv {
-        writeln!(out, "seq,time,type,job,device,body")?;
-    }
-    for item in log.events(from, to)? {
-        let (seq, event) = item?;
-        if job.is_some_and(|j| event.job().map(|x| x.as_str()) != Some(j)) {
-            continue;
-        }
-        match format {
-            ExportFormat::Jsonl => {
-                serde_json::to_writer(&mut out, &row(seq, &event)?)?;
-                writeln!(out)?;
-            }
-            ExportFormat::Csv => writeln!(
-                out,
-                "{seq},{},{},{},{},{}",
-                event.at().to_rfc3339(),
-                event.kind(),
-                csv_field(event.job().map_or("", |j| j.as_str())),
-                csv_field(event.device().map_or("", |d| d.as_str())),
-                csv_field(&serde_json::to_string(&event)?)
-            )?,
-        }
-    }
+    let filter = ExportFilter {
+        from_seq: from,
+        to_seq: Some(to),
+        job: job.map(str::to_owned),
+    };
+    let format = match format {
+        ExportFormat::Jsonl => store_audit::ExportFormat::Jsonl,
+        ExportFormat::Csv => store_audit::ExportFormat::Csv,
+    };
+    log.export(&filter, format, &mut out)?;
     out.flush()?;
     Ok(())
 }
@@ -216,8 +211,14 @@ fn job_json(job: &Job) -> serde_json::Value {
     })
 }
 
-fn replay(log: &AuditLog, to: ReplayTo, output: ReplayOutput) -> anyhow::Result<()> {
-    let r = log.replay(to)?;
+fn replay(r: &Replayed, output: ReplayOutput) -> anyhow::Result<()> {
+    if let Some(seq) = r.clock_went_back {
+        eprintln!(
+            "warning: replay stopped at the first event stamped after --at, but seq {seq} later \
+             in the log is stamped at or before it again (a leader's clock was behind); it is \
+             not included"
+        );
+    }
     let State { jobs, registry } = &r.state;
     match output {
         ReplayOutput::Json => {
@@ -275,107 +276,78 @@ fn replay(log: &AuditLog, to: ReplayTo, output: ReplayOutput) -> anyhow::Result<
     Ok(())
 }
 
-/// Device outcomes between two job-level events, summed.
-#[derive(Debug, Default)]
-struct Outcomes {
-    first: Option<(u64, Timestamp)>,
-    dispatched: u64,
-    succeeded: u64,
-    failed: u64,
-    retrying: u64,
+fn outcomes_line(out: &mut impl Write, o: &Outcomes) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}  #{:<8} devices: {} dispatched, {} succeeded, {} failed ({} to retry)",
+        o.first_at.to_rfc3339(),
+        o.first_seq,
+        o.dispatched,
+        o.succeeded,
+        o.failed,
+        o.retrying
+    )
 }
 
-impl Outcomes {
-    fn add(&mut self, seq: u64, at: Timestamp) {
-        self.first.get_or_insert((seq, at));
-    }
-
-    fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if let Some((seq, at)) = self.first {
-            writeln!(
-                out,
-                "{}  #{seq:<8} devices: {} dispatched, {} succeeded, {} failed ({} to retry)",
-                at.to_rfc3339(),
-                self.dispatched,
-                self.succeeded,
-                self.failed,
-                self.retrying
-            )?;
+fn event_line(event: &Event) -> String {
+    match event {
+        Event::JobCreated { spec, devices, .. } => {
+            format!(
+                "created {:?} on {} devices",
+                spec.display_name,
+                devices.len()
+            )
         }
-        *self = Outcomes::default();
-        Ok(())
+        Event::JobScheduled { start_at, .. } => {
+            format!("scheduled to start at {}", start_at.to_rfc3339())
+        }
+        Event::JobStarted { run, .. } => format!("run {} started", run.0),
+        Event::BatchStarted { run, batch, .. } => {
+            format!("batch {} of run {} started", batch + 1, run.0)
+        }
+        Event::DevicesJoined { run, devices, .. } => {
+            format!("{} devices joined run {}", devices.len(), run.0)
+        }
+        Event::JobStopped { .. } => "stopped".into(),
+        Event::JobResumed { .. } => "resumed".into(),
+        Event::JobCancelled { reason, .. } => format!("cancelled: {reason:?}"),
+        Event::JobCompleted { .. } => "completed".into(),
+        Event::JobFailed { reason, .. } => format!("failed: {reason:?}"),
+        Event::RerunStarted {
+            run,
+            rerun_id,
+            devices,
+            ..
+        } => format!(
+            "rerun {} started as run {} on {} devices",
+            rerun_id.as_str(),
+            run.0,
+            devices.len()
+        ),
+        other => other.kind().to_owned(),
     }
 }
 
 fn timeline(log: &AuditLog, job: &str) -> anyhow::Result<()> {
-    let mut out = BufWriter::new(io::stdout().lock());
-    let mut pending = Outcomes::default();
-    let mut found = false;
-    for item in log.events(1, u64::MAX)? {
-        let (seq, event) = item?;
-        if event.job().map(|j| j.as_str()) != Some(job) {
-            continue;
-        }
-        found = true;
-        let line = match &event {
-            Event::DeviceDispatched { .. } => {
-                pending.add(seq, event.at());
-                pending.dispatched += 1;
-                continue;
-            }
-            Event::DeviceSucceeded { .. } => {
-                pending.add(seq, event.at());
-                pending.succeeded += 1;
-                continue;
-            }
-            Event::DeviceFailed { retry, .. } => {
-                pending.add(seq, event.at());
-                pending.failed += 1;
-                pending.retrying += u64::from(*retry);
-                continue;
-            }
-            Event::JobCreated { spec, devices, .. } => {
-                format!(
-                    "created {:?} on {} devices",
-                    spec.display_name,
-                    devices.len()
-                )
-            }
-            Event::JobScheduled { start_at, .. } => {
-                format!("scheduled to start at {}", start_at.to_rfc3339())
-            }
-            Event::JobStarted { run, .. } => format!("run {} started", run.0),
-            Event::BatchStarted { run, batch, .. } => {
-                format!("batch {} of run {} started", batch + 1, run.0)
-            }
-            Event::DevicesJoined { run, devices, .. } => {
-                format!("{} devices joined run {}", devices.len(), run.0)
-            }
-            Event::JobStopped { .. } => "stopped".into(),
-            Event::JobResumed { .. } => "resumed".into(),
-            Event::JobCancelled { reason, .. } => format!("cancelled: {reason:?}"),
-            Event::JobCompleted { .. } => "completed".into(),
-            Event::JobFailed { reason, .. } => format!("failed: {reason:?}"),
-            Event::RerunStarted {
-                run,
-                rerun_id,
-                devices,
-                ..
-            } => format!(
-                "rerun {} started as run {} on {} devices",
-                rerun_id.as_str(),
-                run.0,
-                devices.len()
-            ),
-            other => other.kind().to_owned(),
-        };
-        pending.flush(&mut out)?;
-        writeln!(out, "{}  #{seq:<8} {line}", event.at().to_rfc3339())?;
-    }
-    pending.flush(&mut out)?;
-    out.flush()?;
-    if !found {
+    let Ok(id) = JobId::new(job) else {
+        bail!("no events for job {job:?}");
+    };
+    let t = log.timeline(&id)?;
+    if t.entries.is_empty() {
         bail!("no events for job {job:?}");
     }
+    let mut out = BufWriter::new(io::stdout().lock());
+    for entry in &t.entries {
+        match entry {
+            TimelineEntry::Devices(o) => outcomes_line(&mut out, o)?,
+            TimelineEntry::Event { seq, event } => writeln!(
+                out,
+                "{}  #{seq:<8} {}",
+                event.at().to_rfc3339(),
+                event_line(event)
+            )?,
+        }
+    }
+    out.flush()?;
     Ok(())
 }

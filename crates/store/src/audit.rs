@@ -1,21 +1,30 @@
 //! Offline reading of a node's data directory: the event log, its hash chain, the stored snapshot,
-//! and replays of the log with `evolve`. This is what `muster audit` runs on.
+//! replays of the log, exports, and per-job timelines. This is what `muster audit` runs on; the
+//! export and timeline shapes live here (not in the CLI) so an online API can reuse them.
+//!
+//! Only *applied* events are read: after a `kill -9`, entries that were committed to the Raft log
+//! but not yet applied (apply does not flush) are not in the event log until the node restarts
+//! and re-applies them. The log this module reads is therefore always a prefix of the node's
+//! history, never a different history.
 //!
 //! sled has no read-only mode: [`AuditLog::open`] opens the database like the server does (sled
 //! may tidy its own files on open) but this module never writes a key. sled locks the directory,
 //! so opening it while a server holds it fails with [`StoreError::InUse`]; stop the node (or copy
 //! its directory) first.
 
+use std::io::{self, BufRead, Write};
 use std::path::Path;
 
-use muster_domain::{evolve, Event, State};
-use muster_types::Timestamp;
+use muster_domain::{apply, evolve, Event, State};
+use muster_types::{JobId, Timestamp};
+use serde::{Deserialize, Serialize};
 
 use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
-use crate::codec::{decode_event, decode_record, from_json, key_u64, u64_key};
+use crate::codec::{decode_event, decode_record, encode_event, from_json, key_u64, u64_key};
 use crate::error::StoreError;
 use crate::state_machine::{
-    read_head, read_u64, SnapshotPayload, FIRST_SEQ, LAST_SEQ, SNAPSHOT_DATA, SNAPSHOT_FORMAT,
+    read_head, read_u64, SnapshotPayload, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DATA,
+    SNAPSHOT_FORMAT,
 };
 
 /// A data directory opened for reading.
@@ -25,6 +34,7 @@ pub struct AuditLog {
     events: sled::Tree,
     meta: sled::Tree,
     snapshot: sled::Tree,
+    raft_meta: sled::Tree,
 }
 
 /// What the metadata says about the log.
@@ -38,6 +48,10 @@ pub struct LogInfo {
     pub chain_head: Hash,
     /// The seq the stored snapshot ends at, if there is one.
     pub snapshot_seq: Option<u64>,
+    /// Raft log entries known committed but not applied: a node stopped by `kill -9` (apply
+    /// does not flush) applies them again when it restarts, and only then are their events in
+    /// this log. Not an error: the log read here is a prefix of the node's history.
+    pub committed_unapplied: u64,
 }
 
 /// The stored snapshot's content.
@@ -88,6 +102,11 @@ pub struct Replayed {
     pub base_seq: u64,
     /// The time of the newest event included.
     pub last_at: Option<Timestamp>,
+    /// Only for [`ReplayTo::Time`]: the first event after the stop that is stamped at or before
+    /// the time again (a leader whose clock was behind the previous one's). Replay stops at the
+    /// first event stamped after the time, so the state shown is one the node really had; this
+    /// says that later events carry earlier stamps and were left out.
+    pub clock_went_back: Option<u64>,
 }
 
 fn map_open_error(dir: &Path, e: sled::Error) -> StoreError {
@@ -114,17 +133,32 @@ impl AuditLog {
             events: db.open_tree("events")?,
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("snapshot")?,
+            raft_meta: db.open_tree("raft_meta")?,
             _db: db,
         })
     }
 
     pub fn info(&self) -> Result<LogInfo, StoreError> {
         let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
+        let applied: Option<crate::types::LogId> = match self.meta.get(LAST_APPLIED)? {
+            Some(v) => from_json("state machine metadata", &v)?,
+            None => None,
+        };
+        let committed: Option<crate::types::LogId> = match self.raft_meta.get(b"committed")? {
+            Some(v) => Some(from_json("raft metadata", &v)?),
+            None => None,
+        };
+        let committed_unapplied = match (committed, applied) {
+            (Some(c), Some(a)) => c.index.saturating_sub(a.index),
+            (Some(c), None) => c.index + 1,
+            (None, _) => 0,
+        };
         Ok(LogInfo {
             first_seq: read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1),
             last_seq,
             chain_head: read_head(&self.meta, last_seq)?,
             snapshot_seq: self.snapshot()?.map(|s| s.last_seq),
+            committed_unapplied,
         })
     }
 
@@ -215,6 +249,14 @@ impl AuditLog {
             }
         };
         let snap_seq = snapshot.as_ref().map(|s| s.last_seq);
+        if info.committed_unapplied > 0 {
+            notes.push(format!(
+                "{} Raft log entries are committed but not applied (the node stopped without \
+                 applying them, e.g. kill -9); their events appear here once the node has \
+                 restarted",
+                info.committed_unapplied
+            ));
+        }
 
         let mut expected = info.first_seq;
         let end = info.last_seq.saturating_add(1);
@@ -368,22 +410,423 @@ impl AuditLog {
             last_seq: base_seq,
             base_seq,
             last_at: None,
+            clock_went_back: None,
         };
         let to_seq = match to {
             ReplayTo::Seq(n) => n,
             _ => u64::MAX,
         };
-        for item in self.events(base_seq + 1, to_seq)? {
+        // One thread reads, decodes and applies. Decoding is two thirds of the time (see
+        // BENCHMARKS.md); handing decoded chunks to a second thread measured slower on the
+        // shared two-core machine, so it was not kept.
+        let mut events = self.events(base_seq + 1, to_seq)?;
+        for item in events.by_ref() {
             let (seq, event) = item?;
+            let at = event.at();
             if let ReplayTo::Time(t) = to {
-                if event.at() > t {
+                if at > t {
                     break;
                 }
             }
-            evolve(&mut out.state, &event);
+            apply(&mut out.state, event);
             out.last_seq = seq;
-            out.last_at = Some(event.at());
+            out.last_at = Some(at);
+        }
+        if let ReplayTo::Time(t) = to {
+            for item in events {
+                let (seq, event) = item?;
+                if event.at() <= t {
+                    out.clock_went_back = Some(seq);
+                    break;
+                }
+            }
         }
         Ok(out)
+    }
+}
+
+/// The formats of [`AuditLog::export`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportFormat {
+    /// One JSON object a line (see [`ExportRow`]): the format [`replay_export`] reads back.
+    #[default]
+    Jsonl,
+    /// `seq,time,type,job,device,body` with the body as JSON, for spreadsheets.
+    Csv,
+}
+
+/// Which events [`AuditLog::export`] writes.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub from_seq: u64,
+    /// Inclusive; `None`: to the newest applied event.
+    pub to_seq: Option<u64>,
+    /// Only this job's events. Such an export has gaps, so it cannot be replayed.
+    pub job: Option<String>,
+}
+
+/// One line of a JSON Lines export as it is written. `body` is the whole event (serde's
+/// externally tagged form of [`Event`]), so an export can be replayed without the data directory;
+/// `hash` is the stored chain link, so a complete export can be checked against the chain head
+/// `muster audit verify` prints.
+#[derive(Debug, Serialize)]
+struct ExportRowOut<'a> {
+    seq: u64,
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    job: Option<&'a str>,
+    device: Option<&'a str>,
+    hash: &'a str,
+    body: &'a Event,
+}
+
+/// One line of a JSON Lines export as [`replay_export`] reads it (the other columns are derived
+/// from the body and ignored). Exports written before the `hash` column replay without the chain
+/// check.
+#[derive(Debug, Deserialize)]
+pub struct ExportRow {
+    pub seq: u64,
+    #[serde(default)]
+    pub hash: Option<String>,
+    pub body: Event,
+}
+
+/// How many events an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportStats {
+    pub events: u64,
+    pub bytes: u64,
+}
+
+/// Counts what passes through, so callers learn the size of what they wrote.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+fn io_error(e: io::Error) -> StoreError {
+    StoreError::Io(e)
+}
+
+fn json_error(e: serde_json::Error) -> StoreError {
+    if e.is_io() {
+        StoreError::Io(e.into())
+    } else {
+        StoreError::corrupt("json encoding", e)
+    }
+}
+
+impl AuditLog {
+    /// The applied records with `from <= seq <= to`: seq, decoded event and stored hash (not
+    /// checked; see [`verify`](Self::verify)).
+    pub fn records(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, Event, Hash), StoreError>> + '_, StoreError> {
+        let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
+        let to = to.min(last_seq);
+        let range = if from > to {
+            self.events.range(u64_key(1)..u64_key(1))
+        } else {
+            self.events.range(u64_key(from.max(1))..=u64_key(to))
+        };
+        Ok(range.map(|kv| {
+            let (k, v) = kv?;
+            let seq = key_u64("event key", &k)?;
+            let record = decode_record(&v)?;
+            if record.seq != seq {
+                return Err(StoreError::corrupt(
+                    "event record",
+                    format!("record {} stored under seq {seq}", record.seq),
+                ));
+            }
+            let hash = Hash::try_from(record.hash.as_slice()).map_err(|_| {
+                StoreError::corrupt(
+                    "event record",
+                    format!("hash of {} bytes", record.hash.len()),
+                )
+            })?;
+            Ok((seq, decode_event(&record.event)?, hash))
+        }))
+    }
+
+    /// Writes the selected events to `out`, one a line. The writer is not flushed.
+    pub fn export(
+        &self,
+        filter: &ExportFilter,
+        format: ExportFormat,
+        out: impl Write,
+    ) -> Result<ExportStats, StoreError> {
+        let mut out = Counting {
+            inner: out,
+            bytes: 0,
+        };
+        let mut stats = ExportStats::default();
+        if format == ExportFormat::Csv {
+            writeln!(out, "seq,time,type,job,device,body").map_err(io_error)?;
+        }
+        let mut body = Vec::new();
+        let to = filter.to_seq.unwrap_or(u64::MAX);
+        for item in self.records(filter.from_seq, to)? {
+            let (seq, event, hash) = item?;
+            let job = event.job().map(|j| j.as_str());
+            if filter.job.as_deref().is_some_and(|want| job != Some(want)) {
+                continue;
+            }
+            let device = event.device().map(|d| d.as_str());
+            match format {
+                ExportFormat::Jsonl => {
+                    let row = ExportRowOut {
+                        seq,
+                        time: event.at().to_rfc3339(),
+                        kind: event.kind(),
+                        job,
+                        device,
+                        hash: &to_hex(&hash),
+                        body: &event,
+                    };
+                    serde_json::to_writer(&mut out, &row).map_err(json_error)?;
+                    out.write_all(b"\n").map_err(io_error)?;
+                }
+                ExportFormat::Csv => {
+                    body.clear();
+                    serde_json::to_writer(&mut body, &event).map_err(json_error)?;
+                    let body = String::from_utf8_lossy(&body);
+                    writeln!(
+                        out,
+                        "{seq},{},{},{},{},{}",
+                        event.at().to_rfc3339(),
+                        event.kind(),
+                        csv_field(job.unwrap_or("")),
+                        csv_field(device.unwrap_or("")),
+                        csv_field(&body)
+                    )
+                    .map_err(io_error)?;
+                }
+            }
+            stats.events += 1;
+        }
+        stats.bytes = out.bytes;
+        Ok(stats)
+    }
+
+    /// One job's history in order; see [`Timeline`].
+    pub fn timeline(&self, job: &JobId) -> Result<Timeline, StoreError> {
+        let mut t = Timeline::new(job.clone());
+        for item in self.events(1, u64::MAX)? {
+            let (seq, event) = item?;
+            t.push(seq, event);
+        }
+        Ok(t.finish())
+    }
+}
+
+/// The outcome of [`replay_export`].
+#[derive(Debug, Clone)]
+pub struct ExportReplay {
+    pub replayed: Replayed,
+    /// Rows whose `hash` was recomputed from the body and matched.
+    pub hashes_checked: u64,
+    /// The chain link of the last row, when every row carried one and all matched: equal to the
+    /// head `muster audit verify` reports on the node, the export is that node's log.
+    pub chain_head: Option<Hash>,
+}
+
+/// Rebuilds the state from a JSON Lines export alone (no data directory). The export must be
+/// complete: rows from seq 1 without gaps (an export with `--job` or a later `--from-seq`, or
+/// one from a replica seeded by a snapshot, is refused). When the rows carry hashes the chain
+/// is recomputed from each body's protobuf encoding and a mismatch is an error naming the seq.
+pub fn replay_export(input: impl BufRead, to: ReplayTo) -> Result<ExportReplay, StoreError> {
+    let mut out = ExportReplay {
+        replayed: Replayed {
+            state: State::default(),
+            last_seq: 0,
+            base_seq: 0,
+            last_at: None,
+            clock_went_back: None,
+        },
+        hashes_checked: 0,
+        chain_head: None,
+    };
+    let mut prev = Some(GENESIS);
+    let mut stopped = false;
+    for (n, line) in input.lines().enumerate() {
+        let line = line.map_err(io_error)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::corrupt("export", format!("line {}: {e}", n + 1))
+        };
+        if stopped {
+            // Only looking for a later event stamped at or before the time (see `Replayed`);
+            // the time column is enough for that.
+            #[derive(Deserialize)]
+            struct Head {
+                seq: u64,
+                time: String,
+            }
+            let head: Head = serde_json::from_str(&line).map_err(|e| bad(&e))?;
+            let at = Timestamp::parse_rfc3339(&head.time).map_err(|e| bad(&e))?;
+            if let ReplayTo::Time(t) = to {
+                if at <= t {
+                    out.replayed.clock_went_back = Some(head.seq);
+                    break;
+                }
+            }
+            continue;
+        }
+        let row: ExportRow = serde_json::from_str(&line).map_err(|e| bad(&e))?;
+        let expected = out.replayed.last_seq + 1;
+        if row.seq != expected {
+            return Err(StoreError::corrupt(
+                "export",
+                format!(
+                    "line {}: seq {} where {expected} was expected (replay needs a complete \
+                     export from seq 1, without --job)",
+                    n + 1,
+                    row.seq
+                ),
+            ));
+        }
+        let at = row.body.at();
+        match to {
+            ReplayTo::Seq(s) if row.seq > s => break,
+            ReplayTo::Time(t) if at > t => {
+                stopped = true;
+                continue;
+            }
+            _ => {}
+        }
+        match (&row.hash, prev) {
+            (Some(hex), Some(p)) => {
+                let h = chain_hash(&p, row.seq, &encode_event(&row.body));
+                if to_hex(&h) != *hex {
+                    return Err(StoreError::corrupt(
+                        "export",
+                        format!(
+                            "seq {}: the hash does not match the event and the previous hash",
+                            row.seq
+                        ),
+                    ));
+                }
+                out.hashes_checked += 1;
+                prev = Some(h);
+            }
+            _ => prev = None,
+        }
+        apply(&mut out.replayed.state, row.body);
+        out.replayed.last_seq = row.seq;
+        out.replayed.last_at = Some(at);
+    }
+    out.chain_head = prev.filter(|_| out.hashes_checked > 0);
+    Ok(out)
+}
+
+/// Device outcomes summed between two job-level events of a [`Timeline`] (in practice: per
+/// batch, since each batch starts with a job-level event).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    pub first_seq: u64,
+    pub first_at: Timestamp,
+    pub last_seq: u64,
+    pub dispatched: u64,
+    pub succeeded: u64,
+    /// Failed attempts, timeouts included; `retrying` of them go back for another attempt.
+    pub failed: u64,
+    pub retrying: u64,
+}
+
+/// A line of a [`Timeline`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimelineEntry {
+    /// A job-level event (created, scheduled, started, batch started, devices joined, stopped,
+    /// resumed, cancelled, completed, failed, rerun), as it is in the log.
+    Event { seq: u64, event: Event },
+    /// The device events between two job-level events, summed.
+    Devices(Outcomes),
+}
+
+/// A job's history as people read it: the job-level events, with the (many) per-device events
+/// between them summed. Built here rather than in the CLI so an online API can serve the same
+/// thing from the live event log: feed [`Timeline::push`] every event in seq order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeline {
+    pub job: JobId,
+    pub entries: Vec<TimelineEntry>,
+    pending: Option<Outcomes>,
+}
+
+impl Timeline {
+    pub fn new(job: JobId) -> Self {
+        Timeline {
+            job,
+            entries: Vec::new(),
+            pending: None,
+        }
+    }
+
+    /// Takes the next event of the log; events of other jobs and registry events are ignored.
+    pub fn push(&mut self, seq: u64, event: Event) {
+        if event.job() != Some(&self.job) {
+            return;
+        }
+        let at = event.at();
+        fn sum(p: &mut Option<Outcomes>, seq: u64, at: Timestamp) -> &mut Outcomes {
+            let o = p.get_or_insert_with(|| Outcomes {
+                first_seq: seq,
+                first_at: at,
+                ..Outcomes::default()
+            });
+            o.last_seq = seq;
+            o
+        }
+        match &event {
+            Event::DeviceDispatched { .. } => sum(&mut self.pending, seq, at).dispatched += 1,
+            Event::DeviceSucceeded { .. } => sum(&mut self.pending, seq, at).succeeded += 1,
+            Event::DeviceFailed { retry, .. } => {
+                let o = sum(&mut self.pending, seq, at);
+                o.failed += 1;
+                o.retrying += u64::from(*retry);
+            }
+            _ => {
+                self.close();
+                self.entries.push(TimelineEntry::Event { seq, event });
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(o) = self.pending.take() {
+            self.entries.push(TimelineEntry::Devices(o));
+        }
+    }
+
+    /// Ends the history: device events after the last job-level event become the last entry.
+    pub fn finish(mut self) -> Self {
+        self.close();
+        self
     }
 }

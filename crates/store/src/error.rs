@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The directory holds no muster store.
     #[error("{0} is not a muster data directory")]
     NotADataDir(String),
+    /// Reading an export or writing one (the audit tools' files and pipes).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
     /// A blocking task (sled write or flush) panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
