@@ -1,4 +1,7 @@
-//! Helpers shared by the benchmarks: fleets, specs and percentiles.
+//! Helpers shared by the benchmarks: fleets, specs and percentiles; [`procs`]: the node and
+//! broker processes of the end-to-end harnesses.
+
+pub mod procs;
 
 use std::time::Duration;
 

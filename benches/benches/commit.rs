@@ -6,7 +6,13 @@
 //! - device results, 1,000 per `RecordDeviceResults` entry, from 4 concurrent writers:
 //!   results/s (the issue's goal: at least 50,000 per second);
 //! - CreateJob over gRPC against a whole node (`muster_node::run` on loopback ports), one at a
-//!   time: p50 and p99 latency as a client sees it.
+//!   time: p50 and p99 latency as a client sees it;
+//! - three nodes (issue 5): the same device-results measurement on the leader of a three-member
+//!   cluster of in-process `Cluster`s, each with its own sled directory and its Raft peer service
+//!   on a loopback port (real gRPC between them), default Raft settings: a write returns once a
+//!   majority has the entry durably and the leader has applied it.
+//!
+//! `MUSTER_BENCH_ONLY=one` or `=three` runs one of the two parts.
 //!
 //! Data goes to a temporary directory under `target/` (the real disk, not tmpfs); set
 //! `MUSTER_BENCH_DIR` to measure another disk.
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster_benches::{median, method_job, percentile, registrations};
-use muster_cluster::{now, Cluster, ClusterConfig, MusterNode};
+use muster_cluster::{now, Cluster, ClusterConfig, MusterNode, PeerService};
 use muster_domain::{Command, DeviceResult, Outcome, TargetSelector};
 use muster_types::{JobId, RunId};
 use serde_json::json;
@@ -39,6 +45,50 @@ async fn node(dir: &std::path::Path) -> Cluster {
     .unwrap();
     c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
     c
+}
+
+/// Three in-process members of one cluster, each serving Raft on its own loopback port; returns
+/// them with the leader first.
+async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let peers: std::collections::BTreeMap<u64, String> =
+        (1..=3u64).zip(addrs.iter().cloned()).collect();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let me = MusterNode {
+            peer_addr: addrs[i].clone(),
+            ..MusterNode::default()
+        };
+        let mut cfg = ClusterConfig::new(i as u64 + 1, dir.path().to_path_buf(), me);
+        cfg.peers = peers.clone();
+        nodes.push(Cluster::start(cfg).await.unwrap());
+    }
+    for (l, c) in listeners.into_iter().zip(&nodes) {
+        let server = tonic::transport::Server::builder()
+            .add_service(PeerService::server(c.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
+        tokio::spawn(server);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(i) = nodes.iter().position(Cluster::is_leader) {
+            nodes.swap(0, i);
+            // Every member knows the leader (the followers' records are written by then too).
+            for n in &nodes {
+                n.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+            }
+            return nodes;
+        }
+        assert!(Instant::now() < deadline, "no leader among three nodes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn bench_dir() -> tempfile::TempDir {
@@ -239,6 +289,45 @@ fn main() {
             c.write(create("smoke".into())).await.unwrap();
             c.shutdown().await;
             return;
+        }
+        let only = std::env::var("MUSTER_BENCH_ONLY").unwrap_or_default();
+        if only != "one" {
+            let mut res3 = vec![];
+            for run in 0..RUNS {
+                let dirs = [bench_dir(), bench_dir(), bench_dir()];
+                let nodes = three_nodes(&dirs).await;
+                let t = Instant::now();
+                setup_fleet(&nodes[0], DEVICES).await;
+                let setup = t.elapsed();
+                let r = device_results(&nodes[0], run).await;
+                // The followers apply the same entries.
+                for f in &nodes[1..] {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while f.reader().read(|s| {
+                        s.jobs
+                            .get(&JobId::new(format!("results-{run}")).unwrap())
+                            .map(|j| j.stats().succeeded)
+                    }) != Some(DEVICES as u64)
+                    {
+                        assert!(Instant::now() < deadline, "a follower did not catch up");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                println!(
+                    "run {run}: three nodes: device results {r:.0}/s (registering {DEVICES} devices took {setup:?})"
+                );
+                for n in &nodes {
+                    n.shutdown().await;
+                }
+                res3.push(r);
+            }
+            println!(
+                "median of {RUNS}: three nodes: device results {:.0}/s ({RESULTS_PER_ENTRY} per entry, {RESULT_WRITERS} writers)",
+                median(res3)
+            );
+            if only == "three" {
+                return;
+            }
         }
         let (mut seq, mut p50s, mut p99s, mut conc, mut res) =
             (vec![], vec![], vec![], vec![], vec![]);

@@ -9,7 +9,7 @@
 //! 1. **muster**: starts `target/release/muster serve` (a Raft-of-one node on a data directory
 //!    under `target/bench-data`), registers the fleet's devices over gRPC `ImportDevices`, starts
 //!    the simulated fleet (`muster_devsim::Fleet`, in this process), waits until the registry shows
-//!    every device connected (the presence storm: one `SetConnection` per device), then creates a
+//!    every device connected (the presence storm, batched into `SetConnections` entries), then creates a
 //!    method job over `SELECT * FROM devices` over gRPC and waits for it to complete. It prints
 //!    device operations per second (job started -> ended, from the job's own timestamps),
 //!    p50/p99 per-device latency (the job's `dispatched_at` -> `finished_at`, i.e. dispatch ->
@@ -34,13 +34,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use muster_benches::procs;
 use muster_benches::{median, method_job, percentile};
 use muster_devsim::{Fleet, FleetConfig};
 use muster_dispatch::protocol::{self, Inbound};
@@ -81,15 +81,6 @@ fn muster_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn bench_dir() -> tempfile::TempDir {
-    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
-        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
-        let _ = std::fs::create_dir_all(d);
-        d.to_string()
-    });
-    tempfile::tempdir_in(base).unwrap()
-}
-
 /// Peak resident set size (`VmHWM`) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -112,6 +103,8 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 #[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
     node: f64,
+    /// The other members of a cluster, together.
+    followers: f64,
     broker: f64,
     harness: f64,
 }
@@ -119,14 +112,20 @@ struct Cpu {
 #[derive(Debug, Clone, Copy)]
 struct CpuMark {
     node: Option<f64>,
+    followers: Option<f64>,
     broker: Option<f64>,
     harness: Option<f64>,
 }
 
 impl CpuMark {
     fn now(node: Option<u32>, broker: Option<u32>) -> CpuMark {
+        CpuMark::with_followers(node, &[], broker)
+    }
+
+    fn with_followers(node: Option<u32>, followers: &[u32], broker: Option<u32>) -> CpuMark {
         CpuMark {
             node: node.and_then(cpu_secs),
+            followers: followers.iter().map(|p| cpu_secs(*p)).sum(),
             broker: broker.and_then(cpu_secs),
             harness: cpu_secs(std::process::id()),
         }
@@ -139,6 +138,7 @@ impl CpuMark {
         };
         Cpu {
             node: d(self.node, earlier.node),
+            followers: d(self.followers, earlier.followers),
             broker: d(self.broker, earlier.broker),
             harness: d(self.harness, earlier.harness),
         }
@@ -149,8 +149,15 @@ impl std::fmt::Display for Cpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "CPU s: node {:.1}, broker {:.1}, fleet+client {:.1}",
-            self.node, self.broker, self.harness
+            "CPU s: node {:.1}, followers {:.1}, broker {:.1}, fleet+client {:.1}",
+            self.node,
+            if self.followers.is_nan() {
+                0.0
+            } else {
+                self.followers
+            },
+            self.broker,
+            self.harness
         )
     }
 }
@@ -243,84 +250,37 @@ impl Drop for Broker {
     }
 }
 
-/// The node under test: the real binary, on its own data directory.
+/// The node(s) under test: the real binary, one process, or `MUSTER_BENCH_NODES` processes
+/// forming one cluster (`--peers`); the harness talks to the leader.
 struct Node {
-    child: Child,
-    grpc: String,
-    _dir: tempfile::TempDir,
+    nodes: Vec<procs::Node>,
+    leader: usize,
 }
 
 impl Node {
-    async fn start(bin: &Path, mqtt_url: &str) -> Result<Node> {
-        let dir = bench_dir();
-        let log_path = dir.path().join("node.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut cmd = Command::new(bin);
-        // The node reads `MUSTER_*` as configuration and refuses keys it does not know.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("MUSTER_BENCH_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--mqtt-url", mqtt_url])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--peer-addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            line
-        });
-        let line = match tokio::time::timeout(Duration::from_secs(30), line).await {
-            Ok(Ok(l)) => l,
-            _ => {
-                let _ = child.kill();
-                bail!("the node did not print its addresses within 30 s");
-            }
-        };
-        let Some(grpc) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .map(str::to_string)
-        else {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!("unexpected first line from the node: {line:?}; its log:\n{log}");
-        };
-        Ok(Node {
-            child,
-            grpc,
-            _dir: dir,
-        })
+    async fn start(bin: &Path, mqtt_url: &str, n: usize) -> Result<Node> {
+        let nodes =
+            procs::start_nodes(bin, n, &["--mqtt-url".to_string(), mqtt_url.to_string()]).await?;
+        let leader = procs::leader(&nodes, Duration::from_secs(60)).await?;
+        Ok(Node { nodes, leader })
     }
 
+    /// The leader's process.
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.nodes[self.leader].pid().unwrap_or(0)
+    }
+
+    fn follower_pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.leader)
+            .filter_map(|(_, n)| n.pid())
+            .collect()
     }
 
     async fn channel(&self) -> Result<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match Channel::from_shared(self.grpc.clone())?.connect().await {
-                Ok(c) => return Ok(c),
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
+        self.nodes[self.leader].channel().await
     }
 }
 
@@ -411,12 +371,13 @@ struct MusterRun {
 
 async fn muster_phase(
     bin: &Path,
+    nodes: usize,
     url: &str,
     broker_pid: Option<u32>,
     fleet_cfg: &FleetConfig,
 ) -> Result<(MusterRun, Fleet)> {
     let n = fleet_cfg.devices;
-    let node = Node::start(bin, url).await?;
+    let node = Node::start(bin, url, nodes).await?;
     let channel = node.channel().await?;
     let ids = fleet_cfg.device_ids();
     let t = Instant::now();
@@ -427,20 +388,20 @@ async fn muster_phase(
     );
 
     let t = Instant::now();
-    let mark = CpuMark::now(Some(node.pid()), broker_pid);
+    let mark = CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid);
     let fleet = Fleet::start(fleet_cfg.clone()).await?;
     let connected = t.elapsed().as_secs_f64();
     wait_all_connected(channel.clone(), Duration::from_secs(600)).await?;
     let presence_secs = t.elapsed().as_secs_f64();
     println!(
         "  fleet connected in {connected:.1} s; registry shows all {n} connected after {presence_secs:.1} s ({})",
-        CpuMark::now(Some(node.pid()), broker_pid).since(mark)
+        CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid).since(mark)
     );
 
     let before = fleet.stats().requests_received;
     let mut jobs = JobServiceClient::new(channel.clone());
     let t = Instant::now();
-    let mark = CpuMark::now(Some(node.pid()), broker_pid);
+    let mark = CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid);
     jobs.create_job(pb::CreateJobRequest {
         job_id: JOB_ID.into(),
         spec: Some(pb::JobSpec::from(&method_job("SELECT * FROM devices"))),
@@ -469,7 +430,8 @@ async fn muster_phase(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let wall = t.elapsed().as_secs_f64();
-    let cpu = CpuMark::now(Some(node.pid()), broker_pid).since(mark);
+    let cpu =
+        CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid).since(mark);
     let stats = job.stats.unwrap_or_default();
     if stats.succeeded != n as u64 {
         bail!(
@@ -647,6 +609,15 @@ async fn bench() -> Result<()> {
     let runs = env_usize("MUSTER_BENCH_RUNS", 3).max(1);
     let window = env_usize("MUSTER_BENCH_WINDOW", 10_000).max(1);
     let only = std::env::var("MUSTER_BENCH_ONLY").ok();
+    // `--nodes N` (after `--` on the cargo command line) or MUSTER_BENCH_NODES.
+    let args: Vec<String> = std::env::args().collect();
+    let nodes = args
+        .iter()
+        .position(|a| a == "--nodes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| env_usize("MUSTER_BENCH_NODES", 1))
+        .max(1);
     let (broker, url) = match std::env::var("MUSTER_BENCH_MQTT_URL") {
         Ok(u) => (None, u),
         Err(_) => {
@@ -657,7 +628,7 @@ async fn bench() -> Result<()> {
     };
     let broker_pid = broker.as_ref().map(|b| b.child.id());
     println!(
-        "load harness: {devices} devices, {runs} run(s), broker {url}, node {}",
+        "load harness: {devices} devices, {runs} run(s), {nodes} node(s), broker {url}, node {}",
         bin.display()
     );
     let mut results: Vec<(MusterRun, RawRun)> = Vec::new();
@@ -667,7 +638,7 @@ async fn bench() -> Result<()> {
         let (m, fleet) = if only.as_deref() == Some("raw") {
             (MusterRun::default(), Fleet::start(cfg.clone()).await?)
         } else {
-            muster_phase(&bin, &url, broker_pid, &cfg).await?
+            muster_phase(&bin, nodes, &url, broker_pid, &cfg).await?
         };
         println!(
             "  muster: {:.0} device ops/s (job start -> end; {:.0}/s CreateJob -> seen complete), \

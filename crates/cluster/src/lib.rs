@@ -167,6 +167,11 @@ impl Cluster {
             election_timeout_max: millis(cfg.election_max),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after),
             max_in_snapshot_log_to_keep: 1000,
+            // openraft gives one AppendEntries exactly one heartbeat interval to complete; with
+            // its default of 300 entries per request, entries of 1,000 results each do not make
+            // it on a loaded machine, the followers miss heartbeats and call elections. A few
+            // dozen large entries per request still carry tens of thousands of results.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
@@ -365,24 +370,36 @@ impl Cluster {
     /// The read index, if this node is the leader: confirmed with a quorum, and already applied
     /// here.
     pub(crate) async fn read_index_here(&self) -> Result<u64, ClusterError> {
-        self.refuse_without_quorum()?;
-        let checked = tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await;
-        match checked {
-            Err(_) => Err(ClusterError::Unavailable(format!(
-                "the leader could not confirm its leadership with a majority within {WRITE_TIMEOUT:?}"
-            ))),
-            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                f,
-            )))) => Err(ClusterError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            }),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
-                e,
-            )))) => Err(ClusterError::Unavailable(format!(
-                "this node cannot reach a majority of the cluster: {e}"
-            ))),
-            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+        // One heartbeat round can miss a quorum on a busy but healthy cluster (a slow append in
+        // flight): try again for a moment before calling the cluster unavailable.
+        let deadline = tokio::time::Instant::now() + QUORUM_RETRY;
+        loop {
+            self.refuse_without_quorum()?;
+            let checked =
+                tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await;
+            return match checked {
+                Err(_) => Err(ClusterError::Unavailable(format!(
+                    "the leader could not confirm its leadership with a majority within {WRITE_TIMEOUT:?}"
+                ))),
+                Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+                Ok(Err(RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                ))) => Err(ClusterError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                }),
+                Ok(Err(RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(e),
+                ))) => {
+                    if tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(LEADER_POLL / 2).await;
+                        continue;
+                    }
+                    Err(ClusterError::Unavailable(format!(
+                        "this node cannot reach a majority of the cluster: {e}"
+                    )))
+                }
+                Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+            };
         }
     }
 
@@ -656,11 +673,16 @@ async fn publish_own_record(cluster: Cluster, me: MusterNode) {
     }
 }
 
+/// Log entries per AppendEntries request (see `Cluster::start`).
+const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
 /// How long a follower waits to apply a write it forwarded, once the leader answered.
 const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How long a request waits for a leader to be elected or to become reachable. Elections take
 /// about one election timeout; this covers several failed rounds.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long a read index keeps asking when a heartbeat round misses a quorum.
+const QUORUM_RETRY: Duration = Duration::from_secs(3);
 /// How often a request waiting for a leader looks again.
 const LEADER_POLL: Duration = Duration::from_millis(200);
 /// How long a write or a read index may take to be confirmed by a majority.

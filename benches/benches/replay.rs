@@ -1,0 +1,221 @@
+//! Offline audit speed over a log of about a million events written by the real store (issue 6).
+//!
+//! `cargo bench -p muster-benches --bench replay -- --warm-up-time 1 --measurement-time 10`
+//!
+//! Setup (not timed): a Raft-of-one `Cluster` on sled in a temporary directory under
+//! `target/bench-data` (or `MUSTER_BENCH_DIR`) registers 10,000 devices and runs 50 method jobs
+//! over all of them: each job is created and started, every device dispatched (10,000 per
+//! entry) and answered (1,000 results per entry, every tenth a device error with a body). That
+//! is 10,000 + 50 x (3 + 20,000) ~ 1.01 M events. The node is shut down, then each benchmark
+//! reads the directory with `muster_store::audit` as `muster audit` does, from disk (sled's
+//! page cache warm after the first iteration, as on a machine that has the log in memory):
+//! - `replay`: rebuild the whole state (`audit replay`: read, decode, apply on one thread);
+//! - `decode_only`: reading and decoding every event, nothing applied (the rest of `replay` is
+//!   `apply`);
+//! - `verify`: hash chain + replay + comparison (`audit verify`);
+//! - `export_jsonl`, `export_csv`: every event written to a sink (`audit export`);
+//! - `replay_export`: rebuild the state from the JSON Lines export in memory.
+//!
+//! Criterion's throughput is events per second.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use muster_benches::{method_job, registrations};
+use muster_cluster::{now, Cluster, ClusterConfig, MusterNode};
+use muster_domain::{Command, DeviceResult, Outcome};
+use muster_store::audit::{replay_export, AuditLog, ExportFilter, ExportFormat, ReplayTo};
+use muster_store::StoreError;
+use muster_types::{JobId, RunId};
+use serde_json::json;
+
+const DEVICES: usize = 10_000;
+const JOBS: usize = 50;
+
+/// The number of jobs, `JOBS` unless `MUSTER_REPLAY_JOBS` says otherwise (a smaller log for
+/// profiling and quick iterations; published figures use the default).
+fn jobs() -> usize {
+    std::env::var("MUSTER_REPLAY_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(JOBS)
+}
+const RESULTS_PER_ENTRY: usize = 1_000;
+
+fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
+        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
+        let _ = std::fs::create_dir_all(d);
+        d.to_string()
+    });
+    tempfile::tempdir_in(base).unwrap()
+}
+
+async fn write_log(dir: &std::path::Path) {
+    let c = Cluster::start(ClusterConfig::new(
+        1,
+        dir.to_path_buf(),
+        MusterNode::default(),
+    ))
+    .await
+    .unwrap();
+    c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+    for start in (0..DEVICES).step_by(5_000) {
+        c.write(Command::RegisterDevices {
+            devices: registrations("r", start..(start + 5_000).min(DEVICES)),
+            upsert: false,
+            at: now(),
+        })
+        .await
+        .unwrap();
+    }
+    for j in 0..jobs() {
+        let id = JobId::new(format!("replay-{j}")).unwrap();
+        c.write(Command::CreateJob {
+            id: id.clone(),
+            spec: method_job("SELECT * FROM devices"),
+            at: now(),
+        })
+        .await
+        .unwrap();
+        c.write(Command::Advance { at: now() }).await.unwrap();
+        let devices = c.reader().read(|s| {
+            s.jobs[&id]
+                .current_run()
+                .devices
+                .iter()
+                .map(|d| d.device.clone())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(devices.len(), DEVICES);
+        c.write(Command::MarkDispatched {
+            job: id.clone(),
+            run: RunId(0),
+            devices: devices.clone(),
+            at: now(),
+        })
+        .await
+        .unwrap();
+        for (n, chunk) in devices.chunks(RESULTS_PER_ENTRY).enumerate() {
+            let results = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, d)| DeviceResult {
+                    job: id.clone(),
+                    run: RunId(0),
+                    device: d.clone(),
+                    attempt: 1,
+                    outcome: if (n * RESULTS_PER_ENTRY + i) % 10 == 9 {
+                        Outcome::Responded {
+                            status: 503,
+                            payload: json!({"error": "busy", "retry_after_s": 30}),
+                        }
+                    } else {
+                        Outcome::Responded {
+                            status: 200,
+                            payload: json!({"ok": true, "uptime_s": i}),
+                        }
+                    },
+                })
+                .collect();
+            c.write(Command::RecordDeviceResults { results, at: now() })
+                .await
+                .unwrap();
+        }
+    }
+    c.shutdown().await;
+}
+
+/// Opens the directory once the node's sled has let go of it.
+fn open(dir: &std::path::Path) -> AuditLog {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match AuditLog::open(dir) {
+            Ok(log) => return log,
+            Err(StoreError::InUse(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn audit(c: &mut Criterion) {
+    let dir = bench_dir();
+    let t0 = Instant::now();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(write_log(dir.path()));
+    let log = open(dir.path());
+    let events = log.info().unwrap().last_seq;
+    eprintln!(
+        "replay bench: {events} events written in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let mut jsonl = Vec::new();
+    log.export(&ExportFilter::default(), ExportFormat::Jsonl, &mut jsonl)
+        .unwrap();
+
+    let mut g = c.benchmark_group("audit");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(events));
+    g.bench_function("replay", |b| {
+        b.iter(|| {
+            let r = log.replay(ReplayTo::End).unwrap();
+            assert_eq!(r.last_seq, events);
+            r
+        });
+    });
+    // Reading and decoding alone (what the second thread does).
+    g.bench_function("decode_only", |b| {
+        b.iter(|| {
+            log.events(1, u64::MAX)
+                .unwrap()
+                .map(|e| e.unwrap().0)
+                .sum::<u64>()
+        });
+    });
+    g.bench_function("verify", |b| {
+        b.iter(|| {
+            let v = log.verify().unwrap();
+            assert!(v.failure.is_none());
+            v
+        });
+    });
+    g.bench_function("export_jsonl", |b| {
+        b.iter(|| {
+            log.export(
+                &ExportFilter::default(),
+                ExportFormat::Jsonl,
+                std::io::sink(),
+            )
+            .unwrap()
+        });
+    });
+    g.bench_function("export_csv", |b| {
+        b.iter(|| {
+            log.export(&ExportFilter::default(), ExportFormat::Csv, std::io::sink())
+                .unwrap()
+        });
+    });
+    g.bench_function("replay_export", |b| {
+        b.iter(|| {
+            let r = replay_export(&jsonl[..], ReplayTo::End).unwrap();
+            assert_eq!(r.replayed.last_seq, events);
+            r
+        });
+    });
+    g.finish();
+    eprintln!(
+        "replay bench: jsonl export of {events} events is {:.0} MB",
+        jsonl.len() as f64 / 1e6
+    );
+}
+
+criterion_group!(benches, audit);
+criterion_main!(benches);

@@ -1,0 +1,306 @@
+//! Processes for the end-to-end benchmarks: the release `muster` binary as one node or as a
+//! cluster of several (`--peers`), and a Mosquitto of the harness's own.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// `target/release/muster`, next to the running bench executable (`target/release/deps/*`).
+pub fn muster_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory from the bench executable")?;
+    let bin = dir.join("muster");
+    if !bin.is_file() {
+        bail!(
+            "the node binary {} is missing: run cargo build --release -p muster-cli first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A temporary directory under `target/bench-data` (the real disk), or `MUSTER_BENCH_DIR`.
+pub fn bench_dir() -> Result<tempfile::TempDir> {
+    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
+        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
+        let _ = std::fs::create_dir_all(d);
+        d.to_string()
+    });
+    Ok(tempfile::tempdir_in(base)?)
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within 15 s.
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A Mosquitto started for a harness, with the per-client inflight and queue limits lifted (a
+/// stock broker drops QoS 1 messages beyond 1,000 queued per client); stopped on drop.
+#[derive(Debug)]
+pub struct Broker {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Result<Broker> {
+        let bin = std::env::var("MUSTER_BENCH_MOSQUITTO")
+            .unwrap_or_else(|_| "/usr/sbin/mosquitto".to_string());
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 persistence false\n\
+                 max_inflight_messages 1000\n\
+                 max_queued_messages 1000000\n\
+                 set_tcp_nodelay true\n\
+                 log_dest stderr\n\
+                 log_type error\n\
+                 log_type warning\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {bin} (is Mosquitto installed?)"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("Mosquitto did not listen on 127.0.0.1:{port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Broker {
+            child,
+            url: format!("mqtt://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// The harness's own broker, or `MUSTER_BENCH_MQTT_URL` if set (then `None` is returned as
+    /// the broker: nothing to stop).
+    pub fn from_env() -> Result<(Option<Broker>, String)> {
+        match std::env::var("MUSTER_BENCH_MQTT_URL") {
+            Ok(u) => Ok((None, u)),
+            Err(_) => {
+                let b = Broker::start()?;
+                let u = b.url.clone();
+                Ok((Some(b), u))
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// One `muster serve` process on its own data directory; SIGTERM on drop.
+#[derive(Debug)]
+pub struct Node {
+    pub child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub grpc: String,
+    /// `http://127.0.0.1:PORT`
+    pub rest: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts `bin serve` with `args` added to the data directory and port-0 client addresses.
+    pub async fn start(bin: &Path, args: &[String]) -> Result<Node> {
+        let dir = bench_dir()?;
+        let log_path = dir.path().join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(bin);
+        // The node reads `MUSTER_*` as configuration and refuses keys it does not know.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MUSTER_BENCH_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            line
+        });
+        let line = match tokio::time::timeout(Duration::from_secs(30), line).await {
+            Ok(Ok(l)) => l,
+            _ => {
+                let _ = child.kill();
+                bail!("the node did not print its addresses within 30 s");
+            }
+        };
+        let find = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let (Some(grpc), Some(rest)) = (find("grpc="), find("rest=")) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("unexpected first line from the node: {line:?}; its log:\n{log}");
+        };
+        Ok(Node {
+            child: Some(child),
+            grpc,
+            rest,
+            log: log_path,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A gRPC channel, retried for 30 s.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tonic::transport::Channel::from_shared(self.grpc.clone())?
+                .connect()
+                .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// `Some(is_leader)` when `GET /readyz` answers 200 (the node knows a leader).
+    pub async fn ready(&self, http: &reqwest::Client) -> Option<bool> {
+        let r = http
+            .get(format!("{}/readyz", self.rest))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["isLeader"].as_bool()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            terminate(c);
+        }
+    }
+}
+
+/// `n` nodes started with the same `--peers` list (ids 1..=n) and `extra` flags each. With
+/// `n == 1` the node is a cluster of one (no `--peers`).
+pub async fn start_nodes(bin: &Path, n: usize, extra: &[String]) -> Result<Vec<Node>> {
+    if n <= 1 {
+        let mut args = vec!["--peer-addr".to_string(), "127.0.0.1:0".to_string()];
+        args.extend_from_slice(extra);
+        return Ok(vec![Node::start(bin, &args).await?]);
+    }
+    let ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::with_capacity(n);
+    for (i, port) in ports.iter().enumerate() {
+        let mut args = vec![
+            "--node-id".to_string(),
+            (i + 1).to_string(),
+            "--peer-addr".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--peers".to_string(),
+            peers.clone(),
+        ];
+        args.extend_from_slice(extra);
+        nodes.push(Node::start(bin, &args).await?);
+    }
+    Ok(nodes)
+}
+
+/// Waits until one of `nodes` (those still running) says it leads; returns its index.
+pub async fn leader(nodes: &[Node], timeout: Duration) -> Result<usize> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.child.is_some() && n.ready(&http).await == Some(true) {
+                return Ok(i);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no leader within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
