@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use muster_proto::pb;
+use muster_proto::pb::device_service_client::DeviceServiceClient;
+use muster_proto::pb::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
 
 /// `target/release/muster`, next to the running bench executable (`target/release/deps/*`).
 pub fn muster_binary() -> Result<PathBuf> {
@@ -79,6 +83,9 @@ impl Broker {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let conf = dir.path().join("mosquitto.conf");
+        // Stock limits: 20 QoS 1 messages in flight and 1000 queued per client, then drops. A
+        // simulated connection carries 1000 devices and the dispatcher's one connection carries
+        // every request, so both are lifted.
         std::fs::write(
             &conf,
             format!(
@@ -302,5 +309,107 @@ pub async fn leader(nodes: &[Node], timeout: Duration) -> Result<usize> {
             bail!("no leader within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Registers `ids` over gRPC `ImportDevices`, 5,000 a request, each with `model_id` and the tags
+/// `tags_json`; a request refused as `Unavailable` is retried until `retry_for` has passed.
+pub async fn import_devices(
+    channel: Channel,
+    ids: &[String],
+    model_id: Option<&str>,
+    tags_json: &str,
+    retry_for: Duration,
+) -> Result<()> {
+    let mut client = DeviceServiceClient::new(channel);
+    let deadline = Instant::now() + retry_for;
+    for chunk in ids.chunks(5_000) {
+        let req = pb::ImportDevicesRequest {
+            devices: chunk
+                .iter()
+                .map(|id| pb::NewDevice {
+                    device_id: id.clone(),
+                    display_name: String::new(),
+                    model_id: model_id.map(str::to_string),
+                    enabled: None,
+                    tags_json: tags_json.into(),
+                })
+                .collect(),
+        };
+        loop {
+            match client.import_devices(req.clone()).await {
+                Ok(_) => break,
+                // Before the node has elected itself, writes are refused.
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(s) => bail!("ImportDevices: {s}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One registered device that is anything but connected (none: all are), read stale.
+pub async fn not_connected(client: &mut DeviceServiceClient<Channel>) -> Result<Vec<String>> {
+    Ok(client
+        .query_devices(pb::QueryDevicesRequest {
+            query: "SELECT * FROM devices WHERE connectionState != 'Connected'".into(),
+            page_size: 1,
+            page_token: String::new(),
+            ids_only: true,
+            stale_ok: true,
+        })
+        .await?
+        .into_inner()
+        .device_ids)
+}
+
+/// Every device of job `job_id`'s current run, page by page, read stale.
+pub async fn job_devices(channel: Channel, job_id: &str) -> Result<Vec<pb::JobDevice>> {
+    let mut client = JobServiceClient::new(channel);
+    let mut devices = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_job_devices(pb::ListJobDevicesRequest {
+                job_id: job_id.into(),
+                run: None,
+                status: 0,
+                page_size: 1000,
+                page_token: token,
+                stale_ok: true,
+            })
+            .await?
+            .into_inner();
+        devices.extend(page.devices);
+        if page.next_page_token.is_empty() {
+            return Ok(devices);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The `main` of an end-to-end harness. `cargo bench` passes `--bench`; `cargo test --benches`
+/// does not: a full pass needs a release build of the node and minutes, so then it only prints
+/// `skipped`. Otherwise runs `bench` on two worker threads; on an error prints `{failed}: {e:#}`
+/// and exits with 1.
+pub fn harness_main<F>(skipped: &str, failed: &str, bench: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{skipped}");
+        return;
+    }
+    #[allow(clippy::unwrap_used)]
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Err(e) = rt.block_on(bench()) {
+        eprintln!("{failed}: {e:#}");
+        std::process::exit(1);
     }
 }

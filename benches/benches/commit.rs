@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster_benches::{median, method_job, percentile, registrations};
+use muster_benches::{median, method_job, percentile, procs, registrations};
 use muster_cluster::{now, Cluster, ClusterConfig, MusterNode, PeerService};
 use muster_domain::{Command, DeviceResult, Outcome, TargetSelector};
 use muster_types::{JobId, RunId};
@@ -92,12 +92,7 @@ async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
 }
 
 fn bench_dir() -> tempfile::TempDir {
-    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
-        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
-        let _ = std::fs::create_dir_all(d);
-        d.to_string()
-    });
-    tempfile::tempdir_in(base).unwrap()
+    procs::bench_dir().unwrap()
 }
 
 async fn setup_fleet(c: &Cluster, n: usize) {

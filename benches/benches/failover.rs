@@ -52,48 +52,11 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn import(ch: Channel, ids: &[String]) -> Result<()> {
-    let mut client = DeviceServiceClient::new(ch);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for chunk in ids.chunks(5_000) {
-        let req = pb::ImportDevicesRequest {
-            devices: chunk
-                .iter()
-                .map(|id| pb::NewDevice {
-                    device_id: id.clone(),
-                    tags_json: "{}".into(),
-                    ..Default::default()
-                })
-                .collect(),
-        };
-        loop {
-            match client.import_devices(req.clone()).await {
-                Ok(_) => break,
-                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(s) => bail!("ImportDevices: {s}"),
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn wait_connected(ch: Channel) -> Result<()> {
     let mut client = DeviceServiceClient::new(ch);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let r = client
-            .query_devices(pb::QueryDevicesRequest {
-                query: "SELECT * FROM devices WHERE connectionState != 'Connected'".into(),
-                page_size: 1,
-                page_token: String::new(),
-                ids_only: true,
-                stale_ok: true,
-            })
-            .await?
-            .into_inner();
-        if r.device_ids.is_empty() {
+        if procs::not_connected(&mut client).await?.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -147,7 +110,14 @@ async fn trial(bin: &std::path::Path, url: &str, devices: usize, n: usize) -> Re
         ready_timeout_ms: 120_000,
         ..FleetConfig::default()
     };
-    import(chans[leader].clone(), &cfg.device_ids()).await?;
+    procs::import_devices(
+        chans[leader].clone(),
+        &cfg.device_ids(),
+        None,
+        "{}",
+        Duration::from_secs(60),
+    )
+    .await?;
     let fleet = Fleet::start(cfg.clone()).await?;
     wait_connected(chans[leader].clone()).await?;
 
@@ -230,29 +200,10 @@ async fn trial(bin: &std::path::Path, url: &str, devices: usize, n: usize) -> Re
     stop.store(true, Ordering::Relaxed);
 
     // The earliest result stamped after the kill was recorded by the new leader.
-    let mut client = JobServiceClient::new(chans[new_leader].clone());
-    let mut token = String::new();
     let mut first_after: Option<i64> = None;
-    loop {
-        let page = client
-            .list_job_devices(pb::ListJobDevicesRequest {
-                job_id: JOB.into(),
-                run: None,
-                status: 0,
-                page_size: 1000,
-                page_token: token,
-                stale_ok: true,
-            })
-            .await?
-            .into_inner();
-        for d in &page.devices {
-            if let Some(f) = d.finished_at_ms.filter(|f| *f >= kill_wall) {
-                first_after = Some(first_after.map_or(f, |x| x.min(f)));
-            }
-        }
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
+    for d in procs::job_devices(chans[new_leader].clone(), JOB).await? {
+        if let Some(f) = d.finished_at_ms.filter(|f| *f >= kill_wall) {
+            first_after = Some(first_after.map_or(f, |x| x.min(f)));
         }
     }
     let first_result = first_after.context("no result recorded after the kill")? - kill_wall;
@@ -308,17 +259,9 @@ async fn bench() -> Result<()> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("failover: skipped (run it with cargo bench -p muster-benches --bench failover)");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Err(e) = rt.block_on(bench()) {
-        eprintln!("failover harness failed: {e:#}");
-        std::process::exit(1);
-    }
+    procs::harness_main(
+        "failover: skipped (run it with cargo bench -p muster-benches --bench failover)",
+        "failover harness failed",
+        bench,
+    );
 }

@@ -34,13 +34,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use muster_benches::procs;
+use muster_benches::procs::{self, Broker};
 use muster_benches::{median, method_job, percentile};
 use muster_devsim::{Fleet, FleetConfig};
 use muster_dispatch::protocol::{self, Inbound};
@@ -53,7 +51,6 @@ use tonic::transport::Channel;
 
 const JOB_ID: &str = "load";
 const METHOD: &str = "reboot";
-const IMPORT_CHUNK: usize = 5_000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
@@ -62,23 +59,6 @@ fn env_usize(name: &str, default: usize) -> usize {
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
-}
-
-/// `target/release/muster`, next to this bench executable (`target/release/deps/load-*`).
-fn muster_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot locate the target directory from the bench executable")?;
-    let bin = dir.join("muster");
-    if !bin.is_file() {
-        bail!(
-            "the node binary {} is missing: run cargo build --release -p muster-cli first",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// Peak resident set size (`VmHWM`) of a process, in MiB.
@@ -162,94 +142,6 @@ impl std::fmt::Display for Cpu {
     }
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A Mosquitto started for the harness; stopped on drop.
-struct Broker {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Result<Broker> {
-        let bin = std::env::var("MUSTER_BENCH_MOSQUITTO")
-            .unwrap_or_else(|_| "/usr/sbin/mosquitto".to_string());
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        // Stock limits: 20 QoS 1 messages in flight and 1000 queued per client, then drops. A
-        // simulated connection carries 1000 devices and the dispatcher's one connection carries
-        // every request, so both are lifted.
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
-                 persistence false\n\
-                 max_inflight_messages 1000\n\
-                 max_queued_messages 1000000\n\
-                 set_tcp_nodelay true\n\
-                 log_dest stderr\n\
-                 log_type error\n\
-                 log_type warning\n"
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {bin} (is Mosquitto installed?)"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("Mosquitto did not listen on 127.0.0.1:{port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Broker {
-            child,
-            url: format!("mqtt://127.0.0.1:{port}"),
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-    }
-}
-
 /// The node(s) under test: the real binary, one process, or `MUSTER_BENCH_NODES` processes
 /// forming one cluster (`--peers`); the harness talks to the leader.
 struct Node {
@@ -295,59 +187,17 @@ fn fleet_config(url: &str, devices: usize, run: usize) -> FleetConfig {
     }
 }
 
-async fn import_devices(channel: Channel, ids: &[String], model: &str) -> Result<()> {
-    let mut client = DeviceServiceClient::new(channel);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for chunk in ids.chunks(IMPORT_CHUNK) {
-        let req = pb::ImportDevicesRequest {
-            devices: chunk
-                .iter()
-                .map(|id| pb::NewDevice {
-                    device_id: id.clone(),
-                    display_name: String::new(),
-                    model_id: Some(model.to_string()),
-                    enabled: None,
-                    tags_json: r#"{"site":"bench"}"#.into(),
-                })
-                .collect(),
-        };
-        loop {
-            match client.import_devices(req.clone()).await {
-                Ok(_) => break,
-                // Before the node has elected itself, writes are refused.
-                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(s) => bail!("ImportDevices: {s}"),
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Waits until no registered device is anything but connected.
 async fn wait_all_connected(channel: Channel, timeout: Duration) -> Result<()> {
     let mut client = DeviceServiceClient::new(channel);
     let deadline = Instant::now() + timeout;
     loop {
-        let r = client
-            .query_devices(pb::QueryDevicesRequest {
-                query: "SELECT * FROM devices WHERE connectionState != 'Connected'".into(),
-                page_size: 1,
-                page_token: String::new(),
-                ids_only: true,
-                stale_ok: true,
-            })
-            .await?
-            .into_inner();
-        if r.device_ids.is_empty() {
+        let device_ids = procs::not_connected(&mut client).await?;
+        if device_ids.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "devices still not connected after {timeout:?} (e.g. {:?})",
-                r.device_ids
-            );
+            bail!("devices still not connected after {timeout:?} (e.g. {device_ids:?})");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -381,7 +231,14 @@ async fn muster_phase(
     let channel = node.channel().await?;
     let ids = fleet_cfg.device_ids();
     let t = Instant::now();
-    import_devices(channel.clone(), &ids, &fleet_cfg.model_id).await?;
+    procs::import_devices(
+        channel.clone(),
+        &ids,
+        Some(&fleet_cfg.model_id),
+        r#"{"site":"bench"}"#,
+        Duration::from_secs(30),
+    )
+    .await?;
     println!(
         "  registered {n} devices in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -446,28 +303,10 @@ async fn muster_phase(
 
     // Per-device latency: dispatched -> result recorded.
     let mut lat = Vec::with_capacity(n);
-    let mut token = String::new();
-    loop {
-        let page = jobs
-            .list_job_devices(pb::ListJobDevicesRequest {
-                job_id: JOB_ID.into(),
-                run: None,
-                status: 0,
-                page_size: 1000,
-                page_token: token,
-                stale_ok: true,
-            })
-            .await?
-            .into_inner();
-        for d in &page.devices {
-            if let (Some(a), Some(b)) = (d.dispatched_at_ms, d.finished_at_ms) {
-                lat.push(Duration::from_millis((b - a).max(0) as u64));
-            }
+    for d in procs::job_devices(channel.clone(), JOB_ID).await? {
+        if let (Some(a), Some(b)) = (d.dispatched_at_ms, d.finished_at_ms) {
+            lat.push(Duration::from_millis((b - a).max(0) as u64));
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
     }
     let peak_mib = peak_rss_mib(node.pid()).unwrap_or(f64::NAN);
     let requests_received = fleet.stats().requests_received - before;
@@ -604,7 +443,7 @@ async fn raw_phase(
 }
 
 async fn bench() -> Result<()> {
-    let bin = muster_binary()?;
+    let bin = procs::muster_binary()?;
     let devices = env_usize("MUSTER_BENCH_DEVICES", 100_000);
     let runs = env_usize("MUSTER_BENCH_RUNS", 3).max(1);
     let window = env_usize("MUSTER_BENCH_WINDOW", 10_000).max(1);
@@ -618,14 +457,7 @@ async fn bench() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| env_usize("MUSTER_BENCH_NODES", 1))
         .max(1);
-    let (broker, url) = match std::env::var("MUSTER_BENCH_MQTT_URL") {
-        Ok(u) => (None, u),
-        Err(_) => {
-            let b = Broker::start()?;
-            let u = b.url.clone();
-            (Some(b), u)
-        }
-    };
+    let (broker, url) = Broker::from_env()?;
     let broker_pid = broker.as_ref().map(|b| b.child.id());
     println!(
         "load harness: {devices} devices, {runs} run(s), {nodes} node(s), broker {url}, node {}",
@@ -633,7 +465,7 @@ async fn bench() -> Result<()> {
     );
     let mut results: Vec<(MusterRun, RawRun)> = Vec::new();
     for run in 0..runs {
-        println!("run {run} (load average {})", loadavg());
+        println!("run {run} (load average {})", procs::loadavg());
         let cfg = fleet_config(&url, devices, run);
         let (m, fleet) = if only.as_deref() == Some("raw") {
             (MusterRun::default(), Fleet::start(cfg.clone()).await?)
@@ -687,19 +519,9 @@ async fn bench() -> Result<()> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not: a full pass needs a
-    // release build of the node and minutes, so there is nothing to do then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("load harness: skipped (run it with cargo bench -p muster-benches --bench load)");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Err(e) = rt.block_on(bench()) {
-        eprintln!("load harness failed: {e:#}");
-        std::process::exit(1);
-    }
+    procs::harness_main(
+        "load harness: skipped (run it with cargo bench -p muster-benches --bench load)",
+        "load harness failed",
+        bench,
+    );
 }
