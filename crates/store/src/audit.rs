@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
 use crate::codec::{decode_event, decode_record, encode_event, from_json, key_u64, u64_key};
 use crate::error::StoreError;
+use crate::state_machine::decode_stored;
 use crate::state_machine::{
     read_head, read_u64, SnapshotPayload, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DATA,
     SNAPSHOT_FORMAT,
@@ -554,21 +555,8 @@ impl AuditLog {
         };
         Ok(range.map(|kv| {
             let (k, v) = kv?;
-            let seq = key_u64("event key", &k)?;
-            let record = decode_record(&v)?;
-            if record.seq != seq {
-                return Err(StoreError::corrupt(
-                    "event record",
-                    format!("record {} stored under seq {seq}", record.seq),
-                ));
-            }
-            let hash = Hash::try_from(record.hash.as_slice()).map_err(|_| {
-                StoreError::corrupt(
-                    "event record",
-                    format!("hash of {} bytes", record.hash.len()),
-                )
-            })?;
-            Ok((seq, decode_event(&record.event)?, hash))
+            let stored = decode_stored(key_u64("event key", &k)?, &v)?;
+            Ok((stored.seq, stored.event, stored.hash))
         }))
     }
 

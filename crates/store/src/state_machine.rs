@@ -276,7 +276,7 @@ impl EventLog for StateReader {
 }
 
 /// The stored record under key `seq`, checking that it is the one the key says.
-fn decode_stored(seq: u64, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+pub(crate) fn decode_stored(seq: u64, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
     let record = decode_record(bytes)?;
     if record.seq != seq {
         return Err(StoreError::corrupt(
