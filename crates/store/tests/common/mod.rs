@@ -171,7 +171,20 @@ pub fn log_id(index: u64) -> LogId {
 
 impl Node {
     pub async fn open(dir: &Path) -> Node {
-        let (mut log, sm) = Store::open(dir).unwrap();
+        // A store dropped just before may still hold sled's lock for a moment (its flusher
+        // thread lets go asynchronously), as `muster_cluster` also allows for.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (mut log, sm) = loop {
+            match Store::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         let state = RaftLogStorage::<TypeConfig>::get_log_state(&mut log)
             .await
             .unwrap();
