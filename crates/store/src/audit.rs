@@ -126,10 +126,20 @@ impl AuditLog {
         if !dir.join("db").is_file() || !dir.join("conf").is_file() {
             return Err(StoreError::NotADataDir(dir.display().to_string()));
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| map_open_error(dir, e))?;
+        // A holder that is letting go (a server just exited, a store just dropped in this
+        // process) releases sled's lock a moment later: wait briefly before calling it in use.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(e) => match map_open_error(dir, e) {
+                    StoreError::InUse(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return Err(other),
+                },
+            }
+        };
         Ok(AuditLog {
             events: db.open_tree("events")?,
             meta: db.open_tree("sm_meta")?,

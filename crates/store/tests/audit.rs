@@ -34,7 +34,16 @@ async fn build(dir: &Path) -> (u64, u64) {
 }
 
 fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir).unwrap();
+    // The store or reader dropped just before may hold sled's lock for a moment longer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir) {
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     f(&db.open_tree("events").unwrap());
     db.flush().unwrap();
 }
