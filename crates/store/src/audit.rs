@@ -427,33 +427,75 @@ impl AuditLog {
             ReplayTo::Seq(n) => n,
             _ => u64::MAX,
         };
-        // One thread reads, decodes and applies. Decoding is two thirds of the time (see
-        // BENCHMARKS.md); handing decoded chunks to a second thread measured slower on the
-        // shared two-core machine, so it was not kept.
-        let mut events = self.events(base_seq + 1, to_seq)?;
-        for item in events.by_ref() {
-            let (seq, event) = item?;
-            let at = event.at();
-            if let ReplayTo::Time(t) = to {
-                if at > t {
-                    break;
-                }
-            }
-            apply(&mut out.state, event);
-            out.last_seq = seq;
-            out.last_at = Some(at);
+        // Reading and decoding are about half of the time, applying the rest (see
+        // BENCHMARKS.md): with a second core, one thread reads and decodes chunks while this one
+        // applies. On one core (or a machine whose other core is busy) the hand-over only costs.
+        let events = self.events(base_seq + 1, to_seq)?;
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            replay_into(&mut out, to, events)?;
+            return Ok(out);
         }
-        if let ReplayTo::Time(t) = to {
-            for item in events {
-                let (seq, event) = item?;
-                if event.at() <= t {
-                    out.clock_went_back = Some(seq);
-                    break;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<EventItem>>(4);
+            scope.spawn(move || {
+                let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+                for item in events {
+                    let failed = item.is_err();
+                    chunk.push(item);
+                    if chunk.len() == REPLAY_CHUNK || failed {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK));
+                        // A closed channel: the replay ended early (an error, or `--at`).
+                        if tx.send(full).is_err() || failed {
+                            return;
+                        }
+                    }
                 }
-            }
-        }
+                if !chunk.is_empty() {
+                    let _ = tx.send(chunk);
+                }
+            });
+            replay_into(&mut out, to, rx.into_iter().flatten())
+        })?;
         Ok(out)
     }
+}
+
+/// One decoded event from the log, or why it could not be read.
+type EventItem = Result<(u64, Event), StoreError>;
+
+/// Events handed from the reading thread to the applying one at a time.
+const REPLAY_CHUNK: usize = 4096;
+
+/// Applies `events` (in seq order) to `out` up to `to`; for `--at`, also finds the first later
+/// event stamped at or before the moment (the clock went back after a leader change).
+fn replay_into(
+    out: &mut Replayed,
+    to: ReplayTo,
+    events: impl Iterator<Item = EventItem>,
+) -> Result<(), StoreError> {
+    let mut events = events;
+    for item in events.by_ref() {
+        let (seq, event) = item?;
+        let at = event.at();
+        if let ReplayTo::Time(t) = to {
+            if at > t {
+                break;
+            }
+        }
+        apply(&mut out.state, event);
+        out.last_seq = seq;
+        out.last_at = Some(at);
+    }
+    if let ReplayTo::Time(t) = to {
+        for item in events {
+            let (seq, event) = item?;
+            if event.at() <= t {
+                out.clock_went_back = Some(seq);
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The formats of [`AuditLog::export`].
