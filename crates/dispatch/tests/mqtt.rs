@@ -209,7 +209,20 @@ async fn eventually(what: &str, host: &TestHost, mut cond: impl FnMut(&State) ->
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting until {what}");
+            let (connected, other) = host.with(|s| {
+                let c = s
+                    .registry
+                    .devices
+                    .values()
+                    .filter(|d| d.connection == ConnectionState::Connected)
+                    .count();
+                (c, s.registry.devices.len() - c)
+            });
+            let batches = host.presence_batches.lock().unwrap().clone();
+            panic!(
+                "timed out waiting until {what}: {connected} devices connected, {other} not; \
+                 presence entries proposed: {batches:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
