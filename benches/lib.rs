@@ -12,6 +12,39 @@ use muster_domain::{
 use muster_types::DeviceId;
 use serde_json::json;
 
+/// Creates a method job over every registered device on `c`, starts it (`Advance`) and returns
+/// its devices in dispatch order; the caller dispatches and answers them as its measurement needs.
+#[allow(clippy::expect_used)]
+pub async fn start_job_on_all(
+    c: &muster_cluster::Cluster,
+    id: &muster_types::JobId,
+) -> Vec<DeviceId> {
+    use muster_cluster::now;
+    use muster_domain::Command;
+    c.write(Command::CreateJob {
+        id: id.clone(),
+        spec: method_job("SELECT * FROM devices"),
+        at: now(),
+    })
+    .await
+    .expect("create the bench job");
+    c.write(Command::Advance { at: now() })
+        .await
+        .expect("start the bench job");
+    c.reader().read(|s| {
+        s.jobs
+            .get(id)
+            .map(|j| {
+                j.current_run()
+                    .devices
+                    .iter()
+                    .map(|d| d.device.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
 /// `{prefix}-{i:06}`, the simulator's naming. The benches pass fixed, valid prefixes.
 #[allow(clippy::expect_used)]
 pub fn device(prefix: &str, i: usize) -> DeviceId {

@@ -381,3 +381,20 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A gRPC channel to `server`, returned once it answers a linearizable read (a leader is
+/// known). The error names the server's log.
+pub async fn leader_channel(server: &Server) -> anyhow::Result<tonic::transport::Channel> {
+    use muster_proto::pb;
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())?
+        .connect()
+        .await?;
+    let jobs = pb::job_service_client::JobServiceClient::new(channel.clone());
+    wait_for("a leader", || {
+        let mut jobs = jobs.clone();
+        async move { jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok() }
+    })
+    .await
+    .with_context(|| server.log_text())?;
+    Ok(channel)
+}

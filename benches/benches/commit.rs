@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster_benches::{median, method_job, percentile, procs, registrations};
+use muster_benches::{median, method_job, percentile, procs, registrations, start_job_on_all};
 use muster_cluster::{now, Cluster, ClusterConfig, MusterNode, PeerService};
 use muster_domain::{Command, DeviceResult, Outcome, TargetSelector};
 use muster_types::{JobId, RunId};
@@ -152,22 +152,7 @@ async fn concurrent_creates(c: &Cluster, run: usize) -> f64 {
 /// result for each, `RESULTS_PER_ENTRY` per command.
 async fn device_results(c: &Cluster, run: usize) -> f64 {
     let id = JobId::new(format!("results-{run}")).unwrap();
-    c.write(Command::CreateJob {
-        id: id.clone(),
-        spec: method_job("SELECT * FROM devices"),
-        at: now(),
-    })
-    .await
-    .unwrap();
-    c.write(Command::Advance { at: now() }).await.unwrap();
-    let devices = c.reader().read(|s| {
-        s.jobs[&id]
-            .current_run()
-            .devices
-            .iter()
-            .map(|d| d.device.clone())
-            .collect::<Vec<_>>()
-    });
+    let devices = start_job_on_all(c, &id).await;
     assert_eq!(devices.len(), DEVICES);
     for chunk in devices.chunks(10_000) {
         c.write(Command::MarkDispatched {

@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use muster_benches::{method_job, registrations};
+use muster_benches::{registrations, start_job_on_all};
 use muster_cluster::{now, Cluster, ClusterConfig, MusterNode};
 use muster_domain::{Command, DeviceResult, Outcome};
 use muster_store::audit::{replay_export, AuditLog, ExportFilter, ExportFormat, ReplayTo};
@@ -72,22 +72,7 @@ async fn write_log(dir: &std::path::Path) {
     }
     for j in 0..jobs() {
         let id = JobId::new(format!("replay-{j}")).unwrap();
-        c.write(Command::CreateJob {
-            id: id.clone(),
-            spec: method_job("SELECT * FROM devices"),
-            at: now(),
-        })
-        .await
-        .unwrap();
-        c.write(Command::Advance { at: now() }).await.unwrap();
-        let devices = c.reader().read(|s| {
-            s.jobs[&id]
-                .current_run()
-                .devices
-                .iter()
-                .map(|d| d.device.clone())
-                .collect::<Vec<_>>()
-        });
+        let devices = start_job_on_all(&c, &id).await;
         assert_eq!(devices.len(), DEVICES);
         c.write(Command::MarkDispatched {
             job: id.clone(),

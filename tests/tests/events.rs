@@ -21,19 +21,7 @@ use tonic::Code;
 const CENTRAL: &str = "api-version=2022-07-31";
 
 async fn channel(server: &Server) -> Channel {
-    let channel = Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let jobs = JobServiceClient::new(channel.clone());
-    wait_for("a leader", || {
-        let mut jobs = jobs.clone();
-        async move { jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok() }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
-    channel
+    muster_tests::leader_channel(server).await.unwrap()
 }
 
 /// A job that starts in 2099: it writes JobCreated and JobScheduled, then nothing by itself.

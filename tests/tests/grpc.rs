@@ -13,21 +13,8 @@ use muster_tests::{data_dir, wait_for, Server, PATIENCE};
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// A channel to the server, once it answers a linearizable read (it has elected itself leader).
 async fn channel(server: &Server) -> Channel {
-    let channel = Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let jobs = JobServiceClient::new(channel.clone());
-    wait_for("a leader", || {
-        let mut jobs = jobs.clone();
-        async move { jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok() }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
-    channel
+    muster_tests::leader_channel(server).await.unwrap()
 }
 
 fn new_device(id: &str, tags: &str) -> pb::NewDevice {
