@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
@@ -172,10 +172,7 @@ pub(crate) async fn execute(
                 )));
             }
             let nodes = BTreeMap::from([(id, node)]);
-            changed(
-                raft.change_membership(ChangeMembers::SetNodes(nodes), true)
-                    .await,
-            )?
+            change(raft, ChangeMembers::SetNodes(nodes), true).await?
         }
         AdminRequest::AddLearner { id, node } => {
             if voters.contains(&id) {
@@ -197,7 +194,17 @@ pub(crate) async fn execute(
                 }
                 return Ok((AdminResponse::Done, 0));
             }
-            changed(raft.add_learner(id, node, false).await)?
+            {
+                let deadline = tokio::time::Instant::now() + CHANGE_WAIT;
+                loop {
+                    match raft.add_learner(id, node.clone(), false).await {
+                        Err(e) if in_progress(&e) && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(CHANGE_RETRY).await;
+                        }
+                        other => break changed(other)?,
+                    }
+                }
+            }
         }
         AdminRequest::Promote { id } => {
             if voters.contains(&id) {
@@ -210,10 +217,7 @@ pub(crate) async fn execute(
             }
             wait_caught_up(cluster, id).await?;
             let ids = BTreeSet::from([id]);
-            changed(
-                raft.change_membership(ChangeMembers::AddVoterIds(ids), false)
-                    .await,
-            )?
+            change(raft, ChangeMembers::AddVoterIds(ids), false).await?
         }
         AdminRequest::Remove { id } => {
             if voters.contains(&id) {
@@ -223,16 +227,10 @@ pub(crate) async fn execute(
                     )));
                 }
                 let ids = BTreeSet::from([id]);
-                changed(
-                    raft.change_membership(ChangeMembers::RemoveVoters(ids), false)
-                        .await,
-                )?
+                change(raft, ChangeMembers::RemoveVoters(ids), false).await?
             } else if known(id) {
                 let ids = BTreeSet::from([id]);
-                changed(
-                    raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
-                        .await,
-                )?
+                change(raft, ChangeMembers::RemoveNodes(ids), false).await?
             } else {
                 return Err(ClusterError::Membership(format!(
                     "node {id} is not a member of the cluster"
@@ -267,6 +265,39 @@ async fn wait_caught_up(cluster: &Cluster, id: u64) -> Result<(), ClusterError> 
             "node {id} has not caught up with the leader's log within {CATCH_UP_WAIT:?}; \
              check that it runs and that its peer address is reachable (muster cluster status), then try again"
         ))),
+    }
+}
+
+/// How long a membership change waits for one under way (another member recording its
+/// addresses, say) to finish before it gives up.
+const CHANGE_WAIT: Duration = Duration::from_secs(10);
+const CHANGE_RETRY: Duration = Duration::from_millis(100);
+
+/// Whether openraft refused a change only because another one is still being committed.
+fn in_progress(e: &RaftError<u64, ClientWriteError<u64, MusterNode>>) -> bool {
+    matches!(
+        e,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_)
+        ))
+    )
+}
+
+/// Changes the membership, waiting for a change already under way to be committed first: a
+/// node's own address record (`SetNode`) may be in flight when an operator's change arrives.
+async fn change(
+    raft: &crate::MusterRaft,
+    members: ChangeMembers<u64, MusterNode>,
+    retain: bool,
+) -> Result<u64, ClusterError> {
+    let deadline = tokio::time::Instant::now() + CHANGE_WAIT;
+    loop {
+        match raft.change_membership(members.clone(), retain).await {
+            Err(e) if in_progress(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(CHANGE_RETRY).await;
+            }
+            other => return changed(other),
+        }
     }
 }
 
