@@ -9,9 +9,10 @@
 //! is 10,000 + 50 x (3 + 20,000) ~ 1.01 M events. The node is shut down, then each benchmark
 //! reads the directory with `muster_store::audit` as `muster audit` does, from disk (sled's
 //! page cache warm after the first iteration, as on a machine that has the log in memory):
-//! - `replay`: rebuild the whole state (`audit replay`: read, decode, apply on one thread);
-//! - `decode_only`: reading and decoding every event, nothing applied (the rest of `replay` is
-//!   `apply`);
+//! - `replay`: rebuild the whole state (`audit replay`: two threads read and decode, one applies);
+//! - `decode_only`: reading and decoding every event, nothing applied (what `replay`'s reader
+//!   threads do between them);
+//! - `apply_only`: applying every event, decoded beforehand (what `replay`'s main thread does);
 //! - `verify`: hash chain + replay + comparison (`audit verify`);
 //! - `export_jsonl`, `export_csv`: every event written to a sink (`audit export`);
 //! - `replay_export`: rebuild the state from the JSON Lines export in memory.
@@ -29,6 +30,10 @@ use muster_store::audit::{replay_export, AuditLog, ExportFilter, ExportFormat, R
 use muster_store::StoreError;
 use muster_types::{JobId, RunId};
 use serde_json::json;
+
+/// The `muster` binary's allocator, so the figures are what `muster audit` gets.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEVICES: usize = 10_000;
 const JOBS: usize = 50;
@@ -164,6 +169,26 @@ fn audit(c: &mut Criterion) {
                 .map(|e| e.unwrap().0)
                 .sum::<u64>()
         });
+    });
+    // Applying alone (what the replaying thread does with what the readers decoded): the
+    // decoded events are made before each iteration, untimed.
+    g.bench_function("apply_only", |b| {
+        b.iter_batched(
+            || {
+                log.events(1, u64::MAX)
+                    .unwrap()
+                    .map(|e| e.unwrap().1)
+                    .collect::<Vec<_>>()
+            },
+            |decoded| {
+                let mut state = muster_domain::State::default();
+                for event in decoded {
+                    muster_domain::apply(&mut state, event);
+                }
+                state
+            },
+            criterion::BatchSize::PerIteration,
+        );
     });
     g.bench_function("verify", |b| {
         b.iter(|| {

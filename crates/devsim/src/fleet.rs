@@ -257,7 +257,8 @@ impl Fleet {
         }
     }
 
-    /// Publishes retained `offline` for every device, then disconnects (waiting up to 10 s).
+    /// Publishes `offline` for every device, clears their retained presence, then disconnects
+    /// (waiting up to 10 s).
     pub async fn shutdown(mut self) {
         let conns = std::mem::take(&mut self.conns);
         let mut waits = Vec::new();
@@ -469,6 +470,16 @@ async fn run_connection(
                     tokio::spawn(async move {
                         for id in ids.iter() {
                             if c.publish(presence_topic(id), QoS::AtLeastOnce, true, "offline").await.is_err() {
+                                return;
+                            }
+                        }
+                        // Then forget them: an empty retained message removes the broker's
+                        // retained one (subscribers ignore it). Fleets come and go; left
+                        // retained, every gone device's presence is sent to each new
+                        // subscriber of `devices/+/presence`, and a long-lived broker ends up
+                        // feeding hundreds of thousands of them to every muster that starts.
+                        for id in ids.iter() {
+                            if c.publish(presence_topic(id), QoS::AtLeastOnce, true, Vec::new()).await.is_err() {
                                 return;
                             }
                         }

@@ -18,7 +18,8 @@
 //! - applies desired-property patches newer than its `$version` and reports them back as
 //!   reported properties (an echo of the patch);
 //! - publishes retained presence: `online` at start, `offline` for the `offline_share` and on
-//!   [`Fleet::shutdown`]. An MQTT will belongs to a connection, not a device: each connection's
+//!   [`Fleet::shutdown`], which then clears the retained messages (an empty retained
+//!   payload) so a broker does not keep gone fleets' presence forever. An MQTT will belongs to a connection, not a device: each connection's
 //!   will marks only its first device `offline`, so after a crash (no clean shutdown) the other
 //!   devices' retained `online` goes stale.
 //! - Offline devices ignore requests (they are not there to receive them); silent devices

@@ -201,6 +201,28 @@ async fn exercise(url: String) {
         .await;
         offline.insert(t);
     }
+    // ... and then clears their retained presence: a new subscriber gets none. (`shutdown`
+    // returns once the broker closed the connection, so it has read the clearing messages.)
+    // Retained messages arrive right after the subscription, before a message published after
+    // it.
+    let (late, mut late_rx) = service(&url, &ids).await;
+    let marker = format!("devices/{}/marker", ids[0]);
+    late.publish(marker.clone(), QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    let mut before_marker = Vec::new();
+    wait_for("the marker", &mut late_rx, |t, p| {
+        if t == marker {
+            return true;
+        }
+        before_marker.push((t.to_string(), p.to_vec()));
+        false
+    })
+    .await;
+    assert!(
+        before_marker.is_empty(),
+        "retained after shutdown: {before_marker:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! Conversions of the reasons and answers that job events carry.
 
+use std::sync::Arc;
+
 use muster_domain::{CancelReason, FailureReason, JobFailure, MethodResponse};
+use serde_json::Value;
 
 use crate::error::ProtoError;
 use crate::fields::{json, json_text, required};
@@ -59,9 +62,50 @@ impl TryFrom<pb::MethodResponse> for MethodResponse {
     fn try_from(r: pb::MethodResponse) -> Result<Self, ProtoError> {
         Ok(MethodResponse {
             status: r.status,
-            payload: std::sync::Arc::new(json("payload_json", &r.payload_json)?),
+            payload: shared_payload(&r.payload_json)?,
         })
     }
+}
+
+/// Responses whose JSON text is at most this long are remembered by [`shared_payload`].
+const CACHED_PAYLOAD_MAX: usize = 256;
+/// How many recent payload texts each thread remembers.
+const CACHED_PAYLOADS: usize = 8;
+
+/// Recently parsed small payloads (text, value), with the next slot to overwrite.
+type RecentPayloads = (Vec<(String, Arc<Value>)>, usize);
+
+thread_local! {
+    static RECENT_PAYLOADS: std::cell::RefCell<RecentPayloads> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+/// Parses a response payload, sharing the value with earlier identical small payloads.
+///
+/// Devices answering one job mostly answer the same few bodies (`{"ok":true}`, an error text):
+/// replaying the event log parsed each of them again (about a tenth of `muster audit replay`),
+/// and the state held a copy per device. Equal text gives an equal value, so sharing is
+/// invisible to everything but the allocator.
+fn shared_payload(text: &str) -> Result<Arc<Value>, ProtoError> {
+    if text.len() > CACHED_PAYLOAD_MAX {
+        return Ok(Arc::new(json("payload_json", text)?));
+    }
+    RECENT_PAYLOADS.with(|cell| {
+        let mut recent = cell.borrow_mut();
+        if let Some((_, value)) = recent.0.iter().find(|(t, _)| t == text) {
+            return Ok(Arc::clone(value));
+        }
+        let value = Arc::new(json("payload_json", text)?);
+        let entry = (text.to_string(), Arc::clone(&value));
+        let (list, next) = &mut *recent;
+        if list.len() < CACHED_PAYLOADS {
+            list.push(entry);
+        } else {
+            list[*next] = entry;
+            *next = (*next + 1) % CACHED_PAYLOADS;
+        }
+        Ok(value)
+    })
 }
 
 impl From<&CancelReason> for pb::CancelReason {
@@ -119,5 +163,36 @@ impl TryFrom<pb::JobFailure> for JobFailure {
         Ok(match required("kind", f.kind)? {
             Kind::MaxExecutionTimeExceeded(_) => JobFailure::MaxExecutionTimeExceeded,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_small_payloads_share_one_value() {
+        let a = shared_payload(r#"{"ok":true}"#).unwrap();
+        for n in 0..2 * CACHED_PAYLOADS {
+            shared_payload(&format!("{{\"n\":{n}}}")).unwrap();
+        }
+        let b = shared_payload(r#"{"ok":true}"#).unwrap();
+        let c = shared_payload(r#"{"ok":true}"#).unwrap();
+        assert_eq!(a, b, "evicted or not, the value is the same");
+        assert!(Arc::ptr_eq(&b, &c), "a repeated payload is shared");
+        assert_eq!(*c, serde_json::json!({"ok": true}));
+    }
+
+    #[test]
+    fn large_and_invalid_payloads() {
+        let big = format!("\"{}\"", "x".repeat(CACHED_PAYLOAD_MAX));
+        assert_eq!(
+            *shared_payload(&big).unwrap(),
+            Value::String("x".repeat(CACHED_PAYLOAD_MAX))
+        );
+        assert!(shared_payload("{").is_err());
+        assert!(shared_payload("").is_err());
+        // A refused text is not remembered as valid.
+        assert!(shared_payload("{").is_err());
     }
 }

@@ -427,44 +427,83 @@ impl AuditLog {
             ReplayTo::Seq(n) => n,
             _ => u64::MAX,
         };
-        // Reading and decoding are about half of the time, applying the rest (see
-        // BENCHMARKS.md): with a second core, one thread reads and decodes chunks while this one
-        // applies. On one core (or a machine whose other core is busy) the hand-over only costs.
-        let events = self.events(base_seq + 1, to_seq)?;
+        // Reading and decoding are about two thirds of the time, applying the rest (see
+        // BENCHMARKS.md): with a second core, two threads read and decode alternate chunks of
+        // seqs while this one applies them in order. On one core the hand-over only costs.
         if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            let events = self.events(base_seq + 1, to_seq)?;
             replay_into(&mut out, to, events)?;
             return Ok(out);
         }
+        let last = to_seq.min(info.last_seq);
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<EventItem>>(4);
-            scope.spawn(move || {
-                let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-                for item in events {
-                    let failed = item.is_err();
-                    chunk.push(item);
-                    if chunk.len() == REPLAY_CHUNK || failed {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(REPLAY_CHUNK));
-                        // A closed channel: the replay ended early (an error, or `--at`).
-                        if tx.send(full).is_err() || failed {
-                            return;
-                        }
-                    }
-                }
-                if !chunk.is_empty() {
-                    let _ = tx.send(chunk);
-                }
-            });
-            replay_into(&mut out, to, rx.into_iter().flatten())
+            let mut feeds = Vec::with_capacity(REPLAY_READERS);
+            for reader in 0..REPLAY_READERS {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<EventItem>>(2);
+                feeds.push(rx);
+                std::thread::Builder::new()
+                    .name(format!("replay-reader-{reader}"))
+                    .spawn_scoped(scope, move || {
+                        self.read_chunks(base_seq + 1, last, reader, tx)
+                    })
+                    .map_err(StoreError::Io)?;
+            }
+            // Chunk k comes from reader k % REPLAY_READERS; a reader hangs up after its last
+            // chunk (or an error), and the first hang-up in turn is the end of the log.
+            let chunks = (0..).map_while(|k: usize| feeds[k % REPLAY_READERS].recv().ok());
+            let result = replay_into(&mut out, to, chunks.flatten());
+            // Dropping the receivers stops readers that are still ahead (an error, `--at`).
+            drop(feeds);
+            result
         })?;
         Ok(out)
+    }
+
+    /// Reads and decodes chunks `reader`, `reader + REPLAY_READERS`, ... of the seqs
+    /// `from..=last` (chunk k is `from + k * REPLAY_CHUNK` onwards), sending each, in order, even
+    /// when it is empty; stops after an error or when the receiver is gone.
+    fn read_chunks(
+        &self,
+        from: u64,
+        last: u64,
+        reader: usize,
+        tx: std::sync::mpsc::SyncSender<Vec<EventItem>>,
+    ) {
+        let chunk = REPLAY_CHUNK as u64;
+        let mut lo = from + reader as u64 * chunk;
+        while lo <= last {
+            let hi = lo.saturating_add(chunk - 1).min(last);
+            let items: Vec<EventItem> = match self.events(lo, hi) {
+                Ok(events) => {
+                    let mut items = Vec::with_capacity(REPLAY_CHUNK);
+                    for item in events {
+                        let failed = item.is_err();
+                        items.push(item);
+                        if failed {
+                            break;
+                        }
+                    }
+                    items
+                }
+                Err(e) => vec![Err(e)],
+            };
+            let failed = items.last().is_some_and(Result::is_err);
+            if tx.send(items).is_err() || failed {
+                return;
+            }
+            lo = lo.saturating_add(chunk * REPLAY_READERS as u64);
+        }
     }
 }
 
 /// One decoded event from the log, or why it could not be read.
 type EventItem = Result<(u64, Event), StoreError>;
 
-/// Events handed from the reading thread to the applying one at a time.
+/// Events handed from a reading thread to the applying one at a time.
 const REPLAY_CHUNK: usize = 4096;
+
+/// Threads reading and decoding the log for [`AuditLog::replay`].
+const REPLAY_READERS: usize = 2;
 
 /// Applies `events` (in seq order) to `out` up to `to`; for `--at`, also finds the first later
 /// event stamped at or before the moment (the clock went back after a leader change).

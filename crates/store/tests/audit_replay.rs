@@ -521,6 +521,18 @@ async fn export_then_replay_reproduces_the_live_state_of_thousands_of_jobs() {
         canonical
     );
 
+    // `--to-seq` at and around the reader threads' chunk edges (4,096 events a chunk, two
+    // readers taking turns) stops exactly there, as the one-threaded export replay does.
+    for to in [1, 4095, 4096, 4097, 8192, 8193, 12_289, info.last_seq - 1] {
+        let dir_replay = audit.replay(ReplayTo::Seq(to)).unwrap();
+        let export_replay = replay_export(&jsonl[..], ReplayTo::Seq(to)).unwrap();
+        assert_eq!(dir_replay.last_seq, to);
+        assert!(
+            dir_replay.state == export_replay.replayed.state,
+            "replay to seq {to} differs between the directory and the export"
+        );
+    }
+
     // The CSV export: a header and one line an event (bodies hold commas and quotes, and are
     // quoted).
     let mut csv = Vec::new();
