@@ -27,6 +27,10 @@ use muster_domain::{Command, DeviceResult, Outcome, TargetSelector};
 use muster_types::{JobId, RunId};
 use serde_json::json;
 
+/// The `muster` binary's allocator, so the figures are what a node gets.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RUNS: usize = 3;
 const SEQ_CREATES: usize = 300;
 const CONC_CREATES: usize = 2_000;
