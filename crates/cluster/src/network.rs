@@ -2,7 +2,9 @@
 //! on each node's peer address.
 //!
 //! Each RPC carries one of openraft's request types as JSON and answers with
-//! `Result<response, error>` as JSON, so a Raft error raised on the remote node comes back as
+//! `Result<response, error>` as JSON (except the bulk: the entries of an AppendEntries travel in
+//! the store's binary entry format, see `BinaryAppend`, and a snapshot chunk as raw bytes, both
+//! in `RaftBytes.data`), so a Raft error raised on the remote node comes back as
 //! openraft's own error ([`RPCError::RemoteError`]), and a gRPC failure means only that the
 //! transport failed. Transport failures are reported as [`RPCError::Unreachable`] (the peer is
 //! down, refused the connection or did not answer within the RPC's deadline), so openraft backs
@@ -31,14 +33,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
-use muster_store::{CommandError, MusterNode, Request, TypeConfig};
+use muster_store::{wire, CommandError, MusterNode, Request, TypeConfig};
 
 use crate::admin::AdminRequest;
 use crate::{Cluster, ClusterError};
 
 /// How long a connection attempt to a peer may take before the RPC counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Snapshot chunks and large append-entries batches travel as JSON; allow big messages.
+/// Snapshot chunks and large append-entries batches are big messages.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// A lazily connecting gRPC client for the peer at `addr` (`host:port`).
@@ -72,6 +74,56 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             client: None,
         }
+    }
+}
+
+/// The JSON header of an AppendEntries whose entries travel in `RaftBytes.data`, encoded by
+/// [`wire::encode_entries`]: the request with an empty entry list, and how many entries the data
+/// holds.
+///
+/// A request without entries (a heartbeat) is sent as the plain request with empty data. The
+/// header is deliberately not an `AppendEntriesRequest`: a node that did not know this format
+/// would refuse it as undecodable instead of reading an empty request and acknowledging entries
+/// it never stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct BinaryAppend {
+    append: AppendEntriesRequest<TypeConfig>,
+    binary_entries: u64,
+}
+
+impl BinaryAppend {
+    /// The header and the data that carry `rpc`.
+    fn encode(
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(BinaryAppend, Vec<u8>), muster_store::StoreError> {
+        let data = wire::encode_entries(&rpc.entries)?;
+        let header = BinaryAppend {
+            binary_entries: rpc.entries.len() as u64,
+            append: AppendEntriesRequest {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                leader_commit: rpc.leader_commit,
+                entries: Vec::new(),
+            },
+        };
+        Ok((header, data))
+    }
+
+    /// The whole request, with the entries decoded from `data`.
+    fn into_request(self, data: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+        let mut rpc = self.append;
+        if !rpc.entries.is_empty() {
+            return Err("entries both in the header and in the data".into());
+        }
+        rpc.entries = wire::decode_entries(data).map_err(|e| e.to_string())?;
+        if rpc.entries.len() as u64 != self.binary_entries {
+            return Err(format!(
+                "{} entries in the data, {} announced",
+                rpc.entries.len(),
+                self.binary_entries
+            ));
+        }
+        Ok(rpc)
     }
 }
 
@@ -180,8 +232,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, MusterNode, RaftError<u64>>> {
-        self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option)
-            .await
+        if rpc.entries.is_empty() {
+            return self
+                .call(Rpc::AppendEntries, &rpc, Vec::new(), &option)
+                .await;
+        }
+        // The entries travel as the store's binary entry format beside a JSON header that holds
+        // the rest of the request (see `BinaryAppend`).
+        match BinaryAppend::encode(&rpc) {
+            Ok((header, data)) => {
+                drop(rpc);
+                self.call(Rpc::AppendEntries, &header, data, &option).await
+            }
+            Err(e) => {
+                // Cannot happen with the store's own types; JSON still carries the request.
+                tracing::warn!(node = self.target, "entries sent as JSON: {e}");
+                self.call(Rpc::AppendEntries, &rpc, Vec::new(), &option)
+                    .await
+            }
+        }
     }
 
     async fn install_snapshot(
@@ -357,9 +426,12 @@ impl PeerService {
     }
 }
 
+fn undecodable(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
 fn decode<T: DeserializeOwned>(req: tonic::Request<RaftBytes>) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&req.into_inner().json)
-        .map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))
+    serde_json::from_slice(&req.into_inner().json).map_err(undecodable)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
@@ -379,7 +451,13 @@ impl RaftService for PeerService {
         &self,
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        let bytes = req.into_inner();
+        let rpc: AppendEntriesRequest<TypeConfig> = if bytes.data.is_empty() {
+            serde_json::from_slice(&bytes.json).map_err(undecodable)?
+        } else {
+            let header: BinaryAppend = serde_json::from_slice(&bytes.json).map_err(undecodable)?;
+            header.into_request(&bytes.data).map_err(undecodable)?
+        };
         encode(&self.cluster.raft().append_entries(rpc).await)
     }
 
@@ -443,5 +521,66 @@ impl RaftService for PeerService {
             .await
             .map_err(ForwardError::from);
         encode(&result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use muster_domain::Command;
+    use muster_store::LogId;
+    use muster_types::Timestamp;
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+
+    use super::*;
+
+    fn request(n: u64) -> AppendEntriesRequest<TypeConfig> {
+        let log_id = |i| LogId::new(CommittedLeaderId::new(2, 1), i);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(4)),
+            leader_commit: Some(log_id(3)),
+            entries: (5..5 + n)
+                .map(|i| muster_store::Entry {
+                    log_id: log_id(i),
+                    payload: EntryPayload::Normal(Request {
+                        command: Command::Advance {
+                            at: Timestamp(1_700_000_000_000 + i as i64),
+                        },
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    /// What the client side sends for a request with entries, as the server side reads it.
+    fn over_the_wire(rpc: &AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Vec<u8>) {
+        let (header, data) = BinaryAppend::encode(rpc).unwrap();
+        (serde_json::to_vec(&header).unwrap(), data)
+    }
+
+    #[test]
+    fn binary_entries_arrive_as_sent() {
+        let sent = request(3);
+        let (json, data) = over_the_wire(&sent);
+        let header: BinaryAppend = serde_json::from_slice(&json).unwrap();
+        let got = header.into_request(&data).unwrap();
+        assert_eq!(format!("{got:?}"), format!("{sent:?}"));
+        assert_eq!(got.entries.len(), 3);
+    }
+
+    #[test]
+    fn a_mismatched_or_unknown_format_is_refused() {
+        let (json, data) = over_the_wire(&request(3));
+        // Fewer entries in the data than announced.
+        let (_, fewer) = over_the_wire(&request(2));
+        let header: BinaryAppend = serde_json::from_slice(&json).unwrap();
+        assert!(header.into_request(&fewer).is_err());
+        let header: BinaryAppend = serde_json::from_slice(&json).unwrap();
+        assert!(header.into_request(&data[..data.len() - 1]).is_err());
+        // A node that reads the plain request cannot mistake the header for an empty request
+        // (and acknowledge entries it never stored).
+        assert!(serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&json).is_err());
     }
 }

@@ -32,6 +32,7 @@ mod flush;
 mod log_store;
 mod state_machine;
 mod types;
+pub mod wire;
 
 use std::path::Path;
 

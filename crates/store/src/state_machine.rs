@@ -13,8 +13,9 @@
 //!   [`SnapshotPayload`]).
 //!
 //! Applying a batch of entries runs `State::execute` per command and writes the new events and
-//! then the new `sm_meta` (two atomic batches, events first), so `last_applied` never covers
-//! events that are not written. It does not flush: the entries are durable in the Raft log already, and after a
+//! then the new `sm_meta` (events first: one batch, or chunks written by a writer thread while
+//! the apply goes on, see `EventWriter`; then the metadata as one atomic batch), so
+//! `last_applied` never covers events that are not written. It does not flush: the entries are durable in the Raft log already, and after a
 //! crash openraft re-applies the committed entries after `last_applied` (it reads `committed`
 //! from the log store), which re-creates the same events with the same seqs because `decide`
 //! is deterministic. Snapshots and installed snapshots are flushed, because openraft purges the
@@ -484,64 +485,71 @@ impl StateMachine {
 
 /// Applies `entries` in order; see the module docs for the durability argument.
 ///
-/// The write lock is held until the sled transaction has been applied, so the in-memory state is
+/// The write lock is held until the events and the metadata are written, so the in-memory state is
 /// never ahead of what sled has (a snapshot taken under the read lock then only ever contains
 /// written events). If the write fails, memory is ahead of disk; openraft treats the error as
 /// fatal and stops, and a restart rebuilds from disk.
 fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, StoreError> {
     let mut guard = shared.write();
     let applied = &mut *guard;
-    let mut event_batch = sled::Batch::default();
     let mut published = Vec::new();
     let mut responses = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let result = match entry.payload {
-            EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
-            EntryPayload::Membership(m) => {
-                applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                Ok(AppliedRange::empty_after(applied.last_seq))
-            }
-            EntryPayload::Normal(req) => match applied.state.execute(&req.command) {
-                Ok(events) => {
-                    let first_seq = applied.last_seq + 1;
-                    let mut hashes = Vec::with_capacity(events.len());
-                    for event in &events {
-                        applied.last_seq += 1;
-                        let (record, hash) = encode_record(applied.last_seq, event, &applied.head);
-                        event_batch.insert(&u64_key(applied.last_seq), record);
-                        applied.head = hash;
-                        hashes.push(hash);
-                    }
-                    if !events.is_empty() {
-                        published.push(AppliedEvents {
-                            first_seq,
-                            events,
-                            hashes,
-                        });
-                    }
-                    Ok(AppliedRange {
-                        first_seq,
-                        last_seq: applied.last_seq,
-                    })
+    // Inserting the events into sled costs about twice what deciding and evolving them does, so
+    // a large apply hands its events to a writer thread in chunks while it goes on with the next
+    // ones (see `EventWriter`); a small one writes them in one batch here.
+    std::thread::scope(|scope| -> Result<(), StoreError> {
+        let mut writer = EventWriter::new(scope, &shared.events);
+        for entry in entries {
+            let result = match entry.payload {
+                EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(AppliedRange::empty_after(applied.last_seq))
                 }
-                Err(e) => Err(CommandError::from(&e)),
-            },
-        };
-        applied.last_applied = Some(entry.log_id);
-        responses.push(Response { result });
-    }
+                EntryPayload::Normal(req) => match applied.state.execute(&req.command) {
+                    Ok(events) => {
+                        let first_seq = applied.last_seq + 1;
+                        let mut hashes = Vec::with_capacity(events.len());
+                        for event in &events {
+                            applied.last_seq += 1;
+                            let (record, hash) =
+                                encode_record(applied.last_seq, event, &applied.head);
+                            writer.insert(u64_key(applied.last_seq), record);
+                            applied.head = hash;
+                            hashes.push(hash);
+                        }
+                        if !events.is_empty() {
+                            published.push(AppliedEvents {
+                                first_seq,
+                                events,
+                                hashes,
+                            });
+                        }
+                        Ok(AppliedRange {
+                            first_seq,
+                            last_seq: applied.last_seq,
+                        })
+                    }
+                    Err(e) => Err(CommandError::from(&e)),
+                },
+            };
+            applied.last_applied = Some(entry.log_id);
+            responses.push(Response { result });
+        }
+        writer.finish()
+    })?;
 
     let mut meta_batch = sled::Batch::default();
     meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);
     meta_batch.insert(MEMBERSHIP, to_json(&applied.membership)?);
     meta_batch.insert(LAST_SEQ, &u64_key(applied.last_seq));
     meta_batch.insert(CHAIN_HEAD, &applied.head);
-    // Events first, then the metadata that makes them count. Each batch is atomic within its
-    // tree; a crash between the two leaves events past `last_seq`, which nothing reads (`open`
-    // and `read_events` stop at `last_seq`) and which the re-apply of the same entries after
-    // restart overwrites with identical bytes (`decide` is deterministic). This is several times
-    // cheaper than a sled transaction over both trees, which re-buffers every insert.
-    shared.events.apply_batch(event_batch)?;
+    // Events first (every one of them is written when `finish` returns), then the metadata that
+    // makes them count. A crash before the metadata leaves events past `last_seq`, which nothing
+    // reads (`open` and `read_events` stop at `last_seq`) and which the re-apply of the same
+    // entries after restart overwrites with identical bytes (`decide` is deterministic). This is
+    // several times cheaper than a sled transaction over both trees, which re-buffers every
+    // insert.
     shared.meta.apply_batch(meta_batch)?;
     drop(guard);
 
@@ -550,6 +558,80 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
         let _ = shared.updates.send(StateUpdate::Events(Arc::new(events)));
     }
     Ok(responses)
+}
+
+/// Events per sled batch once an apply has more than that many.
+const EVENT_CHUNK: usize = 256;
+
+/// Writes an apply's event records to the `events` tree.
+///
+/// Up to [`EVENT_CHUNK`] records are written as one batch by [`finish`](Self::finish), on the
+/// applying thread. Past that, the records go in chunks to a writer thread, started for this
+/// apply, which inserts them while the applying thread decides, evolves and encodes the next
+/// ones; `finish` waits until it has written all of them. Chunks are written in order, so the
+/// tree only ever holds a prefix of the apply's events beyond `last_seq`, exactly like a crash
+/// between the events batch and the metadata batch, which the apply's durability argument
+/// already covers.
+struct EventWriter<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    events: &'env sled::Tree,
+    batch: sled::Batch,
+    pending: usize,
+    thread: Option<WriterThread<'scope>>,
+}
+
+/// The writer thread of an [`EventWriter`]: where to send chunks, and its outcome.
+type WriterThread<'scope> = (
+    std::sync::mpsc::SyncSender<sled::Batch>,
+    std::thread::ScopedJoinHandle<'scope, Result<(), StoreError>>,
+);
+
+impl<'scope, 'env> EventWriter<'scope, 'env> {
+    fn new(scope: &'scope std::thread::Scope<'scope, 'env>, events: &'env sled::Tree) -> Self {
+        EventWriter {
+            scope,
+            events,
+            batch: sled::Batch::default(),
+            pending: 0,
+            thread: None,
+        }
+    }
+
+    fn insert(&mut self, key: [u8; 8], record: Vec<u8>) {
+        self.batch.insert(&key, record);
+        self.pending += 1;
+        if self.pending < EVENT_CHUNK {
+            return;
+        }
+        self.pending = 0;
+        let events = self.events;
+        let (sender, _) = self.thread.get_or_insert_with(|| {
+            let (sender, chunks) = std::sync::mpsc::sync_channel::<sled::Batch>(4);
+            let handle = self.scope.spawn(move || {
+                for chunk in chunks {
+                    events.apply_batch(chunk)?;
+                }
+                Ok(())
+            });
+            (sender, handle)
+        });
+        // A send fails only when the writer stopped on an error, which `finish` reports.
+        let _ = sender.send(std::mem::take(&mut self.batch));
+    }
+
+    /// Writes what is left and returns once every record is in the tree.
+    fn finish(self) -> Result<(), StoreError> {
+        match self.thread {
+            None => Ok(self.events.apply_batch(self.batch)?),
+            Some((sender, handle)) => {
+                let _ = sender.send(self.batch);
+                drop(sender);
+                handle
+                    .join()
+                    .map_err(|_| StoreError::Io(std::io::Error::other("event writer panicked")))?
+            }
+        }
+    }
 }
 
 /// Writes `meta` + `data` as the current snapshot unless a newer one is stored, then flushes.
@@ -803,6 +885,25 @@ mod tests {
 
     fn links(records: &[StoredEvent]) -> Vec<(u64, Hash)> {
         records.iter().map(|r| (r.seq, r.hash)).collect()
+    }
+
+    /// An apply of more events than one chunk writes them through the writer thread: every
+    /// one is stored, in order, with the same chain as when written in one batch.
+    #[test]
+    fn large_applies_store_every_event_on_the_chain() {
+        let sm = open();
+        let reader = sm.reader();
+        let n = 3 * EVENT_CHUNK + 7;
+        apply(&sm, 1, vec![register(0, n), register(n, 2 * EVENT_CHUNK)]);
+
+        let all = reader.read_records(1, usize::MAX).unwrap();
+        assert_eq!(all.len(), 5 * EVENT_CHUNK + 7);
+        assert_eq!(links(&all), recomputed(&sm, 1, GENESIS));
+        assert_eq!(
+            reader.chain_head(),
+            (all.len() as u64, all[all.len() - 1].hash)
+        );
+        assert!(all.iter().zip(1..).all(|(r, seq)| r.seq == seq));
     }
 
     #[test]
