@@ -691,6 +691,12 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         snapshot_id,
     };
     store_snapshot(shared, &meta, &data)?;
+    tracing::info!(
+        snapshot_id = %meta.snapshot_id,
+        last_seq,
+        bytes = data.len(),
+        "built a snapshot"
+    );
     Ok(Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(data)),
@@ -714,6 +720,7 @@ fn install_snapshot(
     }
     let last_seq = payload.last_seq;
     let first_seq_available = last_seq + 1;
+    let data_len = data.len();
 
     let _only_one = shared
         .snapshot_lock
@@ -755,6 +762,14 @@ fn install_snapshot(
     let _ = shared
         .updates
         .send(StateUpdate::SnapshotInstalled { last_seq });
+    // An operator watching a lagging replica catch up sees it here: its log now starts after
+    // the snapshot (earlier events are only on the members that applied them).
+    tracing::info!(
+        snapshot_id = %meta.snapshot_id,
+        last_seq,
+        bytes = data_len,
+        "installed a snapshot from the leader; this replica's event log starts at seq {first_seq_available}"
+    );
     Ok(())
 }
 
