@@ -12,6 +12,39 @@ use muster_domain::{
 use muster_types::DeviceId;
 use serde_json::json;
 
+/// A Raft-of-one `Cluster` on sled in `dir`, once it leads: the node the in-process benches
+/// measure.
+#[allow(clippy::expect_used)]
+pub async fn raft_of_one(dir: &std::path::Path) -> muster_cluster::Cluster {
+    use muster_cluster::{Cluster, ClusterConfig, MusterNode};
+    let c = Cluster::start(ClusterConfig::new(
+        1,
+        dir.to_path_buf(),
+        MusterNode::default(),
+    ))
+    .await
+    .expect("start a node");
+    c.wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("the node leads");
+    c
+}
+
+/// Registers `n` devices `{prefix}-000000...` on `c`, 5,000 per command.
+#[allow(clippy::expect_used)]
+pub async fn register_fleet(c: &muster_cluster::Cluster, prefix: &str, n: usize) {
+    use muster_domain::Command;
+    for start in (0..n).step_by(5_000) {
+        c.write(Command::RegisterDevices {
+            devices: registrations(prefix, start..(start + 5_000).min(n)),
+            upsert: false,
+            at: muster_cluster::now(),
+        })
+        .await
+        .expect("register the bench fleet");
+    }
+}
+
 /// Creates a method job over every registered device on `c`, starts it (`Advance`) and returns
 /// its devices in dispatch order; the caller dispatches and answers them as its measurement needs.
 #[allow(clippy::expect_used)]

@@ -21,7 +21,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muster_benches::{median, method_job, percentile, procs, registrations, start_job_on_all};
+use muster_benches::{
+    median, method_job, percentile, procs, raft_of_one, register_fleet, start_job_on_all,
+};
 use muster_cluster::{now, Cluster, ClusterConfig, MusterNode, PeerService};
 use muster_domain::{Command, DeviceResult, Outcome, TargetSelector};
 use muster_types::{JobId, RunId};
@@ -38,18 +40,6 @@ const WRITERS: usize = 32;
 const DEVICES: usize = 100_000;
 const RESULTS_PER_ENTRY: usize = 1_000;
 const RESULT_WRITERS: usize = 4;
-
-async fn node(dir: &std::path::Path) -> Cluster {
-    let c = Cluster::start(ClusterConfig::new(
-        1,
-        dir.to_path_buf(),
-        MusterNode::default(),
-    ))
-    .await
-    .unwrap();
-    c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
-    c
-}
 
 /// Three in-process members of one cluster, each serving Raft on its own loopback port; returns
 /// them with the leader first.
@@ -97,18 +87,6 @@ async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
 
 fn bench_dir() -> tempfile::TempDir {
     procs::bench_dir().unwrap()
-}
-
-async fn setup_fleet(c: &Cluster, n: usize) {
-    for start in (0..n).step_by(5_000) {
-        c.write(Command::RegisterDevices {
-            devices: registrations("b", start..(start + 5_000).min(n)),
-            upsert: false,
-            at: now(),
-        })
-        .await
-        .unwrap();
-    }
 }
 
 /// A job on one explicit device: what is measured is the commit path, not target resolution.
@@ -269,7 +247,7 @@ fn main() {
     rt.block_on(async {
         if !full {
             let dir = bench_dir();
-            let c = node(dir.path()).await;
+            let c = raft_of_one(dir.path()).await;
             c.write(create("smoke".into())).await.unwrap();
             c.shutdown().await;
             return;
@@ -281,7 +259,7 @@ fn main() {
                 let dirs = [bench_dir(), bench_dir(), bench_dir()];
                 let nodes = three_nodes(&dirs).await;
                 let t = Instant::now();
-                setup_fleet(&nodes[0], DEVICES).await;
+                register_fleet(&nodes[0], "b", DEVICES).await;
                 let setup = t.elapsed();
                 let r = device_results(&nodes[0], run).await;
                 // The followers apply the same entries.
@@ -318,8 +296,8 @@ fn main() {
         let (mut g50s, mut g99s) = (vec![], vec![]);
         for run in 0..RUNS {
             let dir = bench_dir();
-            let c = node(dir.path()).await;
-            setup_fleet(&c, DEVICES).await;
+            let c = raft_of_one(dir.path()).await;
+            register_fleet(&c, "b", DEVICES).await;
             let (rate, p50, p99) = sequential_creates(&c, run).await;
             let crate_ = concurrent_creates(&c, run).await;
             let r = device_results(&c, run).await;

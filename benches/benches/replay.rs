@@ -23,8 +23,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use muster_benches::{registrations, start_job_on_all};
-use muster_cluster::{now, Cluster, ClusterConfig, MusterNode};
+use muster_benches::{procs, raft_of_one, register_fleet, start_job_on_all};
+use muster_cluster::now;
 use muster_domain::{Command, DeviceResult, Outcome};
 use muster_store::audit::{replay_export, AuditLog, ExportFilter, ExportFormat, ReplayTo};
 use muster_store::StoreError;
@@ -48,33 +48,9 @@ fn jobs() -> usize {
 }
 const RESULTS_PER_ENTRY: usize = 1_000;
 
-fn bench_dir() -> tempfile::TempDir {
-    let base = std::env::var("MUSTER_BENCH_DIR").unwrap_or_else(|_| {
-        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
-        let _ = std::fs::create_dir_all(d);
-        d.to_string()
-    });
-    tempfile::tempdir_in(base).unwrap()
-}
-
 async fn write_log(dir: &std::path::Path) {
-    let c = Cluster::start(ClusterConfig::new(
-        1,
-        dir.to_path_buf(),
-        MusterNode::default(),
-    ))
-    .await
-    .unwrap();
-    c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
-    for start in (0..DEVICES).step_by(5_000) {
-        c.write(Command::RegisterDevices {
-            devices: registrations("r", start..(start + 5_000).min(DEVICES)),
-            upsert: false,
-            at: now(),
-        })
-        .await
-        .unwrap();
-    }
+    let c = raft_of_one(dir).await;
+    register_fleet(&c, "r", DEVICES).await;
     for j in 0..jobs() {
         let id = JobId::new(format!("replay-{j}")).unwrap();
         let devices = start_job_on_all(&c, &id).await;
@@ -132,7 +108,7 @@ fn open(dir: &std::path::Path) -> AuditLog {
 }
 
 fn audit(c: &mut Criterion) {
-    let dir = bench_dir();
+    let dir = procs::bench_dir().unwrap();
     let t0 = Instant::now();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -357,6 +357,19 @@ async fn leader_killed_mid_job_with_default_raft_timeouts() {
     leader_killed_mid_job("").await;
 }
 
+/// Three nodes started with `args`, every one ready; with the leader's index and a gRPC channel
+/// to each node.
+async fn ready_cluster(args: &[&str]) -> (TestCluster, usize, Vec<Channel>) {
+    let cluster = TestCluster::start(3, args).unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let mut chans = Vec::new();
+    for node in &cluster.nodes {
+        node.wait_ready().await.unwrap();
+        chans.push(channel(node).await);
+    }
+    (cluster, leader, chans)
+}
+
 /// The 20,000-device failover scenario, the nodes configured by the TOML text `config`.
 async fn leader_killed_mid_job(config: &str) {
     let n = fleet_size();
@@ -365,18 +378,8 @@ async fn leader_killed_mid_job(config: &str) {
     let conf = conf_dir.path().join("node.toml");
     std::fs::write(&conf, config).unwrap();
     let conf = conf.to_str().unwrap().to_string();
-    let mut cluster = TestCluster::start(3, &["--mqtt-url", &url, "--config", &conf]).unwrap();
-    let leader = cluster.leader().await.unwrap();
-    for node in &cluster.nodes {
-        node.wait_ready().await.unwrap();
-    }
-    let chans: Vec<Channel> = {
-        let mut v = Vec::new();
-        for node in &cluster.nodes {
-            v.push(channel(node).await);
-        }
-        v
-    };
+    let (mut cluster, leader, chans) =
+        ready_cluster(&["--mqtt-url", &url, "--config", &conf]).await;
     let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
     let prefix = format!("cf-kill-{}", std::process::id());
     let cfg = FleetConfig {
@@ -573,14 +576,9 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
     let conf = conf_dir.path().join("node.toml");
     std::fs::write(&conf, "snapshot_after = 200\n").unwrap();
     let conf = conf.to_str().unwrap().to_string();
-    let mut cluster = TestCluster::start(3, &["--config", &conf]).unwrap();
-    let leader = cluster.leader().await.unwrap();
-    for node in &cluster.nodes {
-        node.wait_ready().await.unwrap();
-    }
+    let (mut cluster, leader, chans) = ready_cluster(&["--config", &conf]).await;
     let f = (leader + 1) % 3;
-    let lch = channel(&cluster.nodes[leader]).await;
-    let fch = channel(&cluster.nodes[f]).await;
+    let (lch, fch) = (chans[leader].clone(), chans[f].clone());
 
     let first: Vec<String> = (0..10).map(|i| format!("early-{i:04}")).collect();
     import(&lch, &first, 1).await;
@@ -713,18 +711,7 @@ async fn exists(ch: &Channel, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_majority_refuses_writes() {
     let limit = Duration::from_secs(120);
-    let cluster = TestCluster::start(3, &[]).unwrap();
-    let leader = cluster.leader().await.unwrap();
-    for node in &cluster.nodes {
-        node.wait_ready().await.unwrap();
-    }
-    let chans: Vec<Channel> = {
-        let mut v = Vec::new();
-        for node in &cluster.nodes {
-            v.push(channel(node).await);
-        }
-        v
-    };
+    let (cluster, leader, chans) = ready_cluster(&[]).await;
     let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
     create(&chans[leader], "before", later_job()).await.unwrap();
 

@@ -106,33 +106,11 @@ pub enum Command {
     },
 }
 
-impl Command {
-    pub fn at(&self) -> Timestamp {
-        match self {
-            Command::CreateJob { at, .. }
-            | Command::StopJob { at, .. }
-            | Command::ResumeJob { at, .. }
-            | Command::CancelJob { at, .. }
-            | Command::RerunJob { at, .. }
-            | Command::MarkDispatched { at, .. }
-            | Command::RecordDeviceResults { at, .. }
-            | Command::Advance { at }
-            | Command::RegisterDevices { at, .. }
-            | Command::UpdateTwin { at, .. }
-            | Command::ReportProperties { at, .. }
-            | Command::SetConnection { at, .. }
-            | Command::SetConnections { at, .. }
-            | Command::ReportPropertiesBatch { at, .. }
-            | Command::SaveGroup { at, .. }
-            | Command::DeleteGroup { at, .. } => *at,
-        }
-    }
-
-    /// The stamp, to be replaced by the leader when a follower forwards a command: time in the
-    /// log comes from the clock of the node that appends it, so it does not jump back and forth
-    /// with the clocks of whichever nodes clients happened to call.
-    pub fn at_mut(&mut self) -> &mut Timestamp {
-        match self {
+/// The `at` field of any command, by reference or by mutable reference (whichever `$cmd` is):
+/// one list of variants for both accessors below.
+macro_rules! stamp_of {
+    ($cmd:expr) => {
+        match $cmd {
             Command::CreateJob { at, .. }
             | Command::StopJob { at, .. }
             | Command::ResumeJob { at, .. }
@@ -150,6 +128,19 @@ impl Command {
             | Command::SaveGroup { at, .. }
             | Command::DeleteGroup { at, .. } => at,
         }
+    };
+}
+
+impl Command {
+    pub fn at(&self) -> Timestamp {
+        *stamp_of!(self)
+    }
+
+    /// The stamp, to be replaced by the leader when a follower forwards a command: time in the
+    /// log comes from the clock of the node that appends it, so it does not jump back and forth
+    /// with the clocks of whichever nodes clients happened to call.
+    pub fn at_mut(&mut self) -> &mut Timestamp {
+        stamp_of!(self)
     }
 }
 
