@@ -20,8 +20,9 @@ use muster_types::{JobId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
-use crate::codec::{decode_event, decode_record, encode_event, from_json, key_u64, u64_key};
+use crate::codec::{decode_event, decode_record, encode_event, from_json};
 use crate::error::StoreError;
+use crate::segment::raw_records;
 use crate::state_machine::decode_stored;
 use crate::state_machine::{
     read_head, read_u64, SnapshotPayload, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DATA,
@@ -199,16 +200,9 @@ impl AuditLog {
         to: u64,
     ) -> Result<impl Iterator<Item = Result<(u64, Event), StoreError>> + '_, StoreError> {
         let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
-        let to = to.min(last_seq);
-        let range = if from > to {
-            self.events.range(u64_key(1)..u64_key(1))
-        } else {
-            self.events.range(u64_key(from)..=u64_key(to))
-        };
-        Ok(range.map(|kv| {
-            let (k, v) = kv?;
-            let seq = key_u64("event key", &k)?;
-            Ok((seq, crate::codec::decode_record_event(seq, &v)?))
+        Ok(raw_records(&self.events, from, to.min(last_seq)).map(|r| {
+            let r = r?;
+            Ok((r.seq, crate::codec::decode_record_event(r.seq, r.bytes())?))
         }))
     }
 
@@ -272,13 +266,16 @@ impl AuditLog {
         let mut expected = info.first_seq;
         let end = info.last_seq.saturating_add(1);
         if info.first_seq <= info.last_seq {
-            for kv in self.events.range(u64_key(info.first_seq)..u64_key(end)) {
-                let (k, bytes) = kv?;
-                let key = key_u64("event key", &k)?;
+            for r in raw_records(&self.events, info.first_seq, info.last_seq) {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => return fail(v, notes, expected, format!("unreadable: {e}")),
+                };
+                let key = r.seq;
                 if key != expected {
                     return fail(v, notes, expected, "event is missing".into());
                 }
-                let record = match decode_record(&bytes) {
+                let record = match decode_record(r.bytes()) {
                     Ok(r) => r,
                     Err(e) => return fail(v, notes, key, format!("record does not decode: {e}")),
                 };
@@ -376,7 +373,7 @@ impl AuditLog {
                 );
             }
         }
-        let leftovers = self.events.range(u64_key(end)..).count();
+        let leftovers = raw_records(&self.events, end, u64::MAX).count();
         if leftovers > 0 {
             notes.push(format!(
                 "{leftovers} record(s) after seq {} are not applied (an interrupted apply; \
@@ -638,17 +635,13 @@ impl AuditLog {
         to: u64,
     ) -> Result<impl Iterator<Item = Result<(u64, Event, Hash), StoreError>> + '_, StoreError> {
         let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
-        let to = to.min(last_seq);
-        let range = if from > to {
-            self.events.range(u64_key(1)..u64_key(1))
-        } else {
-            self.events.range(u64_key(from.max(1))..=u64_key(to))
-        };
-        Ok(range.map(|kv| {
-            let (k, v) = kv?;
-            let stored = decode_stored(key_u64("event key", &k)?, &v)?;
-            Ok((stored.seq, stored.event, stored.hash))
-        }))
+        Ok(
+            raw_records(&self.events, from.max(1), to.min(last_seq)).map(|r| {
+                let r = r?;
+                let stored = decode_stored(r.seq, r.bytes())?;
+                Ok((stored.seq, stored.event, stored.hash))
+            }),
+        )
     }
 
     /// Writes the selected events to `out`, one a line. The writer is not flushed.

@@ -16,7 +16,7 @@
 //! | --- | --- | --- |
 //! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command / JSON membership |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
-//! | `events` | seq u64 | protobuf `muster.v1.EventRecord` (seq, event, hash-chain link) |
+//! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
 //! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
 //!
@@ -30,6 +30,7 @@ mod codec;
 mod error;
 mod flush;
 mod log_store;
+pub mod segment;
 mod state_machine;
 mod types;
 pub mod wire;

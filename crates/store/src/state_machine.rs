@@ -2,9 +2,10 @@
 //! the event log beside it.
 //!
 //! Trees:
-//! - `events`: big-endian seq -> protobuf `muster.v1.EventRecord` (seq, the event, its hash-chain
-//!   link; see [`crate::chain`]). Seqs are global, start at 1 and have no gaps from `first_seq`
-//!   on. Readers get the stored link with each event ([`EventLog::read_records`], and
+//! - `events`: protobuf `muster.v1.EventRecord`s (seq, the event, its hash-chain link; see
+//!   [`crate::chain`]) in segments of up to 256 consecutive records of one command, each under the
+//!   big-endian seq of its first record (see [`crate::segment`]). Seqs are global, start at 1
+//!   and have no gaps from `first_seq` on. Readers get the stored link with each event ([`EventLog::read_records`], and
 //!   [`AppliedEvents::hashes`] in the live feed) rather than recomputing the chain.
 //! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
 //!   `first_seq` (big-endian u64), `chain_head` (the 32-byte hash of event `last_seq`; the
@@ -45,6 +46,7 @@ use crate::codec::{
 };
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
+use crate::segment::{raw_records, SegmentBuilder, SEGMENT_MAX};
 use crate::types::{
     AppliedRange, CommandError, Entry, LogId, MusterNode, Response, StorageError, StoredMembership,
     TypeConfig,
@@ -264,13 +266,11 @@ impl EventLog for StateReader {
         if from_seq > last_seq {
             return Ok(Vec::new());
         }
-        self.shared
-            .events
-            .range(u64_key(from_seq)..u64_key(last_seq + 1))
+        raw_records(&self.shared.events, from_seq, last_seq)
             .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode_stored(key_u64("event key", &k)?, &v)
+            .map(|r| {
+                let r = r?;
+                decode_stored(r.seq, r.bytes())
             })
             .collect()
     }
@@ -388,25 +388,28 @@ impl StateMachine {
         }
 
         // Leftovers of an install that stopped between committing the snapshot and clearing the
-        // old events.
+        // old events, and records past `last_seq` from an apply that stopped before its
+        // metadata (the re-apply writes them again, possibly cut into other segments).
         let mut stale = sled::Batch::default();
         for key in events.range(..u64_key(first_seq_available)).keys() {
+            stale.remove(key?);
+        }
+        for key in events.range(u64_key(last_seq.saturating_add(1))..).keys() {
             stale.remove(key?);
         }
         events.apply_batch(stale)?;
 
         let mut expected = snapshot_seq + 1;
-        // `..=last_seq` would be an inverted range (which sled rejects) when there is no tail.
-        for kv in events.range(u64_key(expected)..u64_key(last_seq.saturating_add(1))) {
-            let (k, v) = kv?;
-            let seq = key_u64("event key", &k)?;
+        for r in raw_records(&events, expected, last_seq) {
+            let r = r?;
+            let seq = r.seq;
             if seq != expected {
                 return Err(StoreError::corrupt(
                     "events",
                     format!("expected seq {expected}, found {seq}"),
                 ));
             }
-            let record = decode_record(&v)?;
+            let record = decode_record(r.bytes())?;
             let hash = chain_hash(&prev, seq, &record.event);
             if record.seq != seq || record.hash != hash {
                 return Err(StoreError::corrupt(
@@ -514,10 +517,11 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                             applied.last_seq += 1;
                             let (record, hash) =
                                 encode_record(applied.last_seq, event, &applied.head);
-                            writer.insert(u64_key(applied.last_seq), record);
+                            writer.push(applied.last_seq, &record);
                             applied.head = hash;
                             hashes.push(hash);
                         }
+                        writer.end_command();
                         if !events.is_empty() {
                             published.push(AppliedEvents {
                                 first_seq,
@@ -560,27 +564,31 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
     Ok(responses)
 }
 
-/// Events per sled batch once an apply has more than that many.
-const EVENT_CHUNK: usize = 256;
+/// Events per sled batch once an apply has more than that many: one full segment.
+const EVENT_CHUNK: usize = SEGMENT_MAX;
 
-/// Writes an apply's event records to the `events` tree.
+/// Writes an apply's event records to the `events` tree, in segments (see [`crate::segment`]).
 ///
 /// Up to [`EVENT_CHUNK`] records are written as one batch by [`finish`](Self::finish), on the
-/// applying thread. Past that, the records go in chunks to a writer thread, started for this
-/// apply, which inserts them while the applying thread decides, evolves and encodes the next
-/// ones; `finish` waits until it has written all of them. Chunks are written in order, so the
-/// tree only ever holds a prefix of the apply's events beyond `last_seq`, exactly like a crash
-/// between the events batch and the metadata batch, which the apply's durability argument
+/// applying thread. Past that, the finished segments go in batches to a writer thread, started
+/// for this apply, which inserts them while the applying thread decides, evolves and encodes the
+/// next ones; `finish` waits until it has written all of them. Batches are written in order, so
+/// the tree only ever holds a prefix of the apply's events beyond `last_seq`, exactly like a
+/// crash between the events batch and the metadata batch, which the apply's durability argument
 /// already covers.
 struct EventWriter<'scope, 'env> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
     events: &'env sled::Tree,
+    segment: SegmentBuilder,
+    /// Records in the current segment.
+    in_segment: usize,
     batch: sled::Batch,
+    /// Records in `batch`.
     pending: usize,
     thread: Option<WriterThread<'scope>>,
 }
 
-/// The writer thread of an [`EventWriter`]: where to send chunks, and its outcome.
+/// The writer thread of an [`EventWriter`]: where to send batches, and its outcome.
 type WriterThread<'scope> = (
     std::sync::mpsc::SyncSender<sled::Batch>,
     std::thread::ScopedJoinHandle<'scope, Result<(), StoreError>>,
@@ -591,15 +599,32 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
         EventWriter {
             scope,
             events,
+            segment: SegmentBuilder::default(),
+            in_segment: 0,
             batch: sled::Batch::default(),
             pending: 0,
             thread: None,
         }
     }
 
-    fn insert(&mut self, key: [u8; 8], record: Vec<u8>) {
-        self.batch.insert(&key, record);
-        self.pending += 1;
+    /// Adds the record of `seq` (the next seq) to the current command's segment.
+    fn push(&mut self, seq: u64, record: &[u8]) {
+        self.in_segment += 1;
+        if let Some(full) = self.segment.push(seq, record) {
+            self.add_segment(full);
+        }
+    }
+
+    /// Closes the current command's last segment: the next command starts its own.
+    fn end_command(&mut self) {
+        if let Some(last) = self.segment.finish() {
+            self.add_segment(last);
+        }
+    }
+
+    fn add_segment(&mut self, (key, value): ([u8; 8], Vec<u8>)) {
+        self.batch.insert(&key, value);
+        self.pending += std::mem::take(&mut self.in_segment);
         if self.pending < EVENT_CHUNK {
             return;
         }
@@ -620,7 +645,8 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
     }
 
     /// Writes what is left and returns once every record is in the tree.
-    fn finish(self) -> Result<(), StoreError> {
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.end_command();
         match self.thread {
             None => Ok(self.events.apply_batch(self.batch)?),
             Some((sender, handle)) => {
@@ -885,15 +911,13 @@ mod tests {
 
     /// The chain recomputed from the raw stored bytes, from `prev` (the link before `from`).
     fn recomputed(sm: &StateMachine, from: u64, mut prev: Hash) -> Vec<(u64, Hash)> {
-        sm.shared
-            .events
-            .range(u64_key(from)..)
-            .map(|kv| {
-                let (k, v) = kv.unwrap();
-                let seq = key_u64("event key", &k).unwrap();
-                let record = decode_record(&v).unwrap();
-                prev = chain_hash(&prev, seq, &record.event);
-                (seq, prev)
+        raw_records(&sm.shared.events, from, u64::MAX)
+            .map(|r| {
+                let r = r.unwrap();
+                let record = decode_record(r.bytes()).unwrap();
+                assert_eq!(record.seq, r.seq);
+                prev = chain_hash(&prev, r.seq, &record.event);
+                (r.seq, prev)
             })
             .collect()
     }
@@ -919,6 +943,20 @@ mod tests {
             (all.len() as u64, all[all.len() - 1].hash)
         );
         assert!(all.iter().zip(1..).all(|(r, seq)| r.seq == seq));
+        // Segments of at most SEGMENT_MAX records, never shared by two commands.
+        let keys: Vec<u64> = sm
+            .shared
+            .events
+            .iter()
+            .keys()
+            .map(|k| key_u64("event key", &k.unwrap()).unwrap())
+            .collect();
+        let second = n as u64 + 1;
+        let m = SEGMENT_MAX as u64;
+        assert_eq!(
+            keys,
+            vec![1, 1 + m, 1 + 2 * m, 1 + 3 * m, second, second + m]
+        );
     }
 
     #[test]

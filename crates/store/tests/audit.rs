@@ -10,6 +10,7 @@ use std::path::Path;
 use common::{expected, log_id, register, workload, Node};
 use muster_domain::State;
 use muster_store::audit::{AuditLog, ReplayTo};
+use muster_store::segment::{join_segment, split_segment};
 use muster_store::{EventLog, StoreError};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 
@@ -33,7 +34,7 @@ async fn build(dir: &Path) -> (u64, u64) {
     (snap_seq, last)
 }
 
-fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+fn tamper(dir: &Path, f: impl FnOnce(&mut Records)) {
     // The store or reader dropped just before may hold sled's lock for a moment longer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let db = loop {
@@ -44,8 +45,51 @@ fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree)) {
             other => break other.unwrap(),
         }
     };
-    f(&db.open_tree("events").unwrap());
+    let mut records = Records(db.open_tree("events").unwrap());
+    f(&mut records);
     db.flush().unwrap();
+}
+
+/// The stored event records, one by one, whatever segments hold them (see
+/// `muster_store::segment`).
+struct Records(sled::Tree);
+
+impl Records {
+    /// The key of the segment holding `seq` and its records.
+    fn segment(&self, seq: u64) -> (sled::IVec, Vec<Vec<u8>>) {
+        let (k, v) = self
+            .0
+            .range(..=seq.to_be_bytes())
+            .next_back()
+            .unwrap()
+            .unwrap();
+        (k, split_segment(&v).unwrap())
+    }
+
+    fn index(key: &[u8], seq: u64) -> usize {
+        (seq - u64::from_be_bytes(key.try_into().unwrap())) as usize
+    }
+
+    fn get(&self, seq: u64) -> Vec<u8> {
+        let (k, records) = self.segment(seq);
+        records[Self::index(&k, seq)].clone()
+    }
+
+    fn set(&mut self, seq: u64, record: Vec<u8>) {
+        let (k, mut records) = self.segment(seq);
+        records[Self::index(&k, seq)] = record;
+        self.0.insert(k, join_segment(&records)).unwrap();
+    }
+
+    fn remove(&mut self, seq: u64) {
+        let (k, mut records) = self.segment(seq);
+        records.remove(Self::index(&k, seq));
+        if records.is_empty() {
+            self.0.remove(k).unwrap();
+        } else {
+            self.0.insert(k, join_segment(&records)).unwrap();
+        }
+    }
 }
 
 fn first_bad(dir: &Path) -> Option<u64> {
@@ -97,16 +141,14 @@ async fn a_flipped_byte_fails_at_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let (snap_seq, last) = build(dir.path()).await;
     for seq in [1, last / 2, last] {
-        let key = seq.to_be_bytes();
         let mut original = Vec::new();
         tamper(dir.path(), |events| {
-            let v = events.get(key).unwrap().unwrap();
-            original = v.to_vec();
+            original = events.get(seq);
             let mut bytes = original.clone();
             // A byte inside the event (past the seq field and the event's length).
             let at = bytes.len() / 2;
             bytes[at] ^= 0x01;
-            events.insert(key, bytes).unwrap();
+            events.set(seq, bytes);
         });
         assert_eq!(first_bad(dir.path()), Some(seq));
         // The server refuses to start on a damaged tail too (events the snapshot covers are
@@ -118,7 +160,7 @@ async fn a_flipped_byte_fails_at_its_seq() {
             ));
         }
         tamper(dir.path(), |events| {
-            events.insert(key, original).unwrap();
+            events.set(seq, original);
         });
         assert_eq!(first_bad(dir.path()), None);
     }
@@ -129,14 +171,14 @@ async fn a_deleted_event_fails_at_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let (_, last) = build(dir.path()).await;
     tamper(dir.path(), |events| {
-        events.remove(7u64.to_be_bytes()).unwrap();
+        events.remove(7);
     });
     assert_eq!(first_bad(dir.path()), Some(7));
 
     let dir = tempfile::tempdir().unwrap();
     build(dir.path()).await;
     tamper(dir.path(), |events| {
-        events.remove(last.to_be_bytes()).unwrap();
+        events.remove(last);
     });
     assert_eq!(first_bad(dir.path()), Some(last));
 }
@@ -146,10 +188,9 @@ async fn swapped_events_fail_at_the_first_of_them() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path()).await;
     tamper(dir.path(), |events| {
-        let a = events.get(5u64.to_be_bytes()).unwrap().unwrap();
-        let b = events.get(9u64.to_be_bytes()).unwrap().unwrap();
-        events.insert(5u64.to_be_bytes(), b).unwrap();
-        events.insert(9u64.to_be_bytes(), a).unwrap();
+        let (a, b) = (events.get(5), events.get(9));
+        events.set(5, b);
+        events.set(9, a);
     });
     assert_eq!(first_bad(dir.path()), Some(5));
 }
