@@ -286,7 +286,7 @@ impl Cluster {
     /// is never applied twice by this layer. A leader cut off from the majority refuses at once
     /// (`Unavailable`) instead of accepting a write it cannot commit.
     pub async fn write(&self, command: Command) -> Result<AppliedRange, ClusterError> {
-        let request = Request { command };
+        let request = Request::from(command);
         self.via_leader(Forward::ClientWrite, &request, |this| {
             let request = request.clone();
             async move { this.write_here(request).await }
@@ -298,7 +298,7 @@ impl Cluster {
     /// leader. For the leader's own work (the dispatcher), which must stop, not move elsewhere,
     /// when this node stops leading.
     pub async fn write_if_leader(&self, command: Command) -> Result<AppliedRange, ClusterError> {
-        self.write_here(Request { command })
+        self.write_here(Request::from(command))
             .await
             .map(|(range, _)| range)
     }

@@ -490,7 +490,7 @@ impl RaftService for PeerService {
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
         let mut request: Request = decode(req)?;
         // The leader's clock stamps what it appends (see `Command::at_mut`).
-        *request.command.at_mut() = crate::now();
+        *std::sync::Arc::make_mut(&mut request.command).at_mut() = crate::now();
         let result = self
             .cluster
             .write_here(request)
@@ -544,11 +544,9 @@ mod tests {
             entries: (5..5 + n)
                 .map(|i| muster_store::Entry {
                     log_id: log_id(i),
-                    payload: EntryPayload::Normal(Request {
-                        command: Command::Advance {
-                            at: Timestamp(1_700_000_000_000 + i as i64),
-                        },
-                    }),
+                    payload: EntryPayload::Normal(Request::from(Command::Advance {
+                        at: Timestamp(1_700_000_000_000 + i as i64),
+                    })),
                 })
                 .collect(),
         }

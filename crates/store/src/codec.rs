@@ -74,9 +74,7 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
     let payload = &bytes[HEADER_LEN..];
     let payload = match bytes[HEADER_LEN - 1] {
         KIND_BLANK => EntryPayload::Blank,
-        KIND_COMMAND => EntryPayload::Normal(Request {
-            command: decode_command(payload)?,
-        }),
+        KIND_COMMAND => EntryPayload::Normal(Request::from(decode_command(payload)?)),
         KIND_MEMBERSHIP => EntryPayload::Membership(from_json(WHAT, payload)?),
         other => return Err(StoreError::corrupt(WHAT, format!("payload kind {other}"))),
     };
@@ -173,11 +171,9 @@ mod tests {
         });
         roundtrip(Entry {
             log_id,
-            payload: EntryPayload::Normal(Request {
-                command: Command::Advance {
-                    at: Timestamp(1_700_000_000_000),
-                },
-            }),
+            payload: EntryPayload::Normal(Request::from(Command::Advance {
+                at: Timestamp(1_700_000_000_000),
+            })),
         });
         let nodes = BTreeMap::from([(
             1,

@@ -901,7 +901,7 @@ mod tests {
             .zip(cmds)
             .map(|(i, command)| Entry {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
-                payload: EntryPayload::Normal(Request { command }),
+                payload: EntryPayload::Normal(Request::from(command)),
             })
             .collect();
         for r in apply_entries(&sm.shared, entries).unwrap() {

@@ -57,14 +57,19 @@ impl fmt::Display for MusterNode {
 ///
 /// In the Raft log it is stored as protobuf (`muster.v1.Command`); the serde derives exist because
 /// openraft requires them of its application data, not because JSON is a storage format.
+///
+/// The command is shared: openraft clones entries to apply them and to send them to each
+/// follower, and a device-results command carries a thousand results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    pub command: Command,
+    pub command: std::sync::Arc<Command>,
 }
 
 impl From<Command> for Request {
     fn from(command: Command) -> Self {
-        Request { command }
+        Request {
+            command: std::sync::Arc::new(command),
+        }
     }
 }
 

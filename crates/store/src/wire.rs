@@ -101,11 +101,9 @@ mod tests {
             },
             Entry {
                 log_id: log_id(11),
-                payload: EntryPayload::Normal(Request {
-                    command: Command::Advance {
-                        at: Timestamp(1_700_000_000_000),
-                    },
-                }),
+                payload: EntryPayload::Normal(Request::from(Command::Advance {
+                    at: Timestamp(1_700_000_000_000),
+                })),
             },
             Entry {
                 log_id: log_id(12),

@@ -161,7 +161,7 @@ pub struct Node {
 pub fn entry(index: u64, command: Command) -> Entry {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(Request { command }),
+        payload: EntryPayload::Normal(Request::from(command)),
     }
 }
 
