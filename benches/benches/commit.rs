@@ -169,7 +169,7 @@ async fn device_results(c: &Cluster, run: usize) -> f64 {
                     attempt: 1,
                     outcome: Outcome::Responded {
                         status: 200,
-                        payload: json!({"ok": true}),
+                        payload: json!({"ok": true}).into(),
                     },
                 })
                 .collect()

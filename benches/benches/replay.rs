@@ -75,12 +75,12 @@ async fn write_log(dir: &std::path::Path) {
                     outcome: if (n * RESULTS_PER_ENTRY + i) % 10 == 9 {
                         Outcome::Responded {
                             status: 503,
-                            payload: json!({"error": "busy", "retry_after_s": 30}),
+                            payload: json!({"error": "busy", "retry_after_s": 30}).into(),
                         }
                     } else {
                         Outcome::Responded {
                             status: 200,
-                            payload: json!({"ok": true, "uptime_s": i}),
+                            payload: json!({"ok": true, "uptime_s": i}).into(),
                         }
                     },
                 })

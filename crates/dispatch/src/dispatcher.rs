@@ -565,7 +565,10 @@ impl<H: Host> Engine<H> {
                     run: f.run,
                     device: f.device.clone(),
                     attempt: f.attempt,
-                    outcome: Outcome::Responded { status, payload },
+                    outcome: Outcome::Responded {
+                        status,
+                        payload: payload.into(),
+                    },
                 };
                 self.batcher.push(r, Instant::now());
             }

@@ -151,7 +151,7 @@ fn result_commands(fail_every: Option<usize>) -> Vec<Command> {
                         attempt: 1,
                         outcome: Outcome::Responded {
                             status: if fail { 500 } else { 200 },
-                            payload: json!({"fw": "2.0"}),
+                            payload: json!({"fw": "2.0"}).into(),
                         },
                     }
                 })

@@ -2,6 +2,8 @@
 
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::job::FailureReason;
@@ -171,7 +173,10 @@ pub struct DeviceResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The device answered; 200..=299 is success, anything else a device error.
-    Responded { status: i32, payload: Value },
+    ///
+    /// The payload is shared: recording it (in `MethodResponse`) takes a reference, not a copy,
+    /// and equal small payloads decoded together share one value.
+    Responded { status: i32, payload: Arc<Value> },
     /// The dispatcher gave up on the attempt without an answer.
     Failed(FailureReason),
 }

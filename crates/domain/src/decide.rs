@@ -638,7 +638,7 @@ fn record_results(
                 Outcome::Responded { status, payload } => {
                     let response = Some(MethodResponse {
                         status: *status,
-                        payload: std::sync::Arc::new(payload.clone()),
+                        payload: std::sync::Arc::clone(payload),
                     });
                     if (200..300).contains(status) {
                         s.succeed(i, r.attempt, response);
@@ -935,6 +935,9 @@ pub fn responded(
         run,
         device: device.clone(),
         attempt,
-        outcome: Outcome::Responded { status, payload },
+        outcome: Outcome::Responded {
+            status,
+            payload: payload.into(),
+        },
     }
 }

@@ -1567,11 +1567,11 @@ impl Harness {
         match o {
             OutcomeGen::Ok => Outcome::Responded {
                 status: 200,
-                payload: json!({"ok": true}),
+                payload: json!({"ok": true}).into(),
             },
             OutcomeGen::DeviceError => Outcome::Responded {
                 status: 500,
-                payload: json!({"error": "boom"}),
+                payload: json!({"error": "boom"}).into(),
             },
             OutcomeGen::Timeout => Outcome::Failed(FailureReason::Timeout),
             OutcomeGen::DispatchFailed => Outcome::Failed(FailureReason::DispatchFailed {

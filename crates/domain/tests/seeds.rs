@@ -186,14 +186,14 @@ fn create(l: &mut Leader, id: &str, spec: JobSpec) {
 fn ok() -> Option<Outcome> {
     Some(Outcome::Responded {
         status: 200,
-        payload: json!({"maxTemp": 23}),
+        payload: json!({"maxTemp": 23}).into(),
     })
 }
 
 fn fail() -> Option<Outcome> {
     Some(Outcome::Responded {
         status: 500,
-        payload: json!({"error": "sensor offline"}),
+        payload: json!({"error": "sensor offline"}).into(),
     })
 }
 

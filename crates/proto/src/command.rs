@@ -300,7 +300,7 @@ impl TryFrom<pb::Outcome> for Outcome {
         Ok(match required("kind", o.kind)? {
             Kind::Responded(r) => Outcome::Responded {
                 status: r.status,
-                payload: json("responded.payload_json", &r.payload_json)?,
+                payload: crate::job::shared_payload("responded.payload_json", &r.payload_json)?,
             },
             Kind::Failed(reason) => Outcome::Failed(message("failed", Some(reason))?),
         })

@@ -62,7 +62,7 @@ impl TryFrom<pb::MethodResponse> for MethodResponse {
     fn try_from(r: pb::MethodResponse) -> Result<Self, ProtoError> {
         Ok(MethodResponse {
             status: r.status,
-            payload: shared_payload(&r.payload_json)?,
+            payload: shared_payload("payload_json", &r.payload_json)?,
         })
     }
 }
@@ -86,16 +86,16 @@ thread_local! {
 /// replaying the event log parsed each of them again (about a tenth of `muster audit replay`),
 /// and the state held a copy per device. Equal text gives an equal value, so sharing is
 /// invisible to everything but the allocator.
-fn shared_payload(text: &str) -> Result<Arc<Value>, ProtoError> {
+pub(crate) fn shared_payload(field: &str, text: &str) -> Result<Arc<Value>, ProtoError> {
     if text.len() > CACHED_PAYLOAD_MAX {
-        return Ok(Arc::new(json("payload_json", text)?));
+        return Ok(Arc::new(json(field, text)?));
     }
     RECENT_PAYLOADS.with(|cell| {
         let mut recent = cell.borrow_mut();
         if let Some((_, value)) = recent.0.iter().find(|(t, _)| t == text) {
             return Ok(Arc::clone(value));
         }
-        let value = Arc::new(json("payload_json", text)?);
+        let value = Arc::new(json(field, text)?);
         let entry = (text.to_string(), Arc::clone(&value));
         let (list, next) = &mut *recent;
         if list.len() < CACHED_PAYLOADS {
@@ -172,12 +172,12 @@ mod tests {
 
     #[test]
     fn equal_small_payloads_share_one_value() {
-        let a = shared_payload(r#"{"ok":true}"#).unwrap();
+        let a = shared_payload("p", r#"{"ok":true}"#).unwrap();
         for n in 0..2 * CACHED_PAYLOADS {
-            shared_payload(&format!("{{\"n\":{n}}}")).unwrap();
+            shared_payload("p", &format!("{{\"n\":{n}}}")).unwrap();
         }
-        let b = shared_payload(r#"{"ok":true}"#).unwrap();
-        let c = shared_payload(r#"{"ok":true}"#).unwrap();
+        let b = shared_payload("p", r#"{"ok":true}"#).unwrap();
+        let c = shared_payload("p", r#"{"ok":true}"#).unwrap();
         assert_eq!(a, b, "evicted or not, the value is the same");
         assert!(Arc::ptr_eq(&b, &c), "a repeated payload is shared");
         assert_eq!(*c, serde_json::json!({"ok": true}));
@@ -187,12 +187,12 @@ mod tests {
     fn large_and_invalid_payloads() {
         let big = format!("\"{}\"", "x".repeat(CACHED_PAYLOAD_MAX));
         assert_eq!(
-            *shared_payload(&big).unwrap(),
+            *shared_payload("p", &big).unwrap(),
             Value::String("x".repeat(CACHED_PAYLOAD_MAX))
         );
-        assert!(shared_payload("{").is_err());
-        assert!(shared_payload("").is_err());
+        assert!(shared_payload("p", "{").is_err());
+        assert!(shared_payload("p", "").is_err());
         // A refused text is not remembered as valid.
-        assert!(shared_payload("{").is_err());
+        assert!(shared_payload("p", "{").is_err());
     }
 }

@@ -132,11 +132,11 @@ fn outcome(job: &JobId, run: u32, device: &str, attempt: u32) -> Option<Outcome>
     match r {
         0..=74 => Some(Outcome::Responded {
             status: 200,
-            payload: json!({"ok": true, "took_ms": r * 3, "note": "done, \"quoted\""}),
+            payload: json!({"ok": true, "took_ms": r * 3, "note": "done, \"quoted\""}).into(),
         }),
         75..=84 => Some(Outcome::Responded {
             status: 500 + (r as i32 % 4),
-            payload: json!({"error": "disk full", "free": 0.5}),
+            payload: json!({"error": "disk full", "free": 0.5}).into(),
         }),
         85..=89 => Some(Outcome::Failed(FailureReason::Timeout)),
         90..=92 => Some(Outcome::Failed(FailureReason::DispatchFailed {

@@ -22,7 +22,7 @@ fn result_command(job: &JobId, i: u64) -> Command {
             attempt: 1,
             outcome: Outcome::Responded {
                 status: 200,
-                payload: json!({"rebooted": true, "uptime": i}),
+                payload: json!({"rebooted": true, "uptime": i}).into(),
             },
         }],
         at: at(i as i64),

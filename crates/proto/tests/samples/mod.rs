@@ -521,7 +521,7 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                         attempt: 1,
                         outcome: Outcome::Responded {
                             status: 200,
-                            payload: json!({"result": "ok"}),
+                            payload: json!({"result": "ok"}).into(),
                         },
                     },
                     DeviceResult {
@@ -531,7 +531,7 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                         attempt: 1,
                         outcome: Outcome::Responded {
                             status: -1,
-                            payload: json!("negative status, string body"),
+                            payload: json!("negative status, string body").into(),
                         },
                     },
                     DeviceResult {

@@ -111,7 +111,7 @@ pub fn workload() -> Vec<Command> {
                         } else {
                             Outcome::Responded {
                                 status: 200,
-                                payload: json!({"ok": true}),
+                                payload: json!({"ok": true}).into(),
                             }
                         },
                     });
