@@ -334,6 +334,38 @@ mod tests {
         assert!(split_segment(&v).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever the cut into segments (and lone records among them), a walk from any seq to
+        /// any seq yields exactly the seqs in between, each with its own record.
+        #[test]
+        fn walks_yield_exactly_the_range(
+            cuts in proptest::collection::vec((1usize..12, proptest::bool::ANY), 1..12),
+            from in 0u64..80,
+            len in 0u64..80,
+        ) {
+            let t = tree();
+            let mut seq = 1u64;
+            for (n, lone) in cuts {
+                if lone {
+                    t.insert(u64_key(seq), rec(seq)).unwrap();
+                    seq += 1;
+                } else {
+                    let records: Vec<Vec<u8>> = (seq..seq + n as u64).map(rec).collect();
+                    t.insert(u64_key(seq), join_segment(&records)).unwrap();
+                    seq += n as u64;
+                }
+            }
+            let last = seq - 1;
+            let to = from.saturating_add(len);
+            let got = walk(&t, from, to);
+            let want: Vec<u64> = (from.max(1)..=to.min(last)).collect();
+            proptest::prop_assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), want);
+            for (seq, bytes) in got {
+                proptest::prop_assert_eq!(bytes, rec(seq));
+            }
+        }
+    }
+
     #[test]
     fn a_gap_between_segments_shows_as_a_jump() {
         let t = tree();
