@@ -139,6 +139,38 @@ fn scenario(s: &Server, files: &Path) {
         ],
     );
     assert_eq!(twins[0]["deviceId"], "cli-3");
+    // `--limit` counts whole devices as well as ids, across pages.
+    let first3 = ok(
+        s,
+        &[
+            "device",
+            "query",
+            "SELECT * FROM devices",
+            "--limit",
+            "3",
+            "--page-size",
+            "2",
+        ],
+    );
+    let ids: Vec<&str> = first3
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cli-1", "cli-2", "cli-3"], "{first3}");
+    let first_id = ok(
+        s,
+        &[
+            "device",
+            "query",
+            "SELECT * FROM devices",
+            "--ids-only",
+            "--limit",
+            "1",
+        ],
+    );
+    assert_eq!(first_id, serde_json::json!(["cli-1"]));
     let err = fails(s, &["device", "query", "tags.site = "]);
     assert!(err.contains("query"), "{err}");
 

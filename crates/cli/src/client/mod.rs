@@ -314,6 +314,37 @@ fn remaining(limit: Option<usize>, have: usize) -> Option<usize> {
     }
 }
 
+/// One item of a `QueryDevices` page: an id (`--ids-only`) or a whole device.
+enum Found {
+    Id(String),
+    Device(pb::Device),
+}
+
+/// Follows `next_page_token` until the server has no more or `limit` items are in. `fetch`
+/// asks for one page (the page size to ask for, the token) and returns its items and the next
+/// token.
+async fn collect_pages<T>(
+    limit: Option<usize>,
+    page_size: u32,
+    mut fetch: impl AsyncFnMut(u32, String) -> anyhow::Result<(Vec<T>, String)>,
+) -> anyhow::Result<Vec<T>> {
+    let mut items = Vec::new();
+    let mut token = String::new();
+    while let Some(left) = remaining(limit, items.len()) {
+        let size = page_size.min(u32::try_from(left).unwrap_or(u32::MAX));
+        let (page, next) = fetch(size, token).await?;
+        items.extend(page);
+        token = next;
+        if token.is_empty() {
+            break;
+        }
+    }
+    if let Some(l) = limit {
+        items.truncate(l);
+    }
+    Ok(items)
+}
+
 pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
     if !matches!(cmd, JobCmd::Devices { .. }) {
         no_csv(opts, "muster job")?;
@@ -367,13 +398,11 @@ pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|s| job_status_arg(s) as i32)
                 .collect();
-            let mut jobs = Vec::new();
-            let mut token = String::new();
-            while let Some(left) = remaining(limit, jobs.len()) {
+            let jobs = collect_pages(limit, page_size, async |page_size, page_token| {
                 let page = client
                     .list_jobs(pb::ListJobsRequest {
-                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
-                        page_token: token,
+                        page_size,
+                        page_token,
                         types: types.clone(),
                         statuses: statuses.clone(),
                         stale_ok: false,
@@ -381,15 +410,9 @@ pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                jobs.extend(page.jobs);
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-            }
-            if let Some(l) = limit {
-                jobs.truncate(l);
-            }
+                Ok((page.jobs, page.next_page_token))
+            })
+            .await?;
             match opts.output {
                 Output::Json => {
                     print_json(&Value::Array(jobs.iter().map(render::job_json).collect()))
@@ -446,30 +469,22 @@ pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
             page_size,
         } => {
             let status = status.map_or(0, |s| device_status_arg(s) as i32);
-            let mut devices = Vec::new();
-            let mut token = String::new();
-            while let Some(left) = remaining(limit, devices.len()) {
+            let devices = collect_pages(limit, page_size, async |page_size, page_token| {
                 let page = client
                     .list_job_devices(pb::ListJobDevicesRequest {
                         job_id: id.clone(),
                         run,
                         status,
-                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
-                        page_token: token,
+                        page_size,
+                        page_token,
                         stale_ok: false,
                     })
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                devices.extend(page.devices);
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-            }
-            if let Some(l) = limit {
-                devices.truncate(l);
-            }
+                Ok((page.devices, page.next_page_token))
+            })
+            .await?;
             match opts.output {
                 Output::Json => print_json(&Value::Array(
                     devices.iter().map(render::job_device_json).collect(),
@@ -680,27 +695,19 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
             print_device(opts, &d);
         }
         DeviceCmd::List { limit, page_size } => {
-            let mut devices = Vec::new();
-            let mut token = String::new();
-            while let Some(left) = remaining(limit, devices.len()) {
+            let devices = collect_pages(limit, page_size, async |page_size, page_token| {
                 let page = client
                     .list_devices(pb::ListDevicesRequest {
-                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
-                        page_token: token,
+                        page_size,
+                        page_token,
                         stale_ok: false,
                     })
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                devices.extend(page.devices);
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-            }
-            if let Some(l) = limit {
-                devices.truncate(l);
-            }
+                Ok((page.devices, page.next_page_token))
+            })
+            .await?;
             match opts.output {
                 Output::Json => print_json(&Value::Array(
                     devices.iter().map(render::device_json).collect(),
@@ -715,31 +722,34 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
             page_size,
         } => {
             let query = spec::full_query(&query);
-            let mut ids = Vec::new();
-            let mut devices = Vec::new();
-            let mut token = String::new();
-            while let Some(left) = remaining(limit, ids.len()) {
+            // `--ids-only` wants the page's ids, otherwise its whole devices; those count
+            // towards `--limit`.
+            let found = collect_pages(limit, page_size, async |page_size, page_token| {
                 let page = client
                     .query_devices(pb::QueryDevicesRequest {
                         query: query.clone(),
-                        page_size: page_size.min(u32::try_from(left).unwrap_or(u32::MAX)),
-                        page_token: token,
+                        page_size,
+                        page_token,
                         ids_only,
                         stale_ok: false,
                     })
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                ids.extend(page.device_ids);
-                devices.extend(page.devices);
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
+                let items = if ids_only {
+                    page.device_ids.into_iter().map(Found::Id).collect()
+                } else {
+                    page.devices.into_iter().map(Found::Device).collect()
+                };
+                Ok((items, page.next_page_token))
+            })
+            .await?;
+            let (mut ids, mut devices) = (Vec::new(), Vec::new());
+            for f in found {
+                match f {
+                    Found::Id(id) => ids.push(id),
+                    Found::Device(d) => devices.push(d),
                 }
-            }
-            if let Some(l) = limit {
-                ids.truncate(l);
-                devices.truncate(l);
             }
             match (opts.output, ids_only) {
                 (Output::Json, true) => print_json(&json!(ids)),
@@ -821,24 +831,19 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
             print_group(&g);
         }
         GroupCmd::List => {
-            let mut groups = Vec::new();
-            let mut token = String::new();
-            loop {
+            let groups = collect_pages(None, 1000, async |page_size, page_token| {
                 let page = client
                     .list_groups(pb::ListGroupsRequest {
-                        page_size: 1000,
-                        page_token: token,
+                        page_size,
+                        page_token,
                         stale_ok: false,
                     })
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                groups.extend(page.groups);
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-            }
+                Ok((page.groups, page.next_page_token))
+            })
+            .await?;
             match opts.output {
                 Output::Json => print_json(&Value::Array(
                     groups.iter().map(render::group_json).collect(),
