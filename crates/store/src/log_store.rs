@@ -38,8 +38,14 @@ pub struct LogStore {
     recent: Arc<Mutex<RecentEntries>>,
 }
 
-/// How many bytes (as stored) of the newest entries [`RecentEntries`] keeps.
+/// How much memory [`RecentEntries`] may take, as estimated by [`decoded_size`].
 const RECENT_BYTES: usize = 64 << 20;
+
+/// An estimate of what an entry stored in `stored` bytes takes decoded: its strings and maps
+/// take two to three times their protobuf bytes, plus a fixed overhead per entry.
+fn decoded_size(stored: usize) -> usize {
+    stored * 3 + 256
+}
 
 /// The newest entries, decoded, as a contiguous run of indexes ending at the last appended one.
 ///
@@ -51,14 +57,22 @@ const RECENT_BYTES: usize = 64 << 20;
 /// goes to sled.
 #[derive(Debug, Default)]
 struct RecentEntries {
-    /// Index -> (entry, its stored size).
+    /// Index -> (entry, its estimated size).
     entries: BTreeMap<u64, (Entry, usize)>,
     bytes: usize,
 }
 
+/// Entries taken out of the cache, to be dropped after its lock is released (a purge can free
+/// tens of megabytes of commands).
+type Removed = Vec<(Entry, usize)>;
+
 impl RecentEntries {
-    fn appended(&mut self, entries: Vec<(Entry, usize)>) {
-        for (entry, size) in entries {
+    /// Adds entries with their stored sizes; returns the ones evicted to stay in budget.
+    #[must_use]
+    fn appended(&mut self, entries: Vec<(Entry, usize)>) -> Removed {
+        let mut removed = Removed::new();
+        for (entry, stored) in entries {
+            let size = decoded_size(stored);
             let index = entry.log_id.index;
             // Appends continue the run; anything else (the first append after a restart, or one
             // after a gap openraft would not leave) starts a new run.
@@ -67,17 +81,22 @@ impl RecentEntries {
                 .last_key_value()
                 .is_some_and(|(&last, _)| last + 1 != index)
             {
-                self.clear();
+                removed.extend(std::mem::take(&mut self.entries).into_values());
+                self.bytes = 0;
             }
             self.bytes += size;
             self.entries.insert(index, (entry, size));
         }
         while self.bytes > RECENT_BYTES {
             match self.entries.pop_first() {
-                Some((_, (_, size))) => self.bytes -= size,
+                Some((_, (entry, size))) => {
+                    self.bytes -= size;
+                    removed.push((entry, size));
+                }
                 None => break,
             }
         }
+        removed
     }
 
     /// Entries `start..end`, if every one of them is here.
@@ -95,24 +114,23 @@ impl RecentEntries {
         )
     }
 
-    /// Drops the entries from `index` on.
-    fn truncate(&mut self, index: u64) {
-        for (_, (_, size)) in self.entries.split_off(&index) {
-            self.bytes -= size;
-        }
+    /// Takes out the entries from `index` on.
+    #[must_use]
+    fn truncate(&mut self, index: u64) -> Removed {
+        let removed: Removed = self.entries.split_off(&index).into_values().collect();
+        self.bytes -= removed.iter().map(|(_, size)| size).sum::<usize>();
+        removed
     }
 
-    /// Drops the entries up to and including `index`.
-    fn purge(&mut self, index: u64) {
+    /// Takes out the entries up to and including `index`.
+    #[must_use]
+    fn purge(&mut self, index: u64) -> Removed {
         let keep = self.entries.split_off(&index.saturating_add(1));
-        for (_, (_, size)) in std::mem::replace(&mut self.entries, keep) {
-            self.bytes -= size;
-        }
-    }
-
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
+        let removed: Removed = std::mem::replace(&mut self.entries, keep)
+            .into_values()
+            .collect();
+        self.bytes -= removed.iter().map(|(_, size)| size).sum::<usize>();
+        removed
     }
 }
 
@@ -197,7 +215,8 @@ impl LogStore {
                 batch.insert(&u64_key(sized[sized.len() - 1].0.log_id.index), bytes);
             }
             this.log.apply_batch(batch)?;
-            this.recent().appended(sized);
+            let evicted = this.recent().appended(sized);
+            drop(evicted);
             Ok::<_, StoreError>(())
         })
         .await?
@@ -299,7 +318,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Deletes the entries from `log_id.index` on (a conflicting suffix), durably.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.recent().truncate(log_id.index);
+        let removed = self.recent().truncate(log_id.index);
+        drop(removed);
         self.remove(u64_key(log_id.index)..).raft(Op::WriteLogs)?;
         self.flusher.flush().await.raft(Op::WriteLogs)
     }
@@ -313,7 +333,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(LAST_PURGED, to_json(&log_id).raft(Op::WriteLogs)?)
             .raft(Op::WriteLogs)?;
-        self.recent().purge(log_id.index);
+        let removed = self.recent().purge(log_id.index);
+        drop(removed);
         self.remove(..=u64_key(log_id.index)).raft(Op::WriteLogs)
     }
 }
@@ -329,7 +350,8 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Blank,
         };
-        (entry, 1 << 20)
+        // Stored sizes chosen so that each entry is charged 1 MiB.
+        (entry, ((1 << 20) - 256) / 3)
     }
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
@@ -339,25 +361,25 @@ mod tests {
     #[test]
     fn answers_only_ranges_it_holds_in_full() {
         let mut r = RecentEntries::default();
-        r.appended((5..10).map(entry).collect());
+        assert!(r.appended((5..10).map(entry).collect()).is_empty());
         assert_eq!(indexes(r.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
         assert_eq!(indexes(r.get(7, 8)), Some(vec![7]));
         assert_eq!(r.get(4, 6), None);
         assert_eq!(r.get(9, 11), None);
 
-        r.truncate(8);
+        assert_eq!(r.truncate(8).len(), 2);
         assert_eq!(r.get(7, 9), None);
         assert_eq!(indexes(r.get(5, 8)), Some(vec![5, 6, 7]));
-        r.appended(vec![entry(8)]);
+        assert!(r.appended(vec![entry(8)]).is_empty());
         assert_eq!(indexes(r.get(7, 9)), Some(vec![7, 8]));
 
-        r.purge(6);
+        assert_eq!(r.purge(6).len(), 2);
         assert_eq!(r.get(6, 8), None);
         assert_eq!(indexes(r.get(7, 9)), Some(vec![7, 8]));
         assert_eq!(r.bytes, 2 << 20);
 
         // A run that does not continue the last one replaces it.
-        r.appended(vec![entry(20)]);
+        assert_eq!(r.appended(vec![entry(20)]).len(), 2);
         assert_eq!(r.get(7, 9), None);
         assert_eq!(indexes(r.get(20, 21)), Some(vec![20]));
         assert_eq!(r.bytes, 1 << 20);
@@ -367,7 +389,7 @@ mod tests {
     fn keeps_the_newest_within_its_budget() {
         let mut r = RecentEntries::default();
         let n = (RECENT_BYTES >> 20) as u64;
-        r.appended((1..=n + 10).map(entry).collect());
+        assert_eq!(r.appended((1..=n + 10).map(entry).collect()).len(), 10);
         assert_eq!(r.bytes, RECENT_BYTES);
         assert_eq!(r.get(10, 12), None);
         assert_eq!(indexes(r.get(n + 10, n + 11)), Some(vec![n + 10]));

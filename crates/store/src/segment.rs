@@ -39,36 +39,54 @@ pub(crate) struct SegmentBuilder {
 
 impl SegmentBuilder {
     /// Appends the record of `seq`, which must follow the previous one. Returns a finished
-    /// segment (key, value) when this record filled it.
-    pub(crate) fn push(&mut self, seq: u64, record: &[u8]) -> Option<([u8; 8], Vec<u8>)> {
+    /// segment when this record filled it.
+    pub(crate) fn push(&mut self, seq: u64, record: &[u8]) -> Result<Option<Segment>, StoreError> {
         if self.count == 0 {
             self.first_seq = seq;
             self.buf.push(SEGMENT_TAG);
         }
-        push_record(&mut self.buf, record);
+        push_record(&mut self.buf, record)?;
         self.count += 1;
-        if self.count == SEGMENT_MAX {
+        Ok(if self.count == SEGMENT_MAX {
             self.finish()
         } else {
             None
-        }
+        })
     }
 
     /// The segment built so far, if it has any record; the builder starts afresh.
-    pub(crate) fn finish(&mut self) -> Option<([u8; 8], Vec<u8>)> {
+    pub(crate) fn finish(&mut self) -> Option<Segment> {
         if self.count == 0 {
             return None;
         }
-        self.count = 0;
-        Some((u64_key(self.first_seq), std::mem::take(&mut self.buf)))
+        Some(Segment {
+            key: u64_key(self.first_seq),
+            value: std::mem::take(&mut self.buf),
+            records: std::mem::take(&mut self.count),
+        })
     }
 }
 
-fn push_record(buf: &mut Vec<u8>, record: &[u8]) {
-    // A record is an event of at most a few megabytes (commands are bounded far below 4 GiB).
-    let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+/// A finished segment: its key, its value and how many records it holds.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Segment {
+    pub(crate) key: [u8; 8],
+    pub(crate) value: Vec<u8>,
+    pub(crate) records: usize,
+}
+
+fn push_record(buf: &mut Vec<u8>, record: &[u8]) -> Result<(), StoreError> {
+    // Commands are bounded far below 4 GiB (the API's message limits), so no event record
+    // reaches it; refusing is still better than writing a length that lies.
+    let len = u32::try_from(record.len()).map_err(|_| {
+        StoreError::corrupt(
+            "event record",
+            format!("{} bytes do not fit a segment", record.len()),
+        )
+    })?;
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(record);
+    Ok(())
 }
 
 /// The records of one segment value, in order. For tools that inspect or repair a data
@@ -87,12 +105,12 @@ pub fn split_segment(value: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
 }
 
 /// A segment value holding `records` (see [`split_segment`]).
-pub fn join_segment(records: &[Vec<u8>]) -> Vec<u8> {
+pub fn join_segment(records: &[Vec<u8>]) -> Result<Vec<u8>, StoreError> {
     let mut buf = vec![SEGMENT_TAG];
     for r in records {
-        push_record(&mut buf, r);
+        push_record(&mut buf, r)?;
     }
-    buf
+    Ok(buf)
 }
 
 /// Where a walk through one value is.
@@ -218,6 +236,7 @@ impl Iterator for RawRecords {
                 match cursor.next_record(&value) {
                     Ok(Some(range)) => {
                         if seq > self.to {
+                            self.failed = true;
                             return None;
                         }
                         let record = RawRecord {
@@ -225,11 +244,23 @@ impl Iterator for RawRecords {
                             value: value.clone(),
                             range,
                         };
-                        self.current = Some((value, seq + 1, cursor));
+                        let Some(next) = seq.checked_add(1) else {
+                            return self.fail(StoreError::corrupt(
+                                "event segment",
+                                "a segment runs past the largest seq",
+                            ));
+                        };
+                        self.current = Some((value, next, cursor));
                         if seq >= self.from {
                             return Some(Ok(record));
                         }
                         continue;
+                    }
+                    Ok(None) if cursor.index == 0 => {
+                        return self.fail(StoreError::corrupt(
+                            "event segment",
+                            format!("the segment at seq {seq} holds no record"),
+                        ))
                     }
                     Ok(None) => {}
                     Err(_) => {
@@ -285,26 +316,32 @@ mod tests {
         let mut b = SegmentBuilder::default();
         let mut out = Vec::new();
         for seq in 10..10 + SEGMENT_MAX as u64 + 3 {
-            out.extend(b.push(seq, &rec(seq)));
+            out.extend(b.push(seq, &rec(seq)).unwrap());
         }
         out.extend(b.finish());
         assert_eq!(b.finish(), None);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].0, u64_key(10));
-        assert_eq!(out[1].0, u64_key(10 + SEGMENT_MAX as u64));
-        assert_eq!(split_segment(&out[1].1).unwrap().len(), 3);
+        assert_eq!(out[0].key, u64_key(10));
+        assert_eq!(out[0].records, SEGMENT_MAX);
+        assert_eq!(out[1].key, u64_key(10 + SEGMENT_MAX as u64));
+        assert_eq!(out[1].records, 3);
+        assert_eq!(split_segment(&out[1].value).unwrap().len(), 3);
     }
 
     #[test]
     fn walks_start_and_stop_inside_segments_and_read_lone_records() {
         let t = tree();
         // Segments 1..=3 and 4..=4, a lone record 5, a segment 6..=9.
-        t.insert(u64_key(1), join_segment(&[rec(1), rec(2), rec(3)]))
+        t.insert(u64_key(1), join_segment(&[rec(1), rec(2), rec(3)]).unwrap())
             .unwrap();
-        t.insert(u64_key(4), join_segment(&[rec(4)])).unwrap();
+        t.insert(u64_key(4), join_segment(&[rec(4)]).unwrap())
+            .unwrap();
         t.insert(u64_key(5), rec(5)).unwrap();
-        t.insert(u64_key(6), join_segment(&[rec(6), rec(7), rec(8), rec(9)]))
-            .unwrap();
+        t.insert(
+            u64_key(6),
+            join_segment(&[rec(6), rec(7), rec(8), rec(9)]).unwrap(),
+        )
+        .unwrap();
         let all: Vec<u64> = walk(&t, 1, u64::MAX).iter().map(|r| r.0).collect();
         assert_eq!(all, (1..=9).collect::<Vec<_>>());
         for (seq, bytes) in walk(&t, 1, 9) {
@@ -323,7 +360,7 @@ mod tests {
     #[test]
     fn a_cut_segment_is_an_error_at_its_seq() {
         let t = tree();
-        let mut v = join_segment(&[rec(1), rec(2)]);
+        let mut v = join_segment(&[rec(1), rec(2)]).unwrap();
         v.truncate(v.len() - 2);
         t.insert(u64_key(1), v.clone()).unwrap();
         let mut w = raw_records(&t, 1, 9);
@@ -351,7 +388,8 @@ mod tests {
                     seq += 1;
                 } else {
                     let records: Vec<Vec<u8>> = (seq..seq + n as u64).map(rec).collect();
-                    t.insert(u64_key(seq), join_segment(&records)).unwrap();
+                    t.insert(u64_key(seq), join_segment(&records).unwrap())
+                        .unwrap();
                     seq += n as u64;
                 }
             }
@@ -367,11 +405,27 @@ mod tests {
     }
 
     #[test]
+    fn a_value_without_records_is_an_error() {
+        for empty in [vec![], vec![SEGMENT_TAG]] {
+            let t = tree();
+            t.insert(u64_key(1), join_segment(&[rec(1)]).unwrap())
+                .unwrap();
+            t.insert(u64_key(2), empty).unwrap();
+            let mut w = raw_records(&t, 1, 9);
+            assert_eq!(w.next().unwrap().unwrap().seq, 1);
+            let e = w.next().unwrap().unwrap_err();
+            assert!(e.to_string().contains("seq 2 holds no record"), "{e}");
+            assert!(w.next().is_none());
+        }
+    }
+
+    #[test]
     fn a_gap_between_segments_shows_as_a_jump() {
         let t = tree();
-        t.insert(u64_key(1), join_segment(&[rec(1), rec(2)]))
+        t.insert(u64_key(1), join_segment(&[rec(1), rec(2)]).unwrap())
             .unwrap();
-        t.insert(u64_key(5), join_segment(&[rec(5)])).unwrap();
+        t.insert(u64_key(5), join_segment(&[rec(5)]).unwrap())
+            .unwrap();
         let seqs: Vec<u64> = walk(&t, 1, 9).iter().map(|r| r.0).collect();
         assert_eq!(seqs, vec![1, 2, 5]);
     }

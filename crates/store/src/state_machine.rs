@@ -46,7 +46,7 @@ use crate::codec::{
 };
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
-use crate::segment::{raw_records, SegmentBuilder, SEGMENT_MAX};
+use crate::segment::{raw_records, Segment, SegmentBuilder, SEGMENT_MAX};
 use crate::types::{
     AppliedRange, CommandError, Entry, LogId, MusterNode, Response, StorageError, StoredMembership,
     TypeConfig,
@@ -391,11 +391,25 @@ impl StateMachine {
         // old events, and records past `last_seq` from an apply that stopped before its
         // metadata (the re-apply writes them again, possibly cut into other segments).
         let mut stale = sled::Batch::default();
+        let mut before = 0usize;
         for key in events.range(..u64_key(first_seq_available)).keys() {
             stale.remove(key?);
+            before += 1;
         }
+        let mut after = 0usize;
         for key in events.range(u64_key(last_seq.saturating_add(1))..).keys() {
             stale.remove(key?);
+            after += 1;
+        }
+        if before + after > 0 {
+            tracing::warn!(
+                first_seq_available,
+                last_seq,
+                segments_before = before,
+                segments_after = after,
+                "deleting event segments outside the applied range (an interrupted snapshot \
+                 install or apply; the re-apply of committed entries writes the later ones again)"
+            );
         }
         events.apply_batch(stale)?;
 
@@ -517,7 +531,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                             applied.last_seq += 1;
                             let (record, hash) =
                                 encode_record(applied.last_seq, event, &applied.head);
-                            writer.push(applied.last_seq, &record);
+                            writer.push(applied.last_seq, &record)?;
                             applied.head = hash;
                             hashes.push(hash);
                         }
@@ -550,8 +564,8 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
     meta_batch.insert(CHAIN_HEAD, &applied.head);
     // Events first (every one of them is written when `finish` returns), then the metadata that
     // makes them count. A crash before the metadata leaves events past `last_seq`, which nothing
-    // reads (`open` and `read_events` stop at `last_seq`) and which the re-apply of the same
-    // entries after restart overwrites with identical bytes (`decide` is deterministic). This is
+    // reads (readers stop at `last_seq`), which `open` deletes, and which the re-apply of the
+    // same entries after restart writes again (`decide` is deterministic). This is
     // several times cheaper than a sled transaction over both trees, which re-buffers every
     // insert.
     shared.meta.apply_batch(meta_batch)?;
@@ -569,10 +583,11 @@ const EVENT_CHUNK: usize = SEGMENT_MAX;
 
 /// Writes an apply's event records to the `events` tree, in segments (see [`crate::segment`]).
 ///
-/// Up to [`EVENT_CHUNK`] records are written as one batch by [`finish`](Self::finish), on the
-/// applying thread. Past that, the finished segments go in batches to a writer thread, started
-/// for this apply, which inserts them while the applying thread decides, evolves and encodes the
-/// next ones; `finish` waits until it has written all of them. Batches are written in order, so
+/// Finished segments collect in a batch; once it holds [`EVENT_CHUNK`] records or more it goes
+/// to a writer thread, started for this apply, which inserts them while the applying thread decides, evolves and encodes the
+/// next ones. [`finish`](Self::finish) writes what is left (fewer than [`EVENT_CHUNK`] records
+/// plus the last command's segment) on the applying thread when there is no writer thread, or
+/// hands it over and waits until the writer has written all of it. Batches are written in order, so
 /// the tree only ever holds a prefix of the apply's events beyond `last_seq`, exactly like a
 /// crash between the events batch and the metadata batch, which the apply's durability argument
 /// already covers.
@@ -580,8 +595,6 @@ struct EventWriter<'scope, 'env> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
     events: &'env sled::Tree,
     segment: SegmentBuilder,
-    /// Records in the current segment.
-    in_segment: usize,
     batch: sled::Batch,
     /// Records in `batch`.
     pending: usize,
@@ -600,7 +613,6 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
             scope,
             events,
             segment: SegmentBuilder::default(),
-            in_segment: 0,
             batch: sled::Batch::default(),
             pending: 0,
             thread: None,
@@ -608,11 +620,11 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
     }
 
     /// Adds the record of `seq` (the next seq) to the current command's segment.
-    fn push(&mut self, seq: u64, record: &[u8]) {
-        self.in_segment += 1;
-        if let Some(full) = self.segment.push(seq, record) {
+    fn push(&mut self, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        if let Some(full) = self.segment.push(seq, record)? {
             self.add_segment(full);
         }
+        Ok(())
     }
 
     /// Closes the current command's last segment: the next command starts its own.
@@ -622,9 +634,9 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
         }
     }
 
-    fn add_segment(&mut self, (key, value): ([u8; 8], Vec<u8>)) {
-        self.batch.insert(&key, value);
-        self.pending += std::mem::take(&mut self.in_segment);
+    fn add_segment(&mut self, segment: Segment) {
+        self.batch.insert(&segment.key, segment.value);
+        self.pending += segment.records;
         if self.pending < EVENT_CHUNK {
             return;
         }
@@ -957,6 +969,37 @@ mod tests {
             keys,
             vec![1, 1 + m, 1 + 2 * m, 1 + 3 * m, second, second + m]
         );
+    }
+
+    /// Records past `last_seq` (an apply that stopped before its metadata, cut into other
+    /// segments than the re-apply will cut them) are gone after a restart, and the re-apply's
+    /// segments are the only ones readers see.
+    #[test]
+    fn restart_deletes_records_past_the_applied_seq() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let sm = StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap();
+        apply(&sm, 1, vec![register(0, 5)]);
+        let last = sm.reader().last_seq();
+        let events = db.open_tree("events").unwrap();
+        let junk = |seq: u64| {
+            let (record, _) = encode_record(seq, &register_event(), &GENESIS);
+            record
+        };
+        events.insert(u64_key(last + 1), junk(last + 1)).unwrap();
+        events
+            .insert(
+                u64_key(last + 3),
+                crate::segment::join_segment(&[junk(last + 3), junk(last + 4)]).unwrap(),
+            )
+            .unwrap();
+        drop(sm);
+
+        let sm = StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap();
+        assert_eq!(events.range(u64_key(last + 1)..).count(), 0);
+        apply(&sm, 2, vec![register(5, 3)]);
+        let all = sm.reader().read_records(1, usize::MAX).unwrap();
+        assert_eq!(all.len(), 8);
+        assert_eq!(links(&all), recomputed(&sm, 1, GENESIS));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Records {
     fn set(&mut self, seq: u64, record: Vec<u8>) {
         let (k, mut records) = self.segment(seq);
         records[Self::index(&k, seq)] = record;
-        self.0.insert(k, join_segment(&records)).unwrap();
+        self.0.insert(k, join_segment(&records).unwrap()).unwrap();
     }
 
     fn remove(&mut self, seq: u64) {
@@ -87,7 +87,7 @@ impl Records {
         if records.is_empty() {
             self.0.remove(k).unwrap();
         } else {
-            self.0.insert(k, join_segment(&records)).unwrap();
+            self.0.insert(k, join_segment(&records).unwrap()).unwrap();
         }
     }
 }
@@ -181,6 +181,21 @@ async fn a_deleted_event_fails_at_its_seq() {
         events.remove(last);
     });
     assert_eq!(first_bad(dir.path()), Some(last));
+}
+
+#[tokio::test]
+async fn a_record_stored_twice_fails_at_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path()).await;
+    // The first command's segment holds seqs 1..=20; a second copy of seq 3 under its own key.
+    tamper(dir.path(), |events| {
+        let three = events.get(3);
+        events.0.insert(3u64.to_be_bytes(), three).unwrap();
+    });
+    let v = AuditLog::open(dir.path()).unwrap().verify().unwrap();
+    let failure = v.failure.unwrap();
+    assert_eq!(failure.seq, 3);
+    assert!(failure.reason.contains("stored twice"), "{failure:?}");
 }
 
 #[tokio::test]
