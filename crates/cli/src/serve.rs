@@ -179,13 +179,56 @@ fn known_settings() -> Vec<String> {
 }
 
 pub(crate) fn init_tracing(filter: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_filter(filter)
+        .with_filter(QuietUnreachable);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Drops openraft's lines about a peer it cannot reach: two warnings and an error every half
+/// second for as long as the peer is down. The cluster's network logs instead when a peer stops
+/// answering and when it answers again (`muster_cluster`'s `Reachability`).
+pub(crate) struct QuietUnreachable;
+
+impl<S> tracing_subscriber::layer::Filter<S> for QuietUnreachable {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if !event.metadata().target().starts_with("openraft") {
+            return true;
+        }
+        let mut about = AboutUnreachable(false);
+        event.record(&mut about);
+        !about.0
+    }
+}
+
+/// Whether an event's fields speak of an unreachable peer (openraft's `Unreachable` error, or
+/// the back-off it starts because of one).
+struct AboutUnreachable(bool);
+
+impl tracing::field::Visit for AboutUnreachable {
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if !self.0 {
+            let text = format!("{value:?}");
+            self.0 = text.contains("Unreachable node") || text.contains("backoff mode");
+        }
+    }
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -277,5 +320,53 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::prelude::*;
+
+    use super::QuietUnreachable;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn openraft_lines_about_unreachable_peers_are_muted_and_nothing_else() {
+        let out = Buffer::default();
+        let writer = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_filter(QuietUnreachable);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let e = "Unreachable node: node 3 (127.0.0.1:1): tcp connect error";
+            tracing::warn!(target: "openraft::replication", error = e, "error replication");
+            tracing::error!(target: "openraft::replication", "RPCError err={e}");
+            tracing::warn!(target: "openraft::replication", "backoff mode: drain events");
+            tracing::warn!(target: "openraft::engine", "vote is rejected");
+            tracing::warn!(target: "muster_cluster::network", "peer unreachable: {e}");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("vote is rejected"), "{text}");
+        assert!(lines[1].contains("peer unreachable"), "{text}");
     }
 }

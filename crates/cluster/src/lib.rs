@@ -176,7 +176,7 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Unavailable(format!("invalid raft settings: {e}")))?;
-        let raft = Raft::new(cfg.node_id, Arc::new(config), Network, log, sm)
+        let raft = Raft::new(cfg.node_id, Arc::new(config), Network::default(), log, sm)
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let initialized = raft

@@ -15,8 +15,8 @@
 //! the peer listener only. The same service carries `ClientWrite`, by which a follower forwards a
 //! client's write to the leader.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use muster_proto::pb::raft_service_client::RaftServiceClient;
@@ -55,7 +55,31 @@ fn connect(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::E
 
 /// Builds a connection per peer.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    reachability: Reachability,
+}
+
+/// Whether each peer answered its last call, shared by all of a node's clients to it.
+///
+/// openraft retries an unreachable peer every half second and logs two warnings and an error
+/// each time; the binary's log filter mutes those (`muster serve` sets it up), and this logs
+/// the change instead: one warning when a peer stops answering, one line when it answers again.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reachability(Arc<Mutex<BTreeMap<u64, bool>>>);
+
+impl Reachability {
+    /// Records the outcome of a call to `target`; returns `Some(now_reachable)` when it differs
+    /// from the last one (an unreachable peer never heard from also counts as a change).
+    fn record(&self, target: u64, reachable: bool) -> Option<bool> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = map.insert(target, reachable);
+        match before {
+            Some(b) if b == reachable => None,
+            None if reachable => None,
+            _ => Some(reachable),
+        }
+    }
+}
 
 /// One peer's connection.
 #[derive(Debug)]
@@ -63,6 +87,7 @@ pub struct PeerClient {
     target: u64,
     node: MusterNode,
     client: Option<RaftServiceClient<Channel>>,
+    reachability: Reachability,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -73,6 +98,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client: None,
+            reachability: self.reachability.clone(),
         }
     }
 }
@@ -166,7 +192,42 @@ impl PeerClient {
         RPCError::Network(NetworkError::new(&self.fail(message)))
     }
 
+    /// [`call_once`](Self::call_once), logging when the peer stops or starts answering.
     async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, MusterNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.call_once(rpc, req, data, option).await;
+        let unreachable = match &result {
+            Err(RPCError::Unreachable(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        match self.reachability.record(self.target, unreachable.is_none()) {
+            Some(false) => tracing::warn!(
+                node = self.target,
+                addr = %self.node.peer_addr,
+                "peer unreachable, retrying every half second (logged again when it answers): {}",
+                unreachable.unwrap_or_default()
+            ),
+            Some(true) => tracing::info!(
+                node = self.target,
+                addr = %self.node.peer_addr,
+                "peer answers again"
+            ),
+            None => {}
+        }
+        result
+    }
+
+    async fn call_once<Req, Resp, E>(
         &mut self,
         rpc: Rpc,
         req: &Req,
@@ -532,6 +593,23 @@ mod tests {
     use muster_store::LogId;
     use muster_types::Timestamp;
     use openraft::{CommittedLeaderId, EntryPayload, Vote};
+
+    #[test]
+    fn reachability_reports_each_change_once() {
+        let r = Reachability::default();
+        // A peer that answers from the start is not news.
+        assert_eq!(r.record(2, true), None);
+        assert_eq!(r.record(2, true), None);
+        assert_eq!(r.record(2, false), Some(false));
+        assert_eq!(r.record(2, false), None);
+        assert_eq!(r.record(2, true), Some(true));
+        // One never heard from that does not answer is.
+        assert_eq!(r.record(3, false), Some(false));
+        assert_eq!(r.record(3, false), None);
+        // Clones share what they know.
+        assert_eq!(r.clone().record(3, true), Some(true));
+        assert_eq!(r.record(3, true), None);
+    }
 
     use super::*;
 
