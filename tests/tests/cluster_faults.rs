@@ -10,7 +10,10 @@
 //! - a node cut off from the majority refuses writes with a clear error (REST 503 with a JSON
 //!   error, gRPC UNAVAILABLE) in bounded time instead of hanging or acknowledging them, and
 //!   refused writes are not there afterwards (or, where the refusal said "may or may not take
-//!   effect", the test says which happened); a retried write succeeds.
+//!   effect", the test says which happened); a retried write succeeds;
+//! - a write forwarded by a follower to a leader that then freezes is refused ("may or may not
+//!   have taken effect") soon after another node leads, instead of after the 35 s forward
+//!   timeout, and the cluster agrees on whether it took effect once the old leader resumes.
 //!
 //! `MUSTER_FAULTS_DEVICES` changes the size of the fleet of the first test (default 20,000).
 //! Tests wait on conditions with generous limits, never on timing; the times they print
@@ -850,4 +853,74 @@ async fn a_node_cut_off_from_the_majority_refuses_writes() {
             assert!(exists(ch, id).await);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_frozen_leader_is_refused_once_another_leads() {
+    let limit = Duration::from_secs(120);
+    // Elections after 2-4 s of silence: the follower still forwards to the frozen leader when
+    // the write is sent right after the freeze.
+    let (cluster, leader, chans) = ready_cluster(&[
+        "--heartbeat-ms",
+        "500",
+        "--election-min-ms",
+        "2000",
+        "--election-max-ms",
+        "4000",
+    ])
+    .await;
+    let f = (leader + 1) % 3;
+    create(&chans[f], "before-freeze", later_job())
+        .await
+        .unwrap();
+
+    cluster.nodes[leader].signal("STOP").unwrap();
+    let t = Instant::now();
+    let refused = tokio::time::timeout(limit, create(&chans[f], "during-freeze", later_job()))
+        .await
+        .expect("the forwarded write was neither accepted nor refused")
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    // Only the early refusal names the new leader; the forward timeout says "no answer within".
+    assert!(refused.message().contains("leads now"), "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("may or may not have taken effect"),
+        "{refused}"
+    );
+    eprintln!(
+        "write forwarded to the frozen leader refused in {}: {}",
+        secs(t.elapsed()),
+        refused.message()
+    );
+    // The new leader takes writes through the same follower.
+    wait_for(
+        "a write through the follower after the failover",
+        || async {
+            create(&chans[f], "after-freeze", later_job()).await.is_ok()
+                || exists(&chans[f], "after-freeze").await
+        },
+    )
+    .await
+    .unwrap();
+
+    cluster.nodes[leader].signal("CONT").unwrap();
+    cluster.leader().await.unwrap();
+    // Whether the refused write took effect, every node says the same once the old leader is
+    // back (it has to learn it was deposed and drop or keep the entry as the new leader says).
+    let mut seen = BTreeSet::new();
+    for ch in &chans {
+        wait_for("each node to serve reads again", || async {
+            get_job(ch, "after-freeze", false).await.is_ok()
+        })
+        .await
+        .unwrap();
+        seen.insert(exists(ch, "during-freeze").await);
+    }
+    assert_eq!(seen.len(), 1, "the nodes disagree about the refused write");
+    eprintln!(
+        "during-freeze: refused as \"may or may not have taken effect\", {} after the cluster healed",
+        if seen.contains(&true) { "present" } else { "absent" }
+    );
 }

@@ -115,7 +115,7 @@ pub enum ClusterError {
     NotLeader { leader: Option<(u64, MusterNode)> },
     /// No leader could be reached or elected in time (for instance a node cut off from the
     /// majority): the write was not acknowledged and may or may not be applied later.
-    #[error("the cluster has no leader reachable from this node: {0}")]
+    #[error("the cluster cannot serve this request right now: {0}")]
     Unavailable(String),
     /// A membership change that cannot be made as asked (an unknown node, a node that is not a
     /// learner, a change already in progress); the message says what to do instead.
@@ -427,16 +427,14 @@ impl Cluster {
             };
             let why = match leader {
                 Some((id, node)) if id != self.id && !node.peer_addr.is_empty() => {
-                    let sent = self
-                        .forwarder
-                        .call::<Req, (Resp, u64)>(
-                            what,
-                            id,
-                            &node.peer_addr,
-                            request,
-                            FORWARD_TIMEOUT,
-                        )
-                        .await;
+                    let call = self.forwarder.call::<Req, (Resp, u64)>(
+                        what,
+                        id,
+                        &node.peer_addr,
+                        request,
+                        FORWARD_TIMEOUT,
+                    );
+                    let sent = self.unless_replaced(id, call).await;
                     match sent {
                         Ok((resp, index)) => {
                             self.wait_applied(index).await?;
@@ -463,6 +461,40 @@ impl Cluster {
                 )));
             }
             self.leader_changes(deadline).await;
+        }
+    }
+
+    /// Runs `call`, forwarded to leader `id`, but stops waiting for it [`REPLACED_GRACE`] after
+    /// another node has become leader: a leader that froze or was cut off never answers, and
+    /// waiting out [`FORWARD_TIMEOUT`] would tell the caller nothing more. The request may still
+    /// have reached the old leader and been replicated before it stopped (the new leader then
+    /// commits it), so the answer is "outcome unknown", never a silent resend.
+    async fn unless_replaced<T>(
+        &self,
+        id: u64,
+        call: impl std::future::Future<Output = Result<T, Forwarded>>,
+    ) -> Result<T, Forwarded> {
+        tokio::pin!(call);
+        let mut rx = self.raft.metrics();
+        let raft_stopped = {
+            let replaced = rx.wait_for(|m| m.current_leader.is_some_and(|l| l != id));
+            tokio::select! {
+                r = &mut call => return r,
+                w = replaced => w.is_err(),
+            }
+        };
+        if raft_stopped {
+            // Only the call can still answer.
+            return call.await;
+        }
+        let now = rx.borrow().current_leader;
+        match tokio::time::timeout(REPLACED_GRACE, &mut call).await {
+            Ok(r) => r,
+            Err(_) => Err(Forwarded::Failed(ClusterError::Unavailable(format!(
+                "the request went to node {id}, which stopped answering, and node {} leads now; \
+                 it may or may not have taken effect: check before sending it again",
+                now.map_or_else(|| "another".to_string(), |n| n.to_string())
+            )))),
         }
     }
 
@@ -689,6 +721,9 @@ const LEADER_POLL: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request forwarded to the leader may take (it waits for commit and apply there).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long a request forwarded to a leader may still take once another node leads (a deposed
+/// leader that is alive answers at once that it no longer leads).
+const REPLACED_GRACE: Duration = Duration::from_secs(2);
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
