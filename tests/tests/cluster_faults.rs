@@ -13,7 +13,8 @@
 //!   effect", the test says which happened); a retried write succeeds;
 //! - a write forwarded by a follower to a leader that then freezes is refused ("may or may not
 //!   have taken effect") soon after another node leads, instead of after the 35 s forward
-//!   timeout, and the cluster agrees on whether it took effect once the old leader resumes.
+//!   timeout, a read forwarded with it is answered by the new leader, and the cluster agrees on
+//!   whether the write took effect once the old leader resumes.
 //!
 //! `MUSTER_FAULTS_DEVICES` changes the size of the fleet of the first test (default 20,000).
 //! Tests wait on conditions with generous limits, never on timing; the times they print
@@ -876,6 +877,11 @@ async fn a_write_forwarded_to_a_frozen_leader_is_refused_once_another_leads() {
 
     cluster.nodes[leader].signal("STOP").unwrap();
     let t = Instant::now();
+    // A linearizable read sent at the same time is asked again of the new leader.
+    let read = tokio::spawn({
+        let ch = chans[f].clone();
+        async move { get_job(&ch, "before-freeze", false).await }
+    });
     let refused = tokio::time::timeout(limit, create(&chans[f], "during-freeze", later_job()))
         .await
         .expect("the forwarded write was neither accepted nor refused")
@@ -893,6 +899,14 @@ async fn a_write_forwarded_to_a_frozen_leader_is_refused_once_another_leads() {
         "write forwarded to the frozen leader refused in {}: {}",
         secs(t.elapsed()),
         refused.message()
+    );
+    let read = tokio::time::timeout(limit, read)
+        .await
+        .expect("the read was neither answered nor refused")
+        .unwrap();
+    assert!(
+        read.is_ok(),
+        "the read through the follower failed: {read:?}"
     );
     // The new leader takes writes through the same follower.
     wait_for(

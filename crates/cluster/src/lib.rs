@@ -434,20 +434,24 @@ impl Cluster {
                         request,
                         FORWARD_TIMEOUT,
                     );
-                    let sent = self.unless_replaced(id, call).await;
-                    match sent {
-                        Ok((resp, index)) => {
+                    match self.unless_replaced(id, call).await {
+                        // A read changes nothing: ask the new leader.
+                        Err(Replaced(m)) if matches!(what, Forward::ReadIndex) => m,
+                        Err(Replaced(m)) => return Err(ClusterError::Unavailable(format!(
+                            "{m}; it may or may not have taken effect: check before sending it again"
+                        ))),
+                        Ok(Ok((resp, index))) => {
                             self.wait_applied(index).await?;
                             return Ok(resp);
                         }
-                        Err(Forwarded::NotSent(m)) => {
+                        Ok(Err(Forwarded::NotSent(m))) => {
                             format!("the leader, node {id}, cannot be reached: {m}")
                         }
                         // The leader stepped down before it appended anything: ask the next one.
-                        Err(Forwarded::Failed(ClusterError::NotLeader { .. })) => {
+                        Ok(Err(Forwarded::Failed(ClusterError::NotLeader { .. }))) => {
                             format!("node {id} stopped leading")
                         }
-                        Err(Forwarded::Failed(e)) => return Err(e),
+                        Ok(Err(Forwarded::Failed(e))) => return Err(e),
                     }
                 }
                 Some((id, _)) if id != self.id => {
@@ -466,36 +470,36 @@ impl Cluster {
 
     /// Runs `call`, forwarded to leader `id`, but stops waiting for it [`REPLACED_GRACE`] after
     /// another node has become leader: a leader that froze or was cut off never answers, and
-    /// waiting out [`FORWARD_TIMEOUT`] would tell the caller nothing more. The request may still
+    /// waiting out [`FORWARD_TIMEOUT`] would tell the caller nothing more. A write may still
     /// have reached the old leader and been replicated before it stopped (the new leader then
-    /// commits it), so the answer is "outcome unknown", never a silent resend.
+    /// commits it), so for a write the answer is "outcome unknown", never a silent resend.
     async fn unless_replaced<T>(
         &self,
         id: u64,
-        call: impl std::future::Future<Output = Result<T, Forwarded>>,
-    ) -> Result<T, Forwarded> {
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, Replaced> {
         tokio::pin!(call);
         let mut rx = self.raft.metrics();
         let raft_stopped = {
             let replaced = rx.wait_for(|m| m.current_leader.is_some_and(|l| l != id));
             tokio::select! {
-                r = &mut call => return r,
+                r = &mut call => return Ok(r),
                 w = replaced => w.is_err(),
             }
         };
         if raft_stopped {
             // Only the call can still answer.
-            return call.await;
+            return Ok(call.await);
         }
         let now = rx.borrow().current_leader;
-        match tokio::time::timeout(REPLACED_GRACE, &mut call).await {
-            Ok(r) => r,
-            Err(_) => Err(Forwarded::Failed(ClusterError::Unavailable(format!(
-                "the request went to node {id}, which stopped answering, and node {} leads now; \
-                 it may or may not have taken effect: check before sending it again",
-                now.map_or_else(|| "another".to_string(), |n| n.to_string())
-            )))),
-        }
+        tokio::time::timeout(REPLACED_GRACE, &mut call)
+            .await
+            .map_err(|_| {
+                Replaced(format!(
+                    "the request went to node {id}, which stopped answering, and node {} leads now",
+                    now.map_or_else(|| "another".to_string(), |n| n.to_string())
+                ))
+            })
     }
 
     /// Waits a little for the leader to change (or become known), at most until `deadline`.
@@ -721,6 +725,10 @@ const LEADER_POLL: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request forwarded to the leader may take (it waits for commit and apply there).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
+/// A forwarded request given up because another node leads now (see
+/// `Cluster::unless_replaced`): what happened, for the caller's message.
+struct Replaced(String);
+
 /// How long a request forwarded to a leader may still take once another node leads (a deposed
 /// leader that is alive answers at once that it no longer leads).
 const REPLACED_GRACE: Duration = Duration::from_secs(2);
