@@ -192,24 +192,8 @@ impl PeerClient {
         RPCError::Network(NetworkError::new(&self.fail(message)))
     }
 
-    /// [`call_once`](Self::call_once), logging when the peer stops or starts answering.
-    async fn call<Req, Resp, E>(
-        &mut self,
-        rpc: Rpc,
-        req: &Req,
-        data: Vec<u8>,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<u64, MusterNode, E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let result = self.call_once(rpc, req, data, option).await;
-        let unreachable = match &result {
-            Err(RPCError::Unreachable(e)) => Some(e.to_string()),
-            _ => None,
-        };
+    /// Logs when the peer stops answering or answers again (see [`Reachability`]).
+    fn note_reachability(&self, unreachable: Option<String>) {
         match self.reachability.record(self.target, unreachable.is_none()) {
             Some(false) => tracing::warn!(
                 node = self.target,
@@ -224,10 +208,9 @@ impl PeerClient {
             ),
             None => {}
         }
-        result
     }
 
-    async fn call_once<Req, Resp, E>(
+    async fn call<Req, Resp, E>(
         &mut self,
         rpc: Rpc,
         req: &Req,
@@ -239,51 +222,59 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        if self.node.peer_addr.is_empty() {
-            return Err(self.unreachable("no peer address is known for this node"));
+        let result: Result<Resp, RPCError<u64, MusterNode, E>> = async {
+            if self.node.peer_addr.is_empty() {
+                return Err(self.unreachable("no peer address is known for this node"));
+            }
+            let json = serde_json::to_vec(req).map_err(|e| self.network(format!("encode: {e}")))?;
+            if self.client.is_none() {
+                match connect(&self.node.peer_addr) {
+                    Ok(c) => self.client = Some(c),
+                    Err(e) => return Err(self.unreachable(format!("bad peer address: {e}"))),
+                }
+            }
+            let Some(client) = self.client.as_mut() else {
+                return Err(self.unreachable("not connected"));
+            };
+            let ttl = option.hard_ttl();
+            let mut request = tonic::Request::new(RaftBytes { json, data });
+            request.set_timeout(ttl);
+            let call = async {
+                match rpc {
+                    Rpc::AppendEntries => client.append_entries(request).await,
+                    Rpc::Vote => client.vote(request).await,
+                    Rpc::InstallSnapshot => client.install_snapshot(request).await,
+                }
+            };
+            let answer = match tokio::time::timeout(ttl, call).await {
+                Err(_) => return Err(self.unreachable(format!("no answer within {ttl:?}"))),
+                Ok(Err(status)) => {
+                    return Err(match status.code() {
+                        tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown => self.unreachable(status.message()),
+                        _ => self.network(status.message()),
+                    })
+                }
+                Ok(Ok(a)) => a.into_inner(),
+            };
+            let result: Result<Resp, E> = serde_json::from_slice(&answer.json)
+                .map_err(|e| self.network(format!("decode answer: {e}")))?;
+            result.map_err(|e| {
+                RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.node.clone(),
+                    e,
+                ))
+            })
         }
-        let json = serde_json::to_vec(req).map_err(|e| self.network(format!("encode: {e}")))?;
-        if self.client.is_none() {
-            match connect(&self.node.peer_addr) {
-                Ok(c) => self.client = Some(c),
-                Err(e) => return Err(self.unreachable(format!("bad peer address: {e}"))),
-            }
-        }
-        let Some(client) = self.client.as_mut() else {
-            return Err(self.unreachable("not connected"));
-        };
-        let ttl = option.hard_ttl();
-        let mut request = tonic::Request::new(RaftBytes { json, data });
-        request.set_timeout(ttl);
-        let call = async {
-            match rpc {
-                Rpc::AppendEntries => client.append_entries(request).await,
-                Rpc::Vote => client.vote(request).await,
-                Rpc::InstallSnapshot => client.install_snapshot(request).await,
-            }
-        };
-        let answer = match tokio::time::timeout(ttl, call).await {
-            Err(_) => return Err(self.unreachable(format!("no answer within {ttl:?}"))),
-            Ok(Err(status)) => {
-                return Err(match status.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown => self.unreachable(status.message()),
-                    _ => self.network(status.message()),
-                })
-            }
-            Ok(Ok(a)) => a.into_inner(),
-        };
-        let result: Result<Resp, E> = serde_json::from_slice(&answer.json)
-            .map_err(|e| self.network(format!("decode answer: {e}")))?;
-        result.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
+        .await;
+        self.note_reachability(match &result {
+            Err(RPCError::Unreachable(e)) => Some(e.to_string()),
+            _ => None,
+        });
+        result
     }
 }
 
