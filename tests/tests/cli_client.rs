@@ -31,6 +31,15 @@ fn ok(server: &Server, args: &[&str]) -> Value {
     })
 }
 
+/// The `deviceId`s of a printed list of devices, in order.
+fn device_ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deviceId"].as_str().unwrap())
+        .collect()
+}
+
 /// Runs a command that must fail and returns its stderr.
 fn fails(server: &Server, args: &[&str]) -> String {
     let out = run(server, args);
@@ -119,12 +128,7 @@ fn scenario(s: &Server, files: &Path) {
     assert_eq!(four["enabled"], false);
     assert_eq!(four["displayName"], "Four");
     let list = ok(s, &["device", "list", "--page-size", "2"]);
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["deviceId"].as_str().unwrap())
-        .collect();
+    let ids = device_ids(&list);
     assert_eq!(ids, ["cli-1", "cli-2", "cli-3", "cli-4"]);
     let limited = ok(s, &["device", "list", "--limit", "3", "--page-size", "2"]);
     assert_eq!(limited.as_array().unwrap().len(), 3);
@@ -152,12 +156,7 @@ fn scenario(s: &Server, files: &Path) {
             "2",
         ],
     );
-    let ids: Vec<&str> = first3
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["deviceId"].as_str().unwrap())
-        .collect();
+    let ids = device_ids(&first3);
     assert_eq!(ids, ["cli-1", "cli-2", "cli-3"], "{first3}");
     let first_id = ok(
         s,
