@@ -7,6 +7,7 @@
 //! same log reaches the same state, and replaying the log rebuilds it exactly.
 
 pub mod actions;
+pub mod auth;
 pub mod command;
 mod decide;
 pub mod error;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
+pub use auth::Principal;
 pub use actions::{
     actions, actions_with, send_request, send_requests, Action, ActionOptions, MethodInvocation,
     SendRequest,
