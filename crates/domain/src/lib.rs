@@ -49,6 +49,9 @@ pub use spec::{
 pub struct State {
     pub jobs: BTreeMap<JobId, Job>,
     pub registry: Registry,
+    /// Credentials (absent from snapshots of builds before authentication: then empty).
+    #[serde(default)]
+    pub auth: auth::Auth,
 }
 
 impl State {
