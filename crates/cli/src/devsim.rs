@@ -68,6 +68,10 @@ pub struct DevsimArgs {
     /// takes it (e.g. http://127.0.0.1:9090).
     #[arg(long, value_name = "ENDPOINT")]
     register: Option<String>,
+    /// The credential `--register` uses (a token, a connection string or @FILE; see
+    /// `muster job --help`).
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, default_value = "warn")]
     log: String,
@@ -108,9 +112,10 @@ impl DevsimArgs {
 }
 
 /// Upserts the fleet's devices through `ImportDevices`, `REGISTER_CHUNK` per request.
-async fn register(endpoint: &str, cfg: &FleetConfig) -> anyhow::Result<()> {
+async fn register(endpoint: &str, token: Option<&str>, cfg: &FleetConfig) -> anyhow::Result<()> {
     let opts = ClientOpts {
         endpoint: endpoint.to_string(),
+        token: token.map(str::to_string),
         output: Output::Text,
     };
     let mut devices =
@@ -144,7 +149,7 @@ pub async fn devsim(args: DevsimArgs) -> anyhow::Result<()> {
     crate::serve::init_tracing(&args.log);
     let cfg = args.fleet_config()?;
     if let Some(endpoint) = &args.register {
-        register(endpoint, &cfg).await?;
+        register(endpoint, args.token.as_deref(), &cfg).await?;
         eprintln!("devsim: registered {} devices with {endpoint}", cfg.devices);
     }
     let fleet = Fleet::start(cfg.clone()).await?;

@@ -23,11 +23,11 @@ use std::collections::BTreeMap;
 use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
-pub use auth::Principal;
 pub use actions::{
     actions, actions_with, send_request, send_requests, Action, ActionOptions, MethodInvocation,
     SendRequest,
 };
+pub use auth::Principal;
 pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 pub use decide::{decide, responded};
 pub use error::DomainError;

@@ -5,6 +5,7 @@
 //! ones back), and whoever owns the future decides when the node stops. Nothing here parses flags
 //! or reads files; that is the binary's job.
 
+mod credentials;
 pub mod dev;
 mod leader;
 mod ticker;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use muster_cluster::{Cluster, ClusterConfig, ClusterError, MusterNode};
 use muster_dispatch::DispatchConfig;
 
+pub use credentials::ADMIN_CREDENTIAL;
 pub use dev::DevConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -59,6 +61,12 @@ pub struct NodeConfig {
     pub dispatch: DispatchConfig,
     /// Dev mode: an embedded broker and a simulated fleet (`--dev`).
     pub dev: Option<DevConfig>,
+    /// The host name clients address this service by (`HOST` or `HOST:PORT`, as in the
+    /// `HostName=` of a connection string); SAS tokens signed for it, or for any member's REST or
+    /// gRPC address, are accepted. Default: the advertised REST address.
+    pub hostname: Option<String>,
+    /// No authentication: every caller may do everything, as `anonymous`. Loudly logged.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +90,8 @@ impl Default for NodeConfig {
                 ..DispatchConfig::default()
             },
             dev: None,
+            hostname: None,
+            insecure: false,
         }
     }
 }
@@ -253,26 +263,36 @@ pub async fn run(
         (None, Some(bound)) => bound.to_string(),
         (None, None) => String::new(),
     };
+    let me_http = match &cfg.advertise_http_addr {
+        Some(a) => a.clone(),
+        None => listeners.http_addr()?.to_string(),
+    };
     let me = MusterNode {
         peer_addr,
         grpc_addr: match &cfg.advertise_grpc_addr {
             Some(a) => a.clone(),
             None => listeners.grpc_addr()?.to_string(),
         },
-        http_addr: match &cfg.advertise_http_addr {
-            Some(a) => a.clone(),
-            None => listeners.http_addr()?.to_string(),
-        },
+        http_addr: me_http.clone(),
     };
     cfg.check()?;
-    let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
+    let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir.clone(), me);
     ccfg.peers = peers;
     ccfg.join = cfg.join;
     ccfg.heartbeat = Duration::from_millis(cfg.heartbeat_ms);
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
+    let host = cfg.hostname.clone().unwrap_or_else(|| me_http.clone());
     let cluster = Cluster::start(ccfg).await?;
+    let gate = if cfg.insecure {
+        tracing::warn!(
+            "--insecure: AUTHENTICATION IS OFF; anyone who reaches this node's REST or gRPC port may do anything"
+        );
+        muster_api::access::Gate::insecure()
+    } else {
+        muster_api::access::Gate::new(cluster.clone(), host.clone())
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -280,13 +300,21 @@ pub async fn run(
     };
 
     let grpc = tonic::transport::Server::builder()
-        .add_routes(muster_api::grpc::routes(cluster.clone(), stop_rx.clone()))
+        .layer(muster_api::access::GrpcGate(gate.clone()))
+        .add_routes(muster_api::grpc::routes(
+            cluster.clone(),
+            gate.clone(),
+            stop_rx.clone(),
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(listeners.http, muster_api::rest::router(cluster.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(
+        listeners.http,
+        muster_api::rest::router(cluster.clone(), gate.clone()),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     // Raft between nodes, on its own listener only.
     let peer = listeners.peer.map(|l| {
         tonic::transport::Server::builder()
@@ -297,6 +325,12 @@ pub async fn run(
     if cfg.dispatch.brokers.is_empty() {
         tracing::warn!("no MQTT broker configured (--mqtt-url): jobs advance but reach no device");
     }
+    let credentials = tokio::spawn(credentials::run(
+        cluster.clone(),
+        data_dir.clone(),
+        host,
+        stop_rx.clone(),
+    ));
     let leader = tokio::spawn(leader::run(
         cluster.clone(),
         cfg.dispatch.clone(),
@@ -336,6 +370,7 @@ pub async fn run(
         }
     }
     let _ = leader.await;
+    let _ = credentials.await;
     if let Some(f) = fleet {
         f.shutdown().await;
     }

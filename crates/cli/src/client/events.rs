@@ -86,6 +86,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
         bail!("--output csv is offered by `muster job devices` only; use --output text or json with `muster events follow`");
     }
     let endpoints = endpoints(&opts.endpoint);
+    let credential = super::Credential::from_arg(opts.token.as_deref())?;
     if endpoints.is_empty() {
         bail!("--endpoint is empty; give one or more node addresses like http://127.0.0.1:9090");
     }
@@ -109,7 +110,16 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
     loop {
         let endpoint = &endpoints[turn % endpoints.len()];
         let before = cursor.printed;
-        match follow_once(endpoint, &filter, &mut cursor, opts.output, &mut last_ok).await {
+        match follow_once(
+            endpoint,
+            &credential,
+            &filter,
+            &mut cursor,
+            opts.output,
+            &mut last_ok,
+        )
+        .await
+        {
             End::Done => return Ok(()),
             End::Fatal(e) => return Err(e),
             End::Retry(why) => {
@@ -135,6 +145,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
 /// One subscription on one node, until it breaks or `--limit` is reached.
 async fn follow_once(
     endpoint: &str,
+    credential: &super::Credential,
     filter: &pb::EventFilter,
     cursor: &mut Cursor,
     output: Output,
@@ -152,8 +163,9 @@ async fn follow_once(
         Ok(c) => c,
         Err(e) => return End::Retry(format!("cannot reach muster at {endpoint}: {e}")),
     };
-    let mut client = pb::event_service_client::EventServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX);
+    let mut client =
+        pb::event_service_client::EventServiceClient::with_interceptor(channel, credential.clone())
+            .max_decoding_message_size(usize::MAX);
     let request = pb::SubscribeRequest {
         from_seq: cursor.next,
         filter: Some(filter.clone()),

@@ -6,6 +6,7 @@
 //! says what failed (`not found: job j1 does not exist`, `cannot reach muster at http://...`)
 //! and the exit status is 1.
 
+pub(crate) mod credential;
 mod events;
 mod render;
 mod spec;
@@ -19,6 +20,8 @@ use muster_proto::pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
+
+pub(crate) use credential::{Conn, Credential};
 
 use render::print_json;
 
@@ -56,6 +59,11 @@ pub struct ClientOpts {
         default_value = "http://127.0.0.1:9090"
     )]
     pub endpoint: String,
+    /// The credential: a token (`SharedAccessSignature sr=...`), a connection string
+    /// (`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`), or `@FILE` holding one (a
+    /// node writes its administrator's to DATA_DIR/admin.credential).
+    #[arg(long, global = true, env = "MUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -226,12 +234,21 @@ pub enum DeviceStatusArg {
 
 /// Connects to the endpoint, so an unreachable node is reported once, by address, before any
 /// call is made.
-pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(opts.endpoint.clone())
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Conn> {
+    let credential = Credential::from_arg(opts.token.as_deref())?;
+    let channel = connect_to(&opts.endpoint).await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel, credential,
+    ))
+}
+
+async fn connect_to(endpoint: &str) -> anyhow::Result<Channel> {
+    let opts = (endpoint,);
+    let endpoint = Channel::from_shared(opts.0.to_string())
         .map_err(|_| {
             anyhow!(
                 "--endpoint {:?} is not a URL; give one like http://127.0.0.1:9090",
-                opts.endpoint
+                opts.0
             )
         })?
         .connect_timeout(Duration::from_secs(10));
@@ -240,7 +257,7 @@ pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
         while let Some(next) = cause.source() {
             cause = next;
         }
-        anyhow!("cannot reach muster at {}: {cause}", opts.endpoint)
+        anyhow!("cannot reach muster at {}: {cause}", opts.0)
     })
 }
 
@@ -508,7 +525,7 @@ fn unix_ms() -> u128 {
 
 async fn watch(
     opts: &ClientOpts,
-    client: &mut pb::job_service_client::JobServiceClient<Channel>,
+    client: &mut pb::job_service_client::JobServiceClient<Conn>,
     id: String,
 ) -> anyhow::Result<()> {
     let mut stream = client

@@ -154,7 +154,8 @@ impl ApiToken {
                 "give at least one role (administrator, builder, operator, viewer, auditor or an IoT Central role id)",
             ));
         }
-        if self.secret_hash.len() != 64 || !self.secret_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if self.secret_hash.len() != 64 || !self.secret_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(invalid("secretHash", "must be 64 hex digits (a SHA-256)"));
         }
         Ok(())
@@ -227,7 +228,10 @@ mod tests {
         assert!(!format!("{p:?}").contains("c2Vj"));
         let s = Secret("hunter2".into());
         assert_eq!(format!("{s:?}"), REDACTED);
-        assert_eq!(serde_json::to_string(&s).unwrap_or_default(), "\"<redacted>\"");
+        assert_eq!(
+            serde_json::to_string(&s).unwrap_or_default(),
+            "\"<redacted>\""
+        );
     }
 
     #[test]
@@ -235,8 +239,8 @@ mod tests {
         assert!(check_credential_name("x", "registryReadWrite").is_ok());
         assert!(check_credential_name("x", "a b").is_err());
         assert!(check_credential_name("x", "").is_err());
-        let mut p = default_policies(|| "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into())
-            .remove(0);
+        let mut p =
+            default_policies(|| "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()).remove(0);
         assert!(p.check().is_ok());
         p.primary_key = "not base64!".into();
         assert!(p.check().is_err());

@@ -114,7 +114,9 @@ impl Grants {
 
 impl fmt::Debug for Grants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.iter().map(Permission::name)).finish()
+        f.debug_set()
+            .entries(self.iter().map(Permission::name))
+            .finish()
     }
 }
 
@@ -156,7 +158,9 @@ impl Right {
         match self {
             Right::RegistryRead => Grants::of(&[DevicesRead, ClusterRead]),
             // IoT Hub's RegistryWrite includes reading the registry.
-            Right::RegistryWrite => Grants::of(&[DevicesRead, DevicesWrite, GroupsWrite, ClusterRead]),
+            Right::RegistryWrite => {
+                Grants::of(&[DevicesRead, DevicesWrite, GroupsWrite, ClusterRead])
+            }
             // The back-end service side: jobs, twins, direct methods, and their history.
             Right::ServiceConnect => Grants::of(&[
                 JobsRead,

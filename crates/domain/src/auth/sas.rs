@@ -93,20 +93,23 @@ fn fields(header: &str) -> Result<Fields<'_>, AuthFailure> {
 
 /// Verifies an `Authorization` value against the credentials in `auth`.
 ///
-/// `host` is this service's host name as clients address it (the `HostName=` of the connection
-/// strings muster prints); a SAS token must be signed for it or for a path under it. `now_ms`
-/// is the verifying node's clock.
-pub fn authenticate(
+/// `hosts` are this service's host names as clients address it (the `HostName=` of the
+/// connection strings muster prints, and each member's address); a SAS token must be signed for
+/// one of them or for a path under it. `now_ms` is the verifying node's clock.
+pub fn authenticate<H: AsRef<str>>(
     auth: &Auth,
     header: &str,
-    host: &str,
+    hosts: &[H],
     now_ms: i64,
 ) -> Result<Authenticated, AuthFailure> {
     let f = fields(header)?;
     let name = f.skn.ok_or(AuthFailure::Malformed("no skn"))?;
     if let Some(token) = auth.tokens.get(name) {
         let secret = pct_decode(f.sig).ok_or(AuthFailure::Malformed("sig is not url-encoded"))?;
-        if !ct_eq(hash_secret(&secret).as_bytes(), token.secret_hash.as_bytes()) {
+        if !ct_eq(
+            hash_secret(&secret).as_bytes(),
+            token.secret_hash.as_bytes(),
+        ) {
             return Err(AuthFailure::BadSignature);
         }
         let expires_at_ms = token.expiry.millis();
@@ -120,10 +123,9 @@ pub fn authenticate(
         });
     }
     let policy = auth.policies.get(name).ok_or(AuthFailure::UnknownName)?;
-    let se: i64 = f
-        .se
-        .parse()
-        .map_err(|_| AuthFailure::Malformed("se is not unix seconds"))?;
+    let se: i64 =
+        f.se.parse()
+            .map_err(|_| AuthFailure::Malformed("se is not unix seconds"))?;
     let sig = pct_decode(f.sig).ok_or(AuthFailure::Malformed("sig is not url-encoded"))?;
     let sig = base64::engine::general_purpose::STANDARD
         .decode(sig.as_bytes())
@@ -143,7 +145,7 @@ pub fn authenticate(
     if expires_at_ms <= now_ms {
         return Err(AuthFailure::Expired);
     }
-    if !audience_matches(f.sr, host) {
+    if !hosts.iter().any(|h| audience_matches(f.sr, h.as_ref())) {
         return Err(AuthFailure::WrongAudience);
     }
     Ok(Authenticated {
@@ -165,7 +167,10 @@ fn audience_matches(sr: &str, host: &str) -> bool {
         .or_else(|| sr.strip_prefix("http://"))
         .unwrap_or(&sr);
     let host = host.to_ascii_lowercase();
-    sr == host || sr.strip_prefix(&host).is_some_and(|rest| rest.starts_with('/'))
+    sr == host
+        || sr
+            .strip_prefix(&host)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A SAS token for `resource` signed with a policy's base64 key, valid until `expiry_secs`
@@ -237,7 +242,10 @@ impl ConnectionString {
         for part in s.trim().split(';').filter(|p| !p.is_empty()) {
             // Keys end in `=` padding: split at the first `=` only.
             let Some((k, v)) = part.split_once('=') else {
-                return Err(format!("`{}` is not Key=Value", part.chars().take(20).collect::<String>()));
+                return Err(format!(
+                    "`{}` is not Key=Value",
+                    part.chars().take(20).collect::<String>()
+                ));
             };
             match k.trim() {
                 "HostName" => host = Some(v.trim().to_string()),
@@ -326,7 +334,9 @@ mod tests {
     /// (which leaves `/` alone).
     fn sdk_token(host: &str, policy: &str, se: i64) -> String {
         let sr = pct_encode(host);
-        let key = base64::engine::general_purpose::STANDARD.decode(KEY).unwrap();
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(KEY)
+            .unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(format!("{sr}\n{se}").as_bytes());
         let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
@@ -338,27 +348,30 @@ mod tests {
     fn a_token_as_the_sdk_signs_it_is_accepted() {
         let t = sdk_token(HOST, "iothubowner", NOW_MS / 1000 + 3600);
         assert!(t.contains("127.0.0.1%3A8443"));
-        let ok = authenticate(&auth(), &t, HOST, NOW_MS).unwrap();
+        let ok = authenticate(&auth(), &t, &[HOST], NOW_MS).unwrap();
         assert_eq!(ok.principal, Principal::Policy("iothubowner".into()));
         assert!(ok.grants.allows(Permission::AuthManage));
         let svc = sdk_token(HOST, "service", NOW_MS / 1000 + 3600);
-        let ok = authenticate(&auth(), &svc, HOST, NOW_MS).unwrap();
+        let ok = authenticate(&auth(), &svc, &[HOST], NOW_MS).unwrap();
         assert!(ok.grants.allows(Permission::JobsWrite));
         assert!(!ok.grants.allows(Permission::DevicesWrite));
         // Our own signer agrees with the SDK's encoding.
         let own = sign(HOST, KEY, "service", NOW_MS / 1000 + 60).unwrap();
-        assert!(authenticate(&auth(), &own, HOST, NOW_MS).is_ok());
+        assert!(authenticate(&auth(), &own, &[HOST], NOW_MS).is_ok());
     }
 
     #[test]
     fn expired_tampered_wrong_key_and_wrong_host_are_refused() {
         let a = auth();
         let expired = sdk_token(HOST, "service", NOW_MS / 1000 - 1);
-        assert_eq!(authenticate(&a, &expired, HOST, NOW_MS), Err(AuthFailure::Expired));
+        assert_eq!(
+            authenticate(&a, &expired, &[HOST], NOW_MS),
+            Err(AuthFailure::Expired)
+        );
         let good = sdk_token(HOST, "service", NOW_MS / 1000 + 60);
         let tampered = good.replace("&se=", "&se=9");
         assert_eq!(
-            authenticate(&a, &tampered, HOST, NOW_MS),
+            authenticate(&a, &tampered, &[HOST], NOW_MS),
             Err(AuthFailure::BadSignature)
         );
         let mut other = a.clone();
@@ -367,21 +380,21 @@ mod tests {
             p.secondary_key = p.primary_key.clone();
         }
         assert_eq!(
-            authenticate(&other, &good, HOST, NOW_MS),
+            authenticate(&other, &good, &[HOST], NOW_MS),
             Err(AuthFailure::BadSignature)
         );
         let elsewhere = sdk_token("evil.example:8443", "service", NOW_MS / 1000 + 60);
         assert_eq!(
-            authenticate(&a, &elsewhere, HOST, NOW_MS),
+            authenticate(&a, &elsewhere, &[HOST], NOW_MS),
             Err(AuthFailure::WrongAudience)
         );
         let path = sdk_token("127.0.0.1:8443/devices/x", "service", NOW_MS / 1000 + 60);
-        assert!(authenticate(&a, &path, HOST, NOW_MS).is_ok());
+        assert!(authenticate(&a, &path, &[HOST], NOW_MS).is_ok());
         let prefix = sdk_token("127.0.0.1:84430", "service", NOW_MS / 1000 + 60);
-        assert!(authenticate(&a, &prefix, HOST, NOW_MS).is_err());
+        assert!(authenticate(&a, &prefix, &[HOST], NOW_MS).is_err());
         let unknown = sdk_token(HOST, "nobody", NOW_MS / 1000 + 60);
         assert_eq!(
-            authenticate(&a, &unknown, HOST, NOW_MS),
+            authenticate(&a, &unknown, &[HOST], NOW_MS),
             Err(AuthFailure::UnknownName)
         );
     }
@@ -401,7 +414,7 @@ mod tests {
             many.as_str(),
             huge.as_str(),
         ] {
-            assert!(authenticate(&a, bad, HOST, NOW_MS).is_err(), "{bad:.60}");
+            assert!(authenticate(&a, bad, &[HOST], NOW_MS).is_err(), "{bad:.60}");
         }
     }
 
@@ -419,16 +432,18 @@ mod tests {
             },
         );
         let t = api_token_string(HOST, secret, "ops", NOW_MS + 1000);
-        let ok = authenticate(&a, &t, HOST, NOW_MS).unwrap();
+        let ok = authenticate(&a, &t, &[HOST], NOW_MS).unwrap();
         assert_eq!(ok.principal, Principal::Token("ops".into()));
-        assert!(ok.grants.allows(Permission::JobsWrite) && !ok.grants.allows(Permission::AuthManage));
+        assert!(
+            ok.grants.allows(Permission::JobsWrite) && !ok.grants.allows(Permission::AuthManage)
+        );
         assert_eq!(
-            authenticate(&a, &t, HOST, NOW_MS + 1000),
+            authenticate(&a, &t, &[HOST], NOW_MS + 1000),
             Err(AuthFailure::Expired)
         );
         let wrong = api_token_string(HOST, "guess", "ops", NOW_MS + 1000);
         assert_eq!(
-            authenticate(&a, &wrong, HOST, NOW_MS),
+            authenticate(&a, &wrong, &[HOST], NOW_MS),
             Err(AuthFailure::BadSignature)
         );
     }
@@ -441,7 +456,7 @@ mod tests {
         assert_eq!(c.to_string(), s);
         assert!(!format!("{c:?}").contains(KEY));
         let t = c.token(NOW_MS / 1000 + 60).unwrap();
-        assert!(authenticate(&auth(), &t, HOST, NOW_MS).is_ok());
+        assert!(authenticate(&auth(), &t, &[HOST], NOW_MS).is_ok());
         assert!(ConnectionString::parse("HostName=x;SharedAccessKeyName=y").is_err());
     }
 }

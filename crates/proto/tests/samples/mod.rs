@@ -8,13 +8,13 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use muster_domain::auth::{AccessPolicy, ApiToken, Right, Role, Secret};
 use muster_domain::{
     BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceRegistration,
     DeviceResult, Event, FailureReason, JobFailure, JobSpec, MethodCall, MethodResponse, Operation,
     Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold,
     TwinSection,
 };
-use muster_domain::auth::{AccessPolicy, ApiToken, Right, Role, Secret};
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use serde_json::json;
 
