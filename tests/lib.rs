@@ -16,6 +16,89 @@ use anyhow::{anyhow, bail, Context};
 /// How long a test waits for a condition before failing. Generous: CI machines are shared.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The host name every test node is started with (`--hostname`): the tests' connection string
+/// names it, so one credential works on every node.
+pub const TEST_HOST: &str = "muster.test";
+
+/// The `iothubowner` primary key every test node's new cluster gets (`--admin-key-file`), so the
+/// tests hold the administrator's credential without reading it from a data directory.
+pub const TEST_ADMIN_KEY: &str = "bXVzdGVyLXRlc3RzLWFkbWluLWtleS0wMTIzNDU2Nzg=";
+
+/// The administrator's connection string of every test node.
+pub fn admin_connection_string() -> String {
+    format!("HostName={TEST_HOST};SharedAccessKeyName=iothubowner;SharedAccessKey={TEST_ADMIN_KEY}")
+}
+
+/// A SAS token (valid a day) for the administrator of every test node.
+pub fn admin_token() -> String {
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        + 86_400;
+    muster_domain::auth::ConnectionString::parse(&admin_connection_string())
+        .ok()
+        .and_then(|c| c.token(expiry))
+        .unwrap_or_default()
+}
+
+/// `muster` with the administrator's credential in `MUSTER_TOKEN`, for client commands.
+pub fn muster_cmd() -> anyhow::Result<Command> {
+    let mut cmd = Command::new(muster_bin()?);
+    cmd.env("MUSTER_TOKEN", admin_connection_string());
+    Ok(cmd)
+}
+
+/// An HTTP client that sends the administrator's token on every request.
+pub fn http() -> reqwest::Client {
+    http_with(&admin_token())
+}
+
+/// An HTTP client that sends `authorization` on every request.
+pub fn http_with(authorization: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(authorization) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Adds a credential to every gRPC call.
+#[derive(Debug, Clone)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A gRPC channel whose calls carry a credential (the administrator's, unless made otherwise).
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Wraps `channel` so its calls carry `authorization` (`None`: no credential).
+pub fn with_credential(
+    channel: tonic::transport::Channel,
+    authorization: Option<&str>,
+) -> AuthChannel {
+    let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
+    tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
+}
+
+/// A gRPC channel to `url` carrying the administrator's credential.
+pub async fn grpc_channel(url: &str) -> anyhow::Result<AuthChannel> {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())?
+        .connect()
+        .await?;
+    Ok(with_credential(channel, Some(&admin_token())))
+}
+
 /// The `muster` binary under test.
 pub fn muster_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("MUSTER_BIN") {
@@ -85,6 +168,17 @@ impl Server {
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
         if !self.extra.iter().any(|a| a == "--peer-addr") {
             cmd.args(["--peer-addr", "127.0.0.1:0"]);
+        }
+        if !self
+            .extra
+            .iter()
+            .any(|a| a == "--insecure" || a == "--hostname")
+        {
+            let key = self.log.with_file_name("admin.key");
+            std::fs::write(&key, TEST_ADMIN_KEY)?;
+            cmd.args(["--hostname", TEST_HOST])
+                .arg("--admin-key-file")
+                .arg(key);
         }
         let mut child = cmd
             .args(&self.extra)
@@ -384,11 +478,9 @@ where
 
 /// A gRPC channel to `server`, returned once it answers a linearizable read (a leader is
 /// known). The error names the server's log.
-pub async fn leader_channel(server: &Server) -> anyhow::Result<tonic::transport::Channel> {
+pub async fn leader_channel(server: &Server) -> anyhow::Result<AuthChannel> {
     use muster_proto::pb;
-    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())?
-        .connect()
-        .await?;
+    let channel = grpc_channel(&server.grpc).await?;
     let jobs = pb::job_service_client::JobServiceClient::new(channel.clone());
     wait_for("a leader", || {
         let mut jobs = jobs.clone();

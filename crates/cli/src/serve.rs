@@ -81,6 +81,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     #[serde(skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
+    /// A file with the base64 primary key a new cluster gives its `iothubowner` policy (from
+    /// your secret store) instead of a random one.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_key_file: Option<PathBuf>,
     /// Turn authentication off: every caller may do everything. For experiments only.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -22,6 +22,7 @@ pub(crate) async fn run(
     cluster: Cluster,
     data_dir: PathBuf,
     host: String,
+    admin_key: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) {
     let path = data_dir.join(ADMIN_CREDENTIAL);
@@ -34,7 +35,7 @@ pub(crate) async fn run(
             .read(|s| (s.auth.initialized, s.auth.policies.get(OWNER).cloned()));
         if !initialized {
             if cluster.is_leader() {
-                init(&cluster).await;
+                init(&cluster, admin_key.as_deref()).await;
             }
         } else if let Some(owner) = owner {
             match write_private(&path, &format!("{}\n", connection_string(&owner, &host))) {
@@ -58,9 +59,24 @@ pub(crate) async fn run(
     }
 }
 
-async fn init(cluster: &Cluster) {
+/// Reads `--admin-key-file`: base64 of 16 to 64 bytes, surrounding whitespace ignored.
+pub(crate) fn read_admin_key(path: &Path) -> Result<String, crate::NodeError> {
+    use base64::Engine;
+    let bad =
+        |why: String| crate::NodeError::Config(format!("admin_key_file {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let key = text.trim().to_string();
+    match base64::engine::general_purpose::STANDARD.decode(&key) {
+        Ok(b) if (16..=64).contains(&b.len()) => Ok(key),
+        _ => Err(bad(
+            "must hold one base64 key of 16 to 64 bytes (e.g. `openssl rand -base64 32`)".into(),
+        )),
+    }
+}
+
+async fn init(cluster: &Cluster, admin_key: Option<&str>) {
     let mut failed = None;
-    let policies = default_policies(|| {
+    let mut policies = default_policies(|| {
         random_key().unwrap_or_else(|e| {
             failed = Some(e);
             String::new()
@@ -69,6 +85,11 @@ async fn init(cluster: &Cluster) {
     if let Some(e) = failed {
         tracing::error!("cannot create the cluster's credentials: {}", e.message);
         return;
+    }
+    if let Some(key) = admin_key {
+        for p in policies.iter_mut().filter(|p| p.name == OWNER) {
+            p.primary_key = key.to_string();
+        }
     }
     match cluster
         .write_if_leader(Command::InitAuth { policies, at: now() })

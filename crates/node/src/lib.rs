@@ -67,6 +67,10 @@ pub struct NodeConfig {
     pub hostname: Option<String>,
     /// No authentication: every caller may do everything, as `anonymous`. Loudly logged.
     pub insecure: bool,
+    /// A file holding the primary key (base64) that a *new* cluster gives its `iothubowner`
+    /// policy, instead of a random one: for deployments that keep the administrator's secret in
+    /// their own secret store. Ignored once the cluster's credentials exist.
+    pub admin_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +96,7 @@ impl Default for NodeConfig {
             dev: None,
             hostname: None,
             insecure: false,
+            admin_key_file: None,
         }
     }
 }
@@ -284,6 +289,11 @@ pub async fn run(
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
     let host = cfg.hostname.clone().unwrap_or_else(|| me_http.clone());
+    let admin_key = cfg
+        .admin_key_file
+        .as_deref()
+        .map(credentials::read_admin_key)
+        .transpose()?;
     let cluster = Cluster::start(ccfg).await?;
     let gate = if cfg.insecure {
         tracing::warn!(
@@ -329,6 +339,7 @@ pub async fn run(
         cluster.clone(),
         data_dir.clone(),
         host,
+        admin_key,
         stop_rx.clone(),
     ));
     let leader = tokio::spawn(leader::run(

@@ -134,7 +134,10 @@ async fn healthz() -> Response {
 /// `GET /readyz`: 200 when a leader is known (this node or another), so writes and reads can be
 /// served; 503 (JSON error) while there is none, e.g. during an election or a partition.
 async fn readyz(State(app): State<App>) -> Response {
-    match app.cluster.leader() {
+    // Credentials are created by the first leader right after it is elected: until this node
+    // has applied them it could only answer 401, so it is not ready yet.
+    let credentials = app.cluster.reader().read(|s| s.auth.initialized);
+    match app.cluster.leader().filter(|_| credentials) {
         Some((id, _)) => ok_json(json!({
             "status": "ready",
             "node": app.cluster.id(),
@@ -144,7 +147,7 @@ async fn readyz(State(app): State<App>) -> Response {
         None => ApiError::new(
             503,
             "NotReady",
-            "this node knows no leader yet (an election is running, or the node is cut off from the cluster); retry shortly",
+            "this node knows no leader yet, or has not yet applied the cluster's credentials (an election is running, or the node is cut off from the cluster); retry shortly",
         )
         .into_response(),
     }
