@@ -814,7 +814,14 @@ mod tests {
         let a = c.write_as(who.clone(), register("d1")).await.unwrap();
         let b = c.write(register("d2")).await.unwrap();
         let records = c.reader().read_records(1, usize::MAX).unwrap();
-        let of = |seq: u64| records.iter().find(|r| r.seq == seq).unwrap().principal.clone();
+        let of = |seq: u64| {
+            records
+                .iter()
+                .find(|r| r.seq == seq)
+                .unwrap()
+                .principal
+                .clone()
+        };
         assert_eq!(of(a.first_seq), who);
         assert_eq!(of(b.first_seq), Principal::System);
         c.shutdown().await;

@@ -175,7 +175,10 @@ fn record_samples() -> Vec<(&'static str, Record)> {
         .unwrap();
     let hash: Vec<u8> = (0u8..32).collect();
     vec![
-        ("event_record", (42, event.clone(), hash.clone(), String::new())),
+        (
+            "event_record",
+            (42, event.clone(), hash.clone(), String::new()),
+        ),
         (
             "event_record_principal",
             (43, event, hash, "policy:iothubowner".into()),
@@ -221,7 +224,8 @@ fn event_record_bytes_is_the_generated_event_record() {
 /// bytes are unchanged.
 #[test]
 fn a_record_without_a_principal_still_decodes() {
-    let old = from_hex(&fs::read_to_string(golden_dir().join("event_record.hex")).unwrap()).unwrap();
+    let old =
+        from_hex(&fs::read_to_string(golden_dir().join("event_record.hex")).unwrap()).unwrap();
     let (seq, _, hash, principal) = decode_record(&old).unwrap();
     assert_eq!((seq, hash.len(), principal.as_str()), (42, 32, ""));
     let with = EventRecordBytes {

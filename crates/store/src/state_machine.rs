@@ -538,12 +538,8 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                         let principal = principal_text(&req.principal);
                         for event in &events {
                             applied.last_seq += 1;
-                            let (record, hash) = encode_record(
-                                applied.last_seq,
-                                event,
-                                &principal,
-                                &applied.head,
-                            );
+                            let (record, hash) =
+                                encode_record(applied.last_seq, event, &principal, &applied.head);
                             writer.push(applied.last_seq, &record)?;
                             applied.head = hash;
                             hashes.push(hash);

@@ -294,7 +294,11 @@ async fn build_with_principals(dir: &Path) -> Vec<(u64, Principal)> {
     let mut node = Node::open(dir).await;
     let mut want = Vec::new();
     for (i, c) in workload().into_iter().enumerate() {
-        let principal = if i % 2 == 0 { who(i / 2) } else { Principal::System };
+        let principal = if i % 2 == 0 {
+            who(i / 2)
+        } else {
+            Principal::System
+        };
         let before = node.sm.reader().last_seq();
         node.propose_as(c, principal.clone()).await.result.unwrap();
         let after = node.sm.reader().last_seq();
@@ -369,8 +373,17 @@ async fn principals_are_stored_chained_and_survive_a_restart() {
 async fn a_changed_principal_breaks_the_chain_at_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let want = build_with_principals(dir.path()).await;
-    let named = want.iter().find(|(_, p)| *p != Principal::System).unwrap().0;
-    let system = want.iter().rev().find(|(_, p)| *p == Principal::System).unwrap().0;
+    let named = want
+        .iter()
+        .find(|(_, p)| *p != Principal::System)
+        .unwrap()
+        .0;
+    let system = want
+        .iter()
+        .rev()
+        .find(|(_, p)| *p == Principal::System)
+        .unwrap()
+        .0;
     // Another principal, none at all, one added to a `system` event, and one that is no
     // principal's text: each is caught at its seq, by `verify` and by the server's start.
     for (seq, text) in [

@@ -23,8 +23,8 @@ use muster_store::audit::{
 };
 use muster_store::{Entry, Request};
 use muster_types::{GroupId, JobId, RerunId, Timestamp};
-use openraft::EntryPayload;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
 use serde_json::json;
 
 const DEVICES: usize = 300;
@@ -631,7 +631,10 @@ async fn export_then_replay_reproduces_the_live_state_of_thousands_of_jobs() {
     .collect();
     assert_eq!(principals, all_principals);
     for (from, to) in [
-        ("\"principal\":\"policy:iothubowner\"", "\"principal\":\"anonymous\""),
+        (
+            "\"principal\":\"policy:iothubowner\"",
+            "\"principal\":\"anonymous\"",
+        ),
         ("\"principal\":\"anonymous\",", ""),
         ("\"principal\":\"system\"", "\"principal\":\"anonymous\""),
     ] {

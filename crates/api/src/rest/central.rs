@@ -16,7 +16,7 @@ use muster_types::{DeviceId, GroupId, JobId, RerunId};
 use serde_json::Value;
 
 use super::errors::{internal, DEVICE, GROUP, JOB, RERUN};
-use super::extract::{base_url, JsonText, Params, PathParams};
+use super::extract::{base_url, Caller, JsonText, Params, PathParams};
 use super::{ok_json, page, path_id, token, App};
 use crate::central::{
     central_device_group_json, central_device_json, central_job_device_json, central_job_json,
@@ -199,6 +199,7 @@ async fn get_job(
 /// seed shows, even if the leader has started it in the meantime; GET shows the live status.
 async fn put_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -208,6 +209,7 @@ async fn put_job(
     let req = job_request_from_central(&body, &id)?;
     let id = req.id;
     app.write(
+        &caller,
         Command::CreateJob {
             id: id.clone(),
             spec: req.spec,
@@ -302,43 +304,47 @@ fn history_page(
     let mut last = 0;
     let mut from = start.max(log.first_seq_available());
     loop {
-        let chunk = log.read_events(from, HISTORY_CHUNK)?;
-        let Some((end, _)) = chunk.last() else {
+        let chunk = log.read_records(from, HISTORY_CHUNK)?;
+        let Some(end) = chunk.last().map(|r| r.seq) else {
             return Ok((items, None));
         };
         from = end + 1;
-        for (seq, event) in &chunk {
-            if event.job() != Some(job) {
+        for r in &chunk {
+            if r.event.job() != Some(job) {
                 continue;
             }
             if items.len() == size {
                 return Ok((items, Some(last.to_string())));
             }
-            items.push(event_json(*seq, event));
-            last = *seq;
+            items.push(event_json(r.seq, &r.event, &r.principal));
+            last = r.seq;
         }
     }
 }
 
 async fn stop_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
     version(&q)?;
     let id = job_id(&id)?;
-    app.write(Command::StopJob { id, at: now() }, JOB).await?;
+    app.write(&caller, Command::StopJob { id, at: now() }, JOB)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn resume_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
     version(&q)?;
     let id = job_id(&id)?;
-    app.write(Command::ResumeJob { id, at: now() }, JOB).await?;
+    app.write(&caller, Command::ResumeJob { id, at: now() }, JOB)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -346,6 +352,7 @@ async fn resume_job(
 /// the last one; answers the job (200) as it is after the rerun was applied.
 async fn rerun_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams((id, rerun)): PathParams<(String, String)>,
     q: Params,
 ) -> Result<Response, ApiError> {
@@ -354,6 +361,7 @@ async fn rerun_job(
     let rerun_id = RerunId::new(rerun)
         .map_err(|e| ApiError::bad_request("rerunId", format!("{e} (the rerun id in the URL)")))?;
     app.write(
+        &caller,
         Command::RerunJob {
             id: id.clone(),
             rerun_id,
@@ -406,6 +414,7 @@ async fn get_group(
 /// created on the group keep the filter they were created with.
 async fn put_group(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -415,6 +424,7 @@ async fn put_group(
     let g = device_group_from_central(&body, &id)?;
     let gid = g.id.clone();
     app.write(
+        &caller,
         Command::SaveGroup {
             id: g.id,
             display_name: g.display_name,
@@ -431,12 +441,13 @@ async fn put_group(
 
 async fn delete_group(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
     version(&q)?;
     let id = group_id(&id)?;
-    app.write(Command::DeleteGroup { id, at: now() }, GROUP)
+    app.write(&caller, Command::DeleteGroup { id, at: now() }, GROUP)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -480,6 +491,7 @@ async fn get_device(
 /// enabled flag if it exists (IoT Central's create-or-update); its twin is kept.
 async fn put_device(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -489,6 +501,7 @@ async fn put_device(
     let reg = device_registration_from_central(&body, &id)?;
     let did = reg.id.clone();
     app.write(
+        &caller,
         Command::RegisterDevices {
             devices: vec![reg],
             upsert: true,
@@ -537,6 +550,11 @@ mod tests {
                     seq,
                     event,
                     hash: [0; 32],
+                    principal: if seq % 2 == 0 {
+                        muster_domain::Principal::Anonymous
+                    } else {
+                        muster_domain::Principal::System
+                    },
                 })
                 .collect())
         }
@@ -561,6 +579,7 @@ mod tests {
         assert_eq!(page.len(), 2);
         assert_eq!(page[0]["seq"], 1);
         assert_eq!(page[1]["seq"], 3);
+        assert_eq!(page[1]["principal"], "system");
         assert_eq!(next.as_deref(), Some("3"));
 
         let mut seqs = Vec::new();
@@ -594,6 +613,7 @@ mod tests {
         let (page, next) = history_page(&log, &j1, 1, 10).unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(page[0]["seq"], 10);
+        assert_eq!(page[0]["principal"], "anonymous");
         assert_eq!(next, None);
     }
 }

@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::json::MAX_BODY_BYTES;
 use errors::{cluster_error, Codes};
+use extract::Caller;
 
 /// How long a request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -77,10 +78,11 @@ impl App {
         Ok(self.cluster.reader().read(f))
     }
 
-    /// Proposes one command; `Ok` once it is committed and applied on this node.
-    async fn write(&self, command: Command, codes: Codes) -> Result<(), ApiError> {
+    /// Proposes one command on behalf of `caller`; `Ok` once it is committed and applied on
+    /// this node.
+    async fn write(&self, caller: &Caller, command: Command, codes: Codes) -> Result<(), ApiError> {
         self.cluster
-            .write(command)
+            .write_as(caller.0.clone(), command)
             .await
             .map(|_| ())
             .map_err(|e| cluster_error(e, codes))
@@ -240,5 +242,53 @@ mod tests {
         let (items, next) = page(&map, None, 3, |_, v| (*v < 3).then_some(*v));
         assert_eq!(items, vec![0, 1, 2]);
         assert_eq!(next, None);
+    }
+
+    /// A write records the principal the authentication layer put into the request's
+    /// extensions, and `anonymous` when there is none; the job's history shows it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn writes_record_the_callers_principal() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use muster_cluster::{ClusterConfig, EventLog, MusterNode};
+        use muster_domain::Principal;
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(ClusterConfig::new(
+            1,
+            dir.path().to_path_buf(),
+            MusterNode::default(),
+        ))
+        .await
+        .unwrap();
+        cluster
+            .wait_for_leader(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let app = router(cluster.clone());
+        let put = |id: &str| {
+            Request::put(format!("/api/devices/{id}?api-version=2022-07-31"))
+                .body(Body::from(r#"{"displayName": "a device"}"#))
+                .unwrap()
+        };
+        let who = Principal::Token("ops-1".into());
+        let anonymous = app.clone().oneshot(put("d1")).await.unwrap();
+        assert_eq!(anonymous.status(), 200);
+        let mut req = put("d2");
+        req.extensions_mut().insert(who.clone());
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200);
+
+        let records = cluster.reader().read_records(1, usize::MAX).unwrap();
+        let of = |device: &str| {
+            records
+                .iter()
+                .find(|r| r.event.device().is_some_and(|d| d.as_str() == device))
+                .map(|r| r.principal.clone())
+        };
+        assert_eq!(of("d1"), Some(Principal::Anonymous));
+        assert_eq!(of("d2"), Some(who));
+        cluster.shutdown().await;
     }
 }
