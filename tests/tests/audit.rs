@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use muster_tests::{data_dir, muster_bin, Server};
+use muster_tests::{data_dir, muster_bin, Server, TestCluster};
 use serde_json::{json, Value};
 
 const CENTRAL: &str = "api-version=2022-07-31";
@@ -294,4 +294,62 @@ async fn who_stopped_a_job_is_in_its_events_and_the_export() {
         "{}",
         text(&t.stdout)
     );
+}
+
+/// A write sent to a follower is forwarded to the leader with its caller's principal (over REST
+/// and over gRPC): every replica records `anonymous`, not the leader's `system`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_keeps_its_principal() {
+    use muster_proto::pb;
+
+    let cluster = TestCluster::start(3, &[]).unwrap();
+    let leader = cluster.leader().await.unwrap();
+    for n in &cluster.nodes {
+        n.wait_ready().await.unwrap();
+    }
+    let follower = &cluster.nodes[(leader + 1) % 3];
+    let c = reqwest::Client::new();
+    let job = "fwd-job";
+    let r = c
+        .put(format!("{}/jobs/v2/{job}?{HUB}", follower.rest))
+        .json(&json!({
+            "jobId": job,
+            "type": "scheduleDeviceMethod",
+            "cloudToDeviceMethod": {"methodName": "reboot", "payload": {}, "responseTimeoutInSeconds": 30},
+            "deviceIds": ["fwd-1"],
+            "startTime": "2099-01-01T00:00:00Z",
+            "maxExecutionTimeInSeconds": 3600
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Stopped over gRPC on the follower.
+    let mut jobs = pb::job_service_client::JobServiceClient::connect(follower.grpc.clone())
+        .await
+        .unwrap();
+    jobs.stop_job(pb::StopJobRequest { job_id: job.into() })
+        .await
+        .unwrap();
+
+    for node in [&cluster.nodes[leader], follower] {
+        let page: Value = c
+            .get(format!("{}/api/jobs/{job}/events?{CENTRAL}", node.rest))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["value"].as_array().unwrap();
+        for kind in ["JobCreated", "JobStopped"] {
+            let e = events.iter().find(|e| e["type"] == kind);
+            assert_eq!(
+                e.map(|e| e["principal"].clone()),
+                Some(json!("anonymous")),
+                "{kind} on {}: {page}",
+                node.rest
+            );
+        }
+    }
 }
