@@ -865,6 +865,9 @@ pub struct Outcomes {
 }
 
 /// A line of a [`Timeline`].
+// A timeline holds a job's job-level events only (tens of lines), so the size of a line does not
+// matter; boxing the event would only make every match on it clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TimelineEntry {
     /// A job-level event (created, scheduled, started, batch started, devices joined, stopped,
