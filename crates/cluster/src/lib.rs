@@ -324,6 +324,8 @@ impl Cluster {
         request: Request,
     ) -> Result<(AppliedRange, u64), ClusterError> {
         self.refuse_without_quorum()?;
+        // Here, so a principal forwarded by a follower is checked by the leader too.
+        request.check_principal()?;
         let written = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(request)).await;
         match written {
             Err(_) => Err(ClusterError::Unavailable(format!(
@@ -824,6 +826,24 @@ mod tests {
         };
         assert_eq!(of(a.first_seq), who);
         assert_eq!(of(b.first_seq), Principal::System);
+        // A principal the log could not read back is refused before it is proposed.
+        for bad in [
+            Principal::Policy(String::new()),
+            Principal::Token("x".repeat(muster_store::MAX_PRINCIPAL_BYTES)),
+        ] {
+            let err = c.write_as(bad, register("d3")).await.unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    ClusterError::Rejected(CommandError {
+                        kind: ErrorKind::Invalid,
+                        ..
+                    })
+                ),
+                "{err:?}"
+            );
+        }
+        assert_eq!(c.reader().read_records(1, usize::MAX).unwrap(), records);
         c.shutdown().await;
     }
 }

@@ -151,8 +151,19 @@ pub(crate) fn parse_principal(seq: u64, text: &str) -> Result<Principal, StoreEr
     if text.is_empty() {
         return Ok(Principal::System);
     }
-    text.parse()
-        .map_err(|e| StoreError::corrupt("event record", format!("seq {seq}: {e}")))
+    match text.parse() {
+        // Written as no principal, never as its text: a record saying `system` was not
+        // written by this store.
+        Ok(Principal::System) => Err(StoreError::corrupt(
+            "event record",
+            format!("seq {seq}: `system` stored as text"),
+        )),
+        Ok(p) => Ok(p),
+        Err(e) => Err(StoreError::corrupt(
+            "event record",
+            format!("seq {seq}: {e}"),
+        )),
+    }
 }
 
 pub(crate) fn encode_command(cmd: &Command) -> Vec<u8> {

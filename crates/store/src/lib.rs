@@ -44,7 +44,7 @@ pub use state_machine::{
 };
 pub use types::{
     AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,
-    StorageError, StoredMembership, TypeConfig,
+    StorageError, StoredMembership, TypeConfig, MAX_PRINCIPAL_BYTES,
 };
 
 /// Entry point: opens a data directory.

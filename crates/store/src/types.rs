@@ -71,6 +71,9 @@ pub struct Request {
     pub principal: Principal,
 }
 
+/// The longest principal text the log records (a certificate subject is the long one).
+pub const MAX_PRINCIPAL_BYTES: usize = 1024;
+
 impl Request {
     /// `command` written on behalf of `principal`.
     pub fn new(command: Command, principal: Principal) -> Self {
@@ -78,6 +81,25 @@ impl Request {
             command: std::sync::Arc::new(command),
             principal,
         }
+    }
+
+    /// Refuses a principal the log could not read back: one whose text form does not parse to
+    /// itself (`Policy("")` prints as `policy:`), or longer than [`MAX_PRINCIPAL_BYTES`]. An
+    /// entry holding one would be unreadable on every replica, so it is never proposed.
+    pub fn check_principal(&self) -> Result<(), CommandError> {
+        let text = self.principal.to_string();
+        let problem = if text.len() > MAX_PRINCIPAL_BYTES {
+            format!("longer than {MAX_PRINCIPAL_BYTES} bytes")
+        } else if text.parse::<Principal>().as_ref() != Ok(&self.principal) {
+            "its text form does not read back as the same principal".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(CommandError {
+            kind: ErrorKind::Invalid,
+            field: Some("principal".into()),
+            message: format!("the caller `{text}` cannot be recorded: {problem}"),
+        })
     }
 }
 

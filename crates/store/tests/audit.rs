@@ -391,6 +391,7 @@ async fn a_changed_principal_breaks_the_chain_at_its_seq() {
         (named, ""),
         (system, "policy:iothubowner"),
         (named, "root"),
+        (system, "system"),
     ] {
         let mut original = Vec::new();
         tamper(dir.path(), |events| {
