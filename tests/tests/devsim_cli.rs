@@ -3,13 +3,12 @@
 //! SIGTERM marks every device offline before it exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 
+use muster_mqtt::Secret;
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
-use muster_tests::{data_dir, muster_bin, wait_for, Server, PATIENCE};
+use muster_tests::{data_dir, muster_bin, wait_for, Devsim, Server};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
@@ -17,64 +16,6 @@ const V: &str = "api-version=2022-07-31";
 
 fn mqtt_url() -> String {
     std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
-/// A `muster devsim` child; killed if the test ends early.
-struct Devsim {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: std::path::PathBuf,
-}
-
-impl Devsim {
-    fn start(dir: &std::path::Path, args: &[&str]) -> Devsim {
-        let stderr = dir.join("devsim.log");
-        let mut child = Command::new(muster_bin().unwrap())
-            .arg("devsim")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Devsim {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The first line on stdout.
-    fn first_line(&self) -> String {
-        self.lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("devsim printed nothing; log:\n{}", self.log()))
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        muster_tests::sigterm_and_wait(&mut self.child, "devsim").unwrap()
-    }
-}
-
-impl Drop for Devsim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn devices_in(devices: &mut DeviceServiceClient<Channel>) -> Vec<pb::Device> {
@@ -249,11 +190,41 @@ fn devsim_refuses_bad_flags_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devsim_and_the_node_spread_devices_over_two_brokers_alike() {
     // A second broker: rumqttd in this test process, next to Mosquitto.
-    let embedded = muster_devsim::broker::start_embedded("127.0.0.1:0".parse().unwrap()).unwrap();
+    // It takes logins only (the shared Mosquitto accepts any): the node and the fleet each get
+    // one.
+    let logins = [
+        (
+            "muster-dispatcher".to_string(),
+            Secret::new("dispatcher-pw"),
+        ),
+        ("fleet".to_string(), Secret::new("fleet-pw")),
+    ];
+    let embedded =
+        muster_devsim::broker::start_embedded("127.0.0.1:0".parse().unwrap(), &logins).unwrap();
     let (first, second) = (mqtt_url(), embedded.url());
     let dir = data_dir().unwrap();
-    let server =
-        Server::start_with(dir.path(), &["--mqtt-url", &first, "--mqtt-url", &second]).unwrap();
+    let dispatcher_pw = dir.path().join("dispatcher.pw");
+    std::fs::write(&dispatcher_pw, "dispatcher-pw\n").unwrap();
+    let fleet_pw = dir.path().join("fleet.pw");
+    std::fs::write(&fleet_pw, "fleet-pw").unwrap();
+    let (dispatcher_pw, fleet_pw) = (
+        dispatcher_pw.to_string_lossy().into_owned(),
+        fleet_pw.to_string_lossy().into_owned(),
+    );
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            "--mqtt-url",
+            &first,
+            "--mqtt-url",
+            &second,
+            "--mqtt-username",
+            "muster-dispatcher",
+            "--mqtt-password-file",
+            &dispatcher_pw,
+        ],
+    )
+    .unwrap();
     server.wait_ready().await.unwrap();
     let prefix = format!("dc2-{}", std::process::id());
     let mut devsim = Devsim::start(
@@ -269,6 +240,10 @@ async fn devsim_and_the_node_spread_devices_over_two_brokers_alike() {
             &prefix,
             "--register",
             &server.grpc,
+            "--username",
+            "fleet",
+            "--password-file",
+            &fleet_pw,
         ],
     );
     assert_eq!(

@@ -317,7 +317,9 @@ fn validate(cfg: &FleetConfig) -> Result<(), DevsimError> {
         }
     }
     if matches!(cfg.login, FleetLogin::PerDevice { .. }) && cfg.connections > 0 {
-        return bad("with per-device logins every device has its own connection: leave connections at 0");
+        return bad(
+            "with per-device logins every device has its own connection: leave connections at 0",
+        );
     }
     if cfg.prefix.is_empty() || cfg.prefix.contains(['+', '#', '/', ' ']) {
         return bad("prefix must be non-empty and hold no '+', '#', '/' or space");

@@ -104,7 +104,9 @@ impl DispatchConfig {
     pub fn login(&self) -> Result<Option<(String, Secret)>, MqttError> {
         let bad = |m: &str| Err(MqttError::Credentials(m.to_string()));
         let password = match (&self.password, &self.password_file) {
-            (Some(_), Some(_)) => return bad("give dispatch.password or dispatch.password_file, not both"),
+            (Some(_), Some(_)) => {
+                return bad("give dispatch.password or dispatch.password_file, not both")
+            }
             (Some(p), None) => Some(p.clone()),
             (None, Some(f)) => Some(muster_mqtt::read_secret_file(f)?),
             (None, None) => None,
