@@ -344,6 +344,14 @@ fn print_dev_banner(
         "dev mode: {n} simulated devices (sim-000001 ... sim-{n:06}), data in {dir}",
         n = dev.devices
     );
+    if let (Some(url), muster_devsim::FleetLogin::Shared { username, password }) =
+        (cfg.dispatch.brokers.first(), &dev.fleet_login)
+    {
+        println!(
+            "the embedded MQTT broker at {url} refuses anonymous clients; simulated devices log in as user {username}, password {}",
+            password.expose()
+        );
+    }
     println!("try:");
     println!("  curl -X PUT 'http://{http}/api/deviceGroups/all?api-version=2022-07-31' \\");
     println!("    -H 'content-type: application/json' \\");
