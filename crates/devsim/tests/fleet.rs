@@ -217,7 +217,7 @@ async fn exercise(url: String, login: Option<(String, Secret)>) {
     // returns once the broker closed the connection, so it has read the clearing messages.)
     // Retained messages arrive right after the subscription, before a message published after
     // it.
-    let (late, mut late_rx) = service(&url, &ids).await;
+    let (late, mut late_rx) = service(&url, &ids, login.as_ref()).await;
     let marker = format!("devices/{}/marker", ids[0]);
     late.publish(marker.clone(), QoS::AtLeastOnce, false, "m")
         .await
