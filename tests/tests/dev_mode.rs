@@ -175,7 +175,10 @@ async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
         }
         o
     };
-    assert!(mqtt_connect(opts(None)).await.is_err(), "anonymous client accepted");
+    assert!(
+        mqtt_connect(opts(None)).await.is_err(),
+        "anonymous client accepted"
+    );
     assert!(mqtt_connect(opts(Some((user, "guess")))).await.is_err());
     drop(mqtt_connect(opts(Some((user, password)))).await.unwrap());
 

@@ -944,6 +944,24 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `text` to `path` readable by its owner only (it holds password hashes), through a
+/// temporary file renamed into place, so a broker reloading it never reads half a file.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    // NamedTempFile is created with mode 0600 on Unix.
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -967,22 +985,4 @@ mod tests {
         assert!(parse_import("f", "[]").is_err());
         assert!(parse_import("f", r#"[{"deviceId": "d1", "colour": 1}]"#).is_err());
     }
-}
-
-/// Writes `text` to `path` readable by its owner only (it holds password hashes), through a
-/// temporary file renamed into place, so a broker reloading it never reads half a file.
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    // NamedTempFile is created with mode 0600 on Unix.
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
