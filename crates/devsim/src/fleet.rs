@@ -46,6 +46,8 @@ struct Counters {
     ignored: AtomicU64,
     desired: AtomicU64,
     reported: AtomicU64,
+    /// Whether a refused connection was logged already.
+    refused_logged: std::sync::atomic::AtomicBool,
 }
 
 fn bump(c: &AtomicU64) {
@@ -433,7 +435,14 @@ async fn run_connection(
                     if shutting_down.is_some() {
                         return;
                     }
-                    debug!(error = %e, "devsim connection failed; reconnecting");
+                    if matches!(e, rumqttc::ConnectionError::ConnectionRefused(_))
+                        && !counters.refused_logged.swap(true, Ordering::Relaxed)
+                    {
+                        // A wrong login: say so once per fleet, not at debug level.
+                        warn!(error = %e, "the broker refused a devsim connection (login?); retrying");
+                    } else {
+                        debug!(error = %e, "devsim connection failed; reconnecting");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

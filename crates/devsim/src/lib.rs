@@ -146,7 +146,7 @@ pub enum DevsimError {
     Config(String),
     #[error(transparent)]
     Mqtt(#[from] muster_mqtt::MqttError),
-    #[error("the fleet's connections were not ready within {0} ms (is the broker running?)")]
+    #[error("the fleet's connections were not ready within {0} ms (is the broker running? are the logins right?)")]
     NotReady(u64),
     #[error("no simulated device {0:?}")]
     UnknownDevice(String),

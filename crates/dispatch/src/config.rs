@@ -151,4 +151,47 @@ mod tests {
         );
         assert!(serde_json::from_str::<DispatchConfig>(r#"{"nope":1}"#).is_err());
     }
+
+    #[test]
+    fn logins_and_tls_settings_are_checked() {
+        let base = DispatchConfig::default();
+        assert_eq!(base.login().unwrap(), None);
+        let c: DispatchConfig =
+            serde_json::from_str(r#"{"username":"disp","password":"pw"}"#).unwrap();
+        let (u, p) = c.login().unwrap().unwrap();
+        assert_eq!((u.as_str(), p.expose()), ("disp", "pw"));
+        assert!(!format!("{c:?}").contains("\"pw\""), "{c:?}");
+        let no_user = DispatchConfig {
+            password: Some(Secret::new("pw")),
+            ..DispatchConfig::default()
+        };
+        assert!(no_user.check().is_err());
+        let both = DispatchConfig {
+            password_file: Some("/nonexistent".into()),
+            ..c.clone()
+        };
+        assert!(both.check().is_err());
+        let missing_file = DispatchConfig {
+            username: Some("disp".into()),
+            password_file: Some("/nonexistent/pw".into()),
+            ..DispatchConfig::default()
+        };
+        assert!(missing_file
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/pw"));
+        // A CA for a plain mqtt:// broker is a mistake (the `s` was forgotten).
+        let plain_with_ca = DispatchConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..DispatchConfig::default()
+        };
+        assert!(plain_with_ca.check().is_err());
+        let tls = DispatchConfig {
+            brokers: vec!["mqtts://b".into()],
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..DispatchConfig::default()
+        };
+        assert!(tls.check().unwrap_err().to_string().contains("ca.pem"));
+    }
 }
