@@ -1,5 +1,5 @@
 //! Devices cannot speak for each other (issue 13): a Mosquitto of the test's own with a TLS
-//! listener, no anonymous access, and the password and ACL files `muster device credentials`
+//! listener (client certificates required too), no anonymous access, and the password and ACL files `muster device credentials`
 //! writes from muster's registry. The node's dispatcher logs in with its own user over
 //! `mqtts://`, `muster devsim --credentials-secret-file` logs each device in as itself with its
 //! derived password, and a job runs. A rogue client logged in as device A then publishes, for
@@ -34,9 +34,13 @@ struct Certs {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// A client certificate from the same CA (the broker requires one).
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
-/// A CA and a broker certificate for 127.0.0.1 and localhost (rcgen, ECDSA P-256).
+/// A CA, a broker certificate for 127.0.0.1 and localhost, and a client certificate (rcgen,
+/// ECDSA P-256).
 fn make_certs(dir: &Path) -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
@@ -54,18 +58,29 @@ fn make_certs(dir: &Path) -> Certs {
         .distinguished_name
         .push(DnType::CommonName, "mosquitto");
     let cert = broker.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "muster fleet");
+    let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
     let certs = Certs {
         ca: dir.join("ca.pem"),
         cert: dir.join("broker.pem"),
         key: dir.join("broker.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
     };
     std::fs::write(&certs.ca, ca_cert.pem()).unwrap();
     std::fs::write(&certs.cert, cert.pem()).unwrap();
     std::fs::write(&certs.key, key.serialize_pem()).unwrap();
+    std::fs::write(&certs.client_cert, client_cert.pem()).unwrap();
+    std::fs::write(&certs.client_key, client_key.serialize_pem()).unwrap();
     certs
 }
 
-/// deploy/mosquitto/mosquitto.conf's settings, with this test's files and port. `user root`
+/// deploy/mosquitto/mosquitto.conf's settings, with this test's files and port, and client
+/// certificates required as well (its commented-out option). `user root`
 /// keeps a Mosquitto started as root from dropping to the `mosquitto` user, who could not read
 /// the test's private temporary directory (ignored when not started as root).
 fn mosquitto_config(dir: &Path, certs: &Certs, port: u16) -> String {
@@ -86,7 +101,10 @@ max_inflight_messages 0
 listener {port} 127.0.0.1
 certfile {cert}
 keyfile {key}
+cafile {ca}
+require_certificate true
 ",
+        ca = certs.ca.display(),
         passwd = dir.join("passwd").display(),
         acl = dir.join("acl").display(),
         cert = certs.cert.display(),
@@ -172,6 +190,8 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
     let port = free_ports(1).unwrap()[0];
     let url = format!("mqtts://127.0.0.1:{port}");
     let ca = certs.ca.to_string_lossy().into_owned();
+    let client_cert = certs.client_cert.to_string_lossy().into_owned();
+    let client_key = certs.client_key.to_string_lossy().into_owned();
 
     // The node first: its dispatcher retries until the broker is up.
     let server = Server::start_with(
@@ -181,6 +201,10 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
             &url,
             "--mqtt-ca",
             &ca,
+            "--mqtt-client-cert",
+            &client_cert,
+            "--mqtt-client-key",
+            &client_key,
             "--mqtt-username",
             "muster-dispatcher",
             "--mqtt-password-file",
@@ -236,6 +260,17 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
         std::slice::from_ref(&url),
         &TlsFiles {
             ca_file: Some(certs.ca.clone()),
+            client_cert_file: Some(certs.client_cert.clone()),
+            client_key_file: Some(certs.client_key.clone()),
+        },
+    )
+    .unwrap()
+    .remove(0);
+    // Without a client certificate the TLS handshake fails.
+    let no_cert = muster_mqtt::endpoints(
+        std::slice::from_ref(&url),
+        &TlsFiles {
+            ca_file: Some(certs.ca.clone()),
             ..TlsFiles::default()
         },
     )
@@ -244,7 +279,12 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
     let secret = FleetSecret::new(Secret::new(SECRET)).unwrap();
     let a_pw = secret.device_password(&a);
 
-    // No login, or a wrong one, is refused.
+    // No client certificate, no login, or a wrong login: refused.
+    assert!(
+        client(&no_cert, "acl-no-cert", Some((&a, a_pw.expose())), None)
+            .await
+            .is_err()
+    );
     assert!(client(&endpoint, "acl-anon", None, None).await.is_err());
     assert!(client(&endpoint, "acl-wrong", Some((&a, "guess")), None)
         .await
@@ -264,6 +304,10 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
             &url,
             "--ca",
             &ca,
+            "--client-cert",
+            &client_cert,
+            "--client-key",
+            &client_key,
             "--credentials-secret-file",
             &secret_file,
             "--devices",
