@@ -215,15 +215,19 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
     let ch = leader_channel(&server).await.unwrap();
     let ids: Vec<String> = (1..=3).map(|n| format!("acl-{n:06}")).collect();
     let (a, b) = (ids[0].clone(), ids[1].clone());
+    // Also a disabled device (no login) and one whose id Mosquitto cannot take as a user name.
+    let extra = [("acl-off", false), ("acl:odd", true)];
     DeviceServiceClient::new(ch.clone())
         .import_devices(pb::ImportDevicesRequest {
             devices: ids
                 .iter()
-                .map(|id| pb::NewDevice {
-                    device_id: id.clone(),
-                    display_name: id.clone(),
+                .map(|id| (id.as_str(), true))
+                .chain(extra)
+                .map(|(id, enabled)| pb::NewDevice {
+                    device_id: id.to_string(),
+                    display_name: id.to_string(),
                     model_id: None,
-                    enabled: Some(true),
+                    enabled: Some(enabled),
                     tags_json: String::new(),
                 })
                 .collect(),
@@ -251,6 +255,8 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
     );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["devices"], 3, "{summary}");
+    assert_eq!(summary["disabledSkipped"], 1, "{summary}");
+    assert_eq!(summary["leftOut"], json!(["acl:odd"]), "{summary}");
     let passwd_text = std::fs::read_to_string(&passwd).unwrap();
     assert_eq!(passwd_text.lines().count(), 4, "{passwd_text}");
     assert!(passwd_text.starts_with("muster-dispatcher:$7$101$"));
@@ -327,9 +333,16 @@ async fn a_device_cannot_answer_report_or_go_offline_for_another() {
         devsim.log()
     );
     let connected = pb::ConnectionState::Connected as i32;
+    // (Only the three simulated ones: the disabled and the odd device never connect.)
     wait_for(
         "the 3 devices connected (presence through the ACL)",
-        || async { devices(&ch).await.iter().all(|x| x.connection == connected) },
+        || async {
+            devices(&ch)
+                .await
+                .iter()
+                .filter(|x| ids.contains(&x.device_id))
+                .all(|x| x.connection == connected)
+        },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", server.log_text(), broker.log_text()));

@@ -134,12 +134,13 @@ pub fn valid_user_name(name: &str) -> bool {
 }
 
 /// A Mosquitto password file: the dispatcher's login, then one line per device with its derived
-/// password, each hashed with its own salt.
+/// password, each hashed with its own salt. Devices whose id cannot be a Mosquitto user name (a
+/// `:`, which muster's ids allow, would split the line) are left out and returned.
 pub fn password_file(
     secret: &FleetSecret,
     devices: &[String],
     dispatcher: Option<(&str, &Secret)>,
-) -> Result<String, MqttError> {
+) -> Result<(String, Vec<String>), MqttError> {
     let mut out = String::new();
     if let Some((user, password)) = dispatcher {
         check_user(user)?;
@@ -150,12 +151,16 @@ pub fn password_file(
         }
         out.push_str(&format!("{user}:{}\n", mosquitto_hash(password.expose())?));
     }
+    let mut left_out = Vec::new();
     for d in devices {
-        check_user(d)?;
+        if !valid_user_name(d) {
+            left_out.push(d.clone());
+            continue;
+        }
         let pw = secret.device_password(d);
         out.push_str(&format!("{d}:{}\n", mosquitto_hash(pw.expose())?));
     }
-    Ok(out)
+    Ok((out, left_out))
 }
 
 fn check_user(name: &str) -> Result<(), MqttError> {
@@ -246,12 +251,13 @@ mod tests {
     fn password_and_acl_files() {
         let s = secret();
         let disp = Secret::new("dispatcher-pw");
-        let file = password_file(
+        let (file, left_out) = password_file(
             &s,
-            &["a".into(), "b".into()],
+            &["a".into(), "b".into(), "c:1".into()],
             Some((DEFAULT_DISPATCHER_USER, &disp)),
         )
         .unwrap();
+        assert_eq!(left_out, vec!["c:1".to_string()]);
         let lines: Vec<(&str, &str)> = file.lines().map(|l| l.split_once(':').unwrap()).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].0, DEFAULT_DISPATCHER_USER);
@@ -266,7 +272,7 @@ mod tests {
             Some(("muster-dispatcher", &disp))
         )
         .is_err());
-        assert!(password_file(&s, &["a:b".into()], None).is_err());
+        assert!(password_file(&s, &[], Some(("a:b", &disp))).is_err());
         let acl = acl_file("disp").unwrap();
         assert!(acl.contains("user disp\n"));
         assert!(acl.contains("pattern write devices/%u/presence\n"));

@@ -742,25 +742,33 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
             let (enabled, disabled): (Vec<_>, Vec<_>) =
                 devices.into_iter().partition(|d| d.enabled);
             let ids: Vec<String> = enabled.into_iter().map(|d| d.device_id).collect();
-            let passwd = credentials::password_file(
+            let (passwd, left_out) = credentials::password_file(
                 &secret,
                 &ids,
                 Some((&dispatcher_user, &dispatcher_password)),
             )?;
             let acl = credentials::acl_file(&dispatcher_user)?;
+            if !left_out.is_empty() {
+                eprintln!(
+                    "warning: {} devices left out, their ids cannot be Mosquitto user names (they hold ':'): {}",
+                    left_out.len(),
+                    left_out.join(", ")
+                );
+            }
+            let provisioned = ids.len() - left_out.len();
             write_private(&passwd_out, &passwd)?;
             write_private(&acl_out, &acl)?;
             match opts.output {
                 Output::Json => print_json(&json!({
-                    "devices": ids.len(),
+                    "devices": provisioned,
                     "disabledSkipped": disabled.len(),
+                    "leftOut": left_out,
                     "dispatcherUser": dispatcher_user,
                     "passwordFile": passwd_out.display().to_string(),
                     "aclFile": acl_out.display().to_string(),
                 })),
                 Output::Text | Output::Csv => println!(
-                    "wrote logins for {} devices and the dispatcher ({dispatcher_user}) to {}, and the ACL to {}{}; reload Mosquitto (SIGHUP) to use them",
-                    ids.len(),
+                    "wrote logins for {provisioned} devices and the dispatcher ({dispatcher_user}) to {}, and the ACL to {}{}; reload Mosquitto (SIGHUP) to use them",
                     passwd_out.display(),
                     acl_out.display(),
                     if disabled.is_empty() {
