@@ -481,7 +481,13 @@ impl Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(&conf, config)?;
         let log = dir.join("mosquitto.log");
-        let child = Command::new("mosquitto")
+        // Debian puts it in /usr/sbin, which is not on every user's PATH.
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
             .arg("-c")
             .arg(&conf)
             .stdout(std::fs::File::create(&log)?)
