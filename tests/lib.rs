@@ -9,6 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -489,4 +490,198 @@ pub async fn leader_channel(server: &Server) -> anyhow::Result<AuthChannel> {
     .await
     .with_context(|| server.log_text())?;
     Ok(channel)
+}
+
+/// A `muster devsim` child (stdout lines on a channel, stderr in `dir/devsim.log`); killed if
+/// the test ends early.
+#[derive(Debug)]
+pub struct Devsim {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Devsim {
+    /// Runs `muster devsim ARGS`.
+    #[allow(clippy::expect_used)]
+    pub fn start(dir: &Path, args: &[&str]) -> Devsim {
+        let stderr = dir.join("devsim.log");
+        let mut child = muster_cmd()
+            .expect("the muster binary")
+            .arg("devsim")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("devsim.log"))
+            .spawn()
+            .expect("start muster devsim");
+        let (tx, lines) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Devsim {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The first line on stdout (`devsim ready: ...`); panics with the log if none comes.
+    #[allow(clippy::panic)]
+    pub fn first_line(&self) -> String {
+        self.lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("devsim printed nothing; log:\n{}", self.log()))
+    }
+
+    /// SIGTERM, then the exit status.
+    #[allow(clippy::expect_used)]
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        sigterm_and_wait(&mut self.child, "devsim").expect("devsim exits")
+    }
+}
+
+impl Drop for Devsim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Mosquitto of the test's own (`mosquitto -c dir/mosquitto.conf`), for tests that need a
+/// broker configured differently from the shared one (logins, ACLs, TLS). Killed on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mosquitto {
+    /// Writes `config` to `dir/mosquitto.conf`, starts Mosquitto on it, and returns once
+    /// `port` (one of the config's listeners) accepts connections.
+    pub fn start(dir: &Path, config: &str, port: u16) -> anyhow::Result<Mosquitto> {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, config)?;
+        let log = dir.join("mosquitto.log");
+        // Debian puts it in /usr/sbin, which is not on every user's PATH.
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log)?)
+            .spawn()
+            .context("start mosquitto (is it installed? .ci/run installs it)")?;
+        let mut m = Mosquitto {
+            child: Some(child),
+            log,
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(Ok(Some(status))) = m.child.as_mut().map(Child::try_wait) {
+                bail!("mosquitto exited ({status}):\n{}", m.log_text());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("mosquitto did not listen on {port}:\n{}", m.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(m)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGHUP: Mosquitto reloads its password and ACL files.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| anyhow!("mosquitto is not running"))?;
+        if !Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?
+            .success()
+        {
+            bail!("could not send SIGHUP to mosquitto (pid {pid})");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An MQTT client of the test's own (a rogue device, an observer), connected: every publish it
+/// receives arrives on `messages` as (topic, payload). Dropping it drops the connection without
+/// a DISCONNECT (so a will is published).
+#[derive(Debug)]
+pub struct MqttClient {
+    pub client: rumqttc::AsyncClient,
+    pub messages: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MqttClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects with `opts` and returns once the broker accepted the connection (CONNACK success),
+/// or the error it refused it with (within 10 s). It does not reconnect.
+pub async fn mqtt_connect(opts: rumqttc::MqttOptions) -> anyhow::Result<MqttClient> {
+    use rumqttc::{Event, Packet};
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow!("connection refused or failed: {e}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("no CONNACK within 10 s"))??;
+    if first.code != rumqttc::ConnectReturnCode::Success {
+        bail!("connection refused: {:?}", first.code);
+    }
+    let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(ev) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+            }
+        }
+    });
+    Ok(MqttClient {
+        client,
+        messages,
+        task,
+    })
 }

@@ -342,11 +342,11 @@ async fn raw_phase(
     run: usize,
 ) -> Result<RawRun> {
     let n = ids.len();
-    let (host, port) = protocol::parse_broker_url(url)?;
+    let broker = muster_mqtt::BrokerUrl::parse(url)?;
     let mut opts = MqttOptions::new(
         format!("muster-bench-raw-{}-{run}", std::process::id()),
-        host,
-        port,
+        broker.host,
+        broker.port,
     );
     // As the dispatcher's link (DispatchConfig defaults).
     opts.set_keep_alive(Duration::from_secs(30))

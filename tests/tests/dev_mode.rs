@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use muster_tests::{muster_bin, wait_for, PATIENCE};
+use muster_tests::{mqtt_connect, muster_bin, wait_for, PATIENCE};
 use serde_json::Value;
 
 /// `muster serve --dev` on free ports; killed if the test ends early.
@@ -20,6 +20,10 @@ struct DevNode {
     token: String,
     rest: String,
     grpc: String,
+    /// `mqtt://127.0.0.1:PORT` of the embedded broker.
+    mqtt: String,
+    /// The banner's lines after the first two.
+    banner: String,
     data: PathBuf,
     log: PathBuf,
 }
@@ -115,6 +119,8 @@ impl DevNode {
             token,
             rest,
             grpc,
+            mqtt,
+            banner: tries,
             data,
             log,
         }
@@ -162,6 +168,34 @@ async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+
+    // The embedded broker refuses anonymous clients and wrong logins; the login the banner
+    // prints for simulated devices works.
+    let (host, port) = node
+        .mqtt
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .unwrap();
+    let port: u16 = port.parse().unwrap();
+    let (user, password) = node
+        .banner
+        .lines()
+        .find_map(|l| l.split_once("log in as user "))
+        .and_then(|(_, rest)| rest.split_once(", password "))
+        .unwrap_or_else(|| panic!("no MQTT login in the banner:\n{}", node.banner));
+    let opts = |login: Option<(&str, &str)>| {
+        let mut o = rumqttc::MqttOptions::new("dev-mode-probe", host, port);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
+        o
+    };
+    assert!(
+        mqtt_connect(opts(None)).await.is_err(),
+        "anonymous client accepted"
+    );
+    assert!(mqtt_connect(opts(Some((user, "guess")))).await.is_err());
+    drop(mqtt_connect(opts(Some((user, password)))).await.unwrap());
 
     let (s, body) = curl_put(
         &node.token,

@@ -3,13 +3,10 @@
 //! SIGTERM marks every device offline before it exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-
+use muster_mqtt::Secret;
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
-use muster_tests::{data_dir, grpc_channel, wait_for, AuthChannel, Server, PATIENCE};
+use muster_tests::{data_dir, wait_for, Devsim, Server};
 use serde_json::{json, Value};
 
 const V: &str = "api-version=2022-07-31";
@@ -18,66 +15,9 @@ fn mqtt_url() -> String {
     std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
 }
 
-/// A `muster devsim` child; killed if the test ends early.
-struct Devsim {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: std::path::PathBuf,
-}
-
-impl Devsim {
-    fn start(dir: &std::path::Path, args: &[&str]) -> Devsim {
-        let stderr = dir.join("devsim.log");
-        let mut child = muster_tests::muster_cmd()
-            .unwrap()
-            .arg("devsim")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Devsim {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The first line on stdout.
-    fn first_line(&self) -> String {
-        self.lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("devsim printed nothing; log:\n{}", self.log()))
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        muster_tests::sigterm_and_wait(&mut self.child, "devsim").unwrap()
-    }
-}
-
-impl Drop for Devsim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn devices_in(devices: &mut DeviceServiceClient<AuthChannel>) -> Vec<pb::Device> {
+async fn devices_in(
+    devices: &mut DeviceServiceClient<muster_tests::AuthChannel>,
+) -> Vec<pb::Device> {
     devices
         .list_devices(pb::ListDevicesRequest {
             page_size: 1000,
@@ -116,7 +56,7 @@ async fn devsim_registers_serves_a_job_and_goes_offline_on_sigterm() {
     assert_eq!(ready, format!("devsim ready: 40 devices on {url}"));
 
     // Registered with the model id and tags, and connected.
-    let ch = grpc_channel(&server.grpc).await.unwrap();
+    let ch = muster_tests::grpc_channel(&server.grpc).await.unwrap();
     let mut devices = DeviceServiceClient::new(ch);
     let registered = devices_in(&mut devices).await;
     assert_eq!(registered.len(), 40);
@@ -246,11 +186,41 @@ fn devsim_refuses_bad_flags_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devsim_and_the_node_spread_devices_over_two_brokers_alike() {
     // A second broker: rumqttd in this test process, next to Mosquitto.
-    let embedded = muster_devsim::broker::start_embedded("127.0.0.1:0".parse().unwrap()).unwrap();
+    // It takes logins only (the shared Mosquitto accepts any): the node and the fleet each get
+    // one.
+    let logins = [
+        (
+            "muster-dispatcher".to_string(),
+            Secret::new("dispatcher-pw"),
+        ),
+        ("fleet".to_string(), Secret::new("fleet-pw")),
+    ];
+    let embedded =
+        muster_devsim::broker::start_embedded("127.0.0.1:0".parse().unwrap(), &logins).unwrap();
     let (first, second) = (mqtt_url(), embedded.url());
     let dir = data_dir().unwrap();
-    let server =
-        Server::start_with(dir.path(), &["--mqtt-url", &first, "--mqtt-url", &second]).unwrap();
+    let dispatcher_pw = dir.path().join("dispatcher.pw");
+    std::fs::write(&dispatcher_pw, "dispatcher-pw\n").unwrap();
+    let fleet_pw = dir.path().join("fleet.pw");
+    std::fs::write(&fleet_pw, "fleet-pw").unwrap();
+    let (dispatcher_pw, fleet_pw) = (
+        dispatcher_pw.to_string_lossy().into_owned(),
+        fleet_pw.to_string_lossy().into_owned(),
+    );
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            "--mqtt-url",
+            &first,
+            "--mqtt-url",
+            &second,
+            "--mqtt-username",
+            "muster-dispatcher",
+            "--mqtt-password-file",
+            &dispatcher_pw,
+        ],
+    )
+    .unwrap();
     server.wait_ready().await.unwrap();
     let prefix = format!("dc2-{}", std::process::id());
     let mut devsim = Devsim::start(
@@ -266,6 +236,10 @@ async fn devsim_and_the_node_spread_devices_over_two_brokers_alike() {
             &prefix,
             "--register",
             &server.grpc,
+            "--username",
+            "fleet",
+            "--password-file",
+            &fleet_pw,
         ],
     );
     assert_eq!(

@@ -9,8 +9,11 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
-use muster_devsim::{Fleet, FleetConfig};
+use muster_devsim::{Fleet, FleetConfig, FleetLogin};
+use muster_mqtt::{Secret, TlsFiles};
 use muster_proto::pb;
 use serde_json::json;
 
@@ -21,8 +24,9 @@ const REGISTER_CHUNK: usize = 5_000;
 
 #[derive(Debug, clap::Args)]
 pub struct DevsimArgs {
-    /// MQTT broker URL (`mqtt://HOST:PORT`); repeat to spread the devices over several brokers
-    /// by the same rule as `muster serve --mqtt-url` (give them in the same order).
+    /// MQTT broker URL (`mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS); repeat to spread
+    /// the devices over several brokers by the same rule as `muster serve --mqtt-url` (give them
+    /// in the same order).
     #[arg(long = "broker", value_name = "URL", required = true)]
     brokers: Vec<String>,
     /// Number of simulated devices.
@@ -64,6 +68,27 @@ pub struct DevsimArgs {
     /// Seed of the failure and offline/silent choices (the same seed fails the same devices).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// For mqtts:// brokers: the CA certificate(s) (PEM) to trust (default: the system's).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// For mqtts:// brokers that require one: a client certificate (PEM), used by every
+    /// connection.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Each device logs in as itself: user name = device id, password =
+    /// base64(HMAC-SHA256(secret, device id)) with the fleet secret in this file (what `muster
+    /// device credentials --secret-file` provisions). One connection per device.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["username", "connections"])]
+    credentials_secret_file: Option<PathBuf>,
+    /// One login for every connection (a broker without per-device logins).
+    #[arg(long, value_name = "NAME")]
+    username: Option<String>,
+    /// A file holding the password of --username.
+    #[arg(long, value_name = "FILE", requires = "username")]
+    password_file: Option<PathBuf>,
     /// Register (upsert) the devices with this node first: its gRPC address, as `--endpoint`
     /// takes it (e.g. http://127.0.0.1:9090).
     #[arg(long, value_name = "ENDPOINT")]
@@ -91,6 +116,23 @@ impl DevsimArgs {
         if self.devices == 0 {
             anyhow::bail!("--devices must be at least 1");
         }
+        let login = match (&self.credentials_secret_file, &self.username) {
+            (Some(f), _) => FleetLogin::PerDevice {
+                // Checked here (length too) so a bad file is reported before connecting.
+                secret: {
+                    muster_mqtt::credentials::FleetSecret::from_file(f)?;
+                    muster_mqtt::read_secret_file(f)?
+                },
+            },
+            (None, Some(u)) => FleetLogin::Shared {
+                username: u.clone(),
+                password: match &self.password_file {
+                    Some(f) => muster_mqtt::read_secret_file(f)?,
+                    None => Secret::new(""),
+                },
+            },
+            (None, None) => FleetLogin::Anonymous,
+        };
         Ok(FleetConfig {
             brokers: self.brokers.clone(),
             devices: self.devices,
@@ -106,6 +148,12 @@ impl DevsimArgs {
             failing: self.failing.clone(),
             connections: self.connections,
             seed: self.seed,
+            tls: TlsFiles {
+                ca_file: self.ca.clone(),
+                client_cert_file: self.client_cert.clone(),
+                client_key_file: self.client_key.clone(),
+            },
+            login,
             ..FleetConfig::default()
         })
     }

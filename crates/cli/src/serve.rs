@@ -90,10 +90,31 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
-    /// MQTT broker URL (`mqtt://HOST:PORT`); repeat to spread devices over several brokers.
+    /// MQTT broker URL (`mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS); repeat to spread
+    /// devices over several brokers.
     #[arg(long = "mqtt-url", value_name = "URL")]
     #[serde(skip)]
     mqtt_urls: Vec<String>,
+    /// For mqtts:// brokers: the CA certificate(s) (PEM) to trust (default: the system's).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    mqtt_ca: Option<PathBuf>,
+    /// For mqtts:// brokers that require one: the dispatcher's client certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_key")]
+    #[serde(skip)]
+    mqtt_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_cert")]
+    #[serde(skip)]
+    mqtt_client_key: Option<PathBuf>,
+    /// The dispatcher's broker user name (`muster device credentials --dispatcher-user`).
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip)]
+    mqtt_username: Option<String>,
+    /// A file holding the dispatcher's broker password.
+    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
+    #[serde(skip)]
+    mqtt_password_file: Option<PathBuf>,
     /// Dev mode: data in a temporary directory (unless --data-dir), an embedded MQTT broker, and
     /// a registered simulated fleet.
     #[arg(long)]
@@ -159,6 +180,23 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     cfg.check().context("invalid configuration")?;
     if !args.mqtt_urls.is_empty() {
         cfg.dispatch.brokers = args.mqtt_urls.clone();
+    }
+    let d = &mut cfg.dispatch;
+    for (flag, setting) in [
+        (&args.mqtt_ca, &mut d.ca_file),
+        (&args.mqtt_client_cert, &mut d.client_cert_file),
+        (&args.mqtt_client_key, &mut d.client_key_file),
+    ] {
+        if flag.is_some() {
+            setting.clone_from(flag);
+        }
+    }
+    if args.mqtt_username.is_some() {
+        d.username.clone_from(&args.mqtt_username);
+    }
+    if args.mqtt_password_file.is_some() {
+        d.password = None;
+        d.password_file.clone_from(&args.mqtt_password_file);
     }
     if args.dev {
         let mut dev = cfg.dev.take().unwrap_or_default();
@@ -252,15 +290,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Dev mode keeps its data in a temporary directory, removed when the node stops.
     let mut _temp = None;
     let mut mqtt = None;
-    if let Some(dev) = &cfg.dev {
+    if let Some(dev) = cfg.dev.as_mut() {
         if cfg.data_dir.is_none() {
             let t = tempfile::Builder::new().prefix("muster-dev-").tempdir()?;
             cfg.data_dir = Some(t.path().to_path_buf());
             _temp = Some(t);
         }
-        let broker = muster_node::dev::start_broker(dev)?;
-        cfg.dispatch.brokers = vec![broker.url()];
-        mqtt = Some(broker.url());
+        // The embedded broker refuses anonymous clients: the dispatcher and the simulated
+        // fleet get logins made up for this run.
+        let dev_broker = muster_node::dev::start_broker(dev)?;
+        let url = dev_broker.broker.url();
+        let d = &mut cfg.dispatch;
+        d.brokers = vec![url.clone()];
+        d.ca_file = None;
+        d.client_cert_file = None;
+        d.client_key_file = None;
+        d.username = Some(dev_broker.dispatcher.0.clone());
+        d.password = Some(dev_broker.dispatcher.1.clone());
+        d.password_file = None;
+        dev.fleet_login = muster_devsim::FleetLogin::Shared {
+            username: dev_broker.fleet.0.clone(),
+            password: dev_broker.fleet.1.clone(),
+        };
+        mqtt = Some(url);
+    }
+    if !cfg.dispatch.brokers.is_empty() {
+        cfg.dispatch.check().context("invalid MQTT settings")?;
     }
     if cfg.data_dir.is_none() {
         anyhow::bail!("--data-dir is required (or use --dev to try muster with a temporary one)");
@@ -327,6 +382,14 @@ fn print_dev_banner(
         "dev mode: {n} simulated devices (sim-000001 ... sim-{n:06}), data in {dir}",
         n = dev.devices
     );
+    if let (Some(url), muster_devsim::FleetLogin::Shared { username, password }) =
+        (cfg.dispatch.brokers.first(), &dev.fleet_login)
+    {
+        println!(
+            "the embedded MQTT broker at {url} refuses anonymous clients; simulated devices log in as user {username}, password {}",
+            password.expose()
+        );
+    }
     let auth = match token {
         Some(t) => {
             println!(

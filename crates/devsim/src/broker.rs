@@ -1,6 +1,13 @@
 //! An embedded MQTT broker (rumqttd) for `muster serve --dev`, so a first run needs nothing
 //! installed.
 //!
+//! It refuses anonymous clients: every connection must log in with one of the user names and
+//! passwords it was started with (rumqttd's static logins, compared in constant time). rumqttd
+//! 0.20 has no per-topic ACLs (only a tenant prefix tied to client certificates, which does not
+//! fit the device protocol's topics), so a client that has a login may still use any topic: the
+//! per-device isolation of a secured deployment needs Mosquitto with the ACL file `muster device
+//! credentials` writes (deploy/mosquitto/).
+//!
 //! rumqttd binds inside its own threads and does not report the bound address, so port 0 is
 //! resolved here first (bind, read the port, release it, hand it to rumqttd; a tiny race with
 //! another process taking the port in between is accepted for a dev convenience). The broker
@@ -12,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tracing::error;
+
+use muster_mqtt::Secret;
 
 use crate::DevsimError;
 
@@ -36,9 +45,21 @@ impl EmbeddedBroker {
 /// Largest publish the embedded broker accepts: a 128 KiB method payload plus topic and margin.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
-/// Starts rumqttd on `listen` (port 0 picks a free port) and returns once it accepts
-/// connections.
-pub fn start_embedded(listen: SocketAddr) -> Result<EmbeddedBroker, DevsimError> {
+/// Starts rumqttd on `listen` (port 0 picks a free port), accepting only clients that log in
+/// with one of `logins` (user name, password), and returns once it accepts connections.
+pub fn start_embedded(
+    listen: SocketAddr,
+    logins: &[(String, Secret)],
+) -> Result<EmbeddedBroker, DevsimError> {
+    if logins.is_empty() {
+        return Err(DevsimError::Broker(
+            "the embedded broker needs at least one login: it refuses anonymous clients".into(),
+        ));
+    }
+    let auth: HashMap<String, String> = logins
+        .iter()
+        .map(|(u, p)| (u.clone(), p.expose().to_string()))
+        .collect();
     let addr = if listen.port() == 0 {
         let l = TcpListener::bind(listen).map_err(|e| DevsimError::Broker(e.to_string()))?;
         let a = l
@@ -58,7 +79,7 @@ pub fn start_embedded(listen: SocketAddr) -> Result<EmbeddedBroker, DevsimError>
             connection_timeout_ms: 60_000,
             max_payload_size: MAX_PAYLOAD_BYTES,
             max_inflight_count: 1000,
-            auth: None,
+            auth: Some(auth),
             external_auth: None,
             dynamic_filters: true,
         },

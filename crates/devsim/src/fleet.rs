@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use muster_mqtt::credentials::FleetSecret;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -13,7 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::rng::{self, SplitMix};
-use crate::{broker_index, DevsimError, FleetConfig, DEVICES_PER_CONNECTION};
+use crate::{broker_index, DevsimError, FleetConfig, FleetLogin, DEVICES_PER_CONNECTION};
 
 /// Subscription filters per SUBSCRIBE packet (two per device).
 const FILTERS_PER_SUBSCRIBE: usize = 200;
@@ -45,6 +46,8 @@ struct Counters {
     ignored: AtomicU64,
     desired: AtomicU64,
     reported: AtomicU64,
+    /// Whether a refused connection was logged already.
+    refused_logged: std::sync::atomic::AtomicBool,
 }
 
 fn bump(c: &AtomicU64) {
@@ -101,11 +104,11 @@ impl Fleet {
     /// published their presence.
     pub async fn start(cfg: FleetConfig) -> Result<Fleet, DevsimError> {
         validate(&cfg)?;
-        let brokers: Vec<(String, u16)> = cfg
-            .brokers
-            .iter()
-            .map(|u| parse_broker_url(u))
-            .collect::<Result<_, _>>()?;
+        let brokers = muster_mqtt::endpoints(&cfg.brokers, &cfg.tls)?;
+        let per_device = match &cfg.login {
+            FleetLogin::PerDevice { secret } => Some(FleetSecret::new(secret.clone())?),
+            _ => None,
+        };
         let ids = cfg.device_ids();
         let n = ids.len();
         let share = |s: f64| ((n as f64) * s).round() as usize;
@@ -147,7 +150,9 @@ impl Fleet {
             if members.is_empty() {
                 continue;
             }
-            let k = if cfg.connections > 0 {
+            let k = if per_device.is_some() {
+                members.len()
+            } else if cfg.connections > 0 {
                 cfg.connections.min(members.len())
             } else {
                 members.len().div_ceil(DEVICES_PER_CONNECTION)
@@ -180,14 +185,23 @@ impl Fleet {
                     cfg.prefix,
                     std::process::id()
                 );
-                let (host, port) = brokers[b].clone();
+                let mut opts = brokers[b].options(client_id);
+                match (&cfg.login, &per_device) {
+                    (FleetLogin::Shared { username, password }, _) => {
+                        opts.set_credentials(username.clone(), password.expose());
+                    }
+                    (_, Some(secret)) => {
+                        // One device per connection here.
+                        let id = &devices[0].0;
+                        opts.set_credentials(id.clone(), secret.device_password(id).expose());
+                    }
+                    _ => {}
+                }
                 let (ctrl, ctrl_rx) = mpsc::unbounded_channel();
                 let (ready_tx, ready_rx) = oneshot::channel();
                 readies.push(ready_rx);
                 let task = tokio::spawn(run_connection(
-                    client_id,
-                    host,
-                    port,
+                    opts,
                     devices,
                     behaviour.clone(),
                     counters.clone(),
@@ -304,49 +318,20 @@ fn validate(cfg: &FleetConfig) -> Result<(), DevsimError> {
             )));
         }
     }
+    if matches!(cfg.login, FleetLogin::PerDevice { .. }) && cfg.connections > 0 {
+        return bad(
+            "with per-device logins every device has its own connection: leave connections at 0",
+        );
+    }
     if cfg.prefix.is_empty() || cfg.prefix.contains(['+', '#', '/', ' ']) {
         return bad("prefix must be non-empty and hold no '+', '#', '/' or space");
     }
     Ok(())
 }
 
-/// `mqtt://host:port` (or `tcp://`, or bare `host:port`; port 1883 by default).
-fn parse_broker_url(url: &str) -> Result<(String, u16), DevsimError> {
-    let bad = |why: &str| DevsimError::BrokerUrl {
-        url: url.to_string(),
-        reason: why.to_string(),
-    };
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some(_) => return Err(bad("unsupported scheme; use mqtt://host:port")),
-        None => url,
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.strip_prefix('[') {
-        Some(inner) => {
-            let (h, after) = inner.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            (h, after.strip_prefix(':'))
-        }
-        None => match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        },
-    };
-    if host.is_empty() || host.contains('/') {
-        return Err(bad("expected mqtt://host:port"));
-    }
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-        None => 1883,
-    };
-    Ok((host.to_string(), port))
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run_connection(
-    client_id: String,
-    host: String,
-    port: u16,
+    mut opts: MqttOptions,
     devices: Vec<(String, SimDevice)>,
     behaviour: Arc<Behaviour>,
     counters: Arc<Counters>,
@@ -355,7 +340,6 @@ async fn run_connection(
 ) {
     let order: Arc<Vec<String>> = Arc::new(devices.iter().map(|(id, _)| id.clone()).collect());
     let mut devices: HashMap<String, SimDevice> = devices.into_iter().collect();
-    let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
@@ -451,7 +435,14 @@ async fn run_connection(
                     if shutting_down.is_some() {
                         return;
                     }
-                    debug!(error = %e, "devsim connection failed; reconnecting");
+                    if matches!(e, rumqttc::ConnectionError::ConnectionRefused(_))
+                        && !counters.refused_logged.swap(true, Ordering::Relaxed)
+                    {
+                        // A wrong login: say so once per fleet, not at debug level.
+                        warn!(error = %e, "the broker refused a devsim connection (login?); retrying");
+                    } else {
+                        debug!(error = %e, "devsim connection failed; reconnecting");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -658,17 +649,6 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            parse_broker_url("mqtt://127.0.0.1:1883").unwrap(),
-            ("127.0.0.1".into(), 1883)
-        );
-        assert_eq!(parse_broker_url("h").unwrap(), ("h".into(), 1883));
-        assert!(parse_broker_url("ws://h:1").is_err());
-        assert!(parse_broker_url("mqtt://h:x").is_err());
-    }
 
     #[test]
     fn config_checks() {

@@ -21,7 +21,8 @@
 //!   [`Fleet::shutdown`], which then clears the retained messages (an empty retained
 //!   payload) so a broker does not keep gone fleets' presence forever. An MQTT will belongs to a connection, not a device: each connection's
 //!   will marks only its first device `offline`, so after a crash (no clean shutdown) the other
-//!   devices' retained `online` goes stale.
+//!   devices' retained `online` goes stale. With per-device logins ([`FleetLogin::PerDevice`])
+//!   each device has its own connection, and so its own will.
 //! - Offline devices ignore requests (they are not there to receive them); silent devices
 //!   receive and never answer (for timeout tests).
 
@@ -29,15 +30,32 @@ pub mod broker;
 mod fleet;
 mod rng;
 
+use muster_mqtt::{Secret, TlsFiles};
 use serde::{Deserialize, Serialize};
 
 pub use fleet::{Fleet, FleetStats};
+
+/// How the fleet logs in to its brokers.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FleetLogin {
+    /// Anonymously.
+    #[default]
+    Anonymous,
+    /// Every connection with one login (dev mode's embedded broker, or a broker without
+    /// per-device ACLs); devices share connections as without a login.
+    Shared { username: String, password: Secret },
+    /// Each device as itself: user name = device id, password =
+    /// `base64(HMAC-SHA256(secret, device id))` (`muster device credentials` provisions the same
+    /// for Mosquitto). One connection per device, since a broker checks topics per login.
+    PerDevice { secret: Secret },
+}
 
 /// The fleet's settings (`muster devsim` flags map onto these).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
-    /// Broker URLs (`mqtt://host:port`). With several, each device connects to the one muster's
+    /// Broker URLs (`mqtt://host:port` or `mqtts://host:port`). With several, each device connects to the one muster's
     /// dispatcher expects it on: FNV-1a of the id modulo the number of brokers.
     pub brokers: Vec<String>,
     pub devices: usize,
@@ -66,6 +84,9 @@ pub struct FleetConfig {
     pub client_id_prefix: String,
     /// How long [`Fleet::start`] waits for every connection to be subscribed.
     pub ready_timeout_ms: u64,
+    /// TLS files for `mqtts://` brokers.
+    pub tls: TlsFiles,
+    pub login: FleetLogin,
 }
 
 impl Default for FleetConfig {
@@ -87,6 +108,8 @@ impl Default for FleetConfig {
             seed: 1,
             client_id_prefix: "muster-devsim".to_string(),
             ready_timeout_ms: 30_000,
+            tls: TlsFiles::default(),
+            login: FleetLogin::Anonymous,
         }
     }
 }
@@ -121,9 +144,9 @@ pub fn broker_index(device: &str, n: usize) -> usize {
 pub enum DevsimError {
     #[error("invalid fleet configuration: {0}")]
     Config(String),
-    #[error("broker URL {url:?}: {reason}")]
-    BrokerUrl { url: String, reason: String },
-    #[error("the fleet's connections were not ready within {0} ms (is the broker running?)")]
+    #[error(transparent)]
+    Mqtt(#[from] muster_mqtt::MqttError),
+    #[error("the fleet's connections were not ready within {0} ms (is the broker running? are the logins right?)")]
     NotReady(u64),
     #[error("no simulated device {0:?}")]
     UnknownDevice(String),

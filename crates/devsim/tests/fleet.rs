@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use muster_devsim::{broker, Fleet, FleetConfig};
+use muster_devsim::{broker, Fleet, FleetConfig, FleetLogin};
+use muster_mqtt::Secret;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -29,11 +30,15 @@ fn unique(tag: &str) -> String {
 async fn service(
     url: &str,
     ids: &[String],
+    login: Option<&(String, Secret)>,
 ) -> (AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
     let hostport = url.trim_start_matches("mqtt://");
     let (host, port) = hostport.rsplit_once(':').unwrap();
     let mut opts = MqttOptions::new(unique("svc"), host, port.parse().unwrap());
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some((u, p)) = login {
+        opts.set_credentials(u.clone(), p.expose());
+    }
     let (client, mut el) = AsyncClient::new(opts, 1000);
     let (tx, rx) = mpsc::unbounded_channel();
     let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
@@ -78,12 +83,12 @@ async fn wait_for(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-async fn exercise(url: String) {
+async fn exercise(url: String, login: Option<(String, Secret)>) {
     let prefix = unique("ds");
     let ids: Vec<String> = (1..=6)
         .map(|n| muster_devsim::device_id(&prefix, n))
         .collect();
-    let (svc, mut rx) = service(&url, &ids).await;
+    let (svc, mut rx) = service(&url, &ids, login.as_ref()).await;
     let cfg = FleetConfig {
         brokers: vec![url.clone()],
         devices: 6,
@@ -92,6 +97,13 @@ async fn exercise(url: String) {
         silent: vec![ids[4].clone()],
         failing: vec![ids[1].clone()],
         latency_ms: 5,
+        login: match &login {
+            Some((username, password)) => FleetLogin::Shared {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            None => FleetLogin::Anonymous,
+        },
         ..FleetConfig::default()
     };
     let fleet = Fleet::start(cfg).await.unwrap();
@@ -205,7 +217,7 @@ async fn exercise(url: String) {
     // returns once the broker closed the connection, so it has read the clearing messages.)
     // Retained messages arrive right after the subscription, before a message published after
     // it.
-    let (late, mut late_rx) = service(&url, &ids).await;
+    let (late, mut late_rx) = service(&url, &ids, login.as_ref()).await;
     let marker = format!("devices/{}/marker", ids[0]);
     late.publish(marker.clone(), QoS::AtLeastOnce, false, "m")
         .await
@@ -227,12 +239,50 @@ async fn exercise(url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_speaks_the_protocol_on_mosquitto() {
-    exercise(broker_url()).await;
+    exercise(broker_url(), None).await;
+}
+
+fn login() -> (String, Secret) {
+    ("fleet".to_string(), Secret::new("fleet-password"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_speaks_the_protocol_on_the_embedded_broker() {
-    let b = broker::start_embedded(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let b = broker::start_embedded(SocketAddr::from(([127, 0, 0, 1], 0)), &[login()]).unwrap();
     assert_ne!(b.addr().port(), 0);
-    exercise(b.url()).await;
+    exercise(b.url(), Some(login())).await;
+}
+
+/// Whether the broker at `url` accepts a connection with `login` (a CONNACK with success).
+async fn accepted(url: &str, login: Option<(&str, &str)>) -> bool {
+    let hostport = url.trim_start_matches("mqtt://");
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let mut opts = MqttOptions::new(unique("probe"), host, port.parse().unwrap());
+    if let Some((u, p)) = login {
+        opts.set_credentials(u, p);
+    }
+    let (_client, mut el) = AsyncClient::new(opts, 10);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return ack.code == rumqttc::ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    outcome == Ok(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_refuses_anonymous_clients_and_wrong_logins() {
+    assert!(broker::start_embedded(SocketAddr::from(([127, 0, 0, 1], 0)), &[]).is_err());
+    let b = broker::start_embedded(SocketAddr::from(([127, 0, 0, 1], 0)), &[login()]).unwrap();
+    assert!(!accepted(&b.url(), None).await, "anonymous client accepted");
+    assert!(!accepted(&b.url(), Some(("fleet", "guess"))).await);
+    assert!(!accepted(&b.url(), Some(("nobody", "fleet-password"))).await);
+    assert!(accepted(&b.url(), Some(("fleet", "fleet-password"))).await);
 }

@@ -79,9 +79,11 @@ impl Dispatcher {
         // Subscribe before reading the baseline, so no update falls in between.
         let mut updates = host.updates();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut links = Vec::with_capacity(config.brokers.len());
-        for (i, url) in config.brokers.iter().enumerate() {
-            match Link::start(i, url, &config, tx.clone()) {
+        let endpoints = config.endpoints()?;
+        let login = config.login()?;
+        let mut links = Vec::with_capacity(endpoints.len());
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            match Link::start(i, endpoint, login.as_ref(), &config, tx.clone()) {
                 Ok(l) => links.push(l),
                 Err(e) => {
                     for l in links {

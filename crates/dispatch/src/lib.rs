@@ -46,8 +46,8 @@ pub use host::{desired_patches, DesiredPatch, Host, HostError, Update};
 /// Why the dispatcher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("broker URL {url:?}: {reason}")]
-    BrokerUrl { url: String, reason: String },
+    #[error(transparent)]
+    Mqtt(#[from] muster_mqtt::MqttError),
     #[error("no MQTT broker configured: set dispatch.brokers")]
     NoBrokers,
 }

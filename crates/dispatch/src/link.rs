@@ -6,7 +6,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
+use muster_mqtt::{Endpoint, Secret};
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -34,12 +35,16 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn start(
         index: usize,
-        url: &str,
+        endpoint: &Endpoint,
+        login: Option<&(String, Secret)>,
         cfg: &DispatchConfig,
         tx: UnboundedSender<LinkEvent>,
     ) -> Result<Link, DispatchError> {
-        let (host, port) = protocol::parse_broker_url(url)?;
-        let mut opts = MqttOptions::new(client_id(&cfg.client_id_prefix, index), host, port);
+        let url = endpoint.url.as_str();
+        let mut opts = endpoint.options(client_id(&cfg.client_id_prefix, index));
+        if let Some((user, password)) = login {
+            opts.set_credentials(user.clone(), password.expose());
+        }
         opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
             // A clean session: state (what is in flight) is rebuilt from the replicated state
             // on reconnect, not from the broker's memory of an old session.

@@ -11,8 +11,6 @@
 
 use serde_json::Value;
 
-use crate::DispatchError;
-
 /// What the dispatcher subscribes to (on every broker): replies, presence and reported properties
 /// of every device. Wildcards keep it to three subscriptions whatever the fleet size.
 pub const REPLY_FILTER: &str = "devices/+/methods/res/#";
@@ -140,53 +138,6 @@ pub fn body_json(payload: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
-/// A broker address from `mqtt://host:port` (also `tcp://`, or a bare `host:port`); the port
-/// defaults to 1883. TLS schemes are refused: the MQTT client is built without a TLS stack.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), DispatchError> {
-    let bad = |why: &str| DispatchError::BrokerUrl {
-        url: url.to_string(),
-        reason: why.to_string(),
-    };
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some((scheme, _)) => {
-            return Err(bad(&format!(
-                "unsupported scheme {scheme:?}; use mqtt://host:port"
-            )))
-        }
-        None => url,
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        return Err(bad("expected mqtt://host:port"));
-    }
-    // `[::1]:1883` and `host:1883`; a bare IPv6 address needs brackets.
-    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-        let (h, after) = inner.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(bad("expected ':' after ']'")),
-        };
-        (h.to_string(), port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad("missing host"));
-    }
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .map_err(|_| bad(&format!("bad port {p:?}")))?,
-        None => 1883,
-    };
-    Ok((host, port))
-}
-
 /// Which of `n` brokers serves a device: FNV-1a (64-bit) of the device id's bytes, modulo `n`.
 ///
 /// The rule is deliberately simple and fixed, so every leader, and a simulated fleet spread over
@@ -303,26 +254,6 @@ mod tests {
         assert!(!topic_safe("job#:0:1"));
         assert!(!topic_safe("a/b"));
         assert!(!topic_safe(""));
-    }
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            parse_broker_url("mqtt://127.0.0.1:1883").unwrap(),
-            ("127.0.0.1".into(), 1883)
-        );
-        assert_eq!(
-            parse_broker_url("tcp://broker/").unwrap(),
-            ("broker".into(), 1883)
-        );
-        assert_eq!(
-            parse_broker_url("[::1]:2883").unwrap(),
-            ("::1".into(), 2883)
-        );
-        assert!(parse_broker_url("mqtts://x:8883").is_err());
-        assert!(parse_broker_url("mqtt://x:port").is_err());
-        assert!(parse_broker_url("mqtt://:1883").is_err());
-        assert!(parse_broker_url("mqtt://x:1/y").is_err());
     }
 
     #[test]

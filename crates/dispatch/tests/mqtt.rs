@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{BoxStream, StreamExt};
-use muster_devsim::{Fleet, FleetConfig};
+use muster_devsim::{Fleet, FleetConfig, FleetLogin};
 use muster_dispatch::{desired_patches, now, DispatchConfig, Dispatcher, Host, HostError, Update};
 use muster_domain::{
     BatchSize, CancelReason, CancellationThreshold, Command, ConnectionState, DeviceRegistration,
     DeviceStatus, JobSpec, JobStatus, MethodCall, Operation, RetryPolicy, Rollout, Schedule, State,
     Target, TargetSelector, Threshold,
 };
+use muster_mqtt::Secret;
 use muster_types::{DeviceId, JobId};
 use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
@@ -124,11 +125,17 @@ impl Running {
 }
 
 fn start_dispatcher(host: &TestHost, brokers: Vec<String>) -> Running {
-    let cfg = DispatchConfig {
-        brokers,
-        client_id_prefix: unique("disp"),
-        ..DispatchConfig::default()
-    };
+    start_dispatcher_with(
+        host,
+        DispatchConfig {
+            brokers,
+            client_id_prefix: unique("disp"),
+            ..DispatchConfig::default()
+        },
+    )
+}
+
+fn start_dispatcher_with(host: &TestHost, cfg: DispatchConfig) -> Running {
     let (stop, rx) = oneshot::channel::<()>();
     let h = host.clone();
     let task = tokio::spawn(async move {
@@ -551,14 +558,23 @@ async fn desired_patches_are_pushed_and_reported_back() {
 /// Devices spread over two brokers (Mosquitto and an embedded rumqttd) by the shared rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_are_spread_over_several_brokers() {
-    let embedded =
-        muster_devsim::broker::start_embedded(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    // The embedded broker takes logins only; the shared Mosquitto accepts any.
+    let (user, password) = ("tester".to_string(), Secret::new("tester-password"));
+    let embedded = muster_devsim::broker::start_embedded(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &[(user.clone(), password.clone())],
+    )
+    .unwrap();
     let brokers = vec![broker_url(), embedded.url()];
     let host = TestHost::new();
     let fleet = Fleet::start(FleetConfig {
         brokers: brokers.clone(),
         devices: 20,
         prefix: unique("multi"),
+        login: FleetLogin::Shared {
+            username: user.clone(),
+            password: password.clone(),
+        },
         ..FleetConfig::default()
     })
     .await
@@ -570,7 +586,16 @@ async fn devices_are_spread_over_several_brokers() {
         .count();
     assert!(on_second > 0 && on_second < 20);
     register(&host, &ids, fleet.model_id());
-    let d = start_dispatcher(&host, brokers);
+    let d = start_dispatcher_with(
+        &host,
+        DispatchConfig {
+            brokers,
+            client_id_prefix: unique("disp"),
+            username: Some(user),
+            password: Some(password),
+            ..DispatchConfig::default()
+        },
+    );
     all_connected(&host, &ids).await;
     let mut spec = method_job(&ids, 30);
     spec.cancellation = None;

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 
 use muster_cluster::{now, Cluster};
 use muster_devsim::broker::{start_embedded, EmbeddedBroker};
-use muster_devsim::{Fleet, FleetConfig};
+use muster_devsim::{Fleet, FleetConfig, FleetLogin};
 use muster_domain::{Command, DeviceRegistration};
+use muster_mqtt::credentials::random_password;
+use muster_mqtt::Secret;
 use muster_types::DeviceId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,6 +27,9 @@ pub struct DevConfig {
     pub latency_ms: u64,
     /// Where the embedded broker listens (port 0 picks one).
     pub mqtt_addr: String,
+    /// How the simulated fleet logs in to the embedded broker (set by [`start_broker`]).
+    #[serde(skip)]
+    pub fleet_login: FleetLogin,
 }
 
 impl Default for DevConfig {
@@ -34,17 +39,43 @@ impl Default for DevConfig {
             fail_rate: 0.0,
             latency_ms: 20,
             mqtt_addr: "127.0.0.1:1884".into(),
+            fleet_login: FleetLogin::Anonymous,
         }
     }
 }
 
-/// Starts the embedded broker; the caller points the dispatcher at its URL.
-pub fn start_broker(cfg: &DevConfig) -> Result<EmbeddedBroker, NodeError> {
+/// The dispatcher's user name on the embedded broker.
+pub const DEV_DISPATCHER_USER: &str = muster_mqtt::credentials::DEFAULT_DISPATCHER_USER;
+/// The simulated fleet's user name on the embedded broker.
+pub const DEV_FLEET_USER: &str = "muster-devsim";
+
+/// The embedded broker of dev mode and the logins it accepts (fresh random passwords each
+/// start): one for the dispatcher, one shared by the simulated fleet.
+#[derive(Debug, Clone)]
+pub struct DevBroker {
+    pub broker: EmbeddedBroker,
+    pub dispatcher: (String, Secret),
+    pub fleet: (String, Secret),
+}
+
+/// Starts the embedded broker, which refuses anonymous clients; the caller points the
+/// dispatcher at its URL with [`DevBroker::dispatcher`]'s login and hands the fleet's login to
+/// [`DevConfig::fleet_login`].
+pub fn start_broker(cfg: &DevConfig) -> Result<DevBroker, NodeError> {
     let addr: SocketAddr = cfg
         .mqtt_addr
         .parse()
         .map_err(|e| NodeError::Config(format!("dev.mqtt_addr {:?}: {e}", cfg.mqtt_addr)))?;
-    start_embedded(addr).map_err(|e| NodeError::Io(e.to_string()))
+    let random = || random_password().map_err(|e| NodeError::Io(e.to_string()));
+    let dispatcher = (DEV_DISPATCHER_USER.to_string(), random()?);
+    let fleet = (DEV_FLEET_USER.to_string(), random()?);
+    let broker = start_embedded(addr, &[dispatcher.clone(), fleet.clone()])
+        .map_err(|e| NodeError::Io(e.to_string()))?;
+    Ok(DevBroker {
+        broker,
+        dispatcher,
+        fleet,
+    })
 }
 
 /// Registers the simulated devices (idempotently: a restarted dev node upserts them) and
@@ -59,6 +90,7 @@ pub(crate) async fn start_fleet(
         devices: cfg.devices,
         fail_rate: cfg.fail_rate,
         latency_ms: cfg.latency_ms,
+        login: cfg.fleet_login.clone(),
         ..FleetConfig::default()
     };
     let ids = fleet_cfg.device_ids();

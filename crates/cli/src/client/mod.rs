@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
+use muster_mqtt::credentials::{self, FleetSecret};
 use muster_proto::pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -172,6 +173,28 @@ pub enum DeviceCmd {
         limit: Option<usize>,
         #[arg(long, default_value_t = 500)]
         page_size: u32,
+    },
+    /// Write a Mosquitto password file and ACL file for every registered, enabled device, so
+    /// each device can log in (user name = device id, password = base64(HMAC-SHA256(fleet
+    /// secret, device id))) and use only its own topics; the dispatcher gets its own user. Run
+    /// it again after registering devices, then reload Mosquitto (SIGHUP).
+    Credentials {
+        /// The fleet secret the device passwords are derived from (at least 16 characters;
+        /// `muster devsim --credentials-secret-file` takes the same file).
+        #[arg(long, value_name = "FILE")]
+        secret_file: std::path::PathBuf,
+        /// Where to write the password file (Mosquitto's `password_file`), mode 0600.
+        #[arg(long, value_name = "FILE")]
+        passwd_out: std::path::PathBuf,
+        /// Where to write the ACL file (Mosquitto's `acl_file`).
+        #[arg(long, value_name = "FILE")]
+        acl_out: std::path::PathBuf,
+        /// The dispatcher's user name (`muster serve --mqtt-username`).
+        #[arg(long, value_name = "NAME", default_value = muster_mqtt::credentials::DEFAULT_DISPATCHER_USER)]
+        dispatcher_user: String,
+        /// A file holding the dispatcher's password (`muster serve --mqtt-password-file`).
+        #[arg(long, value_name = "FILE")]
+        dispatcher_password_file: std::path::PathBuf,
     },
     /// Merge-patch a device twin's tags and/or desired properties.
     UpdateTwin {
@@ -711,6 +734,68 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 .into_inner();
             print_device(opts, &d);
         }
+        DeviceCmd::Credentials {
+            secret_file,
+            passwd_out,
+            acl_out,
+            dispatcher_user,
+            dispatcher_password_file,
+        } => {
+            let secret = FleetSecret::from_file(&secret_file)?;
+            let dispatcher_password = muster_mqtt::read_secret_file(&dispatcher_password_file)?;
+            let devices = collect_pages(None, 1000, async |page_size, page_token| {
+                let page = client
+                    .list_devices(pb::ListDevicesRequest {
+                        page_size,
+                        page_token,
+                        stale_ok: false,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                Ok((page.devices, page.next_page_token))
+            })
+            .await?;
+            let (enabled, disabled): (Vec<_>, Vec<_>) =
+                devices.into_iter().partition(|d| d.enabled);
+            let ids: Vec<String> = enabled.into_iter().map(|d| d.device_id).collect();
+            let (passwd, left_out) = credentials::password_file(
+                &secret,
+                &ids,
+                Some((&dispatcher_user, &dispatcher_password)),
+            )?;
+            let acl = credentials::acl_file(&dispatcher_user)?;
+            if !left_out.is_empty() {
+                eprintln!(
+                    "warning: {} devices left out, their ids cannot be Mosquitto user names (they hold ':'): {}",
+                    left_out.len(),
+                    left_out.join(", ")
+                );
+            }
+            let provisioned = ids.len() - left_out.len();
+            write_private(&passwd_out, &passwd)?;
+            write_private(&acl_out, &acl)?;
+            match opts.output {
+                Output::Json => print_json(&json!({
+                    "devices": provisioned,
+                    "disabledSkipped": disabled.len(),
+                    "leftOut": left_out,
+                    "dispatcherUser": dispatcher_user,
+                    "passwordFile": passwd_out.display().to_string(),
+                    "aclFile": acl_out.display().to_string(),
+                })),
+                Output::Text | Output::Csv => println!(
+                    "wrote logins for {provisioned} devices and the dispatcher ({dispatcher_user}) to {}, and the ACL to {}{}; reload Mosquitto (SIGHUP) to use them",
+                    passwd_out.display(),
+                    acl_out.display(),
+                    if disabled.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} disabled devices left out)", disabled.len())
+                    }
+                ),
+            }
+        }
         DeviceCmd::List { limit, page_size } => {
             let devices = collect_pages(limit, page_size, async |page_size, page_token| {
                 let page = client
@@ -881,6 +966,24 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Writes `text` to `path` readable by its owner only (it holds password hashes), through a
+/// temporary file renamed into place, so a broker reloading it never reads half a file.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    // NamedTempFile is created with mode 0600 on Unix.
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
