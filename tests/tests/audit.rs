@@ -328,9 +328,9 @@ async fn a_forwarded_write_keeps_its_principal() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     // Stopped over gRPC on the follower.
-    let mut jobs = pb::job_service_client::JobServiceClient::connect(follower.grpc.clone())
-        .await
-        .unwrap();
+    let mut jobs = pb::job_service_client::JobServiceClient::new(
+        muster_tests::grpc_channel(&follower.grpc).await.unwrap(),
+    );
     jobs.stop_job(pb::StopJobRequest { job_id: job.into() })
         .await
         .unwrap();

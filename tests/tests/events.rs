@@ -58,7 +58,10 @@ fn later(id: &str) -> pb::CreateJobRequest {
 /// retry after an answer that was lost may find the job there already, which is success too.
 async fn create_job(endpoint: &str, id: &str) {
     wait_for(&format!("job {id} to be created"), || async move {
-        let Ok(mut jobs) = JobServiceClient::connect(endpoint.to_string()).await else {
+        let Ok(mut jobs) = muster_tests::grpc_channel(&endpoint.to_string())
+            .await
+            .map(JobServiceClient::new)
+        else {
             return false;
         };
         match jobs.create_job(later(id)).await {
@@ -122,8 +125,9 @@ async fn subscribe(
     from_seq: u64,
     filter: Option<pb::EventFilter>,
 ) -> Result<tonic::Streaming<pb::StreamedEvent>, tonic::Status> {
-    let mut client = EventServiceClient::connect(server_grpc.to_string())
+    let mut client = muster_tests::grpc_channel(&server_grpc.to_string())
         .await
+        .map(EventServiceClient::new)
         .unwrap();
     client
         .subscribe(pb::SubscribeRequest { from_seq, filter })

@@ -136,9 +136,11 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("replaying {}", file.display()))?;
                     match r.chain_head {
                         Some(h) => eprintln!(
-                            "export: {} hashes checked, chain head {} (compare with `muster \
+                            "export: {} hashes checked, {} credential events taken as written \
+                             (their secrets are redacted), chain head {} (compare with `muster \
                              audit verify` on the node)",
                             r.hashes_checked,
+                            r.redacted,
                             muster_store::chain::to_hex(&h)
                         ),
                         None => eprintln!("export: rows without hashes, the chain was not checked"),

@@ -191,6 +191,15 @@ impl Event {
         }
     }
 
+    /// Whether the event holds a secret (a policy's keys, a token's hash), which its JSON shows
+    /// as `<redacted>`: an export of it cannot be re-encoded to check its link in the chain.
+    pub fn has_secrets(&self) -> bool {
+        matches!(
+            self,
+            Event::PolicySaved { .. } | Event::ApiTokenCreated { .. }
+        )
+    }
+
     /// When it happened (the leader's stamp on the command that produced it).
     pub fn at(&self) -> Timestamp {
         match self {

@@ -41,6 +41,20 @@ pub fn chain_hash(prev: &Hash, seq: u64, principal: &str, event: &[u8]) -> Hash 
     *hasher.finalize().as_bytes()
 }
 
+/// A hash from its lower-case or upper-case hex; `None` unless exactly 64 hex digits.
+pub fn from_hex(text: &str) -> Option<Hash> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Lower-case hex of a hash, for messages and exports.
 pub fn to_hex(hash: &[u8]) -> String {
     use std::fmt::Write;

@@ -160,3 +160,8 @@ pub(crate) async fn json_errors(resp: Response) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
 }
+
+pub(crate) const TOKEN: Codes = Codes {
+    not_found: "NotFound",
+    exists: "Conflict",
+};

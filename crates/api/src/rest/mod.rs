@@ -20,6 +20,7 @@ mod errors;
 mod extract;
 mod guard;
 mod hub;
+mod tokens;
 
 pub use guard::RouteAccess;
 
@@ -50,6 +51,7 @@ fn routes() -> guard::Routes {
         .get("/readyz", Access::Open, readyz)
         .merge(central::routes())
         .merge(hub::routes())
+        .merge(tokens::routes())
 }
 
 /// The permission table of the REST gateway: each method of each route and what it needs.
@@ -60,7 +62,10 @@ pub fn route_table() -> Vec<RouteAccess> {
 /// The REST routes of a node, ready to be served on the REST address. `gate` checks every
 /// caller against the route's permission before its handler runs.
 pub fn router(cluster: Cluster, gate: Gate) -> Router {
-    let app = App { cluster };
+    let app = App {
+        cluster,
+        host: gate.host().to_string(),
+    };
     let (routes, _) = routes().into_parts();
     routes
         .fallback(unknown_route)
@@ -80,6 +85,8 @@ pub fn router(cluster: Cluster, gate: Gate) -> Router {
 #[derive(Clone, Debug)]
 struct App {
     cluster: Cluster,
+    /// The host name tokens are made for (`HostName=` / `sr=`).
+    host: String,
 }
 
 impl App {
