@@ -1,5 +1,6 @@
-//! Helpers shared by the benchmarks: fleets, specs and percentiles; [`procs`]: the node and
-//! broker processes of the end-to-end harnesses.
+//! Helpers shared by the benchmarks: fleets, specs and percentiles; [`auth`]: the credential
+//! every bench node is started with; [`procs`]: the node and broker processes of the end-to-end
+//! harnesses.
 
 pub mod procs;
 
@@ -132,4 +133,95 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Authentication (issue 13) as the benches use it, the same approach as `tests/lib.rs`: every
+/// node a bench starts gets `--hostname` [`HOST`] and `--admin-key-file` holding [`ADMIN_KEY`], so
+/// the harness holds the administrator's credential without reading it from a data directory,
+/// and sends [`admin_token`] on every REST request ([`http`]) and gRPC call ([`with_credential`]).
+pub mod auth {
+    use std::path::Path;
+
+    /// The host name SAS tokens are signed for (`--hostname`, NodeConfig `hostname`).
+    pub const HOST: &str = "muster.bench";
+
+    /// The `iothubowner` primary key of every bench node's new cluster (base64 of 32 bytes).
+    pub const ADMIN_KEY: &str = "bXVzdGVyLWJlbmNoLWFkbWluLWtleS0wMTIzNDU2Nzg=";
+
+    /// Unix seconds `secs` from now.
+    pub fn expiry_in(secs: i64) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            + secs
+    }
+
+    /// A SAS token for `iothubowner` on [`HOST`] expiring at `expiry` (Unix seconds).
+    pub fn token_until(expiry: i64) -> String {
+        muster_domain::auth::sign(HOST, ADMIN_KEY, "iothubowner", expiry).unwrap_or_default()
+    }
+
+    /// The administrator's SAS token, valid a day.
+    pub fn admin_token() -> String {
+        token_until(expiry_in(86_400))
+    }
+
+    /// Writes [`ADMIN_KEY`] to `dir/admin.key` and returns the `muster serve` flags that use it.
+    pub fn serve_args(dir: &Path) -> std::io::Result<Vec<String>> {
+        let key = dir.join("admin.key");
+        std::fs::write(&key, ADMIN_KEY)?;
+        Ok(vec![
+            "--hostname".into(),
+            HOST.into(),
+            "--admin-key-file".into(),
+            key.display().to_string(),
+        ])
+    }
+
+    /// An HTTP client that sends `authorization` on every request (`None`: no credential).
+    pub fn http_with(authorization: Option<&str>) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = authorization.and_then(|a| reqwest::header::HeaderValue::from_str(a).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// An HTTP client that sends the administrator's token on every request.
+    pub fn http() -> reqwest::Client {
+        http_with(Some(&admin_token()))
+    }
+
+    /// Adds a credential (the `authorization` metadata) to every gRPC call.
+    #[derive(Debug, Clone)]
+    pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+    impl tonic::service::Interceptor for Bearer {
+        fn call(
+            &mut self,
+            mut req: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(v) = &self.0 {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(req)
+        }
+    }
+
+    /// A gRPC channel whose calls carry a credential.
+    pub type AuthChannel =
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+    /// Wraps `channel` so its calls carry `authorization` (`None`: no credential).
+    pub fn with_credential(
+        channel: tonic::transport::Channel,
+        authorization: Option<&str>,
+    ) -> AuthChannel {
+        let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
+        tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
+    }
 }

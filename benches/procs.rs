@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use tonic::transport::Channel;
+
+use crate::auth::{self, AuthChannel};
 
 /// `target/release/muster`, next to the running bench executable (`target/release/deps/*`).
 pub fn muster_binary() -> Result<PathBuf> {
@@ -156,8 +157,16 @@ pub struct Node {
 
 impl Node {
     /// Starts `bin serve` with `args` added to the data directory and port-0 client addresses.
+    /// Unless `args` has `--insecure` or `--hostname`, the node authenticates with the benches'
+    /// administrator key and host name ([`auth::serve_args`]); [`channel`](Self::channel) and
+    /// [`auth::http`] carry its token.
     pub async fn start(bin: &Path, args: &[String]) -> Result<Node> {
         let dir = bench_dir()?;
+        let auth_args = if args.iter().any(|a| a == "--insecure" || a == "--hostname") {
+            Vec::new()
+        } else {
+            auth::serve_args(dir.path())?
+        };
         let log_path = dir.path().join("node.log");
         let log = std::fs::File::create(&log_path)?;
         let mut cmd = Command::new(bin);
@@ -172,6 +181,7 @@ impl Node {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(&auth_args)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -225,22 +235,23 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A gRPC channel, retried for 30 s.
-    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+    /// A gRPC channel whose calls carry the administrator's token, retried for 30 s.
+    pub async fn channel(&self) -> Result<AuthChannel> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match tonic::transport::Channel::from_shared(self.grpc.clone())?
                 .connect()
                 .await
             {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok(auth::with_credential(c, Some(&auth::admin_token()))),
                 Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     }
 
-    /// `Some(is_leader)` when `GET /readyz` answers 200 (the node knows a leader).
+    /// `Some(is_leader)` when `GET /readyz` (open) answers 200: the node knows a leader and the
+    /// cluster's credentials exist.
     pub async fn ready(&self, http: &reqwest::Client) -> Option<bool> {
         let r = http
             .get(format!("{}/readyz", self.rest))
@@ -315,7 +326,7 @@ pub async fn leader(nodes: &[Node], timeout: Duration) -> Result<usize> {
 /// Registers `ids` over gRPC `ImportDevices`, 5,000 a request, each with `model_id` and the tags
 /// `tags_json`; a request refused as `Unavailable` is retried until `retry_for` has passed.
 pub async fn import_devices(
-    channel: Channel,
+    channel: AuthChannel,
     ids: &[String],
     model_id: Option<&str>,
     tags_json: &str,
@@ -351,7 +362,7 @@ pub async fn import_devices(
 }
 
 /// One registered device that is anything but connected (none: all are), read stale.
-pub async fn not_connected(client: &mut DeviceServiceClient<Channel>) -> Result<Vec<String>> {
+pub async fn not_connected(client: &mut DeviceServiceClient<AuthChannel>) -> Result<Vec<String>> {
     Ok(client
         .query_devices(pb::QueryDevicesRequest {
             query: "SELECT * FROM devices WHERE connectionState != 'Connected'".into(),
@@ -366,7 +377,7 @@ pub async fn not_connected(client: &mut DeviceServiceClient<Channel>) -> Result<
 }
 
 /// Every device of job `job_id`'s current run, page by page, read stale.
-pub async fn job_devices(channel: Channel, job_id: &str) -> Result<Vec<pb::JobDevice>> {
+pub async fn job_devices(channel: AuthChannel, job_id: &str) -> Result<Vec<pb::JobDevice>> {
     let mut client = JobServiceClient::new(channel);
     let mut devices = Vec::new();
     let mut token = String::new();
@@ -411,5 +422,112 @@ where
     if let Err(e) = rt.block_on(bench()) {
         eprintln!("{failed}: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// A whole node (`muster_node::run`: REST, gRPC, Raft-of-one on sled, the credentials task) in
+/// this process, on loopback port-0 addresses, serving on the runtime it was started on. With
+/// `insecure` false it authenticates with the benches' administrator key and host name
+/// ([`auth`]); [`start_on`](Self::start_on) returns once `/readyz` says it leads (so its
+/// credentials exist).
+#[derive(Debug)]
+pub struct InProcessNode {
+    /// `http://127.0.0.1:PORT`
+    pub grpc: String,
+    /// `http://127.0.0.1:PORT`
+    pub rest: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcessNode {
+    /// Starts the node on `rt` (its sockets and tasks live there, so a bench can give the node
+    /// its own threads) and waits up to 60 s until it is ready and leads.
+    pub async fn start_on(rt: &tokio::runtime::Handle, insecure: bool) -> Result<InProcessNode> {
+        let dir = bench_dir()?;
+        let key = dir.path().join("admin.key");
+        std::fs::write(&key, auth::ADMIN_KEY)?;
+        let cfg = muster_node::NodeConfig {
+            data_dir: Some(dir.path().join("data")),
+            grpc_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+            peer_addr: "127.0.0.1:0".into(),
+            insecure,
+            hostname: (!insecure).then(|| auth::HOST.to_string()),
+            admin_key_file: (!insecure).then_some(key),
+            ..Default::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let listeners = match muster_node::Listeners::bind(&cfg).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let addrs = listeners
+                .grpc_addr()
+                .and_then(|g| Ok((g, listeners.http_addr()?)))
+                .map_err(|e| e.to_string());
+            let _ = addr_tx.send(addrs);
+            let r = muster_node::run(cfg, listeners, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+            let _ = done_tx.send(r.map_err(|e| e.to_string()));
+        });
+        let (grpc, rest) = addr_rx
+            .await
+            .context("the node task ended")?
+            .map_err(anyhow::Error::msg)?;
+        let node = InProcessNode {
+            grpc: format!("http://{grpc}"),
+            rest: format!("http://{rest}"),
+            stop: Some(stop_tx),
+            done: Some(done_rx),
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = http.get(format!("{}/readyz", node.rest)).send().await;
+            if let Ok(r) = r {
+                if r.status().is_success() {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    if v["isLeader"].as_bool() == Some(true) {
+                        return Ok(node);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the in-process node was not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A plain gRPC channel to the node (no credential: see [`auth::with_credential`]).
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Channel::from_shared(self.grpc.clone())?
+            .connect()
+            .await?)
+    }
+
+    /// Stops the node and waits until it has shut down.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.done.take() {
+            Some(d) => d
+                .await
+                .context("the node task ended")?
+                .map_err(anyhow::Error::msg),
+            None => Ok(()),
+        }
     }
 }

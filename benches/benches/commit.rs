@@ -5,8 +5,9 @@
 //! - CreateJob from 32 concurrent writers (group commit shares flushes): ops/s;
 //! - device results, 1,000 per `RecordDeviceResults` entry, from 32 concurrent writers (`MUSTER_BENCH_WRITERS`):
 //!   results/s (the issue's goal: at least 50,000 per second);
-//! - CreateJob over gRPC against a whole node (`muster_node::run` on loopback ports), one at a
-//!   time: p50 and p99 latency as a client sees it;
+//! - CreateJob over gRPC against a whole node (`muster_node::run` on loopback ports, with
+//!   authentication: the administrator's SAS token on every call), one at a time: p50 and p99
+//!   latency as a client sees it;
 //! - three nodes (issue 5): the same device-results measurement on the leader of a three-member
 //!   cluster of in-process `Cluster`s, each with its own sled directory and its Raft peer service
 //!   on a loopback port (real gRPC between them), default Raft settings: a write returns once a
@@ -203,51 +204,32 @@ async fn device_results(c: &Cluster, run: usize) -> f64 {
 
 const GRPC_CREATES: usize = 500;
 
-/// (p50, p99) of CreateJob over gRPC, through a whole node on loopback.
+/// (p50, p99) of CreateJob over gRPC, through a whole node on loopback, authenticated with the
+/// administrator's token (issue 13; `cargo bench --bench auth` compares with `--insecure`).
 async fn grpc_creates(run: usize) -> (Duration, Duration) {
+    use muster_benches::auth;
     use muster_proto::pb::job_service_client::JobServiceClient;
     use muster_proto::pb::CreateJobRequest;
 
-    let dir = bench_dir();
-    let cfg = muster_node::NodeConfig {
-        data_dir: Some(dir.path().to_path_buf()),
-        grpc_addr: "127.0.0.1:0".into(),
-        http_addr: "127.0.0.1:0".into(),
-        ..Default::default()
-    };
-    let listeners = muster_node::Listeners::bind(&cfg).await.unwrap();
-    let url = format!("http://{}", listeners.grpc_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(muster_node::run(cfg, listeners, async move {
-        let _ = stop_rx.await;
-    }));
-    let mut client = loop {
-        match JobServiceClient::connect(url.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let node = procs::InProcessNode::start_on(&tokio::runtime::Handle::current(), false)
+        .await
+        .unwrap();
+    let mut client = JobServiceClient::new(auth::with_credential(
+        node.channel().await.unwrap(),
+        Some(&auth::admin_token()),
+    ));
     let spec = muster_proto::pb::JobSpec::from(&method_job("SELECT * FROM devices"));
     let mut lat = Vec::with_capacity(GRPC_CREATES);
-    let mut i = 0;
-    while lat.len() < GRPC_CREATES {
+    for i in 0..GRPC_CREATES {
         let req = CreateJobRequest {
             job_id: format!("grpc-{run}-{i}"),
             spec: Some(spec.clone()),
         };
-        i += 1;
         let t = Instant::now();
-        match client.create_job(req).await {
-            Ok(_) => lat.push(t.elapsed()),
-            // Before the node has elected itself, writes are refused: not a sample.
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(s) => panic!("CreateJob: {s}"),
-        }
+        client.create_job(req).await.unwrap();
+        lat.push(t.elapsed());
     }
-    let _ = stop_tx.send(());
-    node.await.unwrap().unwrap();
+    node.stop().await.unwrap();
     (percentile(&mut lat, 50.0), percentile(&mut lat, 99.0))
 }
 

@@ -34,7 +34,7 @@ use muster_domain::{BatchSize, Schedule};
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use tonic::transport::Channel;
+use muster_benches::auth::AuthChannel;
 
 const JOB: &str = "failover";
 
@@ -52,7 +52,7 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn wait_connected(ch: Channel) -> Result<()> {
+async fn wait_connected(ch: AuthChannel) -> Result<()> {
     let mut client = DeviceServiceClient::new(ch);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -66,7 +66,7 @@ async fn wait_connected(ch: Channel) -> Result<()> {
     }
 }
 
-async fn job(ch: &Channel, stale_ok: bool) -> Result<pb::Job> {
+async fn job(ch: &AuthChannel, stale_ok: bool) -> Result<pb::Job> {
     Ok(JobServiceClient::new(ch.clone())
         .get_job(pb::GetJobRequest {
             job_id: JOB.into(),

@@ -47,7 +47,7 @@ use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+use muster_benches::auth::AuthChannel;
 
 const JOB_ID: &str = "load";
 const METHOD: &str = "reboot";
@@ -171,7 +171,7 @@ impl Node {
             .collect()
     }
 
-    async fn channel(&self) -> Result<Channel> {
+    async fn channel(&self) -> Result<AuthChannel> {
         self.nodes[self.leader].channel().await
     }
 }
@@ -188,7 +188,7 @@ fn fleet_config(url: &str, devices: usize, run: usize) -> FleetConfig {
 }
 
 /// Waits until no registered device is anything but connected.
-async fn wait_all_connected(channel: Channel, timeout: Duration) -> Result<()> {
+async fn wait_all_connected(channel: AuthChannel, timeout: Duration) -> Result<()> {
     let mut client = DeviceServiceClient::new(channel);
     let deadline = Instant::now() + timeout;
     loop {

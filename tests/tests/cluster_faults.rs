@@ -685,6 +685,7 @@ async fn put_within(url: String, body: Value, limit: Duration) -> (u16, Value, D
     let t = Instant::now();
     let r = c
         .put(url)
+        .header("authorization", admin_token())
         .json(&body)
         .send()
         .await

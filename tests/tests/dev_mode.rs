@@ -160,7 +160,7 @@ async fn curl_put(token: &str, url: &str, body: &str) -> (u16, String) {
 async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
     let logs = tempfile::tempdir().unwrap();
     let mut node = DevNode::start(logs.path());
-    let http = muster_tests::http();
+    let http = muster_tests::http_with(&node.token);
     let ready = format!("{}/readyz", node.rest);
     wait_for("readyz", || {
         let req = http.get(&ready).send();
