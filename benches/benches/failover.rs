@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use muster_benches::auth::AuthChannel;
 use muster_benches::procs::{self, Broker};
 use muster_benches::{median, method_job};
 use muster_devsim::{Fleet, FleetConfig};
@@ -34,7 +35,6 @@ use muster_domain::{BatchSize, Schedule};
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use muster_benches::auth::AuthChannel;
 
 const JOB: &str = "failover";
 

@@ -38,6 +38,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use muster_benches::auth::AuthChannel;
 use muster_benches::procs::{self, Broker};
 use muster_benches::{median, method_job, percentile};
 use muster_devsim::{Fleet, FleetConfig};
@@ -47,7 +48,6 @@ use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
-use muster_benches::auth::AuthChannel;
 
 const JOB_ID: &str = "load";
 const METHOD: &str = "reboot";

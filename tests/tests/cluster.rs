@@ -30,7 +30,7 @@ fn later_job(id: &str, devices: &[String]) -> Value {
 
 /// Whether `node` has job `id` in its own state (a stale read: no leader involved).
 async fn has_job(node: &Server, id: &str) -> bool {
-    let Ok(mut jobs) = muster_tests::grpc_channel(&node.grpc.clone())
+    let Ok(mut jobs) = muster_tests::grpc_channel(&node.grpc)
         .await
         .map(JobServiceClient::new)
     else {
@@ -219,7 +219,7 @@ async fn a_learner_joins_is_promoted_and_an_old_member_leaves_while_a_job_runs()
         ..FleetConfig::default()
     };
     // Registered through a follower (forwarded to the leader).
-    let mut registry = muster_tests::grpc_channel(&cluster.nodes[follower].grpc.clone())
+    let mut registry = muster_tests::grpc_channel(&cluster.nodes[follower].grpc)
         .await
         .map(DeviceServiceClient::new)
         .unwrap();

@@ -58,7 +58,7 @@ fn later(id: &str) -> pb::CreateJobRequest {
 /// retry after an answer that was lost may find the job there already, which is success too.
 async fn create_job(endpoint: &str, id: &str) {
     wait_for(&format!("job {id} to be created"), || async move {
-        let Ok(mut jobs) = muster_tests::grpc_channel(&endpoint.to_string())
+        let Ok(mut jobs) = muster_tests::grpc_channel(endpoint)
             .await
             .map(JobServiceClient::new)
         else {
@@ -125,7 +125,7 @@ async fn subscribe(
     from_seq: u64,
     filter: Option<pb::EventFilter>,
 ) -> Result<tonic::Streaming<pb::StreamedEvent>, tonic::Status> {
-    let mut client = muster_tests::grpc_channel(&server_grpc.to_string())
+    let mut client = muster_tests::grpc_channel(server_grpc)
         .await
         .map(EventServiceClient::new)
         .unwrap();
