@@ -68,6 +68,10 @@ pub struct DevsimArgs {
     /// takes it (e.g. http://127.0.0.1:9090).
     #[arg(long, value_name = "ENDPOINT")]
     register: Option<String>,
+    /// CA certificate (PEM) of an `https://` --register endpoint (as the client commands'
+    /// --ca-cert).
+    #[arg(long, value_name = "PEM", env = "MUSTER_CA_CERT")]
+    register_ca_cert: Option<std::path::PathBuf>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, default_value = "warn")]
     log: String,
@@ -108,10 +112,17 @@ impl DevsimArgs {
 }
 
 /// Upserts the fleet's devices through `ImportDevices`, `REGISTER_CHUNK` per request.
-async fn register(endpoint: &str, cfg: &FleetConfig) -> anyhow::Result<()> {
+async fn register(
+    endpoint: &str,
+    ca_cert: Option<std::path::PathBuf>,
+    cfg: &FleetConfig,
+) -> anyhow::Result<()> {
     let opts = ClientOpts {
         endpoint: endpoint.to_string(),
         output: Output::Text,
+        ca_cert,
+        client_cert: None,
+        client_key: None,
     };
     let mut devices =
         pb::device_service_client::DeviceServiceClient::new(client::connect(&opts).await?)
@@ -144,7 +155,7 @@ pub async fn devsim(args: DevsimArgs) -> anyhow::Result<()> {
     crate::serve::init_tracing(&args.log);
     let cfg = args.fleet_config()?;
     if let Some(endpoint) = &args.register {
-        register(endpoint, &cfg).await?;
+        register(endpoint, args.register_ca_cert.clone(), &cfg).await?;
         eprintln!("devsim: registered {} devices with {endpoint}", cfg.devices);
     }
     let fleet = Fleet::start(cfg.clone()).await?;

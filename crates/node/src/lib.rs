@@ -8,9 +8,10 @@
 pub mod dev;
 mod leader;
 mod ticker;
+pub mod tls;
 
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use muster_dispatch::DispatchConfig;
 
 pub use dev::DevConfig;
 use serde::{Deserialize, Serialize};
+pub use tls::{NodeTls, TlsSettings};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -59,6 +61,11 @@ pub struct NodeConfig {
     pub dispatch: DispatchConfig,
     /// Dev mode: an embedded broker and a simulated fleet (`--dev`).
     pub dev: Option<DevConfig>,
+    /// TLS on REST and client gRPC, mutual TLS on the peer port (`[tls]`, see [`TlsSettings`]).
+    pub tls: TlsSettings,
+    /// Run without the protections a node on a network needs (`--insecure`): REST/gRPC on a
+    /// non-loopback address without TLS, peers beyond loopback without peer TLS. Logged loudly.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +89,8 @@ impl Default for NodeConfig {
                 ..DispatchConfig::default()
             },
             dev: None,
+            tls: TlsSettings::default(),
+            insecure: false,
         }
     }
 }
@@ -141,11 +150,15 @@ pub struct Listeners {
     /// and the peer address is taken (two single nodes on one host with the default address),
     /// the node runs without it instead of failing.
     pub peer: Option<TcpListener>,
+    /// How connections on them are secured (default: plain TCP everywhere).
+    pub tls: NodeTls,
 }
 
 impl Listeners {
-    /// Binds the configured addresses (`:0` picks a free port).
+    /// Reads the TLS files the configuration names, then binds the configured addresses (`:0`
+    /// picks a free port).
     pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, NodeError> {
+        let tls = NodeTls::load(&cfg.tls)?;
         let grpc = bind(&cfg.grpc_addr, "grpc_addr").await?;
         let http = bind(&cfg.http_addr, "http_addr").await?;
         let peer = match bind(&cfg.peer_addr, "peer_addr").await {
@@ -156,7 +169,12 @@ impl Listeners {
             }
             Err(e) => return Err(e),
         };
-        Ok(Listeners { grpc, http, peer })
+        Ok(Listeners {
+            grpc,
+            http,
+            peer,
+            tls,
+        })
     }
 
     /// The bound peer address, if the peer listener is up.
@@ -265,6 +283,19 @@ pub async fn run(
         },
     };
     cfg.check()?;
+    let mut exposed_peers: Vec<String> = peers.values().cloned().collect();
+    if let Some(bound) = listeners.peer_addr()? {
+        exposed_peers.push(bound.to_string());
+    }
+    tls::check_exposure(
+        &listeners.tls,
+        &[
+            ("REST", listeners.http_addr()?),
+            ("gRPC", listeners.grpc_addr()?),
+        ],
+        &exposed_peers,
+        cfg.insecure,
+    )?;
     let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
     ccfg.peers = peers;
     ccfg.join = cfg.join;
@@ -272,6 +303,7 @@ pub async fn run(
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
+    ccfg.peer_tls = listeners.tls.peer.clone();
     let cluster = Cluster::start(ccfg).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -279,20 +311,68 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some(api) = &listeners.tls.api {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &api.identity.cert_pem,
+                &api.identity.key_pem,
+            ))
+            .timeout(Duration::from_secs(10));
+        if let Some(ca) = &api.client_ca {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(&ca.pem))
+                .client_auth_optional(true);
+        }
+        grpc = grpc.tls_config(tls)?;
+    }
+    let grpc = grpc
+        .layer(tower::util::MapRequestLayer::new(
+            muster_api::grpc::identify,
+        ))
         .add_routes(muster_api::grpc::routes(cluster.clone(), stop_rx.clone()))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(listeners.http, muster_api::rest::router(cluster.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    // Raft between nodes, on its own listener only.
-    let peer = listeners.peer.map(|l| {
-        tonic::transport::Server::builder()
-            .add_service(muster_cluster::PeerService::server(cluster.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone()))
-    });
+    let router = muster_api::rest::router(cluster.clone());
+    let http: futures::future::BoxFuture<'static, std::io::Result<()>> = match &listeners.tls.api {
+        Some(api) => {
+            let config = muster_tls::https_server_config(&api.identity, api.client_ca.as_ref())
+                .map_err(|e| NodeError::Config(format!("--tls-cert: {e}")))?;
+            Box::pin(
+                axum::serve(
+                    tls::TlsListener::new(listeners.http, config),
+                    tls::Identify(router),
+                )
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+            )
+        }
+        None => Box::pin(
+            axum::serve(listeners.http, router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ),
+    };
+    // Raft between nodes, on its own listener only; with mutual TLS when configured.
+    let peer = match listeners.peer {
+        Some(l) => {
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = &listeners.tls.peer {
+                server = server.tls_config(muster_cluster::PeerService::tls_config(tls))?;
+            }
+            Some(
+                server
+                    .add_service(muster_cluster::PeerService::server(cluster.clone()))
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(l),
+                        stopped(stop_rx.clone()),
+                    ),
+            )
+        }
+        None => None,
+    };
 
     if cfg.dispatch.brokers.is_empty() {
         tracing::warn!("no MQTT broker configured (--mqtt-url): jobs advance but reach no device");
@@ -312,7 +392,7 @@ pub async fn run(
         _ => None,
     };
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let http = tokio::spawn(http);
     let peer = peer.map(tokio::spawn);
     shutdown.await;
     tracing::info!("shutting down");

@@ -70,9 +70,8 @@ impl KeyPair {
     /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1) and checks
     /// that they parse and belong together.
     pub fn load(cert: &Path, key: &Path) -> Result<KeyPair, TlsError> {
-        KeyPair::from_pem(read(cert)?, read(key)?).map_err(|e| {
-            TlsError::Invalid(format!("{} / {}: {e}", cert.display(), key.display()))
-        })
+        KeyPair::from_pem(read(cert)?, read(key)?)
+            .map_err(|e| TlsError::Invalid(format!("{} / {}: {e}", cert.display(), key.display())))
     }
 
     /// Checks PEM text already in memory (see [`load`](Self::load)).
@@ -130,6 +129,15 @@ impl CaBundle {
     }
 }
 
+/// Mutual TLS between the members of a cluster (the peer port): every member serves with
+/// `identity` and presents it when it dials another, and accepts only peers whose certificate
+/// chains to `ca`, in either direction.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    pub ca: CaBundle,
+    pub identity: KeyPair,
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
@@ -172,13 +180,11 @@ pub fn https_server_config(
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(ca.roots()?),
-                ring_provider(),
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()?), ring_provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -308,7 +314,10 @@ mod tests {
             DnValue::BmpString("ops-alice".try_into().unwrap()),
         ] {
             let (pem, _) = cert_with(&[
-                (DnType::OrganizationName, DnValue::Utf8String("muster".into())),
+                (
+                    DnType::OrganizationName,
+                    DnValue::Utf8String("muster".into()),
+                ),
                 (DnType::CommonName, value),
             ]);
             assert_eq!(
@@ -330,7 +339,11 @@ mod tests {
         for cut in 0..good.len() {
             let _ = subject_common_name(&good[..cut]);
         }
-        for bad in [&[][..], &[0x30][..], &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff][..]] {
+        for bad in [
+            &[][..],
+            &[0x30][..],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
             assert_eq!(subject_common_name(bad), None);
         }
     }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use muster_proto::pb;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use super::{render, rpc, ClientOpts, Output};
@@ -109,7 +108,16 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
     loop {
         let endpoint = &endpoints[turn % endpoints.len()];
         let before = cursor.printed;
-        match follow_once(endpoint, &filter, &mut cursor, opts.output, &mut last_ok).await {
+        match follow_once(
+            opts,
+            endpoint,
+            &filter,
+            &mut cursor,
+            opts.output,
+            &mut last_ok,
+        )
+        .await
+        {
             End::Done => return Ok(()),
             End::Fatal(e) => return Err(e),
             End::Retry(why) => {
@@ -134,19 +142,16 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
 
 /// One subscription on one node, until it breaks or `--limit` is reached.
 async fn follow_once(
+    opts: &ClientOpts,
     endpoint: &str,
     filter: &pb::EventFilter,
     cursor: &mut Cursor,
     output: Output,
     last_ok: &mut Instant,
 ) -> End {
-    let channel = match Channel::from_shared(endpoint.to_string()) {
+    let channel = match opts.endpoint(endpoint) {
         Ok(c) => c.connect_timeout(Duration::from_secs(5)),
-        Err(_) => {
-            return End::Fatal(anyhow!(
-                "--endpoint {endpoint:?} is not a URL; give one like http://127.0.0.1:9090"
-            ))
-        }
+        Err(e) => return End::Fatal(e),
     };
     let channel = match channel.connect().await {
         Ok(c) => c,
