@@ -2,6 +2,7 @@
 //! and hands over to `muster-node` (for `serve`) or to the gRPC client (every other command).
 
 mod audit;
+mod certs;
 mod client;
 mod cluster;
 mod devsim;
@@ -63,6 +64,11 @@ enum Cmd {
     Devsim(devsim::DevsimArgs),
     /// Read a stopped node's event log: verify, export, replay, timeline.
     Audit(audit::AuditArgs),
+    /// Certificates for TLS: `muster certs init` makes a CA and node/client certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: certs::CertsCmd,
+    },
 }
 
 /// mimalloc rather than glibc's malloc: decoding and applying the event log allocates and frees
@@ -94,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Cluster { opts, cmd } => cluster::cluster(&opts, cmd).await,
             Cmd::Devsim(args) => devsim::devsim(args).await,
             Cmd::Audit(args) => audit::audit(args),
+            Cmd::Certs { cmd } => certs::certs(cmd),
         }
     });
     match result {

@@ -100,6 +100,13 @@ impl NodeTls {
             }
             (None, None) => None,
         };
+        if let (Some(peer), Some(client)) = (&peer, &client_ca) {
+            if peer.ca.pem == client.pem {
+                tracing::warn!(
+                    "--tls-client-ca is the cluster CA (--peer-ca): every client certificate it signs also opens the peer port (votes, log appends, membership). Sign client certificates with another CA (`muster certs init --client` does)"
+                );
+            }
+        }
         Ok(NodeTls {
             api: api_pair.map(|identity| ApiTls {
                 identity,
