@@ -311,6 +311,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--data-dir is required (or use --dev to try muster with a temporary one)");
     }
     let listeners = Listeners::bind(&cfg).await?;
+    // Before the addresses are printed: a script waiting for them must not take a node that
+    // refuses to start for one that runs.
+    muster_node::check_exposure(&cfg, &listeners)?;
     let grpc = listeners.grpc_addr()?;
     let http = listeners.http_addr()?;
     let peer = listeners

@@ -245,6 +245,26 @@ pub enum NodeError {
     Io(String),
 }
 
+/// Refuses a node that would serve REST or gRPC beyond loopback without TLS, or run Raft with
+/// peers beyond loopback without peer TLS, unless `insecure` is set; then returns what it
+/// accepted (for a warning). [`run`] checks this itself; the binary also checks it before it
+/// prints the addresses it listens on.
+pub fn check_exposure(cfg: &NodeConfig, listeners: &Listeners) -> Result<Vec<String>, NodeError> {
+    let mut peers: Vec<String> = parse_peers(&cfg.peers)?.into_values().collect();
+    if let Some(bound) = listeners.peer_addr()? {
+        peers.push(bound.to_string());
+    }
+    tls::check_exposure(
+        &listeners.tls,
+        &[
+            ("REST", listeners.http_addr()?),
+            ("gRPC", listeners.grpc_addr()?),
+        ],
+        &peers,
+        cfg.insecure,
+    )
+}
+
 /// Runs a node until `shutdown` resolves, then stops serving (finishing requests in flight) and
 /// stops Raft. Everything acknowledged before is durable on disk.
 pub async fn run(
@@ -283,19 +303,17 @@ pub async fn run(
         },
     };
     cfg.check()?;
-    let mut exposed_peers: Vec<String> = peers.values().cloned().collect();
-    if let Some(bound) = listeners.peer_addr()? {
-        exposed_peers.push(bound.to_string());
+    let accepted = check_exposure(&cfg, &listeners)?;
+    if cfg.insecure {
+        tracing::warn!(
+            "INSECURE: --insecure is set; this node does not protect itself. Use it only on a trusted network"
+        );
+        for p in &accepted {
+            tracing::warn!(
+                "INSECURE: serving {p}: anyone who can reach it can read and change everything"
+            );
+        }
     }
-    tls::check_exposure(
-        &listeners.tls,
-        &[
-            ("REST", listeners.http_addr()?),
-            ("gRPC", listeners.grpc_addr()?),
-        ],
-        &exposed_peers,
-        cfg.insecure,
-    )?;
     let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
     ccfg.peers = peers;
     ccfg.join = cfg.join;

@@ -126,15 +126,16 @@ pub fn is_loopback_host(addr: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refuses (or, with `insecure`, warns about) listeners and peers beyond loopback without TLS.
-/// `api` are the bound REST and gRPC addresses, `peers` the peer addresses this node dials or
-/// is dialled on (the `peers` list and its bound peer address).
+/// Refuses listeners and peers beyond loopback without TLS unless `insecure`; with it, returns
+/// what would have been refused, for the caller to log. `api` are the bound REST and gRPC
+/// addresses, `peers` the peer addresses this node dials or is dialled on (the `peers` list and
+/// its bound peer address).
 pub fn check_exposure(
     tls: &NodeTls,
     api: &[(&str, SocketAddr)],
     peers: &[String],
     insecure: bool,
-) -> Result<(), NodeError> {
+) -> Result<Vec<String>, NodeError> {
     let mut problems = Vec::new();
     if tls.api.is_none() {
         for (what, addr) in api {
@@ -158,19 +159,8 @@ pub fn check_exposure(
             ));
         }
     }
-    if insecure {
-        tracing::warn!(
-            "INSECURE: --insecure is set; this node does not protect itself. Use it only on a trusted network."
-        );
-        for p in &problems {
-            tracing::warn!(
-                "INSECURE: serving {p}: anyone who can reach it can read and change everything"
-            );
-        }
-        return Ok(());
-    }
-    if problems.is_empty() {
-        return Ok(());
+    if insecure || problems.is_empty() {
+        return Ok(problems);
     }
     Err(NodeError::Config(format!(
         "refusing to start: {}. Anyone who can reach such a port could read and change everything (on the peer port: vote, append to the log, change the membership). `muster certs init` makes a CA and node certificates; bind to 127.0.0.1 for a local node; or pass --insecure to accept the risk",
@@ -323,6 +313,45 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn requests_over_tls_carry_the_client_identity_and_the_https_scheme() {
+        use axum::extract::Extension;
+        use tower::ServiceExt;
+        let router = Router::new().route(
+            "/who",
+            axum::routing::get(
+                |id: Option<Extension<ClientIdentity>>, uri: axum::http::Uri| async move {
+                    format!(
+                        "{} {}",
+                        id.map(|e| e.0.subject).unwrap_or_default(),
+                        uri.scheme_str().unwrap_or("-")
+                    )
+                },
+            ),
+        );
+        let call = |identity: Option<ClientIdentity>| {
+            let svc = Identified {
+                router: router.clone(),
+                identity,
+            };
+            async move {
+                let req = Request::builder()
+                    .uri("/who")
+                    .header("host", "node1:8080")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = svc.oneshot(req).await.unwrap();
+                let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+                String::from_utf8(body.to_vec()).unwrap()
+            }
+        };
+        let alice = ClientIdentity {
+            subject: "ops-alice".into(),
+        };
+        assert_eq!(call(Some(alice)).await, "ops-alice https");
+        assert_eq!(call(None).await, " https");
+    }
+
     #[test]
     fn loopback_hosts() {
         for a in [
@@ -364,6 +393,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("node2:9091") && e.contains("--peer-ca"), "{e}");
-        assert!(check_exposure(&none, &[("REST", any)], &["node2:9091".into()], true).is_ok());
+        let accepted =
+            check_exposure(&none, &[("REST", any)], &["node2:9091".into()], true).unwrap();
+        assert_eq!(accepted.len(), 2, "{accepted:?}");
     }
 }
