@@ -345,7 +345,8 @@ async fn a_cluster_over_peer_mtls_works_and_refuses_strangers_on_the_peer_port()
         "vote": {"leader_id": {"term": 1000, "node_id": 99}, "committed": false},
         "last_log_id": null
     });
-    let strangers: Vec<(&str, String, Option<(&Path, &Path)>)> = vec![
+    type Identity<'a> = Option<(&'a Path, &'a Path)>;
+    let strangers: Vec<(&str, String, Identity)> = vec![
         (
             "plain TCP",
             format!("http://{}", cluster.nodes[leader].peer),

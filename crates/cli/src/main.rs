@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create, inspect and steer jobs.
     Job {
         #[command(flatten)]
@@ -92,7 +92,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Serve(args) => serve::serve(args).await,
+            Cmd::Serve(args) => serve::serve(*args).await,
             Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
