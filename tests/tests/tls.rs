@@ -1,7 +1,8 @@
 //! TLS on every port, over real processes with certificates from `muster certs init`: REST and
 //! gRPC on one node (with and without a client certificate), a three-node cluster whose peer
 //! port runs mutual TLS with the cluster CA, strangers refused by that port's handshake before
-//! any RPC runs, and a node that will not serve beyond loopback without TLS unless `--insecure`.
+//! any RPC runs (a member's certificate as the control), a node with another CA's certificate
+//! added as a learner that never receives the log, and a node that will not serve beyond loopback without TLS unless `--insecure`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -401,6 +402,65 @@ async fn a_cluster_over_peer_mtls_works_and_refuses_strangers_on_the_peer_port()
     jobs.list_jobs(pb::ListJobsRequest::default())
         .await
         .unwrap();
+
+    // A node whose certificates come from another CA is added as a learner (the client port's
+    // ClusterService does not check who asks; that is authentication's job): it never gets the
+    // log, since neither side's handshake accepts the other.
+    let dir4 = data_dir().unwrap();
+    let mut flags4: Vec<String> = ["--node-id", "4", "--join"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    flags4.extend(tls_flags(other.path(), 1));
+    let flags4: Vec<&str> = flags4.iter().map(String::as_str).collect();
+    let other_ca = other.path().join("ca.pem");
+    let node4 = Server::start_tls(dir4.path(), &other_ca, &flags4).unwrap();
+    status_client
+        .add_learner(pb::AddLearnerRequest {
+            node_id: 4,
+            peer_addr: node4.peer.clone(),
+        })
+        .await
+        .unwrap();
+    // The leader tries, and the member stays unreachable with nothing replicated.
+    wait_for("node 4 listed as unreachable", || {
+        let mut s = status_client.clone();
+        async move {
+            let Ok(st) = s.status(pb::ClusterStatusRequest {}).await else {
+                return false;
+            };
+            st.into_inner()
+                .members
+                .iter()
+                .any(|m| m.node_id == 4 && !m.reachable && m.matched_index == 0)
+        }
+    })
+    .await
+    .unwrap();
+    // The leader's Raft has tried to reach it and failed (its handshake refused).
+    let leader_node = &cluster.nodes[leader];
+    wait_for("the leader to fail to replicate to node 4", || {
+        let log = leader_node.log_text();
+        async move {
+            log.lines()
+                .any(|l| l.contains("peer unreachable") && l.contains("node=4"))
+        }
+    })
+    .await
+    .unwrap();
+    let mut groups4 = GroupServiceClient::new(node4.channel().await.unwrap());
+    let got = groups4
+        .get_group(pb::GetGroupRequest {
+            group_id: "insider".into(),
+            stale_ok: true,
+        })
+        .await;
+    assert!(got.is_err(), "the stranger node received the log: {got:?}");
+    assert!(
+        node4.log_text().contains("waiting to be added"),
+        "{}",
+        node4.log_text()
+    );
 }
 
 /// Runs `muster serve` with `args` and waits until it exits or prints its addresses (and then,
