@@ -16,6 +16,89 @@ use anyhow::{anyhow, bail, Context};
 /// How long a test waits for a condition before failing. Generous: CI machines are shared.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The host name every test node is started with (`--hostname`): the tests' connection string
+/// names it, so one credential works on every node.
+pub const TEST_HOST: &str = "muster.test";
+
+/// The `iothubowner` primary key every test node's new cluster gets (`--admin-key-file`), so the
+/// tests hold the administrator's credential without reading it from a data directory.
+pub const TEST_ADMIN_KEY: &str = "bXVzdGVyLXRlc3RzLWFkbWluLWtleS0wMTIzNDU2Nzg=";
+
+/// The administrator's connection string of every test node.
+pub fn admin_connection_string() -> String {
+    format!("HostName={TEST_HOST};SharedAccessKeyName=iothubowner;SharedAccessKey={TEST_ADMIN_KEY}")
+}
+
+/// A SAS token (valid a day) for the administrator of every test node.
+pub fn admin_token() -> String {
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        + 86_400;
+    muster_domain::auth::ConnectionString::parse(&admin_connection_string())
+        .ok()
+        .and_then(|c| c.token(expiry))
+        .unwrap_or_default()
+}
+
+/// `muster` with the administrator's credential in `MUSTER_TOKEN`, for client commands.
+pub fn muster_cmd() -> anyhow::Result<Command> {
+    let mut cmd = Command::new(muster_bin()?);
+    cmd.env("MUSTER_TOKEN", admin_connection_string());
+    Ok(cmd)
+}
+
+/// An HTTP client that sends the administrator's token on every request.
+pub fn http() -> reqwest::Client {
+    http_with(&admin_token())
+}
+
+/// An HTTP client that sends `authorization` on every request.
+pub fn http_with(authorization: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(authorization) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Adds a credential to every gRPC call.
+#[derive(Debug, Clone)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A gRPC channel whose calls carry a credential (the administrator's, unless made otherwise).
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Wraps `channel` so its calls carry `authorization` (`None`: no credential).
+pub fn with_credential(
+    channel: tonic::transport::Channel,
+    authorization: Option<&str>,
+) -> AuthChannel {
+    let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
+    tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
+}
+
+/// A gRPC channel to `url` carrying the administrator's credential.
+pub async fn grpc_channel(url: &str) -> anyhow::Result<AuthChannel> {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())?
+        .connect()
+        .await?;
+    Ok(with_credential(channel, Some(&admin_token())))
+}
+
 /// The `muster` binary under test.
 pub fn muster_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("MUSTER_BIN") {
@@ -100,6 +183,17 @@ impl Server {
         if !self.extra.iter().any(|a| a == "--peer-addr") {
             cmd.args(["--peer-addr", "127.0.0.1:0"]);
         }
+        if !self
+            .extra
+            .iter()
+            .any(|a| a == "--insecure" || a == "--hostname")
+        {
+            let key = self.log.with_file_name("admin.key");
+            std::fs::write(&key, TEST_ADMIN_KEY)?;
+            cmd.args(["--hostname", TEST_HOST])
+                .arg("--admin-key-file")
+                .arg(key);
+        }
         let mut child = cmd
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn,rumqttd=off")
@@ -152,14 +246,16 @@ impl Server {
         self.ca_cert.as_deref()
     }
 
-    /// A REST client for this server: plain, or trusting its CA when it serves TLS.
+    /// A REST client for this server with the administrator's token: plain, or trusting its CA
+    /// when it serves TLS.
     pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
-        http_client(self.ca_cert(), None)
+        https_client(self.ca_cert(), None)
     }
 
-    /// A gRPC channel to this server (TLS with its CA when it serves TLS), connected.
-    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        grpc_channel(&self.grpc, self.ca_cert(), None).await
+    /// A gRPC channel to this server with the administrator's credential (TLS with its CA when
+    /// it serves TLS), connected.
+    pub async fn channel(&self) -> anyhow::Result<AuthChannel> {
+        grpc_tls_channel(&self.grpc, self.ca_cert(), None).await
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash or power loss of the process.
@@ -326,9 +422,10 @@ impl TestCluster {
         })
     }
 
-    /// A REST client that trusts the cluster's CA when it runs TLS.
+    /// A REST client with the administrator's token that trusts the cluster's CA when it runs
+    /// TLS.
     pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
-        http_client(self.ca_cert.as_deref(), None)
+        https_client(self.ca_cert.as_deref(), None)
     }
 
     /// The temporary directory of node index `i` (0-based), for starting a process of its own there.
@@ -443,7 +540,7 @@ where
 
 /// A gRPC channel to `server`, returned once it answers a linearizable read (a leader is
 /// known). The error names the server's log.
-pub async fn leader_channel(server: &Server) -> anyhow::Result<tonic::transport::Channel> {
+pub async fn leader_channel(server: &Server) -> anyhow::Result<AuthChannel> {
     use muster_proto::pb;
     let channel = server.channel().await?;
     let jobs = pb::job_service_client::JobServiceClient::new(channel.clone());
@@ -488,13 +585,20 @@ pub fn tls_flags(certs: &Path, id: usize) -> Vec<String> {
     ]
 }
 
-/// A reqwest client (rustls): trusting only `ca` when given, presenting `identity` (a
-/// certificate and key, PEM files) when given.
-pub fn http_client(
+/// A reqwest client (rustls) sending the administrator's token: trusting only `ca` when given,
+/// presenting `identity` (a certificate and key, PEM files) when given.
+pub fn https_client(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder().use_rustls_tls();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&admin_token())?,
+    );
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .default_headers(headers);
     if let Some(ca) = ca {
         b = b
             .tls_built_in_root_certs(false)
@@ -534,11 +638,12 @@ pub fn grpc_endpoint(
     Ok(endpoint.tls_config(tls)?)
 }
 
-/// [`grpc_endpoint`], connected.
-pub async fn grpc_channel(
+/// [`grpc_endpoint`], connected, its calls carrying the administrator's credential.
+pub async fn grpc_tls_channel(
     url: &str,
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
-) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(grpc_endpoint(url, ca, identity)?.connect().await?)
+) -> anyhow::Result<AuthChannel> {
+    let channel = grpc_endpoint(url, ca, identity)?.connect().await?;
+    Ok(with_credential(channel, Some(&admin_token())))
 }

@@ -19,6 +19,7 @@ const PROTO_FILES: &[&str] = &[
     "muster/v1/devices.proto",
     "muster/v1/cluster.proto",
     "muster/v1/audit.proto",
+    "muster/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,14 +6,15 @@
 use std::path::Path;
 use std::process::Output;
 
-use muster_tests::{data_dir, muster_bin, Server};
+use muster_tests::{data_dir, Server};
 use serde_json::{json, Value};
 
 const CENTRAL: &str = "api-version=2022-07-31";
 const HUB: &str = "api-version=2021-04-12";
 
 fn audit(args: &[&str], dir: &Path) -> Output {
-    std::process::Command::new(muster_bin().unwrap())
+    muster_tests::muster_cmd()
+        .unwrap()
         .arg("audit")
         .args(args)
         .arg("--data-dir")
@@ -31,7 +32,7 @@ async fn audit_reads_a_stopped_nodes_log() {
     let dir = data_dir().unwrap();
     let mut server = Server::start(dir.path()).unwrap();
     server.wait_ready().await.unwrap();
-    let c = reqwest::Client::new();
+    let c = muster_tests::http();
 
     let devices: Vec<String> = (0..6).map(|i| format!("aud-{i:03}")).collect();
     for d in &devices {
@@ -129,7 +130,8 @@ async fn audit_reads_a_stopped_nodes_log() {
     let scratch = data_dir().unwrap();
     let file = scratch.path().join("export.jsonl");
     std::fs::write(&file, &e.stdout).unwrap();
-    let x = std::process::Command::new(muster_bin().unwrap())
+    let x = muster_tests::muster_cmd()
+        .unwrap()
         .args(["audit", "replay", "--output", "json", "--from-export"])
         .arg(&file)
         .output()

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 /// Runs `muster ARGS --endpoint E --output json` (blocking: the CLI is a separate process).
 fn run(server: &Server, args: &[&str]) -> Output {
-    Command::new(muster_bin().unwrap())
+    muster_tests::muster_cmd()
+        .unwrap()
         .args(args)
         .args(["--endpoint", &server.grpc, "--output", "json"])
         .output()
@@ -64,6 +65,7 @@ async fn ready(server: &Server) -> anyhow::Result<()> {
         async move {
             tokio::task::spawn_blocking(move || {
                 Command::new(bin)
+                    .env("MUSTER_TOKEN", muster_tests::admin_connection_string())
                     .args(["job", "list", "--endpoint", &endpoint])
                     .output()
                     .is_ok_and(|o| o.status.success())
@@ -354,7 +356,8 @@ fn scenario(s: &Server, files: &Path) {
 
 #[test]
 fn an_unreachable_endpoint_is_named() {
-    let out = Command::new(muster_bin().unwrap())
+    let out = muster_tests::muster_cmd()
+        .unwrap()
         .args(["job", "list", "--endpoint", "http://127.0.0.1:1"])
         .output()
         .unwrap();
@@ -366,7 +369,8 @@ fn an_unreachable_endpoint_is_named() {
     );
     assert!(!err.contains("panicked"), "{err}");
 
-    let out = Command::new(muster_bin().unwrap())
+    let out = muster_tests::muster_cmd()
+        .unwrap()
         .args(["device", "list", "--endpoint", "not a url"])
         .output()
         .unwrap();

@@ -10,7 +10,7 @@ use muster_devsim::{Fleet, FleetConfig};
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use muster_tests::{data_dir, free_ports, muster_bin, wait_for, Server, TestCluster};
+use muster_tests::{data_dir, free_ports, wait_for, Server, TestCluster};
 use serde_json::{json, Value};
 
 const CENTRAL: &str = "api-version=2022-07-31";
@@ -49,7 +49,7 @@ async fn put(c: &reqwest::Client, url: String, body: Value) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_replicate_and_survive_losing_the_leader() {
     let mut cluster = TestCluster::start(3, &[]).unwrap();
-    let c = reqwest::Client::new();
+    let c = muster_tests::http();
     let all = [0, 1, 2];
     let leader = cluster.leader().await.unwrap();
     for n in &cluster.nodes {
@@ -152,7 +152,7 @@ fn mqtt_url() -> String {
 
 /// Runs `muster cluster ARGS --endpoint ENDPOINT --output json` and returns the status it prints.
 async fn cluster_cmd(endpoint: &str, args: &[&str]) -> Value {
-    let out = tokio::process::Command::new(muster_bin().unwrap())
+    let out = tokio::process::Command::from(muster_tests::muster_cmd().unwrap())
         .arg("cluster")
         .args(args)
         .args(["--endpoint", endpoint, "--output", "json"])
@@ -201,7 +201,7 @@ async fn a_learner_joins_is_promoted_and_an_old_member_leaves_while_a_job_runs()
         n.wait_ready().await.unwrap();
     }
     let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
-    let c = reqwest::Client::new();
+    let c = muster_tests::http();
 
     // A slow fleet, so the job is still running while the membership changes.
     let prefix = format!("member-{}", std::process::id());

@@ -30,7 +30,10 @@ use muster_devsim::{Fleet, FleetConfig};
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use muster_tests::{data_dir, muster_bin, wait_for, wait_for_long, Server, TestCluster};
+use muster_tests::{
+    admin_token, data_dir, wait_for, wait_for_long, with_credential, AuthChannel, Server,
+    TestCluster,
+};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
@@ -52,7 +55,7 @@ fn fleet_size() -> usize {
 }
 
 /// A gRPC channel to `node`, retried until it connects.
-async fn channel(node: &Server) -> Channel {
+async fn channel(node: &Server) -> AuthChannel {
     let mut last = String::new();
     for _ in 0..600 {
         match Channel::from_shared(node.grpc.clone())
@@ -60,7 +63,7 @@ async fn channel(node: &Server) -> Channel {
             .connect()
             .await
         {
-            Ok(c) => return c,
+            Ok(c) => return with_credential(c, Some(&admin_token())),
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -72,11 +75,11 @@ async fn channel(node: &Server) -> Channel {
     );
 }
 
-fn jobs(ch: &Channel) -> JobServiceClient<Channel> {
+fn jobs(ch: &AuthChannel) -> JobServiceClient<AuthChannel> {
     JobServiceClient::new(ch.clone())
 }
 
-fn devices(ch: &Channel) -> DeviceServiceClient<Channel> {
+fn devices(ch: &AuthChannel) -> DeviceServiceClient<AuthChannel> {
     DeviceServiceClient::new(ch.clone())
 }
 
@@ -129,7 +132,7 @@ fn later_job() -> pb::JobSpec {
     }
 }
 
-async fn create(ch: &Channel, id: &str, spec: pb::JobSpec) -> Result<pb::Job, tonic::Status> {
+async fn create(ch: &AuthChannel, id: &str, spec: pb::JobSpec) -> Result<pb::Job, tonic::Status> {
     jobs(ch)
         .create_job(pb::CreateJobRequest {
             job_id: id.into(),
@@ -139,7 +142,7 @@ async fn create(ch: &Channel, id: &str, spec: pb::JobSpec) -> Result<pb::Job, to
         .map(tonic::Response::into_inner)
 }
 
-async fn get_job(ch: &Channel, id: &str, stale_ok: bool) -> Result<pb::Job, tonic::Status> {
+async fn get_job(ch: &AuthChannel, id: &str, stale_ok: bool) -> Result<pb::Job, tonic::Status> {
     jobs(ch)
         .get_job(pb::GetJobRequest {
             job_id: id.into(),
@@ -152,7 +155,11 @@ async fn get_job(ch: &Channel, id: &str, stale_ok: bool) -> Result<pb::Job, toni
 /// [`get_job`], retried while the answer is UNAVAILABLE (for up to a minute): a linearizable
 /// read is refused when the leader's one round of confirmation misses its majority, which
 /// happens now and then on a loaded machine even with two of three members up.
-async fn get_job_retry(ch: &Channel, id: &str, stale_ok: bool) -> Result<pb::Job, tonic::Status> {
+async fn get_job_retry(
+    ch: &AuthChannel,
+    id: &str,
+    stale_ok: bool,
+) -> Result<pb::Job, tonic::Status> {
     let mut tries = 0;
     loop {
         match get_job(ch, id, stale_ok).await {
@@ -189,7 +196,7 @@ fn assert_stats_add_up(s: &pb::JobStats) {
 }
 
 /// Every device of the job's current run, as `node` has it (stale read when `stale_ok`).
-async fn job_devices(ch: &Channel, id: &str, stale_ok: bool) -> Vec<pb::JobDevice> {
+async fn job_devices(ch: &AuthChannel, id: &str, stale_ok: bool) -> Vec<pb::JobDevice> {
     let mut out = Vec::new();
     let mut token = String::new();
     let mut tries = 0;
@@ -221,7 +228,7 @@ async fn job_devices(ch: &Channel, id: &str, stale_ok: bool) -> Vec<pb::JobDevic
 }
 
 /// Every registered device as (id, twin version), from `ch`'s own state.
-async fn registry(ch: &Channel) -> Result<Vec<(String, u64)>, tonic::Status> {
+async fn registry(ch: &AuthChannel) -> Result<Vec<(String, u64)>, tonic::Status> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
@@ -242,7 +249,7 @@ async fn registry(ch: &Channel) -> Result<Vec<(String, u64)>, tonic::Status> {
 }
 
 /// Every job as (id, status, stats), from `ch`'s own state.
-async fn job_list(ch: &Channel) -> Result<Vec<(String, i32, pb::JobStats)>, tonic::Status> {
+async fn job_list(ch: &AuthChannel) -> Result<Vec<(String, i32, pb::JobStats)>, tonic::Status> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
@@ -268,7 +275,7 @@ async fn job_list(ch: &Channel) -> Result<Vec<(String, i32, pb::JobStats)>, toni
 }
 
 /// How many registered devices the registry does not show connected (stale read).
-async fn not_connected(ch: &Channel) -> Option<usize> {
+async fn not_connected(ch: &AuthChannel) -> Option<usize> {
     let r = devices(ch)
         .query_devices(pb::QueryDevicesRequest {
             query: "SELECT * FROM devices WHERE connectionState != 'Connected'".into(),
@@ -294,7 +301,7 @@ fn registration(id: &str) -> pb::NewDevice {
 
 /// Registers `ids` through `ch` in requests of `chunk`, retrying a request the cluster could not
 /// take (an election); a retry that finds the devices already there counts as done.
-async fn import(ch: &Channel, ids: &[String], chunk: usize) {
+async fn import(ch: &AuthChannel, ids: &[String], chunk: usize) {
     for part in ids.chunks(chunk) {
         let req = pb::ImportDevicesRequest {
             devices: part.iter().map(|id| registration(id)).collect(),
@@ -321,7 +328,7 @@ fn secs(d: Duration) -> String {
 /// Keeps creating small jobs through `ch` until told to stop; collects the ids of those the
 /// cluster acknowledged.
 fn acknowledged_writer(
-    ch: Channel,
+    ch: AuthChannel,
     prefix: &'static str,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
@@ -363,7 +370,7 @@ async fn leader_killed_mid_job_with_default_raft_timeouts() {
 
 /// Three nodes started with `args`, every one ready; with the leader's index and a gRPC channel
 /// to each node.
-async fn ready_cluster(args: &[&str]) -> (TestCluster, usize, Vec<Channel>) {
+async fn ready_cluster(args: &[&str]) -> (TestCluster, usize, Vec<AuthChannel>) {
     let cluster = TestCluster::start(3, args).unwrap();
     let leader = cluster.leader().await.unwrap();
     let mut chans = Vec::new();
@@ -645,7 +652,8 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
     // It got there through a snapshot: a node seeded by a snapshot starts its event log at the
     // snapshot, so its first stored event is not seq 1; the chain still verifies.
     assert!(cluster.nodes[f].terminate().unwrap());
-    let out = std::process::Command::new(muster_bin().unwrap())
+    let out = muster_tests::muster_cmd()
+        .unwrap()
         .args(["audit", "verify", "--data-dir"])
         .arg(cluster.nodes[f].data_dir())
         .output()
@@ -699,7 +707,7 @@ fn hub_later_job(id: &str) -> Value {
 }
 
 /// Whether job `id` exists, read linearizably through `ch` (retried through elections).
-async fn exists(ch: &Channel, id: &str) -> bool {
+async fn exists(ch: &AuthChannel, id: &str) -> bool {
     let mut last = String::new();
     for _ in 0..100 {
         match get_job(ch, id, false).await {

@@ -16,6 +16,8 @@ use serde_json::Value;
 /// `muster serve --dev` on free ports; killed if the test ends early.
 struct DevNode {
     child: Child,
+    /// The token the banner prints (`export MUSTER_TOKEN='...'`).
+    token: String,
     rest: String,
     grpc: String,
     data: PathBuf,
@@ -25,7 +27,8 @@ struct DevNode {
 impl DevNode {
     fn start(log_dir: &std::path::Path) -> DevNode {
         let log = log_dir.join("dev.log");
-        let mut child = Command::new(muster_bin().unwrap())
+        let mut child = muster_tests::muster_cmd()
+            .unwrap()
             .args([
                 "serve",
                 "--dev",
@@ -96,8 +99,20 @@ impl DevNode {
             tries.contains(&format!("muster job watch reboot-all --endpoint {grpc}")),
             "{tries}"
         );
+        // Auth is on in dev mode too: the banner exports a ready token and the curl lines use it.
+        let token = tries
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("export MUSTER_TOKEN='"))
+            .and_then(|t| t.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("no MUSTER_TOKEN in the banner:\n{tries}"))
+            .to_string();
+        assert!(
+            tries.contains("-H \"Authorization: $MUSTER_TOKEN\""),
+            "{tries}"
+        );
         DevNode {
             child,
+            token,
             rest,
             grpc,
             data,
@@ -124,8 +139,8 @@ impl Drop for DevNode {
 
 /// `curl -X PUT URL -H 'content-type: application/json' -d BODY`: the README's calls, with the
 /// bodies exactly as the README writes them.
-async fn curl_put(url: &str, body: &str) -> (u16, String) {
-    let r = reqwest::Client::new()
+async fn curl_put(token: &str, url: &str, body: &str) -> (u16, String) {
+    let r = muster_tests::http_with(token)
         .put(url)
         .header("content-type", "application/json")
         .body(body.to_string())
@@ -139,7 +154,7 @@ async fn curl_put(url: &str, body: &str) -> (u16, String) {
 async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
     let logs = tempfile::tempdir().unwrap();
     let mut node = DevNode::start(logs.path());
-    let http = reqwest::Client::new();
+    let http = muster_tests::http();
     let ready = format!("{}/readyz", node.rest);
     wait_for("readyz", || {
         let req = http.get(&ready).send();
@@ -149,12 +164,14 @@ async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
     .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
 
     let (s, body) = curl_put(
+        &node.token,
         &format!("{}/api/deviceGroups/all?api-version=2022-07-31", node.rest),
         r#"{"displayName": "All devices", "filter": "SELECT * FROM devices"}"#,
     )
     .await;
     assert_eq!(s, 200, "{body}");
     let (s, body) = curl_put(
+        &node.token,
         &format!("{}/api/jobs/reboot-all?api-version=2022-07-31", node.rest),
         r#"{"displayName": "Reboot", "group": "all",
        "batch": {"type": "percentage", "value": 25},
@@ -167,8 +184,10 @@ async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
     // `muster job watch reboot-all --endpoint GRPC` exits 0 once the job is complete.
     let bin = muster_bin().unwrap();
     let grpc = node.grpc.clone();
+    let token = node.token.clone();
     let watch = tokio::task::spawn_blocking(move || {
         Command::new(bin)
+            .env("MUSTER_TOKEN", token)
             .args(["job", "watch", "reboot-all", "--endpoint", &grpc])
             .output()
             .unwrap()
@@ -187,7 +206,9 @@ async fn readme_quickstart_on_serve_dev_ends_with_the_job_complete() {
     );
 
     // `muster job devices reboot-all --output json`: all 100 simulated devices succeeded.
-    let out = Command::new(muster_bin().unwrap())
+    let out = muster_tests::muster_cmd()
+        .unwrap()
+        .env("MUSTER_TOKEN", &node.token)
         .args(["job", "devices", "reboot-all", "--output", "json"])
         .args(["--endpoint", &node.grpc])
         .output()

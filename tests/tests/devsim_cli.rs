@@ -4,14 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
-use muster_tests::{data_dir, muster_bin, wait_for, Server, PATIENCE};
+use muster_tests::{data_dir, grpc_channel, wait_for, AuthChannel, Server, PATIENCE};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 const V: &str = "api-version=2022-07-31";
 
@@ -29,7 +28,8 @@ struct Devsim {
 impl Devsim {
     fn start(dir: &std::path::Path, args: &[&str]) -> Devsim {
         let stderr = dir.join("devsim.log");
-        let mut child = Command::new(muster_bin().unwrap())
+        let mut child = muster_tests::muster_cmd()
+            .unwrap()
             .arg("devsim")
             .args(args)
             .stdout(Stdio::piped())
@@ -77,7 +77,7 @@ impl Drop for Devsim {
     }
 }
 
-async fn devices_in(devices: &mut DeviceServiceClient<Channel>) -> Vec<pb::Device> {
+async fn devices_in(devices: &mut DeviceServiceClient<AuthChannel>) -> Vec<pb::Device> {
     devices
         .list_devices(pb::ListDevicesRequest {
             page_size: 1000,
@@ -116,11 +116,7 @@ async fn devsim_registers_serves_a_job_and_goes_offline_on_sigterm() {
     assert_eq!(ready, format!("devsim ready: 40 devices on {url}"));
 
     // Registered with the model id and tags, and connected.
-    let ch = Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = grpc_channel(&server.grpc).await.unwrap();
     let mut devices = DeviceServiceClient::new(ch);
     let registered = devices_in(&mut devices).await;
     assert_eq!(registered.len(), 40);
@@ -145,7 +141,7 @@ async fn devsim_registers_serves_a_job_and_goes_offline_on_sigterm() {
     .unwrap();
 
     // The first seed's command job runs on them to the end.
-    let http = reqwest::Client::new();
+    let http = muster_tests::http();
     let r = http
         .put(format!("{}/api/deviceGroups/sim?{V}", server.rest))
         .json(&json!({"displayName": "Simulated", "filter": "SELECT * FROM devices WHERE tags.simulated = true"}))
@@ -216,7 +212,8 @@ async fn devsim_registers_serves_a_job_and_goes_offline_on_sigterm() {
 #[test]
 fn devsim_refuses_bad_flags_clearly() {
     let run = |args: &[&str]| {
-        let out = Command::new(muster_bin().unwrap())
+        let out = muster_tests::muster_cmd()
+            .unwrap()
             .arg("devsim")
             .args(args)
             .output()
@@ -289,7 +286,7 @@ async fn devsim_and_the_node_spread_devices_over_two_brokers_alike() {
 
     // A method job over all of them (IoT Hub shape, short timeout): each device is reached on
     // its own broker, so none times out.
-    let http = reqwest::Client::new();
+    let http = muster_tests::http();
     let r = http
         .put(format!("{}/jobs/v2/ping?api-version=2021-04-12", server.rest))
         .json(&json!({

@@ -38,7 +38,7 @@ async fn acknowledged_jobs_and_devices_survive_kill_9() {
     let dir = data_dir().unwrap();
     let mut server = Server::start(dir.path()).unwrap();
     server.wait_ready().await.unwrap();
-    let c = reqwest::Client::new();
+    let c = muster_tests::http();
 
     let devices: Vec<String> = (0..20).map(|i| format!("dur-{i:03}")).collect();
     for d in &devices {
@@ -90,7 +90,7 @@ async fn writes_acknowledged_while_the_process_is_killed_are_not_lost() {
     let dir = data_dir().unwrap();
     let mut server = Server::start(dir.path()).unwrap();
     server.wait_ready().await.unwrap();
-    let c = reqwest::Client::new();
+    let c = muster_tests::http();
     let r = put(
         &c,
         format!("{}/api/devices/mid-0?{CENTRAL}", server.rest),

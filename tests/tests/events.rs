@@ -6,13 +6,15 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use muster_proto::pb;
 use muster_proto::pb::event_service_client::EventServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use muster_tests::{data_dir, muster_bin, wait_for, Server, TestCluster, PATIENCE};
+use muster_tests::{
+    admin_token, data_dir, wait_for, with_credential, Server, TestCluster, PATIENCE,
+};
 use prost::Message;
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -20,7 +22,7 @@ use tonic::Code;
 
 const CENTRAL: &str = "api-version=2022-07-31";
 
-async fn channel(server: &Server) -> Channel {
+async fn channel(server: &Server) -> muster_tests::AuthChannel {
     muster_tests::leader_channel(server).await.unwrap()
 }
 
@@ -239,7 +241,7 @@ async fn subscribe_delivers_the_log_then_live_events_and_rest_shows_a_jobs_histo
     assert!(e.message().contains("JobCreated"), "{e:?}");
 
     // REST: one job's history, paged like the other Central lists.
-    let http = reqwest::Client::new();
+    let http = muster_tests::http();
     let get = |path: String| {
         let http = http.clone();
         async move {
@@ -304,7 +306,8 @@ struct Follow {
 
 impl Follow {
     fn start(endpoints: &str) -> Follow {
-        let mut child = Command::new(muster_bin().unwrap())
+        let mut child = muster_tests::muster_cmd()
+            .unwrap()
             .args([
                 "events",
                 "follow",
@@ -429,6 +432,7 @@ async fn a_subscriber_that_does_not_read_holds_up_no_write_and_misses_nothing() 
         .initial_connection_window_size(Some(16 * 1024))
         .connect()
         .await
+        .map(|c| with_credential(c, Some(&admin_token())))
         .unwrap();
     let mut stream = EventServiceClient::new(small)
         .subscribe(pb::SubscribeRequest {
@@ -476,7 +480,8 @@ async fn a_subscriber_that_does_not_read_holds_up_no_write_and_misses_nothing() 
 
 /// Runs `muster ARGS --endpoint E` and returns (success, stdout, stderr).
 fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(muster_bin().unwrap())
+    let out = muster_tests::muster_cmd()
+        .unwrap()
         .args(args)
         .args(["--endpoint", &server.grpc])
         .output()

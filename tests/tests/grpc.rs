@@ -10,10 +10,9 @@ use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::group_service_client::GroupServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
 use muster_tests::{data_dir, wait_for, Server, PATIENCE};
-use tonic::transport::Channel;
 use tonic::Code;
 
-async fn channel(server: &Server) -> Channel {
+async fn channel(server: &Server) -> muster_tests::AuthChannel {
     muster_tests::leader_channel(server).await.unwrap()
 }
 

@@ -17,9 +17,8 @@ use muster_devsim::{Fleet, FleetConfig};
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
-use muster_tests::{data_dir, wait_for, Server};
+use muster_tests::{data_dir, grpc_channel, wait_for, AuthChannel, Server};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 const CENTRAL: &str = "api-version=2022-07-31";
 const HUB: &str = "api-version=2021-04-12";
@@ -39,8 +38,8 @@ struct Env {
     _dir: tempfile::TempDir,
     server: Server,
     http: reqwest::Client,
-    jobs: JobServiceClient<Channel>,
-    devices: DeviceServiceClient<Channel>,
+    jobs: JobServiceClient<AuthChannel>,
+    devices: DeviceServiceClient<AuthChannel>,
     prefix: String,
 }
 
@@ -54,7 +53,7 @@ impl Env {
         Env {
             _dir: dir,
             server,
-            http: reqwest::Client::new(),
+            http: muster_tests::http(),
             jobs,
             devices,
             prefix: unique_prefix(name),
@@ -296,12 +295,13 @@ impl Env {
     }
 }
 
-async fn clients(server: &Server) -> (JobServiceClient<Channel>, DeviceServiceClient<Channel>) {
-    let ch = Channel::from_shared(server.grpc.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+async fn clients(
+    server: &Server,
+) -> (
+    JobServiceClient<AuthChannel>,
+    DeviceServiceClient<AuthChannel>,
+) {
+    let ch = grpc_channel(&server.grpc).await.unwrap();
     let jobs = JobServiceClient::new(ch.clone());
     wait_for("a leader", || {
         let mut jobs = jobs.clone();
@@ -312,7 +312,7 @@ async fn clients(server: &Server) -> (JobServiceClient<Channel>, DeviceServiceCl
     (jobs, DeviceServiceClient::new(ch))
 }
 
-async fn list_devices(devices: &mut DeviceServiceClient<Channel>) -> Vec<pb::Device> {
+async fn list_devices(devices: &mut DeviceServiceClient<AuthChannel>) -> Vec<pb::Device> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {

@@ -19,7 +19,7 @@ struct Api {
 impl Api {
     fn new(server: &Server) -> Api {
         Api {
-            c: reqwest::Client::new(),
+            c: muster_tests::http(),
             base: server.rest.clone(),
         }
     }

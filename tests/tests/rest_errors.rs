@@ -90,7 +90,7 @@ async fn start() -> (tempfile::TempDir, Server, Api) {
     let server = Server::start(dir.path()).unwrap();
     server.wait_ready().await.unwrap();
     let api = Api {
-        c: reqwest::Client::new(),
+        c: muster_tests::http(),
         base: server.rest.clone(),
     };
     let (s, body) = api

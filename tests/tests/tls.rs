@@ -14,8 +14,8 @@ use muster_proto::pb::group_service_client::GroupServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
 use muster_proto::pb::raft_service_client::RaftServiceClient;
 use muster_tests::{
-    certs_init, data_dir, grpc_channel, grpc_endpoint, http_client, muster_bin, tls_flags,
-    wait_for, Server, TestCluster,
+    certs_init, data_dir, grpc_endpoint, grpc_tls_channel, https_client, muster_bin, muster_cmd,
+    tls_flags, wait_for, Server, TestCluster,
 };
 use serde_json::{json, Value};
 use tonic::Code;
@@ -87,7 +87,7 @@ async fn rest_and_grpc_serve_tls_and_check_client_certificates() {
     // A client certificate from the client CA is accepted; one from a CA the node does not
     // trust fails the handshake; none at all is fine (tokens are the other way in).
     let (cert, key) = pair(certs, "client-ops");
-    let with_cert = http_client(Some(&ca), Some((&cert, &key))).unwrap();
+    let with_cert = https_client(Some(&ca), Some((&cert, &key))).unwrap();
     let readyz = format!("{}/readyz", server.rest);
     assert!(with_cert
         .get(&readyz)
@@ -97,29 +97,32 @@ async fn rest_and_grpc_serve_tls_and_check_client_certificates() {
         .status()
         .is_success());
     let (bad_cert, bad_key) = pair(other.path(), "client-ops");
-    let stranger = http_client(Some(&ca), Some((&bad_cert, &bad_key))).unwrap();
+    let stranger = https_client(Some(&ca), Some((&bad_cert, &bad_key))).unwrap();
     assert!(stranger.get(&readyz).send().await.is_err());
     // Not trusting the node's CA, or speaking plain HTTP to it, gets nowhere.
-    let untrusting = http_client(Some(&other.path().join("ca.pem")), None).unwrap();
+    let untrusting = https_client(Some(&other.path().join("ca.pem")), None).unwrap();
     assert!(untrusting.get(&readyz).send().await.is_err());
     let plain = reqwest::Client::new();
     let http_url = readyz.replacen("https://", "http://", 1);
     assert!(!matches!(plain.get(&http_url).send().await, Ok(r) if r.status().is_success()));
 
     // gRPC over TLS: with and without a client certificate; not with a stranger's.
-    let channel = grpc_channel(&server.grpc, Some(&ca), None).await.unwrap();
-    let mut jobs = JobServiceClient::new(channel);
-    jobs.list_jobs(pb::ListJobsRequest::default())
-        .await
-        .unwrap();
-    let channel = grpc_channel(&server.grpc, Some(&ca), Some((&cert, &key)))
+    let channel = grpc_tls_channel(&server.grpc, Some(&ca), None)
         .await
         .unwrap();
     let mut jobs = JobServiceClient::new(channel);
     jobs.list_jobs(pb::ListJobsRequest::default())
         .await
         .unwrap();
-    let refused = match grpc_channel(&server.grpc, Some(&ca), Some((&bad_cert, &bad_key))).await {
+    let channel = grpc_tls_channel(&server.grpc, Some(&ca), Some((&cert, &key)))
+        .await
+        .unwrap();
+    let mut jobs = JobServiceClient::new(channel);
+    jobs.list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap();
+    let refused = match grpc_tls_channel(&server.grpc, Some(&ca), Some((&bad_cert, &bad_key))).await
+    {
         Err(_) => true,
         Ok(ch) => JobServiceClient::new(ch)
             .list_jobs(pb::ListJobsRequest::default())
@@ -131,7 +134,7 @@ async fn rest_and_grpc_serve_tls_and_check_client_certificates() {
         "a client certificate from an unknown CA was accepted"
     );
     let plain_grpc = server.grpc.replacen("https://", "http://", 1);
-    let refused = match grpc_channel(&plain_grpc, None, None).await {
+    let refused = match grpc_tls_channel(&plain_grpc, None, None).await {
         Err(_) => true,
         Ok(ch) => JobServiceClient::new(ch)
             .list_jobs(pb::ListJobsRequest::default())
@@ -292,7 +295,8 @@ async fn a_cluster_over_peer_mtls_works_and_refuses_strangers_on_the_peer_port()
         .unwrap();
     }
     // `muster cluster status` over https.
-    let out = Command::new(muster_bin().unwrap())
+    let out = muster_cmd()
+        .unwrap()
         .args(["cluster", "status", "--output", "json", "--endpoint"])
         .arg(&cluster.nodes[follower].grpc)
         .arg("--ca-cert")

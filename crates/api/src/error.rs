@@ -84,6 +84,8 @@ impl From<&DomainError> for ApiError {
             DomainError::DeviceExists(_) => (409, "DeviceExists"),
             DomainError::RerunExists { .. } => (409, "RerunExists"),
             DomainError::Conflict { .. } => (409, "InvalidJobState"),
+            DomainError::CredentialNotFound { .. } => (404, "NotFound"),
+            DomainError::CredentialConflict(_) => (409, "Conflict"),
             DomainError::VersionMismatch { .. } => (412, "PreconditionFailed"),
         };
         ApiError::new(status, code, message)

@@ -29,6 +29,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "ConnectionChanged",
     "GroupSaved",
     "GroupDeleted",
+    "PolicySaved",
+    "PolicyDeleted",
+    "ApiTokenCreated",
+    "ApiTokenDeleted",
 ];
 
 /// The canonical name of an event type written as `JobCreated`, `jobcreated` or `job_created`,

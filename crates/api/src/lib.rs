@@ -10,7 +10,9 @@
 //! Every parser here takes untrusted text and returns either a value the domain accepts or an
 //! [`ApiError`] naming the field to fix; none of them panics, whatever the input.
 
+pub mod access;
 pub mod central;
+pub mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod history;

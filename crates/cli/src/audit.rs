@@ -219,7 +219,7 @@ fn replay(r: &Replayed, output: ReplayOutput) -> anyhow::Result<()> {
              not included"
         );
     }
-    let State { jobs, registry } = &r.state;
+    let State { jobs, registry, .. } = &r.state;
     match output {
         ReplayOutput::Json => {
             let doc = json!({

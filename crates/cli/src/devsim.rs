@@ -72,6 +72,10 @@ pub struct DevsimArgs {
     /// --ca-cert).
     #[arg(long, value_name = "PEM", env = "MUSTER_CA_CERT")]
     register_ca_cert: Option<std::path::PathBuf>,
+    /// The credential `--register` uses (a token, a connection string or @FILE; see
+    /// `muster job --help`).
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, default_value = "warn")]
     log: String,
@@ -115,10 +119,12 @@ impl DevsimArgs {
 async fn register(
     endpoint: &str,
     ca_cert: Option<std::path::PathBuf>,
+    token: Option<&str>,
     cfg: &FleetConfig,
 ) -> anyhow::Result<()> {
     let opts = ClientOpts {
         endpoint: endpoint.to_string(),
+        token: token.map(str::to_string),
         output: Output::Text,
         ca_cert,
         client_cert: None,
@@ -155,7 +161,13 @@ pub async fn devsim(args: DevsimArgs) -> anyhow::Result<()> {
     crate::serve::init_tracing(&args.log);
     let cfg = args.fleet_config()?;
     if let Some(endpoint) = &args.register {
-        register(endpoint, args.register_ca_cert.clone(), &cfg).await?;
+        register(
+            endpoint,
+            args.register_ca_cert.clone(),
+            args.token.as_deref(),
+            &cfg,
+        )
+        .await?;
         eprintln!("devsim: registered {} devices with {endpoint}", cfg.devices);
     }
     let fleet = Fleet::start(cfg.clone()).await?;

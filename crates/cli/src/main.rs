@@ -2,6 +2,7 @@
 //! and hands over to `muster-node` (for `serve`) or to the gRPC client (every other command).
 
 mod audit;
+mod auth;
 mod certs;
 mod client;
 mod cluster;
@@ -60,6 +61,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
     },
+    /// Credentials: API tokens and shared access policies; `sign` makes a token for curl.
+    Auth {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: auth::AuthCmd,
+    },
     /// Run a simulated device fleet on MQTT brokers until Ctrl-C.
     Devsim(devsim::DevsimArgs),
     /// Read a stopped node's event log: verify, export, replay, timeline.
@@ -98,6 +106,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
             Cmd::Events { opts, cmd } => client::events(&opts, cmd).await,
             Cmd::Cluster { opts, cmd } => cluster::cluster(&opts, cmd).await,
+            Cmd::Auth { opts, cmd } => auth::auth(&opts, cmd).await,
             Cmd::Devsim(args) => devsim::devsim(args).await,
             Cmd::Audit(args) => audit::audit(args),
             Cmd::Certs { cmd } => certs::certs(cmd),

@@ -75,6 +75,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ENTRIES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_after: Option<u64>,
+    /// The host name clients address this service by (`HOST[:PORT]`), written into the
+    /// connection strings muster prints; SAS tokens must be signed for it (or for a member's
+    /// address). Default: the advertised REST address.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    /// A file with the base64 primary key a new cluster gives its `iothubowner` policy (from
+    /// your secret store) instead of a random one.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_key_file: Option<PathBuf>,
     /// MQTT broker URL (`mqtt://HOST:PORT`); repeat to spread devices over several brokers.
     #[arg(long = "mqtt-url", value_name = "URL")]
     #[serde(skip)]
@@ -103,8 +114,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(rename = "tls", skip_serializing_if = "TlsArgs::is_empty")]
     tls: TlsArgs,
-    /// Start even where a node must not run unprotected: REST/gRPC on a non-loopback address
-    /// without TLS, peers beyond loopback without peer TLS (MUSTER_INSECURE=true). Logged loudly.
+    /// No protection, for experiments only (MUSTER_INSECURE=true), logged loudly: authentication
+    /// off (every caller may do everything), and the node starts even with REST/gRPC on a
+    /// non-loopback address without TLS or peers beyond loopback without peer TLS.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
@@ -335,7 +347,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => println!("muster listening: rest={scheme}://{http} grpc={scheme}://{grpc}{peer}"),
     }
     if let Some(dev) = &cfg.dev {
-        print_dev_banner(dev, &cfg, scheme, http, grpc);
+        // The banner needs the administrator's credential, which the node writes once it has
+        // created the cluster's credentials: print it from the file, as a user would read it.
+        let (dev, cfg2) = (dev.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let token = dev_token(&cfg2).await;
+            print_dev_banner(&dev, &cfg2, scheme, http, grpc, token.as_deref());
+        });
     }
     muster_node::run(cfg, listeners, shutdown_signal()).await?;
     Ok(())
@@ -344,12 +362,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The model id of the simulated devices (devsim's default).
 const DEV_MODEL: &str = "dtmi:muster:simulated;1";
 
+/// A token valid for 30 days, signed with the administrator's connection string, once the node
+/// has written it (`None` with --insecure or if it does not appear within a minute).
+async fn dev_token(cfg: &NodeConfig) -> Option<String> {
+    if cfg.insecure {
+        return None;
+    }
+    let path = cfg.data_dir.as_ref()?.join(muster_node::ADMIN_CREDENTIAL);
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return crate::client::credential::header_value(text.trim(), 30 * 86_400).ok();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
 fn print_dev_banner(
     dev: &muster_node::DevConfig,
     cfg: &NodeConfig,
     scheme: &str,
     http: std::net::SocketAddr,
     grpc: std::net::SocketAddr,
+    token: Option<&str>,
 ) {
     let dir = cfg
         .data_dir
@@ -360,13 +395,30 @@ fn print_dev_banner(
         "dev mode: {n} simulated devices (sim-000001 ... sim-{n:06}), data in {dir}",
         n = dev.devices
     );
-    println!("try:");
+    let auth = match token {
+        Some(t) => {
+            println!(
+                "administrator's connection string: {}/{} (a 30-day token from it below)",
+                dir,
+                muster_node::ADMIN_CREDENTIAL
+            );
+            println!("try:");
+            println!("  export MUSTER_TOKEN='{t}'");
+            "    -H \"Authorization: $MUSTER_TOKEN\" \\\n"
+        }
+        None => {
+            println!("try:");
+            ""
+        }
+    };
     println!("  curl -X PUT '{scheme}://{http}/api/deviceGroups/all?api-version=2022-07-31' \\");
+    print!("{auth}");
     println!("    -H 'content-type: application/json' \\");
     println!(
         "    -d '{{\"displayName\": \"All devices\", \"filter\": \"SELECT * FROM devices\"}}'"
     );
     println!("  curl -X PUT '{scheme}://{http}/api/jobs/reboot-all?api-version=2022-07-31' \\");
+    print!("{auth}");
     println!("    -H 'content-type: application/json' \\");
     println!("    -d '{{\"displayName\": \"Reboot\", \"group\": \"all\", \"batch\": {{\"type\": \"percentage\", \"value\": 25}}, \"cancellationThreshold\": {{\"type\": \"percentage\", \"value\": 10, \"batch\": false}}, \"data\": [{{\"type\": \"CommandJobData\", \"target\": \"{DEV_MODEL}\", \"path\": \"reboot\", \"value\": {{}}}}]}}'");
     println!("  muster job watch reboot-all --endpoint {scheme}://{grpc}");

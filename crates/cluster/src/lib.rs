@@ -270,6 +270,18 @@ impl Cluster {
         Some((id, node))
     }
 
+    /// The client addresses (REST and gRPC) of every member, as the membership records them:
+    /// the names clients may know this service by.
+    pub fn member_addresses(&self) -> Vec<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .flat_map(|(_, n)| [n.http_addr.clone(), n.grpc_addr.clone()])
+            .collect()
+    }
+
     /// Waits until some node is leader (this one or another). Returns the leader id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
         let mut rx = self.raft.metrics();

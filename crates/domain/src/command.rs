@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::auth::{AccessPolicy, ApiToken};
 use crate::job::FailureReason;
 use crate::registry::DeviceRegistration;
 use crate::spec::JobSpec;
@@ -106,6 +107,30 @@ pub enum Command {
         id: GroupId,
         at: Timestamp,
     },
+    /// A new cluster's credentials (IoT Hub's default policies, keys drawn by the leader),
+    /// accepted once: a second leader racing the first is refused.
+    InitAuth {
+        policies: Vec<AccessPolicy>,
+        at: Timestamp,
+    },
+    /// Creates a policy or replaces one (new keys, new rights).
+    SavePolicy {
+        policy: AccessPolicy,
+        at: Timestamp,
+    },
+    DeletePolicy {
+        name: String,
+        at: Timestamp,
+    },
+    /// Creates an API token; its secret stays with the caller, the token holds only its hash.
+    CreateApiToken {
+        token: ApiToken,
+        at: Timestamp,
+    },
+    DeleteApiToken {
+        id: String,
+        at: Timestamp,
+    },
 }
 
 /// The `at` field of any command, by reference or by mutable reference (whichever `$cmd` is):
@@ -128,7 +153,12 @@ macro_rules! stamp_of {
             | Command::SetConnections { at, .. }
             | Command::ReportPropertiesBatch { at, .. }
             | Command::SaveGroup { at, .. }
-            | Command::DeleteGroup { at, .. } => at,
+            | Command::DeleteGroup { at, .. }
+            | Command::InitAuth { at, .. }
+            | Command::SavePolicy { at, .. }
+            | Command::DeletePolicy { at, .. }
+            | Command::CreateApiToken { at, .. }
+            | Command::DeleteApiToken { at, .. } => at,
         }
     };
 }

@@ -23,6 +23,9 @@ use crate::spec::{check_name, check_patch, Operation, TargetSelector};
 use crate::State;
 
 pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
+    if let Some(decided) = crate::auth::rules::decide(&state.auth, cmd) {
+        return decided;
+    }
     match cmd {
         Command::CreateJob { id, spec, at } => create_job(state, id, spec, *at),
         Command::StopJob { id, at } => {
@@ -216,6 +219,13 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 group: id.clone(),
                 at: *at,
             }])
+        }
+        Command::InitAuth { .. }
+        | Command::SavePolicy { .. }
+        | Command::DeletePolicy { .. }
+        | Command::CreateApiToken { .. }
+        | Command::DeleteApiToken { .. } => {
+            crate::auth::rules::decide(&state.auth, cmd).unwrap_or_else(|| Ok(Vec::new()))
         }
     }
 }

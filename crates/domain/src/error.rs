@@ -34,6 +34,12 @@ pub enum DomainError {
         status: &'static str,
         hint: &'static str,
     },
+    /// A policy or token name that is not there.
+    #[error("{kind} {name} does not exist")]
+    CredentialNotFound { kind: &'static str, name: String },
+    /// A policy or token name that is taken, or a change that would lock every caller out.
+    #[error("{0}")]
+    CredentialConflict(String),
     #[error("twin of {device} is at version {actual}, not {expected}; read it again and retry")]
     VersionMismatch {
         device: DeviceId,

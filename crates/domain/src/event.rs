@@ -5,6 +5,7 @@ use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::auth::{Right, Role, Secret};
 use crate::job::{CancelReason, FailureReason, JobFailure, MethodResponse};
 use crate::registry::{DeviceRegistration, TwinSection};
 use crate::spec::JobSpec;
@@ -128,6 +129,29 @@ pub enum Event {
         group: GroupId,
         at: Timestamp,
     },
+    /// Keys are [`Secret`]s: an event's JSON (audit export, event streams) never shows them.
+    PolicySaved {
+        name: String,
+        rights: Vec<Right>,
+        primary_key: Secret,
+        secondary_key: Secret,
+        at: Timestamp,
+    },
+    PolicyDeleted {
+        name: String,
+        at: Timestamp,
+    },
+    ApiTokenCreated {
+        id: String,
+        roles: Vec<Role>,
+        expiry: Timestamp,
+        secret_hash: Secret,
+        at: Timestamp,
+    },
+    ApiTokenDeleted {
+        id: String,
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -189,7 +213,11 @@ impl Event {
             | Event::TwinPatched { at, .. }
             | Event::ConnectionChanged { at, .. }
             | Event::GroupSaved { at, .. }
-            | Event::GroupDeleted { at, .. } => *at,
+            | Event::GroupDeleted { at, .. }
+            | Event::PolicySaved { at, .. }
+            | Event::PolicyDeleted { at, .. }
+            | Event::ApiTokenCreated { at, .. }
+            | Event::ApiTokenDeleted { at, .. } => *at,
         }
     }
 
@@ -216,6 +244,10 @@ impl Event {
             Event::ConnectionChanged { .. } => "ConnectionChanged",
             Event::GroupSaved { .. } => "GroupSaved",
             Event::GroupDeleted { .. } => "GroupDeleted",
+            Event::PolicySaved { .. } => "PolicySaved",
+            Event::PolicyDeleted { .. } => "PolicyDeleted",
+            Event::ApiTokenCreated { .. } => "ApiTokenCreated",
+            Event::ApiTokenDeleted { .. } => "ApiTokenDeleted",
         }
     }
 }

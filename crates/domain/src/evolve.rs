@@ -296,6 +296,12 @@ pub fn evolve(state: &mut State, event: &Event) {
         Event::GroupDeleted { group, .. } => {
             state.registry.groups.remove(group);
         }
+        Event::PolicySaved { .. }
+        | Event::PolicyDeleted { .. }
+        | Event::ApiTokenCreated { .. }
+        | Event::ApiTokenDeleted { .. } => {
+            crate::auth::rules::evolve(&mut state.auth, event);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! same log reaches the same state, and replaying the log rebuilds it exactly.
 
 pub mod actions;
+pub mod auth;
 pub mod command;
 mod decide;
 pub mod error;
@@ -26,6 +27,7 @@ pub use actions::{
     actions, actions_with, send_request, send_requests, Action, ActionOptions, MethodInvocation,
     SendRequest,
 };
+pub use auth::Principal;
 pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 pub use decide::{decide, responded};
 pub use error::DomainError;
@@ -47,6 +49,9 @@ pub use spec::{
 pub struct State {
     pub jobs: BTreeMap<JobId, Job>,
     pub registry: Registry,
+    /// Credentials (absent from snapshots of builds before authentication: then empty).
+    #[serde(default)]
+    pub auth: auth::Auth,
 }
 
 impl State {

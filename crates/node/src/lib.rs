@@ -5,6 +5,7 @@
 //! ones back), and whoever owns the future decides when the node stops. Nothing here parses flags
 //! or reads files; that is the binary's job.
 
+mod credentials;
 pub mod dev;
 mod leader;
 mod ticker;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use muster_cluster::{Cluster, ClusterConfig, ClusterError, MusterNode};
 use muster_dispatch::DispatchConfig;
 
+pub use credentials::ADMIN_CREDENTIAL;
 pub use dev::DevConfig;
 use serde::{Deserialize, Serialize};
 pub use tls::{NodeTls, TlsSettings};
@@ -63,9 +65,18 @@ pub struct NodeConfig {
     pub dev: Option<DevConfig>,
     /// TLS on REST and client gRPC, mutual TLS on the peer port (`[tls]`, see [`TlsSettings`]).
     pub tls: TlsSettings,
-    /// Run without the protections a node on a network needs (`--insecure`): REST/gRPC on a
-    /// non-loopback address without TLS, peers beyond loopback without peer TLS. Logged loudly.
+    /// The host name clients address this service by (`HOST` or `HOST:PORT`, as in the
+    /// `HostName=` of a connection string); SAS tokens signed for it, or for any member's REST or
+    /// gRPC address, are accepted. Default: the advertised REST address.
+    pub hostname: Option<String>,
+    /// No protection (`--insecure`), loudly logged: no authentication (every caller may do
+    /// everything, as `anonymous`), and a node may serve REST/gRPC on a non-loopback address
+    /// without TLS and run with peers beyond loopback without peer TLS.
     pub insecure: bool,
+    /// A file holding the primary key (base64) that a *new* cluster gives its `iothubowner`
+    /// policy, instead of a random one: for deployments that keep the administrator's secret in
+    /// their own secret store. Ignored once the cluster's credentials exist.
+    pub admin_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -90,7 +101,9 @@ impl Default for NodeConfig {
             },
             dev: None,
             tls: TlsSettings::default(),
+            hostname: None,
             insecure: false,
+            admin_key_file: None,
         }
     }
 }
@@ -291,30 +304,27 @@ pub async fn run(
         (None, Some(bound)) => bound.to_string(),
         (None, None) => String::new(),
     };
+    let me_http = match &cfg.advertise_http_addr {
+        Some(a) => a.clone(),
+        None => listeners.http_addr()?.to_string(),
+    };
     let me = MusterNode {
         peer_addr,
         grpc_addr: match &cfg.advertise_grpc_addr {
             Some(a) => a.clone(),
             None => listeners.grpc_addr()?.to_string(),
         },
-        http_addr: match &cfg.advertise_http_addr {
-            Some(a) => a.clone(),
-            None => listeners.http_addr()?.to_string(),
-        },
+        http_addr: me_http.clone(),
     };
     cfg.check()?;
-    let accepted = check_exposure(&cfg, &listeners)?;
-    if cfg.insecure {
+    // With --insecure this accepts what it would refuse; each is logged (authentication's own
+    // warning follows below).
+    for p in check_exposure(&cfg, &listeners)? {
         tracing::warn!(
-            "INSECURE: --insecure is set; this node does not protect itself. Use it only on a trusted network"
+            "INSECURE: serving {p}: anyone who can reach it can read and change everything"
         );
-        for p in &accepted {
-            tracing::warn!(
-                "INSECURE: serving {p}: anyone who can reach it can read and change everything"
-            );
-        }
     }
-    let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir, me);
+    let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir.clone(), me);
     ccfg.peers = peers;
     ccfg.join = cfg.join;
     ccfg.heartbeat = Duration::from_millis(cfg.heartbeat_ms);
@@ -322,7 +332,21 @@ pub async fn run(
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
     ccfg.peer_tls = listeners.tls.peer.clone();
+    let host = cfg.hostname.clone().unwrap_or_else(|| me_http.clone());
+    let admin_key = cfg
+        .admin_key_file
+        .as_deref()
+        .map(credentials::read_admin_key)
+        .transpose()?;
     let cluster = Cluster::start(ccfg).await?;
+    let gate = if cfg.insecure {
+        tracing::warn!(
+            "--insecure: AUTHENTICATION IS OFF; anyone who reaches this node's REST or gRPC port may do anything"
+        );
+        muster_api::access::Gate::insecure()
+    } else {
+        muster_api::access::Gate::new(cluster.clone(), host.clone())
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -344,16 +368,22 @@ pub async fn run(
         }
         grpc = grpc.tls_config(tls)?;
     }
+    // The identity first, so the gate sees the caller's client certificate.
     let grpc = grpc
         .layer(tower::util::MapRequestLayer::new(
             muster_api::grpc::identify,
         ))
-        .add_routes(muster_api::grpc::routes(cluster.clone(), stop_rx.clone()))
+        .layer(muster_api::access::GrpcGate(gate.clone()))
+        .add_routes(muster_api::grpc::routes(
+            cluster.clone(),
+            gate.clone(),
+            stop_rx.clone(),
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
         );
-    let router = muster_api::rest::router(cluster.clone());
+    let router = muster_api::rest::router(cluster.clone(), gate.clone());
     let http: futures::future::BoxFuture<'static, std::io::Result<()>> = match &listeners.tls.api {
         Some(api) => {
             let config = muster_tls::https_server_config(&api.identity, api.client_ca.as_ref())
@@ -395,6 +425,13 @@ pub async fn run(
     if cfg.dispatch.brokers.is_empty() {
         tracing::warn!("no MQTT broker configured (--mqtt-url): jobs advance but reach no device");
     }
+    let credentials = tokio::spawn(credentials::run(
+        cluster.clone(),
+        data_dir.clone(),
+        host,
+        admin_key,
+        stop_rx.clone(),
+    ));
     let leader = tokio::spawn(leader::run(
         cluster.clone(),
         cfg.dispatch.clone(),
@@ -434,6 +471,7 @@ pub async fn run(
         }
     }
     let _ = leader.await;
+    let _ = credentials.await;
     if let Some(f) = fleet {
         f.shutdown().await;
     }

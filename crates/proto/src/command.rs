@@ -129,6 +129,30 @@ impl From<&Command> for pb::Command {
                 group_id: id.to_string(),
                 at_ms: at.millis(),
             }),
+            Command::InitAuth { policies, at } => Kind::InitAuth(pb::command::InitAuth {
+                policies: policies.iter().map(Into::into).collect(),
+                at_ms: at.millis(),
+            }),
+            Command::SavePolicy { policy, at } => Kind::SavePolicy(pb::command::SavePolicy {
+                policy: Some(policy.into()),
+                at_ms: at.millis(),
+            }),
+            Command::DeletePolicy { name, at } => Kind::DeletePolicy(pb::command::DeletePolicy {
+                name: name.clone(),
+                at_ms: at.millis(),
+            }),
+            Command::CreateApiToken { token, at } => {
+                Kind::CreateApiToken(pb::command::CreateApiToken {
+                    token: Some(token.into()),
+                    at_ms: at.millis(),
+                })
+            }
+            Command::DeleteApiToken { id, at } => {
+                Kind::DeleteApiToken(pb::command::DeleteApiToken {
+                    id: id.clone(),
+                    at_ms: at.millis(),
+                })
+            }
         };
         pb::Command { kind: Some(kind) }
     }
@@ -247,6 +271,37 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         },
         Kind::DeleteGroup(m) => Command::DeleteGroup {
             id: id("delete_group.group_id", m.group_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::InitAuth(m) => Command::InitAuth {
+            policies: m
+                .policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| crate::auth::policy(&format!("init_auth.policies[{i}]"), p))
+                .collect::<Result<_, _>>()?,
+            at: time(m.at_ms),
+        },
+        Kind::SavePolicy(m) => Command::SavePolicy {
+            policy: crate::auth::policy(
+                "save_policy.policy",
+                required("save_policy.policy", m.policy)?,
+            )?,
+            at: time(m.at_ms),
+        },
+        Kind::DeletePolicy(m) => Command::DeletePolicy {
+            name: m.name,
+            at: time(m.at_ms),
+        },
+        Kind::CreateApiToken(m) => Command::CreateApiToken {
+            token: crate::auth::token(
+                "create_api_token.token",
+                required("create_api_token.token", m.token)?,
+            )?,
+            at: time(m.at_ms),
+        },
+        Kind::DeleteApiToken(m) => Command::DeleteApiToken {
+            id: m.id,
             at: time(m.at_ms),
         },
     })

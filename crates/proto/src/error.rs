@@ -34,6 +34,10 @@ pub enum ProtoError {
     /// know.
     #[error("{field} has the unknown or unspecified enum value {value}")]
     UnknownEnum { field: String, value: i32 },
+
+    /// A name from a fixed list (a policy right, a role) that this build does not know.
+    #[error("{field} holds the unknown name {name:?}")]
+    UnknownName { field: String, name: String },
 }
 
 impl ProtoError {
@@ -44,7 +48,8 @@ impl ProtoError {
             ProtoError::Missing { field }
             | ProtoError::InvalidId { field, .. }
             | ProtoError::InvalidJson { field, .. }
-            | ProtoError::UnknownEnum { field, .. } => Some(field),
+            | ProtoError::UnknownEnum { field, .. }
+            | ProtoError::UnknownName { field, .. } => Some(field),
         }
     }
 
@@ -57,7 +62,8 @@ impl ProtoError {
             ProtoError::Missing { field }
             | ProtoError::InvalidId { field, .. }
             | ProtoError::InvalidJson { field, .. }
-            | ProtoError::UnknownEnum { field, .. } => *field = format!("{prefix}.{field}"),
+            | ProtoError::UnknownEnum { field, .. }
+            | ProtoError::UnknownName { field, .. } => *field = format!("{prefix}.{field}"),
         }
         self
     }

@@ -1,5 +1,6 @@
 //! Conversions of events, the content of the event log.
 
+use muster_domain::auth::Secret;
 use muster_domain::Event;
 use muster_types::RunId;
 
@@ -187,6 +188,42 @@ impl From<&Event> for pb::Event {
                 group_id: group.to_string(),
                 at_ms: at.millis(),
             }),
+            Event::PolicySaved {
+                name,
+                rights,
+                primary_key,
+                secondary_key,
+                at,
+            } => Kind::PolicySaved(pb::event::PolicySaved {
+                name: name.clone(),
+                rights: crate::auth::right_names(rights),
+                primary_key: primary_key.0.clone(),
+                secondary_key: secondary_key.0.clone(),
+                at_ms: at.millis(),
+            }),
+            Event::PolicyDeleted { name, at } => Kind::PolicyDeleted(pb::event::PolicyDeleted {
+                name: name.clone(),
+                at_ms: at.millis(),
+            }),
+            Event::ApiTokenCreated {
+                id,
+                roles,
+                expiry,
+                secret_hash,
+                at,
+            } => Kind::ApiTokenCreated(pb::event::ApiTokenCreated {
+                id: id.clone(),
+                roles: crate::auth::role_names(roles),
+                expiry_ms: expiry.millis(),
+                secret_hash: secret_hash.0.clone(),
+                at_ms: at.millis(),
+            }),
+            Event::ApiTokenDeleted { id, at } => {
+                Kind::ApiTokenDeleted(pb::event::ApiTokenDeleted {
+                    id: id.clone(),
+                    at_ms: at.millis(),
+                })
+            }
         };
         pb::Event { kind: Some(kind) }
     }
@@ -313,6 +350,28 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
         },
         Kind::GroupDeleted(m) => Event::GroupDeleted {
             group: id("group_deleted.group_id", m.group_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::PolicySaved(m) => Event::PolicySaved {
+            rights: crate::auth::rights("policy_saved.rights", m.rights)?,
+            name: m.name,
+            primary_key: Secret(m.primary_key),
+            secondary_key: Secret(m.secondary_key),
+            at: time(m.at_ms),
+        },
+        Kind::PolicyDeleted(m) => Event::PolicyDeleted {
+            name: m.name,
+            at: time(m.at_ms),
+        },
+        Kind::ApiTokenCreated(m) => Event::ApiTokenCreated {
+            roles: crate::auth::roles("api_token_created.roles", m.roles)?,
+            id: m.id,
+            expiry: time(m.expiry_ms),
+            secret_hash: Secret(m.secret_hash),
+            at: time(m.at_ms),
+        },
+        Kind::ApiTokenDeleted(m) => Event::ApiTokenDeleted {
+            id: m.id,
             at: time(m.at_ms),
         },
     })

@@ -16,6 +16,7 @@
 //! with `float_roundtrip`, so every number reads back as exactly the value that was written:
 //! replicas decode what the leader encoded and must reach the same state.
 
+mod auth;
 mod command;
 mod error;
 mod event;

@@ -162,6 +162,10 @@ impl Seen {
             Event::ConnectionChanged { .. } => "Event::ConnectionChanged",
             Event::GroupSaved { .. } => "Event::GroupSaved",
             Event::GroupDeleted { .. } => "Event::GroupDeleted",
+            Event::PolicySaved { .. } => "Event::PolicySaved",
+            Event::PolicyDeleted { .. } => "Event::PolicyDeleted",
+            Event::ApiTokenCreated { .. } => "Event::ApiTokenCreated",
+            Event::ApiTokenDeleted { .. } => "Event::ApiTokenDeleted",
         };
         self.0.insert(name);
     }
@@ -199,6 +203,11 @@ impl Seen {
             Command::ReportPropertiesBatch { .. } => "Command::ReportPropertiesBatch",
             Command::SaveGroup { .. } => "Command::SaveGroup",
             Command::DeleteGroup { .. } => "Command::DeleteGroup",
+            Command::InitAuth { .. } => "Command::InitAuth",
+            Command::SavePolicy { .. } => "Command::SavePolicy",
+            Command::DeletePolicy { .. } => "Command::DeletePolicy",
+            Command::CreateApiToken { .. } => "Command::CreateApiToken",
+            Command::DeleteApiToken { .. } => "Command::DeleteApiToken",
         };
         self.0.insert(name);
     }
@@ -215,7 +224,12 @@ const ALL_CASES: &[&str] = &[
     "Command::Advance",
     "Command::CancelJob",
     "Command::CreateJob",
+    "Command::CreateApiToken",
+    "Command::DeleteApiToken",
     "Command::DeleteGroup",
+    "Command::DeletePolicy",
+    "Command::InitAuth",
+    "Command::SavePolicy",
     "Command::MarkDispatched",
     "Command::RecordDeviceResults",
     "Command::RegisterDevices",
@@ -236,7 +250,11 @@ const ALL_CASES: &[&str] = &[
     "Event::DeviceSucceeded",
     "Event::DeviceUpdated",
     "Event::DevicesJoined",
+    "Event::ApiTokenCreated",
+    "Event::ApiTokenDeleted",
     "Event::GroupDeleted",
+    "Event::PolicyDeleted",
+    "Event::PolicySaved",
     "Event::GroupSaved",
     "Event::JobCancelled",
     "Event::JobCompleted",

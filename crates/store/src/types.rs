@@ -167,11 +167,14 @@ impl From<&DomainError> for CommandError {
             DomainError::TooLarge { field, .. } => (ErrorKind::TooLarge, Some(field.clone())),
             DomainError::JobNotFound(_)
             | DomainError::DeviceNotFound(_)
-            | DomainError::GroupNotFound(_) => (ErrorKind::NotFound, None),
+            | DomainError::GroupNotFound(_)
+            | DomainError::CredentialNotFound { .. } => (ErrorKind::NotFound, None),
             DomainError::JobExists(_)
             | DomainError::DeviceExists(_)
             | DomainError::RerunExists { .. } => (ErrorKind::AlreadyExists, None),
-            DomainError::Conflict { .. } => (ErrorKind::Conflict, None),
+            DomainError::Conflict { .. } | DomainError::CredentialConflict(_) => {
+                (ErrorKind::Conflict, None)
+            }
             DomainError::VersionMismatch { .. } => (ErrorKind::VersionMismatch, None),
         };
         CommandError {

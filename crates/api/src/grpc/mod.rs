@@ -8,6 +8,7 @@
 //! the caller set `stale_ok`) and answer from the replicated state. Nothing here panics on any
 //! input; every refusal is a `Status` whose message says what to fix.
 
+mod auth;
 mod cluster;
 mod convert;
 mod devices;
@@ -19,6 +20,7 @@ use std::ops::Bound;
 use muster_cluster::{Cluster, ClusterError, ErrorKind};
 use tonic::Status;
 
+pub use auth::AuthApi;
 pub use cluster::ClusterApi;
 pub use devices::{DeviceApi, GroupApi};
 pub use events::EventApi;
@@ -55,12 +57,13 @@ pub fn identify<B>(mut req: tonic::codegen::http::Request<B>) -> tonic::codegen:
 }
 
 /// The services on the client gRPC address, as reflection lists them.
-const CLIENT_SERVICES: &[&str] = &[
+pub(crate) const CLIENT_SERVICES: &[&str] = &[
     "muster.v1.JobService",
     "muster.v1.DeviceService",
     "muster.v1.GroupService",
     "muster.v1.EventService",
     "muster.v1.ClusterService",
+    "muster.v1.AuthService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
 ];
@@ -70,6 +73,7 @@ const CLIENT_SERVICES: &[&str] = &[
 /// shutdown does not wait for their clients.
 pub fn routes(
     cluster: Cluster,
+    gate: crate::access::Gate,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tonic::service::Routes {
     let events = EventApi::new(cluster.clone()).with_shutdown(stop);
@@ -94,6 +98,9 @@ pub fn routes(
             reporter
                 .set_serving::<pb::cluster_service_server::ClusterServiceServer<ClusterApi>>()
                 .await;
+            reporter
+                .set_serving::<pb::auth_service_server::AuthServiceServer<AuthApi>>()
+                .await;
         });
     }
     let mut routes = tonic::service::Routes::new(health)
@@ -106,11 +113,14 @@ pub fn routes(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(pb::group_service_server::GroupServiceServer::new(
-            GroupApi::new(cluster),
+            GroupApi::new(cluster.clone()),
         ));
     routes = routes.add_service(pb::event_service_server::EventServiceServer::new(events));
     routes = routes.add_service(pb::cluster_service_server::ClusterServiceServer::new(
         cluster_api,
+    ));
+    routes = routes.add_service(pb::auth_service_server::AuthServiceServer::new(
+        AuthApi::new(cluster.clone(), gate),
     ));
     // Reflection lists the services served here, not the peer-only RaftService that shares the
     // descriptor set.

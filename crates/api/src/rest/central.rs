@@ -9,15 +9,16 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::{get, post, put};
-use axum::Router;
+use muster_domain::auth::Permission;
 use muster_domain::{Command, TargetSelector};
 use muster_types::{DeviceId, GroupId, JobId, RerunId};
 use serde_json::Value;
 
 use super::errors::{internal, DEVICE, GROUP, JOB, RERUN};
 use super::extract::{base_url, JsonText, Params, PathParams};
+use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
+use crate::access::Access::Need;
 use crate::central::{
     central_device_group_json, central_device_json, central_job_device_json, central_job_json,
     central_page, check_api_version, device_group_from_central, device_registration_from_central,
@@ -32,22 +33,28 @@ const DEFAULT_PAGE: usize = 100;
 /// Largest `maxpagesize` accepted.
 const MAX_PAGE: usize = 1000;
 
-pub(super) fn routes() -> Router<App> {
-    Router::new()
-        .route("/api/jobs", get(list_jobs))
-        .route("/api/jobs/{id}", get(get_job).put(put_job))
-        .route("/api/jobs/{id}/devices", get(job_devices))
-        .route("/api/jobs/{id}/events", get(job_events))
-        .route("/api/jobs/{id}/stop", post(stop_job))
-        .route("/api/jobs/{id}/resume", post(resume_job))
-        .route("/api/jobs/{id}/rerun/{rerun_id}", put(rerun_job))
-        .route("/api/deviceGroups", get(list_groups))
-        .route(
-            "/api/deviceGroups/{id}",
-            get(get_group).put(put_group).delete(delete_group),
+pub(super) fn routes() -> Routes {
+    use Permission::*;
+    Routes::new()
+        .get("/api/jobs", Need(JobsRead), list_jobs)
+        .get("/api/jobs/{id}", Need(JobsRead), get_job)
+        .put("/api/jobs/{id}", Need(JobsWrite), put_job)
+        .get("/api/jobs/{id}/devices", Need(JobsRead), job_devices)
+        .get("/api/jobs/{id}/events", Need(EventsRead), job_events)
+        .post("/api/jobs/{id}/stop", Need(JobsWrite), stop_job)
+        .post("/api/jobs/{id}/resume", Need(JobsWrite), resume_job)
+        .put(
+            "/api/jobs/{id}/rerun/{rerun_id}",
+            Need(JobsWrite),
+            rerun_job,
         )
-        .route("/api/devices", get(list_devices))
-        .route("/api/devices/{id}", get(get_device).put(put_device))
+        .get("/api/deviceGroups", Need(DevicesRead), list_groups)
+        .get("/api/deviceGroups/{id}", Need(DevicesRead), get_group)
+        .put("/api/deviceGroups/{id}", Need(GroupsWrite), put_group)
+        .delete("/api/deviceGroups/{id}", Need(GroupsWrite), delete_group)
+        .get("/api/devices", Need(DevicesRead), list_devices)
+        .get("/api/devices/{id}", Need(DevicesRead), get_device)
+        .put("/api/devices/{id}", Need(DevicesWrite), put_device)
 }
 
 /// The checked `api-version`, kept for the `nextLink`.

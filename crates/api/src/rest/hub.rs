@@ -16,16 +16,17 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::Router;
 use muster_cluster::now;
+use muster_domain::auth::Permission;
 use muster_domain::{Command, Device, Job};
 use muster_types::{DeviceId, JobId};
 use serde_json::{json, Value};
 
 use super::errors::{internal, DEVICE, JOB};
 use super::extract::{JsonText, Params, PathParams};
+use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
+use crate::access::Access::Need;
 use crate::central::check_api_version;
 use crate::error::ApiError;
 use crate::hub::{
@@ -40,12 +41,15 @@ const MAX_ITEM_COUNT: HeaderName = HeaderName::from_static("x-ms-max-item-count"
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-pub(super) fn routes() -> Router<App> {
-    Router::new()
-        .route("/jobs/v2/query", get(query_jobs))
-        .route("/jobs/v2/{job_id}", put(put_job).get(get_job))
-        .route("/jobs/v2/{job_id}/cancel", post(cancel_job))
-        .route("/twins/{device_id}", get(get_twin).patch(patch_twin))
+pub(super) fn routes() -> Routes {
+    use Permission::*;
+    Routes::new()
+        .get("/jobs/v2/query", Need(JobsRead), query_jobs)
+        .put("/jobs/v2/{job_id}", Need(JobsWrite), put_job)
+        .get("/jobs/v2/{job_id}", Need(JobsRead), get_job)
+        .post("/jobs/v2/{job_id}/cancel", Need(JobsWrite), cancel_job)
+        .get("/twins/{device_id}", Need(DevicesRead), get_twin)
+        .patch("/twins/{device_id}", Need(TwinsWrite), patch_twin)
 }
 
 fn version(q: &Params) -> Result<(), ApiError> {

@@ -18,7 +18,10 @@
 mod central;
 mod errors;
 mod extract;
+mod guard;
 mod hub;
+
+pub use guard::RouteAccess;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -26,12 +29,12 @@ use std::ops::Bound;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{middleware, Json, Router};
 use muster_cluster::Cluster;
 use muster_domain::{Command, State as DomainState};
 use serde_json::{json, Value};
 
+use crate::access::{Access, Gate};
 use crate::error::ApiError;
 use crate::json::MAX_BODY_BYTES;
 use errors::{cluster_error, Codes};
@@ -39,14 +42,26 @@ use errors::{cluster_error, Codes};
 /// How long a request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The REST routes of a node, ready to be served on the REST address.
-pub fn router(cluster: Cluster) -> Router {
-    let app = App { cluster };
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+/// Every route with its permission; `router` serves exactly these.
+fn routes() -> guard::Routes {
+    guard::Routes::new()
+        .get("/healthz", Access::Open, healthz)
+        .get("/readyz", Access::Open, readyz)
         .merge(central::routes())
         .merge(hub::routes())
+}
+
+/// The permission table of the REST gateway: each method of each route and what it needs.
+pub fn route_table() -> Vec<RouteAccess> {
+    routes().into_parts().1
+}
+
+/// The REST routes of a node, ready to be served on the REST address. `gate` checks every
+/// caller against the route's permission before its handler runs.
+pub fn router(cluster: Cluster, gate: Gate) -> Router {
+    let app = App { cluster };
+    let (routes, _) = routes().into_parts();
+    routes
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::map_response(errors::json_errors))
@@ -56,6 +71,7 @@ pub fn router(cluster: Cluster) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_READ_TIMEOUT,
         ))
+        .layer(axum::Extension(gate))
         .with_state(app)
 }
 
@@ -118,7 +134,10 @@ async fn healthz() -> Response {
 /// `GET /readyz`: 200 when a leader is known (this node or another), so writes and reads can be
 /// served; 503 (JSON error) while there is none, e.g. during an election or a partition.
 async fn readyz(State(app): State<App>) -> Response {
-    match app.cluster.leader() {
+    // Credentials are created by the first leader right after it is elected: until this node
+    // has applied them it could only answer 401, so it is not ready yet.
+    let credentials = app.cluster.reader().read(|s| s.auth.initialized);
+    match app.cluster.leader().filter(|_| credentials) {
         Some((id, _)) => ok_json(json!({
             "status": "ready",
             "node": app.cluster.id(),
@@ -128,7 +147,7 @@ async fn readyz(State(app): State<App>) -> Response {
         None => ApiError::new(
             503,
             "NotReady",
-            "this node knows no leader yet (an election is running, or the node is cut off from the cluster); retry shortly",
+            "this node knows no leader yet, or has not yet applied the cluster's credentials (an election is running, or the node is cut off from the cluster); retry shortly",
         )
         .into_response(),
     }

@@ -85,6 +85,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
         bail!("--output csv is offered by `muster job devices` only; use --output text or json with `muster events follow`");
     }
     let endpoints = endpoints(&opts.endpoint);
+    let credential = super::Credential::from_arg(opts.token.as_deref())?;
     if endpoints.is_empty() {
         bail!("--endpoint is empty; give one or more node addresses like http://127.0.0.1:9090");
     }
@@ -111,6 +112,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
         match follow_once(
             opts,
             endpoint,
+            &credential,
             &filter,
             &mut cursor,
             opts.output,
@@ -144,6 +146,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
 async fn follow_once(
     opts: &ClientOpts,
     endpoint: &str,
+    credential: &super::Credential,
     filter: &pb::EventFilter,
     cursor: &mut Cursor,
     output: Output,
@@ -157,8 +160,9 @@ async fn follow_once(
         Ok(c) => c,
         Err(e) => return End::Retry(format!("cannot reach muster at {endpoint}: {e}")),
     };
-    let mut client = pb::event_service_client::EventServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX);
+    let mut client =
+        pb::event_service_client::EventServiceClient::with_interceptor(channel, credential.clone())
+            .max_decoding_message_size(usize::MAX);
     let request = pb::SubscribeRequest {
         from_seq: cursor.next,
         filter: Some(filter.clone()),

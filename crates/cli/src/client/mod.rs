@@ -6,6 +6,7 @@
 //! says what failed (`not found: job j1 does not exist`, `cannot reach muster at http://...`)
 //! and the exit status is 1.
 
+pub(crate) mod credential;
 mod events;
 mod render;
 mod spec;
@@ -21,6 +22,8 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub(crate) use credential::{Conn, Credential};
 
 use render::print_json;
 
@@ -58,6 +61,11 @@ pub struct ClientOpts {
         default_value = "http://127.0.0.1:9090"
     )]
     pub endpoint: String,
+    /// The credential: a token (`SharedAccessSignature sr=...`), a connection string
+    /// (`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`), or `@FILE` holding one (a
+    /// node writes its administrator's to DATA_DIR/admin.credential).
+    #[arg(long, global = true, env = "MUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// CA certificate (PEM) that an `https://` endpoint's certificate must chain to (the
@@ -285,7 +293,16 @@ pub enum DeviceStatusArg {
 
 /// Connects to the endpoint, so an unreachable node is reported once, by address, before any
 /// call is made.
-pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Conn> {
+    let credential = Credential::from_arg(opts.token.as_deref())?;
+    let channel = connect_to(opts).await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel, credential,
+    ))
+}
+
+/// A connected channel to `--endpoint` (TLS for `https://`, see [`ClientOpts::endpoint`]).
+async fn connect_to(opts: &ClientOpts) -> anyhow::Result<Channel> {
     let endpoint = opts
         .endpoint(&opts.endpoint)?
         .connect_timeout(Duration::from_secs(10));
@@ -562,7 +579,7 @@ fn unix_ms() -> u128 {
 
 async fn watch(
     opts: &ClientOpts,
-    client: &mut pb::job_service_client::JobServiceClient<Channel>,
+    client: &mut pb::job_service_client::JobServiceClient<Conn>,
     id: String,
 ) -> anyhow::Result<()> {
     let mut stream = client

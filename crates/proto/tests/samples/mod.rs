@@ -8,6 +8,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use muster_domain::auth::{AccessPolicy, ApiToken, Right, Role, Secret};
 use muster_domain::{
     BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceRegistration,
     DeviceResult, Event, FailureReason, JobFailure, JobSpec, MethodCall, MethodResponse, Operation,
@@ -16,6 +17,20 @@ use muster_domain::{
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use serde_json::json;
+
+const KEY_A: &str = "q83vEjRWeJASNFZ4kKvN7xI0VniQq83vEjRWeJCrze8=";
+const KEY_B: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// A policy with every right.
+pub fn policy() -> AccessPolicy {
+    AccessPolicy {
+        name: "iothubowner".into(),
+        primary_key: KEY_A.into(),
+        secondary_key: KEY_B.into(),
+        rights: Right::ALL.to_vec(),
+    }
+}
 
 /// 2026-03-01T12:00:00Z, the time every sample happens at (plus small offsets).
 pub const T0: i64 = 1_772_366_400_000;
@@ -450,6 +465,40 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 at: at(5_000),
             },
         ),
+        (
+            "event_policy_saved",
+            Event::PolicySaved {
+                name: "service".into(),
+                rights: vec![Right::RegistryRead, Right::ServiceConnect],
+                primary_key: Secret(KEY_A.into()),
+                secondary_key: Secret(KEY_B.into()),
+                at: at(6_000),
+            },
+        ),
+        (
+            "event_policy_deleted",
+            Event::PolicyDeleted {
+                name: "service".into(),
+                at: at(7_000),
+            },
+        ),
+        (
+            "event_api_token_created",
+            Event::ApiTokenCreated {
+                id: "ops-1".into(),
+                roles: Role::ALL.to_vec(),
+                expiry: at(86_400_000),
+                secret_hash: Secret(HASH.into()),
+                at: at(8_000),
+            },
+        ),
+        (
+            "event_api_token_deleted",
+            Event::ApiTokenDeleted {
+                id: "ops-1".into(),
+                at: at(9_000),
+            },
+        ),
     ]
 }
 
@@ -648,6 +697,46 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             Command::DeleteGroup {
                 id: group(),
                 at: at(5_000),
+            },
+        ),
+        (
+            "command_init_auth",
+            Command::InitAuth {
+                policies: vec![policy()],
+                at: at(6_000),
+            },
+        ),
+        (
+            "command_save_policy",
+            Command::SavePolicy {
+                policy: policy(),
+                at: at(6_000),
+            },
+        ),
+        (
+            "command_delete_policy",
+            Command::DeletePolicy {
+                name: "service".into(),
+                at: at(7_000),
+            },
+        ),
+        (
+            "command_create_api_token",
+            Command::CreateApiToken {
+                token: ApiToken {
+                    id: "ops-1".into(),
+                    roles: vec![Role::Operator, Role::Auditor],
+                    expiry: at(86_400_000),
+                    secret_hash: HASH.into(),
+                },
+                at: at(8_000),
+            },
+        ),
+        (
+            "command_delete_api_token",
+            Command::DeleteApiToken {
+                id: "ops-1".into(),
+                at: at(9_000),
             },
         ),
     ]

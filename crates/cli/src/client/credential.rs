@@ -1,0 +1,70 @@
+//! The caller's credential on every client call: `--token` / `MUSTER_TOKEN` holds either a token
+//! (`SharedAccessSignature sr=...`, sent as it is) or a connection string
+//! (`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`, from which a token valid for an
+//! hour is signed); `@FILE` reads either from a file, such as a node's `admin.credential`.
+
+use anyhow::{anyhow, Context};
+use muster_domain::auth::ConnectionString;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// A channel whose calls carry the credential.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, Credential>;
+
+/// The `authorization` metadata every call carries (none when no credential was given).
+#[derive(Debug, Clone, Default)]
+pub struct Credential(Option<MetadataValue<Ascii>>);
+
+/// How long a token signed from a connection string lives.
+const SIGNED_TTL_SECS: i64 = 3600;
+
+impl Credential {
+    /// Reads `--token`'s value; `None` means no credential.
+    pub fn from_arg(arg: Option<&str>) -> anyhow::Result<Credential> {
+        let Some(arg) = arg.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(Credential(None));
+        };
+        let text = match arg.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--token: cannot read {path}"))?,
+            None => arg.to_string(),
+        };
+        let header = header_value(text.trim(), SIGNED_TTL_SECS)?;
+        let value = MetadataValue::try_from(header.as_str())
+            .map_err(|_| anyhow!("--token: holds characters a header cannot carry"))?;
+        Ok(Credential(Some(value)))
+    }
+}
+
+/// The `Authorization` value for a token or a connection string (signed for `ttl_secs`).
+pub fn header_value(text: &str, ttl_secs: i64) -> anyhow::Result<String> {
+    if text.starts_with("SharedAccessSignature ") {
+        return Ok(text.to_string());
+    }
+    if text.contains("HostName=") {
+        let c = ConnectionString::parse(text).map_err(|e| anyhow!("--token: {e}"))?;
+        let expiry = unix_secs() + ttl_secs;
+        return c
+            .token(expiry)
+            .ok_or_else(|| anyhow!("--token: SharedAccessKey is not base64"));
+    }
+    Err(anyhow!(
+        "--token: give a token (SharedAccessSignature sr=...), a connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...) or @FILE holding one"
+    ))
+}
+
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Interceptor for Credential {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}

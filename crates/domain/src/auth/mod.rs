@@ -1,0 +1,24 @@
+//! Credentials and permissions: who may do what. Pure rules; the edges (REST, gRPC) look up the
+//! caller's credential in the replicated state, ask here whether it is valid and what it may do,
+//! and never decide that themselves.
+//!
+//! * [`grants`](Grants): permissions, IoT Hub rights, IoT Central roles and the table between them.
+//! * [`credentials`](Auth): policies and API tokens as the state holds them.
+//! * [`sas`](authenticate): verifying an `Authorization` value; signing one.
+//! * `rules`: `decide`/`evolve` for the credentials commands.
+
+mod credentials;
+mod grants;
+mod principal;
+pub(crate) mod rules;
+mod sas;
+
+pub use credentials::{
+    check_credential_name, default_policies, AccessPolicy, ApiToken, Auth, Secret, REDACTED,
+};
+pub use grants::{rights_grants, Grants, Permission, Right, Role};
+pub use principal::{Principal, PrincipalError};
+pub use sas::{
+    api_token_string, authenticate, hash_secret, pct_decode, pct_encode, sign, AuthFailure,
+    Authenticated, ConnectionString, MAX_TOKEN_BYTES,
+};
