@@ -131,8 +131,8 @@ async fn subscribe(
         .map(tonic::Response::into_inner)
 }
 
-/// Every event once, in order, seqs 1..=n, each hash the chain link over the previous one, and
-/// the convenience fields agreeing with the event itself.
+/// Every event once, in order, seqs 1..=n, each hash the chain link over the previous one (and
+/// the event's principal), and the convenience fields agreeing with the event itself.
 fn assert_whole_chain(events: &[pb::StreamedEvent]) {
     let mut prev = [0u8; 32];
     for (i, e) in events.iter().enumerate() {
@@ -146,6 +146,12 @@ fn assert_whole_chain(events: &[pb::StreamedEvent]) {
         let mut h = blake3::Hasher::new();
         h.update(&prev);
         h.update(&e.seq.to_be_bytes());
+        // The principal is chained when it is not `system` (see `EventRecord.hash`).
+        assert!(!e.principal.is_empty(), "seq {} names no principal", e.seq);
+        if e.principal != "system" {
+            h.update(&(e.principal.len() as u32).to_be_bytes());
+            h.update(e.principal.as_bytes());
+        }
         h.update(&bytes);
         let hash: [u8; 32] = *h.finalize().as_bytes();
         assert_eq!(e.hash, hash.to_vec(), "hash of seq {}", e.seq);

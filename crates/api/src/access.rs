@@ -303,12 +303,9 @@ mod tests {
         ] {
             let set = prost_types::FileDescriptorSet::decode(set).unwrap_or_default();
             for file in set.file {
+                let package = file.package.unwrap_or_default();
                 for svc in file.service {
-                    let full = format!(
-                        "{}.{}",
-                        file.package.unwrap_or_default(),
-                        svc.name.unwrap_or_default()
-                    );
+                    let full = format!("{package}.{}", svc.name.unwrap_or_default());
                     if !crate::grpc::CLIENT_SERVICES.contains(&full.as_str()) {
                         continue;
                     }

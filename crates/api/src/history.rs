@@ -2,7 +2,7 @@
 //! one event, shared by `GET /api/jobs/{id}/events` and `muster.v1.EventService.Subscribe`
 //! (`body_json`), so both show an event exactly as `muster audit export` does.
 
-use muster_domain::Event;
+use muster_domain::{Event, Principal};
 use muster_types::{DeviceId, JobId};
 use serde_json::{json, Map, Value};
 
@@ -76,8 +76,10 @@ pub fn event_body(event: &Event) -> Value {
     })
 }
 
-/// One entry of a job's history: `{seq, time, type, jobId, deviceId?, body}`.
-pub fn event_json(seq: u64, event: &Event) -> Value {
+/// One entry of a job's history: `{seq, time, type, jobId, deviceId?, principal, body}`, where
+/// `principal` is who the event's command was written on behalf of (`system`, `policy:NAME`,
+/// `token:ID`, `cert:SUBJECT` or `anonymous`).
+pub fn event_json(seq: u64, event: &Event, principal: &Principal) -> Value {
     let mut m = Map::new();
     m.insert("seq".into(), json!(seq));
     m.insert("time".into(), json!(event.at().to_rfc3339()));
@@ -88,6 +90,7 @@ pub fn event_json(seq: u64, event: &Event) -> Value {
     if let Some(device) = event.device() {
         m.insert("deviceId".into(), json!(device.as_str()));
     }
+    m.insert("principal".into(), json!(principal.to_string()));
     m.insert("body".into(), event_body(event));
     Value::Object(m)
 }
@@ -163,15 +166,17 @@ mod tests {
 
     #[test]
     fn history_entries_name_job_and_device_only_when_there_is_one() {
-        let v = event_json(7, &stopped("j1"));
+        let v = event_json(7, &stopped("j1"), &Principal::Policy("iothubowner".into()));
         assert_eq!(v["seq"], 7);
         assert_eq!(v["type"], "JobStopped");
         assert_eq!(v["jobId"], "j1");
         assert_eq!(v["time"], "2023-11-14T22:13:20.000Z");
         assert!(v.get("deviceId").is_none());
         assert_eq!(v["body"]["JobStopped"]["job"], "j1");
+        assert_eq!(v["principal"], "policy:iothubowner");
 
-        let v = event_json(8, &connected("d1"));
+        let v = event_json(8, &connected("d1"), &Principal::System);
+        assert_eq!(v["principal"], "system");
         assert_eq!(v["deviceId"], "d1");
         assert!(v.get("jobId").is_none());
     }

@@ -51,8 +51,9 @@ enum AuditCmd {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Print events, one a line: seq, time, type, job, device and body (the whole event; JSON
-    /// Lines also carry each event's chain hash, and `replay --from-export` reads them back).
+    /// Print events, one a line: seq, time, type, job, device, principal (who the command was
+    /// written on behalf of) and body (the whole event; JSON Lines also carry each event's chain
+    /// hash, and `replay --from-export` reads them back).
     Export {
         #[command(flatten)]
         dir: DirArg,
@@ -84,7 +85,7 @@ enum AuditCmd {
         #[arg(long, value_enum, default_value_t)]
         output: ReplayOutput,
     },
-    /// One job's history, in order, for people.
+    /// One job's history, in order, for people, each job-level event with who caused it.
     Timeline {
         #[command(flatten)]
         dir: DirArg,
@@ -340,9 +341,13 @@ fn timeline(log: &AuditLog, job: &str) -> anyhow::Result<()> {
     for entry in &t.entries {
         match entry {
             TimelineEntry::Devices(o) => outcomes_line(&mut out, o)?,
-            TimelineEntry::Event { seq, event } => writeln!(
+            TimelineEntry::Event {
+                seq,
+                event,
+                principal,
+            } => writeln!(
                 out,
-                "{}  #{seq:<8} {}",
+                "{}  #{seq:<8} {}  (by {principal})",
                 event.at().to_rfc3339(),
                 event_line(event)
             )?,

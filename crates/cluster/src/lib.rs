@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use muster_domain::Command;
+use muster_domain::{Command, Principal};
 use muster_types::Timestamp;
 use openraft::error::InitializeError;
 use openraft::error::{ClientWriteError, RaftError};
@@ -309,8 +309,22 @@ impl Cluster {
     /// [`LEADER_WAIT`]; a request is sent again only when it certainly did not arrive, so a write
     /// is never applied twice by this layer. A leader cut off from the majority refuses at once
     /// (`Unavailable`) instead of accepting a write it cannot commit.
+    ///
+    /// The command is written on behalf of [`Principal::System`]: for the node's own work.
+    /// A command a caller asked for goes through [`write_as`](Self::write_as).
     pub async fn write(&self, command: Command) -> Result<AppliedRange, ClusterError> {
-        let request = Request::from(command);
+        self.write_as(Principal::System, command).await
+    }
+
+    /// [`write`](Self::write) on behalf of `principal`, who is recorded with every event the
+    /// command produces (the audit log's "who did it"). A follower forwards the principal with
+    /// the command (`ClientWrite` on the peer port), and the leader proposes it as received.
+    pub async fn write_as(
+        &self,
+        principal: Principal,
+        command: Command,
+    ) -> Result<AppliedRange, ClusterError> {
+        let request = Request::new(command, principal);
         self.via_leader(Forward::ClientWrite, &request, |this| {
             let request = request.clone();
             async move { this.write_here(request).await }
@@ -334,6 +348,8 @@ impl Cluster {
         request: Request,
     ) -> Result<(AppliedRange, u64), ClusterError> {
         self.refuse_without_quorum()?;
+        // Here, so a principal forwarded by a follower is checked by the leader too.
+        request.check_principal()?;
         let written = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(request)).await;
         match written {
             Err(_) => Err(ClusterError::Unavailable(format!(
@@ -809,6 +825,49 @@ mod tests {
         c.linearizable().await.unwrap();
         let n = c.reader().read(|s| s.registry.devices.len());
         assert_eq!(n, 1);
+        c.shutdown().await;
+    }
+
+    /// `write_as` records its principal with every event of the command; `write` records
+    /// `system`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_record_their_principal() {
+        use muster_store::EventLog;
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::start(cfg(dir.path())).await.unwrap();
+        c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+        let who = Principal::Policy("iothubowner".into());
+        let a = c.write_as(who.clone(), register("d1")).await.unwrap();
+        let b = c.write(register("d2")).await.unwrap();
+        let records = c.reader().read_records(1, usize::MAX).unwrap();
+        let of = |seq: u64| {
+            records
+                .iter()
+                .find(|r| r.seq == seq)
+                .unwrap()
+                .principal
+                .clone()
+        };
+        assert_eq!(of(a.first_seq), who);
+        assert_eq!(of(b.first_seq), Principal::System);
+        // A principal the log could not read back is refused before it is proposed.
+        for bad in [
+            Principal::Policy(String::new()),
+            Principal::Token("x".repeat(muster_store::MAX_PRINCIPAL_BYTES)),
+        ] {
+            let err = c.write_as(bad, register("d3")).await.unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    ClusterError::Rejected(CommandError {
+                        kind: ErrorKind::Invalid,
+                        ..
+                    })
+                ),
+                "{err:?}"
+            );
+        }
+        assert_eq!(c.reader().read_records(1, usize::MAX).unwrap(), records);
         c.shutdown().await;
     }
 }

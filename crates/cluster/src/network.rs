@@ -606,6 +606,8 @@ impl RaftService for PeerService {
         &self,
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
+        // The request carries the principal the follower's edge authenticated; the peer port is
+        // for members only, so the leader records it as received.
         let mut request: Request = decode(req)?;
         // The leader's clock stamps what it appends (see `Command::at_mut`).
         *std::sync::Arc::make_mut(&mut request.command).at_mut() = crate::now();
@@ -701,6 +703,35 @@ mod tests {
         let got = header.into_request(&data).unwrap();
         assert_eq!(format!("{got:?}"), format!("{sent:?}"));
         assert_eq!(got.entries.len(), 3);
+    }
+
+    /// A forwarded write carries its principal to the leader; one from an older node (no
+    /// principal) is `system`'s.
+    #[test]
+    fn a_forwarded_write_carries_its_principal() {
+        let cmd = Command::Advance {
+            at: Timestamp(1_700_000_000_000),
+        };
+        let sent = Request::new(cmd.clone(), muster_domain::Principal::Token("t1".into()));
+        let json = serde_json::to_vec(&sent).unwrap();
+        assert_eq!(serde_json::from_slice::<Request>(&json).unwrap(), sent);
+        let mut old = serde_json::to_value(&sent).unwrap();
+        old.as_object_mut().unwrap().remove("principal");
+        let old: Request = serde_json::from_value(old).unwrap();
+        assert_eq!(old, Request::from(cmd));
+    }
+
+    /// Entries written on behalf of a principal reach the follower with it.
+    #[test]
+    fn appended_entries_carry_their_principal() {
+        let mut sent = request(2);
+        if let EntryPayload::Normal(r) = &mut sent.entries[1].payload {
+            r.principal = muster_domain::Principal::Anonymous;
+        }
+        let (json, data) = over_the_wire(&sent);
+        let header: BinaryAppend = serde_json::from_slice(&json).unwrap();
+        let got = header.into_request(&data).unwrap();
+        assert_eq!(format!("{got:?}"), format!("{sent:?}"));
     }
 
     #[test]

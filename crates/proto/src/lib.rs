@@ -65,7 +65,8 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, ProtoError> {
 }
 
 /// One record of the event log as stored: the sequence number, the exact bytes of the event (as
-/// [`encode_event`] wrote them) and the record's hash-chain link.
+/// [`encode_event`] wrote them), the record's hash-chain link and the principal of the command
+/// that produced it (empty: `system`, as in every record written before the field existed).
 ///
 /// It is wire-compatible with `muster.v1.EventRecord` (field 2 is read as bytes, not as a
 /// decoded `Event`), so the hash can be checked over the bytes that were written, whatever a
@@ -78,6 +79,8 @@ pub struct EventRecordBytes {
     pub event: Vec<u8>,
     #[prost(bytes = "vec", tag = "3")]
     pub hash: Vec<u8>,
+    #[prost(string, tag = "4")]
+    pub principal: String,
 }
 
 impl EventRecordBytes {
@@ -116,8 +119,9 @@ pub fn record_seq_and_event(bytes: &[u8]) -> Result<(u64, Cow<'_, [u8]>), ProtoE
 }
 
 /// The seq and the event bytes of an `EventRecord`: fields 1 (varint) and 2 (length-delimited);
-/// field 3 and unknown fields of the plain wire types are skipped; the last occurrence of a field
-/// wins (protobuf's rule for scalars and bytes). `None` for anything else.
+/// fields 3 and 4 (a principal that is valid UTF-8, as prost requires of a string) and unknown
+/// fields of the plain wire types are skipped; the last occurrence of a field wins (protobuf's
+/// rule for scalars and bytes). `None` for anything else.
 fn record_fields(mut buf: &[u8]) -> Option<(u64, &[u8])> {
     let (mut seq, mut event): (u64, &[u8]) = (0, &[]);
     while !buf.is_empty() {
@@ -132,7 +136,10 @@ fn record_fields(mut buf: &[u8]) -> Option<(u64, &[u8])> {
             (3, 2) => {
                 delimited(&mut buf)?;
             }
-            (1..=3, _) => return None,
+            (4, 2) => {
+                std::str::from_utf8(delimited(&mut buf)?).ok()?;
+            }
+            (1..=4, _) => return None,
             (_, 0) => {
                 varint(&mut buf)?;
             }
@@ -196,19 +203,27 @@ mod tests {
             seq: 1_010_200,
             event: vec![10, 3, 1, 2, 3],
             hash: vec![7; 32],
+            principal: "policy:iothubowner".into(),
         }
         .encode_to_vec();
         assert_eq!(borrowed(&record), reference(&record));
         assert_eq!(borrowed(&record), Some((1_010_200, vec![10, 3, 1, 2, 3])));
         // An unknown field of each plain wire type, and a repeated seq (the last one wins).
         let mut extended = record.clone();
-        extended.extend([0x20, 0x96, 0x01]); // field 4, varint
-        extended.extend([0x29, 1, 2, 3, 4, 5, 6, 7, 8]); // field 5, fixed64
-        extended.extend([0x32, 2, 9, 9]); // field 6, bytes
-        extended.extend([0x3d, 1, 2, 3, 4]); // field 7, fixed32
+        extended.extend([0x28, 0x96, 0x01]); // field 5, varint
+        extended.extend([0x31, 1, 2, 3, 4, 5, 6, 7, 8]); // field 6, fixed64
+        extended.extend([0x3a, 2, 9, 9]); // field 7, bytes
+        extended.extend([0x45, 1, 2, 3, 4]); // field 8, fixed32
         extended.extend([0x08, 0x05]); // field 1 again
         assert_eq!(borrowed(&extended), reference(&extended));
         assert_eq!(borrowed(&extended).map(|r| r.0), Some(5));
+        // A principal that is not UTF-8, or not length-delimited, is refused by both.
+        for bad in [vec![0x22, 1, 0xff], vec![0x20, 1]] {
+            let mut record = record.clone();
+            record.extend(bad);
+            assert_eq!(borrowed(&record), None);
+            assert_eq!(reference(&record), None);
+        }
         // Truncated records are refused by both.
         for n in 0..record.len() {
             assert_eq!(

@@ -132,9 +132,10 @@ fn encodings_match_the_golden_files() {
             decode_command,
         ));
     }
-    let (name, record) = record_sample();
-    names.insert(format!("{name}.hex"));
-    problems.extend(check(name, &record, encode_record(&record), decode_record));
+    for (name, record) in record_samples() {
+        names.insert(format!("{name}.hex"));
+        problems.extend(check(name, &record, encode_record(&record), decode_record));
+    }
 
     // A file without a sample means a sample was dropped; its bytes would go unchecked.
     if let Ok(entries) = fs::read_dir(golden_dir()) {
@@ -160,36 +161,78 @@ fn hex_helpers_round_trip() {
     assert!(from_hex("zz").is_err());
 }
 
-/// An event log record: seq, event, hash (field 3, the hash chain).
+/// A record's fields: seq, event, hash (field 3, the hash chain), principal (field 4).
+type Record = (u64, Event, Vec<u8>, String);
+
+/// Event log records. `event_record` has no principal: its file holds the bytes every release
+/// before field 4 wrote (and a `system` command's record still is), so it also proves that
+/// such a record still decodes. `event_record_principal` carries one.
 #[allow(clippy::unwrap_used)] // test helper: the sample exists
-fn record_sample() -> (&'static str, (u64, Event, Vec<u8>)) {
+fn record_samples() -> Vec<(&'static str, Record)> {
     let (_, event) = samples::events()
         .into_iter()
         .find(|(name, _)| *name == "event_job_completed")
         .unwrap();
-    ("event_record", (42, event, (0u8..32).collect()))
+    let hash: Vec<u8> = (0u8..32).collect();
+    vec![
+        (
+            "event_record",
+            (42, event.clone(), hash.clone(), String::new()),
+        ),
+        (
+            "event_record_principal",
+            (43, event, hash, "policy:iothubowner".into()),
+        ),
+    ]
 }
 
-fn encode_record((seq, event, hash): &(u64, Event, Vec<u8>)) -> Vec<u8> {
+fn encode_record((seq, event, hash, principal): &Record) -> Vec<u8> {
     EventRecordBytes {
         seq: *seq,
         event: encode_event(event),
         hash: hash.clone(),
+        principal: principal.clone(),
     }
     .encode_to_vec()
 }
 
-fn decode_record(bytes: &[u8]) -> Result<(u64, Event, Vec<u8>), ProtoError> {
+fn decode_record(bytes: &[u8]) -> Result<Record, ProtoError> {
     let record = EventRecordBytes::decode(bytes)?;
-    Ok((record.seq, record.decode_event()?, record.hash))
+    Ok((
+        record.seq,
+        record.decode_event()?,
+        record.hash,
+        record.principal,
+    ))
 }
 
 #[test]
 fn event_record_bytes_is_the_generated_event_record() {
-    let (_, sample) = record_sample();
-    let bytes = encode_record(&sample);
-    let generated = muster_proto::pb::EventRecord::decode(bytes.as_slice()).unwrap();
-    assert_eq!(generated.seq, sample.0);
-    assert_eq!(generated.hash, sample.2);
-    assert_eq!(generated.encode_to_vec(), bytes);
+    for (_, sample) in record_samples() {
+        let bytes = encode_record(&sample);
+        let generated = muster_proto::pb::EventRecord::decode(bytes.as_slice()).unwrap();
+        assert_eq!(generated.seq, sample.0);
+        assert_eq!(generated.hash, sample.2);
+        assert_eq!(generated.principal, sample.3);
+        assert_eq!(generated.encode_to_vec(), bytes);
+    }
+}
+
+/// The bytes of an `EventRecord` as written before the `principal` field existed (the stored
+/// `event_record.hex`, checked byte for byte above) decode with an empty principal, which
+/// readers show as `system`; and adding a principal only appends field 4, so the old fields'
+/// bytes are unchanged.
+#[test]
+fn a_record_without_a_principal_still_decodes() {
+    let old =
+        from_hex(&fs::read_to_string(golden_dir().join("event_record.hex")).unwrap()).unwrap();
+    let (seq, _, hash, principal) = decode_record(&old).unwrap();
+    assert_eq!((seq, hash.len(), principal.as_str()), (42, 32, ""));
+    let with = EventRecordBytes {
+        principal: "anonymous".into(),
+        ..EventRecordBytes::decode(&old).unwrap()
+    }
+    .encode_to_vec();
+    assert_eq!(&with[..old.len()], old.as_slice());
+    assert_eq!(&with[old.len()..], b"\x22\x09anonymous");
 }

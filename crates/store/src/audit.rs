@@ -15,15 +15,15 @@
 use std::io::{self, BufRead, Write};
 use std::path::Path;
 
-use muster_domain::{apply, evolve, Event, State};
+use muster_domain::{apply, evolve, Event, Principal, State};
 use muster_types::{JobId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
-use crate::codec::{decode_event, decode_record, encode_event, from_json};
+use crate::codec::{decode_event, decode_record, encode_event, from_json, parse_principal};
 use crate::error::StoreError;
 use crate::segment::raw_records;
-use crate::state_machine::decode_stored;
+use crate::state_machine::{decode_stored, StoredEvent};
 use crate::state_machine::{
     read_head, read_u64, SnapshotPayload, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DATA,
     SNAPSHOT_FORMAT,
@@ -306,13 +306,17 @@ impl AuditLog {
                         )
                     }
                 };
+                if let Err(e) = parse_principal(key, &record.principal) {
+                    return fail(v, notes, key, format!("principal does not parse: {e}"));
+                }
                 if let Some(p) = prev {
-                    if chain_hash(&p, key, &record.event) != stored {
+                    if chain_hash(&p, key, &record.principal, &record.event) != stored {
                         return fail(
                             v,
                             notes,
                             key,
-                            "hash does not match the event and the previous hash".into(),
+                            "hash does not match the event, its principal and the previous hash"
+                                .into(),
                         );
                     }
                 }
@@ -549,7 +553,7 @@ pub enum ExportFormat {
     /// One JSON object a line (see [`ExportRow`]): the format [`replay_export`] reads back.
     #[default]
     Jsonl,
-    /// `seq,time,type,job,device,body` with the body as JSON, for spreadsheets.
+    /// `seq,time,type,job,device,principal,body` with the body as JSON, for spreadsheets.
     Csv,
 }
 
@@ -566,7 +570,8 @@ pub struct ExportFilter {
 /// One line of a JSON Lines export as it is written. `body` is the whole event (serde's
 /// externally tagged form of [`Event`]), so an export can be replayed without the data directory;
 /// `hash` is the stored chain link, so a complete export can be checked against the chain head
-/// `muster audit verify` prints.
+/// `muster audit verify` prints; `principal` is who the event's command was written on behalf
+/// of (`system` for the leader's own commands and for records older than principals).
 #[derive(Debug, Serialize)]
 struct ExportRowOut<'a> {
     seq: u64,
@@ -575,18 +580,21 @@ struct ExportRowOut<'a> {
     kind: &'static str,
     job: Option<&'a str>,
     device: Option<&'a str>,
+    principal: String,
     hash: &'a str,
     body: &'a Event,
 }
 
 /// One line of a JSON Lines export as [`replay_export`] reads it (the other columns are derived
 /// from the body and ignored). Exports written before the `hash` column replay without the chain
-/// check.
+/// check; a row without `principal` (an export older than principals) is `system`'s.
 #[derive(Debug, Deserialize)]
 pub struct ExportRow {
     pub seq: u64,
     #[serde(default)]
     pub hash: Option<String>,
+    #[serde(default)]
+    pub principal: Option<String>,
     pub body: Event,
 }
 
@@ -636,19 +644,18 @@ fn json_error(e: serde_json::Error) -> StoreError {
 }
 
 impl AuditLog {
-    /// The applied records with `from <= seq <= to`: seq, decoded event and stored hash (not
-    /// checked; see [`verify`](Self::verify)).
+    /// The applied records with `from <= seq <= to`: seq, decoded event, stored hash (not
+    /// checked; see [`verify`](Self::verify)) and principal.
     pub fn records(
         &self,
         from: u64,
         to: u64,
-    ) -> Result<impl Iterator<Item = Result<(u64, Event, Hash), StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<StoredEvent, StoreError>> + '_, StoreError> {
         let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
         Ok(
             raw_records(&self.events, from.max(1), to.min(last_seq)).map(|r| {
                 let r = r?;
-                let stored = decode_stored(r.seq, r.bytes())?;
-                Ok((stored.seq, stored.event, stored.hash))
+                decode_stored(r.seq, r.bytes())
             }),
         )
     }
@@ -666,12 +673,17 @@ impl AuditLog {
         };
         let mut stats = ExportStats::default();
         if format == ExportFormat::Csv {
-            writeln!(out, "seq,time,type,job,device,body").map_err(io_error)?;
+            writeln!(out, "seq,time,type,job,device,principal,body").map_err(io_error)?;
         }
         let mut body = Vec::new();
         let to = filter.to_seq.unwrap_or(u64::MAX);
         for item in self.records(filter.from_seq, to)? {
-            let (seq, event, hash) = item?;
+            let StoredEvent {
+                seq,
+                event,
+                hash,
+                principal,
+            } = item?;
             let job = event.job().map(|j| j.as_str());
             if filter.job.as_deref().is_some_and(|want| job != Some(want)) {
                 continue;
@@ -685,6 +697,7 @@ impl AuditLog {
                         kind: event.kind(),
                         job,
                         device,
+                        principal: principal.to_string(),
                         hash: &to_hex(&hash),
                         body: &event,
                     };
@@ -697,11 +710,12 @@ impl AuditLog {
                     let body = String::from_utf8_lossy(&body);
                     writeln!(
                         out,
-                        "{seq},{},{},{},{},{}",
+                        "{seq},{},{},{},{},{},{}",
                         event.at().to_rfc3339(),
                         event.kind(),
                         csv_field(job.unwrap_or("")),
                         csv_field(device.unwrap_or("")),
+                        csv_field(&principal.to_string()),
                         csv_field(&body)
                     )
                     .map_err(io_error)?;
@@ -716,9 +730,9 @@ impl AuditLog {
     /// One job's history in order; see [`Timeline`].
     pub fn timeline(&self, job: &JobId) -> Result<Timeline, StoreError> {
         let mut t = Timeline::new(job.clone());
-        for item in self.events(1, u64::MAX)? {
-            let (seq, event) = item?;
-            t.push(seq, event);
+        for item in self.records(1, u64::MAX)? {
+            let r = item?;
+            t.push(r.seq, r.event, r.principal);
         }
         Ok(t.finish())
     }
@@ -801,14 +815,24 @@ pub fn replay_export(input: impl BufRead, to: ReplayTo) -> Result<ExportReplay, 
             }
             _ => {}
         }
+        // `system` is stored as no principal (see `crate::chain`); anything else must be a
+        // principal's text form, exactly as the record held it.
+        let principal = match row.principal.as_deref() {
+            None | Some("system") => "",
+            Some(text) => {
+                parse_principal(row.seq, text).map_err(|e| bad(&e))?;
+                text
+            }
+        };
         match (&row.hash, prev) {
             (Some(hex), Some(p)) => {
-                let h = chain_hash(&p, row.seq, &encode_event(&row.body));
+                let h = chain_hash(&p, row.seq, principal, &encode_event(&row.body));
                 if to_hex(&h) != *hex {
                     return Err(StoreError::corrupt(
                         "export",
                         format!(
-                            "seq {}: the hash does not match the event and the previous hash",
+                            "seq {}: the hash does not match the event, its principal and the \
+                             previous hash",
                             row.seq
                         ),
                     ));
@@ -841,11 +865,19 @@ pub struct Outcomes {
 }
 
 /// A line of a [`Timeline`].
+// A timeline holds a job's job-level events only (tens of lines), so the size of a line does not
+// matter; boxing the event would only make every match on it clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TimelineEntry {
     /// A job-level event (created, scheduled, started, batch started, devices joined, stopped,
-    /// resumed, cancelled, completed, failed, rerun), as it is in the log.
-    Event { seq: u64, event: Event },
+    /// resumed, cancelled, completed, failed, rerun), as it is in the log, with who its command
+    /// was written on behalf of.
+    Event {
+        seq: u64,
+        event: Event,
+        principal: Principal,
+    },
     /// The device events between two job-level events, summed.
     Devices(Outcomes),
 }
@@ -869,8 +901,9 @@ impl Timeline {
         }
     }
 
-    /// Takes the next event of the log; events of other jobs and registry events are ignored.
-    pub fn push(&mut self, seq: u64, event: Event) {
+    /// Takes the next event of the log and its principal; events of other jobs and registry
+    /// events are ignored.
+    pub fn push(&mut self, seq: u64, event: Event, principal: Principal) {
         if event.job() != Some(&self.job) {
             return;
         }
@@ -894,7 +927,11 @@ impl Timeline {
             }
             _ => {
                 self.close();
-                self.entries.push(TimelineEntry::Event { seq, event });
+                self.entries.push(TimelineEntry::Event {
+                    seq,
+                    event,
+                    principal,
+                });
             }
         }
     }

@@ -14,9 +14,9 @@
 //!
 //! | tree | key | value |
 //! | --- | --- | --- |
-//! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command / JSON membership |
+//! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command (format 2: after its principal) / JSON membership |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
-//! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link) of one command, see [`segment`] |
+//! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
 //! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
 //!
@@ -44,7 +44,7 @@ pub use state_machine::{
 };
 pub use types::{
     AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,
-    StorageError, StoredMembership, TypeConfig,
+    StorageError, StoredMembership, TypeConfig, MAX_PRINCIPAL_BYTES,
 };
 
 /// Entry point: opens a data directory.

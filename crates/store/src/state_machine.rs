@@ -2,8 +2,8 @@
 //! the event log beside it.
 //!
 //! Trees:
-//! - `events`: protobuf `muster.v1.EventRecord`s (seq, the event, its hash-chain link; see
-//!   [`crate::chain`]) in segments of up to 256 consecutive records of one command, each under the
+//! - `events`: protobuf `muster.v1.EventRecord`s (seq, the event, its hash-chain link, see
+//!   [`crate::chain`]; and the principal of the command that produced it) in segments of up to 256 consecutive records of one command, each under the
 //!   big-endian seq of its first record (see [`crate::segment`]). Seqs are global, start at 1
 //!   and have no gaps from `first_seq` on. Readers get the stored link with each event ([`EventLog::read_records`], and
 //!   [`AppliedEvents::hashes`] in the live feed) rather than recomputing the chain.
@@ -32,7 +32,7 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use muster_domain::{evolve, Event, State};
+use muster_domain::{evolve, Event, Principal, State};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, SnapshotMeta};
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,8 @@ use tokio::sync::broadcast;
 
 use crate::chain::{chain_hash, to_hex, Hash, GENESIS};
 use crate::codec::{
-    decode_event, decode_record, encode_record, from_json, key_u64, to_json, u64_key,
+    decode_event, decode_record, encode_record, from_json, key_u64, parse_principal,
+    principal_text, to_json, u64_key,
 };
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
@@ -111,6 +112,8 @@ pub enum StateUpdate {
 pub struct AppliedEvents {
     pub first_seq: u64,
     pub events: Vec<Event>,
+    /// Who the command was written on behalf of; stored with each of its events.
+    pub principal: Principal,
     /// The hash-chain link of each event (`hashes[i]` belongs to `events[i]`), exactly as the
     /// apply wrote it into the event's record (see [`crate::chain`]). Carried so a follower of
     /// the live feed can pass an event's link on without hashing the log from seq 1 itself.
@@ -127,7 +130,8 @@ impl AppliedEvents {
         (self.first_seq..).zip(self.events.iter())
     }
 
-    /// `(seq, event, hash)` triples: the events as [`EventLog::read_records`] reads them back.
+    /// `(seq, event, hash)` triples: the events as [`EventLog::read_records`] reads them back
+    /// (each one's principal is [`principal`](Self::principal)).
     pub fn records(&self) -> impl Iterator<Item = (u64, &Event, &Hash)> {
         self.iter()
             .zip(self.hashes.iter())
@@ -135,7 +139,9 @@ impl AppliedEvents {
     }
 }
 
-/// One stored event: its seq, the event, and the hash-chain link stored with it.
+/// One stored event: its seq, the event, the hash-chain link stored with it, and who the command
+/// that produced it was written on behalf of (`System` for records written before principals
+/// existed).
 ///
 /// The hash is the one the apply computed and wrote into the record (see [`crate::chain`]),
 /// read back rather than recomputed: recomputing needs the previous link, hence the whole log
@@ -147,6 +153,7 @@ pub struct StoredEvent {
     pub seq: u64,
     pub event: Event,
     pub hash: Hash,
+    pub principal: Principal,
 }
 
 /// Read access to the event log, whatever engine holds it.
@@ -295,6 +302,7 @@ pub(crate) fn decode_stored(seq: u64, bytes: &[u8]) -> Result<StoredEvent, Store
         seq,
         event: decode_event(&record.event)?,
         hash,
+        principal: parse_principal(seq, &record.principal)?,
     })
 }
 
@@ -424,7 +432,7 @@ impl StateMachine {
                 ));
             }
             let record = decode_record(r.bytes())?;
-            let hash = chain_hash(&prev, seq, &record.event);
+            let hash = chain_hash(&prev, seq, &record.principal, &record.event);
             if record.seq != seq || record.hash != hash {
                 return Err(StoreError::corrupt(
                     "events",
@@ -527,10 +535,11 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                     Ok(events) => {
                         let first_seq = applied.last_seq + 1;
                         let mut hashes = Vec::with_capacity(events.len());
+                        let principal = principal_text(&req.principal);
                         for event in &events {
                             applied.last_seq += 1;
                             let (record, hash) =
-                                encode_record(applied.last_seq, event, &applied.head);
+                                encode_record(applied.last_seq, event, &principal, &applied.head);
                             writer.push(applied.last_seq, &record)?;
                             applied.head = hash;
                             hashes.push(hash);
@@ -540,6 +549,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                             published.push(AppliedEvents {
                                 first_seq,
                                 events,
+                                principal: req.principal.clone(),
                                 hashes,
                             });
                         }
@@ -928,7 +938,7 @@ mod tests {
                 let r = r.unwrap();
                 let record = decode_record(r.bytes()).unwrap();
                 assert_eq!(record.seq, r.seq);
-                prev = chain_hash(&prev, r.seq, &record.event);
+                prev = chain_hash(&prev, r.seq, &record.principal, &record.event);
                 (r.seq, prev)
             })
             .collect()
@@ -982,7 +992,7 @@ mod tests {
         let last = sm.reader().last_seq();
         let events = db.open_tree("events").unwrap();
         let junk = |seq: u64| {
-            let (record, _) = encode_record(seq, &register_event(), &GENESIS);
+            let (record, _) = encode_record(seq, &register_event(), "", &GENESIS);
             record
         };
         events.insert(u64_key(last + 1), junk(last + 1)).unwrap();
@@ -1037,6 +1047,7 @@ mod tests {
                 seq,
                 event: event.clone(),
                 hash: *hash,
+                principal: applied.principal.clone(),
             }));
         }
         assert_eq!(live, reader.read_records(1, usize::MAX).unwrap());
@@ -1081,7 +1092,7 @@ mod tests {
 
     #[test]
     fn a_record_with_a_bad_hash_length_is_an_error() {
-        let (bytes, _) = encode_record(4, &register_event(), &GENESIS);
+        let (bytes, _) = encode_record(4, &register_event(), "", &GENESIS);
         let mut record = decode_record(&bytes).unwrap();
         assert_eq!(decode_stored(4, &bytes).unwrap().seq, 4);
         assert!(decode_stored(5, &bytes).is_err());

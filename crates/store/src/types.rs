@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use muster_domain::{Command, DomainError};
+use muster_domain::{Command, DomainError, Principal};
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -53,23 +53,60 @@ impl fmt::Display for MusterNode {
     }
 }
 
-/// What a client proposes: one domain command, stamped with the time by the leader.
+/// What a client proposes: one domain command, stamped with the time by the leader, and the
+/// principal it is written on behalf of (recorded with every event the command produces).
 ///
-/// In the Raft log it is stored as protobuf (`muster.v1.Command`); the serde derives exist because
-/// openraft requires them of its application data, not because JSON is a storage format.
+/// In the Raft log it is stored as protobuf (`muster.v1.Command`) in the store's entry envelope,
+/// which also holds the principal (see `codec::encode_entry`); the serde derives exist because
+/// openraft requires them of its application data (and a follower forwards a client's write to
+/// the leader as this JSON), not because JSON is a storage format. A request without a
+/// `principal` (from an older node) reads as [`Principal::System`].
 ///
 /// The command is shared: openraft clones entries to apply them and to send them to each
 /// follower, and a device-results command carries a thousand results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub command: std::sync::Arc<Command>,
+    #[serde(default)]
+    pub principal: Principal,
 }
 
-impl From<Command> for Request {
-    fn from(command: Command) -> Self {
+/// The longest principal text the log records (a certificate subject is the long one).
+pub const MAX_PRINCIPAL_BYTES: usize = 1024;
+
+impl Request {
+    /// `command` written on behalf of `principal`.
+    pub fn new(command: Command, principal: Principal) -> Self {
         Request {
             command: std::sync::Arc::new(command),
+            principal,
         }
+    }
+
+    /// Refuses a principal the log could not read back: one whose text form does not parse to
+    /// itself (`Policy("")` prints as `policy:`), or longer than [`MAX_PRINCIPAL_BYTES`]. An
+    /// entry holding one would be unreadable on every replica, so it is never proposed.
+    pub fn check_principal(&self) -> Result<(), CommandError> {
+        let text = self.principal.to_string();
+        let problem = if text.len() > MAX_PRINCIPAL_BYTES {
+            format!("longer than {MAX_PRINCIPAL_BYTES} bytes")
+        } else if text.parse::<Principal>().as_ref() != Ok(&self.principal) {
+            "its text form does not read back as the same principal".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(CommandError {
+            kind: ErrorKind::Invalid,
+            field: Some("principal".into()),
+            message: format!("the caller `{text}` cannot be recorded: {problem}"),
+        })
+    }
+}
+
+/// A command of the system itself ([`Principal::System`]).
+impl From<Command> for Request {
+    fn from(command: Command) -> Self {
+        Request::new(command, Principal::System)
     }
 }
 

@@ -8,8 +8,9 @@ mod common;
 use std::path::Path;
 
 use common::{expected, log_id, register, workload, Node};
-use muster_domain::State;
-use muster_store::audit::{AuditLog, ReplayTo};
+use muster_domain::{Principal, State};
+use muster_proto::EventRecordBytes;
+use muster_store::audit::{AuditLog, ExportFilter, ExportFormat, ReplayTo};
 use muster_store::segment::{join_segment, split_segment};
 use muster_store::{EventLog, StoreError};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -228,12 +229,22 @@ async fn a_replica_seeded_by_a_snapshot_continues_the_chain() {
     *buf = *snap.snapshot;
     follower.sm.install_snapshot(&snap.meta, buf).await.unwrap();
     follower.next_index = last as u64 + 1;
-    follower.propose(cmds[last].clone()).await;
-    leader.propose(cmds[last].clone()).await;
+    let who = Principal::Token("ops-1".into());
+    follower.propose_as(cmds[last].clone(), who.clone()).await;
+    leader.propose_as(cmds[last].clone(), who.clone()).await;
     assert_eq!(
         follower.sm.reader().chain_head(),
         leader.sm.reader().chain_head()
     );
+    // The replica holds the principal of what it applied after the snapshot.
+    let after = {
+        let reader = follower.sm.reader();
+        reader
+            .read_records(reader.first_seq_available(), usize::MAX)
+            .unwrap()
+    };
+    assert!(!after.is_empty());
+    assert!(after.iter().all(|r| r.principal == who), "{after:?}");
     drop((leader, follower));
 
     let v = AuditLog::open(dir.path()).unwrap().verify().unwrap();
@@ -268,4 +279,157 @@ async fn a_directory_in_use_or_missing_is_refused() {
         AuditLog::open(&empty.path().join("nothing")),
         Err(StoreError::NotADataDir(_))
     ));
+}
+
+/// The workload with every fourth command written on behalf of someone (the rest `system`):
+/// each event is stored with its command's principal, read back by every reader, and survives a
+/// restart; returns the seqs by principal.
+async fn build_with_principals(dir: &Path) -> Vec<(u64, Principal)> {
+    let who = |i: usize| match i % 4 {
+        0 => Principal::Policy("iothubowner".into()),
+        1 => Principal::Token("ops-1".into()),
+        2 => Principal::Certificate("CN=ops, O=x".into()),
+        _ => Principal::System,
+    };
+    let mut node = Node::open(dir).await;
+    let mut want = Vec::new();
+    for (i, c) in workload().into_iter().enumerate() {
+        let principal = if i % 2 == 0 {
+            who(i / 2)
+        } else {
+            Principal::System
+        };
+        let before = node.sm.reader().last_seq();
+        node.propose_as(c, principal.clone()).await.result.unwrap();
+        let after = node.sm.reader().last_seq();
+        want.extend((before + 1..=after).map(|seq| (seq, principal.clone())));
+    }
+    let read: Vec<(u64, Principal)> = node
+        .sm
+        .reader()
+        .read_records(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.principal))
+        .collect();
+    assert_eq!(read, want);
+    drop(node);
+    want
+}
+
+#[tokio::test]
+async fn principals_are_stored_chained_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = build_with_principals(dir.path()).await;
+    assert!(want.iter().any(|(_, p)| *p == Principal::System));
+    assert!(want.iter().any(|(_, p)| *p != Principal::System));
+
+    // After a restart (the chain is re-checked on open) every event still has its principal.
+    let node = Node::open(dir.path()).await;
+    let read: Vec<(u64, Principal)> = node
+        .sm
+        .reader()
+        .read_records(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.principal))
+        .collect();
+    assert_eq!(read, want);
+    drop(node);
+
+    let audit = AuditLog::open(dir.path()).unwrap();
+    let v = audit.verify().unwrap();
+    assert_eq!(v.failure, None, "{v:?}");
+    assert_eq!(v.checked, want.len() as u64);
+    // The export names each event's principal, and replays with the chain checked.
+    let mut jsonl = Vec::new();
+    audit
+        .export(&ExportFilter::default(), ExportFormat::Jsonl, &mut jsonl)
+        .unwrap();
+    let shown: Vec<String> = String::from_utf8(jsonl.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["principal"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let expected: Vec<String> = want.iter().map(|(_, p)| p.to_string()).collect();
+    assert_eq!(shown, expected);
+    let replayed = muster_store::audit::replay_export(&jsonl[..], ReplayTo::End).unwrap();
+    assert_eq!(replayed.hashes_checked, want.len() as u64);
+    assert_eq!(replayed.chain_head, Some(audit.info().unwrap().chain_head));
+    let mut csv = Vec::new();
+    audit
+        .export(&ExportFilter::default(), ExportFormat::Csv, &mut csv)
+        .unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.starts_with("seq,time,type,job,device,principal,body\n"));
+    assert!(csv.contains(",policy:iothubowner,"), "{csv:.1000}");
+    assert!(csv.contains(",\"cert:CN=ops, O=x\","), "{csv:.1000}");
+}
+
+#[tokio::test]
+async fn a_changed_principal_breaks_the_chain_at_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = build_with_principals(dir.path()).await;
+    let named = want
+        .iter()
+        .find(|(_, p)| *p != Principal::System)
+        .unwrap()
+        .0;
+    let system = want
+        .iter()
+        .rev()
+        .find(|(_, p)| *p == Principal::System)
+        .unwrap()
+        .0;
+    // Another principal, none at all, one added to a `system` event, and one that is no
+    // principal's text: each is caught at its seq, by `verify` and by the server's start.
+    for (seq, text) in [
+        (named, "anonymous"),
+        (named, ""),
+        (system, "policy:iothubowner"),
+        (named, "root"),
+        (system, "system"),
+    ] {
+        let mut original = Vec::new();
+        tamper(dir.path(), |events| {
+            original = events.get(seq);
+            let mut record = EventRecordBytes::decode(&original).unwrap();
+            record.principal = text.into();
+            events.set(seq, record.encode_to_vec());
+        });
+        assert_eq!(first_bad(dir.path()), Some(seq), "{text:?} at {seq}");
+        assert!(matches!(
+            muster_store::Store::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+        tamper(dir.path(), |events| events.set(seq, original));
+        assert_eq!(first_bad(dir.path()), None);
+    }
+}
+
+/// A log whose commands all came from `system` (as every log written before principals existed)
+/// stores no principal at all: its records are the old bytes, and it verifies and exports as
+/// `system`.
+#[tokio::test]
+async fn a_log_without_principals_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, last) = build(dir.path()).await;
+    tamper(dir.path(), |events| {
+        for seq in 1..=last {
+            let record = EventRecordBytes::decode(&events.get(seq)).unwrap();
+            assert_eq!(record.principal, "", "seq {seq}");
+        }
+    });
+    let audit = AuditLog::open(dir.path()).unwrap();
+    let v = audit.verify().unwrap();
+    assert_eq!(v.failure, None, "{v:?}");
+    assert_eq!(v.checked, last);
+    let records: Vec<_> = audit.records(1, u64::MAX).unwrap().collect();
+    assert_eq!(records.len() as u64, last);
+    assert!(records
+        .into_iter()
+        .all(|r| r.unwrap().principal == Principal::System));
 }

@@ -2,7 +2,9 @@
 //! every kind, stops and resumes, cancels, thresholds, schedules, continuous targets, reruns of
 //! the failed devices), written through the real store the way Raft does (append + commit, then
 //! apply), must replay to exactly the live state, from the data directory and from a JSON Lines
-//! export alone; and `--at` a past time shows the jobs as they were then.
+//! export alone; and `--at` a past time shows the jobs as they were then. Commands an operator
+//! would send are written on behalf of several principals (the leader's own work as `system`),
+//! so the chain, the export and its replay carry principals too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,14 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{at, device, entry, Node};
 use muster_domain::{
     actions, Action, BatchSize, CancellationThreshold, Command, DeviceRegistration, DeviceResult,
-    Event, FailureReason, JobSpec, JobStatus, MethodCall, Operation, Outcome, RetryPolicy, Rollout,
-    Schedule, State, Target, TargetSelector, Threshold,
+    Event, FailureReason, JobSpec, JobStatus, MethodCall, Operation, Outcome, Principal,
+    RetryPolicy, Rollout, Schedule, State, Target, TargetSelector, Threshold,
 };
 use muster_store::audit::{
     replay_export, AuditLog, ExportFilter, ExportFormat, ReplayTo, TimelineEntry,
 };
+use muster_store::{Entry, Request};
 use muster_types::{GroupId, JobId, RerunId, Timestamp};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
 use serde_json::json;
 
 const DEVICES: usize = 300;
@@ -151,6 +155,22 @@ struct Sim {
     now: i64,
 }
 
+/// Who writes `cmd`: the leader's own work is `system`; operator commands cycle through the
+/// other kinds of principal (one name holds a comma and a quote, for the CSV export).
+fn principal_for(cmd: &Command, index: u64) -> Principal {
+    match cmd {
+        Command::MarkDispatched { .. }
+        | Command::RecordDeviceResults { .. }
+        | Command::Advance { .. } => Principal::System,
+        _ => match index % 4 {
+            0 => Principal::Anonymous,
+            1 => Principal::Policy("iothubowner".into()),
+            2 => Principal::Token(format!("ops-{}", index % 7)),
+            _ => Principal::Certificate("CN=ops, O=\"Example\"".into()),
+        },
+    }
+}
+
 impl Sim {
     /// Appends the commands as consecutive log entries (one flush), commits and applies them.
     async fn propose(&mut self, cmds: Vec<Command>) {
@@ -160,7 +180,12 @@ impl Sim {
         let entries: Vec<_> = cmds
             .into_iter()
             .map(|c| {
-                let e = entry(self.node.next_index, c);
+                let index = self.node.next_index;
+                let principal = principal_for(&c, index);
+                let e = Entry {
+                    payload: EntryPayload::Normal(Request::new(c, principal)),
+                    ..entry(index, Command::Advance { at: at(0) })
+                };
                 self.node.next_index += 1;
                 e
             })
@@ -544,7 +569,7 @@ async fn export_then_replay_reproduces_the_live_state_of_thousands_of_jobs() {
     let csv_stats = audit.export(&range, ExportFormat::Csv, &mut csv).unwrap();
     assert_eq!(csv_stats.events, 2000);
     let csv = String::from_utf8(csv).unwrap();
-    assert!(csv.starts_with("seq,time,type,job,device,body\n1001,"));
+    assert!(csv.starts_with("seq,time,type,job,device,principal,body\n1001,"));
     assert_eq!(csv.lines().count(), 2001);
 
     // `--at` a past time: every job as it was then, from the directory and from the export.
@@ -588,6 +613,44 @@ async fn export_then_replay_reproduces_the_live_state_of_thousands_of_jobs() {
     let err = replay_export(edited.as_bytes(), ReplayTo::End).unwrap_err();
     assert!(err.to_string().contains("hash does not match"), "{err}");
 
+    // Every row names its principal; an edited or removed principal is caught too.
+    let mut principals = BTreeSet::new();
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        principals.insert(row["principal"].as_str().unwrap().to_string());
+    }
+    let all_principals: BTreeSet<String> = [
+        "anonymous",
+        "cert:CN=ops, O=\"Example\"",
+        "policy:iothubowner",
+        "system",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain((0..7).map(|n| format!("token:ops-{n}")))
+    .collect();
+    assert_eq!(principals, all_principals);
+    for (from, to) in [
+        (
+            "\"principal\":\"policy:iothubowner\"",
+            "\"principal\":\"anonymous\"",
+        ),
+        ("\"principal\":\"anonymous\",", ""),
+        ("\"principal\":\"system\"", "\"principal\":\"anonymous\""),
+    ] {
+        let edited = text.replacen(from, to, 1);
+        assert_ne!(edited, text);
+        let err = replay_export(edited.as_bytes(), ReplayTo::End).unwrap_err();
+        assert!(err.to_string().contains("hash does not match"), "{err}");
+    }
+    let mut full_csv = Vec::new();
+    audit
+        .export(&ExportFilter::default(), ExportFormat::Csv, &mut full_csv)
+        .unwrap();
+    let full_csv = String::from_utf8(full_csv).unwrap();
+    assert!(full_csv.contains(",\"cert:CN=ops, O=\"\"Example\"\"\",\"{"));
+    assert!(full_csv.contains(",token:ops-3,\"{"));
+
     // The timeline of a rerun job sums exactly the device events the log has for it.
     let t = audit.timeline(rerun_job).unwrap();
     let mut sums = (0, 0, 0);
@@ -613,6 +676,23 @@ async fn export_then_replay_reproduces_the_live_state_of_thousands_of_jobs() {
         })
         .count();
     assert_eq!(rerun_lines, live.jobs[rerun_job].runs.len() - 1);
+    // Job-level lines carry their command's principal: the create an operator's, the start the
+    // leader's.
+    for e in &t.entries {
+        match e {
+            TimelineEntry::Event {
+                event: Event::JobCreated { .. },
+                principal,
+                ..
+            } => assert_ne!(principal, &Principal::System),
+            TimelineEntry::Event {
+                event: Event::JobStarted { .. },
+                principal,
+                ..
+            } => assert_eq!(principal, &Principal::System),
+            _ => {}
+        }
+    }
 }
 
 #[tokio::test]

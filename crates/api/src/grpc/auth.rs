@@ -7,7 +7,7 @@ use muster_domain::Command;
 use muster_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::cluster_status;
+use super::{caller, cluster_status};
 use crate::access::Gate;
 use crate::credentials::{connection_string, new_policy, new_token, DEFAULT_TOKEN_LIFETIME_MS};
 
@@ -53,6 +53,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreatedToken>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
         name("id", &r.id)?;
         let roles = r
@@ -75,7 +76,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         let (token, text) = new_token(&r.id, roles, expiry, self.gate.host()).map_err(internal)?;
         let info = token_info(&token);
         self.cluster
-            .write(Command::CreateApiToken { token, at })
+            .write_as(who, Command::CreateApiToken { token, at })
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(pb::CreatedToken {
@@ -100,10 +101,11 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let who = caller(&request);
         let id = request.into_inner().id;
         name("id", &id)?;
         self.cluster
-            .write(Command::DeleteApiToken { id, at: now() })
+            .write_as(who, Command::DeleteApiToken { id, at: now() })
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(pb::DeleteTokenResponse {}))
@@ -113,6 +115,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::SavePolicyRequest>,
     ) -> Result<Response<pb::SavedPolicy>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
         name("name", &r.name)?;
         let rights = r
@@ -135,7 +138,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
             connection_string: connection_string(&policy, self.gate.host()),
         };
         self.cluster
-            .write(Command::SavePolicy { policy, at: now() })
+            .write_as(who, Command::SavePolicy { policy, at: now() })
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(answer))
@@ -157,13 +160,17 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         request: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        let who = caller(&request);
         let name_ = request.into_inner().name;
         name("name", &name_)?;
         self.cluster
-            .write(Command::DeletePolicy {
-                name: name_,
-                at: now(),
-            })
+            .write_as(
+                who,
+                Command::DeletePolicy {
+                    name: name_,
+                    at: now(),
+                },
+            )
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(pb::DeletePolicyResponse {}))

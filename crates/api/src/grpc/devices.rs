@@ -9,7 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::{
-    after, cluster_status, id_token, page_size, parse_id, parse_json, read_barrier, take_page,
+    after, caller, cluster_status, id_token, page_size, parse_id, parse_json, read_barrier,
+    take_page,
 };
 
 /// The device service over a cluster handle.
@@ -65,6 +66,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         &self,
         request: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let device = req
             .device
@@ -72,11 +74,14 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let reg = registration("device", device)?;
         let id = reg.id.clone();
         self.cluster
-            .write(Command::RegisterDevices {
-                devices: vec![reg],
-                upsert: req.upsert,
-                at: now(),
-            })
+            .write_as(
+                who,
+                Command::RegisterDevices {
+                    devices: vec![reg],
+                    upsert: req.upsert,
+                    at: now(),
+                },
+            )
             .await
             .map_err(cluster_status)?;
         self.device_now(&id).map(Response::new)
@@ -86,6 +91,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         &self,
         request: Request<pb::ImportDevicesRequest>,
     ) -> Result<Response<pb::ImportDevicesResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         if req.devices.is_empty() {
             return Err(Status::invalid_argument(
@@ -101,11 +107,14 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let count = devices.len() as u64;
         // One command: the import is all or nothing, and one Raft entry however many devices.
         self.cluster
-            .write(Command::RegisterDevices {
-                devices,
-                upsert: true,
-                at: now(),
-            })
+            .write_as(
+                who,
+                Command::RegisterDevices {
+                    devices,
+                    upsert: true,
+                    at: now(),
+                },
+            )
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(pb::ImportDevicesResponse { count }))
@@ -186,6 +195,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         &self,
         request: Request<pb::UpdateTwinRequest>,
     ) -> Result<Response<pb::Device>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let id: DeviceId = parse_id("device_id", &req.device_id)?;
         let tags = req
@@ -204,13 +214,16 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             ));
         }
         self.cluster
-            .write(Command::UpdateTwin {
-                device: id.clone(),
-                tags,
-                desired,
-                if_version: req.if_version,
-                at: now(),
-            })
+            .write_as(
+                who,
+                Command::UpdateTwin {
+                    device: id.clone(),
+                    tags,
+                    desired,
+                    if_version: req.if_version,
+                    at: now(),
+                },
+            )
             .await
             .map_err(cluster_status)?;
         self.device_now(&id).map(Response::new)
@@ -242,6 +255,7 @@ impl pb::group_service_server::GroupService for GroupApi {
         &self,
         request: Request<pb::PutGroupRequest>,
     ) -> Result<Response<pb::Group>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let id: GroupId = parse_id("group_id", &req.group_id)?;
         // Checked here too, so the error names this API's field (`decide` calls it `filter`,
@@ -253,12 +267,15 @@ impl pb::group_service_server::GroupService for GroupApi {
             req.display_name
         };
         self.cluster
-            .write(Command::SaveGroup {
-                id: id.clone(),
-                display_name,
-                query: req.query,
-                at: now(),
-            })
+            .write_as(
+                who,
+                Command::SaveGroup {
+                    id: id.clone(),
+                    display_name,
+                    query: req.query,
+                    at: now(),
+                },
+            )
             .await
             .map_err(cluster_status)?;
         self.group_now(&id).map(Response::new)
@@ -301,9 +318,10 @@ impl pb::group_service_server::GroupService for GroupApi {
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let who = caller(&request);
         let id: GroupId = parse_id("group_id", &request.into_inner().group_id)?;
         self.cluster
-            .write(Command::DeleteGroup { id, at: now() })
+            .write_as(who, Command::DeleteGroup { id, at: now() })
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(pb::DeleteGroupResponse {}))

@@ -21,7 +21,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 use muster_cluster::{Cluster, EventLog, StateReader, StateUpdate};
-use muster_domain::Event;
+use muster_domain::{Event, Principal};
 use muster_proto::pb;
 use muster_store::chain::Hash;
 use muster_store::StoredEvent;
@@ -132,7 +132,13 @@ struct Follower {
 
 impl Follower {
     /// Looks at the event at the cursor, with its stored chain link, and sends it if it is wanted.
-    async fn step(&mut self, seq: u64, event: &Event, hash: &Hash) -> Result<(), Stop> {
+    async fn step(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        hash: &Hash,
+        principal: &Principal,
+    ) -> Result<(), Stop> {
         self.next = seq + 1;
         if !self.filter.matches(event) {
             return Ok(());
@@ -146,6 +152,7 @@ impl Follower {
             hash: hash.to_vec(),
             event: Some(pb::Event::from(event)),
             body_json: event_body(event).to_string(),
+            principal: principal.to_string(),
         };
         self.tx.send(Ok(item)).await.map_err(|_| Stop::Gone)
     }
@@ -176,7 +183,13 @@ impl Follower {
             if records.is_empty() {
                 return Ok(());
             }
-            for StoredEvent { seq, event, hash } in &records {
+            for StoredEvent {
+                seq,
+                event,
+                hash,
+                principal,
+            } in &records
+            {
                 if *seq != self.next {
                     // The log has no gaps after `first_seq_available`; a snapshot installed
                     // meanwhile is the only way here.
@@ -187,7 +200,7 @@ impl Follower {
                         self.resume_seq()
                     ))));
                 }
-                self.step(*seq, event, hash).await?;
+                self.step(*seq, event, hash, principal).await?;
             }
         }
     }
@@ -225,7 +238,7 @@ impl Follower {
                         }
                         for (seq, event, hash) in applied.records() {
                             if seq >= self.next {
-                                self.step(seq, event, hash).await?;
+                                self.step(seq, event, hash, &applied.principal).await?;
                             }
                         }
                     }

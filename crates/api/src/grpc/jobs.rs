@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 use muster_cluster::{now, Cluster, StateReader, StateUpdate};
-use muster_domain::{Command, JobSpec, State};
+use muster_domain::{Command, JobSpec, Principal, State};
 use muster_proto::pb;
 use muster_types::{JobId, RerunId, RunId};
 use tokio::sync::{broadcast, mpsc};
@@ -12,7 +12,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Detail};
 use super::{
-    after, bad_token, cluster_status, id_token, page_size, parse_id, read_barrier, take_page,
+    after, bad_token, caller, cluster_status, id_token, page_size, parse_id, read_barrier,
+    take_page,
 };
 
 /// Default response timeout of a method call whose request left it at 0: IoT Hub's default.
@@ -34,9 +35,18 @@ impl JobApi {
         JobApi { cluster }
     }
 
-    /// Writes a command about one job and answers with the job as it is after the command.
-    async fn write_then_get(&self, id: &JobId, command: Command) -> Result<pb::Job, Status> {
-        self.cluster.write(command).await.map_err(cluster_status)?;
+    /// Writes a command about one job on behalf of `who` and answers with the job as it is
+    /// after the command.
+    async fn write_then_get(
+        &self,
+        who: Principal,
+        id: &JobId,
+        command: Command,
+    ) -> Result<pb::Job, Status> {
+        self.cluster
+            .write_as(who, command)
+            .await
+            .map_err(cluster_status)?;
         // `write` returns once the command is applied here, so the state already has its effect.
         self.cluster
             .reader()
@@ -88,6 +98,7 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let id: JobId = parse_id("job_id", &req.job_id)?;
         let spec = req
@@ -99,7 +110,9 @@ impl pb::job_service_server::JobService for JobApi {
             spec,
             at: now(),
         };
-        self.write_then_get(&id, command).await.map(Response::new)
+        self.write_then_get(who, &id, command)
+            .await
+            .map(Response::new)
     }
 
     async fn get_job(
@@ -161,42 +174,52 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
         let command = Command::StopJob {
             id: id.clone(),
             at: now(),
         };
-        self.write_then_get(&id, command).await.map(Response::new)
+        self.write_then_get(who, &id, command)
+            .await
+            .map(Response::new)
     }
 
     async fn resume_job(
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
         let command = Command::ResumeJob {
             id: id.clone(),
             at: now(),
         };
-        self.write_then_get(&id, command).await.map(Response::new)
+        self.write_then_get(who, &id, command)
+            .await
+            .map(Response::new)
     }
 
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
         let command = Command::CancelJob {
             id: id.clone(),
             at: now(),
         };
-        self.write_then_get(&id, command).await.map(Response::new)
+        self.write_then_get(who, &id, command)
+            .await
+            .map(Response::new)
     }
 
     async fn rerun_job(
         &self,
         request: Request<pb::RerunJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let id: JobId = parse_id("job_id", &req.job_id)?;
         let rerun_id: RerunId = parse_id("rerun_id", &req.rerun_id)?;
@@ -205,7 +228,9 @@ impl pb::job_service_server::JobService for JobApi {
             rerun_id,
             at: now(),
         };
-        self.write_then_get(&id, command).await.map(Response::new)
+        self.write_then_get(who, &id, command)
+            .await
+            .map(Response::new)
     }
 
     async fn list_job_devices(

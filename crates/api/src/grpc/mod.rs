@@ -18,6 +18,7 @@ mod jobs;
 use std::ops::Bound;
 
 use muster_cluster::{Cluster, ClusterError, ErrorKind};
+use muster_domain::Principal;
 use tonic::Status;
 
 pub use auth::AuthApi;
@@ -139,6 +140,18 @@ pub fn routes(
     routes
 }
 
+/// Who a request is from: the [`Principal`] the authentication layer put into the request's
+/// extensions, or [`Principal::Anonymous`] when there is none (no authentication in front).
+/// The only place the gRPC edge looks the caller up; every handler that writes a command
+/// writes it with `Cluster::write_as(caller(&request), ...)`.
+pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Principal {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or(Principal::Anonymous)
+}
+
 /// The gRPC status for a failed write or read index.
 ///
 /// Rejections carry the domain's message, which names the field and says what to change. Storage
@@ -233,4 +246,19 @@ pub(crate) fn take_page<I: Iterator>(iter: I, size: usize) -> (Vec<I::Item>, boo
     let page: Vec<_> = iter.by_ref().take(size).collect();
     let more = iter.peek().is_some();
     (page, more)
+}
+
+#[cfg(test)]
+mod caller_tests {
+    use super::*;
+
+    #[test]
+    fn the_caller_is_the_extensions_principal_or_anonymous() {
+        let mut request = tonic::Request::new(());
+        assert_eq!(caller(&request), Principal::Anonymous);
+        request
+            .extensions_mut()
+            .insert(Principal::Policy("iothubowner".into()));
+        assert_eq!(caller(&request), Principal::Policy("iothubowner".into()));
+    }
 }

@@ -15,7 +15,7 @@ use muster_types::{DeviceId, GroupId, JobId, RerunId};
 use serde_json::Value;
 
 use super::errors::{internal, DEVICE, GROUP, JOB, RERUN};
-use super::extract::{base_url, JsonText, Params, PathParams};
+use super::extract::{base_url, Caller, JsonText, Params, PathParams};
 use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
 use crate::access::Access::Need;
@@ -206,6 +206,7 @@ async fn get_job(
 /// seed shows, even if the leader has started it in the meantime; GET shows the live status.
 async fn put_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -215,6 +216,7 @@ async fn put_job(
     let req = job_request_from_central(&body, &id)?;
     let id = req.id;
     app.write(
+        &caller,
         Command::CreateJob {
             id: id.clone(),
             spec: req.spec,
@@ -309,43 +311,47 @@ fn history_page(
     let mut last = 0;
     let mut from = start.max(log.first_seq_available());
     loop {
-        let chunk = log.read_events(from, HISTORY_CHUNK)?;
-        let Some((end, _)) = chunk.last() else {
+        let chunk = log.read_records(from, HISTORY_CHUNK)?;
+        let Some(end) = chunk.last().map(|r| r.seq) else {
             return Ok((items, None));
         };
         from = end + 1;
-        for (seq, event) in &chunk {
-            if event.job() != Some(job) {
+        for r in &chunk {
+            if r.event.job() != Some(job) {
                 continue;
             }
             if items.len() == size {
                 return Ok((items, Some(last.to_string())));
             }
-            items.push(event_json(*seq, event));
-            last = *seq;
+            items.push(event_json(r.seq, &r.event, &r.principal));
+            last = r.seq;
         }
     }
 }
 
 async fn stop_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
     version(&q)?;
     let id = job_id(&id)?;
-    app.write(Command::StopJob { id, at: now() }, JOB).await?;
+    app.write(&caller, Command::StopJob { id, at: now() }, JOB)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn resume_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
     version(&q)?;
     let id = job_id(&id)?;
-    app.write(Command::ResumeJob { id, at: now() }, JOB).await?;
+    app.write(&caller, Command::ResumeJob { id, at: now() }, JOB)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -353,6 +359,7 @@ async fn resume_job(
 /// the last one; answers the job (200) as it is after the rerun was applied.
 async fn rerun_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams((id, rerun)): PathParams<(String, String)>,
     q: Params,
 ) -> Result<Response, ApiError> {
@@ -361,6 +368,7 @@ async fn rerun_job(
     let rerun_id = RerunId::new(rerun)
         .map_err(|e| ApiError::bad_request("rerunId", format!("{e} (the rerun id in the URL)")))?;
     app.write(
+        &caller,
         Command::RerunJob {
             id: id.clone(),
             rerun_id,
@@ -413,6 +421,7 @@ async fn get_group(
 /// created on the group keep the filter they were created with.
 async fn put_group(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -422,6 +431,7 @@ async fn put_group(
     let g = device_group_from_central(&body, &id)?;
     let gid = g.id.clone();
     app.write(
+        &caller,
         Command::SaveGroup {
             id: g.id,
             display_name: g.display_name,
@@ -438,12 +448,13 @@ async fn put_group(
 
 async fn delete_group(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
     version(&q)?;
     let id = group_id(&id)?;
-    app.write(Command::DeleteGroup { id, at: now() }, GROUP)
+    app.write(&caller, Command::DeleteGroup { id, at: now() }, GROUP)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -487,6 +498,7 @@ async fn get_device(
 /// enabled flag if it exists (IoT Central's create-or-update); its twin is kept.
 async fn put_device(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -496,6 +508,7 @@ async fn put_device(
     let reg = device_registration_from_central(&body, &id)?;
     let did = reg.id.clone();
     app.write(
+        &caller,
         Command::RegisterDevices {
             devices: vec![reg],
             upsert: true,
@@ -544,6 +557,11 @@ mod tests {
                     seq,
                     event,
                     hash: [0; 32],
+                    principal: if seq % 2 == 0 {
+                        muster_domain::Principal::Anonymous
+                    } else {
+                        muster_domain::Principal::System
+                    },
                 })
                 .collect())
         }
@@ -568,6 +586,7 @@ mod tests {
         assert_eq!(page.len(), 2);
         assert_eq!(page[0]["seq"], 1);
         assert_eq!(page[1]["seq"], 3);
+        assert_eq!(page[1]["principal"], "system");
         assert_eq!(next.as_deref(), Some("3"));
 
         let mut seqs = Vec::new();
@@ -601,6 +620,7 @@ mod tests {
         let (page, next) = history_page(&log, &j1, 1, 10).unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(page[0]["seq"], 10);
+        assert_eq!(page[0]["principal"], "anonymous");
         assert_eq!(next, None);
     }
 }

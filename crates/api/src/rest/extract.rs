@@ -1,15 +1,36 @@
 //! Extractors whose every refusal is an [`ApiError`] (JSON, naming what to fix), instead of
 //! axum's plain-text rejections: query parameters, path segments, the request body, and the
-//! base URL for `nextLink`.
+//! base URL for `nextLink`; and [`Caller`], who the request is from.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use muster_domain::Principal;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::json::MAX_BODY_BYTES;
+
+/// Who the request is from: the [`Principal`] the authentication layer put into the request's
+/// extensions, or [`Principal::Anonymous`] when there is none (no authentication in front).
+/// The only place the REST edge looks the caller up; every write records it (`App::write`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<Principal>()
+                .cloned()
+                .unwrap_or(Principal::Anonymous),
+        ))
+    }
+}
 
 /// The query string as `(name, value)` pairs, percent-decoded. Repeated names are allowed; the
 /// first one wins (as ASP.NET reads Azure's query strings for single-valued parameters).

@@ -23,7 +23,7 @@ use muster_types::{DeviceId, JobId};
 use serde_json::{json, Value};
 
 use super::errors::{internal, DEVICE, JOB};
-use super::extract::{JsonText, Params, PathParams};
+use super::extract::{Caller, JsonText, Params, PathParams};
 use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
 use crate::access::Access::Need;
@@ -91,6 +91,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
 /// device pending, even if the leader has started it since; GET shows the live state.
 async fn put_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     JsonText(body): JsonText,
@@ -99,6 +100,7 @@ async fn put_job(
     job_id(&id)?;
     let (id, spec) = job_spec_from_hub(&body, &id)?;
     app.write(
+        &caller,
         Command::CreateJob {
             id: id.clone(),
             spec,
@@ -160,12 +162,14 @@ async fn get_job(
 /// job as it is after the cancel (200), as IoT Hub does.
 async fn cancel_job(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = job_id(&id)?;
     app.write(
+        &caller,
         Command::CancelJob {
             id: id.clone(),
             at: now(),
@@ -243,6 +247,7 @@ async fn get_twin(
 /// (`*` or no header: unconditional).
 async fn patch_twin(
     State(app): State<App>,
+    caller: Caller,
     PathParams(id): PathParams<String>,
     q: Params,
     headers: HeaderMap,
@@ -256,6 +261,7 @@ async fn patch_twin(
     let if_version = etag_version(if_match.as_deref())?;
     let (tags, desired) = twin_patch_from_hub(&body)?;
     app.write(
+        &caller,
         Command::UpdateTwin {
             device: id.clone(),
             tags,

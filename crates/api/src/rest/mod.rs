@@ -38,6 +38,7 @@ use crate::access::{Access, Gate};
 use crate::error::ApiError;
 use crate::json::MAX_BODY_BYTES;
 use errors::{cluster_error, Codes};
+use extract::Caller;
 
 /// How long a request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -93,10 +94,11 @@ impl App {
         Ok(self.cluster.reader().read(f))
     }
 
-    /// Proposes one command; `Ok` once it is committed and applied on this node.
-    async fn write(&self, command: Command, codes: Codes) -> Result<(), ApiError> {
+    /// Proposes one command on behalf of `caller`; `Ok` once it is committed and applied on
+    /// this node.
+    async fn write(&self, caller: &Caller, command: Command, codes: Codes) -> Result<(), ApiError> {
         self.cluster
-            .write(command)
+            .write_as(caller.0.clone(), command)
             .await
             .map(|_| ())
             .map_err(|e| cluster_error(e, codes))
@@ -259,5 +261,73 @@ mod tests {
         let (items, next) = page(&map, None, 3, |_, v| (*v < 3).then_some(*v));
         assert_eq!(items, vec![0, 1, 2]);
         assert_eq!(next, None);
+    }
+
+    /// A write records the caller the gate verified: the policy of a SAS token, `anonymous`
+    /// on an insecure node; an unauthenticated write is refused and records nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn writes_record_the_callers_principal() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use muster_cluster::{ClusterConfig, EventLog, MusterNode};
+        use muster_domain::Principal;
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(ClusterConfig::new(
+            1,
+            dir.path().to_path_buf(),
+            MusterNode::default(),
+        ))
+        .await
+        .unwrap();
+        cluster
+            .wait_for_leader(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        const KEY: &str = "q83vEjRWeJASNFZ4kKvN7xI0VniQq83vEjRWeJCrze8=";
+        cluster
+            .write(Command::InitAuth {
+                policies: muster_domain::auth::default_policies(|| KEY.into()),
+                at: muster_cluster::now(),
+            })
+            .await
+            .unwrap();
+        let secure = router(cluster.clone(), Gate::new(cluster.clone(), "muster.test"));
+        let insecure = router(cluster.clone(), Gate::insecure());
+        let put = |id: &str| {
+            Request::put(format!("/api/devices/{id}?api-version=2022-07-31"))
+                .body(Body::from(r#"{"displayName": "a device"}"#))
+                .unwrap()
+        };
+        assert_eq!(
+            insecure.clone().oneshot(put("d1")).await.unwrap().status(),
+            200
+        );
+        // A caller's own extension does not count: the gate decides who it is.
+        let mut req = put("d3");
+        req.extensions_mut().insert(Principal::System);
+        assert_eq!(secure.clone().oneshot(req).await.unwrap().status(), 401);
+        let token =
+            muster_domain::auth::sign("muster.test", KEY, "registryReadWrite", i64::MAX / 1000)
+                .unwrap();
+        let mut req = put("d2");
+        req.headers_mut()
+            .insert("authorization", token.parse().unwrap());
+        assert_eq!(secure.clone().oneshot(req).await.unwrap().status(), 200);
+        let who = Principal::Policy("registryReadWrite".into());
+
+        let records = cluster.reader().read_records(1, usize::MAX).unwrap();
+        let of = |device: &str| {
+            records
+                .iter()
+                .find(|r| r.event.device().is_some_and(|d| d.as_str() == device))
+                .map(|r| r.principal.clone())
+        };
+        assert_eq!(of("d1"), Some(Principal::Anonymous));
+        assert_eq!(of("d2"), Some(who));
+        assert_eq!(of("d3"), None);
+        cluster.shutdown().await;
     }
 }

@@ -22,7 +22,7 @@ pub enum EventsCmd {
     /// Print events from a seq on, then live ones as they are committed, until Ctrl-C (or
     /// `--limit`). Give several nodes (`--endpoint http://a:9090,http://b:9090`) to carry on on
     /// another when one fails. Text: one line per event; `--output json`: one JSON object per
-    /// line (seq, time, type, jobId, deviceId, hash, body).
+    /// line (seq, time, type, jobId, deviceId, hash, principal, body).
     Follow {
         /// The first seq to print (0 or 1: from the start of the log). To resume, pass the last
         /// seq printed plus one.

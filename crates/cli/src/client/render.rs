@@ -564,11 +564,15 @@ pub fn event_json(e: &pb::StreamedEvent) -> Value {
     if !e.hash.is_empty() {
         m.insert("hash".into(), json!(hex(&e.hash)));
     }
+    if !e.principal.is_empty() {
+        m.insert("principal".into(), json!(e.principal));
+    }
     m.insert("body".into(), json_value(&e.body_json));
     Value::Object(m)
 }
 
-/// A streamed event as one line for people: seq, time, type, job, device.
+/// A streamed event as one line for people: seq, time, type, job, device, principal (who the
+/// command was written on behalf of; `-` from a server that does not say).
 pub fn event_line(e: &pb::StreamedEvent) -> String {
     let dash = |s: &str| {
         if s.is_empty() {
@@ -578,12 +582,13 @@ pub fn event_line(e: &pb::StreamedEvent) -> String {
         }
     };
     format!(
-        "{:>8}  {}  {:<18} {:<20} {}",
+        "{:>8}  {}  {:<18} {:<20} {:<20} {}",
         e.seq,
         time(e.at_ms),
         e.r#type,
         dash(&e.job_id),
-        dash(&e.device_id)
+        dash(&e.device_id),
+        dash(&e.principal)
     )
 }
 

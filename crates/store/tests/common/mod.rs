@@ -9,7 +9,7 @@ use std::path::Path;
 
 use muster_domain::{
     actions, Action, BatchSize, Command, DeviceRegistration, DeviceResult, MethodCall, Operation,
-    Outcome, RetryPolicy, Rollout, Schedule, State, Target, TargetSelector,
+    Outcome, Principal, RetryPolicy, Rollout, Schedule, State, Target, TargetSelector,
 };
 use muster_domain::{FailureReason, JobSpec};
 use muster_store::{
@@ -213,7 +213,15 @@ impl Node {
 
     /// Appends (flushed) and commits `cmd`, without applying it.
     pub async fn commit(&mut self, cmd: Command) -> Entry {
-        let e = entry(self.next_index, cmd);
+        self.commit_as(cmd, Principal::System).await
+    }
+
+    /// [`commit`](Self::commit) on behalf of `principal`.
+    pub async fn commit_as(&mut self, cmd: Command, principal: Principal) -> Entry {
+        let e = Entry {
+            log_id: log_id(self.next_index),
+            payload: EntryPayload::Normal(Request::new(cmd, principal)),
+        };
         self.next_index += 1;
         self.log.blocking_append([e.clone()]).await.unwrap();
         self.log.save_committed(Some(e.log_id)).await.unwrap();
@@ -222,7 +230,12 @@ impl Node {
 
     /// Appends, commits and applies `cmd`, like a leader's `client_write`.
     pub async fn propose(&mut self, cmd: Command) -> Response {
-        let e = self.commit(cmd).await;
+        self.propose_as(cmd, Principal::System).await
+    }
+
+    /// [`propose`](Self::propose) on behalf of `principal`.
+    pub async fn propose_as(&mut self, cmd: Command, principal: Principal) -> Response {
+        let e = self.commit_as(cmd, principal).await;
         let mut out = self.sm.apply([e]).await.unwrap();
         out.pop().unwrap()
     }
