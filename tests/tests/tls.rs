@@ -145,7 +145,8 @@ async fn rest_and_grpc_serve_tls_and_check_client_certificates() {
 
     // The CLI: https with --ca-cert (and a client certificate), plain refused.
     let cli = |args: &[&str]| {
-        Command::new(muster_bin().unwrap())
+        muster_cmd()
+            .unwrap()
             .args([
                 "device",
                 "list",
