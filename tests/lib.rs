@@ -134,6 +134,8 @@ pub struct Server {
     data_dir: PathBuf,
     extra: Vec<String>,
     log: PathBuf,
+    /// The CA that the server's REST/gRPC certificate chains to, when it serves TLS.
+    ca_cert: Option<PathBuf>,
 }
 
 impl Server {
@@ -144,6 +146,17 @@ impl Server {
 
     /// Like [`start`](Self::start), with extra `serve` flags.
     pub fn start_with(dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Server::start_inner(dir, extra, None)
+    }
+
+    /// Like [`start_with`](Self::start_with) for a server whose `extra` flags turn TLS on with a
+    /// certificate from `ca_cert`: [`wait_ready`](Self::wait_ready), [`http_client`](Self::http_client)
+    /// and [`leader_channel`] then trust that CA.
+    pub fn start_tls(dir: &Path, ca_cert: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Server::start_inner(dir, extra, Some(ca_cert.to_path_buf()))
+    }
+
+    fn start_inner(dir: &Path, extra: &[&str], ca_cert: Option<PathBuf>) -> anyhow::Result<Server> {
         let mut s = Server {
             child: None,
             rest: String::new(),
@@ -152,6 +165,7 @@ impl Server {
             data_dir: dir.join("data"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("server.log"),
+            ca_cert,
         };
         s.spawn()?;
         Ok(s)
@@ -228,6 +242,23 @@ impl Server {
         &self.data_dir
     }
 
+    /// The CA this server's TLS certificate chains to (`None`: plain HTTP).
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// A REST client for this server with the administrator's token: plain, or trusting its CA
+    /// when it serves TLS.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        https_client(self.ca_cert(), None)
+    }
+
+    /// A gRPC channel to this server with the administrator's credential (TLS with its CA when
+    /// it serves TLS), connected.
+    pub async fn channel(&self) -> anyhow::Result<AuthChannel> {
+        grpc_tls_channel(&self.grpc, self.ca_cert(), None).await
+    }
+
     /// SIGKILL: no shutdown code runs, as in a crash or power loss of the process.
     pub fn kill9(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -259,7 +290,7 @@ impl Server {
     /// Waits until `GET /readyz` answers 200.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let url = format!("{}/readyz", self.rest);
-        let client = reqwest::Client::new();
+        let client = self.http_client()?;
         wait_for("readyz", || {
             let req = client.get(&url).send();
             async move { matches!(req.await, Ok(r) if r.status().is_success()) }
@@ -343,11 +374,23 @@ pub struct TestCluster {
     /// The `--peers` value every node was started with.
     pub peers: String,
     dirs: Vec<tempfile::TempDir>,
+    ca_cert: Option<PathBuf>,
 }
 
 impl TestCluster {
     /// Starts `n` nodes with `extra` flags on each (for instance `--mqtt-url`).
     pub fn start(n: usize, extra: &[&str]) -> anyhow::Result<TestCluster> {
+        TestCluster::start_inner(n, extra, None)
+    }
+
+    /// Like [`start`](Self::start), over TLS everywhere with the certificates `muster certs
+    /// init --node 1= --node 2= ...` wrote to `certs` (see [`certs_init`]): node `i` serves REST
+    /// and gRPC with `node-i.pem` and uses it for mutual TLS on the peer port with `ca.pem`.
+    pub fn start_tls(n: usize, certs: &Path, extra: &[&str]) -> anyhow::Result<TestCluster> {
+        TestCluster::start_inner(n, extra, Some(certs))
+    }
+
+    fn start_inner(n: usize, extra: &[&str], certs: Option<&Path>) -> anyhow::Result<TestCluster> {
         let ports = free_ports(n)?;
         let peers = ports
             .iter()
@@ -360,11 +403,30 @@ impl TestCluster {
         for (i, dir) in dirs.iter().enumerate() {
             let id = (i + 1).to_string();
             let addr = format!("127.0.0.1:{}", ports[i]);
-            let mut args = vec!["--node-id", &id, "--peer-addr", &addr, "--peers", &peers];
-            args.extend_from_slice(extra);
-            nodes.push(Server::start_with(dir.path(), &args)?);
+            let mut args: Vec<String> = ["--node-id", &id, "--peer-addr", &addr, "--peers", &peers]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            if let Some(certs) = certs {
+                args.extend(tls_flags(certs, i + 1));
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ca = certs.map(|c| c.join("ca.pem"));
+            nodes.push(Server::start_inner(dir.path(), &args, ca)?);
         }
-        Ok(TestCluster { nodes, peers, dirs })
+        Ok(TestCluster {
+            nodes,
+            peers,
+            dirs,
+            ca_cert: certs.map(|c| c.join("ca.pem")),
+        })
+    }
+
+    /// A REST client with the administrator's token that trusts the cluster's CA when it runs
+    /// TLS.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        https_client(self.ca_cert.as_deref(), None)
     }
 
     /// The temporary directory of node index `i` (0-based), for starting a process of its own there.
@@ -389,7 +451,7 @@ impl TestCluster {
     /// Waits until one of the nodes in `alive` (indexes) says it is the leader; returns its index.
     /// The error carries every node's log.
     pub async fn leader_among(&self, alive: &[usize]) -> anyhow::Result<usize> {
-        let client = reqwest::Client::new();
+        let client = self.http_client()?;
         let found = std::sync::Mutex::new(None);
         let waited = wait_for("a leader", || async {
             for &i in alive {
@@ -481,7 +543,7 @@ where
 /// known). The error names the server's log.
 pub async fn leader_channel(server: &Server) -> anyhow::Result<AuthChannel> {
     use muster_proto::pb;
-    let channel = grpc_channel(&server.grpc).await?;
+    let channel = server.channel().await?;
     let jobs = pb::job_service_client::JobServiceClient::new(channel.clone());
     wait_for("a leader", || {
         let mut jobs = jobs.clone();
@@ -684,4 +746,99 @@ pub async fn mqtt_connect(opts: rumqttc::MqttOptions) -> anyhow::Result<MqttClie
         messages,
         task,
     })
+}
+
+/// Runs `muster certs init --out OUT ARGS...` (for example `--node 1= --node 2= --client ops`)
+/// and fails with its output if it fails.
+pub fn certs_init(out: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let o = Command::new(muster_bin()?)
+        .args(["certs", "init", "--out"])
+        .arg(out)
+        .args(args)
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "muster certs init failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The `serve` flags for node `id` of a cluster whose certificates `muster certs init` wrote to
+/// `certs`: its node certificate on REST, gRPC and the peer port, and the cluster CA.
+pub fn tls_flags(certs: &Path, id: usize) -> Vec<String> {
+    let path = |f: String| certs.join(f).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        path(format!("node-{id}.pem")),
+        "--tls-key".into(),
+        path(format!("node-{id}.key")),
+        "--peer-ca".into(),
+        path("ca.pem".into()),
+    ]
+}
+
+/// A reqwest client (rustls) sending the administrator's token: trusting only `ca` when given,
+/// presenting `identity` (a certificate and key, PEM files) when given.
+pub fn https_client(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&admin_token())?,
+    );
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .default_headers(headers);
+    if let Some(ca) = ca {
+        b = b
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+    }
+    if let Some((cert, key)) = identity {
+        let mut pem = std::fs::read(cert)?;
+        pem.extend(std::fs::read(key)?);
+        b = b.identity(reqwest::Identity::from_pem(&pem)?);
+    }
+    Ok(b.build()?)
+}
+
+/// A tonic endpoint for `url`: TLS trusting only `ca` and presenting `identity` when the URL is
+/// `https://`.
+pub fn grpc_endpoint(
+    url: &str,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<tonic::transport::Endpoint> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5));
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+    }
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok(endpoint.tls_config(tls)?)
+}
+
+/// [`grpc_endpoint`], connected, its calls carrying the administrator's credential.
+pub async fn grpc_tls_channel(
+    url: &str,
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<AuthChannel> {
+    let channel = grpc_endpoint(url, ca, identity)?.connect().await?;
+    Ok(with_credential(channel, Some(&admin_token())))
 }

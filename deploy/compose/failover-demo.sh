@@ -21,27 +21,31 @@ CONTAINER_PREFIX="${CONTAINER_PREFIX:-muster-node}"
 V="api-version=2022-07-31"
 JOB="failover-$(date +%s)"
 KILL_AFTER="${KILL_AFTER:-3}"   # seconds into the job
+# The nodes serve TLS with certificates from the cluster CA that the `certs` service made.
+CA="${CA:-ca.pem}"
+[ -f "$CA" ] || docker cp "${CONTAINER_PREFIX}1:/certs/ca.pem" "$CA"
+curl() { command curl --cacert "$CA" "$@"; }
 
 now_ms() { date +%s%3N; }
 secs() { awk -v ms="$1" 'BEGIN { printf "%.2f s", ms / 1000 }'; }
 port_of() { echo "${PORTS[$(($1 - 1))]}"; }
-readyz() { curl -s -m 1 "http://127.0.0.1:$1/readyz" || true; }
+readyz() { curl -s -m 1 "https://127.0.0.1:$1/readyz" || true; }
 field() { sed -n "s/.*\"$1\":\([0-9a-z]*\).*/\1/p"; }
 put() { # put PORT PATH BODY -> HTTP status
-    curl -s -m 5 -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$1$2?$V" \
+    curl -s -m 5 -o /dev/null -w '%{http_code}' -X PUT "https://127.0.0.1:$1$2?$V" \
         -H 'content-type: application/json' -d "$3" || echo 000
 }
 # The job's device outcomes, counted on the leader (reads are served by the leader only).
 device_counts() { # PORT -> "completed failed other"
     local body
-    body="$(curl -s -m 5 "http://127.0.0.1:$1/api/jobs/$JOB/devices?$V&maxpagesize=1000" || true)"
+    body="$(curl -s -m 5 "https://127.0.0.1:$1/api/jobs/$JOB/devices?$V&maxpagesize=1000" || true)"
     local c f a
     c="$(grep -o '"status":"completed"' <<<"$body" | wc -l)"
     f="$(grep -o '"status":"failed"' <<<"$body" | wc -l)"
     a="$(grep -o '"status":"[a-z]*"' <<<"$body" | wc -l)"
     echo "$c $f $((a - c - f))"
 }
-job_status() { curl -s -m 5 "http://127.0.0.1:$1/api/jobs/$JOB?$V" | sed -n 's/.*"status":"\([a-z]*\)".*/\1/p'; }
+job_status() { curl -s -m 5 "https://127.0.0.1:$1/api/jobs/$JOB?$V" | sed -n 's/.*"status":"\([a-z]*\)".*/\1/p'; }
 
 # --- 1. the cluster and the job ---------------------------------------------------------------
 LEADER=""

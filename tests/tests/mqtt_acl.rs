@@ -47,6 +47,7 @@ fn make_certs(dir: &Path) -> Certs {
     ca.distinguished_name
         .push(DnType::CommonName, "muster test MQTT CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, &ca_key);
     let key = KeyPair::generate().unwrap();
     let mut broker = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     broker
@@ -55,13 +56,13 @@ fn make_certs(dir: &Path) -> Certs {
     broker
         .distinguished_name
         .push(DnType::CommonName, "mosquitto");
-    let cert = broker.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let cert = broker.signed_by(&key, &issuer).unwrap();
     let client_key = KeyPair::generate().unwrap();
     let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
     client
         .distinguished_name
         .push(DnType::CommonName, "muster fleet");
-    let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+    let client_cert = client.signed_by(&client_key, &issuer).unwrap();
     let certs = Certs {
         ca: dir.join("ca.pem"),
         cert: dir.join("broker.pem"),

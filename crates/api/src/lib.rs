@@ -33,3 +33,6 @@ pub use hub::{
     page_size, twin_patch_from_hub, HubJobFilter, HUB_API_VERSIONS,
 };
 pub use json::MAX_BODY_BYTES;
+/// Who a verified client certificate says the caller is; a request extension in REST and gRPC
+/// handlers (see `muster_api::grpc::identify` and the node's TLS listener).
+pub use muster_tls::ClientIdentity;

@@ -93,6 +93,10 @@ pub struct DevsimArgs {
     /// takes it (e.g. http://127.0.0.1:9090).
     #[arg(long, value_name = "ENDPOINT")]
     register: Option<String>,
+    /// CA certificate (PEM) of an `https://` --register endpoint (as the client commands'
+    /// --ca-cert).
+    #[arg(long, value_name = "PEM", env = "MUSTER_CA_CERT")]
+    register_ca_cert: Option<std::path::PathBuf>,
     /// The credential `--register` uses (a token, a connection string or @FILE; see
     /// `muster job --help`).
     #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
@@ -160,11 +164,19 @@ impl DevsimArgs {
 }
 
 /// Upserts the fleet's devices through `ImportDevices`, `REGISTER_CHUNK` per request.
-async fn register(endpoint: &str, token: Option<&str>, cfg: &FleetConfig) -> anyhow::Result<()> {
+async fn register(
+    endpoint: &str,
+    ca_cert: Option<std::path::PathBuf>,
+    token: Option<&str>,
+    cfg: &FleetConfig,
+) -> anyhow::Result<()> {
     let opts = ClientOpts {
         endpoint: endpoint.to_string(),
         token: token.map(str::to_string),
         output: Output::Text,
+        ca_cert,
+        client_cert: None,
+        client_key: None,
     };
     let mut devices =
         pb::device_service_client::DeviceServiceClient::new(client::connect(&opts).await?)
@@ -197,7 +209,13 @@ pub async fn devsim(args: DevsimArgs) -> anyhow::Result<()> {
     crate::serve::init_tracing(&args.log);
     let cfg = args.fleet_config()?;
     if let Some(endpoint) = &args.register {
-        register(endpoint, args.token.as_deref(), &cfg).await?;
+        register(
+            endpoint,
+            args.register_ca_cert.clone(),
+            args.token.as_deref(),
+            &cfg,
+        )
+        .await?;
         eprintln!("devsim: registered {} devices with {endpoint}", cfg.devices);
     }
     let fleet = Fleet::start(cfg.clone()).await?;

@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod certs;
 mod client;
 mod cluster;
 mod devsim;
@@ -24,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create, inspect and steer jobs.
     Job {
         #[command(flatten)]
@@ -71,6 +72,11 @@ enum Cmd {
     Devsim(devsim::DevsimArgs),
     /// Read a stopped node's event log: verify, export, replay, timeline.
     Audit(audit::AuditArgs),
+    /// Certificates for TLS: `muster certs init` makes a CA and node/client certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: certs::CertsCmd,
+    },
 }
 
 /// mimalloc rather than glibc's malloc: decoding and applying the event log allocates and frees
@@ -94,7 +100,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Serve(args) => serve::serve(args).await,
+            Cmd::Serve(args) => serve::serve(*args).await,
             Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
@@ -103,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Auth { opts, cmd } => auth::auth(&opts, cmd).await,
             Cmd::Devsim(args) => devsim::devsim(args).await,
             Cmd::Audit(args) => audit::audit(args),
+            Cmd::Certs { cmd } => certs::certs(cmd),
         }
     });
     match result {

@@ -86,10 +86,6 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_key_file: Option<PathBuf>,
-    /// Turn authentication off: every caller may do everything. For experiments only.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    insecure: bool,
     /// MQTT broker URL (`mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS); repeat to spread
     /// devices over several brokers.
     #[arg(long = "mqtt-url", value_name = "URL")]
@@ -136,10 +132,63 @@ pub struct ServeArgs {
     #[arg(long, requires = "dev")]
     #[serde(skip)]
     mqtt_addr: Option<String>,
+    #[command(flatten)]
+    #[serde(rename = "tls", skip_serializing_if = "TlsArgs::is_empty")]
+    tls: TlsArgs,
+    /// No protection, for experiments only (MUSTER_INSECURE=true), logged loudly: authentication
+    /// off (every caller may do everything), and the node starts even with REST/gRPC on a
+    /// non-loopback address without TLS or peers beyond loopback without peer TLS.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, default_value = "info,openraft=warn,rumqttd=off")]
     #[serde(skip)]
     log: String,
+}
+
+/// The `[tls]` settings as flags (`MUSTER_TLS__CERT=...` in the environment).
+#[derive(Debug, Default, clap::Args, Serialize)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM) of the REST and client gRPC listeners; with --tls-key, they
+    /// serve TLS only (`muster certs init` makes one).
+    #[arg(long = "tls-cert", value_name = "PEM", requires = "tls_key")]
+    #[serde(rename = "cert", skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "PEM", requires = "tls_cert")]
+    #[serde(rename = "key", skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) of client certificates: a REST or gRPC client may present one it signed (its
+    /// subject CN identifies the caller); a client without one is still served. Use a CA other
+    /// than --peer-ca's: a certificate from the cluster CA opens the peer port.
+    #[arg(long = "tls-client-ca", value_name = "PEM")]
+    #[serde(rename = "client_ca", skip_serializing_if = "Option::is_none")]
+    tls_client_ca: Option<PathBuf>,
+    /// The cluster CA (PEM): the peer port requires mutual TLS, every member's certificate
+    /// signed by it, both when it serves and when it dials.
+    #[arg(long = "peer-ca", value_name = "PEM")]
+    #[serde(rename = "peer_ca", skip_serializing_if = "Option::is_none")]
+    peer_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) on the peer port, from the cluster CA; default --tls-cert.
+    #[arg(long = "peer-cert", value_name = "PEM", requires = "peer_key")]
+    #[serde(rename = "peer_cert", skip_serializing_if = "Option::is_none")]
+    peer_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert; default --tls-key.
+    #[arg(long = "peer-key", value_name = "PEM", requires = "peer_cert")]
+    #[serde(rename = "peer_key", skip_serializing_if = "Option::is_none")]
+    peer_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn is_empty(&self) -> bool {
+        self.tls_cert.is_none()
+            && self.tls_key.is_none()
+            && self.tls_client_ca.is_none()
+            && self.peer_ca.is_none()
+            && self.peer_cert.is_none()
+            && self.peer_key.is_none()
+    }
 }
 
 fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
@@ -221,7 +270,15 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
 }
 
 /// `MUSTER_*` variables read by other commands (the client's endpoint, the tests), not settings.
-const CLIENT_ENV: &[&str] = &["endpoint", "log", "bin", "test_mqtt_url"];
+const CLIENT_ENV: &[&str] = &[
+    "endpoint",
+    "ca_cert",
+    "client_cert",
+    "client_key",
+    "log",
+    "bin",
+    "test_mqtt_url",
+];
 
 /// The top-level setting names of [`NodeConfig`], as the environment spells them (lowercase).
 fn known_settings() -> Vec<String> {
@@ -321,18 +378,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--data-dir is required (or use --dev to try muster with a temporary one)");
     }
     let listeners = Listeners::bind(&cfg).await?;
+    // Before the addresses are printed: a script waiting for them must not take a node that
+    // refuses to start for one that runs.
+    muster_node::check_exposure(&cfg, &listeners)?;
     let grpc = listeners.grpc_addr()?;
     let http = listeners.http_addr()?;
     let peer = listeners
         .peer_addr()?
         .map(|p| format!(" peer={p}"))
         .unwrap_or_default();
+    let scheme = if listeners.tls.api.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Tests and scripts read this line to learn the ports when they asked for port 0.
     match &mqtt {
         Some(m) => {
-            println!("muster listening: rest=http://{http} grpc=http://{grpc} mqtt={m}{peer}")
+            println!(
+                "muster listening: rest={scheme}://{http} grpc={scheme}://{grpc} mqtt={m}{peer}"
+            )
         }
-        None => println!("muster listening: rest=http://{http} grpc=http://{grpc}{peer}"),
+        None => println!("muster listening: rest={scheme}://{http} grpc={scheme}://{grpc}{peer}"),
     }
     if let Some(dev) = &cfg.dev {
         // The banner needs the administrator's credential, which the node writes once it has
@@ -340,7 +407,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (dev, cfg2) = (dev.clone(), cfg.clone());
         tokio::spawn(async move {
             let token = dev_token(&cfg2).await;
-            print_dev_banner(&dev, &cfg2, http, grpc, token.as_deref());
+            print_dev_banner(&dev, &cfg2, scheme, http, grpc, token.as_deref());
         });
     }
     muster_node::run(cfg, listeners, shutdown_signal()).await?;
@@ -369,6 +436,7 @@ async fn dev_token(cfg: &NodeConfig) -> Option<String> {
 fn print_dev_banner(
     dev: &muster_node::DevConfig,
     cfg: &NodeConfig,
+    scheme: &str,
     http: std::net::SocketAddr,
     grpc: std::net::SocketAddr,
     token: Option<&str>,
@@ -406,17 +474,17 @@ fn print_dev_banner(
             ""
         }
     };
-    println!("  curl -X PUT 'http://{http}/api/deviceGroups/all?api-version=2022-07-31' \\");
+    println!("  curl -X PUT '{scheme}://{http}/api/deviceGroups/all?api-version=2022-07-31' \\");
     print!("{auth}");
     println!("    -H 'content-type: application/json' \\");
     println!(
         "    -d '{{\"displayName\": \"All devices\", \"filter\": \"SELECT * FROM devices\"}}'"
     );
-    println!("  curl -X PUT 'http://{http}/api/jobs/reboot-all?api-version=2022-07-31' \\");
+    println!("  curl -X PUT '{scheme}://{http}/api/jobs/reboot-all?api-version=2022-07-31' \\");
     print!("{auth}");
     println!("    -H 'content-type: application/json' \\");
     println!("    -d '{{\"displayName\": \"Reboot\", \"group\": \"all\", \"batch\": {{\"type\": \"percentage\", \"value\": 25}}, \"cancellationThreshold\": {{\"type\": \"percentage\", \"value\": 10, \"batch\": false}}, \"data\": [{{\"type\": \"CommandJobData\", \"target\": \"{DEV_MODEL}\", \"path\": \"reboot\", \"value\": {{}}}}]}}'");
-    println!("  muster job watch reboot-all --endpoint http://{grpc}");
+    println!("  muster job watch reboot-all --endpoint {scheme}://{grpc}");
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

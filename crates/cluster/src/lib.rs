@@ -85,6 +85,10 @@ pub struct ClusterConfig {
     /// A new data directory waits to be added to an existing cluster (`muster cluster
     /// add-learner`) instead of starting a cluster of one.
     pub join: bool,
+    /// Mutual TLS on the peer port: this node dials the others with its certificate and checks
+    /// theirs against the cluster CA (the node's peer server does the same for callers). `None`:
+    /// plain TCP (loopback clusters and tests).
+    pub peer_tls: Option<muster_tls::PeerTls>,
 }
 
 impl ClusterConfig {
@@ -99,6 +103,7 @@ impl ClusterConfig {
             election_max: Duration::from_millis(600),
             snapshot_after: 20_000,
             join: false,
+            peer_tls: None,
         }
     }
 }
@@ -176,9 +181,16 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Unavailable(format!("invalid raft settings: {e}")))?;
-        let raft = Raft::new(cfg.node_id, Arc::new(config), Network::default(), log, sm)
-            .await
-            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let dialer = network::Dialer::new(cfg.peer_tls.as_ref());
+        let raft = Raft::new(
+            cfg.node_id,
+            Arc::new(config),
+            Network::new(dialer.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let initialized = raft
             .is_initialized()
             .await
@@ -217,7 +229,7 @@ impl Cluster {
             id: cfg.node_id,
             raft,
             reader,
-            forwarder: network::Forwarder::default(),
+            forwarder: network::Forwarder::new(dialer),
             quorum_lost_after: (cfg.election_max * 3).max(Duration::from_millis(1500)),
         };
         tokio::spawn(publish_own_record(cluster.clone(), cfg.node.clone()));

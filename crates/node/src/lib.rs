@@ -9,9 +9,10 @@ mod credentials;
 pub mod dev;
 mod leader;
 mod ticker;
+pub mod tls;
 
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use muster_dispatch::DispatchConfig;
 pub use credentials::ADMIN_CREDENTIAL;
 pub use dev::DevConfig;
 use serde::{Deserialize, Serialize};
+pub use tls::{NodeTls, TlsSettings};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -61,11 +63,15 @@ pub struct NodeConfig {
     pub dispatch: DispatchConfig,
     /// Dev mode: an embedded broker and a simulated fleet (`--dev`).
     pub dev: Option<DevConfig>,
+    /// TLS on REST and client gRPC, mutual TLS on the peer port (`[tls]`, see [`TlsSettings`]).
+    pub tls: TlsSettings,
     /// The host name clients address this service by (`HOST` or `HOST:PORT`, as in the
     /// `HostName=` of a connection string); SAS tokens signed for it, or for any member's REST or
     /// gRPC address, are accepted. Default: the advertised REST address.
     pub hostname: Option<String>,
-    /// No authentication: every caller may do everything, as `anonymous`. Loudly logged.
+    /// No protection (`--insecure`), loudly logged: no authentication (every caller may do
+    /// everything, as `anonymous`), and a node may serve REST/gRPC on a non-loopback address
+    /// without TLS and run with peers beyond loopback without peer TLS.
     pub insecure: bool,
     /// A file holding the primary key (base64) that a *new* cluster gives its `iothubowner`
     /// policy, instead of a random one: for deployments that keep the administrator's secret in
@@ -94,6 +100,7 @@ impl Default for NodeConfig {
                 ..DispatchConfig::default()
             },
             dev: None,
+            tls: TlsSettings::default(),
             hostname: None,
             insecure: false,
             admin_key_file: None,
@@ -156,11 +163,15 @@ pub struct Listeners {
     /// and the peer address is taken (two single nodes on one host with the default address),
     /// the node runs without it instead of failing.
     pub peer: Option<TcpListener>,
+    /// How connections on them are secured (default: plain TCP everywhere).
+    pub tls: NodeTls,
 }
 
 impl Listeners {
-    /// Binds the configured addresses (`:0` picks a free port).
+    /// Reads the TLS files the configuration names, then binds the configured addresses (`:0`
+    /// picks a free port).
     pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, NodeError> {
+        let tls = NodeTls::load(&cfg.tls)?;
         let grpc = bind(&cfg.grpc_addr, "grpc_addr").await?;
         let http = bind(&cfg.http_addr, "http_addr").await?;
         let peer = match bind(&cfg.peer_addr, "peer_addr").await {
@@ -171,7 +182,12 @@ impl Listeners {
             }
             Err(e) => return Err(e),
         };
-        Ok(Listeners { grpc, http, peer })
+        Ok(Listeners {
+            grpc,
+            http,
+            peer,
+            tls,
+        })
     }
 
     /// The bound peer address, if the peer listener is up.
@@ -242,6 +258,26 @@ pub enum NodeError {
     Io(String),
 }
 
+/// Refuses a node that would serve REST or gRPC beyond loopback without TLS, or run Raft with
+/// peers beyond loopback without peer TLS, unless `insecure` is set; then returns what it
+/// accepted (for a warning). [`run`] checks this itself; the binary also checks it before it
+/// prints the addresses it listens on.
+pub fn check_exposure(cfg: &NodeConfig, listeners: &Listeners) -> Result<Vec<String>, NodeError> {
+    let mut peers: Vec<String> = parse_peers(&cfg.peers)?.into_values().collect();
+    if let Some(bound) = listeners.peer_addr()? {
+        peers.push(bound.to_string());
+    }
+    tls::check_exposure(
+        &listeners.tls,
+        &[
+            ("REST", listeners.http_addr()?),
+            ("gRPC", listeners.grpc_addr()?),
+        ],
+        &peers,
+        cfg.insecure,
+    )
+}
+
 /// Runs a node until `shutdown` resolves, then stops serving (finishing requests in flight) and
 /// stops Raft. Everything acknowledged before is durable on disk.
 pub async fn run(
@@ -281,6 +317,13 @@ pub async fn run(
         http_addr: me_http.clone(),
     };
     cfg.check()?;
+    // With --insecure this accepts what it would refuse; each is logged (authentication's own
+    // warning follows below).
+    for p in check_exposure(&cfg, &listeners)? {
+        tracing::warn!(
+            "INSECURE: serving {p}: anyone who can reach it can read and change everything"
+        );
+    }
     let mut ccfg = ClusterConfig::new(cfg.node_id, data_dir.clone(), me);
     ccfg.peers = peers;
     ccfg.join = cfg.join;
@@ -288,6 +331,7 @@ pub async fn run(
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
+    ccfg.peer_tls = listeners.tls.peer.clone();
     let host = cfg.hostname.clone().unwrap_or_else(|| me_http.clone());
     let admin_key = cfg
         .admin_key_file
@@ -309,7 +353,26 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some(api) = &listeners.tls.api {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &api.identity.cert_pem,
+                &api.identity.key_pem,
+            ))
+            .timeout(Duration::from_secs(10));
+        if let Some(ca) = &api.client_ca {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(&ca.pem))
+                .client_auth_optional(true);
+        }
+        grpc = grpc.tls_config(tls)?;
+    }
+    // The identity first, so the gate sees the caller's client certificate.
+    let grpc = grpc
+        .layer(tower::util::MapRequestLayer::new(
+            muster_api::grpc::identify,
+        ))
         .layer(muster_api::access::GrpcGate(gate.clone()))
         .add_routes(muster_api::grpc::routes(
             cluster.clone(),
@@ -320,17 +383,44 @@ pub async fn run(
             TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(
-        listeners.http,
-        muster_api::rest::router(cluster.clone(), gate.clone()),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    // Raft between nodes, on its own listener only.
-    let peer = listeners.peer.map(|l| {
-        tonic::transport::Server::builder()
-            .add_service(muster_cluster::PeerService::server(cluster.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone()))
-    });
+    let router = muster_api::rest::router(cluster.clone(), gate.clone());
+    let http: futures::future::BoxFuture<'static, std::io::Result<()>> = match &listeners.tls.api {
+        Some(api) => {
+            let config = muster_tls::https_server_config(&api.identity, api.client_ca.as_ref())
+                .map_err(|e| NodeError::Config(format!("--tls-cert: {e}")))?;
+            Box::pin(
+                axum::serve(
+                    tls::TlsListener::new(listeners.http, config),
+                    tls::Identify(router),
+                )
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+            )
+        }
+        None => Box::pin(
+            axum::serve(listeners.http, router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ),
+    };
+    // Raft between nodes, on its own listener only; with mutual TLS when configured.
+    let peer = match listeners.peer {
+        Some(l) => {
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = &listeners.tls.peer {
+                server = server.tls_config(muster_cluster::PeerService::tls_config(tls))?;
+            }
+            Some(
+                server
+                    .add_service(muster_cluster::PeerService::server(cluster.clone()))
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(l),
+                        stopped(stop_rx.clone()),
+                    ),
+            )
+        }
+        None => None,
+    };
 
     if cfg.dispatch.brokers.is_empty() {
         tracing::warn!("no MQTT broker configured (--mqtt-url): jobs advance but reach no device");
@@ -357,7 +447,7 @@ pub async fn run(
         _ => None,
     };
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let http = tokio::spawn(http);
     let peer = peer.map(tokio::spawn);
     shutdown.await;
     tracing::info!("shutting down");

@@ -33,6 +33,30 @@ use muster_proto::pb;
 /// that many device ids, small enough that one request cannot exhaust memory.
 pub const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
+/// Puts the [`ClientIdentity`](muster_tls::ClientIdentity) of a caller that presented a
+/// verified client certificate (TLS with `--tls-client-ca`) into the request's extensions, where
+/// every handler finds it: `request.extensions().get::<muster_api::ClientIdentity>()`. The node
+/// serves the client gRPC API behind it (`tower::util::MapRequestLayer::new(identify)`); a
+/// request without TLS or without a client certificate passes unchanged.
+pub fn identify<B>(mut req: tonic::codegen::http::Request<B>) -> tonic::codegen::http::Request<B> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let identity = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+        .and_then(|chain| muster_tls::ClientIdentity::from_chain(&chain));
+    match identity {
+        Some(id) => {
+            req.extensions_mut().insert(id);
+        }
+        None => {
+            // Never trust one that came from anywhere else.
+            req.extensions_mut().remove::<muster_tls::ClientIdentity>();
+        }
+    }
+    req
+}
+
 /// The services on the client gRPC address, as reflection lists them.
 pub(crate) const CLIENT_SERVICES: &[&str] = &[
     "muster.v1.JobService",

@@ -177,7 +177,13 @@ pub(crate) fn base_url(parts_headers: &HeaderMap, uri: &axum::http::Uri) -> Stri
                 .filter(|h| valid(h))
         })
         .unwrap_or_else(|| "localhost".to_string());
-    format!("http://{host}")
+    // Over TLS the node gives every request an `https` scheme (HTTP/2 has it anyway).
+    let scheme = if uri.scheme_str() == Some("https") {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
 #[cfg(test)]
@@ -208,5 +214,8 @@ mod tests {
         assert_eq!(base_url(&h, &uri), "http://127.0.0.1:8080");
         h.insert(header::HOST, "evil.com/x?y=".parse().unwrap());
         assert_eq!(base_url(&h, &uri), "http://localhost");
+        let uri: axum::http::Uri = "https://127.0.0.1:8080/api/jobs".parse().unwrap();
+        h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(base_url(&h, &uri), "https://127.0.0.1:8080");
     }
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use muster_proto::pb;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use super::{render, rpc, ClientOpts, Output};
@@ -111,6 +110,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
         let endpoint = &endpoints[turn % endpoints.len()];
         let before = cursor.printed;
         match follow_once(
+            opts,
             endpoint,
             &credential,
             &filter,
@@ -144,6 +144,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
 
 /// One subscription on one node, until it breaks or `--limit` is reached.
 async fn follow_once(
+    opts: &ClientOpts,
     endpoint: &str,
     credential: &super::Credential,
     filter: &pb::EventFilter,
@@ -151,13 +152,9 @@ async fn follow_once(
     output: Output,
     last_ok: &mut Instant,
 ) -> End {
-    let channel = match Channel::from_shared(endpoint.to_string()) {
+    let channel = match opts.endpoint(endpoint) {
         Ok(c) => c.connect_timeout(Duration::from_secs(5)),
-        Err(_) => {
-            return End::Fatal(anyhow!(
-                "--endpoint {endpoint:?} is not a URL; give one like http://127.0.0.1:9090"
-            ))
-        }
+        Err(e) => return End::Fatal(e),
     };
     let channel = match channel.connect().await {
         Ok(c) => c,

@@ -20,7 +20,9 @@ use muster_mqtt::credentials::{self, FleetSecret};
 use muster_proto::pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub(crate) use credential::{Conn, Credential};
 
@@ -67,6 +69,63 @@ pub struct ClientOpts {
     pub token: Option<String>,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// CA certificate (PEM) that an `https://` endpoint's certificate must chain to (the
+    /// `ca.pem` of `muster certs init`); default: the system's trusted roots.
+    #[arg(long, global = true, env = "MUSTER_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) to present over `https://`, for a node started with
+    /// --tls-client-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientOpts {
+    /// A channel to `url` (not yet connected): plain for `http://`, TLS for `https://` with
+    /// --ca-cert (or the system's roots) and --client-cert/--client-key when given.
+    pub(crate) fn endpoint(&self, url: &str) -> anyhow::Result<Endpoint> {
+        let endpoint = Channel::from_shared(url.to_string()).map_err(|_| {
+            anyhow!("--endpoint {url:?} is not a URL; give one like http://127.0.0.1:9090")
+        })?;
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--ca-cert: cannot read {}", path.display()))?;
+                tls.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let read = |p: &PathBuf, flag: &str| {
+                std::fs::read(p).with_context(|| format!("{flag}: cannot read {}", p.display()))
+            };
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "--client-cert")?,
+                read(key, "--client-key")?,
+            ));
+        }
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow!("TLS settings for {url}: {e}"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,28 +318,23 @@ pub enum DeviceStatusArg {
 /// call is made.
 pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Conn> {
     let credential = Credential::from_arg(opts.token.as_deref())?;
-    let channel = connect_to(&opts.endpoint).await?;
+    let channel = connect_to(opts).await?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel, credential,
     ))
 }
 
-async fn connect_to(endpoint: &str) -> anyhow::Result<Channel> {
-    let opts = (endpoint,);
-    let endpoint = Channel::from_shared(opts.0.to_string())
-        .map_err(|_| {
-            anyhow!(
-                "--endpoint {:?} is not a URL; give one like http://127.0.0.1:9090",
-                opts.0
-            )
-        })?
+/// A connected channel to `--endpoint` (TLS for `https://`, see [`ClientOpts::endpoint`]).
+async fn connect_to(opts: &ClientOpts) -> anyhow::Result<Channel> {
+    let endpoint = opts
+        .endpoint(&opts.endpoint)?
         .connect_timeout(Duration::from_secs(10));
     endpoint.connect().await.map_err(|e| {
         let mut cause: &dyn std::error::Error = &e;
         while let Some(next) = cause.source() {
             cause = next;
         }
-        anyhow!("cannot reach muster at {}: {cause}", opts.0)
+        anyhow!("cannot reach muster at {}: {cause}", opts.endpoint)
     })
 }
 
