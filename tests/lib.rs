@@ -180,7 +180,10 @@ impl Server {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+            .args(["--grpc-addr", "127.0.0.1:0"]);
+        if !self.extra.iter().any(|a| a == "--http-addr") {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
         if !self.extra.iter().any(|a| a == "--peer-addr") {
             cmd.args(["--peer-addr", "127.0.0.1:0"]);
         }
