@@ -789,11 +789,22 @@ pub fn https_client(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> anyhow::Result<reqwest::Client> {
+    https_client_as(ca, identity, Some(&admin_token()))
+}
+
+/// Like [`https_client`], sending `authorization` (none: the client certificate alone).
+pub fn https_client_as(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    authorization: Option<&str>,
+) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_str(&admin_token())?,
-    );
+    if let Some(a) = authorization {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(a)?,
+        );
+    }
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .default_headers(headers);

@@ -14,8 +14,8 @@ use muster_proto::pb::group_service_client::GroupServiceClient;
 use muster_proto::pb::job_service_client::JobServiceClient;
 use muster_proto::pb::raft_service_client::RaftServiceClient;
 use muster_tests::{
-    certs_init, data_dir, grpc_endpoint, grpc_tls_channel, https_client, muster_bin, muster_cmd,
-    tls_flags, wait_for, Server, TestCluster,
+    certs_init, data_dir, grpc_endpoint, grpc_tls_channel, https_client, https_client_as,
+    muster_bin, muster_cmd, tls_flags, wait_for, Server, TestCluster,
 };
 use serde_json::{json, Value};
 use tonic::Code;
@@ -44,6 +44,8 @@ async fn rest_and_grpc_serve_tls_and_check_client_certificates() {
     flags.extend([
         "--tls-client-ca".into(),
         certs.join("client-ca.pem").display().to_string(),
+        "--tls-client-role".into(),
+        "viewer".into(),
     ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Server::start_tls(dir.path(), &ca, &flags).unwrap();
@@ -96,6 +98,20 @@ async fn rest_and_grpc_serve_tls_and_check_client_certificates() {
         .unwrap()
         .status()
         .is_success());
+    // The certificate alone (no Authorization header) is a viewer, `cert:ops`: it reads, it
+    // cannot write; without the certificate and without a token nothing is allowed.
+    let cert_only = https_client_as(Some(&ca), Some((&cert, &key)), None).unwrap();
+    let jobs_url = format!("{}/api/jobs?{CENTRAL}", server.rest);
+    assert_eq!(cert_only.get(&jobs_url).send().await.unwrap().status(), 200);
+    let r = cert_only
+        .put(format!("{}/api/devices/tls-c?{CENTRAL}", server.rest))
+        .json(&json!({"displayName": "c"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let nobody = https_client_as(Some(&ca), None, None).unwrap();
+    assert_eq!(nobody.get(&jobs_url).send().await.unwrap().status(), 401);
     let (bad_cert, bad_key) = pair(other.path(), "client-ops");
     let stranger = https_client(Some(&ca), Some((&bad_cert, &bad_key))).unwrap();
     assert!(stranger.get(&readyz).send().await.is_err());

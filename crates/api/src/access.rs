@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use muster_cluster::Cluster;
-use muster_domain::auth::{authenticate, AuthFailure, Authenticated, Permission};
+use muster_domain::auth::{authenticate, AuthFailure, Authenticated, Permission, Role};
 use muster_domain::Principal;
 
 /// What a route or method needs from its caller.
@@ -61,6 +61,8 @@ struct Inner {
     /// `--insecure`: every caller is `anonymous` with every permission.
     insecure: bool,
     cache: Mutex<HashMap<String, (Authenticated, u64)>>,
+    /// The role of a caller identified by a verified client certificate alone (`--tls-client-role`).
+    certificate_role: Option<Role>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -90,18 +92,32 @@ impl Gate {
                 host,
                 insecure,
                 cache: Mutex::new(HashMap::new()),
+                certificate_role: None,
             }),
         }
+    }
+
+    /// Lets a caller without an `Authorization` header in on a verified client certificate,
+    /// as `cert:SUBJECT` with `role`'s permissions. Call before the gate is shared.
+    #[must_use]
+    pub fn with_certificate_role(mut self, role: Role) -> Gate {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.certificate_role = Some(role);
+        }
+        self
     }
 
     pub fn host(&self) -> &str {
         &self.inner.host
     }
 
-    /// Who the caller is, if `access` lets them in. `None` for open routes.
+    /// Who the caller is, if `access` lets them in. `None` for open routes. `certificate` is the
+    /// subject of the client certificate the TLS handshake verified, if any: it counts only
+    /// without an `Authorization` header and with a certificate role configured.
     pub fn check(
         &self,
         header: Option<&[u8]>,
+        certificate: Option<&str>,
         access: Access,
     ) -> Result<Option<Principal>, Denied> {
         let Access::Need(need) = access else {
@@ -110,6 +126,15 @@ impl Gate {
         let Some(cluster) = self.inner.cluster.as_ref().filter(|_| !self.inner.insecure) else {
             return Ok(Some(Principal::Anonymous));
         };
+        if let (None, Some(subject), Some(role)) =
+            (header, certificate, self.inner.certificate_role)
+        {
+            return if role.grants().allows(need) {
+                Ok(Some(Principal::Certificate(subject.to_string())))
+            } else {
+                Err(Denied::Forbidden(need))
+            };
+        }
         let header = header
             .and_then(|h| std::str::from_utf8(h).ok())
             .ok_or(Denied::Unauthenticated)?;
@@ -274,7 +299,11 @@ where
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .map(axum::http::HeaderValue::as_bytes);
-        match self.gate.check(header, access) {
+        let subject = req
+            .extensions()
+            .get::<muster_tls::ClientIdentity>()
+            .map(|c| c.subject.as_str());
+        match self.gate.check(header, subject, access) {
             Ok(principal) => {
                 if let Some(p) = principal {
                     req.extensions_mut().insert(p);

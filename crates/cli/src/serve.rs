@@ -165,6 +165,16 @@ pub struct TlsArgs {
     #[arg(long = "tls-client-ca", value_name = "PEM")]
     #[serde(rename = "client_ca", skip_serializing_if = "Option::is_none")]
     tls_client_ca: Option<PathBuf>,
+    /// The role (administrator, builder, operator, viewer, auditor) of a caller that presents a
+    /// certificate from --tls-client-ca and no Authorization header; it acts as `cert:SUBJECT`.
+    /// Unset, a certificate alone authenticates nothing.
+    #[arg(
+        long = "tls-client-role",
+        value_name = "ROLE",
+        requires = "tls_client_ca"
+    )]
+    #[serde(rename = "client_role", skip_serializing_if = "Option::is_none")]
+    tls_client_role: Option<String>,
     /// The cluster CA (PEM): the peer port requires mutual TLS, every member's certificate
     /// signed by it, both when it serves and when it dials.
     #[arg(long = "peer-ca", value_name = "PEM")]
@@ -185,6 +195,7 @@ impl TlsArgs {
         self.tls_cert.is_none()
             && self.tls_key.is_none()
             && self.tls_client_ca.is_none()
+            && self.tls_client_role.is_none()
             && self.peer_ca.is_none()
             && self.peer_cert.is_none()
             && self.peer_key.is_none()

@@ -345,7 +345,17 @@ pub async fn run(
         );
         muster_api::access::Gate::insecure()
     } else {
-        muster_api::access::Gate::new(cluster.clone(), host.clone())
+        let gate = muster_api::access::Gate::new(cluster.clone(), host.clone());
+        match cfg.tls.client_role.as_deref() {
+            None => gate,
+            Some(name) => gate.with_certificate_role(
+                muster_domain::auth::Role::parse(name).ok_or_else(|| {
+                    NodeError::Config(format!(
+                        "tls.client_role: `{name}` is not a role (administrator, builder, operator, viewer, auditor)"
+                    ))
+                })?,
+            ),
+        }
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

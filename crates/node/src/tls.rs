@@ -41,6 +41,10 @@ pub struct TlsSettings {
     /// CA whose client certificates REST and gRPC accept (optional for clients: a caller
     /// without a certificate is still served).
     pub client_ca: Option<PathBuf>,
+    /// The role (administrator, builder, operator, viewer, auditor) of a caller that presents a
+    /// client certificate from `client_ca` and no `Authorization` header; unset, a certificate
+    /// alone authenticates nothing.
+    pub client_role: Option<String>,
     /// The cluster CA: turns mutual TLS on for the peer port.
     pub peer_ca: Option<PathBuf>,
     /// This node's certificate on the peer port (server and client); default `cert`/`key`.

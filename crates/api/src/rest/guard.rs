@@ -137,7 +137,11 @@ async fn guard(access: Access, mut req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    match gate.check(header, access) {
+    let subject = req
+        .extensions()
+        .get::<muster_tls::ClientIdentity>()
+        .map(|c| c.subject.as_str());
+    match gate.check(header, subject, access) {
         Ok(principal) => {
             if let Some(p) = principal {
                 req.extensions_mut().insert(p);
