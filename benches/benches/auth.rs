@@ -12,8 +12,10 @@
 //! - gRPC `CreateJob` (a job scheduled far in the future, so the leader has nothing to do with
 //!   it) and REST `PUT /api/jobs/{id}` (IoT Central's shape, over a group selecting no device):
 //!   `MUSTER_BENCH_WRITES` each (default 300); each waits for its fsync;
-//! - gRPC `GetJob` and `ListJobs` (20 a page), REST `GET /api/jobs/{id}` and `GET /api/jobs`
-//!   (`maxpagesize=20`): `MUSTER_BENCH_READS` each (default 2000); linearizable reads.
+//! - gRPC `GetJob` and REST `GET /api/jobs/{id}`: `MUSTER_BENCH_READS` each (default 2000);
+//!   gRPC `ListJobs` (20 a page) and REST `GET /api/jobs` (`maxpagesize=20`):
+//!   `MUSTER_BENCH_LISTS` each (default 200: a gRPC page takes ~44 ms, see BENCHMARKS.md);
+//!   linearizable reads.
 //!
 //! p50, p99 and requests/s for each. The modes (`MUSTER_BENCH_MODES`, comma-separated):
 //! - `insecure`: `--insecure`, no credential sent;
@@ -139,6 +141,14 @@ impl Op {
             Op::RestListJobs => "REST GET /api/jobs",
         }
     }
+}
+
+/// Timed requests per operation.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    writes: usize,
+    reads: usize,
+    lists: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -351,8 +361,7 @@ async fn measure(
     node_rt: &tokio::runtime::Handle,
     mode: Mode,
     transport: Transport,
-    writes: usize,
-    reads: usize,
+    counts: Counts,
 ) -> Result<BTreeMap<Op, Sample>> {
     match transport {
         Transport::Plain => {}
@@ -381,8 +390,9 @@ async fn measure(
     let mut out = BTreeMap::new();
     for op in Op::ALL {
         let n = match op {
-            Op::GrpcCreateJob | Op::RestPutJob => writes,
-            _ => reads,
+            Op::GrpcCreateJob | Op::RestPutJob => counts.writes,
+            Op::GrpcGetJob | Op::RestGetJob => counts.reads,
+            Op::GrpcListJobs | Op::RestListJobs => counts.lists,
         };
         out.insert(op, client.phase(op, n, "t").await?);
     }
@@ -391,14 +401,24 @@ async fn measure(
 }
 
 async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
-    let (runs, writes, reads) = if full {
+    let (runs, counts) = if full {
         (
             env_usize("MUSTER_BENCH_RUNS", 3),
-            env_usize("MUSTER_BENCH_WRITES", 300),
-            env_usize("MUSTER_BENCH_READS", 2000),
+            Counts {
+                writes: env_usize("MUSTER_BENCH_WRITES", 300),
+                reads: env_usize("MUSTER_BENCH_READS", 2000),
+                lists: env_usize("MUSTER_BENCH_LISTS", 200),
+            },
         )
     } else {
-        (1, 3, 3)
+        (
+            1,
+            Counts {
+                writes: 3,
+                reads: 3,
+                lists: 3,
+            },
+        )
     };
     let modes: Vec<Mode> = std::env::var("MUSTER_BENCH_MODES")
         .unwrap_or_else(|_| "insecure,auth,auth-fresh".into())
@@ -407,7 +427,7 @@ async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
         .collect();
     let transports = [Transport::Plain];
     println!(
-        "auth bench: {runs} runs, {writes} writes and {reads} reads of each kind, modes {:?}, load average {}",
+        "auth bench: {runs} runs, {counts:?} of each kind, modes {:?}, load average {}",
         modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
         procs::loadavg()
     );
@@ -416,7 +436,7 @@ async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
         for transport in transports {
             for k in 0..modes.len() {
                 let mode = modes[(k + run) % modes.len()];
-                let res = measure(node_rt, mode, transport, writes, reads)
+                let res = measure(node_rt, mode, transport, counts)
                     .await
                     .with_context(|| format!("mode {}", mode.name()))?;
                 for (op, s) in res {
