@@ -216,6 +216,21 @@ fn local(l: &TcpListener) -> Result<SocketAddr, NodeError> {
     l.local_addr().map_err(|e| NodeError::Io(e.to_string()))
 }
 
+/// Accepted connections with Nagle's algorithm off: a small gRPC answer written in two parts
+/// otherwise waits for the client's delayed ACK (a 20-row `ListJobs` took 44 ms, REST 0.2 ms).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        Ok(conn)
+    })
+}
+
 /// Reads `ID=HOST:PORT,ID=HOST:PORT,...` (spaces allowed around the commas).
 pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, NodeError> {
     let mut peers = BTreeMap::new();
@@ -389,10 +404,7 @@ pub async fn run(
             gate.clone(),
             stop_rx.clone(),
         ))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(no_delay(listeners.grpc), stopped(stop_rx.clone()));
     let router = muster_api::rest::router(cluster.clone(), gate.clone());
     let http: futures::future::BoxFuture<'static, std::io::Result<()>> = match &listeners.tls.api {
         Some(api) => {
