@@ -1,6 +1,6 @@
 //! Helpers shared by the benchmarks: fleets, specs and percentiles; [`auth`]: the credential
 //! every bench node is started with; [`procs`]: the node and broker processes of the end-to-end
-//! harnesses.
+//! harnesses; [`tls`]: certificates and TLS clients.
 
 pub mod procs;
 
@@ -223,5 +223,75 @@ pub mod auth {
     ) -> AuthChannel {
         let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
         tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
+    }
+}
+
+/// TLS (issue 13) as the benches use it, the same approach as `tests/lib.rs`: `muster certs init`
+/// writes a CA and a node certificate for 127.0.0.1; the node serves REST and client gRPC with it
+/// (NodeConfig `tls.cert`/`tls.key`, `--tls-cert`/`--tls-key`) and the clients trust only the CA.
+pub mod tls {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use anyhow::{bail, Result};
+
+    /// Runs `bin certs init --out out --node 1=127.0.0.1`: `ca.pem`, `node-1.pem`, `node-1.key`.
+    pub fn certs_init(bin: &Path, out: &Path) -> Result<()> {
+        let o = std::process::Command::new(bin)
+            .args(["certs", "init", "--out"])
+            .arg(out)
+            .args(["--node", "1=127.0.0.1"])
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "muster certs init failed: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// A reqwest client sending `authorization` on every request (`None`: no credential):
+    /// rustls trusting only `ca` when given (plain HTTP otherwise). `pool`: false opens a new
+    /// connection for every request.
+    pub fn http_client(
+        ca: Option<&Path>,
+        authorization: Option<&str>,
+        pool: bool,
+    ) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(a) = authorization {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(a)?,
+            );
+        }
+        let mut b = reqwest::Client::builder().default_headers(headers);
+        if !pool {
+            b = b.pool_max_idle_per_host(0);
+        }
+        if let Some(ca) = ca {
+            b = b
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+        }
+        Ok(b.build()?)
+    }
+
+    /// A tonic endpoint for `url`; TLS trusting only `ca` when the URL is `https://`.
+    pub fn grpc_endpoint(url: &str, ca: Option<&Path>) -> Result<tonic::transport::Endpoint> {
+        use tonic::transport::{Certificate, ClientTlsConfig};
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(5));
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = ca {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        Ok(endpoint.tls_config(tls)?)
     }
 }

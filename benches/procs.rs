@@ -147,9 +147,9 @@ impl Drop for Broker {
 #[derive(Debug)]
 pub struct Node {
     pub child: Option<Child>,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub grpc: String,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub rest: String,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -432,10 +432,12 @@ where
 /// credentials exist).
 #[derive(Debug)]
 pub struct InProcessNode {
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub grpc: String,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub rest: String,
+    /// The CA the node's certificate is from, when it serves TLS.
+    pub ca: Option<PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
     _dir: tempfile::TempDir,
@@ -445,6 +447,17 @@ impl InProcessNode {
     /// Starts the node on `rt` (its sockets and tasks live there, so a bench can give the node
     /// its own threads) and waits up to 60 s until it is ready and leads.
     pub async fn start_on(rt: &tokio::runtime::Handle, insecure: bool) -> Result<InProcessNode> {
+        InProcessNode::start_tls_on(rt, insecure, None).await
+    }
+
+    /// [`InProcessNode::start_on`], serving REST and client gRPC over TLS with `node-1.pem` and
+    /// `node-1.key` from `certs` (what [`crate::tls::certs_init`] wrote) when given: the URLs are
+    /// then `https://` and [`InProcessNode::channel`] and [`InProcessNode::http`] trust `ca.pem`.
+    pub async fn start_tls_on(
+        rt: &tokio::runtime::Handle,
+        insecure: bool,
+        certs: Option<&Path>,
+    ) -> Result<InProcessNode> {
         let dir = bench_dir()?;
         let key = dir.path().join("admin.key");
         std::fs::write(&key, auth::ADMIN_KEY)?;
@@ -456,6 +469,11 @@ impl InProcessNode {
             insecure,
             hostname: (!insecure).then(|| auth::HOST.to_string()),
             admin_key_file: (!insecure).then_some(key),
+            tls: muster_node::TlsSettings {
+                cert: certs.map(|c| c.join("node-1.pem")),
+                key: certs.map(|c| c.join("node-1.key")),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -484,14 +502,16 @@ impl InProcessNode {
             .await
             .context("the node task ended")?
             .map_err(anyhow::Error::msg)?;
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let node = InProcessNode {
-            grpc: format!("http://{grpc}"),
-            rest: format!("http://{rest}"),
+            grpc: format!("{scheme}://{grpc}"),
+            rest: format!("{scheme}://{rest}"),
+            ca: certs.map(|c| c.join("ca.pem")),
             stop: Some(stop_tx),
             done: Some(done_rx),
             _dir: dir,
         };
-        let http = reqwest::Client::new();
+        let http = node.http(None)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let r = http.get(format!("{}/readyz", node.rest)).send().await;
@@ -510,11 +530,20 @@ impl InProcessNode {
         }
     }
 
-    /// A plain gRPC channel to the node (no credential: see [`auth::with_credential`]).
+    /// A gRPC endpoint for the node: TLS trusting the bench CA when the node serves TLS.
+    pub fn endpoint(&self) -> Result<tonic::transport::Endpoint> {
+        crate::tls::grpc_endpoint(&self.grpc, self.ca.as_deref())
+    }
+
+    /// A gRPC channel to the node, connected (no credential: see [`auth::with_credential`]).
     pub async fn channel(&self) -> Result<tonic::transport::Channel> {
-        Ok(tonic::transport::Channel::from_shared(self.grpc.clone())?
-            .connect()
-            .await?)
+        Ok(self.endpoint()?.connect().await?)
+    }
+
+    /// An HTTP client for the node's REST API (trusting the bench CA when the node serves TLS)
+    /// that sends `authorization` on every request (`None`: no credential).
+    pub fn http(&self, authorization: Option<&str>) -> Result<reqwest::Client> {
+        crate::tls::http_client(self.ca.as_deref(), authorization, true)
     }
 
     /// Stops the node and waits until it has shut down.

@@ -14,8 +14,12 @@
 //!   `MUSTER_BENCH_WRITES` each (default 300); each waits for its fsync;
 //! - gRPC `GetJob` and REST `GET /api/jobs/{id}`: `MUSTER_BENCH_READS` each (default 2000);
 //!   gRPC `ListJobs` (20 a page) and REST `GET /api/jobs` (`maxpagesize=20`):
-//!   `MUSTER_BENCH_LISTS` each (default 200: a gRPC page takes ~44 ms, see BENCHMARKS.md);
-//!   linearizable reads.
+//!   `MUSTER_BENCH_LISTS` each (default 2000); linearizable reads;
+//! - a new connection for each request: gRPC `Endpoint::connect` then one `GetJob` on it, and a
+//!   REST `GET /api/jobs/{id}` from a client that keeps no idle connection: `MUSTER_BENCH_CONNECTS`
+//!   each (default 200): what setting up a connection (TCP, and the TLS handshake with TLS) costs
+//!   on top of the steady-state request. Every other operation reuses one gRPC channel and one
+//!   pooled HTTP client per node (steady-state cost per request).
 //!
 //! p50, p99 and requests/s for each. The modes (`MUSTER_BENCH_MODES`, comma-separated):
 //! - `insecure`: `--insecure`, no credential sent;
@@ -26,8 +30,8 @@
 //!   different expiry), so each one is verified from scratch (HMAC-SHA256 against the policy's
 //!   keys): the cost the cache saves. The tokens are made before the timed loop.
 //!
-//! Transport: plain HTTP/2 (gRPC) and HTTP/1.1 (REST) on loopback. TLS on/off is not measured
-//! yet: see [`Transport`].
+//! Transports (`MUSTER_BENCH_TRANSPORTS`, comma-separated, default `plain,tls`), every mode
+//! under each: see [`Transport`].
 //!
 //! `MUSTER_BENCH_RUNS` (default 3), `MUSTER_BENCH_DIR` (where node data goes). Without `--bench`
 //! (as `cargo test --benches` runs it) it does one tiny pass of each mode as a smoke test.
@@ -35,16 +39,17 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use muster_benches::procs::{self, InProcessNode};
-use muster_benches::{auth, median, method_job, percentile};
+use muster_benches::{auth, median, method_job, percentile, tls};
 use muster_domain::Schedule;
 use muster_proto::pb;
 use muster_proto::pb::job_service_client::JobServiceClient;
 use serde_json::json;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// The `muster` binary's allocator, so the figures are what a node gets.
 #[global_allocator]
@@ -93,20 +98,29 @@ impl Mode {
     }
 }
 
-/// How the client reaches the node. Only plain loopback connections today.
-///
-/// TLS (issue 13, not landed yet): add `Tls` here: start the node with `--tls-cert`/`--tls-key`
-/// (NodeConfig fields then), use `https://` URLs, a gRPC `ClientTlsConfig` and a reqwest client
-/// trusting the CA, and run every [`Mode`] under both transports so the table gains a TLS column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the client reaches the node, on loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Transport {
+    /// `http://`: HTTP/2 without TLS (gRPC), HTTP/1.1 (REST).
     Plain,
+    /// `https://`: the node serves REST and client gRPC with a certificate `muster certs init`
+    /// made (NodeConfig `tls.cert`/`tls.key`); the clients (rustls, ring) trust only its CA.
+    Tls,
 }
 
 impl Transport {
     fn name(self) -> &'static str {
         match self {
             Transport::Plain => "plain",
+            Transport::Tls => "tls",
+        }
+    }
+
+    fn parse(s: &str) -> Transport {
+        match s.trim() {
+            "plain" => Transport::Plain,
+            "tls" => Transport::Tls,
+            other => panic!("MUSTER_BENCH_TRANSPORTS: unknown transport {other:?} (plain, tls)"),
         }
     }
 }
@@ -119,16 +133,20 @@ enum Op {
     RestPutJob,
     RestGetJob,
     RestListJobs,
+    GrpcConnect,
+    RestConnect,
 }
 
 impl Op {
-    const ALL: [Op; 6] = [
+    const ALL: [Op; 8] = [
         Op::GrpcCreateJob,
         Op::GrpcGetJob,
         Op::GrpcListJobs,
         Op::RestPutJob,
         Op::RestGetJob,
         Op::RestListJobs,
+        Op::GrpcConnect,
+        Op::RestConnect,
     ];
 
     fn name(self) -> &'static str {
@@ -139,6 +157,8 @@ impl Op {
             Op::RestPutJob => "REST PUT /api/jobs/{id}",
             Op::RestGetJob => "REST GET /api/jobs/{id}",
             Op::RestListJobs => "REST GET /api/jobs",
+            Op::GrpcConnect => "gRPC connect + GetJob",
+            Op::RestConnect => "REST connect + GET {id}",
         }
     }
 }
@@ -149,6 +169,7 @@ struct Counts {
     writes: usize,
     reads: usize,
     lists: usize,
+    connects: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -259,7 +280,11 @@ fn central_job() -> serde_json::Value {
 
 struct Client {
     grpc: JobServiceClient<Channel>,
+    /// New connections ([`Op::GrpcConnect`]).
+    endpoint: Endpoint,
     http: reqwest::Client,
+    /// A client keeping no idle connection ([`Op::RestConnect`]).
+    http_fresh: reqwest::Client,
     rest: String,
     creds: Credentials,
 }
@@ -269,6 +294,7 @@ impl Client {
     async fn phase(&mut self, op: Op, n: usize, tag: &str) -> Result<Sample> {
         let auths = self.creds.take(n);
         let (grpc, http, rest) = (&self.grpc, &self.http, &self.rest);
+        let (endpoint, http_fresh) = (&self.endpoint, &self.http_fresh);
         let s = match op {
             Op::GrpcCreateJob => {
                 let spec = later_job();
@@ -351,6 +377,33 @@ impl Client {
                 })
                 .await
             }
+            Op::GrpcConnect => {
+                timed(n, |i| {
+                    let req = grpc_request(
+                        pb::GetJobRequest {
+                            job_id: "g-warm-0".into(),
+                            stale_ok: false,
+                        },
+                        auths[i].as_ref(),
+                    );
+                    let endpoint = endpoint.clone();
+                    async move {
+                        let mut c = JobServiceClient::new(endpoint.connect().await?);
+                        c.get_job(req).await?;
+                        Ok(())
+                    }
+                })
+                .await
+            }
+            Op::RestConnect => {
+                timed(n, |i| {
+                    rest_send(rest_request(
+                        http_fresh.get(format!("{rest}/api/jobs/r-warm-0?{V}")),
+                        auths[i].as_ref(),
+                    ))
+                })
+                .await
+            }
         };
         s.with_context(|| op.name())
     }
@@ -361,15 +414,19 @@ async fn measure(
     node_rt: &tokio::runtime::Handle,
     mode: Mode,
     transport: Transport,
+    certs: Option<&Path>,
     counts: Counts,
 ) -> Result<BTreeMap<Op, Sample>> {
-    match transport {
-        Transport::Plain => {}
-    }
-    let node = InProcessNode::start_on(node_rt, mode == Mode::Insecure).await?;
+    let certs = match transport {
+        Transport::Plain => None,
+        Transport::Tls => Some(certs.context("TLS without certificates")?),
+    };
+    let node = InProcessNode::start_tls_on(node_rt, mode == Mode::Insecure, certs).await?;
     let mut client = Client {
         grpc: JobServiceClient::new(node.channel().await?),
-        http: reqwest::Client::new(),
+        endpoint: node.endpoint()?,
+        http: node.http(None)?,
+        http_fresh: tls::http_client(node.ca.as_deref(), None, false)?,
         rest: node.rest.clone(),
         creds: Credentials::new(mode),
     };
@@ -393,6 +450,7 @@ async fn measure(
             Op::GrpcCreateJob | Op::RestPutJob => counts.writes,
             Op::GrpcGetJob | Op::RestGetJob => counts.reads,
             Op::GrpcListJobs | Op::RestListJobs => counts.lists,
+            Op::GrpcConnect | Op::RestConnect => counts.connects,
         };
         out.insert(op, client.phase(op, n, "t").await?);
     }
@@ -407,7 +465,8 @@ async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
             Counts {
                 writes: env_usize("MUSTER_BENCH_WRITES", 300),
                 reads: env_usize("MUSTER_BENCH_READS", 2000),
-                lists: env_usize("MUSTER_BENCH_LISTS", 200),
+                lists: env_usize("MUSTER_BENCH_LISTS", 2000),
+                connects: env_usize("MUSTER_BENCH_CONNECTS", 200),
             },
         )
     } else {
@@ -417,6 +476,7 @@ async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
                 writes: 3,
                 reads: 3,
                 lists: 3,
+                connects: 3,
             },
         )
     };
@@ -425,47 +485,69 @@ async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
         .split(',')
         .map(Mode::parse)
         .collect();
-    let transports = [Transport::Plain];
+    let mut transports: Vec<Transport> = std::env::var("MUSTER_BENCH_TRANSPORTS")
+        .unwrap_or_else(|_| "plain,tls".into())
+        .split(',')
+        .map(Transport::parse)
+        .collect();
+    // The certificates every TLS node serves with, made once by the `muster` binary.
+    let certs_dir = procs::bench_dir()?;
+    if transports.contains(&Transport::Tls) {
+        match procs::muster_binary() {
+            Ok(bin) => tls::certs_init(&bin, certs_dir.path())?,
+            // The smoke pass (`cargo test --benches`) may run before the binary is built.
+            Err(e) if !full => {
+                println!("auth bench: TLS skipped: {e:#}");
+                transports.retain(|t| *t != Transport::Tls);
+            }
+            Err(e) => return Err(e.context("TLS needs `muster certs init`")),
+        }
+    }
+    let columns: Vec<(Transport, Mode)> = transports
+        .iter()
+        .flat_map(|t| modes.iter().map(move |m| (*t, *m)))
+        .collect();
     println!(
-        "auth bench: {runs} runs, {counts:?} of each kind, modes {:?}, load average {}",
+        "auth bench: {runs} runs, {counts:?} of each kind, modes {:?}, transports {:?}, load average {}",
         modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        transports.iter().map(|t| t.name()).collect::<Vec<_>>(),
         procs::loadavg()
     );
-    let mut all: BTreeMap<(Mode, Op), Vec<Sample>> = BTreeMap::new();
+    let mut all: BTreeMap<(Transport, Mode, Op), Vec<Sample>> = BTreeMap::new();
     for run in 0..runs {
-        for transport in transports {
-            for k in 0..modes.len() {
-                let mode = modes[(k + run) % modes.len()];
-                let res = measure(node_rt, mode, transport, counts)
-                    .await
-                    .with_context(|| format!("mode {}", mode.name()))?;
-                for (op, s) in res {
-                    println!(
-                        "run {run} {} {:<10} {:<24} p50 {:>7.0} µs  p99 {:>7.0} µs  {:>6.0} req/s",
-                        transport.name(),
-                        mode.name(),
-                        op.name(),
-                        s.p50_us,
-                        s.p99_us,
-                        s.rps
-                    );
-                    all.entry((mode, op)).or_default().push(s);
-                }
+        for k in 0..columns.len() {
+            let (transport, mode) = columns[(k + run) % columns.len()];
+            let res = measure(node_rt, mode, transport, Some(certs_dir.path()), counts)
+                .await
+                .with_context(|| format!("{} {}", transport.name(), mode.name()))?;
+            for (op, s) in res {
+                println!(
+                    "run {run} {:<5} {:<10} {:<24} p50 {:>7.0} µs  p99 {:>7.0} µs  {:>6.0} req/s",
+                    transport.name(),
+                    mode.name(),
+                    op.name(),
+                    s.p50_us,
+                    s.p99_us,
+                    s.rps
+                );
+                all.entry((transport, mode, op)).or_default().push(s);
             }
         }
         println!("  (load average {})", procs::loadavg());
     }
-    println!("\nmedian of {runs} runs: p50 / p99 µs, requests/s (plain loopback, one request at a time)\n");
+    println!(
+        "\nmedian of {runs} runs: p50 / p99 µs, requests/s (loopback, one request at a time)\n"
+    );
     let mut header = "| operation |".to_string();
-    for m in &modes {
-        header.push_str(&format!(" {} |", m.name()));
+    for (t, m) in &columns {
+        header.push_str(&format!(" {} {} |", m.name(), t.name()));
     }
     println!("{header}");
-    println!("|---|{}", "---|".repeat(modes.len()));
+    println!("|---|{}", "---|".repeat(columns.len()));
     for op in Op::ALL {
         let mut line = format!("| {} |", op.name());
-        for m in &modes {
-            let xs = &all[&(*m, op)];
+        for (t, m) in &columns {
+            let xs = &all[&(*t, *m, op)];
             let med = |f: fn(&Sample) -> f64| median(xs.iter().map(f).collect());
             line.push_str(&format!(
                 " {:.0} / {:.0} µs, {:.0}/s |",
@@ -473,6 +555,20 @@ async fn bench(full: bool, node_rt: &tokio::runtime::Handle) -> Result<()> {
                 med(|s| s.p99_us),
                 med(|s| s.rps)
             ));
+        }
+        println!("{line}");
+    }
+    println!("\nraw p50s per run, µs\n");
+    println!("{header}");
+    println!("|---|{}", "---|".repeat(columns.len()));
+    for op in Op::ALL {
+        let mut line = format!("| {} |", op.name());
+        for (t, m) in &columns {
+            let xs: Vec<String> = all[&(*t, *m, op)]
+                .iter()
+                .map(|s| format!("{:.0}", s.p50_us))
+                .collect();
+            line.push_str(&format!(" {} |", xs.join(", ")));
         }
         println!("{line}");
     }
