@@ -196,34 +196,7 @@ pub mod auth {
         http_with(Some(&admin_token()))
     }
 
-    /// Adds a credential (the `authorization` metadata) to every gRPC call.
-    #[derive(Debug, Clone)]
-    pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-    impl tonic::service::Interceptor for Bearer {
-        fn call(
-            &mut self,
-            mut req: tonic::Request<()>,
-        ) -> Result<tonic::Request<()>, tonic::Status> {
-            if let Some(v) = &self.0 {
-                req.metadata_mut().insert("authorization", v.clone());
-            }
-            Ok(req)
-        }
-    }
-
-    /// A gRPC channel whose calls carry a credential.
-    pub type AuthChannel =
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
-
-    /// Wraps `channel` so its calls carry `authorization` (`None`: no credential).
-    pub fn with_credential(
-        channel: tonic::transport::Channel,
-        authorization: Option<&str>,
-    ) -> AuthChannel {
-        let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
-        tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
-    }
+    pub use muster_api::access::{with_credential, AuthChannel, Bearer};
 }
 
 /// TLS (issue 13) as the benches use it, the same approach as `tests/lib.rs`: `muster certs init`

@@ -66,31 +66,7 @@ pub fn http_with(authorization: &str) -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Adds a credential to every gRPC call.
-#[derive(Debug, Clone)]
-pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// A gRPC channel whose calls carry a credential (the administrator's, unless made otherwise).
-pub type AuthChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
-
-/// Wraps `channel` so its calls carry `authorization` (`None`: no credential).
-pub fn with_credential(
-    channel: tonic::transport::Channel,
-    authorization: Option<&str>,
-) -> AuthChannel {
-    let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
-    tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
-}
+pub use muster_api::access::{with_credential, AuthChannel, Bearer};
 
 /// A gRPC channel to `url` carrying the administrator's credential.
 pub async fn grpc_channel(url: &str) -> anyhow::Result<AuthChannel> {

@@ -244,6 +244,34 @@ pub fn grpc_access(path: &str) -> Option<Access> {
         .map(|(_, a)| *a)
 }
 
+/// The client side: adds an `authorization` value to every gRPC call made through a channel
+/// wrapped with [`with_credential`] (the CLI, the tests and the benches).
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A gRPC channel whose calls carry a credential.
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Wraps `channel` so its calls carry `authorization` (`None`, or a value a header cannot carry:
+/// no credential).
+pub fn with_credential(
+    channel: tonic::transport::Channel,
+    authorization: Option<&str>,
+) -> AuthChannel {
+    let value = authorization.and_then(|a| tonic::metadata::MetadataValue::try_from(a).ok());
+    tonic::service::interceptor::InterceptedService::new(channel, Bearer(value))
+}
+
 /// The gate as a tower layer for the client gRPC server: every call passes [`Gate::check`] with
 /// its method's entry in [`GRPC_ACCESS`] before any service sees it, and the caller's
 /// [`Principal`] travels on in the request's extensions.

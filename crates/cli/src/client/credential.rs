@@ -4,37 +4,34 @@
 //! hour is signed); `@FILE` reads either from a file, such as a node's `admin.credential`.
 
 use anyhow::{anyhow, Context};
+use muster_api::access::Bearer;
 use muster_domain::auth::ConnectionString;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
+use tonic::metadata::MetadataValue;
 
 /// A channel whose calls carry the credential.
-pub type Conn = tonic::service::interceptor::InterceptedService<Channel, Credential>;
+pub type Conn = muster_api::access::AuthChannel;
 
 /// The `authorization` metadata every call carries (none when no credential was given).
-#[derive(Debug, Clone, Default)]
-pub struct Credential(Option<MetadataValue<Ascii>>);
+pub type Credential = Bearer;
 
 /// How long a token signed from a connection string lives.
 const SIGNED_TTL_SECS: i64 = 3600;
 
-impl Credential {
-    /// Reads `--token`'s value; `None` means no credential.
-    pub fn from_arg(arg: Option<&str>) -> anyhow::Result<Credential> {
-        let Some(arg) = arg.map(str::trim).filter(|s| !s.is_empty()) else {
-            return Ok(Credential(None));
-        };
-        let text = match arg.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("--token: cannot read {path}"))?,
-            None => arg.to_string(),
-        };
-        let header = header_value(text.trim(), SIGNED_TTL_SECS)?;
-        let value = MetadataValue::try_from(header.as_str())
-            .map_err(|_| anyhow!("--token: holds characters a header cannot carry"))?;
-        Ok(Credential(Some(value)))
-    }
+/// Reads `--token`'s value; `None` means no credential.
+pub fn from_arg(arg: Option<&str>) -> anyhow::Result<Credential> {
+    let Some(arg) = arg.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(Bearer(None));
+    };
+    let text = match arg.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("--token: cannot read {path}"))?
+        }
+        None => arg.to_string(),
+    };
+    let header = header_value(text.trim(), SIGNED_TTL_SECS)?;
+    let value = MetadataValue::try_from(header.as_str())
+        .map_err(|_| anyhow!("--token: holds characters a header cannot carry"))?;
+    Ok(Bearer(Some(value)))
 }
 
 /// The `Authorization` value for a token or a connection string (signed for `ttl_secs`).
@@ -58,13 +55,4 @@ fn unix_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-impl Interceptor for Credential {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
 }

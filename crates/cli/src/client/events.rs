@@ -85,7 +85,7 @@ pub async fn events(opts: &ClientOpts, cmd: EventsCmd) -> anyhow::Result<()> {
         bail!("--output csv is offered by `muster job devices` only; use --output text or json with `muster events follow`");
     }
     let endpoints = endpoints(&opts.endpoint);
-    let credential = super::Credential::from_arg(opts.token.as_deref())?;
+    let credential = super::credential::from_arg(opts.token.as_deref())?;
     if endpoints.is_empty() {
         bail!("--endpoint is empty; give one or more node addresses like http://127.0.0.1:9090");
     }

@@ -317,7 +317,7 @@ pub enum DeviceStatusArg {
 /// Connects to the endpoint, so an unreachable node is reported once, by address, before any
 /// call is made.
 pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Conn> {
-    let credential = Credential::from_arg(opts.token.as_deref())?;
+    let credential = credential::from_arg(opts.token.as_deref())?;
     let channel = connect_to(opts).await?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel, credential,
