@@ -58,7 +58,7 @@ pub(super) fn routes() -> Routes {
 }
 
 /// The checked `api-version`, kept for the `nextLink`.
-fn version(q: &Params) -> Result<String, ApiError> {
+pub(super) fn version(q: &Params) -> Result<String, ApiError> {
     let v = q.get("api-version");
     check_api_version(v, CENTRAL_API_VERSIONS)?;
     Ok(v.unwrap_or_default().to_string())

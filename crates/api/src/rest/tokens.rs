@@ -11,12 +11,12 @@ use muster_domain::Command;
 use muster_types::Timestamp;
 use serde_json::{json, Value};
 
+use super::central::version;
 use super::errors::TOKEN;
 use super::extract::{Caller, JsonText, Params, PathParams};
 use super::guard::Routes;
 use super::{ok_json, App};
 use crate::access::Access::Need;
-use crate::central::{check_api_version, CENTRAL_API_VERSIONS};
 use crate::credentials::{new_token, DEFAULT_TOKEN_LIFETIME_MS};
 use crate::error::ApiError;
 
@@ -97,7 +97,7 @@ async fn put_token(
     q: Params,
     JsonText(body): JsonText,
 ) -> Result<Response, ApiError> {
-    check_api_version(q.get("api-version"), CENTRAL_API_VERSIONS)?;
+    version(&q)?;
     let id = token_id(&id)?;
     let at = now();
     let (roles, expiry) = parse_request(&crate::json::parse_body(&body)?, at)?;
@@ -114,7 +114,7 @@ async fn get_token(
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<Response, ApiError> {
-    check_api_version(q.get("api-version"), CENTRAL_API_VERSIONS)?;
+    version(&q)?;
     let id = token_id(&id)?;
     app.read(|s| s.auth.tokens.get(&id).map(token_json))
         .await?
@@ -123,7 +123,7 @@ async fn get_token(
 }
 
 async fn list_tokens(State(app): State<App>, q: Params) -> Result<Response, ApiError> {
-    check_api_version(q.get("api-version"), CENTRAL_API_VERSIONS)?;
+    version(&q)?;
     let value: Vec<Value> = app
         .read(|s| s.auth.tokens.values().map(token_json).collect())
         .await?;
@@ -136,7 +136,7 @@ async fn delete_token(
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
-    check_api_version(q.get("api-version"), CENTRAL_API_VERSIONS)?;
+    version(&q)?;
     let id = token_id(&id)?;
     app.write(&caller, Command::DeleteApiToken { id, at: now() }, TOKEN)
         .await?;

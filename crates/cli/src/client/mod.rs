@@ -718,6 +718,27 @@ fn parse_import(path: &str, text: &str) -> anyhow::Result<Vec<pb::NewDevice>> {
     Ok(devices.into_iter().map(ImportedDevice::into_pb).collect())
 }
 
+/// Registered devices in id order, up to `limit`, `page_size` a request.
+async fn all_devices(
+    client: &mut pb::device_service_client::DeviceServiceClient<Conn>,
+    limit: Option<usize>,
+    page_size: u32,
+) -> anyhow::Result<Vec<pb::Device>> {
+    collect_pages(limit, page_size, async |page_size, page_token| {
+        let page = client
+            .list_devices(pb::ListDevicesRequest {
+                page_size,
+                page_token,
+                stale_ok: false,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        Ok((page.devices, page.next_page_token))
+    })
+    .await
+}
+
 fn print_device(opts: &ClientOpts, d: &pb::Device) {
     match opts.output {
         Output::Json => print_json(&render::device_json(d)),
@@ -797,19 +818,7 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
         } => {
             let secret = FleetSecret::from_file(&secret_file)?;
             let dispatcher_password = muster_mqtt::read_secret_file(&dispatcher_password_file)?;
-            let devices = collect_pages(None, 1000, async |page_size, page_token| {
-                let page = client
-                    .list_devices(pb::ListDevicesRequest {
-                        page_size,
-                        page_token,
-                        stale_ok: false,
-                    })
-                    .await
-                    .map_err(rpc)?
-                    .into_inner();
-                Ok((page.devices, page.next_page_token))
-            })
-            .await?;
+            let devices = all_devices(&mut client, None, 1000).await?;
             let (enabled, disabled): (Vec<_>, Vec<_>) =
                 devices.into_iter().partition(|d| d.enabled);
             let ids: Vec<String> = enabled.into_iter().map(|d| d.device_id).collect();
@@ -851,19 +860,7 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
             }
         }
         DeviceCmd::List { limit, page_size } => {
-            let devices = collect_pages(limit, page_size, async |page_size, page_token| {
-                let page = client
-                    .list_devices(pb::ListDevicesRequest {
-                        page_size,
-                        page_token,
-                        stale_ok: false,
-                    })
-                    .await
-                    .map_err(rpc)?
-                    .into_inner();
-                Ok((page.devices, page.next_page_token))
-            })
-            .await?;
+            let devices = all_devices(&mut client, limit, page_size).await?;
             match opts.output {
                 Output::Json => print_json(&Value::Array(
                     devices.iter().map(render::device_json).collect(),
