@@ -7,6 +7,7 @@ mod certs;
 mod client;
 mod cluster;
 mod devsim;
+mod otlp;
 mod serve;
 
 use clap::{Parser, Subcommand};

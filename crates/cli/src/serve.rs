@@ -141,6 +141,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     insecure: bool,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is added unless given). Off by default.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, default_value = "info,openraft=warn,rumqttd=off")]
     #[serde(skip)]
@@ -300,15 +305,36 @@ fn known_settings() -> Vec<String> {
 }
 
 pub(crate) fn init_tracing(filter: &str) {
+    init_tracing_with(filter, None);
+}
+
+/// The log on stderr, and with `otlp` the trace exporter's layer beside it.
+fn init_tracing_with(filter: &str, otlp: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
     use tracing_subscriber::prelude::*;
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(filter))
+        .with(otlp.map(crate::otlp::layer))
+        .try_init();
+}
+
+/// The log lines on stderr. Spans meant for the trace exporter (`muster_trace`) never show
+/// there, so without an exporter nothing enables them and they cost nothing.
+fn log_layer<S>(filter: &str) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let layer = tracing_subscriber::fmt::layer()
+    let filter = match "muster_trace=off".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
+    tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(filter)
-        .with_filter(QuietUnreachable);
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+        .with_filter(QuietUnreachable)
 }
 
 /// Drops openraft's lines about a peer it cannot reach: two warnings and an error every half
@@ -353,8 +379,22 @@ impl tracing::field::Visit for AboutUnreachable {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log);
-    let mut cfg = load(&args)?;
+    // Which subscriber to install depends on the settings (--otlp-endpoint): read them with the
+    // log alone, then install both.
+    let loaded = {
+        use tracing_subscriber::prelude::*;
+        let log = tracing_subscriber::registry().with(log_layer(&args.log));
+        tracing::subscriber::with_default(log, || load(&args))
+    };
+    let otlp = match loaded.as_ref().ok().and_then(|c| c.otlp_endpoint.as_deref()) {
+        Some(endpoint) => Some(crate::otlp::provider(endpoint, loaded.as_ref().map_or(0, |c| c.node_id))?),
+        None => None,
+    };
+    init_tracing_with(&args.log, otlp.as_ref());
+    if let Some(endpoint) = loaded.as_ref().ok().and_then(|c| c.otlp_endpoint.as_deref()) {
+        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+    }
+    let mut cfg = loaded?;
     // Dev mode keeps its data in a temporary directory, removed when the node stops.
     let mut _temp = None;
     let mut mqtt = None;
@@ -421,7 +461,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             print_dev_banner(&dev, &cfg2, scheme, http, grpc, token.as_deref());
         });
     }
-    muster_node::run(cfg, listeners, shutdown_signal()).await?;
+    let ran = muster_node::run(cfg, listeners, shutdown_signal()).await;
+    if let Some(provider) = otlp {
+        // Sends what is still batched; off the runtime, as the exporter blocks.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+    ran?;
     Ok(())
 }
 

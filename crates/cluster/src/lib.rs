@@ -28,6 +28,7 @@
 
 mod admin;
 mod network;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use openraft::error::InitializeError;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use admin::{ClusterStatus, MemberStatus, Role};
 pub use muster_store::{
@@ -89,6 +91,9 @@ pub struct ClusterConfig {
     /// theirs against the cluster CA (the node's peer server does the same for callers). `None`:
     /// plain TCP (loopback clusters and tests).
     pub peer_tls: Option<muster_tls::PeerTls>,
+    /// The node's metrics: the store, Raft and this handle record into it, and
+    /// [`Cluster::refresh_metrics`] sets its state gauges before a scrape.
+    pub metrics: muster_metrics::Metrics,
 }
 
 impl ClusterConfig {
@@ -104,6 +109,7 @@ impl ClusterConfig {
             snapshot_after: 20_000,
             join: false,
             peer_tls: None,
+            metrics: muster_metrics::Metrics::new(),
         }
     }
 }
@@ -144,6 +150,10 @@ pub struct Cluster {
     /// A leader that has not heard from a majority for this long refuses writes at once: it
     /// cannot commit them.
     quorum_lost_after: Duration,
+    metrics: muster_metrics::Metrics,
+    data_dir: Arc<PathBuf>,
+    /// The span contexts jobs were created in, for the dispatcher's spans (see [`trace`]).
+    job_traces: Arc<trace::JobTraces>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -163,7 +173,9 @@ impl Cluster {
                 cfg.data_dir.display()
             ))
         })?;
-        let (log, sm) = open_store(&cfg.data_dir).await?;
+        let (mut log, sm) = open_store(&cfg.data_dir).await?;
+        log.set_metrics(cfg.metrics.clone());
+        sm.set_metrics(cfg.metrics.clone());
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: "muster".into(),
@@ -231,7 +243,14 @@ impl Cluster {
             reader,
             forwarder: network::Forwarder::new(dialer),
             quorum_lost_after: (cfg.election_max * 3).max(Duration::from_millis(1500)),
+            metrics: cfg.metrics.clone(),
+            data_dir: Arc::new(cfg.data_dir.clone()),
+            job_traces: Arc::default(),
         };
+        tokio::spawn(count_leader_changes(
+            cluster.raft.metrics(),
+            cfg.metrics.clone(),
+        ));
         tokio::spawn(publish_own_record(cluster.clone(), cfg.node.clone()));
         Ok(cluster)
     }
@@ -252,6 +271,88 @@ impl Cluster {
 
     pub fn metrics(&self) -> watch::Receiver<Metrics> {
         self.raft.metrics()
+    }
+
+    /// Where the spans of a job's dispatch find the trace of its creation (see [`trace`]).
+    pub fn job_traces(&self) -> &trace::JobTraces {
+        &self.job_traces
+    }
+
+    /// The node's Prometheus metrics (see `muster_metrics`).
+    pub fn telemetry(&self) -> &muster_metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Sets the gauges that describe the node's current state (Raft's indexes and term, the
+    /// followers' lag, the event log's seq, jobs by status, the data directory's size), so the
+    /// exposition that follows is current. Called by `/metrics` before it encodes.
+    pub async fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        {
+            let rm = self.raft.metrics();
+            let rm = rm.borrow();
+            let r = m.raft();
+            r.term.set(to_i64(rm.current_term));
+            r.is_leader.set(i64::from(rm.state == ServerState::Leader));
+            r.last_log_index.set(to_i64(rm.last_log_index.unwrap_or(0)));
+            r.applied_index
+                .set(to_i64(rm.last_applied.map_or(0, |l| l.index)));
+            let last = rm.last_log_index.unwrap_or(0);
+            let lags: Vec<(u64, u64)> = rm
+                .replication
+                .iter()
+                .flat_map(|map| map.iter())
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                .collect();
+            // The leader's commit index is the highest index a majority of voters holds;
+            // elsewhere openraft reports none, and the applied index is the best this node knows.
+            let committed = match &rm.replication {
+                Some(map) => {
+                    let voters: Vec<u64> = rm.membership_config.membership().voter_ids().collect();
+                    let mut held: Vec<u64> = voters
+                        .iter()
+                        .map(|v| {
+                            if *v == self.id {
+                                last
+                            } else {
+                                map.get(v).copied().flatten().map_or(0, |l| l.index)
+                            }
+                        })
+                        .collect();
+                    held.sort_unstable_by(|a, b| b.cmp(a));
+                    held.get(voters.len() / 2).copied().unwrap_or(0)
+                }
+                None => rm.last_applied.map_or(0, |l| l.index),
+            };
+            r.committed_index.set(to_i64(committed));
+            r.set_follower_lags(lags);
+        }
+        let (seq, by_status) = self.reader.read_with_seq(|s, seq| {
+            use muster_domain::job::JobStatus as J;
+            let mut counts: BTreeMap<&'static str, u64> = [
+                J::Scheduled,
+                J::Pending,
+                J::Running,
+                J::Stopped,
+                J::Completed,
+                J::Failed,
+                J::Cancelled,
+            ]
+            .iter()
+            .map(|st| (st.as_str(), 0))
+            .collect();
+            for job in s.jobs.values() {
+                *counts.entry(job.status.as_str()).or_default() += 1;
+            }
+            (seq, counts)
+        });
+        m.store().event_seq.set(to_i64(seq));
+        m.jobs().set_by_status(by_status);
+        let dir = Arc::clone(&self.data_dir);
+        if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_bytes(&dir)).await {
+            m.store().data_dir_bytes.set(to_i64(bytes));
+        }
     }
 
     /// Whether this node is the leader, as it currently believes.
@@ -325,10 +426,12 @@ impl Cluster {
         command: Command,
     ) -> Result<AppliedRange, ClusterError> {
         let request = Request::new(command, principal);
+        let span = tracing::info_span!(target: trace::TARGET, "cluster.write", node = self.id);
         self.via_leader(Forward::ClientWrite, &request, |this| {
             let request = request.clone();
             async move { this.write_here(request).await }
         })
+        .instrument(span)
         .await
     }
 
@@ -350,7 +453,36 @@ impl Cluster {
         self.refuse_without_quorum()?;
         // Here, so a principal forwarded by a follower is checked by the leader too.
         request.check_principal()?;
-        let written = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(request)).await;
+        if let Command::CreateJob { id, .. } = &*request.command {
+            // This node's dispatcher (it leads) will carry the job out: its spans join here.
+            self.job_traces.remember(id);
+        }
+        let span = tracing::info_span!(
+            target: trace::TARGET,
+            "raft.commit_apply",
+            node = self.id,
+            raft.index = tracing::field::Empty
+        );
+        let written = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.raft.client_write(request).instrument(span.clone()),
+        )
+        .await;
+        if let Ok(Ok(resp)) = &written {
+            span.record("raft.index", resp.log_id.index);
+        }
+        let raft = self.metrics.raft();
+        match &written {
+            // A command the core refused was committed all the same.
+            Ok(Ok(_)) => {
+                raft.proposals_committed.inc();
+            }
+            // Not a proposal: the caller goes to the leader.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
+            _ => {
+                raft.proposals_failed.inc();
+            }
+        }
         match written {
             Err(_) => Err(ClusterError::Unavailable(format!(
                 "the write was not committed within {WRITE_TIMEOUT:?} (is a majority of the cluster reachable?); \
@@ -467,13 +599,21 @@ impl Cluster {
             };
             let why = match leader {
                 Some((id, node)) if id != self.id && !node.peer_addr.is_empty() => {
-                    let call = self.forwarder.call::<Req, (Resp, u64)>(
-                        what,
-                        id,
-                        &node.peer_addr,
-                        request,
-                        FORWARD_TIMEOUT,
-                    );
+                    let call = self
+                        .forwarder
+                        .call::<Req, (Resp, u64)>(
+                            what,
+                            id,
+                            &node.peer_addr,
+                            request,
+                            FORWARD_TIMEOUT,
+                        )
+                        .instrument(tracing::info_span!(
+                            target: trace::TARGET,
+                            "cluster.forward",
+                            otel.kind = "client",
+                            leader = id
+                        ));
                     match self.unless_replaced(id, call).await {
                         // A read changes nothing: ask the new leader.
                         Err(Replaced(m)) if matches!(what, Forward::ReadIndex) => m,
@@ -605,6 +745,45 @@ impl Cluster {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The bytes the files under `dir` take (unreadable entries count as nothing).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Counts every change of the leader this node sees (to another node or to none), for as long
+/// as Raft runs.
+async fn count_leader_changes(
+    mut rx: watch::Receiver<Metrics>,
+    metrics: muster_metrics::Metrics,
+) {
+    let mut leader = rx.borrow_and_update().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_and_update().current_leader;
+        if now != leader {
+            leader = now;
+            metrics.raft().leader_changes.inc();
         }
     }
 }

@@ -478,6 +478,7 @@ impl Forwarder {
             data: Vec::new(),
         });
         req.set_timeout(timeout);
+        crate::trace::inject(req.metadata_mut());
         let call = async {
             match what {
                 Forward::ClientWrite => client.client_write(req).await,
@@ -608,12 +609,18 @@ impl RaftService for PeerService {
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
         // The request carries the principal the follower's edge authenticated; the peer port is
         // for members only, so the leader records it as received.
+        let parent = crate::trace::extract(req.metadata());
         let mut request: Request = decode(req)?;
         // The leader's clock stamps what it appends (see `Command::at_mut`).
         *std::sync::Arc::make_mut(&mut request.command).at_mut() = crate::now();
-        let result = self
-            .cluster
-            .write_here(request)
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET,
+            "leader.write",
+            otel.kind = "server",
+            node = self.cluster.id()
+        );
+        crate::trace::continue_remote(&span, parent);
+        let result = tracing::Instrument::instrument(self.cluster.write_here(request), span)
             .await
             .map_err(ForwardError::from);
         encode(&result)

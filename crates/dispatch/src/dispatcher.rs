@@ -27,7 +27,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::batch::{RegistryBatch, RegistryBatcher, ResultBatcher};
 use crate::host::{Host, HostError, Update};
@@ -44,6 +44,10 @@ pub fn now() -> Timestamp {
         .unwrap_or(0);
     Timestamp::from_millis(ms)
 }
+
+/// The target of spans for the trace exporter (the node's `muster_cluster::trace::TARGET`;
+/// `dispatch` sits below `cluster`): disabled, and free, unless traces are exported.
+const TRACE: &str = "muster_trace";
 
 /// How long to wait before retrying after a failed proposal.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -73,6 +77,16 @@ impl Dispatcher {
         config: DispatchConfig,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), DispatchError> {
+        Self::run_with_metrics(host, config, muster_metrics::Metrics::new(), shutdown).await
+    }
+
+    /// [`run`](Self::run), recording what it does into the node's `metrics`.
+    pub async fn run_with_metrics<H: Host>(
+        host: H,
+        config: DispatchConfig,
+        metrics: muster_metrics::Metrics,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), DispatchError> {
         if config.brokers.is_empty() {
             return Err(DispatchError::NoBrokers);
         }
@@ -83,7 +97,15 @@ impl Dispatcher {
         let login = config.login()?;
         let mut links = Vec::with_capacity(endpoints.len());
         for (i, endpoint) in endpoints.iter().enumerate() {
-            match Link::start(i, endpoint, login.as_ref(), &config, tx.clone()) {
+            metrics.dispatch().broker_up(i, false);
+            match Link::start(
+                i,
+                endpoint,
+                login.as_ref(),
+                &config,
+                tx.clone(),
+                metrics.clone(),
+            ) {
                 Ok(l) => links.push(l),
                 Err(e) => {
                     for l in links {
@@ -94,7 +116,7 @@ impl Dispatcher {
             }
         }
         drop(tx);
-        let mut engine = Engine::new(host, config, links);
+        let mut engine = Engine::new(host, config, links, metrics);
         engine.rebaseline();
         info!(
             brokers = engine.links.len(),
@@ -134,6 +156,11 @@ impl Dispatcher {
                 _ = sleep_until(tick.unwrap_or_else(Instant::now)), if tick.is_some() => {}
             }
             engine.turn();
+            engine
+                .metrics
+                .dispatch()
+                .in_flight
+                .set(i64::try_from(engine.flights.len()).unwrap_or(i64::MAX));
         }
         engine.finish().await;
         info!("dispatcher stopped");
@@ -228,10 +255,16 @@ struct Engine<H: Host> {
     resend: Vec<Key>,
     wake_at: Option<Instant>,
     tasks: JoinSet<Done>,
+    metrics: muster_metrics::Metrics,
 }
 
 impl<H: Host> Engine<H> {
-    fn new(host: H, cfg: DispatchConfig, links: Vec<Link>) -> Self {
+    fn new(
+        host: H,
+        cfg: DispatchConfig,
+        links: Vec<Link>,
+        metrics: muster_metrics::Metrics,
+    ) -> Self {
         let batcher = ResultBatcher::new(cfg.result_batch_size, cfg.batch_interval());
         let registry = RegistryBatcher::new(cfg.registry_batch_size, cfg.batch_interval());
         let n = links.len();
@@ -259,6 +292,7 @@ impl<H: Host> Engine<H> {
             resend: Vec::new(),
             wake_at: None,
             tasks: JoinSet::new(),
+            metrics,
         }
     }
 
@@ -382,6 +416,10 @@ impl<H: Host> Engine<H> {
                     self.reserved += devices.len();
                     self.dispatching.insert(job.clone());
                     let host = self.host.clone();
+                    let span = self.host.adopt_span(
+                        &job,
+                        info_span!(target: TRACE, "dispatch.mark_dispatched", job = %job, devices = devices.len()),
+                    );
                     self.tasks.spawn(async move {
                         let cmd = Command::MarkDispatched {
                             job: job.clone(),
@@ -396,14 +434,22 @@ impl<H: Host> Engine<H> {
                             devices,
                             result,
                         }
-                    });
+                    }.instrument(span));
                 }
                 Action::Send(req) => self.track(req, generation),
             }
         }
         if full {
             // Attempts the state no longer lists have ended (answered, timed out, cancelled).
-            self.flights.retain(|_, f| f.seen == generation);
+            let mut unanswered: u64 = 0;
+            self.flights.retain(|_, f| {
+                let keep = f.seen == generation;
+                if !keep && f.state == FlightState::Sent {
+                    unanswered += 1;
+                }
+                keep
+            });
+            self.metrics.dispatch().timeouts.inc_by(unanswered);
         }
         for key in std::mem::take(&mut self.resend) {
             if self
@@ -446,6 +492,9 @@ impl<H: Host> Engine<H> {
                 .find(|m| !protocol::topic_safe(&m.name))
                 .map(|m| format!("method name {:?} cannot appear in an MQTT topic", m.name))
         };
+        if req.attempt > 1 {
+            self.metrics.dispatch().retries.inc();
+        }
         let mut flight = Flight {
             job: req.job,
             run: req.run,
@@ -491,6 +540,11 @@ impl<H: Host> Engine<H> {
         let Some(m) = f.methods.get(f.step) else {
             return;
         };
+        let span = self.host.adopt_span(
+            &f.job,
+            info_span!(target: TRACE, "mqtt.publish", otel.kind = "producer", device = %key.0, method = %m.name, rid = %key.1),
+        );
+        let _publishing = span.enter();
         let topic = protocol::method_request_topic(&key.0, &m.name, &key.1);
         let payload = match serde_json::to_vec(&m.payload) {
             Ok(p) => p,
@@ -503,7 +557,10 @@ impl<H: Host> Engine<H> {
             .client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
-            Ok(()) => f.state = FlightState::Sent,
+            Ok(()) => {
+                f.state = FlightState::Sent;
+                self.metrics.dispatch().requests_sent.inc();
+            }
             Err(e) => {
                 debug!(error = %e, "request not queued; will resend");
                 f.state = FlightState::Unsent;
@@ -519,6 +576,7 @@ impl<H: Host> Engine<H> {
                 if let Some(r) = self.ready.get_mut(i) {
                     *r = true;
                 }
+                self.metrics.dispatch().broker_up(i, true);
                 // The old session, and whatever it carried, is gone: send again.
                 for f in self.flights.values_mut() {
                     if f.broker == i && f.state == FlightState::Sent {
@@ -532,6 +590,7 @@ impl<H: Host> Engine<H> {
                 if let Some(r) = self.ready.get_mut(i) {
                     *r = false;
                 }
+                self.metrics.dispatch().broker_up(i, false);
             }
             LinkEvent::Message(m) => self.on_message(m),
         }
@@ -554,6 +613,16 @@ impl<H: Host> Engine<H> {
                 if f.state == FlightState::Answered {
                     return; // a duplicate
                 }
+                self.metrics.dispatch().answer(status);
+                // A point in the job's trace: the answer arrived (it is recorded in a batch).
+                drop(
+                    self.host
+                        .adopt_span(
+                            &f.job,
+                            info_span!(target: TRACE, "mqtt.answer", otel.kind = "consumer", device = %f.device, status),
+                        )
+                        .entered(),
+                );
                 let ok = (200..300).contains(&status);
                 if ok && f.step + 1 < f.methods.len() {
                     f.step += 1;
@@ -664,6 +733,14 @@ impl<H: Host> Engine<H> {
             };
             self.result_proposals += 1;
             let host = self.host.clone();
+            // In the trace of the first result's job (a batch may hold answers of several).
+            let span = match batch.first() {
+                Some(r) => self.host.adopt_span(
+                    &r.job,
+                    info_span!(target: TRACE, "dispatch.record_results", results = batch.len()),
+                ),
+                None => tracing::Span::none(),
+            };
             // The keys, not a copy of the results (their response bodies), come back.
             let keys: Vec<Key> = batch
                 .iter()
@@ -681,7 +758,7 @@ impl<H: Host> Engine<H> {
                 };
                 let result = host.propose(cmd).await;
                 Done::Results { keys, result }
-            });
+            }.instrument(span));
         }
         // Presence and reported properties: a few batches under way at once; a device waits for
         // its previous batch of the same kind (`RegistryBatcher`), which keeps its order.
@@ -836,7 +913,10 @@ impl<H: Host> Engine<H> {
             }
         }
         self.tasks.abort_all();
-        for l in self.links {
+        let dispatch = self.metrics.dispatch();
+        dispatch.in_flight.set(0);
+        for (i, l) in self.links.into_iter().enumerate() {
+            dispatch.broker_up(i, false);
             l.stop().await;
         }
     }

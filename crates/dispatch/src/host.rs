@@ -8,7 +8,7 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 use muster_domain::{Command, Event, State, TwinSection};
-use muster_types::DeviceId;
+use muster_types::{DeviceId, JobId};
 use serde_json::Value;
 
 /// The leader's services, as the dispatcher sees them.
@@ -29,6 +29,14 @@ pub trait Host: Clone + Send + Sync + 'static {
     /// `Update::Applied { last_seq: a.last_seq(), desired: desired_patches(a.first_seq,
     /// &a.events) }`; `SnapshotInstalled` and a lagging receiver become `Update::Resync`.
     fn updates(&self) -> BoxStream<'static, Update>;
+
+    /// Makes `span`, about work on `job`, part of the trace the job was created in, when the
+    /// host keeps one (the node does while traces are exported); by default it stays as it is.
+    /// Only span parentage: nothing the dispatcher decides depends on it.
+    fn adopt_span(&self, job: &JobId, span: tracing::Span) -> tracing::Span {
+        let _ = job;
+        span
+    }
 }
 
 /// Why a proposal did not take effect.

@@ -39,6 +39,7 @@ impl Link {
         login: Option<&(String, Secret)>,
         cfg: &DispatchConfig,
         tx: UnboundedSender<LinkEvent>,
+        metrics: muster_metrics::Metrics,
     ) -> Result<Link, DispatchError> {
         let url = endpoint.url.as_str();
         let mut opts = endpoint.options(client_id(&cfg.client_id_prefix, index));
@@ -63,6 +64,7 @@ impl Link {
             eventloop,
             tx,
             backoff,
+            metrics,
         ));
         Ok(Link { client, task })
     }
@@ -114,7 +116,10 @@ async fn drive(
     mut eventloop: rumqttc::EventLoop,
     tx: UnboundedSender<LinkEvent>,
     (min_backoff, max_backoff): (Duration, Duration),
+    metrics: muster_metrics::Metrics,
 ) {
+    // When each QoS 1 publish in flight left, by packet id, for the publish latency.
+    let mut sent_at: Vec<Option<std::time::Instant>> = vec![None; usize::from(u16::MAX) + 1];
     let mut backoff = min_backoff;
     let mut failures = 0u64;
     loop {
@@ -137,6 +142,17 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 let _ = tx.send(LinkEvent::Ready(index));
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) if pkid != 0 => {
+                sent_at[usize::from(pkid)] = Some(std::time::Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(t) = sent_at[usize::from(ack.pkid)].take() {
+                    metrics
+                        .dispatch()
+                        .publish
+                        .observe(t.elapsed().as_secs_f64());
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if let Some(m) = protocol::parse_inbound(&p.topic, &p.payload) {
@@ -161,6 +177,7 @@ async fn drive(
                 if failures == 1 || failures.is_multiple_of(10) {
                     warn!(broker = %url, error = %e, failures, "MQTT connection failed; reconnecting");
                 }
+                sent_at.iter_mut().for_each(|t| *t = None);
                 let _ = tx.send(LinkEvent::Down(index));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(max_backoff);

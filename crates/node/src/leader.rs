@@ -36,6 +36,10 @@ impl Host for ClusterHost {
         self.cluster.reader().read_with_seq(f)
     }
 
+    fn adopt_span(&self, job: &muster_types::JobId, span: tracing::Span) -> tracing::Span {
+        self.cluster.job_traces().adopt(job, span)
+    }
+
     fn updates(&self) -> BoxStream<'static, Update> {
         BroadcastStream::new(self.cluster.reader().subscribe())
             .map(|u| match u {
@@ -90,11 +94,12 @@ pub(crate) async fn run(
             let work = async {
                 if dispatch.brokers.is_empty() {
                     crate::ticker::run(cluster.clone(), lost_rx.clone()).await;
-                } else if let Err(e) = Dispatcher::run(
+                } else if let Err(e) = Dispatcher::run_with_metrics(
                     ClusterHost {
                         cluster: cluster.clone(),
                     },
                     dispatch.clone(),
+                    cluster.telemetry().clone(),
                     ended,
                 )
                 .await

@@ -77,6 +77,9 @@ pub struct NodeConfig {
     /// policy, instead of a random one: for deployments that keep the administrator's secret in
     /// their own secret store. Ignored once the cluster's credentials exist.
     pub admin_key_file: Option<PathBuf>,
+    /// Where to export traces (OTLP/HTTP, `--otlp-endpoint`). Read by the binary, which
+    /// installs the exporter; the node only creates spans (see `muster_cluster::trace`).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             hostname: None,
             insecure: false,
             admin_key_file: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -347,6 +351,9 @@ pub async fn run(
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
     ccfg.peer_tls = listeners.tls.peer.clone();
+    // One registry per node, handed down through the cluster handle (not a process global:
+    // the benches run three nodes in one process).
+    ccfg.metrics = muster_metrics::Metrics::new();
     let host = cfg.hostname.clone().unwrap_or_else(|| me_http.clone());
     let admin_key = cfg
         .admin_key_file
@@ -393,8 +400,10 @@ pub async fn run(
         }
         grpc = grpc.tls_config(tls)?;
     }
-    // The identity first, so the gate sees the caller's client certificate.
+    // Measured outermost, so refused calls count too; the identity before the gate, so the
+    // gate sees the caller's client certificate.
     let grpc = grpc
+        .layer(muster_api::grpc::MeasureLayer(cluster.telemetry().clone()))
         .layer(tower::util::MapRequestLayer::new(
             muster_api::grpc::identify,
         ))

@@ -36,6 +36,8 @@ pub struct LogStore {
     meta: sled::Tree,
     flusher: Arc<GroupFlusher>,
     recent: Arc<Mutex<RecentEntries>>,
+    /// Where append latency is recorded; `None` outside a node (tools, tests).
+    metrics: Option<muster_metrics::Metrics>,
 }
 
 /// How much memory [`RecentEntries`] may take, as estimated by [`decoded_size`].
@@ -141,7 +143,13 @@ impl LogStore {
             meta: db.open_tree("raft_meta")?,
             flusher,
             recent: Arc::default(),
+            metrics: None,
         })
+    }
+
+    /// Records append-and-flush latency into `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: muster_metrics::Metrics) {
+        self.metrics = Some(metrics);
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
@@ -300,6 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
         if let Err(e) = self.write_entries(entries).await {
             let err = e.into_raft(Op::WriteLogs);
@@ -307,10 +316,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(err);
         }
         let flusher = Arc::clone(&self.flusher);
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let result = flusher
                 .flush_blocking()
                 .map_err(|e| std::io::Error::other(e.to_string()));
+            if let Some(m) = &metrics {
+                m.raft().log_append.observe(started.elapsed().as_secs_f64());
+            }
             callback.log_io_completed(result);
         });
         Ok(())

@@ -193,6 +193,8 @@ struct Shared {
     snapshot_lock: Mutex<()>,
     /// Makes snapshot ids unique within this process.
     snapshot_count: AtomicU64,
+    /// Device outcomes and snapshot builds are recorded here once a node sets it.
+    metrics: std::sync::OnceLock<muster_metrics::Metrics>,
 }
 
 impl Shared {
@@ -488,8 +490,15 @@ impl StateMachine {
                 updates,
                 snapshot_lock: Mutex::new(()),
                 snapshot_count: AtomicU64::new(0),
+                metrics: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Records device outcomes (as events are applied) and snapshot builds into `metrics`
+    /// from now on; the first call wins.
+    pub fn set_metrics(&self, metrics: muster_metrics::Metrics) {
+        let _ = self.shared.metrics.set(metrics);
     }
 
     /// The handle the rest of the node reads state and events through.
@@ -581,11 +590,37 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
     shared.meta.apply_batch(meta_batch)?;
     drop(guard);
 
+    if let Some(m) = shared.metrics.get() {
+        for e in published.iter().flat_map(|p| &p.events) {
+            if let Some(kind) = outcome_kind(e) {
+                m.jobs().outcome(kind);
+            }
+        }
+    }
     for events in published {
         // No subscribers is not an error.
         let _ = shared.updates.send(StateUpdate::Events(Arc::new(events)));
     }
     Ok(responses)
+}
+
+/// The `outcome` label of an event that ends a device's attempt.
+fn outcome_kind(event: &muster_domain::Event) -> Option<&'static str> {
+    use muster_domain::job::FailureReason;
+    use muster_domain::Event;
+    Some(match event {
+        Event::DeviceSucceeded { .. } => "succeeded",
+        Event::DeviceFailed { retry: true, .. } => "retried",
+        Event::DeviceFailed { reason, .. } => match reason {
+            FailureReason::DeviceError { .. } => "failed",
+            FailureReason::Timeout => "timed_out",
+            FailureReason::NotConnected => "not_connected",
+            FailureReason::DeviceNotFound => "device_not_found",
+            FailureReason::DeviceDisabled => "device_disabled",
+            FailureReason::DispatchFailed { .. } => "dispatch_failed",
+        },
+        _ => return None,
+    })
 }
 
 /// Events per sled batch once an apply has more than that many: one full segment.
@@ -705,6 +740,7 @@ fn store_snapshot(
 }
 
 fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
+    let started = std::time::Instant::now();
     // Clone under the lock (fast), serialise outside it (slow), so applying is not held up by
     // JSON encoding.
     let (state, last_applied, membership, last_seq, chain_head) = {
@@ -739,6 +775,13 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         snapshot_id,
     };
     store_snapshot(shared, &meta, &data)?;
+    if let Some(m) = shared.metrics.get() {
+        let r = m.raft();
+        r.snapshot_builds.inc();
+        r.snapshot_size
+            .set(i64::try_from(data.len()).unwrap_or(i64::MAX));
+        r.snapshot_build.observe(started.elapsed().as_secs_f64());
+    }
     tracing::info!(
         snapshot_id = %meta.snapshot_id,
         last_seq,

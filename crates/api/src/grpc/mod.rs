@@ -14,6 +14,9 @@ mod convert;
 mod devices;
 mod events;
 mod jobs;
+mod measure;
+
+pub use measure::{Measure, MeasureLayer};
 
 use std::ops::Bound;
 

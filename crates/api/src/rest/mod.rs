@@ -5,6 +5,7 @@
 //! * [`hub`]: `/jobs/v2`, `/twins`.
 //! * `GET /healthz` (the process answers) and `GET /readyz` (a leader is known: writes and
 //!   linearizable reads can be served).
+//! * `GET /metrics`: the node's Prometheus metrics (`cluster.read`), see [`measure`].
 //!
 //! Every handler is a thin translation: check `api-version`, check the ids in the path, parse
 //! the body with the pure mappings in [`crate::central`] / [`crate::hub`], then either propose
@@ -20,6 +21,7 @@ mod errors;
 mod extract;
 mod guard;
 mod hub;
+mod measure;
 mod tokens;
 
 pub use guard::RouteAccess;
@@ -49,6 +51,11 @@ fn routes() -> guard::Routes {
     guard::Routes::new()
         .get("/healthz", Access::Open, healthz)
         .get("/readyz", Access::Open, readyz)
+        .get(
+            "/metrics",
+            Access::Need(muster_domain::auth::Permission::ClusterRead),
+            measure::metrics,
+        )
         .merge(central::routes())
         .merge(hub::routes())
         .merge(tokens::routes())
@@ -63,7 +70,7 @@ pub fn route_table() -> Vec<RouteAccess> {
 /// caller against the route's permission before its handler runs.
 pub fn router(cluster: Cluster, gate: Gate) -> Router {
     let app = App {
-        cluster,
+        cluster: cluster.clone(),
         host: gate.host().to_string(),
     };
     let (routes, _) = routes().into_parts();
@@ -71,6 +78,11 @@ pub fn router(cluster: Cluster, gate: Gate) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::map_response(errors::json_errors))
+        // Outside the JSON error mapping, so the status recorded is the one the client sees.
+        .layer(middleware::from_fn_with_state(
+            cluster.telemetry().clone(),
+            measure::measure,
+        ))
         // A body over the limit is refused while it is read, before it is buffered.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A client that announces a body and never sends it does not hold a connection for ever.
@@ -167,7 +179,7 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
         404,
         "NotFound",
         format!(
-            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins (IoT Hub), /healthz and /readyz",
+            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins (IoT Hub), /healthz, /readyz and /metrics",
             crate::json::quote(uri.path()).trim_matches('"')
         ),
     )
