@@ -148,10 +148,11 @@ pub enum Command {
         at: Timestamp,
     },
     /// IoT Hub's `PUT /twins/{id}`: replaces the tags and the desired properties whole,
-    /// optionally only at a twin version (an ETag).
+    /// optionally only at a twin version (an ETag). `tags: None` keeps the tags (IoT Central's
+    /// properties PUT replaces only the properties).
     ReplaceTwin {
         device: DeviceId,
-        tags: Value,
+        tags: Option<Value>,
         desired: Value,
         if_version: Option<u64>,
         at: Timestamp,

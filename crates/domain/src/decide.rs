@@ -243,7 +243,9 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
         } => {
             let d = registered(state, device)?;
             check_twin_version(d, *if_version)?;
-            check_section("tags", tags)?;
+            if let Some(t) = tags {
+                check_section("tags", t)?;
+            }
             check_section("properties.desired", desired)?;
             let replaced = |section, value: &Value| Event::TwinReplaced {
                 device: device.clone(),
@@ -251,14 +253,12 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 value: value.clone(),
                 at: *at,
             };
-            with_joins(
-                state,
-                vec![
-                    replaced(TwinSection::Tags, tags),
-                    replaced(TwinSection::Desired, desired),
-                ],
-                *at,
-            )
+            let mut events = Vec::new();
+            if let Some(t) = tags {
+                events.push(replaced(TwinSection::Tags, t));
+            }
+            events.push(replaced(TwinSection::Desired, desired));
+            with_joins(state, events, *at)
         }
         Command::UpdateDevice {
             device,

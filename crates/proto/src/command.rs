@@ -191,7 +191,7 @@ impl From<&Command> for pb::Command {
                 at,
             } => Kind::ReplaceTwin(pb::command::ReplaceTwin {
                 device_id: device.to_string(),
-                tags_json: json_text(tags),
+                tags_json: tags.as_ref().map(json_text),
                 desired_json: json_text(desired),
                 if_version: *if_version,
                 at_ms: at.millis(),
@@ -353,7 +353,10 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         },
         Kind::ReplaceTwin(m) => Command::ReplaceTwin {
             device: id("replace_twin.device_id", m.device_id)?,
-            tags: json("replace_twin.tags_json", &m.tags_json)?,
+            tags: m
+                .tags_json
+                .map(|t| json("replace_twin.tags_json", &t))
+                .transpose()?,
             desired: json("replace_twin.desired_json", &m.desired_json)?,
             if_version: m.if_version,
             at: time(m.at_ms),

@@ -70,7 +70,7 @@ pub fn router(cluster: Cluster, gate: Gate) -> Router {
     routes
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(middleware::map_response(errors::json_errors))
+        .layer(middleware::from_fn(errors::shape_errors))
         // A body over the limit is refused while it is read, before it is buffered.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A client that announces a body and never sends it does not hold a connection for ever.

@@ -843,7 +843,7 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             "command_replace_twin",
             Command::ReplaceTwin {
                 device: dev(1),
-                tags: json!({"site": "b43"}),
+                tags: Some(json!({"site": "b43"})),
                 desired: json!({}),
                 if_version: None,
                 at: at(13_000),
