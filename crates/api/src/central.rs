@@ -644,7 +644,9 @@ pub fn device_registration_from_central(
         "simulated",
         "etag",
         "provisioned",
+        "organizations",
     ])?;
+    no_organizations(&f)?;
     let id = DeviceId::new(id_from_path).map_err(|e| ApiError::bad_request("id", e))?;
     same_id(&f, id_from_path)?;
     let display_name = f
@@ -679,15 +681,172 @@ pub fn device_registration_from_central(
     })
 }
 
-/// A device in IoT Central's shape: `{"id", "displayName", "template", "enabled"}` (`template`
-/// absent when the device has none).
+/// A device in IoT Central's shape (2022-07-31): `{"id", "etag", "displayName", "simulated",
+/// "provisioned", "template", "enabled"}`. `template` is absent when the device has none;
+/// `simulated` is always false (muster simulates no devices in the registry); `provisioned` says
+/// whether the device has ever connected; `etag` changes whenever the device's identity does.
 pub fn central_device_json(d: &Device) -> Value {
     let mut m = Map::new();
     m.insert("id".into(), Value::String(d.id.to_string()));
+    m.insert(
+        "etag".into(),
+        Value::String(crate::hub_devices::device_etag(d)),
+    );
     m.insert("displayName".into(), Value::String(d.display_name.clone()));
+    m.insert("simulated".into(), Value::Bool(false));
+    m.insert(
+        "provisioned".into(),
+        Value::Bool(d.connection != muster_domain::ConnectionState::Unknown),
+    );
     if let Some(t) = &d.model_id {
         m.insert("template".into(), Value::String(t.clone()));
     }
     m.insert("enabled".into(), Value::Bool(d.enabled));
     Value::Object(m)
+}
+
+/// What a `PATCH /api/devices/{id}` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CentralDevicePatch {
+    pub display_name: Option<String>,
+    pub template: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// Reads a `PATCH /api/devices/{id}` body: the fields of the PUT, each optional; the read-only
+/// ones (`etag`, `provisioned`) are accepted and ignored, `simulated` may only be false.
+pub fn device_patch_from_central(
+    body: &str,
+    id_from_path: &str,
+) -> Result<CentralDevicePatch, ApiError> {
+    let value = parse_body(body)?;
+    let f = Fields::of(&value, "")?;
+    f.only(&[
+        "id",
+        "displayName",
+        "template",
+        "enabled",
+        "simulated",
+        "etag",
+        "provisioned",
+        "organizations",
+    ])?;
+    same_id(&f, id_from_path)?;
+    let display_name = f.str_opt("displayName")?.map(str::to_string);
+    if let Some(n) = &display_name {
+        check_text("displayName", n, 256)?;
+    }
+    let template = f.str_opt("template")?.map(str::to_string);
+    if let Some(t) = &template {
+        if t.is_empty() {
+            return Err(ApiError::bad_request(
+                "template",
+                "must not be empty; give a model id such as dtmi:com:example:Thermostat;1 or leave it out",
+            ));
+        }
+        check_text("template", t, 512)?;
+    }
+    let enabled = f.bool_opt("enabled")?;
+    if f.bool_opt("simulated")? == Some(true) {
+        return Err(ApiError::bad_request(
+            "simulated",
+            "muster does not simulate devices; send false or leave it out",
+        ));
+    }
+    f.str_opt("etag")?;
+    f.bool_opt("provisioned")?;
+    no_organizations(&f)?;
+    if display_name.is_none() && template.is_none() && enabled.is_none() {
+        return Err(ApiError::bad_request(
+            "body",
+            "nothing to change; set displayName, template and/or enabled",
+        ));
+    }
+    Ok(CentralDevicePatch {
+        display_name,
+        template,
+        enabled,
+    })
+}
+
+/// `organizations` may be sent empty (IoT Central's default); muster has no organizations.
+fn no_organizations(f: &Fields<'_>) -> Result<(), ApiError> {
+    match f.get("organizations") {
+        None => Ok(()),
+        Some(Value::Array(a)) if a.is_empty() => Ok(()),
+        Some(_) => Err(ApiError::bad_request(
+            "organizations",
+            "muster has no organizations; leave organizations out or send []",
+        )),
+    }
+}
+
+/// A device's properties in IoT Central's shape (`GET /api/devices/{id}/properties`): each
+/// property's value (what the device reported, else what was last set for it), and
+/// `$metadata` with, per property, `lastUpdateTime` and, for a property set from the service,
+/// `desiredValue` and `desiredVersion`. These are the twin's desired and reported properties,
+/// the same data `GET /twins/{id}` shows.
+pub fn central_properties_json(d: &Device) -> Value {
+    let desired = d.desired.as_object();
+    let reported = d.reported.as_object();
+    let mut names: Vec<&String> = desired
+        .into_iter()
+        .chain(reported)
+        .flat_map(|m| m.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Map::new();
+    let mut meta = Map::new();
+    let updated = |tree: &Value, name: &str| {
+        tree.get(name)
+            .and_then(|n| n.get(muster_domain::registry::META_UPDATED))
+            .and_then(Value::as_i64)
+    };
+    for name in names {
+        let r = reported.and_then(|m| m.get(name));
+        let w = desired.and_then(|m| m.get(name));
+        if let Some(v) = r.or(w) {
+            out.insert(name.clone(), v.clone());
+        }
+        let mut pm = Map::new();
+        let time = updated(&d.reported_meta, name)
+            .into_iter()
+            .chain(updated(&d.desired_meta, name))
+            .max();
+        if let Some(t) = time {
+            pm.insert(
+                "lastUpdateTime".into(),
+                Value::String(muster_types::Timestamp(t).to_rfc3339()),
+            );
+        }
+        if let Some(w) = w {
+            pm.insert("desiredValue".into(), w.clone());
+            pm.insert("desiredVersion".into(), Value::from(d.desired_version));
+        }
+        meta.insert(name.clone(), Value::Object(pm));
+    }
+    out.insert("$metadata".into(), Value::Object(meta));
+    Value::Object(out)
+}
+
+/// Reads a `PUT`/`PATCH /api/devices/{id}/properties` body: an object of property values to set
+/// (they become desired properties, which the device is sent); `$metadata` (a GET body sent
+/// back) is ignored. `allow_empty`: a PUT may clear every property, a PATCH must change one.
+pub fn properties_from_central(body: &str, allow_empty: bool) -> Result<Value, ApiError> {
+    let value = parse_body(body)?;
+    let Value::Object(mut m) = value else {
+        return Err(ApiError::bad_request(
+            "body",
+            "must be a JSON object of property values such as {\"targetTemperature\": 21}",
+        ));
+    };
+    m.remove("$metadata");
+    if m.is_empty() && !allow_empty {
+        return Err(ApiError::bad_request(
+            "body",
+            "nothing to change; give at least one property such as {\"targetTemperature\": 21}",
+        ));
+    }
+    Ok(Value::Object(m))
 }

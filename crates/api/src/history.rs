@@ -33,6 +33,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "PolicyDeleted",
     "ApiTokenCreated",
     "ApiTokenDeleted",
+    "DeviceIdentitySet",
+    "DeviceDeleted",
+    "TwinReplaced",
 ];
 
 /// The canonical name of an event type written as `JobCreated`, `jobcreated` or `job_created`,

@@ -38,7 +38,7 @@
 
 use muster_domain::registry::merge_patch;
 use muster_domain::{
-    CancelReason, ConnectionState, Device, Job, JobFailure, JobSpec, JobStatus, MethodCall,
+    CancelReason, Job, JobFailure, JobSpec, JobStatus, MethodCall,
     Operation, RetryPolicy, Rollout, Schedule, Target, TargetSelector,
 };
 use muster_types::{DeviceId, JobId, Timestamp};
@@ -281,7 +281,7 @@ fn update_twin(v: &Value) -> Result<Vec<Operation>, ApiError> {
     Ok(ops)
 }
 
-fn object(v: &Value, field: &str) -> Result<Value, ApiError> {
+pub(crate) fn object(v: &Value, field: &str) -> Result<Value, ApiError> {
     match v {
         Value::Object(_) => Ok(v.clone()),
         other => Err(ApiError::bad_request(
@@ -609,162 +609,7 @@ pub fn page_size(value: Option<&str>, default: usize, max: usize) -> Result<usiz
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Twins: /twins/{deviceId}
-// ---------------------------------------------------------------------------------------------
-
-/// Read-only twin fields a client may send back from a GET; a PATCH ignores them.
-const TWIN_READ_ONLY: &[&str] = &[
-    "deviceId",
-    "etag",
-    "deviceEtag",
-    "version",
-    "status",
-    "statusReason",
-    "statusUpdateTime",
-    "connectionState",
-    "lastActivityTime",
-    "cloudToDeviceMessageCount",
-    "authenticationType",
-    "x509Thumbprint",
-    "capabilities",
-    "modelId",
-];
-
-/// A device in IoT Hub's twin shape. `etag` is the twin's version as a string (see
-/// [`etag_version`]); a device that never reported presence shows `Disconnected`, and one never
-/// active shows IoT Hub's `0001-01-01T00:00:00Z`; `modelId` is `""` without a model, as in IoT Hub.
-pub fn hub_twin_json(d: &Device) -> Value {
-    let mut m = Map::new();
-    m.insert("deviceId".into(), Value::String(d.id.to_string()));
-    m.insert("etag".into(), Value::String(d.version.to_string()));
-    m.insert("version".into(), Value::from(d.version));
-    m.insert(
-        "status".into(),
-        Value::String(if d.enabled { "enabled" } else { "disabled" }.into()),
-    );
-    m.insert(
-        "connectionState".into(),
-        Value::String(
-            match d.connection {
-                ConnectionState::Connected => "Connected",
-                ConnectionState::Disconnected | ConnectionState::Unknown => "Disconnected",
-            }
-            .into(),
-        ),
-    );
-    m.insert(
-        "lastActivityTime".into(),
-        Value::String(
-            d.last_activity
-                .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), |t| t.to_rfc3339()),
-        ),
-    );
-    m.insert("tags".into(), as_object(&d.tags));
-    let mut props = Map::new();
-    props.insert(
-        "desired".into(),
-        with_version(&d.desired, d.desired_version),
-    );
-    props.insert(
-        "reported".into(),
-        with_version(&d.reported, d.reported_version),
-    );
-    m.insert("properties".into(), Value::Object(props));
-    m.insert(
-        "modelId".into(),
-        Value::String(d.model_id.clone().unwrap_or_default()),
-    );
-    Value::Object(m)
-}
-
-fn as_object(v: &Value) -> Value {
-    match v {
-        Value::Object(_) => v.clone(),
-        _ => Value::Object(Map::new()),
-    }
-}
-
-fn with_version(v: &Value, version: u64) -> Value {
-    let mut map = match v {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    map.insert("$version".into(), Value::from(version));
-    Value::Object(map)
-}
-
-/// Reads a `PATCH /twins/{id}` body into `(tags, desired)` merge patches, either of which may be
-/// absent but not both. Read-only twin fields (a GET body sent back) are ignored, and so are
-/// `$version` / `$metadata` inside `properties.desired`; `properties.reported` is refused (the
-/// device writes it).
-#[allow(clippy::type_complexity)]
-pub fn twin_patch_from_hub(body: &str) -> Result<(Option<Value>, Option<Value>), ApiError> {
-    let value = parse_body(body)?;
-    let f = Fields::of(&value, "")?;
-    let mut allowed = TWIN_READ_ONLY.to_vec();
-    allowed.extend(["tags", "properties"]);
-    f.only(&allowed)?;
-    let tags = match f.get("tags") {
-        None => None,
-        Some(t) => Some(object(t, "tags")?),
-    };
-    let desired = match f.get("properties") {
-        None => None,
-        Some(p) => {
-            let p = Fields::of(p, "properties")?;
-            p.only(&["desired", "reported"])?;
-            if p.has("reported") {
-                return Err(ApiError::bad_request(
-                    "properties.reported",
-                    "reported properties are written by the device; set properties.desired",
-                ));
-            }
-            match p.get("desired") {
-                None => None,
-                Some(d) => {
-                    let mut d = object(d, "properties.desired")?;
-                    if let Value::Object(map) = &mut d {
-                        map.remove("$version");
-                        map.remove("$metadata");
-                    }
-                    Some(d)
-                }
-            }
-        }
-    };
-    let non_empty = |v: Option<Value>| v.filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
-    let (tags, desired) = (non_empty(tags), non_empty(desired));
-    if tags.is_none() && desired.is_none() {
-        return Err(ApiError::bad_request(
-            "body",
-            "nothing to change; set tags and/or properties.desired",
-        ));
-    }
-    Ok((tags, desired))
-}
-
-/// Reads an `If-Match` header into the twin version it names: `*` (or no header) is `None`
-/// (unconditional); `"5"`, `5` and `W/"5"` are `Some(5)`. Anything else is a 400.
-pub fn etag_version(if_match: Option<&str>) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = if_match.map(str::trim).filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
-    if raw == "*" {
-        return Ok(None);
-    }
-    let tag = raw.strip_prefix("W/").unwrap_or(raw);
-    let tag = tag
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(tag);
-    tag.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request(
-            "If-Match",
-            format!(
-                "{} is not an etag of this service; send the etag from GET /twins/{{id}} or *",
-                quote(raw)
-            ),
-        )
-    })
-}
+pub use crate::hub_devices::{
+    device_identity_from_hub, etag_version, hub_device_json, hub_twin_json, twin_patch_from_hub,
+    twin_replace_from_hub,
+};

@@ -2,7 +2,7 @@
 //! against and muster's domain types. No HTTP here; the gateway calls these functions.
 //!
 //! * [`central`]: IoT Central's `/api/jobs`, `/api/deviceGroups` and `/api/devices`.
-//! * [`hub`]: IoT Hub's `/jobs/v2` and `/twins`.
+//! * [`hub`]: IoT Hub's `/jobs/v2`; [`hub_devices`]: its `/devices` and `/twins`.
 //! * [`error`]: [`ApiError`], the `{"error": {"code", "message"}}` answer with its HTTP status.
 //! * [`history`]: event filters and the JSON of one event, for `GET /api/jobs/{id}/events` and
 //!   `muster.v1.EventService`.
@@ -17,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod history;
 pub mod hub;
+pub mod hub_devices;
 mod json;
 pub mod rest;
 
@@ -29,8 +30,9 @@ pub use central::{
 };
 pub use error::ApiError;
 pub use hub::{
-    etag_version, hub_job_json, hub_job_status, hub_job_type, hub_twin_json, job_spec_from_hub,
-    page_size, twin_patch_from_hub, HubJobFilter, HUB_API_VERSIONS,
+    device_identity_from_hub, etag_version, hub_device_json, hub_job_json, hub_job_status,
+    hub_job_type, hub_twin_json, job_spec_from_hub, page_size, twin_patch_from_hub,
+    twin_replace_from_hub, HubJobFilter, HUB_API_VERSIONS,
 };
 pub use json::MAX_BODY_BYTES;
 /// Who a verified client certificate says the caller is; a request extension in REST and gRPC

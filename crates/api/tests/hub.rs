@@ -610,8 +610,8 @@ fn twins() {
         tags: json!({"site": "b43"}),
     };
     let mut d = Device::new(&reg, now());
-    d.patch(TwinSection::Desired, &json!({"fw": "2"}));
-    d.patch(TwinSection::Reported, &json!({"fw": "1"}));
+    d.patch(TwinSection::Desired, &json!({"fw": "2"}), Timestamp(6));
+    d.patch(TwinSection::Reported, &json!({"fw": "1"}), Timestamp(7));
     let out = hub_twin_json(&d);
     assert_eq!(
         out,

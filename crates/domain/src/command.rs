@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::auth::{AccessPolicy, ApiToken};
 use crate::job::FailureReason;
-use crate::registry::DeviceRegistration;
+use crate::registry::{DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition};
 use crate::spec::JobSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +131,42 @@ pub enum Command {
         id: String,
         at: Timestamp,
     },
+    /// IoT Hub's `PUT /devices/{id}`: creates a device identity or replaces the identity part
+    /// (status, reason, keys, capabilities) of one, as `condition` allows.
+    PutDeviceIdentity {
+        identity: DeviceIdentity,
+        condition: IdentityCondition,
+        /// Keys drawn at the edge, used when the identity gives none and the device has none.
+        fresh_keys: DeviceKeys,
+        at: Timestamp,
+    },
+    /// Removes a device with its twin, optionally only at an identity version (an ETag). Jobs
+    /// that still list it fail it at dispatch as not registered.
+    DeleteDevice {
+        device: DeviceId,
+        if_version: Option<u64>,
+        at: Timestamp,
+    },
+    /// IoT Hub's `PUT /twins/{id}`: replaces the tags and the desired properties whole,
+    /// optionally only at a twin version (an ETag). `tags: None` keeps the tags (IoT Central's
+    /// properties PUT replaces only the properties).
+    ReplaceTwin {
+        device: DeviceId,
+        tags: Option<Value>,
+        desired: Value,
+        if_version: Option<u64>,
+        at: Timestamp,
+    },
+    /// IoT Central's `PATCH /api/devices/{id}`: changes only the fields given, optionally only
+    /// at an identity version (an ETag).
+    UpdateDevice {
+        device: DeviceId,
+        display_name: Option<String>,
+        model_id: Option<String>,
+        enabled: Option<bool>,
+        if_version: Option<u64>,
+        at: Timestamp,
+    },
 }
 
 /// The `at` field of any command, by reference or by mutable reference (whichever `$cmd` is):
@@ -158,7 +194,11 @@ macro_rules! stamp_of {
             | Command::SavePolicy { at, .. }
             | Command::DeletePolicy { at, .. }
             | Command::CreateApiToken { at, .. }
-            | Command::DeleteApiToken { at, .. } => at,
+            | Command::DeleteApiToken { at, .. }
+            | Command::PutDeviceIdentity { at, .. }
+            | Command::DeleteDevice { at, .. }
+            | Command::ReplaceTwin { at, .. }
+            | Command::UpdateDevice { at, .. } => at,
         }
     };
 }

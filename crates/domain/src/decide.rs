@@ -12,13 +12,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use serde_json::Value;
 
+use crate::auth::Secret;
 use crate::command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::job::{
     CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, MethodResponse, Stats,
 };
-use crate::registry::{ConnectionState, Device, DeviceRegistration, TwinSection};
+use crate::registry::{
+    ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition,
+    TwinSection,
+};
 use crate::spec::{check_name, check_patch, Operation, TargetSelector};
 use crate::State;
 
@@ -136,15 +140,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             at,
         } => {
             let d = registered(state, device)?;
-            if let Some(v) = if_version {
-                if *v != d.version {
-                    return Err(DomainError::VersionMismatch {
-                        device: device.clone(),
-                        expected: *v,
-                        actual: d.version,
-                    });
-                }
-            }
+            check_twin_version(d, *if_version)?;
             if tags.is_none() && desired.is_none() {
                 return Err(DomainError::Invalid {
                     field: "tags".into(),
@@ -219,6 +215,79 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 group: id.clone(),
                 at: *at,
             }])
+        }
+        Command::PutDeviceIdentity {
+            identity,
+            condition,
+            fresh_keys,
+            at,
+        } => put_identity(state, identity, *condition, fresh_keys, *at),
+        Command::DeleteDevice {
+            device,
+            if_version,
+            at,
+        } => {
+            let d = registered(state, device)?;
+            check_identity_version(d, *if_version)?;
+            Ok(vec![Event::DeviceDeleted {
+                device: device.clone(),
+                at: *at,
+            }])
+        }
+        Command::ReplaceTwin {
+            device,
+            tags,
+            desired,
+            if_version,
+            at,
+        } => {
+            let d = registered(state, device)?;
+            check_twin_version(d, *if_version)?;
+            if let Some(t) = tags {
+                check_section("tags", t)?;
+            }
+            check_section("properties.desired", desired)?;
+            let replaced = |section, value: &Value| Event::TwinReplaced {
+                device: device.clone(),
+                section,
+                value: value.clone(),
+                at: *at,
+            };
+            let mut events = Vec::new();
+            if let Some(t) = tags {
+                events.push(replaced(TwinSection::Tags, t));
+            }
+            events.push(replaced(TwinSection::Desired, desired));
+            with_joins(state, events, *at)
+        }
+        Command::UpdateDevice {
+            device,
+            display_name,
+            model_id,
+            enabled,
+            if_version,
+            at,
+        } => {
+            let d = registered(state, device)?;
+            check_identity_version(d, *if_version)?;
+            let reg = DeviceRegistration {
+                id: device.clone(),
+                display_name: display_name
+                    .clone()
+                    .unwrap_or_else(|| d.display_name.clone()),
+                model_id: model_id.clone().or_else(|| d.model_id.clone()),
+                enabled: enabled.unwrap_or(d.enabled),
+                tags: Value::Object(serde_json::Map::new()),
+            };
+            check_registration(0, &reg, "")?;
+            with_joins(
+                state,
+                vec![Event::DeviceUpdated {
+                    device: reg,
+                    at: *at,
+                }],
+                *at,
+            )
         }
         Command::InitAuth { .. }
         | Command::SavePolicy { .. }
@@ -390,23 +459,7 @@ fn register(
                 message: format!("device {} is listed twice", reg.id),
             });
         }
-        check_display_name(&format!("devices[{i}].displayName"), &reg.display_name)?;
-        if let Some(m) = &reg.model_id {
-            check_name(&format!("devices[{i}].template"), m, 256).or_else(|_| {
-                // Model ids such as dtmi:com:example;1 use ':' and ';', which names may not.
-                if m.len() <= 256 && m.chars().all(|c| c.is_ascii_graphic()) && !m.is_empty() {
-                    Ok(())
-                } else {
-                    Err(DomainError::Invalid {
-                        field: format!("devices[{i}].template"),
-                        message: "1 to 256 printable US-ASCII characters".into(),
-                    })
-                }
-            })?;
-        }
-        if !reg.tags.is_null() && reg.tags.as_object().is_none_or(|m| !m.is_empty()) {
-            check_patch(&format!("devices[{i}].tags"), &reg.tags)?;
-        }
+        check_registration(i, reg, "devices")?;
         let exists = state.registry.devices.contains_key(&reg.id);
         if exists && !upsert {
             return Err(DomainError::DeviceExists(reg.id.clone()));
@@ -424,6 +477,138 @@ fn register(
         });
     }
     with_joins(state, events, at)
+}
+
+/// The checks of one registration's fields; `list` names the array it came from (`devices`),
+/// or is empty for a single device, so the field reads `devices[0].template` or `template`.
+fn check_registration(i: usize, reg: &DeviceRegistration, list: &str) -> Result<(), DomainError> {
+    let field = |name: &str| {
+        if list.is_empty() {
+            name.to_string()
+        } else {
+            format!("{list}[{i}].{name}")
+        }
+    };
+    check_display_name(&field("displayName"), &reg.display_name)?;
+    if let Some(m) = &reg.model_id {
+        check_name(&field("template"), m, 256).or_else(|_| {
+            // Model ids such as dtmi:com:example;1 use ':' and ';', which names may not.
+            if m.len() <= 256 && m.chars().all(|c| c.is_ascii_graphic()) && !m.is_empty() {
+                Ok(())
+            } else {
+                Err(DomainError::Invalid {
+                    field: field("template"),
+                    message: "1 to 256 printable US-ASCII characters".into(),
+                })
+            }
+        })?;
+    }
+    if !reg.tags.is_null() && reg.tags.as_object().is_none_or(|m| !m.is_empty()) {
+        check_patch(&field("tags"), &reg.tags)?;
+    }
+    Ok(())
+}
+
+/// Longest `statusReason` kept (IoT Hub allows 128 characters).
+const MAX_STATUS_REASON: usize = 128;
+
+/// The rule for keys: the caller's if given, else the device's own, else the fresh ones.
+fn put_identity(
+    state: &State,
+    identity: &DeviceIdentity,
+    condition: IdentityCondition,
+    fresh_keys: &DeviceKeys,
+    at: Timestamp,
+) -> Result<Vec<Event>, DomainError> {
+    let existing = state.registry.devices.get(&identity.id);
+    match (condition, existing) {
+        (IdentityCondition::Create, Some(_)) => {
+            return Err(DomainError::DeviceExists(identity.id.clone()))
+        }
+        (IdentityCondition::Exists | IdentityCondition::Version(_), None) => {
+            return Err(DomainError::DeviceNotFound(identity.id.clone()))
+        }
+        (IdentityCondition::Version(v), Some(d)) => check_identity_version(d, Some(v))?,
+        _ => {}
+    }
+    if let Some(r) = &identity.status_reason {
+        if r.chars().count() > MAX_STATUS_REASON || r.chars().any(char::is_control) {
+            return Err(DomainError::Invalid {
+                field: "statusReason".into(),
+                message: format!(
+                    "at most {MAX_STATUS_REASON} characters, without control characters"
+                ),
+            });
+        }
+    }
+    let keys = identity
+        .keys
+        .as_ref()
+        .or_else(|| existing.and_then(|d| d.keys.as_ref()))
+        .unwrap_or(fresh_keys);
+    for (field, key) in [
+        ("authentication.symmetricKey.primaryKey", &keys.primary),
+        ("authentication.symmetricKey.secondaryKey", &keys.secondary),
+    ] {
+        check_key(field, key)?;
+    }
+    with_joins(
+        state,
+        vec![Event::DeviceIdentitySet {
+            device: identity.id.clone(),
+            enabled: identity.enabled,
+            status_reason: identity.status_reason.clone(),
+            primary_key: Secret(keys.primary.clone()),
+            secondary_key: Secret(keys.secondary.clone()),
+            iot_edge: identity.iot_edge,
+            created: existing.is_none(),
+            at,
+        }],
+        at,
+    )
+}
+
+/// A device key is base64 of 16 to 64 bytes, as IoT Hub requires.
+fn check_key(field: &str, key: &str) -> Result<(), DomainError> {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(key).ok() {
+        Some(b) if (16..=64).contains(&b.len()) => Ok(()),
+        _ => Err(DomainError::Invalid {
+            field: field.into(),
+            message: "must be base64 of 16 to 64 bytes; leave both keys out to have them generated"
+                .into(),
+        }),
+    }
+}
+
+fn check_identity_version(d: &Device, if_version: Option<u64>) -> Result<(), DomainError> {
+    match if_version {
+        Some(v) if v != d.identity_version => Err(DomainError::VersionMismatch {
+            device: d.id.clone(),
+            expected: v,
+            actual: d.identity_version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_twin_version(d: &Device, if_version: Option<u64>) -> Result<(), DomainError> {
+    match if_version {
+        Some(v) if v != d.version => Err(DomainError::VersionMismatch {
+            device: d.id.clone(),
+            expected: v,
+            actual: d.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A whole twin section: an object, empty allowed, otherwise under the patch rules.
+fn check_section(field: &str, v: &Value) -> Result<(), DomainError> {
+    match v {
+        Value::Object(m) if m.is_empty() => Ok(()),
+        _ => check_patch(field, v),
+    }
 }
 
 /// Appends the joins of continuous jobs that registry events cause: a device that now matches a
@@ -454,27 +639,42 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
             let base = match (state.registry.devices.get(id), e) {
                 (Some(d), _) => d.clone(),
                 (None, Event::DeviceRegistered { device, at }) => Device::new(device, *at),
+                (None, Event::DeviceIdentitySet { at, .. }) => match e.identity() {
+                    Some(identity) => Device::from_identity(&identity, *at),
+                    None => continue,
+                },
                 (None, _) => continue,
             };
             changed.insert(id.clone(), base);
-            if matches!(e, Event::DeviceRegistered { .. }) {
+            if matches!(
+                e,
+                Event::DeviceRegistered { .. } | Event::DeviceIdentitySet { created: true, .. }
+            ) {
                 continue;
             }
+        }
+        if matches!(e, Event::DeviceDeleted { .. }) {
+            // A deleted device joins nothing.
+            changed.remove(id);
+            continue;
         }
         let Some(d) = changed.get_mut(id) else {
             continue;
         };
         match e {
-            Event::TwinPatched { section, patch, .. } => d.patch(*section, patch),
+            Event::TwinPatched {
+                section, patch, at, ..
+            } => d.patch(*section, patch, *at),
+            Event::TwinReplaced {
+                section, value, at, ..
+            } => d.replace(*section, value, *at),
             Event::ConnectionChanged { connected, .. } => {
                 d.connection = ConnectionState::from_connected(*connected)
             }
-            Event::DeviceUpdated { device, .. } => {
-                d.display_name = device.display_name.clone();
-                d.model_id = device.model_id.clone();
-                d.enabled = device.enabled;
-                if device.tags.as_object().is_some_and(|m| !m.is_empty()) {
-                    crate::registry::merge_patch(&mut d.tags, &device.tags);
+            Event::DeviceUpdated { device, at } => d.update(device, *at),
+            Event::DeviceIdentitySet { at, .. } => {
+                if let Some(identity) = e.identity() {
+                    d.set_identity(&identity, *at);
                 }
             }
             _ => {}

@@ -22,7 +22,7 @@ pub enum DomainError {
     GroupNotFound(GroupId),
     #[error("a job with id {0} already exists; choose another id")]
     JobExists(JobId),
-    #[error("device {0} is already registered")]
+    #[error("device {0} is already registered; update it instead of creating it")]
     DeviceExists(DeviceId),
     #[error("job {job} already has a rerun named {rerun}; choose another rerun id")]
     RerunExists { job: JobId, rerun: RerunId },
@@ -40,7 +40,7 @@ pub enum DomainError {
     /// A policy or token name that is taken, or a change that would lock every caller out.
     #[error("{0}")]
     CredentialConflict(String),
-    #[error("twin of {device} is at version {actual}, not {expected}; read it again and retry")]
+    #[error("device {device} has changed: its etag is {actual}, not {expected}; read it again and retry with the new etag")]
     VersionMismatch {
         device: DeviceId,
         expected: u64,

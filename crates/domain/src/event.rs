@@ -152,6 +152,29 @@ pub enum Event {
         id: String,
         at: Timestamp,
     },
+    /// A device identity created (`created`) or its identity part replaced. The keys are
+    /// [`Secret`]s, so an event's JSON never shows them.
+    DeviceIdentitySet {
+        device: DeviceId,
+        enabled: bool,
+        status_reason: Option<String>,
+        primary_key: Secret,
+        secondary_key: Secret,
+        iot_edge: bool,
+        created: bool,
+        at: Timestamp,
+    },
+    DeviceDeleted {
+        device: DeviceId,
+        at: Timestamp,
+    },
+    /// One twin section replaced whole.
+    TwinReplaced {
+        device: DeviceId,
+        section: TwinSection,
+        value: Value,
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -183,7 +206,10 @@ impl Event {
             | Event::DeviceSucceeded { device, .. }
             | Event::DeviceFailed { device, .. }
             | Event::TwinPatched { device, .. }
-            | Event::ConnectionChanged { device, .. } => Some(device),
+            | Event::ConnectionChanged { device, .. }
+            | Event::DeviceIdentitySet { device, .. }
+            | Event::DeviceDeleted { device, .. }
+            | Event::TwinReplaced { device, .. } => Some(device),
             Event::DeviceRegistered { device, .. } | Event::DeviceUpdated { device, .. } => {
                 Some(&device.id)
             }
@@ -196,7 +222,9 @@ impl Event {
     pub fn has_secrets(&self) -> bool {
         matches!(
             self,
-            Event::PolicySaved { .. } | Event::ApiTokenCreated { .. }
+            Event::PolicySaved { .. }
+                | Event::ApiTokenCreated { .. }
+                | Event::DeviceIdentitySet { .. }
         )
     }
 
@@ -226,7 +254,10 @@ impl Event {
             | Event::PolicySaved { at, .. }
             | Event::PolicyDeleted { at, .. }
             | Event::ApiTokenCreated { at, .. }
-            | Event::ApiTokenDeleted { at, .. } => *at,
+            | Event::ApiTokenDeleted { at, .. }
+            | Event::DeviceIdentitySet { at, .. }
+            | Event::DeviceDeleted { at, .. }
+            | Event::TwinReplaced { at, .. } => *at,
         }
     }
 
@@ -257,6 +288,36 @@ impl Event {
             Event::PolicyDeleted { .. } => "PolicyDeleted",
             Event::ApiTokenCreated { .. } => "ApiTokenCreated",
             Event::ApiTokenDeleted { .. } => "ApiTokenDeleted",
+            Event::DeviceIdentitySet { .. } => "DeviceIdentitySet",
+            Event::DeviceDeleted { .. } => "DeviceDeleted",
+            Event::TwinReplaced { .. } => "TwinReplaced",
+        }
+    }
+}
+
+impl Event {
+    /// The identity an identity event sets, with its keys readable again (for `evolve`).
+    pub fn identity(&self) -> Option<crate::registry::DeviceIdentity> {
+        match self {
+            Event::DeviceIdentitySet {
+                device,
+                enabled,
+                status_reason,
+                primary_key,
+                secondary_key,
+                iot_edge,
+                ..
+            } => Some(crate::registry::DeviceIdentity {
+                id: device.clone(),
+                enabled: *enabled,
+                status_reason: status_reason.clone(),
+                keys: Some(crate::registry::DeviceKeys {
+                    primary: primary_key.0.clone(),
+                    secondary: secondary_key.0.clone(),
+                }),
+                iot_edge: *iot_edge,
+            }),
+            _ => None,
         }
     }
 }

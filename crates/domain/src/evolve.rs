@@ -9,7 +9,7 @@ use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use crate::event::Event;
 use crate::job::{DeviceStatus, FailureReason, Job, JobStatus, MethodResponse, Run};
 use crate::query::Query;
-use crate::registry::{merge_patch, ConnectionState, Device, Group, TwinSection};
+use crate::registry::{ConnectionState, Device, Group, TwinSection};
 use crate::spec::TargetSelector;
 use crate::State;
 
@@ -241,16 +241,26 @@ pub fn evolve(state: &mut State, event: &Event) {
                 .devices
                 .insert(device.id.clone(), Device::new(device, *at));
         }
-        Event::DeviceUpdated { device, .. } => {
+        Event::DeviceUpdated { device, at } => {
             if let Some(d) = state.registry.devices.get_mut(&device.id) {
-                d.display_name = device.display_name.clone();
-                d.model_id = device.model_id.clone();
-                d.enabled = device.enabled;
-                if device.tags.as_object().is_some_and(|m| !m.is_empty()) {
-                    merge_patch(&mut d.tags, &device.tags);
-                }
-                d.version += 1;
+                d.update(device, *at);
             }
+        }
+        Event::DeviceIdentitySet { device, at, .. } => {
+            if let Some(identity) = event.identity() {
+                match state.registry.devices.get_mut(device) {
+                    Some(d) => d.set_identity(&identity, *at),
+                    None => {
+                        state
+                            .registry
+                            .devices
+                            .insert(device.clone(), Device::from_identity(&identity, *at));
+                    }
+                }
+            }
+        }
+        Event::DeviceDeleted { device, .. } => {
+            state.registry.devices.remove(device);
         }
         Event::TwinPatched {
             device,
@@ -259,10 +269,20 @@ pub fn evolve(state: &mut State, event: &Event) {
             at,
         } => {
             if let Some(d) = state.registry.devices.get_mut(device) {
-                d.patch(*section, patch);
+                d.patch(*section, patch, *at);
                 if *section == TwinSection::Reported {
                     d.last_activity = Some(*at);
                 }
+            }
+        }
+        Event::TwinReplaced {
+            device,
+            section,
+            value,
+            at,
+        } => {
+            if let Some(d) = state.registry.devices.get_mut(device) {
+                d.replace(*section, value, *at);
             }
         }
         Event::ConnectionChanged {
@@ -272,6 +292,7 @@ pub fn evolve(state: &mut State, event: &Event) {
         } => {
             if let Some(d) = state.registry.devices.get_mut(device) {
                 d.connection = ConnectionState::from_connected(*connected);
+                d.connection_updated = Some(*at);
                 d.last_activity = Some(*at);
             }
         }

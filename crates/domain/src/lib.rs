@@ -37,7 +37,10 @@ pub use job::{
     CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus,
     MethodResponse, Run, Stats,
 };
-pub use registry::{ConnectionState, Device, DeviceRegistration, Group, Registry, TwinSection};
+pub use registry::{
+    ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, Group,
+    IdentityCondition, Registry, TwinSection,
+};
 pub use spec::{
     BatchSize, CancellationThreshold, JobSpec, MethodCall, Operation, RetryPolicy, Rollout,
     Schedule, Target, TargetSelector, Threshold,

@@ -70,6 +70,74 @@ pub struct Device {
     pub connection: ConnectionState,
     pub registered_at: Timestamp,
     pub last_activity: Option<Timestamp>,
+    /// Why the device has its status (IoT Hub's `statusReason`), as its owner last set it.
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    /// When `enabled` last changed; `None` until it first does.
+    #[serde(default)]
+    pub status_updated: Option<Timestamp>,
+    /// When `connection` last changed; `None` until it first does.
+    #[serde(default)]
+    pub connection_updated: Option<Timestamp>,
+    /// The device's own SAS keys; `None` for devices registered before identities had keys, or
+    /// through an API that does not set them (IoT Central, gRPC `RegisterDevice`).
+    #[serde(default)]
+    pub keys: Option<DeviceKeys>,
+    /// IoT Hub's `capabilities.iotEdge`, kept as given.
+    #[serde(default)]
+    pub iot_edge: bool,
+    /// Bumped on every change of the identity (status, keys, display name, template): the
+    /// device's ETag, apart from the twin's `version`, as IoT Hub keeps the two apart.
+    #[serde(default = "first_version")]
+    pub identity_version: u64,
+    /// When each desired property was last set and at which desired `$version`: the tree
+    /// IoT Hub shows as `properties.desired.$metadata` (see [`touch_metadata`]).
+    #[serde(default)]
+    pub desired_meta: Value,
+    /// As `desired_meta`, for the reported properties (no versions per property).
+    #[serde(default)]
+    pub reported_meta: Value,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+/// A device's two symmetric keys (base64), either of which signs its SAS tokens. They are part
+/// of the replicated state (every node checks device tokens), so snapshots hold them; `Debug`
+/// does not show them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKeys {
+    pub primary: String,
+    pub secondary: String,
+}
+
+impl std::fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceKeys(<redacted>)")
+    }
+}
+
+/// An IoT Hub device identity as a caller sets it (`PUT /devices/{id}`). `keys` is `None` when
+/// the caller gave none: an existing device keeps its keys, a new one gets the fresh keys the
+/// edge drew and carried in the command (so `decide` stays deterministic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    pub id: DeviceId,
+    pub enabled: bool,
+    pub status_reason: Option<String>,
+    pub keys: Option<DeviceKeys>,
+    pub iot_edge: bool,
+}
+
+/// When a `PutDeviceIdentity` may apply, from IoT Hub's `If-Match` rules: no header creates
+/// (a device that exists is a conflict), `*` replaces whatever identity exists, an ETag replaces
+/// only that version (a device that does not exist is not found in both cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityCondition {
+    Create,
+    Exists,
+    Version(u64),
 }
 
 /// Which part of the twin a patch applies to.
@@ -98,24 +166,118 @@ impl Device {
             connection: ConnectionState::Unknown,
             registered_at: at,
             last_activity: None,
+            status_reason: None,
+            status_updated: None,
+            connection_updated: None,
+            keys: None,
+            iot_edge: false,
+            identity_version: 1,
+            desired_meta: Value::Object(Map::new()),
+            reported_meta: Value::Object(Map::new()),
         }
     }
 
-    /// Applies a merge patch to one section and bumps the versions that section carries.
-    pub fn patch(&mut self, section: TwinSection, patch: &Value) {
+    /// A device made by an IoT Hub identity PUT: named by its id, no template, no tags.
+    pub fn from_identity(identity: &DeviceIdentity, at: Timestamp) -> Self {
+        let mut d = Device::new(
+            &DeviceRegistration {
+                id: identity.id.clone(),
+                display_name: identity.id.to_string(),
+                model_id: None,
+                enabled: identity.enabled,
+                tags: Value::Object(Map::new()),
+            },
+            at,
+        );
+        d.status_reason = identity.status_reason.clone();
+        d.keys = identity.keys.clone();
+        d.iot_edge = identity.iot_edge;
+        d
+    }
+
+    /// Replaces the identity part (status, reason, keys, capabilities) of an existing device.
+    pub fn set_identity(&mut self, identity: &DeviceIdentity, at: Timestamp) {
+        self.set_enabled(identity.enabled, at);
+        self.status_reason = identity.status_reason.clone();
+        if identity.keys.is_some() {
+            self.keys = identity.keys.clone();
+        }
+        self.iot_edge = identity.iot_edge;
+        self.identity_version += 1;
+    }
+
+    /// Applies a registration to an existing device (IoT Central's PUT and PATCH, bulk upsert):
+    /// name, template and status replaced, tags merged when given.
+    pub fn update(&mut self, reg: &DeviceRegistration, at: Timestamp) {
+        self.display_name = reg.display_name.clone();
+        self.model_id = reg.model_id.clone();
+        self.set_enabled(reg.enabled, at);
+        if reg.tags.as_object().is_some_and(|m| !m.is_empty()) {
+            merge_patch(&mut self.tags, &reg.tags);
+        }
+        self.version += 1;
+        self.identity_version += 1;
+    }
+
+    /// Sets the status, stamping `status_updated` when it changes.
+    pub fn set_enabled(&mut self, enabled: bool, at: Timestamp) {
+        if self.enabled != enabled {
+            self.enabled = enabled;
+            self.status_updated = Some(at);
+        }
+    }
+
+    /// Applies a merge patch to one section and bumps the versions that section carries; the
+    /// properties' metadata records `at` for every property the patch touched.
+    pub fn patch(&mut self, section: TwinSection, patch: &Value, at: Timestamp) {
         let target = match section {
             TwinSection::Tags => &mut self.tags,
             TwinSection::Desired => {
                 self.desired_version += 1;
+                touch_metadata(
+                    &mut self.desired_meta,
+                    patch,
+                    at,
+                    Some(self.desired_version),
+                );
                 &mut self.desired
             }
             TwinSection::Reported => {
                 self.reported_version += 1;
+                touch_metadata(&mut self.reported_meta, patch, at, None);
                 &mut self.reported
             }
             TwinSection::CloudProperties => &mut self.cloud_properties,
         };
         merge_patch(target, patch);
+        self.version += 1;
+    }
+
+    /// Replaces one section whole (IoT Hub's twin PUT); versions and metadata as for a patch
+    /// that sets every property anew.
+    pub fn replace(&mut self, section: TwinSection, value: &Value, at: Timestamp) {
+        let value = object_or_empty(value);
+        match section {
+            TwinSection::Tags => self.tags = value,
+            TwinSection::Desired => {
+                self.desired_version += 1;
+                self.desired_meta = Value::Object(Map::new());
+                touch_metadata(
+                    &mut self.desired_meta,
+                    &value,
+                    at,
+                    Some(self.desired_version),
+                );
+                self.desired = value;
+            }
+            TwinSection::Reported => {
+                self.reported_version += 1;
+                self.reported_meta = Value::Object(Map::new());
+                touch_metadata(&mut self.reported_meta, &value, at, None);
+                self.reported = value;
+            }
+            TwinSection::CloudProperties => self.cloud_properties = value,
+        }
         self.version += 1;
     }
 
@@ -172,6 +334,49 @@ impl Registry {
             .filter(|d| query.matches(&d.twin_document()))
             .map(|d| d.id.clone())
             .collect()
+    }
+}
+
+/// Key of a metadata node's time (ms since the epoch; the edge renders it as IoT Hub's
+/// `$lastUpdated`).
+pub const META_UPDATED: &str = "$lastUpdated";
+/// Key of a desired metadata node's version (IoT Hub's `$lastUpdatedVersion`).
+pub const META_VERSION: &str = "$lastUpdatedVersion";
+
+/// Records in the metadata tree `meta` that `patch` was applied at `at` (and, for desired
+/// properties, at `version`): the root and every object on the way get the time, every property
+/// the patch sets gets a fresh node, and every property it removes (`null`) loses its node. The
+/// tree mirrors the properties' shape, so it is as deterministic as the patches themselves.
+pub fn touch_metadata(meta: &mut Value, patch: &Value, at: Timestamp, version: Option<u64>) {
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    let Value::Object(node) = meta else { return };
+    node.insert(META_UPDATED.into(), Value::from(at.millis()));
+    if let Some(v) = version {
+        node.insert(META_VERSION.into(), Value::from(v));
+    }
+    let Value::Object(patch_map) = patch else {
+        return;
+    };
+    for (k, v) in patch_map {
+        match v {
+            Value::Null => {
+                node.remove(k);
+            }
+            Value::Object(_) => {
+                let child = node.entry(k.clone()).or_insert(Value::Null);
+                touch_metadata(child, v, at, version);
+            }
+            _ => {
+                let mut leaf = Map::new();
+                leaf.insert(META_UPDATED.into(), Value::from(at.millis()));
+                if let Some(ver) = version {
+                    leaf.insert(META_VERSION.into(), Value::from(ver));
+                }
+                node.insert(k.clone(), Value::Object(leaf));
+            }
+        }
     }
 }
 
@@ -240,8 +445,8 @@ mod tests {
             tags: json!({"site": "b43"}),
         };
         let mut d = Device::new(&reg, Timestamp(5));
-        d.patch(TwinSection::Desired, &json!({"fw": "2"}));
-        d.patch(TwinSection::Reported, &json!({"fw": "1"}));
+        d.patch(TwinSection::Desired, &json!({"fw": "2"}), Timestamp(6));
+        d.patch(TwinSection::Reported, &json!({"fw": "1"}), Timestamp(7));
         assert_eq!(
             (d.desired_version, d.reported_version, d.version),
             (1, 1, 3)
@@ -250,5 +455,79 @@ mod tests {
         assert_eq!(doc["properties"]["desired"]["fw"], "2");
         assert_eq!(doc["$template"], "dtmi:x;1");
         assert_eq!(doc["tags"]["site"], "b43");
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_follows_patches_and_replaces() {
+        let mut d = Device::new(
+            &DeviceRegistration {
+                id: DeviceId::new("d1").unwrap(),
+                display_name: "d1".into(),
+                model_id: None,
+                enabled: true,
+                tags: json!({}),
+            },
+            Timestamp(1),
+        );
+        d.patch(
+            TwinSection::Desired,
+            &json!({"fw": "2", "net": {"ssid": "a"}}),
+            Timestamp(10),
+        );
+        d.patch(TwinSection::Desired, &json!({"fw": null}), Timestamp(20));
+        assert_eq!(
+            d.desired_meta,
+            json!({"$lastUpdated": 20, "$lastUpdatedVersion": 2,
+                   "net": {"$lastUpdated": 10, "$lastUpdatedVersion": 1,
+                           "ssid": {"$lastUpdated": 10, "$lastUpdatedVersion": 1}}})
+        );
+        d.replace(TwinSection::Desired, &json!({"x": 1}), Timestamp(30));
+        assert_eq!(d.desired, json!({"x": 1}));
+        assert_eq!(d.desired_version, 3);
+        assert_eq!(
+            d.desired_meta,
+            json!({"$lastUpdated": 30, "$lastUpdatedVersion": 3,
+                   "x": {"$lastUpdated": 30, "$lastUpdatedVersion": 3}})
+        );
+        d.patch(TwinSection::Reported, &json!({"fw": "1"}), Timestamp(40));
+        assert_eq!(
+            d.reported_meta,
+            json!({"$lastUpdated": 40, "fw": {"$lastUpdated": 40}})
+        );
+    }
+
+    #[test]
+    fn status_time_moves_only_when_the_status_changes() {
+        let keys = DeviceKeys {
+            primary: "p".into(),
+            secondary: "s".into(),
+        };
+        let identity = DeviceIdentity {
+            id: DeviceId::new("d1").unwrap(),
+            enabled: true,
+            status_reason: None,
+            keys: Some(keys.clone()),
+            iot_edge: false,
+        };
+        let mut d = Device::from_identity(&identity, Timestamp(1));
+        assert_eq!((d.status_updated, d.identity_version), (None, 1));
+        d.set_identity(&identity, Timestamp(2));
+        assert_eq!((d.status_updated, d.identity_version), (None, 2));
+        let off = DeviceIdentity {
+            enabled: false,
+            status_reason: Some("stolen".into()),
+            ..identity
+        };
+        d.set_identity(&off, Timestamp(3));
+        assert_eq!(d.status_updated, Some(Timestamp(3)));
+        assert_eq!(d.status_reason.as_deref(), Some("stolen"));
+        assert!(!d.enabled);
+        assert_eq!(format!("{:?}", d.keys), "Some(DeviceKeys(<redacted>))");
     }
 }

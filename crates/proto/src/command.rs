@@ -1,6 +1,8 @@
 //! Conversions of commands, the entries proposed to the Raft log.
 
-use muster_domain::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
+use muster_domain::{
+    Command, ConnectionChange, DeviceResult, IdentityCondition, Outcome, PropertyReport,
+};
 
 use crate::error::ProtoError;
 use crate::fields::{id, id_strings, ids, json, json_text, message, messages, required, time};
@@ -153,6 +155,62 @@ impl From<&Command> for pb::Command {
                     at_ms: at.millis(),
                 })
             }
+            Command::PutDeviceIdentity {
+                identity,
+                condition,
+                fresh_keys,
+                at,
+            } => {
+                use pb::command::put_device_identity::{Condition, Create, Exists};
+                Kind::PutDeviceIdentity(pb::command::PutDeviceIdentity {
+                    identity: Some(identity.into()),
+                    condition: Some(match condition {
+                        IdentityCondition::Create => Condition::Create(Create {}),
+                        IdentityCondition::Exists => Condition::Exists(Exists {}),
+                        IdentityCondition::Version(v) => Condition::IfVersion(*v),
+                    }),
+                    at_ms: at.millis(),
+                    fresh_primary_key: fresh_keys.primary.clone(),
+                    fresh_secondary_key: fresh_keys.secondary.clone(),
+                })
+            }
+            Command::DeleteDevice {
+                device,
+                if_version,
+                at,
+            } => Kind::DeleteDevice(pb::command::DeleteDevice {
+                device_id: device.to_string(),
+                if_version: *if_version,
+                at_ms: at.millis(),
+            }),
+            Command::ReplaceTwin {
+                device,
+                tags,
+                desired,
+                if_version,
+                at,
+            } => Kind::ReplaceTwin(pb::command::ReplaceTwin {
+                device_id: device.to_string(),
+                tags_json: tags.as_ref().map(json_text),
+                desired_json: json_text(desired),
+                if_version: *if_version,
+                at_ms: at.millis(),
+            }),
+            Command::UpdateDevice {
+                device,
+                display_name,
+                model_id,
+                enabled,
+                if_version,
+                at,
+            } => Kind::UpdateDevice(pb::command::UpdateDevice {
+                device_id: device.to_string(),
+                display_name: display_name.clone(),
+                model_id: model_id.clone(),
+                enabled: *enabled,
+                if_version: *if_version,
+                at_ms: at.millis(),
+            }),
         };
         pb::Command { kind: Some(kind) }
     }
@@ -267,6 +325,48 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
             id: id("save_group.group_id", m.group_id)?,
             display_name: m.display_name,
             query: m.query,
+            at: time(m.at_ms),
+        },
+        Kind::PutDeviceIdentity(m) => {
+            use pb::command::put_device_identity::Condition;
+            Command::PutDeviceIdentity {
+                identity: crate::registry::identity(
+                    "put_device_identity.identity",
+                    required("put_device_identity.identity", m.identity)?,
+                )?,
+                condition: match required("put_device_identity.condition", m.condition)? {
+                    Condition::Create(_) => IdentityCondition::Create,
+                    Condition::Exists(_) => IdentityCondition::Exists,
+                    Condition::IfVersion(v) => IdentityCondition::Version(v),
+                },
+                fresh_keys: muster_domain::DeviceKeys {
+                    primary: m.fresh_primary_key,
+                    secondary: m.fresh_secondary_key,
+                },
+                at: time(m.at_ms),
+            }
+        }
+        Kind::DeleteDevice(m) => Command::DeleteDevice {
+            device: id("delete_device.device_id", m.device_id)?,
+            if_version: m.if_version,
+            at: time(m.at_ms),
+        },
+        Kind::ReplaceTwin(m) => Command::ReplaceTwin {
+            device: id("replace_twin.device_id", m.device_id)?,
+            tags: m
+                .tags_json
+                .map(|t| json("replace_twin.tags_json", &t))
+                .transpose()?,
+            desired: json("replace_twin.desired_json", &m.desired_json)?,
+            if_version: m.if_version,
+            at: time(m.at_ms),
+        },
+        Kind::UpdateDevice(m) => Command::UpdateDevice {
+            device: id("update_device.device_id", m.device_id)?,
+            display_name: m.display_name,
+            model_id: m.model_id,
+            enabled: m.enabled,
+            if_version: m.if_version,
             at: time(m.at_ms),
         },
         Kind::DeleteGroup(m) => Command::DeleteGroup {

@@ -224,6 +224,28 @@ impl From<&Event> for pb::Event {
                     at_ms: at.millis(),
                 })
             }
+            Event::DeviceIdentitySet { created, at, .. } => {
+                Kind::DeviceIdentitySet(pb::event::DeviceIdentitySet {
+                    identity: e.identity().as_ref().map(Into::into),
+                    created: *created,
+                    at_ms: at.millis(),
+                })
+            }
+            Event::DeviceDeleted { device, at } => Kind::DeviceDeleted(pb::event::DeviceDeleted {
+                device_id: device.to_string(),
+                at_ms: at.millis(),
+            }),
+            Event::TwinReplaced {
+                device,
+                section,
+                value,
+                at,
+            } => Kind::TwinReplaced(pb::event::TwinReplaced {
+                device_id: device.to_string(),
+                section: pb::TwinSection::from(*section).into(),
+                value_json: json_text(value),
+                at_ms: at.millis(),
+            }),
         };
         pb::Event { kind: Some(kind) }
     }
@@ -329,6 +351,36 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
         },
         Kind::DeviceUpdated(m) => Event::DeviceUpdated {
             device: message("device_updated.device", m.device)?,
+            at: time(m.at_ms),
+        },
+        Kind::DeviceIdentitySet(m) => {
+            let identity = crate::registry::identity(
+                "device_identity_set.identity",
+                required("device_identity_set.identity", m.identity)?,
+            )?;
+            let keys = identity.keys.unwrap_or(muster_domain::DeviceKeys {
+                primary: String::new(),
+                secondary: String::new(),
+            });
+            Event::DeviceIdentitySet {
+                device: identity.id,
+                enabled: identity.enabled,
+                status_reason: identity.status_reason,
+                primary_key: Secret(keys.primary),
+                secondary_key: Secret(keys.secondary),
+                iot_edge: identity.iot_edge,
+                created: m.created,
+                at: time(m.at_ms),
+            }
+        }
+        Kind::DeviceDeleted(m) => Event::DeviceDeleted {
+            device: id("device_deleted.device_id", m.device_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::TwinReplaced(m) => Event::TwinReplaced {
+            device: id("twin_replaced.device_id", m.device_id)?,
+            section: twin_section("twin_replaced.section", m.section)?,
+            value: json("twin_replaced.value_json", &m.value_json)?,
             at: time(m.at_ms),
         },
         Kind::TwinPatched(m) => Event::TwinPatched {

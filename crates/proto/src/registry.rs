@@ -1,6 +1,6 @@
 //! Conversions of the device registry's parts: registrations and twin sections.
 
-use muster_domain::{DeviceRegistration, TwinSection};
+use muster_domain::{DeviceIdentity, DeviceKeys, DeviceRegistration, TwinSection};
 
 use crate::error::ProtoError;
 use crate::fields::{id, json, json_text};
@@ -56,4 +56,39 @@ pub(crate) fn twin_section(field: &str, value: i32) -> Result<TwinSection, Proto
             value,
         }),
     }
+}
+
+impl From<&DeviceIdentity> for pb::DeviceIdentity {
+    fn from(d: &DeviceIdentity) -> Self {
+        pb::DeviceIdentity {
+            device_id: d.id.to_string(),
+            enabled: d.enabled,
+            status_reason: d.status_reason.clone(),
+            primary_key: d
+                .keys
+                .as_ref()
+                .map(|k| k.primary.clone())
+                .unwrap_or_default(),
+            secondary_key: d
+                .keys
+                .as_ref()
+                .map(|k| k.secondary.clone())
+                .unwrap_or_default(),
+            iot_edge: d.iot_edge,
+        }
+    }
+}
+
+/// Reads a `DeviceIdentity`; `field` is its path for errors.
+pub(crate) fn identity(field: &str, d: pb::DeviceIdentity) -> Result<DeviceIdentity, ProtoError> {
+    Ok(DeviceIdentity {
+        id: id(&format!("{field}.device_id"), d.device_id)?,
+        enabled: d.enabled,
+        status_reason: d.status_reason,
+        keys: (!d.primary_key.is_empty() || !d.secondary_key.is_empty()).then_some(DeviceKeys {
+            primary: d.primary_key,
+            secondary: d.secondary_key,
+        }),
+        iot_edge: d.iot_edge,
+    })
 }

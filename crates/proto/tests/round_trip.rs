@@ -5,8 +5,8 @@ mod samples;
 use std::collections::BTreeSet;
 
 use muster_domain::{
-    BatchSize, CancelReason, Command, Event, FailureReason, JobFailure, JobSpec, Operation,
-    Outcome, TargetSelector, Threshold, TwinSection,
+    BatchSize, CancelReason, Command, Event, FailureReason, IdentityCondition, JobFailure, JobSpec,
+    Operation, Outcome, TargetSelector, Threshold, TwinSection,
 };
 use muster_proto::{decode_command, decode_event, encode_command, encode_event};
 
@@ -166,6 +166,9 @@ impl Seen {
             Event::PolicyDeleted { .. } => "Event::PolicyDeleted",
             Event::ApiTokenCreated { .. } => "Event::ApiTokenCreated",
             Event::ApiTokenDeleted { .. } => "Event::ApiTokenDeleted",
+            Event::DeviceIdentitySet { .. } => "Event::DeviceIdentitySet",
+            Event::DeviceDeleted { .. } => "Event::DeviceDeleted",
+            Event::TwinReplaced { .. } => "Event::TwinReplaced",
         };
         self.0.insert(name);
     }
@@ -208,6 +211,17 @@ impl Seen {
             Command::DeletePolicy { .. } => "Command::DeletePolicy",
             Command::CreateApiToken { .. } => "Command::CreateApiToken",
             Command::DeleteApiToken { .. } => "Command::DeleteApiToken",
+            Command::PutDeviceIdentity { condition, .. } => {
+                self.0.insert(match condition {
+                    IdentityCondition::Create => "IdentityCondition::Create",
+                    IdentityCondition::Exists => "IdentityCondition::Exists",
+                    IdentityCondition::Version(_) => "IdentityCondition::Version",
+                });
+                "Command::PutDeviceIdentity"
+            }
+            Command::DeleteDevice { .. } => "Command::DeleteDevice",
+            Command::ReplaceTwin { .. } => "Command::ReplaceTwin",
+            Command::UpdateDevice { .. } => "Command::UpdateDevice",
         };
         self.0.insert(name);
     }
@@ -226,6 +240,13 @@ const ALL_CASES: &[&str] = &[
     "Command::CreateJob",
     "Command::CreateApiToken",
     "Command::DeleteApiToken",
+    "Command::PutDeviceIdentity",
+    "Command::DeleteDevice",
+    "Command::ReplaceTwin",
+    "Command::UpdateDevice",
+    "IdentityCondition::Create",
+    "IdentityCondition::Exists",
+    "IdentityCondition::Version",
     "Command::DeleteGroup",
     "Command::DeletePolicy",
     "Command::InitAuth",
@@ -252,6 +273,9 @@ const ALL_CASES: &[&str] = &[
     "Event::DevicesJoined",
     "Event::ApiTokenCreated",
     "Event::ApiTokenDeleted",
+    "Event::DeviceIdentitySet",
+    "Event::DeviceDeleted",
+    "Event::TwinReplaced",
     "Event::GroupDeleted",
     "Event::PolicyDeleted",
     "Event::PolicySaved",

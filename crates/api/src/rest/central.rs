@@ -7,7 +7,7 @@
 //! a job's history the same way, its token being the seq the page ended with.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use muster_domain::auth::Permission;
 use muster_domain::{Command, TargetSelector};
@@ -19,6 +19,9 @@ use super::extract::{base_url, Caller, JsonText, Params, PathParams};
 use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
 use crate::access::Access::Need;
+use crate::central::{
+    central_properties_json, device_patch_from_central, properties_from_central,
+};
 use crate::central::{
     central_device_group_json, central_device_json, central_job_device_json, central_job_json,
     central_page, check_api_version, device_group_from_central, device_registration_from_central,
@@ -55,6 +58,11 @@ pub(super) fn routes() -> Routes {
         .get("/api/devices", Need(DevicesRead), list_devices)
         .get("/api/devices/{id}", Need(DevicesRead), get_device)
         .put("/api/devices/{id}", Need(DevicesWrite), put_device)
+        .patch("/api/devices/{id}", Need(DevicesWrite), patch_device)
+        .delete("/api/devices/{id}", Need(DevicesWrite), delete_device)
+        .get("/api/devices/{id}/properties", Need(DevicesRead), get_properties)
+        .put("/api/devices/{id}/properties", Need(TwinsWrite), put_properties)
+        .patch("/api/devices/{id}/properties", Need(TwinsWrite), patch_properties)
 }
 
 /// The checked `api-version`, kept for the `nextLink`.
@@ -520,6 +528,141 @@ async fn put_device(
     app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
         .map(ok_json)
         .ok_or_else(|| device_not_found(&did))
+}
+
+/// `If-Match` with a device's etag makes a write conditional (412 if it changed since).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let raw = headers
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    crate::hub::etag_version(raw.as_deref())
+}
+
+/// `PATCH /api/devices/{id}`: changes only the fields given (`displayName`, `template`,
+/// `enabled`); 404 for a device that does not exist.
+async fn patch_device(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let did = device_id(&id)?;
+    let if_version = if_match(&headers)?;
+    let p = device_patch_from_central(&body, &id)?;
+    app.write(
+        &caller,
+        Command::UpdateDevice {
+            device: did.clone(),
+            display_name: p.display_name,
+            model_id: p.template,
+            enabled: p.enabled,
+            if_version,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
+        .map(ok_json)
+        .ok_or_else(|| device_not_found(&did))
+}
+
+/// `DELETE /api/devices/{id}`: 204; jobs that still list the device fail it as not registered.
+async fn delete_device(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let did = device_id(&id)?;
+    let if_version = if_match(&headers)?;
+    app.write(
+        &caller,
+        Command::DeleteDevice {
+            device: did,
+            if_version,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_properties(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    app.read(|s| s.registry.devices.get(&id).map(central_properties_json))
+        .await?
+        .map(ok_json)
+        .ok_or_else(|| device_not_found(&id))
+}
+
+/// `PUT /api/devices/{id}/properties`: the values given become the device's whole set of
+/// properties set from the service (desired properties), replacing the previous set.
+async fn put_properties(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    let desired = properties_from_central(&body, true)?;
+    app.write(
+        &caller,
+        Command::ReplaceTwin {
+            device: id.clone(),
+            tags: None,
+            desired,
+            if_version: None,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&id).map(central_properties_json))
+        .map(ok_json)
+        .ok_or_else(|| device_not_found(&id))
+}
+
+/// `PATCH /api/devices/{id}/properties`: sets the values given (JSON merge patch of the
+/// desired properties; `null` removes one).
+async fn patch_properties(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    let desired = properties_from_central(&body, false)?;
+    app.write(
+        &caller,
+        Command::UpdateTwin {
+            device: id.clone(),
+            tags: None,
+            desired: Some(desired),
+            if_version: None,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&id).map(central_properties_json))
+        .map(ok_json)
+        .ok_or_else(|| device_not_found(&id))
 }
 
 #[cfg(test)]

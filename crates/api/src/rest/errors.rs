@@ -1,14 +1,28 @@
-//! How every failure leaves the gateway: `{"error": {"code", "message"}}` with its HTTP status.
+//! How every failure leaves the gateway: in the error shape of the API the route belongs to,
+//! with its HTTP status.
 //!
 //! Three sources of failure meet here: the JSON shapes' own [`ApiError`]s (bad input), rejected
 //! commands and unavailable leaders from the cluster ([`ClusterError`]), and responses axum makes
-//! by itself (an unknown route, a wrong method, a body over the limit). The last are caught by
-//! [`json_errors`], so no error ever leaves as plain text or an empty body.
+//! by itself (an unknown route, a wrong method, a body over the limit). Every [`ApiError`]
+//! response carries the error in its extensions; [`shape_errors`] renders it (or, for axum's own
+//! responses, an error made from the status) in the route's shape, so a handler never picks a
+//! shape and a new route gets the right one by its path:
+//!
+//! * IoT Hub (`/devices...`, `/twins...`, `/jobs/v2...`): `{"Message": "ErrorCode:CODE;message",
+//!   "ExceptionMessage": "Tracking ID:ID-TimeStamp:MM/DD/YYYY HH:MM:SS"}` and the
+//!   `iothub-errorcode: CODE` header, with IoT Hub's codes (`DeviceNotFound`,
+//!   `DeviceAlreadyExists`, `PreconditionFailed`, `ArgumentInvalid`, ...; [`hub_code`]).
+//! * IoT Central (`/api/...`): `{"error": {"code", "message", "requestId", "time"}}`, `time` in
+//!   RFC 1123 form as IoT Central writes it.
+//! * muster's own routes: `{"error": {"code", "message"}}`.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use muster_cluster::{ClusterError, ErrorKind};
+use serde_json::json;
 
 use crate::error::ApiError;
 
@@ -21,8 +35,170 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        resp.extensions_mut().insert(self);
         resp
     }
+}
+
+/// Which API's error shape a path answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    Hub,
+    Central,
+    Muster,
+}
+
+impl Shape {
+    pub(crate) fn of(path: &str) -> Shape {
+        let under = |prefix: &str| {
+            path == prefix
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        if under("/devices") || under("/twins") || under("/jobs/v2") {
+            Shape::Hub
+        } else if under("/api") {
+            Shape::Central
+        } else {
+            Shape::Muster
+        }
+    }
+}
+
+/// IoT Hub's header naming the error code (its SDKs map it to their exception types).
+pub(crate) const HUB_ERROR_CODE: HeaderName = HeaderName::from_static("iothub-errorcode");
+
+/// IoT Hub's name for one of muster's error codes (the names its SDKs know); codes IoT Hub has
+/// no counterpart for keep muster's name.
+pub(crate) fn hub_code(code: &'static str) -> &'static str {
+    match code {
+        "DeviceExists" => "DeviceAlreadyExists",
+        "InvalidInput" | "BadRequest" => "ArgumentInvalid",
+        "MissingApiVersionParameter" | "UnsupportedApiVersion" => "InvalidProtocolVersion",
+        "Unauthorized" => "IotHubUnauthorizedAccess",
+        "Forbidden" => "IotHubUnauthorized",
+        "PayloadTooLarge" => "MessageTooLarge",
+        "InternalError" => "ServerError",
+        "NotLeader" => "ServiceUnavailable",
+        "UnsupportedMediaType" => "ArgumentInvalid",
+        other => other,
+    }
+}
+
+/// Middleware: renders every error response in the shape of the route's API (see the module
+/// docs). Errors the handlers made keep their code and message; axum's own (unknown route,
+/// wrong method, body too large, ...) get one from their status. Headers (such as `Allow`,
+/// `WWW-Authenticate`, `Retry-After`) are kept.
+pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
+    let shape = Shape::of(req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let err = match resp.extensions().get::<ApiError>() {
+        Some(e) => e.clone(),
+        None => from_status(status),
+    };
+    let (mut parts, _) = resp.into_parts();
+    let body = match shape {
+        Shape::Hub => {
+            let code = hub_code(err.code);
+            if let Ok(v) = HeaderValue::from_str(code) {
+                parts.headers.insert(HUB_ERROR_CODE, v);
+            }
+            json!({
+                "Message": format!("ErrorCode:{code};{}", err.message),
+                "ExceptionMessage": format!(
+                    "Tracking ID:{}-TimeStamp:{}",
+                    request_id().replace('-', ""),
+                    hub_time(muster_cluster::now())
+                ),
+            })
+        }
+        Shape::Central => json!({"error": {
+            "code": err.code,
+            "message": err.message,
+            "requestId": request_id(),
+            "time": http_date(muster_cluster::now()),
+        }}),
+        Shape::Muster => err.body(),
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+/// A random request id in UUID form (IoT Central's `requestId`, IoT Hub's tracking id), so a
+/// caller can quote it when reporting a problem; the error is logged under the same id.
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        return "00000000-0000-0000-0000-000000000000".into();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Civil date and time of a timestamp: (year, month, day, hour, minute, second, weekday with
+/// Sunday = 0).
+fn civil(t: muster_types::Timestamp) -> (i64, u32, u32, u32, u32, u32, usize) {
+    let secs = t.millis().div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let weekday = (days + 4).rem_euclid(7) as usize;
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+        weekday,
+    )
+}
+
+/// `MM/DD/YYYY HH:MM:SS` (UTC), as IoT Hub's tracking ids show the time.
+fn hub_time(t: muster_types::Timestamp) -> String {
+    let (y, mo, d, h, mi, s, _) = civil(t);
+    format!("{mo:02}/{d:02}/{y:04} {h:02}:{mi:02}:{s:02}")
+}
+
+/// RFC 1123 (`Sat, 05 Dec 2026 21:40:00 GMT`), as IoT Central writes an error's `time`.
+fn http_date(t: muster_types::Timestamp) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, wd) = civil(t);
+    let month = MONTHS[(mo as usize).saturating_sub(1) % 12];
+    format!(
+        "{}, {d:02} {month} {y:04} {h:02}:{mi:02}:{s:02} GMT",
+        DAYS[wd % 7]
+    )
 }
 
 /// The error codes a route uses for the resource its command names. A rejected command carries
@@ -107,21 +283,8 @@ pub(crate) fn internal(detail: &dyn std::fmt::Display) -> ApiError {
     )
 }
 
-/// Middleware: turns any error response that is not JSON (axum's own rejections, a layer's
-/// refusal) into the JSON error shape, keeping its status and headers (such as `Allow`).
-pub(crate) async fn json_errors(resp: Response) -> Response {
-    let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return resp;
-    }
+/// The error of a response axum or a layer made by itself (no [`ApiError`] attached).
+fn from_status(status: StatusCode) -> ApiError {
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (
             "NotFound",
@@ -149,19 +312,48 @@ pub(crate) async fn json_errors(resp: Response) -> Response {
             "the request could not be read; check it and retry",
         ),
     };
-    let (mut parts, _) = resp.into_parts();
-    let body = ApiError::new(status.as_u16(), code, message)
-        .body()
-        .to_string();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body))
+    ApiError::new(status.as_u16(), code, message)
 }
 
 pub(crate) const TOKEN: Codes = Codes {
     not_found: "NotFound",
     exists: "Conflict",
 };
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use muster_types::Timestamp;
+
+    #[test]
+    fn paths_pick_their_shape() {
+        assert_eq!(Shape::of("/devices"), Shape::Hub);
+        assert_eq!(Shape::of("/devices/d1"), Shape::Hub);
+        assert_eq!(Shape::of("/devices/query"), Shape::Hub);
+        assert_eq!(Shape::of("/twins/d1/methods"), Shape::Hub);
+        assert_eq!(Shape::of("/jobs/v2/query"), Shape::Hub);
+        assert_eq!(Shape::of("/api/devices/d1"), Shape::Central);
+        assert_eq!(Shape::of("/devicesx"), Shape::Muster);
+        assert_eq!(Shape::of("/healthz"), Shape::Muster);
+        assert_eq!(Shape::of("/jobs/v3"), Shape::Muster);
+    }
+
+    #[test]
+    fn times_are_written_as_each_service_writes_them() {
+        // 2026-12-05T21:40:07Z was a Saturday.
+        let t = Timestamp::parse_rfc3339("2026-12-05T21:40:07Z").unwrap();
+        assert_eq!(hub_time(t), "12/05/2026 21:40:07");
+        assert_eq!(http_date(t), "Sat, 05 Dec 2026 21:40:07 GMT");
+        assert_eq!(http_date(Timestamp(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let leap = Timestamp::parse_rfc3339("2024-02-29T00:00:00Z").unwrap();
+        assert_eq!(http_date(leap), "Thu, 29 Feb 2024 00:00:00 GMT");
+    }
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4');
+    }
+}

@@ -1,5 +1,16 @@
 //! IoT Hub's routes: `/jobs/v2/{jobId}`, `/jobs/v2/{jobId}/cancel`, `/jobs/v2/query`,
-//! `/twins/{deviceId}`. Every route requires `api-version` (one of [`HUB_API_VERSIONS`]).
+//! `/devices`, `/devices/{deviceId}`, `/twins/{deviceId}`. Every route requires `api-version`
+//! (one of [`HUB_API_VERSIONS`]).
+//!
+//! # Device identities and ETags
+//!
+//! `PUT /devices/{id}` without `If-Match` creates (409 `DeviceAlreadyExists` if the id is
+//! taken); with `If-Match: *` it replaces the identity of a device that exists, with
+//! `If-Match: "<etag>"` only at that etag (412 `PreconditionFailed` otherwise); both are 404
+//! `DeviceNotFound` for a device that does not exist. `DELETE /devices/{id}` (204) takes the
+//! same `If-Match` (absent or `*`: unconditional). Twins (`PATCH`/`PUT /twins/{id}`) use the
+//! twin's own etag the same way. Keys left out of a PUT are generated here and carried in the
+//! command; the core keeps an existing device's keys (see `muster_domain`'s `PutDeviceIdentity`).
 //!
 //! # Job query paging
 //!
@@ -14,11 +25,11 @@
 //! query); it can through IoT Central's `GET /api/jobs/query`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use muster_cluster::now;
 use muster_domain::auth::Permission;
-use muster_domain::{Command, Device, Job};
+use muster_domain::{Command, Device, DeviceKeys, IdentityCondition, Job};
 use muster_types::{DeviceId, JobId};
 use serde_json::{json, Value};
 
@@ -30,9 +41,11 @@ use crate::access::Access::Need;
 use crate::central::check_api_version;
 use crate::error::ApiError;
 use crate::hub::{
-    etag_version, hub_job_json, hub_twin_json, job_spec_from_hub, page_size, twin_patch_from_hub,
-    HubJobFilter, HUB_API_VERSIONS,
+    device_identity_from_hub, etag_version, hub_device_json, hub_job_json, hub_twin_json,
+    job_spec_from_hub, page_size, twin_patch_from_hub, twin_replace_from_hub, HubJobFilter,
+    HUB_API_VERSIONS,
 };
+use crate::hub_devices::device_etag;
 
 /// IoT Hub's continuation header, in requests and responses.
 pub(super) const CONTINUATION: HeaderName = HeaderName::from_static("x-ms-continuation");
@@ -50,7 +63,15 @@ pub(super) fn routes() -> Routes {
         .post("/jobs/v2/{job_id}/cancel", Need(JobsWrite), cancel_job)
         .get("/twins/{device_id}", Need(DevicesRead), get_twin)
         .patch("/twins/{device_id}", Need(TwinsWrite), patch_twin)
+        .put("/twins/{device_id}", Need(TwinsWrite), replace_twin)
+        .get("/devices", Need(DevicesRead), list_devices)
+        .get("/devices/{device_id}", Need(DevicesRead), get_device)
+        .put("/devices/{device_id}", Need(DevicesWrite), put_device)
+        .delete("/devices/{device_id}", Need(DevicesWrite), delete_device)
 }
+
+/// Largest `top` of `GET /devices` (IoT Hub's limit).
+const MAX_DEVICES_LISTED: usize = 1000;
 
 fn version(q: &Params) -> Result<(), ApiError> {
     check_api_version(q.get("api-version"), HUB_API_VERSIONS)
@@ -230,6 +251,159 @@ fn twin_response(d: &Device) -> Response {
     resp
 }
 
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let raw = headers
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    etag_version(raw.as_deref())
+}
+
+/// The identity with its `ETag` header.
+fn device_response(d: &Device) -> Response {
+    let mut resp = ok_json(hub_device_json(d));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", device_etag(d))) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// `GET /devices?top=N`: up to `top` identities (default and maximum 1000) in id order, as a
+/// JSON array, as IoT Hub answers.
+async fn list_devices(State(app): State<App>, q: Params) -> Result<Response, ApiError> {
+    version(&q)?;
+    let top = match q.get("top").filter(|s| !s.is_empty()) {
+        None => MAX_DEVICES_LISTED,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_DEVICES_LISTED).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "top",
+                    format!(
+                        "must be a whole number from 1 to {MAX_DEVICES_LISTED}, got {}",
+                        crate::json::quote(s)
+                    ),
+                ))
+            }
+        },
+    };
+    let items = app
+        .read(|s| {
+            s.registry
+                .devices
+                .values()
+                .take(top)
+                .map(hub_device_json)
+                .collect()
+        })
+        .await?;
+    Ok(ok_json(Value::Array(items)))
+}
+
+async fn get_device(
+    State(app): State<App>,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    app.read(|s| s.registry.devices.get(&id).map(device_response))
+        .await?
+        .ok_or_else(|| device_not_found(&id))
+}
+
+/// `PUT /devices/{id}`: see the module docs for `If-Match`.
+async fn put_device(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    device_id(&id)?;
+    let condition = match headers.get(header::IF_MATCH) {
+        None => IdentityCondition::Create,
+        Some(_) => match if_match(&headers)? {
+            None => IdentityCondition::Exists,
+            Some(v) => IdentityCondition::Version(v),
+        },
+    };
+    let identity = device_identity_from_hub(&body, &id)?;
+    let did = identity.id.clone();
+    let fresh_keys = DeviceKeys {
+        primary: crate::credentials::random_key()?,
+        secondary: crate::credentials::random_key()?,
+    };
+    app.write(
+        &caller,
+        Command::PutDeviceIdentity {
+            identity,
+            condition,
+            fresh_keys,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&did).map(device_response))
+        .ok_or_else(|| device_not_found(&did))
+}
+
+/// `DELETE /devices/{id}`: 204; the device's twin goes with it. Jobs that still list the device
+/// fail it as not registered when they reach it.
+async fn delete_device(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    let if_version = if_match(&headers)?;
+    app.write(
+        &caller,
+        Command::DeleteDevice {
+            device: id,
+            if_version,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /twins/{id}`: replaces tags and desired properties whole (`If-Match` as for PATCH).
+async fn replace_twin(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+    headers: HeaderMap,
+    JsonText(body): JsonText,
+) -> Result<Response, ApiError> {
+    version(&q)?;
+    let id = device_id(&id)?;
+    let if_version = if_match(&headers)?;
+    let (tags, desired) = twin_replace_from_hub(&body)?;
+    app.write(
+        &caller,
+        Command::ReplaceTwin {
+            device: id.clone(),
+            tags: Some(tags),
+            desired,
+            if_version,
+            at: now(),
+        },
+        DEVICE,
+    )
+    .await?;
+    app.read_applied(|s| s.registry.devices.get(&id).map(twin_response))
+        .ok_or_else(|| device_not_found(&id))
+}
+
 async fn get_twin(
     State(app): State<App>,
     PathParams(id): PathParams<String>,
@@ -255,10 +429,7 @@ async fn patch_twin(
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = device_id(&id)?;
-    let if_match = headers
-        .get(header::IF_MATCH)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let if_version = etag_version(if_match.as_deref())?;
+    let if_version = if_match(&headers)?;
     let (tags, desired) = twin_patch_from_hub(&body)?;
     app.write(
         &caller,

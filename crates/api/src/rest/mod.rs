@@ -77,7 +77,7 @@ pub fn router(cluster: Cluster, gate: Gate) -> Router {
     routes
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(middleware::map_response(errors::json_errors))
+        .layer(middleware::from_fn(errors::shape_errors))
         // Outside the JSON error mapping, so the status recorded is the one the client sees.
         .layer(middleware::from_fn_with_state(
             cluster.telemetry().clone(),

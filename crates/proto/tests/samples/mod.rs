@@ -10,10 +10,10 @@
 
 use muster_domain::auth::{AccessPolicy, ApiToken, Right, Role, Secret};
 use muster_domain::{
-    BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceRegistration,
-    DeviceResult, Event, FailureReason, JobFailure, JobSpec, MethodCall, MethodResponse, Operation,
-    Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold,
-    TwinSection,
+    BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceIdentity,
+    DeviceKeys, DeviceRegistration, DeviceResult, Event, FailureReason, IdentityCondition,
+    JobFailure, JobSpec, MethodCall, MethodResponse, Operation, Outcome, PropertyReport,
+    RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold, TwinSection,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use serde_json::json;
@@ -499,7 +499,69 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 at: at(9_000),
             },
         ),
+        (
+            "event_device_identity_set",
+            Event::DeviceIdentitySet {
+                device: dev(1),
+                enabled: false,
+                status_reason: Some("stolen".into()),
+                primary_key: Secret(KEY_A.into()),
+                secondary_key: Secret(KEY_B.into()),
+                iot_edge: true,
+                created: true,
+                at: at(10_000),
+            },
+        ),
+        (
+            "event_device_identity_set_update",
+            Event::DeviceIdentitySet {
+                device: dev(1),
+                enabled: true,
+                status_reason: None,
+                primary_key: Secret(KEY_B.into()),
+                secondary_key: Secret(KEY_A.into()),
+                iot_edge: false,
+                created: false,
+                at: at(11_000),
+            },
+        ),
+        (
+            "event_device_deleted",
+            Event::DeviceDeleted {
+                device: dev(1),
+                at: at(12_000),
+            },
+        ),
+        (
+            "event_twin_replaced",
+            Event::TwinReplaced {
+                device: dev(1),
+                section: TwinSection::Desired,
+                value: json!({"fw": "2.0", "net": {"ssid": "b43"}}),
+                at: at(13_000),
+            },
+        ),
     ]
+}
+
+pub fn identity() -> DeviceIdentity {
+    DeviceIdentity {
+        id: dev(1),
+        enabled: false,
+        status_reason: Some("stolen".into()),
+        keys: Some(DeviceKeys {
+            primary: KEY_A.into(),
+            secondary: KEY_B.into(),
+        }),
+        iot_edge: false,
+    }
+}
+
+pub fn fresh_keys() -> DeviceKeys {
+    DeviceKeys {
+        primary: KEY_B.into(),
+        secondary: KEY_A.into(),
+    }
 }
 
 /// Every command variant, and every outcome inside them. Names are golden file names.
@@ -737,6 +799,65 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             Command::DeleteApiToken {
                 id: "ops-1".into(),
                 at: at(9_000),
+            },
+        ),
+        (
+            "command_put_device_identity",
+            Command::PutDeviceIdentity {
+                identity: identity(),
+                condition: IdentityCondition::Create,
+                fresh_keys: fresh_keys(),
+                at: at(10_000),
+            },
+        ),
+        (
+            "command_put_device_identity_exists",
+            Command::PutDeviceIdentity {
+                identity: DeviceIdentity {
+                    keys: None,
+                    ..identity()
+                },
+                condition: IdentityCondition::Exists,
+                fresh_keys: fresh_keys(),
+                at: at(10_500),
+            },
+        ),
+        (
+            "command_put_device_identity_version",
+            Command::PutDeviceIdentity {
+                identity: identity(),
+                condition: IdentityCondition::Version(3),
+                fresh_keys: fresh_keys(),
+                at: at(11_000),
+            },
+        ),
+        (
+            "command_delete_device",
+            Command::DeleteDevice {
+                device: dev(1),
+                if_version: Some(2),
+                at: at(12_000),
+            },
+        ),
+        (
+            "command_replace_twin",
+            Command::ReplaceTwin {
+                device: dev(1),
+                tags: Some(json!({"site": "b43"})),
+                desired: json!({}),
+                if_version: None,
+                at: at(13_000),
+            },
+        ),
+        (
+            "command_update_device",
+            Command::UpdateDevice {
+                device: dev(1),
+                display_name: Some("Pump 1".into()),
+                model_id: None,
+                enabled: Some(false),
+                if_version: Some(4),
+                at: at(14_000),
             },
         ),
     ]
