@@ -33,6 +33,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "PolicyDeleted",
     "ApiTokenCreated",
     "ApiTokenDeleted",
+    "MethodInvoked",
+    "MethodSent",
+    "MethodResponded",
+    "MethodFailed",
 ];
 
 /// The canonical name of an event type written as `JobCreated`, `jobcreated` or `job_created`,

@@ -5,7 +5,7 @@ mod samples;
 use std::collections::BTreeSet;
 
 use muster_domain::{
-    BatchSize, CancelReason, Command, Event, FailureReason, JobFailure, JobSpec, Operation,
+    BatchSize, CancelReason, Command, Event, FailureReason, JobFailure, JobSpec, MethodOutcome, Operation,
     Outcome, TargetSelector, Threshold, TwinSection,
 };
 use muster_proto::{decode_command, decode_event, encode_command, encode_event};
@@ -166,6 +166,13 @@ impl Seen {
             Event::PolicyDeleted { .. } => "Event::PolicyDeleted",
             Event::ApiTokenCreated { .. } => "Event::ApiTokenCreated",
             Event::ApiTokenDeleted { .. } => "Event::ApiTokenDeleted",
+            Event::MethodInvoked { .. } => "Event::MethodInvoked",
+            Event::MethodSent { .. } => "Event::MethodSent",
+            Event::MethodResponded { .. } => "Event::MethodResponded",
+            Event::MethodFailed { reason, .. } => {
+                self.failure(reason);
+                "Event::MethodFailed"
+            }
         };
         self.0.insert(name);
     }
@@ -208,6 +215,18 @@ impl Seen {
             Command::DeletePolicy { .. } => "Command::DeletePolicy",
             Command::CreateApiToken { .. } => "Command::CreateApiToken",
             Command::DeleteApiToken { .. } => "Command::DeleteApiToken",
+            Command::InvokeMethod { .. } => "Command::InvokeMethod",
+            Command::RecordMethodResponse { outcome, .. } => {
+                let name = match outcome {
+                    MethodOutcome::Responded { .. } => "MethodOutcome::Responded",
+                    MethodOutcome::Failed(reason) => {
+                        self.failure(reason);
+                        "MethodOutcome::Failed"
+                    }
+                };
+                self.0.insert(name);
+                "Command::RecordMethodResponse"
+            }
         };
         self.0.insert(name);
     }
@@ -229,6 +248,14 @@ const ALL_CASES: &[&str] = &[
     "Command::DeleteGroup",
     "Command::DeletePolicy",
     "Command::InitAuth",
+    "Command::InvokeMethod",
+    "Command::RecordMethodResponse",
+    "Event::MethodInvoked",
+    "Event::MethodSent",
+    "Event::MethodResponded",
+    "Event::MethodFailed",
+    "MethodOutcome::Responded",
+    "MethodOutcome::Failed",
     "Command::SavePolicy",
     "Command::MarkDispatched",
     "Command::RecordDeviceResults",
