@@ -159,10 +159,18 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
     .await;
     let (root, trace) = trace_of_job();
     if let Err(e) = waited {
-        let names: Vec<(String, String)> = trace.iter().map(|s| (s.name.clone(), s.node.clone())).collect();
+        let names: Vec<(String, String)> = trace
+            .iter()
+            .map(|s| (s.name.clone(), s.node.clone()))
+            .collect();
         panic!(
             "{e}: trace has {names:?}\nall spans: {:?}\n{}",
-            spans.lock().unwrap().iter().map(|s| &s.name).collect::<Vec<_>>(),
+            spans
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| &s.name)
+                .collect::<Vec<_>>(),
             cluster.logs()
         );
     }

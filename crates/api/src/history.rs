@@ -36,6 +36,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "DeviceIdentitySet",
     "DeviceDeleted",
     "TwinReplaced",
+    "MethodInvoked",
+    "MethodSent",
+    "MethodResponded",
+    "MethodFailed",
 ];
 
 /// The canonical name of an event type written as `JobCreated`, `jobcreated` or `job_created`,

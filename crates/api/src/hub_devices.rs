@@ -355,13 +355,7 @@ fn as_object(v: &Value) -> Value {
 
 /// One properties section with its `$metadata` and `$version`. A section never written shows
 /// the registration time (and version 0 for desired ones), as a new IoT Hub twin does.
-fn section(
-    props: &Value,
-    meta: &Value,
-    version: u64,
-    desired: bool,
-    created: Timestamp,
-) -> Value {
+fn section(props: &Value, meta: &Value, version: u64, desired: bool, created: Timestamp) -> Value {
     let mut map = match props {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
@@ -387,9 +381,9 @@ fn render_meta(meta: &Value) -> Value {
             m.iter()
                 .map(|(k, v)| {
                     let v = match (k.as_str(), v) {
-                        (META_UPDATED, Value::Number(n)) => Value::String(
-                            Timestamp(n.as_i64().unwrap_or_default()).to_rfc3339(),
-                        ),
+                        (META_UPDATED, Value::Number(n)) => {
+                            Value::String(Timestamp(n.as_i64().unwrap_or_default()).to_rfc3339())
+                        }
                         _ => render_meta(v),
                     };
                     (k.clone(), v)

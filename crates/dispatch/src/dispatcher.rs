@@ -19,9 +19,10 @@ use futures::StreamExt;
 use muster_domain::job::Run;
 use muster_domain::{
     actions_with, send_requests, Action, ActionOptions, Command, ConnectionState, DeviceResult,
-    FailureReason, MethodInvocation, Outcome, PropertyReport, SendRequest,
+    FailureReason, InvokeRequest, MethodInvocation, MethodOutcome, Outcome, PropertyReport,
+    SendRequest,
 };
-use muster_types::{DeviceId, JobId, RunId, Timestamp};
+use muster_types::{DeviceId, InvocationId, JobId, RunId, Timestamp};
 use rumqttc::QoS;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -194,9 +195,27 @@ struct Flight {
     seen: u64,
 }
 
+/// A direct method sent to its device, as this process knows it. Every recomputation lists the
+/// pending ones (`Action::Invoke`); one no longer listed has ended and is forgotten.
+#[derive(Debug)]
+struct Call {
+    id: InvocationId,
+    broker: usize,
+    method: String,
+    payload: Value,
+    state: FlightState,
+    /// The recomputation that last listed it.
+    seen: u64,
+}
+
 /// What a proposal task reports back.
 #[derive(Debug)]
 enum Done {
+    /// A direct method's answer (or failure to send) was proposed.
+    Call {
+        key: Key,
+        result: Result<(), HostError>,
+    },
     Advance(Result<(), HostError>),
     Dispatched {
         job: JobId,
@@ -229,6 +248,11 @@ struct Engine<H: Host> {
     ready: Vec<bool>,
     flights: HashMap<Key, Flight>,
     generation: u64,
+    /// Direct methods on the wire, by (device, rid = invocation id); the rid has no `:`, so it
+    /// never equals a job attempt's.
+    calls: HashMap<Key, Call>,
+    /// Counts recomputations (each lists every pending call).
+    call_generation: u64,
     /// Devices in `MarkDispatched` proposals under way (they will need slots).
     reserved: usize,
     dispatching: HashSet<JobId>,
@@ -275,6 +299,8 @@ impl<H: Host> Engine<H> {
             ready: vec![false; n],
             flights: HashMap::new(),
             generation: 0,
+            calls: HashMap::new(),
+            call_generation: 0,
             reserved: 0,
             dispatching: HashSet::new(),
             advancing: false,
@@ -385,6 +411,8 @@ impl<H: Host> Engine<H> {
             self.generation += 1;
         }
         let generation = self.generation;
+        self.call_generation += 1;
+        let call_generation = self.call_generation;
         let mut remaining = free;
         let mut wake = None;
         for a in list {
@@ -420,25 +448,31 @@ impl<H: Host> Engine<H> {
                         &job,
                         info_span!(target: TRACE, "dispatch.mark_dispatched", job = %job, devices = devices.len()),
                     );
-                    self.tasks.spawn(async move {
-                        let cmd = Command::MarkDispatched {
-                            job: job.clone(),
-                            run,
-                            devices: devices.clone(),
-                            at: now(),
-                        };
-                        let result = host.propose(cmd).await;
-                        Done::Dispatched {
-                            job,
-                            run,
-                            devices,
-                            result,
+                    self.tasks.spawn(
+                        async move {
+                            let cmd = Command::MarkDispatched {
+                                job: job.clone(),
+                                run,
+                                devices: devices.clone(),
+                                at: now(),
+                            };
+                            let result = host.propose(cmd).await;
+                            Done::Dispatched {
+                                job,
+                                run,
+                                devices,
+                                result,
+                            }
                         }
-                    }.instrument(span));
+                        .instrument(span),
+                    );
                 }
                 Action::Send(req) => self.track(req, generation),
+                Action::Invoke(req) => self.track_call(req, call_generation),
             }
         }
+        // Calls no longer listed have ended (answered, timed out).
+        self.calls.retain(|_, c| c.seen == call_generation);
         if full {
             // Attempts the state no longer lists have ended (answered, timed out, cancelled).
             let mut unanswered: u64 = 0;
@@ -525,6 +559,90 @@ impl<H: Host> Engine<H> {
         self.send(&key);
     }
 
+    /// Takes note of a direct method sent to its device and publishes it unless it is already
+    /// on the wire of the current connection.
+    fn track_call(&mut self, req: InvokeRequest, generation: u64) {
+        let key: Key = (req.device.as_str().to_owned(), req.id.as_str().to_owned());
+        if let Some(c) = self.calls.get_mut(&key) {
+            c.seen = generation;
+            if c.state == FlightState::Unsent {
+                self.send_call(&key);
+            }
+            return;
+        }
+        let call = Call {
+            id: req.id,
+            broker: protocol::broker_index(req.device.as_str(), self.links.len()),
+            method: req.method,
+            payload: req.payload,
+            state: FlightState::Unsent,
+            seen: generation,
+        };
+        self.calls.insert(key.clone(), call);
+        if !protocol::topic_safe(&key.1) || !protocol::topic_safe(&self.calls[&key].method) {
+            // The core refuses such names; a log from elsewhere could still hold one.
+            self.answer_call(
+                &key,
+                MethodOutcome::Failed(FailureReason::DispatchFailed {
+                    message: "the method name cannot appear in an MQTT topic".into(),
+                }),
+            );
+            return;
+        }
+        self.send_call(&key);
+    }
+
+    /// Publishes a direct method, if its broker is connected; otherwise (or if the connection's
+    /// queue is full) it stays unsent and a later recomputation sends it.
+    fn send_call(&mut self, key: &Key) {
+        let Some(c) = self.calls.get_mut(key) else {
+            return;
+        };
+        if !self.ready[c.broker] {
+            c.state = FlightState::Unsent;
+            return;
+        }
+        let topic = protocol::method_request_topic(&key.0, &c.method, &key.1);
+        let payload = match serde_json::to_vec(&c.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "method payload did not serialise");
+                return;
+            }
+        };
+        match self.links[c.broker]
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            Ok(()) => c.state = FlightState::Sent,
+            Err(e) => {
+                debug!(error = %e, "direct method not queued; will resend");
+                c.state = FlightState::Unsent;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Proposes a direct method's outcome at once: a caller is waiting for it, so it is not
+    /// held back to fill a batch.
+    fn answer_call(&mut self, key: &Key, outcome: MethodOutcome) {
+        let Some(c) = self.calls.get_mut(key) else {
+            return;
+        };
+        c.state = FlightState::Answered;
+        let cmd = Command::RecordMethodResponse {
+            id: c.id.clone(),
+            outcome,
+            at: now(),
+        };
+        let host = self.host.clone();
+        let key = key.clone();
+        self.tasks.spawn(async move {
+            let result = host.propose(cmd).await;
+            Done::Call { key, result }
+        });
+    }
+
     /// Publishes the current method of an attempt, if its broker is connected. Never waits: if
     /// the connection's queue is full the attempt stays unsent and a later pass retries, so a
     /// stalled broker cannot stall answers arriving over the others.
@@ -583,6 +701,11 @@ impl<H: Host> Engine<H> {
                         f.state = FlightState::Unsent;
                     }
                 }
+                for c in self.calls.values_mut() {
+                    if c.broker == i && c.state == FlightState::Sent {
+                        c.state = FlightState::Unsent;
+                    }
+                }
                 self.full_due = true;
                 self.dirty = true;
             }
@@ -605,6 +728,16 @@ impl<H: Host> Engine<H> {
                 payload,
             } => {
                 let key: Key = (device, rid);
+                if let Some(c) = self.calls.get(&key) {
+                    if c.state != FlightState::Answered {
+                        let outcome = MethodOutcome::Responded {
+                            status,
+                            payload: payload.into(),
+                        };
+                        self.answer_call(&key, outcome);
+                    }
+                    return;
+                }
                 let Some(f) = self.flights.get_mut(&key) else {
                     // Not ours: another leader's, late, or for a device of another deployment
                     // sharing the broker.
@@ -751,14 +884,17 @@ impl<H: Host> Engine<H> {
                     )
                 })
                 .collect();
-            self.tasks.spawn(async move {
-                let cmd = Command::RecordDeviceResults {
-                    results: batch,
-                    at: now(),
-                };
-                let result = host.propose(cmd).await;
-                Done::Results { keys, result }
-            }.instrument(span));
+            self.tasks.spawn(
+                async move {
+                    let cmd = Command::RecordDeviceResults {
+                        results: batch,
+                        at: now(),
+                    };
+                    let result = host.propose(cmd).await;
+                    Done::Results { keys, result }
+                }
+                .instrument(span),
+            );
         }
         // Presence and reported properties: a few batches under way at once; a device waits for
         // its previous batch of the same kind (`RegistryBatcher`), which keeps its order.
@@ -808,6 +944,24 @@ impl<H: Host> Engine<H> {
     fn on_done(&mut self, done: Done) {
         self.dirty = true;
         match done {
+            Done::Call { key, result } => match result {
+                Ok(()) => {
+                    self.calls.remove(&key);
+                }
+                Err(HostError::Rejected(why)) => {
+                    // Cannot happen with today's core (answers are never refused); the
+                    // invocation's deadline ends it if it ever does.
+                    error!(rid = %key.1, %why, "direct method answer rejected");
+                }
+                Err(e) => {
+                    // Send again: the device answers a repeated rid from its cache.
+                    warn!(rid = %key.1, error = %e, "direct method answer not committed; resending");
+                    if let Some(c) = self.calls.get_mut(&key) {
+                        c.state = FlightState::Unsent;
+                    }
+                    self.retry_soon();
+                }
+            },
             Done::Advance(result) => {
                 self.advancing = false;
                 if let Err(e) = result {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use muster_types::{DeviceId, JobId, RunId, Timestamp};
 use serde_json::Value;
 
+use crate::invocation::InvokeRequest;
 use crate::job::{DeviceRun, DeviceStatus, Job, JobStatus, Run};
 use crate::registry::ConnectionState;
 use crate::spec::Operation;
@@ -27,6 +28,10 @@ pub enum Action {
     },
     /// Send (or, after a leader change, send again) an attempt in flight.
     Send(SendRequest),
+    /// Publish (or publish again) a direct method sent to its device and not yet answered.
+    /// Listed on every computation, whatever `sends` says: there are few, and the dispatcher
+    /// learns of new ones only from here.
+    Invoke(InvokeRequest),
 }
 
 /// One attempt to put on the wire. `rid` is stable for the attempt, so a resend after a leader
@@ -175,6 +180,9 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
             }
             _ => {}
         }
+    }
+    for req in crate::invocation::actions(state, |t| consider(t, &mut next, &mut due)) {
+        out.push(Action::Invoke(req));
     }
     if due {
         out.insert(0, Action::Advance);

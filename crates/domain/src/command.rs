@@ -1,12 +1,13 @@
 //! Requests to change state. Each carries the time the leader stamped on it: the core has no clock.
 
-use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
+use muster_types::{DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::auth::{AccessPolicy, ApiToken};
+use crate::invocation::{Invocation, MethodOutcome};
 use crate::job::FailureReason;
 use crate::registry::{DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition};
 use crate::spec::JobSpec;
@@ -167,6 +168,19 @@ pub enum Command {
         if_version: Option<u64>,
         at: Timestamp,
     },
+    /// A caller invokes a direct method on one device and waits for its answer (see
+    /// [`crate::invocation`]); the id was drawn at random by the edge.
+    InvokeMethod {
+        invocation: Invocation,
+        at: Timestamp,
+    },
+    /// The device's answer to an invocation, or the dispatcher's failure to send it. Ignored
+    /// when the invocation has already ended.
+    RecordMethodResponse {
+        id: InvocationId,
+        outcome: MethodOutcome,
+        at: Timestamp,
+    },
 }
 
 /// The `at` field of any command, by reference or by mutable reference (whichever `$cmd` is):
@@ -198,7 +212,9 @@ macro_rules! stamp_of {
             | Command::PutDeviceIdentity { at, .. }
             | Command::DeleteDevice { at, .. }
             | Command::ReplaceTwin { at, .. }
-            | Command::UpdateDevice { at, .. } => at,
+            | Command::UpdateDevice { at, .. }
+            | Command::InvokeMethod { at, .. }
+            | Command::RecordMethodResponse { at, .. } => at,
         }
     };
 }

@@ -126,7 +126,11 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             at,
         } => mark_dispatched(state, id, *run, devices, *at),
         Command::RecordDeviceResults { results, at } => record_results(state, results, *at),
-        Command::Advance { at } => Ok(advance(state, *at)),
+        Command::Advance { at } => {
+            let mut events = advance(state, *at);
+            events.extend(crate::invocation::advance(state, *at));
+            Ok(events)
+        }
         Command::RegisterDevices {
             devices,
             upsert,
@@ -177,15 +181,15 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             if d.connection == now {
                 return Ok(Vec::new());
             }
-            with_joins(
-                state,
-                vec![Event::ConnectionChanged {
-                    device: device.clone(),
-                    connected: *connected,
-                    at: *at,
-                }],
-                *at,
-            )
+            let changed = vec![Event::ConnectionChanged {
+                device: device.clone(),
+                connected: *connected,
+                at: *at,
+            }];
+            let sent = crate::invocation::on_connect(state, &changed, *at);
+            let mut events = with_joins(state, changed, *at)?;
+            events.extend(sent);
+            Ok(events)
         }
         Command::SetConnections { changes, at } => set_connections(state, changes, *at),
         Command::ReportPropertiesBatch { reports, at } => report_properties(state, reports, *at),
@@ -289,6 +293,12 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 *at,
             )
         }
+        Command::InvokeMethod { invocation, at } => {
+            crate::invocation::invoke(state, invocation, *at)
+        }
+        Command::RecordMethodResponse { id, outcome, at } => {
+            Ok(crate::invocation::record(state, id, outcome, *at))
+        }
         Command::InitAuth { .. }
         | Command::SavePolicy { .. }
         | Command::DeletePolicy { .. }
@@ -325,7 +335,10 @@ fn set_connections(
             at,
         });
     }
-    with_joins(state, events, at)
+    let sent = crate::invocation::on_connect(state, &events, at);
+    let mut events = with_joins(state, events, at)?;
+    events.extend(sent);
+    Ok(events)
 }
 
 /// The events of the single `ReportProperties` in order, skipping what one would refuse; joins

@@ -1,11 +1,14 @@
 //! What happened. Events are the log's content and the only input of `evolve`; their protobuf
 //! encoding (`proto/muster/v1/events.proto`) is a compatibility promise.
 
-use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
+use std::sync::Arc;
+
+use muster_types::{DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::{Right, Role, Secret};
+use crate::invocation::Invocation;
 use crate::job::{CancelReason, FailureReason, JobFailure, MethodResponse};
 use crate::registry::{DeviceRegistration, TwinSection};
 use crate::spec::JobSpec;
@@ -175,6 +178,33 @@ pub enum Event {
         value: Value,
         at: Timestamp,
     },
+    /// Who called what is the command's principal, stored with this event.
+    MethodInvoked {
+        invocation: Invocation,
+        at: Timestamp,
+    },
+    /// The device is connected: the leader publishes the request now; the response timeout
+    /// counts from here.
+    MethodSent {
+        id: InvocationId,
+        device: DeviceId,
+        at: Timestamp,
+    },
+    /// The device's answer; the invocation has ended.
+    MethodResponded {
+        id: InvocationId,
+        device: DeviceId,
+        status: i32,
+        payload: Arc<Value>,
+        at: Timestamp,
+    },
+    /// Ended without an answer: `Timeout`, `NotConnected` or `DispatchFailed`.
+    MethodFailed {
+        id: InvocationId,
+        device: DeviceId,
+        reason: FailureReason,
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -209,7 +239,11 @@ impl Event {
             | Event::ConnectionChanged { device, .. }
             | Event::DeviceIdentitySet { device, .. }
             | Event::DeviceDeleted { device, .. }
-            | Event::TwinReplaced { device, .. } => Some(device),
+            | Event::TwinReplaced { device, .. }
+            | Event::MethodSent { device, .. }
+            | Event::MethodResponded { device, .. }
+            | Event::MethodFailed { device, .. } => Some(device),
+            Event::MethodInvoked { invocation, .. } => Some(&invocation.device),
             Event::DeviceRegistered { device, .. } | Event::DeviceUpdated { device, .. } => {
                 Some(&device.id)
             }
@@ -257,7 +291,11 @@ impl Event {
             | Event::ApiTokenDeleted { at, .. }
             | Event::DeviceIdentitySet { at, .. }
             | Event::DeviceDeleted { at, .. }
-            | Event::TwinReplaced { at, .. } => *at,
+            | Event::TwinReplaced { at, .. }
+            | Event::MethodInvoked { at, .. }
+            | Event::MethodSent { at, .. }
+            | Event::MethodResponded { at, .. }
+            | Event::MethodFailed { at, .. } => *at,
         }
     }
 
@@ -291,6 +329,10 @@ impl Event {
             Event::DeviceIdentitySet { .. } => "DeviceIdentitySet",
             Event::DeviceDeleted { .. } => "DeviceDeleted",
             Event::TwinReplaced { .. } => "TwinReplaced",
+            Event::MethodInvoked { .. } => "MethodInvoked",
+            Event::MethodSent { .. } => "MethodSent",
+            Event::MethodResponded { .. } => "MethodResponded",
+            Event::MethodFailed { .. } => "MethodFailed",
         }
     }
 }

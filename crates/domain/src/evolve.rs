@@ -323,6 +323,10 @@ pub fn evolve(state: &mut State, event: &Event) {
         | Event::ApiTokenDeleted { .. } => {
             crate::auth::rules::evolve(&mut state.auth, event);
         }
+        Event::MethodInvoked { .. }
+        | Event::MethodSent { .. }
+        | Event::MethodResponded { .. }
+        | Event::MethodFailed { .. } => crate::invocation::evolve(state, event),
     }
 }
 

@@ -13,6 +13,7 @@ mod decide;
 pub mod error;
 pub mod event;
 mod evolve;
+pub mod invocation;
 pub mod job;
 pub mod query;
 pub mod registry;
@@ -33,6 +34,7 @@ pub use decide::{decide, responded};
 pub use error::DomainError;
 pub use event::Event;
 pub use evolve::{apply, evolve};
+pub use invocation::{Invocation, InvokeRequest, MethodOutcome, PendingInvocation};
 pub use job::{
     CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus,
     MethodResponse, Run, Stats,
@@ -55,6 +57,9 @@ pub struct State {
     /// Credentials (absent from snapshots of builds before authentication: then empty).
     #[serde(default)]
     pub auth: auth::Auth,
+    /// Direct methods not yet ended (absent from snapshots of earlier builds: then none).
+    #[serde(default)]
+    pub invocations: invocation::Invocations,
 }
 
 impl State {

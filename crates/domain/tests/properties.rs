@@ -1080,6 +1080,8 @@ impl Harness {
                 Action::Send(req) => {
                     sends.insert((req.job.clone(), req.run, req.device.clone(), req.attempt));
                 }
+                // Direct methods have their own properties (tests/invocations.rs).
+                Action::Invoke(_) => {}
             }
         }
         let mut running = BTreeSet::new();

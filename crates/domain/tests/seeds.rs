@@ -120,6 +120,7 @@ impl Leader {
                         }
                     }
                     Action::WakeAt(t) => wake = Some(t),
+                    Action::Invoke(_) => {}
                 }
             }
             if !results.is_empty() {

@@ -380,7 +380,9 @@ impl JobMetrics {
     }
 
     pub fn outcome(&self, kind: &'static str) {
-        self.outcomes.get_or_create(&[("outcome", kind.into())]).inc();
+        self.outcomes
+            .get_or_create(&[("outcome", kind.into())])
+            .inc();
     }
 }
 

@@ -211,6 +211,12 @@ impl From<&Command> for pb::Command {
                 if_version: *if_version,
                 at_ms: at.millis(),
             }),
+            Command::InvokeMethod { invocation, at } => {
+                crate::invocation::invoke_method_case(invocation, *at)
+            }
+            Command::RecordMethodResponse { id, outcome, at } => {
+                crate::invocation::record_method_response_case(id, outcome, *at)
+            }
         };
         pb::Command { kind: Some(kind) }
     }
@@ -404,6 +410,8 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
             id: m.id,
             at: time(m.at_ms),
         },
+        Kind::InvokeMethod(m) => crate::invocation::invoke_method(m)?,
+        Kind::RecordMethodResponse(m) => crate::invocation::record_method_response(m)?,
     })
 }
 

@@ -246,6 +246,10 @@ impl From<&Event> for pb::Event {
                 value_json: json_text(value),
                 at_ms: at.millis(),
             }),
+            Event::MethodInvoked { .. }
+            | Event::MethodSent { .. }
+            | Event::MethodResponded { .. }
+            | Event::MethodFailed { .. } => crate::invocation::event_case(e),
         };
         pb::Event { kind: Some(kind) }
     }
@@ -426,5 +430,9 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
             id: m.id,
             at: time(m.at_ms),
         },
+        Kind::MethodInvoked(m) => crate::invocation::method_invoked(m)?,
+        Kind::MethodSent(m) => crate::invocation::method_sent(m)?,
+        Kind::MethodResponded(m) => crate::invocation::method_responded(m)?,
+        Kind::MethodFailed(m) => crate::invocation::method_failed(m)?,
     })
 }

@@ -21,6 +21,7 @@ mod command;
 mod error;
 mod event;
 mod fields;
+mod invocation;
 mod job;
 mod registry;
 mod spec;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use muster_domain::{
     BatchSize, CancelReason, Command, Event, FailureReason, IdentityCondition, JobFailure, JobSpec,
-    Operation, Outcome, TargetSelector, Threshold, TwinSection,
+    MethodOutcome, Operation, Outcome, TargetSelector, Threshold, TwinSection,
 };
 use muster_proto::{decode_command, decode_event, encode_command, encode_event};
 
@@ -169,6 +169,13 @@ impl Seen {
             Event::DeviceIdentitySet { .. } => "Event::DeviceIdentitySet",
             Event::DeviceDeleted { .. } => "Event::DeviceDeleted",
             Event::TwinReplaced { .. } => "Event::TwinReplaced",
+            Event::MethodInvoked { .. } => "Event::MethodInvoked",
+            Event::MethodSent { .. } => "Event::MethodSent",
+            Event::MethodResponded { .. } => "Event::MethodResponded",
+            Event::MethodFailed { reason, .. } => {
+                self.failure(reason);
+                "Event::MethodFailed"
+            }
         };
         self.0.insert(name);
     }
@@ -222,6 +229,18 @@ impl Seen {
             Command::DeleteDevice { .. } => "Command::DeleteDevice",
             Command::ReplaceTwin { .. } => "Command::ReplaceTwin",
             Command::UpdateDevice { .. } => "Command::UpdateDevice",
+            Command::InvokeMethod { .. } => "Command::InvokeMethod",
+            Command::RecordMethodResponse { outcome, .. } => {
+                let name = match outcome {
+                    MethodOutcome::Responded { .. } => "MethodOutcome::Responded",
+                    MethodOutcome::Failed(reason) => {
+                        self.failure(reason);
+                        "MethodOutcome::Failed"
+                    }
+                };
+                self.0.insert(name);
+                "Command::RecordMethodResponse"
+            }
         };
         self.0.insert(name);
     }
@@ -250,6 +269,14 @@ const ALL_CASES: &[&str] = &[
     "Command::DeleteGroup",
     "Command::DeletePolicy",
     "Command::InitAuth",
+    "Command::InvokeMethod",
+    "Command::RecordMethodResponse",
+    "Event::MethodInvoked",
+    "Event::MethodSent",
+    "Event::MethodResponded",
+    "Event::MethodFailed",
+    "MethodOutcome::Responded",
+    "MethodOutcome::Failed",
     "Command::SavePolicy",
     "Command::MarkDispatched",
     "Command::RecordDeviceResults",

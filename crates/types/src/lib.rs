@@ -39,6 +39,12 @@ const JOB_ID_ALLOWED: &str =
 const DEVICE_ID_EXTRA: &str = "-.%_*?!(),:=@$'";
 const DEVICE_ID_ALLOWED: &str = "letters, digits and any of - . % _ * ? ! ( ) , : = @ $ '";
 
+const INVOCATION_ID_ALLOWED: &str = "letters, digits and -";
+
+const fn is_invocation_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-'
+}
+
 const fn is_job_char(c: char) -> bool {
     c.is_ascii_graphic() && !contains(JOB_ID_FORBIDDEN, c)
 }
@@ -78,8 +84,19 @@ const fn ascii_table(device: bool) -> [bool; 128] {
     table
 }
 
+const fn invocation_table() -> [bool; 128] {
+    let mut table = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = is_invocation_char(b as u8 as char);
+        b += 1;
+    }
+    table
+}
+
 const JOB_CHARS: [bool; 128] = ascii_table(false);
 const DEVICE_CHARS: [bool; 128] = ascii_table(true);
+const INVOCATION_CHARS: [bool; 128] = invocation_table();
 
 fn check(
     kind: &'static str,
@@ -190,6 +207,13 @@ string_id!(
 string_id!(
     /// The caller's name for a rerun (IoT Central's `PUT /api/jobs/{id}/rerun/{rerunId}`).
     RerunId, "rerun id", 64, (is_job_char, &JOB_CHARS), JOB_ID_ALLOWED
+);
+
+string_id!(
+    /// One direct-method invocation, drawn at random by the edge that received the call. It is
+    /// also the MQTT request id (`$rid`) of the call: it has no `:`, so it never collides with a
+    /// job attempt's `{job}:{run}:{attempt}`, and no character an MQTT topic forbids.
+    InvocationId, "invocation id", 64, (is_invocation_char, &INVOCATION_CHARS), INVOCATION_ID_ALLOWED
 );
 
 /// A Raft node's id; numeric because openraft orders and compares them.

@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn labels_stay_within_the_known_sets() {
-        assert_eq!(method_label("/muster.v1.JobService/CreateJob"), "/muster.v1.JobService/CreateJob");
+        assert_eq!(
+            method_label("/muster.v1.JobService/CreateJob"),
+            "/muster.v1.JobService/CreateJob"
+        );
         assert_eq!(method_label("/x.Y/anything-an-attacker-sends"), "unknown");
         assert_eq!(code_label(None), "0");
         assert_eq!(code_label(Some(b"16")), "16");

@@ -12,10 +12,10 @@ use muster_domain::auth::{AccessPolicy, ApiToken, Right, Role, Secret};
 use muster_domain::{
     BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceIdentity,
     DeviceKeys, DeviceRegistration, DeviceResult, Event, FailureReason, IdentityCondition,
-    JobFailure, JobSpec, MethodCall, MethodResponse, Operation, Outcome, PropertyReport,
-    RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold, TwinSection,
+    Invocation, JobFailure, JobSpec, MethodCall, MethodOutcome, MethodResponse, Operation, Outcome,
+    PropertyReport, RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold, TwinSection,
 };
-use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
+use muster_types::{DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, Timestamp};
 use serde_json::json;
 
 const KEY_A: &str = "q83vEjRWeJASNFZ4kKvN7xI0VniQq83vEjRWeJCrze8=";
@@ -541,6 +541,49 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 at: at(13_000),
             },
         ),
+        (
+            "event_method_invoked",
+            Event::MethodInvoked {
+                invocation: invocation(),
+                at: at(10_000),
+            },
+        ),
+        (
+            "event_method_sent",
+            Event::MethodSent {
+                id: invocation().id,
+                device: dev(1),
+                at: at(10_000),
+            },
+        ),
+        (
+            "event_method_responded",
+            Event::MethodResponded {
+                id: invocation().id,
+                device: dev(1),
+                status: 201,
+                payload: json!({"rebooted": true}).into(),
+                at: at(11_000),
+            },
+        ),
+        (
+            "event_method_failed_timeout",
+            Event::MethodFailed {
+                id: invocation().id,
+                device: dev(1),
+                reason: FailureReason::Timeout,
+                at: at(40_000),
+            },
+        ),
+        (
+            "event_method_failed_not_connected",
+            Event::MethodFailed {
+                id: invocation().id,
+                device: dev(1),
+                reason: FailureReason::NotConnected,
+                at: at(10_000),
+            },
+        ),
     ]
 }
 
@@ -561,6 +604,18 @@ pub fn fresh_keys() -> DeviceKeys {
     DeviceKeys {
         primary: KEY_B.into(),
         secondary: KEY_A.into(),
+    }
+}
+
+/// A direct-method call with every field set.
+pub fn invocation() -> Invocation {
+    Invocation {
+        id: InvocationId::new("5f0c7a5e2d1b4c3a9e8f7d6c5b4a3921").unwrap(),
+        device: dev(1),
+        method: "reboot".into(),
+        payload: json!({"delay": 5}),
+        response_timeout_secs: 30,
+        connect_timeout_secs: 10,
     }
 }
 
@@ -858,6 +913,34 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                 enabled: Some(false),
                 if_version: Some(4),
                 at: at(14_000),
+            },
+        ),
+        (
+            "command_invoke_method",
+            Command::InvokeMethod {
+                invocation: invocation(),
+                at: at(10_000),
+            },
+        ),
+        (
+            "command_record_method_response",
+            Command::RecordMethodResponse {
+                id: invocation().id,
+                outcome: MethodOutcome::Responded {
+                    status: 200,
+                    payload: json!("done").into(),
+                },
+                at: at(11_000),
+            },
+        ),
+        (
+            "command_record_method_response_failed",
+            Command::RecordMethodResponse {
+                id: invocation().id,
+                outcome: MethodOutcome::Failed(FailureReason::DispatchFailed {
+                    message: "broker refused".into(),
+                }),
+                at: at(11_000),
             },
         ),
     ]
