@@ -213,7 +213,10 @@ async fn metrics_move_while_a_job_runs_and_need_a_credential() {
         "{}",
         after.text
     );
-    assert!(after.get("muster_http_requests_total{method=\"GET\",route=\"/metrics\",status=\"401\"}") >= 1.0);
+    assert!(
+        after.get("muster_http_requests_total{method=\"GET\",route=\"/metrics\",status=\"401\"}")
+            >= 1.0
+    );
     // A path no route takes is counted under one label, not under the path it asked for.
     let _ = http
         .get(format!("{}/no/such/{prefix}", server.rest))
@@ -221,7 +224,10 @@ async fn metrics_move_while_a_job_runs_and_need_a_credential() {
         .await
         .unwrap();
     let last = Scrape::take(&http, &server.rest).await;
-    assert!(last.get("muster_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}") >= 1.0);
+    assert!(
+        last.get("muster_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}")
+            >= 1.0
+    );
     assert!(!last.text.contains(&format!("/no/such/{prefix}")));
     // Job and device ids never become labels.
     assert!(!last.text.contains("metrics-job"));

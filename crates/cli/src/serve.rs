@@ -386,12 +386,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let log = tracing_subscriber::registry().with(log_layer(&args.log));
         tracing::subscriber::with_default(log, || load(&args))
     };
-    let otlp = match loaded.as_ref().ok().and_then(|c| c.otlp_endpoint.as_deref()) {
-        Some(endpoint) => Some(crate::otlp::provider(endpoint, loaded.as_ref().map_or(0, |c| c.node_id))?),
+    let otlp = match loaded
+        .as_ref()
+        .ok()
+        .and_then(|c| c.otlp_endpoint.as_deref())
+    {
+        Some(endpoint) => Some(crate::otlp::provider(
+            endpoint,
+            loaded.as_ref().map_or(0, |c| c.node_id),
+        )?),
         None => None,
     };
     init_tracing_with(&args.log, otlp.as_ref());
-    if let Some(endpoint) = loaded.as_ref().ok().and_then(|c| c.otlp_endpoint.as_deref()) {
+    if let Some(endpoint) = loaded
+        .as_ref()
+        .ok()
+        .and_then(|c| c.otlp_endpoint.as_deref())
+    {
         tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
     }
     let mut cfg = loaded?;

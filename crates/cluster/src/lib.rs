@@ -774,10 +774,7 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 
 /// Counts every change of the leader this node sees (to another node or to none), for as long
 /// as Raft runs.
-async fn count_leader_changes(
-    mut rx: watch::Receiver<Metrics>,
-    metrics: muster_metrics::Metrics,
-) {
+async fn count_leader_changes(mut rx: watch::Receiver<Metrics>, metrics: muster_metrics::Metrics) {
     let mut leader = rx.borrow_and_update().current_leader;
     while rx.changed().await.is_ok() {
         let now = rx.borrow_and_update().current_leader;

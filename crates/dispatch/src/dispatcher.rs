@@ -420,21 +420,24 @@ impl<H: Host> Engine<H> {
                         &job,
                         info_span!(target: TRACE, "dispatch.mark_dispatched", job = %job, devices = devices.len()),
                     );
-                    self.tasks.spawn(async move {
-                        let cmd = Command::MarkDispatched {
-                            job: job.clone(),
-                            run,
-                            devices: devices.clone(),
-                            at: now(),
-                        };
-                        let result = host.propose(cmd).await;
-                        Done::Dispatched {
-                            job,
-                            run,
-                            devices,
-                            result,
+                    self.tasks.spawn(
+                        async move {
+                            let cmd = Command::MarkDispatched {
+                                job: job.clone(),
+                                run,
+                                devices: devices.clone(),
+                                at: now(),
+                            };
+                            let result = host.propose(cmd).await;
+                            Done::Dispatched {
+                                job,
+                                run,
+                                devices,
+                                result,
+                            }
                         }
-                    }.instrument(span));
+                        .instrument(span),
+                    );
                 }
                 Action::Send(req) => self.track(req, generation),
             }
@@ -751,14 +754,17 @@ impl<H: Host> Engine<H> {
                     )
                 })
                 .collect();
-            self.tasks.spawn(async move {
-                let cmd = Command::RecordDeviceResults {
-                    results: batch,
-                    at: now(),
-                };
-                let result = host.propose(cmd).await;
-                Done::Results { keys, result }
-            }.instrument(span));
+            self.tasks.spawn(
+                async move {
+                    let cmd = Command::RecordDeviceResults {
+                        results: batch,
+                        at: now(),
+                    };
+                    let result = host.propose(cmd).await;
+                    Done::Results { keys, result }
+                }
+                .instrument(span),
+            );
         }
         // Presence and reported properties: a few batches under way at once; a device waits for
         // its previous batch of the same kind (`RegistryBatcher`), which keeps its order.

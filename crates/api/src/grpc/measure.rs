@@ -59,6 +59,7 @@ where
             otel.kind = "server",
             rpc.method = method,
         );
+        muster_cluster::trace::continue_from_headers(&span, req.headers());
         let answer = span.in_scope(|| self.inner.call(req));
         let metrics = self.metrics.clone();
         Box::pin(async move {
@@ -103,7 +104,10 @@ mod tests {
 
     #[test]
     fn labels_stay_within_the_known_sets() {
-        assert_eq!(method_label("/muster.v1.JobService/CreateJob"), "/muster.v1.JobService/CreateJob");
+        assert_eq!(
+            method_label("/muster.v1.JobService/CreateJob"),
+            "/muster.v1.JobService/CreateJob"
+        );
         assert_eq!(method_label("/x.Y/anything-an-attacker-sends"), "unknown");
         assert_eq!(code_label(None), "0");
         assert_eq!(code_label(Some(b"16")), "16");
