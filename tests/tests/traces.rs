@@ -3,7 +3,8 @@
 //! one-device `muster devsim` fleet on Mosquitto (`MUSTER_TEST_MQTT_URL`), and a job created
 //! through REST on a follower. One trace must hold the REST request, the forwarding to the
 //! leader, the Raft commit and apply there, the MQTT publish to the device, its answer and the
-//! proposal that recorded it.
+//! proposal that recorded it; and since the request carries a W3C `traceparent`, that trace is
+//! the caller's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -114,8 +115,16 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    // The caller's own trace and span: the REST span must continue them.
+    let caller_trace: Vec<u8> = (1..=16).collect();
+    let caller_span: Vec<u8> = vec![0xab; 8];
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let r = http
         .put(format!("{rest}/api/jobs/traced-job?{V}"))
+        .header(
+            "traceparent",
+            format!("00-{}-{}-01", hex(&caller_trace), hex(&caller_span)),
+        )
         .json(&json!({
             "displayName": "traced",
             "group": prefix,
@@ -131,7 +140,7 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
         let all = spans.lock().unwrap().clone();
         let root = all
             .iter()
-            .find(|s| s.name == "PUT /api/jobs/{id}" && s.parent.is_empty())
+            .find(|s| s.name == "PUT /api/jobs/{id}" && s.trace == caller_trace)
             .cloned();
         let trace: Vec<Span> = match &root {
             Some(r) => all.into_iter().filter(|s| s.trace == r.trace).collect(),
@@ -175,6 +184,10 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
         );
     }
     let root = root.unwrap();
+    assert_eq!(
+        root.parent, caller_span,
+        "the REST span continues the caller's span"
+    );
 
     // Parent links: every span but the root has its parent in the same trace, and the hops
     // chain as the request travelled.

@@ -53,6 +53,30 @@ pub(crate) fn continue_remote(span: &Span, cx: opentelemetry::Context) {
     }
 }
 
+/// Makes `span` (a request's first span) continue the caller's trace when the request carries a
+/// W3C `traceparent` header (REST, or gRPC metadata, which travels as HTTP/2 headers).
+pub fn continue_from_headers(span: &Span, headers: &tonic::codegen::http::HeaderMap) {
+    if span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    continue_remote(
+        span,
+        TraceContextPropagator::new().extract(&Headers(headers)),
+    );
+}
+
+struct Headers<'a>(&'a tonic::codegen::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
 
 impl Injector for Metadata<'_> {

@@ -32,6 +32,31 @@ type Labels1 = [Label; 1];
 type Labels2 = [Label; 2];
 type Labels3 = [Label; 3];
 
+/// The status classes of device answers.
+const ANSWER_CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
+
+/// The kinds of device outcome (see `JobMetrics::outcome`).
+pub const OUTCOMES: [&str; 8] = [
+    "succeeded",
+    "failed",
+    "timed_out",
+    "not_connected",
+    "device_not_found",
+    "device_disabled",
+    "dispatch_failed",
+    "retried",
+];
+
+/// Creates the series of `family` for each of `values` of label `name` up front (so they are
+/// exposed at 0 from the start) and returns their counters, to count without a lookup.
+fn series<const N: usize>(
+    family: &Family<Labels1, Counter>,
+    name: &'static str,
+    values: [&'static str; N],
+) -> [(&'static str, Counter); N] {
+    values.map(|v| (v, family.get_or_create_owned(&[(name, v.to_string())])))
+}
+
 /// Latencies from 100 µs to about 13 s.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -269,6 +294,7 @@ pub struct DispatchMetrics {
     pub in_flight: Gauge,
     pub requests_sent: Counter,
     answers: Family<Labels1, Counter>,
+    answer_classes: [(&'static str, Counter); 4],
     pub timeouts: Counter,
     pub retries: Counter,
     broker_up: Family<Labels1, Gauge>,
@@ -277,10 +303,12 @@ pub struct DispatchMetrics {
 
 impl DispatchMetrics {
     fn register(r: &mut Registry) -> Self {
+        let answers = Family::default();
         let m = DispatchMetrics {
             in_flight: Gauge::default(),
             requests_sent: Counter::default(),
-            answers: Family::default(),
+            answer_classes: series(&answers, "class", ANSWER_CLASSES),
+            answers,
             timeouts: Counter::default(),
             retries: Counter::default(),
             broker_up: Family::default(),
@@ -327,13 +355,13 @@ impl DispatchMetrics {
 
     /// Counts an answer with MQTT status `status` (HTTP-like codes).
     pub fn answer(&self, status: i32) {
-        let class = match status {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
+        let i = match status {
+            200..=299 => 0,
+            400..=499 => 1,
+            500..=599 => 2,
+            _ => 3,
         };
-        self.answers.get_or_create(&[("class", class.into())]).inc();
+        self.answer_classes[i].1.inc();
     }
 
     pub fn broker_up(&self, broker: usize, up: bool) {
@@ -349,13 +377,16 @@ impl DispatchMetrics {
 pub struct JobMetrics {
     by_status: Family<Labels1, Gauge>,
     outcomes: Family<Labels1, Counter>,
+    outcome_kinds: [(&'static str, Counter); 8],
 }
 
 impl JobMetrics {
     fn register(r: &mut Registry) -> Self {
+        let outcomes = Family::default();
         let m = JobMetrics {
             by_status: Family::default(),
-            outcomes: Family::default(),
+            outcome_kinds: series(&outcomes, "outcome", OUTCOMES),
+            outcomes,
         };
         r.register(
             "muster_jobs",
@@ -379,10 +410,19 @@ impl JobMetrics {
         }
     }
 
+    /// Counts one device outcome of `kind`, one of [`OUTCOMES`] (another is counted too, under
+    /// its own label).
     pub fn outcome(&self, kind: &'static str) {
-        self.outcomes
-            .get_or_create(&[("outcome", kind.into())])
-            .inc();
+        match self.outcome_kinds.iter().find(|(k, _)| *k == kind) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.outcomes
+                    .get_or_create(&[("outcome", kind.to_string())])
+                    .inc();
+            }
+        }
     }
 }
 

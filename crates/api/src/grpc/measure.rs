@@ -59,6 +59,7 @@ where
             otel.kind = "server",
             rpc.method = method,
         );
+        muster_cluster::trace::continue_from_headers(&span, req.headers());
         let answer = span.in_scope(|| self.inner.call(req));
         let metrics = self.metrics.clone();
         Box::pin(async move {

@@ -43,6 +43,7 @@ pub(super) async fn measure(State(metrics): State<Metrics>, req: Request, next: 
         http.route = route.as_deref().unwrap_or("unmatched"),
         http.response.status_code = tracing::field::Empty,
     );
+    muster_cluster::trace::continue_from_headers(&span, req.headers());
     let res = next.run(req).instrument(span.clone()).await;
     span.record("http.response.status_code", res.status().as_u16());
     metrics.api().http(
