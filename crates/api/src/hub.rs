@@ -38,8 +38,8 @@
 
 use muster_domain::registry::merge_patch;
 use muster_domain::{
-    CancelReason, Job, JobFailure, JobSpec, JobStatus, MethodCall,
-    Operation, RetryPolicy, Rollout, Schedule, Target, TargetSelector,
+    CancelReason, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation, RetryPolicy, Rollout,
+    Schedule, Target, TargetSelector,
 };
 use muster_types::{DeviceId, JobId, Timestamp};
 use serde_json::{Map, Value};

@@ -355,13 +355,7 @@ fn as_object(v: &Value) -> Value {
 
 /// One properties section with its `$metadata` and `$version`. A section never written shows
 /// the registration time (and version 0 for desired ones), as a new IoT Hub twin does.
-fn section(
-    props: &Value,
-    meta: &Value,
-    version: u64,
-    desired: bool,
-    created: Timestamp,
-) -> Value {
+fn section(props: &Value, meta: &Value, version: u64, desired: bool, created: Timestamp) -> Value {
     let mut map = match props {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
@@ -387,9 +381,9 @@ fn render_meta(meta: &Value) -> Value {
             m.iter()
                 .map(|(k, v)| {
                     let v = match (k.as_str(), v) {
-                        (META_UPDATED, Value::Number(n)) => Value::String(
-                            Timestamp(n.as_i64().unwrap_or_default()).to_rfc3339(),
-                        ),
+                        (META_UPDATED, Value::Number(n)) => {
+                            Value::String(Timestamp(n.as_i64().unwrap_or_default()).to_rfc3339())
+                        }
                         _ => render_meta(v),
                     };
                     (k.clone(), v)
@@ -475,19 +469,20 @@ pub fn twin_replace_from_hub(body: &str) -> Result<(Value, Value), ApiError> {
 }
 
 /// Reads an `If-Match` header into the version it names: `*` (or no header) is `None`
-/// (unconditional); `"5"`, `5` and `W/"5"` are `Some(5)`. Anything else is a 400.
+/// (unconditional); `"5"`, `5` and `W/"5"` are `Some(5)`. Anything else is a 400. Microsoft's
+/// Python SDK quotes whatever it sends, `*` included, so `"*"` is `*` too.
 pub fn etag_version(if_match: Option<&str>) -> Result<Option<u64>, ApiError> {
     let Some(raw) = if_match.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    if raw == "*" {
-        return Ok(None);
-    }
     let tag = raw.strip_prefix("W/").unwrap_or(raw);
     let tag = tag
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .unwrap_or(tag);
+    if tag == "*" {
+        return Ok(None);
+    }
     tag.parse::<u64>().map(Some).map_err(|_| {
         ApiError::bad_request(
             "If-Match",

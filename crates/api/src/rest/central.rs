@@ -20,13 +20,11 @@ use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
 use crate::access::Access::Need;
 use crate::central::{
-    central_properties_json, device_patch_from_central, properties_from_central,
-};
-use crate::central::{
     central_device_group_json, central_device_json, central_job_device_json, central_job_json,
     central_page, check_api_version, device_group_from_central, device_registration_from_central,
     job_request_from_central, job_template, next_link, CENTRAL_API_VERSIONS, NEXT_LINK_TOKEN_PARAM,
 };
+use crate::central::{central_properties_json, device_patch_from_central, properties_from_central};
 use crate::error::ApiError;
 use crate::history::event_json;
 use muster_cluster::{now, EventLog};
@@ -60,9 +58,21 @@ pub(super) fn routes() -> Routes {
         .put("/api/devices/{id}", Need(DevicesWrite), put_device)
         .patch("/api/devices/{id}", Need(DevicesWrite), patch_device)
         .delete("/api/devices/{id}", Need(DevicesWrite), delete_device)
-        .get("/api/devices/{id}/properties", Need(DevicesRead), get_properties)
-        .put("/api/devices/{id}/properties", Need(TwinsWrite), put_properties)
-        .patch("/api/devices/{id}/properties", Need(TwinsWrite), patch_properties)
+        .get(
+            "/api/devices/{id}/properties",
+            Need(DevicesRead),
+            get_properties,
+        )
+        .put(
+            "/api/devices/{id}/properties",
+            Need(TwinsWrite),
+            put_properties,
+        )
+        .patch(
+            "/api/devices/{id}/properties",
+            Need(TwinsWrite),
+            patch_properties,
+        )
 }
 
 /// The checked `api-version`, kept for the `nextLink`.
