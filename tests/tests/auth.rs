@@ -196,9 +196,10 @@ async fn expired_tampered_wrong_key_and_wrong_host_tokens_are_refused() {
     ] {
         let r = http_with(&t).get(&url).send().await.unwrap();
         assert_eq!(r.status(), 401, "{what}");
-        bodies.push(r.text().await.unwrap());
+        let body: Value = r.json().await.unwrap();
+        bodies.push(muster_tests::error_of(&body).unwrap());
     }
-    // No hint which: every refusal reads the same.
+    // No hint which: every refusal reads the same (apart from its request id and time).
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
 
     // Bad input in the header: a clear 4xx each, and the node keeps serving.

@@ -381,16 +381,18 @@ async fn api_version_is_required_and_checked() {
         assert_eq!(e.code, "UnsupportedApiVersion", "{path}");
         assert!(e.message.contains("2022-07-31"), "{e:?}");
     }
-    for path in ["/jobs/v2/x", "/jobs/v2/query", "/twins/x"] {
+    // IoT Hub's code for both is InvalidProtocolVersion; the message says which.
+    for path in ["/jobs/v2/x", "/jobs/v2/query", "/twins/x", "/devices/x", "/devices"] {
         let e = api.err(api.c.get(api.url(path)), 400).await;
-        assert_eq!(e.code, "MissingApiVersionParameter", "{path}");
+        assert_eq!(e.code, "InvalidProtocolVersion", "{path}");
+        assert!(e.message.contains("is required"), "{e:?}");
         assert!(e.message.contains("2016-09-30-preview"), "{e:?}");
     }
     // A write without api-version writes nothing.
     let e = api
         .err(api.c.put(api.url("/jobs/v2/nover")).json(&hub_job()), 400)
         .await;
-    assert_eq!(e.code, "MissingApiVersionParameter");
+    assert_eq!(e.code, "InvalidProtocolVersion");
     api.absent(&format!("/jobs/v2/nover?{HUB}")).await;
     // A Central version on a Hub route is not accepted either.
     let e = api
@@ -401,7 +403,8 @@ async fn api_version_is_required_and_checked() {
             400,
         )
         .await;
-    assert_eq!(e.code, "UnsupportedApiVersion");
+    assert_eq!(e.code, "InvalidProtocolVersion");
+    assert!(e.message.contains("not supported"), "{e:?}");
     api.still_serving(0).await;
 }
 
