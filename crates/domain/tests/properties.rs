@@ -1995,10 +1995,13 @@ impl Harness {
                     if_version: stale.then(|| version.unwrap_or(0) + 1),
                     at: now,
                 })?;
+                // Deleted exactly when it existed and the etag (if any) matched.
+                let existed = version.is_some();
                 prop_assert_eq!(
-                    events.is_empty(),
-                    self.state.registry.devices.contains_key(&device)
+                    self.state.registry.devices.contains_key(&device),
+                    existed && *stale
                 );
+                prop_assert_eq!(events.is_empty(), !existed || *stale);
             }
             Op::Replace {
                 device,
