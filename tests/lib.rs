@@ -832,3 +832,111 @@ pub async fn grpc_tls_channel(
     let channel = grpc_endpoint(url, ca, identity)?.connect().await?;
     Ok(with_credential(channel, Some(&admin_token())))
 }
+
+impl std::fmt::Debug for SdkNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdkNode")
+            .field("rest", &self.server.rest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node for Microsoft's Python SDK: HTTPS with muster's own CA, `--hostname` set to the
+/// REST address (the host the SDK signs for and connects to), and the administrator's
+/// connection string the node wrote to `admin.credential`.
+pub struct SdkNode {
+    pub server: Server,
+    /// `HostName=...;SharedAccessKeyName=iothubowner;SharedAccessKey=...`
+    pub connection_string: String,
+    pub python: String,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SdkNode {
+    /// `None` (the caller skips) when `MUSTER_TEST_PYTHON` is not set outside CI; under `CI` a
+    /// missing Python is an error, since `.ci/run` makes the SDK's venv.
+    pub async fn start() -> anyhow::Result<Option<SdkNode>> {
+        let Ok(python) = std::env::var("MUSTER_TEST_PYTHON") else {
+            if std::env::var_os("CI").is_some() {
+                bail!("MUSTER_TEST_PYTHON is not set: .ci/run makes the SDK's venv and sets it");
+            }
+            eprintln!("skipped: set MUSTER_TEST_PYTHON to a Python with azure-iot-hub installed");
+            return Ok(None);
+        };
+        let dir = data_dir()?;
+        let certs = dir.path().join("certs");
+        certs_init(&certs, &["--node", "1=127.0.0.1"])?;
+        let port = free_ports(1)?[0];
+        let addr = format!("127.0.0.1:{port}");
+        let mut extra: Vec<String> = tls_flags(&certs, 1);
+        extra.extend([
+            "--http-addr".into(),
+            addr.clone(),
+            "--hostname".into(),
+            addr.clone(),
+        ]);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let node_dir = dir.path().join("node");
+        std::fs::create_dir_all(&node_dir)?;
+        let server = Server::start_tls(&node_dir, &certs.join("ca.pem"), &extra)?;
+        server.wait_ready().await?;
+        let file = server.data_dir().join("admin.credential");
+        wait_for("admin.credential", || {
+            let exists = file.exists();
+            async move { exists }
+        })
+        .await?;
+        let connection_string = std::fs::read_to_string(&file)?.trim().to_string();
+        if !connection_string.starts_with(&format!("HostName={addr};")) {
+            bail!("unexpected connection string {connection_string}");
+        }
+        Ok(Some(SdkNode {
+            server,
+            connection_string,
+            python,
+            ca: certs.join("ca.pem"),
+            _dir: dir,
+        }))
+    }
+
+    /// Runs `tests/python/SCRIPT` with the connection string and `args`, trusting muster's CA;
+    /// fails with the script's output and the node's log unless it exits 0. Returns stdout.
+    pub async fn run_script(&self, script: &str, args: &[&str]) -> anyhow::Result<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join(script);
+        let out = tokio::process::Command::new(&self.python)
+            .arg(&path)
+            .arg(&self.connection_string)
+            .args(args)
+            .env("REQUESTS_CA_BUNDLE", &self.ca)
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "{script} failed:\nstdout:\n{stdout}\nstderr:\n{}\nnode log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.server.log_text()
+            );
+        }
+        Ok(stdout)
+    }
+}
+
+/// The `(code, message)` of an error body in any of the three shapes the gateway answers in:
+/// IoT Hub's (`{"Message": "ErrorCode:CODE;message", "ExceptionMessage"}`), IoT Central's and
+/// muster's (`{"error": {"code", "message", ...}}`). `None` for anything else.
+pub fn error_of(body: &serde_json::Value) -> Option<(String, String)> {
+    if let Some(m) = body.get("Message").and_then(|m| m.as_str()) {
+        let rest = m.strip_prefix("ErrorCode:")?;
+        let (code, message) = rest.split_once(';')?;
+        return Some((code.to_string(), message.to_string()));
+    }
+    let e = body.get("error")?;
+    Some((
+        e.get("code")?.as_str()?.to_string(),
+        e.get("message")?.as_str()?.to_string(),
+    ))
+}

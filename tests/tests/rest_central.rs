@@ -118,7 +118,8 @@ async fn seed_fleet(api: &Api) {
         assert_eq!(s, 200, "{got}");
         assert_eq!(
             got,
-            json!({"id": id, "displayName": format!("Thermostat {i}"), "template": TEMPLATE, "enabled": true})
+            json!({"id": id, "etag": "1", "displayName": format!("Thermostat {i}"), "simulated": false,
+                   "provisioned": false, "template": TEMPLATE, "enabled": true})
         );
     }
     let group = json!({
@@ -451,7 +452,8 @@ async fn device_groups_and_devices() {
     assert_eq!(s, 200);
     assert_eq!(
         d,
-        json!({"id": "therm-02", "displayName": "Thermostat 2", "template": TEMPLATE, "enabled": true})
+        json!({"id": "therm-02", "etag": "1", "displayName": "Thermostat 2", "simulated": false,
+               "provisioned": false, "template": TEMPLATE, "enabled": true})
     );
     let (s, d) = api
         .put(
@@ -462,6 +464,7 @@ async fn device_groups_and_devices() {
     assert_eq!(s, 200, "{d}");
     assert_eq!(d["displayName"], "Lobby thermostat");
     assert_eq!(d["enabled"], false);
+    assert_eq!(d["etag"], "2");
     let (s, d) = api.get("/api/devices/therm-02").await;
     assert_eq!(s, 200);
     assert_eq!(d["displayName"], "Lobby thermostat");
@@ -469,7 +472,8 @@ async fn device_groups_and_devices() {
     assert_eq!(s, 200, "{d}");
     assert_eq!(
         d,
-        json!({"id": "plain-sensor", "displayName": "plain-sensor", "enabled": true})
+        json!({"id": "plain-sensor", "etag": "1", "displayName": "plain-sensor",
+               "simulated": false, "provisioned": false, "enabled": true})
     );
     let (s, list) = api.get("/api/devices").await;
     assert_eq!(s, 200);

@@ -4,7 +4,7 @@
 //! and query parameter), and twins with ETags.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use muster_tests::{data_dir, wait_for, Server};
+use muster_tests::{data_dir, error_of, wait_for, Server};
 use serde_json::{json, Value};
 
 /// The seed's api-version.
@@ -189,7 +189,7 @@ async fn method_and_twin_jobs_as_the_seed_shows_them() {
     // A duplicate id is a 409, and the first job is untouched.
     let (s, got) = api.put("/jobs/v2/fw-43", &twin_job).await;
     assert_eq!(s, 409, "{got}");
-    assert_eq!(got["error"]["code"], "JobExists");
+    assert_eq!(error_of(&got).unwrap().0, "JobExists");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +234,7 @@ async fn cancel_ends_a_job() {
     )
     .await;
     assert_eq!(s, 404, "{got}");
-    assert_eq!(got["error"]["code"], "JobNotFound");
+    assert_eq!(error_of(&got).unwrap().0, "JobNotFound");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,10 +344,7 @@ async fn query_pages_with_the_continuation_token() {
     assert_eq!(body.as_array().unwrap().len(), 7);
     let (s, body) = api.get("/jobs/v2/query?jobStatus=bogus").await;
     assert_eq!(s, 400, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("jobStatus"));
+    assert!(error_of(&body).unwrap().1.contains("jobStatus"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +397,7 @@ async fn twins_patch_with_etags() {
         .unwrap();
     let (s, err) = read(r).await;
     assert_eq!(s, 412, "{err}");
-    assert_eq!(err["error"]["code"], "PreconditionFailed");
+    assert_eq!(error_of(&err).unwrap().0, "PreconditionFailed");
     let (_, twin) = api.get("/twins/tw-1").await;
     assert_eq!(twin["tags"]["floor"], 3);
 
@@ -419,7 +416,7 @@ async fn twins_patch_with_etags() {
 
     let (s, err) = api.get("/twins/nobody").await;
     assert_eq!(s, 404, "{err}");
-    assert_eq!(err["error"]["code"], "DeviceNotFound");
+    assert_eq!(error_of(&err).unwrap().0, "DeviceNotFound");
     let r = api
         .c
         .patch(api.url("/twins/nobody"))

@@ -218,6 +218,15 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
         ("/muster.v1.DeviceService/ListDevices", Need(DevicesRead)),
         ("/muster.v1.DeviceService/QueryDevices", Need(DevicesRead)),
         ("/muster.v1.DeviceService/UpdateTwin", Need(TwinsWrite)),
+        (
+            "/muster.v1.DeviceService/SetDeviceStatus",
+            Need(DevicesWrite),
+        ),
+        (
+            "/muster.v1.DeviceService/RotateDeviceKeys",
+            Need(DevicesWrite),
+        ),
+        ("/muster.v1.DeviceService/DeleteDevice", Need(DevicesWrite)),
         ("/muster.v1.GroupService/PutGroup", Need(GroupsWrite)),
         ("/muster.v1.GroupService/GetGroup", Need(DevicesRead)),
         ("/muster.v1.GroupService/ListGroups", Need(DevicesRead)),

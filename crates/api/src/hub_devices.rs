@@ -469,19 +469,20 @@ pub fn twin_replace_from_hub(body: &str) -> Result<(Value, Value), ApiError> {
 }
 
 /// Reads an `If-Match` header into the version it names: `*` (or no header) is `None`
-/// (unconditional); `"5"`, `5` and `W/"5"` are `Some(5)`. Anything else is a 400.
+/// (unconditional); `"5"`, `5` and `W/"5"` are `Some(5)`. Anything else is a 400. Microsoft's
+/// Python SDK quotes whatever it sends, `*` included, so `"*"` is `*` too.
 pub fn etag_version(if_match: Option<&str>) -> Result<Option<u64>, ApiError> {
     let Some(raw) = if_match.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    if raw == "*" {
-        return Ok(None);
-    }
     let tag = raw.strip_prefix("W/").unwrap_or(raw);
     let tag = tag
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .unwrap_or(tag);
+    if tag == "*" {
+        return Ok(None);
+    }
     tag.parse::<u64>().map(Some).map_err(|_| {
         ApiError::bad_request(
             "If-Match",

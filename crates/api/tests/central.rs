@@ -788,7 +788,8 @@ fn devices() {
     let out = central_device_json(&d);
     assert_eq!(
         out,
-        json!({"id": "thermostat1", "displayName": "CheckoutThermostat",
+        json!({"id": "thermostat1", "etag": "1", "displayName": "CheckoutThermostat",
+               "simulated": false, "provisioned": false,
                "template": "dtmi:contoso:Thermostat;1", "enabled": true})
     );
     // A GET body sent back is accepted.

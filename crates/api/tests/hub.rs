@@ -609,7 +609,7 @@ fn twins() {
         enabled: true,
         tags: json!({"site": "b43"}),
     };
-    let mut d = Device::new(&reg, now());
+    let mut d = Device::new(&reg, Timestamp(5));
     d.patch(TwinSection::Desired, &json!({"fw": "2"}), Timestamp(6));
     d.patch(TwinSection::Reported, &json!({"fw": "1"}), Timestamp(7));
     let out = hub_twin_json(&d);
@@ -617,17 +617,38 @@ fn twins() {
         out,
         json!({
             "deviceId": "d1",
+            "modelId": "dtmi:x;1",
             "etag": "3",
-            "version": 3,
+            "deviceEtag": "1",
             "status": "enabled",
+            "statusUpdateTime": "0001-01-01T00:00:00Z",
             "connectionState": "Disconnected",
             "lastActivityTime": "0001-01-01T00:00:00Z",
+            "cloudToDeviceMessageCount": 0,
+            "authenticationType": "sas",
+            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+            "version": 3,
             "tags": {"site": "b43"},
             "properties": {
-                "desired": {"fw": "2", "$version": 1},
-                "reported": {"fw": "1", "$version": 1}
+                "desired": {
+                    "fw": "2",
+                    "$metadata": {
+                        "$lastUpdated": "1970-01-01T00:00:00.006Z",
+                        "$lastUpdatedVersion": 1,
+                        "fw": {"$lastUpdated": "1970-01-01T00:00:00.006Z", "$lastUpdatedVersion": 1}
+                    },
+                    "$version": 1
+                },
+                "reported": {
+                    "fw": "1",
+                    "$metadata": {
+                        "$lastUpdated": "1970-01-01T00:00:00.007Z",
+                        "fw": {"$lastUpdated": "1970-01-01T00:00:00.007Z"}
+                    },
+                    "$version": 1
+                }
             },
-            "modelId": "dtmi:x;1"
+            "capabilities": {"iotEdge": false}
         })
     );
     let keys: Vec<&str> = out
@@ -640,14 +661,20 @@ fn twins() {
         keys,
         [
             "deviceId",
+            "modelId",
             "etag",
-            "version",
+            "deviceEtag",
             "status",
+            "statusUpdateTime",
             "connectionState",
             "lastActivityTime",
+            "cloudToDeviceMessageCount",
+            "authenticationType",
+            "x509Thumbprint",
+            "version",
             "tags",
             "properties",
-            "modelId"
+            "capabilities"
         ]
     );
 
@@ -699,6 +726,8 @@ fn twin_patches() {
 fn etags() {
     assert_eq!(etag_version(None).unwrap(), None);
     assert_eq!(etag_version(Some("*")).unwrap(), None);
+    // What the Python SDK sends when given no etag.
+    assert_eq!(etag_version(Some("\"*\"")).unwrap(), None);
     assert_eq!(etag_version(Some("5")).unwrap(), Some(5));
     assert_eq!(etag_version(Some("\"5\"")).unwrap(), Some(5));
     assert_eq!(etag_version(Some("W/\"7\"")).unwrap(), Some(7));

@@ -33,12 +33,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use base64::Engine;
 use muster_domain::{
     actions, actions_with, apply, decide, evolve, Action, ActionOptions, BatchSize, CancelReason,
-    CancellationThreshold, Command, ConnectionChange, ConnectionState, DeviceRegistration,
-    DeviceResult, DeviceRun, DeviceStatus, DomainError, Event, FailureReason, Job, JobFailure,
-    JobSpec, JobStatus, MethodCall, Operation, Outcome, PropertyReport, RetryPolicy, Rollout,
-    Schedule, State, Stats, Target, TargetSelector, Threshold,
+    CancellationThreshold, Command, ConnectionChange, ConnectionState, DeviceIdentity, DeviceKeys,
+    DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus, DomainError, Event, FailureReason,
+    IdentityCondition, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation, Outcome,
+    PropertyReport, RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector,
+    Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use proptest::prelude::*;
@@ -175,6 +177,30 @@ enum Op {
     },
     Create(JobGen),
     RedefineGroup(u8),
+    /// An IoT Hub identity PUT on a known or a new device, under one of the three conditions
+    /// (0: create, 1: exists, 2: the current etag, 3: a stale etag), keys given or not.
+    Identity {
+        device: Option<usize>,
+        enabled: bool,
+        condition: u8,
+        keys: bool,
+    },
+    /// A device deleted (possibly by a stale etag).
+    Delete {
+        device: usize,
+        stale: bool,
+    },
+    /// A twin replaced whole (possibly by a stale etag).
+    Replace {
+        device: usize,
+        site: Option<u8>,
+        stale: bool,
+    },
+    /// IoT Central's PATCH of a device's status.
+    Enable {
+        device: usize,
+        enabled: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -407,6 +433,44 @@ fn op_gen() -> impl Strategy<Value = Op> {
         ),
         (1, job_gen().prop_map(Op::Create).boxed()),
         (1, (0u8..3).prop_map(Op::RedefineGroup).boxed()),
+        (
+            1,
+            (
+                prop::option::weighted(0.6, any::<usize>()),
+                prop::bool::weighted(0.7),
+                0u8..4,
+                any::<bool>(),
+            )
+                .prop_map(|(device, enabled, condition, keys)| Op::Identity {
+                    device,
+                    enabled,
+                    condition,
+                    keys,
+                })
+                .boxed(),
+        ),
+        (
+            1,
+            (any::<usize>(), prop::bool::weighted(0.3))
+                .prop_map(|(device, stale)| Op::Delete { device, stale })
+                .boxed(),
+        ),
+        (
+            1,
+            (any::<usize>(), site(), prop::bool::weighted(0.2))
+                .prop_map(|(device, site, stale)| Op::Replace {
+                    device,
+                    site,
+                    stale,
+                })
+                .boxed(),
+        ),
+        (
+            1,
+            (any::<usize>(), prop::bool::weighted(0.5))
+                .prop_map(|(device, enabled)| Op::Enable { device, enabled })
+                .boxed(),
+        ),
     ])
 }
 
@@ -1851,6 +1915,120 @@ impl Harness {
                 if !upsert && !events.is_empty() {
                     self.devices.push(id);
                 }
+            }
+            Op::Identity {
+                device,
+                enabled,
+                condition,
+                keys,
+            } => {
+                let id = match device {
+                    Some(i) if !self.devices.is_empty() => {
+                        self.devices[i % self.devices.len()].clone()
+                    }
+                    _ => {
+                        let id = did(&format!("hub-{:03}", self.next_device));
+                        self.next_device += 1;
+                        id
+                    }
+                };
+                let current = self
+                    .state
+                    .registry
+                    .devices
+                    .get(&id)
+                    .map(|d| d.identity_version);
+                let pre_keys = self
+                    .state
+                    .registry
+                    .devices
+                    .get(&id)
+                    .and_then(|d| d.keys.as_ref().map(|k| k.primary.clone()));
+                let condition = match condition {
+                    0 => IdentityCondition::Create,
+                    1 => IdentityCondition::Exists,
+                    2 => IdentityCondition::Version(current.unwrap_or(1)),
+                    _ => IdentityCondition::Version(current.unwrap_or(1) + 7),
+                };
+                let key = |n: u8| base64::engine::general_purpose::STANDARD.encode([n; 32]);
+                let events = self.apply(Command::PutDeviceIdentity {
+                    identity: DeviceIdentity {
+                        id: id.clone(),
+                        enabled: *enabled,
+                        status_reason: (!enabled).then(|| "test".to_string()),
+                        keys: keys.then(|| DeviceKeys {
+                            primary: key(1),
+                            secondary: key(2),
+                        }),
+                        iot_edge: false,
+                    },
+                    condition,
+                    fresh_keys: DeviceKeys {
+                        primary: key(3),
+                        secondary: key(4),
+                    },
+                    at: now,
+                })?;
+                if current.is_none() && !events.is_empty() {
+                    self.devices.push(id.clone());
+                }
+                if !events.is_empty() {
+                    let d = &self.state.registry.devices[&id];
+                    // The caller's keys, else the device's own, else the fresh ones.
+                    let want = if *keys {
+                        key(1)
+                    } else {
+                        pre_keys.unwrap_or_else(|| key(3))
+                    };
+                    prop_assert_eq!(d.keys.as_ref().map(|k| k.primary.clone()), Some(want));
+                    prop_assert_eq!(d.enabled, *enabled);
+                }
+            }
+            Op::Delete { device, stale } => {
+                let device = self.pick_device(*device);
+                let version = self
+                    .state
+                    .registry
+                    .devices
+                    .get(&device)
+                    .map(|d| d.identity_version);
+                let events = self.apply(Command::DeleteDevice {
+                    device: device.clone(),
+                    if_version: stale.then(|| version.unwrap_or(0) + 1),
+                    at: now,
+                })?;
+                // Deleted exactly when it existed and the etag (if any) matched.
+                let existed = version.is_some();
+                prop_assert_eq!(
+                    self.state.registry.devices.contains_key(&device),
+                    existed && *stale
+                );
+                prop_assert_eq!(events.is_empty(), !existed || *stale);
+            }
+            Op::Replace {
+                device,
+                site,
+                stale,
+            } => {
+                let device = self.pick_device(*device);
+                self.apply(Command::ReplaceTwin {
+                    device,
+                    tags: Some(tags_of(*site)),
+                    desired: json!({"fw": "3"}),
+                    if_version: stale.then_some(0),
+                    at: now,
+                })?;
+            }
+            Op::Enable { device, enabled } => {
+                let device = self.pick_device(*device);
+                self.apply(Command::UpdateDevice {
+                    device,
+                    display_name: None,
+                    model_id: None,
+                    enabled: Some(*enabled),
+                    if_version: None,
+                    at: now,
+                })?;
             }
             Op::Create(g) => self.create_job(g)?,
             Op::RedefineGroup(s) => {

@@ -152,6 +152,10 @@ pub(crate) fn device(d: &Device) -> pb::Device {
         } as i32,
         registered_at_ms: d.registered_at.millis(),
         last_activity_ms: ms(d.last_activity),
+        status_reason: d.status_reason.clone(),
+        identity_version: d.identity_version,
+        status_updated_ms: ms(d.status_updated),
+        has_keys: d.keys.is_some(),
     }
 }
 

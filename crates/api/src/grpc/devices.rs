@@ -2,7 +2,7 @@
 
 use muster_cluster::{now, Cluster};
 use muster_domain::query::Query;
-use muster_domain::{Command, DeviceRegistration};
+use muster_domain::{Command, DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition};
 use muster_proto::pb;
 use muster_types::{DeviceId, GroupId};
 use tonic::{Request, Response, Status};
@@ -227,6 +227,142 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             .await
             .map_err(cluster_status)?;
         self.device_now(&id).map(Response::new)
+    }
+
+    async fn set_device_status(
+        &self,
+        request: Request<pb::SetDeviceStatusRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let id: DeviceId = parse_id("device_id", &req.device_id)?;
+        let current = self.identity_now(&id)?;
+        let identity = DeviceIdentity {
+            enabled: req.enabled,
+            status_reason: req.status_reason.filter(|r| !r.is_empty()),
+            ..current.identity
+        };
+        self.put_identity(who, identity, req.if_identity_version, current.version)
+            .await?;
+        self.device_now(&id).map(Response::new)
+    }
+
+    async fn rotate_device_keys(
+        &self,
+        request: Request<pb::RotateDeviceKeysRequest>,
+    ) -> Result<Response<pb::DeviceKeys>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let id: DeviceId = parse_id("device_id", &req.device_id)?;
+        let keys =
+            match (req.primary_key.is_empty(), req.secondary_key.is_empty()) {
+                (true, true) => fresh_keys()?,
+                (false, false) => DeviceKeys {
+                    primary: req.primary_key,
+                    secondary: req.secondary_key,
+                },
+                _ => return Err(Status::invalid_argument(
+                    "primary_key, secondary_key: give both keys, or neither to have them generated",
+                )),
+            };
+        let current = self.identity_now(&id)?;
+        let identity = DeviceIdentity {
+            keys: Some(keys),
+            ..current.identity
+        };
+        self.put_identity(who, identity, None, current.version)
+            .await?;
+        let keys = self
+            .cluster
+            .reader()
+            .read(|s| s.registry.devices.get(&id).and_then(|d| d.keys.clone()))
+            .ok_or_else(|| Status::not_found(format!("device {id} is not registered")))?;
+        Ok(Response::new(pb::DeviceKeys {
+            device_id: id.to_string(),
+            primary_key: keys.primary,
+            secondary_key: keys.secondary,
+        }))
+    }
+
+    async fn delete_device(
+        &self,
+        request: Request<pb::DeleteDeviceRequest>,
+    ) -> Result<Response<pb::DeleteDeviceResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let id: DeviceId = parse_id("device_id", &req.device_id)?;
+        self.cluster
+            .write_as(
+                who,
+                Command::DeleteDevice {
+                    device: id,
+                    if_version: req.if_identity_version,
+                    at: now(),
+                },
+            )
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::DeleteDeviceResponse {}))
+    }
+}
+
+/// A device's identity as it is now, with the version it was read at.
+struct CurrentIdentity {
+    identity: DeviceIdentity,
+    version: u64,
+}
+
+fn fresh_keys() -> Result<DeviceKeys, Status> {
+    let key = || {
+        crate::credentials::random_key().map_err(|_| Status::internal("no randomness for a key"))
+    };
+    Ok(DeviceKeys {
+        primary: key()?,
+        secondary: key()?,
+    })
+}
+
+impl DeviceApi {
+    fn identity_now(&self, id: &DeviceId) -> Result<CurrentIdentity, Status> {
+        self.cluster
+            .reader()
+            .read(|s| {
+                s.registry.devices.get(id).map(|d| CurrentIdentity {
+                    identity: DeviceIdentity {
+                        id: d.id.clone(),
+                        enabled: d.enabled,
+                        status_reason: d.status_reason.clone(),
+                        keys: None,
+                        iot_edge: d.iot_edge,
+                    },
+                    version: d.identity_version,
+                })
+            })
+            .ok_or_else(|| Status::not_found(format!("device {id} is not registered")))
+    }
+
+    /// Writes an identity built from one read of the device: conditional on the version that
+    /// read saw (or the caller's), so a change in between is ABORTED instead of overwritten.
+    async fn put_identity(
+        &self,
+        who: muster_domain::Principal,
+        identity: DeviceIdentity,
+        if_version: Option<u64>,
+        read_version: u64,
+    ) -> Result<(), Status> {
+        self.cluster
+            .write_as(
+                who,
+                Command::PutDeviceIdentity {
+                    identity,
+                    condition: IdentityCondition::Version(if_version.unwrap_or(read_version)),
+                    fresh_keys: fresh_keys()?,
+                    at: now(),
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(cluster_status)
     }
 }
 

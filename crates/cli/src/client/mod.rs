@@ -266,6 +266,35 @@ pub enum DeviceCmd {
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
     },
+    /// Enable a device: jobs dispatch to it again.
+    Enable {
+        id: String,
+        /// Why (shown as IoT Hub's `statusReason`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Disable a device: jobs do not dispatch to it and fail it with the reason DeviceDisabled.
+    Disable {
+        id: String,
+        /// Why (shown as IoT Hub's `statusReason`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Replace a device's SAS keys (generated unless both are given) and print them.
+    RotateKeys {
+        id: String,
+        #[arg(long, requires = "secondary_key")]
+        primary_key: Option<String>,
+        #[arg(long, requires = "primary_key")]
+        secondary_key: Option<String>,
+    },
+    /// Remove a device and its twin.
+    Delete {
+        id: String,
+        /// Apply only if the identity is at this version (from `device get`).
+        #[arg(long, value_name = "VERSION")]
+        if_identity_version: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -748,6 +777,7 @@ fn print_device(opts: &ClientOpts, d: &pb::Device) {
 
 pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
     no_csv(opts, "muster device")?;
+    let enable = matches!(cmd, DeviceCmd::Enable { .. });
     // Parse local input before connecting, so a bad file is reported without a server.
     let import = match &cmd {
         DeviceCmd::Import { file } => Some(parse_import(file, &read_input(file)?)?),
@@ -943,6 +973,61 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 .map_err(rpc)?
                 .into_inner();
             print_device(opts, &d);
+        }
+        DeviceCmd::Enable { id, reason } | DeviceCmd::Disable { id, reason } => {
+            let d = client
+                .set_device_status(pb::SetDeviceStatusRequest {
+                    device_id: id,
+                    enabled: enable,
+                    status_reason: reason,
+                    if_identity_version: None,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_device(opts, &d);
+        }
+        DeviceCmd::RotateKeys {
+            id,
+            primary_key,
+            secondary_key,
+        } => {
+            let k = client
+                .rotate_device_keys(pb::RotateDeviceKeysRequest {
+                    device_id: id,
+                    primary_key: primary_key.unwrap_or_default(),
+                    secondary_key: secondary_key.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            match opts.output {
+                Output::Json => print_json(&json!({
+                    "deviceId": k.device_id,
+                    "primaryKey": k.primary_key,
+                    "secondaryKey": k.secondary_key,
+                })),
+                _ => println!(
+                    "device {}\nprimary key:   {}\nsecondary key: {}",
+                    k.device_id, k.primary_key, k.secondary_key
+                ),
+            }
+        }
+        DeviceCmd::Delete {
+            id,
+            if_identity_version,
+        } => {
+            client
+                .delete_device(pb::DeleteDeviceRequest {
+                    device_id: id.clone(),
+                    if_identity_version,
+                })
+                .await
+                .map_err(rpc)?;
+            match opts.output {
+                Output::Json => print_json(&json!({"deleted": id})),
+                _ => println!("deleted device {id}"),
+            }
         }
     }
     Ok(())

@@ -172,6 +172,11 @@ pub fn device_json(d: &pb::Device) -> Value {
         m.insert("modelId".into(), json!(model));
     }
     m.insert("enabled".into(), json!(d.enabled));
+    if let Some(r) = &d.status_reason {
+        m.insert("statusReason".into(), json!(r));
+    }
+    m.insert("identityVersion".into(), json!(d.identity_version));
+    m.insert("hasKeys".into(), json!(d.has_keys));
     m.insert("connection".into(), json!(connection(d.connection)));
     m.insert("version".into(), json!(d.version));
     m.insert("tags".into(), json_value(&d.tags_json));
@@ -402,6 +407,9 @@ pub fn device_text(d: &pb::Device) -> String {
         "Enabled:",
         if d.enabled { "yes" } else { "no" }
     ));
+    if let Some(r) = &d.status_reason {
+        out.push_str(&format!("{:<13}{}\n", "Reason:", r));
+    }
     out.push_str(&format!(
         "{:<13}{}\n",
         "Connection:",
