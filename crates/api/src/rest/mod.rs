@@ -2,7 +2,7 @@
 //! them work by changing the host.
 //!
 //! * [`central`]: `/api/jobs`, `/api/deviceGroups`, `/api/devices`.
-//! * [`hub`]: `/jobs/v2`, `/twins`.
+//! * [`hub`]: `/jobs/v2`, `/twins`; [`query`]: `POST /devices/query`.
 //! * `GET /healthz` (the process answers) and `GET /readyz` (a leader is known: writes and
 //!   linearizable reads can be served).
 //!
@@ -20,6 +20,7 @@ mod errors;
 mod extract;
 mod guard;
 mod hub;
+mod query;
 mod tokens;
 
 pub use guard::RouteAccess;
@@ -51,6 +52,7 @@ fn routes() -> guard::Routes {
         .get("/readyz", Access::Open, readyz)
         .merge(central::routes())
         .merge(hub::routes())
+        .merge(query::routes())
         .merge(tokens::routes())
 }
 
@@ -167,7 +169,7 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
         404,
         "NotFound",
         format!(
-            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins (IoT Hub), /healthz and /readyz",
+            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins, /devices/query (IoT Hub), /healthz and /readyz",
             crate::json::quote(uri.path()).trim_matches('"')
         ),
     )
