@@ -14,6 +14,7 @@ mod convert;
 mod devices;
 mod events;
 mod jobs;
+mod query;
 
 use std::ops::Bound;
 
