@@ -148,7 +148,10 @@ async fn device_queries_page_project_count_and_refuse_bad_input() {
     // SELECT * in pages of 5: 5 + 5 + 2, each row exactly what GET /twins/{id} answers.
     let (pages, rows, item_type) = api.all_pages("SELECT * FROM devices", 5).await;
     assert_eq!((pages, rows.len(), item_type.as_str()), (3, 12, "twin"));
-    let ids: Vec<&str> = rows.iter().map(|r| r["deviceId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["deviceId"].as_str().unwrap())
+        .collect();
     let expected: Vec<String> = (0..12).map(|i| format!("q-{i:02}")).collect();
     assert_eq!(ids, expected);
     for row in [&rows[0], &rows[11]] {
@@ -205,14 +208,29 @@ async fn device_queries_page_project_count_and_refuse_bad_input() {
 
     // Bad input: 400 with a message naming what to fix.
     let bad = [
-        (json!({"query": "SELECT * FROM devices WHERE tags.x LIKE 'a%'"}), "LIKE"),
-        (json!({"query": "SELECT * FROM devices.modules"}), "FROM devices or FROM devices.jobs"),
-        (json!({"query": "SELECT deviceId, COUNT() FROM devices"}), "GROUP BY"),
-        (json!({"query": "SELECT * FROM devices.jobs WHERE tags.a = 1"}), "job's fields"),
+        (
+            json!({"query": "SELECT * FROM devices WHERE tags.x LIKE 'a%'"}),
+            "LIKE",
+        ),
+        (
+            json!({"query": "SELECT * FROM devices.modules"}),
+            "FROM devices or FROM devices.jobs",
+        ),
+        (
+            json!({"query": "SELECT deviceId, COUNT() FROM devices"}),
+            "GROUP BY",
+        ),
+        (
+            json!({"query": "SELECT * FROM devices.jobs WHERE tags.a = 1"}),
+            "job's fields",
+        ),
         (json!({"query": ""}), "empty"),
         (json!({"query": 7}), "query"),
         (json!({}), "query"),
-        (json!({"query": "SELECT * FROM devices", "extra": 1}), "extra"),
+        (
+            json!({"query": "SELECT * FROM devices", "extra": 1}),
+            "extra",
+        ),
     ];
     for (body, fragment) in bad {
         let a = api.query(&body, None, None).await;
@@ -285,7 +303,8 @@ async fn devices_jobs_show_every_devices_outcome_of_a_method_job() {
         api.register(id, None).await;
     }
     let _fleet = Fleet::start(cfg).await.unwrap();
-    let connected = json!({"query": "SELECT COUNT() AS n FROM devices WHERE connectionState = 'Connected'"});
+    let connected =
+        json!({"query": "SELECT COUNT() AS n FROM devices WHERE connectionState = 'Connected'"});
     wait_for("the fleet is connected", || async {
         let a = api.query(&connected, None, None).await;
         a.body == json!([{"n": 6}])
@@ -314,13 +333,20 @@ async fn devices_jobs_show_every_devices_outcome_of_a_method_job() {
     let query = "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'hq-reboot'";
     let (pages, rows, item_type) = api.all_pages(query, 4).await;
     assert_eq!((pages, item_type.as_str()), (2, "deviceJob"), "{rows:?}");
-    let got: Vec<&str> = rows.iter().map(|r| r["deviceId"].as_str().unwrap()).collect();
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["deviceId"].as_str().unwrap())
+        .collect();
     assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
     for row in &rows {
         let id = row["deviceId"].as_str().unwrap();
         assert_eq!(row["jobId"], "hq-reboot");
         assert_eq!(row["jobType"], "scheduleDeviceMethod");
-        for key in ["startTimeUtc", "createdDateTimeUtc", "lastUpdatedDateTimeUtc"] {
+        for key in [
+            "startTimeUtc",
+            "createdDateTimeUtc",
+            "lastUpdatedDateTimeUtc",
+        ] {
             assert!(row[key].is_string(), "{key}: {row}");
         }
         let response = &row["outcome"]["deviceMethodResponse"];
@@ -343,7 +369,10 @@ async fn devices_jobs_show_every_devices_outcome_of_a_method_job() {
             10,
         )
         .await;
-    let got: Vec<&str> = rows.iter().map(|r| r["deviceId"].as_str().unwrap()).collect();
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["deviceId"].as_str().unwrap())
+        .collect();
     assert_eq!(got, failing.iter().map(String::as_str).collect::<Vec<_>>());
     drop(server);
 }

@@ -288,7 +288,11 @@ async fn query_pages_with_the_continuation_token() {
         assert_eq!(s, 200, "{body}");
         // The reference's QueryResult: the token in the body and in the header.
         assert_eq!(body["type"], "jobResponse", "{body}");
-        assert_eq!(body["continuationToken"].as_str(), next.as_deref(), "{body}");
+        assert_eq!(
+            body["continuationToken"].as_str(),
+            next.as_deref(),
+            "{body}"
+        );
         pages += 1;
         for j in body["items"].as_array().unwrap() {
             ids.push(j["jobId"].as_str().unwrap().to_string());
