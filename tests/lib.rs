@@ -940,3 +940,57 @@ pub fn error_of(body: &serde_json::Value) -> Option<(String, String)> {
         e.get("message")?.as_str()?.to_string(),
     ))
 }
+
+/// A node serving IoT Hub's shape over HTTPS as Microsoft's SDKs reach it: certificates from
+/// `muster certs init` in `dir/certs`, the REST address as `--hostname` (the host the SDK signs
+/// its tokens for and connects to), `extra` serve flags. Returns the node, the `iothubowner`
+/// connection string it wrote to `admin.credential`, and the CA file the SDK must trust
+/// (`REQUESTS_CA_BUNDLE`). [`connection_client`] makes a reqwest client for the same node.
+pub async fn start_hub_https(
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(Server, String, PathBuf)> {
+    let certs = dir.join("certs");
+    certs_init(&certs, &["--node", "1=127.0.0.1"])?;
+    let port = free_ports(1)?[0];
+    let addr = format!("127.0.0.1:{port}");
+    let mut flags: Vec<String> = tls_flags(&certs, 1);
+    flags.extend([
+        "--http-addr".into(),
+        addr.clone(),
+        "--hostname".into(),
+        addr.clone(),
+    ]);
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node_dir = dir.join("node");
+    std::fs::create_dir_all(&node_dir)?;
+    let ca = certs.join("ca.pem");
+    let server = Server::start_tls(&node_dir, &ca, &flags)?;
+    server.wait_ready().await?;
+    let file = server.data_dir().join("admin.credential");
+    wait_for("admin.credential", || {
+        let exists = file.exists();
+        async move { exists }
+    })
+    .await?;
+    let conn = std::fs::read_to_string(&file)?.trim().to_string();
+    if !conn.starts_with(&format!("HostName={addr};")) {
+        bail!("admin.credential names another host: {conn}");
+    }
+    Ok((server, conn, ca))
+}
+
+/// An HTTPS client trusting `ca` and sending a SAS token (valid a day) made from `conn`, a
+/// connection string such as [`start_hub_https`] returns.
+pub fn connection_client(conn: &str, ca: &Path) -> anyhow::Result<reqwest::Client> {
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        + 86_400;
+    let token = muster_domain::auth::ConnectionString::parse(conn)
+        .ok()
+        .and_then(|c| c.token(expiry))
+        .ok_or_else(|| anyhow!("not a connection string muster can sign with"))?;
+    https_client_as(Some(ca), None, Some(&token))
+}

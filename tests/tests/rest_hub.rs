@@ -286,8 +286,15 @@ async fn query_pages_with_the_continuation_token() {
             .map(|v| v.to_str().unwrap().to_string());
         let (s, body) = read(r).await;
         assert_eq!(s, 200, "{body}");
+        // The reference's QueryResult: the token in the body and in the header.
+        assert_eq!(body["type"], "jobResponse", "{body}");
+        assert_eq!(
+            body["continuationToken"].as_str(),
+            next.as_deref(),
+            "{body}"
+        );
         pages += 1;
-        for j in body.as_array().unwrap() {
+        for j in body["items"].as_array().unwrap() {
             ids.push(j["jobId"].as_str().unwrap().to_string());
         }
         match next {
@@ -319,7 +326,7 @@ async fn query_pages_with_the_continuation_token() {
             .map(|v| v.to_str().unwrap().to_string());
         let (s, body) = read(r).await;
         assert_eq!(s, 200, "{body}");
-        for j in body.as_array().unwrap() {
+        for j in body["items"].as_array().unwrap() {
             assert_eq!(j["type"], "scheduleDeviceMethod");
             ids.push(j["jobId"].as_str().unwrap().to_string());
         }
@@ -335,13 +342,15 @@ async fn query_pages_with_the_continuation_token() {
         let (_, body) = api
             .get("/jobs/v2/query?jobType=scheduleUpdateTwin&jobStatus=completed")
             .await;
-        body.as_array().is_some_and(|a| a.len() == 3)
+        body["items"].as_array().is_some_and(|a| a.len() == 3)
     })
     .await
     .unwrap();
     let (s, body) = api.get("/jobs/v2/query?jobStatus=scheduled").await;
     assert_eq!(s, 200);
-    assert_eq!(body.as_array().unwrap().len(), 7);
+    assert_eq!(body["items"].as_array().unwrap().len(), 7);
+    let (s, body) = api.get("/jobs/v2/query?jobStatus=queued").await;
+    assert_eq!(s, 200, "{body}");
     let (s, body) = api.get("/jobs/v2/query?jobStatus=bogus").await;
     assert_eq!(s, 400, "{body}");
     assert!(error_of(&body).unwrap().1.contains("jobStatus"));

@@ -208,6 +208,7 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
         ("/muster.v1.JobService/CancelJob", Need(JobsWrite)),
         ("/muster.v1.JobService/RerunJob", Need(JobsWrite)),
         ("/muster.v1.JobService/ListJobDevices", Need(JobsRead)),
+        ("/muster.v1.JobService/ListDeviceJobs", Need(JobsRead)),
         ("/muster.v1.JobService/WatchJob", Need(JobsRead)),
         (
             "/muster.v1.DeviceService/RegisterDevice",
@@ -217,6 +218,7 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
         ("/muster.v1.DeviceService/GetDevice", Need(DevicesRead)),
         ("/muster.v1.DeviceService/ListDevices", Need(DevicesRead)),
         ("/muster.v1.DeviceService/QueryDevices", Need(DevicesRead)),
+        ("/muster.v1.DeviceService/Query", Need(DevicesRead)),
         ("/muster.v1.DeviceService/UpdateTwin", Need(TwinsWrite)),
         (
             "/muster.v1.DeviceService/SetDeviceStatus",

@@ -567,6 +567,8 @@ impl HubJobFilter {
         };
         let job_status = match job_status.filter(|s| !s.is_empty()) {
             None => None,
+            // The reference's JobResponse names a job waiting to start `queued`/`enqueued`.
+            Some("queued" | "enqueued") => Some("pending"),
             Some(s) => match JOB_STATUSES.iter().find(|k| **k == s) {
                 Some(k) => Some(*k),
                 None => {

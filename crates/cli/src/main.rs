@@ -41,6 +41,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: client::DeviceCmd,
     },
+    /// Query devices and devices.jobs in IoT Hub's query language (`SELECT ... FROM devices.jobs
+    /// WHERE devices.jobs.jobId = '...'`).
+    Query {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(flatten)]
+        args: client::QueryArgs,
+    },
     /// Device groups (saved queries).
     Group {
         #[command(flatten)]
@@ -105,6 +113,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
+            Cmd::Query { opts, args } => client::query(&opts, args).await,
             Cmd::Events { opts, cmd } => client::events(&opts, cmd).await,
             Cmd::Cluster { opts, cmd } => cluster::cluster(&opts, cmd).await,
             Cmd::Auth { opts, cmd } => auth::auth(&opts, cmd).await,

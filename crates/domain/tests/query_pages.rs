@@ -239,6 +239,8 @@ fn query_gen() -> impl Strategy<Value = String> {
         "SELECT * FROM devices.jobs WHERE devices.jobs.jobType = 'scheduleDeviceMethod' AND devices.jobs.deviceId >= 'dev-010'",
         "SELECT * FROM devices.jobs WHERE devices.jobs.outcome.deviceMethodResponse.status = 500",
         "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'job-0' AND devices.jobs.status = 'failed'",
+        "SELECT * FROM devices.jobs WHERE devices.jobs.deviceId = 'dev-003'",
+        "SELECT * FROM devices.jobs WHERE devices.jobs.status != 'pending' AND devices.jobs.deviceId = 'dev-001'",
     ]);
     let grouped = prop::sample::select(vec![
         "SELECT COUNT() FROM devices",

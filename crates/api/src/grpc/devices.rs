@@ -191,6 +191,15 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         }))
     }
 
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        super::query::query(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn update_twin(
         &self,
         request: Request<pb::UpdateTwinRequest>,

@@ -233,6 +233,15 @@ impl pb::job_service_server::JobService for JobApi {
             .map(Response::new)
     }
 
+    async fn list_device_jobs(
+        &self,
+        request: Request<pb::ListDeviceJobsRequest>,
+    ) -> Result<Response<pb::ListDeviceJobsResponse>, Status> {
+        super::query::list_device_jobs(&self.cluster, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_job_devices(
         &self,
         request: Request<pb::ListJobDevicesRequest>,

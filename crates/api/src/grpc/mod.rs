@@ -17,6 +17,7 @@ mod jobs;
 mod measure;
 
 pub use measure::{Measure, MeasureLayer};
+mod query;
 
 use std::ops::Bound;
 

@@ -14,12 +14,15 @@
 //!
 //! # Job query paging
 //!
-//! `GET /jobs/v2/query` answers a JSON **array** of jobs, as IoT Hub does, in job id order. When
-//! more remain, the response carries the token in the `x-ms-continuation` header (IoT Hub's
-//! header, which its SDKs read). The next request passes it back either in the
-//! `x-ms-continuation` request header (what the SDKs do) or as the `continuationToken` query
-//! parameter (what the seed shows); the query parameter wins if both are sent. The page size is
-//! `pageSize` or, as the SDKs send it, the `x-ms-max-item-count` header (1..=1000, default 100).
+//! `GET /jobs/v2/query` answers the reference's `QueryResult`: `{"type": "jobResponse", "items":
+//! [jobs...], "continuationToken": "..."}` (the token only when more jobs follow), in job id
+//! order, and the same token in the `x-ms-continuation` response header. The next request passes
+//! it back either in the `x-ms-continuation` request header (what the SDKs do) or as the
+//! `continuationToken` query parameter (what the seed shows); the query parameter wins if both are
+//! sent. The page size is `pageSize` or, as the SDKs send it, the `x-ms-max-item-count` header
+//! (1..=1000, default 100). `jobType` takes `scheduleDeviceMethod` / `scheduleUpdateTwin` (and
+//! the seed's names); `jobStatus` takes IoT Hub's statuses (`queued` and `enqueued` mean
+//! `pending`).
 //!
 //! A job whose id is `query` cannot be read through `GET /jobs/v2/query` (that path is the
 //! query); it can through IoT Central's `GET /api/jobs/query`.
@@ -229,7 +232,13 @@ async fn query_jobs(
             })
         })
         .await?;
-    let mut resp = ok_json(Value::Array(items));
+    let mut result = serde_json::Map::new();
+    result.insert("type".into(), Value::String("jobResponse".into()));
+    result.insert("items".into(), Value::Array(items));
+    if let Some(next) = &next {
+        result.insert("continuationToken".into(), Value::String(next.clone()));
+    }
+    let mut resp = ok_json(Value::Object(result));
     if let Some(next) = next {
         // Job ids are printable ASCII, so a token is always a valid header value.
         match HeaderValue::from_str(&next) {

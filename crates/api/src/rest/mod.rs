@@ -2,7 +2,7 @@
 //! them work by changing the host.
 //!
 //! * [`central`]: `/api/jobs`, `/api/deviceGroups`, `/api/devices`.
-//! * [`hub`]: `/jobs/v2`, `/twins`.
+//! * [`hub`]: `/jobs/v2`, `/twins`; [`query`]: `POST /devices/query`.
 //! * `GET /healthz` (the process answers) and `GET /readyz` (a leader is known: writes and
 //!   linearizable reads can be served).
 //! * `GET /metrics`: the node's Prometheus metrics (`cluster.read`), see [`measure`].
@@ -22,6 +22,7 @@ mod extract;
 mod guard;
 mod hub;
 mod measure;
+mod query;
 mod tokens;
 
 pub use guard::RouteAccess;
@@ -58,6 +59,7 @@ fn routes() -> guard::Routes {
         )
         .merge(central::routes())
         .merge(hub::routes())
+        .merge(query::routes())
         .merge(tokens::routes())
 }
 
@@ -179,7 +181,7 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
         404,
         "NotFound",
         format!(
-            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins (IoT Hub), /healthz, /readyz and /metrics",
+            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins, /devices/query (IoT Hub), /healthz, /readyz and /metrics",
             crate::json::quote(uri.path()).trim_matches('"')
         ),
     )

@@ -8,6 +8,7 @@
 
 pub(crate) mod credential;
 mod events;
+mod query;
 mod render;
 mod spec;
 
@@ -29,6 +30,7 @@ pub(crate) use credential::{Conn, Credential};
 use render::print_json;
 
 pub use events::{events, EventsCmd};
+pub use query::{query, QueryArgs};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -254,6 +256,15 @@ pub enum DeviceCmd {
         /// A file holding the dispatcher's password (`muster serve --mqtt-password-file`).
         #[arg(long, value_name = "FILE")]
         dispatcher_password_file: std::path::PathBuf,
+    },
+    /// Every job the device is part of, with its outcome in each (IoT Hub's
+    /// `SELECT * FROM devices.jobs WHERE devices.jobs.deviceId = '...'`).
+    Jobs {
+        id: String,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
     },
     /// Merge-patch a device twin's tags and/or desired properties.
     UpdateTwin {
@@ -777,6 +788,14 @@ fn print_device(opts: &ClientOpts, d: &pb::Device) {
 
 pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
     no_csv(opts, "muster device")?;
+    if let DeviceCmd::Jobs {
+        id,
+        limit,
+        page_size,
+    } = cmd
+    {
+        return query::device_jobs(opts, id, limit, page_size).await;
+    }
     let enable = matches!(cmd, DeviceCmd::Enable { .. });
     // Parse local input before connecting, so a bad file is reported without a server.
     let import = match &cmd {
@@ -949,6 +968,8 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        // Answered before connecting to the device service, above.
+        DeviceCmd::Jobs { .. } => {}
         DeviceCmd::UpdateTwin {
             id,
             tags,

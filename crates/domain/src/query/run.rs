@@ -203,6 +203,11 @@ impl Statement {
         let lower = after.map_or(Bound::Unbounded, |(j, _)| Bound::Included(j));
         // `devices.jobs.jobId = '...'` at the top of the condition: only that job.
         let pinned = self.predicate.pinned("jobId").map(str::to_owned);
+        // `devices.jobs.deviceId = '...'`: one index lookup per job instead of a walk.
+        let device = self
+            .predicate
+            .pinned("deviceId")
+            .and_then(|d| DeviceId::new(d).ok());
         let mut last: Option<(JobId, DeviceId)> = None;
         for (job_id, job) in state.jobs.range((lower, Bound::Unbounded)) {
             if pinned.as_deref().is_some_and(|p| p != job_id.as_str()) {
@@ -210,7 +215,7 @@ impl Statement {
             }
             let after_device = after.filter(|(j, _)| *j == job_id).map(|(_, d)| d);
             let mut full = false;
-            for_each_device(job, after_device, |run, device_run| {
+            for_each_device(job, after_device, device.as_ref(), |run, device_run| {
                 let doc = device_job_document(job, run, device_run);
                 if !self.matches(&doc) {
                     return true;
@@ -254,13 +259,28 @@ impl Statement {
     }
 }
 
-/// Calls `f` with each device of `job` after `after`, in device id order, with the latest run the
-/// device is part of (a rerun's outcome replaces the first run's); stops when `f` says false.
+/// Calls `f` with each device of `job` after `after` (only `only`, when given), in device id
+/// order, with the latest run the device is part of (a rerun's outcome replaces the first
+/// run's); stops when `f` says false.
 fn for_each_device(
     job: &Job,
     after: Option<&DeviceId>,
+    only: Option<&DeviceId>,
     mut f: impl FnMut(&Run, &DeviceRun) -> bool,
 ) {
+    if let Some(id) = only {
+        if after.is_none_or(|a| id > a) {
+            let latest = job
+                .runs
+                .iter()
+                .rev()
+                .find_map(|run| run.device(id).map(|device_run| (run, device_run)));
+            if let Some((run, device_run)) = latest {
+                f(run, device_run);
+            }
+        }
+        return;
+    }
     let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
     if let [run] = job.runs.as_slice() {
         for (_, &i) in run.index.range((lower, Bound::Unbounded)) {
