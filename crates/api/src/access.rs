@@ -218,6 +218,7 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
         ("/muster.v1.DeviceService/ListDevices", Need(DevicesRead)),
         ("/muster.v1.DeviceService/QueryDevices", Need(DevicesRead)),
         ("/muster.v1.DeviceService/UpdateTwin", Need(TwinsWrite)),
+        ("/muster.v1.DeviceService/InvokeMethod", Need(MethodsInvoke)),
         ("/muster.v1.GroupService/PutGroup", Need(GroupsWrite)),
         ("/muster.v1.GroupService/GetGroup", Need(DevicesRead)),
         ("/muster.v1.GroupService/ListGroups", Need(DevicesRead)),

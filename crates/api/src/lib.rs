@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod history;
 pub mod hub;
 mod json;
+pub mod methods;
 pub mod rest;
 
 pub use central::{

@@ -20,6 +20,7 @@ mod errors;
 mod extract;
 mod guard;
 mod hub;
+mod methods;
 mod tokens;
 
 pub use guard::RouteAccess;
@@ -51,6 +52,7 @@ fn routes() -> guard::Routes {
         .get("/readyz", Access::Open, readyz)
         .merge(central::routes())
         .merge(hub::routes())
+        .merge(methods::routes())
         .merge(tokens::routes())
 }
 
