@@ -241,3 +241,79 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     assert_eq!(body["MethodResponded"]["status"], 200, "{body}");
     devsim.terminate();
 }
+
+/// Microsoft's SDK (`tests/python/sdk_methods.py`) over HTTPS with the connection string the
+/// node wrote: `invoke_device_method` on a simulated device returns its status and payload, and
+/// on a device that is not connected raises the SDK's HTTP error with 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_invokes_a_direct_method() {
+    let Some(python) = muster_tests::sdk_python() else {
+        return;
+    };
+    let dir = data_dir().unwrap();
+    let url = mqtt_url();
+    let (server, ca, conn) = muster_tests::sdk_node(dir.path(), &["--mqtt-url", &url])
+        .await
+        .unwrap();
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    let token = muster_domain::auth::ConnectionString::parse(&conn)
+        .unwrap()
+        .token(expiry)
+        .unwrap();
+    let http = muster_tests::https_client_as(Some(&ca), None, Some(&token)).unwrap();
+    let prefix = format!("dmsdk-{}", std::process::id());
+    let cfg = muster_devsim::FleetConfig {
+        brokers: vec![url.clone()],
+        devices: 1,
+        prefix: prefix.clone(),
+        client_id_prefix: format!("muster-e2e-{prefix}"),
+        ..muster_devsim::FleetConfig::default()
+    };
+    let online = cfg.device_ids()[0].clone();
+    let offline = format!("{prefix}-offline");
+    for id in [&online, &offline] {
+        let r = http
+            .put(format!("{}/api/devices/{id}?{CENTRAL}", server.rest))
+            .json(&json!({"displayName": id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    }
+    let _fleet = muster_devsim::Fleet::start(cfg).await.unwrap();
+    let twin = format!("{}/twins/{online}?{HUB}", server.rest);
+    wait_for("the simulated device connected", || {
+        let req = http.get(&twin).send();
+        async move {
+            let Ok(r) = req.await else { return false };
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            v["connectionState"] == "Connected"
+        }
+    })
+    .await
+    .unwrap();
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_methods.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&conn)
+        .arg(&online)
+        .arg(&offline)
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK run failed:\nstdout:\n{stdout}\nstderr:\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    assert!(stdout.contains(&format!("invoked {online} 200")), "{stdout}");
+    assert!(stdout.contains("offline 404"), "{stdout}");
+}
