@@ -858,7 +858,12 @@ pub async fn sdk_node(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, Pat
     certs_init(&certs, &["--node", "1=127.0.0.1"])?;
     let addr = format!("127.0.0.1:{}", free_ports(1)?[0]);
     let mut flags: Vec<String> = tls_flags(&certs, 1);
-    flags.extend(["--http-addr".into(), addr.clone(), "--hostname".into(), addr]);
+    flags.extend([
+        "--http-addr".into(),
+        addr.clone(),
+        "--hostname".into(),
+        addr,
+    ]);
     flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let node_dir = dir.join("node");

@@ -27,13 +27,21 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     let r = http.post(url).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// The error code in either error shape (muster's `error.code` or IoT Hub's `Message`).
 fn code(body: &Value) -> String {
     let text = body.to_string();
-    for c in ["DeviceNotOnline", "GatewayTimeout", "DeviceNotFound", "InvalidInput"] {
+    for c in [
+        "DeviceNotOnline",
+        "GatewayTimeout",
+        "DeviceNotFound",
+        "InvalidInput",
+    ] {
         if text.contains(c) {
             return c.to_string();
         }
@@ -101,15 +109,22 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     .unwrap();
     let http = muster_tests::http();
     let hub = |d: &str| format!("{}/twins/{d}/methods?{HUB}", server.rest);
-    let central = |d: &str, c: &str| format!("{}/api/devices/{d}/commands/{c}?{CENTRAL}", server.rest);
+    let central =
+        |d: &str, c: &str| format!("{}/api/devices/{d}/commands/{c}?{CENTRAL}", server.rest);
 
     // Bad input first: each a 400 naming the field, and none of them recorded (checked below:
     // the first MethodInvoked in the log is the good call).
     for (body, field) in [
         (json!({"payload": 1}), "methodName"),
         (json!({"methodName": "a b"}), "methodName"),
-        (json!({"methodName": "m", "responseTimeoutInSeconds": 1}), "responseTimeoutInSeconds"),
-        (json!({"methodName": "m", "connectTimeoutInSeconds": 301}), "connectTimeoutInSeconds"),
+        (
+            json!({"methodName": "m", "responseTimeoutInSeconds": 1}),
+            "responseTimeoutInSeconds",
+        ),
+        (
+            json!({"methodName": "m", "connectTimeoutInSeconds": 301}),
+            "connectTimeoutInSeconds",
+        ),
         (json!({"methodName": "m", "timeout": 5}), "timeout"),
     ] {
         let (status, b) = post(&http, &hub(&ok), body.clone()).await;
@@ -167,12 +182,23 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     // The CLI prints the status and the payload.
     let out = muster_cmd()
         .unwrap()
-        .args(["device", "invoke", &ok, "blink", "--payload", "{\"times\":3}"])
+        .args([
+            "device",
+            "invoke",
+            &ok,
+            "blink",
+            "--payload",
+            "{\"times\":3}",
+        ])
         .args(["--endpoint", &server.grpc])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("status: 200"), "{stdout}");
     assert!(stdout.contains("\"method\":\"blink\""), "{stdout}");
 
@@ -187,7 +213,11 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     )
     .await;
     assert_eq!((status, code(&b)), (404, "DeviceNotOnline".into()), "{b}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     let (status, b) = post(&http, &central(&offline, "reboot"), json!({})).await;
     assert_eq!((status, code(&b)), (404, "DeviceNotOnline".into()), "{b}");
     let err = devices
@@ -201,7 +231,12 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
 
     // Not registered.
-    let (status, b) = post(&http, &hub(&format!("{prefix}-nobody")), json!({"methodName": "m"})).await;
+    let (status, b) = post(
+        &http,
+        &hub(&format!("{prefix}-nobody")),
+        json!({"methodName": "m"}),
+    )
+    .await;
     assert_eq!((status, code(&b)), (404, "DeviceNotFound".into()), "{b}");
 
     // A device that never answers: 504 once the response timeout (the shortest, 5 s) passed.
@@ -213,7 +248,11 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     )
     .await;
     assert_eq!((status, code(&b)), (504, "GatewayTimeout".into()), "{b}");
-    assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The log: the first invocation is the good hub call, by the administrator's policy, and
     // its answer follows; nothing of the refused requests.
@@ -233,8 +272,15 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     assert_eq!(first.r#type, "MethodInvoked");
     assert_eq!(first.principal, "policy:iothubowner");
     let body: Value = serde_json::from_str(&first.body_json).unwrap();
-    assert_eq!(body["MethodInvoked"]["invocation"]["method"], "reboot", "{body}");
-    assert_eq!(body["MethodInvoked"]["invocation"]["payload"], json!({"delay": 1}), "{body}");
+    assert_eq!(
+        body["MethodInvoked"]["invocation"]["method"], "reboot",
+        "{body}"
+    );
+    assert_eq!(
+        body["MethodInvoked"]["invocation"]["payload"],
+        json!({"delay": 1}),
+        "{body}"
+    );
     let second = events.message().await.unwrap().unwrap();
     assert_eq!(second.r#type, "MethodResponded");
     let body: Value = serde_json::from_str(&second.body_json).unwrap();
@@ -314,6 +360,9 @@ async fn the_python_sdk_invokes_a_direct_method() {
         String::from_utf8_lossy(&out.stderr),
         server.log_text()
     );
-    assert!(stdout.contains(&format!("invoked {online} 200")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("invoked {online} 200")),
+        "{stdout}"
+    );
     assert!(stdout.contains("offline 404"), "{stdout}");
 }

@@ -61,16 +61,13 @@ pub fn new_invocation_id() -> Result<InvocationId, ApiError> {
     InvocationId::new(hex).map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
 }
 
-fn timeouts(
-    f: &Fields<'_>,
-    response: &str,
-    connect: &str,
-) -> Result<(u32, u32), ApiError> {
+fn timeouts(f: &Fields<'_>, response: &str, connect: &str) -> Result<(u32, u32), ApiError> {
     let (min, max) = RESPONSE_TIMEOUT_SECS;
     Ok((
         f.u32_opt(response, min, max)?
             .unwrap_or(DEFAULT_RESPONSE_TIMEOUT_SECS),
-        f.u32_opt(connect, 0, MAX_CONNECT_TIMEOUT_SECS)?.unwrap_or(0),
+        f.u32_opt(connect, 0, MAX_CONNECT_TIMEOUT_SECS)?
+            .unwrap_or(0),
     ))
 }
 
@@ -134,8 +131,10 @@ pub fn central_field(field: &str) -> String {
 /// before anything is proposed.
 fn check(req: &MethodRequest, rename: impl Fn(&str) -> String) -> Result<(), ApiError> {
     let probe = Invocation {
-        id: InvocationId::new("check").map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?,
-        device: DeviceId::new("check").map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?,
+        id: InvocationId::new("check")
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?,
+        device: DeviceId::new("check")
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?,
         method: req.method.clone(),
         payload: req.payload.clone(),
         response_timeout_secs: req.response_timeout_secs,
@@ -339,14 +338,27 @@ mod tests {
             (r#"{}"#, "methodName"),
             (r#"{"methodName":5}"#, "methodName"),
             (r#"{"methodName":"a b"}"#, "methodName"),
-            (r#"{"methodName":"m","responseTimeoutInSeconds":4}"#, "responseTimeoutInSeconds"),
-            (r#"{"methodName":"m","responseTimeoutInSeconds":301}"#, "responseTimeoutInSeconds"),
-            (r#"{"methodName":"m","connectTimeoutInSeconds":-1}"#, "connectTimeoutInSeconds"),
+            (
+                r#"{"methodName":"m","responseTimeoutInSeconds":4}"#,
+                "responseTimeoutInSeconds",
+            ),
+            (
+                r#"{"methodName":"m","responseTimeoutInSeconds":301}"#,
+                "responseTimeoutInSeconds",
+            ),
+            (
+                r#"{"methodName":"m","connectTimeoutInSeconds":-1}"#,
+                "connectTimeoutInSeconds",
+            ),
             (r#"{"methodName":"m","timeout":3}"#, "timeout"),
         ] {
             let e = method_from_hub(body).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
-            assert!(e.message.starts_with(&format!("{field}:")), "{body}: {}", e.message);
+            assert!(
+                e.message.starts_with(&format!("{field}:")),
+                "{body}: {}",
+                e.message
+            );
         }
         let big = format!(
             r#"{{"methodName":"m","payload":"{}"}}"#,
@@ -359,7 +371,11 @@ mod tests {
     fn central_bodies_name_central_fields() {
         let r = command_from_central("", "reboot").unwrap();
         assert_eq!((r.response_timeout_secs, r.connect_timeout_secs), (30, 0));
-        let r = command_from_central(r#"{"request":{"x":1},"responseTimeout":10,"connectionTimeout":5}"#, "m").unwrap();
+        let r = command_from_central(
+            r#"{"request":{"x":1},"responseTimeout":10,"connectionTimeout":5}"#,
+            "m",
+        )
+        .unwrap();
         assert_eq!(r.payload, json!({"x": 1}));
         for (body, name, field) in [
             (r#"{"responseTimeout":1}"#, "m", "responseTimeout"),
@@ -369,7 +385,11 @@ mod tests {
         ] {
             let e = command_from_central(body, name).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
-            assert!(e.message.starts_with(&format!("{field}:")), "{body}: {}", e.message);
+            assert!(
+                e.message.starts_with(&format!("{field}:")),
+                "{body}: {}",
+                e.message
+            );
         }
         let id = InvocationId::new("abc").unwrap();
         let v = central_command_json(&id, &r, 200, &json!("ok"));

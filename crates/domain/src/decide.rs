@@ -224,7 +224,9 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 at: *at,
             }])
         }
-        Command::InvokeMethod { invocation, at } => crate::invocation::invoke(state, invocation, *at),
+        Command::InvokeMethod { invocation, at } => {
+            crate::invocation::invoke(state, invocation, *at)
+        }
         Command::RecordMethodResponse { id, outcome, at } => {
             Ok(crate::invocation::record(state, id, outcome, *at))
         }

@@ -135,7 +135,10 @@ fn invalid(field: &str, message: impl Into<String>) -> DomainError {
 pub fn check(call: &Invocation) -> Result<(), DomainError> {
     let name = &call.method;
     if name.is_empty() {
-        return Err(invalid("methodName", "give the name of the method to invoke"));
+        return Err(invalid(
+            "methodName",
+            "give the name of the method to invoke",
+        ));
     }
     if name.chars().count() > MAX_METHOD_NAME {
         return Err(invalid(
@@ -449,7 +452,9 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert!(matches!(ev[1], Event::MethodSent { .. }));
         let acts = crate::actions(&s, t(1000), 10);
-        assert!(acts.iter().any(|a| matches!(a, crate::Action::Invoke(r) if r.id == iid("a") && r.deadline == t(11_000))));
+        assert!(acts.iter().any(
+            |a| matches!(a, crate::Action::Invoke(r) if r.id == iid("a") && r.deadline == t(11_000))
+        ));
         assert!(acts.contains(&crate::Action::WakeAt(t(11_000))));
         let ev = s
             .execute(&Command::RecordMethodResponse {

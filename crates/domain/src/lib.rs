@@ -33,8 +33,8 @@ pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyRepo
 pub use decide::{decide, responded};
 pub use error::DomainError;
 pub use event::Event;
-pub use invocation::{Invocation, InvokeRequest, MethodOutcome, PendingInvocation};
 pub use evolve::{apply, evolve};
+pub use invocation::{Invocation, InvokeRequest, MethodOutcome, PendingInvocation};
 pub use job::{
     CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus,
     MethodResponse, Run, Stats,

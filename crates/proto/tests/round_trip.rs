@@ -5,8 +5,8 @@ mod samples;
 use std::collections::BTreeSet;
 
 use muster_domain::{
-    BatchSize, CancelReason, Command, Event, FailureReason, JobFailure, JobSpec, MethodOutcome, Operation,
-    Outcome, TargetSelector, Threshold, TwinSection,
+    BatchSize, CancelReason, Command, Event, FailureReason, JobFailure, JobSpec, MethodOutcome,
+    Operation, Outcome, TargetSelector, Threshold, TwinSection,
 };
 use muster_proto::{decode_command, decode_event, encode_command, encode_event};
 

@@ -254,24 +254,28 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             connect_timeout_secs: req.connect_timeout_secs,
         };
         muster_domain::invocation::check(&call).map_err(|e| {
-            let field = |f: &str| match f {
-                "methodName" => "method",
-                "payload" => "payload_json",
-                "responseTimeoutInSeconds" => "response_timeout_secs",
-                "connectTimeoutInSeconds" => "connect_timeout_secs",
-                other => other,
-            }
-            .to_string();
+            let field = |f: &str| {
+                match f {
+                    "methodName" => "method",
+                    "payload" => "payload_json",
+                    "responseTimeoutInSeconds" => "response_timeout_secs",
+                    "connectTimeoutInSeconds" => "connect_timeout_secs",
+                    other => other,
+                }
+                .to_string()
+            };
             match e {
                 muster_domain::DomainError::Invalid { field: f, message } => {
                     Status::invalid_argument(format!("{}: {message}", field(&f)))
                 }
-                muster_domain::DomainError::TooLarge { field: f, size, max } => {
-                    Status::invalid_argument(format!(
-                        "{} is {size} bytes; at most {max} are allowed",
-                        field(&f)
-                    ))
-                }
+                muster_domain::DomainError::TooLarge {
+                    field: f,
+                    size,
+                    max,
+                } => Status::invalid_argument(format!(
+                    "{} is {size} bytes; at most {max} are allowed",
+                    field(&f)
+                )),
                 other => Status::invalid_argument(other.to_string()),
             }
         })?;

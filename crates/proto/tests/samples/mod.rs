@@ -11,9 +11,9 @@
 use muster_domain::auth::{AccessPolicy, ApiToken, Right, Role, Secret};
 use muster_domain::{
     BatchSize, CancelReason, CancellationThreshold, Command, ConnectionChange, DeviceRegistration,
-    DeviceResult, Event, FailureReason, Invocation, MethodOutcome, JobFailure, JobSpec, MethodCall, MethodResponse, Operation,
-    Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, Target, TargetSelector, Threshold,
-    TwinSection,
+    DeviceResult, Event, FailureReason, Invocation, JobFailure, JobSpec, MethodCall, MethodOutcome,
+    MethodResponse, Operation, Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, Target,
+    TargetSelector, Threshold, TwinSection,
 };
 use muster_types::{DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, Timestamp};
 use serde_json::json;
