@@ -994,3 +994,50 @@ pub fn connection_client(conn: &str, ca: &Path) -> anyhow::Result<reqwest::Clien
         .ok_or_else(|| anyhow!("not a connection string muster can sign with"))?;
     https_client_as(Some(ca), None, Some(&token))
 }
+
+/// The Python with Microsoft's `azure-iot-hub` SDK (`MUSTER_TEST_PYTHON`, which `.ci/run` sets
+/// to its venv). `None` outside CI when it is not set (the test says so and passes); under `CI`
+/// a missing one fails the test.
+#[allow(clippy::panic)]
+pub fn sdk_python() -> Option<String> {
+    match std::env::var("MUSTER_TEST_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("MUSTER_TEST_PYTHON is not set: .ci/run makes the SDK's venv and sets it")
+        }
+        Err(_) => {
+            eprintln!("skipped: set MUSTER_TEST_PYTHON to a Python with azure-iot-hub installed");
+            None
+        }
+    }
+}
+
+/// A node as Microsoft's SDK reaches it: HTTPS with a certificate from muster's CA (in
+/// `dir/certs/ca.pem`, for `REQUESTS_CA_BUNDLE`), its REST address as `--hostname`, and the
+/// owner's connection string it wrote to `admin.credential`. `extra` adds flags.
+pub async fn sdk_node(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, PathBuf, String)> {
+    let certs = dir.join("certs");
+    certs_init(&certs, &["--node", "1=127.0.0.1"])?;
+    let addr = format!("127.0.0.1:{}", free_ports(1)?[0]);
+    let mut flags: Vec<String> = tls_flags(&certs, 1);
+    flags.extend([
+        "--http-addr".into(),
+        addr.clone(),
+        "--hostname".into(),
+        addr,
+    ]);
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node_dir = dir.join("node");
+    std::fs::create_dir_all(&node_dir)?;
+    let server = Server::start_tls(&node_dir, &certs.join("ca.pem"), &flags)?;
+    server.wait_ready().await?;
+    let file = server.data_dir().join("admin.credential");
+    wait_for("admin.credential", || {
+        let exists = file.exists();
+        async move { exists }
+    })
+    .await?;
+    let conn = std::fs::read_to_string(&file)?.trim().to_string();
+    Ok((server, certs.join("ca.pem"), conn))
+}

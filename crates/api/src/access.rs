@@ -229,6 +229,7 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
             Need(DevicesWrite),
         ),
         ("/muster.v1.DeviceService/DeleteDevice", Need(DevicesWrite)),
+        ("/muster.v1.DeviceService/InvokeMethod", Need(MethodsInvoke)),
         ("/muster.v1.GroupService/PutGroup", Need(GroupsWrite)),
         ("/muster.v1.GroupService/GetGroup", Need(DevicesRead)),
         ("/muster.v1.GroupService/ListGroups", Need(DevicesRead)),

@@ -19,6 +19,7 @@ pub mod history;
 pub mod hub;
 pub mod hub_devices;
 mod json;
+pub mod methods;
 pub mod rest;
 
 pub use central::{

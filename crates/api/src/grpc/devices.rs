@@ -313,6 +313,83 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             .map_err(cluster_status)?;
         Ok(Response::new(pb::DeleteDeviceResponse {}))
     }
+
+    async fn invoke_method(
+        &self,
+        request: Request<pb::InvokeMethodRequest>,
+    ) -> Result<Response<pb::InvokeMethodResponse>, Status> {
+        use crate::methods::{invoke, new_invocation_id, InvokeError};
+        let who = caller(&request);
+        let req = request.into_inner();
+        let device: DeviceId = parse_id("device_id", &req.device_id)?;
+        let payload = if req.payload_json.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            parse_json("payload_json", &req.payload_json)?
+        };
+        let call = muster_domain::Invocation {
+            id: new_invocation_id().map_err(|e| Status::internal(e.message))?,
+            device: device.clone(),
+            method: req.method,
+            payload,
+            response_timeout_secs: match req.response_timeout_secs {
+                0 => muster_domain::invocation::DEFAULT_RESPONSE_TIMEOUT_SECS,
+                n => n,
+            },
+            connect_timeout_secs: req.connect_timeout_secs,
+        };
+        muster_domain::invocation::check(&call).map_err(|e| {
+            let field = |f: &str| {
+                match f {
+                    "methodName" => "method",
+                    "payload" => "payload_json",
+                    "responseTimeoutInSeconds" => "response_timeout_secs",
+                    "connectTimeoutInSeconds" => "connect_timeout_secs",
+                    other => other,
+                }
+                .to_string()
+            };
+            match e {
+                muster_domain::DomainError::Invalid { field: f, message } => {
+                    Status::invalid_argument(format!("{}: {message}", field(&f)))
+                }
+                muster_domain::DomainError::TooLarge {
+                    field: f,
+                    size,
+                    max,
+                } => Status::invalid_argument(format!(
+                    "{} is {size} bytes; at most {max} are allowed",
+                    field(&f)
+                )),
+                other => Status::invalid_argument(other.to_string()),
+            }
+        })?;
+        let id = call.id.clone();
+        let (connect, response) = (call.connect_timeout_secs, call.response_timeout_secs);
+        match invoke(&self.cluster, who, call, now()).await {
+            Ok((status, payload)) => Ok(Response::new(pb::InvokeMethodResponse {
+                invocation_id: id.to_string(),
+                status,
+                payload_json: payload.to_string(),
+            })),
+            Err(InvokeError::Cluster(e)) => Err(cluster_status(e)),
+            Err(InvokeError::NotOnline { .. }) => Err(Status::failed_precondition(format!(
+                "device {device} is not connected (waited {connect} s for it to connect); retry when it is online, or give a longer connect_timeout_secs"
+            ))),
+            Err(InvokeError::Timeout { .. }) => Err(Status::deadline_exceeded(format!(
+                "device {device} did not answer within {response} s; give a longer response_timeout_secs or check the device"
+            ))),
+            Err(InvokeError::NotSent(why)) => Err(Status::unavailable(format!(
+                "the method could not be sent to device {device}: {why}"
+            ))),
+            Err(InvokeError::Unknown(why)) => {
+                tracing::warn!("direct method end not seen: {why}");
+                Err(Status::unavailable(
+                    "the node lost track of the invocation before it ended; its outcome is in the event log",
+                ))
+            }
+        }
+    }
 }
 
 /// A device's identity as it is now, with the version it was read at.

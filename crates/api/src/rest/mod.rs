@@ -22,6 +22,7 @@ mod extract;
 mod guard;
 mod hub;
 mod measure;
+mod methods;
 mod query;
 mod tokens;
 
@@ -60,6 +61,7 @@ fn routes() -> guard::Routes {
         .merge(central::routes())
         .merge(hub::routes())
         .merge(query::routes())
+        .merge(methods::routes())
         .merge(tokens::routes())
 }
 

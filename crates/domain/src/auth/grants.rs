@@ -30,12 +30,14 @@ pub enum Permission {
     ClusterManage,
     /// Shared access policies and API tokens.
     AuthManage,
+    /// Invoke a direct method on one device (IoT Hub's ServiceConnect; IoT Central's operators).
+    MethodsInvoke,
     /// Anything an authenticated caller may use whatever its role (gRPC reflection).
     Authenticated,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::JobsRead,
         Permission::JobsWrite,
         Permission::DevicesRead,
@@ -46,6 +48,7 @@ impl Permission {
         Permission::ClusterRead,
         Permission::ClusterManage,
         Permission::AuthManage,
+        Permission::MethodsInvoke,
         Permission::Authenticated,
     ];
 
@@ -62,6 +65,7 @@ impl Permission {
             Permission::ClusterRead => "cluster.read",
             Permission::ClusterManage => "cluster.manage",
             Permission::AuthManage => "auth.manage",
+            Permission::MethodsInvoke => "methods.invoke",
             Permission::Authenticated => "authenticated",
         }
     }
@@ -169,6 +173,7 @@ impl Right {
                 TwinsWrite,
                 EventsRead,
                 ClusterRead,
+                MethodsInvoke,
             ]),
             // Device-facing only: nothing on the service API.
             Right::DeviceConnect => Grants::NONE,
@@ -255,6 +260,7 @@ impl Role {
                 GroupsWrite,
                 EventsRead,
                 ClusterRead,
+                MethodsInvoke,
             ]),
             Role::Operator => Grants::of(&[
                 JobsRead,
@@ -263,6 +269,7 @@ impl Role {
                 TwinsWrite,
                 EventsRead,
                 ClusterRead,
+                MethodsInvoke,
             ]),
             Role::Viewer => Grants::of(&[JobsRead, DevicesRead, EventsRead, ClusterRead]),
             Role::Auditor => Grants::of(&[EventsRead]),
@@ -284,6 +291,10 @@ mod tests {
     #[test]
     fn the_role_matrix_holds() {
         assert!(!Role::Viewer.grants().allows(JobsWrite));
+        assert!(!Role::Viewer.grants().allows(MethodsInvoke));
+        assert!(Role::Operator.grants().allows(MethodsInvoke));
+        assert!(rights_grants(&[Right::ServiceConnect]).allows(MethodsInvoke));
+        assert!(!rights_grants(&[Right::RegistryWrite]).allows(MethodsInvoke));
         assert!(Role::Operator.grants().allows(JobsWrite));
         assert!(!Role::Operator.grants().allows(AuthManage));
         assert!(!Role::Builder.grants().allows(ClusterManage));
