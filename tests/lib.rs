@@ -832,3 +832,208 @@ pub async fn grpc_tls_channel(
     let channel = grpc_endpoint(url, ca, identity)?.connect().await?;
     Ok(with_credential(channel, Some(&admin_token())))
 }
+
+/// `muster serve --dev` on free ports (REST, gRPC, peer, embedded broker), its data in
+/// `dir/data`, its log in `dir/dev.log`; killed when dropped.
+#[derive(Debug)]
+pub struct DevServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the REST gateway (and the console at `/ui`).
+    pub rest: String,
+    /// `http://127.0.0.1:PORT` of the gRPC API.
+    pub grpc: String,
+    /// The administrator's token the banner prints (`export MUSTER_TOKEN='...'`).
+    pub token: String,
+    log: PathBuf,
+}
+
+impl DevServer {
+    /// Starts dev mode with `extra` flags (for instance `--dev-devices 20 --dev-fail-rate 0.3`)
+    /// and waits for the banner's token.
+    pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<DevServer> {
+        let log = dir.join("dev.log");
+        let mut child = Command::new(muster_bin()?)
+            .arg("serve")
+            .arg("--dev")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--peer-addr",
+                "127.0.0.1:0",
+                "--mqtt-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,openraft=warn,rumqttd=off")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("start muster serve --dev")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut s = DevServer {
+            child,
+            rest: String::new(),
+            grpc: String::new(),
+            token: String::new(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while s.token.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).map_err(|_| {
+                anyhow!(
+                    "muster serve --dev printed no token; log:\n{}",
+                    s.log_text()
+                )
+            })?;
+            for part in line.split_whitespace() {
+                if let Some(v) = part.strip_prefix("rest=") {
+                    s.rest = v.to_string();
+                } else if let Some(v) = part.strip_prefix("grpc=") {
+                    s.grpc = v.to_string();
+                }
+            }
+            if let Some(t) = line.trim().strip_prefix("export MUSTER_TOKEN='") {
+                s.token = t.trim_end_matches('\'').to_string();
+            }
+        }
+        Ok(s)
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Headless Debian `chromium` driven through `chromedriver` (WebDriver), for the console's
+/// browser test. The driver runs on a free loopback port and is killed when this is dropped.
+#[derive(Debug)]
+pub struct Browser {
+    pub client: fantoccini::Client,
+    driver: Child,
+    /// The browser's profile, removed on drop.
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `Ok(None)` when chromium or chromedriver is not installed and `CI` is not set (the
+    /// caller skips, saying so); under `CI` a missing browser is an error.
+    pub async fn start(width: u32, height: u32) -> anyhow::Result<Option<Browser>> {
+        let find = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
+                    .iter()
+                    .map(|d| Path::new(d).join(n))
+                    .find(|p| p.is_file())
+            })
+        };
+        let (Some(chromium), Some(driver)) = (
+            find(&["chromium", "chromium-browser"]),
+            find(&["chromedriver"]),
+        ) else {
+            if std::env::var_os("CI").is_some() {
+                bail!("chromium and chromedriver are required under CI (apt-get install chromium chromium-driver)");
+            }
+            eprintln!("SKIPPED: chromium or chromedriver is not installed (apt-get install chromium chromium-driver)");
+            return Ok(None);
+        };
+        let port = free_ports(1)?[0];
+        let driver = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start chromedriver")?;
+        let profile = tempfile::Builder::new()
+            .prefix("muster-chromium-")
+            .tempdir()?;
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
+                    format!("--window-size={width},{height}"),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut driver = Some(driver);
+        loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => {
+                    return Ok(Some(Browser {
+                        client,
+                        driver: driver.take().ok_or_else(|| anyhow!("driver"))?,
+                        _profile: profile,
+                    }))
+                }
+                Err(e) if std::time::Instant::now() > deadline => {
+                    if let Some(mut d) = driver.take() {
+                        let _ = d.kill();
+                        let _ = d.wait();
+                    }
+                    bail!("could not open a chromium session through chromedriver: {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Ends the browser session, then the driver.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Where browser tests leave screenshots: `target/test-artifacts/NAME` of the workspace.
+pub fn artifacts_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts").join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod central;
+pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod grpc;
@@ -19,6 +20,7 @@ pub mod history;
 pub mod hub;
 mod json;
 pub mod rest;
+pub mod watch;
 
 pub use central::{
     central_device_group_json, central_device_json, central_device_status, central_job,

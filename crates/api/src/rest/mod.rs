@@ -16,12 +16,14 @@
 //! unknown routes (404), wrong methods (405), bodies over [`MAX_BODY_BYTES`] (413).
 
 mod central;
+mod console;
 mod errors;
 mod extract;
 mod guard;
 mod hub;
 mod tokens;
 
+pub use console::Stop;
 pub use guard::RouteAccess;
 
 use std::collections::BTreeMap;
@@ -52,6 +54,7 @@ fn routes() -> guard::Routes {
         .merge(central::routes())
         .merge(hub::routes())
         .merge(tokens::routes())
+        .merge(console::routes())
 }
 
 /// The permission table of the REST gateway: each method of each route and what it needs.
