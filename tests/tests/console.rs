@@ -8,11 +8,116 @@
 //! Without chromium and chromedriver the test says so and passes, except under `CI`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use anyhow::{anyhow, bail, Context};
 use fantoccini::{Client, Locator};
-use muster_tests::{artifacts_dir, data_dir, muster_bin, Browser, DevServer, PATIENCE};
+use muster_tests::{artifacts_dir, data_dir, free_ports, muster_bin, DevServer, PATIENCE};
 use serde_json::Value;
+
+/// Headless Debian `chromium` driven through `chromedriver` (WebDriver), for the console's
+/// browser test. The driver runs on a free loopback port and is killed when this is dropped.
+#[derive(Debug)]
+pub struct Browser {
+    client: fantoccini::Client,
+    driver: Child,
+    /// The browser's profile, removed on drop.
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `Ok(None)` when chromium or chromedriver is not installed and `CI` is not set (the
+    /// caller skips, saying so); under `CI` a missing browser is an error.
+    async fn start(width: u32, height: u32) -> anyhow::Result<Option<Browser>> {
+        let find = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
+                    .iter()
+                    .map(|d| Path::new(d).join(n))
+                    .find(|p| p.is_file())
+            })
+        };
+        let (Some(chromium), Some(driver)) = (
+            find(&["chromium", "chromium-browser"]),
+            find(&["chromedriver"]),
+        ) else {
+            if std::env::var_os("CI").is_some() {
+                bail!("chromium and chromedriver are required under CI (apt-get install chromium chromium-driver)");
+            }
+            eprintln!("SKIPPED: chromium or chromedriver is not installed (apt-get install chromium chromium-driver)");
+            return Ok(None);
+        };
+        let port = free_ports(1)?[0];
+        let driver = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start chromedriver")?;
+        let profile = tempfile::Builder::new()
+            .prefix("muster-chromium-")
+            .tempdir()?;
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
+                    format!("--window-size={width},{height}"),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut driver = Some(driver);
+        loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => {
+                    return Ok(Some(Browser {
+                        client,
+                        driver: driver.take().ok_or_else(|| anyhow!("driver"))?,
+                        _profile: profile,
+                    }))
+                }
+                Err(e) if std::time::Instant::now() > deadline => {
+                    if let Some(mut d) = driver.take() {
+                        let _ = d.kill();
+                        let _ = d.wait();
+                    }
+                    bail!("could not open a chromium session through chromedriver: {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Ends the browser session, then the driver.
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
 
 /// Waits until `css` matches an element, for up to [`PATIENCE`].
 async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {

@@ -56,6 +56,8 @@ function can(permission) {
 }
 
 function badge(status) {
+  // IoT Central calls a finished job "complete"; muster's stream says "completed".
+  if (status === "complete") status = "completed";
   return el("span", { class: "badge " + status, "data-status": status, text: statusText(status) });
 }
 
@@ -67,6 +69,12 @@ function when(t) {
   if (!t) return "";
   const d = new Date(t);
   return isNaN(d) ? t : d.toLocaleString();
+}
+
+// One line when it is short, indented otherwise.
+function compact(v) {
+  const one = typeof v === "string" ? v : JSON.stringify(v);
+  return one.length <= 72 ? one : pretty(v);
 }
 
 function pretty(v) {
@@ -560,7 +568,7 @@ function failuresCard(path) {
 function responseCell(r) {
   if (!r) return el("span", { class: "muted", text: "no answer" });
   return el("div", {}, el("div", { class: "small", text: "status " + r.status }),
-    r.payload === null || r.payload === undefined ? null : el("pre", { class: "json", text: pretty(r.payload) }));
+    r.payload === null || r.payload === undefined ? null : el("pre", { class: "json", text: compact(r.payload) }));
 }
 
 // The current run's devices, paged and filtered by the server (fast for 100,000 devices).
@@ -733,7 +741,7 @@ async function viewNewJob() {
       el("div", {}, el("label", { for: "job-target", text: "Device template ", }, el("span", { class: "muted", text: "(data[].target)" })), f.target),
       el("div", {}, el("label", { for: "job-batch-type", text: "Batches" }), el("div", { class: "row" }, f.batchType, f.batchValue)),
       el("div", {}, el("label", { for: "job-threshold-type", text: "Cancellation threshold" }),
-        el("div", { class: "row" }, f.thresholdType, f.thresholdValue, el("label", { class: "small" }, f.thresholdBatch, " per batch")))),
+        el("div", { class: "row" }, f.thresholdType, f.thresholdValue, el("label", { class: "check" }, f.thresholdBatch, "per batch")))),
     el("label", { for: "job-value", text: "Value ", }, el("span", { class: "muted", text: "(JSON: the command's payload or the property's value)" })),
     f.value,
     error,
@@ -798,7 +806,7 @@ async function viewDevice(id) {
   main.append(
     el("section", { class: "card" },
       el("div", { class: "row spread" }, el("h1", { text: device.displayName || id }), el("a", { class: "button ghost", href: "#/devices", text: "All devices" })),
-      el("p", { class: "muted mono small", text: id }),
+      device.displayName && device.displayName !== id ? el("p", { class: "muted mono small", text: id }) : null,
       el("p", {}, "Template: ", el("code", { text: device.template || "none" }), " · enabled: " + (device.enabled ? "yes" : "no"),
         twin.connectionState ? " · " + twin.connectionState : "")),
     el("section", { class: "card", id: "twin" },
