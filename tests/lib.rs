@@ -1041,3 +1041,106 @@ pub async fn sdk_node(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, Pat
     let conn = std::fs::read_to_string(&file)?.trim().to_string();
     Ok((server, certs.join("ca.pem"), conn))
 }
+
+/// `muster serve --dev` on free ports (REST, gRPC, peer, embedded broker), its data in
+/// `dir/data`, its log in `dir/dev.log`; killed when dropped.
+#[derive(Debug)]
+pub struct DevServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the REST gateway (and the console at `/ui`).
+    pub rest: String,
+    /// `http://127.0.0.1:PORT` of the gRPC API.
+    pub grpc: String,
+    /// The administrator's token the banner prints (`export MUSTER_TOKEN='...'`).
+    pub token: String,
+    log: PathBuf,
+}
+
+impl DevServer {
+    /// Starts dev mode with `extra` flags (for instance `--dev-devices 20 --dev-fail-rate 0.3`)
+    /// and waits for the banner's token.
+    pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<DevServer> {
+        let log = dir.join("dev.log");
+        let mut child = Command::new(muster_bin()?)
+            .arg("serve")
+            .arg("--dev")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--peer-addr",
+                "127.0.0.1:0",
+                "--mqtt-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,openraft=warn,rumqttd=off")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("start muster serve --dev")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut s = DevServer {
+            child,
+            rest: String::new(),
+            grpc: String::new(),
+            token: String::new(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while s.token.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).map_err(|_| {
+                anyhow!(
+                    "muster serve --dev printed no token; log:\n{}",
+                    s.log_text()
+                )
+            })?;
+            for part in line.split_whitespace() {
+                if let Some(v) = part.strip_prefix("rest=") {
+                    s.rest = v.to_string();
+                } else if let Some(v) = part.strip_prefix("grpc=") {
+                    s.grpc = v.to_string();
+                }
+            }
+            if let Some(t) = line.trim().strip_prefix("export MUSTER_TOKEN='") {
+                s.token = t.trim_end_matches('\'').to_string();
+            }
+        }
+        Ok(s)
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where browser tests leave screenshots: `target/test-artifacts/NAME` of the workspace.
+pub fn artifacts_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts").join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use muster_cluster::Cluster;
-use muster_domain::auth::{authenticate, AuthFailure, Authenticated, Permission, Role};
+use muster_domain::auth::{authenticate, AuthFailure, Authenticated, Grants, Permission, Role};
 use muster_domain::Principal;
 
 /// What a route or method needs from its caller.
@@ -149,6 +149,30 @@ impl Gate {
         } else {
             Err(Denied::Forbidden(need))
         }
+    }
+
+    /// Who the caller is and everything its credential grants, for `GET /api/me` (the console
+    /// hides what the caller may not do; every route still checks for itself).
+    pub fn whoami(
+        &self,
+        header: Option<&[u8]>,
+        certificate: Option<&str>,
+    ) -> Result<(Principal, Grants), Denied> {
+        let Some(cluster) = self.inner.cluster.as_ref().filter(|_| !self.inner.insecure) else {
+            return Ok((Principal::Anonymous, Grants::all()));
+        };
+        if let (None, Some(subject), Some(role)) =
+            (header, certificate, self.inner.certificate_role)
+        {
+            return Ok((Principal::Certificate(subject.to_string()), role.grants()));
+        }
+        let header = header
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or(Denied::Unauthenticated)?;
+        let caller = self
+            .verify(cluster, header, now_ms())
+            .map_err(|_| Denied::Unauthenticated)?;
+        Ok((caller.principal, caller.grants))
     }
 
     fn verify(

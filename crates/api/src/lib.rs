@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod central;
+pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod grpc;
@@ -21,6 +22,7 @@ pub mod hub_devices;
 mod json;
 pub mod methods;
 pub mod rest;
+pub mod watch;
 
 pub use central::{
     central_device_group_json, central_device_json, central_device_status, central_job,

@@ -552,6 +552,12 @@ fn print_dev_banner(
     println!("    -H 'content-type: application/json' \\");
     println!("    -d '{{\"displayName\": \"Reboot\", \"group\": \"all\", \"batch\": {{\"type\": \"percentage\", \"value\": 25}}, \"cancellationThreshold\": {{\"type\": \"percentage\", \"value\": 10, \"batch\": false}}, \"data\": [{{\"type\": \"CommandJobData\", \"target\": \"{DEV_MODEL}\", \"path\": \"reboot\", \"value\": {{}}}}]}}'");
     println!("  muster job watch reboot-all --endpoint {scheme}://{grpc}");
+    match token {
+        Some(_) => println!(
+            "or open the console at {scheme}://{http}/ui and sign in with the MUSTER_TOKEN above"
+        ),
+        None => println!("or open the console at {scheme}://{http}/ui"),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

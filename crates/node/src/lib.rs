@@ -414,7 +414,9 @@ pub async fn run(
             stop_rx.clone(),
         ))
         .serve_with_incoming_shutdown(no_delay(listeners.grpc), stopped(stop_rx.clone()));
-    let router = muster_api::rest::router(cluster.clone(), gate.clone());
+    // The console's event streams end when the node stops, so shutdown does not wait for them.
+    let router = muster_api::rest::router(cluster.clone(), gate.clone())
+        .layer(axum::Extension(muster_api::rest::Stop(stop_rx.clone())));
     let http: futures::future::BoxFuture<'static, std::io::Result<()>> = match &listeners.tls.api {
         Some(api) => {
             let config = muster_tls::https_server_config(&api.identity, api.client_ca.as_ref())

@@ -3,11 +3,10 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use muster_cluster::{now, Cluster, StateReader, StateUpdate};
+use muster_cluster::{now, Cluster};
 use muster_domain::{Command, JobSpec, Principal, State};
 use muster_proto::pb;
 use muster_types::{JobId, RerunId, RunId};
-use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, Detail};
@@ -15,14 +14,10 @@ use super::{
     after, bad_token, caller, cluster_status, id_token, page_size, parse_id, read_barrier,
     take_page,
 };
+use crate::watch::{self, WatchEnd};
 
 /// Default response timeout of a method call whose request left it at 0: IoT Hub's default.
 const DEFAULT_RESPONSE_TIMEOUT_SECS: u32 = 30;
-
-/// Progress messages buffered per watcher. A slow watcher fills it, the task then waits, the
-/// broadcast receiver lags, and the next message is re-read from state: a slow client sees fewer,
-/// newer messages instead of holding memory.
-const WATCH_BUFFER: usize = 8;
 
 /// The job service over a cluster handle.
 #[derive(Debug, Clone)]
@@ -297,84 +292,26 @@ impl pb::job_service_server::JobService for JobApi {
 
     type WatchJobStream = ProgressStream;
 
+    /// Follows the job through [`crate::watch::follow`], the loop the console's event stream
+    /// uses too, so `muster job watch` and the console show the same snapshots.
     async fn watch_job(
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
         read_barrier(&self.cluster, false).await?;
-        let reader = self.cluster.reader().clone();
-        // Subscribe before the first read: an update applied in between is then both in the
-        // first message and in the receiver, never in neither.
-        let mut updates = reader.subscribe();
-        let first = progress(&reader, &id)?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(async move {
-            let mut seq = first.seq;
-            let mut done = is_final(&first);
-            if tx.send(Ok(first)).await.is_err() || done {
-                return;
-            }
-            while !done {
-                let changed = match updates.recv().await {
-                    Ok(StateUpdate::Events(applied)) => {
-                        applied.last_seq() > seq
-                            && applied.events.iter().any(|e| e.job() == Some(&id))
-                    }
-                    // The state was replaced, or we missed updates: look again.
-                    Ok(StateUpdate::SnapshotInstalled { .. })
-                    | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    // The node is shutting down.
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(
-                                "the node is shutting down; watch again on another node",
-                            )))
-                            .await;
-                        return;
-                    }
-                };
-                if !changed {
-                    continue;
-                }
-                let message = match progress(&reader, &id) {
-                    Ok(m) => m,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                if message.seq <= seq && !is_final(&message) {
-                    continue;
-                }
-                seq = message.seq;
-                done = is_final(&message);
-                if tx.send(Ok(message)).await.is_err() {
-                    // The client went away.
-                    return;
-                }
-            }
-        });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let rx = watch::follow(self.cluster.reader().clone(), id).map_err(watch_status)?;
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |m| {
+                m.map_err(watch_status)
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// The job's progress now, with the seq of the newest event it reflects.
-fn progress(reader: &StateReader, id: &JobId) -> Result<pb::JobProgress, Status> {
-    reader.read_with_seq(|s, seq| {
-        job_or_404(s, id, Detail::Progress).map(|job| pb::JobProgress {
-            job: Some(job),
-            seq,
-        })
-    })
-}
-
-fn is_final(p: &pb::JobProgress) -> bool {
-    p.job.as_ref().is_some_and(|j| {
-        matches!(
-            pb::JobStatus::try_from(j.status),
-            Ok(pb::JobStatus::Completed | pb::JobStatus::Failed | pb::JobStatus::Cancelled)
-        )
-    })
+fn watch_status(end: WatchEnd) -> Status {
+    match end {
+        WatchEnd::NotFound(_) => Status::not_found(end.message()),
+        WatchEnd::ShuttingDown => Status::unavailable(end.message()),
+    }
 }

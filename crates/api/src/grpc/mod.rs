@@ -10,7 +10,7 @@
 
 mod auth;
 mod cluster;
-mod convert;
+pub(crate) mod convert;
 mod devices;
 mod events;
 mod jobs;

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use muster_domain::auth::Permission;
-use muster_domain::{Command, TargetSelector};
+use muster_domain::{Command, DeviceRun, DeviceStatus, FailureReason, TargetSelector};
 use muster_types::{DeviceId, GroupId, JobId, RerunId};
 use serde_json::Value;
 
@@ -20,9 +20,10 @@ use super::guard::Routes;
 use super::{ok_json, page, path_id, token, App};
 use crate::access::Access::Need;
 use crate::central::{
-    central_device_group_json, central_device_json, central_job_device_json, central_job_json,
-    central_page, check_api_version, device_group_from_central, device_registration_from_central,
-    job_request_from_central, job_template, next_link, CENTRAL_API_VERSIONS, NEXT_LINK_TOKEN_PARAM,
+    central_device_group_json, central_device_json, central_device_status, central_job_device_json,
+    central_job_json, central_page, check_api_version, device_group_from_central,
+    device_registration_from_central, job_request_from_central, job_template, next_link,
+    percent_encode, CENTRAL_API_VERSIONS, NEXT_LINK_TOKEN_PARAM,
 };
 use crate::central::{central_properties_json, device_patch_from_central, properties_from_central};
 use crate::error::ApiError;
@@ -157,6 +158,7 @@ fn list_page<K>(
     paging: &Paging<K>,
     items: Vec<Value>,
     next: Option<String>,
+    extra: &str,
 ) -> Response {
     let link = next_link(
         &base_url(headers, uri),
@@ -165,6 +167,7 @@ fn list_page<K>(
         next.as_deref(),
     )
     .map(|l| {
+        let l = format!("{l}{extra}");
         if paging.size_given {
             format!("{l}&maxpagesize={}", paging.size)
         } else {
@@ -196,14 +199,16 @@ async fn list_jobs(
 ) -> Result<Response, ApiError> {
     let v = version(&q)?;
     let p = paging(&q, |s: &str| JobId::new(s))?;
+    let progress = flag(&q, "progress")?;
     let (items, next) = app
         .read(|s| {
             page(&s.jobs, p.after.as_ref(), p.size, |_, j| {
-                Some(render_job(j, s))
+                Some(with_progress(render_job(j, s), j, progress))
             })
         })
         .await?;
-    Ok(list_page(&headers, &uri, &v, &p, items, next))
+    let extra = if progress { "&progress=true" } else { "" };
+    Ok(list_page(&headers, &uri, &v, &p, items, next, extra))
 }
 
 async fn get_job(
@@ -213,10 +218,15 @@ async fn get_job(
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = job_id(&id)?;
-    app.read(|s| s.jobs.get(&id).map(|j| render_job(j, s)))
-        .await?
-        .map(ok_json)
-        .ok_or_else(|| job_not_found(&id))
+    let progress = flag(&q, "progress")?;
+    app.read(|s| {
+        s.jobs
+            .get(&id)
+            .map(|j| with_progress(render_job(j, s), j, progress))
+    })
+    .await?
+    .map(ok_json)
+    .ok_or_else(|| job_not_found(&id))
 }
 
 /// `PUT /api/jobs/{id}`: creates the job (409 if the id is taken: a job's definition does not
@@ -261,6 +271,13 @@ async fn put_job(
 
 /// `GET /api/jobs/{id}/devices`: the devices of the job's current run (after a rerun, the rerun's
 /// devices), in device id order.
+///
+/// muster extensions (the console's device table; absent, the answer is IoT Central's):
+/// `status=` keeps devices in these statuses (comma-separated; muster's names `pending`,
+/// `running`, `succeeded`, `failed`, `timedOut`, `cancelled`, or IoT Central's `completed`,
+/// where `failed` also means timed out), `search=` keeps ids containing the text, and
+/// `details=true` adds each device's batch, attempts, times, failure and response. The filters
+/// run on the server, page by page, so a 100,000-device run is never sent whole.
 async fn job_devices(
     State(app): State<App>,
     PathParams(id): PathParams<String>,
@@ -271,18 +288,162 @@ async fn job_devices(
     let v = version(&q)?;
     let id = job_id(&id)?;
     let p = paging(&q, |s: &str| DeviceId::new(s))?;
+    let filter = DeviceFilter::from_params(&q)?;
+    let details = flag(&q, "details")?;
     let found = app
         .read(|s| {
             s.jobs.get(&id).map(|j| {
                 let run = j.current_run();
                 page(&run.index, p.after.as_ref(), p.size, |_, &pos| {
-                    run.devices.get(pos as usize).map(central_job_device_json)
+                    run.devices
+                        .get(pos as usize)
+                        .filter(|d| filter.keeps(d))
+                        .map(|d| {
+                            if details {
+                                job_device_details_json(d, run.number.0)
+                            } else {
+                                central_job_device_json(d)
+                            }
+                        })
                 })
             })
         })
         .await?;
     let (items, next) = found.ok_or_else(|| job_not_found(&id))?;
-    Ok(list_page(&headers, &uri, &v, &p, items, next))
+    let mut extra = filter.link_params();
+    if details {
+        extra.push_str("&details=true");
+    }
+    Ok(list_page(&headers, &uri, &v, &p, items, next, &extra))
+}
+
+/// A muster extension's `true`/`false` query flag (absent: false).
+fn flag(q: &Params, name: &str) -> Result<bool, ApiError> {
+    match q.get(name) {
+        None | Some("" | "false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            name,
+            format!("must be true or false, got {}", crate::json::quote(other)),
+        )),
+    }
+}
+
+/// Adds `progress` (the current run's counts, as the console's event stream has them) to a job
+/// in Central's shape when the caller asked for it with `progress=true`.
+fn with_progress(mut v: Value, job: &muster_domain::Job, progress: bool) -> Value {
+    if progress {
+        if let Some(m) = v.as_object_mut() {
+            m.insert(
+                "progress".into(),
+                crate::watch::domain_stats_json(&job.stats()),
+            );
+        }
+    }
+    v
+}
+
+/// The device filter of `GET /api/jobs/{id}/devices` (a muster extension).
+struct DeviceFilter {
+    statuses: Vec<DeviceStatus>,
+    search: Option<String>,
+    raw_status: Option<String>,
+}
+
+impl DeviceFilter {
+    fn from_params(q: &Params) -> Result<DeviceFilter, ApiError> {
+        let mut statuses = Vec::new();
+        let raw_status = q
+            .get("status")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        for name in raw_status.iter().flat_map(|s| s.split(',')) {
+            let more: &[DeviceStatus] = match name.trim() {
+                "pending" => &[DeviceStatus::Pending],
+                "running" => &[DeviceStatus::Running],
+                "succeeded" | "completed" => &[DeviceStatus::Succeeded],
+                "failed" => &[DeviceStatus::Failed, DeviceStatus::TimedOut],
+                "timedOut" => &[DeviceStatus::TimedOut],
+                "cancelled" => &[DeviceStatus::Cancelled],
+                other => {
+                    return Err(ApiError::bad_request(
+                        "status",
+                        format!(
+                            "{} is not a device status; use pending, running, succeeded (or completed), failed, timedOut or cancelled, comma-separated",
+                            crate::json::quote(other)
+                        ),
+                    ))
+                }
+            };
+            statuses.extend_from_slice(more);
+        }
+        let search = q
+            .get("search")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        Ok(DeviceFilter {
+            statuses,
+            search,
+            raw_status,
+        })
+    }
+
+    fn keeps(&self, d: &DeviceRun) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&d.status))
+            && self
+                .search
+                .as_deref()
+                .is_none_or(|s| d.device.as_str().contains(s))
+    }
+
+    /// The filter again, for the `nextLink`.
+    fn link_params(&self) -> String {
+        let mut s = String::new();
+        if let Some(st) = &self.raw_status {
+            s.push_str(&format!("&status={}", percent_encode(st)));
+        }
+        if let Some(q) = &self.search {
+            s.push_str(&format!("&search={}", percent_encode(q)));
+        }
+        s
+    }
+}
+
+/// One device of a job run with everything the console's device table and CSV show (the
+/// columns of `muster job devices --output csv`).
+fn job_device_details_json(d: &DeviceRun, run: u32) -> Value {
+    let time = |t: Option<muster_types::Timestamp>| {
+        t.map_or(Value::Null, |t| Value::String(t.to_string()))
+    };
+    serde_json::json!({
+        "id": d.device.as_str(),
+        "status": central_device_status(d.status),
+        "outcome": d.status.as_str(),
+        "run": run,
+        "batch": d.batch,
+        "attempts": d.attempts,
+        "dispatchedAt": time(d.dispatched_at),
+        "finishedAt": time(d.finished_at),
+        "failureReason": d.last_error.as_ref().map(failure_code),
+        "lastError": d.last_error.as_ref().map(FailureReason::describe),
+        "response": d.response.as_ref().map(|r| serde_json::json!({
+            "status": r.status,
+            "payload": &*r.payload,
+        })),
+    })
+}
+
+/// The short name of a failure, as `muster job devices --output csv` writes it.
+fn failure_code(r: &FailureReason) -> &'static str {
+    match r {
+        FailureReason::DeviceError { .. } => "deviceError",
+        FailureReason::Timeout => "timeout",
+        FailureReason::NotConnected => "notConnected",
+        FailureReason::DeviceNotFound => "deviceNotFound",
+        FailureReason::DeviceDisabled => "deviceDisabled",
+        FailureReason::DispatchFailed { .. } => "dispatchFailed",
+    }
 }
 
 /// Events read from the log per step of a history scan.
@@ -314,7 +475,7 @@ async fn job_events(
             .await
             .map_err(|e| internal(&e))?
             .map_err(|e| internal(&e))?;
-    Ok(list_page(&headers, &uri, &v, &p, items, next))
+    Ok(list_page(&headers, &uri, &v, &p, items, next, ""))
 }
 
 /// Up to `size` of the job's events from seq `start` on, and the token for the next page when
@@ -419,7 +580,7 @@ async fn list_groups(
             })
         })
         .await?;
-    Ok(list_page(&headers, &uri, &v, &p, items, next))
+    Ok(list_page(&headers, &uri, &v, &p, items, next, ""))
 }
 
 async fn get_group(
@@ -496,7 +657,7 @@ async fn list_devices(
             })
         })
         .await?;
-    Ok(list_page(&headers, &uri, &v, &p, items, next))
+    Ok(list_page(&headers, &uri, &v, &p, items, next, ""))
 }
 
 async fn get_device(

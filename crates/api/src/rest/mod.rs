@@ -17,6 +17,7 @@
 //! unknown routes (404), wrong methods (405), bodies over [`MAX_BODY_BYTES`] (413).
 
 mod central;
+mod console;
 mod errors;
 mod extract;
 mod guard;
@@ -26,6 +27,7 @@ mod methods;
 mod query;
 mod tokens;
 
+pub use console::Stop;
 pub use guard::RouteAccess;
 
 use std::collections::BTreeMap;
@@ -63,6 +65,7 @@ fn routes() -> guard::Routes {
         .merge(query::routes())
         .merge(methods::routes())
         .merge(tokens::routes())
+        .merge(console::routes())
 }
 
 /// The permission table of the REST gateway: each method of each route and what it needs.

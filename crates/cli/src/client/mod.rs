@@ -691,7 +691,8 @@ async fn watch(
         let d = pb::JobStats::default();
         let s = job.stats.as_ref().unwrap_or(&d);
         bar.set_length(s.total);
-        bar.set_position(s.succeeded + s.failed + s.timed_out + s.cancelled);
+        // The console's progress bar counts with the same function.
+        bar.set_position(muster_api::watch::finished(s));
         bar.set_message(format!(
             "{} · {} succeeded, {} failed, {} timed out, {} cancelled",
             render::job_status(job.status),
