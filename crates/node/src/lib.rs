@@ -487,7 +487,15 @@ pub async fn run(
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
     let peer = peer.map(tokio::spawn);
-    shutdown.await;
+    // A Raft core that stopped by itself (a storage error, a panic) never comes back: every
+    // call would fail, so the node stops and says so to its supervisor (exit non-zero).
+    let core_stopped = tokio::select! {
+        () = shutdown => None,
+        why = cluster.wait_core_stopped() => {
+            tracing::error!("the Raft core has stopped ({why}); shutting the node down");
+            Some(why)
+        }
+    };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(10);
@@ -514,7 +522,12 @@ pub async fn run(
         f.shutdown().await;
     }
     cluster.shutdown().await;
-    Ok(())
+    match core_stopped {
+        Some(why) => Err(NodeError::Cluster(ClusterError::Fatal(format!(
+            "the Raft core stopped: {why}"
+        )))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
