@@ -177,6 +177,29 @@ async fn job_service_rpcs_and_their_errors() {
         Code::InvalidArgument,
         "batch",
     );
+    // Issue 18: numbers outside their range are refused, not wrapped.
+    let mut huge = later_spec(&ids, vec![method("x", "", 30)]);
+    huge.schedule = Some(pb::Schedule {
+        start_at_ms: None,
+        max_execution_secs: Some(1 << 63),
+    });
+    expect_code(
+        jobs.create_job(create("job-x", huge)).await,
+        Code::InvalidArgument,
+        "maxExecutionTimeInSeconds",
+    );
+    for ms in [i64::MAX, i64::MIN] {
+        let mut far = later_spec(&ids, vec![method("x", "", 30)]);
+        far.schedule = Some(pb::Schedule {
+            start_at_ms: Some(ms),
+            max_execution_secs: None,
+        });
+        expect_code(
+            jobs.create_job(create("job-x", far)).await,
+            Code::InvalidArgument,
+            "startTime",
+        );
+    }
     expect_code(
         jobs.create_job(create(
             "job-x",

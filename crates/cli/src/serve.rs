@@ -86,6 +86,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_key_file: Option<PathBuf>,
+    /// Connections the REST listener, and separately the gRPC listener, hold at once (default
+    /// 4096); more wait until one closes. Keep both well below `ulimit -n`.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<usize>,
+    /// A REST connection that sends no complete request within this many milliseconds of
+    /// opening or of its last answer, or a gRPC connection that sends nothing, is closed
+    /// (default 10000).
+    #[arg(long, value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_timeout_ms: Option<u64>,
     /// MQTT broker URL (`mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS); repeat to spread
     /// devices over several brokers.
     #[arg(long = "mqtt-url", value_name = "URL")]

@@ -355,6 +355,36 @@ impl Cluster {
         }
     }
 
+    /// Why this node's Raft core has stopped (a storage error, a panic in the core, or a
+    /// shutdown), or `None` while it runs. A stopped core never comes back: every write and
+    /// read fails from then on, so the node is not ready and should exit for its supervisor.
+    pub fn core_stopped(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        // The core owns the sending side: a closed channel means the core task has ended.
+        let closed = m.has_changed().is_err();
+        let fatal = m.borrow().running_state.clone().err();
+        match fatal {
+            Some(fatal) => Some(fatal.to_string()),
+            None if closed => Some("the Raft core has ended".to_string()),
+            None => None,
+        }
+    }
+
+    /// Resolves once the Raft core has stopped, with the reason (see [`Cluster::core_stopped`]).
+    pub async fn wait_core_stopped(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &rx.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return self
+                    .core_stopped()
+                    .unwrap_or_else(|| "the Raft core has ended".to_string());
+            }
+        }
+    }
+
     /// Whether this node is the leader, as it currently believes.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
@@ -1002,6 +1032,27 @@ mod tests {
         let n = c.reader().read(|s| s.registry.devices.len());
         assert_eq!(n, 1);
         c.shutdown().await;
+    }
+
+    /// Issue 18: a node whose Raft core stopped said ready. The core's end is now visible.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_core_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cluster::start(cfg(dir.path())).await.unwrap();
+        c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(c.core_stopped(), None);
+        let waiting = {
+            let c = c.clone();
+            tokio::spawn(async move { c.wait_core_stopped().await })
+        };
+        c.raft().shutdown().await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("wait_core_stopped resolves")
+            .unwrap();
+        assert!(!why.is_empty());
+        assert!(c.core_stopped().is_some());
+        assert!(c.write(register("d1")).await.is_err());
     }
 
     /// `write_as` records its principal with every event of the command; `write` records

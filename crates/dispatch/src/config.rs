@@ -52,7 +52,10 @@ pub struct DispatchConfig {
     pub mqtt_inflight: u16,
     /// Requests queued to each connection's event loop.
     pub mqtt_channel_capacity: usize,
-    /// Largest MQTT packet sent or accepted; method payloads may be 128 KiB of JSON.
+    /// Largest MQTT packet sent, and largest message handled: a larger one a device or the
+    /// broker delivers is skipped with a warning (never a reconnect). Method payloads may be
+    /// 128 KiB of JSON. Keep it at most the broker's own limit (Mosquitto `max_packet_size`),
+    /// which is also what bounds the memory one oversized delivery can take.
     pub max_packet_bytes: usize,
     /// First reconnect delay; doubles up to `reconnect_max_ms`.
     pub reconnect_min_ms: u64,

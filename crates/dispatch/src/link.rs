@@ -15,6 +15,9 @@ use tracing::{debug, info, warn};
 use crate::protocol::{self, Inbound};
 use crate::{DispatchConfig, DispatchError};
 
+/// The largest remaining length an MQTT 3.1.1 fixed header can encode (256 MiB - 1).
+pub(crate) const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+
 /// What a connection tells the dispatcher.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
@@ -50,7 +53,11 @@ impl Link {
             // A clean session: state (what is in flight) is rebuilt from the replicated state
             // on reconnect, not from the broker's memory of an old session.
             .set_clean_session(true)
-            .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
+            // Incoming: anything MQTT 3.1.1 can carry. The protocol has no way to tell the broker
+            // a limit, and rumqttc answers a larger packet by dropping the connection; a retained
+            // message over the limit would then arrive again on every resubscribe and stop
+            // dispatch for good. Messages over `max_packet_bytes` are skipped in `drive` instead.
+            .set_max_packet_size(MQTT_MAX_PACKET_BYTES, cfg.max_packet_bytes)
             .set_inflight(cfg.mqtt_inflight.max(1));
         let (client, eventloop) = AsyncClient::new(opts, cfg.mqtt_channel_capacity.max(16));
         let backoff = (
@@ -65,6 +72,7 @@ impl Link {
             tx,
             backoff,
             metrics,
+            cfg.max_packet_bytes,
         ));
         Ok(Link { client, task })
     }
@@ -117,11 +125,13 @@ async fn drive(
     tx: UnboundedSender<LinkEvent>,
     (min_backoff, max_backoff): (Duration, Duration),
     metrics: muster_metrics::Metrics,
+    max_message_bytes: usize,
 ) {
     // When each QoS 1 publish in flight left, by packet id, for the publish latency.
     let mut sent_at: Vec<Option<std::time::Instant>> = vec![None; usize::from(u16::MAX) + 1];
     let mut backoff = min_backoff;
     let mut failures = 0u64;
+    let mut oversized = 0u64;
     loop {
         if tx.is_closed() {
             return;
@@ -152,6 +162,15 @@ async fn drive(
                         .dispatch()
                         .publish
                         .observe(t.elapsed().as_secs_f64());
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > max_message_bytes => {
+                oversized += 1;
+                // The first and then every hundredth: a device repeating one can't fill the log.
+                if oversized == 1 || oversized.is_multiple_of(100) {
+                    warn!(broker = %url, topic = %p.topic, bytes = p.payload.len(),
+                        limit = max_message_bytes, retained = p.retain, skipped = oversized,
+                        "MQTT message larger than max_packet_bytes skipped");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

@@ -291,6 +291,64 @@ async fn a_method_job_on_forty_devices_completes() {
     fleet.shutdown().await;
 }
 
+/// Publishes `payload` retained on `topic` (an empty payload clears it) with a client whose own
+/// packet limit is large enough for it, and waits until the broker acknowledged it.
+async fn publish_retained(topic: &str, payload: Vec<u8>) {
+    let url = broker_url();
+    let hostport = url.trim_start_matches("mqtt://");
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let mut opts = rumqttc::MqttOptions::new(unique("big"), host, port.parse().unwrap());
+    opts.set_max_packet_size(1 << 22, 1 << 22);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await.unwrap() {
+                rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) => break,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the broker acknowledges the retained message");
+    let _ = client.disconnect().await;
+}
+
+/// Issue 18: a retained message larger than the dispatcher's limit used to drop its connection,
+/// and the broker redelivered it on every resubscribe, so nothing was dispatched any more. It is
+/// now skipped, and a job on healthy devices completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_retained_message_does_not_stop_dispatch() {
+    let topic = format!("devices/{}/presence", unique("huge"));
+    publish_retained(&topic, vec![b'x'; 300 * 1024]).await;
+
+    let host = TestHost::new();
+    let fleet = Fleet::start(FleetConfig {
+        brokers: vec![broker_url()],
+        devices: 8,
+        prefix: unique("big"),
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let ids = fleet.device_ids().to_vec();
+    register(&host, &ids, fleet.model_id());
+    let d = start_dispatcher(&host, vec![broker_url()]);
+    all_connected(&host, &ids).await;
+    let job = create(&host, method_job(&ids, 30));
+    eventually("the job completes", &host, |s| {
+        job_status(s, &job).is_final()
+    })
+    .await;
+    host.with(|s| assert_eq!(s.jobs[&job].status, JobStatus::Completed));
+    d.stop().await;
+    fleet.shutdown().await;
+    publish_retained(&topic, Vec::new()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_above_the_threshold_cancel_the_job() {
     let host = TestHost::new();

@@ -19,6 +19,9 @@ pub const MAX_PATCH_BYTES: usize = 32 * 1024;
 pub const MAX_PATCH_DEPTH: usize = 10;
 pub const MAX_OPERATIONS: usize = 16;
 pub const MAX_ATTEMPTS: u32 = 10;
+/// The longest maximum execution time, in seconds (IoT Hub's `maxExecutionTimeInSeconds` is a
+/// 32-bit number; about 136 years). Larger values would overflow the deadline arithmetic.
+pub const MAX_EXECUTION_SECS: u64 = u32::MAX as u64;
 /// The explicit device list is stored in the `JobCreated` entry; larger fleets use a group or query.
 pub const MAX_EXPLICIT_DEVICES: usize = 1_000_000;
 
@@ -223,11 +226,24 @@ impl JobSpec {
         for (i, op) in self.operations.iter().enumerate() {
             validate_operation(i, op)?;
         }
+        if let Some(t) = self.schedule.start_at {
+            if !t.in_rfc3339_range() {
+                return Err(invalid(
+                    "schedule.startTime",
+                    format!(
+                        "must be between {} and {}, got {} ms since the epoch",
+                        Timestamp::RFC3339_MIN.to_rfc3339(),
+                        Timestamp::RFC3339_MAX.to_rfc3339(),
+                        t.millis()
+                    ),
+                ));
+            }
+        }
         if let Some(secs) = self.schedule.max_execution_secs {
-            if secs == 0 {
+            if secs == 0 || secs > MAX_EXECUTION_SECS {
                 return Err(invalid(
                     "schedule.maxExecutionTimeInSeconds",
-                    "must be at least 1 second",
+                    format!("must be between 1 and {MAX_EXECUTION_SECS} seconds, got {secs}"),
                 ));
             }
         }
@@ -455,6 +471,32 @@ mod tests {
     #[test]
     fn a_good_spec_passes() {
         assert!(base().validate().is_ok());
+    }
+
+    /// Issue 18: `max_execution_secs` >= 2^63 wrapped negative and failed the job at once; a
+    /// start of i64::MAX rendered as a year past 9999.
+    #[test]
+    fn schedule_numbers_have_checked_ranges() {
+        for secs in [0, MAX_EXECUTION_SECS + 1, 1 << 63, u64::MAX] {
+            let mut s = base();
+            s.schedule.max_execution_secs = Some(secs);
+            assert_eq!(field_of(&s), "schedule.maxExecutionTimeInSeconds", "{secs}");
+        }
+        let mut s = base();
+        s.schedule.max_execution_secs = Some(MAX_EXECUTION_SECS);
+        assert!(s.validate().is_ok());
+        for ms in [i64::MIN, i64::MAX, Timestamp::RFC3339_MAX.millis() + 1] {
+            let mut s = base();
+            s.schedule.start_at = Some(Timestamp::from_millis(ms));
+            assert_eq!(field_of(&s), "schedule.startTime", "{ms}");
+        }
+        for t in [Timestamp::RFC3339_MIN, Timestamp::RFC3339_MAX] {
+            let mut s = base();
+            s.schedule.start_at = Some(t);
+            assert!(s.validate().is_ok());
+            let text = t.to_rfc3339();
+            assert_eq!(Timestamp::parse_rfc3339(&text), Ok(t), "{text}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod credentials;
 pub mod dev;
+pub mod guard;
 mod leader;
 mod ticker;
 pub mod tls;
@@ -80,6 +81,14 @@ pub struct NodeConfig {
     /// Where to export traces (OTLP/HTTP, `--otlp-endpoint`). Read by the binary, which
     /// installs the exporter; the node only creates spans (see `muster_cluster::trace`).
     pub otlp_endpoint: Option<String>,
+    /// Connections the REST listener, and separately the client gRPC listener, hold at once;
+    /// more wait in the kernel's backlog until one closes. Keep the sum well below the
+    /// process's file descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// How long a REST connection may take to send a complete request, from when it opened or
+    /// its previous answer was written; a gRPC connection must send its first bytes within it.
+    /// A connection past it is closed.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -108,6 +117,8 @@ impl Default for NodeConfig {
             insecure: false,
             admin_key_file: None,
             otlp_endpoint: None,
+            max_connections: 4096,
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -119,6 +130,12 @@ impl NodeConfig {
         let bad = |m: String| Err(NodeError::Config(m));
         if self.node_id == 0 {
             return bad("node_id must be a positive integer".into());
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if self.header_timeout_ms == 0 {
+            return bad("header_timeout_ms must be at least 1".into());
         }
         if self.heartbeat_ms == 0 {
             return bad("heartbeat_ms must be at least 1".into());
@@ -218,21 +235,6 @@ async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, NodeError> 
 
 fn local(l: &TcpListener) -> Result<SocketAddr, NodeError> {
     l.local_addr().map_err(|e| NodeError::Io(e.to_string()))
-}
-
-/// Accepted connections with Nagle's algorithm off: a small gRPC answer written in two parts
-/// otherwise waits for the client's delayed ACK (a 20-row `ListJobs` took 44 ms, REST 0.2 ms).
-fn no_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        if let Err(e) = conn.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-        Ok(conn)
-    })
 }
 
 /// Reads `ID=HOST:PORT,ID=HOST:PORT,...` (spaces allowed around the commas).
@@ -385,7 +387,15 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let mut grpc = tonic::transport::Server::builder();
+    let limits = guard::Limits {
+        max_connections: cfg.max_connections,
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+    };
+    // Keep-alive pings find clients that vanished; the preface deadline and the connection
+    // limit (`guard`) bound the ones that never ask for anything.
+    let mut grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(api) = &listeners.tls.api {
         let mut tls = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(
@@ -413,7 +423,10 @@ pub async fn run(
             gate.clone(),
             stop_rx.clone(),
         ))
-        .serve_with_incoming_shutdown(no_delay(listeners.grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            guard::grpc_incoming(listeners.grpc, limits),
+            stopped(stop_rx.clone()),
+        );
     // The console's event streams end when the node stops, so shutdown does not wait for them.
     let router = muster_api::rest::router(cluster.clone(), gate.clone())
         .layer(axum::Extension(muster_api::rest::Stop(stop_rx.clone())));
@@ -423,17 +436,20 @@ pub async fn run(
                 .map_err(|e| NodeError::Config(format!("--tls-cert: {e}")))?;
             Box::pin(
                 axum::serve(
-                    tls::TlsListener::new(listeners.http, config),
-                    tls::Identify(router),
+                    guard::Guarded::new(tls::TlsListener::new(listeners.http, config), limits),
+                    guard::Tracked(tls::Identify(router)),
                 )
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
             )
         }
         None => Box::pin(
-            axum::serve(listeners.http, router)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
+            axum::serve(
+                guard::Guarded::new(listeners.http, limits),
+                guard::Tracked(router),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
         ),
     };
     // Raft between nodes, on its own listener only; with mutual TLS when configured.
@@ -482,7 +498,15 @@ pub async fn run(
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
     let peer = peer.map(tokio::spawn);
-    shutdown.await;
+    // A Raft core that stopped by itself (a storage error, a panic) never comes back: every
+    // call would fail, so the node stops and says so to its supervisor (exit non-zero).
+    let core_stopped = tokio::select! {
+        () = shutdown => None,
+        why = cluster.wait_core_stopped() => {
+            tracing::error!("the Raft core has stopped ({why}); shutting the node down");
+            Some(why)
+        }
+    };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(10);
@@ -509,7 +533,12 @@ pub async fn run(
         f.shutdown().await;
     }
     cluster.shutdown().await;
-    Ok(())
+    match core_stopped {
+        Some(why) => Err(NodeError::Cluster(ClusterError::Fatal(format!(
+            "the Raft core stopped: {why}"
+        )))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::IncomingStream;
 use axum::Router;
 use muster_tls::{CaBundle, ClientIdentity, KeyPair, PeerTls};
 use serde::{Deserialize, Serialize};
@@ -252,26 +251,19 @@ impl axum::serve::Listener for TlsListener {
 #[derive(Debug, Clone)]
 pub struct Identify(pub Router);
 
-impl<'a> tower::Service<IncomingStream<'a, TlsListener>> for Identify {
-    type Response = Identified;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Identified, Infallible>>;
+impl crate::guard::PerConnection<TlsStream<TcpStream>> for Identify {
+    type Service = Identified;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'a, TlsListener>) -> Self::Future {
-        let identity = stream
-            .io()
+    fn service(&self, io: &TlsStream<TcpStream>) -> Identified {
+        let identity = io
             .get_ref()
             .1
             .peer_certificates()
             .and_then(ClientIdentity::from_chain);
-        std::future::ready(Ok(Identified {
+        Identified {
             router: self.0.clone(),
             identity,
-        }))
+        }
     }
 }
 

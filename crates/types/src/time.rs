@@ -23,6 +23,17 @@ pub struct TimestampError {
 }
 
 impl Timestamp {
+    /// 0000-01-01T00:00:00.000Z: the earliest time RFC 3339's four-digit year can write.
+    pub const RFC3339_MIN: Timestamp = Timestamp(-62_167_219_200_000);
+    /// 9999-12-31T23:59:59.999Z: the latest.
+    pub const RFC3339_MAX: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// Whether `to_rfc3339` writes this time as valid RFC 3339 (years 0000 to 9999). A time
+    /// taken from a caller must be (spec validation checks it), so every API can show it.
+    pub const fn in_rfc3339_range(self) -> bool {
+        self.0 >= Self::RFC3339_MIN.0 && self.0 <= Self::RFC3339_MAX.0
+    }
+
     pub const fn from_millis(ms: i64) -> Self {
         Timestamp(ms)
     }

@@ -162,6 +162,16 @@ async fn healthz() -> Response {
 /// `GET /readyz`: 200 when a leader is known (this node or another), so writes and reads can be
 /// served; 503 (JSON error) while there is none, e.g. during an election or a partition.
 async fn readyz(State(app): State<App>) -> Response {
+    // A stopped core keeps its last view of the leader, but answers nothing any more.
+    if let Some(why) = app.cluster.core_stopped() {
+        tracing::error!("readyz: the Raft core has stopped: {why}");
+        return ApiError::new(
+            503,
+            "NotReady",
+            "this node's Raft core has stopped and it cannot serve; it is exiting (restart it, and see its log for why)",
+        )
+        .into_response();
+    }
     // Credentials are created by the first leader right after it is elected: until this node
     // has applied them it could only answer 401, so it is not ready yet.
     let credentials = app.cluster.reader().read(|s| s.auth.initialized);

@@ -1,0 +1,128 @@
+//! What a hostile client cannot do to a node (issue 18's probe): hold its sockets with
+//! connections that never finish a request.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use muster_tests::{data_dir, Server, PATIENCE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+/// Waits until the server closes `conn` (EOF or a reset); false if it is still open after
+/// `within`.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408-style answer before the close is fine; keep reading until it closes.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn healthz(client: &reqwest::Client, rest: &str) -> bool {
+    matches!(
+        client.get(format!("{rest}/healthz")).timeout(Duration::from_secs(10)).send().await,
+        Ok(r) if r.status().is_success()
+    )
+}
+
+/// Hundreds of connections that stop in the middle of their headers (or send nothing, or
+/// trickle a byte at a time) are closed after the header timeout, while `/healthz` keeps
+/// answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_closed_and_health_keeps_answering() {
+    let dir = data_dir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--header-timeout-ms", "1500", "--max-connections", "1000"],
+    )
+    .unwrap();
+    server.wait_ready().await.unwrap();
+    let (rest, grpc) = (addr(&server.rest), addr(&server.grpc));
+
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut c = TcpStream::connect(&rest).await.unwrap();
+        if i % 2 == 0 {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        idle.push(c);
+    }
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(&grpc).await.unwrap());
+    }
+    let mut trickle = TcpStream::connect(&rest).await.unwrap();
+    let trickler = tokio::spawn(async move {
+        // One header byte every 200 ms: progress, but never a whole request.
+        for b in
+            b"GET /healthz HTTP/1.1\r\nX-Trickle: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if trickle.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+
+    let client = reqwest::Client::new();
+    assert!(healthz(&client, &server.rest).await, "/healthz answers");
+
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, PATIENCE).await,
+            "idle connection {i} is still open"
+        );
+    }
+    assert!(
+        trickler.await.unwrap(),
+        "a connection trickling its headers is closed"
+    );
+    assert!(healthz(&client, &server.rest).await, "/healthz answers");
+
+    // A connection that sends requests in time is served, and its keep-alive is not cut
+    // while it is used.
+    let keep = reqwest::Client::new();
+    for _ in 0..3 {
+        assert!(healthz(&keep, &server.rest).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// At the connection limit, a new client waits for a slot rather than the node running out of
+/// file descriptors; slots come back as idle connections time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds_new_clients_until_idle_ones_time_out() {
+    let dir = data_dir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--header-timeout-ms", "1500", "--max-connections", "20"],
+    )
+    .unwrap();
+    server.wait_ready().await.unwrap();
+    let rest = addr(&server.rest);
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(TcpStream::connect(&rest).await.unwrap());
+    }
+    let client = reqwest::Client::new();
+    assert!(
+        healthz(&client, &server.rest).await,
+        "/healthz answers once idle connections made room"
+    );
+    for c in idle.iter_mut() {
+        assert!(closed_within(c, PATIENCE).await);
+    }
+    assert!(server.log_text().contains("connection limit reached"));
+}
