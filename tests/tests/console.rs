@@ -309,6 +309,8 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
         &format!("document.querySelectorAll('#devices tbody tr[data-device]').length === {failed}"),
     )
     .await;
+    screenshot(c, "job-devices.png").await;
+    c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
     screenshot(c, "job-completed.png").await;
 
     // `muster job watch` shows the same numbers.
