@@ -382,6 +382,60 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
 
     let (ok, out, err) = muster(&node, &["job", "cancel", "slow-job"]);
     assert!(ok, "{out}{err}");
+
+    // A viewer sees the jobs but not what it may not do.
+    let (ok, out, err) = muster(
+        &node,
+        &[
+            "auth",
+            "create-token",
+            "viewer-1",
+            "--role",
+            "viewer",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let viewer: Value = serde_json::from_str(out.trim()).unwrap();
+    c.set_window_size(1280, 1000).await.unwrap();
+    find(c, "#logout").await.click().await.unwrap();
+    find(c, "#token")
+        .await
+        .send_keys(viewer["token"].as_str().unwrap())
+        .await
+        .unwrap();
+    find(c, "#login-submit").await.click().await.unwrap();
+    c.goto(&format!("{}/ui#/jobs/console-job", node.rest))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the job page for a viewer",
+        "document.querySelector('#job-progress')?.dataset.percent === '100'",
+    )
+    .await;
+    assert_eq!(
+        text(c, "document.getElementById('who').textContent").await,
+        "token:viewer-1"
+    );
+    assert_eq!(
+        text(c, "document.querySelector('#nav a[data-nav=new]').hidden").await,
+        "true"
+    );
+    assert_eq!(
+        text(
+            c,
+            "document.querySelector('#nav a[data-nav=cluster]').hidden"
+        )
+        .await,
+        "false"
+    );
+    for button in ["stop", "resume", "cancel", "rerun"] {
+        let disabled = text(c, &format!("document.getElementById('{button}').disabled")).await;
+        assert_eq!(disabled, "true", "a viewer's {button} button");
+    }
+    screenshot(c, "viewer-job.png").await;
     browser.close().await;
 }
 
