@@ -1126,6 +1126,11 @@ impl DevServer {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// SIGTERM, then its exit status (a graceful shutdown).
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        sigterm_and_wait(&mut self.child, "muster serve --dev")
+    }
 }
 
 impl Drop for DevServer {

@@ -309,6 +309,8 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
         &format!("document.querySelectorAll('#devices tbody tr[data-device]').length === {failed}"),
     )
     .await;
+    screenshot(c, "job-devices.png").await;
+    c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
     screenshot(c, "job-completed.png").await;
 
     // `muster job watch` shows the same numbers.
@@ -380,12 +382,76 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
 
     let (ok, out, err) = muster(&node, &["job", "cancel", "slow-job"]);
     assert!(ok, "{out}{err}");
+
+    // A viewer sees the jobs but not what it may not do.
+    let (ok, out, err) = muster(
+        &node,
+        &[
+            "auth",
+            "create-token",
+            "viewer-1",
+            "--role",
+            "viewer",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let viewer: Value = serde_json::from_str(out.trim()).unwrap();
+    c.set_window_size(1280, 1000).await.unwrap();
+    find(c, "#logout").await.click().await.unwrap();
+    find(c, "#token")
+        .await
+        .send_keys(viewer["token"].as_str().unwrap())
+        .await
+        .unwrap();
+    find(c, "#login-submit").await.click().await.unwrap();
+    c.goto(&format!("{}/ui#/jobs/console-job", node.rest))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the job page for a viewer",
+        "document.querySelector('#job-progress')?.dataset.percent === '100'",
+    )
+    .await;
+    assert_eq!(
+        text(c, "document.getElementById('who').textContent").await,
+        "token:viewer-1"
+    );
+    assert_eq!(
+        text(c, "document.querySelector('#nav a[data-nav=new]').hidden").await,
+        "true"
+    );
+    assert_eq!(
+        text(
+            c,
+            "document.querySelector('#nav a[data-nav=cluster]').hidden"
+        )
+        .await,
+        "false"
+    );
+    for button in ["stop", "resume", "cancel", "rerun"] {
+        let disabled = text(c, &format!("document.getElementById('{button}').disabled")).await;
+        assert_eq!(disabled, "true", "a viewer's {button} button");
+    }
+    screenshot(c, "viewer-job.png").await;
     browser.close().await;
 }
 
 /// Reads server-sent events from `resp` until an event says `final` (or the stream ends):
 /// every `progress` event's JSON, in order.
-async fn read_events(mut resp: reqwest::Response) -> Vec<Value> {
+async fn read_events(resp: reqwest::Response) -> Vec<Value> {
+    let events = read_all_events(resp).await;
+    assert!(
+        events.iter().all(|(kind, _)| kind == "progress"),
+        "{events:?}"
+    );
+    events.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Reads server-sent events until one says `final` or the stream ends: (event, JSON) pairs.
+async fn read_all_events(mut resp: reqwest::Response) -> Vec<(String, Value)> {
     let mut buffer = String::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -405,10 +471,9 @@ async fn read_events(mut resp: reqwest::Response) -> Vec<Value> {
             let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
                 continue;
             };
-            assert_eq!(event, "progress", "{frame}");
             let v: Value = serde_json::from_str(data).unwrap();
             let last = v["final"] == true;
-            events.push(v);
+            events.push((event.to_string(), v));
             if last {
                 return events;
             }
@@ -417,12 +482,13 @@ async fn read_events(mut resp: reqwest::Response) -> Vec<Value> {
 }
 
 /// The console's REST extensions without a browser: `GET /api/jobs/{id}/watch` streams
-/// progress until the final status, `GET /api/me` tells each caller what it may do, and the
-/// device list filters on the server.
+/// progress until the final status, `GET /api/me` tells each caller what it may do, the
+/// device list filters on the server, and an open stream ends with an error event instead of
+/// holding up a graceful shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_api_streams_progress_and_tells_callers_their_permissions() {
     let dir = data_dir().unwrap();
-    let node = DevServer::start(
+    let mut node = DevServer::start(
         dir.path(),
         &["--dev-devices", "12", "--dev-fail-rate", "0.25"],
     )
@@ -597,4 +663,28 @@ async fn the_console_api_streams_progress_and_tells_callers_their_permissions() 
         .unwrap();
     assert_eq!(cluster["members"][0]["isLeader"], true, "{cluster}");
     assert_eq!(cluster["leader"], cluster["members"][0]["id"], "{cluster}");
+
+    // An open stream does not hold up a graceful shutdown: it ends with an error event.
+    let (ok, out, err) = muster(
+        &node,
+        &[
+            "job", "create", "slow", "--method", "reboot", "--group", "all", "--rate", "2",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let open = admin.get(url("/api/jobs/slow/watch")).send().await.unwrap();
+    assert_eq!(open.status(), 200);
+    let reader = tokio::spawn(read_all_events(open));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert!(node.terminate().unwrap().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let events = reader.await.unwrap();
+    let (kind, last) = events.last().unwrap();
+    assert_eq!(kind, "error", "{events:?}");
+    assert_eq!(last["error"]["code"], "ServiceUnavailable", "{last}");
 }

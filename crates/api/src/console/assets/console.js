@@ -529,10 +529,10 @@ function watchJob(path, onProgress, onState) {
 function failuresCard(path) {
   const body = el("tbody");
   const note = el("p", { class: "muted small" });
-  const card = el("section", { class: "card", id: "failures" }, el("h2", { text: "Failures" }), note,
-    el("table", { class: "stack" },
-      el("thead", {}, el("tr", {}, ["Device", "Status", "Reason", "Response"].map((h) => el("th", { text: h })))),
-      body));
+  const table = el("table", { class: "stack" },
+    el("thead", {}, el("tr", {}, ["Device", "Status", "Reason", "Response"].map((h) => el("th", { text: h })))),
+    body);
+  const card = el("section", { class: "card", id: "failures" }, el("h2", { text: "Failures" }), note, table);
   let shown = -1;
   let busy = false;
   async function load(count) {
@@ -542,6 +542,7 @@ function failuresCard(path) {
       const page = await api("GET", path + "/devices" + qs({ status: "failed,timedOut", details: "true", maxpagesize: 25 }));
       shown = count;
       clear(body);
+      table.hidden = page.value.length === 0;
       note.textContent = count === 0 ? "No failures." : count > page.value.length ? "The first " + page.value.length + " of " + count + "; filter the device table for all." : "";
       for (const d of page.value) {
         body.append(el("tr", { "data-device": d.id },
