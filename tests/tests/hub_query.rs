@@ -61,14 +61,13 @@ impl Api {
         let mut rows = Vec::new();
         let mut token: Option<String> = None;
         let mut pages = 0;
-        let mut item_type = String::new();
         loop {
             let size = size.to_string();
             let a = self
                 .query(&json!({ "query": query }), Some(&size), token.as_deref())
                 .await;
             assert_eq!(a.status, 200, "{query}: {}", a.body);
-            item_type = a.item_type.unwrap_or_default();
+            let item_type = a.item_type.unwrap_or_default();
             rows.extend(a.body.as_array().unwrap().iter().cloned());
             pages += 1;
             assert!(pages < 100, "paging does not end");
