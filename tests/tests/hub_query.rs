@@ -61,14 +61,13 @@ impl Api {
         let mut rows = Vec::new();
         let mut token: Option<String> = None;
         let mut pages = 0;
-        let mut item_type = String::new();
         loop {
             let size = size.to_string();
             let a = self
                 .query(&json!({ "query": query }), Some(&size), token.as_deref())
                 .await;
             assert_eq!(a.status, 200, "{query}: {}", a.body);
-            item_type = a.item_type.unwrap_or_default();
+            let item_type = a.item_type.unwrap_or_default();
             rows.extend(a.body.as_array().unwrap().iter().cloned());
             pages += 1;
             assert!(pages < 100, "paging does not end");
@@ -374,5 +373,47 @@ async fn devices_jobs_show_every_devices_outcome_of_a_method_job() {
         .map(|r| r["deviceId"].as_str().unwrap())
         .collect();
     assert_eq!(got, failing.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The same rows through gRPC and the CLI: `muster query` pages with a small page size.
+    let cli = |args: &[&str]| {
+        let out = muster_tests::muster_cmd()
+            .unwrap()
+            .args(args)
+            .args(["--endpoint", &server.grpc, "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "muster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let got = cli(&["query", query, "--page-size", "4"]);
+    assert_eq!(got["itemType"], "deviceJob");
+    assert_eq!(
+        got["items"],
+        Value::Array(api.all_pages(query, 1000).await.1)
+    );
+    // `muster device jobs`: the device's one job, typed, with its outcome.
+    let got = cli(&["device", "jobs", &failing[0]]);
+    let jobs = got.as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{got}");
+    assert_eq!(jobs[0]["jobId"], "hq-reboot");
+    assert_eq!(jobs[0]["status"], "failed");
+    assert_eq!(jobs[0]["outcome"]["deviceMethodResponse"]["status"], 500);
+    assert_eq!(jobs[0]["error"]["code"], "DeviceMethodFailed");
+    let bad = muster_tests::muster_cmd()
+        .unwrap()
+        .args([
+            "query",
+            "SELECT * FROM devices.modules",
+            "--endpoint",
+            &server.grpc,
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("FROM devices or FROM devices.jobs"));
     drop(server);
 }

@@ -127,6 +127,18 @@ struct Paging<K> {
 }
 
 fn paging<K, E>(q: &Params, parse: impl Fn(&str) -> Result<K, E>) -> Result<Paging<K>, ApiError> {
+    // IoT Central's OData list options: muster does not evaluate them, and answering the whole
+    // list as if they had been applied would mislead the caller.
+    for option in ["$filter", "$top", "$orderby", "$skip", "$select", "$expand"] {
+        if q.get(option).is_some() {
+            return Err(ApiError::bad_request(
+                option,
+                format!(
+                    "muster does not evaluate {option} on IoT Central lists; leave it out and page with maxpagesize (devices can be selected with a device group, or with IoT Hub's POST /devices/query?api-version=2021-04-12, e.g. {{\"query\": \"SELECT TOP 10 * FROM devices WHERE tags.site = 'b43'\"}})"
+                ),
+            ));
+        }
+    }
     let raw = q.get("maxpagesize").filter(|s| !s.is_empty());
     let size = match raw {
         None => DEFAULT_PAGE,
