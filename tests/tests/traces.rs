@@ -154,6 +154,7 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
         "cluster.forward",
         "leader.write",
         "raft.commit_apply",
+        "raft.apply",
         "dispatch.mark_dispatched",
         "mqtt.publish",
         "mqtt.answer",
@@ -208,6 +209,20 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
     assert_eq!(parent_name("cluster.write"), "PUT /api/jobs/{id}");
     assert_eq!(parent_name("cluster.forward"), "cluster.write");
     assert_eq!(parent_name("leader.write"), "cluster.forward");
+    // Every proposal on the way (the creation, then the dispatcher's) is traced through its
+    // apply on the leader; the follower's own attempt was answered "not leader".
+    let parents_of = |name: &str| -> BTreeSet<String> {
+        trace
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| by_id[s.parent.as_slice()].name.clone())
+            .collect()
+    };
+    assert!(parents_of("raft.commit_apply").contains("leader.write"));
+    assert_eq!(
+        parents_of("raft.apply"),
+        BTreeSet::from(["raft.commit_apply".to_string()])
+    );
     assert_eq!(parent_name("mqtt.publish"), "leader.write");
     assert_eq!(parent_name("mqtt.answer"), "leader.write");
     // The REST request was served by the follower, the job carried out by the leader.

@@ -493,6 +493,8 @@ impl Cluster {
             node = self.id,
             raft.index = tracing::field::Empty
         );
+        // Only while this call waits: the apply of this very command is traced under the span.
+        let _apply_traced = self.reader.trace_apply(&request.command, span.clone());
         let written = tokio::time::timeout(
             WRITE_TIMEOUT,
             self.raft.client_write(request).instrument(span.clone()),

@@ -40,7 +40,7 @@ use std::path::Path;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::{
-    AppliedEvents, EventLog, StateMachine, StateReader, StateUpdate, StoredEvent,
+    AppliedEvents, ApplyTrace, EventLog, StateMachine, StateReader, StateUpdate, StoredEvent,
 };
 pub use types::{
     AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,

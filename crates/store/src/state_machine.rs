@@ -195,6 +195,11 @@ struct Shared {
     snapshot_count: AtomicU64,
     /// Device outcomes and snapshot builds are recorded here once a node sets it.
     metrics: std::sync::OnceLock<muster_metrics::Metrics>,
+    /// Spans to parent the apply of a command under, by the address of its `Arc<Command>`
+    /// (see [`StateReader::trace_apply`]); `traced` counts them so an apply with none skips
+    /// the lock.
+    apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
+    traced: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -255,6 +260,31 @@ impl StateReader {
     /// Updates from now on. A receiver that falls more than a thousand commands behind gets
     /// `RecvError::Lagged` and catches up with [`EventLog::read_records`] (or
     /// [`EventLog::read_events`]).
+    /// Traces the apply of `command` (this very `Arc`, as proposed on this node) as a child of
+    /// `parent` until the returned guard is dropped: a span `raft.apply` for the trace exporter.
+    /// Memory only, best effort: an entry read back from disk instead of the log's cache of
+    /// recent entries is applied untraced. Nothing is recorded for a disabled `parent`.
+    pub fn trace_apply(
+        &self,
+        command: &Arc<muster_domain::Command>,
+        parent: tracing::Span,
+    ) -> ApplyTrace {
+        let key = Arc::as_ptr(command) as usize;
+        if parent.is_disabled() {
+            return ApplyTrace { shared: None, key };
+        }
+        self.shared
+            .apply_spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, parent);
+        self.shared.traced.fetch_add(1, Ordering::Relaxed);
+        ApplyTrace {
+            shared: Some(Arc::clone(&self.shared)),
+            key,
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<StateUpdate> {
         self.shared.updates.subscribe()
     }
@@ -491,6 +521,8 @@ impl StateMachine {
                 snapshot_lock: Mutex::new(()),
                 snapshot_count: AtomicU64::new(0),
                 metrics: std::sync::OnceLock::new(),
+                apply_spans: Mutex::default(),
+                traced: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -517,6 +549,56 @@ impl StateMachine {
     }
 }
 
+/// See [`StateReader::trace_apply`]; forgets the span when dropped.
+#[derive(Debug)]
+pub struct ApplyTrace {
+    shared: Option<Arc<Shared>>,
+    key: usize,
+}
+
+impl Drop for ApplyTrace {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            let removed = shared
+                .apply_spans
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.key);
+            if removed.is_some() {
+                shared.traced.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The `raft.apply` span of a command being applied, if one was asked for.
+fn apply_span(shared: &Shared, req: &crate::types::Request, index: u64) -> Option<tracing::Span> {
+    if shared.traced.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let key = Arc::as_ptr(&req.command) as usize;
+    let spans = shared
+        .apply_spans
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let parent = spans.get(&key)?;
+    Some(
+        tracing::info_span!(target: "muster_trace", parent: parent, "raft.apply", raft.index = index),
+    )
+}
+
+/// `State::execute`, inside the command's `raft.apply` span if one was asked for.
+fn execute_traced(
+    shared: &Shared,
+    state: &mut State,
+    req: &crate::types::Request,
+    index: u64,
+) -> Result<Vec<Event>, muster_domain::DomainError> {
+    let span = apply_span(shared, req, index);
+    let _applying = span.as_ref().map(tracing::Span::enter);
+    state.execute(&req.command)
+}
+
 /// Applies `entries` in order; see the module docs for the durability argument.
 ///
 /// The write lock is held until the events and the metadata are written, so the in-memory state is
@@ -540,35 +622,41 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Ok(AppliedRange::empty_after(applied.last_seq))
                 }
-                EntryPayload::Normal(req) => match applied.state.execute(&req.command) {
-                    Ok(events) => {
-                        let first_seq = applied.last_seq + 1;
-                        let mut hashes = Vec::with_capacity(events.len());
-                        let principal = principal_text(&req.principal);
-                        for event in &events {
-                            applied.last_seq += 1;
-                            let (record, hash) =
-                                encode_record(applied.last_seq, event, &principal, &applied.head);
-                            writer.push(applied.last_seq, &record)?;
-                            applied.head = hash;
-                            hashes.push(hash);
-                        }
-                        writer.end_command();
-                        if !events.is_empty() {
-                            published.push(AppliedEvents {
+                EntryPayload::Normal(req) => {
+                    match execute_traced(shared, &mut applied.state, &req, entry.log_id.index) {
+                        Ok(events) => {
+                            let first_seq = applied.last_seq + 1;
+                            let mut hashes = Vec::with_capacity(events.len());
+                            let principal = principal_text(&req.principal);
+                            for event in &events {
+                                applied.last_seq += 1;
+                                let (record, hash) = encode_record(
+                                    applied.last_seq,
+                                    event,
+                                    &principal,
+                                    &applied.head,
+                                );
+                                writer.push(applied.last_seq, &record)?;
+                                applied.head = hash;
+                                hashes.push(hash);
+                            }
+                            writer.end_command();
+                            if !events.is_empty() {
+                                published.push(AppliedEvents {
+                                    first_seq,
+                                    events,
+                                    principal: req.principal.clone(),
+                                    hashes,
+                                });
+                            }
+                            Ok(AppliedRange {
                                 first_seq,
-                                events,
-                                principal: req.principal.clone(),
-                                hashes,
-                            });
+                                last_seq: applied.last_seq,
+                            })
                         }
-                        Ok(AppliedRange {
-                            first_seq,
-                            last_seq: applied.last_seq,
-                        })
+                        Err(e) => Err(CommandError::from(&e)),
                     }
-                    Err(e) => Err(CommandError::from(&e)),
-                },
+                }
             };
             applied.last_applied = Some(entry.log_id);
             responses.push(Response { result });
