@@ -366,3 +366,54 @@ async fn the_python_sdk_invokes_a_direct_method() {
     );
     assert!(stdout.contains("offline 404"), "{stdout}");
 }
+
+/// On a three-node cluster a follower takes the call: it forwards the write to the leader, whose
+/// dispatcher reaches the device, and answers once it has applied the invocation's end itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_with_the_devices_answer() {
+    let url = mqtt_url();
+    let cluster = muster_tests::TestCluster::start(3, &["--mqtt-url", &url]).unwrap();
+    let leader = cluster.leader().await.unwrap();
+    for n in &cluster.nodes {
+        n.wait_ready().await.unwrap();
+    }
+    let follower = &cluster.nodes[(leader + 1) % 3];
+    let http = muster_tests::http();
+    let prefix = format!("dmcl-{}", std::process::id());
+    let cfg = muster_devsim::FleetConfig {
+        brokers: vec![url.clone()],
+        devices: 1,
+        prefix: prefix.clone(),
+        client_id_prefix: format!("muster-e2e-{prefix}"),
+        ..muster_devsim::FleetConfig::default()
+    };
+    let id = cfg.device_ids()[0].clone();
+    let r = http
+        .put(format!("{}/api/devices/{id}?{CENTRAL}", follower.rest))
+        .json(&json!({"displayName": "on a follower"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let _fleet = muster_devsim::Fleet::start(cfg).await.unwrap();
+    let twin = format!("{}/twins/{id}?{HUB}", follower.rest);
+    wait_for("the device connected", || {
+        let req = http.get(&twin).send();
+        async move {
+            let Ok(r) = req.await else { return false };
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            v["connectionState"] == "Connected"
+        }
+    })
+    .await
+    .unwrap();
+    let (status, b) = post(
+        &http,
+        &format!("{}/twins/{id}/methods?{HUB}", follower.rest),
+        json!({"methodName": "reboot", "responseTimeoutInSeconds": 10}),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}\n{}", cluster.logs());
+    assert_eq!(b["status"], 200, "{b}");
+    assert_eq!(b["payload"]["device"], id.as_str(), "{b}");
+}

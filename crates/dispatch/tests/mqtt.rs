@@ -679,3 +679,56 @@ fn dispatch_and_devsim_place_devices_alike() {
         }
     }
 }
+
+/// A direct method sent by one dispatcher and not answered before it stopped is sent again by
+/// the next (same rid: the device answers the repeat from its cache), and the answer ends the
+/// invocation long before its 60 s response timeout could.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_dispatcher_resends_a_direct_method() {
+    let host = TestHost::new();
+    let fleet = Fleet::start(FleetConfig {
+        brokers: vec![broker_url()],
+        devices: 1,
+        prefix: unique("call"),
+        latency_ms: 3000,
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let ids = fleet.device_ids().to_vec();
+    register(&host, &ids, fleet.model_id());
+    let first = start_dispatcher(&host, vec![broker_url()]);
+    all_connected(&host, &ids).await;
+    let id = muster_types::InvocationId::new("0123456789abcdef").unwrap();
+    host.execute(Command::InvokeMethod {
+        invocation: muster_domain::Invocation {
+            id: id.clone(),
+            device: DeviceId::new(ids[0].as_str()).unwrap(),
+            method: "reboot".into(),
+            payload: json!({"delay": 1}),
+            response_timeout_secs: 60,
+            connect_timeout_secs: 0,
+        },
+        at: now(),
+    })
+    .unwrap();
+    let sent = std::time::Instant::now();
+    while fleet.stats().requests_received == 0 {
+        assert!(sent.elapsed() < Duration::from_secs(30), "never published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old leader goes away before the answer comes.
+    first.stop().await;
+    let second = start_dispatcher(&host, vec![broker_url()]);
+    eventually("the invocation ends", &host, |s| {
+        s.invocations.pending.is_empty()
+    })
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(60),
+        "ended by its timeout"
+    );
+    assert!(fleet.stats().duplicates >= 1, "{:?}", fleet.stats());
+    second.stop().await;
+    fleet.shutdown().await;
+}

@@ -549,6 +549,24 @@ mod tests {
         );
     }
 
+    /// Snapshots are the state as JSON: a pending invocation survives one, and a snapshot of
+    /// an earlier build (no `invocations`) reads as none pending.
+    #[test]
+    fn pending_invocations_survive_a_snapshot() {
+        let mut s = with_device(Some(false));
+        s.execute(&invoke_cmd(call("a", 30), 1000))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = serde_json::to_string(&s).unwrap_or_else(|e| panic!("{e}"));
+        let back: State = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, s);
+        let mut old: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(m) = old.as_object_mut() {
+            m.remove("invocations");
+        }
+        let old: State = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
+        assert!(old.invocations.pending.is_empty());
+    }
+
     #[test]
     fn bad_calls_are_refused_naming_the_field() {
         let s = with_device(Some(true));
