@@ -382,7 +382,13 @@ async fn api_version_is_required_and_checked() {
         assert!(e.message.contains("2022-07-31"), "{e:?}");
     }
     // IoT Hub's code for both is InvalidProtocolVersion; the message says which.
-    for path in ["/jobs/v2/x", "/jobs/v2/query", "/twins/x", "/devices/x", "/devices"] {
+    for path in [
+        "/jobs/v2/x",
+        "/jobs/v2/query",
+        "/twins/x",
+        "/devices/x",
+        "/devices",
+    ] {
         let e = api.err(api.c.get(api.url(path)), 400).await;
         assert_eq!(e.code, "InvalidProtocolVersion", "{path}");
         assert!(e.message.contains("is required"), "{e:?}");
