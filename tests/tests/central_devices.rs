@@ -140,6 +140,14 @@ async fn devices_follow_the_data_plane_reference() {
         )
         .await;
     central_error(s, &b, 404, "DeviceNotFound");
+    // The code is also in IoT Central's `x-ms-error-code` header.
+    let r = api
+        .c
+        .get(api.url("/api/devices/nobody", "2022-07-31"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-ms-error-code"], "DeviceNotFound");
 
     // DELETE: 204, then gone (404 in IoT Central's shape).
     let (s, _) = api.call("DELETE", "/api/devices/pump-1", None).await;

@@ -404,3 +404,88 @@ async fn a_job_fails_a_disabled_device_without_dispatching_it() {
         .unwrap();
     assert!(events.contains("DeviceDisabled"), "{events}");
 }
+
+/// gRPC's view of the same identities: enable/disable with a reason, key rotation, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_sets_status_rotates_keys_and_deletes() {
+    use muster_proto::pb;
+    let (_dir, server, api) = start().await;
+    api.put(
+        "/devices/g1",
+        None,
+        &json!({"authentication": sas(KEY_A, KEY_B)}),
+    )
+    .await;
+    let mut c =
+        pb::device_service_client::DeviceServiceClient::new(server.channel().await.unwrap());
+    let d = c
+        .set_device_status(pb::SetDeviceStatusRequest {
+            device_id: "g1".into(),
+            enabled: false,
+            status_reason: Some("recalled".into()),
+            if_identity_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!d.enabled);
+    assert_eq!(d.status_reason.as_deref(), Some("recalled"));
+    assert_eq!(d.identity_version, 2);
+    let rest = api.get("/devices/g1").await.body;
+    assert_eq!(rest["status"], "disabled");
+    assert_eq!(rest["authentication"]["symmetricKey"]["primaryKey"], KEY_A);
+
+    // A stale identity version is ABORTED and changes nothing.
+    let e = c
+        .set_device_status(pb::SetDeviceStatusRequest {
+            device_id: "g1".into(),
+            enabled: true,
+            status_reason: None,
+            if_identity_version: Some(1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+    assert_eq!(api.get("/devices/g1").await.body["status"], "disabled");
+
+    let k = c
+        .rotate_device_keys(pb::RotateDeviceKeysRequest {
+            device_id: "g1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(k.primary_key, KEY_A);
+    let rest = api.get("/devices/g1").await.body;
+    assert_eq!(
+        rest["authentication"]["symmetricKey"]["primaryKey"],
+        k.primary_key.as_str()
+    );
+    assert_eq!(rest["status"], "disabled", "rotation keeps the status");
+    let e = c
+        .rotate_device_keys(pb::RotateDeviceKeysRequest {
+            device_id: "g1".into(),
+            primary_key: KEY_A.into(),
+            secondary_key: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    c.delete_device(pb::DeleteDeviceRequest {
+        device_id: "g1".into(),
+        if_identity_version: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(api.get("/devices/g1").await.status, 404);
+    let e = c
+        .delete_device(pb::DeleteDeviceRequest {
+            device_id: "g1".into(),
+            if_identity_version: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}

@@ -40,7 +40,7 @@ pub enum DomainError {
     /// A policy or token name that is taken, or a change that would lock every caller out.
     #[error("{0}")]
     CredentialConflict(String),
-    #[error("device {device} has changed: its etag is {actual}, not {expected}; read it again and retry with the new etag")]
+    #[error("device {device} has changed: it is at version (etag) {actual}, not {expected}; read it again and retry with the new etag")]
     VersionMismatch {
         device: DeviceId,
         expected: u64,

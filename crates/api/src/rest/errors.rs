@@ -13,7 +13,7 @@
 //!   `iothub-errorcode: CODE` header, with IoT Hub's codes (`DeviceNotFound`,
 //!   `DeviceAlreadyExists`, `PreconditionFailed`, `ArgumentInvalid`, ...; [`hub_code`]).
 //! * IoT Central (`/api/...`): `{"error": {"code", "message", "requestId", "time"}}`, `time` in
-//!   RFC 1123 form as IoT Central writes it.
+//!   RFC 1123 form as IoT Central writes it, and the `x-ms-error-code: CODE` header.
 //! * muster's own routes: `{"error": {"code", "message"}}`.
 
 use axum::body::Body;
@@ -66,6 +66,9 @@ impl Shape {
     }
 }
 
+/// IoT Central's header naming the error code (its reference lists it on every error answer).
+pub(crate) const CENTRAL_ERROR_CODE: HeaderName = HeaderName::from_static("x-ms-error-code");
+
 /// IoT Hub's header naming the error code (its SDKs map it to their exception types).
 pub(crate) const HUB_ERROR_CODE: HeaderName = HeaderName::from_static("iothub-errorcode");
 
@@ -117,12 +120,17 @@ pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
                 ),
             })
         }
-        Shape::Central => json!({"error": {
+        Shape::Central => {
+            if let Ok(v) = HeaderValue::from_str(err.code) {
+                parts.headers.insert(CENTRAL_ERROR_CODE, v);
+            }
+            json!({"error": {
             "code": err.code,
             "message": err.message,
             "requestId": request_id(),
             "time": http_date(muster_cluster::now()),
-        }}),
+            }})
+        }
         Shape::Muster => err.body(),
     };
     parts.headers.insert(

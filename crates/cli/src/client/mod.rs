@@ -466,7 +466,7 @@ fn remaining(limit: Option<usize>, have: usize) -> Option<usize> {
 /// One item of a `QueryDevices` page: an id (`--ids-only`) or a whole device.
 enum Found {
     Id(String),
-    Device(pb::Device),
+    Device(Box<pb::Device>),
 }
 
 /// Follows `next_page_token` until the server has no more or `limit` items are in. `fetch`
@@ -957,7 +957,10 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                 let items = if ids_only {
                     page.device_ids.into_iter().map(Found::Id).collect()
                 } else {
-                    page.devices.into_iter().map(Found::Device).collect()
+                    page.devices
+                        .into_iter()
+                        .map(|d| Found::Device(Box::new(d)))
+                        .collect()
                 };
                 Ok((items, page.next_page_token))
             })
@@ -966,7 +969,7 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
             for f in found {
                 match f {
                     Found::Id(id) => ids.push(id),
-                    Found::Device(d) => devices.push(d),
+                    Found::Device(d) => devices.push(*d),
                 }
             }
             match (opts.output, ids_only) {
