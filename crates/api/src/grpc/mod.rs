@@ -235,8 +235,14 @@ where
 
 /// JSON text from a `_json` field, or INVALID_ARGUMENT naming the field.
 pub(crate) fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, Status> {
-    serde_json::from_str(text)
-        .map_err(|e| Status::invalid_argument(format!("{field}: not valid JSON text: {e}")))
+    let value = serde_json::from_str(text)
+        .map_err(|e| Status::invalid_argument(format!("{field}: not valid JSON text: {e}")))?;
+    match crate::json::duplicate_key(text) {
+        Some(path) => Err(Status::invalid_argument(format!(
+            "{field}: {path} appears more than once in the same object; give each field once"
+        ))),
+        None => Ok(value),
+    }
 }
 
 /// Takes up to `size` items and says whether more follow, so `next_page_token` is empty exactly
