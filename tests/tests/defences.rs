@@ -201,3 +201,29 @@ async fn subscribers_that_never_read_pin_little_memory() {
     let first = streams[0].message().await.unwrap().unwrap();
     assert_eq!(first.seq, 1);
 }
+
+/// Issue 18: a request message that does not decode was answered `INTERNAL`; it is the caller's
+/// error, `INVALID_ARGUMENT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_grpc_message_is_invalid_argument() {
+    use muster_proto::pb;
+    let dir = data_dir().unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    server.wait_ready().await.unwrap();
+    let ch = server.channel().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    // GetJobRequest's field 1 is a string; this sends a number there (wrong wire type).
+    let wrong = pb::SubscribeRequest {
+        from_seq: 5,
+        filter: None,
+    };
+    let codec = tonic_prost::ProstCodec::<pb::SubscribeRequest, pb::Job>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/muster.v1.JobService/GetJob");
+    let status = grpc
+        .unary(tonic::Request::new(wrong), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("decode"), "{status:?}");
+}

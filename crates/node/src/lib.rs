@@ -405,6 +405,9 @@ pub async fn run(
     }
     // The identity first, so the gate sees the caller's client certificate.
     let grpc = grpc
+        .layer(tower::util::MapResponseLayer::new(
+            muster_api::grpc::decode_errors_are_invalid_argument,
+        ))
         .layer(tower::util::MapRequestLayer::new(
             muster_api::grpc::identify,
         ))
