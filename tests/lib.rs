@@ -857,6 +857,11 @@ impl SdkNode {
     /// `None` (the caller skips) when `MUSTER_TEST_PYTHON` is not set outside CI; under `CI` a
     /// missing Python is an error, since `.ci/run` makes the SDK's venv.
     pub async fn start() -> anyhow::Result<Option<SdkNode>> {
+        SdkNode::start_with(&[]).await
+    }
+
+    /// [`SdkNode::start`] with `extra` serve flags (for instance `--mqtt-url URL`).
+    pub async fn start_with(extra: &[&str]) -> anyhow::Result<Option<SdkNode>> {
         let Ok(python) = std::env::var("MUSTER_TEST_PYTHON") else {
             if std::env::var_os("CI").is_some() {
                 bail!("MUSTER_TEST_PYTHON is not set: .ci/run makes the SDK's venv and sets it");
@@ -869,17 +874,18 @@ impl SdkNode {
         certs_init(&certs, &["--node", "1=127.0.0.1"])?;
         let port = free_ports(1)?[0];
         let addr = format!("127.0.0.1:{port}");
-        let mut extra: Vec<String> = tls_flags(&certs, 1);
-        extra.extend([
+        let mut flags: Vec<String> = tls_flags(&certs, 1);
+        flags.extend([
             "--http-addr".into(),
             addr.clone(),
             "--hostname".into(),
             addr.clone(),
         ]);
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let node_dir = dir.path().join("node");
         std::fs::create_dir_all(&node_dir)?;
-        let server = Server::start_tls(&node_dir, &certs.join("ca.pem"), &extra)?;
+        let server = Server::start_tls(&node_dir, &certs.join("ca.pem"), &flags)?;
         server.wait_ready().await?;
         let file = server.data_dir().join("admin.credential");
         wait_for("admin.credential", || {
@@ -898,6 +904,16 @@ impl SdkNode {
             ca: certs.join("ca.pem"),
             _dir: dir,
         }))
+    }
+
+    /// The CA file the SDK must trust (`REQUESTS_CA_BUNDLE`).
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
+    /// An HTTPS client for this node signing with the administrator's connection string.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        connection_client(&self.connection_string, &self.ca)
     }
 
     /// Runs `tests/python/SCRIPT` with the connection string and `args`, trusting muster's CA;
@@ -941,48 +957,8 @@ pub fn error_of(body: &serde_json::Value) -> Option<(String, String)> {
     ))
 }
 
-/// A node serving IoT Hub's shape over HTTPS as Microsoft's SDKs reach it: certificates from
-/// `muster certs init` in `dir/certs`, the REST address as `--hostname` (the host the SDK signs
-/// its tokens for and connects to), `extra` serve flags. Returns the node, the `iothubowner`
-/// connection string it wrote to `admin.credential`, and the CA file the SDK must trust
-/// (`REQUESTS_CA_BUNDLE`). [`connection_client`] makes a reqwest client for the same node.
-pub async fn start_hub_https(
-    dir: &Path,
-    extra: &[&str],
-) -> anyhow::Result<(Server, String, PathBuf)> {
-    let certs = dir.join("certs");
-    certs_init(&certs, &["--node", "1=127.0.0.1"])?;
-    let port = free_ports(1)?[0];
-    let addr = format!("127.0.0.1:{port}");
-    let mut flags: Vec<String> = tls_flags(&certs, 1);
-    flags.extend([
-        "--http-addr".into(),
-        addr.clone(),
-        "--hostname".into(),
-        addr.clone(),
-    ]);
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let node_dir = dir.join("node");
-    std::fs::create_dir_all(&node_dir)?;
-    let ca = certs.join("ca.pem");
-    let server = Server::start_tls(&node_dir, &ca, &flags)?;
-    server.wait_ready().await?;
-    let file = server.data_dir().join("admin.credential");
-    wait_for("admin.credential", || {
-        let exists = file.exists();
-        async move { exists }
-    })
-    .await?;
-    let conn = std::fs::read_to_string(&file)?.trim().to_string();
-    if !conn.starts_with(&format!("HostName={addr};")) {
-        bail!("admin.credential names another host: {conn}");
-    }
-    Ok((server, conn, ca))
-}
-
 /// An HTTPS client trusting `ca` and sending a SAS token (valid a day) made from `conn`, a
-/// connection string such as [`start_hub_https`] returns.
+/// connection string such as [`SdkNode`] holds.
 pub fn connection_client(conn: &str, ca: &Path) -> anyhow::Result<reqwest::Client> {
     let expiry = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -993,53 +969,6 @@ pub fn connection_client(conn: &str, ca: &Path) -> anyhow::Result<reqwest::Clien
         .and_then(|c| c.token(expiry))
         .ok_or_else(|| anyhow!("not a connection string muster can sign with"))?;
     https_client_as(Some(ca), None, Some(&token))
-}
-
-/// The Python with Microsoft's `azure-iot-hub` SDK (`MUSTER_TEST_PYTHON`, which `.ci/run` sets
-/// to its venv). `None` outside CI when it is not set (the test says so and passes); under `CI`
-/// a missing one fails the test.
-#[allow(clippy::panic)]
-pub fn sdk_python() -> Option<String> {
-    match std::env::var("MUSTER_TEST_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("MUSTER_TEST_PYTHON is not set: .ci/run makes the SDK's venv and sets it")
-        }
-        Err(_) => {
-            eprintln!("skipped: set MUSTER_TEST_PYTHON to a Python with azure-iot-hub installed");
-            None
-        }
-    }
-}
-
-/// A node as Microsoft's SDK reaches it: HTTPS with a certificate from muster's CA (in
-/// `dir/certs/ca.pem`, for `REQUESTS_CA_BUNDLE`), its REST address as `--hostname`, and the
-/// owner's connection string it wrote to `admin.credential`. `extra` adds flags.
-pub async fn sdk_node(dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, PathBuf, String)> {
-    let certs = dir.join("certs");
-    certs_init(&certs, &["--node", "1=127.0.0.1"])?;
-    let addr = format!("127.0.0.1:{}", free_ports(1)?[0]);
-    let mut flags: Vec<String> = tls_flags(&certs, 1);
-    flags.extend([
-        "--http-addr".into(),
-        addr.clone(),
-        "--hostname".into(),
-        addr,
-    ]);
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let node_dir = dir.join("node");
-    std::fs::create_dir_all(&node_dir)?;
-    let server = Server::start_tls(&node_dir, &certs.join("ca.pem"), &flags)?;
-    server.wait_ready().await?;
-    let file = server.data_dir().join("admin.credential");
-    wait_for("admin.credential", || {
-        let exists = file.exists();
-        async move { exists }
-    })
-    .await?;
-    let conn = std::fs::read_to_string(&file)?.trim().to_string();
-    Ok((server, certs.join("ca.pem"), conn))
 }
 
 /// `muster serve --dev` on free ports (REST, gRPC, peer, embedded broker), its data in

@@ -9,29 +9,19 @@
 //! elsewhere without it, the test says so and passes, except under `CI`, where it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-
 use muster_devsim::{Fleet, FleetConfig};
-use muster_tests::{connection_client, data_dir, start_hub_https, wait_for};
+use muster_tests::{wait_for, SdkNode};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_queries_devices_and_device_jobs_and_manages_jobs() {
-    let Ok(python) = std::env::var("MUSTER_TEST_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "MUSTER_TEST_PYTHON is not set: .ci/run makes the SDK's venv and sets it"
-        );
-        eprintln!("skipped: set MUSTER_TEST_PYTHON to a Python with azure-iot-hub installed");
-        return;
-    };
     let mqtt =
         std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
-    let dir = data_dir().unwrap();
-    let (server, conn, ca) = start_hub_https(dir.path(), &["--mqtt-url", &mqtt])
-        .await
-        .unwrap();
-    let http = connection_client(&conn, &ca).unwrap();
+    let Some(node) = SdkNode::start_with(&["--mqtt-url", &mqtt]).await.unwrap() else {
+        return;
+    };
+    let server = &node.server;
+    let http = node.client().unwrap();
 
     // Five devices tagged for the script, answered by a simulated fleet.
     let prefix = format!("sdkq-{}", std::process::id());
@@ -80,22 +70,10 @@ async fn the_python_sdk_queries_devices_and_device_jobs_and_manages_jobs() {
     .await
     .unwrap();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_query.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&conn)
-        .arg(ids.join(","))
-        .env("REQUESTS_CA_BUNDLE", &ca)
-        .output()
+    let stdout = node
+        .run_script("sdk_query.py", &[&ids.join(",")])
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the SDK run failed:\nstdout:\n{stdout}\nstderr:\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log_text()
-    );
     for line in [
         "devices 3 pages 5 twins twin",
         "count 5 raw",

@@ -293,24 +293,15 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
 /// on a device that is not connected raises the SDK's HTTP error with 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_invokes_a_direct_method() {
-    let Some(python) = muster_tests::sdk_python() else {
+    let url = mqtt_url();
+    let Some(node) = muster_tests::SdkNode::start_with(&["--mqtt-url", &url])
+        .await
+        .unwrap()
+    else {
         return;
     };
-    let dir = data_dir().unwrap();
-    let url = mqtt_url();
-    let (server, ca, conn) = muster_tests::sdk_node(dir.path(), &["--mqtt-url", &url])
-        .await
-        .unwrap();
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + 3600;
-    let token = muster_domain::auth::ConnectionString::parse(&conn)
-        .unwrap()
-        .token(expiry)
-        .unwrap();
-    let http = muster_tests::https_client_as(Some(&ca), None, Some(&token)).unwrap();
+    let server = &node.server;
+    let http = node.client().unwrap();
     let prefix = format!("dmsdk-{}", std::process::id());
     let cfg = muster_devsim::FleetConfig {
         brokers: vec![url.clone()],
@@ -343,23 +334,10 @@ async fn the_python_sdk_invokes_a_direct_method() {
     .await
     .unwrap();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_methods.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&conn)
-        .arg(&online)
-        .arg(&offline)
-        .env("REQUESTS_CA_BUNDLE", &ca)
-        .output()
+    let stdout = node
+        .run_script("sdk_methods.py", &[&online, &offline])
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the SDK run failed:\nstdout:\n{stdout}\nstderr:\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log_text()
-    );
     assert!(
         stdout.contains(&format!("invoked {online} 200")),
         "{stdout}"

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use muster_devsim::{Fleet, FleetConfig};
-use muster_tests::{data_dir, wait_for, Server};
+use muster_tests::{data_dir, error_of, wait_for, Server};
 use serde_json::{json, Value};
 
 const HUB: &str = "api-version=2021-04-12";
@@ -234,22 +234,24 @@ async fn device_queries_page_project_count_and_refuse_bad_input() {
     for (body, fragment) in bad {
         let a = api.query(&body, None, None).await;
         assert_eq!(a.status, 400, "{body}: {}", a.body);
-        let message = a.body["error"]["message"].as_str().unwrap_or_default();
+        let message = error_of(&a.body).map(|(_, m)| m).unwrap_or_default();
         assert!(message.contains(fragment), "{body}: {message}");
     }
     let all = json!({"query": "SELECT * FROM devices"});
     let a = api.query(&all, Some("0"), None).await;
     assert_eq!(a.status, 400, "{}", a.body);
-    assert!(a.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("x-ms-max-item-count"));
+    assert!(
+        error_of(&a.body).unwrap().1.contains("x-ms-max-item-count"),
+        "{}",
+        a.body
+    );
     let a = api.query(&all, None, Some("not-a-token")).await;
     assert_eq!(a.status, 400, "{}", a.body);
-    assert!(a.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("x-ms-continuation"));
+    assert!(
+        error_of(&a.body).unwrap().1.contains("x-ms-continuation"),
+        "{}",
+        a.body
+    );
     // A token of another query (a device position handed to an aggregate).
     let first = api.query(&all, Some("2"), None).await;
     let token = first.continuation.unwrap();
@@ -261,10 +263,11 @@ async fn device_queries_page_project_count_and_refuse_bad_input() {
         )
         .await;
     assert_eq!(a.status, 400, "{}", a.body);
-    assert!(a.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("another query"));
+    assert!(
+        error_of(&a.body).unwrap().1.contains("another query"),
+        "{}",
+        a.body
+    );
     let r = api
         .c
         .post(format!("{}/devices/query?api-version=1999-01-01", api.base))

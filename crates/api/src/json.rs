@@ -47,7 +47,108 @@ pub(crate) fn parse_body(body: &str) -> Result<Value, ApiError> {
             format!("must be a JSON object, got {}", kind(&value)),
         ));
     }
+    if let Some(path) = duplicate_key(body) {
+        return Err(duplicate_key_error(&path));
+    }
     Ok(value)
+}
+
+/// The 400 for a key given twice in one object.
+pub(crate) fn duplicate_key_error(path: &str) -> ApiError {
+    ApiError::bad_request(
+        path,
+        format!("{path} appears more than once in the same object; give each field once"),
+    )
+}
+
+/// The path (`a.b[2].c`, with `body` for the top level) of the first key that appears twice in
+/// one object of a valid JSON text, if any. serde_json keeps the last of two equal keys
+/// silently, so a body that says two things would be read as the second: refused instead.
+pub(crate) fn duplicate_key(text: &str) -> Option<String> {
+    let found = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let _ = serde::de::DeserializeSeed::deserialize(
+        UniqueKeys {
+            path: String::new(),
+            found: &found,
+        },
+        &mut de,
+    );
+    found.into_inner()
+}
+
+/// Walks a JSON document, failing at the first object with a repeated key (its path in `found`).
+struct UniqueKeys<'a> {
+    path: String,
+    found: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while seq
+            .next_element_seed(UniqueKeys {
+                path: format!("{}[{i}]", self.path),
+                found: self.found,
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                join(&self.path, &key)
+            };
+            if !seen.insert(key) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(UniqueKeys {
+                path,
+                found: self.found,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// How a JSON value is described in messages.
@@ -279,6 +380,23 @@ mod tests {
         assert_eq!(f.u32_opt("d", 1, 10).unwrap(), Some(7));
         assert_eq!(f.u32_opt("e", 1, 10).unwrap(), None);
         assert!(f.u32_opt("d", 8, 10).is_err());
+    }
+
+    /// Issue 18: a key given twice was read as its last value, silently.
+    #[test]
+    fn duplicate_keys_are_refused_naming_the_key() {
+        assert_eq!(
+            duplicate_key(r#"{"a":1,"b":{"c":[{"d":1,"d":2}]}}"#).as_deref(),
+            Some("b.c[0].d")
+        );
+        assert_eq!(duplicate_key(r#"{"a":1,"a":2}"#).as_deref(), Some("a"));
+        assert_eq!(
+            duplicate_key(r#"{"a":{"x":1},"b":{"x":1},"c":[1,1]}"#),
+            None
+        );
+        let e = parse_body(r#"{"displayName":"x","displayName":"y"}"#).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("displayName"), "{}", e.message);
     }
 
     #[test]

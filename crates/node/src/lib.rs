@@ -414,6 +414,9 @@ pub async fn run(
     // gate sees the caller's client certificate.
     let grpc = grpc
         .layer(muster_api::grpc::MeasureLayer(cluster.telemetry().clone()))
+        .layer(tower::util::MapResponseLayer::new(
+            muster_api::grpc::decode_errors_are_invalid_argument,
+        ))
         .layer(tower::util::MapRequestLayer::new(
             muster_api::grpc::identify,
         ))

@@ -23,6 +23,11 @@ pub enum IdError {
         len: usize,
         max: usize,
     },
+    #[error("{kind} must not be `{value}`: `.` and `..` are path segments, and a URL with one does not reach the resource (choose another id)")]
+    DotSegment {
+        kind: &'static str,
+        value: &'static str,
+    },
     #[error("{kind} contains {found:?} at position {position}; allowed are {allowed}")]
     BadChar {
         kind: &'static str,
@@ -107,6 +112,10 @@ fn check(
 ) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { kind });
+    }
+    // Clients put ids into URL paths, where these two are resolved away (issue 18).
+    if let Some(value) = [".", ".."].into_iter().find(|d| *d == s) {
+        return Err(IdError::DotSegment { kind, value });
     }
     // Fast path: every allowed character is ASCII, so a valid id is ASCII and its length in
     // bytes is its length in characters. Anything else takes the slow path, which finds and
@@ -245,6 +254,23 @@ impl fmt::Display for RunId {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 18: `.` and `..` were valid ids, unreachable through any URL.
+    #[test]
+    fn dot_segments_are_not_ids() {
+        for bad in [".", ".."] {
+            let e = DeviceId::new(bad).unwrap_err();
+            assert!(matches!(e, IdError::DotSegment { .. }), "{e}");
+            assert!(e.to_string().contains("path segment"), "{e}");
+            assert!(JobId::new(bad).is_err());
+            assert!(GroupId::new(bad).is_err());
+            assert!(serde_json::from_str::<DeviceId>(&format!("\"{bad}\"")).is_err());
+        }
+        for good in ["...", ".a", "a.", "a..b"] {
+            assert!(DeviceId::new(good).is_ok(), "{good}");
+            assert!(JobId::new(good).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn job_id_rules_follow_the_iot_hub_seed() {

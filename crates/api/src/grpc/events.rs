@@ -18,6 +18,7 @@
 //! [`AppliedEvents::hashes`]: muster_cluster::AppliedEvents::hashes
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use muster_cluster::{Cluster, EventLog, StateReader, StateUpdate};
@@ -26,18 +27,30 @@ use muster_proto::pb;
 use muster_store::chain::Hash;
 use muster_store::StoredEvent;
 use muster_types::{DeviceId, JobId};
-use tokio::sync::{broadcast, mpsc, watch};
+use prost::Message;
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use super::parse_id;
 use crate::history::{event_body, event_type, EventFilter, EVENT_TYPES};
 
-/// Events buffered per subscriber before its task waits for the client.
+/// Events buffered per subscriber before its task waits for the client...
 const STREAM_BUFFER: usize = 256;
-/// Events read from the log per disk read.
-const READ_CHUNK: usize = 1024;
+/// ...or this many bytes of them (encoded), whichever comes first: events carry method
+/// responses of up to 128 KiB, and 300 subscribers that never read once pinned 1.8 GB between
+/// them (issue 18). What a slow subscriber has not taken stays on disk.
+const STREAM_BUFFER_BYTES: usize = 1 << 20;
+/// Events read from the log per disk read (held until sent, so kept small).
+const READ_CHUNK: usize = 64;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StreamedEvent, Status>> + Send>>;
+
+/// A buffered event with its share of the subscriber's byte budget, returned when the stream
+/// hands the event to the transport.
+type Buffered = (
+    Result<pb::StreamedEvent, Status>,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// The event service over a cluster handle.
 #[derive(Debug, Clone)]
@@ -127,7 +140,9 @@ struct Follower {
     filter: EventFilter,
     /// The first seq not yet looked at (starts at the request's `from_seq`).
     next: u64,
-    tx: mpsc::Sender<Result<pb::StreamedEvent, Status>>,
+    tx: mpsc::Sender<Buffered>,
+    /// [`STREAM_BUFFER_BYTES`] worth of permits.
+    budget: Arc<Semaphore>,
 }
 
 impl Follower {
@@ -154,7 +169,18 @@ impl Follower {
             body_json: event_body(event).to_string(),
             principal: principal.to_string(),
         };
-        self.tx.send(Ok(item)).await.map_err(|_| Stop::Gone)
+        let bytes =
+            u32::try_from(item.encoded_len().clamp(1, STREAM_BUFFER_BYTES)).unwrap_or(u32::MAX);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| Stop::Gone)?;
+        self.tx
+            .send((Ok(item), Some(permit)))
+            .await
+            .map_err(|_| Stop::Gone)
     }
 
     /// Reads from the log until it has nothing after the cursor.
@@ -183,14 +209,15 @@ impl Follower {
             if records.is_empty() {
                 return Ok(());
             }
+            // Owned, so each record is freed once it is sent.
             for StoredEvent {
                 seq,
                 event,
                 hash,
                 principal,
-            } in &records
+            } in records
             {
-                if *seq != self.next {
+                if seq != self.next {
                     // The log has no gaps after `first_seq_available`; a snapshot installed
                     // meanwhile is the only way here.
                     self.check_available()?;
@@ -200,7 +227,7 @@ impl Follower {
                         self.resume_seq()
                     ))));
                 }
-                self.step(*seq, event, hash, principal).await?;
+                self.step(seq, &event, &hash, &principal).await?;
             }
         }
     }
@@ -289,6 +316,7 @@ impl pb::event_service_server::EventService for EventApi {
             filter,
             next: from,
             tx: tx.clone(),
+            budget: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
         };
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -303,11 +331,12 @@ impl pb::event_service_server::EventService for EventApi {
                 )))),
             };
             if let Err(Stop::Status(status)) = ended {
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send((Err(status), None)).await;
             }
         });
+        use futures::StreamExt;
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|(item, _permit)| item),
         )))
     }
 }

@@ -61,6 +61,29 @@ pub fn identify<B>(mut req: tonic::codegen::http::Request<B>) -> tonic::codegen:
     req
 }
 
+/// A request message that does not decode is the caller's error: tonic answers it `INTERNAL`
+/// ("failed to decode Protobuf message"), which tells a client to retry or report a server bug.
+/// This map on the client gRPC server's responses makes it `INVALID_ARGUMENT` (issue 18). Such
+/// an answer is always trailers-only (the handler never ran), so the status is in the headers.
+pub fn decode_errors_are_invalid_argument<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let h = resp.headers();
+    let internal = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    let undecodable = h.get("grpc-message").is_some_and(|v| {
+        let m = v.as_bytes();
+        m.starts_with(b"failed%20to%20decode%20Protobuf%20message")
+            || m.starts_with(b"failed to decode Protobuf message")
+    });
+    if internal && undecodable {
+        resp.headers_mut().insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("3"),
+        );
+    }
+    resp
+}
+
 /// The services on the client gRPC address, as reflection lists them.
 pub(crate) const CLIENT_SERVICES: &[&str] = &[
     "muster.v1.JobService",
@@ -239,8 +262,14 @@ where
 
 /// JSON text from a `_json` field, or INVALID_ARGUMENT naming the field.
 pub(crate) fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, Status> {
-    serde_json::from_str(text)
-        .map_err(|e| Status::invalid_argument(format!("{field}: not valid JSON text: {e}")))
+    let value = serde_json::from_str(text)
+        .map_err(|e| Status::invalid_argument(format!("{field}: not valid JSON text: {e}")))?;
+    match crate::json::duplicate_key(text) {
+        Some(path) => Err(Status::invalid_argument(format!(
+            "{field}: {path} appears more than once in the same object; give each field once"
+        ))),
+        None => Ok(value),
+    }
 }
 
 /// Takes up to `size` items and says whether more follow, so `next_page_token` is empty exactly
