@@ -65,14 +65,12 @@ impl Link {
             Duration::from_millis(cfg.reconnect_max_ms.max(cfg.reconnect_min_ms).max(1)),
         );
         let task = tokio::spawn(drive(
-            index,
-            url.to_string(),
+            (index, url.to_string()),
             client.clone(),
             eventloop,
             tx,
-            backoff,
+            (backoff, cfg.max_packet_bytes),
             metrics,
-            cfg.max_packet_bytes,
         ));
         Ok(Link { client, task })
     }
@@ -117,15 +115,15 @@ fn subscriptions() -> Vec<SubscribeFilter> {
     .collect()
 }
 
+/// The first argument names the broker (index, URL); the fifth holds the reconnect backoff (min,
+/// max) and the largest incoming message handled.
 async fn drive(
-    index: usize,
-    url: String,
+    (index, url): (usize, String),
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     tx: UnboundedSender<LinkEvent>,
-    (min_backoff, max_backoff): (Duration, Duration),
+    ((min_backoff, max_backoff), max_message_bytes): ((Duration, Duration), usize),
     metrics: muster_metrics::Metrics,
-    max_message_bytes: usize,
 ) {
     // When each QoS 1 publish in flight left, by packet id, for the publish latency.
     let mut sent_at: Vec<Option<std::time::Instant>> = vec![None; usize::from(u16::MAX) + 1];
