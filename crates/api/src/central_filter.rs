@@ -655,7 +655,7 @@ mod tests {
         assert!(refused("contains(enabled, 'a')").contains("text field"));
         assert!(refused("contains(displayName, a)").contains("single quotes"));
         assert!(refused("id eq 'a' and").contains("condition"));
-        assert!(refused("id eq 'a' & id eq 'b'").contains("'&'"));
+        assert!(refused("id eq 'a' & id eq 'b'").contains("character \"&\""));
         assert!(refused(&"(".repeat(100)).contains("deeper"));
         assert!(refused(&"a".repeat(5000)).contains("longer"));
         for m in [refused("id eq true"), refused("color eq 'x'")] {
