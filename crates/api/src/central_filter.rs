@@ -381,23 +381,24 @@ impl Parser {
             Some(Tok::Word(w)) if matches!(self.peek(), Some(Tok::Open)) => self.function(&w),
             Some(Tok::Word(w)) => {
                 let field = field(&w)?;
-                let op =
-                    match self.next() {
-                        Some(Tok::Word(o)) => op(&o)?,
-                        Some(t) => return Err(bad(
+                let op = match self.next() {
+                    Some(Tok::Word(o)) => op(&o)?,
+                    Some(t) => {
+                        return Err(bad(
                             "filter",
                             format!(
                                 "expected an operator (eq, ne, lt, le, gt, ge) after {w}, got {}",
                                 t.describe()
                             ),
-                        )),
-                        None => {
-                            return Err(bad(
-                                "filter",
-                                format!("ends after {w}; compare it, e.g. {w} eq ..."),
-                            ))
-                        }
-                    };
+                        ))
+                    }
+                    None => {
+                        return Err(bad(
+                            "filter",
+                            format!("ends after {w}; compare it, e.g. {w} eq ..."),
+                        ))
+                    }
+                };
                 let value = self.literal()?;
                 compare(&w, field, op, value)
             }

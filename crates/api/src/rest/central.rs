@@ -3,7 +3,8 @@
 //! Every route requires `api-version` (one of [`CENTRAL_API_VERSIONS`]), as IoT Central does.
 //! Lists answer `{"value": [...], "nextLink": "http://<Host>/...&$skiptoken=..."}` in id order,
 //! `nextLink` absent on the last page; `maxpagesize` (1..=1000, default 100) sets the page size
-//! and is carried in the link. `GET /api/jobs/{id}/events` (muster's own addition) pages through
+//! and is carried in the link. `GET /api/devices` also takes `filter` and `orderby` (see
+//! [`crate::central_filter`]), carried in the link too. `GET /api/jobs/{id}/events` (muster's own addition) pages through
 //! a job's history the same way, its token being the seq the page ended with.
 
 use axum::extract::State;
@@ -147,9 +148,7 @@ fn paging<K, E>(q: &Params, parse: impl Fn(&str) -> Result<K, E>) -> Result<Pagi
         if q.get(option).is_some() {
             return Err(ApiError::bad_request(
                 option,
-                format!(
-                    "is not an IoT Central list option; IoT Central's are written without $: maxpagesize (page size), and on GET /api/devices filter and orderby, e.g. ?api-version=2022-07-31&filter=contains(displayName, 'thermostat')&orderby=displayName&maxpagesize=10"
-                ),
+                "is not an IoT Central list option; IoT Central's are written without $: maxpagesize (page size), and on GET /api/devices filter and orderby, e.g. ?api-version=2022-07-31&filter=contains(displayName, 'thermostat')&orderby=displayName&maxpagesize=10",
             ));
         }
     }
