@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod central;
+pub mod central_filter;
 pub mod console;
 pub mod credentials;
 pub mod error;

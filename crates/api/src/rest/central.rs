@@ -3,7 +3,8 @@
 //! Every route requires `api-version` (one of [`CENTRAL_API_VERSIONS`]), as IoT Central does.
 //! Lists answer `{"value": [...], "nextLink": "http://<Host>/...&$skiptoken=..."}` in id order,
 //! `nextLink` absent on the last page; `maxpagesize` (1..=1000, default 100) sets the page size
-//! and is carried in the link. `GET /api/jobs/{id}/events` (muster's own addition) pages through
+//! and is carried in the link. `GET /api/devices` also takes `filter` and `orderby` (see
+//! [`crate::central_filter`]), carried in the link too. `GET /api/jobs/{id}/events` (muster's own addition) pages through
 //! a job's history the same way, its token being the seq the page ended with.
 
 use axum::extract::State;
@@ -26,9 +27,11 @@ use crate::central::{
     percent_encode, CENTRAL_API_VERSIONS, NEXT_LINK_TOKEN_PARAM,
 };
 use crate::central::{central_properties_json, device_patch_from_central, properties_from_central};
+use crate::central_filter::{self, DeviceFields};
 use crate::error::ApiError;
 use crate::history::event_json;
 use muster_cluster::{now, EventLog};
+use std::collections::BTreeMap;
 
 /// Page size of a list when `maxpagesize` is not given.
 const DEFAULT_PAGE: usize = 100;
@@ -126,16 +129,26 @@ struct Paging<K> {
     after: Option<K>,
 }
 
+impl<K> Paging<K> {
+    /// The page size alone, for building the `nextLink`.
+    fn map(&self) -> Paging<()> {
+        Paging {
+            size: self.size,
+            size_given: self.size_given,
+            after: None,
+        }
+    }
+}
+
 fn paging<K, E>(q: &Params, parse: impl Fn(&str) -> Result<K, E>) -> Result<Paging<K>, ApiError> {
-    // IoT Central's OData list options: muster does not evaluate them, and answering the whole
-    // list as if they had been applied would mislead the caller.
+    // IoT Central writes its list options without `$` (`filter`, `orderby`, `maxpagesize`); the
+    // `$` spellings and the other OData options are not part of its reference, and answering the
+    // whole list as if they had been applied would mislead the caller.
     for option in ["$filter", "$top", "$orderby", "$skip", "$select", "$expand"] {
         if q.get(option).is_some() {
             return Err(ApiError::bad_request(
                 option,
-                format!(
-                    "muster does not evaluate {option} on IoT Central lists; leave it out and page with maxpagesize (devices can be selected with a device group, or with IoT Hub's POST /devices/query?api-version=2021-04-12, e.g. {{\"query\": \"SELECT TOP 10 * FROM devices WHERE tags.site = 'b43'\"}})"
-                ),
+                "is not an IoT Central list option; IoT Central's are written without $: maxpagesize (page size), and on GET /api/devices filter and orderby, e.g. ?api-version=2022-07-31&filter=contains(displayName, 'thermostat')&orderby=displayName&maxpagesize=10",
             ));
         }
     }
@@ -210,6 +223,7 @@ async fn list_jobs(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let v = version(&q)?;
+    device_list_only(&q, "GET /api/jobs")?;
     let p = paging(&q, |s: &str| JobId::new(s))?;
     let progress = flag(&q, "progress")?;
     let (items, next) = app
@@ -584,6 +598,7 @@ async fn list_groups(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let v = version(&q)?;
+    device_list_only(&q, "GET /api/deviceGroups")?;
     let p = paging(&q, |s: &str| GroupId::new(s))?;
     let (items, next) = app
         .read(|s| {
@@ -654,6 +669,77 @@ async fn delete_group(
 // Devices
 // ---------------------------------------------------------------------------------------------
 
+/// `filter` and `orderby` are documented for the device list only; on another list they are
+/// refused rather than ignored.
+fn device_list_only(q: &Params, route: &str) -> Result<(), ApiError> {
+    for option in ["filter", "orderby"] {
+        if q.get(option).is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad_request(
+                option,
+                format!("IoT Central documents {option} for GET /api/devices only, not for {route}; leave it out and page with maxpagesize"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A device's place in a list sorted by `orderby=displayName`: its display name, then its id so
+/// equal names keep one order across pages. The page token is this key, so the next page starts
+/// right after the last device shown even if devices were added or removed in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NameKey {
+    name: String,
+    id: DeviceId,
+    desc: bool,
+}
+
+impl Ord for NameKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let o = (self.name.as_str(), &self.id).cmp(&(other.name.as_str(), &other.id));
+        if self.desc {
+            o.reverse()
+        } else {
+            o
+        }
+    }
+}
+
+impl PartialOrd for NameKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The token: the percent-encoded name (which then holds no `/`), a `/`, and the id (device ids
+/// never hold a `/`).
+impl std::fmt::Display for NameKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", percent_encode(&self.name), self.id)
+    }
+}
+
+fn name_key(token: &str, desc: bool) -> Result<NameKey, ()> {
+    let (name, id) = token.split_once('/').ok_or(())?;
+    Ok(NameKey {
+        name: central_filter::percent_decode(name).ok_or(())?,
+        id: DeviceId::new(id).map_err(|_| ())?,
+        desc,
+    })
+}
+
+fn device_fields(d: &muster_domain::Device) -> DeviceFields<'_> {
+    DeviceFields {
+        id: d.id.as_str(),
+        display_name: &d.display_name,
+        template: d.model_id.as_deref(),
+        enabled: d.enabled,
+        provisioned: d.connection != muster_domain::ConnectionState::Unknown,
+        simulated: false,
+    }
+}
+
+/// `GET /api/devices`, with IoT Central's `filter`, `orderby` and `maxpagesize`; the `nextLink`
+/// carries all three, so every page of a filtered, sorted list holds the next devices of it.
 async fn list_devices(
     State(app): State<App>,
     q: Params,
@@ -661,15 +747,58 @@ async fn list_devices(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let v = version(&q)?;
-    let p = paging(&q, |s: &str| DeviceId::new(s))?;
-    let (items, next) = app
-        .read(|s| {
-            page(&s.registry.devices, p.after.as_ref(), p.size, |_, d| {
-                Some(central_device_json(d))
-            })
-        })
-        .await?;
-    Ok(list_page(&headers, &uri, &v, &p, items, next, ""))
+    let raw_filter = q.get("filter").unwrap_or_default().to_string();
+    let raw_order = q.get("orderby").unwrap_or_default().to_string();
+    let filter = central_filter::parse_filter(&raw_filter)?;
+    let order = central_filter::parse_orderby(&raw_order)?;
+    let keeps =
+        |d: &muster_domain::Device| filter.as_ref().is_none_or(|f| f.keeps(&device_fields(d)));
+    let mut extra = String::new();
+    if filter.is_some() {
+        extra.push_str(&format!("&filter={}", percent_encode(&raw_filter)));
+    }
+    if order.is_some() {
+        extra.push_str(&format!("&orderby={}", percent_encode(raw_order.trim())));
+    }
+    let (items, next, p) = match order {
+        None => {
+            let p = paging(&q, |s: &str| DeviceId::new(s))?;
+            let (items, next) = app
+                .read(|s| {
+                    page(&s.registry.devices, p.after.as_ref(), p.size, |_, d| {
+                        keeps(d).then(|| central_device_json(d))
+                    })
+                })
+                .await?;
+            (items, next, p.map())
+        }
+        Some(o) => {
+            let p = paging(&q, |s: &str| name_key(s, o.desc))?;
+            let (items, next) = app
+                .read(|s| {
+                    let sorted: BTreeMap<NameKey, &muster_domain::Device> = s
+                        .registry
+                        .devices
+                        .values()
+                        .filter(|d| keeps(d))
+                        .map(|d| {
+                            let k = NameKey {
+                                name: d.display_name.clone(),
+                                id: d.id.clone(),
+                                desc: o.desc,
+                            };
+                            (k, d)
+                        })
+                        .collect();
+                    page(&sorted, p.after.as_ref(), p.size, |_, d| {
+                        Some(central_device_json(d))
+                    })
+                })
+                .await?;
+            (items, next, p.map())
+        }
+    };
+    Ok(list_page(&headers, &uri, &v, &p, items, next, &extra))
 }
 
 async fn get_device(
