@@ -114,6 +114,15 @@ fn group_not_found(id: &GroupId) -> ApiError {
     )
 }
 
+/// The properties of the device `id` as IoT Central shows them, or its 404 for the device.
+fn properties_view(s: &muster_domain::State, id: &DeviceId) -> Result<Response, ApiError> {
+    s.registry
+        .devices
+        .get(id)
+        .map(|d| ok_json(central_properties_json(d)))
+        .ok_or_else(|| device_not_found(id))
+}
+
 fn device_not_found(id: &DeviceId) -> ApiError {
     ApiError::new(
         404,
@@ -913,10 +922,7 @@ async fn get_properties(
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = device_id(&id)?;
-    app.read(|s| s.registry.devices.get(&id).map(central_properties_json))
-        .await?
-        .map(ok_json)
-        .ok_or_else(|| device_not_found(&id))
+    app.read(|s| properties_view(s, &id)).await?
 }
 
 /// `PUT /api/devices/{id}/properties`: the values given become the device's whole set of
@@ -943,9 +949,7 @@ async fn put_properties(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&id).map(central_properties_json))
-        .map(ok_json)
-        .ok_or_else(|| device_not_found(&id))
+    app.read_applied(|s| properties_view(s, &id))
 }
 
 /// `PATCH /api/devices/{id}/properties`: sets the values given (JSON merge patch of the
@@ -972,9 +976,7 @@ async fn patch_properties(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&id).map(central_properties_json))
-        .map(ok_json)
-        .ok_or_else(|| device_not_found(&id))
+    app.read_applied(|s| properties_view(s, &id))
 }
 
 #[cfg(test)]

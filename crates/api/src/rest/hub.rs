@@ -98,6 +98,19 @@ fn job_not_found(id: &JobId) -> ApiError {
     )
 }
 
+/// `render` of the device `id` as it is in `s`, or IoT Hub's 404 for it.
+fn device_view<T>(
+    s: &muster_domain::State,
+    id: &DeviceId,
+    render: impl FnOnce(&muster_domain::registry::Device) -> T,
+) -> Result<T, ApiError> {
+    s.registry
+        .devices
+        .get(id)
+        .map(render)
+        .ok_or_else(|| device_not_found(id))
+}
+
 fn device_not_found(id: &DeviceId) -> ApiError {
     ApiError::new(
         404,
@@ -315,9 +328,7 @@ async fn get_device(
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = device_id(&id)?;
-    app.read(|s| s.registry.devices.get(&id).map(device_response))
-        .await?
-        .ok_or_else(|| device_not_found(&id))
+    app.read(|s| device_view(s, &id, device_response)).await?
 }
 
 /// `PUT /devices/{id}`: see the module docs for `If-Match`.
@@ -355,8 +366,7 @@ async fn put_device(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&did).map(device_response))
-        .ok_or_else(|| device_not_found(&did))
+    app.read_applied(|s| device_view(s, &did, device_response))
 }
 
 /// `DELETE /devices/{id}`: 204; the device's twin goes with it. Jobs that still list the device
@@ -409,8 +419,7 @@ async fn replace_twin(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&id).map(twin_response))
-        .ok_or_else(|| device_not_found(&id))
+    app.read_applied(|s| device_view(s, &id, twin_response))
 }
 
 async fn get_twin(
@@ -420,9 +429,7 @@ async fn get_twin(
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = device_id(&id)?;
-    app.read(|s| s.registry.devices.get(&id).map(twin_response))
-        .await?
-        .ok_or_else(|| device_not_found(&id))
+    app.read(|s| device_view(s, &id, twin_response)).await?
 }
 
 /// `PATCH /twins/{deviceId}`: merges `tags` and `properties.desired` (JSON merge patch) in one
@@ -452,7 +459,6 @@ async fn patch_twin(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&id).map(twin_response))
-        .ok_or_else(|| device_not_found(&id))
+    app.read_applied(|s| device_view(s, &id, twin_response))
         .map(IntoResponse::into_response)
 }
