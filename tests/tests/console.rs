@@ -166,10 +166,26 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(artifacts_dir("console").unwrap().join(name), png).unwrap();
 }
 
+/// Types `value` into `css`, finding it again if the page re-rendered it in between (a stale
+/// element), for up to [`PATIENCE`].
 async fn set_value(c: &Client, css: &str, value: &str) {
-    let e = find(c, css).await;
-    e.clear().await.unwrap();
-    e.send_keys(value).await.unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let e = find(c, css).await;
+        match async {
+            e.clear().await?;
+            e.send_keys(value).await
+        }
+        .await
+        {
+            Ok(()) => return,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("retrying {css}: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("could not type into {css}: {err}"),
+        }
+    }
 }
 
 /// `muster ARGS` against the dev node with its token: success, stdout, stderr.
@@ -210,11 +226,7 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
 
     // Sign in with the banner's token.
     c.goto(&format!("{}/ui", node.rest)).await.unwrap();
-    find(c, "#token")
-        .await
-        .send_keys(&node.token)
-        .await
-        .unwrap();
+    set_value(c, "#token", &node.token).await;
     find(c, "#login-submit").await.click().await.unwrap();
     find(c, "#jobs").await;
     assert_eq!(
@@ -400,11 +412,7 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
     let viewer: Value = serde_json::from_str(out.trim()).unwrap();
     c.set_window_size(1280, 1000).await.unwrap();
     find(c, "#logout").await.click().await.unwrap();
-    find(c, "#token")
-        .await
-        .send_keys(viewer["token"].as_str().unwrap())
-        .await
-        .unwrap();
+    set_value(c, "#token", viewer["token"].as_str().unwrap()).await;
     find(c, "#login-submit").await.click().await.unwrap();
     c.goto(&format!("{}/ui#/jobs/console-job", node.rest))
         .await
