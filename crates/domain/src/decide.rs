@@ -24,6 +24,7 @@ use crate::registry::{
     TwinSection,
 };
 use crate::spec::{check_name, check_patch, Operation, TargetSelector};
+use crate::twin_size;
 use crate::State;
 
 pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
@@ -154,17 +155,20 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             let mut events = Vec::new();
             if let Some(t) = tags {
                 check_patch("tags", t)?;
+                twin_size::check_patched(TwinSection::Tags, &d.tags, &[t])?;
                 events.push(patched(device, TwinSection::Tags, t, *at));
             }
             if let Some(p) = desired {
                 check_patch("properties.desired", p)?;
+                twin_size::check_patched(TwinSection::Desired, &d.desired, &[p])?;
                 events.push(patched(device, TwinSection::Desired, p, *at));
             }
             with_joins(state, events, *at)
         }
         Command::ReportProperties { device, patch, at } => {
-            registered(state, device)?;
+            let d = registered(state, device)?;
             check_patch("properties.reported", patch)?;
+            twin_size::check_patched(TwinSection::Reported, &d.reported, &[patch])?;
             with_joins(
                 state,
                 vec![patched(device, TwinSection::Reported, patch, *at)],
@@ -249,8 +253,10 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             check_twin_version(d, *if_version)?;
             if let Some(t) = tags {
                 check_section("tags", t)?;
+                twin_size::check_whole(TwinSection::Tags, t)?;
             }
             check_section("properties.desired", desired)?;
+            twin_size::check_whole(TwinSection::Desired, desired)?;
             let replaced = |section, value: &Value| Event::TwinReplaced {
                 device: device.clone(),
                 section,
@@ -348,11 +354,25 @@ fn report_properties(
     reports: &[PropertyReport],
     at: Timestamp,
 ) -> Result<Vec<Event>, DomainError> {
+    // Several reports of one device in a batch add up: each is checked against the section as
+    // the ones accepted before it leave it.
+    let mut accepted: BTreeMap<&DeviceId, Vec<&Value>> = BTreeMap::new();
     let events = reports
         .iter()
         .filter(|r| {
-            state.registry.devices.contains_key(&r.device)
-                && check_patch("properties.reported", &r.patch).is_ok()
+            let Some(d) = state.registry.devices.get(&r.device) else {
+                return false;
+            };
+            if check_patch("properties.reported", &r.patch).is_err() {
+                return false;
+            }
+            let before = accepted.entry(&r.device).or_default();
+            before.push(&r.patch);
+            let fits = twin_size::check_patched(TwinSection::Reported, &d.reported, before).is_ok();
+            if !fits {
+                before.pop();
+            }
+            fits
         })
         .map(|r| patched(&r.device, TwinSection::Reported, &r.patch, at))
         .collect();
@@ -518,6 +538,7 @@ fn check_registration(i: usize, reg: &DeviceRegistration, list: &str) -> Result<
     }
     if !reg.tags.is_null() && reg.tags.as_object().is_none_or(|m| !m.is_empty()) {
         check_patch(&field("tags"), &reg.tags)?;
+        twin_size::check_whole(TwinSection::Tags, &reg.tags)?;
     }
     Ok(())
 }
@@ -777,6 +798,7 @@ fn mark_dispatched(
             Some(_) => None,
         };
         allowance -= 1;
+        let reason = reason.or_else(|| reg.and_then(|d| twin_ops_overflow(d, &j.spec.operations)));
         if let Some(reason) = reason {
             s.fail(i, attempts, reason, None);
             continue;
@@ -814,6 +836,31 @@ fn mark_dispatched(
     events.extend(registry_events);
     events.extend(joins);
     Ok(events)
+}
+
+/// A job's twin operations that would take one of the device's twin sections past IoT Hub's
+/// limit fail that device instead of growing its twin.
+fn twin_ops_overflow(device: &Device, ops: &[Operation]) -> Option<FailureReason> {
+    for section in [TwinSection::Tags, TwinSection::Desired] {
+        let patches: Vec<&Value> = ops
+            .iter()
+            .filter_map(|op| match (op, section) {
+                (Operation::PatchDesired { patch }, TwinSection::Desired)
+                | (Operation::PatchTags { patch }, TwinSection::Tags) => Some(patch),
+                _ => None,
+            })
+            .collect();
+        if patches.is_empty() {
+            continue;
+        }
+        let current = twin_size::current(device, section);
+        if let Err(e) = twin_size::check_patched(section, current, &patches) {
+            return Some(FailureReason::DispatchFailed {
+                message: e.to_string(),
+            });
+        }
+    }
+    None
 }
 
 fn record_results(

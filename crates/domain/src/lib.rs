@@ -18,6 +18,7 @@ pub mod job;
 pub mod query;
 pub mod registry;
 pub mod spec;
+pub mod twin_size;
 
 use std::collections::BTreeMap;
 
