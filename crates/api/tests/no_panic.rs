@@ -5,6 +5,7 @@
 
 use muster_api::central::*;
 use muster_api::hub::*;
+use muster_api::methods::{command_from_central, method_from_hub};
 use muster_api::ApiError;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -43,6 +44,18 @@ const KEYS: &[&str] = &[
     "enabled",
     "simulated",
     "$version",
+    "deviceId",
+    "authentication",
+    "symmetricKey",
+    "primaryKey",
+    "secondaryKey",
+    "capabilities",
+    "iotEdge",
+    "statusReason",
+    "request",
+    "responseTimeout",
+    "connectionTimeout",
+    "etag",
     "x y",
 ];
 
@@ -111,6 +124,13 @@ fn all_parsers(body: &str, id: &str) -> Result<(), TestCaseError> {
     ok_or_client_error(device_registration_from_central(body, id))?;
     ok_or_client_error(job_spec_from_hub(body, id))?;
     ok_or_client_error(twin_patch_from_hub(body))?;
+    ok_or_client_error(twin_replace_from_hub(body))?;
+    ok_or_client_error(device_identity_from_hub(body, id))?;
+    ok_or_client_error(device_patch_from_central(body, id))?;
+    ok_or_client_error(properties_from_central(body, true))?;
+    ok_or_client_error(properties_from_central(body, false))?;
+    ok_or_client_error(method_from_hub(body))?;
+    ok_or_client_error(command_from_central(body, id))?;
     Ok(())
 }
 

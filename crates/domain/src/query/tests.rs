@@ -868,6 +868,18 @@ proptest! {
         if let Ok(query) = Query::parse(&format!("SELECT * FROM devices WHERE {soup}")) {
             let _ = query.matches(&doc);
         }
+        // Whole statements (`POST /devices/query`): projections, aggregates, `devices.jobs`.
+        let _ = Statement::parse(&soup);
+        let _ = Statement::parse(&format!("SELECT {soup} FROM devices"));
+        let _ = Statement::parse(&format!("SELECT TOP 3 * FROM devices.jobs WHERE {soup}"));
+        let _ = Statement::parse(&format!(
+            "SELECT properties.reported.fw AS fw, COUNT() AS n FROM devices GROUP BY {soup}"
+        ));
+    }
+
+    #[test]
+    fn statements_never_panic_on_arbitrary_text(text in any::<String>()) {
+        let _ = Statement::parse(&text);
     }
 
     #[test]
