@@ -10,8 +10,10 @@
 //! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
 //!   `first_seq` (big-endian u64), `chain_head` (the 32-byte hash of event `last_seq`; the
 //!   genesis hash when there is none).
-//! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `data` (the snapshot bytes, see
-//!   [`SnapshotPayload`]).
+//! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `file` (the name of the current snapshot
+//!   file in the data directory's `snapshots/`, see [`crate::snapfile`] and `snapshot`); `data`
+//!   only in a directory of an older release (a format-2 JSON [`SnapshotPayload`]), converted
+//!   into a file and removed by `open`.
 //!
 //! Applying a batch of entries runs `State::execute` per command and writes the new events and
 //! then the new `sm_meta` (events first: one batch, or chunks written by a writer thread while
@@ -35,7 +37,6 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::io::Cursor;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -55,8 +56,8 @@ use crate::types::{
 use apply::apply_entries;
 pub use apply::ApplyTrace;
 pub(crate) use readers::decode_stored;
-use snapshot::{current_snapshot, install_snapshot};
-pub(crate) use snapshot::{SnapshotPayload, SNAPSHOT_DATA, SNAPSHOT_FORMAT};
+use snapshot::{begin_receiving, current_snapshot, install_snapshot};
+pub(crate) use snapshot::{read_stored, SNAPSHOT_DIR};
 
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
@@ -170,6 +171,10 @@ struct Shared {
     events: sled::Tree,
     meta: sled::Tree,
     snapshot: sled::Tree,
+    /// For the carried trees (see [`crate::snapfile::CARRIED_TREES`]).
+    db: sled::Db,
+    /// The data directory's `snapshots/` folder.
+    snapshot_dir: std::path::PathBuf,
     flusher: Arc<GroupFlusher>,
     updates: broadcast::Sender<StateUpdate>,
     /// Serialises writes to the `snapshot` tree, so a slow build cannot overwrite a newer one.
@@ -285,18 +290,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        self.blocking(begin_receiving).await.raft(Op::WriteSnapshot)
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, MusterNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let meta = meta.clone();
-        let data = snapshot.into_inner();
-        self.blocking(move |shared| install_snapshot(shared, &meta, data))
+        let file = snapshot.into_std().await;
+        self.blocking(move |shared| install_snapshot(shared, &meta, file))
             .await
             .raft(Op::WriteSnapshot)
     }

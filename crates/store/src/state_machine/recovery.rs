@@ -1,12 +1,15 @@
 //! Restoring the state machine at start: stored snapshot, then the event tail after it.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use muster_domain::{evolve, State};
 use tokio::sync::broadcast;
 
-use super::snapshot::{SnapshotPayload, SNAPSHOT_DATA, SNAPSHOT_FORMAT};
+use super::snapshot::{
+    read_stored, write_file, SnapshotPayload, SNAPSHOT_DATA, SNAPSHOT_FILE, SNAPSHOT_FORMAT,
+};
 use super::{
     read_head, read_json, read_u64, Applied, Shared, StateMachine, BROADCAST_CAPACITY, FIRST_SEQ,
     LAST_APPLIED, LAST_SEQ, MEMBERSHIP,
@@ -16,41 +19,41 @@ use crate::codec::{decode_event, decode_record, from_json, u64_key};
 use crate::error::StoreError;
 use crate::flush::GroupFlusher;
 use crate::segment::raw_records;
+use crate::snapfile::SnapshotHeader;
 use crate::types::{LogId, StoredMembership};
 
 impl StateMachine {
     /// Opens the state machine's trees and restores the state: stored snapshot, then the event
     /// tail after it.
-    pub(crate) fn open(db: &sled::Db, flusher: Arc<GroupFlusher>) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        flusher: Arc<GroupFlusher>,
+        snapshot_dir: PathBuf,
+    ) -> Result<Self, StoreError> {
         let events = db.open_tree("events")?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
 
-        let stored = match snapshot.get(SNAPSHOT_DATA)? {
-            Some(data) => Some(from_json::<SnapshotPayload<State>>("snapshot", &data)?),
-            None => None,
-        };
         let last_seq = read_u64(&meta, LAST_SEQ)?.unwrap_or(0);
         let first_seq_available = read_u64(&meta, FIRST_SEQ)?.unwrap_or(1);
         let last_applied: Option<LogId> = read_json(&meta, LAST_APPLIED)?.flatten();
         let membership: Option<StoredMembership> = read_json(&meta, MEMBERSHIP)?;
         let head = read_head(&meta, last_seq)?;
 
-        if let Some(p) = &stored {
-            if p.format != SNAPSHOT_FORMAT {
-                return Err(StoreError::corrupt(
-                    "snapshot",
-                    format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
-                ));
+        let stored = match snapshot.get(SNAPSHOT_DATA)? {
+            // An older release's JSON snapshot: converted into a file once.
+            Some(data) if snapshot.get(SNAPSHOT_FILE)?.is_none() => {
+                Some(convert_legacy(&snapshot, &snapshot_dir, db, &data)?)
             }
-        }
+            _ => read_stored(&snapshot, &snapshot_dir)?,
+        };
         let (mut state, snapshot_seq, snap_applied, snap_membership, mut prev) = match stored {
-            Some(p) => (
-                p.state,
-                p.last_seq,
-                p.last_applied,
-                Some(p.membership),
-                p.chain_head,
+            Some((h, state)) => (
+                state,
+                h.last_seq,
+                h.last_applied,
+                Some(h.membership),
+                h.chain_head,
             ),
             None => (State::default(), 0, None, None, GENESIS),
         };
@@ -161,6 +164,8 @@ impl StateMachine {
                 events,
                 meta,
                 snapshot,
+                db: db.clone(),
+                snapshot_dir,
                 flusher,
                 updates,
                 snapshot_lock: Mutex::new(()),
@@ -171,4 +176,42 @@ impl StateMachine {
             }),
         })
     }
+}
+
+/// Converts a format-2 snapshot (serde_json in the `snapshot` tree, from releases before
+/// snapshot files) into a snapshot file, once: names the file in the tree and removes the JSON.
+/// Returns what it held.
+fn convert_legacy(
+    snapshot: &sled::Tree,
+    dir: &Path,
+    db: &sled::Db,
+    data: &[u8],
+) -> Result<(SnapshotHeader, State), StoreError> {
+    let p: SnapshotPayload<State> = from_json("snapshot", data)?;
+    if p.format != SNAPSHOT_FORMAT {
+        return Err(StoreError::corrupt(
+            "snapshot",
+            format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
+        ));
+    }
+    let header = SnapshotHeader {
+        last_applied: p.last_applied,
+        membership: p.membership,
+        last_seq: p.last_seq,
+        chain_head: p.chain_head,
+    };
+    let name = format!("converted-{}.snap", p.last_seq);
+    let bytes = write_file(dir, &name, &header, &p.state, db)?;
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAPSHOT_FILE, name.as_bytes());
+    batch.remove(SNAPSHOT_DATA);
+    snapshot.apply_batch(batch)?;
+    db.flush()?;
+    tracing::info!(
+        last_seq = header.last_seq,
+        json_bytes = data.len(),
+        bytes,
+        "converted the stored JSON snapshot (format 2) into a snapshot file (format 3)"
+    );
+    Ok((header, p.state))
 }

@@ -15,7 +15,13 @@ use crate::types::Request;
 
 fn open() -> StateMachine {
     let db = sled::Config::new().temporary(true).open().unwrap();
-    StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap()
+    open_db(&db)
+}
+
+/// The state machine over `db`, with its snapshot files in a fresh temporary folder.
+fn open_db(db: &sled::Db) -> StateMachine {
+    let dir = tempfile::tempdir().unwrap().keep();
+    StateMachine::open(db, GroupFlusher::new(db.clone()), dir).unwrap()
 }
 
 /// Registers `n` devices from `from` on: one command, `n` events.
@@ -105,7 +111,7 @@ fn large_applies_store_every_event_on_the_chain() {
 #[test]
 fn restart_deletes_records_past_the_applied_seq() {
     let db = sled::Config::new().temporary(true).open().unwrap();
-    let sm = StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap();
+    let sm = open_db(&db);
     apply(&sm, 1, vec![register(0, 5)]);
     let last = sm.reader().last_seq();
     let events = db.open_tree("events").unwrap();
@@ -122,7 +128,7 @@ fn restart_deletes_records_past_the_applied_seq() {
         .unwrap();
     drop(sm);
 
-    let sm = StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap();
+    let sm = open_db(&db);
     assert_eq!(events.range(u64_key(last + 1)..).count(), 0);
     apply(&sm, 2, vec![register(5, 3)]);
     let all = sm.reader().read_records(1, usize::MAX).unwrap();
@@ -184,7 +190,7 @@ fn a_replica_seeded_from_a_snapshot_holds_the_links_after_it() {
     install_snapshot(
         &follower.shared,
         &snapshot.meta,
-        snapshot.snapshot.into_inner(),
+        snapshot.snapshot.try_into_std().unwrap(),
     )
     .unwrap();
     let mut updates = follower.reader().subscribe();
