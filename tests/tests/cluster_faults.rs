@@ -677,6 +677,15 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
          a snapshot\n{text}\n{}",
         cluster.logs()
     );
+    // The snapshot it installed is kept as one file of the binary format, received in chunks.
+    let files: Vec<_> = std::fs::read_dir(cluster.nodes[f].data_dir().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    assert_eq!(&bytes[..8], b"MUSTSNAP");
 }
 
 /// `PUT` on the REST gateway with a client-side limit, so a request that hangs fails the test.

@@ -25,8 +25,7 @@ use crate::error::StoreError;
 use crate::segment::raw_records;
 use crate::state_machine::{decode_stored, StoredEvent};
 use crate::state_machine::{
-    read_head, read_u64, SnapshotPayload, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DATA,
-    SNAPSHOT_FORMAT,
+    read_head, read_stored, read_u64, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DIR,
 };
 
 /// A data directory opened for reading.
@@ -36,6 +35,8 @@ pub struct AuditLog {
     events: sled::Tree,
     meta: sled::Tree,
     snapshot: sled::Tree,
+    /// The data directory's snapshot files.
+    snapshot_dir: std::path::PathBuf,
     raft_meta: sled::Tree,
 }
 
@@ -145,6 +146,7 @@ impl AuditLog {
             events: db.open_tree("events")?,
             meta: db.open_tree("sm_meta")?,
             snapshot: db.open_tree("snapshot")?,
+            snapshot_dir: dir.join(SNAPSHOT_DIR),
             raft_meta: db.open_tree("raft_meta")?,
             _db: db,
         })
@@ -175,21 +177,13 @@ impl AuditLog {
     }
 
     pub fn snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
-        let Some(data) = self.snapshot.get(SNAPSHOT_DATA)? else {
-            return Ok(None);
-        };
-        let p: SnapshotPayload<State> = from_json("snapshot", &data)?;
-        if p.format != SNAPSHOT_FORMAT {
-            return Err(StoreError::corrupt(
-                "snapshot",
-                format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
-            ));
-        }
-        Ok(Some(StoredSnapshot {
-            last_seq: p.last_seq,
-            chain_head: p.chain_head,
-            state: p.state,
-        }))
+        Ok(
+            read_stored(&self.snapshot, &self.snapshot_dir)?.map(|(h, state)| StoredSnapshot {
+                last_seq: h.last_seq,
+                chain_head: h.chain_head,
+                state,
+            }),
+        )
     }
 
     /// The applied events with `from <= seq <= to`, in order, decoded (not hash-checked; see

@@ -18,7 +18,7 @@
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
-//! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
+//! | `snapshot` | `meta` / `file` | serde_json `SnapshotMeta` / name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's JSON `data` is converted at open) |
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
 //! through [`EventLog::read_records`] and [`AppliedEvents::hashes`]. [`audit`] reads a data
@@ -31,6 +31,7 @@ mod error;
 mod flush;
 mod log_store;
 pub mod segment;
+pub mod snapfile;
 mod state_machine;
 mod types;
 pub mod wire;
@@ -59,7 +60,7 @@ impl Store {
         let db = sled::Config::new().path(dir).open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
         let log = LogStore::open(&db, flusher.clone())?;
-        let sm = StateMachine::open(&db, flusher)?;
+        let sm = StateMachine::open(&db, flusher, dir.join(state_machine::SNAPSHOT_DIR))?;
         Ok((log, sm))
     }
 }

@@ -18,7 +18,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = MusterNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -139,7 +139,10 @@ async fn restart_is_snapshot_plus_event_tail() {
     assert_eq!(reader.last_seq(), want_events.len() as u64);
     let current = node.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snap.meta);
-    assert_eq!(current.snapshot.into_inner(), snap.snapshot.into_inner());
+    assert_eq!(
+        bytes_of(current.snapshot).await,
+        bytes_of(snap.snapshot).await
+    );
 }
 
 #[tokio::test]
@@ -162,8 +165,10 @@ async fn installed_snapshot_starts_the_event_log_at_its_seq() {
     follower.propose(register(0, 2, 0)).await;
     let reader = follower.sm.reader();
     let mut rx = reader.subscribe();
+    // Received as openraft does: the leader's file copied into the follower's receiving file.
     let mut buf = follower.sm.begin_receiving_snapshot().await.unwrap();
-    *buf = *snap.snapshot;
+    let mut from = snap.snapshot;
+    tokio::io::copy(&mut from, &mut *buf).await.unwrap();
     follower.sm.install_snapshot(&snap.meta, buf).await.unwrap();
     assert!(matches!(
         rx.try_recv().unwrap(),
@@ -248,4 +253,92 @@ async fn crash_recovery() {
         events_of(&reader),
         (1..).zip(want_events).collect::<Vec<_>>()
     );
+}
+
+/// The whole content of a snapshot file, from its start.
+#[allow(clippy::unwrap_used)]
+async fn bytes_of(mut file: Box<tokio::fs::File>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    file.rewind().await.unwrap();
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+/// A data directory of a release before snapshot files (a format-2 JSON snapshot in the
+/// `snapshot` tree) still starts: the JSON is read once, written as a snapshot file and removed,
+/// and the state is the snapshot plus the tail.
+#[tokio::test]
+async fn an_old_json_snapshot_is_converted_into_a_file_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmds = workload();
+    let (want_state, _) = expected(&cmds);
+    let half = cmds.len() / 2;
+
+    let mut node = Node::open(dir.path()).await;
+    for c in &cmds[..half] {
+        node.propose(c.clone()).await;
+    }
+    let reader = node.sm.reader();
+    let (snap_seq, head) = reader.chain_head();
+    let last_applied = reader.last_applied();
+    let membership = reader.membership();
+    let half_state = reader.read(|s| s.clone());
+    for c in &cmds[half..] {
+        node.propose(c.clone()).await;
+    }
+    drop(reader);
+    drop(node);
+
+    // What an older release stored: meta + serde_json payload, no file; the events the
+    // snapshot covers are gone, so the state can only come from it.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let snapshot = db.open_tree("snapshot").unwrap();
+        snapshot.clear().unwrap();
+        let meta = openraft::SnapshotMeta::<u64, muster_store::MusterNode> {
+            last_log_id: last_applied,
+            last_membership: membership.clone(),
+            snapshot_id: "old-1".into(),
+        };
+        snapshot
+            .insert("meta", serde_json::to_vec(&meta).unwrap())
+            .unwrap();
+        let payload = serde_json::json!({
+            "format": 2,
+            "last_applied": last_applied,
+            "membership": membership,
+            "last_seq": snap_seq,
+            "chain_head": head,
+            "state": half_state,
+        });
+        snapshot
+            .insert("data", serde_json::to_vec(&payload).unwrap())
+            .unwrap();
+        let events = db.open_tree("events").unwrap();
+        for seq in 1..=snap_seq {
+            events.remove(seq.to_be_bytes()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir.path().join("snapshots"));
+
+    let mut node = Node::open(dir.path()).await;
+    assert_eq!(node.sm.reader().read(|s| s.clone()), want_state);
+    let current = node.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, "old-1");
+    assert_eq!(&bytes_of(current.snapshot).await[..8], b"MUSTSNAP");
+    drop(node);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let snapshot = db.open_tree("snapshot").unwrap();
+        assert!(
+            snapshot.get("data").unwrap().is_none(),
+            "the JSON is removed"
+        );
+        assert!(snapshot.get("file").unwrap().is_some());
+    }
+    // And it starts again from the file.
+    let node = Node::open(dir.path()).await;
+    assert_eq!(node.sm.reader().read(|s| s.clone()), want_state);
 }

@@ -1,0 +1,466 @@
+//! Building, storing and installing snapshots: files in the data directory's `snapshots/`
+//! folder in the format of [`crate::snapfile`], named in the `snapshot` tree.
+//!
+//! A snapshot is a file rather than a sled value so that it is written, sent (openraft reads the
+//! leader's file in chunks at offsets) and received (into an anonymous temporary file from
+//! [`begin_receiving`]) without ever being one buffer in memory; the install decodes it one
+//! record at a time. Only the current snapshot's file is kept: openraft may still be sending an
+//! older one to a follower, through a handle that outlives the unlinked file.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+
+use openraft::storage::{RaftSnapshotBuilder, Snapshot};
+use openraft::SnapshotMeta;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::{
+    read_json, Applied, Shared, StateMachine, StateUpdate, CHAIN_HEAD, FIRST_SEQ, LAST_APPLIED,
+    LAST_SEQ, MEMBERSHIP,
+};
+use crate::chain::Hash;
+use crate::codec::{to_json, u64_key};
+use crate::error::{Op, RaftResult, StoreError};
+use crate::snapfile::{read_snapshot, write_snapshot, SnapshotHeader, CARRIED_TREES};
+use crate::types::{LogId, MusterNode, StorageError, StoredMembership, TypeConfig};
+
+pub(crate) const SNAPSHOT_META: &[u8] = b"meta";
+/// The current snapshot's file name (in `snapshots/`).
+pub(crate) const SNAPSHOT_FILE: &[u8] = b"file";
+/// A snapshot of format 2 (serde_json of [`SnapshotPayload`]), from releases before snapshot
+/// files; `open` converts it into a file once and removes it.
+pub(crate) const SNAPSHOT_DATA: &[u8] = b"data";
+
+/// The format of a [`SnapshotPayload`] stored under [`SNAPSHOT_DATA`].
+pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
+
+/// The folder of snapshot files inside a data directory.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Writes go through a buffer of this size; reads too.
+const IO_BUFFER: usize = 1 << 20;
+
+/// A format-2 snapshot: serde_json of this struct in one sled value (read only, to convert it).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SnapshotPayload<S> {
+    pub(crate) format: u32,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+    /// The seq of the newest event the state includes.
+    pub(crate) last_seq: u64,
+    /// The hash-chain link of event `last_seq` (the genesis hash when it is 0).
+    pub(crate) chain_head: Hash,
+    pub(crate) state: S,
+}
+
+/// The file name for a snapshot id: ids come from the leader, so anything but letters, digits
+/// and `-` is replaced rather than trusted as a path.
+fn file_name(snapshot_id: &str) -> String {
+    let safe: String = snapshot_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.snap")
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes a snapshot file of `state` at `header` as `dir/name` (through `name.tmp`, renamed
+/// once synced); returns its size.
+pub(crate) fn write_file(
+    dir: &Path,
+    name: &str,
+    header: &SnapshotHeader,
+    state: &muster_domain::State,
+    db: &sled::Db,
+) -> Result<u64, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let file = File::create(&tmp)?;
+    let trees = CARRIED_TREES
+        .iter()
+        .map(|n| Ok((*n, db.open_tree(n)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let tree_refs: Vec<(&str, &sled::Tree)> = trees.iter().map(|(n, t)| (*n, t)).collect();
+    let mut out = BufWriter::with_capacity(IO_BUFFER, file);
+    let bytes = write_snapshot(&mut out, header, state, &tree_refs)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| StoreError::Io(e.into_error()))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)?;
+    Ok(bytes)
+}
+
+/// Reads the snapshot file `dir/name`.
+pub(crate) fn read_file(
+    dir: &Path,
+    name: &str,
+) -> Result<(SnapshotHeader, muster_domain::State), StoreError> {
+    let file = File::open(dir.join(name))?;
+    // The trees it carries are in sled already (the file was written from them, or installed
+    // into them): skip its entries.
+    read_snapshot(
+        BufReader::with_capacity(IO_BUFFER, file),
+        CARRIED_TREES,
+        |_| Ok(()),
+        |_, _, _| Ok(()),
+    )
+}
+
+/// Deletes every snapshot file in `dir` but `keep` (and files being written).
+fn remove_others(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name != keep && name.ends_with(".snap") {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(file = name, "could not delete an old snapshot file: {err}");
+            }
+        }
+    }
+}
+
+/// Names `file` (with `meta`) as the current snapshot unless a newer one is stored, then
+/// flushes and deletes the other files. Returns whether it became the current one.
+fn store_snapshot(
+    shared: &Shared,
+    meta: &SnapshotMeta<u64, MusterNode>,
+    file: &str,
+) -> Result<bool, StoreError> {
+    let _only_one = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let current: Option<SnapshotMeta<u64, MusterNode>> =
+        read_json(&shared.snapshot, SNAPSHOT_META)?;
+    if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
+        let _ = std::fs::remove_file(shared.snapshot_dir.join(file));
+        return Ok(false);
+    }
+    let mut batch = sled::Batch::default();
+    batch.insert(SNAPSHOT_META, to_json(meta)?);
+    batch.insert(SNAPSHOT_FILE, file.as_bytes());
+    batch.remove(SNAPSHOT_DATA);
+    shared.snapshot.apply_batch(batch)?;
+    shared.flusher.flush_blocking()?;
+    remove_others(&shared.snapshot_dir, file);
+    Ok(true)
+}
+
+/// Opens a snapshot file as openraft's `SnapshotData`.
+fn open_data(path: &Path) -> Result<Box<tokio::fs::File>, StoreError> {
+    Ok(Box::new(tokio::fs::File::from_std(File::open(path)?)))
+}
+
+pub(super) fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
+    let started = std::time::Instant::now();
+    // Clone under the lock, serialise outside it, so applying waits for the clone only.
+    let (state, header) = {
+        let a = shared.read();
+        (
+            a.state.clone(),
+            SnapshotHeader {
+                last_applied: a.last_applied,
+                membership: a.membership.clone(),
+                last_seq: a.last_seq,
+                chain_head: a.head,
+            },
+        )
+    };
+    let cloned = started.elapsed();
+    let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
+    let snapshot_id = match header.last_applied {
+        Some(l) => format!(
+            "{}-{}-{}-{n}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("none-{n}"),
+    };
+    let name = file_name(&snapshot_id);
+    let bytes = write_file(&shared.snapshot_dir, &name, &header, &state, &shared.db)?;
+    drop(state);
+    let meta = SnapshotMeta {
+        last_log_id: header.last_applied,
+        last_membership: header.membership,
+        snapshot_id,
+    };
+    // Opened before it is named current: a newer snapshot stored meanwhile deletes the file,
+    // and the handle still reads it.
+    let data = open_data(&shared.snapshot_dir.join(&name))?;
+    store_snapshot(shared, &meta, &name)?;
+    if let Some(m) = shared.metrics.get() {
+        let r = m.raft();
+        r.snapshot_builds.inc();
+        r.snapshot_size
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        r.snapshot_build.observe(started.elapsed().as_secs_f64());
+    }
+    tracing::info!(
+        snapshot_id = %meta.snapshot_id,
+        last_seq = header.last_seq,
+        bytes,
+        clone_ms = cloned.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "built a snapshot"
+    );
+    Ok(Snapshot {
+        meta,
+        snapshot: data,
+    })
+}
+
+/// Where a snapshot from the leader is received: an anonymous file in `snapshots/` (unlinked at
+/// once, so an interrupted transfer leaves nothing behind), written by openraft at the offsets
+/// of the chunks.
+pub(super) fn begin_receiving(shared: &Shared) -> Result<Box<tokio::fs::File>, StoreError> {
+    std::fs::create_dir_all(&shared.snapshot_dir)?;
+    let file = tempfile::tempfile_in(&shared.snapshot_dir)?;
+    Ok(Box::new(tokio::fs::File::from_std(file)))
+}
+
+/// Copies what it reads into `copy`: the install decodes the received file and writes the
+/// snapshot file it keeps in one pass.
+struct Tee<R, W> {
+    from: R,
+    copy: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.from.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Writes the entries of carried trees into sled as an install reads them, in batches.
+struct TreeLoader<'a> {
+    db: &'a sled::Db,
+    current: Option<(sled::Tree, sled::Batch, usize)>,
+}
+
+impl TreeLoader<'_> {
+    const BATCH: usize = 10_000;
+
+    /// Empties tree `name`, whose entries come next.
+    fn start(&mut self, name: &str) -> Result<(), StoreError> {
+        self.finish()?;
+        let tree = self.db.open_tree(name)?;
+        tree.clear()?;
+        self.current = Some((tree, sled::Batch::default(), 0));
+        Ok(())
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let Some((tree, batch, n)) = &mut self.current else {
+            return Ok(());
+        };
+        batch.insert(key, value);
+        *n += 1;
+        if *n >= Self::BATCH {
+            tree.apply_batch(std::mem::take(batch))?;
+            *n = 0;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left of the current tree.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        if let Some((tree, batch, _)) = self.current.take() {
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces state, `sm_meta` and the stored snapshot with the leader's snapshot (read from
+/// `received`), and drops the local events: from here on this replica's event log starts at the
+/// snapshot's `last_seq + 1` (`first_seq_available`), because the events before it were never
+/// sent here.
+pub(super) fn install_snapshot(
+    shared: &Shared,
+    meta: &SnapshotMeta<u64, MusterNode>,
+    mut received: File,
+) -> Result<(), StoreError> {
+    received.rewind()?;
+    let dir = &shared.snapshot_dir;
+    std::fs::create_dir_all(dir)?;
+    let name = file_name(&meta.snapshot_id);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut tee = Tee {
+        from: BufReader::with_capacity(IO_BUFFER, received),
+        copy: BufWriter::with_capacity(IO_BUFFER, File::create(&tmp)?),
+    };
+    // Carried trees are replaced as they stream in (a replica installing a snapshot is behind
+    // anyway; its readers may see the new rows a moment before the new state).
+    let loader = std::cell::RefCell::new(TreeLoader {
+        db: &shared.db,
+        current: None,
+    });
+    let result = read_snapshot(
+        &mut tee,
+        CARRIED_TREES,
+        |name| loader.borrow_mut().start(name),
+        |_, k, v| loader.borrow_mut().insert(k, v),
+    );
+    let (header, state) = match result.and_then(|r| loader.borrow_mut().finish().map(|()| r)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let file = tee
+        .copy
+        .into_inner()
+        .map_err(|e| StoreError::Io(e.into_error()))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(&name))?;
+    sync_dir(dir)?;
+
+    let last_seq = header.last_seq;
+    let first_seq_available = last_seq + 1;
+
+    let _only_one = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut guard = shared.write();
+
+    let mut snap_batch = sled::Batch::default();
+    snap_batch.insert(SNAPSHOT_META, to_json(meta)?);
+    snap_batch.insert(SNAPSHOT_FILE, name.as_bytes());
+    snap_batch.remove(SNAPSHOT_DATA);
+    let mut meta_batch = sled::Batch::default();
+    meta_batch.insert(LAST_APPLIED, to_json(&meta.last_log_id)?);
+    meta_batch.insert(MEMBERSHIP, to_json(&meta.last_membership)?);
+    meta_batch.insert(LAST_SEQ, &u64_key(last_seq));
+    meta_batch.insert(FIRST_SEQ, &u64_key(first_seq_available));
+    meta_batch.insert(CHAIN_HEAD, &header.chain_head);
+    (&shared.snapshot, &shared.meta)
+        .transaction(|(snap, sm_meta)| {
+            snap.apply_batch(&snap_batch)?;
+            sm_meta.apply_batch(&meta_batch)?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+        .map_err(sled_tx_error)?;
+    shared.flusher.flush_blocking()?;
+
+    let old = std::mem::replace(
+        &mut *guard,
+        Applied {
+            state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            last_seq,
+            head: header.chain_head,
+            first_seq_available,
+        },
+    );
+    // Every local event is older than the snapshot (openraft installs only snapshots newer than
+    // what was applied). If this stops half-way, `open` finishes it.
+    shared.events.clear()?;
+    drop(guard);
+    // The old state is freed outside the lock.
+    drop(old);
+    remove_others(dir, &name);
+
+    let _ = shared
+        .updates
+        .send(StateUpdate::SnapshotInstalled { last_seq });
+    // An operator watching a lagging replica catch up sees it here: its log now starts after
+    // the snapshot (earlier events are only on the members that applied them).
+    tracing::info!(
+        snapshot_id = %meta.snapshot_id,
+        last_seq,
+        "installed a snapshot from the leader; this replica's event log starts at seq {first_seq_available}"
+    );
+    Ok(())
+}
+
+pub(super) fn current_snapshot(
+    shared: &Shared,
+) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+    let _only_one = shared
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let meta: Option<SnapshotMeta<u64, MusterNode>> = read_json(&shared.snapshot, SNAPSHOT_META)?;
+    let file = shared.snapshot.get(SNAPSHOT_FILE)?;
+    Ok(match (meta, file) {
+        (Some(meta), Some(file)) => {
+            let name = std::str::from_utf8(&file)
+                .map_err(|_| StoreError::corrupt("snapshot", "a file name that is not UTF-8"))?;
+            Some(Snapshot {
+                meta,
+                snapshot: open_data(&shared.snapshot_dir.join(name))?,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The snapshot stored in a data directory whose `snapshot` tree is `snapshot` and whose
+/// snapshot folder is `dir`:
+/// its file, or the JSON of an older release not yet converted (read only: offline tools do not
+/// write). `None` if there is none.
+pub(crate) fn read_stored(
+    snapshot: &sled::Tree,
+    dir: &Path,
+) -> Result<Option<(SnapshotHeader, muster_domain::State)>, StoreError> {
+    if let Some(f) = snapshot.get(SNAPSHOT_FILE)? {
+        let name = std::str::from_utf8(&f)
+            .map_err(|_| StoreError::corrupt("snapshot", "a file name that is not UTF-8"))?;
+        return read_file(dir, name).map(Some);
+    }
+    let Some(data) = snapshot.get(SNAPSHOT_DATA)? else {
+        return Ok(None);
+    };
+    let p: SnapshotPayload<muster_domain::State> = crate::codec::from_json("snapshot", &data)?;
+    if p.format != SNAPSHOT_FORMAT {
+        return Err(StoreError::corrupt(
+            "snapshot",
+            format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
+        ));
+    }
+    let header = SnapshotHeader {
+        last_applied: p.last_applied,
+        membership: p.membership,
+        last_seq: p.last_seq,
+        chain_head: p.chain_head,
+    };
+    Ok(Some((header, p.state)))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.blocking(build_snapshot).await.raft(Op::WriteSnapshot)
+    }
+}
+
+fn sled_tx_error(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => StoreError::Sled(e),
+        TransactionError::Abort(()) => StoreError::corrupt("transaction", "aborted"),
+    }
+}

@@ -1,0 +1,170 @@
+//! The snapshot file format (`muster_store::snapfile`): golden bytes, round trips, carried trees,
+//! and damaged files as errors.
+//!
+//! `tests/golden/snapshot_v3.hex` holds the bytes of the workload's state at format 3. If the
+//! test fails on the bytes, a record's encoding changed: if files of this format can no longer
+//! be read (a field renamed or retyped, a field added without `#[serde(default)]`), bump
+//! `snapfile::FORMAT` and keep a reader for the old one; if the change is compatible (a field
+//! added with a default), delete the file and run
+//! `MUSTER_UPDATE_GOLDEN=1 cargo test -p muster-store --test snapfile` to regenerate it. The
+//! stored bytes must always decode (the first check).
+
+// Helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{expected, workload};
+use muster_domain::State;
+use muster_store::chain::GENESIS;
+use muster_store::snapfile::{read_snapshot, write_snapshot, SnapshotHeader, MAGIC};
+use muster_store::{LogId, StoredMembership};
+use openraft::CommittedLeaderId;
+
+fn header(last_seq: u64) -> SnapshotHeader {
+    SnapshotHeader {
+        last_applied: Some(LogId::new(CommittedLeaderId::new(3, 1), 42)),
+        membership: StoredMembership::default(),
+        last_seq,
+        chain_head: [7; 32],
+    }
+}
+
+fn encode(state: &State, trees: &[(&str, &sled::Tree)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let n = write_snapshot(&mut out, &header(99), state, trees).unwrap();
+    assert_eq!(
+        n,
+        out.len() as u64,
+        "the size it reports is the size it wrote"
+    );
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, State), muster_store::StoreError> {
+    read_snapshot(bytes, &[], |_| Ok(()), |_, _, _| Ok(()))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(32) {
+        for b in chunk {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn from_hex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn golden_bytes_of_format_3() {
+    let (state, _) = expected(&workload());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v3.hex");
+    if !path.exists() && std::env::var("MUSTER_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, to_hex(&encode(&state, &[]))).unwrap();
+    }
+    let golden = from_hex(&std::fs::read_to_string(&path).unwrap());
+    // Files written at this format stay readable: the promise.
+    let (h, decoded) = decode(&golden).unwrap();
+    assert_eq!(h, header(99));
+    assert_eq!(decoded, state);
+    // And this release writes exactly those bytes (see the module docs when this fails).
+    assert!(
+        encode(&state, &[]) == golden,
+        "the encoding of the snapshot changed; see tests/snapfile.rs"
+    );
+}
+
+#[test]
+fn a_state_round_trips_and_starts_with_the_magic() {
+    let (state, _) = expected(&workload());
+    let bytes = encode(&state, &[]);
+    assert_eq!(&bytes[..8], MAGIC);
+    let (h, decoded) = decode(&bytes).unwrap();
+    assert_eq!(h, header(99));
+    assert_eq!(decoded, state);
+    let empty = encode(&State::default(), &[]);
+    assert_eq!(decode(&empty).unwrap().1, State::default());
+    let mut h0 = header(0);
+    h0.chain_head = GENESIS;
+    let mut out = Vec::new();
+    write_snapshot(&mut out, &h0, &State::default(), &[]).unwrap();
+    assert_eq!(decode(&out).unwrap().0, h0);
+}
+
+#[test]
+fn carried_trees_travel_with_the_state() {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let cold = db.open_tree("cold").unwrap();
+    for i in 0u32..1000 {
+        cold.insert(i.to_be_bytes(), format!("row {i}").as_bytes())
+            .unwrap();
+    }
+    let index = db.open_tree("index").unwrap();
+    index.insert(b"", b"empty key").unwrap();
+    let (state, _) = expected(&workload());
+    let bytes = encode(&state, &[("cold", &cold), ("index", &index)]);
+
+    let mut got: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut trees = Vec::new();
+    let (_, decoded) = read_snapshot(
+        bytes.as_slice(),
+        &["cold", "index"],
+        |name| {
+            trees.push(name.to_string());
+            Ok(())
+        },
+        |name, k, v| {
+            got.push((name.to_string(), k.to_vec(), v.to_vec()));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(decoded, state);
+    assert_eq!(trees, ["cold", "index"]);
+    let want: Vec<(String, Vec<u8>, Vec<u8>)> = cold
+        .iter()
+        .map(|kv| kv.unwrap())
+        .map(|(k, v)| ("cold".to_string(), k.to_vec(), v.to_vec()))
+        .chain([("index".to_string(), Vec::new(), b"empty key".to_vec())])
+        .collect();
+    assert_eq!(got, want);
+    // A reader that does not know a tree refuses the file rather than dropping it.
+    assert!(read_snapshot(bytes.as_slice(), &["cold"], |_| Ok(()), |_, _, _| Ok(())).is_err());
+}
+
+#[test]
+fn damaged_or_truncated_files_are_errors_not_states() {
+    let (state, _) = expected(&workload());
+    let bytes = encode(&state, &[]);
+    // Every truncation fails (the end frame is missing or cut).
+    for len in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
+        assert!(decode(&bytes[..len]).is_err(), "truncated to {len} bytes");
+    }
+    // A flipped bit anywhere fails (magic, format, a frame header or a checksummed payload).
+    for at in (0..bytes.len()).step_by(89) {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        assert!(decode(&bad).is_err(), "bit flipped at {at}");
+    }
+    // Trailing bytes after the end frame fail too.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(decode(&longer).is_err());
+    // Another format version is named in the error.
+    let mut other = bytes;
+    other[11] = 2;
+    let e = decode(&other).unwrap_err().to_string();
+    assert!(e.contains("format 2"), "{e}");
+}
