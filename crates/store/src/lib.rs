@@ -28,6 +28,7 @@ pub mod audit;
 pub mod chain;
 mod codec;
 mod error;
+mod event_index;
 mod flush;
 mod log_store;
 pub mod segment;
@@ -40,7 +41,8 @@ use std::path::Path;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::{
-    AppliedEvents, ApplyTrace, EventLog, StateMachine, StateReader, StateUpdate, StoredEvent,
+    scan_records, AppliedEvents, ApplyTrace, EventLog, StateMachine, StateReader, StateUpdate,
+    StoredEvent,
 };
 pub use types::{
     AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use muster_domain::{evolve, Event, Principal, State};
+use muster_types::{DeviceId, JobId};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, SnapshotMeta};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,7 @@ use crate::codec::{
     principal_text, to_json, u64_key,
 };
 use crate::error::{Op, RaftResult, StoreError};
+use crate::event_index::{self, EventIndex, IndexBatch};
 use crate::flush::GroupFlusher;
 use crate::segment::{raw_records, Segment, SegmentBuilder, SEGMENT_MAX};
 use crate::types::{
@@ -179,12 +181,54 @@ pub trait EventLog {
             .map(|r| (r.seq, r.event))
             .collect())
     }
+    /// Up to `limit` stored events of `job` with seq >= `from_seq`, in order. The store reads
+    /// them through its per-job index (cost: what the job wrote); this default walks the log.
+    fn read_job_records(
+        &self,
+        job: &JobId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        scan_records(self, from_seq, limit, |e| e.job() == Some(job))
+    }
+    /// Like [`read_job_records`](Self::read_job_records), for one device's events.
+    fn read_device_records(
+        &self,
+        device: &DeviceId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        scan_records(self, from_seq, limit, |e| e.device() == Some(device))
+    }
+}
+
+/// Up to `limit` records from `from_seq` on whose event `keep`s, walking the whole log.
+pub fn scan_records<L: EventLog + ?Sized>(
+    log: &L,
+    from_seq: u64,
+    limit: usize,
+    keep: impl Fn(&Event) -> bool,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::new();
+    let mut from = from_seq.max(log.first_seq_available());
+    while out.len() < limit {
+        let chunk = log.read_records(from, 1024)?;
+        let Some(last) = chunk.last().map(|r| r.seq) else {
+            break;
+        };
+        from = last + 1;
+        out.extend(chunk.into_iter().filter(|r| keep(&r.event)));
+    }
+    out.truncate(limit);
+    Ok(out)
 }
 
 #[derive(Debug)]
 struct Shared {
     applied: RwLock<Applied>,
     events: sled::Tree,
+    /// Per-job and per-device entries over `events` (see [`crate::event_index`]).
+    index: EventIndex,
     meta: sled::Tree,
     snapshot: sled::Tree,
     flusher: Arc<GroupFlusher>,
@@ -313,6 +357,48 @@ impl EventLog for StateReader {
             })
             .collect()
     }
+
+    fn read_job_records(
+        &self,
+        job: &JobId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_indexed(event_index::Kind::Job, job.as_str(), from_seq, limit)
+    }
+
+    fn read_device_records(
+        &self,
+        device: &DeviceId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_indexed(event_index::Kind::Device, device.as_str(), from_seq, limit)
+    }
+}
+
+impl StateReader {
+    fn read_indexed(
+        &self,
+        kind: event_index::Kind,
+        id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // Only what the applied metadata covers (see `apply_entries`).
+        let (first, last_seq) = {
+            let a = self.shared.read();
+            (a.first_seq_available, a.last_seq)
+        };
+        self.shared.index.read(
+            &self.shared.events,
+            kind,
+            id,
+            from_seq.max(first),
+            last_seq,
+            limit,
+        )
+    }
 }
 
 /// The stored record under key `seq`, checking that it is the one the key says.
@@ -378,6 +464,7 @@ impl StateMachine {
     /// tail after it.
     pub(crate) fn open(db: &sled::Db, flusher: Arc<GroupFlusher>) -> Result<Self, StoreError> {
         let events = db.open_tree("events")?;
+        let index = EventIndex::open(db)?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
 
@@ -494,6 +581,9 @@ impl StateMachine {
                 ),
             ));
         }
+        if !EventIndex::is_complete(&meta)? {
+            event_index::build(&index, &events, &meta, first_seq_available, last_seq)?;
+        }
         tracing::info!(
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
@@ -514,6 +604,7 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 events,
+                index,
                 meta,
                 snapshot,
                 flusher,
@@ -609,6 +700,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
     let mut guard = shared.write();
     let applied = &mut *guard;
     let mut published = Vec::new();
+    let mut index = IndexBatch::default();
     let mut responses = Vec::with_capacity(entries.len());
     // Inserting the events into sled costs about twice what deciding and evolving them does, so
     // a large apply hands its events to a writer thread in chunks while it goes on with the next
@@ -641,6 +733,7 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                                 hashes.push(hash);
                             }
                             writer.end_command();
+                            index.add_command(first_seq, &events);
                             if !events.is_empty() {
                                 published.push(AppliedEvents {
                                     first_seq,
@@ -663,6 +756,8 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
         }
         writer.finish()
     })?;
+    // Like the events: before the metadata that lets readers see them.
+    index.write(&shared.index)?;
 
     let mut meta_batch = sled::Batch::default();
     meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);
@@ -936,6 +1031,7 @@ fn install_snapshot(
     // Every local event is older than the snapshot (openraft installs only snapshots newer than
     // what was applied). If this stops half-way, `open` finishes it.
     shared.events.clear()?;
+    shared.index.clear()?;
     drop(guard);
 
     let _ = shared
