@@ -8,8 +8,8 @@
 //! | `events_by_job` | id length u16, job id, first seq u64 | count u32 |
 //! | `events_by_device` | id length u16, device id, first seq u64 | count u32 |
 //!
-//! An entry names a *run*: `count` consecutive seqs from `first seq` that all belong to the id,
-//! all written by one command. A command's events of one job are usually consecutive (a
+//! An entry names a *run*: `count` consecutive seqs from `first seq` that all belong to the id
+//! (written by one command, or one chunk of a back-fill or of [`build`]). A command's events of one job are usually consecutive (a
 //! thousand results are one run), so the job index costs about one insert per command; a
 //! device's events are mostly alone (a run of one). The length prefix keeps `ab` from sorting
 //! inside `a`'s keys.
@@ -204,9 +204,12 @@ impl EventIndex {
                 Ok((key_seq(&k)?, value_count(&v)?))
             },
         );
+        // Runs never overlap when written by applies; a back-fill resumed after a crash may
+        // cut the same seqs into other runs, so a seq already read is not read again.
+        let mut after = 0u64;
         for run in straddling.map(Ok).into_iter().chain(rest) {
             let (start, count) = run?;
-            let first = start.max(from);
+            let first = start.max(from).max(after);
             let last = (start + count - 1).min(to);
             for r in raw_records(events, first, last) {
                 let r = r?;
@@ -215,6 +218,7 @@ impl EventIndex {
                     Kind::Job => stored.event.job().map(|j| j.as_str()) == Some(id),
                     Kind::Device => stored.event.device().map(|d| d.as_str()) == Some(id),
                 };
+                after = stored.seq + 1;
                 if !belongs {
                     continue;
                 }

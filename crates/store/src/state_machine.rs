@@ -59,7 +59,7 @@ pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const LAST_SEQ: &[u8] = b"last_seq";
 pub(crate) const FIRST_SEQ: &[u8] = b"first_seq";
-const CHAIN_HEAD: &[u8] = b"chain_head";
+pub(crate) const CHAIN_HEAD: &[u8] = b"chain_head";
 const SNAPSHOT_META: &[u8] = b"meta";
 pub(crate) const SNAPSHOT_DATA: &[u8] = b"data";
 
@@ -89,14 +89,14 @@ pub(crate) struct SnapshotPayload<S> {
 
 /// What the state machine has applied, in memory; readers share it through [`StateReader`].
 #[derive(Debug)]
-struct Applied {
-    state: State,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    last_seq: u64,
+pub(crate) struct Applied {
+    pub(crate) state: State,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+    pub(crate) last_seq: u64,
     /// The hash of event `last_seq`.
-    head: Hash,
-    first_seq_available: u64,
+    pub(crate) head: Hash,
+    pub(crate) first_seq_available: u64,
 }
 
 /// A change subscribers of [`StateReader::subscribe`] are told about, in apply order.
@@ -224,37 +224,37 @@ pub fn scan_records<L: EventLog + ?Sized>(
 }
 
 #[derive(Debug)]
-struct Shared {
-    applied: RwLock<Applied>,
-    events: sled::Tree,
+pub(crate) struct Shared {
+    pub(crate) applied: RwLock<Applied>,
+    pub(crate) events: sled::Tree,
     /// Per-job and per-device entries over `events` (see [`crate::event_index`]).
-    index: EventIndex,
-    meta: sled::Tree,
-    snapshot: sled::Tree,
-    flusher: Arc<GroupFlusher>,
-    updates: broadcast::Sender<StateUpdate>,
+    pub(crate) index: EventIndex,
+    pub(crate) meta: sled::Tree,
+    pub(crate) snapshot: sled::Tree,
+    pub(crate) flusher: Arc<GroupFlusher>,
+    pub(crate) updates: broadcast::Sender<StateUpdate>,
     /// Serialises writes to the `snapshot` tree, so a slow build cannot overwrite a newer one.
-    snapshot_lock: Mutex<()>,
+    pub(crate) snapshot_lock: Mutex<()>,
     /// Makes snapshot ids unique within this process.
-    snapshot_count: AtomicU64,
+    pub(crate) snapshot_count: AtomicU64,
     /// Device outcomes and snapshot builds are recorded here once a node sets it.
-    metrics: std::sync::OnceLock<muster_metrics::Metrics>,
+    pub(crate) metrics: std::sync::OnceLock<muster_metrics::Metrics>,
     /// Spans to parent the apply of a command under, by the address of its `Arc<Command>`
     /// (see [`StateReader::trace_apply`]); `traced` counts them so an apply with none skips
     /// the lock.
-    apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
-    traced: std::sync::atomic::AtomicUsize,
+    pub(crate) apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
+    pub(crate) traced: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
     // `Applied` is replaced or updated only while the write lock is held and no code in those
     // sections panics on purpose; a poisoned lock is still read rather than turned into a panic
     // in every reader.
-    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Applied> {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -269,7 +269,7 @@ pub struct StateMachine {
 /// A cheap, cloneable handle for reading the applied state and following the event log.
 #[derive(Debug, Clone)]
 pub struct StateReader {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl StateReader {
@@ -519,7 +519,12 @@ impl StateMachine {
         // metadata (the re-apply writes them again, possibly cut into other segments).
         let mut stale = sled::Batch::default();
         let mut before = 0usize;
-        for key in events.range(..u64_key(first_seq_available)).keys() {
+        // Below `kept_below`: a back-fill's verified records (see `crate::backfill`).
+        let kept_below = crate::backfill::kept_below(&meta)?.min(first_seq_available);
+        for key in events
+            .range(u64_key(kept_below)..u64_key(first_seq_available))
+            .keys()
+        {
             stale.remove(key?);
             before += 1;
         }
@@ -1011,6 +1016,9 @@ fn install_snapshot(
     meta_batch.insert(LAST_SEQ, &u64_key(last_seq));
     meta_batch.insert(FIRST_SEQ, &u64_key(first_seq_available));
     meta_batch.insert(CHAIN_HEAD, &payload.chain_head);
+    // A back-fill in progress wanted history up to the old snapshot; it starts over.
+    meta_batch.remove(crate::backfill::NEXT);
+    meta_batch.remove(crate::backfill::PREV);
     (&shared.snapshot, &shared.meta)
         .transaction(|(snap, sm_meta)| {
             snap.apply_batch(&snap_batch)?;
