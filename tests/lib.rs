@@ -1078,3 +1078,20 @@ pub fn artifacts_dir(name: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Runs `muster cluster ARGS --endpoint ENDPOINT --output json` and returns the status it prints.
+pub async fn cluster_cmd(endpoint: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = tokio::process::Command::from(muster_cmd()?)
+        .arg("cluster")
+        .args(args)
+        .args(["--endpoint", endpoint, "--output", "json"])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "muster cluster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}

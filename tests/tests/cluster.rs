@@ -153,21 +153,8 @@ fn mqtt_url() -> String {
     std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
 }
 
-/// Runs `muster cluster ARGS --endpoint ENDPOINT --output json` and returns the status it prints.
 async fn cluster_cmd(endpoint: &str, args: &[&str]) -> Value {
-    let out = tokio::process::Command::from(muster_tests::muster_cmd().unwrap())
-        .arg("cluster")
-        .args(args)
-        .args(["--endpoint", endpoint, "--output", "json"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "muster cluster {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    muster_tests::cluster_cmd(endpoint, args).await.unwrap()
 }
 
 /// `(id, role)` of every member in a status document.

@@ -73,6 +73,25 @@ impl EventFilter {
     }
 }
 
+/// The one id a filter's events can be read by through the store's index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Indexed {
+    Job(JobId),
+    Device(DeviceId),
+}
+
+impl EventFilter {
+    /// The index to read when every matching event has one job (or, with no job listed, one
+    /// device): one job's or device's events instead of the whole log. `None`: walk the log.
+    pub fn indexed(&self) -> Option<Indexed> {
+        match (self.jobs.as_slice(), self.devices.as_slice()) {
+            ([job], _) => Some(Indexed::Job(job.clone())),
+            ([], [device]) => Some(Indexed::Device(device.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// The event's own JSON (`{"DeviceFailed": {...}}`), as `muster audit export` writes `body`.
 pub fn event_body(event: &Event) -> Value {
     serde_json::to_value(event).unwrap_or_else(|e| {

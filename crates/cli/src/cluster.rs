@@ -77,6 +77,7 @@ fn to_json(s: &pb::ClusterStatus) -> serde_json::Value {
             "lastAppliedIndex": m.last_applied_index,
             "matchedIndex": m.matched_index,
             "snapshotIndex": m.snapshot_index,
+            "historyFromSeq": opt(m.history_from_seq),
             "lag": m.lag,
         })).collect::<Vec<_>>(),
     })

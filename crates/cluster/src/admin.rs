@@ -61,6 +61,9 @@ pub(crate) struct LocalStatus {
     last_log_index: Option<u64>,
     last_applied: Option<u64>,
     snapshot: Option<u64>,
+    /// The oldest event seq this node holds (above 1 while a back-fill is still to finish).
+    #[serde(default)]
+    history_from: Option<u64>,
     /// On the leader: the last index each member is known to have replicated.
     replication: Option<BTreeMap<u64, Option<u64>>>,
 }
@@ -106,6 +109,9 @@ pub struct MemberStatus {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     pub snapshot: Option<u64>,
+    /// The oldest event seq the member holds: 1 when it has the whole history; later when it
+    /// joined from a snapshot and its back-fill (see `backfill`) has not finished.
+    pub history_from: Option<u64>,
     /// What the leader knows this member has replicated.
     pub matched: Option<u64>,
     /// Entries this member's applied state is behind the leader's log.
@@ -130,6 +136,9 @@ fn local_status(cluster: &Cluster) -> LocalStatus {
         last_log_index: m.last_log_index,
         last_applied: m.last_applied.map(|l| l.index),
         snapshot: m.snapshot.map(|l| l.index),
+        history_from: Some(muster_store::EventLog::first_seq_available(
+            cluster.reader(),
+        )),
         replication: m.replication.as_ref().map(|r| {
             r.iter()
                 .map(|(id, log)| (*id, log.map(|l| l.index)))
@@ -387,6 +396,7 @@ pub(crate) async fn status(cluster: &Cluster) -> ClusterStatus {
                 last_log_index: local.and_then(|s| s.last_log_index),
                 last_applied,
                 snapshot: local.and_then(|s| s.snapshot),
+                history_from: local.and_then(|s| s.history_from),
                 matched: replication
                     .as_ref()
                     .and_then(|r| r.get(&id).copied().flatten()),

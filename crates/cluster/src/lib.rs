@@ -27,6 +27,7 @@
 //! ([`Cluster::write`]), so a caller does not see "not leader" while a leader is reachable.
 
 mod admin;
+mod backfill;
 mod network;
 pub mod trace;
 
@@ -252,6 +253,7 @@ impl Cluster {
             cfg.metrics.clone(),
         ));
         tokio::spawn(publish_own_record(cluster.clone(), cfg.node.clone()));
+        tokio::spawn(backfill::run(cluster.clone()));
         Ok(cluster)
     }
 

@@ -36,7 +36,7 @@ use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
 
-use muster_store::{wire, CommandError, MusterNode, Request, TypeConfig};
+use muster_store::{wire, CommandError, HistoryChunk, MusterNode, Request, TypeConfig};
 
 use crate::admin::AdminRequest;
 use crate::{Cluster, ClusterError};
@@ -455,23 +455,7 @@ impl Forwarder {
         let context = |m: &dyn std::fmt::Display| format!("node {target} ({peer_addr}): {m}");
         let unavailable =
             |m: &dyn std::fmt::Display| Forwarded::Failed(ClusterError::Unavailable(context(m)));
-        let mut client = {
-            let mut clients = self
-                .clients
-                .lock()
-                .map_err(|_| Forwarded::Failed(ClusterError::Fatal("forwarder lock".into())))?;
-            match clients.get(peer_addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = self
-                        .dialer
-                        .connect(peer_addr)
-                        .map_err(|e| Forwarded::NotSent(context(&format!("bad address: {e}"))))?;
-                    clients.insert(peer_addr.to_string(), c.clone());
-                    c
-                }
-            }
-        };
+        let mut client = self.client(peer_addr, &context)?;
         let json = serde_json::to_vec(request).map_err(|e| unavailable(&e))?;
         let mut req = tonic::Request::new(RaftBytes {
             json,
@@ -498,7 +482,95 @@ impl Forwarder {
             serde_json::from_slice(&answer.json).map_err(|e| unavailable(&e))?;
         result.map_err(|e| Forwarded::Failed(e.into()))
     }
+
+    /// The client for `peer_addr`, connecting (lazily) the first time.
+    fn client(
+        &self,
+        peer_addr: &str,
+        context: &dyn Fn(&dyn std::fmt::Display) -> String,
+    ) -> Result<RaftServiceClient<Channel>, Forwarded> {
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| Forwarded::Failed(ClusterError::Fatal("forwarder lock".into())))?;
+        Ok(match clients.get(peer_addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self
+                    .dialer
+                    .connect(peer_addr)
+                    .map_err(|e| Forwarded::NotSent(context(&format!("bad address: {e}"))))?;
+                clients.insert(peer_addr.to_string(), c.clone());
+                c
+            }
+        })
+    }
+
+    /// Asks the member at `peer_addr` for up to `limit` stored event records from `from_seq`
+    /// on (the `History` RPC), for a back-fill. Any failure is a message for the log: the
+    /// caller tries another member.
+    pub(crate) async fn history(
+        &self,
+        peer_addr: &str,
+        from_seq: u64,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<HistoryChunk, String> {
+        let context = |m: &dyn std::fmt::Display| format!("{peer_addr}: {m}");
+        let mut client = self.client(peer_addr, &context).map_err(|e| match e {
+            Forwarded::NotSent(m) => m,
+            Forwarded::Failed(e) => e.to_string(),
+        })?;
+        let json =
+            serde_json::to_vec(&HistoryRequest { from_seq, limit }).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(RaftBytes {
+            json,
+            data: Vec::new(),
+        });
+        req.set_timeout(timeout);
+        let answer = match tokio::time::timeout(timeout, client.history(req)).await {
+            Err(_) => return Err(context(&format!("no answer within {timeout:?}"))),
+            Ok(Err(status)) => return Err(context(&status.message())),
+            Ok(Ok(a)) => a.into_inner(),
+        };
+        let header: Result<HistoryHeader, String> =
+            serde_json::from_slice(&answer.json).map_err(|e| context(&e))?;
+        let header = header.map_err(|e| context(&e))?;
+        let records = if answer.data.is_empty() {
+            Vec::new()
+        } else {
+            muster_store::segment::split_segment(&answer.data).map_err(|e| context(&e))?
+        };
+        if records.len() != header.count {
+            return Err(context(&format!(
+                "{} records announced, {} sent",
+                header.count,
+                records.len()
+            )));
+        }
+        Ok(HistoryChunk {
+            first_seq_available: header.first_seq_available,
+            records,
+        })
+    }
 }
+
+/// The `History` RPC's request.
+#[derive(Debug, Serialize, Deserialize)]
+struct HistoryRequest {
+    from_seq: u64,
+    limit: usize,
+}
+
+/// The `History` RPC's answer header; the records are in `RaftBytes.data`.
+#[derive(Debug, Serialize, Deserialize)]
+struct HistoryHeader {
+    first_seq_available: u64,
+    count: usize,
+}
+
+/// The most records one `History` answer carries.
+pub(crate) const HISTORY_MAX: usize = 4096;
 
 /// Whether a failed call certainly did not reach the other node: the connection could not be
 /// made. Anything else (a reset, a timeout) may have delivered the request.
@@ -648,6 +720,41 @@ impl RaftService for PeerService {
             .await
             .map_err(ForwardError::from);
         encode(&result)
+    }
+
+    async fn history(
+        &self,
+        req: tonic::Request<RaftBytes>,
+    ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
+        let request: HistoryRequest = decode(req)?;
+        let reader = self.cluster.reader().clone();
+        let limit = request.limit.min(HISTORY_MAX);
+        let read =
+            tokio::task::spawn_blocking(move || reader.history_records(request.from_seq, limit))
+                .await;
+        let chunk = match read {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => {
+                tracing::error!("History: reading the event log: {e}");
+                let answer: Result<HistoryHeader, String> =
+                    Err(format!("reading the event log failed: {e}"));
+                return encode(&answer);
+            }
+            Err(e) => return Err(tonic::Status::internal(format!("history reader: {e}"))),
+        };
+        let data = if chunk.records.is_empty() {
+            Vec::new()
+        } else {
+            muster_store::segment::join_segment(&chunk.records)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?
+        };
+        let header: Result<HistoryHeader, String> = Ok(HistoryHeader {
+            first_seq_available: chunk.first_seq_available,
+            count: chunk.records.len(),
+        });
+        let mut answer = encode(&header)?;
+        answer.get_mut().data = data;
+        Ok(answer)
     }
 }
 

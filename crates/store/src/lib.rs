@@ -17,7 +17,8 @@
 //! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command (format 2: after its principal) / JSON membership |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
-//! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
+//! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq`, `backfill_next` / `chain_head`, `backfill_prev` / `event_index` | serde_json / u64 / 32 bytes / format byte |
+//! | `events_by_job`, `events_by_device` | id length u16, id, first seq u64 | run length u32, see `event_index` |
 //! | `snapshot` | `meta` / `file` | serde_json `SnapshotMeta` / name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's JSON `data` is converted at open) |
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
@@ -25,9 +26,11 @@
 //! directory offline (verify the chain, export, replay) for `muster audit`.
 
 pub mod audit;
+mod backfill;
 pub mod chain;
 mod codec;
 mod error;
+mod event_index;
 mod flush;
 mod log_store;
 pub mod segment;
@@ -38,10 +41,12 @@ pub mod wire;
 
 use std::path::Path;
 
+pub use backfill::{BackfillNeed, BackfillStep, HistoryChunk};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::{
-    AppliedEvents, ApplyTrace, EventLog, StateMachine, StateReader, StateUpdate, StoredEvent,
+    scan_records, AppliedEvents, ApplyTrace, EventLog, StateMachine, StateReader, StateUpdate,
+    StoredEvent,
 };
 pub use types::{
     AppliedRange, CommandError, Entry, ErrorKind, LogId, MusterNode, Request, Response,

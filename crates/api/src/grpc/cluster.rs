@@ -56,6 +56,7 @@ fn to_pb(s: ClusterStatus) -> pb::ClusterStatus {
                 matched_index: m.matched.unwrap_or(0),
                 lag: m.lag.unwrap_or(0),
                 snapshot_index: m.snapshot.unwrap_or(0),
+                history_from_seq: m.history_from.unwrap_or(0),
             })
             .collect(),
     }

@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use super::parse_id;
-use crate::history::{event_body, event_type, EventFilter, EVENT_TYPES};
+use crate::history::{event_body, event_type, EventFilter, Indexed, EVENT_TYPES};
 
 /// Events buffered per subscriber before its task waits for the client...
 const STREAM_BUFFER: usize = 256;
@@ -189,9 +189,21 @@ impl Follower {
             self.check_available()?;
             let reader = self.reader.clone();
             let from = self.next;
-            let chunk =
-                tokio::task::spawn_blocking(move || reader.read_records(from, READ_CHUNK)).await;
-            let records = match chunk {
+            let indexed = self.filter.indexed();
+            let sparse = indexed.is_some();
+            let chunk = tokio::task::spawn_blocking(move || {
+                // The log's end before the read: an index read returns every wanted record up
+                // to it (and maybe later ones), so the walk may move past it.
+                let bound = reader.last_seq();
+                let records = match &indexed {
+                    None => reader.read_records(from, READ_CHUNK),
+                    Some(Indexed::Job(j)) => reader.read_job_records(j, from, READ_CHUNK),
+                    Some(Indexed::Device(d)) => reader.read_device_records(d, from, READ_CHUNK),
+                };
+                records.map(|r| (r, bound))
+            })
+            .await;
+            let (records, bound) = match chunk {
                 Ok(Ok(records)) => records,
                 Ok(Err(e)) => {
                     tracing::error!("Subscribe: reading the event log at seq {from}: {e}");
@@ -207,8 +219,12 @@ impl Follower {
                 }
             };
             if records.is_empty() {
+                if sparse {
+                    self.next = self.next.max(bound.saturating_add(1));
+                }
                 return Ok(());
             }
+            let more = records.len() == READ_CHUNK;
             // Owned, so each record is freed once it is sent.
             for StoredEvent {
                 seq,
@@ -217,7 +233,7 @@ impl Follower {
                 principal,
             } in records
             {
-                if seq != self.next {
+                if seq != self.next && !sparse {
                     // The log has no gaps after `first_seq_available`; a snapshot installed
                     // meanwhile is the only way here.
                     self.check_available()?;
@@ -228,6 +244,10 @@ impl Follower {
                     ))));
                 }
                 self.step(seq, &event, &hash, &principal).await?;
+            }
+            if sparse && !more {
+                self.next = self.next.max(bound.saturating_add(1));
+                return Ok(());
             }
         }
     }

@@ -9,6 +9,7 @@ use openraft::EntryPayload;
 use super::{AppliedEvents, Shared, StateUpdate, CHAIN_HEAD, LAST_APPLIED, LAST_SEQ, MEMBERSHIP};
 use crate::codec::{encode_record, principal_text, to_json, u64_key};
 use crate::error::StoreError;
+use crate::event_index::IndexBatch;
 use crate::segment::{Segment, SegmentBuilder, SEGMENT_MAX};
 use crate::types::{AppliedRange, CommandError, Entry, Response, StoredMembership};
 
@@ -75,6 +76,7 @@ pub(super) fn apply_entries(
     let mut guard = shared.write();
     let applied = &mut *guard;
     let mut published = Vec::new();
+    let mut index = IndexBatch::default();
     let mut responses = Vec::with_capacity(entries.len());
     // Inserting the events into sled costs about twice what deciding and evolving them does, so
     // a large apply hands its events to a writer thread in chunks while it goes on with the next
@@ -107,6 +109,7 @@ pub(super) fn apply_entries(
                                 hashes.push(hash);
                             }
                             writer.end_command();
+                            index.add_command(first_seq, &events);
                             if !events.is_empty() {
                                 published.push(AppliedEvents {
                                     first_seq,
@@ -129,6 +132,8 @@ pub(super) fn apply_entries(
         }
         writer.finish()
     })?;
+    // Like the events: before the metadata that lets readers see them.
+    index.write(&shared.index)?;
 
     let mut meta_batch = sled::Batch::default();
     meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);

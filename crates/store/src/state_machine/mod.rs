@@ -41,6 +41,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use muster_domain::{Event, Principal, State};
+use muster_types::{DeviceId, JobId};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, SnapshotMeta};
 use tokio::sync::broadcast;
@@ -48,6 +49,7 @@ use tokio::sync::broadcast;
 use crate::chain::{Hash, GENESIS};
 use crate::codec::{from_json, key_u64};
 use crate::error::{Op, RaftResult, StoreError};
+use crate::event_index::EventIndex;
 use crate::flush::GroupFlusher;
 use crate::types::{
     Entry, LogId, MusterNode, Response, StorageError, StoredMembership, TypeConfig,
@@ -63,7 +65,7 @@ pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const LAST_SEQ: &[u8] = b"last_seq";
 pub(crate) const FIRST_SEQ: &[u8] = b"first_seq";
-const CHAIN_HEAD: &[u8] = b"chain_head";
+pub(crate) const CHAIN_HEAD: &[u8] = b"chain_head";
 
 /// How many applied batches a slow subscriber may fall behind before it sees `Lagged` and has
 /// to catch up from the events tree.
@@ -71,14 +73,14 @@ const BROADCAST_CAPACITY: usize = 1024;
 
 /// What the state machine has applied, in memory; readers share it through [`StateReader`].
 #[derive(Debug)]
-struct Applied {
-    state: State,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    last_seq: u64,
+pub(crate) struct Applied {
+    pub(crate) state: State,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+    pub(crate) last_seq: u64,
     /// The hash of event `last_seq`.
-    head: Hash,
-    first_seq_available: u64,
+    pub(crate) head: Hash,
+    pub(crate) first_seq_available: u64,
 }
 
 /// A change subscribers of [`StateReader::subscribe`] are told about, in apply order.
@@ -163,42 +165,84 @@ pub trait EventLog {
             .map(|r| (r.seq, r.event))
             .collect())
     }
+    /// Up to `limit` stored events of `job` with seq >= `from_seq`, in order. The store reads
+    /// them through its per-job index (cost: what the job wrote); this default walks the log.
+    fn read_job_records(
+        &self,
+        job: &JobId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        scan_records(self, from_seq, limit, |e| e.job() == Some(job))
+    }
+    /// Like [`read_job_records`](Self::read_job_records), for one device's events.
+    fn read_device_records(
+        &self,
+        device: &DeviceId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        scan_records(self, from_seq, limit, |e| e.device() == Some(device))
+    }
+}
+
+/// Up to `limit` records from `from_seq` on whose event `keep`s, walking the whole log.
+pub fn scan_records<L: EventLog + ?Sized>(
+    log: &L,
+    from_seq: u64,
+    limit: usize,
+    keep: impl Fn(&Event) -> bool,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::new();
+    let mut from = from_seq.max(log.first_seq_available());
+    while out.len() < limit {
+        let chunk = log.read_records(from, 1024)?;
+        let Some(last) = chunk.last().map(|r| r.seq) else {
+            break;
+        };
+        from = last + 1;
+        out.extend(chunk.into_iter().filter(|r| keep(&r.event)));
+    }
+    out.truncate(limit);
+    Ok(out)
 }
 
 #[derive(Debug)]
-struct Shared {
-    applied: RwLock<Applied>,
-    events: sled::Tree,
-    meta: sled::Tree,
-    snapshot: sled::Tree,
+pub(crate) struct Shared {
+    pub(crate) applied: RwLock<Applied>,
+    pub(crate) events: sled::Tree,
+    /// Per-job and per-device entries over `events` (see [`crate::event_index`]).
+    pub(crate) index: EventIndex,
+    pub(crate) meta: sled::Tree,
+    pub(crate) snapshot: sled::Tree,
     /// For the carried trees (see [`crate::snapfile::CARRIED_TREES`]).
-    db: sled::Db,
+    pub(crate) db: sled::Db,
     /// The data directory's `snapshots/` folder.
-    snapshot_dir: std::path::PathBuf,
-    flusher: Arc<GroupFlusher>,
-    updates: broadcast::Sender<StateUpdate>,
+    pub(crate) snapshot_dir: std::path::PathBuf,
+    pub(crate) flusher: Arc<GroupFlusher>,
+    pub(crate) updates: broadcast::Sender<StateUpdate>,
     /// Serialises writes to the `snapshot` tree, so a slow build cannot overwrite a newer one.
-    snapshot_lock: Mutex<()>,
+    pub(crate) snapshot_lock: Mutex<()>,
     /// Makes snapshot ids unique within this process.
-    snapshot_count: AtomicU64,
+    pub(crate) snapshot_count: AtomicU64,
     /// Device outcomes and snapshot builds are recorded here once a node sets it.
-    metrics: std::sync::OnceLock<muster_metrics::Metrics>,
+    pub(crate) metrics: std::sync::OnceLock<muster_metrics::Metrics>,
     /// Spans to parent the apply of a command under, by the address of its `Arc<Command>`
     /// (see [`StateReader::trace_apply`]); `traced` counts them so an apply with none skips
     /// the lock.
-    apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
-    traced: std::sync::atomic::AtomicUsize,
+    pub(crate) apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
+    pub(crate) traced: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
     // `Applied` is replaced or updated only while the write lock is held and no code in those
     // sections panics on purpose; a poisoned lock is still read rather than turned into a panic
     // in every reader.
-    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Applied> {
         self.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -213,7 +257,7 @@ pub struct StateMachine {
 /// A cheap, cloneable handle for reading the applied state and following the event log.
 #[derive(Debug, Clone)]
 pub struct StateReader {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 pub(crate) fn read_u64(tree: &sled::Tree, key: &'static [u8]) -> Result<Option<u64>, StoreError> {

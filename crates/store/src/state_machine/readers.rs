@@ -4,12 +4,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use muster_domain::State;
+use muster_types::{DeviceId, JobId};
 use tokio::sync::broadcast;
 
 use super::{ApplyTrace, EventLog, StateReader, StateUpdate, StoredEvent};
 use crate::chain::Hash;
 use crate::codec::{decode_event, decode_record, parse_principal};
 use crate::error::StoreError;
+use crate::event_index;
 use crate::segment::raw_records;
 use crate::types::{LogId, StoredMembership};
 
@@ -97,6 +99,48 @@ impl EventLog for StateReader {
                 decode_stored(r.seq, r.bytes())
             })
             .collect()
+    }
+
+    fn read_job_records(
+        &self,
+        job: &JobId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_indexed(event_index::Kind::Job, job.as_str(), from_seq, limit)
+    }
+
+    fn read_device_records(
+        &self,
+        device: &DeviceId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_indexed(event_index::Kind::Device, device.as_str(), from_seq, limit)
+    }
+}
+
+impl StateReader {
+    fn read_indexed(
+        &self,
+        kind: event_index::Kind,
+        id: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // Only what the applied metadata covers (see `apply_entries`).
+        let (first, last_seq) = {
+            let a = self.shared.read();
+            (a.first_seq_available, a.last_seq)
+        };
+        self.shared.index.read(
+            &self.shared.events,
+            kind,
+            id,
+            from_seq.max(first),
+            last_seq,
+            limit,
+        )
     }
 }
 

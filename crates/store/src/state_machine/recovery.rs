@@ -17,6 +17,7 @@ use super::{
 use crate::chain::{chain_hash, to_hex, GENESIS};
 use crate::codec::{decode_event, decode_record, from_json, u64_key};
 use crate::error::StoreError;
+use crate::event_index::{self, EventIndex};
 use crate::flush::GroupFlusher;
 use crate::segment::raw_records;
 use crate::snapfile::SnapshotHeader;
@@ -31,6 +32,7 @@ impl StateMachine {
         snapshot_dir: PathBuf,
     ) -> Result<Self, StoreError> {
         let events = db.open_tree("events")?;
+        let index = EventIndex::open(db)?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
 
@@ -80,7 +82,12 @@ impl StateMachine {
         // metadata (the re-apply writes them again, possibly cut into other segments).
         let mut stale = sled::Batch::default();
         let mut before = 0usize;
-        for key in events.range(..u64_key(first_seq_available)).keys() {
+        // Below `kept_below`: a back-fill's verified records (see `crate::backfill`).
+        let kept_below = crate::backfill::kept_below(&meta)?.min(first_seq_available);
+        for key in events
+            .range(u64_key(kept_below)..u64_key(first_seq_available))
+            .keys()
+        {
             stale.remove(key?);
             before += 1;
         }
@@ -142,6 +149,9 @@ impl StateMachine {
                 ),
             ));
         }
+        if !EventIndex::is_complete(&meta)? {
+            event_index::build(&index, &events, &meta, first_seq_available, last_seq)?;
+        }
         tracing::info!(
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
@@ -162,6 +172,7 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 events,
+                index,
                 meta,
                 snapshot,
                 db: db.clone(),

@@ -357,6 +357,9 @@ pub(super) fn install_snapshot(
     meta_batch.insert(LAST_SEQ, &u64_key(last_seq));
     meta_batch.insert(FIRST_SEQ, &u64_key(first_seq_available));
     meta_batch.insert(CHAIN_HEAD, &header.chain_head);
+    // A back-fill in progress wanted history up to the old snapshot; it starts over.
+    meta_batch.remove(crate::backfill::NEXT);
+    meta_batch.remove(crate::backfill::PREV);
     (&shared.snapshot, &shared.meta)
         .transaction(|(snap, sm_meta)| {
             snap.apply_batch(&snap_batch)?;
@@ -380,6 +383,7 @@ pub(super) fn install_snapshot(
     // Every local event is older than the snapshot (openraft installs only snapshots newer than
     // what was applied). If this stops half-way, `open` finishes it.
     shared.events.clear()?;
+    shared.index.clear()?;
     drop(guard);
     // The old state is freed outside the lock.
     drop(old);

@@ -1,0 +1,300 @@
+//! Per-job and per-device indexes over the event log, so one job's (or device's) history costs
+//! what that job wrote instead of a walk over the whole log.
+//!
+//! Trees (keys big-endian):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `events_by_job` | id length u16, job id, first seq u64 | count u32 |
+//! | `events_by_device` | id length u16, device id, first seq u64 | count u32 |
+//!
+//! An entry names a *run*: `count` consecutive seqs from `first seq` that all belong to the id
+//! (written by one command, or one chunk of a back-fill or of [`build`]). A command's events of one job are usually consecutive (a
+//! thousand results are one run), so the job index costs about one insert per command; a
+//! device's events are mostly alone (a run of one). The length prefix keeps `ab` from sorting
+//! inside `a`'s keys.
+//!
+//! Durability follows the events (see `state_machine`): an apply writes its entries before the
+//! metadata that publishes `last_seq`, readers stop at `last_seq`, and the re-apply of an
+//! interrupted entry writes the same runs again (`decide` is deterministic). Readers still check
+//! each record's event against the id, so an entry that points elsewhere (it cannot, short of a
+//! bug) is skipped rather than shown. The index covers exactly the records the `events` tree
+//! holds: a snapshot install clears both; a back-fill (see `backfill`) writes both.
+//!
+//! `sm_meta["event_index"]` says the index is complete. A data directory written before the
+//! index existed lacks it and is indexed by [`build`] when the store opens.
+
+use std::collections::HashMap;
+
+use muster_domain::Event;
+
+use crate::codec::u64_key;
+use crate::error::StoreError;
+use crate::segment::raw_records;
+use crate::state_machine::{decode_stored, StoredEvent};
+
+pub(crate) const JOB_TREE: &str = "events_by_job";
+pub(crate) const DEVICE_TREE: &str = "events_by_device";
+/// `sm_meta` key present once the index covers every stored record.
+pub(crate) const COMPLETE: &[u8] = b"event_index";
+/// Version of the index layout, the value of [`COMPLETE`].
+const FORMAT: u8 = 1;
+
+/// The two index trees.
+#[derive(Debug, Clone)]
+pub(crate) struct EventIndex {
+    pub(crate) jobs: sled::Tree,
+    pub(crate) devices: sled::Tree,
+}
+
+/// Which index to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Job,
+    Device,
+}
+
+fn key(id: &str, seq: u64) -> Vec<u8> {
+    let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
+    let mut k = Vec::with_capacity(2 + id.len() + 8);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&u64_key(seq));
+    k
+}
+
+/// The first seq of a key (its last eight bytes).
+fn key_seq(k: &[u8]) -> Result<u64, StoreError> {
+    k.len()
+        .checked_sub(8)
+        .and_then(|at| k.get(at..))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::corrupt("event index key", format!("{} bytes", k.len())))
+}
+
+fn value_count(v: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 4]>::try_from(v)
+        .map(|b| u64::from(u32::from_be_bytes(b)))
+        .map_err(|_| StoreError::corrupt("event index value", format!("{} bytes", v.len())))
+}
+
+/// The index entries of some events, collected while they are applied (or back-filled).
+#[derive(Default)]
+pub(crate) struct IndexBatch {
+    pub(crate) jobs: sled::Batch,
+    pub(crate) devices: sled::Batch,
+    pub(crate) entries: usize,
+}
+
+impl IndexBatch {
+    /// Adds the runs of one command's events, `events[i]` at seq `first_seq + i`.
+    pub(crate) fn add_command<'e>(
+        &mut self,
+        first_seq: u64,
+        events: impl IntoIterator<Item = &'e Event>,
+    ) {
+        // id -> (first seq, count) of the run still open for it.
+        let mut jobs: HashMap<&str, (u64, u32)> = HashMap::new();
+        let mut devices: HashMap<&str, (u64, u32)> = HashMap::new();
+        for (seq, event) in (first_seq..).zip(events) {
+            if let Some(job) = event.job() {
+                self.extend(&mut jobs, Kind::Job, job.as_str(), seq);
+            }
+            if let Some(device) = event.device() {
+                self.extend(&mut devices, Kind::Device, device.as_str(), seq);
+            }
+        }
+        for (id, (start, count)) in jobs {
+            self.put(Kind::Job, id, start, count);
+        }
+        for (id, (start, count)) in devices {
+            self.put(Kind::Device, id, start, count);
+        }
+    }
+
+    fn extend<'e>(
+        &mut self,
+        open: &mut HashMap<&'e str, (u64, u32)>,
+        kind: Kind,
+        id: &'e str,
+        seq: u64,
+    ) {
+        match open.get_mut(id) {
+            Some((start, count)) if *start + u64::from(*count) == seq && *count < u32::MAX => {
+                *count += 1;
+            }
+            Some(run) => {
+                let (start, count) = std::mem::replace(run, (seq, 1));
+                self.put(kind, id, start, count);
+            }
+            None => {
+                open.insert(id, (seq, 1));
+            }
+        }
+    }
+
+    fn put(&mut self, kind: Kind, id: &str, start: u64, count: u32) {
+        let batch = match kind {
+            Kind::Job => &mut self.jobs,
+            Kind::Device => &mut self.devices,
+        };
+        batch.insert(key(id, start), &count.to_be_bytes());
+        self.entries += 1;
+    }
+
+    /// Writes the entries (each tree's as one batch).
+    pub(crate) fn write(self, index: &EventIndex) -> Result<(), StoreError> {
+        if self.entries == 0 {
+            return Ok(());
+        }
+        index.jobs.apply_batch(self.jobs)?;
+        index.devices.apply_batch(self.devices)?;
+        Ok(())
+    }
+}
+
+impl EventIndex {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(EventIndex {
+            jobs: db.open_tree(JOB_TREE)?,
+            devices: db.open_tree(DEVICE_TREE)?,
+        })
+    }
+
+    pub(crate) fn clear(&self) -> Result<(), StoreError> {
+        self.jobs.clear()?;
+        self.devices.clear()?;
+        Ok(())
+    }
+
+    /// Up to `limit` records of `id` with `from <= seq <= to`, in seq order, read from `events`
+    /// through the index.
+    pub(crate) fn read(
+        &self,
+        events: &sled::Tree,
+        kind: Kind,
+        id: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        if from > to || limit == 0 {
+            return Ok(out);
+        }
+        let tree = match kind {
+            Kind::Job => &self.jobs,
+            Kind::Device => &self.devices,
+        };
+        let lowest = key(id, 0);
+        // A run that starts before `from` may reach into it.
+        let straddling = match tree.range(lowest.clone()..key(id, from)).next_back() {
+            Some(entry) => {
+                let (k, v) = entry?;
+                let start = key_seq(&k)?;
+                let count = value_count(&v)?;
+                (start + count > from).then_some((start, count))
+            }
+            None => None,
+        };
+        let rest = tree.range(key(id, from)..=key(id, to)).map(
+            |entry| -> Result<(u64, u64), StoreError> {
+                let (k, v) = entry?;
+                Ok((key_seq(&k)?, value_count(&v)?))
+            },
+        );
+        // Runs never overlap when written by applies; a back-fill resumed after a crash may
+        // cut the same seqs into other runs, so a seq already read is not read again.
+        let mut after = 0u64;
+        for run in straddling.map(Ok).into_iter().chain(rest) {
+            let (start, count) = run?;
+            let first = start.max(from).max(after);
+            let last = (start + count - 1).min(to);
+            for r in raw_records(events, first, last) {
+                let r = r?;
+                let stored = decode_stored(r.seq, r.bytes())?;
+                let belongs = match kind {
+                    Kind::Job => stored.event.job().map(|j| j.as_str()) == Some(id),
+                    Kind::Device => stored.event.device().map(|d| d.as_str()) == Some(id),
+                };
+                after = stored.seq + 1;
+                if !belongs {
+                    continue;
+                }
+                out.push(stored);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `meta` says the index covers every stored record.
+    pub(crate) fn is_complete(meta: &sled::Tree) -> Result<bool, StoreError> {
+        Ok(meta.get(COMPLETE)?.is_some_and(|v| v.as_ref() == [FORMAT]))
+    }
+
+    pub(crate) fn mark_complete(meta: &sled::Tree) -> Result<(), StoreError> {
+        meta.insert(COMPLETE, &[FORMAT])?;
+        Ok(())
+    }
+}
+
+/// Indexes every record of `events` from `from` to `to` (a data directory written before the
+/// index existed), after clearing whatever a build that stopped half-way left, then marks the
+/// index complete. Reads each record once, in chunks of commands' worth.
+pub(crate) fn build(
+    index: &EventIndex,
+    events: &sled::Tree,
+    meta: &sled::Tree,
+    from: u64,
+    to: u64,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    index.clear()?;
+    let mut batch = IndexBatch::default();
+    let mut pending: Vec<Event> = Vec::new();
+    let mut pending_first = from;
+    let mut n = 0u64;
+    for r in raw_records(events, from, to) {
+        let r = r?;
+        let stored = decode_stored(r.seq, r.bytes())?;
+        if pending.is_empty() {
+            pending_first = stored.seq;
+        }
+        pending.push(stored.event);
+        n += 1;
+        // Runs only join within a group; a few thousand events keeps each group's runs long.
+        if pending.len() == 4096 {
+            batch.add_command(pending_first, &pending);
+            pending.clear();
+            std::mem::take(&mut batch).write(index)?;
+        }
+    }
+    batch.add_command(pending_first, &pending);
+    batch.write(index)?;
+    EventIndex::mark_complete(meta)?;
+    tracing::info!(
+        events = n,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "indexed the event log by job and device (a data directory from before the index)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn keys_of_one_id_do_not_interleave_with_a_longer_one() {
+        let a = (key("a", 0), key("a", u64::MAX));
+        let ab = key("ab", 5);
+        assert!(!(a.0 <= ab && ab <= a.1));
+        assert_eq!(key_seq(&key("dev-1", 42)).unwrap(), 42);
+    }
+}

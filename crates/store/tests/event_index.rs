@@ -1,0 +1,209 @@
+//! The per-job and per-device event index: the same answers as walking the log, from any seq
+//! and with any limit; built on open for a data directory written before it existed; cleared
+//! with the events by a snapshot install.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{device, workload, Node};
+use muster_store::{scan_records, EventLog, StateReader, StoredEvent};
+use muster_types::{DeviceId, JobId};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+fn job(id: &str) -> JobId {
+    JobId::new(id).unwrap()
+}
+
+fn by_job(r: &StateReader, j: &JobId, from: u64, limit: usize) -> Vec<StoredEvent> {
+    r.read_job_records(j, from, limit).unwrap()
+}
+
+fn scan_job(r: &StateReader, j: &JobId, from: u64, limit: usize) -> Vec<StoredEvent> {
+    scan_records(r, from, limit, |e| e.job() == Some(j)).unwrap()
+}
+
+fn by_device(r: &StateReader, d: &DeviceId, from: u64, limit: usize) -> Vec<StoredEvent> {
+    r.read_device_records(d, from, limit).unwrap()
+}
+
+fn scan_device(r: &StateReader, d: &DeviceId, from: u64, limit: usize) -> Vec<StoredEvent> {
+    scan_records(r, from, limit, |e| e.device() == Some(d)).unwrap()
+}
+
+/// Every id, from every seq, with a few limits: index == scan.
+fn assert_index_matches_scan(r: &StateReader) {
+    let last = r.last_seq();
+    let jobs = [job("reboot-1"), job("reboot-2"), job("never")];
+    for from in (0..=last + 1).step_by(7) {
+        for limit in [1, 3, 50, usize::MAX] {
+            for j in &jobs {
+                assert_eq!(
+                    by_job(r, j, from, limit),
+                    scan_job(r, j, from, limit),
+                    "job {j} from {from} limit {limit}"
+                );
+            }
+            for i in [0, 1, 5, 19, 99] {
+                let d = device(i);
+                assert_eq!(
+                    by_device(r, &d, from, limit),
+                    scan_device(r, &d, from, limit),
+                    "device {d} from {from} limit {limit}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn index_reads_equal_a_walk_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::open(dir.path()).await;
+    for c in workload() {
+        node.propose(c).await;
+    }
+    let r = node.sm.reader();
+    let all = by_job(&r, &job("reboot-1"), 1, usize::MAX);
+    assert!(all.len() > 20, "the workload runs reboot-1: {}", all.len());
+    assert!(all.iter().all(|s| s.event.job() == Some(&job("reboot-1"))));
+    assert_index_matches_scan(&r);
+}
+
+#[tokio::test]
+async fn a_data_directory_without_the_index_is_indexed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::open(dir.path()).await;
+    for c in workload() {
+        node.propose(c).await;
+    }
+    let want = by_job(&node.sm.reader(), &job("reboot-1"), 1, usize::MAX);
+    drop(node);
+    // What an older release left: no index trees, no completion mark.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.drop_tree("events_by_job").unwrap();
+        db.drop_tree("events_by_device").unwrap();
+        db.open_tree("sm_meta")
+            .unwrap()
+            .remove("event_index")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let node = Node::open(dir.path()).await;
+    let r = node.sm.reader();
+    assert_eq!(by_job(&r, &job("reboot-1"), 1, usize::MAX), want);
+    assert_index_matches_scan(&r);
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_clears_the_index_with_the_events() {
+    let cmds = workload();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = Node::open(leader_dir.path()).await;
+    let half = cmds.len() / 2;
+    for c in &cmds[..half] {
+        leader.propose(c.clone()).await;
+    }
+    let snap = leader.sm.build_snapshot().await.unwrap();
+    let snap_seq = leader.sm.reader().last_seq();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut follower = Node::open(dir.path()).await;
+    for c in &cmds[..3] {
+        follower.propose(c.clone()).await;
+    }
+    let mut buf = follower.sm.begin_receiving_snapshot().await.unwrap();
+    *buf = *snap.snapshot;
+    follower.sm.install_snapshot(&snap.meta, buf).await.unwrap();
+    let r = follower.sm.reader();
+    assert!(by_job(&r, &job("reboot-1"), 1, usize::MAX).is_empty());
+    assert!(by_device(&r, &device(0), 1, usize::MAX).is_empty());
+
+    follower.next_index = half as u64 + 1;
+    for c in &cmds[half..] {
+        follower.propose(c.clone()).await;
+    }
+    let held = by_job(&r, &job("reboot-1"), 1, usize::MAX);
+    assert!(held.iter().all(|s| s.seq > snap_seq));
+    assert_index_matches_scan(&r);
+}
+
+/// A replica seeded from a snapshot back-fills the history before it from a peer, chunk by
+/// chunk (surviving a restart in between), and then holds seq 1 onwards: the same records,
+/// index included.
+#[tokio::test]
+async fn a_back_fill_restores_the_history_before_the_snapshot() {
+    use muster_store::{BackfillStep, HistoryChunk};
+
+    let cmds = workload();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = Node::open(leader_dir.path()).await;
+    let half = cmds.len() / 2;
+    for c in &cmds[..half] {
+        leader.propose(c.clone()).await;
+    }
+    let snap = leader.sm.build_snapshot().await.unwrap();
+    let snap_seq = leader.sm.reader().last_seq();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut follower = Node::open(dir.path()).await;
+    let mut buf = follower.sm.begin_receiving_snapshot().await.unwrap();
+    *buf = *snap.snapshot;
+    follower.sm.install_snapshot(&snap.meta, buf).await.unwrap();
+    follower.next_index = half as u64 + 1;
+    for c in &cmds[half..] {
+        leader.propose(c.clone()).await;
+        follower.propose(c.clone()).await;
+    }
+    let source = leader.sm.reader();
+    let r = follower.sm.reader();
+    let need = r.backfill_need().unwrap().unwrap();
+    assert_eq!((need.next, need.until), (1, snap_seq));
+
+    // A tampered chunk is refused and changes nothing.
+    let mut bad: HistoryChunk = source.history_records(1, 5).unwrap();
+    bad.records[3][4] ^= 1;
+    assert!(r.backfill(need, &bad.records).is_err());
+    assert_eq!(r.backfill_need().unwrap(), Some(need));
+
+    // Two chunks, then a restart, then the rest.
+    let mut need = need;
+    for _ in 0..2 {
+        let chunk = source.history_records(need.next, 7).unwrap();
+        match r.backfill(need, &chunk.records).unwrap() {
+            BackfillStep::More(n) => need = n,
+            BackfillStep::Done => panic!("done too early"),
+        }
+    }
+    assert_eq!(need.next, 15);
+    assert_eq!(r.first_seq_available(), snap_seq + 1);
+    drop((follower, r));
+    let follower = Node::open(dir.path()).await;
+    let r = follower.sm.reader();
+    assert_eq!(r.backfill_need().unwrap(), Some(need));
+    loop {
+        let chunk = source.history_records(need.next, 7).unwrap();
+        match r.backfill(need, &chunk.records).unwrap() {
+            BackfillStep::More(n) => need = n,
+            BackfillStep::Done => break,
+        }
+    }
+    assert_eq!(r.first_seq_available(), 1);
+    assert_eq!(r.backfill_need().unwrap(), None);
+    assert_eq!(
+        r.read_records(1, usize::MAX).unwrap(),
+        source.read_records(1, usize::MAX).unwrap()
+    );
+    assert_eq!(
+        by_job(&r, &job("reboot-1"), 1, usize::MAX),
+        by_job(&source, &job("reboot-1"), 1, usize::MAX)
+    );
+    assert_index_matches_scan(&r);
+    drop((follower, r));
+    let follower = Node::open(dir.path()).await;
+    assert_eq!(follower.sm.reader().first_seq_available(), 1);
+    assert_eq!(
+        follower.sm.reader().read_records(1, usize::MAX).unwrap(),
+        source.read_records(1, usize::MAX).unwrap()
+    );
+}
