@@ -1,14 +1,14 @@
 //! IoT Central's `/api/devices` routes: the device and its properties.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use muster_cluster::now;
 use muster_domain::auth::Permission;
 use muster_domain::Command;
 use muster_types::DeviceId;
 
-use super::{device_id, device_not_found, named_list, version, ListRequest};
+use super::{device_id, device_not_found, if_match, named_list, version, ListRequest};
 use crate::access::Access::Need;
 use crate::central::{
     central_device_json, central_properties_json, device_patch_from_central,
@@ -122,14 +122,6 @@ async fn put_device(
     app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
         .map(ok_json)
         .ok_or_else(|| device_not_found(&did))
-}
-
-/// `If-Match` with a device's etag makes a write conditional (412 if it changed since).
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let raw = headers
-        .get(header::IF_MATCH)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    crate::hub::etag_version(raw.as_deref())
 }
 
 /// `PATCH /api/devices/{id}`: changes only the fields given (`displayName`, `template`,

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use muster_types::{DeviceId, GroupId, JobId};
 use serde_json::Value;
@@ -85,6 +86,14 @@ fn device_not_found(id: &DeviceId) -> ApiError {
         "DeviceNotFound",
         format!("device {id} is not registered; check the id in the URL (PUT /api/devices/{{id}} registers one)"),
     )
+}
+
+/// `If-Match` with a device's or group's etag makes a write conditional (412 if it changed since).
+pub(super) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let raw = headers
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    crate::hub::etag_version(raw.as_deref())
 }
 
 /// A Central list request: its query parameters and where it was sent (scheme, host, path),
