@@ -33,6 +33,12 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     )
 }
 
+async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = http.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// The error code in either error shape (muster's `error.code` or IoT Hub's `Message`).
 fn code(body: &Value) -> String {
     let text = body.to_string();
@@ -162,6 +168,17 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
     assert_eq!(b["connectionTimeout"], 0, "{b}");
     assert_eq!(b["responseTimeout"], 10, "{b}");
     assert_eq!(b["id"].as_str().map(str::len), Some(32), "{b}");
+
+    // IoT Central's command history: the last run of that command on that device, read back
+    // from the event log, byte for byte the answer the POST gave; none for another command.
+    let (status, history) = get(&http, &central(&ok, "getMaxMinReport")).await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history, json!({"value": [b.clone()]}));
+    let (status, none) = get(&http, &central(&ok, "neverRan")).await;
+    assert_eq!((status, none), (200, json!({"value": []})));
+    let (status, e) = get(&http, &central("no-such-device", "getMaxMinReport")).await;
+    assert_eq!(status, 404, "{e}");
+    assert_eq!(e["error"]["code"], "DeviceNotFound", "{e}");
 
     // gRPC.
     let r = devices

@@ -37,6 +37,18 @@ impl Api {
         read(self.c.put(self.url(path)).json(body).send().await.unwrap()).await
     }
 
+    async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        read(
+            self.c
+                .patch(self.url(path))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     async fn post(&self, path: &str) -> (u16, String) {
         let r = self.c.post(self.url(path)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
@@ -128,7 +140,7 @@ async fn seed_fleet(api: &Api) {
     });
     let (s, got) = api.put(&format!("/api/deviceGroups/{GROUP}"), &group).await;
     assert_eq!(s, 200, "{got}");
-    assert_eq!(keys(&got), ["id", "displayName", "filter"]);
+    assert_eq!(keys(&got), ["id", "etag", "displayName", "filter"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,6 +423,7 @@ async fn device_groups_and_devices() {
         g,
         json!({
             "id": GROUP,
+            "etag": "1",
             "displayName": "Thermostats",
             "filter": format!("SELECT * FROM devices WHERE $template = \"{TEMPLATE}\""),
         })
@@ -439,6 +452,67 @@ async fn device_groups_and_devices() {
         .await;
     assert_eq!(s, 200, "{got}");
     assert_eq!(got["displayName"], "Everything");
+    assert_eq!(got["etag"], "2", "{got}");
+
+    // PATCH changes only what it is given; a stale etag is a 412 and changes nothing.
+    let (s, got) = api
+        .patch(
+            "/api/deviceGroups/all-devices",
+            &json!({"description": "every device"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(
+        got,
+        json!({"id": "all-devices", "etag": "3", "displayName": "Everything",
+               "filter": "SELECT * FROM devices", "description": "every device"})
+    );
+    let (s, e) = api
+        .patch(
+            "/api/deviceGroups/all-devices",
+            &json!({"displayName": "Stale", "etag": "2"}),
+        )
+        .await;
+    assert_eq!(s, 412, "{e}");
+    assert_eq!(e["error"]["code"], "PreconditionFailed", "{e}");
+    let (s, e) = api
+        .patch("/api/deviceGroups/nope", &json!({"displayName": "x"}))
+        .await;
+    assert_eq!(s, 404, "{e}");
+    assert_eq!(e["error"]["code"], "DeviceGroupNotFound", "{e}");
+    let (_, got) = api.get("/api/deviceGroups/all-devices").await;
+    assert_eq!(got["displayName"], "Everything");
+
+    // The group's devices, paged like every Central list.
+    let (devices, pages) = api
+        .all_pages("/api/deviceGroups/all-devices/devices?maxpagesize=2")
+        .await;
+    let (_, all) = api.get("/api/devices").await;
+    assert_eq!(devices, all["value"].as_array().unwrap().clone());
+    assert!(pages >= 2, "{pages}");
+    let (s, only) = api.get(&format!("/api/deviceGroups/{GROUP}/devices")).await;
+    assert_eq!(s, 200, "{only}");
+    for d in only["value"].as_array().unwrap() {
+        assert_eq!(d["template"], TEMPLATE, "{d}");
+    }
+
+    // The group list filters on id and displayName and sorts on displayName.
+    let (s, list) = api
+        .get("/api/deviceGroups?filter=contains(displayName,%20'Every')")
+        .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["value"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["value"][0]["id"], "all-devices");
+    let (s, list) = api
+        .get("/api/deviceGroups?orderby=displayName%20desc")
+        .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["value"][0]["displayName"], "Thermostats", "{list}");
+    let (s, e) = api
+        .get("/api/deviceGroups?filter=enabled%20eq%20true")
+        .await;
+    assert_eq!(s, 400, "{e}");
+
     let (s, body) = api.delete("/api/deviceGroups/all-devices").await;
     assert_eq!((s, body.as_str()), (204, ""));
     let (s, got) = api.get("/api/deviceGroups/all-devices").await;

@@ -581,44 +581,125 @@ pub fn check_api_version(value: Option<&str>, accepted: &[&str]) -> Result<(), A
 pub struct CentralDeviceGroup {
     pub id: GroupId,
     pub display_name: String,
+    pub description: String,
     /// The query, already checked to parse (`SELECT * FROM devices WHERE ...`).
     pub filter: String,
+    /// The body's `etag`: save only the group at that version.
+    pub etag: Option<u64>,
+}
+
+/// What a `PATCH /api/deviceGroups/{id}` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CentralDeviceGroupPatch {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub filter: Option<String>,
+    pub etag: Option<u64>,
 }
 
 /// Reads a device group: `id` (optional, must equal the URL's), `displayName` (required),
 /// `filter` (required; IoT Central's device query, e.g.
-/// `SELECT * FROM devices WHERE $template = "dtmi:..."`), `description` and `etag` (accepted and
-/// not stored).
+/// `SELECT * FROM devices WHERE $template = "dtmi:..."`), `description`, `etag` (the group's
+/// etag: the save is conditional on it, 412 otherwise) and `organizations` (only `[]`: muster has
+/// no organizations, and saving a group as if it belonged to one would mislead).
 pub fn device_group_from_central(
     body: &str,
     id_from_path: &str,
 ) -> Result<CentralDeviceGroup, ApiError> {
     let value = parse_body(body)?;
     let f = Fields::of(&value, "")?;
-    f.only(&["id", "displayName", "filter", "description", "etag"])?;
+    let p = group_fields(&f, id_from_path)?;
     let id = GroupId::new(id_from_path).map_err(|e| ApiError::bad_request("id", e))?;
-    same_id(&f, id_from_path)?;
-    let display_name = f.str_req("displayName")?.to_string();
-    check_text("displayName", &display_name, 256)?;
-    let description = f.str_opt("description")?.unwrap_or_default();
-    check_text("description", description, 4096)?;
-    f.str_opt("etag")?;
-    let filter = f.str_req("filter")?.to_string();
-    muster_domain::query::Query::parse(&filter)
-        .map_err(|e| ApiError::bad_request("filter", e.message()))?;
     Ok(CentralDeviceGroup {
         id,
-        display_name,
-        filter,
+        display_name: p
+            .display_name
+            .ok_or_else(|| ApiError::bad_request("displayName", "is required"))?,
+        description: p.description.unwrap_or_default(),
+        filter: p
+            .filter
+            .ok_or_else(|| ApiError::bad_request("filter", "is required"))?,
+        etag: p.etag,
     })
 }
 
-/// A device group in IoT Central's shape: `{"id", "displayName", "filter"}`.
+/// Reads a `PATCH /api/deviceGroups/{id}` body: the fields of the PUT, each optional.
+pub fn device_group_patch_from_central(
+    body: &str,
+    id_from_path: &str,
+) -> Result<CentralDeviceGroupPatch, ApiError> {
+    let value = parse_body(body)?;
+    let f = Fields::of(&value, "")?;
+    group_fields(&f, id_from_path)
+}
+
+fn group_fields(f: &Fields<'_>, id_from_path: &str) -> Result<CentralDeviceGroupPatch, ApiError> {
+    f.only(&[
+        "id",
+        "displayName",
+        "filter",
+        "description",
+        "etag",
+        "organizations",
+    ])?;
+    same_id(f, id_from_path)?;
+    let display_name = f.str_opt("displayName")?.map(str::to_string);
+    if let Some(n) = &display_name {
+        check_text("displayName", n, 256)?;
+    }
+    let description = f.str_opt("description")?.map(str::to_string);
+    if let Some(d) = &description {
+        check_text("description", d, 4096)?;
+    }
+    let filter = f.str_opt("filter")?.map(str::to_string);
+    if let Some(q) = &filter {
+        muster_domain::query::Query::parse(q)
+            .map_err(|e| ApiError::bad_request("filter", e.message()))?;
+    }
+    let etag = crate::hub_devices::etag_version(f.str_opt("etag")?).map_err(|_| {
+        ApiError::bad_request(
+            "etag",
+            "is not an etag of this service; send the etag from the last GET, or leave it out",
+        )
+    })?;
+    match f.get("organizations") {
+        None => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(Value::Array(_)) => {
+            return Err(ApiError::bad_request(
+                "organizations",
+                "muster has no organizations; leave organizations out or send []",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "organizations",
+                format!(
+                    "must be an array of organization ids, got {}",
+                    crate::json::kind(other)
+                ),
+            ))
+        }
+    }
+    Ok(CentralDeviceGroupPatch {
+        display_name,
+        description,
+        filter,
+        etag,
+    })
+}
+
+/// A device group in IoT Central's shape: `{"id", "etag", "displayName", "filter",
+/// "description"}` (`description` only when set; `organizations` never, as muster has none).
 pub fn central_device_group_json(g: &Group) -> Value {
     let mut m = Map::new();
     m.insert("id".into(), Value::String(g.id.to_string()));
+    m.insert("etag".into(), Value::String(g.version.to_string()));
     m.insert("displayName".into(), Value::String(g.display_name.clone()));
     m.insert("filter".into(), Value::String(g.query.text().to_string()));
+    if !g.description.is_empty() {
+        m.insert("description".into(), Value::String(g.description.clone()));
+    }
     Value::Object(m)
 }
 

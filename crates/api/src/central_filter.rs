@@ -117,6 +117,28 @@ impl DeviceFilter {
     }
 }
 
+impl DeviceFilter {
+    /// The first field the filter names that only devices have (`template`, `enabled`,
+    /// `provisioned`, `simulated`), so a device-group list can refuse it: a group has an id and a
+    /// display name only.
+    pub fn device_only_field(&self) -> Option<&'static str> {
+        match self {
+            DeviceFilter::And(a, b) | DeviceFilter::Or(a, b) => {
+                a.device_only_field().or_else(|| b.device_only_field())
+            }
+            DeviceFilter::StrCmp(StrFieldCmp { field, .. })
+            | DeviceFilter::Contains(StrFieldContains { field, .. }) => {
+                (*field == StrField::Template).then_some("template")
+            }
+            DeviceFilter::BoolCmp(c) => Some(match c.field {
+                BoolField::Enabled => "enabled",
+                BoolField::Provisioned => "provisioned",
+                BoolField::Simulated => "simulated",
+            }),
+        }
+    }
+}
+
 fn str_of<'a>(d: &DeviceFields<'a>, f: StrField) -> Option<&'a str> {
     match f {
         StrField::Id => Some(d.id),

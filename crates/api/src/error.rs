@@ -86,7 +86,9 @@ impl From<&DomainError> for ApiError {
             DomainError::Conflict { .. } => (409, "InvalidJobState"),
             DomainError::CredentialNotFound { .. } => (404, "NotFound"),
             DomainError::CredentialConflict(_) => (409, "Conflict"),
-            DomainError::VersionMismatch { .. } => (412, "PreconditionFailed"),
+            DomainError::VersionMismatch { .. } | DomainError::GroupVersionMismatch { .. } => {
+                (412, "PreconditionFailed")
+            }
         };
         ApiError::new(status, code, message)
     }

@@ -168,7 +168,9 @@ fn fleet(group: &str, template: &str) -> State {
     s.execute(&Command::SaveGroup {
         id: GroupId::new(group).unwrap(),
         display_name: "Thermostats".into(),
+        description: String::new(),
         query: format!("SELECT * FROM devices WHERE $template = '{template}'"),
+        if_version: None,
         at: now(),
     })
     .unwrap();
@@ -719,21 +721,55 @@ fn device_groups() {
     assert_eq!(g.id.as_str(), GROUP);
     assert_eq!(g.display_name, "Thermostats");
 
+    assert_eq!(g.description, "all thermostats");
+    assert_eq!(g.etag, None);
+
     let mut s = State::default();
     s.execute(&Command::SaveGroup {
         id: g.id.clone(),
         display_name: g.display_name.clone(),
+        description: g.description.clone(),
         query: g.filter.clone(),
+        if_version: g.etag,
         at: now(),
     })
     .unwrap();
     let out = central_device_group_json(&s.registry.groups[&g.id]);
     assert_eq!(
         out,
-        json!({"id": GROUP, "displayName": "Thermostats", "filter": g.filter})
+        json!({"id": GROUP, "etag": "1", "displayName": "Thermostats", "filter": g.filter,
+               "description": "all thermostats"})
     );
+    // The reference's order: id, etag, displayName, filter, description.
     let keys: Vec<&String> = out.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["id", "displayName", "filter"]);
+    assert_eq!(keys, ["id", "etag", "displayName", "filter", "description"]);
+
+    // A save at a stale etag is refused, at the current one applied.
+    let stale = Command::SaveGroup {
+        id: g.id.clone(),
+        display_name: "Renamed".into(),
+        description: String::new(),
+        query: g.filter.clone(),
+        if_version: Some(7),
+        at: now(),
+    };
+    assert!(matches!(
+        s.execute(&stale),
+        Err(muster_domain::DomainError::GroupVersionMismatch {
+            expected: 7,
+            actual: 1,
+            ..
+        })
+    ));
+    let body = json!({"displayName": "Renamed", "filter": "SELECT * FROM devices", "etag": "1",
+                      "organizations": []})
+    .to_string();
+    let again = device_group_from_central(&body, GROUP).unwrap();
+    assert_eq!(again.etag, Some(1));
+    // A patch reads only what it is given.
+    let p = device_group_patch_from_central(r#"{"description": "d"}"#, GROUP).unwrap();
+    assert_eq!(p.description.as_deref(), Some("d"));
+    assert_eq!((p.display_name, p.filter, p.etag), (None, None, None));
 
     let bad_cases = [
         (
@@ -761,6 +797,16 @@ fn device_groups() {
             json!({"displayName": "x", "filter": "SELECT * FROM devices", "owner": 1}),
             GROUP,
             "owner",
+        ),
+        (
+            json!({"displayName": "x", "filter": "SELECT * FROM devices", "organizations": ["seattle"]}),
+            GROUP,
+            "organizations",
+        ),
+        (
+            json!({"displayName": "x", "filter": "SELECT * FROM devices", "etag": "abc"}),
+            GROUP,
+            "etag",
         ),
     ];
     for (body, id, field) in bad_cases {

@@ -98,10 +98,14 @@ pub enum Command {
         reports: Vec<PropertyReport>,
         at: Timestamp,
     },
+    /// Creates or replaces a group; with `if_version`, only the group at that version (its
+    /// etag), so a read-modify-write (IoT Central's PATCH) loses no concurrent change.
     SaveGroup {
         id: GroupId,
         display_name: String,
+        description: String,
         query: String,
+        if_version: Option<u64>,
         at: Timestamp,
     },
     DeleteGroup {

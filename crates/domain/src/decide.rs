@@ -200,10 +200,33 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
         Command::SaveGroup {
             id,
             display_name,
+            description,
             query,
+            if_version,
             at,
         } => {
             check_display_name("displayName", display_name)?;
+            if description.chars().count() > MAX_GROUP_DESCRIPTION {
+                return Err(DomainError::Invalid {
+                    field: "description".into(),
+                    message: format!("is longer than {MAX_GROUP_DESCRIPTION} characters"),
+                });
+            }
+            if let Some(v) = if_version {
+                let actual = state
+                    .registry
+                    .groups
+                    .get(id)
+                    .ok_or_else(|| DomainError::GroupNotFound(id.clone()))?
+                    .version;
+                if actual != *v {
+                    return Err(DomainError::GroupVersionMismatch {
+                        group: id.clone(),
+                        expected: *v,
+                        actual,
+                    });
+                }
+            }
             crate::query::Query::parse(query).map_err(|e| DomainError::Invalid {
                 field: "filter".into(),
                 message: e.to_string(),
@@ -211,6 +234,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             Ok(vec![Event::GroupSaved {
                 group: id.clone(),
                 display_name: display_name.clone(),
+                description: description.clone(),
                 query: query.clone(),
                 at: *at,
             }])
@@ -545,6 +569,8 @@ fn check_registration(i: usize, reg: &DeviceRegistration, list: &str) -> Result<
 
 /// Longest `statusReason` kept (IoT Hub allows 128 characters).
 const MAX_STATUS_REASON: usize = 128;
+/// Longest device group description (IoT Central has no documented limit; this bounds state).
+const MAX_GROUP_DESCRIPTION: usize = 4096;
 
 /// The rule for keys: the caller's if given, else the device's own, else the fresh ones.
 fn put_identity(

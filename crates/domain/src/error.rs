@@ -46,6 +46,12 @@ pub enum DomainError {
         expected: u64,
         actual: u64,
     },
+    #[error("device group {group} has changed: it is at version (etag) {actual}, not {expected}; read it again and retry with the new etag")]
+    GroupVersionMismatch {
+        group: GroupId,
+        expected: u64,
+        actual: u64,
+    },
 }
 
 impl DomainError {

@@ -125,6 +125,7 @@ pub enum Event {
     GroupSaved {
         group: GroupId,
         display_name: String,
+        description: String,
         query: String,
         at: Timestamp,
     },

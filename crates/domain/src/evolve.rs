@@ -299,17 +299,21 @@ pub fn evolve(state: &mut State, event: &Event) {
         Event::GroupSaved {
             group,
             display_name,
+            description,
             query,
             at,
         } => {
             if let Ok(q) = Query::parse(query) {
+                let version = state.registry.groups.get(group).map_or(0, |g| g.version) + 1;
                 state.registry.groups.insert(
                     group.clone(),
                     Group {
                         id: group.clone(),
                         display_name: display_name.clone(),
+                        description: description.clone(),
                         query: q,
                         saved_at: *at,
+                        version,
                     },
                 );
             }

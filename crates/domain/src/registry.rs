@@ -316,8 +316,14 @@ impl Device {
 pub struct Group {
     pub id: GroupId,
     pub display_name: String,
+    /// IoT Central's short summary of the group (empty: none).
+    #[serde(default)]
+    pub description: String,
     pub query: Query,
     pub saved_at: Timestamp,
+    /// Counts the saves of this group (1 after the first): its etag.
+    #[serde(default)]
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

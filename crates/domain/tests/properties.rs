@@ -1619,7 +1619,9 @@ impl Harness {
             self.apply(Command::SaveGroup {
                 id: GroupId::new(g).expect("valid group id"),
                 display_name: g.into(),
+                description: String::new(),
                 query: q,
+                if_version: None,
                 at: self.now,
             })?;
         }
@@ -2035,7 +2037,9 @@ impl Harness {
                 self.apply(Command::SaveGroup {
                     id: GroupId::new("g-a").expect("valid group id"),
                     display_name: "site group".into(),
+                    description: String::new(),
                     query: site_query(Some(*s)),
+                    if_version: None,
                     at: now,
                 })?;
             }

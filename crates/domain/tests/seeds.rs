@@ -77,7 +77,9 @@ impl Leader {
         self.exec(Command::SaveGroup {
             id: GroupId::new(GROUP).unwrap(),
             display_name: "Thermostats".into(),
+            description: String::new(),
             query: format!("SELECT * FROM devices WHERE $template = '{TEMPLATE}'"),
+            if_version: None,
             at: self.now,
         })
         .unwrap();

@@ -119,12 +119,16 @@ impl From<&Command> for pb::Command {
             Command::SaveGroup {
                 id,
                 display_name,
+                description,
                 query,
+                if_version,
                 at,
             } => Kind::SaveGroup(SaveGroup {
                 group_id: id.to_string(),
                 display_name: display_name.clone(),
+                description: description.clone(),
                 query: query.clone(),
+                if_version: *if_version,
                 at_ms: at.millis(),
             }),
             Command::DeleteGroup { id, at } => Kind::DeleteGroup(DeleteGroup {
@@ -330,7 +334,9 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         Kind::SaveGroup(m) => Command::SaveGroup {
             id: id("save_group.group_id", m.group_id)?,
             display_name: m.display_name,
+            description: m.description,
             query: m.query,
+            if_version: m.if_version,
             at: time(m.at_ms),
         },
         Kind::PutDeviceIdentity(m) => {

@@ -176,11 +176,13 @@ impl From<&Event> for pb::Event {
             Event::GroupSaved {
                 group,
                 display_name,
+                description,
                 query,
                 at,
             } => Kind::GroupSaved(GroupSaved {
                 group_id: group.to_string(),
                 display_name: display_name.clone(),
+                description: description.clone(),
                 query: query.clone(),
                 at_ms: at.millis(),
             }),
@@ -401,6 +403,7 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
         Kind::GroupSaved(m) => Event::GroupSaved {
             group: id("group_saved.group_id", m.group_id)?,
             display_name: m.display_name,
+            description: m.description,
             query: m.query,
             at: time(m.at_ms),
         },

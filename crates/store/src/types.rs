@@ -212,7 +212,9 @@ impl From<&DomainError> for CommandError {
             DomainError::Conflict { .. } | DomainError::CredentialConflict(_) => {
                 (ErrorKind::Conflict, None)
             }
-            DomainError::VersionMismatch { .. } => (ErrorKind::VersionMismatch, None),
+            DomainError::VersionMismatch { .. } | DomainError::GroupVersionMismatch { .. } => {
+                (ErrorKind::VersionMismatch, None)
+            }
         };
         CommandError {
             kind,

@@ -236,7 +236,9 @@ async fn run(dir: &std::path::Path) -> (State, Vec<Past>) {
         .map(|b| Command::SaveGroup {
             id: GroupId::new(format!("building-{b}")).unwrap(),
             display_name: format!("Building {b}"),
+            description: String::new(),
             query: format!("SELECT * FROM devices WHERE tags.building = {b}"),
+            if_version: None,
             at: at(1),
         })
         .collect();

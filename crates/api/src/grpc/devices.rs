@@ -494,7 +494,14 @@ impl pb::group_service_server::GroupService for GroupApi {
                 Command::SaveGroup {
                     id: id.clone(),
                     display_name,
+                    // gRPC's Group has no description: a save keeps the one IoT Central set.
+                    description: self
+                        .cluster
+                        .reader()
+                        .read(|s| s.registry.groups.get(&id).map(|g| g.description.clone()))
+                        .unwrap_or_default(),
                     query: req.query,
+                    if_version: None,
                     at: now(),
                 },
             )

@@ -442,6 +442,16 @@ pub fn events() -> Vec<(&'static str, Event)> {
             },
         ),
         (
+            "event_group_saved_described",
+            Event::GroupSaved {
+                group: group(),
+                display_name: "Building 43".into(),
+                description: "Every device in building 43".into(),
+                query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+                at: at(4_500),
+            },
+        ),
+        (
             "event_connection_changed",
             Event::ConnectionChanged {
                 device: dev(7),
@@ -454,6 +464,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
             Event::GroupSaved {
                 group: group(),
                 display_name: "Building 43".into(),
+                description: String::new(),
                 query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
                 at: at(4_000),
             },
@@ -801,11 +812,24 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             },
         ),
         (
+            "command_save_group_conditional",
+            Command::SaveGroup {
+                id: group(),
+                display_name: "Building 43".into(),
+                description: "Every device in building 43".into(),
+                query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+                if_version: Some(3),
+                at: at(4_500),
+            },
+        ),
+        (
             "command_save_group",
             Command::SaveGroup {
                 id: group(),
                 display_name: "Building 43".into(),
+                description: String::new(),
                 query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+                if_version: None,
                 at: at(4_000),
             },
         ),
