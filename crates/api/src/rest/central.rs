@@ -48,6 +48,7 @@ pub(super) fn routes() -> Routes {
         .get("/api/jobs/{id}/events", Need(EventsRead), job_events)
         .post("/api/jobs/{id}/stop", Need(JobsWrite), stop_job)
         .post("/api/jobs/{id}/resume", Need(JobsWrite), resume_job)
+        .post("/api/jobs/{id}/continue", Need(JobsWrite), continue_job)
         .put(
             "/api/jobs/{id}/rerun/{rerun_id}",
             Need(JobsWrite),
@@ -565,6 +566,21 @@ async fn resume_job(
     version(&q)?;
     let id = job_id(&id)?;
     app.write(&caller, Command::ResumeJob { id, at: now() }, JOB)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/jobs/{id}/continue` (muster extension): starts the next batch of a job its gate
+/// paused between batches.
+async fn continue_job(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.write(&caller, Command::ContinueJob { id, at: now() }, JOB)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
