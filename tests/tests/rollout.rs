@@ -61,7 +61,10 @@ async fn wait_status(
 }
 
 fn pause_reason(j: &pb::Job) -> pb::pause_reason::Kind {
-    j.pause_reason.clone().and_then(|r| r.kind).expect("a pause reason")
+    j.pause_reason
+        .clone()
+        .and_then(|r| r.kind)
+        .expect("a pause reason")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +166,10 @@ async fn canary_then_failing_gate_pause_and_continue_resumes() {
     let status = r.status().as_u16();
     let created: Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{created}");
-    assert_eq!(created["rollout"]["gate"]["successPercent"], 100, "{created}");
+    assert_eq!(
+        created["rollout"]["gate"]["successPercent"], 100,
+        "{created}"
+    );
 
     // 1. The canary batch ran, then the job paused; nothing of the later batches was sent.
     let paused = wait_status(&server, &jobs, "canary", pb::JobStatus::Paused).await;
@@ -219,7 +225,10 @@ async fn canary_then_failing_gate_pause_and_continue_resumes() {
         }
         other => panic!("expected a failed gate, got {other:?}"),
     }
-    assert!(paused.status_reason.contains("paused after batch 1"), "{paused:?}");
+    assert!(
+        paused.status_reason.contains("paused after batch 1"),
+        "{paused:?}"
+    );
     let devices = devices_of(&mut jobs, "canary").await;
     assert!(
         devices

@@ -1089,8 +1089,7 @@ impl<'a> Scratch<'a> {
     /// Cancels the job at the first abort criterion the run's outcomes cross.
     fn check_abort(&mut self) {
         let criteria = &self.job.spec.rollout.abort;
-        if criteria.is_empty() || !matches!(self.status, JobStatus::Running | JobStatus::Stopped)
-        {
+        if criteria.is_empty() || !matches!(self.status, JobStatus::Running | JobStatus::Stopped) {
             return;
         }
         let tally = crate::rollout::Tally {

@@ -400,15 +400,7 @@ fn failed(
     let retry_at = if retry {
         state.jobs.get(job).and_then(|j| {
             let attempt = j.run(run)?.device(device)?.attempts;
-            crate::rollout::backoff::retry_at(
-                &j.spec.retry,
-                job,
-                run,
-                device,
-                attempt,
-                &reason,
-                at,
-            )
+            crate::rollout::backoff::retry_at(&j.spec.retry, job, run, device, attempt, &reason, at)
         })
     } else {
         None

@@ -149,7 +149,10 @@ pub enum CancelReason {
         finished: u64,
     },
     /// A batch fell short of a gate that cancels.
-    Gate { batch: u32, reason: PauseReason },
+    Gate {
+        batch: u32,
+        reason: PauseReason,
+    },
 }
 
 impl CancelReason {
@@ -407,10 +410,7 @@ impl Run {
 
     /// When the next retry's backoff ends after `now`.
     pub fn next_retry(&self, now: Timestamp) -> Option<Timestamp> {
-        self.backoff
-            .iter()
-            .map(|&(t, _)| t)
-            .find(|t| *t > now)
+        self.backoff.iter().map(|&(t, _)| t).find(|t| *t > now)
     }
 
     /// The final outcomes abort criteria count.

@@ -15,8 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use muster_domain::rollout::{
-    backoff, AbortCriterion, Backoff, ExponentialRate, FailureKind, Gate, GateAction,
-    RateCriterion,
+    backoff, AbortCriterion, Backoff, ExponentialRate, FailureKind, Gate, GateAction, RateCriterion,
 };
 use muster_domain::{
     actions, Action, BatchSize, CancelReason, Command, DeviceRegistration, DeviceResult,
@@ -104,13 +103,12 @@ fn rollout() -> impl Strategy<Value = Rollout> {
         },
         pause_after_each_batch: each,
     });
-    let criterion = (kind(), threshold(), 0u32..30).prop_map(|(kind, threshold, min)| {
-        AbortCriterion {
+    let criterion =
+        (kind(), threshold(), 0u32..30).prop_map(|(kind, threshold, min)| AbortCriterion {
             kind,
             threshold,
             min_finished: min,
-        }
-    });
+        });
     (
         proptest::option::of(1u32..8),
         proptest::option::of(1u32..30),
@@ -128,14 +126,13 @@ fn rollout() -> impl Strategy<Value = Rollout> {
 }
 
 fn retry() -> impl Strategy<Value = RetryPolicy> {
-    let b = (1u32..20_000, 1u32..4, 0u32..40_000, 0u32..=100).prop_map(|(base, f, extra, j)| {
-        Backoff {
+    let b =
+        (1u32..20_000, 1u32..4, 0u32..40_000, 0u32..=100).prop_map(|(base, f, extra, j)| Backoff {
             base_ms: base,
             factor: f,
             max_ms: base + extra,
             jitter_percent: j,
-        }
-    });
+        });
     (
         1u32..5,
         any::<bool>(),
@@ -154,7 +151,10 @@ fn retry() -> impl Strategy<Value = RetryPolicy> {
 
 /// What a device does with an attempt: 0 succeed, 1 fail, 2 stay silent (times out).
 fn answers() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)], 200)
+    proptest::collection::vec(
+        prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
+        200,
+    )
 }
 
 struct Sim {
@@ -514,15 +514,26 @@ fn simulations_reach_every_rule() {
         let log = simulate(devices, rollout, retry, &answers, &steps).unwrap();
         for e in &log {
             let key = match e {
-                Event::JobPaused { reason, .. } => format!("paused {reason:?}").chars().take(18).collect(),
+                Event::JobPaused { reason, .. } => {
+                    format!("paused {reason:?}").chars().take(18).collect()
+                }
                 Event::JobCancelled { reason, .. } => match reason {
                     CancelReason::Criterion { .. } => "cancel criterion".into(),
                     CancelReason::Gate { .. } => "cancel gate".into(),
                     _ => "cancel other".into(),
                 },
-                Event::DeviceFailed { retry: true, at, device, .. } => {
+                Event::DeviceFailed {
+                    retry: true,
+                    at,
+                    device,
+                    ..
+                } => {
                     let later = log.iter().any(|e| matches!(e, Event::DeviceDispatched { device: d, at: t, .. } if d == device && t.millis() > at.millis() + 1));
-                    if later { "retried later".into() } else { "retry".into() }
+                    if later {
+                        "retried later".into()
+                    } else {
+                        "retry".into()
+                    }
                 }
                 other => other.kind().to_string(),
             };
@@ -600,12 +611,17 @@ fn a_criterion_cancels_exactly_when_crossed() {
             _ => None,
         });
         if i < 3 {
-            assert_eq!(cancelled, None, "cancelled before the minimum at device {i}");
+            assert_eq!(
+                cancelled, None,
+                "cancelled before the minimum at device {i}"
+            );
         } else {
             // 4th finished: 3 failed of 4 is more than 50%.
             let reason = cancelled.expect("crossed at the 4th finished device");
             assert!(
-                reason.describe().contains("abort criterion 0 (failed > 50% after 4 finished)"),
+                reason
+                    .describe()
+                    .contains("abort criterion 0 (failed > 50% after 4 finished)"),
                 "{}",
                 reason.describe()
             );

@@ -29,12 +29,10 @@ impl From<&Command> for pb::Command {
                 job_id: id.to_string(),
                 at_ms: at.millis(),
             }),
-            Command::ContinueJob { id, at } => {
-                Kind::ContinueJob(pb::command::ContinueJob {
-                    job_id: id.to_string(),
-                    at_ms: at.millis(),
-                })
-            }
+            Command::ContinueJob { id, at } => Kind::ContinueJob(pb::command::ContinueJob {
+                job_id: id.to_string(),
+                at_ms: at.millis(),
+            }),
             Command::CancelJob { id, at } => Kind::CancelJob(CancelJob {
                 job_id: id.to_string(),
                 at_ms: at.millis(),

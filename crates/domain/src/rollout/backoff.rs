@@ -96,10 +96,7 @@ pub fn retry_at(
         F::DeviceError { .. } | F::DispatchFailed { .. } => retry.backoff_failed?,
         _ => return None,
     };
-    let delay = b.delay_ms(
-        attempt,
-        seed(job.as_str(), run.0, device.as_str(), attempt),
-    );
+    let delay = b.delay_ms(attempt, seed(job.as_str(), run.0, device.as_str(), attempt));
     Some(at.plus_millis(delay as i64))
 }
 

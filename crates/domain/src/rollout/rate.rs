@@ -153,11 +153,23 @@ mod tests {
         let mut e = exp(RateCriterion::NotifiedDevices(5));
         assert!(e.validate().is_ok());
         e.increment_factor_tenths = 10;
-        assert!(e.validate().unwrap_err().to_string().contains("incrementFactor"));
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("incrementFactor"));
         let mut e = exp(RateCriterion::NotifiedDevices(0));
-        assert!(e.validate().unwrap_err().to_string().contains("rateIncreaseCriteria"));
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rateIncreaseCriteria"));
         e = exp(RateCriterion::NotifiedDevices(1));
         e.maximum_per_minute = 5;
-        assert!(e.validate().unwrap_err().to_string().contains("maximumPerMinute"));
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("maximumPerMinute"));
     }
 }
