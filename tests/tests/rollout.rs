@@ -61,10 +61,7 @@ async fn wait_status(
 }
 
 fn pause_reason(j: &pb::Job) -> pb::pause_reason::Kind {
-    j.pause_reason
-        .clone()
-        .and_then(|r| r.kind)
-        .expect("a pause reason")
+    j.pause_reason.and_then(|r| r.kind).expect("a pause reason")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
