@@ -310,3 +310,95 @@ pub fn state(job: &Job) -> Option<Value> {
     }
     (!m.is_empty()).then_some(Value::Object(m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::central::job_request_from_central_value;
+
+    fn body(rollout: Value) -> Value {
+        json!({
+            "group": "g",
+            "data": [{"type": "CommandJobData", "path": "reboot"}],
+            "rollout": rollout,
+        })
+    }
+
+    #[test]
+    fn the_extension_round_trips() {
+        let rollout = json!({
+            "maxDevicesPerMinute": 100,
+            "exponentialRate": {"baseRatePerMinute": 5, "incrementFactor": 1.5,
+                                "rateIncreaseCriteria": {"numberOfSucceededDevices": 20},
+                                "maximumPerMinute": 200},
+            "gate": {"successPercent": 95, "onFailure": "cancel", "pauseAfterEachBatch": true},
+            "abortCriteria": [{"failureType": "timedOut", "thresholdPercentage": 10,
+                               "minNumberOfFinishedDevices": 20},
+                              {"failureType": "any", "thresholdCount": 3,
+                               "minNumberOfFinishedDevices": 0}],
+            "retry": {"maxAttempts": 3, "retryFailed": true, "retryTimedOut": false,
+                      "backoffFailed": {"baseMs": 1000, "factor": 2, "maxMs": 60000,
+                                        "jitterPercent": 20}}
+        });
+        let req = job_request_from_central_value(&body(rollout.clone()), "j1").unwrap();
+        let r = &req.spec.rollout;
+        assert_eq!(r.exponential.unwrap().increment_factor_tenths, 15);
+        assert_eq!(r.gate.unwrap().on_failure, GateAction::Cancel);
+        assert_eq!(r.abort.len(), 2);
+        assert_eq!(req.spec.retry.backoff_failed.unwrap().max_ms, 60_000);
+        let job = muster_domain::Job {
+            id: req.id.clone(),
+            spec: req.spec.clone(),
+            watch: None,
+            status: JobStatus::Pending,
+            created_at: muster_types::Timestamp(0),
+            start_at: None,
+            started_at: None,
+            ended_at: None,
+            resumed_at: None,
+            cancel_reason: None,
+            failure: None,
+            runs: Vec::new(),
+            recent_dispatches: Default::default(),
+            rate_per_minute: None,
+            paused: None,
+        };
+        assert_eq!(write(&job), Some(rollout));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (
+                json!({"gate": {"successPercent": 101}}),
+                "rollout.gate.successPercent",
+            ),
+            (
+                json!({"gate": {"onFailure": "stop"}}),
+                "rollout.gate.onFailure",
+            ),
+            (
+                json!({"exponentialRate": {"baseRatePerMinute": 5, "incrementFactor": 1.55,
+                        "rateIncreaseCriteria": {"numberOfNotifiedDevices": 1}}}),
+                "rollout.exponentialRate.incrementFactor",
+            ),
+            (
+                json!({"abortCriteria": [{"failureType": "weird", "thresholdCount": 1}]}),
+                "rollout.abortCriteria[0].failureType",
+            ),
+            (
+                json!({"abortCriteria": [{"failureType": "any"}]}),
+                "rollout.abortCriteria[0].thresholdPercentage",
+            ),
+            (
+                json!({"retry": {"backoffFailed": {"baseMs": 0}}}),
+                "rollout.retry.backoffFailed.baseMs",
+            ),
+            (json!({"speed": 1}), "rollout.speed"),
+        ];
+        for (rollout, field) in cases {
+            let err = job_request_from_central_value(&body(rollout.clone()), "j1").unwrap_err();
+            assert!(err.to_string().contains(field), "{rollout}: {err}");
+        }
+    }
+}
