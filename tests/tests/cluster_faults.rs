@@ -108,6 +108,7 @@ fn fleet_job(batch: u32, timeout_secs: u32) -> pb::JobSpec {
                 kind: Some(pb::batch_size::Kind::Count(batch)),
             }),
             max_devices_per_minute: None,
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -171,6 +171,7 @@ async fn job_service_rpcs_and_their_errors() {
             kind: Some(pb::batch_size::Kind::Percentage(0)),
         }),
         max_devices_per_minute: None,
+        ..Default::default()
     });
     expect_code(
         jobs.create_job(create("job-x", bad_batch)).await,

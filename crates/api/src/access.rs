@@ -229,6 +229,7 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
         ("/muster.v1.JobService/ListJobs", Need(JobsRead)),
         ("/muster.v1.JobService/StopJob", Need(JobsWrite)),
         ("/muster.v1.JobService/ResumeJob", Need(JobsWrite)),
+        ("/muster.v1.JobService/ContinueJob", Need(JobsWrite)),
         ("/muster.v1.JobService/CancelJob", Need(JobsWrite)),
         ("/muster.v1.JobService/RerunJob", Need(JobsWrite)),
         ("/muster.v1.JobService/ListJobDevices", Need(JobsRead)),

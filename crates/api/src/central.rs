@@ -28,11 +28,13 @@
 //! * `batch` -> [`Rollout::batch`] (`percentage` 1..=100, `number` >= 1);
 //!   `cancellationThreshold` -> [`CancellationThreshold`] (`batch: true` counts per batch).
 //! * `status` is read-only: accepted in a PUT body (so a GET body can be sent back) and ignored.
-//! * Retry policy, schedule and rate limit: the defaults (one attempt, start now, no limit).
+//! * Retry policy, schedule and rate limit: the defaults (one attempt, start now, no limit),
+//!   unless the muster extension `rollout` sets them (see [`crate::central_rollout`]).
 //!
 //! # Statuses
 //!
-//! Job: `Scheduled` and `Pending` -> `pending`, `Running` -> `running`, `Stopped` -> `stopped`,
+//! Job: `Scheduled` and `Pending` -> `pending`, `Running` -> `running`, `Stopped` and `Paused` ->
+//! `stopped` (`rolloutState.paused` tells them apart),
 //! `Completed` -> `complete`, `Failed` -> `failed`, `Cancelled` -> `cancelled`.
 //! Device (`GET /api/jobs/{id}/devices`): `pending`, `running`, `completed` (succeeded), `failed`
 //! (failed or timed out), `cancelled`.
@@ -71,6 +73,8 @@ const JOB_FIELDS: &[&str] = &[
     "cancellationThreshold",
     "data",
     "status",
+    crate::central_rollout::ROLLOUT_FIELD,
+    crate::central_rollout::ROLLOUT_STATE_FIELD,
 ];
 const DATA_TYPES: &str = "PropertyJobData, CommandJobData or CloudPropertyJobData";
 
@@ -90,6 +94,12 @@ pub struct CentralJob {
     pub cancellation_threshold: Option<CentralThreshold>,
     pub data: Vec<CentralJobData>,
     pub status: String,
+    /// muster extension: the rollout controls (see `central_rollout`); absent when none is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Value>,
+    /// muster extension, read-only: the rate in force, why the job is paused or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_state: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,7 +218,7 @@ pub fn job_request_from_central_value(
     };
 
     let (operations, template) = data_items(&f)?;
-    let spec = JobSpec {
+    let mut spec = JobSpec {
         display_name,
         description,
         target: Target {
@@ -220,10 +230,14 @@ pub fn job_request_from_central_value(
         rollout: Rollout {
             batch,
             max_devices_per_minute: None,
+            ..Default::default()
         },
         cancellation,
         retry: RetryPolicy::default(),
     };
+    if let Some(r) = f.get(crate::central_rollout::ROLLOUT_FIELD) {
+        crate::central_rollout::read(r, &mut spec.rollout, &mut spec.retry)?;
+    }
     spec.validate()
         .map_err(|e| domain_error(e, central_field))?;
     Ok(CentralJobRequest { id, spec, template })
@@ -394,7 +408,9 @@ pub fn central_status(s: JobStatus) -> &'static str {
     match s {
         JobStatus::Scheduled | JobStatus::Pending => "pending",
         JobStatus::Running => "running",
-        JobStatus::Stopped => "stopped",
+        // Paused has no IoT Central name; `stopped` is the nearest (nothing new is sent until an
+        // operator acts), and `POST .../resume` continues a paused job.
+        JobStatus::Stopped | JobStatus::Paused => "stopped",
         JobStatus::Completed => "complete",
         JobStatus::Failed => "failed",
         JobStatus::Cancelled => "cancelled",
@@ -491,6 +507,8 @@ pub fn central_job(job: &Job, template: Option<&str>) -> CentralJob {
         }),
         data,
         status: central_status(job.status).into(),
+        rollout: crate::central_rollout::write(job),
+        rollout_state: crate::central_rollout::state(job),
     }
 }
 

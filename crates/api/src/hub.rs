@@ -368,7 +368,7 @@ pub fn hub_job_status(s: JobStatus) -> &'static str {
     match s {
         JobStatus::Scheduled => "scheduled",
         JobStatus::Pending => "pending",
-        JobStatus::Running | JobStatus::Stopped => "running",
+        JobStatus::Running | JobStatus::Stopped | JobStatus::Paused => "running",
         JobStatus::Completed => "completed",
         JobStatus::Failed => "failed",
         JobStatus::Cancelled => "cancelled",
@@ -506,6 +506,10 @@ fn status_message(job: &Job) -> Option<String> {
             "stopped: nothing new is sent until the job is resumed (POST /api/jobs/{}/resume)",
             job.id
         )),
+        JobStatus::Paused => Some(format!(
+            "paused by its rollout gate: nothing new is sent until the job is continued (POST /api/jobs/{}/continue)",
+            job.id
+        )),
         JobStatus::Cancelled => Some(match &job.cancel_reason {
             Some(CancelReason::Threshold {
                 failures,
@@ -516,6 +520,9 @@ fn status_message(job: &Job) -> Option<String> {
                 format!(
                     "cancelled: {failures} of {population} devices in {scope} failed, more than the cancellation threshold allows"
                 )
+            }
+            Some(r @ (CancelReason::Criterion { .. } | CancelReason::Gate { .. })) => {
+                format!("cancelled: {}", r.describe())
             }
             _ => "cancelled by the user".to_string(),
         }),

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod central;
 pub mod central_filter;
+pub mod central_rollout;
 pub mod console;
 pub mod credentials;
 pub mod error;

@@ -133,6 +133,7 @@ pub fn status_name(status: i32) -> &'static str {
         Ok(pb::JobStatus::Pending) => "pending",
         Ok(pb::JobStatus::Running) => "running",
         Ok(pb::JobStatus::Stopped) => "stopped",
+        Ok(pb::JobStatus::Paused) => "paused",
         Ok(pb::JobStatus::Completed) => "completed",
         Ok(pb::JobStatus::Failed) => "failed",
         Ok(pb::JobStatus::Cancelled) => "cancelled",

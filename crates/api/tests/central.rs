@@ -245,6 +245,7 @@ fn seed_put_body_parses_to_the_expected_spec() {
         rollout: Rollout {
             batch: Some(BatchSize::Percentage(25)),
             max_devices_per_minute: None,
+            ..Default::default()
         },
         cancellation: Some(CancellationThreshold {
             limit: Threshold::Percentage(10),

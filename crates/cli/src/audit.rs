@@ -313,7 +313,14 @@ fn event_line(event: &Event) -> String {
         }
         Event::JobStopped { .. } => "stopped".into(),
         Event::JobResumed { .. } => "resumed".into(),
-        Event::JobCancelled { reason, .. } => format!("cancelled: {reason:?}"),
+        Event::JobCancelled { reason, .. } => format!("cancelled: {}", reason.describe()),
+        Event::JobPaused { batch, reason, .. } => {
+            format!("paused after batch {}: {}", batch + 1, reason.describe())
+        }
+        Event::JobContinued { .. } => "continued by an operator".into(),
+        Event::RateChanged { per_minute, .. } => {
+            format!("rollout rate rose to {per_minute} devices per minute")
+        }
         Event::JobCompleted { .. } => "completed".into(),
         Event::JobFailed { reason, .. } => format!("failed: {reason:?}"),
         Event::RerunStarted {

@@ -189,6 +189,7 @@ fn method_job(ids: &[String], response_timeout_secs: u32) -> JobSpec {
         rollout: Rollout {
             batch: Some(BatchSize::Percentage(25)),
             max_devices_per_minute: None,
+            ..Default::default()
         },
         cancellation: Some(CancellationThreshold {
             limit: Threshold::Percentage(10),

@@ -99,7 +99,7 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
             JobStatus::Scheduled | JobStatus::Pending => {
                 consider(j.start_at.unwrap_or(now), &mut next, &mut due);
             }
-            JobStatus::Running | JobStatus::Stopped => {
+            JobStatus::Running | JobStatus::Stopped | JobStatus::Paused => {
                 let run = j.current_run();
                 if let (Some(max), Some(started)) =
                     (j.spec.schedule.max_execution_secs, run.started_at)
@@ -126,7 +126,10 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                 let (allowance, reopens) = j.dispatch_allowance(now);
                 let cap = allowance.min(max_dispatch);
                 let mut devices = Vec::new();
-                for &i in &run.ready {
+                if let Some(t) = run.next_retry(now) {
+                    consider(t, &mut next, &mut due);
+                }
+                for i in run.eligible(now) {
                     let d = &run.devices[i as usize];
                     let full = devices.len() >= cap;
                     if !needs_device {
@@ -166,7 +169,7 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                     }
                 }
                 if let Some(t) = reopens {
-                    if !run.ready.is_empty() {
+                    if run.eligible(now).next().is_some() {
                         consider(t, &mut next, &mut due);
                     }
                 }

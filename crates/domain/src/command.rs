@@ -31,6 +31,11 @@ pub enum Command {
         id: JobId,
         at: Timestamp,
     },
+    /// An operator lets a paused job start its next batch (see `rollout::gate`).
+    ContinueJob {
+        id: JobId,
+        at: Timestamp,
+    },
     /// Starts a new run over the devices whose last outcome was a failure or a timeout.
     RerunJob {
         id: JobId,
@@ -197,6 +202,7 @@ macro_rules! stamp_of {
             | Command::ResumeJob { at, .. }
             | Command::CancelJob { at, .. }
             | Command::RerunJob { at, .. }
+            | Command::ContinueJob { at, .. }
             | Command::MarkDispatched { at, .. }
             | Command::RecordDeviceResults { at, .. }
             | Command::Advance { at }

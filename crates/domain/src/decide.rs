@@ -36,12 +36,13 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
         Command::StopJob { id, at } => {
             let j = job(state, id)?;
             match j.status {
-                JobStatus::Scheduled | JobStatus::Pending | JobStatus::Running => {
-                    Ok(vec![Event::JobStopped {
-                        job: id.clone(),
-                        at: *at,
-                    }])
-                }
+                JobStatus::Scheduled
+                | JobStatus::Pending
+                | JobStatus::Running
+                | JobStatus::Paused => Ok(vec![Event::JobStopped {
+                    job: id.clone(),
+                    at: *at,
+                }]),
                 JobStatus::Stopped => Err(conflict(
                     j,
                     "stop",
@@ -53,6 +54,16 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                     "it has ended; rerun it to try the failed devices again",
                 )),
             }
+        }
+        Command::ResumeJob { id, at } if job(state, id)?.status == JobStatus::Paused => {
+            // IoT Central shows a paused job as `stopped`, so its `resume` continues it.
+            decide(
+                state,
+                &Command::ContinueJob {
+                    id: id.clone(),
+                    at: *at,
+                },
+            )
         }
         Command::ResumeJob { id, at } => {
             let j = job(state, id)?;
@@ -71,6 +82,24 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 events.extend(s.events);
             }
             Ok(events)
+        }
+        Command::ContinueJob { id, at } => {
+            let j = job(state, id)?;
+            if j.status != JobStatus::Paused {
+                return Err(conflict(
+                    j,
+                    "continue",
+                    "only a job paused between batches can be continued",
+                ));
+            }
+            let mut s = Scratch::new(j, *at);
+            s.events.push(Event::JobContinued {
+                job: id.clone(),
+                at: *at,
+            });
+            s.status = JobStatus::Running;
+            s.next_batch();
+            Ok(s.events)
         }
         Command::CancelJob { id, at } => {
             let j = job(state, id)?;
@@ -812,8 +841,13 @@ fn mark_dispatched(
             continue;
         };
         let (status, attempts) = s.device(i);
-        let batch = s.job.current_run().devices[i as usize].batch;
+        let d = &s.job.current_run().devices[i as usize];
+        let batch = d.batch;
         if status != DeviceStatus::Pending || batch >= s.batches_started {
+            continue;
+        }
+        if d.ready_since.is_some_and(|t| t > at) {
+            // Still waiting out a retry backoff.
             continue;
         }
         let reg = state.registry.devices.get(device);
@@ -965,7 +999,7 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
                 s.start();
                 events.extend(s.events);
             }
-            JobStatus::Running | JobStatus::Stopped => {
+            JobStatus::Running | JobStatus::Stopped | JobStatus::Paused => {
                 let run = j.current_run();
                 if let (Some(max), Some(started)) =
                     (j.spec.schedule.max_execution_secs, run.started_at)
@@ -992,7 +1026,7 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
                 }
                 if s.status == JobStatus::Running && j.spec.needs_device() {
                     let window = j.spec.connect_window_ms();
-                    for &i in run.ready.iter() {
+                    for i in run.eligible(at) {
                         if s.status != JobStatus::Running {
                             break;
                         }
@@ -1032,6 +1066,10 @@ struct Scratch<'a> {
     batches_total: u32,
     devices: BTreeMap<u32, (DeviceStatus, u32)>,
     events: Vec<Event>,
+    /// Counters the rollout rules read, as they will be after the events so far.
+    notified: u64,
+    not_connected: u64,
+    rate: Option<u32>,
 }
 
 impl<'a> Scratch<'a> {
@@ -1048,6 +1086,9 @@ impl<'a> Scratch<'a> {
             batches_total: run.batches.len() as u32,
             devices: BTreeMap::new(),
             events: Vec::new(),
+            notified: run.notified,
+            not_connected: run.not_connected,
+            rate: job.rate_per_minute,
         }
     }
 
@@ -1094,6 +1135,56 @@ impl<'a> Scratch<'a> {
             attempt,
             at: self.at,
         });
+        if attempt == 1 {
+            self.notified += 1;
+            self.check_rate();
+        }
+    }
+
+    /// Records a rise of the exponential rate as soon as its criterion is met.
+    fn check_rate(&mut self) {
+        let Some(e) = self.job.spec.rollout.exponential else {
+            return;
+        };
+        let now = self.rate.unwrap_or_else(|| e.rate_at(0));
+        let earned = e.rate(self.notified, self.stats.succeeded);
+        if earned > now {
+            self.rate = Some(earned);
+            self.events.push(Event::RateChanged {
+                job: self.job.id.clone(),
+                run: self.run,
+                per_minute: earned,
+                at: self.at,
+            });
+        }
+    }
+
+    /// Cancels the job at the first abort criterion the run's outcomes cross.
+    fn check_abort(&mut self) {
+        let criteria = &self.job.spec.rollout.abort;
+        if criteria.is_empty() || !matches!(self.status, JobStatus::Running | JobStatus::Stopped) {
+            return;
+        }
+        let tally = crate::rollout::Tally {
+            finished: self.stats.succeeded + self.stats.failures(),
+            failed: self.stats.failed,
+            timed_out: self.stats.timed_out,
+            not_connected: self.not_connected,
+        };
+        if let Some(index) = crate::rollout::abort::tripped(criteria, &tally) {
+            let criterion = criteria[index];
+            self.status = JobStatus::Cancelled;
+            self.events.push(Event::JobCancelled {
+                job: self.job.id.clone(),
+                reason: CancelReason::Criterion {
+                    index: index as u32,
+                    criterion,
+                    failures: tally.count(criterion.kind),
+                    finished: tally.finished,
+                },
+                at: self.at,
+            });
+        }
     }
 
     fn succeed(&mut self, i: u32, attempt: u32, response: Option<MethodResponse>) {
@@ -1106,6 +1197,8 @@ impl<'a> Scratch<'a> {
             response,
             at: self.at,
         });
+        self.check_rate();
+        self.check_abort();
     }
 
     /// Records a failed attempt: retried if the policy allows, otherwise final, in which case
@@ -1135,6 +1228,7 @@ impl<'a> Scratch<'a> {
         } else {
             DeviceStatus::Failed
         };
+        let not_connected = !retry && reason == FailureReason::NotConnected;
         self.set(i, to, attempt);
         self.events.push(Event::DeviceFailed {
             job: self.job.id.clone(),
@@ -1146,8 +1240,12 @@ impl<'a> Scratch<'a> {
             retry,
             at: self.at,
         });
+        if not_connected {
+            self.not_connected += 1;
+        }
         if !retry {
             self.check_threshold(self.job.current_run().devices[i as usize].batch);
+            self.check_abort();
         }
     }
 
@@ -1199,13 +1297,39 @@ impl<'a> Scratch<'a> {
             return;
         }
         if self.batches_started < self.batches_total {
-            self.events.push(Event::BatchStarted {
-                job: self.job.id.clone(),
-                run: self.run,
-                batch: self.batches_started,
-                at: self.at,
-            });
-            self.batches_started += 1;
+            if let (Some(gate), Some(done)) = (
+                self.job.spec.rollout.gate,
+                self.batches_started.checked_sub(1),
+            ) {
+                use crate::rollout::gate::Verdict;
+                match gate.verdict(&self.batch(done)) {
+                    Verdict::Open => {}
+                    Verdict::Pause(reason) => {
+                        self.status = JobStatus::Paused;
+                        self.events.push(Event::JobPaused {
+                            job: self.job.id.clone(),
+                            run: self.run,
+                            batch: done,
+                            reason,
+                            at: self.at,
+                        });
+                        return;
+                    }
+                    Verdict::Cancel(reason) => {
+                        self.status = JobStatus::Cancelled;
+                        self.events.push(Event::JobCancelled {
+                            job: self.job.id.clone(),
+                            reason: CancelReason::Gate {
+                                batch: done,
+                                reason,
+                            },
+                            at: self.at,
+                        });
+                        return;
+                    }
+                }
+            }
+            self.next_batch();
         } else if !self.job.spec.target.continuous {
             self.status = JobStatus::Completed;
             self.events.push(Event::JobCompleted {
@@ -1213,6 +1337,22 @@ impl<'a> Scratch<'a> {
                 at: self.at,
             });
         }
+    }
+}
+
+impl Scratch<'_> {
+    /// Starts the next batch, past any gate (the gate was checked, or an operator continued).
+    fn next_batch(&mut self) {
+        if self.batches_started >= self.batches_total {
+            return;
+        }
+        self.events.push(Event::BatchStarted {
+            job: self.job.id.clone(),
+            run: self.run,
+            batch: self.batches_started,
+            at: self.at,
+        });
+        self.batches_started += 1;
     }
 }
 

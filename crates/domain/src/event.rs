@@ -11,6 +11,7 @@ use crate::auth::{Right, Role, Secret};
 use crate::invocation::Invocation;
 use crate::job::{CancelReason, FailureReason, JobFailure, MethodResponse};
 use crate::registry::{DeviceRegistration, TwinSection};
+use crate::rollout::PauseReason;
 use crate::spec::JobSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +95,26 @@ pub enum Event {
     JobFailed {
         job: JobId,
         reason: JobFailure,
+        at: Timestamp,
+    },
+    /// A finished batch's gate holds the next batch back (`batch` is the finished one).
+    JobPaused {
+        job: JobId,
+        run: RunId,
+        batch: u32,
+        reason: PauseReason,
+        at: Timestamp,
+    },
+    /// An operator continued a paused job; its next batch starts with this event.
+    JobContinued {
+        job: JobId,
+        at: Timestamp,
+    },
+    /// The exponential rate rose to `per_minute`.
+    RateChanged {
+        job: JobId,
+        run: RunId,
+        per_minute: u32,
         at: Timestamp,
     },
     RerunStarted {
@@ -225,7 +246,10 @@ impl Event {
             | Event::JobCancelled { job, .. }
             | Event::JobCompleted { job, .. }
             | Event::JobFailed { job, .. }
-            | Event::RerunStarted { job, .. } => Some(job),
+            | Event::RerunStarted { job, .. }
+            | Event::JobPaused { job, .. }
+            | Event::JobContinued { job, .. }
+            | Event::RateChanged { job, .. } => Some(job),
             _ => None,
         }
     }
@@ -280,6 +304,9 @@ impl Event {
             | Event::JobCompleted { at, .. }
             | Event::JobFailed { at, .. }
             | Event::RerunStarted { at, .. }
+            | Event::JobPaused { at, .. }
+            | Event::JobContinued { at, .. }
+            | Event::RateChanged { at, .. }
             | Event::DeviceRegistered { at, .. }
             | Event::DeviceUpdated { at, .. }
             | Event::TwinPatched { at, .. }
@@ -317,6 +344,9 @@ impl Event {
             Event::JobCompleted { .. } => "JobCompleted",
             Event::JobFailed { .. } => "JobFailed",
             Event::RerunStarted { .. } => "RerunStarted",
+            Event::JobPaused { .. } => "JobPaused",
+            Event::JobContinued { .. } => "JobContinued",
+            Event::RateChanged { .. } => "RateChanged",
             Event::DeviceRegistered { .. } => "DeviceRegistered",
             Event::DeviceUpdated { .. } => "DeviceUpdated",
             Event::TwinPatched { .. } => "TwinPatched",

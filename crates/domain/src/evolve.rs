@@ -76,6 +76,8 @@ pub fn evolve(state: &mut State, event: &Event) {
                     failure: None,
                     runs: vec![run],
                     recent_dispatches: VecDeque::new(),
+                    rate_per_minute: None,
+                    paused: None,
                 },
             );
         }
@@ -129,7 +131,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                 return;
             };
             let window = j.spec.response_window_ms();
-            if j.spec.rollout.max_devices_per_minute.is_some() {
+            if j.spec.rollout.rate_limited() {
                 record_dispatch(&mut j.recent_dispatches, *at);
             }
             let Some(r) = j.runs.get_mut(run.0 as usize) else {
@@ -140,6 +142,12 @@ pub fn evolve(state: &mut State, event: &Event) {
             };
             set_status(r, i, DeviceStatus::Running);
             r.ready.remove(&i);
+            if let Some(t) = r.devices[i as usize].ready_since {
+                r.backoff.remove(&(t, i));
+            }
+            if r.devices[i as usize].attempts == 0 {
+                r.notified += 1;
+            }
             let d = &mut r.devices[i as usize];
             d.attempts = *attempt;
             d.dispatched_at = Some(*at);
@@ -184,9 +192,36 @@ pub fn evolve(state: &mut State, event: &Event) {
                 j.status = JobStatus::Stopped;
             }
         }
+        Event::JobPaused {
+            job, batch, reason, ..
+        } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Paused;
+                j.paused = Some((*batch, *reason));
+            }
+        }
+        Event::JobContinued { job, .. } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.status = JobStatus::Running;
+                j.paused = None;
+            }
+        }
+        Event::RateChanged {
+            job,
+            run,
+            per_minute,
+            ..
+        } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                if j.current_run().number == *run {
+                    j.rate_per_minute = Some(*per_minute);
+                }
+            }
+        }
         Event::JobResumed { job, at } => {
             if let Some(j) = state.jobs.get_mut(job) {
                 j.resumed_at = Some(*at);
+                j.paused = None;
                 j.status = if j.current_run().started_at.is_some() {
                     JobStatus::Running
                 } else if j.start_at.is_some_and(|s| s > *at) {
@@ -233,6 +268,8 @@ pub fn evolve(state: &mut State, event: &Event) {
                 j.resumed_at = None;
                 j.start_at = None;
                 j.recent_dispatches.clear();
+                j.rate_per_minute = None;
+                j.paused = None;
             }
         }
         Event::DeviceRegistered { device, at } => {
@@ -364,22 +401,36 @@ fn failed(
     retry: bool,
     at: Timestamp,
 ) {
+    let retry_at = if retry {
+        state.jobs.get(job).and_then(|j| {
+            let attempt = j.run(run)?.device(device)?.attempts;
+            crate::rollout::backoff::retry_at(&j.spec.retry, job, run, device, attempt, &reason, at)
+        })
+    } else {
+        None
+    };
     let Some((r, i, window)) = locate(state, job, run, device) else {
         return;
     };
     leave_indexes(r, i, window);
     let to = if retry {
-        r.ready.insert(i);
+        match retry_at {
+            Some(t) => r.backoff.insert((t, i)),
+            None => r.ready.insert(i),
+        };
         DeviceStatus::Pending
     } else if reason.is_timeout() {
         DeviceStatus::TimedOut
     } else {
         DeviceStatus::Failed
     };
+    if !retry && reason == FailureReason::NotConnected {
+        r.not_connected += 1;
+    }
     set_status(r, i, to);
     let d = &mut r.devices[i as usize];
     if retry {
-        d.ready_since = Some(at);
+        d.ready_since = Some(retry_at.unwrap_or(at));
     } else {
         d.finished_at = Some(at);
     }
@@ -425,6 +476,9 @@ fn leave_indexes(r: &mut Run, i: u32, window: i64) {
     match d.status {
         DeviceStatus::Pending => {
             r.ready.remove(&i);
+            if let Some(t) = d.ready_since {
+                r.backoff.remove(&(t, i));
+            }
         }
         DeviceStatus::Running => {
             if let Some(t) = d.dispatched_at {
@@ -438,6 +492,7 @@ fn leave_indexes(r: &mut Run, i: u32, window: i64) {
 /// Ends a job: whatever is not final in the current run is cancelled.
 fn end_job(j: &mut Job, at: Timestamp) {
     j.ended_at = Some(at);
+    j.paused = None;
     let r = j.current_run_mut();
     for i in 0..r.devices.len() as u32 {
         if !r.devices[i as usize].status.is_final() {
@@ -447,6 +502,7 @@ fn end_job(j: &mut Job, at: Timestamp) {
     }
     r.ready.clear();
     r.deadlines.clear();
+    r.backoff.clear();
 }
 
 fn record_dispatch(recent: &mut VecDeque<Timestamp>, at: Timestamp) {

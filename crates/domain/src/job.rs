@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::query::Query;
+use crate::rollout::{AbortCriterion, PauseReason, Tally};
 use crate::spec::JobSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -23,6 +24,8 @@ pub enum JobStatus {
     Running,
     /// Halted by the user: nothing new is dispatched, answers already due are still recorded.
     Stopped,
+    /// A batch finished and its gate holds the next one back until an operator continues the job.
+    Paused,
     Completed,
     /// Ended by its maximum execution time.
     Failed,
@@ -44,6 +47,7 @@ impl JobStatus {
             JobStatus::Pending => "pending",
             JobStatus::Running => "running",
             JobStatus::Stopped => "stopped",
+            JobStatus::Paused => "paused",
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
@@ -136,6 +140,52 @@ pub enum CancelReason {
         population: u64,
         batch: Option<u32>,
     },
+    /// An abort criterion was crossed: the `index`-th of the spec's, with `failures` of its kind
+    /// out of `finished` devices.
+    Criterion {
+        index: u32,
+        criterion: AbortCriterion,
+        failures: u64,
+        finished: u64,
+    },
+    /// A batch fell short of a gate that cancels.
+    Gate {
+        batch: u32,
+        reason: PauseReason,
+    },
+}
+
+impl CancelReason {
+    /// For job views and the audit timeline: names the rule that cancelled.
+    pub fn describe(&self) -> String {
+        match self {
+            CancelReason::User => "cancelled by a user".into(),
+            CancelReason::Threshold {
+                failures,
+                population,
+                batch,
+            } => match batch {
+                Some(b) => format!(
+                    "cancellation threshold crossed in batch {b}: {failures} of {population} devices failed"
+                ),
+                None => format!(
+                    "cancellation threshold crossed: {failures} of {population} devices failed"
+                ),
+            },
+            CancelReason::Criterion {
+                index,
+                criterion,
+                failures,
+                finished,
+            } => format!(
+                "abort criterion {index} ({}) crossed: {failures} of {finished} finished devices",
+                criterion.describe()
+            ),
+            CancelReason::Gate { batch, reason } => {
+                format!("batch {batch} failed its gate: {}", reason.describe())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +300,16 @@ pub struct Run {
     pub ready: BTreeSet<u32>,
     /// Devices with an attempt in flight, keyed by the attempt's deadline.
     pub deadlines: BTreeSet<(Timestamp, u32)>,
+    /// Devices waiting out a retry backoff, keyed by when they may be dispatched again (their
+    /// `ready_since`). Due entries are eligible like `ready` ones; nothing moves them.
+    #[serde(default)]
+    pub backoff: BTreeSet<(Timestamp, u32)>,
+    /// Devices dispatched at least once (the exponential rate's "notified").
+    #[serde(default)]
+    pub notified: u64,
+    /// Devices that ended failed because they stayed offline (abort criteria count them apart).
+    #[serde(default)]
+    pub not_connected: u64,
 }
 
 impl Run {
@@ -272,6 +332,9 @@ impl Run {
             stats: Stats::default(),
             ready: BTreeSet::new(),
             deadlines: BTreeSet::new(),
+            backoff: BTreeSet::new(),
+            notified: 0,
+            not_connected: 0,
         };
         let per = spec
             .rollout
@@ -335,6 +398,31 @@ impl Run {
             .all(|b| b.stats.all_final())
     }
 
+    /// Devices that may be dispatched at `now`, in order: retries whose backoff is over, then
+    /// the ready ones.
+    pub fn eligible(&self, now: Timestamp) -> impl Iterator<Item = u32> + '_ {
+        self.backoff
+            .iter()
+            .take_while(move |(t, _)| *t <= now)
+            .map(|&(_, i)| i)
+            .chain(self.ready.iter().copied())
+    }
+
+    /// When the next retry's backoff ends after `now`.
+    pub fn next_retry(&self, now: Timestamp) -> Option<Timestamp> {
+        self.backoff.iter().map(|&(t, _)| t).find(|t| *t > now)
+    }
+
+    /// The final outcomes abort criteria count.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            finished: self.stats.succeeded + self.stats.failures(),
+            failed: self.stats.failed,
+            timed_out: self.stats.timed_out,
+            not_connected: self.not_connected,
+        }
+    }
+
     /// The rid on the wire: unique per job, run, device (in the topic) and attempt, so a device can
     /// drop a duplicate and the dispatcher can route an answer without a lookup table.
     pub fn rid(job: &JobId, run: RunId, attempt: u32) -> String {
@@ -368,6 +456,12 @@ pub struct Job {
     pub runs: Vec<Run>,
     /// Dispatch times within the last minute, only for a job with a devices-per-minute limit.
     pub recent_dispatches: VecDeque<Timestamp>,
+    /// The exponential rate reached so far (`None`: its base rate, or no exponential rate).
+    #[serde(default)]
+    pub rate_per_minute: Option<u32>,
+    /// Why and after which batch the job waits for `continue`, while it is paused.
+    #[serde(default)]
+    pub paused: Option<(u32, PauseReason)>,
 }
 
 impl Job {
@@ -398,9 +492,22 @@ impl Job {
         })
     }
 
+    /// The per-minute limit in force: the fixed one, the exponential rate reached, or the lower.
+    pub fn rate_limit(&self) -> Option<u32> {
+        let exp = self
+            .spec
+            .rollout
+            .exponential
+            .map(|e| self.rate_per_minute.unwrap_or_else(|| e.rate_at(0)));
+        match (self.spec.rollout.max_devices_per_minute, exp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// How many more devices the per-minute limit allows at `now`, and when the next slot opens.
     pub fn dispatch_allowance(&self, now: Timestamp) -> (usize, Option<Timestamp>) {
-        let Some(limit) = self.spec.rollout.max_devices_per_minute else {
+        let Some(limit) = self.rate_limit() else {
             return (usize::MAX, None);
         };
         let window_start = now.plus_millis(-60_000);

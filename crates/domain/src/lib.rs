@@ -17,6 +17,7 @@ pub mod invocation;
 pub mod job;
 pub mod query;
 pub mod registry;
+pub mod rollout;
 pub mod spec;
 pub mod twin_size;
 

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::DomainError;
 use crate::query::Query;
+use crate::rollout::{AbortCriterion, Backoff, ExponentialRate, Gate};
 
 /// IoT Hub's limit for a direct method payload.
 pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
@@ -87,6 +88,22 @@ pub struct Rollout {
     /// `None` puts every device in one batch.
     pub batch: Option<BatchSize>,
     pub max_devices_per_minute: Option<u32>,
+    /// A rate that rises as devices are notified or succeed (see `rollout::rate`).
+    #[serde(default)]
+    pub exponential: Option<ExponentialRate>,
+    /// A condition between batches (see `rollout::gate`).
+    #[serde(default)]
+    pub gate: Option<Gate>,
+    /// Criteria that cancel the job (see `rollout::abort`); the first one crossed wins.
+    #[serde(default)]
+    pub abort: Vec<AbortCriterion>,
+}
+
+impl Rollout {
+    /// Whether dispatches are counted per minute (a fixed or an exponential rate).
+    pub fn rate_limited(&self) -> bool {
+        self.max_devices_per_minute.is_some() || self.exponential.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +142,12 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub retry_failed: bool,
     pub retry_timed_out: bool,
+    /// Delay before retrying a failed device; `None` retries at once.
+    #[serde(default)]
+    pub backoff_failed: Option<Backoff>,
+    /// Delay before retrying a timed-out device; `None` retries at once.
+    #[serde(default)]
+    pub backoff_timed_out: Option<Backoff>,
 }
 
 impl Default for RetryPolicy {
@@ -133,6 +156,8 @@ impl Default for RetryPolicy {
             max_attempts: 1,
             retry_failed: false,
             retry_timed_out: false,
+            backoff_failed: None,
+            backoff_timed_out: None,
         }
     }
 }
@@ -267,6 +292,19 @@ impl JobSpec {
                 "rollout.maxDevicesPerMinute",
                 "must be at least 1 (leave it out for no limit)",
             ));
+        }
+        if let Some(e) = &self.rollout.exponential {
+            e.validate()?;
+        }
+        if let Some(g) = &self.rollout.gate {
+            g.validate()?;
+        }
+        crate::rollout::abort::validate(&self.rollout.abort)?;
+        if let Some(b) = &self.retry.backoff_failed {
+            b.validate("retry.backoffFailed")?;
+        }
+        if let Some(b) = &self.retry.backoff_timed_out {
+            b.validate("retry.backoffTimedOut")?;
         }
         if let Some(t) = self.cancellation {
             match t.limit {

@@ -270,6 +270,7 @@ fn retry_gen() -> impl Strategy<Value = RetryPolicy> {
             max_attempts,
             retry_failed,
             retry_timed_out,
+            ..Default::default()
         },
     )
 }
@@ -708,8 +709,12 @@ fn check_state(state: &State) -> Result<(), String> {
                 run.devices
                     .iter()
                     .enumerate()
-                    .filter(|(_, d)| {
-                        d.status == DeviceStatus::Pending && d.batch < run.batches_started
+                    .filter(|(i, d)| {
+                        d.status == DeviceStatus::Pending
+                            && d.batch < run.batches_started
+                            && !d
+                                .ready_since
+                                .is_some_and(|t| run.backoff.contains(&(t, *i as u32)))
                     })
                     .map(|(i, _)| i as u32)
                     .collect()
@@ -765,7 +770,7 @@ fn check_state(state: &State) -> Result<(), String> {
                     "job {id} is running but its run never started"
                 );
             }
-            JobStatus::Stopped => {}
+            JobStatus::Stopped | JobStatus::Paused => {}
             JobStatus::Completed => {
                 ensure!(
                     run.stats.all_final() && run.batches_started as usize == run.batches.len(),
@@ -1575,6 +1580,7 @@ impl Harness {
             rollout: Rollout {
                 batch: g.batch,
                 max_devices_per_minute: g.per_minute,
+                ..Default::default()
             },
             cancellation: g.threshold,
             retry: g.retry,
@@ -2201,6 +2207,7 @@ fn method_spec(batch: Option<BatchSize>, threshold: Option<CancellationThreshold
         rollout: Rollout {
             batch,
             max_devices_per_minute: None,
+            ..Default::default()
         },
         cancellation: threshold,
         retry: RetryPolicy::default(),

@@ -168,6 +168,7 @@ fn central_job() -> JobSpec {
         rollout: Rollout {
             batch: Some(BatchSize::Percentage(25)),
             max_devices_per_minute: None,
+            ..Default::default()
         },
         cancellation: Some(CancellationThreshold {
             limit: Threshold::Percentage(10),
@@ -496,6 +497,7 @@ fn silent_devices_time_out_and_are_retried_with_a_new_attempt() {
         max_attempts: 3,
         retry_failed: true,
         retry_timed_out: true,
+        ..Default::default()
     };
     create(&mut l, "j", spec);
     let mut rids = Vec::new();
@@ -624,6 +626,7 @@ fn rate_limit_spreads_dispatch_over_minutes() {
     spec.rollout = Rollout {
         batch: None,
         max_devices_per_minute: Some(2),
+        ..Default::default()
     };
     spec.cancellation = None;
     create(&mut l, "j", spec);

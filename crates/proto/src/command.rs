@@ -29,6 +29,10 @@ impl From<&Command> for pb::Command {
                 job_id: id.to_string(),
                 at_ms: at.millis(),
             }),
+            Command::ContinueJob { id, at } => Kind::ContinueJob(pb::command::ContinueJob {
+                job_id: id.to_string(),
+                at_ms: at.millis(),
+            }),
             Command::CancelJob { id, at } => Kind::CancelJob(CancelJob {
                 job_id: id.to_string(),
                 at_ms: at.millis(),
@@ -249,6 +253,10 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         },
         Kind::ResumeJob(m) => Command::ResumeJob {
             id: id("resume_job.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::ContinueJob(m) => Command::ContinueJob {
+            id: id("continue_job.job_id", m.job_id)?,
             at: time(m.at_ms),
         },
         Kind::CancelJob(m) => Command::CancelJob {

@@ -110,6 +110,34 @@ impl From<&Event> for pb::Event {
                 device_ids: id_strings(devices),
                 at_ms: at.millis(),
             }),
+            Event::JobPaused {
+                job,
+                run,
+                batch,
+                reason,
+                at,
+            } => Kind::JobPaused(pb::event::JobPaused {
+                job_id: job.to_string(),
+                run: run.0,
+                batch: *batch,
+                reason: Some((*reason).into()),
+                at_ms: at.millis(),
+            }),
+            Event::JobContinued { job, at } => Kind::JobContinued(pb::event::JobContinued {
+                job_id: job.to_string(),
+                at_ms: at.millis(),
+            }),
+            Event::RateChanged {
+                job,
+                run,
+                per_minute,
+                at,
+            } => Kind::RateChanged(pb::event::RateChanged {
+                job_id: job.to_string(),
+                run: run.0,
+                per_minute: *per_minute,
+                at_ms: at.millis(),
+            }),
             Event::JobStopped { job, at } => Kind::JobStopped(JobStopped {
                 job_id: job.to_string(),
                 at_ms: at.millis(),
@@ -320,6 +348,23 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
             job: id("devices_joined.job_id", m.job_id)?,
             run: RunId(m.run),
             devices: ids("devices_joined.device_ids", m.device_ids)?,
+            at: time(m.at_ms),
+        },
+        Kind::JobPaused(m) => Event::JobPaused {
+            job: id("job_paused.job_id", m.job_id)?,
+            run: RunId(m.run),
+            batch: m.batch,
+            reason: message("job_paused.reason", m.reason)?,
+            at: time(m.at_ms),
+        },
+        Kind::JobContinued(m) => Event::JobContinued {
+            job: id("job_continued.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::RateChanged(m) => Event::RateChanged {
+            job: id("rate_changed.job_id", m.job_id)?,
+            run: RunId(m.run),
+            per_minute: m.per_minute,
             at: time(m.at_ms),
         },
         Kind::JobStopped(m) => Event::JobStopped {

@@ -122,6 +122,21 @@ impl From<&CancelReason> for pb::CancelReason {
                 population: *population,
                 batch: *batch,
             }),
+            CancelReason::Criterion {
+                index,
+                criterion,
+                failures,
+                finished,
+            } => Kind::Criterion(pb::cancel_reason::CriterionCrossed {
+                index: *index,
+                criterion: Some((*criterion).into()),
+                failures: *failures,
+                finished: *finished,
+            }),
+            CancelReason::Gate { batch, reason } => Kind::Gate(pb::cancel_reason::GateFailed {
+                batch: *batch,
+                reason: Some((*reason).into()),
+            }),
         };
         pb::CancelReason { kind: Some(kind) }
     }
@@ -138,6 +153,16 @@ impl TryFrom<pb::CancelReason> for CancelReason {
                 failures: t.failures,
                 population: t.population,
                 batch: t.batch,
+            },
+            Kind::Criterion(c) => CancelReason::Criterion {
+                index: c.index,
+                criterion: crate::fields::message("criterion.criterion", c.criterion)?,
+                failures: c.failures,
+                finished: c.finished,
+            },
+            Kind::Gate(g) => CancelReason::Gate {
+                batch: g.batch,
+                reason: crate::fields::message("gate.reason", g.reason)?,
             },
         })
     }

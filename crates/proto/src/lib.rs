@@ -24,6 +24,7 @@ mod fields;
 mod invocation;
 mod job;
 mod registry;
+mod rollout;
 mod spec;
 
 use std::borrow::Cow;

@@ -173,6 +173,9 @@ impl From<&Rollout> for pb::Rollout {
         pb::Rollout {
             batch: r.batch.map(Into::into),
             max_devices_per_minute: r.max_devices_per_minute,
+            exponential: r.exponential.map(Into::into),
+            gate: r.gate.map(Into::into),
+            abort: r.abort.iter().map(|&c| c.into()).collect(),
         }
     }
 }
@@ -184,6 +187,9 @@ impl TryFrom<pb::Rollout> for Rollout {
         Ok(Rollout {
             batch: optional_message("batch", r.batch)?,
             max_devices_per_minute: r.max_devices_per_minute,
+            exponential: optional_message("exponential", r.exponential)?,
+            gate: optional_message("gate", r.gate)?,
+            abort: messages("abort", r.abort)?,
         })
     }
 }
@@ -260,6 +266,8 @@ impl From<RetryPolicy> for pb::RetryPolicy {
             max_attempts: r.max_attempts,
             retry_failed: r.retry_failed,
             retry_timed_out: r.retry_timed_out,
+            backoff_failed: r.backoff_failed.map(Into::into),
+            backoff_timed_out: r.backoff_timed_out.map(Into::into),
         }
     }
 }
@@ -272,6 +280,8 @@ impl From<pb::RetryPolicy> for RetryPolicy {
             max_attempts: r.max_attempts,
             retry_failed: r.retry_failed,
             retry_timed_out: r.retry_timed_out,
+            backoff_failed: r.backoff_failed.map(Into::into),
+            backoff_timed_out: r.backoff_timed_out.map(Into::into),
         }
     }
 }

@@ -134,6 +134,8 @@ impl Seen {
                         "CancelReason::Threshold(batch)"
                     }
                     CancelReason::Threshold { batch: None, .. } => "CancelReason::Threshold(run)",
+                    CancelReason::Criterion { .. } => "CancelReason::Criterion",
+                    CancelReason::Gate { .. } => "CancelReason::Gate",
                 };
                 self.0.insert(name);
                 "Event::JobCancelled"
@@ -147,6 +149,9 @@ impl Seen {
                 "Event::JobFailed"
             }
             Event::RerunStarted { .. } => "Event::RerunStarted",
+            Event::JobPaused { .. } => "Event::JobPaused",
+            Event::JobContinued { .. } => "Event::JobContinued",
+            Event::RateChanged { .. } => "Event::RateChanged",
             Event::DeviceRegistered { .. } => "Event::DeviceRegistered",
             Event::DeviceUpdated { .. } => "Event::DeviceUpdated",
             Event::TwinPatched { section, .. } => {
@@ -189,6 +194,7 @@ impl Seen {
             Command::StopJob { .. } => "Command::StopJob",
             Command::ResumeJob { .. } => "Command::ResumeJob",
             Command::CancelJob { .. } => "Command::CancelJob",
+            Command::ContinueJob { .. } => "Command::ContinueJob",
             Command::RerunJob { .. } => "Command::RerunJob",
             Command::MarkDispatched { .. } => "Command::MarkDispatched",
             Command::RecordDeviceResults { results, .. } => {
@@ -254,6 +260,12 @@ const ALL_CASES: &[&str] = &[
     "CancelReason::Threshold(batch)",
     "CancelReason::Threshold(run)",
     "CancelReason::User",
+    "CancelReason::Criterion",
+    "CancelReason::Gate",
+    "Command::ContinueJob",
+    "Event::JobContinued",
+    "Event::JobPaused",
+    "Event::RateChanged",
     "Command::Advance",
     "Command::CancelJob",
     "Command::CreateJob",

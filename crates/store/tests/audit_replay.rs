@@ -108,6 +108,7 @@ fn spec(k: usize) -> JobSpec {
                 _ => None,
             },
             max_devices_per_minute: (k.is_multiple_of(19) && k % 97 > 1).then_some(60),
+            ..Default::default()
         },
         cancellation: (k.is_multiple_of(11)).then_some(CancellationThreshold {
             limit: Threshold::Count(1),
@@ -118,6 +119,7 @@ fn spec(k: usize) -> JobSpec {
                 max_attempts: 3,
                 retry_failed: true,
                 retry_timed_out: true,
+                ..Default::default()
             }
         } else {
             RetryPolicy::default()

@@ -60,6 +60,9 @@ pub(crate) fn job(j: &Job, detail: Detail) -> pb::Job {
         spec: (detail == Detail::Full).then(|| pb::JobSpec::from(&j.spec)),
         cancel_reason: j.cancel_reason.as_ref().map(Into::into),
         failure: j.failure.as_ref().map(Into::into),
+        pause_reason: j.paused.map(|(_, r)| r.into()),
+        paused_after_batch: j.paused.map(|(b, _)| b),
+        rate_per_minute: j.rate_limit(),
     }
 }
 
@@ -105,6 +108,14 @@ fn status_reason(j: &Job) -> String {
                 "cancelled: {failures} of {population} devices{scope} failed, more than the cancellation threshold allows"
             )
         }
+        (JobStatus::Cancelled, Some(r), _) => format!("cancelled: {}", r.describe()),
+        (JobStatus::Paused, _, _) => match &j.paused {
+            Some((b, r)) => format!(
+                "paused after batch {b}: {}; continue it to start the next batch",
+                r.describe()
+            ),
+            None => "paused".into(),
+        },
         (JobStatus::Failed, _, Some(JobFailure::MaxExecutionTimeExceeded)) => {
             "failed: the maximum execution time passed before every device finished".into()
         }
@@ -184,6 +195,7 @@ pub(crate) fn job_status(s: JobStatus) -> pb::JobStatus {
         JobStatus::Pending => pb::JobStatus::Pending,
         JobStatus::Running => pb::JobStatus::Running,
         JobStatus::Stopped => pb::JobStatus::Stopped,
+        JobStatus::Paused => pb::JobStatus::Paused,
         JobStatus::Completed => pb::JobStatus::Completed,
         JobStatus::Failed => pb::JobStatus::Failed,
         JobStatus::Cancelled => pb::JobStatus::Cancelled,
@@ -209,12 +221,13 @@ pub(crate) fn job_status_filter(field: &str, raw: i32) -> Result<JobStatus, Stat
         Ok(pb::JobStatus::Pending) => JobStatus::Pending,
         Ok(pb::JobStatus::Running) => JobStatus::Running,
         Ok(pb::JobStatus::Stopped) => JobStatus::Stopped,
+        Ok(pb::JobStatus::Paused) => JobStatus::Paused,
         Ok(pb::JobStatus::Completed) => JobStatus::Completed,
         Ok(pb::JobStatus::Failed) => JobStatus::Failed,
         Ok(pb::JobStatus::Cancelled) => JobStatus::Cancelled,
         Ok(pb::JobStatus::Unspecified) | Err(_) => {
             return Err(Status::invalid_argument(format!(
-                "{field}: {raw} is not a job status; use SCHEDULED, PENDING, RUNNING, STOPPED, COMPLETED, FAILED or CANCELLED"
+                "{field}: {raw} is not a job status; use SCHEDULED, PENDING, RUNNING, STOPPED, PAUSED, COMPLETED, FAILED or CANCELLED"
             )))
         }
     })

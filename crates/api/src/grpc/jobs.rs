@@ -195,6 +195,21 @@ impl pb::job_service_server::JobService for JobApi {
             .map(Response::new)
     }
 
+    async fn continue_job(
+        &self,
+        request: Request<pb::ContinueJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
+        let id: JobId = parse_id("job_id", &request.into_inner().job_id)?;
+        let command = Command::ContinueJob {
+            id: id.clone(),
+            at: now(),
+        };
+        self.write_then_get(who, &id, command)
+            .await
+            .map(Response::new)
+    }
+
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,

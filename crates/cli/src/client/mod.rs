@@ -159,8 +159,10 @@ pub enum JobCmd {
     },
     /// Halt dispatch of new devices (devices already asked may still answer).
     Stop { id: String },
-    /// Continue a stopped job.
+    /// Continue a stopped job (or a paused one, like `continue`).
     Resume { id: String },
+    /// Start the next batch of a job its rollout gate paused between batches.
+    Continue { id: String },
     /// End a job; its devices that have not finished end cancelled.
     Cancel { id: String },
     /// Run a finished job again over its failed and timed-out devices.
@@ -348,6 +350,7 @@ pub enum JobStatusArg {
     Pending,
     Running,
     Stopped,
+    Paused,
     Completed,
     Failed,
     Cancelled,
@@ -429,6 +432,7 @@ fn job_status_arg(s: JobStatusArg) -> pb::JobStatus {
         JobStatusArg::Pending => pb::JobStatus::Pending,
         JobStatusArg::Running => pb::JobStatus::Running,
         JobStatusArg::Stopped => pb::JobStatus::Stopped,
+        JobStatusArg::Paused => pb::JobStatus::Paused,
         JobStatusArg::Completed => pb::JobStatus::Completed,
         JobStatusArg::Failed => pb::JobStatus::Failed,
         JobStatusArg::Cancelled => pb::JobStatus::Cancelled,
@@ -582,6 +586,15 @@ pub async fn job(opts: &ClientOpts, cmd: JobCmd) -> anyhow::Result<()> {
         JobCmd::Resume { id } => {
             let job = client
                 .resume_job(pb::ResumeJobRequest { job_id: id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            print_job(opts, &job);
+            Ok(())
+        }
+        JobCmd::Continue { id } => {
+            let job = client
+                .continue_job(pb::ContinueJobRequest { job_id: id })
                 .await
                 .map_err(rpc)?
                 .into_inner();

@@ -17,6 +17,7 @@ pub fn job_status(raw: i32) -> &'static str {
         Ok(pb::JobStatus::Pending) => "pending",
         Ok(pb::JobStatus::Running) => "running",
         Ok(pb::JobStatus::Stopped) => "stopped",
+        Ok(pb::JobStatus::Paused) => "paused",
         Ok(pb::JobStatus::Completed) => "completed",
         Ok(pb::JobStatus::Failed) => "failed",
         Ok(pb::JobStatus::Cancelled) => "cancelled",
@@ -89,6 +90,12 @@ pub fn job_json(j: &pb::Job) -> Value {
         m.insert("statusReason".into(), json!(j.status_reason));
     }
     m.insert("stats".into(), stats_json(j.stats.as_ref()));
+    if let Some(r) = j.rate_per_minute {
+        m.insert("ratePerMinute".into(), json!(r));
+    }
+    if let Some(b) = j.paused_after_batch {
+        m.insert("pausedAfterBatch".into(), json!(b));
+    }
     m.insert("createdAt".into(), json!(time(j.created_at_ms)));
     opt_time(&mut m, "startAt", j.start_at_ms);
     opt_time(&mut m, "startedAt", j.started_at_ms);
@@ -277,6 +284,12 @@ pub fn job_text(j: &pb::Job) -> String {
     };
     kv("Status:", status);
     kv("Devices:", stats_text(j.stats.as_ref()));
+    if let Some(r) = j.rate_per_minute {
+        kv("Rate:", format!("{r} devices per minute"));
+    }
+    if j.status == pb::JobStatus::Paused as i32 {
+        kv("Next:", format!("muster job continue {}", j.job_id));
+    }
     kv("Created:", time(j.created_at_ms));
     if let Some(t) = j.start_at_ms {
         kv("Starts at:", time(t));

@@ -202,12 +202,14 @@ fn from_flags(a: SpecArgs) -> anyhow::Result<pb::JobSpec> {
         rollout: Some(pb::Rollout {
             batch,
             max_devices_per_minute: a.rate,
+            ..Default::default()
         }),
         cancellation,
         retry: Some(pb::RetryPolicy {
             max_attempts: a.max_attempts,
             retry_failed: a.max_attempts > 1,
             retry_timed_out: a.max_attempts > 1,
+            ..Default::default()
         }),
     })
 }

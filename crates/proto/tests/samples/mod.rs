@@ -82,6 +82,7 @@ pub fn full_spec() -> JobSpec {
         rollout: Rollout {
             batch: Some(BatchSize::Percentage(25)),
             max_devices_per_minute: Some(120),
+            ..Default::default()
         },
         cancellation: Some(CancellationThreshold {
             limit: Threshold::Count(5),
@@ -91,6 +92,7 @@ pub fn full_spec() -> JobSpec {
             max_attempts: 3,
             retry_failed: true,
             retry_timed_out: true,
+            ..Default::default()
         },
     }
 }
@@ -121,6 +123,7 @@ pub fn group_spec() -> JobSpec {
         rollout: Rollout {
             batch: Some(BatchSize::Count(50)),
             max_devices_per_minute: None,
+            ..Default::default()
         },
         cancellation: Some(CancellationThreshold {
             limit: Threshold::Percentage(10),
@@ -152,6 +155,54 @@ pub fn query_spec() -> JobSpec {
         cancellation: None,
         retry: RetryPolicy::default(),
     }
+}
+
+/// Every rollout control of issue 16: an exponential rate, a gate, abort criteria, backoff.
+pub fn rollout_spec() -> JobSpec {
+    use muster_domain::rollout::{
+        AbortCriterion, Backoff, ExponentialRate, FailureKind, Gate, GateAction, RateCriterion,
+    };
+    let mut spec = query_spec();
+    spec.rollout = Rollout {
+        batch: Some(BatchSize::Count(10)),
+        max_devices_per_minute: None,
+        exponential: Some(ExponentialRate {
+            base_per_minute: 5,
+            increment_factor_tenths: 15,
+            criterion: RateCriterion::SucceededDevices(20),
+            maximum_per_minute: 200,
+        }),
+        gate: Some(Gate {
+            success_percent: 95,
+            on_failure: GateAction::Pause,
+            pause_after_each_batch: true,
+        }),
+        abort: vec![
+            AbortCriterion {
+                kind: FailureKind::TimedOut,
+                threshold: Threshold::Percentage(10),
+                min_finished: 20,
+            },
+            AbortCriterion {
+                kind: FailureKind::Any,
+                threshold: Threshold::Count(50),
+                min_finished: 0,
+            },
+        ],
+    };
+    spec.retry = RetryPolicy {
+        max_attempts: 4,
+        retry_failed: true,
+        retry_timed_out: true,
+        backoff_failed: Some(Backoff {
+            base_ms: 1000,
+            factor: 2,
+            max_ms: 60_000,
+            jitter_percent: 20,
+        }),
+        backoff_timed_out: None,
+    };
+    spec
 }
 
 pub fn registration() -> DeviceRegistration {
@@ -359,6 +410,74 @@ pub fn events() -> Vec<(&'static str, Event)> {
                     batch: None,
                 },
                 at: at(300_000),
+            },
+        ),
+        (
+            "event_job_cancelled_criterion",
+            Event::JobCancelled {
+                job: job(),
+                reason: CancelReason::Criterion {
+                    index: 1,
+                    criterion: rollout_spec().rollout.abort[1],
+                    failures: 51,
+                    finished: 70,
+                },
+                at: at(300_000),
+            },
+        ),
+        (
+            "event_job_cancelled_gate",
+            Event::JobCancelled {
+                job: job(),
+                reason: CancelReason::Gate {
+                    batch: 0,
+                    reason: muster_domain::rollout::PauseReason::GateFailed {
+                        succeeded: 8,
+                        devices: 10,
+                        required_percent: 95,
+                    },
+                },
+                at: at(300_000),
+            },
+        ),
+        (
+            "event_job_paused_gate",
+            Event::JobPaused {
+                job: job(),
+                run: RunId(0),
+                batch: 1,
+                reason: muster_domain::rollout::PauseReason::GateFailed {
+                    succeeded: 9,
+                    devices: 10,
+                    required_percent: 95,
+                },
+                at: at(250_000),
+            },
+        ),
+        (
+            "event_job_paused_after_batch",
+            Event::JobPaused {
+                job: job(),
+                run: RunId(1),
+                batch: 0,
+                reason: muster_domain::rollout::PauseReason::AfterBatch,
+                at: at(250_000),
+            },
+        ),
+        (
+            "event_job_continued",
+            Event::JobContinued {
+                job: job(),
+                at: at(260_000),
+            },
+        ),
+        (
+            "event_rate_changed",
+            Event::RateChanged {
+                job: job(),
+                run: RunId(0),
+                per_minute: 7,
+                at: at(270_000),
             },
         ),
         (
@@ -661,6 +780,21 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             Command::ResumeJob {
                 id: job(),
                 at: at(200_000),
+            },
+        ),
+        (
+            "command_continue_job",
+            Command::ContinueJob {
+                id: job(),
+                at: at(260_000),
+            },
+        ),
+        (
+            "command_create_job_rollout",
+            Command::CreateJob {
+                id: job(),
+                spec: rollout_spec(),
+                at: at(0),
             },
         ),
         (

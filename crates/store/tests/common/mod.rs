@@ -65,6 +65,7 @@ pub fn create_job(id: &str, devices: usize, ms: i64) -> Command {
             rollout: Rollout {
                 batch: Some(BatchSize::Percentage(50)),
                 max_devices_per_minute: None,
+                ..Default::default()
             },
             cancellation: None,
             retry: RetryPolicy::default(),
