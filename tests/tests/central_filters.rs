@@ -181,6 +181,20 @@ async fn device_list_filters_and_orders_across_pages() {
     .await;
     assert_eq!(names, ["Thermostat E"]);
 
+    // `top` caps the whole list across pages; the nextLink carries what is left of it.
+    let (names, links) = walk(
+        &http,
+        http.get(&list).query(&[
+            ("api-version", "2022-07-31"),
+            ("top", "3"),
+            ("maxpagesize", "2"),
+        ]),
+    )
+    .await;
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(links[0].contains("top=1"), "{links:?}");
+
     // What muster cannot evaluate: a 400 in IoT Central's error shape naming it.
     for (param, value, named) in [
         ("filter", "scopes eq 'redmond'", "scopes"),

@@ -314,6 +314,23 @@ async fn devices_jobs_show_every_devices_outcome_of_a_method_job() {
     .await
     .unwrap();
 
+    // WHERE sees the twin as GET /twins/{id} renders it: every connected device has a
+    // lastActivityTime after IoT Hub's "never", and the same value the GET shows.
+    let active = json!({"query": "SELECT deviceId, lastActivityTime FROM devices WHERE lastActivityTime > '0001-01-01T00:00:00Z' AND connectionState = 'Connected'"});
+    let rows = api.query(&active, None, None).await.body;
+    assert_eq!(rows.as_array().unwrap().len(), 6, "{rows}");
+    let twin = api.get(&format!("/twins/{}", ids[0])).await;
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["deviceId"] == ids[0].as_str())
+        .unwrap();
+    assert_eq!(
+        row["lastActivityTime"], twin["lastActivityTime"],
+        "{row} {twin}"
+    );
+
     let r = api
         .c
         .put(api.url("/jobs/v2/hq-reboot"))

@@ -36,7 +36,7 @@ use crate::hub::object;
 use crate::json::{parse_body, quote, Fields};
 
 /// IoT Hub's "never": the time it shows for something that has not happened yet.
-pub const NEVER: &str = "0001-01-01T00:00:00Z";
+pub use muster_domain::registry::NEVER;
 
 /// Milliseconds from 0001-01-01 to 1970-01-01, to turn a time into .NET ticks.
 const EPOCH_FROM_YEAR_ONE_MS: i64 = 62_135_596_800_000;
@@ -301,24 +301,7 @@ const TWIN_READ_ONLY: &[&str] = &[
 /// A device as IoT Hub's twin document; see the module docs.
 pub fn hub_twin_json(d: &Device) -> Value {
     let mut m = Map::new();
-    m.insert("deviceId".into(), Value::String(d.id.to_string()));
-    m.insert(
-        "modelId".into(),
-        Value::String(d.model_id.clone().unwrap_or_default()),
-    );
-    m.insert("etag".into(), Value::String(d.version.to_string()));
-    m.insert("deviceEtag".into(), Value::String(device_etag(d)));
-    m.insert("status".into(), status(d));
-    if let Some(r) = &d.status_reason {
-        m.insert("statusReason".into(), Value::String(r.clone()));
-    }
-    m.insert("statusUpdateTime".into(), time_or_never(d.status_updated));
-    m.insert("connectionState".into(), connection(d));
-    m.insert("lastActivityTime".into(), time_or_never(d.last_activity));
-    m.insert("cloudToDeviceMessageCount".into(), Value::from(0));
-    m.insert("authenticationType".into(), Value::String("sas".into()));
-    m.insert("x509Thumbprint".into(), thumbprints());
-    m.insert("version".into(), Value::from(d.version));
+    d.twin_identity_fields(&mut m);
     m.insert("tags".into(), as_object(&d.tags));
     let mut props = Map::new();
     props.insert(

@@ -281,35 +281,80 @@ impl Device {
         self.version += 1;
     }
 
-    /// The JSON document the query language evaluates, in IoT Hub's twin shape.
+    /// The twin's identity fields exactly as IoT Hub's `GET /twins/{id}` renders them, in its
+    /// order: `deviceId`, `modelId`, `etag`, `deviceEtag`, `status`, `statusReason` (when set),
+    /// `statusUpdateTime`, `connectionState`, `lastActivityTime`, `cloudToDeviceMessageCount`,
+    /// `authenticationType`, `x509Thumbprint`, `version`. The one rendering of them: the REST
+    /// twin and the query document both take them from here, so a `WHERE` sees what a GET shows.
+    pub fn twin_identity_fields(&self, m: &mut Map<String, Value>) {
+        let time = |t: Option<Timestamp>| {
+            Value::String(t.map_or_else(|| NEVER.to_string(), |t| t.to_rfc3339()))
+        };
+        m.insert("deviceId".into(), Value::String(self.id.to_string()));
+        m.insert(
+            "modelId".into(),
+            Value::String(self.model_id.clone().unwrap_or_default()),
+        );
+        m.insert("etag".into(), Value::String(self.version.to_string()));
+        m.insert(
+            "deviceEtag".into(),
+            Value::String(self.identity_version.to_string()),
+        );
+        m.insert(
+            "status".into(),
+            Value::String(if self.enabled { "enabled" } else { "disabled" }.into()),
+        );
+        if let Some(r) = &self.status_reason {
+            m.insert("statusReason".into(), Value::String(r.clone()));
+        }
+        m.insert("statusUpdateTime".into(), time(self.status_updated));
+        // IoT Hub knows only connected and disconnected: a device that never reported presence
+        // is disconnected.
+        let connection = match self.connection {
+            ConnectionState::Connected => "Connected",
+            ConnectionState::Disconnected | ConnectionState::Unknown => "Disconnected",
+        };
+        m.insert("connectionState".into(), Value::String(connection.into()));
+        m.insert("lastActivityTime".into(), time(self.last_activity));
+        m.insert("cloudToDeviceMessageCount".into(), Value::from(0));
+        m.insert("authenticationType".into(), Value::String("sas".into()));
+        let mut thumbprints = Map::new();
+        thumbprints.insert("primaryThumbprint".into(), Value::Null);
+        thumbprints.insert("secondaryThumbprint".into(), Value::Null);
+        m.insert("x509Thumbprint".into(), Value::Object(thumbprints));
+        m.insert("version".into(), Value::from(self.version));
+    }
+
+    /// The JSON document the query language evaluates: the twin's identity fields as
+    /// `GET /twins/{id}` renders them ([`Device::twin_identity_fields`]), `tags`, the desired and
+    /// reported properties (without `$metadata`/`$version`), `capabilities`, and muster's
+    /// additions IoT Central's device queries use: `displayName`, `$template`,
+    /// `cloudProperties`.
     pub fn twin_document(&self) -> Value {
         let mut doc = Map::new();
-        doc.insert("deviceId".into(), Value::String(self.id.to_string()));
+        self.twin_identity_fields(&mut doc);
         doc.insert(
             "displayName".into(),
             Value::String(self.display_name.clone()),
         );
         if let Some(m) = &self.model_id {
             doc.insert("$template".into(), Value::String(m.clone()));
-            doc.insert("modelId".into(), Value::String(m.clone()));
         }
-        doc.insert(
-            "status".into(),
-            Value::String(if self.enabled { "enabled" } else { "disabled" }.into()),
-        );
-        doc.insert(
-            "connectionState".into(),
-            Value::String(self.connection.as_str().into()),
-        );
         doc.insert("tags".into(), self.tags.clone());
         let mut props = Map::new();
         props.insert("desired".into(), self.desired.clone());
         props.insert("reported".into(), self.reported.clone());
         doc.insert("properties".into(), Value::Object(props));
+        let mut capabilities = Map::new();
+        capabilities.insert("iotEdge".into(), Value::Bool(self.iot_edge));
+        doc.insert("capabilities".into(), Value::Object(capabilities));
         doc.insert("cloudProperties".into(), self.cloud_properties.clone());
         Value::Object(doc)
     }
 }
+
+/// IoT Hub's "never": the time it shows for something that has not happened yet.
+pub const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// A device group: a saved query, as IoT Central's device groups are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -461,6 +506,51 @@ mod tests {
         assert_eq!(doc["properties"]["desired"]["fw"], "2");
         assert_eq!(doc["$template"], "dtmi:x;1");
         assert_eq!(doc["tags"]["site"], "b43");
+    }
+
+    /// A WHERE sees the twin fields as `GET /twins/{id}` renders them: IoT Hub's connection
+    /// state (never connected is `Disconnected`), times in RFC 3339 or IoT Hub's "never", the
+    /// status reason, the etags and versions.
+    #[test]
+    fn queries_see_the_rendered_twin_fields() {
+        let reg = DeviceRegistration {
+            id: DeviceId::new("d1").unwrap(),
+            display_name: "one".into(),
+            model_id: None,
+            enabled: false,
+            tags: json!({}),
+        };
+        let mut d = Device::new(&reg, Timestamp(5));
+        d.status_reason = Some("retired".into());
+        let q = |w: &str| Query::parse(&format!("SELECT * FROM devices WHERE {w}")).expect(w);
+        let doc = d.twin_document();
+        for w in [
+            "connectionState = 'Disconnected'",
+            "lastActivityTime = '0001-01-01T00:00:00Z'",
+            "statusReason = 'retired'",
+            "status = 'disabled'",
+            "etag = '1'",
+            "deviceEtag = '1'",
+            "version = 1",
+            "cloudToDeviceMessageCount = 0",
+            "authenticationType = 'sas'",
+            "capabilities.iotEdge = false",
+        ] {
+            assert!(q(w).matches(&doc), "{w}: {doc}");
+        }
+        d.connection = ConnectionState::Connected;
+        d.last_activity = Some(Timestamp(1_000));
+        let doc = d.twin_document();
+        assert!(q("connectionState = 'Connected'").matches(&doc));
+        assert!(
+            q("lastActivityTime > '1970-01-01T00:00:00Z'").matches(&doc),
+            "{doc}"
+        );
+        let mut identity = Map::new();
+        d.twin_identity_fields(&mut identity);
+        for (k, v) in &identity {
+            assert_eq!(&doc[k.as_str()], v, "{k}");
+        }
     }
 }
 

@@ -81,18 +81,34 @@ const EXPECTED_FORM: &str = "SELECT * FROM devices [WHERE <condition>]";
 const SUPPORTED_OPERATORS: &str =
     "=, !=, <>, <, >, <=, >=, AND, OR, NOT, IN [...], NOT IN [...] and IS_DEFINED(path)";
 
-/// Top-level twin fields that hold a single value and have no sub-fields.
-const SCALAR_ROOTS: [&str; 6] = [
+/// Top-level twin fields that hold a single value and have no sub-fields: those
+/// `GET /twins/{id}` renders (`Device::twin_identity_fields`, the one rendering) and muster's
+/// `$template` and `displayName`.
+const SCALAR_ROOTS: [&str; 14] = [
     "deviceId",
     "modelId",
     "$template",
     "status",
     "connectionState",
     "displayName",
+    "etag",
+    "deviceEtag",
+    "statusReason",
+    "statusUpdateTime",
+    "lastActivityTime",
+    "cloudToDeviceMessageCount",
+    "authenticationType",
+    "version",
 ];
 
 /// Top-level twin fields that hold objects and are navigated with dots.
-const OBJECT_ROOTS: [&str; 3] = ["tags", "properties", "cloudProperties"];
+const OBJECT_ROOTS: [&str; 5] = [
+    "tags",
+    "properties",
+    "cloudProperties",
+    "capabilities",
+    "x509Thumbprint",
+];
 
 /// The only sections allowed right below `properties`.
 const PROPERTY_SECTIONS: [&str; 2] = ["desired", "reported"];
