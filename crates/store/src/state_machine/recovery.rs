@@ -8,7 +8,8 @@ use muster_domain::{evolve, State};
 use tokio::sync::broadcast;
 
 use super::snapshot::{
-    read_stored, write_file, SnapshotPayload, SNAPSHOT_DATA, SNAPSHOT_FILE, SNAPSHOT_FORMAT,
+    publish, read_stored, remove_leftovers, write_tmp, SnapshotPayload, SNAPSHOT_DATA,
+    SNAPSHOT_FILE, SNAPSHOT_FORMAT,
 };
 use super::{
     read_head, read_json, read_u64, Applied, Shared, StateMachine, BROADCAST_CAPACITY, FIRST_SEQ,
@@ -42,6 +43,7 @@ impl StateMachine {
         let membership: Option<StoredMembership> = read_json(&meta, MEMBERSHIP)?;
         let head = read_head(&meta, last_seq)?;
 
+        remove_leftovers(&snapshot_dir);
         let stored = match snapshot.get(SNAPSHOT_DATA)? {
             // An older release's JSON snapshot: converted into a file once.
             Some(data) if snapshot.get(SNAPSHOT_FILE)?.is_none() => {
@@ -212,7 +214,8 @@ fn convert_legacy(
         chain_head: p.chain_head,
     };
     let name = format!("converted-{}.snap", p.last_seq);
-    let bytes = write_file(dir, &name, &header, &p.state, db)?;
+    let (tmp, bytes) = write_tmp(dir, &name, &header, &p.state, db)?;
+    publish(dir, &tmp, &name)?;
     let mut batch = sled::Batch::default();
     batch.insert(SNAPSHOT_FILE, name.as_bytes());
     batch.remove(SNAPSHOT_DATA);

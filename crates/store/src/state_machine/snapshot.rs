@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
@@ -80,15 +80,15 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes a snapshot file of `state` at `header` as `dir/name` (through `name.tmp`, renamed
-/// once synced); returns its size.
-pub(crate) fn write_file(
+/// Writes a snapshot file of `state` at `header` as `dir/name.tmp`, synced; returns its path
+/// and size. [`publish`] gives it its name.
+pub(crate) fn write_tmp(
     dir: &Path,
     name: &str,
     header: &SnapshotHeader,
     state: &muster_domain::State,
     db: &sled::Db,
-) -> Result<u64, StoreError> {
+) -> Result<(PathBuf, u64), StoreError> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let file = File::create(&tmp)?;
@@ -103,9 +103,27 @@ pub(crate) fn write_file(
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)?;
-    Ok(bytes)
+    Ok((tmp, bytes))
+}
+
+/// Renames a written `tmp` file to `dir/name`, durably. Callers other than `open` hold the
+/// snapshot lock, so a concurrent build or install cannot delete it before it is named current.
+pub(crate) fn publish(dir: &Path, tmp: &Path, name: &str) -> Result<(), StoreError> {
+    std::fs::rename(tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// Deletes the `.tmp` files of builds and installs a stop interrupted (at `open`, when none
+/// runs).
+pub(crate) fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.ends_with(".tmp")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Reads the snapshot file `dir/name`.
@@ -140,12 +158,14 @@ fn remove_others(dir: &Path, keep: &str) {
     }
 }
 
-/// Names `file` (with `meta`) as the current snapshot unless a newer one is stored, then
-/// flushes and deletes the other files. Returns whether it became the current one.
+/// Names `tmp` `file` and makes it (with `meta`) the current snapshot unless a newer one is
+/// stored (then deletes it), then flushes and deletes the other files. Returns whether it
+/// became the current one.
 fn store_snapshot(
     shared: &Shared,
     meta: &SnapshotMeta<u64, MusterNode>,
     file: &str,
+    tmp: &Path,
 ) -> Result<bool, StoreError> {
     let _only_one = shared
         .snapshot_lock
@@ -154,9 +174,10 @@ fn store_snapshot(
     let current: Option<SnapshotMeta<u64, MusterNode>> =
         read_json(&shared.snapshot, SNAPSHOT_META)?;
     if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
-        let _ = std::fs::remove_file(shared.snapshot_dir.join(file));
+        let _ = std::fs::remove_file(tmp);
         return Ok(false);
     }
+    publish(&shared.snapshot_dir, tmp, file)?;
     let mut batch = sled::Batch::default();
     batch.insert(SNAPSHOT_META, to_json(meta)?);
     batch.insert(SNAPSHOT_FILE, file.as_bytes());
@@ -197,17 +218,17 @@ pub(super) fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, St
         None => format!("none-{n}"),
     };
     let name = file_name(&snapshot_id);
-    let bytes = write_file(&shared.snapshot_dir, &name, &header, &state, &shared.db)?;
+    let (tmp, bytes) = write_tmp(&shared.snapshot_dir, &name, &header, &state, &shared.db)?;
     drop(state);
     let meta = SnapshotMeta {
         last_log_id: header.last_applied,
         last_membership: header.membership,
         snapshot_id,
     };
-    // Opened before it is named current: a newer snapshot stored meanwhile deletes the file,
-    // and the handle still reads it.
-    let data = open_data(&shared.snapshot_dir.join(&name))?;
-    store_snapshot(shared, &meta, &name)?;
+    // Opened before it is named current: if a newer snapshot is stored already, the file is
+    // deleted, and the handle still reads it.
+    let data = open_data(&tmp)?;
+    store_snapshot(shared, &meta, &name, &tmp)?;
     if let Some(m) = shared.metrics.get() {
         let r = m.raft();
         r.snapshot_builds.inc();
@@ -335,8 +356,6 @@ pub(super) fn install_snapshot(
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(&name))?;
-    sync_dir(dir)?;
 
     let last_seq = header.last_seq;
     let first_seq_available = last_seq + 1;
@@ -345,6 +364,7 @@ pub(super) fn install_snapshot(
         .snapshot_lock
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    publish(dir, &tmp, &name)?;
     let mut guard = shared.write();
 
     let mut snap_batch = sled::Batch::default();

@@ -228,3 +228,40 @@ fn register_event() -> Event {
     let mut state = State::default();
     state.execute(&register(0, 1)).unwrap().remove(0)
 }
+
+/// The snapshot files in a state machine's folder.
+fn snapshot_files(sm: &StateMachine) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&sm.shared.snapshot_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Only the current snapshot's file is kept, whether built here or installed from a leader,
+/// and nothing is left half-written.
+#[test]
+fn only_the_current_snapshot_file_is_kept() {
+    let leader = open();
+    apply(&leader, 1, vec![register(0, 3)]);
+    build_snapshot(&leader.shared).unwrap();
+    apply(&leader, 2, vec![register(3, 2)]);
+    let snapshot = build_snapshot(&leader.shared).unwrap();
+    assert_eq!(snapshot_files(&leader), ["1-1-2-2.snap"]);
+
+    let follower = open();
+    apply(&follower, 1, vec![register(0, 3)]);
+    build_snapshot(&follower.shared).unwrap();
+    install_snapshot(
+        &follower.shared,
+        &snapshot.meta,
+        snapshot.snapshot.try_into_std().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(snapshot_files(&follower), ["1-1-2-2.snap"]);
+    assert_eq!(
+        follower.reader().read(|s| s.clone()),
+        leader.reader().read(|s| s.clone())
+    );
+}
