@@ -214,14 +214,16 @@ enum PeerRpc {
     InstallSnapshot,
     ClientWrite,
     Admin,
+    History,
 }
 
-const ALL_RPCS: [PeerRpc; 5] = [
+const ALL_RPCS: [PeerRpc; 6] = [
     PeerRpc::AppendEntries,
     PeerRpc::Vote,
     PeerRpc::InstallSnapshot,
     PeerRpc::ClientWrite,
     PeerRpc::Admin,
+    PeerRpc::History,
 ];
 
 async fn peer_call(
@@ -247,6 +249,7 @@ async fn peer_call(
         PeerRpc::InstallSnapshot => client.install_snapshot(req).await.map(|_| ()),
         PeerRpc::ClientWrite => client.client_write(req).await.map(|_| ()),
         PeerRpc::Admin => client.admin(req).await.map(|_| ()),
+        PeerRpc::History => client.history(req).await.map(|_| ()),
     }
 }
 

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{chain_hash, from_hex, to_hex, Hash, GENESIS};
 use crate::codec::{decode_event, decode_record, encode_event, from_json, parse_principal};
 use crate::error::StoreError;
+use crate::event_index::{EventIndex, Kind, JOB_TREE};
 use crate::segment::raw_records;
 use crate::state_machine::{decode_stored, StoredEvent};
 use crate::state_machine::{
@@ -38,6 +39,8 @@ pub struct AuditLog {
     /// The data directory's snapshot files.
     snapshot_dir: std::path::PathBuf,
     raft_meta: sled::Tree,
+    /// The per-job index, when the directory has a complete one (written by this release).
+    index: Option<EventIndex>,
 }
 
 /// What the metadata says about the log.
@@ -142,9 +145,21 @@ impl AuditLog {
                 },
             }
         };
+        let meta = db.open_tree("sm_meta")?;
+        // Opened only when present: an older directory is not given empty trees here.
+        let has_index = db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == JOB_TREE.as_bytes());
+        let index = if has_index && EventIndex::is_complete(&meta)? {
+            Some(EventIndex::open(&db)?)
+        } else {
+            None
+        };
         Ok(AuditLog {
             events: db.open_tree("events")?,
-            meta: db.open_tree("sm_meta")?,
+            index,
+            meta,
             snapshot: db.open_tree("snapshot")?,
             snapshot_dir: dir.join(SNAPSHOT_DIR),
             raft_meta: db.open_tree("raft_meta")?,
@@ -194,10 +209,14 @@ impl AuditLog {
         to: u64,
     ) -> Result<impl Iterator<Item = Result<(u64, Event), StoreError>> + '_, StoreError> {
         let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
-        Ok(raw_records(&self.events, from, to.min(last_seq)).map(|r| {
-            let r = r?;
-            Ok((r.seq, crate::codec::decode_record_event(r.seq, r.bytes())?))
-        }))
+        // Records below `first_seq` are an unfinished back-fill's, not yet part of the log.
+        let first = read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1);
+        Ok(
+            raw_records(&self.events, from.max(first), to.min(last_seq)).map(|r| {
+                let r = r?;
+                Ok((r.seq, crate::codec::decode_record_event(r.seq, r.bytes())?))
+            }),
+        )
     }
 
     /// Walks the hash chain from the first stored event to `last_seq`, then checks that the
@@ -646,8 +665,10 @@ impl AuditLog {
         to: u64,
     ) -> Result<impl Iterator<Item = Result<StoredEvent, StoreError>> + '_, StoreError> {
         let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
+        // Records below `first_seq` are an unfinished back-fill's, not yet part of the log.
+        let first = read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1);
         Ok(
-            raw_records(&self.events, from.max(1), to.min(last_seq)).map(|r| {
+            raw_records(&self.events, from.max(first), to.min(last_seq)).map(|r| {
                 let r = r?;
                 decode_stored(r.seq, r.bytes())
             }),
@@ -671,7 +692,11 @@ impl AuditLog {
         }
         let mut body = Vec::new();
         let to = filter.to_seq.unwrap_or(u64::MAX);
-        for item in self.records(filter.from_seq, to)? {
+        let items = match filter.job.as_deref().and_then(|j| JobId::new(j).ok()) {
+            Some(job) if self.index.is_some() => self.job_records(job, filter.from_seq, to)?,
+            _ => Box::new(self.records(filter.from_seq, to)?),
+        };
+        for item in items {
             let StoredEvent {
                 seq,
                 event,
@@ -724,11 +749,54 @@ impl AuditLog {
     /// One job's history in order; see [`Timeline`].
     pub fn timeline(&self, job: &JobId) -> Result<Timeline, StoreError> {
         let mut t = Timeline::new(job.clone());
-        for item in self.records(1, u64::MAX)? {
+        let items = if self.index.is_some() {
+            self.job_records(job.clone(), 1, u64::MAX)?
+        } else {
+            Box::new(self.records(1, u64::MAX)?)
+        };
+        for item in items {
             let r = item?;
             t.push(r.seq, r.event, r.principal);
         }
         Ok(t.finish())
+    }
+
+    /// One job's records with `from <= seq <= to` through the index ([`Self::index`] must be
+    /// there), read a few thousand at a time.
+    fn job_records(
+        &self,
+        job: JobId,
+        from: u64,
+        to: u64,
+    ) -> Result<Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_>, StoreError> {
+        let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
+        let first = read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1);
+        let to = to.min(last_seq);
+        let mut next = from.max(first);
+        let mut buffer = std::collections::VecDeque::new();
+        let mut failed = false;
+        Ok(Box::new(std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            if buffer.is_empty() && next <= to {
+                let index = self.index.as_ref()?;
+                match index.read(&self.events, Kind::Job, job.as_str(), next, to, 4096) {
+                    Ok(chunk) => {
+                        next = match chunk.last() {
+                            Some(r) if chunk.len() == 4096 => r.seq + 1,
+                            _ => to.saturating_add(1),
+                        };
+                        buffer.extend(chunk);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            buffer.pop_front().map(Ok)
+        })))
     }
 }
 

@@ -33,6 +33,7 @@ pub(super) fn routes() -> Routes {
         .get("/api/jobs/{id}/events", Need(EventsRead), job_events)
         .post("/api/jobs/{id}/stop", Need(JobsWrite), stop_job)
         .post("/api/jobs/{id}/resume", Need(JobsWrite), resume_job)
+        .post("/api/jobs/{id}/continue", Need(JobsWrite), continue_job)
         .put(
             "/api/jobs/{id}/rerun/{rerun_id}",
             Need(JobsWrite),
@@ -297,14 +298,10 @@ fn failure_code(r: &FailureReason) -> &'static str {
     }
 }
 
-/// Events read from the log per step of a history scan.
-const HISTORY_CHUNK: usize = 1024;
-
 /// `GET /api/jobs/{id}/events`: the job's history from this node's event log, in seq order;
 /// `$skiptoken` is the seq the previous page ended with.
 ///
-/// The log has no per-job index, so a page scans the log from the token on: cheap for recent
-/// jobs and short logs, proportional to the log for an old job in a long one.
+/// Read through the store's per-job index, so a page costs what the job wrote.
 async fn job_events(
     State(app): State<App>,
     PathParams(id): PathParams<String>,
@@ -327,33 +324,26 @@ async fn job_events(
 }
 
 /// Up to `size` of the job's events from seq `start` on, and the token for the next page when
-/// at least one more event of the job follows.
+/// at least one more event of the job follows. Read through the store's per-job index: a page
+/// costs what the job wrote, not the length of the log.
 fn history_page(
     log: &impl EventLog,
     job: &JobId,
     start: u64,
     size: usize,
 ) -> Result<(Vec<Value>, Option<String>), muster_cluster::StoreError> {
-    let mut items = Vec::new();
-    let mut last = 0;
-    let mut from = start.max(log.first_seq_available());
-    loop {
-        let chunk = log.read_records(from, HISTORY_CHUNK)?;
-        let Some(end) = chunk.last().map(|r| r.seq) else {
-            return Ok((items, None));
-        };
-        from = end + 1;
-        for r in &chunk {
-            if r.event.job() != Some(job) {
-                continue;
-            }
-            if items.len() == size {
-                return Ok((items, Some(last.to_string())));
-            }
-            items.push(event_json(r.seq, &r.event, &r.principal));
-            last = r.seq;
-        }
-    }
+    let from = start.max(log.first_seq_available());
+    let records = log.read_job_records(job, from, size.saturating_add(1))?;
+    let next = (records.len() > size).then(|| {
+        let last = size.checked_sub(1).and_then(|i| records.get(i));
+        last.map_or(from.saturating_sub(1), |r| r.seq).to_string()
+    });
+    let items = records
+        .iter()
+        .take(size)
+        .map(|r| event_json(r.seq, &r.event, &r.principal))
+        .collect();
+    Ok((items, next))
 }
 
 async fn stop_job(
@@ -378,6 +368,21 @@ async fn resume_job(
     version(&q)?;
     let id = job_id(&id)?;
     app.write(&caller, Command::ResumeJob { id, at: now() }, JOB)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/jobs/{id}/continue` (muster extension): starts the next batch of a job its gate
+/// paused between batches.
+async fn continue_job(
+    State(app): State<App>,
+    caller: Caller,
+    PathParams(id): PathParams<String>,
+    q: Params,
+) -> Result<StatusCode, ApiError> {
+    version(&q)?;
+    let id = job_id(&id)?;
+    app.write(&caller, Command::ContinueJob { id, at: now() }, JOB)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
