@@ -630,3 +630,103 @@ fn a_criterion_cancels_exactly_when_crossed() {
     }
     panic!("never cancelled");
 }
+
+/// A paused job: `resume` continues it (IoT Central shows it `stopped`); stopped while paused and
+/// resumed, its gate holds again; `continue` on a running job is refused.
+#[test]
+fn paused_jobs_stop_resume_and_continue() {
+    let rollout = Rollout {
+        batch: Some(BatchSize::Count(1)),
+        gate: Some(Gate {
+            success_percent: 0,
+            on_failure: GateAction::Pause,
+            pause_after_each_batch: true,
+        }),
+        ..Default::default()
+    };
+    let job = JobId::new("fw").unwrap();
+    let mut s = State::default();
+    let at = Timestamp(T0);
+    s.execute(&Command::RegisterDevices {
+        devices: fleet(3),
+        upsert: false,
+        at,
+    })
+    .unwrap();
+    s.execute(&Command::CreateJob {
+        id: job.clone(),
+        spec: spec(rollout, RetryPolicy::default()),
+        at,
+    })
+    .unwrap();
+    s.execute(&Command::Advance { at }).unwrap();
+    let refused = s.execute(&Command::ContinueJob {
+        id: job.clone(),
+        at,
+    });
+    assert!(refused.is_err(), "continue of a running job: {refused:?}");
+    let finish = |s: &mut State, i: usize| {
+        s.execute(&Command::MarkDispatched {
+            job: job.clone(),
+            run: muster_types::RunId(0),
+            devices: vec![did(i)],
+            at,
+        })
+        .unwrap();
+        s.execute(&Command::RecordDeviceResults {
+            results: vec![muster_domain::responded(
+                &job,
+                muster_types::RunId(0),
+                &did(i),
+                1,
+                200,
+                json!({}),
+            )],
+            at,
+        })
+        .unwrap()
+    };
+    let events = finish(&mut s, 0);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::JobPaused { batch: 0, .. })));
+    assert_eq!(s.jobs[&job].status, JobStatus::Paused);
+    // Stop, then resume: the gate pauses it again at once.
+    s.execute(&Command::StopJob {
+        id: job.clone(),
+        at,
+    })
+    .unwrap();
+    assert_eq!(s.jobs[&job].status, JobStatus::Stopped);
+    s.execute(&Command::ResumeJob {
+        id: job.clone(),
+        at,
+    })
+    .unwrap();
+    assert_eq!(s.jobs[&job].status, JobStatus::Paused);
+    // Resume of a paused job continues it.
+    let events = s
+        .execute(&Command::ResumeJob {
+            id: job.clone(),
+            at,
+        })
+        .unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::JobContinued { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::BatchStarted { batch: 1, .. })));
+    assert_eq!(s.jobs[&job].status, JobStatus::Running);
+    finish(&mut s, 1);
+    assert_eq!(s.jobs[&job].status, JobStatus::Paused);
+    s.execute(&Command::ContinueJob {
+        id: job.clone(),
+        at,
+    })
+    .unwrap();
+    let events = finish(&mut s, 2);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::JobCompleted { .. })));
+}
