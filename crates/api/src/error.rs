@@ -87,6 +87,8 @@ impl From<&DomainError> for ApiError {
             DomainError::CredentialNotFound { .. } => (404, "NotFound"),
             DomainError::CredentialConflict(_) => (409, "Conflict"),
             DomainError::VersionMismatch { .. } => (412, "PreconditionFailed"),
+            // A storage failure while reading: the detail is for the log, not the caller.
+            DomainError::ColdRows(_) => return crate::rest::errors::internal(e),
         };
         ApiError::new(status, code, message)
     }

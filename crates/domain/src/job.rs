@@ -250,6 +250,10 @@ pub struct Run {
     pub ready: BTreeSet<u32>,
     /// Devices with an attempt in flight, keyed by the attempt's deadline.
     pub deadlines: BTreeSet<(Timestamp, u32)>,
+    /// Set once the run's rows moved to the cold tier (`devices` and `index` are then empty):
+    /// see [`crate::cold`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<crate::cold::ColdRun>,
 }
 
 impl Run {
@@ -272,6 +276,7 @@ impl Run {
             stats: Stats::default(),
             ready: BTreeSet::new(),
             deadlines: BTreeSet::new(),
+            cold: None,
         };
         let per = spec
             .rollout

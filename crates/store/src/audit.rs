@@ -185,10 +185,18 @@ impl AuditLog {
                 format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
             ));
         }
+        // Offline tools work on the complete state (a replay never spills): the rows the
+        // snapshot carries for its cold runs go back in.
+        let mut state = p.state;
+        let mut rows = muster_domain::MemRows::default();
+        rows.absorb(p.cold.into_iter().map(crate::cold::SnapshotRun::into_op));
+        state
+            .restore_rows(&rows)
+            .map_err(|e| StoreError::corrupt("snapshot", e))?;
         Ok(Some(StoredSnapshot {
             last_seq: p.last_seq,
             chain_head: p.chain_head,
-            state: p.state,
+            state,
         }))
     }
 

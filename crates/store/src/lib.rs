@@ -18,6 +18,7 @@
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
+//! | `cold_rows` | job, NUL, run u32, `d` device id / `p` position u32 | position + serde_json `DeviceRun` / device id: finished runs' rows, see [`cold`] |
 //! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
@@ -27,6 +28,7 @@
 pub mod audit;
 pub mod chain;
 mod codec;
+pub mod cold;
 mod error;
 mod flush;
 mod log_store;
@@ -37,6 +39,7 @@ pub mod wire;
 
 use std::path::Path;
 
+pub use cold::ColdRows;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::{

@@ -83,6 +83,10 @@ pub(crate) struct SnapshotPayload<S> {
     /// The hash-chain link of event `last_seq` ([`GENESIS`] when it is 0).
     pub(crate) chain_head: Hash,
     pub(crate) state: S,
+    /// The cold tier's rows (finished runs' devices), which `state` no longer holds; absent
+    /// from snapshots of builds before the cold tier (their state still held every row).
+    #[serde(default)]
+    pub(crate) cold: Vec<crate::cold::SnapshotRun>,
 }
 
 /// What the state machine has applied, in memory; readers share it through [`StateReader`].
@@ -187,6 +191,8 @@ struct Shared {
     events: sled::Tree,
     meta: sled::Tree,
     snapshot: sled::Tree,
+    /// Finished runs' device rows (see [`crate::cold`]).
+    cold: sled::Tree,
     flusher: Arc<GroupFlusher>,
     updates: broadcast::Sender<StateUpdate>,
     /// Serialises writes to the `snapshot` tree, so a slow build cannot overwrite a newer one.
@@ -232,6 +238,18 @@ impl StateReader {
     /// Runs `f` on the current state under a read lock. Keep `f` short: applying waits for it.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.shared.read().state)
+    }
+
+    /// Like [`read`](Self::read), with the cold tier: a finished run's rows are read through
+    /// it (`Run::scan_by_id` and friends), under the same lock, so state and rows agree.
+    pub fn read_cold<T>(&self, f: impl FnOnce(&State, &dyn muster_domain::RunRows) -> T) -> T {
+        let rows = crate::cold::ColdRows::new(self.shared.cold.clone());
+        f(&self.shared.read().state, &rows)
+    }
+
+    /// The cold tier alone, for readers that page it outside the state's lock.
+    pub fn cold(&self) -> crate::cold::ColdRows {
+        crate::cold::ColdRows::new(self.shared.cold.clone())
     }
 
     /// Like [`read`](Self::read), also passing the seq of the newest event the state includes:
@@ -380,6 +398,7 @@ impl StateMachine {
         let events = db.open_tree("events")?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
+        let cold = db.open_tree(crate::cold::TREE)?;
 
         let stored = match snapshot.get(SNAPSHOT_DATA)? {
             Some(data) => Some(from_json::<SnapshotPayload<State>>("snapshot", &data)?),
@@ -494,6 +513,9 @@ impl StateMachine {
                 ),
             ));
         }
+        // Runs that finished in the replayed tail (or in a snapshot of an older build) leave
+        // the state as they did live; their rows are written again, identically.
+        crate::cold::write_ops(&cold, state.spill_all())?;
         tracing::info!(
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
@@ -516,6 +538,7 @@ impl StateMachine {
                 events,
                 meta,
                 snapshot,
+                cold,
                 flusher,
                 updates,
                 snapshot_lock: Mutex::new(()),
@@ -625,6 +648,12 @@ fn apply_entries(shared: &Shared, entries: Vec<Entry>) -> Result<Vec<Response>, 
                 EntryPayload::Normal(req) => {
                     match execute_traced(shared, &mut applied.state, &req, entry.log_id.index) {
                         Ok(events) => {
+                            // Rows of runs this command finished go to the cold tier before
+                            // `last_applied` covers the command (see `crate::cold`).
+                            let spilled = applied.state.spill(&events);
+                            if !spilled.is_empty() {
+                                crate::cold::write_ops(&shared.cold, spilled)?;
+                            }
                             let first_seq = applied.last_seq + 1;
                             let mut hashes = Vec::with_capacity(events.len());
                             let principal = principal_text(&req.principal);
@@ -841,6 +870,10 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
             a.head,
         )
     };
+    // Outside the lock too: rows are only ever added (identically) or dropped after a job the
+    // snapshot's state still has ends its retention, so rows newer than the state are harmless
+    // (the follower's re-apply writes them again anyway).
+    let cold = crate::cold::ColdRows::new(shared.cold.clone()).export()?;
     let data = to_json(&SnapshotPayload {
         format: SNAPSHOT_FORMAT,
         last_applied,
@@ -848,6 +881,7 @@ fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         last_seq,
         chain_head,
         state: &state,
+        cold,
     })?;
     let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
     let snapshot_id = match last_applied {
@@ -923,6 +957,15 @@ fn install_snapshot(
             Ok::<_, ConflictableTransactionError<()>>(())
         })
         .map_err(sled_tx_error)?;
+    shared.cold.clear()?;
+    crate::cold::write_ops(
+        &shared.cold,
+        payload
+            .cold
+            .into_iter()
+            .map(crate::cold::SnapshotRun::into_op)
+            .collect(),
+    )?;
     shared.flusher.flush_blocking()?;
 
     *guard = Applied {

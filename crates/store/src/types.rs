@@ -213,6 +213,8 @@ impl From<&DomainError> for CommandError {
                 (ErrorKind::Conflict, None)
             }
             DomainError::VersionMismatch { .. } => (ErrorKind::VersionMismatch, None),
+            // Only readers meet it (`decide` never reads cold rows); the nearest kind.
+            DomainError::ColdRows(_) => (ErrorKind::Conflict, None),
         };
         CommandError {
             kind,
