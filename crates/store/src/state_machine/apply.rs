@@ -1,0 +1,278 @@
+//! Applying committed entries: execute, then write the events and the metadata.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use muster_domain::{Event, State};
+use openraft::EntryPayload;
+
+use super::{AppliedEvents, Shared, StateUpdate, CHAIN_HEAD, LAST_APPLIED, LAST_SEQ, MEMBERSHIP};
+use crate::codec::{encode_record, principal_text, to_json, u64_key};
+use crate::error::StoreError;
+use crate::segment::{Segment, SegmentBuilder, SEGMENT_MAX};
+use crate::types::{AppliedRange, CommandError, Entry, Response, StoredMembership};
+
+/// See [`StateReader::trace_apply`]; forgets the span when dropped.
+#[derive(Debug)]
+pub struct ApplyTrace {
+    pub(super) shared: Option<Arc<Shared>>,
+    pub(super) key: usize,
+}
+
+impl Drop for ApplyTrace {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            let removed = shared
+                .apply_spans
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.key);
+            if removed.is_some() {
+                shared.traced.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The `raft.apply` span of a command being applied, if one was asked for.
+fn apply_span(shared: &Shared, req: &crate::types::Request, index: u64) -> Option<tracing::Span> {
+    if shared.traced.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let key = Arc::as_ptr(&req.command) as usize;
+    let spans = shared
+        .apply_spans
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let parent = spans.get(&key)?;
+    Some(
+        tracing::info_span!(target: "muster_trace", parent: parent, "raft.apply", raft.index = index),
+    )
+}
+
+/// `State::execute`, inside the command's `raft.apply` span if one was asked for.
+fn execute_traced(
+    shared: &Shared,
+    state: &mut State,
+    req: &crate::types::Request,
+    index: u64,
+) -> Result<Vec<Event>, muster_domain::DomainError> {
+    let span = apply_span(shared, req, index);
+    let _applying = span.as_ref().map(tracing::Span::enter);
+    state.execute(&req.command)
+}
+
+/// Applies `entries` in order; see the module docs for the durability argument.
+///
+/// The write lock is held until the events and the metadata are written, so the in-memory state is
+/// never ahead of what sled has (a snapshot taken under the read lock then only ever contains
+/// written events). If the write fails, memory is ahead of disk; openraft treats the error as
+/// fatal and stops, and a restart rebuilds from disk.
+pub(super) fn apply_entries(
+    shared: &Shared,
+    entries: Vec<Entry>,
+) -> Result<Vec<Response>, StoreError> {
+    let mut guard = shared.write();
+    let applied = &mut *guard;
+    let mut published = Vec::new();
+    let mut responses = Vec::with_capacity(entries.len());
+    // Inserting the events into sled costs about twice what deciding and evolving them does, so
+    // a large apply hands its events to a writer thread in chunks while it goes on with the next
+    // ones (see `EventWriter`); a small one writes them in one batch here.
+    std::thread::scope(|scope| -> Result<(), StoreError> {
+        let mut writer = EventWriter::new(scope, &shared.events);
+        for entry in entries {
+            let result = match entry.payload {
+                EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(AppliedRange::empty_after(applied.last_seq))
+                }
+                EntryPayload::Normal(req) => {
+                    match execute_traced(shared, &mut applied.state, &req, entry.log_id.index) {
+                        Ok(events) => {
+                            // Rows of runs this command finished go to the cold tier before
+                            // `last_applied` covers the command (see `crate::cold`).
+                            let spilled = applied.state.spill(&events);
+                            if !spilled.is_empty() {
+                                crate::cold::write_ops(&shared.cold, spilled)?;
+                            }
+                            let first_seq = applied.last_seq + 1;
+                            let mut hashes = Vec::with_capacity(events.len());
+                            let principal = principal_text(&req.principal);
+                            for event in &events {
+                                applied.last_seq += 1;
+                                let (record, hash) = encode_record(
+                                    applied.last_seq,
+                                    event,
+                                    &principal,
+                                    &applied.head,
+                                );
+                                writer.push(applied.last_seq, &record)?;
+                                applied.head = hash;
+                                hashes.push(hash);
+                            }
+                            writer.end_command();
+                            if !events.is_empty() {
+                                published.push(AppliedEvents {
+                                    first_seq,
+                                    events,
+                                    principal: req.principal.clone(),
+                                    hashes,
+                                });
+                            }
+                            Ok(AppliedRange {
+                                first_seq,
+                                last_seq: applied.last_seq,
+                            })
+                        }
+                        Err(e) => Err(CommandError::from(&e)),
+                    }
+                }
+            };
+            applied.last_applied = Some(entry.log_id);
+            responses.push(Response { result });
+        }
+        writer.finish()
+    })?;
+
+    let mut meta_batch = sled::Batch::default();
+    meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);
+    meta_batch.insert(MEMBERSHIP, to_json(&applied.membership)?);
+    meta_batch.insert(LAST_SEQ, &u64_key(applied.last_seq));
+    meta_batch.insert(CHAIN_HEAD, &applied.head);
+    // Events first (every one of them is written when `finish` returns), then the metadata that
+    // makes them count. A crash before the metadata leaves events past `last_seq`, which nothing
+    // reads (readers stop at `last_seq`), which `open` deletes, and which the re-apply of the
+    // same entries after restart writes again (`decide` is deterministic). This is
+    // several times cheaper than a sled transaction over both trees, which re-buffers every
+    // insert.
+    shared.meta.apply_batch(meta_batch)?;
+    drop(guard);
+
+    if let Some(m) = shared.metrics.get() {
+        for e in published.iter().flat_map(|p| &p.events) {
+            if let Some(kind) = outcome_kind(e) {
+                m.jobs().outcome(kind);
+            }
+        }
+    }
+    for events in published {
+        // No subscribers is not an error.
+        let _ = shared.updates.send(StateUpdate::Events(Arc::new(events)));
+    }
+    Ok(responses)
+}
+
+/// The `outcome` label of an event that ends a device's attempt.
+fn outcome_kind(event: &muster_domain::Event) -> Option<&'static str> {
+    use muster_domain::job::FailureReason;
+    use muster_domain::Event;
+    Some(match event {
+        Event::DeviceSucceeded { .. } => "succeeded",
+        Event::DeviceFailed { retry: true, .. } => "retried",
+        Event::DeviceFailed { reason, .. } => match reason {
+            FailureReason::DeviceError { .. } => "failed",
+            FailureReason::Timeout => "timed_out",
+            FailureReason::NotConnected => "not_connected",
+            FailureReason::DeviceNotFound => "device_not_found",
+            FailureReason::DeviceDisabled => "device_disabled",
+            FailureReason::DispatchFailed { .. } => "dispatch_failed",
+        },
+        _ => return None,
+    })
+}
+
+/// Events per sled batch once an apply has more than that many: one full segment.
+pub(super) const EVENT_CHUNK: usize = SEGMENT_MAX;
+
+/// Writes an apply's event records to the `events` tree, in segments (see [`crate::segment`]).
+///
+/// Finished segments collect in a batch; once it holds [`EVENT_CHUNK`] records or more it goes
+/// to a writer thread, started for this apply, which inserts them while the applying thread decides, evolves and encodes the
+/// next ones. [`finish`](Self::finish) writes what is left (fewer than [`EVENT_CHUNK`] records
+/// plus the last command's segment) on the applying thread when there is no writer thread, or
+/// hands it over and waits until the writer has written all of it. Batches are written in order, so
+/// the tree only ever holds a prefix of the apply's events beyond `last_seq`, exactly like a
+/// crash between the events batch and the metadata batch, which the apply's durability argument
+/// already covers.
+struct EventWriter<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    events: &'env sled::Tree,
+    segment: SegmentBuilder,
+    batch: sled::Batch,
+    /// Records in `batch`.
+    pending: usize,
+    thread: Option<WriterThread<'scope>>,
+}
+
+/// The writer thread of an [`EventWriter`]: where to send batches, and its outcome.
+type WriterThread<'scope> = (
+    std::sync::mpsc::SyncSender<sled::Batch>,
+    std::thread::ScopedJoinHandle<'scope, Result<(), StoreError>>,
+);
+
+impl<'scope, 'env> EventWriter<'scope, 'env> {
+    fn new(scope: &'scope std::thread::Scope<'scope, 'env>, events: &'env sled::Tree) -> Self {
+        EventWriter {
+            scope,
+            events,
+            segment: SegmentBuilder::default(),
+            batch: sled::Batch::default(),
+            pending: 0,
+            thread: None,
+        }
+    }
+
+    /// Adds the record of `seq` (the next seq) to the current command's segment.
+    fn push(&mut self, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        if let Some(full) = self.segment.push(seq, record)? {
+            self.add_segment(full);
+        }
+        Ok(())
+    }
+
+    /// Closes the current command's last segment: the next command starts its own.
+    fn end_command(&mut self) {
+        if let Some(last) = self.segment.finish() {
+            self.add_segment(last);
+        }
+    }
+
+    fn add_segment(&mut self, segment: Segment) {
+        self.batch.insert(&segment.key, segment.value);
+        self.pending += segment.records;
+        if self.pending < EVENT_CHUNK {
+            return;
+        }
+        self.pending = 0;
+        let events = self.events;
+        let (sender, _) = self.thread.get_or_insert_with(|| {
+            let (sender, chunks) = std::sync::mpsc::sync_channel::<sled::Batch>(4);
+            let handle = self.scope.spawn(move || {
+                for chunk in chunks {
+                    events.apply_batch(chunk)?;
+                }
+                Ok(())
+            });
+            (sender, handle)
+        });
+        // A send fails only when the writer stopped on an error, which `finish` reports.
+        let _ = sender.send(std::mem::take(&mut self.batch));
+    }
+
+    /// Writes what is left and returns once every record is in the tree.
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.end_command();
+        match self.thread {
+            None => Ok(self.events.apply_batch(self.batch)?),
+            Some((sender, handle)) => {
+                let _ = sender.send(self.batch);
+                drop(sender);
+                handle
+                    .join()
+                    .map_err(|_| StoreError::Io(std::io::Error::other("event writer panicked")))?
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The replicated state machine: openraft's `RaftStateMachine` over the domain's [`State`], with
+//! the event log beside it.
+//!
+//! Trees:
+//! - `events`: protobuf `muster.v1.EventRecord`s (seq, the event, its hash-chain link, see
+//!   [`crate::chain`]; and the principal of the command that produced it) in segments of up to 256 consecutive records of one command, each under the
+//!   big-endian seq of its first record (see [`crate::segment`]). Seqs are global, start at 1
+//!   and have no gaps from `first_seq` on. Readers get the stored link with each event ([`EventLog::read_records`], and
+//!   [`AppliedEvents::hashes`] in the live feed) rather than recomputing the chain.
+//! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
+//!   `first_seq` (big-endian u64), `chain_head` (the 32-byte hash of event `last_seq`; the
+//!   genesis hash when there is none).
+//! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `data` (the snapshot bytes, see
+//!   [`SnapshotPayload`]).
+//!
+//! Applying a batch of entries runs `State::execute` per command and writes the new events and
+//! then the new `sm_meta` (events first: one batch, or chunks written by a writer thread while
+//! the apply goes on, see `EventWriter`; then the metadata as one atomic batch), so
+//! `last_applied` never covers events that are not written. It does not flush: the entries are durable in the Raft log already, and after a
+//! crash openraft re-applies the committed entries after `last_applied` (it reads `committed`
+//! from the log store), which re-creates the same events with the same seqs because `decide`
+//! is deterministic. Snapshots and installed snapshots are flushed, because openraft purges the
+//! log behind them.
+//!
+//! Restart = snapshot + event tail: [`StateMachine::open`] loads the stored snapshot (if any)
+//! and replays the events after the snapshot's `last_seq` with `evolve` (never `decide`: the
+//! events are facts, not requests), up to `sm_meta.last_seq`, checking the hash chain from the
+//! snapshot's head to `sm_meta.chain_head` on the way: a damaged or edited log stops the node
+//! with an error naming the seq instead of serving a state it cannot vouch for.
+
+mod apply;
+mod readers;
+mod recovery;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::io::Cursor;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use muster_domain::{Event, Principal, State};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{OptionalSend, SnapshotMeta};
+use tokio::sync::broadcast;
+
+use crate::chain::{Hash, GENESIS};
+use crate::codec::{from_json, key_u64};
+use crate::error::{Op, RaftResult, StoreError};
+use crate::flush::GroupFlusher;
+use crate::types::{
+    Entry, LogId, MusterNode, Response, StorageError, StoredMembership, TypeConfig,
+};
+
+use apply::apply_entries;
+pub use apply::ApplyTrace;
+pub(crate) use readers::decode_stored;
+use snapshot::{current_snapshot, install_snapshot};
+pub(crate) use snapshot::{SnapshotPayload, SNAPSHOT_DATA, SNAPSHOT_FORMAT};
+
+pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
+const MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const LAST_SEQ: &[u8] = b"last_seq";
+pub(crate) const FIRST_SEQ: &[u8] = b"first_seq";
+const CHAIN_HEAD: &[u8] = b"chain_head";
+
+/// How many applied batches a slow subscriber may fall behind before it sees `Lagged` and has
+/// to catch up from the events tree.
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// What the state machine has applied, in memory; readers share it through [`StateReader`].
+#[derive(Debug)]
+struct Applied {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    last_seq: u64,
+    /// The hash of event `last_seq`.
+    head: Hash,
+    first_seq_available: u64,
+}
+
+/// A change subscribers of [`StateReader::subscribe`] are told about, in apply order.
+#[derive(Debug, Clone)]
+pub enum StateUpdate {
+    /// One accepted command's events (never empty).
+    Events(Arc<AppliedEvents>),
+    /// A snapshot from the leader replaced the whole state; events before it were not seen here.
+    /// A follower of the event stream must re-read the state.
+    SnapshotInstalled { last_seq: u64 },
+}
+
+/// The events one accepted command appended, with their seqs and hash-chain links.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedEvents {
+    pub first_seq: u64,
+    pub events: Vec<Event>,
+    /// Who the command was written on behalf of; stored with each of its events.
+    pub principal: Principal,
+    /// The hash-chain link of each event (`hashes[i]` belongs to `events[i]`), exactly as the
+    /// apply wrote it into the event's record (see [`crate::chain`]). Carried so a follower of
+    /// the live feed can pass an event's link on without hashing the log from seq 1 itself.
+    pub hashes: Vec<Hash>,
+}
+
+impl AppliedEvents {
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.events.len() as u64 - 1
+    }
+
+    /// `(seq, event)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Event)> {
+        (self.first_seq..).zip(self.events.iter())
+    }
+
+    /// `(seq, event, hash)` triples: the events as [`EventLog::read_records`] reads them back
+    /// (each one's principal is [`principal`](Self::principal)).
+    pub fn records(&self) -> impl Iterator<Item = (u64, &Event, &Hash)> {
+        self.iter()
+            .zip(self.hashes.iter())
+            .map(|((seq, event), hash)| (seq, event, hash))
+    }
+}
+
+/// One stored event: its seq, the event, the hash-chain link stored with it, and who the command
+/// that produced it was written on behalf of (`System` for records written before principals
+/// existed).
+///
+/// The hash is the one the apply computed and wrote into the record (see [`crate::chain`]),
+/// read back rather than recomputed: recomputing needs the previous link, hence the whole log
+/// from seq 1, which a reader starting at a late seq would have to hash through and which a
+/// replica seeded from a snapshot does not even hold. Reading does not check the chain
+/// (`Store::open` checks the tail after the snapshot; `muster audit verify` checks all of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event: Event,
+    pub hash: Hash,
+    pub principal: Principal,
+}
+
+/// Read access to the event log, whatever engine holds it.
+///
+/// The design keeps storage behind the openraft traits and this one, so that audit, export and
+/// catch-up code does not depend on sled.
+pub trait EventLog {
+    /// The seq of the newest event, 0 if there is none.
+    fn last_seq(&self) -> u64;
+    /// The oldest seq this replica holds. 1 unless the replica was seeded from a leader's
+    /// snapshot, in which case the events before it were never stored here.
+    fn first_seq_available(&self) -> u64;
+    /// Up to `limit` stored events with seq >= `from_seq`, in order, each with its stored
+    /// hash-chain link ([`StoredEvent`]), so a reader can start anywhere at or after
+    /// [`first_seq_available`](Self::first_seq_available) and still hand out each event's link.
+    fn read_records(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Up to `limit` events with seq >= `from_seq`, in order: [`read_records`](Self::read_records)
+    /// without the hashes, for readers that do not show them.
+    fn read_events(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        Ok(self
+            .read_records(from_seq, limit)?
+            .into_iter()
+            .map(|r| (r.seq, r.event))
+            .collect())
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    applied: RwLock<Applied>,
+    events: sled::Tree,
+    meta: sled::Tree,
+    snapshot: sled::Tree,
+    /// Finished runs' device rows (see [`crate::cold`]).
+    cold: sled::Tree,
+    flusher: Arc<GroupFlusher>,
+    updates: broadcast::Sender<StateUpdate>,
+    /// Serialises writes to the `snapshot` tree, so a slow build cannot overwrite a newer one.
+    snapshot_lock: Mutex<()>,
+    /// Makes snapshot ids unique within this process.
+    snapshot_count: AtomicU64,
+    /// Device outcomes and snapshot builds are recorded here once a node sets it.
+    metrics: std::sync::OnceLock<muster_metrics::Metrics>,
+    /// Spans to parent the apply of a command under, by the address of its `Arc<Command>`
+    /// (see [`StateReader::trace_apply`]); `traced` counts them so an apply with none skips
+    /// the lock.
+    apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
+    traced: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    // `Applied` is replaced or updated only while the write lock is held and no code in those
+    // sections panics on purpose; a poisoned lock is still read rather than turned into a panic
+    // in every reader.
+    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The openraft state machine. Hand it to `Raft::new`; keep a [`StateReader`] (from
+/// [`StateMachine::reader`]) for queries first.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// A cheap, cloneable handle for reading the applied state and following the event log.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    shared: Arc<Shared>,
+}
+
+pub(crate) fn read_u64(tree: &sled::Tree, key: &'static [u8]) -> Result<Option<u64>, StoreError> {
+    tree.get(key)?
+        .map(|v| key_u64("state machine metadata", &v))
+        .transpose()
+}
+
+/// The stored chain head; absent only in a store that has applied no event yet.
+pub(crate) fn read_head(meta: &sled::Tree, last_seq: u64) -> Result<Hash, StoreError> {
+    match meta.get(CHAIN_HEAD)? {
+        Some(v) => Hash::try_from(v.as_ref())
+            .map_err(|_| StoreError::corrupt("chain head", format!("{} bytes", v.len()))),
+        None if last_seq == 0 => Ok(GENESIS),
+        None => Err(StoreError::corrupt(
+            "state machine metadata",
+            "no hash-chain head: the data directory was written by a release without the hash chain",
+        )),
+    }
+}
+
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &'static [u8],
+) -> Result<Option<T>, StoreError> {
+    tree.get(key)?
+        .map(|v| from_json("state machine metadata", &v))
+        .transpose()
+}
+
+impl StateMachine {
+    /// Records device outcomes (as events are applied) and snapshot builds into `metrics`
+    /// from now on; the first call wins.
+    pub fn set_metrics(&self, metrics: muster_metrics::Metrics) {
+        let _ = self.shared.metrics.set(metrics);
+    }
+
+    /// The handle the rest of the node reads state and events through.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || f(&shared)).await?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shared.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.blocking(move |shared| apply_entries(shared, entries))
+            .await
+            .raft(Op::WriteStateMachine)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, MusterNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        self.blocking(move |shared| install_snapshot(shared, &meta, data))
+            .await
+            .raft(Op::WriteSnapshot)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.blocking(current_snapshot).await.raft(Op::ReadSnapshot)
+    }
+}

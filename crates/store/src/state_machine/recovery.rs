@@ -1,0 +1,179 @@
+//! Restoring the state machine at start: stored snapshot, then the event tail after it.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use muster_domain::{evolve, State};
+use tokio::sync::broadcast;
+
+use super::snapshot::{SnapshotPayload, SNAPSHOT_DATA, SNAPSHOT_FORMAT};
+use super::{
+    read_head, read_json, read_u64, Applied, Shared, StateMachine, BROADCAST_CAPACITY, FIRST_SEQ,
+    LAST_APPLIED, LAST_SEQ, MEMBERSHIP,
+};
+use crate::chain::{chain_hash, to_hex, GENESIS};
+use crate::codec::{decode_event, decode_record, from_json, u64_key};
+use crate::error::StoreError;
+use crate::flush::GroupFlusher;
+use crate::segment::raw_records;
+use crate::types::{LogId, StoredMembership};
+
+impl StateMachine {
+    /// Opens the state machine's trees and restores the state: stored snapshot, then the event
+    /// tail after it.
+    pub(crate) fn open(db: &sled::Db, flusher: Arc<GroupFlusher>) -> Result<Self, StoreError> {
+        let events = db.open_tree("events")?;
+        let meta = db.open_tree("sm_meta")?;
+        let snapshot = db.open_tree("snapshot")?;
+        let cold = db.open_tree(crate::cold::TREE)?;
+
+        let stored = match snapshot.get(SNAPSHOT_DATA)? {
+            Some(data) => Some(from_json::<SnapshotPayload<State>>("snapshot", &data)?),
+            None => None,
+        };
+        let last_seq = read_u64(&meta, LAST_SEQ)?.unwrap_or(0);
+        let first_seq_available = read_u64(&meta, FIRST_SEQ)?.unwrap_or(1);
+        let last_applied: Option<LogId> = read_json(&meta, LAST_APPLIED)?.flatten();
+        let membership: Option<StoredMembership> = read_json(&meta, MEMBERSHIP)?;
+        let head = read_head(&meta, last_seq)?;
+
+        if let Some(p) = &stored {
+            if p.format != SNAPSHOT_FORMAT {
+                return Err(StoreError::corrupt(
+                    "snapshot",
+                    format!("format {} (this release reads {SNAPSHOT_FORMAT})", p.format),
+                ));
+            }
+        }
+        let (mut state, snapshot_seq, snap_applied, snap_membership, mut prev) = match stored {
+            Some(p) => (
+                p.state,
+                p.last_seq,
+                p.last_applied,
+                Some(p.membership),
+                p.chain_head,
+            ),
+            None => (State::default(), 0, None, None, GENESIS),
+        };
+        if snapshot_seq > last_seq || snap_applied > last_applied {
+            // Cannot happen: a built snapshot only captures state whose `sm_meta` was written
+            // already (apply holds the lock through its write), and an installed one is written
+            // in one transaction with `sm_meta`.
+            return Err(StoreError::corrupt(
+                "state machine",
+                format!("snapshot at seq {snapshot_seq} is ahead of the applied seq {last_seq}"),
+            ));
+        }
+        if snapshot_seq + 1 < first_seq_available {
+            return Err(StoreError::corrupt(
+                "state machine",
+                format!(
+                    "events start at seq {first_seq_available} but the snapshot ends at {snapshot_seq}"
+                ),
+            ));
+        }
+
+        // Leftovers of an install that stopped between committing the snapshot and clearing the
+        // old events, and records past `last_seq` from an apply that stopped before its
+        // metadata (the re-apply writes them again, possibly cut into other segments).
+        let mut stale = sled::Batch::default();
+        let mut before = 0usize;
+        for key in events.range(..u64_key(first_seq_available)).keys() {
+            stale.remove(key?);
+            before += 1;
+        }
+        let mut after = 0usize;
+        for key in events.range(u64_key(last_seq.saturating_add(1))..).keys() {
+            stale.remove(key?);
+            after += 1;
+        }
+        if before + after > 0 {
+            tracing::warn!(
+                first_seq_available,
+                last_seq,
+                segments_before = before,
+                segments_after = after,
+                "deleting event segments outside the applied range (an interrupted snapshot \
+                 install or apply; the re-apply of committed entries writes the later ones again)"
+            );
+        }
+        events.apply_batch(stale)?;
+
+        let mut expected = snapshot_seq + 1;
+        for r in raw_records(&events, expected, last_seq) {
+            let r = r?;
+            let seq = r.seq;
+            if seq != expected {
+                return Err(StoreError::corrupt(
+                    "events",
+                    format!("expected seq {expected}, found {seq}"),
+                ));
+            }
+            let record = decode_record(r.bytes())?;
+            let hash = chain_hash(&prev, seq, &record.principal, &record.event);
+            if record.seq != seq || record.hash != hash {
+                return Err(StoreError::corrupt(
+                    "events",
+                    format!("the hash chain breaks at seq {seq} (run `muster audit verify`)"),
+                ));
+            }
+            evolve(&mut state, &decode_event(&record.event)?);
+            prev = hash;
+            expected += 1;
+        }
+        if expected != last_seq + 1 {
+            return Err(StoreError::corrupt(
+                "events",
+                format!(
+                    "events end at seq {} but {last_seq} were applied",
+                    expected - 1
+                ),
+            ));
+        }
+        if prev != head {
+            return Err(StoreError::corrupt(
+                "events",
+                format!(
+                    "the hash of seq {last_seq} is {} but the stored chain head is {}",
+                    to_hex(&prev),
+                    to_hex(&head)
+                ),
+            ));
+        }
+        // Runs that finished in the replayed tail (or in a snapshot of an older build) leave
+        // the state as they did live; their rows are written again, identically.
+        crate::cold::write_ops(&cold, state.spill_all())?;
+        tracing::info!(
+            snapshot_seq,
+            replayed = last_seq - snapshot_seq,
+            last_seq,
+            "state machine restored"
+        );
+
+        let (updates, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let applied = Applied {
+            state,
+            last_applied,
+            membership: membership.or(snap_membership).unwrap_or_default(),
+            last_seq,
+            head,
+            first_seq_available,
+        };
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                applied: RwLock::new(applied),
+                events,
+                meta,
+                snapshot,
+                cold,
+                flusher,
+                updates,
+                snapshot_lock: Mutex::new(()),
+                snapshot_count: AtomicU64::new(0),
+                metrics: std::sync::OnceLock::new(),
+                apply_spans: Mutex::default(),
+                traced: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        })
+    }
+}

@@ -1,0 +1,224 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use muster_domain::{Command, DeviceRegistration};
+use muster_types::{DeviceId, Timestamp};
+use openraft::{CommittedLeaderId, EntryPayload};
+use serde_json::json;
+
+use super::apply::{apply_entries, EVENT_CHUNK};
+use super::snapshot::{build_snapshot, install_snapshot};
+use super::*;
+use crate::chain::chain_hash;
+use crate::codec::{decode_record, encode_record, u64_key};
+use crate::segment::{raw_records, SEGMENT_MAX};
+use crate::types::Request;
+
+fn open() -> StateMachine {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap()
+}
+
+/// Registers `n` devices from `from` on: one command, `n` events.
+fn register(from: usize, n: usize) -> Command {
+    Command::RegisterDevices {
+        devices: (from..from + n)
+            .map(|i| DeviceRegistration {
+                id: DeviceId::new(format!("d{i:03}")).unwrap(),
+                display_name: format!("Device {i}"),
+                model_id: None,
+                enabled: true,
+                tags: json!({"floor": i % 3}),
+            })
+            .collect(),
+        upsert: false,
+        at: Timestamp(1_700_000_000_000 + from as i64),
+    }
+}
+
+/// Applies one entry per command, with log indexes from `index` on.
+fn apply(sm: &StateMachine, index: u64, cmds: Vec<Command>) {
+    let entries = (index..)
+        .zip(cmds)
+        .map(|(i, command)| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Request::from(command)),
+        })
+        .collect();
+    for r in apply_entries(&sm.shared, entries).unwrap() {
+        r.result.unwrap();
+    }
+}
+
+/// The chain recomputed from the raw stored bytes, from `prev` (the link before `from`).
+fn recomputed(sm: &StateMachine, from: u64, mut prev: Hash) -> Vec<(u64, Hash)> {
+    raw_records(&sm.shared.events, from, u64::MAX)
+        .map(|r| {
+            let r = r.unwrap();
+            let record = decode_record(r.bytes()).unwrap();
+            assert_eq!(record.seq, r.seq);
+            prev = chain_hash(&prev, r.seq, &record.principal, &record.event);
+            (r.seq, prev)
+        })
+        .collect()
+}
+
+fn links(records: &[StoredEvent]) -> Vec<(u64, Hash)> {
+    records.iter().map(|r| (r.seq, r.hash)).collect()
+}
+
+/// An apply of more events than one chunk writes them through the writer thread: every
+/// one is stored, in order, with the same chain as when written in one batch.
+#[test]
+fn large_applies_store_every_event_on_the_chain() {
+    let sm = open();
+    let reader = sm.reader();
+    let n = 3 * EVENT_CHUNK + 7;
+    apply(&sm, 1, vec![register(0, n), register(n, 2 * EVENT_CHUNK)]);
+
+    let all = reader.read_records(1, usize::MAX).unwrap();
+    assert_eq!(all.len(), 5 * EVENT_CHUNK + 7);
+    assert_eq!(links(&all), recomputed(&sm, 1, GENESIS));
+    assert_eq!(
+        reader.chain_head(),
+        (all.len() as u64, all[all.len() - 1].hash)
+    );
+    assert!(all.iter().zip(1..).all(|(r, seq)| r.seq == seq));
+    // Segments of at most SEGMENT_MAX records, never shared by two commands.
+    let keys: Vec<u64> = sm
+        .shared
+        .events
+        .iter()
+        .keys()
+        .map(|k| key_u64("event key", &k.unwrap()).unwrap())
+        .collect();
+    let second = n as u64 + 1;
+    let m = SEGMENT_MAX as u64;
+    assert_eq!(
+        keys,
+        vec![1, 1 + m, 1 + 2 * m, 1 + 3 * m, second, second + m]
+    );
+}
+
+/// Records past `last_seq` (an apply that stopped before its metadata, cut into other
+/// segments than the re-apply will cut them) are gone after a restart, and the re-apply's
+/// segments are the only ones readers see.
+#[test]
+fn restart_deletes_records_past_the_applied_seq() {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let sm = StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap();
+    apply(&sm, 1, vec![register(0, 5)]);
+    let last = sm.reader().last_seq();
+    let events = db.open_tree("events").unwrap();
+    let junk = |seq: u64| {
+        let (record, _) = encode_record(seq, &register_event(), "", &GENESIS);
+        record
+    };
+    events.insert(u64_key(last + 1), junk(last + 1)).unwrap();
+    events
+        .insert(
+            u64_key(last + 3),
+            crate::segment::join_segment(&[junk(last + 3), junk(last + 4)]).unwrap(),
+        )
+        .unwrap();
+    drop(sm);
+
+    let sm = StateMachine::open(&db, GroupFlusher::new(db.clone())).unwrap();
+    assert_eq!(events.range(u64_key(last + 1)..).count(), 0);
+    apply(&sm, 2, vec![register(5, 3)]);
+    let all = sm.reader().read_records(1, usize::MAX).unwrap();
+    assert_eq!(all.len(), 8);
+    assert_eq!(links(&all), recomputed(&sm, 1, GENESIS));
+}
+
+#[test]
+fn records_carry_the_chain_from_any_seq() {
+    let sm = open();
+    let reader = sm.reader();
+    apply(&sm, 1, vec![register(0, 3), register(3, 4), register(7, 2)]);
+
+    let all = reader.read_records(1, usize::MAX).unwrap();
+    assert_eq!(all.len(), 9);
+    assert_eq!(links(&all), recomputed(&sm, 1, GENESIS));
+    assert_eq!(reader.chain_head(), (9, all[8].hash));
+    // The events are the ones read_events returns.
+    let events: Vec<(u64, Event)> = all.iter().map(|r| (r.seq, r.event.clone())).collect();
+    assert_eq!(reader.read_events(1, usize::MAX).unwrap(), events);
+
+    // Starting late reads only from there, with the same links; limits hold.
+    let tail = reader.read_records(6, 2).unwrap();
+    assert_eq!(tail, all[5..7].to_vec());
+    assert_eq!(reader.read_records(0, 1).unwrap(), all[..1].to_vec());
+    assert!(reader.read_records(10, 5).unwrap().is_empty());
+}
+
+#[test]
+fn the_live_feed_carries_the_stored_links() {
+    let sm = open();
+    let reader = sm.reader();
+    let mut updates = reader.subscribe();
+    apply(&sm, 1, vec![register(0, 2), register(2, 3)]);
+
+    let mut live = Vec::new();
+    while let Ok(StateUpdate::Events(applied)) = updates.try_recv() {
+        assert_eq!(applied.hashes.len(), applied.events.len());
+        live.extend(applied.records().map(|(seq, event, hash)| StoredEvent {
+            seq,
+            event: event.clone(),
+            hash: *hash,
+            principal: applied.principal.clone(),
+        }));
+    }
+    assert_eq!(live, reader.read_records(1, usize::MAX).unwrap());
+    assert_eq!(links(&live), recomputed(&sm, 1, GENESIS));
+}
+
+#[test]
+fn a_replica_seeded_from_a_snapshot_holds_the_links_after_it() {
+    let leader = open();
+    apply(&leader, 1, vec![register(0, 3), register(3, 2)]);
+    let snapshot = build_snapshot(&leader.shared).unwrap();
+    let (snap_seq, snap_head) = leader.reader().chain_head();
+    assert_eq!(snap_seq, 5);
+
+    let follower = open();
+    install_snapshot(
+        &follower.shared,
+        &snapshot.meta,
+        snapshot.snapshot.into_inner(),
+    )
+    .unwrap();
+    let mut updates = follower.reader().subscribe();
+    apply(&leader, 3, vec![register(5, 2), register(7, 3)]);
+    apply(&follower, 3, vec![register(5, 2), register(7, 3)]);
+
+    let reader = follower.reader();
+    assert_eq!(reader.first_seq_available(), 6);
+    let held = reader.read_records(1, usize::MAX).unwrap();
+    assert_eq!(held.first().map(|r| r.seq), Some(6));
+    // The same links as the leader's, continuing the chain from the snapshot's head.
+    assert_eq!(links(&held), recomputed(&follower, 6, snap_head));
+    assert_eq!(held, leader.reader().read_records(6, usize::MAX).unwrap());
+
+    let mut live = Vec::new();
+    while let Ok(update) = updates.try_recv() {
+        if let StateUpdate::Events(applied) = update {
+            live.extend(applied.records().map(|(seq, _, hash)| (seq, *hash)));
+        }
+    }
+    assert_eq!(live, links(&held));
+}
+
+#[test]
+fn a_record_with_a_bad_hash_length_is_an_error() {
+    let (bytes, _) = encode_record(4, &register_event(), "", &GENESIS);
+    let mut record = decode_record(&bytes).unwrap();
+    assert_eq!(decode_stored(4, &bytes).unwrap().seq, 4);
+    assert!(decode_stored(5, &bytes).is_err());
+    record.hash.pop();
+    assert!(decode_stored(4, &record.encode_to_vec()).is_err());
+}
+
+fn register_event() -> Event {
+    let mut state = State::default();
+    state.execute(&register(0, 1)).unwrap().remove(0)
+}
