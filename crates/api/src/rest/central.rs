@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::errors::{internal, DEVICE, GROUP, JOB, RERUN};
 use super::extract::{base_url, Caller, JsonText, Params, PathParams};
 use super::guard::Routes;
-use super::{ok_json, page, path_id, token, App};
+use super::{ok_json, page, page_rows, path_id, token, App};
 use crate::access::Access::Need;
 use crate::central::{
     central_device_group_json, central_device_json, central_device_status, central_job_device_json,
@@ -217,9 +217,13 @@ fn list_page<K>(
 
 /// A job in Central's shape with `data[*].target` recovered from its devices' template (only a
 /// group job has one: a job from the IoT Hub shape targets devices or a query).
-fn render_job(job: &muster_domain::Job, state: &muster_domain::State) -> Value {
+fn render_job(
+    job: &muster_domain::Job,
+    state: &muster_domain::State,
+    cold: &dyn muster_domain::RunRows,
+) -> Value {
     let template = match job.spec.target.selector {
-        TargetSelector::Group(_) => job_template(job, &state.registry),
+        TargetSelector::Group(_) => job_template(job, &state.registry, cold),
         _ => None,
     };
     central_job_json(job, template)
@@ -236,9 +240,9 @@ async fn list_jobs(
     let p = paging(&q, |s: &str| JobId::new(s))?;
     let progress = flag(&q, "progress")?;
     let (items, next) = app
-        .read(|s| {
+        .read_cold(|s, cold| {
             page(&s.jobs, p.after.as_ref(), p.size, |_, j| {
-                Some(with_progress(render_job(j, s), j, progress))
+                Some(with_progress(render_job(j, s, cold), j, progress))
             })
         })
         .await?;
@@ -254,10 +258,10 @@ async fn get_job(
     version(&q)?;
     let id = job_id(&id)?;
     let progress = flag(&q, "progress")?;
-    app.read(|s| {
+    app.read_cold(|s, cold| {
         s.jobs
             .get(&id)
-            .map(|j| with_progress(render_job(j, s), j, progress))
+            .map(|j| with_progress(render_job(j, s, cold), j, progress))
     })
     .await?
     .map(ok_json)
@@ -326,25 +330,22 @@ async fn job_devices(
     let filter = DeviceFilter::from_params(&q)?;
     let details = flag(&q, "details")?;
     let found = app
-        .read(|s| {
+        .read_cold(|s, cold| {
             s.jobs.get(&id).map(|j| {
                 let run = j.current_run();
-                page(&run.index, p.after.as_ref(), p.size, |_, &pos| {
-                    run.devices
-                        .get(pos as usize)
-                        .filter(|d| filter.keeps(d))
-                        .map(|d| {
-                            if details {
-                                job_device_details_json(d, run.number.0)
-                            } else {
-                                central_job_device_json(d)
-                            }
-                        })
+                page_rows(&id, run, cold, p.after.as_ref(), p.size, |d| {
+                    filter.keeps(d).then(|| {
+                        if details {
+                            job_device_details_json(d, run.number.0)
+                        } else {
+                            central_job_device_json(d)
+                        }
+                    })
                 })
             })
         })
         .await?;
-    let (items, next) = found.ok_or_else(|| job_not_found(&id))?;
+    let (items, next) = found.ok_or_else(|| job_not_found(&id))??;
     let mut extra = filter.link_params();
     if details {
         extra.push_str("&details=true");
@@ -591,7 +592,7 @@ async fn rerun_job(
         RERUN,
     )
     .await?;
-    app.read_applied(|s| s.jobs.get(&id).map(|j| render_job(j, s)))
+    app.read_applied_cold(|s, cold| s.jobs.get(&id).map(|j| render_job(j, s, cold)))
         .map(ok_json)
         .ok_or_else(|| job_not_found(&id))
 }
