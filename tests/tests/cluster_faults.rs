@@ -643,7 +643,7 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
     let lead_ch = channel(&cluster.nodes[lead_now]).await;
     wait_for("the follower's jobs to match the leader's", || async {
         let (a, b) = (job_list(&fch).await, job_list(&lead_ch).await);
-        matches!((a, b), (Ok(a), Ok(b)) if a == b && a.len() == 3)
+        matches!((a, b), (Ok(a), Ok(b)) if a == b && a.len() == 4)
     })
     .await
     .unwrap();

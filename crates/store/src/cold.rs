@@ -53,11 +53,27 @@ fn position_key(job: &JobId, run: RunId, pos: u32) -> Vec<u8> {
 /// Makes the changes `ops` describe, in order; writing rows that are there already rewrites the
 /// same bytes. Returns how many rows were written.
 pub(crate) fn write_ops(tree: &sled::Tree, ops: Vec<ColdOp>) -> Result<usize, StoreError> {
+    write(tree, ops, false)
+}
+
+/// [`write_ops`] for a restore: a run whose rows are there already (a run is written in one
+/// batch, so its last position key is there only if all of it is) is not written again.
+pub(crate) fn restore_ops(tree: &sled::Tree, ops: Vec<ColdOp>) -> Result<usize, StoreError> {
+    write(tree, ops, true)
+}
+
+fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usize, StoreError> {
     let mut n = 0;
     for op in ops {
         let mut batch = sled::Batch::default();
         match op {
             ColdOp::Write { job, run, rows } => {
+                let last = rows.len().checked_sub(1).map(|p| p as u32);
+                if let (true, Some(last)) = (skip_written, last) {
+                    if tree.contains_key(position_key(&job, run, last))? {
+                        continue;
+                    }
+                }
                 for (pos, row) in rows.iter().enumerate() {
                     let pos = pos as u32;
                     let mut value = pos.to_be_bytes().to_vec();

@@ -50,6 +50,19 @@ pub use types::{
     StorageError, StoredMembership, TypeConfig, MAX_PRINCIPAL_BYTES,
 };
 
+/// sled's page cache in bytes: `MUSTER_SLED_CACHE_MIB` (default 1024, sled's own default).
+/// Everything written passes through this cache, so it bounds how much of the cold tier (and
+/// of the event log) stays in memory; see BENCHMARKS.md ("Hot and cold state") for RSS with
+/// a smaller one. An experiment knob until its effect on throughput is measured.
+fn cache_bytes() -> u64 {
+    std::env::var("MUSTER_SLED_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or(1024)
+        .saturating_mul(1024 * 1024)
+}
+
 /// Entry point: opens a data directory.
 #[derive(Debug)]
 pub struct Store;
@@ -59,7 +72,10 @@ impl Store {
     /// the events after it). Only one process may have a directory open at a time (sled locks
     /// it).
     pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes())
+            .open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
         let log = LogStore::open(&db, flusher.clone())?;
         let sm = StateMachine::open(&db, flusher)?;

@@ -141,8 +141,9 @@ impl StateMachine {
             ));
         }
         // Runs that finished in the replayed tail (or in a snapshot of an older build) leave
-        // the state as they did live; their rows are written again, identically.
-        crate::cold::write_ops(&cold, state.spill_all())?;
+        // the state as they did live; rows already written (the normal case: apply wrote them
+        // before `last_applied`) are not written again.
+        crate::cold::restore_ops(&cold, state.spill_all())?;
         tracing::info!(
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
