@@ -18,7 +18,7 @@
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq` / `chain_head` | serde_json / u64 / 32 bytes |
-//! | `cold_rows` | job, NUL, run u32, `d` device id / `p` position u32 | position + serde_json `DeviceRun` / device id: finished runs' rows, see [`cold`] |
+//! | `cold_rows` | job, NUL, run u32, `i` first device id / `p` chunk u32 | serde_json chunks of up to 256 `(position, DeviceRun)` by id / `DeviceRun` by position: finished runs' rows, see [`cold`] |
 //! | `snapshot` | `meta` / `data` | serde_json `SnapshotMeta` / snapshot payload (serde_json) |
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
