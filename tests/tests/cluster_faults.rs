@@ -602,6 +602,9 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
 
     // Freeze the follower; write well past snapshot + kept log: 1,600 entries.
     cluster.nodes[f].signal("STOP").unwrap();
+    // A job that finishes while the follower is frozen: its rows reach the follower only as
+    // the cold rows the snapshot carries.
+    let finished = finish_twin_job(&cluster.nodes[leader], "cold-rows", &first).await;
     let t = Instant::now();
     let later: Vec<String> = (0..1_600).map(|i| format!("late-{i:05}")).collect();
     let mut tasks = Vec::new();
@@ -641,13 +644,20 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
     let lead_ch = channel(&cluster.nodes[lead_now]).await;
     wait_for("the follower's jobs to match the leader's", || async {
         let (a, b) = (job_list(&fch).await, job_list(&lead_ch).await);
-        matches!((a, b), (Ok(a), Ok(b)) if a == b && a.len() == 3)
+        matches!((a, b), (Ok(a), Ok(b)) if a == b && a.len() == 4)
     })
     .await
     .unwrap();
     assert_eq!(
         registry(&fch).await.unwrap(),
         registry(&lead_ch).await.unwrap()
+    );
+
+    // The finished job's devices (cold rows) read the same on the follower as on the leader.
+    assert_eq!(
+        finished_rows(&cluster.nodes[f], &fch, "cold-rows").await,
+        finished,
+        "the finished job's devices differ on the follower seeded by a snapshot"
     );
 
     // It got there through a snapshot, and then back-filled the events before it from the
@@ -695,6 +705,95 @@ async fn follower_stopped_past_a_snapshot_installs_it_and_converges() {
     assert_eq!(files.len(), 1, "{files:?}");
     let bytes = std::fs::read(&files[0]).unwrap();
     assert_eq!(&bytes[..8], b"MUSTSNAP");
+
+    // And again after the follower restarts from its data directory.
+    cluster.nodes[f].restart().unwrap();
+    let fch = channel(&cluster.nodes[f]).await;
+    assert_eq!(
+        finished_rows(&cluster.nodes[f], &fch, "cold-rows").await,
+        finished,
+        "the finished job's devices differ on the restarted follower"
+    );
+}
+
+/// Creates an IoT Hub twin job over `registered` plus two unregistered ids (which fail
+/// `DeviceNotFound`) on `node`, waits for it to complete, and returns its devices as every
+/// reader shows them ([`finished_rows`]).
+async fn finish_twin_job(node: &Server, id: &str, registered: &[String]) -> FinishedRows {
+    let mut ids = registered.to_vec();
+    ids.extend(["ghost-1".to_string(), "ghost-2".to_string()]);
+    let (code, body, _) = put_within(
+        format!("{}/jobs/v2/{id}?{HUB}", node.rest),
+        json!({
+            "jobId": id,
+            "type": "scheduleUpdateTwin",
+            "updateTwin": {"properties": {"desired": {"fw": "cold"}}},
+            "deviceIds": ids,
+        }),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let ch = channel(node).await;
+    wait_for("the twin job to complete", || async {
+        get_job(&ch, id, false)
+            .await
+            .is_ok_and(|j| status(&j) == pb::JobStatus::Completed)
+    })
+    .await
+    .unwrap();
+    let rows = finished_rows(node, &ch, id).await;
+    assert_eq!(rows.grpc.len(), registered.len() + 2, "{rows:?}");
+    rows
+}
+
+/// A finished job's devices through REST (IoT Central's list with details, two per page),
+/// gRPC `ListJobDevices` and the IoT Hub `devices.jobs` query.
+#[derive(Debug, PartialEq)]
+struct FinishedRows {
+    rest: Vec<Value>,
+    grpc: Vec<pb::JobDevice>,
+    query: Vec<Value>,
+}
+
+async fn finished_rows(node: &Server, ch: &AuthChannel, id: &str) -> FinishedRows {
+    let c = reqwest::Client::new();
+    let mut rest = Vec::new();
+    let mut url = format!(
+        "{}/api/jobs/{id}/devices?api-version=2022-07-31&maxpagesize=2&details=true",
+        node.rest
+    );
+    loop {
+        let page: Value = c
+            .get(&url)
+            .header("authorization", admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rest.extend(page["value"].as_array().cloned().unwrap_or_default());
+        match page["nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    let query: Value = c
+        .post(format!("{}/devices/query?{HUB}", node.rest))
+        .header("authorization", admin_token())
+        .json(&json!({"query": format!("SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '{id}'")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    FinishedRows {
+        rest,
+        grpc: job_devices(ch, id, false).await,
+        query: query.as_array().cloned().unwrap_or_default(),
+    }
 }
 
 /// `PUT` on the REST gateway with a client-side limit, so a request that hangs fails the test.

@@ -430,13 +430,39 @@ pub fn central_device_status(s: DeviceStatus) -> &'static str {
 
 /// The device template of a job for rendering `data[*].target`: the model id of the first of the
 /// job's devices that has one (an IoT Central group holds devices of one template).
-pub fn job_template<'a>(job: &Job, registry: &'a Registry) -> Option<&'a str> {
-    job.runs
-        .iter()
-        .flat_map(|r| r.devices.iter())
-        .filter_map(|d| registry.devices.get(&d.device))
-        .find_map(|d| d.model_id.as_deref())
+///
+/// A finished run's rows are read from `cold`, at most [`TEMPLATE_PROBE`] of them: a job list
+/// renders this per job, and a group's devices share one template, so the first few decide.
+/// A cold read that fails leaves the template out (it only fills in a display field).
+pub fn job_template<'a>(
+    job: &Job,
+    registry: &'a Registry,
+    cold: &dyn muster_domain::RunRows,
+) -> Option<&'a str> {
+    let model = |d: &DeviceId| registry.devices.get(d).and_then(|d| d.model_id.as_deref());
+    for run in &job.runs {
+        if !run.is_cold() {
+            if let Some(m) = run.devices.iter().find_map(|d| model(&d.device)) {
+                return Some(m);
+            }
+            continue;
+        }
+        let mut found = None;
+        let mut seen = 0;
+        let _ = run.scan_by_position(&job.id, cold, 0, &mut |_, d| {
+            seen += 1;
+            found = model(&d.device);
+            found.is_none() && seen < TEMPLATE_PROBE
+        });
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
 }
+
+/// How many rows of a cold run [`job_template`] looks at.
+pub const TEMPLATE_PROBE: usize = 64;
 
 /// A job in IoT Central's shape. `template` fills `data[*].target` (from the PUT body, or
 /// [`job_template`]); without it `target` is left out.

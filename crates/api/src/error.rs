@@ -89,6 +89,15 @@ impl From<&DomainError> for ApiError {
             DomainError::VersionMismatch { .. } | DomainError::GroupVersionMismatch { .. } => {
                 (412, "PreconditionFailed")
             }
+            // A storage failure while reading: the detail goes to the log, not to the caller.
+            DomainError::ColdRows(_) => {
+                tracing::error!("internal error answering a request: {e}");
+                return ApiError::new(
+                    500,
+                    "InternalError",
+                    "the server failed to handle the request; it has been logged, retry later",
+                );
+            }
         };
         ApiError::new(status, code, message)
     }

@@ -272,7 +272,10 @@ fn seed_put_response_is_rendered_byte_for_byte() {
         SEED_PUT_RESPONSE
     );
     // The template can be recovered later from the job's devices.
-    assert_eq!(job_template(&job, &s.registry), Some(TEMPLATE));
+    assert_eq!(
+        job_template(&job, &s.registry, &muster_domain::NoColdRows),
+        Some(TEMPLATE)
+    );
 }
 
 #[test]
@@ -289,7 +292,10 @@ fn seed_list_items_parse_and_render_back_exactly() {
         let mut s = fleet(group, template);
         let mut job = create(&mut s, &req.id, req.spec);
         job.status = JobStatus::Completed;
-        rendered.push(central_job_json(&job, job_template(&job, &s.registry)));
+        rendered.push(central_job_json(
+            &job,
+            job_template(&job, &s.registry, &muster_domain::NoColdRows),
+        ));
     }
     assert_eq!(central_page(rendered, None), list);
 }

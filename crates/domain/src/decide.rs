@@ -127,13 +127,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                     rerun: rerun_id.clone(),
                 });
             }
-            let failed: Vec<DeviceId> = j
-                .current_run()
-                .devices
-                .iter()
-                .filter(|d| matches!(d.status, DeviceStatus::Failed | DeviceStatus::TimedOut))
-                .map(|d| d.device.clone())
-                .collect();
+            let failed: Vec<DeviceId> = j.current_run().failed_devices();
             if failed.is_empty() {
                 return Err(conflict(
                     j,
@@ -781,7 +775,7 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
             // joins. One that already matched (say, while the job had ended) does not join later
             // because of an unrelated change, so alike devices are treated alike.
             .filter(|d| {
-                !j.runs.iter().any(|r| r.index.contains_key(&d.id))
+                !j.runs.iter().any(|r| r.has_device(&d.id))
                     && q.matches(&d.twin_document())
                     && !state
                         .registry

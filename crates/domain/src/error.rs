@@ -40,6 +40,9 @@ pub enum DomainError {
     /// A policy or token name that is taken, or a change that would lock every caller out.
     #[error("{0}")]
     CredentialConflict(String),
+    /// The cold tier (finished runs' rows in storage) could not be read; only readers see it.
+    #[error("could not read finished runs' device rows from storage: {0}")]
+    ColdRows(String),
     #[error("device {device} has changed: it is at version (etag) {actual}, not {expected}; read it again and retry with the new etag")]
     VersionMismatch {
         device: DeviceId,

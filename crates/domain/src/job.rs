@@ -310,6 +310,10 @@ pub struct Run {
     /// Devices that ended failed because they stayed offline (abort criteria count them apart).
     #[serde(default)]
     pub not_connected: u64,
+    /// Set once the run's rows moved to the cold tier (`devices` and `index` are then empty):
+    /// see [`crate::cold`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<crate::cold::ColdRun>,
 }
 
 impl Run {
@@ -335,6 +339,7 @@ impl Run {
             backoff: BTreeSet::new(),
             notified: 0,
             not_connected: 0,
+            cold: None,
         };
         let per = spec
             .rollout

@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod auth;
+pub mod cold;
 pub mod command;
 mod decide;
 pub mod error;
@@ -31,6 +32,7 @@ pub use actions::{
     SendRequest,
 };
 pub use auth::Principal;
+pub use cold::{ColdOp, ColdRun, MemRows, NoColdRows, RunRows};
 pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
 pub use decide::{decide, responded};
 pub use error::DomainError;

@@ -9,7 +9,10 @@
 //!
 //! Checked after every command (see `Harness::step`, `Harness::check_event`, `check_state`):
 //! 1. replaying the log (through `evolve` and through the owned `apply`) rebuilds the live state,
-//!    and `execute` equals `decide` + `evolve`;
+//!    and `execute` equals `decide` + `evolve`; a mirror that spills finished runs' rows to an
+//!    in-memory cold tier after every command (as the store does) decides the same, its hot
+//!    state plus cold rows is the complete state, and replaying (with spills, or then spilling
+//!    everything) rebuilds its hot state and cold rows;
 //! 2. run and batch counters add up to their device counts and equal a recount of the statuses;
 //! 3. at most one final outcome per (job, run, device), nothing after it, final statuses never
 //!    change (ending a job cancels only what is not final);
@@ -38,8 +41,8 @@ use muster_domain::{
     actions, actions_with, apply, decide, evolve, Action, ActionOptions, BatchSize, CancelReason,
     CancellationThreshold, Command, ConnectionChange, ConnectionState, DeviceIdentity, DeviceKeys,
     DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus, DomainError, Event, FailureReason,
-    IdentityCondition, Job, JobFailure, JobSpec, JobStatus, MethodCall, Operation, Outcome,
-    PropertyReport, RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector,
+    IdentityCondition, Job, JobFailure, JobSpec, JobStatus, MemRows, MethodCall, Operation,
+    Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector,
     Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
@@ -829,6 +832,12 @@ impl Coverage {
 
 struct Harness {
     state: State,
+    /// The same commands with finished runs spilled after each (as the store does), and the
+    /// rows spilled: `decide` must agree on both, and `hot` + `cold` must be `state`.
+    hot: State,
+    cold: MemRows,
+    /// The accepted commands' events, one entry per command (the unit spills follow).
+    by_command: Vec<Vec<Event>>,
     log: Vec<Event>,
     /// Every command given, with its result (events or error), for reports and determinism.
     history: Vec<(Command, Result<Vec<Event>, DomainError>)>,
@@ -848,6 +857,9 @@ impl Harness {
     fn new() -> Self {
         Harness {
             state: State::default(),
+            hot: State::default(),
+            cold: MemRows::default(),
+            by_command: Vec::new(),
             log: Vec::new(),
             history: Vec::new(),
             now: Timestamp(T0),
@@ -884,6 +896,13 @@ impl Harness {
         let pre = self.state.clone();
         let decided = decide(&self.state, &cmd);
         self.history.push((cmd.clone(), decided.clone()));
+        // `decide` never needs a finished run's rows: the spilled state decides the same.
+        let decided_hot = decide(&self.hot, &cmd);
+        if decided_hot != decided {
+            return Err(self.report(&format!(
+                "decide differs once finished runs are spilled: {decided_hot:?}"
+            )));
+        }
         let events = match decided {
             Ok(events) => events,
             Err(_) => {
@@ -894,7 +913,42 @@ impl Harness {
         if let Err(msg) = self.step(&cmd, &pre, &events) {
             return Err(self.report(&msg));
         }
+        if let Err(msg) = self.step_cold(&events) {
+            return Err(self.report(&msg));
+        }
         Ok(events)
+    }
+
+    /// Applies the events to the spilled mirror, spills, and checks that the rows went to the
+    /// cold tier unchanged: hot state + cold rows is the complete state.
+    fn step_cold(&mut self, events: &[Event]) -> Result<(), String> {
+        for e in events {
+            evolve(&mut self.hot, e);
+        }
+        let ops = self.hot.spill(events);
+        if !ops.is_empty() {
+            self.coverage.hit("spilled");
+        }
+        self.cold.absorb(ops);
+        self.by_command.push(events.to_vec());
+        let mut full = self.hot.clone();
+        full.restore_rows(&self.cold).map_err(|e| e.to_string())?;
+        ensure!(
+            full == self.state,
+            "the spilled state with its cold rows put back differs from the complete state"
+        );
+        for j in self.hot.jobs.values() {
+            for (k, run) in j.runs.iter().enumerate() {
+                let finished = k + 1 < j.runs.len() || j.status.is_final();
+                ensure!(
+                    run.is_cold() == finished,
+                    "job {} run {k}: cold is {} but finished is {finished}",
+                    j.id,
+                    run.is_cold()
+                );
+            }
+        }
+        Ok(())
     }
 
     fn step(&mut self, cmd: &Command, pre: &State, events: &[Event]) -> Result<(), String> {
@@ -2065,6 +2119,26 @@ fn run_script(script: &Script) -> Result<Harness, TestCaseError> {
         h.now = h.now.plus_millis(*dt);
         h.op(op)?;
     }
+    // Replay with spills (what a restarting store does) rebuilds the live hot state and cold
+    // rows; so does a replay without spills followed by one spill of everything finished
+    // (a snapshot of a build before the cold tier).
+    let mut hot = State::default();
+    let mut cold = MemRows::default();
+    for events in &h.by_command {
+        for e in events {
+            evolve(&mut hot, e);
+        }
+        cold.absorb(hot.spill(events));
+    }
+    if hot != h.hot || cold != h.cold {
+        return Err(h.report("replay with spills differs from the live hot state or cold rows"));
+    }
+    let mut late = State::replay(&h.log);
+    let mut late_cold = MemRows::default();
+    late_cold.absorb(late.spill_all());
+    if late != h.hot || late_cold != h.cold {
+        return Err(h.report("replay then spill_all differs from the live hot state or cold rows"));
+    }
     Ok(h)
 }
 
@@ -2164,6 +2238,7 @@ fn scripts_reach_the_interesting_corners() {
         "dispatch-while-stopped",
         "rejected",
         "batched-registry-change",
+        "spilled",
     ] {
         assert!(
             total.counts.get(key).copied().unwrap_or(0) > 0,

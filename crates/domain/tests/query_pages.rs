@@ -192,7 +192,9 @@ fn rows_json(rows: Vec<Row<'_>>) -> Vec<Value> {
 }
 
 fn all_rows(statement: &Statement, state: &State) -> Vec<Value> {
-    let page = statement.page(state, None, usize::MAX).unwrap();
+    let page = statement
+        .page(state, &muster_domain::NoColdRows, None, usize::MAX)
+        .unwrap();
     assert!(page.next.is_none());
     rows_json(page.rows)
 }
@@ -202,7 +204,9 @@ fn paged_rows(statement: &Statement, state: &State, size: usize) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut cursor: Option<Cursor> = None;
     for _ in 0..10_000 {
-        let page = statement.page(state, cursor.as_ref(), size).unwrap();
+        let page = statement
+            .page(state, &muster_domain::NoColdRows, cursor.as_ref(), size)
+            .unwrap();
         assert!(page.rows.len() <= size);
         let last = page.next.is_none();
         if !last {
@@ -295,7 +299,7 @@ proptest! {
         )).unwrap();
         let plain = Statement::parse(&format!("SELECT * FROM devices{condition}")).unwrap();
         let mut recount: BTreeMap<Option<String>, u64> = BTreeMap::new();
-        for row in plain.page(&state, None, usize::MAX).unwrap().rows {
+        for row in plain.page(&state, &muster_domain::NoColdRows, None, usize::MAX).unwrap().rows {
             let Row::Twin(d) = row else { panic!("SELECT * gives twins") };
             let site = d.tags.get("site").and_then(Value::as_str).map(String::from);
             *recount.entry(site).or_default() += 1;
@@ -380,9 +384,15 @@ fn a_cursor_of_another_query_or_garbage_is_refused() {
         .collect();
     let state = build(&devices, &[]);
     let twins = Statement::parse("SELECT * FROM devices").unwrap();
-    let next = twins.page(&state, None, 2).unwrap().next.unwrap();
+    let next = twins
+        .page(&state, &muster_domain::NoColdRows, None, 2)
+        .unwrap()
+        .next
+        .unwrap();
     let count = Statement::parse("SELECT COUNT() FROM devices").unwrap();
-    let err = count.page(&state, Some(&next), 2).unwrap_err();
+    let err = count
+        .page(&state, &muster_domain::NoColdRows, Some(&next), 2)
+        .unwrap_err();
     assert!(err.message().contains("another query"), "{err}");
     for garbage in ["", "!!", "eDox", "ZDp4OmRldg"] {
         assert!(Cursor::decode(garbage).is_err(), "{garbage}");

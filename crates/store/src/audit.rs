@@ -192,13 +192,20 @@ impl AuditLog {
     }
 
     pub fn snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
-        Ok(
-            read_stored(&self.snapshot, &self.snapshot_dir)?.map(|(h, state)| StoredSnapshot {
-                last_seq: h.last_seq,
-                chain_head: h.chain_head,
-                state,
-            }),
-        )
+        let Some((h, mut state)) = read_stored(&self.snapshot, &self.snapshot_dir)? else {
+            return Ok(None);
+        };
+        // Offline tools work on the complete state (a replay never spills): the rows of the
+        // snapshot's cold runs, which the directory's cold tree holds, go back in.
+        let rows = crate::cold::ColdRows::new(self._db.open_tree(crate::cold::TREE)?);
+        state
+            .restore_rows(&rows)
+            .map_err(|e| StoreError::corrupt("snapshot", e))?;
+        Ok(Some(StoredSnapshot {
+            last_seq: h.last_seq,
+            chain_head: h.chain_head,
+            state,
+        }))
     }
 
     /// The applied events with `from <= seq <= to`, in order, decoded (not hash-checked; see

@@ -19,6 +19,7 @@
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq`, `backfill_next` / `chain_head`, `backfill_prev` / `event_index` | serde_json / u64 / 32 bytes / format byte |
 //! | `events_by_job`, `events_by_device` | id length u16, id, first seq u64 | run length u32, see `event_index` |
+//! | `cold_rows` | job, NUL, run u32, `i` first device id / `p` chunk u32 | serde_json chunks of up to 256 `(position, DeviceRun)` by id / `DeviceRun` by position: finished runs' rows, see [`cold`] |
 //! | `snapshot` | `meta` / `file` | serde_json `SnapshotMeta` / name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's JSON `data` is converted at open) |
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
@@ -29,6 +30,7 @@ pub mod audit;
 mod backfill;
 pub mod chain;
 mod codec;
+pub mod cold;
 mod error;
 mod event_index;
 mod flush;
@@ -42,6 +44,7 @@ pub mod wire;
 use std::path::Path;
 
 pub use backfill::{BackfillNeed, BackfillStep, HistoryChunk};
+pub use cold::ColdRows;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::{
@@ -53,6 +56,19 @@ pub use types::{
     StorageError, StoredMembership, TypeConfig, MAX_PRINCIPAL_BYTES,
 };
 
+/// sled's page cache in bytes: `MUSTER_SLED_CACHE_MIB` (default 1024, sled's own default).
+/// Everything written passes through this cache, so it bounds how much of the cold tier (and
+/// of the event log) stays in memory; see BENCHMARKS.md ("Hot and cold state") for RSS with
+/// a smaller one. An experiment knob until its effect on throughput is measured.
+fn cache_bytes() -> u64 {
+    std::env::var("MUSTER_SLED_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|m| *m > 0)
+        .unwrap_or(1024)
+        .saturating_mul(1024 * 1024)
+}
+
 /// Entry point: opens a data directory.
 #[derive(Debug)]
 pub struct Store;
@@ -62,7 +78,10 @@ impl Store {
     /// the events after it). Only one process may have a directory open at a time (sled locks
     /// it).
     pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes())
+            .open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
         let log = LogStore::open(&db, flusher.clone())?;
         let sm = StateMachine::open(&db, flusher, dir.join(state_machine::SNAPSHOT_DIR))?;

@@ -39,7 +39,7 @@ pub const FORMAT: u32 = 3;
 /// state was captured; a tree listed here must only ever be written with puts that the
 /// re-apply of the same entries repeats exactly, and its readers must bound what they read by
 /// the applied seq.
-pub const CARRIED_TREES: &[&str] = &[];
+pub const CARRIED_TREES: &[&str] = &[crate::cold::TREE];
 
 /// A frame larger than this is corrupt (a job with a million device rows is far below it).
 const MAX_FRAME: u32 = 1 << 30;

@@ -215,6 +215,8 @@ impl From<&DomainError> for CommandError {
             DomainError::VersionMismatch { .. } | DomainError::GroupVersionMismatch { .. } => {
                 (ErrorKind::VersionMismatch, None)
             }
+            // Only readers meet it (`decide` never reads cold rows); the nearest kind.
+            DomainError::ColdRows(_) => (ErrorKind::Conflict, None),
         };
         CommandError {
             kind,

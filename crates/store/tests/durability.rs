@@ -27,14 +27,14 @@ async fn applied_state_and_events_survive_reopen() {
         assert_eq!(r.first_seq, next_seq);
         next_seq = r.last_seq + 1;
     }
-    assert_eq!(reader.read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&reader), want_state);
     assert_eq!(reader.last_seq(), want_events.len() as u64);
     let before = events_of(&reader);
     drop((node, reader));
 
     let node = Node::open(dir.path()).await;
     let reader = node.sm.reader();
-    assert_eq!(reader.read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&reader), want_state);
     let after = events_of(&reader);
     assert_eq!(after, before);
     let numbered: Vec<_> = (1..).zip(want_events).collect();
@@ -135,7 +135,7 @@ async fn restart_is_snapshot_plus_event_tail() {
 
     let mut node = Node::open(dir.path()).await;
     let reader = node.sm.reader();
-    assert_eq!(reader.read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&reader), want_state);
     assert_eq!(reader.last_seq(), want_events.len() as u64);
     let current = node.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snap.meta);
@@ -191,13 +191,13 @@ async fn installed_snapshot_starts_the_event_log_at_its_seq() {
         .into_result()
         .unwrap();
     assert_eq!(r, leader_r);
-    assert_eq!(reader.read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&reader), want_state);
     let tail = events_of(&reader);
     drop((follower, reader));
 
     let follower = Node::open(dir.path()).await;
     let reader = follower.sm.reader();
-    assert_eq!(reader.read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&reader), want_state);
     assert_eq!(reader.first_seq_available(), snap_seq + 1);
     assert_eq!(events_of(&reader), tail);
     assert_eq!(tail.first().map(|(s, _)| *s), Some(snap_seq + 1));
@@ -248,7 +248,7 @@ async fn crash_recovery() {
         .unwrap();
     let reader = sm.reader();
     assert_eq!(reader.last_applied(), Some(log_id(cmds.len() as u64)));
-    assert_eq!(reader.read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&reader), want_state);
     assert_eq!(
         events_of(&reader),
         (1..).zip(want_events).collect::<Vec<_>>()
@@ -324,7 +324,7 @@ async fn an_old_json_snapshot_is_converted_into_a_file_at_start() {
     let _ = std::fs::remove_dir_all(dir.path().join("snapshots"));
 
     let mut node = Node::open(dir.path()).await;
-    assert_eq!(node.sm.reader().read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&node.sm.reader()), want_state);
     let current = node.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.snapshot_id, "old-1");
     assert_eq!(&bytes_of(current.snapshot).await[..8], b"MUSTSNAP");
@@ -340,5 +340,5 @@ async fn an_old_json_snapshot_is_converted_into_a_file_at_start() {
     }
     // And it starts again from the file.
     let node = Node::open(dir.path()).await;
-    assert_eq!(node.sm.reader().read(|s| s.clone()), want_state);
+    assert_eq!(full_state(&node.sm.reader()), want_state);
 }

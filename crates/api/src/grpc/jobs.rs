@@ -268,7 +268,7 @@ impl pb::job_service_server::JobService for JobApi {
         };
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
-        let (devices, next) = self.cluster.reader().read(|s| {
+        let (devices, next) = self.cluster.reader().read_cold(|s, cold| {
             let job = s
                 .jobs
                 .get(&id)
@@ -282,21 +282,31 @@ impl pb::job_service_server::JobService for JobApi {
                     ))
                 })?,
             };
-            let matching = run
-                .devices
-                .iter()
-                .enumerate()
-                .skip(start)
-                .filter(|(_, d)| status.is_none_or(|st| d.status == st));
-            let (page, more) = take_page(matching, size);
-            let next = match (more, page.last()) {
-                (true, Some((pos, _))) => (pos + 1).to_string(),
+            // A finished run's rows are in the cold tier, in the same run order.
+            let mut devices = Vec::new();
+            let mut last = None;
+            let mut more = false;
+            let from = u32::try_from(start).unwrap_or(u32::MAX);
+            run.scan_by_position(&id, cold, from, &mut |pos, d| {
+                if status.is_some_and(|st| d.status != st) {
+                    return true;
+                }
+                if devices.len() == size {
+                    more = true;
+                    return false;
+                }
+                devices.push(convert::job_device(run, &d));
+                last = Some(pos);
+                true
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading a finished run's devices");
+                Status::internal("could not read the run's devices; see the node's log")
+            })?;
+            let next = match (more, last) {
+                (true, Some(pos)) => (pos as usize + 1).to_string(),
                 _ => String::new(),
             };
-            let devices: Vec<pb::JobDevice> = page
-                .into_iter()
-                .map(|(_, d)| convert::job_device(run, d))
-                .collect();
             Ok::<_, Status>((devices, next))
         })?;
         Ok(Response::new(pb::ListJobDevicesResponse {

@@ -30,9 +30,9 @@ async fn run(
     };
     let size = page_size(size);
     read_barrier(cluster, stale_ok).await?;
-    cluster.reader().read(|s| {
+    cluster.reader().read_cold(|s, cold| {
         let page = statement
-            .page(s, cursor.as_ref(), size)
+            .page(s, cold, cursor.as_ref(), size)
             .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
         let rows = page
             .rows

@@ -120,6 +120,18 @@ impl App {
         Ok(self.cluster.reader().read(f))
     }
 
+    /// Like [`read`](Self::read), with the cold tier that holds finished runs' device rows.
+    async fn read_cold<T>(
+        &self,
+        f: impl FnOnce(&DomainState, &dyn muster_domain::RunRows) -> T,
+    ) -> Result<T, ApiError> {
+        self.cluster
+            .linearizable()
+            .await
+            .map_err(|e| cluster_error(e, errors::JOB))?;
+        Ok(self.cluster.reader().read_cold(f))
+    }
+
     /// Proposes one command on behalf of `caller`; `Ok` once it is committed and applied on
     /// this node.
     async fn write(&self, caller: &Caller, command: Command, codes: Codes) -> Result<(), ApiError> {
@@ -134,6 +146,14 @@ impl App {
     /// the write itself proved it).
     fn read_applied<T>(&self, f: impl FnOnce(&DomainState) -> T) -> T {
         self.cluster.reader().read(f)
+    }
+
+    /// [`read_applied`](Self::read_applied) with the cold tier.
+    fn read_applied_cold<T>(
+        &self,
+        f: impl FnOnce(&DomainState, &dyn muster_domain::RunRows) -> T,
+    ) -> T {
+        self.cluster.reader().read_cold(f)
     }
 }
 
@@ -242,6 +262,34 @@ where
         }
     }
     (items, None)
+}
+
+/// [`page`] over a run's devices in id order, hot or cold: the same items and tokens either way.
+fn page_rows<T>(
+    job: &muster_types::JobId,
+    run: &muster_domain::Run,
+    cold: &dyn muster_domain::RunRows,
+    after: Option<&muster_types::DeviceId>,
+    size: usize,
+    mut render: impl FnMut(&muster_domain::DeviceRun) -> Option<T>,
+) -> Result<(Vec<T>, Option<String>), muster_domain::DomainError> {
+    let mut items = Vec::new();
+    let mut last: Option<muster_types::DeviceId> = None;
+    let mut more = false;
+    run.scan_by_id(job, cold, after, &mut |d| {
+        let Some(t) = render(&d) else {
+            return true;
+        };
+        if items.len() == size {
+            // Only hand out a token when another kept row exists, so the last page has none.
+            more = true;
+            return false;
+        }
+        items.push(t);
+        last = Some(d.device.clone());
+        true
+    })?;
+    Ok((items, last.filter(|_| more).map(|d| d.to_string())))
 }
 
 /// Reads a page token: the id the previous page ended with. `parse` is the id type's

@@ -99,8 +99,8 @@ async fn query_devices(
         }
     };
     let (items, next) = app
-        .read(|s| {
-            statement.page(s, cursor.as_ref(), size).map(|page| {
+        .read_cold(|s, cold| {
+            statement.page(s, cold, cursor.as_ref(), size).map(|page| {
                 let items: Vec<Value> = page
                     .rows
                     .into_iter()

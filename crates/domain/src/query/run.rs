@@ -9,7 +9,6 @@
 //! aggregates. A [`Cursor`] says where a page ended and how many rows were handed out before it
 //! (for `TOP n`); its text form is opaque to clients.
 
-use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,6 +18,8 @@ use serde_json::{Map, Value};
 
 use super::select::{Aggregator, Source, Statement};
 use super::QueryError;
+use crate::cold::RunRows;
+use crate::error::DomainError;
 use crate::job::{DeviceRun, DeviceStatus, FailureReason, Job, JobStatus, Run};
 use crate::registry::Device;
 use crate::State;
@@ -107,6 +108,7 @@ impl Statement {
     pub fn page<'a>(
         &self,
         state: &'a State,
+        cold: &dyn RunRows,
         after: Option<&Cursor>,
         size: usize,
     ) -> Result<Page<'a>, QueryError> {
@@ -135,10 +137,10 @@ impl Statement {
             _ if self.is_aggregate() => self.groups(state, returned, limit, &mut rows),
             (Some(Position::Device(d)), _) => self.devices(state, Some(d), limit, &mut rows),
             (Some(Position::DeviceJob(j, d)), _) => {
-                self.device_jobs(state, Some((j, d)), limit, &mut rows)
+                self.device_jobs(state, cold, Some((j, d)), limit, &mut rows)?
             }
             (_, Source::Devices) => self.devices(state, None, limit, &mut rows),
-            (_, Source::DeviceJobs) => self.device_jobs(state, None, limit, &mut rows),
+            (_, Source::DeviceJobs) => self.device_jobs(state, cold, None, limit, &mut rows)?,
         };
         let returned = returned + rows.len() as u64;
         let next = more
@@ -196,10 +198,11 @@ impl Statement {
     fn device_jobs(
         &self,
         state: &State,
+        cold: &dyn RunRows,
         after: Option<(&JobId, &DeviceId)>,
         limit: usize,
         rows: &mut Vec<Row<'_>>,
-    ) -> Option<Position> {
+    ) -> Result<Option<Position>, QueryError> {
         let lower = after.map_or(Bound::Unbounded, |(j, _)| Bound::Included(j));
         // `devices.jobs.jobId = '...'` at the top of the condition: only that job.
         let pinned = self.predicate.pinned("jobId").map(str::to_owned);
@@ -215,24 +218,31 @@ impl Statement {
             }
             let after_device = after.filter(|(j, _)| *j == job_id).map(|(_, d)| d);
             let mut full = false;
-            for_each_device(job, after_device, device.as_ref(), |run, device_run| {
-                let doc = device_job_document(job, run, device_run);
-                if !self.matches(&doc) {
-                    return true;
-                }
-                if rows.len() == limit {
-                    full = true;
-                    return false;
-                }
-                rows.push(Row::Document(doc));
-                last = Some((job_id.clone(), device_run.device.clone()));
-                true
-            });
+            for_each_device(
+                job,
+                cold,
+                after_device,
+                device.as_ref(),
+                |run, device_run| {
+                    let doc = device_job_document(job, run, device_run);
+                    if !self.matches(&doc) {
+                        return true;
+                    }
+                    if rows.len() == limit {
+                        full = true;
+                        return false;
+                    }
+                    rows.push(Row::Document(doc));
+                    last = Some((job_id.clone(), device_run.device.clone()));
+                    true
+                },
+            )
+            .map_err(|e| QueryError::new(e.to_string()))?;
             if full {
-                return last.map(|(j, d)| Position::DeviceJob(j, d));
+                return Ok(last.map(|(j, d)| Position::DeviceJob(j, d)));
             }
         }
-        None
+        Ok(None)
     }
 
     /// Fills `rows` with up to `limit` groups after the first `skip`.
@@ -261,53 +271,54 @@ impl Statement {
 
 /// Calls `f` with each device of `job` after `after` (only `only`, when given), in device id
 /// order, with the latest run the device is part of (a rerun's outcome replaces the first
-/// run's); stops when `f` says false.
+/// run's); stops when `f` says false. A finished run's rows are read from `cold`.
 fn for_each_device(
     job: &Job,
+    cold: &dyn RunRows,
     after: Option<&DeviceId>,
     only: Option<&DeviceId>,
     mut f: impl FnMut(&Run, &DeviceRun) -> bool,
-) {
+) -> Result<(), DomainError> {
+    let latest = |id: &DeviceId| -> Result<Option<(&Run, DeviceRun)>, DomainError> {
+        for run in job.runs.iter().rev() {
+            if let Some(d) = run.row(&job.id, cold, id)? {
+                return Ok(Some((run, d.into_owned())));
+            }
+        }
+        Ok(None)
+    };
     if let Some(id) = only {
         if after.is_none_or(|a| id > a) {
-            let latest = job
-                .runs
-                .iter()
-                .rev()
-                .find_map(|run| run.device(id).map(|device_run| (run, device_run)));
-            if let Some((run, device_run)) = latest {
-                f(run, device_run);
+            if let Some((run, device_run)) = latest(id)? {
+                f(run, &device_run);
             }
         }
-        return;
+        return Ok(());
     }
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
     if let [run] = job.runs.as_slice() {
-        for (_, &i) in run.index.range((lower, Bound::Unbounded)) {
-            if let Some(device_run) = run.devices.get(i as usize) {
-                if !f(run, device_run) {
-                    return;
-                }
-            }
-        }
-        return;
+        return run.scan_by_id(&job.id, cold, after, &mut |d| f(run, &d));
     }
-    let ids: BTreeSet<&DeviceId> = job
-        .runs
-        .iter()
-        .flat_map(|run| run.index.range((lower, Bound::Unbounded)).map(|(d, _)| d))
-        .collect();
-    for id in ids {
-        let latest = job
-            .runs
-            .iter()
-            .rev()
-            .find_map(|run| run.device(id).map(|device_run| (run, device_run)));
-        if let Some((run, device_run)) = latest {
-            if !f(run, device_run) {
-                return;
+    // Several runs: walk the union of their ids in order, one id at a time.
+    let mut cursor = after.cloned();
+    loop {
+        let mut next: Option<DeviceId> = None;
+        for run in &job.runs {
+            run.scan_by_id(&job.id, cold, cursor.as_ref(), &mut |d| {
+                if next.as_ref().is_none_or(|n| d.device < *n) {
+                    next = Some(d.device.clone());
+                }
+                false
+            })?;
+        }
+        let Some(id) = next else {
+            return Ok(());
+        };
+        if let Some((run, device_run)) = latest(&id)? {
+            if !f(run, &device_run) {
+                return Ok(());
             }
         }
+        cursor = Some(id);
     }
 }
 

@@ -93,6 +93,12 @@ pub(super) fn apply_entries(
                 EntryPayload::Normal(req) => {
                     match execute_traced(shared, &mut applied.state, &req, entry.log_id.index) {
                         Ok(events) => {
+                            // Rows of runs this command finished go to the cold tier before
+                            // `last_applied` covers the command (see `crate::cold`).
+                            let spilled = applied.state.spill(&events);
+                            if !spilled.is_empty() {
+                                crate::cold::write_ops(&shared.cold, spilled)?;
+                            }
                             let first_seq = applied.last_seq + 1;
                             let mut hashes = Vec::with_capacity(events.len());
                             let principal = principal_text(&req.principal);

@@ -215,6 +215,8 @@ pub(crate) struct Shared {
     pub(crate) index: EventIndex,
     pub(crate) meta: sled::Tree,
     pub(crate) snapshot: sled::Tree,
+    /// Finished runs' device rows (see [`crate::cold`]).
+    pub(crate) cold: sled::Tree,
     /// For the carried trees (see [`crate::snapfile::CARRIED_TREES`]).
     pub(crate) db: sled::Db,
     /// The data directory's `snapshots/` folder.

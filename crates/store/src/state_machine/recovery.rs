@@ -36,6 +36,7 @@ impl StateMachine {
         let index = EventIndex::open(db)?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
+        let cold = db.open_tree(crate::cold::TREE)?;
 
         let last_seq = read_u64(&meta, LAST_SEQ)?.unwrap_or(0);
         let first_seq_available = read_u64(&meta, FIRST_SEQ)?.unwrap_or(1);
@@ -154,6 +155,10 @@ impl StateMachine {
         if !EventIndex::is_complete(&meta)? {
             event_index::build(&index, &events, &meta, first_seq_available, last_seq)?;
         }
+        // Runs that finished in the replayed tail (or in a snapshot of an older build) leave
+        // the state as they did live; rows already written (the normal case: apply wrote them
+        // before `last_applied`) are not written again.
+        crate::cold::restore_ops(&cold, state.spill_all())?;
         tracing::info!(
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
@@ -179,6 +184,7 @@ impl StateMachine {
                 snapshot,
                 db: db.clone(),
                 snapshot_dir,
+                cold,
                 flusher,
                 updates,
                 snapshot_lock: Mutex::new(()),

@@ -148,6 +148,14 @@ pub fn expected(cmds: &[Command]) -> (State, Vec<muster_domain::Event>) {
 }
 
 /// Every event the replica holds, with its seq.
+/// The applied state with the cold tier's rows put back: what [`expected`] (which never
+/// spills) builds, so comparing the two also checks every spilled row.
+pub fn full_state(reader: &StateReader) -> State {
+    let mut s = reader.read(State::clone);
+    s.restore_rows(&reader.cold()).unwrap();
+    s
+}
+
 pub fn events_of(reader: &StateReader) -> Vec<(u64, muster_domain::Event)> {
     reader.read_events(0, usize::MAX).unwrap()
 }

@@ -21,7 +21,7 @@ use crate::history::event_json;
 use crate::rest::errors::{internal, JOB, RERUN};
 use crate::rest::extract::{Caller, JsonText, Params, PathParams};
 use crate::rest::guard::Routes;
-use crate::rest::{ok_json, page, App};
+use crate::rest::{ok_json, page, page_rows, App};
 
 pub(super) fn routes() -> Routes {
     use Permission::*;
@@ -43,9 +43,13 @@ pub(super) fn routes() -> Routes {
 
 /// A job in Central's shape with `data[*].target` recovered from its devices' template (only a
 /// group job has one: a job from the IoT Hub shape targets devices or a query).
-fn render_job(job: &muster_domain::Job, state: &muster_domain::State) -> Value {
+fn render_job(
+    job: &muster_domain::Job,
+    state: &muster_domain::State,
+    cold: &dyn muster_domain::RunRows,
+) -> Value {
     let template = match job.spec.target.selector {
-        TargetSelector::Group(_) => job_template(job, &state.registry),
+        TargetSelector::Group(_) => job_template(job, &state.registry, cold),
         _ => None,
     };
     central_job_json(job, template)
@@ -55,9 +59,9 @@ async fn list_jobs(State(app): State<App>, list: ListRequest) -> Result<Response
     let mut p = list.page("GET /api/jobs", &[], |s: &str| JobId::new(s))?;
     let progress = flag(&list.q, "progress")?;
     let (items, next) = app
-        .read(|s| {
+        .read_cold(|s, cold| {
             page(&s.jobs, p.after.as_ref(), p.size, |_, j| {
-                Some(with_progress(render_job(j, s), j, progress))
+                Some(with_progress(render_job(j, s, cold), j, progress))
             })
         })
         .await?;
@@ -75,10 +79,10 @@ async fn get_job(
     version(&q)?;
     let id = job_id(&id)?;
     let progress = flag(&q, "progress")?;
-    app.read(|s| {
+    app.read_cold(|s, cold| {
         s.jobs
             .get(&id)
-            .map(|j| with_progress(render_job(j, s), j, progress))
+            .map(|j| with_progress(render_job(j, s, cold), j, progress))
     })
     .await?
     .map(ok_json)
@@ -145,25 +149,22 @@ async fn job_devices(
     let filter = DeviceFilter::from_params(&list.q)?;
     let details = flag(&list.q, "details")?;
     let found = app
-        .read(|s| {
+        .read_cold(|s, cold| {
             s.jobs.get(&id).map(|j| {
                 let run = j.current_run();
-                page(&run.index, p.after.as_ref(), p.size, |_, &pos| {
-                    run.devices
-                        .get(pos as usize)
-                        .filter(|d| filter.keeps(d))
-                        .map(|d| {
-                            if details {
-                                job_device_details_json(d, run.number.0)
-                            } else {
-                                central_job_device_json(d)
-                            }
-                        })
+                page_rows(&id, run, cold, p.after.as_ref(), p.size, |d| {
+                    filter.keeps(d).then(|| {
+                        if details {
+                            job_device_details_json(d, run.number.0)
+                        } else {
+                            central_job_device_json(d)
+                        }
+                    })
                 })
             })
         })
         .await?;
-    let (items, next) = found.ok_or_else(|| job_not_found(&id))?;
+    let (items, next) = found.ok_or_else(|| job_not_found(&id))??;
     filter.carry(&mut p);
     if details {
         p.carry("details", "true");
@@ -409,7 +410,7 @@ async fn rerun_job(
         RERUN,
     )
     .await?;
-    app.read_applied(|s| s.jobs.get(&id).map(|j| render_job(j, s)))
+    app.read_applied_cold(|s, cold| s.jobs.get(&id).map(|j| render_job(j, s, cold)))
         .map(ok_json)
         .ok_or_else(|| job_not_found(&id))
 }

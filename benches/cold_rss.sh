@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# RSS, data-directory size and restart time as finished method jobs pile up (issue 14, "hot and
+# cold state"). One node, a Mosquitto broker, `muster devsim`; every job calls a method on every
+# device and finishes. Prints one line per finished job, then the restart.
+#
+#   benches/cold_rss.sh                       # target/release/muster, 50,000 devices, 10 jobs
+#   BIN=target/debug/muster N=10000 JOBS=5 MQTT_PORT=18834 benches/cold_rss.sh
+#
+# Needs `mosquitto` on PATH (started here on MQTT_PORT unless MQTT_URL is given).
+set -euo pipefail
+
+BIN=${BIN:-target/release/muster}
+N=${N:-50000}
+JOBS=${JOBS:-10}
+MQTT_PORT=${MQTT_PORT:-18834}
+GRPC_PORT=${GRPC_PORT:-19390}
+HTTP_PORT=${HTTP_PORT:-19380}
+WORK=$(mktemp -d /tmp/cold-rss.XXXXXX)
+DATA=$WORK/data
+EP=http://127.0.0.1:$GRPC_PORT
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ -z "${MQTT_URL:-}" ]; then
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n' "$MQTT_PORT" >"$WORK/mq.conf"
+  mosquitto -c "$WORK/mq.conf" >"$WORK/mq.log" 2>&1 &
+  PIDS+=($!)
+  MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
+  sleep 0.5
+fi
+
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+du_mib() { du -sm "$DATA" | cut -f1; }
+
+start_node() {
+  "$BIN" serve --data-dir "$DATA" --grpc-addr 127.0.0.1:$GRPC_PORT --http-addr 127.0.0.1:$HTTP_PORT \
+    --mqtt-url "$MQTT_URL" --log warn >>"$WORK/node.log" 2>&1 &
+  NODE=$!
+  PIDS+=($NODE)
+}
+
+wait_serving() {
+  local t0=$1
+  until "$BIN" job list --endpoint "$EP" --token "@$DATA/admin.credential" >/dev/null 2>&1; do
+    sleep 0.05
+  done
+  echo "$(( $(date +%s%N) / 1000000 - t0 ))"
+}
+
+t0=$(( $(date +%s%N) / 1000000 ))
+start_node
+wait_serving "$t0" >/dev/null
+export MUSTER_TOKEN=@$DATA/admin.credential
+"$BIN" devsim --broker "$MQTT_URL" --devices "$N" --register "$EP" >"$WORK/devsim.log" 2>&1 &
+PIDS+=($!)
+until grep -q "ready" "$WORK/devsim.log" 2>/dev/null; do sleep 0.5; done
+until [ "$("$BIN" query --endpoint "$EP" "SELECT COUNT() AS n FROM devices WHERE connectionState = 'Connected'" --output json 2>/dev/null | grep -o '"n": *[0-9]*' | grep -o '[0-9]*$' || echo 0)" -ge "$N" ]; do
+  sleep 1
+done
+echo "binary=$BIN devices=$N"
+echo "jobs_finished rss_mib data_mib job_secs"
+echo "0 $(rss_mib "$NODE") $(du_mib) -"
+for j in $(seq 1 "$JOBS"); do
+  s=$(date +%s)
+  "$BIN" job create "rss-$j" --endpoint "$EP" --method reboot --query "SELECT * FROM devices" --response-timeout 30 >/dev/null
+  "$BIN" job watch "rss-$j" --endpoint "$EP" >/dev/null || true
+  echo "$j $(rss_mib "$NODE") $(du_mib) $(( $(date +%s) - s ))"
+done
+
+kill -TERM "$NODE"
+wait "$NODE" 2>/dev/null || true
+t0=$(( $(date +%s%N) / 1000000 ))
+start_node
+ms=$(wait_serving "$t0")
+echo "restart_to_serving_ms=$ms rss_after_restart_mib=$(rss_mib "$NODE") data_mib=$(du_mib)"

@@ -1,0 +1,331 @@
+//! The cold tier on sled: finished runs' per-device rows (see `muster_domain::cold`).
+//!
+//! One tree, `cold_rows`. Keys start with the job id, a NUL byte (ids never contain one, so a
+//! job's keys are one range) and the run (u32, big-endian), then a tag:
+//!
+//! | key after `job \0 run` | value |
+//! | --- | --- |
+//! | `i` first device id of the chunk | serde_json `[(position, DeviceRun)]`, up to 256, by id |
+//! | `p` chunk number (u32) | serde_json `[DeviceRun]`, positions 256 * chunk.., run order |
+//!
+//! `i` chunks page a run's devices in id order (the REST list, IoT Hub's `devices.jobs`), `p`
+//! chunks in run order (gRPC `ListJobDevices`, whose page token is a position). Each row is
+//! stored twice, in chunks: one insert per 256 rows keeps the apply short. Rows are written
+//! by the apply that finished their run, before `last_applied` moves, so a crash in between only
+//! leaves rows the re-apply writes again, byte for byte.
+
+use muster_domain::{ColdOp, DeviceRun, DomainError, RunRows};
+use muster_types::{DeviceId, JobId, RunId};
+
+use crate::codec::{from_json, to_json};
+use crate::StoreError;
+
+pub(crate) const TREE: &str = "cold_rows";
+const BY_ID: u8 = b'i';
+const BY_POSITION: u8 = b'p';
+/// Rows per stored chunk: one sled insert per chunk, not per row, keeps the apply that
+/// finishes a 100,000-device run (it holds the state's write lock) short.
+const CHUNK: usize = 256;
+
+fn job_prefix(job: &JobId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(job.as_str().len() + 6);
+    k.extend_from_slice(job.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+fn run_prefix(job: &JobId, run: RunId, tag: u8) -> Vec<u8> {
+    let mut k = job_prefix(job);
+    k.extend_from_slice(&run.0.to_be_bytes());
+    k.push(tag);
+    k
+}
+
+fn id_key(job: &JobId, run: RunId, device: &DeviceId) -> Vec<u8> {
+    let mut k = run_prefix(job, run, BY_ID);
+    k.extend_from_slice(device.as_str().as_bytes());
+    k
+}
+
+fn position_key(job: &JobId, run: RunId, chunk: u32) -> Vec<u8> {
+    let mut k = run_prefix(job, run, BY_POSITION);
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// Makes the changes `ops` describe, in order; writing rows that are there already rewrites the
+/// same bytes. Returns how many rows were written.
+pub(crate) fn write_ops(tree: &sled::Tree, ops: Vec<ColdOp>) -> Result<usize, StoreError> {
+    write(tree, ops, false)
+}
+
+/// [`write_ops`] for a restore: a run whose rows are there already (a run is written in one
+/// batch, so its last chunk is there only if all of it is) is not written again.
+pub(crate) fn restore_ops(tree: &sled::Tree, ops: Vec<ColdOp>) -> Result<usize, StoreError> {
+    write(tree, ops, true)
+}
+
+fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for op in ops {
+        let mut batch = sled::Batch::default();
+        match op {
+            ColdOp::Write { job, run, rows } => {
+                if rows.is_empty() {
+                    continue;
+                }
+                let last = ((rows.len() - 1) / CHUNK) as u32;
+                if skip_written && tree.contains_key(position_key(&job, run, last))? {
+                    continue;
+                }
+                for (c, chunk) in rows.chunks(CHUNK).enumerate() {
+                    batch.insert(position_key(&job, run, c as u32), to_json(&chunk)?);
+                }
+                let mut by_id: Vec<(u32, &DeviceRun)> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(p, r)| (p as u32, r))
+                    .collect();
+                by_id.sort_by(|a, b| a.1.device.cmp(&b.1.device));
+                for chunk in by_id.chunks(CHUNK) {
+                    let first = &chunk[0].1.device;
+                    batch.insert(id_key(&job, run, first), to_json(&chunk)?);
+                }
+                n += rows.len();
+            }
+            ColdOp::DropJob { job } => {
+                for key in tree.scan_prefix(job_prefix(&job)).keys() {
+                    batch.remove(key?);
+                }
+            }
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(n)
+}
+
+fn cold_err(e: StoreError) -> DomainError {
+    DomainError::ColdRows(e.to_string())
+}
+
+fn sled_err(e: sled::Error) -> DomainError {
+    cold_err(e.into())
+}
+
+/// The cold rows a reader reads: a handle on the tree (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ColdRows {
+    tree: sled::Tree,
+}
+
+impl ColdRows {
+    pub(crate) fn new(tree: sled::Tree) -> Self {
+        ColdRows { tree }
+    }
+
+    /// The id chunk that holds `device` if any run chunk does: the last one starting at or
+    /// before it.
+    fn id_chunk(
+        &self,
+        job: &JobId,
+        run: RunId,
+        device: &DeviceId,
+    ) -> Result<Option<sled::IVec>, DomainError> {
+        let prefix = run_prefix(job, run, BY_ID);
+        Ok(self
+            .tree
+            .range(prefix.clone()..=id_key(job, run, device))
+            .next_back()
+            .transpose()
+            .map_err(sled_err)?
+            .map(|(_, v)| v))
+    }
+}
+
+fn id_rows(bytes: &[u8]) -> Result<Vec<(u32, DeviceRun)>, DomainError> {
+    from_json("cold rows", bytes).map_err(cold_err)
+}
+
+impl RunRows for ColdRows {
+    fn scan_by_id(
+        &self,
+        job: &JobId,
+        run: RunId,
+        after: Option<&DeviceId>,
+        visit: &mut dyn FnMut(DeviceRun) -> bool,
+    ) -> Result<(), DomainError> {
+        let prefix = run_prefix(job, run, BY_ID);
+        // Start at the chunk holding `after` (or the first), skip what is not after it.
+        let start = match after {
+            Some(a) => self
+                .tree
+                .range(prefix.clone()..=id_key(job, run, a))
+                .next_back()
+                .transpose()
+                .map_err(sled_err)?
+                .map_or_else(|| prefix.clone(), |(k, _)| k.to_vec()),
+            None => prefix.clone(),
+        };
+        for kv in self.tree.range(start..) {
+            let (key, value) = kv.map_err(sled_err)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            for (_, row) in id_rows(&value)? {
+                if after.is_some_and(|a| row.device <= *a) {
+                    continue;
+                }
+                if !visit(row) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_by_position(
+        &self,
+        job: &JobId,
+        run: RunId,
+        from: u32,
+        visit: &mut dyn FnMut(u32, DeviceRun) -> bool,
+    ) -> Result<(), DomainError> {
+        let prefix = run_prefix(job, run, BY_POSITION);
+        let first = from / CHUNK as u32;
+        for kv in self.tree.range(position_key(job, run, first)..) {
+            let (key, value) = kv.map_err(sled_err)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some(c) = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            let base = u32::from_be_bytes(c) * CHUNK as u32;
+            let rows: Vec<DeviceRun> = from_json("cold rows", &value).map_err(cold_err)?;
+            for (i, row) in rows.into_iter().enumerate() {
+                let pos = base + i as u32;
+                if pos < from {
+                    continue;
+                }
+                if !visit(pos, row) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(
+        &self,
+        job: &JobId,
+        run: RunId,
+        device: &DeviceId,
+    ) -> Result<Option<DeviceRun>, DomainError> {
+        let Some(bytes) = self.id_chunk(job, run, device)? else {
+            return Ok(None);
+        };
+        let rows = id_rows(&bytes)?;
+        Ok(rows
+            .binary_search_by(|(_, r)| r.device.cmp(device))
+            .ok()
+            .and_then(|i| rows.into_iter().nth(i))
+            .map(|(_, r)| r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_domain::{DeviceStatus, MemRows};
+
+    fn row(i: usize) -> DeviceRun {
+        DeviceRun {
+            device: DeviceId::new(format!("d-{:04}", (i * 7919) % 1000)).unwrap(),
+            batch: 0,
+            status: DeviceStatus::Succeeded,
+            attempts: 1,
+            ready_since: None,
+            dispatched_at: None,
+            finished_at: None,
+            last_error: None,
+            response: None,
+        }
+    }
+
+    fn ids(rows: &dyn RunRows, job: &JobId, after: Option<&DeviceId>) -> Vec<DeviceRun> {
+        let mut out = Vec::new();
+        rows.scan_by_id(job, RunId(1), after, &mut |r| {
+            out.push(r);
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    fn positions(rows: &dyn RunRows, job: &JobId, from: u32) -> Vec<(u32, DeviceRun)> {
+        let mut out = Vec::new();
+        rows.scan_by_position(job, RunId(1), from, &mut |p, r| {
+            out.push((p, r));
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    /// The chunked sled layout answers every read as the in-memory one does, across chunk
+    /// edges, and a dropped job is gone.
+    #[test]
+    fn chunks_read_like_memory() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        let job = JobId::new("j").unwrap();
+        let other = JobId::new("j2").unwrap();
+        let rows: Vec<DeviceRun> = (0..600).map(row).collect();
+        let ops = vec![
+            ColdOp::Write {
+                job: job.clone(),
+                run: RunId(1),
+                rows: rows.clone(),
+            },
+            ColdOp::Write {
+                job: other.clone(),
+                run: RunId(1),
+                rows: rows[..3].to_vec(),
+            },
+        ];
+        let mut mem = MemRows::default();
+        mem.absorb(ops.clone());
+        assert_eq!(write_ops(&tree, ops.clone()).unwrap(), 603);
+        assert_eq!(restore_ops(&tree, ops).unwrap(), 0, "already written");
+        let cold = ColdRows::new(tree.clone());
+        assert_eq!(ids(&cold, &job, None), ids(&mem, &job, None));
+        for a in [0, 1, 255, 256, 257, 511, 599] {
+            let after = rows[a].device.clone();
+            assert_eq!(
+                ids(&cold, &job, Some(&after)),
+                ids(&mem, &job, Some(&after))
+            );
+            assert_eq!(
+                cold.get(&job, RunId(1), &after).unwrap(),
+                mem.get(&job, RunId(1), &after).unwrap()
+            );
+            assert_eq!(
+                positions(&cold, &job, a as u32),
+                positions(&mem, &job, a as u32)
+            );
+        }
+        let missing = DeviceId::new("zzz").unwrap();
+        assert_eq!(cold.get(&job, RunId(1), &missing).unwrap(), None);
+        assert_eq!(ids(&cold, &other, None).len(), 3);
+        write_ops(&tree, vec![ColdOp::DropJob { job: job.clone() }]).unwrap();
+        assert!(ids(&cold, &job, None).is_empty());
+        assert_eq!(
+            ids(&cold, &other, None).len(),
+            3,
+            "another job keeps its rows"
+        );
+    }
+}
