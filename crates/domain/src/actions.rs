@@ -121,6 +121,14 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                 if j.status != JobStatus::Running {
                     continue;
                 }
+                if let Some(crate::window::WindowState::Closed { opens_at }) =
+                    crate::window::job_window(j, now)
+                {
+                    if let (Some(t), false) = (opens_at, run.ready.is_empty()) {
+                        consider(t, &mut next, &mut due);
+                    }
+                    continue;
+                }
                 let needs_device = j.spec.needs_device();
                 let window = j.spec.connect_window_ms();
                 let (allowance, reopens) = j.dispatch_allowance(now);
@@ -137,7 +145,8 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                         devices.push(d.device.clone());
                         continue;
                     }
-                    let wait_until = j.effective_ready_since(d).map(|t| t.plus_millis(window));
+                    let wait_until =
+                        crate::window::connect_wait_since(j, d, now).map(|t| t.plus_millis(window));
                     // Once the list is full, a device matters only if it is offline and its
                     // connect timeout would change what is due or when to wake: skip the
                     // registry lookup (the bulk of the cost for a large batch) otherwise.

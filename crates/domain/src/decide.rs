@@ -753,6 +753,9 @@ fn mark_dispatched(
     if j.status != JobStatus::Running || j.current_run().number != run {
         return Ok(Vec::new());
     }
+    if !crate::window::dispatch_open(j, at) {
+        return Ok(Vec::new());
+    }
     let (mut allowance, _) = j.dispatch_allowance(at);
     let needs_device = j.spec.needs_device();
     let mut s = Scratch::new(j, at);
@@ -929,8 +932,7 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
                             .devices
                             .get(&d.device)
                             .is_some_and(|r| r.connection == ConnectionState::Disconnected);
-                        let waited_out = j
-                            .effective_ready_since(d)
+                        let waited_out = crate::window::connect_wait_since(j, d, at)
                             .is_some_and(|t| t.plus_millis(window) <= at);
                         if offline && waited_out && s.device(i).0 == DeviceStatus::Pending {
                             let attempts = s.device(i).1;

@@ -18,6 +18,7 @@ pub mod job;
 pub mod query;
 pub mod registry;
 pub mod spec;
+pub mod window;
 
 use std::collections::BTreeMap;
 

@@ -384,6 +384,7 @@ fn hub_seed_twin_update_by_query_changes_the_twins() {
         schedule: Schedule {
             start_at: Some(l.now.plus_secs(60)),
             max_execution_secs: Some(3600),
+            window: None,
         },
         rollout: Rollout::default(),
         cancellation: None,

@@ -100,6 +100,7 @@ fn spec(k: usize) -> JobSpec {
         schedule: Schedule {
             start_at: (k.is_multiple_of(13)).then_some(Timestamp(0)), // replaced by the caller
             max_execution_secs: (k.is_multiple_of(29)).then_some(2),
+            window: None,
         },
         rollout: Rollout {
             batch: match k % 4 {

@@ -60,6 +60,12 @@ pub(crate) fn job(j: &Job, detail: Detail) -> pb::Job {
         spec: (detail == Detail::Full).then(|| pb::JobSpec::from(&j.spec)),
         cancel_reason: j.cancel_reason.as_ref().map(Into::into),
         failure: j.failure.as_ref().map(Into::into),
+        window: crate::window::job_state(j, muster_cluster::now()).map(|(state, until)| {
+            pb::WindowStatus {
+                open: state == "open",
+                until_ms: ms(until),
+            }
+        }),
     }
 }
 

@@ -222,7 +222,9 @@ fn render_job(job: &muster_domain::Job, state: &muster_domain::State) -> Value {
         TargetSelector::Group(_) => job_template(job, &state.registry),
         _ => None,
     };
-    central_job_json(job, template)
+    let mut v = central_job_json(job, template);
+    crate::window::add_state(&mut v, job, now());
+    v
 }
 
 async fn list_jobs(

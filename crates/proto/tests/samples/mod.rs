@@ -78,6 +78,7 @@ pub fn full_spec() -> JobSpec {
         schedule: Schedule {
             start_at: Some(at(3_600_000)),
             max_execution_secs: Some(86_400),
+            window: None,
         },
         rollout: Rollout {
             batch: Some(BatchSize::Percentage(25)),
@@ -152,6 +153,17 @@ pub fn query_spec() -> JobSpec {
         cancellation: None,
         retry: RetryPolicy::default(),
     }
+}
+
+/// A query job dispatched only inside a nightly maintenance window.
+pub fn window_spec() -> JobSpec {
+    let mut spec = query_spec();
+    spec.schedule.window = Some(muster_domain::window::MaintenanceWindow {
+        cron: "0 1 * * 1-5".into(),
+        duration_secs: 3 * 3600,
+        time_zone: "Europe/Berlin".into(),
+    });
+    spec
 }
 
 pub fn registration() -> DeviceRegistration {
@@ -635,6 +647,14 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             Command::CreateJob {
                 id: JobId::new("night-mode").unwrap(),
                 spec: group_spec(),
+                at: at(0),
+            },
+        ),
+        (
+            "command_create_job_window",
+            Command::CreateJob {
+                id: JobId::new("nightly-reboot").unwrap(),
+                spec: window_spec(),
                 at: at(0),
             },
         ),
