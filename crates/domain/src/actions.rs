@@ -28,6 +28,9 @@ pub enum Action {
     },
     /// Send (or, after a leader change, send again) an attempt in flight.
     Send(SendRequest),
+    /// Publish these devices' desired-property patches, then propose `Command::MarkDesiredSent`
+    /// for them (`crate::push`).
+    PushDesired(Vec<crate::push::DesiredPush>),
     /// Publish (or publish again) a direct method sent to its device and not yet answered.
     /// Listed on every computation, whatever `sends` says: there are few, and the dispatcher
     /// learns of new ones only from here.
@@ -189,6 +192,10 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
             }
             _ => {}
         }
+    }
+    let pushes = crate::push::actions(state, max_dispatch);
+    if !pushes.is_empty() {
+        out.push(Action::PushDesired(pushes));
     }
     for req in crate::invocation::actions(state, |t| consider(t, &mut next, &mut due)) {
         out.push(Action::Invoke(req));

@@ -126,6 +126,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             at,
         } => mark_dispatched(state, id, *run, devices, *at),
         Command::RecordDeviceResults { results, at } => record_results(state, results, *at),
+        Command::MarkDesiredSent { pushes, at } => Ok(crate::push::decide(state, pushes, *at)),
         Command::Advance { at } => {
             let mut events = advance(state, *at);
             events.extend(crate::invocation::advance(state, *at));

@@ -15,6 +15,7 @@ pub mod event;
 mod evolve;
 pub mod invocation;
 pub mod job;
+pub mod push;
 pub mod query;
 pub mod registry;
 pub mod spec;

@@ -596,6 +596,14 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 at: at(10_000),
             },
         ),
+        (
+            "event_desired_sent",
+            Event::DesiredSent {
+                device: dev(1),
+                version: 4,
+                at: at(12_000),
+            },
+        ),
     ]
 }
 
@@ -961,6 +969,22 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                     message: "broker refused".into(),
                 }),
                 at: at(11_000),
+            },
+        ),
+        (
+            "command_mark_desired_sent",
+            Command::MarkDesiredSent {
+                pushes: vec![
+                    muster_domain::push::DesiredSent {
+                        device: dev(1),
+                        version: 4,
+                    },
+                    muster_domain::push::DesiredSent {
+                        device: dev(2),
+                        version: 1,
+                    },
+                ],
+                at: at(12_000),
             },
         ),
     ]
