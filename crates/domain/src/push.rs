@@ -126,7 +126,7 @@ pub fn patch_for(seen: &Value, to: &Value) -> Value {
     let Value::Object(b) = to else {
         return to.clone();
     };
-    let mut out = serde_json::Map::new();
+    let mut out = Map::new();
     for (k, v) in b {
         let p = match seen.get(k) {
             Some(old @ Value::Object(_)) if v.is_object() => patch_for(old, v),

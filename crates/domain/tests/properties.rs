@@ -1153,8 +1153,9 @@ impl Harness {
                 Action::Send(req) => {
                     sends.insert((req.job.clone(), req.run, req.device.clone(), req.attempt));
                 }
-                // Direct methods have their own properties (tests/invocations.rs).
-                Action::Invoke(_) => {}
+                // Direct methods and desired pushes have their own properties
+                // (tests/invocations.rs, tests/pushes.rs).
+                Action::Invoke(_) | Action::PushDesired(_) => {}
             }
         }
         let mut running = BTreeSet::new();

@@ -120,7 +120,7 @@ impl Leader {
                         }
                     }
                     Action::WakeAt(t) => wake = Some(t),
-                    Action::Invoke(_) => {}
+                    Action::Invoke(_) | Action::PushDesired(_) => {}
                 }
             }
             if !results.is_empty() {

@@ -392,7 +392,7 @@ async fn run(dir: &std::path::Path) -> (State, Vec<Past>) {
                         });
                     }
                 }
-                Action::WakeAt(_) | Action::Invoke(_) => {}
+                Action::WakeAt(_) | Action::Invoke(_) | Action::PushDesired(_) => {}
             }
         }
         // A duplicate answer of the first result: delivery is at least once.

@@ -116,7 +116,7 @@ pub fn workload() -> Vec<Command> {
                         },
                     });
                 }
-                Action::WakeAt(_) | Action::Invoke(_) => {}
+                Action::WakeAt(_) | Action::Invoke(_) | Action::PushDesired(_) => {}
             }
         }
         if !results.is_empty() {
