@@ -193,7 +193,9 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
             _ => {}
         }
     }
-    let pushes = crate::push::actions(state, max_dispatch);
+    // Pushes take no dispatch slot: bounded on their own, so timers and pushes never depend on
+    // the dispatcher's free slots.
+    let pushes = crate::push::actions(state, crate::push::MAX_PUSHES);
     if !pushes.is_empty() {
         out.push(Action::PushDesired(pushes));
     }

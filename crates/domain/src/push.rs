@@ -41,6 +41,9 @@ pub struct DesiredSent {
 /// listing pushes does not scan the fleet.
 pub type Unsent = BTreeSet<DeviceId>;
 
+/// Pushes listed per computation of actions; the rest follow once these are recorded.
+pub const MAX_PUSHES: usize = 1000;
+
 /// The pushes due now, at most `max` of them, in device id order.
 pub fn actions(state: &State, max: usize) -> Vec<DesiredPush> {
     let r = &state.registry;
