@@ -81,6 +81,7 @@ fn later_job() -> pb::JobSpec {
     spec.schedule = Schedule {
         start_at: Some(muster_types::Timestamp::from_millis(4_070_908_800_000)),
         max_execution_secs: None,
+        window: None,
     };
     pb::JobSpec::from(&spec)
 }

@@ -1062,3 +1062,96 @@ async fn a_write_forwarded_to_a_frozen_leader_is_refused_once_another_leads() {
         if seen.contains(&true) { "present" } else { "absent" }
     );
 }
+
+/// Issue 16: a desired patch committed while its device is offline is pushed by a leader
+/// elected after the one that took the patch was killed, because pushes are derived from state
+/// (`Action::PushDesired`) and recorded (`MarkDesiredSent`), not remembered by a dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desired_patch_reaches_its_device_after_the_leader_is_killed() {
+    let url = mqtt_url();
+    let conf_dir = data_dir().unwrap();
+    let conf = conf_dir.path().join("node.toml");
+    std::fs::write(
+        &conf,
+        "heartbeat_ms = 500\nelection_min_ms = 2000\nelection_max_ms = 4000\n",
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap().to_string();
+    let (mut cluster, leader, chans) =
+        ready_cluster(&["--mqtt-url", &url, "--config", &conf]).await;
+    let survivor = (leader + 1) % 3;
+    let prefix = format!("cf-push-{}", std::process::id());
+    let cfg = FleetConfig {
+        brokers: vec![url.clone()],
+        devices: 1,
+        prefix: prefix.clone(),
+        client_id_prefix: format!("muster-e2e-{prefix}"),
+        ..FleetConfig::default()
+    };
+    let id = cfg.device_ids()[0].clone();
+    import(&chans[leader], std::slice::from_ref(&id), 1).await;
+    let connection = |ch: AuthChannel, id: String| async move {
+        devices(&ch)
+            .get_device(pb::GetDeviceRequest {
+                device_id: id,
+                stale_ok: true,
+            })
+            .await
+            .ok()
+            .map(|d| d.into_inner())
+    };
+    // Online once, then offline: the registry knows it is disconnected.
+    let fleet = Fleet::start(cfg.clone()).await.unwrap();
+    wait_for("the device online", || {
+        let (ch, id) = (chans[leader].clone(), id.clone());
+        async move {
+            connection(ch, id)
+                .await
+                .is_some_and(|d| d.connection == pb::ConnectionState::Connected as i32)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    fleet.shutdown().await;
+    wait_for("the device offline", || {
+        let (ch, id) = (chans[leader].clone(), id.clone());
+        async move {
+            connection(ch, id)
+                .await
+                .is_some_and(|d| d.connection == pb::ConnectionState::Disconnected as i32)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+
+    // The patch is committed; nobody is there to take it. Then the leader dies.
+    devices(&chans[leader])
+        .update_twin(pb::UpdateTwinRequest {
+            device_id: id.clone(),
+            desired_json: Some(json!({"interval": 42}).to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    cluster.nodes[leader].kill9().unwrap();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    cluster
+        .leader_among(&alive)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // The device comes back and gets the patch from the new leader (devsim reports it back).
+    let fleet = Fleet::start(cfg).await.unwrap();
+    wait_for_long("the device to report the pushed patch", LONG, || {
+        let ch = chans[survivor].clone();
+        let id = id.clone();
+        async move {
+            connection(ch, id).await.is_some_and(|d| {
+                serde_json::from_str::<Value>(&d.reported_json).is_ok_and(|r| r["interval"] == 42)
+            })
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    fleet.shutdown().await;
+}

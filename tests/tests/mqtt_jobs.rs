@@ -899,3 +899,52 @@ async fn kill9_mid_job_then_restart_finishes_with_one_outcome_per_device() {
     assert_eq!(fs.requests_received - fs.duplicates, 300, "{fs:?}");
     fleet.shutdown().await;
 }
+
+/// A maintenance window a few seconds wide (issue 16): devices are dispatched only while it is
+/// open (every 15 s for 4 s, a six-field cron), the job shows whether it waits and until when,
+/// and it still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_dispatches_only_inside_its_maintenance_window() {
+    let mut env = Env::start("mj-window").await;
+    let mut cfg = env.fleet_config(6);
+    cfg.jitter_ms = 20;
+    let fleet = env.fleet(cfg).await;
+    env.central_group("fleet").await;
+    let mut body = seed_command_job("fleet");
+    body["batch"] = json!({"type": "number", "value": 2});
+    body["maintenanceWindow"] =
+        json!({"cron": "*/15 * * * * *", "durationSeconds": 4, "timeZone": "Europe/Berlin"});
+    env.central_job("windowed", &body).await;
+
+    let (s, got) = env.get("/api/jobs/windowed", CENTRAL).await;
+    assert_eq!(s, 200, "{got}");
+    let w = &got["maintenanceWindow"];
+    assert_eq!(w["cron"], "*/15 * * * * *", "{got}");
+    assert_eq!(w["durationSeconds"], 4, "{got}");
+    if got["status"] != "complete" {
+        assert!(w["state"] == "open" || w["state"] == "waiting", "{got}");
+        assert!(w["until"].is_string(), "{got}");
+    }
+    let job = env.job("windowed").await;
+    if job.ended_at_ms.is_none() {
+        assert!(job.window.is_some(), "{job:?}");
+    }
+
+    env.wait_central_status("windowed", &["complete", "cancelled", "failed"])
+        .await;
+    assert_eq!(env.central_status("windowed").await, "complete");
+    let devices = env.job_devices("windowed", None).await;
+    assert_eq!(devices.len(), 6);
+    for d in &devices {
+        let at = d.dispatched_at_ms.expect("dispatched");
+        // Open from each :00, :15, :30, :45 for 4 s (Berlin's offset is whole hours).
+        assert!(
+            (at / 1000) % 15 < 4,
+            "{} dispatched at {at}, outside the window",
+            d.device_id
+        );
+    }
+    // An ended job no longer waits for its window.
+    assert!(env.job("windowed").await.window.is_none());
+    fleet.shutdown().await;
+}

@@ -30,6 +30,7 @@
 //! * `status` is read-only: accepted in a PUT body (so a GET body can be sent back) and ignored.
 //! * Retry policy, schedule and rate limit: the defaults (one attempt, start now, no limit),
 //!   unless the muster extension `rollout` sets them (see [`crate::central_rollout`]).
+//! * `maintenanceWindow` (muster's extension): see [`crate::window`].
 //!
 //! # Statuses
 //!
@@ -75,6 +76,7 @@ const JOB_FIELDS: &[&str] = &[
     "status",
     crate::central_rollout::ROLLOUT_FIELD,
     crate::central_rollout::ROLLOUT_STATE_FIELD,
+    crate::window::FIELD,
 ];
 const DATA_TYPES: &str = "PropertyJobData, CommandJobData or CloudPropertyJobData";
 
@@ -218,6 +220,7 @@ pub fn job_request_from_central_value(
     };
 
     let (operations, template) = data_items(&f)?;
+    let window = crate::window::parse(&f)?;
     let mut spec = JobSpec {
         display_name,
         description,
@@ -226,7 +229,10 @@ pub fn job_request_from_central_value(
             continuous: false,
         },
         operations,
-        schedule: Schedule::default(),
+        schedule: Schedule {
+            window,
+            ..Schedule::default()
+        },
         rollout: Rollout {
             batch,
             max_devices_per_minute: None,
@@ -540,7 +546,11 @@ pub fn central_job(job: &Job, template: Option<&str>) -> CentralJob {
 
 /// [`central_job`] as JSON, for `GET /api/jobs/{id}` and the PUT response.
 pub fn central_job_json(job: &Job, template: Option<&str>) -> Value {
-    serde_json::to_value(central_job(job, template)).unwrap_or(Value::Null)
+    let mut v = serde_json::to_value(central_job(job, template)).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        crate::window::insert(m, job.spec.schedule.window.as_ref());
+    }
+    v
 }
 
 /// One entry of `GET /api/jobs/{id}/devices`: `{"id": ..., "status": ...}`.

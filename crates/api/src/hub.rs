@@ -204,6 +204,7 @@ pub fn job_spec_from_hub_value(
         schedule: Schedule {
             start_at,
             max_execution_secs,
+            window: None,
         },
         rollout: Rollout::default(),
         cancellation: None,

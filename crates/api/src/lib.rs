@@ -25,6 +25,7 @@ mod json;
 pub mod methods;
 pub mod rest;
 pub mod watch;
+pub mod window;
 
 pub use central::{
     central_device_group_json, central_device_json, central_device_status, central_job,

@@ -118,6 +118,7 @@ fn seed_method_job_parses() {
         schedule: Schedule {
             start_at: Some(Timestamp::parse_rfc3339("2016-12-12T02:00:00Z").unwrap()),
             max_execution_secs: Some(3600),
+            window: None,
         },
         rollout: Rollout::default(),
         cancellation: None,

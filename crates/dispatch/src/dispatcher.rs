@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use muster_domain::job::Run;
+use muster_domain::push::{DesiredPush, DesiredSent};
 use muster_domain::{
     actions_with, send_requests, Action, ActionOptions, Command, ConnectionState, DeviceResult,
     FailureReason, InvokeRequest, MethodInvocation, MethodOutcome, Outcome, PropertyReport,
@@ -118,7 +119,6 @@ impl Dispatcher {
         }
         drop(tx);
         let mut engine = Engine::new(host, config, links, metrics);
-        engine.rebaseline();
         info!(
             brokers = engine.links.len(),
             max_in_flight = engine.cfg.max_in_flight,
@@ -217,6 +217,11 @@ enum Done {
         result: Result<(), HostError>,
     },
     Advance(Result<(), HostError>),
+    /// Desired pushes were published and their `MarkDesiredSent` proposed.
+    PushedDesired {
+        devices: Vec<DeviceId>,
+        result: Result<(), HostError>,
+    },
     Dispatched {
         job: JobId,
         run: RunId,
@@ -262,10 +267,8 @@ struct Engine<H: Host> {
     /// Presence and reported properties waiting to be proposed as batches.
     registry: RegistryBatcher,
     registry_proposals: usize,
-    /// Desired-property versions, to stamp `$version` on patches: the registry's value at the
-    /// baseline, plus one per patch applied since.
-    desired_versions: HashMap<DeviceId, u64>,
-    desired_seq: u64,
+    /// Devices whose desired push was published and whose `MarkDesiredSent` is under way.
+    pushing: HashSet<DeviceId>,
     dirty: bool,
     last_recompute: Option<Instant>,
     /// The pause after the last recomputation before the next (see `RECOMPUTE_PAUSE_FACTOR`).
@@ -308,8 +311,7 @@ impl<H: Host> Engine<H> {
             result_proposals: 0,
             registry,
             registry_proposals: 0,
-            desired_versions: HashMap::new(),
-            desired_seq: 0,
+            pushing: HashSet::new(),
             dirty: true,
             last_recompute: None,
             recompute_pause: Duration::ZERO,
@@ -320,23 +322,6 @@ impl<H: Host> Engine<H> {
             tasks: JoinSet::new(),
             metrics,
         }
-    }
-
-    /// Re-reads the desired versions (at start, and when updates were missed; patches applied
-    /// while the dispatcher was not following are not pushed).
-    fn rebaseline(&mut self) {
-        let (seq, versions) = self.host.read(|s, seq| {
-            let v: HashMap<DeviceId, u64> = s
-                .registry
-                .devices
-                .values()
-                .filter(|d| d.desired_version > 0)
-                .map(|d| (d.id.clone(), d.desired_version))
-                .collect();
-            (seq, v)
-        });
-        self.desired_seq = seq;
-        self.desired_versions = versions;
     }
 
     /// When the loop must wake up by itself: the next recompute, timer or batch cut.
@@ -469,6 +454,7 @@ impl<H: Host> Engine<H> {
                 }
                 Action::Send(req) => self.track(req, generation),
                 Action::Invoke(req) => self.track_call(req, call_generation),
+                Action::PushDesired(pushes) => self.push_all(pushes),
             }
         }
         // Calls no longer listed have ended (answered, timed out).
@@ -796,32 +782,23 @@ impl<H: Host> Engine<H> {
         match u {
             Update::Resync => {
                 self.full_due = true;
-                self.rebaseline();
             }
-            Update::Applied { last_seq, desired } => {
-                for p in desired {
-                    if p.seq <= self.desired_seq {
-                        continue;
-                    }
-                    let v = self.desired_versions.entry(p.device.clone()).or_insert(0);
-                    *v += 1;
-                    let version = *v;
-                    self.push_desired(&p.device, version, &p.patch);
-                }
-                self.desired_seq = self.desired_seq.max(last_seq);
-            }
+            // Desired patches are pushed from state (`Action::PushDesired`), not from the feed.
+            Update::Applied { .. } => {}
         }
     }
 
-    fn push_desired(&mut self, device: &DeviceId, version: u64, patch: &Value) {
+    /// Publishes a desired patch; false if it could not be queued (broker down, queue full), so
+    /// it is not recorded as sent and the next recomputation lists it again.
+    fn push_desired(&mut self, device: &DeviceId, version: u64, patch: &Value) -> bool {
         let broker = protocol::broker_index(device.as_str(), self.links.len());
         if !self.ready[broker] {
             debug!(%device, version, "broker down; desired patch not pushed");
-            return;
+            return false;
         }
         let payload = match serde_json::to_vec(patch) {
             Ok(p) => p,
-            Err(_) => return,
+            Err(_) => return false,
         };
         let topic = protocol::desired_patch_topic(device.as_str(), version);
         if let Err(e) =
@@ -830,7 +807,41 @@ impl<H: Host> Engine<H> {
                 .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
             warn!(%device, version, error = %e, "desired patch not queued (connection queue full)");
+            return false;
         }
+        true
+    }
+
+    /// Publishes the pushes `actions` listed that are not already being recorded, then proposes
+    /// `MarkDesiredSent` for those published.
+    fn push_all(&mut self, pushes: Vec<DesiredPush>) {
+        let mut sent = Vec::new();
+        for p in pushes {
+            if self.pushing.contains(&p.device) {
+                continue;
+            }
+            if self.push_desired(&p.device, p.version, &p.patch) {
+                self.pushing.insert(p.device.clone());
+                sent.push(DesiredSent {
+                    device: p.device,
+                    version: p.version,
+                });
+            }
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let host = self.host.clone();
+        self.tasks.spawn(async move {
+            let devices = sent.iter().map(|p| p.device.clone()).collect();
+            let result = host
+                .propose(Command::MarkDesiredSent {
+                    pushes: sent,
+                    at: now(),
+                })
+                .await;
+            Done::PushedDesired { devices, result }
+        });
     }
 
     /// Drops what would change nothing (unregistered devices, presence the registry already
@@ -966,6 +977,15 @@ impl<H: Host> Engine<H> {
                 self.advancing = false;
                 if let Err(e) = result {
                     warn!(error = %e, "Advance not committed; retrying");
+                    self.retry_soon();
+                }
+            }
+            Done::PushedDesired { devices, result } => {
+                for d in &devices {
+                    self.pushing.remove(d);
+                }
+                if let Err(e) = result {
+                    warn!(error = %e, "MarkDesiredSent not committed; pushing again");
                     self.retry_soon();
                 }
             }

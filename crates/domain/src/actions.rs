@@ -28,6 +28,9 @@ pub enum Action {
     },
     /// Send (or, after a leader change, send again) an attempt in flight.
     Send(SendRequest),
+    /// Publish these devices' desired-property patches, then propose `Command::MarkDesiredSent`
+    /// for them (`crate::push`).
+    PushDesired(Vec<crate::push::DesiredPush>),
     /// Publish (or publish again) a direct method sent to its device and not yet answered.
     /// Listed on every computation, whatever `sends` says: there are few, and the dispatcher
     /// learns of new ones only from here.
@@ -121,6 +124,14 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                 if j.status != JobStatus::Running {
                     continue;
                 }
+                if let Some(crate::window::WindowState::Closed { opens_at }) =
+                    crate::window::job_window(j, now)
+                {
+                    if let (Some(t), false) = (opens_at, run.ready.is_empty()) {
+                        consider(t, &mut next, &mut due);
+                    }
+                    continue;
+                }
                 let needs_device = j.spec.needs_device();
                 let window = j.spec.connect_window_ms();
                 let (allowance, reopens) = j.dispatch_allowance(now);
@@ -140,7 +151,8 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                         devices.push(d.device.clone());
                         continue;
                     }
-                    let wait_until = j.effective_ready_since(d).map(|t| t.plus_millis(window));
+                    let wait_until =
+                        crate::window::connect_wait_since(j, d, now).map(|t| t.plus_millis(window));
                     // Once the list is full, a device matters only if it is offline and its
                     // connect timeout would change what is due or when to wake: skip the
                     // registry lookup (the bulk of the cost for a large batch) otherwise.
@@ -183,6 +195,12 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
             }
             _ => {}
         }
+    }
+    // Pushes take no dispatch slot: bounded on their own, so timers and pushes never depend on
+    // the dispatcher's free slots.
+    let pushes = crate::push::actions(state, crate::push::MAX_PUSHES);
+    if !pushes.is_empty() {
+        out.push(Action::PushDesired(pushes));
     }
     for req in crate::invocation::actions(state, |t| consider(t, &mut next, &mut due)) {
         out.push(Action::Invoke(req));

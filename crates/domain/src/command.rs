@@ -190,6 +190,12 @@ pub enum Command {
         outcome: MethodOutcome,
         at: Timestamp,
     },
+    /// The leader published these desired-property pushes (`crate::push`). Pushes that move no
+    /// device forward are skipped.
+    MarkDesiredSent {
+        pushes: Vec<crate::push::DesiredSent>,
+        at: Timestamp,
+    },
 }
 
 /// The `at` field of any command, by reference or by mutable reference (whichever `$cmd` is):
@@ -224,7 +230,8 @@ macro_rules! stamp_of {
             | Command::ReplaceTwin { at, .. }
             | Command::UpdateDevice { at, .. }
             | Command::InvokeMethod { at, .. }
-            | Command::RecordMethodResponse { at, .. } => at,
+            | Command::RecordMethodResponse { at, .. }
+            | Command::MarkDesiredSent { at, .. } => at,
         }
     };
 }

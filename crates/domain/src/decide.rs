@@ -150,6 +150,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
             at,
         } => mark_dispatched(state, id, *run, devices, *at),
         Command::RecordDeviceResults { results, at } => record_results(state, results, *at),
+        Command::MarkDesiredSent { pushes, at } => Ok(crate::push::decide(state, pushes, *at)),
         Command::Advance { at } => {
             let mut events = advance(state, *at);
             events.extend(crate::invocation::advance(state, *at));
@@ -823,6 +824,9 @@ fn mark_dispatched(
     if j.status != JobStatus::Running || j.current_run().number != run {
         return Ok(Vec::new());
     }
+    if !crate::window::dispatch_open(j, at) {
+        return Ok(Vec::new());
+    }
     let (mut allowance, _) = j.dispatch_allowance(at);
     let needs_device = j.spec.needs_device();
     let mut s = Scratch::new(j, at);
@@ -1030,8 +1034,7 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
                             .devices
                             .get(&d.device)
                             .is_some_and(|r| r.connection == ConnectionState::Disconnected);
-                        let waited_out = j
-                            .effective_ready_since(d)
+                        let waited_out = crate::window::connect_wait_since(j, d, at)
                             .is_some_and(|t| t.plus_millis(window) <= at);
                         if offline && waited_out && s.device(i).0 == DeviceStatus::Pending {
                             let attempts = s.device(i).1;

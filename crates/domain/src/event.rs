@@ -227,6 +227,12 @@ pub enum Event {
         reason: FailureReason,
         at: Timestamp,
     },
+    /// The leader published the device's desired properties up to `$version` `version`.
+    DesiredSent {
+        device: DeviceId,
+        version: u64,
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -267,7 +273,8 @@ impl Event {
             | Event::TwinReplaced { device, .. }
             | Event::MethodSent { device, .. }
             | Event::MethodResponded { device, .. }
-            | Event::MethodFailed { device, .. } => Some(device),
+            | Event::MethodFailed { device, .. }
+            | Event::DesiredSent { device, .. } => Some(device),
             Event::MethodInvoked { invocation, .. } => Some(&invocation.device),
             Event::DeviceRegistered { device, .. } | Event::DeviceUpdated { device, .. } => {
                 Some(&device.id)
@@ -322,6 +329,7 @@ impl Event {
             | Event::TwinReplaced { at, .. }
             | Event::MethodInvoked { at, .. }
             | Event::MethodSent { at, .. }
+            | Event::DesiredSent { at, .. }
             | Event::MethodResponded { at, .. }
             | Event::MethodFailed { at, .. } => *at,
         }
@@ -362,6 +370,7 @@ impl Event {
             Event::TwinReplaced { .. } => "TwinReplaced",
             Event::MethodInvoked { .. } => "MethodInvoked",
             Event::MethodSent { .. } => "MethodSent",
+            Event::DesiredSent { .. } => "DesiredSent",
             Event::MethodResponded { .. } => "MethodResponded",
             Event::MethodFailed { .. } => "MethodFailed",
         }

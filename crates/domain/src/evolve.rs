@@ -368,7 +368,9 @@ pub fn evolve(state: &mut State, event: &Event) {
         | Event::MethodSent { .. }
         | Event::MethodResponded { .. }
         | Event::MethodFailed { .. } => crate::invocation::evolve(state, event),
+        Event::DesiredSent { .. } => {}
     }
+    crate::push::after(state, event);
 }
 
 fn succeeded(

@@ -16,11 +16,13 @@ pub mod event;
 mod evolve;
 pub mod invocation;
 pub mod job;
+pub mod push;
 pub mod query;
 pub mod registry;
 pub mod rollout;
 pub mod spec;
 pub mod twin_size;
+pub mod window;
 
 use std::collections::BTreeMap;
 

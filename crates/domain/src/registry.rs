@@ -97,6 +97,13 @@ pub struct Device {
     /// As `desired_meta`, for the reported properties (no versions per property).
     #[serde(default)]
     pub reported_meta: Value,
+    /// The desired `$version` last pushed to the device (see `crate::push`).
+    #[serde(default)]
+    pub desired_sent: u64,
+    /// Every key of the desired documents since the last recorded push (that document
+    /// included), kept only while the device is behind (`None`: up to date, or never patched).
+    #[serde(default)]
+    pub desired_base: Option<Value>,
 }
 
 fn first_version() -> u64 {
@@ -174,6 +181,8 @@ impl Device {
             identity_version: 1,
             desired_meta: Value::Object(Map::new()),
             reported_meta: Value::Object(Map::new()),
+            desired_sent: 0,
+            desired_base: None,
         }
     }
 
@@ -234,6 +243,10 @@ impl Device {
             TwinSection::Tags => &mut self.tags,
             TwinSection::Desired => {
                 self.desired_version += 1;
+                match &mut self.desired_base {
+                    None => self.desired_base = Some(self.desired.clone()),
+                    Some(seen) => crate::push::remember(seen, &self.desired),
+                }
                 touch_metadata(
                     &mut self.desired_meta,
                     patch,
@@ -261,6 +274,10 @@ impl Device {
             TwinSection::Tags => self.tags = value,
             TwinSection::Desired => {
                 self.desired_version += 1;
+                match &mut self.desired_base {
+                    None => self.desired_base = Some(std::mem::take(&mut self.desired)),
+                    Some(seen) => crate::push::remember(seen, &self.desired),
+                }
                 self.desired_meta = Value::Object(Map::new());
                 touch_metadata(
                     &mut self.desired_meta,
@@ -375,6 +392,9 @@ pub struct Group {
 pub struct Registry {
     pub devices: BTreeMap<DeviceId, Device>,
     pub groups: BTreeMap<GroupId, Group>,
+    /// Devices behind on their desired properties (see `crate::push`).
+    #[serde(default)]
+    pub desired_unsent: crate::push::Unsent,
 }
 
 impl Registry {

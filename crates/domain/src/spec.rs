@@ -81,6 +81,9 @@ pub struct MethodCall {
 pub struct Schedule {
     pub start_at: Option<Timestamp>,
     pub max_execution_secs: Option<u64>,
+    /// Devices are dispatched only while this window is open (`None`: always).
+    #[serde(default)]
+    pub window: Option<crate::window::MaintenanceWindow>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -271,6 +274,9 @@ impl JobSpec {
                     format!("must be between 1 and {MAX_EXECUTION_SECS} seconds, got {secs}"),
                 ));
             }
+        }
+        if let Some(w) = &self.schedule.window {
+            w.validate("maintenanceWindow")?;
         }
         match self.rollout.batch {
             Some(BatchSize::Percentage(p)) if p == 0 || p > 100 => {

@@ -24,7 +24,7 @@
 //! 7. attempts never exceed `retry.max_attempts`, and each failure is retried exactly when the
 //!    policy says;
 //!
-//! and more: per-minute limits, batches start in order and only after the previous one is done,
+//! and more: per-minute limits, no dispatch outside a maintenance window, batches start in order and only after the previous one is done,
 //! failures the core decides (not connected, not found, disabled, timeout) have their cause,
 //! `actions` only proposes what `decide` accepts and an Advance it asks for does something, joins
 //! of continuous jobs happen only for devices that start matching.
@@ -37,6 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
+use muster_domain::window::MaintenanceWindow;
 use muster_domain::{
     actions, actions_with, apply, decide, evolve, Action, ActionOptions, BatchSize, CancelReason,
     CancellationThreshold, Command, ConnectionChange, ConnectionState, DeviceIdentity, DeviceKeys,
@@ -99,6 +100,8 @@ struct JobGen {
     per_minute: Option<u32>,
     max_exec_secs: Option<u64>,
     start_in_ms: Option<i64>,
+    /// A maintenance window opening every `.0` seconds for `.1` seconds.
+    window: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -286,14 +289,20 @@ fn job_gen() -> impl Strategy<Value = JobGen> {
             prop::option::weighted(0.3, 1u32..=20),
             prop::option::weighted(0.3, 5u64..=300),
             prop::option::weighted(0.2, 0i64..60_000),
+            prop::option::weighted(
+                0.3,
+                prop::sample::select(vec![10u32, 15, 20, 30])
+                    .prop_flat_map(|every| (Just(every), 1..every)),
+            ),
         ),
     )
         .prop_map(
             |(
                 (target, continuous, ops),
                 (batch, threshold, retry),
-                (per_minute, max_exec_secs, start_in_ms),
+                (per_minute, max_exec_secs, start_in_ms, window),
             )| JobGen {
+                window,
                 target,
                 continuous,
                 ops,
@@ -1203,8 +1212,9 @@ impl Harness {
                 Action::Send(req) => {
                     sends.insert((req.job.clone(), req.run, req.device.clone(), req.attempt));
                 }
-                // Direct methods have their own properties (tests/invocations.rs).
-                Action::Invoke(_) => {}
+                // Direct methods and desired pushes have their own properties
+                // (tests/invocations.rs, tests/pushes.rs).
+                Action::Invoke(_) | Action::PushDesired(_) => {}
             }
         }
         let mut running = BTreeSet::new();
@@ -1319,6 +1329,12 @@ impl Harness {
                     matches!(cmd, Command::MarkDispatched { .. }),
                     "event {k}: {e:?} from a command other than MarkDispatched"
                 );
+                // no device is dispatched outside its job's maintenance window
+                ensure!(
+                    muster_domain::window::dispatch_open(j, *at),
+                    "event {k}: {e:?} outside the maintenance window {:?}",
+                    j.spec.schedule.window
+                );
                 ensure!(
                     pre.jobs
                         .get(job)
@@ -1381,7 +1397,7 @@ impl Harness {
                             "event {k}: {e:?} for a device that is enabled or unknown"
                         ),
                         FailureReason::NotConnected => {
-                            let since = j.effective_ready_since(d);
+                            let since = muster_domain::window::connect_wait_since(j, d, *at);
                             let window = j.spec.connect_window_ms();
                             ensure!(
                                 matches!(cmd, Command::Advance { .. })
@@ -1630,6 +1646,11 @@ impl Harness {
             schedule: Schedule {
                 start_at: g.start_in_ms.map(|d| self.now.plus_millis(d)),
                 max_execution_secs: g.max_exec_secs,
+                window: g.window.map(|(every, open)| MaintenanceWindow {
+                    cron: format!("*/{every} * * * * *"),
+                    duration_secs: open,
+                    time_zone: "Europe/Berlin".into(),
+                }),
             },
             rollout: Rollout {
                 batch: g.batch,

@@ -122,7 +122,7 @@ impl Leader {
                         }
                     }
                     Action::WakeAt(t) => wake = Some(t),
-                    Action::Invoke(_) => {}
+                    Action::Invoke(_) | Action::PushDesired(_) => {}
                 }
             }
             if !results.is_empty() {
@@ -387,6 +387,7 @@ fn hub_seed_twin_update_by_query_changes_the_twins() {
         schedule: Schedule {
             start_at: Some(l.now.plus_secs(60)),
             max_execution_secs: Some(3600),
+            window: None,
         },
         rollout: Rollout::default(),
         cancellation: None,

@@ -35,7 +35,7 @@ pub(crate) async fn run(cluster: Cluster, mut stop: watch::Receiver<bool>) {
                         continue;
                     }
                     // With no broker nothing reaches a device: the deadline ends the call.
-                    Action::Send(_) | Action::Invoke(_) => continue,
+                    Action::Send(_) | Action::Invoke(_) | Action::PushDesired(_) => continue,
                 };
                 if let Err(e) = cluster.write_if_leader(cmd).await {
                     tracing::debug!("ticker: {e}");

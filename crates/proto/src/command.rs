@@ -225,6 +225,9 @@ impl From<&Command> for pb::Command {
             Command::RecordMethodResponse { id, outcome, at } => {
                 crate::invocation::record_method_response_case(id, outcome, *at)
             }
+            Command::MarkDesiredSent { pushes, at } => {
+                crate::push::mark_desired_sent_case(pushes, *at)
+            }
         };
         pb::Command { kind: Some(kind) }
     }
@@ -426,6 +429,7 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         },
         Kind::InvokeMethod(m) => crate::invocation::invoke_method(m)?,
         Kind::RecordMethodResponse(m) => crate::invocation::record_method_response(m)?,
+        Kind::MarkDesiredSent(m) => crate::push::mark_desired_sent(m)?,
     })
 }
 

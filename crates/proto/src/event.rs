@@ -280,6 +280,11 @@ impl From<&Event> for pb::Event {
             | Event::MethodSent { .. }
             | Event::MethodResponded { .. }
             | Event::MethodFailed { .. } => crate::invocation::event_case(e),
+            Event::DesiredSent {
+                device,
+                version,
+                at,
+            } => crate::push::desired_sent_case(device, *version, *at),
         };
         pb::Event { kind: Some(kind) }
     }
@@ -482,5 +487,6 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
         Kind::MethodSent(m) => crate::invocation::method_sent(m)?,
         Kind::MethodResponded(m) => crate::invocation::method_responded(m)?,
         Kind::MethodFailed(m) => crate::invocation::method_failed(m)?,
+        Kind::DesiredSent(m) => crate::push::desired_sent(m)?,
     })
 }

@@ -23,6 +23,7 @@ mod event;
 mod fields;
 mod invocation;
 mod job;
+mod push;
 mod registry;
 mod rollout;
 mod spec;

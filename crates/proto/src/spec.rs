@@ -6,6 +6,8 @@ use muster_domain::{
     Schedule, Target, TargetSelector, Threshold,
 };
 
+use muster_domain::window::MaintenanceWindow;
+
 use crate::error::ProtoError;
 use crate::fields::{
     id, id_strings, ids, json, json_text, message, messages, optional_message, required, time,
@@ -23,6 +25,11 @@ impl From<&JobSpec> for pb::JobSpec {
             rollout: Some((&s.rollout).into()),
             cancellation: s.cancellation.map(Into::into),
             retry: Some(s.retry.into()),
+            maintenance_window: s.schedule.window.as_ref().map(|w| pb::MaintenanceWindow {
+                cron: w.cron.clone(),
+                duration_secs: w.duration_secs,
+                time_zone: w.time_zone.clone(),
+            }),
         }
     }
 }
@@ -31,12 +38,18 @@ impl TryFrom<pb::JobSpec> for JobSpec {
     type Error = ProtoError;
 
     fn try_from(s: pb::JobSpec) -> Result<Self, ProtoError> {
+        let mut schedule: Schedule = required("schedule", s.schedule)?.into();
+        schedule.window = s.maintenance_window.map(|w| MaintenanceWindow {
+            cron: w.cron,
+            duration_secs: w.duration_secs,
+            time_zone: w.time_zone,
+        });
         Ok(JobSpec {
             display_name: s.display_name,
             description: s.description,
             target: message("target", s.target)?,
             operations: messages("operations", s.operations)?,
-            schedule: required("schedule", s.schedule)?.into(),
+            schedule,
             rollout: message("rollout", s.rollout)?,
             cancellation: optional_message("cancellation", s.cancellation)?,
             retry: required("retry", s.retry)?.into(),
@@ -164,6 +177,7 @@ impl From<pb::Schedule> for Schedule {
         Schedule {
             start_at: s.start_at_ms.map(time),
             max_execution_secs: s.max_execution_secs,
+            window: None,
         }
     }
 }

@@ -181,6 +181,7 @@ impl Seen {
                 self.failure(reason);
                 "Event::MethodFailed"
             }
+            Event::DesiredSent { .. } => "Event::DesiredSent",
         };
         self.0.insert(name);
     }
@@ -247,6 +248,7 @@ impl Seen {
                 self.0.insert(name);
                 "Command::RecordMethodResponse"
             }
+            Command::MarkDesiredSent { .. } => "Command::MarkDesiredSent",
         };
         self.0.insert(name);
     }
@@ -287,6 +289,8 @@ const ALL_CASES: &[&str] = &[
     "Event::MethodSent",
     "Event::MethodResponded",
     "Event::MethodFailed",
+    "Event::DesiredSent",
+    "Command::MarkDesiredSent",
     "MethodOutcome::Responded",
     "MethodOutcome::Failed",
     "Command::SavePolicy",

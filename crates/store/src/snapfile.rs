@@ -115,7 +115,13 @@ pub fn write_snapshot<W: Write>(
 ) -> Result<u64, StoreError> {
     let State {
         jobs,
-        registry: Registry { devices, groups },
+        // Derived from the devices (those with a `desired_base`): rebuilt when read.
+        registry:
+            Registry {
+                devices,
+                groups,
+                desired_unsent: _,
+            },
         auth,
         invocations,
     } = state;
@@ -246,7 +252,7 @@ pub fn read_snapshot<R: Read>(
         return Err(corrupt("the first frame is not the header"));
     }
     let header: SnapshotHeader = r.decode("header")?;
-    let mut devices = BTreeMap::new();
+    let mut devices: BTreeMap<muster_types::DeviceId, muster_domain::Device> = BTreeMap::new();
     let mut groups = BTreeMap::new();
     let mut jobs = BTreeMap::new();
     let mut auth = None;
@@ -317,9 +323,18 @@ pub fn read_snapshot<R: Read>(
     let (Some(auth), Some(invocations)) = (auth, invocations) else {
         return Err(corrupt("no credentials or invocations record"));
     };
+    let desired_unsent = devices
+        .values()
+        .filter(|d| d.desired_base.is_some())
+        .map(|d| d.id.clone())
+        .collect();
     let state = State {
         jobs,
-        registry: Registry { devices, groups },
+        registry: Registry {
+            devices,
+            groups,
+            desired_unsent,
+        },
         auth,
         invocations,
     };

@@ -100,6 +100,7 @@ fn spec(k: usize) -> JobSpec {
         schedule: Schedule {
             start_at: (k.is_multiple_of(13)).then_some(Timestamp(0)), // replaced by the caller
             max_execution_secs: (k.is_multiple_of(29)).then_some(2),
+            window: None,
         },
         rollout: Rollout {
             batch: match k % 4 {
@@ -395,7 +396,7 @@ async fn run(dir: &std::path::Path) -> (State, Vec<Past>) {
                         });
                     }
                 }
-                Action::WakeAt(_) | Action::Invoke(_) => {}
+                Action::WakeAt(_) | Action::Invoke(_) | Action::PushDesired(_) => {}
             }
         }
         // A duplicate answer of the first result: delivery is at least once.

@@ -101,6 +101,15 @@ pub fn job_json(j: &pb::Job) -> Value {
     opt_time(&mut m, "startedAt", j.started_at_ms);
     opt_time(&mut m, "endedAt", j.ended_at_ms);
     m.insert("run".into(), json!(j.run));
+    if let Some(w) = &j.window {
+        let mut wm = Map::new();
+        wm.insert(
+            "state".into(),
+            json!(if w.open { "open" } else { "waiting" }),
+        );
+        opt_time(&mut wm, "until", w.until_ms);
+        m.insert("window".into(), Value::Object(wm));
+    }
     if let Some(r) = &j.rerun_id {
         m.insert("rerunId".into(), json!(r));
     }
@@ -299,6 +308,18 @@ pub fn job_text(j: &pb::Job) -> String {
     }
     if let Some(t) = j.ended_at_ms {
         kv("Ended:", time(t));
+    }
+    if let Some(w) = &j.window {
+        let until = w.until_ms.map(time);
+        kv(
+            "Window:",
+            match (w.open, until) {
+                (true, Some(t)) => format!("open until {t}"),
+                (true, None) => "open".into(),
+                (false, Some(t)) => format!("waiting until {t}"),
+                (false, None) => "waiting (the window never opens again)".into(),
+            },
+        );
     }
     if j.run > 0 {
         kv(

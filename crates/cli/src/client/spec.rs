@@ -20,6 +20,7 @@ pub struct SpecArgs {
         "method", "payload", "desired", "tags", "devices", "group", "query", "batch", "threshold",
         "per_batch", "continuous", "response_timeout", "connect_timeout", "max_attempts",
         "display_name", "description", "start_at", "max_execution_time", "rate",
+        "window_cron", "window_duration", "window_tz",
     ])]
     pub file: Option<String>,
 
@@ -83,6 +84,16 @@ pub struct SpecArgs {
     /// Fail the job if it runs longer than this many seconds.
     #[arg(long, value_name = "SECS")]
     pub max_execution_time: Option<u64>,
+    /// Dispatch devices only inside a maintenance window opening at each occurrence of this cron
+    /// expression (5 fields, or 6 with seconds first), e.g. "0 1 * * *" for 01:00 every night.
+    #[arg(long, value_name = "CRON", requires = "window_duration")]
+    pub window_cron: Option<String>,
+    /// How long each maintenance window stays open, in seconds.
+    #[arg(long, value_name = "SECS", requires = "window_cron")]
+    pub window_duration: Option<u32>,
+    /// The IANA time zone the window's cron is read in.
+    #[arg(long, value_name = "ZONE", default_value = "UTC")]
+    pub window_tz: String,
 }
 
 /// The spec to send for job `id`.
@@ -210,6 +221,11 @@ fn from_flags(a: SpecArgs) -> anyhow::Result<pb::JobSpec> {
             retry_failed: a.max_attempts > 1,
             retry_timed_out: a.max_attempts > 1,
             ..Default::default()
+        }),
+        maintenance_window: a.window_cron.map(|cron| pb::MaintenanceWindow {
+            cron,
+            duration_secs: a.window_duration.unwrap_or_default(),
+            time_zone: a.window_tz,
         }),
     })
 }

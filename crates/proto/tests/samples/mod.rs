@@ -78,6 +78,7 @@ pub fn full_spec() -> JobSpec {
         schedule: Schedule {
             start_at: Some(at(3_600_000)),
             max_execution_secs: Some(86_400),
+            window: None,
         },
         rollout: Rollout {
             batch: Some(BatchSize::Percentage(25)),
@@ -202,6 +203,17 @@ pub fn rollout_spec() -> JobSpec {
         }),
         backoff_timed_out: None,
     };
+    spec
+}
+
+/// A query job dispatched only inside a nightly maintenance window.
+pub fn window_spec() -> JobSpec {
+    let mut spec = query_spec();
+    spec.schedule.window = Some(muster_domain::window::MaintenanceWindow {
+        cron: "0 1 * * 1-5".into(),
+        duration_secs: 3 * 3600,
+        time_zone: "Europe/Berlin".into(),
+    });
     spec
 }
 
@@ -714,6 +726,14 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 at: at(10_000),
             },
         ),
+        (
+            "event_desired_sent",
+            Event::DesiredSent {
+                device: dev(1),
+                version: 4,
+                at: at(12_000),
+            },
+        ),
     ]
 }
 
@@ -765,6 +785,14 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             Command::CreateJob {
                 id: JobId::new("night-mode").unwrap(),
                 spec: group_spec(),
+                at: at(0),
+            },
+        ),
+        (
+            "command_create_job_window",
+            Command::CreateJob {
+                id: JobId::new("nightly-reboot").unwrap(),
+                spec: window_spec(),
                 at: at(0),
             },
         ),
@@ -1099,6 +1127,22 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                     message: "broker refused".into(),
                 }),
                 at: at(11_000),
+            },
+        ),
+        (
+            "command_mark_desired_sent",
+            Command::MarkDesiredSent {
+                pushes: vec![
+                    muster_domain::push::DesiredSent {
+                        device: dev(1),
+                        version: 4,
+                    },
+                    muster_domain::push::DesiredSent {
+                        device: dev(2),
+                        version: 1,
+                    },
+                ],
+                at: at(12_000),
             },
         ),
     ]

@@ -117,7 +117,7 @@ pub fn workload() -> Vec<Command> {
                         },
                     });
                 }
-                Action::WakeAt(_) | Action::Invoke(_) => {}
+                Action::WakeAt(_) | Action::Invoke(_) | Action::PushDesired(_) => {}
             }
         }
         if !results.is_empty() {

@@ -52,7 +52,9 @@ fn render_job(
         TargetSelector::Group(_) => job_template(job, &state.registry, cold),
         _ => None,
     };
-    central_job_json(job, template)
+    let mut v = central_job_json(job, template);
+    crate::window::add_state(&mut v, job, now());
+    v
 }
 
 async fn list_jobs(State(app): State<App>, list: ListRequest) -> Result<Response, ApiError> {
