@@ -505,7 +505,7 @@ fn create_job(
     };
     let mut events = vec![Event::JobCreated {
         job: id.clone(),
-        spec: spec.clone(),
+        spec: Box::new(spec.clone()),
         devices,
         at,
     }];

@@ -20,7 +20,9 @@ pub enum Event {
     /// against a registry that has since changed.
     JobCreated {
         job: JobId,
-        spec: JobSpec,
+        /// Boxed: the spec is large and every other event small (the log's event vectors hold
+        /// thousands of device results).
+        spec: Box<JobSpec>,
         devices: Vec<DeviceId>,
         at: Timestamp,
     },

@@ -64,7 +64,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                 job.clone(),
                 Job {
                     id: job.clone(),
-                    spec: spec.clone(),
+                    spec: (**spec).clone(),
                     watch,
                     status: JobStatus::Pending,
                     created_at: *at,

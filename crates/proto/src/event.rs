@@ -27,7 +27,7 @@ impl From<&Event> for pb::Event {
                 at,
             } => Kind::JobCreated(JobCreated {
                 job_id: job.to_string(),
-                spec: Some(spec.into()),
+                spec: Some(spec.as_ref().into()),
                 device_ids: id_strings(devices),
                 at_ms: at.millis(),
             }),
@@ -304,7 +304,7 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
     Ok(match kind {
         Kind::JobCreated(m) => Event::JobCreated {
             job: id("job_created.job_id", m.job_id)?,
-            spec: message("job_created.spec", m.spec)?,
+            spec: Box::new(message("job_created.spec", m.spec)?),
             devices: ids("job_created.device_ids", m.device_ids)?,
             at: time(m.at_ms),
         },

@@ -247,7 +247,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
             "event_job_created",
             Event::JobCreated {
                 job: job(),
-                spec: full_spec(),
+                spec: Box::new(full_spec()),
                 devices: vec![dev(1), dev(2), dev(3)],
                 at: at(0),
             },
@@ -256,7 +256,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
             "event_job_created_group",
             Event::JobCreated {
                 job: JobId::new("night-mode").unwrap(),
-                spec: group_spec(),
+                spec: Box::new(group_spec()),
                 devices: vec![dev(10), dev(11)],
                 at: at(0),
             },
@@ -265,7 +265,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
             "event_job_created_query",
             Event::JobCreated {
                 job: JobId::new("reboot-old").unwrap(),
-                spec: query_spec(),
+                spec: Box::new(query_spec()),
                 devices: vec![],
                 at: at(0),
             },
