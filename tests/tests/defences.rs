@@ -150,10 +150,11 @@ async fn subscribers_that_never_read_pin_little_memory() {
     let server = Server::start(dir.path()).unwrap();
     server.wait_ready().await.unwrap();
     let ch = muster_tests::leader_channel(&server).await.unwrap();
-    // About 10 MB of events: 600 registrations with 16 KB of tags each.
-    let blob = "x".repeat(16 * 1024);
+    // About 10 MB of events: 1,200 registrations with 8,000 bytes of tags each (IoT Hub's tags
+    // limit is 8 KB).
+    let blob = "x".repeat(8_000);
     let mut devices = DeviceServiceClient::new(ch.clone());
-    for chunk in 0..6 {
+    for chunk in 0..12 {
         let batch = (0..100)
             .map(|i| pb::NewDevice {
                 device_id: format!("mem-{chunk}-{i:03}"),
