@@ -108,8 +108,11 @@ pub enum Command {
     SaveGroup {
         id: GroupId,
         display_name: String,
+        /// Defaulted: a forwarded write from a node of an earlier release has none.
+        #[serde(default)]
         description: String,
         query: String,
+        #[serde(default)]
         if_version: Option<u64>,
         at: Timestamp,
     },
