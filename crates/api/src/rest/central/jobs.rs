@@ -355,11 +355,7 @@ async fn stop_job(
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
-    version(&q)?;
-    let id = job_id(&id)?;
-    app.write(&caller, Command::StopJob { id, at: now() }, JOB)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    job_action(&app, &caller, &id, &q, |id, at| Command::StopJob { id, at }).await
 }
 
 async fn resume_job(
@@ -368,11 +364,11 @@ async fn resume_job(
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
-    version(&q)?;
-    let id = job_id(&id)?;
-    app.write(&caller, Command::ResumeJob { id, at: now() }, JOB)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    job_action(&app, &caller, &id, &q, |id, at| Command::ResumeJob {
+        id,
+        at,
+    })
+    .await
 }
 
 /// `POST /api/jobs/{id}/continue` (muster extension): starts the next batch of a job its gate
@@ -383,10 +379,24 @@ async fn continue_job(
     PathParams(id): PathParams<String>,
     q: Params,
 ) -> Result<StatusCode, ApiError> {
-    version(&q)?;
-    let id = job_id(&id)?;
-    app.write(&caller, Command::ContinueJob { id, at: now() }, JOB)
-        .await?;
+    job_action(&app, &caller, &id, &q, |id, at| Command::ContinueJob {
+        id,
+        at,
+    })
+    .await
+}
+
+/// The body-less job actions (stop, resume, continue): one command, answered 204.
+async fn job_action(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    q: &Params,
+    command: impl FnOnce(JobId, muster_types::Timestamp) -> Command,
+) -> Result<StatusCode, ApiError> {
+    version(q)?;
+    let id = job_id(id)?;
+    app.write(caller, command(id, now()), JOB).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
