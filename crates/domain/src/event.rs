@@ -110,6 +110,16 @@ pub enum Event {
         job: JobId,
         at: Timestamp,
     },
+    /// Retention dropped a finished job's per-device rows; its summary stays.
+    JobDetailExpired {
+        job: JobId,
+        at: Timestamp,
+    },
+    /// Retention removed a finished job from the state (its events stay in the log).
+    JobExpired {
+        job: JobId,
+        at: Timestamp,
+    },
     /// The exponential rate rose to `per_minute`.
     RateChanged {
         job: JobId,
@@ -255,6 +265,8 @@ impl Event {
             | Event::RerunStarted { job, .. }
             | Event::JobPaused { job, .. }
             | Event::JobContinued { job, .. }
+            | Event::JobDetailExpired { job, .. }
+            | Event::JobExpired { job, .. }
             | Event::RateChanged { job, .. } => Some(job),
             _ => None,
         }
@@ -313,6 +325,8 @@ impl Event {
             | Event::RerunStarted { at, .. }
             | Event::JobPaused { at, .. }
             | Event::JobContinued { at, .. }
+            | Event::JobDetailExpired { at, .. }
+            | Event::JobExpired { at, .. }
             | Event::RateChanged { at, .. }
             | Event::DeviceRegistered { at, .. }
             | Event::DeviceUpdated { at, .. }
@@ -355,6 +369,8 @@ impl Event {
             Event::JobPaused { .. } => "JobPaused",
             Event::JobContinued { .. } => "JobContinued",
             Event::RateChanged { .. } => "RateChanged",
+            Event::JobDetailExpired { .. } => "JobDetailExpired",
+            Event::JobExpired { .. } => "JobExpired",
             Event::DeviceRegistered { .. } => "DeviceRegistered",
             Event::DeviceUpdated { .. } => "DeviceUpdated",
             Event::TwinPatched { .. } => "TwinPatched",
