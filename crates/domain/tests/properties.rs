@@ -1787,7 +1787,7 @@ impl Harness {
                 let state = &self.state;
                 self.jobs.retain(|j| state.jobs.contains_key(j));
                 // The leader's "due" is exactly "the command would do something".
-                if (due == RetentionDue::Now) != !events.is_empty() {
+                if (due == RetentionDue::Now) == events.is_empty() {
                     return Err(self.report(&format!(
                         "retention_due says {due:?} but the command gave {events:?}"
                     )));
