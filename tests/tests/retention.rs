@@ -114,6 +114,28 @@ async fn finished_jobs_lose_their_devices_then_themselves_and_the_log_keeps_all(
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 
+    // The CLI says so in words, and `job devices` passes the reason on.
+    let cli = |args: &[&str]| {
+        muster_tests::muster_cmd()
+            .unwrap()
+            .args(args)
+            .args(["--endpoint", &server.grpc])
+            .output()
+            .unwrap()
+    };
+    let got = cli(&["job", "get", "ret-1"]);
+    let text = String::from_utf8_lossy(&got.stdout).into_owned();
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(text.contains("device detail expired"), "{text}");
+    let devices = cli(&["job", "devices", "ret-1"]);
+    assert!(!devices.status.success());
+    let err = String::from_utf8_lossy(&devices.stderr).into_owned();
+    assert!(err.contains("retention"), "{err}");
+
     // Then the job itself: 404 like any unknown job.
     wait_for("ret-1 removed", || {
         let (http, u) = (http.clone(), job_url.clone());
