@@ -31,7 +31,7 @@ async fn finished_jobs_lose_their_devices_then_themselves_and_the_log_keeps_all(
             "--retain-finished-jobs",
             "3s",
             "--retain-jobs",
-            "20s",
+            "40s",
         ],
     )
     .unwrap();
@@ -136,6 +136,19 @@ async fn finished_jobs_lose_their_devices_then_themselves_and_the_log_keeps_all(
     let err = String::from_utf8_lossy(&devices.stderr).into_owned();
     assert!(err.contains("retention"), "{err}");
 
+    // A crash and restart keeps the expiry (recovery replays it), and the new leader's
+    // retention loop still removes the job later.
+    devsim.terminate();
+    server.restart().unwrap();
+    server.wait_ready().await.unwrap();
+    let job_url = format!("{}/api/jobs/ret-1?{V}", server.rest);
+    let devices_url = format!("{}/api/jobs/ret-1/devices?{V}", server.rest);
+    let (code, body) = status_of(&http, &devices_url).await;
+    assert!(
+        code == 410 || (code == 404 && status_of(&http, &job_url).await.0 == 404),
+        "after a restart the device list is still expired: {code} {body}"
+    );
+
     // Then the job itself: 404 like any unknown job.
     wait_for("ret-1 removed", || {
         let (http, u) = (http.clone(), job_url.clone());
@@ -144,7 +157,6 @@ async fn finished_jobs_lose_their_devices_then_themselves_and_the_log_keeps_all(
     .await
     .unwrap();
 
-    devsim.terminate();
     let data = server.data_dir().to_path_buf();
     assert!(server.terminate().unwrap(), "{}", server.log_text());
     let v = muster_audit(&["verify"], &data).unwrap();
