@@ -1095,3 +1095,13 @@ pub async fn cluster_cmd(endpoint: &str, args: &[&str]) -> anyhow::Result<serde_
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+/// `muster audit ARGS --data-dir DIR` on a stopped node's data directory.
+pub fn muster_audit(args: &[&str], dir: &Path) -> anyhow::Result<std::process::Output> {
+    Ok(muster_cmd()?
+        .arg("audit")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()?)
+}

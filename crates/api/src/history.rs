@@ -40,6 +40,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "MethodSent",
     "MethodResponded",
     "MethodFailed",
+    "JobDetailExpired",
+    "JobExpired",
 ];
 
 /// The canonical name of an event type written as `JobCreated`, `jobcreated` or `job_created`,

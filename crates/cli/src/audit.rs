@@ -323,6 +323,12 @@ fn event_line(event: &Event) -> String {
         }
         Event::JobCompleted { .. } => "completed".into(),
         Event::JobFailed { reason, .. } => format!("failed: {reason:?}"),
+        Event::JobDetailExpired { .. } => {
+            "device detail expired (retention.finished_jobs); the summary stays".into()
+        }
+        Event::JobExpired { .. } => {
+            "removed by retention (retention.jobs); its events stay in this log".into()
+        }
         Event::RerunStarted {
             run,
             rerun_id,

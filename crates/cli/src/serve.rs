@@ -97,6 +97,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     header_timeout_ms: Option<u64>,
+    /// Retention (`retention.finished_jobs`): a finished job's per-device detail is dropped
+    /// this long after it ended, e.g. `30d` as IoT Hub; its summary stays. Default: keep.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip)]
+    retain_finished_jobs: Option<String>,
+    /// Retention (`retention.jobs`): a finished job is removed this long after it ended; its
+    /// events stay in the audit log. Default: keep.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip)]
+    retain_jobs: Option<String>,
     /// MQTT broker URL (`mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS); repeat to spread
     /// devices over several brokers.
     #[arg(long = "mqtt-url", value_name = "URL")]
@@ -253,6 +263,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         )
         .merge(Serialized::defaults(args));
     let mut cfg: NodeConfig = fig.extract().context("invalid configuration")?;
+    if args.retain_finished_jobs.is_some() {
+        cfg.retention
+            .finished_jobs
+            .clone_from(&args.retain_finished_jobs);
+    }
+    if args.retain_jobs.is_some() {
+        cfg.retention.jobs.clone_from(&args.retain_jobs);
+    }
     cfg.check().context("invalid configuration")?;
     if !args.mqtt_urls.is_empty() {
         cfg.dispatch.brokers = args.mqtt_urls.clone();

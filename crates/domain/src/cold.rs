@@ -317,6 +317,9 @@ impl Job {
         let last = self.runs.len().saturating_sub(1);
         let final_ = self.status.is_final();
         let mut ops = Vec::new();
+        if self.detail_expired {
+            return ops;
+        }
         for (k, run) in self.runs.iter_mut().enumerate() {
             if run.is_cold() || (k == last && !final_) {
                 continue;
@@ -333,19 +336,25 @@ impl Job {
 }
 
 impl State {
-    /// Moves the rows of every finished run that the `events` just ended out of the state.
+    /// Moves the rows of every finished run that the `events` just ended out of the state, and
+    /// drops the cold rows of jobs retention expired (`evolve` already dropped their hot rows).
     /// The store calls it after each applied command and writes what it returns before the
     /// command counts as applied.
     pub fn spill(&mut self, events: &[Event]) -> Vec<ColdOp> {
         let mut ops = Vec::new();
         for e in events {
-            if let Event::JobCompleted { job, .. }
-            | Event::JobCancelled { job, .. }
-            | Event::JobFailed { job, .. } = e
-            {
-                if let Some(j) = self.jobs.get_mut(job) {
-                    ops.extend(j.spill());
+            match e {
+                Event::JobCompleted { job, .. }
+                | Event::JobCancelled { job, .. }
+                | Event::JobFailed { job, .. } => {
+                    if let Some(j) = self.jobs.get_mut(job) {
+                        ops.extend(j.spill());
+                    }
                 }
+                Event::JobDetailExpired { job, .. } | Event::JobExpired { job, .. } => {
+                    ops.push(ColdOp::DropJob { job: job.clone() });
+                }
+                _ => {}
             }
         }
         ops

@@ -36,6 +36,14 @@ pub enum Command {
         id: JobId,
         at: Timestamp,
     },
+    /// The leader's retention limits, applied at `at` (see `crate::retention`): a finished job
+    /// older than `finished_jobs_ms` loses its per-device rows, one older than `jobs_ms` leaves
+    /// the state. The limits travel in the command so every replica decides alike.
+    ApplyRetention {
+        finished_jobs_ms: Option<u64>,
+        jobs_ms: Option<u64>,
+        at: Timestamp,
+    },
     /// Starts a new run over the devices whose last outcome was a failure or a timeout.
     RerunJob {
         id: JobId,
@@ -212,6 +220,7 @@ macro_rules! stamp_of {
             | Command::CancelJob { at, .. }
             | Command::RerunJob { at, .. }
             | Command::ContinueJob { at, .. }
+            | Command::ApplyRetention { at, .. }
             | Command::MarkDispatched { at, .. }
             | Command::RecordDeviceResults { at, .. }
             | Command::Advance { at }

@@ -121,6 +121,13 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                     "wait until it ends, or cancel it first",
                 ));
             }
+            if j.detail_expired {
+                return Err(conflict(
+                    j,
+                    "rerun",
+                    "retention dropped its device detail, so its failed devices are unknown; create a new job",
+                ));
+            }
             if j.runs.iter().any(|r| r.rerun_id.as_ref() == Some(rerun_id)) {
                 return Err(DomainError::RerunExists {
                     job: id.clone(),
@@ -151,6 +158,18 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
         } => mark_dispatched(state, id, *run, devices, *at),
         Command::RecordDeviceResults { results, at } => record_results(state, results, *at),
         Command::MarkDesiredSent { pushes, at } => Ok(crate::push::decide(state, pushes, *at)),
+        Command::ApplyRetention {
+            finished_jobs_ms,
+            jobs_ms,
+            at,
+        } => Ok(crate::retention::decide(
+            state,
+            &crate::retention::Retention {
+                finished_jobs_ms: *finished_jobs_ms,
+                jobs_ms: *jobs_ms,
+            },
+            *at,
+        )),
         Command::Advance { at } => {
             let mut events = advance(state, *at);
             events.extend(crate::invocation::advance(state, *at));

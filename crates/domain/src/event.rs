@@ -14,6 +14,9 @@ use crate::registry::{DeviceRegistration, TwinSection};
 use crate::rollout::PauseReason;
 use crate::spec::JobSpec;
 
+// `JobCreated` carries the whole spec; events are short-lived values (decoded, applied,
+// encoded), so boxing it would only add churn to every match (clippy 1.95 flags it on main).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// The resolved device list is part of the event, so replay never re-evaluates a query
@@ -109,6 +112,16 @@ pub enum Event {
     },
     /// An operator continued a paused job; its next batch starts with this event.
     JobContinued {
+        job: JobId,
+        at: Timestamp,
+    },
+    /// Retention dropped a finished job's per-device rows; its summary stays.
+    JobDetailExpired {
+        job: JobId,
+        at: Timestamp,
+    },
+    /// Retention removed a finished job from the state (its events stay in the log).
+    JobExpired {
         job: JobId,
         at: Timestamp,
     },
@@ -257,6 +270,8 @@ impl Event {
             | Event::RerunStarted { job, .. }
             | Event::JobPaused { job, .. }
             | Event::JobContinued { job, .. }
+            | Event::JobDetailExpired { job, .. }
+            | Event::JobExpired { job, .. }
             | Event::RateChanged { job, .. } => Some(job),
             _ => None,
         }
@@ -315,6 +330,8 @@ impl Event {
             | Event::RerunStarted { at, .. }
             | Event::JobPaused { at, .. }
             | Event::JobContinued { at, .. }
+            | Event::JobDetailExpired { at, .. }
+            | Event::JobExpired { at, .. }
             | Event::RateChanged { at, .. }
             | Event::DeviceRegistered { at, .. }
             | Event::DeviceUpdated { at, .. }
@@ -357,6 +374,8 @@ impl Event {
             Event::JobPaused { .. } => "JobPaused",
             Event::JobContinued { .. } => "JobContinued",
             Event::RateChanged { .. } => "RateChanged",
+            Event::JobDetailExpired { .. } => "JobDetailExpired",
+            Event::JobExpired { .. } => "JobExpired",
             Event::DeviceRegistered { .. } => "DeviceRegistered",
             Event::DeviceUpdated { .. } => "DeviceUpdated",
             Event::TwinPatched { .. } => "TwinPatched",

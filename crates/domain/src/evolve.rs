@@ -78,6 +78,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     recent_dispatches: VecDeque::new(),
                     rate_per_minute: None,
                     paused: None,
+                    detail_expired: false,
                 },
             );
         }
@@ -250,6 +251,14 @@ pub fn evolve(state: &mut State, event: &Event) {
                 j.failure = Some(reason.clone());
                 end_job(j, *at);
             }
+        }
+        Event::JobDetailExpired { job, .. } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                crate::retention::drop_detail(j);
+            }
+        }
+        Event::JobExpired { job, .. } => {
+            state.jobs.remove(job);
         }
         Event::RerunStarted {
             job,

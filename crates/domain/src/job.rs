@@ -467,6 +467,10 @@ pub struct Job {
     /// Why and after which batch the job waits for `continue`, while it is paused.
     #[serde(default)]
     pub paused: Option<(u32, PauseReason)>,
+    /// Retention dropped the per-device rows of every run (`Event::JobDetailExpired`); the
+    /// summaries (statistics, status, times) stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detail_expired: bool,
 }
 
 impl Job {

@@ -19,6 +19,7 @@ pub mod job;
 pub mod push;
 pub mod query;
 pub mod registry;
+pub mod retention;
 pub mod rollout;
 pub mod spec;
 pub mod twin_size;
@@ -49,6 +50,7 @@ pub use registry::{
     ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, Group,
     IdentityCondition, Registry, TwinSection,
 };
+pub use retention::{retention_due, Retention, RetentionDue};
 pub use spec::{
     BatchSize, CancellationThreshold, JobSpec, MethodCall, Operation, RetryPolicy, Rollout,
     Schedule, Target, TargetSelector, Threshold,

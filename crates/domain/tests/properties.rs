@@ -39,12 +39,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use muster_domain::window::MaintenanceWindow;
 use muster_domain::{
-    actions, actions_with, apply, decide, evolve, Action, ActionOptions, BatchSize, CancelReason,
-    CancellationThreshold, Command, ConnectionChange, ConnectionState, DeviceIdentity, DeviceKeys,
-    DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus, DomainError, Event, FailureReason,
-    IdentityCondition, Job, JobFailure, JobSpec, JobStatus, MemRows, MethodCall, Operation,
-    Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, State, Stats, Target, TargetSelector,
-    Threshold,
+    actions, actions_with, apply, decide, evolve, retention_due, Action, ActionOptions, BatchSize,
+    CancelReason, CancellationThreshold, Command, ConnectionChange, ConnectionState,
+    DeviceIdentity, DeviceKeys, DeviceRegistration, DeviceResult, DeviceRun, DeviceStatus,
+    DomainError, Event, FailureReason, IdentityCondition, Job, JobFailure, JobSpec, JobStatus,
+    MemRows, MethodCall, Operation, Outcome, PropertyReport, Retention, RetentionDue, RetryPolicy,
+    Rollout, Schedule, State, Stats, Target, TargetSelector, Threshold,
 };
 use muster_types::{DeviceId, GroupId, JobId, RerunId, RunId, Timestamp};
 use proptest::prelude::*;
@@ -164,6 +164,8 @@ enum Op {
     Stop(usize),
     Resume(usize),
     Cancel(usize),
+    /// `ApplyRetention` with these limits (ms), at the current time.
+    Retain(Option<u64>, Option<u64>),
     Rerun(usize, u8),
     Connect(usize, bool),
     /// Presence of many devices in one `SetConnections` (repeats and ghosts included).
@@ -484,6 +486,15 @@ fn op_gen() -> impl Strategy<Value = Op> {
                 .prop_map(|(device, enabled)| Op::Enable { device, enabled })
                 .boxed(),
         ),
+        (
+            1,
+            (
+                prop::option::weighted(0.8, 0u64..6_000),
+                prop::option::weighted(0.5, 4_000u64..16_000),
+            )
+                .prop_map(|(f, j)| Op::Retain(f, j))
+                .boxed(),
+        ),
     ])
 }
 
@@ -611,6 +622,25 @@ fn check_state(state: &State) -> Result<(), String> {
         ensure!(!j.runs.is_empty(), "job {id} has no run");
         let window = j.spec.response_window_ms();
         let last = j.runs.len() - 1;
+        if j.detail_expired {
+            // Retention dropped the rows: only the summaries are left, and they still add up.
+            ensure!(
+                j.status.is_final(),
+                "job {id}: detail expired but not final"
+            );
+            for (k, run) in j.runs.iter().enumerate() {
+                ensure!(
+                    run.devices.is_empty() && run.index.is_empty() && !run.is_cold(),
+                    "job {id} run {k}: detail expired but rows are left"
+                );
+                ensure!(
+                    run.stats.sum() == run.stats.devices,
+                    "job {id} run {k}: stats do not add up: {:?}",
+                    run.stats
+                );
+            }
+            continue;
+        }
         for (k, run) in j.runs.iter().enumerate() {
             let current = k == last;
             ensure!(
@@ -947,6 +977,9 @@ impl Harness {
             "the spilled state with its cold rows put back differs from the complete state"
         );
         for j in self.hot.jobs.values() {
+            if j.detail_expired {
+                continue;
+            }
             for (k, run) in j.runs.iter().enumerate() {
                 let finished = k + 1 < j.runs.len() || j.status.is_final();
                 ensure!(
@@ -1110,7 +1143,12 @@ impl Harness {
         // 3. a final device status never changes within its run
         for (id, j) in &pre.jobs {
             let Some(now) = self.state.jobs.get(id) else {
-                return Err(format!("job {id} disappeared"));
+                // Only retention removes a job, and only a finished one.
+                let expired = events
+                    .iter()
+                    .any(|e| matches!(e, Event::JobExpired { job, .. } if job == id));
+                ensure!(expired && j.status.is_final(), "job {id} disappeared");
+                continue;
             };
             for (run, after) in j.runs.iter().zip(&now.runs) {
                 for (d, d2) in run.devices.iter().zip(&after.devices) {
@@ -1733,6 +1771,47 @@ impl Harness {
     fn op(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let now = self.now;
         match op {
+            Op::Retain(finished_jobs_ms, jobs_ms) => {
+                let limits = Retention {
+                    finished_jobs_ms: *finished_jobs_ms,
+                    jobs_ms: *jobs_ms,
+                };
+                let due = retention_due(&self.state, &limits, now);
+                let before: Vec<JobId> = self.state.jobs.keys().cloned().collect();
+                let events = self.apply(Command::ApplyRetention {
+                    finished_jobs_ms: *finished_jobs_ms,
+                    jobs_ms: *jobs_ms,
+                    at: now,
+                })?;
+                // Later steps pick among the jobs that still exist.
+                let state = &self.state;
+                self.jobs.retain(|j| state.jobs.contains_key(j));
+                // The leader's "due" is exactly "the command would do something".
+                if (due == RetentionDue::Now) == events.is_empty() {
+                    return Err(self.report(&format!(
+                        "retention_due says {due:?} but the command gave {events:?}"
+                    )));
+                }
+                for e in &events {
+                    match e {
+                        Event::JobDetailExpired { job, .. } => {
+                            self.coverage.hit("JobDetailExpired");
+                            if !self.state.jobs.get(job).is_some_and(|j| j.detail_expired) {
+                                return Err(self.report(&format!("{job}: detail not expired")));
+                            }
+                        }
+                        Event::JobExpired { job, .. } => {
+                            self.coverage.hit("JobExpired");
+                            if self.state.jobs.contains_key(job) || !before.contains(job) {
+                                return Err(self.report(&format!("{job}: not removed")));
+                            }
+                        }
+                        other => {
+                            return Err(self.report(&format!("retention gave {other:?}")));
+                        }
+                    }
+                }
+            }
             Op::Advance(dt) => {
                 self.now = now.plus_millis(*dt);
                 self.apply(Command::Advance { at: self.now })?;
@@ -2260,6 +2339,8 @@ fn scripts_reach_the_interesting_corners() {
         "rejected",
         "batched-registry-change",
         "spilled",
+        "JobDetailExpired",
+        "JobExpired",
     ] {
         assert!(
             total.counts.get(key).copied().unwrap_or(0) > 0,

@@ -57,6 +57,7 @@ impl Host for ClusterHost {
 pub(crate) async fn run(
     cluster: Cluster,
     dispatch: DispatchConfig,
+    retention: muster_domain::Retention,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut metrics = cluster.metrics();
@@ -107,7 +108,8 @@ pub(crate) async fn run(
                     tracing::error!("dispatcher cannot run: {e}");
                 }
             };
-            tokio::join!(watcher, work);
+            let retain = crate::retention::run(cluster.clone(), retention, lost_rx.clone());
+            tokio::join!(watcher, work, retain);
             tracing::info!(node = cluster.id(), "dispatcher stopped");
         }
         tokio::select! {

@@ -9,6 +9,7 @@ mod credentials;
 pub mod dev;
 pub mod guard;
 mod leader;
+mod retention;
 mod ticker;
 pub mod tls;
 
@@ -23,6 +24,7 @@ use muster_dispatch::DispatchConfig;
 
 pub use credentials::ADMIN_CREDENTIAL;
 pub use dev::DevConfig;
+pub use retention::{parse_duration_ms, RetentionConfig};
 use serde::{Deserialize, Serialize};
 pub use tls::{NodeTls, TlsSettings};
 use tokio::net::TcpListener;
@@ -89,6 +91,9 @@ pub struct NodeConfig {
     /// its previous answer was written; a gRPC connection must send its first bytes within it.
     /// A connection past it is closed.
     pub header_timeout_ms: u64,
+    /// How long finished jobs keep their device detail and themselves (`[retention]`, see
+    /// [`RetentionConfig`]); default: keep forever.
+    pub retention: RetentionConfig,
 }
 
 impl Default for NodeConfig {
@@ -119,6 +124,7 @@ impl Default for NodeConfig {
             otlp_endpoint: None,
             max_connections: 4096,
             header_timeout_ms: 10_000,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -171,6 +177,7 @@ impl NodeConfig {
                 }
             }
         }
+        self.retention.limits()?;
         parse_peers(&self.peers).map(|_| ())
     }
 }
@@ -487,6 +494,7 @@ pub async fn run(
     let leader = tokio::spawn(leader::run(
         cluster.clone(),
         cfg.dispatch.clone(),
+        cfg.retention.limits()?,
         stop_rx.clone(),
     ));
     let fleet = match (&cfg.dev, cfg.dispatch.brokers.first()) {

@@ -33,6 +33,15 @@ impl From<&Command> for pb::Command {
                 job_id: id.to_string(),
                 at_ms: at.millis(),
             }),
+            Command::ApplyRetention {
+                finished_jobs_ms,
+                jobs_ms,
+                at,
+            } => Kind::ApplyRetention(pb::command::ApplyRetention {
+                finished_jobs_ms: *finished_jobs_ms,
+                jobs_ms: *jobs_ms,
+                at_ms: at.millis(),
+            }),
             Command::CancelJob { id, at } => Kind::CancelJob(CancelJob {
                 job_id: id.to_string(),
                 at_ms: at.millis(),
@@ -260,6 +269,11 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         },
         Kind::ContinueJob(m) => Command::ContinueJob {
             id: id("continue_job.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::ApplyRetention(m) => Command::ApplyRetention {
+            finished_jobs_ms: m.finished_jobs_ms,
+            jobs_ms: m.jobs_ms,
             at: time(m.at_ms),
         },
         Kind::CancelJob(m) => Command::CancelJob {

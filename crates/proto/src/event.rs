@@ -127,6 +127,16 @@ impl From<&Event> for pb::Event {
                 job_id: job.to_string(),
                 at_ms: at.millis(),
             }),
+            Event::JobDetailExpired { job, at } => {
+                Kind::JobDetailExpired(pb::event::JobDetailExpired {
+                    job_id: job.to_string(),
+                    at_ms: at.millis(),
+                })
+            }
+            Event::JobExpired { job, at } => Kind::JobExpired(pb::event::JobExpired {
+                job_id: job.to_string(),
+                at_ms: at.millis(),
+            }),
             Event::RateChanged {
                 job,
                 run,
@@ -364,6 +374,14 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
         },
         Kind::JobContinued(m) => Event::JobContinued {
             job: id("job_continued.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::JobDetailExpired(m) => Event::JobDetailExpired {
+            job: id("job_detail_expired.job_id", m.job_id)?,
+            at: time(m.at_ms),
+        },
+        Kind::JobExpired(m) => Event::JobExpired {
+            job: id("job_expired.job_id", m.job_id)?,
             at: time(m.at_ms),
         },
         Kind::RateChanged(m) => Event::RateChanged {

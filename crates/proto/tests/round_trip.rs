@@ -182,6 +182,8 @@ impl Seen {
                 "Event::MethodFailed"
             }
             Event::DesiredSent { .. } => "Event::DesiredSent",
+            Event::JobDetailExpired { .. } => "Event::JobDetailExpired",
+            Event::JobExpired { .. } => "Event::JobExpired",
         };
         self.0.insert(name);
     }
@@ -196,6 +198,7 @@ impl Seen {
             Command::ResumeJob { .. } => "Command::ResumeJob",
             Command::CancelJob { .. } => "Command::CancelJob",
             Command::ContinueJob { .. } => "Command::ContinueJob",
+            Command::ApplyRetention { .. } => "Command::ApplyRetention",
             Command::RerunJob { .. } => "Command::RerunJob",
             Command::MarkDispatched { .. } => "Command::MarkDispatched",
             Command::RecordDeviceResults { results, .. } => {
@@ -265,6 +268,9 @@ const ALL_CASES: &[&str] = &[
     "CancelReason::Criterion",
     "CancelReason::Gate",
     "Command::ContinueJob",
+    "Command::ApplyRetention",
+    "Event::JobDetailExpired",
+    "Event::JobExpired",
     "Event::JobContinued",
     "Event::JobPaused",
     "Event::RateChanged",

@@ -63,6 +63,7 @@ pub(crate) fn job(j: &Job, detail: Detail) -> pb::Job {
         pause_reason: j.paused.map(|(_, r)| r.into()),
         paused_after_batch: j.paused.map(|(b, _)| b),
         rate_per_minute: j.rate_limit(),
+        detail_expired: j.detail_expired,
         window: crate::window::job_state(j, muster_cluster::now()).map(|(state, until)| {
             pb::WindowStatus {
                 open: state == "open",

@@ -273,6 +273,11 @@ impl pb::job_service_server::JobService for JobApi {
                 .jobs
                 .get(&id)
                 .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))?;
+            if job.detail_expired {
+                return Err(Status::failed_precondition(format!(
+                    "job {id}: device detail expired under the retention limit (retention.finished_jobs); its summary is still in GetJob and its history in the audit log"
+                )));
+            }
             let run = match req.run {
                 None => job.current_run(),
                 Some(n) => job.run(RunId(n)).ok_or_else(|| {

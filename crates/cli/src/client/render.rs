@@ -96,6 +96,9 @@ pub fn job_json(j: &pb::Job) -> Value {
     if let Some(b) = j.paused_after_batch {
         m.insert("pausedAfterBatch".into(), json!(b));
     }
+    if j.detail_expired {
+        m.insert("detailExpired".into(), json!(true));
+    }
     m.insert("createdAt".into(), json!(time(j.created_at_ms)));
     opt_time(&mut m, "startAt", j.start_at_ms);
     opt_time(&mut m, "startedAt", j.started_at_ms);
@@ -293,6 +296,12 @@ pub fn job_text(j: &pb::Job) -> String {
     };
     kv("Status:", status);
     kv("Devices:", stats_text(j.stats.as_ref()));
+    if j.detail_expired {
+        kv(
+            "Detail:",
+            "device detail expired (retention.finished_jobs); the counts above stay".into(),
+        );
+    }
     if let Some(r) = j.rate_per_minute {
         kv("Rate:", format!("{r} devices per minute"));
     }

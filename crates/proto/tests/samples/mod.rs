@@ -484,6 +484,20 @@ pub fn events() -> Vec<(&'static str, Event)> {
             },
         ),
         (
+            "event_job_detail_expired",
+            Event::JobDetailExpired {
+                job: job(),
+                at: at(2_592_000_000),
+            },
+        ),
+        (
+            "event_job_expired",
+            Event::JobExpired {
+                job: job(),
+                at: at(5_184_000_000),
+            },
+        ),
+        (
             "event_rate_changed",
             Event::RateChanged {
                 job: job(),
@@ -815,6 +829,22 @@ pub fn commands() -> Vec<(&'static str, Command)> {
             Command::ContinueJob {
                 id: job(),
                 at: at(260_000),
+            },
+        ),
+        (
+            "command_apply_retention",
+            Command::ApplyRetention {
+                finished_jobs_ms: Some(2_592_000_000),
+                jobs_ms: None,
+                at: at(2_592_000_000),
+            },
+        ),
+        (
+            "command_apply_retention_both",
+            Command::ApplyRetention {
+                finished_jobs_ms: Some(3_600_000),
+                jobs_ms: Some(86_400_000),
+                at: at(86_400_000),
             },
         ),
         (

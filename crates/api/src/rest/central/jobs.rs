@@ -153,6 +153,9 @@ async fn job_devices(
     let found = app
         .read_cold(|s, cold| {
             s.jobs.get(&id).map(|j| {
+                if j.detail_expired {
+                    return Err(detail_expired(&id));
+                }
                 let run = j.current_run();
                 page_rows(&id, run, cold, p.after.as_ref(), p.size, |d| {
                     filter.keeps(d).then(|| {
@@ -163,6 +166,7 @@ async fn job_devices(
                         }
                     })
                 })
+                .map_err(ApiError::from)
             })
         })
         .await?;
@@ -172,6 +176,17 @@ async fn job_devices(
         p.carry("details", "true");
     }
     Ok(list.answer(&p, items, next))
+}
+
+/// 410 Gone: retention dropped the job's device list; the job itself still answers.
+fn detail_expired(id: &JobId) -> ApiError {
+    ApiError::new(
+        410,
+        "JobDetailExpired",
+        format!(
+            "job {id}: its device detail expired under the retention limit (retention.finished_jobs); GET /api/jobs/{id} still has its summary and GET /api/jobs/{id}/events its history"
+        ),
+    )
 }
 
 /// A muster extension's `true`/`false` query flag (absent: false).
