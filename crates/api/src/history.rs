@@ -40,6 +40,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "MethodSent",
     "MethodResponded",
     "MethodFailed",
+    "JobPaused",
+    "JobContinued",
+    "RateChanged",
+    "DesiredSent",
     "JobDetailExpired",
     "JobExpired",
 ];

@@ -14,9 +14,6 @@ use crate::registry::{DeviceRegistration, TwinSection};
 use crate::rollout::PauseReason;
 use crate::spec::JobSpec;
 
-// `JobCreated` carries the whole spec; events are short-lived values (decoded, applied,
-// encoded), so boxing it would only add churn to every match (clippy 1.95 flags it on main).
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// The resolved device list is part of the event, so replay never re-evaluates a query
