@@ -21,6 +21,15 @@ use crate::rest::extract::{Caller, JsonText, Params, PathParams};
 use crate::rest::guard::Routes;
 use crate::rest::{ok_json, App};
 
+/// The device `id` as IoT Central shows it, or its 404 for the device.
+fn device_view(s: &muster_domain::State, id: &DeviceId) -> Result<Response, ApiError> {
+    s.registry
+        .devices
+        .get(id)
+        .map(|d| ok_json(central_device_json(d)))
+        .ok_or_else(|| device_not_found(id))
+}
+
 /// The properties of the device `id` as IoT Central shows them, or its 404 for the device.
 fn properties_view(s: &muster_domain::State, id: &DeviceId) -> Result<Response, ApiError> {
     s.registry
@@ -90,10 +99,7 @@ async fn get_device(
 ) -> Result<Response, ApiError> {
     version(&q)?;
     let id = device_id(&id)?;
-    app.read(|s| s.registry.devices.get(&id).map(central_device_json))
-        .await?
-        .map(ok_json)
-        .ok_or_else(|| device_not_found(&id))
+    app.read(|s| device_view(s, &id)).await?
 }
 
 /// `PUT /api/devices/{id}`: registers the device, or updates its display name, template and
@@ -119,9 +125,7 @@ async fn put_device(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
-        .map(ok_json)
-        .ok_or_else(|| device_not_found(&did))
+    app.read_applied(|s| device_view(s, &did))
 }
 
 /// `PATCH /api/devices/{id}`: changes only the fields given (`displayName`, `template`,
@@ -151,9 +155,7 @@ async fn patch_device(
         DEVICE,
     )
     .await?;
-    app.read_applied(|s| s.registry.devices.get(&did).map(central_device_json))
-        .map(ok_json)
-        .ok_or_else(|| device_not_found(&did))
+    app.read_applied(|s| device_view(s, &did))
 }
 
 /// `DELETE /api/devices/{id}`: 204; jobs that still list the device fail it as not registered.
