@@ -228,3 +228,101 @@ async fn an_undecodable_grpc_message_is_invalid_argument() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("decode"), "{status:?}");
 }
+
+/// Sends `head` (a request without a body) on a new connection and reads the answer to its
+/// end: `(status, headers in lower case, body)`.
+async fn raw_request(rest: &str, head: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut conn = TcpStream::connect(rest).await.unwrap();
+    // The server may answer and close before it read all of an oversized request.
+    let _ = conn.write_all(head).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(Ok(n)) = tokio::time::timeout(PATIENCE, conn.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer head: {:?}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head}"));
+    (status, head, answer[split + 4..].to_vec())
+}
+
+/// Issue 18: a URI or headers over the HTTP server's limits were answered 414/431 with an
+/// empty body. They now carry the JSON error of the route's shape, like every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_uris_and_headers_answer_json_in_the_routes_shape() {
+    let dir = data_dir().unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    server.wait_ready().await.unwrap();
+    let rest = addr(&server.rest);
+    let long = "a".repeat(70_000);
+    let many: String = (0..120).map(|i| format!("X-Header-{i}: {i}\r\n")).collect();
+    let big = "b".repeat(500_000);
+    let cases = [
+        (
+            format!("GET /jobs/v2/{long}?api-version=2021-04-12 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "hub",
+            "UriTooLong",
+        ),
+        (
+            format!("GET /api/jobs/{long}?api-version=2022-07-31 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "central",
+            "UriTooLong",
+        ),
+        (
+            format!("GET /api/jobs?api-version=2022-07-31 HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+            431,
+            "central",
+            "RequestHeaderFieldsTooLarge",
+        ),
+        (
+            format!("GET /twins/t1?api-version=2021-04-12 HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+            431,
+            "hub",
+            "RequestHeaderFieldsTooLarge",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+            431,
+            "muster",
+            "RequestHeaderFieldsTooLarge",
+        ),
+    ];
+    for (request, want, shape, want_code) in cases {
+        let what = format!("{want} on a {shape} route");
+        let (status, head, body) = raw_request(&rest, request.as_bytes()).await;
+        assert_eq!(status, want, "{what}: {head}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body:?}"));
+        let (code, message) = muster_tests::error_of(&body).unwrap();
+        match shape {
+            "hub" => {
+                assert!(body.get("ExceptionMessage").is_some(), "{what}: {body}");
+                assert!(head.contains(&format!("iothub-errorcode: {}", want_code.to_ascii_lowercase())), "{what}: {head}");
+            }
+            "central" => {
+                assert!(body["error"]["requestId"].is_string(), "{what}: {body}");
+                assert!(head.contains("x-ms-error-code"), "{what}: {head}");
+            }
+            _ => assert!(body["error"].get("requestId").is_none(), "{what}: {body}"),
+        }
+        assert_eq!(code, want_code, "{what}: {body}");
+        assert!(message.contains("too long") || message.contains("too large"), "{what}: {message}");
+    }
+    assert!(healthz(&reqwest::Client::new(), &server.rest).await);
+}

@@ -97,6 +97,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     header_timeout_ms: Option<u64>,
+    /// Writes are refused (HTTP 507, gRPC RESOURCE_EXHAUSTED) while the data directory's disk
+    /// has less than this many MiB free; reads go on, and writes resume once space is freed
+    /// (default 256; 0: no check).
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_free_disk_mib: Option<u64>,
     /// Retention (`retention.finished_jobs`): a finished job's per-device detail is dropped
     /// this long after it ended, e.g. `30d` as IoT Hub; its summary stays. Default: keep.
     #[arg(long, value_name = "DURATION")]

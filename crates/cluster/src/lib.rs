@@ -95,7 +95,14 @@ pub struct ClusterConfig {
     /// The node's metrics: the store, Raft and this handle record into it, and
     /// [`Cluster::refresh_metrics`] sets its state gauges before a scrape.
     pub metrics: muster_metrics::Metrics,
+    /// Writes are refused while the data directory's file system has less than this many bytes
+    /// free (see [`ClusterError::DiskFull`]); 0 turns the check off.
+    pub min_free_disk: u64,
 }
+
+/// The default write reserve: room for the writes already admitted (log entries, their events,
+/// a snapshot file) to land after the last check.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 256 * 1024 * 1024;
 
 impl ClusterConfig {
     pub fn new(node_id: u64, data_dir: PathBuf, node: MusterNode) -> Self {
@@ -111,6 +118,7 @@ impl ClusterConfig {
             join: false,
             peer_tls: None,
             metrics: muster_metrics::Metrics::new(),
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -139,6 +147,18 @@ pub enum ClusterError {
     /// openraft stopped (a storage failure, or shutdown).
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The data directory's disk is (nearly) full: the write was refused before anything was
+    /// appended, so the log stays whole. Reads are still served, and writes are accepted again
+    /// as soon as space is freed, without a restart.
+    #[error(
+        "node {node}'s data directory has {} MiB free, less than the {} MiB it keeps in reserve \
+         (--min-free-disk-mib): writes are refused so the log is not damaged; reads are still \
+         served. Free disk space on that node (or give it a larger disk); writes are accepted \
+         again at once, without a restart",
+        free / (1024 * 1024),
+        reserve / (1024 * 1024)
+    )]
+    DiskFull { node: u64, free: u64, reserve: u64 },
 }
 
 /// A running Raft node with muster's store.
@@ -155,6 +175,8 @@ pub struct Cluster {
     data_dir: Arc<PathBuf>,
     /// The span contexts jobs were created in, for the dispatcher's spans (see [`trace`]).
     job_traces: Arc<trace::JobTraces>,
+    /// See [`ClusterConfig::min_free_disk`].
+    min_free_disk: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -247,6 +269,7 @@ impl Cluster {
             metrics: cfg.metrics.clone(),
             data_dir: Arc::new(cfg.data_dir.clone()),
             job_traces: Arc::default(),
+            min_free_disk: cfg.min_free_disk,
         };
         tokio::spawn(count_leader_changes(
             cluster.raft.metrics(),
@@ -457,6 +480,9 @@ impl Cluster {
         principal: Principal,
         command: Command,
     ) -> Result<AppliedRange, ClusterError> {
+        // Here too, not only on the leader: this node stores the write as well once it is
+        // committed, and a follower that cannot is better refusing it than failing to append.
+        self.refuse_when_disk_full()?;
         let request = Request::new(command, principal);
         let span = tracing::info_span!(target: trace::TARGET, "cluster.write", node = self.id);
         self.via_leader(Forward::ClientWrite, &request, |this| {
@@ -483,6 +509,7 @@ impl Cluster {
         request: Request,
     ) -> Result<(AppliedRange, u64), ClusterError> {
         self.refuse_without_quorum()?;
+        self.refuse_when_disk_full()?;
         // Here, so a principal forwarded by a follower is checked by the leader too.
         request.check_principal()?;
         if let Command::CreateJob { id, .. } = &*request.command {
@@ -532,6 +559,29 @@ impl Cluster {
                 Err(ClusterError::Unavailable(e.to_string()))
             }
             Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Refuses a write while the data directory has less than the reserve free (issue 18).
+    ///
+    /// Checked before proposing because afterwards is too late: sled 0.34 remembers the first
+    /// failed write of its log as a global error and fails everything after it until the
+    /// process restarts, and openraft stops the node on any storage error. A file system that
+    /// cannot be asked (it vanished) is left to the write itself to report.
+    pub fn refuse_when_disk_full(&self) -> Result<(), ClusterError> {
+        if self.min_free_disk == 0 {
+            return Ok(());
+        }
+        match muster_store::free_space(&self.data_dir) {
+            Ok(free) if free < self.min_free_disk => {
+                self.metrics.raft().writes_refused_disk_full.inc();
+                Err(ClusterError::DiskFull {
+                    node: self.id,
+                    free,
+                    reserve: self.min_free_disk,
+                })
+            }
+            _ => Ok(()),
         }
     }
 

@@ -378,6 +378,7 @@ enum ForwardError {
     Unavailable(String),
     Membership(String),
     Fatal(String),
+    DiskFull { node: u64, free: u64, reserve: u64 },
 }
 
 impl From<ClusterError> for ForwardError {
@@ -387,6 +388,15 @@ impl From<ClusterError> for ForwardError {
             ClusterError::NotLeader { leader } => ForwardError::NotLeader(leader),
             ClusterError::Unavailable(m) => ForwardError::Unavailable(m),
             ClusterError::Membership(m) => ForwardError::Membership(m),
+            ClusterError::DiskFull {
+                node,
+                free,
+                reserve,
+            } => ForwardError::DiskFull {
+                node,
+                free,
+                reserve,
+            },
             other @ (ClusterError::Store(_) | ClusterError::Fatal(_)) => {
                 ForwardError::Fatal(other.to_string())
             }
@@ -402,6 +412,15 @@ impl From<ForwardError> for ClusterError {
             ForwardError::Unavailable(m) => ClusterError::Unavailable(m),
             ForwardError::Membership(m) => ClusterError::Membership(m),
             ForwardError::Fatal(m) => ClusterError::Fatal(m),
+            ForwardError::DiskFull {
+                node,
+                free,
+                reserve,
+            } => ClusterError::DiskFull {
+                node,
+                free,
+                reserve,
+            },
         }
     }
 }

@@ -158,6 +158,7 @@ pub struct RaftMetrics {
     follower_lag: Family<Labels1, Gauge>,
     pub proposals_committed: Counter,
     pub proposals_failed: Counter,
+    pub writes_refused_disk_full: Counter,
     pub log_append: Histogram,
     pub snapshot_builds: Counter,
     pub snapshot_size: Gauge,
@@ -176,6 +177,7 @@ impl RaftMetrics {
             follower_lag: Family::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
+            writes_refused_disk_full: Counter::default(),
             log_append: latency(),
             snapshot_builds: Counter::default(),
             snapshot_size: Gauge::default(),
@@ -221,6 +223,11 @@ impl RaftMetrics {
             "muster_raft_proposals_failed",
             "Commands this node proposed as leader that were not committed (not leader, no quorum, timeout)",
             m.proposals_failed.clone(),
+        );
+        r.register(
+            "muster_raft_writes_refused_disk_full",
+            "Writes this node refused because its data directory had less free space than its reserve",
+            m.writes_refused_disk_full.clone(),
         );
         r.register_with_unit(
             "muster_raft_log_append_duration",

@@ -13,6 +13,12 @@
 //!
 //! The timeout is enforced in the socket wrapper ([`GuardedIo`]): a read that would wait past
 //! the deadline fails with `TimedOut`, and the server drops the connection.
+//!
+//! The same wrapper gives the answers hyper makes by itself a body: a request line or headers
+//! over hyper's limits (a URI over 64 KiB: 414; headers over ~400 KiB or more than 100 of them:
+//! 431) are refused by hyper before any route sees them, with an empty body. The wrapper keeps
+//! the first bytes of each request it reads and replaces such an empty refusal with the JSON
+//! error of the route's shape ([`muster_api::rest::refused_request`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +41,10 @@ use tokio::time::{Instant, Sleep};
 /// Bytes of the HTTP/2 client preface: a gRPC connection that has sent this many is past its
 /// header deadline.
 const H2_PREFACE_BYTES: u64 = 24;
+
+/// How much of each request's start a REST connection keeps: enough for the method and the
+/// path's first segments, which pick the shape of an error hyper answers by itself.
+const HEAD_KEPT: usize = 512;
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +98,12 @@ pub struct GuardedIo<T> {
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
+    /// REST: the first bytes of the request being read (see the module docs).
+    head: Vec<u8>,
+    /// An answer was written since `head` was filled: the next read starts the next request.
+    answered: bool,
+    /// REST: the JSON refusal written in place of hyper's empty one, and how much of it is out.
+    rewritten: Option<(Vec<u8>, usize)>,
 }
 
 impl<T> GuardedIo<T> {
@@ -101,6 +117,9 @@ impl<T> GuardedIo<T> {
             timeout,
             sleep,
             _permit: permit,
+            head: Vec::new(),
+            answered: false,
+            rewritten: None,
         }
     }
 
@@ -133,6 +152,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             Poll::Ready(r) => {
                 let n = (buf.filled().len() - before) as u64;
                 self.activity.read_bytes.fetch_add(n, Ordering::Relaxed);
+                if matches!(self.mode, Mode::Requests) && n > 0 {
+                    let me = &mut *self;
+                    if me.answered {
+                        me.answered = false;
+                        me.head.clear();
+                    }
+                    let room = HEAD_KEPT.saturating_sub(me.head.len());
+                    let new = &buf.filled()[before..];
+                    me.head.extend_from_slice(&new[..new.len().min(room)]);
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -154,12 +183,79 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     }
 }
 
+/// hyper's own refusal of a request it could not read (status 414 or 431, no body): the whole
+/// answer's head, as hyper writes it in one piece.
+fn hyper_refusal(buf: &[u8]) -> Option<u16> {
+    let status = match buf.get(..13)? {
+        b"HTTP/1.1 414 " | b"HTTP/1.0 414 " => 414,
+        b"HTTP/1.1 431 " | b"HTTP/1.0 431 " => 431,
+        _ => return None,
+    };
+    let text = std::str::from_utf8(buf).ok()?.to_ascii_lowercase();
+    (text.ends_with("\r\n\r\n")
+        && text.contains("\r\ncontent-length: 0\r\n")
+        && !text.contains("\r\ncontent-type:"))
+    .then_some(status)
+}
+
+/// The path of a request line's start (`GET /jobs/v2/x?... HTTP/1.1`), as far as it was read.
+fn request_path(head: &[u8]) -> String {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let target = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
+    let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+    String::from_utf8_lossy(path).into_owned()
+}
+
+impl<T: AsyncWrite + Unpin> GuardedIo<T> {
+    /// Writes what is left of a rewritten refusal; `Ready(Ok)` once it is all out.
+    fn drain_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.rewritten {
+            if *done >= bytes.len() {
+                self.rewritten = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes the write of `buf` in place of hyper when it is hyper's empty refusal (see the
+    /// module docs): the JSON one is queued instead and `buf` counts as written.
+    fn rewrite(&mut self, buf: &[u8]) -> bool {
+        if !matches!(self.mode, Mode::Requests) || self.rewritten.is_some() {
+            return false;
+        }
+        let Some(status) = hyper_refusal(buf) else {
+            return false;
+        };
+        let path = request_path(&self.head);
+        self.rewritten = Some((muster_api::rest::refused_request(status, &path), 0));
+        true
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.drain_rewritten(cx))?;
+        self.answered = true;
+        if self.rewrite(buf) {
+            // `buf` is taken; what is left of the rewrite goes out on the next write or flush.
+            if let Poll::Ready(Err(e)) = self.drain_rewritten(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             // The tail of an answer is still being written: a slow reader is not idle.
@@ -173,6 +269,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.drain_rewritten(cx))?;
+        self.answered = true;
+        // hyper's refusal is one buffer (a head with no body).
+        if let [only] = bufs {
+            if self.rewrite(only) {
+                if let Poll::Ready(Err(e)) = self.drain_rewritten(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(only.len()));
+            }
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.mark_idle();
@@ -185,10 +292,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.drain_rewritten(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.drain_rewritten(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -91,6 +91,10 @@ pub struct NodeConfig {
     /// its previous answer was written; a gRPC connection must send its first bytes within it.
     /// A connection past it is closed.
     pub header_timeout_ms: u64,
+    /// Writes are refused (507 / `RESOURCE_EXHAUSTED`) while the data directory's file system
+    /// has less than this many MiB free, so a full disk never fails a write half-way; reads go
+    /// on, and writes resume once space is freed. 0 turns the check off.
+    pub min_free_disk_mib: u64,
     /// How long finished jobs keep their device detail and themselves (`[retention]`, see
     /// [`RetentionConfig`]); default: keep forever.
     pub retention: RetentionConfig,
@@ -124,6 +128,7 @@ impl Default for NodeConfig {
             otlp_endpoint: None,
             max_connections: 4096,
             header_timeout_ms: 10_000,
+            min_free_disk_mib: muster_cluster::DEFAULT_MIN_FREE_DISK / (1024 * 1024),
             retention: RetentionConfig::default(),
         }
     }
@@ -359,6 +364,7 @@ pub async fn run(
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
+    ccfg.min_free_disk = cfg.min_free_disk_mib.saturating_mul(1024 * 1024);
     ccfg.peer_tls = listeners.tls.peer.clone();
     // One registry per node, handed down through the cluster handle (not a process global:
     // the benches run three nodes in one process).

@@ -31,6 +31,7 @@ mod backfill;
 pub mod chain;
 mod codec;
 pub mod cold;
+pub mod crashpoint;
 mod error;
 mod event_index;
 mod flush;
@@ -67,6 +68,11 @@ fn cache_bytes() -> u64 {
         .filter(|m| *m > 0)
         .unwrap_or(1024)
         .saturating_mul(1024 * 1024)
+}
+
+/// Bytes the file system holding `dir` has free for this process (statvfs' available blocks).
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    fs2::available_space(dir)
 }
 
 /// Entry point: opens a data directory.

@@ -199,6 +199,10 @@ pub(crate) fn cluster_status(e: ClusterError) -> Status {
             Status::unavailable(e.to_string())
         }
         ClusterError::Membership(message) => Status::failed_precondition(message),
+        e @ ClusterError::DiskFull { .. } => {
+            tracing::warn!("write refused: {e}");
+            Status::resource_exhausted(e.to_string())
+        }
         e @ (ClusterError::Store(_) | ClusterError::Fatal(_)) => {
             tracing::error!("gRPC request failed: {e}");
             Status::internal("internal error on the server; the server log has the details")

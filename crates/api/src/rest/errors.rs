@@ -105,11 +105,19 @@ pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
         None => from_status(status),
     };
     let (mut parts, _) = resp.into_parts();
+    let body = render(shape, &err, &mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The JSON error body of `shape` for `err`; sets the content type and the shape's error-code
+/// header in `headers`.
+fn render(shape: Shape, err: &ApiError, headers: &mut axum::http::HeaderMap) -> String {
     let body = match shape {
         Shape::Hub => {
             let code = hub_code(err.code);
             if let Ok(v) = HeaderValue::from_str(code) {
-                parts.headers.insert(HUB_ERROR_CODE, v);
+                headers.insert(HUB_ERROR_CODE, v);
             }
             json!({
                 "Message": format!("ErrorCode:{code};{}", err.message),
@@ -122,7 +130,7 @@ pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
         }
         Shape::Central => {
             if let Ok(v) = HeaderValue::from_str(err.code) {
-                parts.headers.insert(CENTRAL_ERROR_CODE, v);
+                headers.insert(CENTRAL_ERROR_CODE, v);
             }
             json!({"error": {
             "code": err.code,
@@ -133,12 +141,39 @@ pub(crate) async fn shape_errors(req: Request, next: Next) -> Response {
         }
         Shape::Muster => err.body(),
     };
-    parts.headers.insert(
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body.to_string()))
+    body.to_string()
+}
+
+/// A complete HTTP/1.1 error response (head and JSON body, `Connection: close`) for a request
+/// the HTTP server refused before any route saw it, such as a URI (414) or headers (431) over
+/// hyper's limits: hyper answers those with an empty body by itself, and the node's socket
+/// wrapper puts this in its place. `path` is the start of the refused request's path, as far as
+/// it was read, to pick the shape; the status' reason phrase is hyper's.
+pub fn refused_request(status: u16, path: &str) -> Vec<u8> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut headers = axum::http::HeaderMap::new();
+    let body = render(Shape::of(path), &from_status(status), &mut headers);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// A random request id in UUID form (IoT Central's `requestId`, IoT Hub's tracking id), so a
@@ -276,6 +311,10 @@ pub(crate) fn cluster_error(e: ClusterError, codes: Codes) -> ApiError {
             )
         }
         ClusterError::Membership(message) => ApiError::new(409, "InvalidMembershipChange", message),
+        e @ ClusterError::DiskFull { .. } => {
+            tracing::warn!("write refused: {e}");
+            ApiError::new(507, "InsufficientStorage", e.to_string())
+        }
         ClusterError::Store(err) => internal(&err),
         ClusterError::Fatal(detail) => internal(&detail),
     }
@@ -311,6 +350,14 @@ fn from_status(status: StatusCode) -> ApiError {
             "send the body as JSON with Content-Type: application/json",
         ),
         StatusCode::REQUEST_TIMEOUT => ("RequestTimeout", "the request took too long; retry"),
+        StatusCode::URI_TOO_LONG => (
+            "UriTooLong",
+            "the request's URI (path and query) is too long; send a shorter one",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "RequestHeaderFieldsTooLarge",
+            "the request's headers are too large; send fewer or shorter ones",
+        ),
         s if s.is_server_error() => (
             "InternalError",
             "the server failed to handle the request; retry later",

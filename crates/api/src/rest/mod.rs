@@ -28,6 +28,7 @@ mod query;
 mod tokens;
 
 pub use console::Stop;
+pub use errors::refused_request;
 pub use guard::RouteAccess;
 
 use std::collections::BTreeMap;
@@ -191,6 +192,11 @@ async fn readyz(State(app): State<App>) -> Response {
             "this node's Raft core has stopped and it cannot serve; it is exiting (restart it, and see its log for why)",
         )
         .into_response();
+    }
+    // Reads would still be served, but every write would answer 507: out of rotation until an
+    // operator frees space (healthz stays 200, so a supervisor does not restart it for this).
+    if let Err(e) = app.cluster.refuse_when_disk_full() {
+        return ApiError::new(503, "NotReady", e.to_string()).into_response();
     }
     // Credentials are created by the first leader right after it is elected: until this node
     // has applied them it could only answer 401, so it is not ready yet.

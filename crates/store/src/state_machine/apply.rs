@@ -138,6 +138,7 @@ pub(super) fn apply_entries(
         }
         writer.finish()
     })?;
+    crate::crashpoint::hit(crate::crashpoint::APPLY_EVENTS_WRITTEN, &shared.meta);
     // Like the events: before the metadata that lets readers see them.
     index.write(&shared.index)?;
 
@@ -257,6 +258,7 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
             let handle = self.scope.spawn(move || {
                 for chunk in chunks {
                     events.apply_batch(chunk)?;
+                    crate::crashpoint::hit(crate::crashpoint::APPLY_CHUNK_WRITTEN, events);
                 }
                 Ok(())
             });

@@ -177,7 +177,9 @@ fn store_snapshot(
         let _ = std::fs::remove_file(tmp);
         return Ok(false);
     }
+    crate::crashpoint::hit(crate::crashpoint::SNAPSHOT_BUILT, &shared.meta);
     publish(&shared.snapshot_dir, tmp, file)?;
+    crate::crashpoint::hit(crate::crashpoint::SNAPSHOT_PUBLISHED, &shared.meta);
     let mut batch = sled::Batch::default();
     batch.insert(SNAPSHOT_META, to_json(meta)?);
     batch.insert(SNAPSHOT_FILE, file.as_bytes());
@@ -356,6 +358,7 @@ pub(super) fn install_snapshot(
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
     file.sync_all()?;
+    crate::crashpoint::hit(crate::crashpoint::INSTALL_TREES_LOADED, &shared.meta);
 
     let last_seq = header.last_seq;
     let first_seq_available = last_seq + 1;
@@ -388,6 +391,7 @@ pub(super) fn install_snapshot(
         })
         .map_err(sled_tx_error)?;
     shared.flusher.flush_blocking()?;
+    crate::crashpoint::hit(crate::crashpoint::INSTALL_META_WRITTEN, &shared.meta);
 
     let old = std::mem::replace(
         &mut *guard,
