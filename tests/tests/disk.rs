@@ -92,7 +92,8 @@ async fn a_full_disk_refuses_writes_with_507_serves_reads_and_recovers_without_a
     let mut server = Server::start_with(dir.path(), &["--min-free-disk-mib", "16"]).unwrap();
     server.wait_ready().await.unwrap();
     let c = server.http_client().unwrap();
-    let url = |path: &str, version: &str| format!("{}{path}?{version}", server.rest);
+    let rest = server.rest.clone();
+    let url = move |path: &str, version: &str| format!("{rest}{path}?{version}");
 
     let (s, b, _) = call(c.put(url("/devices/before", HUB)).json(&json!({}))).await;
     assert_eq!(s, 200, "{b}");
