@@ -313,7 +313,13 @@ async fn overlong_uris_and_headers_answer_json_in_the_routes_shape() {
         match shape {
             "hub" => {
                 assert!(body.get("ExceptionMessage").is_some(), "{what}: {body}");
-                assert!(head.contains(&format!("iothub-errorcode: {}", want_code.to_ascii_lowercase())), "{what}: {head}");
+                assert!(
+                    head.contains(&format!(
+                        "iothub-errorcode: {}",
+                        want_code.to_ascii_lowercase()
+                    )),
+                    "{what}: {head}"
+                );
             }
             "central" => {
                 assert!(body["error"]["requestId"].is_string(), "{what}: {body}");
@@ -322,7 +328,10 @@ async fn overlong_uris_and_headers_answer_json_in_the_routes_shape() {
             _ => assert!(body["error"].get("requestId").is_none(), "{what}: {body}"),
         }
         assert_eq!(code, want_code, "{what}: {body}");
-        assert!(message.contains("too long") || message.contains("too large"), "{what}: {message}");
+        assert!(
+            message.contains("too long") || message.contains("too large"),
+            "{what}: {message}"
+        );
     }
     assert!(healthz(&reqwest::Client::new(), &server.rest).await);
 }

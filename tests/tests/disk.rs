@@ -127,7 +127,10 @@ async fn a_full_disk_refuses_writes_with_507_serves_reads_and_recovers_without_a
     .await;
     assert_eq!(s, 507, "{b}");
     assert_eq!(error_of(&b).unwrap().0, "InsufficientStorage");
-    assert!(b["error"]["requestId"].is_string(), "IoT Central's shape: {b}");
+    assert!(
+        b["error"]["requestId"].is_string(),
+        "IoT Central's shape: {b}"
+    );
     assert_eq!(h["x-ms-error-code"], "InsufficientStorage");
     // gRPC: RESOURCE_EXHAUSTED.
     let mut devices = DeviceServiceClient::new(server.channel().await.unwrap());

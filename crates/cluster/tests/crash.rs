@@ -140,13 +140,20 @@ async fn child_recover() {
         let records = reader
             .read_records(*first, (last - first + 1) as usize)
             .unwrap();
-        assert_eq!(records.len(), BATCH, "batch {batch}: events {first}..={last}");
+        assert_eq!(
+            records.len(),
+            BATCH,
+            "batch {batch}: events {first}..={last}"
+        );
         for (i, r) in records.iter().enumerate() {
             match &r.event {
                 Event::DeviceRegistered { device: d, .. } => {
                     assert_eq!(d.id, device(*batch, i), "seq {}", r.seq)
                 }
-                other => panic!("seq {}: {other:?} where batch {batch} was acknowledged", r.seq),
+                other => panic!(
+                    "seq {}: {other:?} where batch {batch} was acknowledged",
+                    r.seq
+                ),
             }
         }
     }
@@ -171,7 +178,10 @@ async fn child_recover() {
     let devices = reader.read(|s| s.registry.devices.len());
     assert_eq!(devices, seen.len(), "the state and the log disagree");
     for batch in acks.keys() {
-        assert!(per_batch.contains_key(batch), "acknowledged batch {batch} lost");
+        assert!(
+            per_batch.contains_key(batch),
+            "acknowledged batch {batch} lost"
+        );
     }
     // The node takes writes again.
     let next = per_batch.keys().max().map_or(0, |b| b + 1);
@@ -212,7 +222,10 @@ fn crash_and_recover(point: &str, nth: u32, snapshot_after: u64) {
         crashed.status
     );
     let acked = read_acks(dir.path()).len();
-    assert!(acked >= 1 || nth == 1, "nothing was acknowledged before the crash");
+    assert!(
+        acked >= 1 || nth == 1,
+        "nothing was acknowledged before the crash"
+    );
 
     let recovered = run_child("child_recover", &spec, dir.path());
     let stdout = String::from_utf8_lossy(&recovered.stdout);
