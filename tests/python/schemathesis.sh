@@ -56,6 +56,8 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 curl -sf "http://$HTTP/readyz" >/dev/null
+# The node writes its administrator's credential right after the cluster's first election.
+for _ in $(seq 1 600); do [ -s "$DATA/admin.credential" ] && break; sleep 0.1; done
 
 TOKEN=$(MUSTER_TOKEN=@$DATA/admin.credential "$BIN" auth sign --expires-in 2h)
 curl -sf -H "Authorization: $TOKEN" "http://$HTTP/openapi.json" >"$WORK/openapi.json"

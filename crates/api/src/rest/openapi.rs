@@ -402,8 +402,51 @@ fn param(p: P) -> Value {
     json!({"name": name, "in": place, "required": required, "schema": schema, "description": description})
 }
 
+/// The request bodies among [`schemas`].
+const BODIES: &[&str] = &[
+    "CentralJob",
+    "CentralDeviceGroup",
+    "CentralDevice",
+    "CentralCommand",
+    "ApiToken",
+    "HubJob",
+    "HubMethod",
+    "HubTwin",
+    "HubDevice",
+    "HubQuery",
+];
+
 /// The component schemas: bodies as the parsers read them, errors as each shape writes them.
 fn schemas() -> Value {
+    let mut all = shapes();
+    for name in BODIES {
+        if let Some(body) = all.get_mut(*name) {
+            nullable_optionals(body);
+        }
+    }
+    all
+}
+
+/// The body readers take `null` for an optional field as its absence (`json::Fields::get`), as
+/// Azure's services do; the schema says so, or a client generated from it could not send it.
+fn nullable_optionals(schema: &mut Value) {
+    let required: Vec<Value> = schema["required"].as_array().cloned().unwrap_or_default();
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        for (name, prop) in props.iter_mut() {
+            nullable_optionals(prop);
+            if !required.contains(&Value::String(name.clone())) {
+                if let Value::Object(p) = prop {
+                    p.insert("nullable".into(), Value::Bool(true));
+                }
+            }
+        }
+    }
+    if let Some(items) = schema.get_mut("items") {
+        nullable_optionals(items);
+    }
+}
+
+fn shapes() -> Value {
     let text = |max: u64| json!({"type": "string", "maxLength": max});
     let size = json!({
         "type": "object",
@@ -424,7 +467,15 @@ fn schemas() -> Value {
             "required": ["value"],
             "properties": {"value": {"type": "array", "items": {}}, "nextLink": {"type": "string"}},
         },
-        "HubJobPage": {"type": "array", "items": {"type": "object"}},
+        "HubJobPage": {
+            "type": "object",
+            "required": ["type", "items"],
+            "properties": {
+                "type": {"type": "string", "enum": ["jobResponse"]},
+                "items": {"type": "array", "items": {"type": "object"}},
+                "continuationToken": {"type": "string"},
+            },
+        },
         "CentralJob": {
             "type": "object",
             "required": ["group", "data"],
@@ -503,8 +554,8 @@ fn schemas() -> Value {
             "properties": {
                 "jobId": {"type": "string"},
                 "type": {"type": "string", "enum": ["scheduleDeviceMethod", "scheduleUpdateTwin", "scheduleDirectRequest", "scheduleTwinUpdate"]},
-                "cloudToDeviceMethod": {"$ref": "#/components/schemas/HubMethod"},
-                "updateTwin": {"$ref": "#/components/schemas/HubTwin"},
+                "cloudToDeviceMethod": {"allOf": [{"$ref": "#/components/schemas/HubMethod"}]},
+                "updateTwin": {"allOf": [{"$ref": "#/components/schemas/HubTwin"}]},
                 "queryCondition": {"type": "string"},
                 "deviceIds": {"type": "array", "items": {"type": "string"}},
                 "startTime": {"type": "string", "format": "date-time"},
