@@ -399,7 +399,12 @@ fn param(p: P) -> Value {
         MaxItemCount => ("x-ms-max-item-count", "header", false, int(1, None), "page size"),
         Continuation => ("x-ms-continuation", "header", false, string, "the token from the previous page's x-ms-continuation header"),
     };
-    json!({"name": name, "in": place, "required": required, "schema": schema, "description": description})
+    let mut p = json!({"name": name, "in": place, "required": required, "schema": schema, "description": description});
+    if place == "query" && !required {
+        // An empty value is read as an absent one (`?top=` is the default page).
+        p["allowEmptyValue"] = Value::Bool(true);
+    }
+    p
 }
 
 /// The request bodies among [`schemas`].
@@ -437,6 +442,10 @@ fn nullable_optionals(schema: &mut Value) {
             if !required.contains(&Value::String(name.clone())) {
                 if let Value::Object(p) = prop {
                     p.insert("nullable".into(), Value::Bool(true));
+                    // OpenAPI 3.0.3: an enum admits null only when it lists it.
+                    if let Some(Value::Array(e)) = p.get_mut("enum") {
+                        e.push(Value::Null);
+                    }
                 }
             }
         }
