@@ -13,12 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-BIN=${BIN:-target/debug/muster}
+BIN=$(realpath "${BIN:-target/debug/muster}")
 CASES=${CASES:-50}
 SEED=${SEED:-18}
 VENV=${VENV:-$PWD/target/schemathesis-venv}
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
-REPORT_DIR=${REPORT_DIR:-$PWD/target/schemathesis}
+REPORT_DIR=$(realpath -m "${REPORT_DIR:-$PWD/target/schemathesis}")
 MQTT_PORT=${MQTT_PORT:-18844}
 WORK=$(mktemp -d /tmp/schemathesis.XXXXXX)
 DATA=$WORK/data
@@ -67,7 +67,8 @@ mkdir -p "$REPORT_DIR"
 # every schema-valid body to succeed, but a job also needs an existing group, a twin patch an
 # existing device, and so on, which a schema cannot say.
 status=0
-"$VENV/bin/schemathesis" run "$WORK/openapi.json" \
+# From $WORK, so schemathesis' own cache (.schemathesis/) stays out of the checkout.
+(cd "$WORK" && "$VENV/bin/schemathesis" run "$WORK/openapi.json" \
   --url "http://$HTTP" \
   -H "Authorization: $TOKEN" \
   --checks all \
@@ -79,7 +80,7 @@ status=0
   --request-timeout 20 \
   --suppress-health-check all \
   --report junit,ndjson --report-dir "$REPORT_DIR" \
-  "$@" || status=$?
+  "$@") || status=$?
 
 if grep -q 'panicked' "$WORK/node.log"; then
   echo "the node panicked during the run:" >&2
