@@ -941,6 +941,22 @@ impl SdkNode {
     }
 }
 
+/// A route template (`/api/jobs/{id}`) with each parameter filled in with `x1`.
+pub fn concrete(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('}') else {
+            break;
+        };
+        out.push_str("x1");
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The `(code, message)` of an error body in any of the three shapes the gateway answers in:
 /// IoT Hub's (`{"Message": "ErrorCode:CODE;message", "ExceptionMessage"}`), IoT Central's and
 /// muster's (`{"error": {"code", "message", ...}}`). `None` for anything else.

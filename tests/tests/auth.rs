@@ -10,8 +10,8 @@ use muster_domain::auth::sign;
 use muster_proto::pb;
 use muster_proto::pb::auth_service_client::AuthServiceClient;
 use muster_tests::{
-    admin_token, data_dir, grpc_channel, http, http_with, muster_cmd, wait_for, with_credential,
-    Server, TestCluster, TEST_ADMIN_KEY, TEST_HOST,
+    admin_token, concrete, data_dir, grpc_channel, http, http_with, muster_cmd, wait_for,
+    with_credential, Server, TestCluster, TEST_ADMIN_KEY, TEST_HOST,
 };
 use serde_json::Value;
 use tonic::Code;
@@ -23,20 +23,6 @@ fn unix_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// A route template with its parameters filled in.
-fn concrete(path: &str) -> String {
-    let mut out = String::new();
-    let mut rest = path;
-    while let Some(i) = rest.find('{') {
-        out.push_str(&rest[..i]);
-        let j = rest[i..].find('}').unwrap() + i;
-        out.push_str("x1");
-        rest = &rest[j + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Calls a gRPC method by path with an empty message, whatever its types: enough to see the

@@ -412,6 +412,7 @@ pub fn twin_patch_from_hub(body: &str) -> Result<(Option<Value>, Option<Value>),
     let mut allowed = TWIN_READ_ONLY.to_vec();
     allowed.extend(["tags", "properties"]);
     f.only(&allowed)?;
+    twin_ids(&f)?;
     let tags = match f.get("tags") {
         None => None,
         Some(t) => Some(object(t, "tags")?),
@@ -431,6 +432,15 @@ pub fn twin_patch_from_hub(body: &str) -> Result<(Option<Value>, Option<Value>),
     Ok((tags, desired))
 }
 
+/// `deviceId` and `etag` of a twin body are ignored (the URL and `If-Match` decide) but must
+/// still be strings, as a job's `updateTwin` checks them: a schema-driven fuzz run found an
+/// `"etag": {}` accepted.
+fn twin_ids(f: &Fields<'_>) -> Result<(), ApiError> {
+    f.str_opt("deviceId")?;
+    f.str_opt("etag")?;
+    Ok(())
+}
+
 /// Reads a `PUT /twins/{id}` body into the whole new `(tags, desired)`: what is left out becomes
 /// empty, as IoT Hub's replace does. `properties.reported` (a GET body sent back) is ignored:
 /// the device owns it.
@@ -440,6 +450,7 @@ pub fn twin_replace_from_hub(body: &str) -> Result<(Value, Value), ApiError> {
     let mut allowed = TWIN_READ_ONLY.to_vec();
     allowed.extend(["tags", "properties"]);
     f.only(&allowed)?;
+    twin_ids(&f)?;
     let tags = match f.get("tags") {
         None => Value::Object(Map::new()),
         Some(t) => object(t, "tags")?,

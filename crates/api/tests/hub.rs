@@ -695,6 +695,24 @@ fn twins() {
     assert_eq!(desired, Some(json!({"fw": "2"})));
 }
 
+/// Found by the schemathesis run: ignored read-only fields still have a type.
+#[test]
+fn twin_bodies_refuse_an_etag_or_device_id_that_is_not_a_string() {
+    for body in [
+        r#"{"etag": {}, "tags": {"a": 1}}"#,
+        r#"{"deviceId": 7, "tags": {"a": 1}}"#,
+    ] {
+        let field = if body.contains("etag") {
+            "etag"
+        } else {
+            "deviceId"
+        };
+        assert_field(&twin_patch_from_hub(body).unwrap_err(), field);
+        assert_field(&twin_replace_from_hub(body).unwrap_err(), field);
+    }
+    assert!(twin_replace_from_hub(r#"{"etag": "AAAA", "deviceId": null, "tags": {}}"#).is_ok());
+}
+
 #[test]
 fn twin_patches() {
     let (tags, desired) =

@@ -6,6 +6,8 @@
 //! * `GET /healthz` (the process answers) and `GET /readyz` (a leader is known: writes and
 //!   linearizable reads can be served).
 //! * `GET /metrics`: the node's Prometheus metrics (`cluster.read`), see [`measure`].
+//! * `GET /openapi.json`: an OpenAPI 3.0 description of all of the above, built from the same
+//!   route table as the router (see [`openapi`]); any valid credential may read it.
 //!
 //! Every handler is a thin translation: check `api-version`, check the ids in the path, parse
 //! the body with the pure mappings in [`crate::central`] / [`crate::hub`], then either propose
@@ -24,6 +26,7 @@ mod guard;
 mod hub;
 mod measure;
 mod methods;
+mod openapi;
 mod query;
 mod tokens;
 
@@ -60,6 +63,11 @@ fn routes() -> guard::Routes {
             "/metrics",
             Access::Need(muster_domain::auth::Permission::ClusterRead),
             measure::metrics,
+        )
+        .get(
+            "/openapi.json",
+            Access::Need(muster_domain::auth::Permission::Authenticated),
+            openapi::document,
         )
         .merge(central::routes())
         .merge(hub::routes())
@@ -222,7 +230,7 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
         404,
         "NotFound",
         format!(
-            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins, /devices/query (IoT Hub), /healthz, /readyz and /metrics",
+            "no route {method} {}; the routes are /api/jobs, /api/deviceGroups, /api/devices (IoT Central), /jobs/v2, /twins, /devices/query (IoT Hub), /healthz, /readyz and /metrics; GET /openapi.json describes them all",
             crate::json::quote(uri.path()).trim_matches('"')
         ),
     )
