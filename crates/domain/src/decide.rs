@@ -796,12 +796,12 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
             // because of an unrelated change, so alike devices are treated alike.
             .filter(|d| {
                 !j.runs.iter().any(|r| r.has_device(&d.id))
-                    && q.matches(&d.twin_document())
+                    && q.matches(&d.query_document(q.names_metadata()))
                     && !state
                         .registry
                         .devices
                         .get(&d.id)
-                        .is_some_and(|before| q.matches(&before.twin_document()))
+                        .is_some_and(|before| q.matches(&before.query_document(q.names_metadata())))
             })
             .map(|d| d.id.clone())
             .collect();

@@ -170,7 +170,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                 .devices
                 .range(after(token))
                 .map(|(_, d)| d)
-                .filter(|d| query.matches(&d.twin_document()));
+                .filter(|d| query.matches(&d.query_document(query.names_metadata())));
             let (page, more) = take_page(matching, size);
             let ids: Vec<String> = page.iter().map(|d| d.id.to_string()).collect();
             let devices: Vec<pb::Device> = if req.ids_only {
