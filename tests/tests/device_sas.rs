@@ -323,7 +323,14 @@ async fn devices_log_in_to_the_dev_broker_with_their_sas_keys() {
             .await
             .is_err()
     );
-    put_device(&c, &dev.rest, "dev-sas-1", true, json!({"status": "disabled"})).await;
+    put_device(
+        &c,
+        &dev.rest,
+        "dev-sas-1",
+        true,
+        json!({"status": "disabled"}),
+    )
+    .await;
     let fresh = device_token(HOST, "dev-sas-1", NEW_PRIMARY, 3600);
     assert!(
         device_connect(&broker, "dev-sas-1", HOST, "dev-sas-1", &fresh)

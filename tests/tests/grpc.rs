@@ -922,7 +922,10 @@ async fn devices_groups_health_and_reflection() {
         .unwrap()
         .into_inner();
     assert_eq!(g.display_name, "Building 43");
-    assert_eq!((g.description.as_str(), g.etag.as_str()), ("the east wing", "1"));
+    assert_eq!(
+        (g.description.as_str(), g.etag.as_str()),
+        ("the east wing", "1")
+    );
     // Without a description a save keeps it; with a stale etag it is refused and changes
     // nothing; with the current one it saves and the etag moves on.
     let resaved = groups

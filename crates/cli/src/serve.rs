@@ -134,7 +134,11 @@ pub struct ServeArgs {
     mqtt_password_file: Option<PathBuf>,
     /// Devices log in here with their IoT Hub SAS tokens (`device_gateway.listen`, `HOST:PORT`):
     /// muster checks each CONNECT and forwards it to the broker under the device's derived login.
-    #[arg(long, value_name = "HOST:PORT", requires = "device_gateway_secret_file")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "device_gateway_secret_file"
+    )]
     #[serde(skip)]
     device_gateway_addr: Option<String>,
     /// The fleet secret of `muster device credentials` (`device_gateway.fleet_secret_file`).
@@ -301,7 +305,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         d.password = None;
         d.password_file.clone_from(&args.mqtt_password_file);
     }
-    if let (Some(listen), Some(file)) = (&args.device_gateway_addr, &args.device_gateway_secret_file)
+    if let (Some(listen), Some(file)) =
+        (&args.device_gateway_addr, &args.device_gateway_secret_file)
     {
         let max = cfg.device_gateway.as_ref().map(|g| g.max_connections);
         cfg.device_gateway = Some(muster_node::gateway::GatewayConfig {

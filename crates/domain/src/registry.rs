@@ -351,11 +351,23 @@ impl Device {
         let mut props = Map::new();
         props.insert(
             "desired".into(),
-            section(&self.desired, &self.desired_meta, self.desired_version, true, created),
+            section(
+                &self.desired,
+                &self.desired_meta,
+                self.desired_version,
+                true,
+                created,
+            ),
         );
         props.insert(
             "reported".into(),
-            section(&self.reported, &self.reported_meta, self.reported_version, false, created),
+            section(
+                &self.reported,
+                &self.reported_meta,
+                self.reported_version,
+                false,
+                created,
+            ),
         );
         Value::Object(props)
     }
@@ -611,16 +623,34 @@ mod tests {
             tags: json!({}),
         };
         let mut d = Device::new(&reg, Timestamp(5));
-        d.patch(TwinSection::Desired, &json!({"fw": "2"}), Timestamp(86_400_000));
-        d.patch(TwinSection::Desired, &json!({"mode": "eco"}), Timestamp(2 * 86_400_000));
-        d.patch(TwinSection::Reported, &json!({"fw": "1"}), Timestamp(3 * 86_400_000));
+        d.patch(
+            TwinSection::Desired,
+            &json!({"fw": "2"}),
+            Timestamp(86_400_000),
+        );
+        d.patch(
+            TwinSection::Desired,
+            &json!({"mode": "eco"}),
+            Timestamp(2 * 86_400_000),
+        );
+        d.patch(
+            TwinSection::Reported,
+            &json!({"fw": "1"}),
+            Timestamp(3 * 86_400_000),
+        );
         let q = |w: &str| Query::parse(&format!("SELECT * FROM devices WHERE {w}")).expect(w);
         for (w, want) in [
             ("properties.desired.$version = 2", true),
             ("properties.desired.$version = 1", false),
             ("properties.reported.$version = 1", true),
-            ("properties.desired.$metadata.fw.$lastUpdatedVersion = 1", true),
-            ("properties.desired.$metadata.mode.$lastUpdatedVersion = 2", true),
+            (
+                "properties.desired.$metadata.fw.$lastUpdatedVersion = 1",
+                true,
+            ),
+            (
+                "properties.desired.$metadata.mode.$lastUpdatedVersion = 2",
+                true,
+            ),
             (
                 "properties.desired.$metadata.fw.$lastUpdated = '1970-01-02T00:00:00.000Z'",
                 true,

@@ -79,7 +79,7 @@ pub fn start_broker(cfg: &DevConfig) -> Result<DevBroker, NodeError> {
         &[dispatcher.clone(), fleet.clone()],
         Some(cfg.device_auth.clone()),
     )
-        .map_err(|e| NodeError::Io(e.to_string()))?;
+    .map_err(|e| NodeError::Io(e.to_string()))?;
     Ok(DevBroker {
         broker,
         dispatcher,

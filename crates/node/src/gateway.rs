@@ -149,9 +149,10 @@ impl Shared {
         };
         let client_id = String::from_utf8_lossy(&connect.client_id).into_owned();
         let now_ms = now().millis();
-        let verdict = self.cluster.reader().read(|s| {
-            authenticate_device(&s.registry, &client_id, &user, &password, now_ms)
-        });
+        let verdict = self
+            .cluster
+            .reader()
+            .read(|s| authenticate_device(&s.registry, &client_id, &user, &password, now_ms));
         let id = match verdict {
             Ok(id) => id,
             Err(why) => {
@@ -164,7 +165,10 @@ impl Shared {
             .brokers
             .get(muster_dispatch::protocol::broker_index(id.as_str(), n))
             .ok_or("no broker configured")?;
-        let login = connect.with_login(id.as_str(), self.secret.device_password(id.as_str()).expose());
+        let login = connect.with_login(
+            id.as_str(),
+            self.secret.device_password(id.as_str()).expose(),
+        );
         let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
             .await
             .map_err(|e| format!("broker {}: {e}", broker.url))?;
@@ -256,7 +260,9 @@ impl Connect {
         let name = r.field()?;
         let level = r.byte()?;
         if name != b"MQTT" || level != 4 {
-            return Err(Refusal::Protocol("only MQTT 3.1.1 is served (as by IoT Hub)"));
+            return Err(Refusal::Protocol(
+                "only MQTT 3.1.1 is served (as by IoT Hub)",
+            ));
         }
         let flags = r.byte()?;
         if flags & 1 != 0 {

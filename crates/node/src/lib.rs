@@ -6,8 +6,8 @@
 //! or reads files; that is the binary's job.
 
 mod credentials;
-pub mod gateway;
 pub mod dev;
+pub mod gateway;
 pub mod guard;
 mod leader;
 mod retention;
@@ -319,12 +319,7 @@ pub fn check_exposure(cfg: &NodeConfig, listeners: &Listeners) -> Result<Vec<Str
     if let Some(g) = listeners.gateway_addr()? {
         api.push(("the device gateway", g));
     }
-    tls::check_exposure(
-        &listeners.tls,
-        &api,
-        &peers,
-        cfg.insecure,
-    )
+    tls::check_exposure(&listeners.tls, &api, &peers, cfg.insecure)
 }
 
 /// Runs a node until `shutdown` resolves, then stops serving (finishing requests in flight) and

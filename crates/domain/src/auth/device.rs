@@ -39,11 +39,13 @@ pub fn parse_device_user(user: &str) -> Result<(&str, &str), DeviceAuthFailure> 
     let bad = DeviceAuthFailure::Malformed;
     let path = user.split_once('?').map_or(user, |(p, _)| p);
     let path = path.strip_suffix('/').unwrap_or(path);
-    let (host, device) = path
-        .split_once('/')
-        .ok_or(bad("the user name is not {host}/{deviceId}/?api-version=..."))?;
+    let (host, device) = path.split_once('/').ok_or(bad(
+        "the user name is not {host}/{deviceId}/?api-version=...",
+    ))?;
     if host.is_empty() || device.is_empty() {
-        return Err(bad("the user name is not {host}/{deviceId}/?api-version=..."));
+        return Err(bad(
+            "the user name is not {host}/{deviceId}/?api-version=...",
+        ));
     }
     if device.contains('/') {
         return Err(bad("module identities are not supported"));
