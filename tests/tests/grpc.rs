@@ -951,7 +951,7 @@ async fn devices_groups_health_and_reflection() {
                 etag: "1".into(),
             })
             .await,
-        Code::FailedPrecondition,
+        Code::Aborted,
         "b43",
     );
     expect_code(
