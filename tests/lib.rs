@@ -727,6 +727,35 @@ pub async fn mqtt_connect(opts: rumqttc::MqttOptions) -> anyhow::Result<MqttClie
     })
 }
 
+/// A device SAS token for `id` on `host`, signed with `key` (base64), expiring `secs` from
+/// now (negative: already expired).
+pub fn device_token(host: &str, id: &str, key: &str, secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    muster_domain::auth::sign_device(host, id, key, now + secs).unwrap_or_default()
+}
+
+/// Logs in to the broker (or device gateway) at `addr` (`HOST:PORT`) as an Azure IoT device
+/// does: client id `client_id`, user name `{host}/{id}/?api-version=2021-04-12`, password
+/// `token`. Ok once the CONNACK accepted it.
+pub async fn device_connect(
+    addr: &str,
+    client_id: &str,
+    host: &str,
+    id: &str,
+    token: &str,
+) -> anyhow::Result<MqttClient> {
+    let (h, p) = addr
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{addr} is not HOST:PORT"))?;
+    let mut opts = rumqttc::MqttOptions::new(client_id, h, p.parse()?);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_credentials(muster_domain::auth::device_user(host, id), token);
+    mqtt_connect(opts).await
+}
+
 /// Runs `muster certs init --out OUT ARGS...` (for example `--node 1= --node 2= --client ops`)
 /// and fails with its output if it fails.
 pub fn certs_init(out: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -998,6 +1027,8 @@ pub struct DevServer {
     pub grpc: String,
     /// The administrator's token the banner prints (`export MUSTER_TOKEN='...'`).
     pub token: String,
+    /// `mqtt://127.0.0.1:PORT` of the embedded broker.
+    pub mqtt: String,
     log: PathBuf,
 }
 
@@ -1042,6 +1073,7 @@ impl DevServer {
             rest: String::new(),
             grpc: String::new(),
             token: String::new(),
+            mqtt: String::new(),
             log,
         };
         let deadline = std::time::Instant::now() + PATIENCE;
@@ -1058,6 +1090,8 @@ impl DevServer {
                     s.rest = v.to_string();
                 } else if let Some(v) = part.strip_prefix("grpc=") {
                     s.grpc = v.to_string();
+                } else if let Some(v) = part.strip_prefix("mqtt=") {
+                    s.mqtt = v.to_string();
                 }
             }
             if let Some(t) = line.trim().strip_prefix("export MUSTER_TOKEN='") {

@@ -915,16 +915,78 @@ async fn devices_groups_health_and_reflection() {
             group_id: "b43".into(),
             display_name: "Building 43".into(),
             query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+            description: Some("the east wing".into()),
+            etag: String::new(),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(g.display_name, "Building 43");
+    assert_eq!(
+        (g.description.as_str(), g.etag.as_str()),
+        ("the east wing", "1")
+    );
+    // Without a description a save keeps it; with a stale etag it is refused and changes
+    // nothing; with the current one it saves and the etag moves on.
+    let resaved = groups
+        .put_group(pb::PutGroupRequest {
+            group_id: "b43".into(),
+            display_name: "Building 43".into(),
+            query: "SELECT * FROM devices WHERE tags.site = 'b43'".into(),
+            description: None,
+            etag: "\"1\"".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resaved.description, "the east wing");
+    assert_eq!(resaved.etag, "2");
+    expect_code(
+        groups
+            .put_group(pb::PutGroupRequest {
+                group_id: "b43".into(),
+                display_name: "Changed".into(),
+                query: "SELECT * FROM devices".into(),
+                description: Some(String::new()),
+                etag: "1".into(),
+            })
+            .await,
+        Code::Aborted,
+        "b43",
+    );
+    expect_code(
+        groups
+            .put_group(pb::PutGroupRequest {
+                group_id: "b43".into(),
+                display_name: "Changed".into(),
+                query: "SELECT * FROM devices".into(),
+                description: None,
+                etag: "not-an-etag".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "etag",
+    );
+    expect_code(
+        groups
+            .put_group(pb::PutGroupRequest {
+                group_id: "b43".into(),
+                display_name: String::new(),
+                query: "SELECT * FROM devices".into(),
+                description: Some("x".repeat(5000)),
+                etag: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "description",
+    );
+    let g = resaved;
     groups
         .put_group(pb::PutGroupRequest {
             group_id: "all".into(),
             display_name: String::new(),
             query: "SELECT * FROM devices".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -964,6 +1026,7 @@ async fn devices_groups_health_and_reflection() {
                 group_id: "bad".into(),
                 display_name: String::new(),
                 query: "SELECT nonsense".into(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,

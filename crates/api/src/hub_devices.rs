@@ -26,7 +26,6 @@
 //! and `properties.desired` / `properties.reported` each with its `$metadata` (`$lastUpdated` per
 //! property, and `$lastUpdatedVersion` for desired ones) and `$version`.
 
-use muster_domain::registry::{META_UPDATED, META_VERSION};
 use muster_domain::{ConnectionState, Device, DeviceIdentity, DeviceKeys};
 use muster_types::{DeviceId, Timestamp};
 use serde_json::{Map, Value};
@@ -303,28 +302,7 @@ pub fn hub_twin_json(d: &Device) -> Value {
     let mut m = Map::new();
     d.twin_identity_fields(&mut m);
     m.insert("tags".into(), as_object(&d.tags));
-    let mut props = Map::new();
-    props.insert(
-        "desired".into(),
-        section(
-            &d.desired,
-            &d.desired_meta,
-            d.desired_version,
-            true,
-            d.registered_at,
-        ),
-    );
-    props.insert(
-        "reported".into(),
-        section(
-            &d.reported,
-            &d.reported_meta,
-            d.reported_version,
-            false,
-            d.registered_at,
-        ),
-    );
-    m.insert("properties".into(), Value::Object(props));
+    m.insert("properties".into(), d.twin_properties());
     m.insert("capabilities".into(), capabilities(d));
     Value::Object(m)
 }
@@ -333,48 +311,6 @@ fn as_object(v: &Value) -> Value {
     match v {
         Value::Object(_) => v.clone(),
         _ => Value::Object(Map::new()),
-    }
-}
-
-/// One properties section with its `$metadata` and `$version`. A section never written shows
-/// the registration time (and version 0 for desired ones), as a new IoT Hub twin does.
-fn section(props: &Value, meta: &Value, version: u64, desired: bool, created: Timestamp) -> Value {
-    let mut map = match props {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    let mut meta = render_meta(meta);
-    if let Value::Object(root) = &mut meta {
-        if !root.contains_key(META_UPDATED) {
-            root.insert(META_UPDATED.into(), Value::String(created.to_rfc3339()));
-        }
-        if desired && !root.contains_key(META_VERSION) {
-            root.insert(META_VERSION.into(), Value::from(version));
-        }
-    }
-    map.insert("$metadata".into(), meta);
-    map.insert("$version".into(), Value::from(version));
-    Value::Object(map)
-}
-
-/// The stored metadata tree with its times (ms) written as RFC 3339.
-fn render_meta(meta: &Value) -> Value {
-    match meta {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let v = match (k.as_str(), v) {
-                        (META_UPDATED, Value::Number(n)) => {
-                            Value::String(Timestamp(n.as_i64().unwrap_or_default()).to_rfc3339())
-                        }
-                        _ => render_meta(v),
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Null => Value::Object(Map::new()),
-        other => other.clone(),
     }
 }
 

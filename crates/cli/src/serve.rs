@@ -138,6 +138,19 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "mqtt_username")]
     #[serde(skip)]
     mqtt_password_file: Option<PathBuf>,
+    /// Devices log in here with their IoT Hub SAS tokens (`device_gateway.listen`, `HOST:PORT`):
+    /// muster checks each CONNECT and forwards it to the broker under the device's derived login.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "device_gateway_secret_file"
+    )]
+    #[serde(skip)]
+    device_gateway_addr: Option<String>,
+    /// The fleet secret of `muster device credentials` (`device_gateway.fleet_secret_file`).
+    #[arg(long, value_name = "FILE", requires = "device_gateway_addr")]
+    #[serde(skip)]
+    device_gateway_secret_file: Option<PathBuf>,
     /// Dev mode: data in a temporary directory (unless --data-dir), an embedded MQTT broker, and
     /// a registered simulated fleet.
     #[arg(long)]
@@ -297,6 +310,16 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if args.mqtt_password_file.is_some() {
         d.password = None;
         d.password_file.clone_from(&args.mqtt_password_file);
+    }
+    if let (Some(listen), Some(file)) =
+        (&args.device_gateway_addr, &args.device_gateway_secret_file)
+    {
+        let max = cfg.device_gateway.as_ref().map(|g| g.max_connections);
+        cfg.device_gateway = Some(muster_node::gateway::GatewayConfig {
+            listen: listen.clone(),
+            fleet_secret_file: file.clone(),
+            max_connections: max.unwrap_or(10_000),
+        });
     }
     if args.dev {
         let mut dev = cfg.dev.take().unwrap_or_default();
@@ -484,6 +507,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .peer_addr()?
         .map(|p| format!(" peer={p}"))
         .unwrap_or_default();
+    let gateway = listeners
+        .gateway_addr()?
+        .map(|g| format!(" devices={g}"))
+        .unwrap_or_default();
+    let peer = format!("{peer}{gateway}");
     let scheme = if listeners.tls.api.is_some() {
         "https"
     } else {

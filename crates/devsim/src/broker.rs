@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -42,6 +43,42 @@ impl EmbeddedBroker {
     }
 }
 
+/// Checks a device's login (client id, user name, password), e.g. its IoT Hub SAS token.
+pub type DeviceAuthFn = Arc<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
+
+/// Where the check of device logins goes once the node that can verify them is up: the broker
+/// starts before the node's state exists, so the check is handed in later; until then only the
+/// static logins get in.
+#[derive(Clone, Default)]
+pub struct DeviceAuthSlot(Arc<OnceLock<DeviceAuthFn>>);
+
+impl DeviceAuthSlot {
+    /// Installs the check (once; later calls are ignored).
+    pub fn set(&self, check: DeviceAuthFn) {
+        let _ = self.0.set(check);
+    }
+
+    fn check(&self, client_id: &str, user: &str, password: &str) -> bool {
+        self.0.get().is_some_and(|f| f(client_id, user, password))
+    }
+}
+
+impl std::fmt::Debug for DeviceAuthSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceAuthSlot(set: {})", self.0.get().is_some())
+    }
+}
+
+impl PartialEq for DeviceAuthSlot {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Largest publish the embedded broker accepts: a 128 KiB method payload plus topic and margin.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
@@ -50,6 +87,16 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub fn start_embedded(
     listen: SocketAddr,
     logins: &[(String, Secret)],
+) -> Result<EmbeddedBroker, DevsimError> {
+    start_embedded_with(listen, logins, None)
+}
+
+/// As [`start_embedded`], and clients that are none of `logins` are let in when `devices`
+/// accepts their login (rumqttd's auth hook, called on every CONNECT).
+pub fn start_embedded_with(
+    listen: SocketAddr,
+    logins: &[(String, Secret)],
+    devices: Option<DeviceAuthSlot>,
 ) -> Result<EmbeddedBroker, DevsimError> {
     if logins.is_empty() {
         return Err(DevsimError::Broker(
@@ -79,8 +126,17 @@ pub fn start_embedded(
             connection_timeout_ms: 60_000,
             max_payload_size: MAX_PAYLOAD_BYTES,
             max_inflight_count: 1000,
-            auth: Some(auth),
-            external_auth: None,
+            auth: devices.is_none().then(|| auth.clone()),
+            external_auth: devices.map(|slot| -> rumqttd::AuthHandler {
+                let auth = Arc::new(auth);
+                Arc::new(move |client_id: String, user: String, password: String| {
+                    let ok = match auth.get(&user) {
+                        Some(p) => ct_eq(p.as_bytes(), password.as_bytes()),
+                        None => slot.check(&client_id, &user, &password),
+                    };
+                    Box::pin(async move { ok })
+                })
+            }),
             dynamic_filters: true,
         },
     };

@@ -787,24 +787,23 @@ fn continuous_joins(state: &State, events: &[Event], at: Timestamp) -> Vec<Event
     for j in watching {
         let Some(q) = &j.watch else { continue };
         let run = j.current_run();
-        let joined: Vec<DeviceId> = changed
-            .values()
-            // A device any run has already had (for example one that succeeded before a rerun)
-            // does not join again: a rerun is only for the failed ones.
-            // Joining is edge-triggered: only a device that this command makes start matching
-            // joins. One that already matched (say, while the job had ended) does not join later
-            // because of an unrelated change, so alike devices are treated alike.
-            .filter(|d| {
-                !j.runs.iter().any(|r| r.has_device(&d.id))
-                    && q.matches(&d.twin_document())
-                    && !state
-                        .registry
-                        .devices
-                        .get(&d.id)
-                        .is_some_and(|before| q.matches(&before.twin_document()))
-            })
-            .map(|d| d.id.clone())
-            .collect();
+        let joined: Vec<DeviceId> =
+            changed
+                .values()
+                // A device any run has already had (for example one that succeeded before a rerun)
+                // does not join again: a rerun is only for the failed ones.
+                // Joining is edge-triggered: only a device that this command makes start matching
+                // joins. One that already matched (say, while the job had ended) does not join later
+                // because of an unrelated change, so alike devices are treated alike.
+                .filter(|d| {
+                    !j.runs.iter().any(|r| r.has_device(&d.id))
+                        && q.matches(&d.query_document(q.names_metadata()))
+                        && !state.registry.devices.get(&d.id).is_some_and(|before| {
+                            q.matches(&before.query_document(q.names_metadata()))
+                        })
+                })
+                .map(|d| d.id.clone())
+                .collect();
         if joined.is_empty() {
             continue;
         }

@@ -342,11 +342,54 @@ impl Device {
         m.insert("version".into(), Value::from(self.version));
     }
 
+    /// The twin's `properties` as `GET /twins/{id}` renders them: `desired` and `reported`,
+    /// each with its `$metadata` (`$lastUpdated` in RFC 3339 on every node, and
+    /// `$lastUpdatedVersion` on desired ones) and `$version`. A section never written shows the
+    /// registration time (and version 0 for desired ones), as a new IoT Hub twin does.
+    pub fn twin_properties(&self) -> Value {
+        let created = self.registered_at;
+        let mut props = Map::new();
+        props.insert(
+            "desired".into(),
+            section(
+                &self.desired,
+                &self.desired_meta,
+                self.desired_version,
+                true,
+                created,
+            ),
+        );
+        props.insert(
+            "reported".into(),
+            section(
+                &self.reported,
+                &self.reported_meta,
+                self.reported_version,
+                false,
+                created,
+            ),
+        );
+        Value::Object(props)
+    }
+
+    /// The document a query evaluates: [`Device::twin_document`], with the properties'
+    /// `$metadata` and `$version` when the query names them (rendering them for every device of
+    /// every query would cost each query the metadata trees).
+    pub fn query_document(&self, names_metadata: bool) -> Value {
+        let mut doc = self.twin_document();
+        if names_metadata {
+            if let Value::Object(m) = &mut doc {
+                m.insert("properties".into(), self.twin_properties());
+            }
+        }
+        doc
+    }
+
     /// The JSON document the query language evaluates: the twin's identity fields as
     /// `GET /twins/{id}` renders them ([`Device::twin_identity_fields`]), `tags`, the desired and
-    /// reported properties (without `$metadata`/`$version`), `capabilities`, and muster's
-    /// additions IoT Central's device queries use: `displayName`, `$template`,
-    /// `cloudProperties`.
+    /// reported properties (without `$metadata`/`$version`; see [`Device::query_document`]),
+    /// `capabilities`, and muster's additions IoT Central's device queries use: `displayName`,
+    /// `$template`, `cloudProperties`.
     pub fn twin_document(&self) -> Value {
         let mut doc = Map::new();
         self.twin_identity_fields(&mut doc);
@@ -402,9 +445,50 @@ impl Registry {
     pub fn select(&self, query: &Query) -> Vec<DeviceId> {
         self.devices
             .values()
-            .filter(|d| query.matches(&d.twin_document()))
+            .filter(|d| query.matches(&d.query_document(query.names_metadata())))
             .map(|d| d.id.clone())
             .collect()
+    }
+}
+
+/// One properties section with its `$metadata` and `$version` (see [`Device::twin_properties`]).
+fn section(props: &Value, meta: &Value, version: u64, desired: bool, created: Timestamp) -> Value {
+    let mut map = match props {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    let mut meta = render_meta(meta);
+    if let Value::Object(root) = &mut meta {
+        if !root.contains_key(META_UPDATED) {
+            root.insert(META_UPDATED.into(), Value::String(created.to_rfc3339()));
+        }
+        if desired && !root.contains_key(META_VERSION) {
+            root.insert(META_VERSION.into(), Value::from(version));
+        }
+    }
+    map.insert("$metadata".into(), meta);
+    map.insert("$version".into(), Value::from(version));
+    Value::Object(map)
+}
+
+/// The stored metadata tree with its times (ms) written as RFC 3339.
+fn render_meta(meta: &Value) -> Value {
+    match meta {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        (META_UPDATED, Value::Number(n)) => {
+                            Value::String(Timestamp(n.as_i64().unwrap_or_default()).to_rfc3339())
+                        }
+                        _ => render_meta(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Null => Value::Object(Map::new()),
+        other => other.clone(),
     }
 }
 
@@ -526,6 +610,67 @@ mod tests {
         assert_eq!(doc["properties"]["desired"]["fw"], "2");
         assert_eq!(doc["$template"], "dtmi:x;1");
         assert_eq!(doc["tags"]["site"], "b43");
+    }
+
+    /// A WHERE over `$version` and `$metadata` sees them as `GET /twins/{id}` renders them.
+    #[test]
+    fn queries_see_versions_and_metadata() {
+        let reg = DeviceRegistration {
+            id: DeviceId::new("d1").unwrap(),
+            display_name: "one".into(),
+            model_id: None,
+            enabled: true,
+            tags: json!({}),
+        };
+        let mut d = Device::new(&reg, Timestamp(5));
+        d.patch(
+            TwinSection::Desired,
+            &json!({"fw": "2"}),
+            Timestamp(86_400_000),
+        );
+        d.patch(
+            TwinSection::Desired,
+            &json!({"mode": "eco"}),
+            Timestamp(2 * 86_400_000),
+        );
+        d.patch(
+            TwinSection::Reported,
+            &json!({"fw": "1"}),
+            Timestamp(3 * 86_400_000),
+        );
+        let q = |w: &str| Query::parse(&format!("SELECT * FROM devices WHERE {w}")).expect(w);
+        for (w, want) in [
+            ("properties.desired.$version = 2", true),
+            ("properties.desired.$version = 1", false),
+            ("properties.reported.$version = 1", true),
+            (
+                "properties.desired.$metadata.fw.$lastUpdatedVersion = 1",
+                true,
+            ),
+            (
+                "properties.desired.$metadata.mode.$lastUpdatedVersion = 2",
+                true,
+            ),
+            (
+                "properties.desired.$metadata.fw.$lastUpdated = '1970-01-02T00:00:00.000Z'",
+                true,
+            ),
+            (
+                "properties.reported.$metadata.$lastUpdated > '1970-01-03T00:00:00Z'",
+                true,
+            ),
+            ("properties.desired.fw = '2'", true),
+        ] {
+            let query = q(w);
+            assert!(query.names_metadata() || !w.contains('$'), "{w}");
+            let doc = d.query_document(query.names_metadata());
+            assert_eq!(query.matches(&doc), want, "{w}: {doc}");
+        }
+        // The same rendering as the twin's properties.
+        assert_eq!(d.query_document(true)["properties"], d.twin_properties());
+        assert!(d.twin_document()["properties"]["desired"]
+            .get("$version")
+            .is_none());
     }
 
     /// A WHERE sees the twin fields as `GET /twins/{id}` renders them: IoT Hub's connection

@@ -222,6 +222,12 @@ impl Endpoint {
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
+
+    /// The TLS client configuration of an `mqtts://` broker (for connections muster makes
+    /// without rumqttc: the device gateway's).
+    pub fn tls_config(&self) -> Option<Arc<ClientConfig>> {
+        self.tls.clone()
+    }
 }
 
 /// Parses every URL and builds the TLS configuration once if any of them is `mqtts://`. TLS

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use muster_cluster::{now, Cluster};
-use muster_devsim::broker::{start_embedded, EmbeddedBroker};
+use muster_devsim::broker::{start_embedded_with, DeviceAuthSlot, EmbeddedBroker};
 use muster_devsim::{Fleet, FleetConfig, FleetLogin};
 use muster_domain::{Command, DeviceRegistration};
 use muster_mqtt::credentials::random_password;
@@ -30,6 +30,10 @@ pub struct DevConfig {
     /// How the simulated fleet logs in to the embedded broker (set by [`start_broker`]).
     #[serde(skip)]
     pub fleet_login: FleetLogin,
+    /// Devices other than the simulated fleet log in to the embedded broker with their IoT Hub
+    /// SAS tokens, checked against the registry once the node runs (see [`device_auth`]).
+    #[serde(skip)]
+    pub device_auth: DeviceAuthSlot,
 }
 
 impl Default for DevConfig {
@@ -40,6 +44,7 @@ impl Default for DevConfig {
             latency_ms: 20,
             mqtt_addr: "127.0.0.1:1884".into(),
             fleet_login: FleetLogin::Anonymous,
+            device_auth: DeviceAuthSlot::default(),
         }
     }
 }
@@ -69,8 +74,12 @@ pub fn start_broker(cfg: &DevConfig) -> Result<DevBroker, NodeError> {
     let random = || random_password().map_err(|e| NodeError::Io(e.to_string()));
     let dispatcher = (DEV_DISPATCHER_USER.to_string(), random()?);
     let fleet = (DEV_FLEET_USER.to_string(), random()?);
-    let broker = start_embedded(addr, &[dispatcher.clone(), fleet.clone()])
-        .map_err(|e| NodeError::Io(e.to_string()))?;
+    let broker = start_embedded_with(
+        addr,
+        &[dispatcher.clone(), fleet.clone()],
+        Some(cfg.device_auth.clone()),
+    )
+    .map_err(|e| NodeError::Io(e.to_string()))?;
     Ok(DevBroker {
         broker,
         dispatcher,
@@ -119,4 +128,20 @@ pub(crate) async fn start_fleet(
     Fleet::start(fleet_cfg)
         .await
         .map_err(|e| NodeError::Io(format!("simulated fleet: {e}")))
+}
+
+/// The embedded broker's check of a device's login: its SAS token against the registry as this
+/// node last applied it, at this node's clock (the rule is `authenticate_device`'s).
+pub(crate) fn device_auth(cluster: &Cluster) -> muster_devsim::broker::DeviceAuthFn {
+    let cluster = cluster.clone();
+    std::sync::Arc::new(move |client_id: &str, user: &str, password: &str| {
+        let now_ms = now().millis();
+        let verdict = cluster.reader().read(|s| {
+            muster_domain::auth::authenticate_device(&s.registry, client_id, user, password, now_ms)
+        });
+        if let Err(why) = &verdict {
+            tracing::debug!(client_id, "embedded broker: device login refused: {why}");
+        }
+        verdict.is_ok()
+    })
 }

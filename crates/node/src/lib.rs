@@ -7,6 +7,7 @@
 
 mod credentials;
 pub mod dev;
+pub mod gateway;
 pub mod guard;
 mod leader;
 mod retention;
@@ -98,6 +99,9 @@ pub struct NodeConfig {
     /// How long finished jobs keep their device detail and themselves (`[retention]`, see
     /// [`RetentionConfig`]); default: keep forever.
     pub retention: RetentionConfig,
+    /// Where devices log in with their IoT Hub SAS tokens when the broker is Mosquitto
+    /// (`[device_gateway]`, see [`gateway`]); none by default.
+    pub device_gateway: Option<gateway::GatewayConfig>,
 }
 
 impl Default for NodeConfig {
@@ -130,6 +134,7 @@ impl Default for NodeConfig {
             header_timeout_ms: 10_000,
             min_free_disk_mib: muster_cluster::DEFAULT_MIN_FREE_DISK / (1024 * 1024),
             retention: RetentionConfig::default(),
+            device_gateway: None,
         }
     }
 }
@@ -196,6 +201,8 @@ pub struct Listeners {
     /// and the peer address is taken (two single nodes on one host with the default address),
     /// the node runs without it instead of failing.
     pub peer: Option<TcpListener>,
+    /// The device gateway (`[device_gateway]`), where devices log in with SAS tokens.
+    pub gateway: Option<TcpListener>,
     /// How connections on them are secured (default: plain TCP everywhere).
     pub tls: NodeTls,
 }
@@ -215,10 +222,15 @@ impl Listeners {
             }
             Err(e) => return Err(e),
         };
+        let gateway = match &cfg.device_gateway {
+            Some(g) => Some(bind(&g.listen, "device_gateway.listen").await?),
+            None => None,
+        };
         Ok(Listeners {
             grpc,
             http,
             peer,
+            gateway,
             tls,
         })
     }
@@ -226,6 +238,11 @@ impl Listeners {
     /// The bound peer address, if the peer listener is up.
     pub fn peer_addr(&self) -> Result<Option<SocketAddr>, NodeError> {
         self.peer.as_ref().map(local).transpose()
+    }
+
+    /// The bound device gateway address, if one is configured.
+    pub fn gateway_addr(&self) -> Result<Option<SocketAddr>, NodeError> {
+        self.gateway.as_ref().map(local).transpose()
     }
 
     pub fn grpc_addr(&self) -> Result<SocketAddr, NodeError> {
@@ -300,15 +317,14 @@ pub fn check_exposure(cfg: &NodeConfig, listeners: &Listeners) -> Result<Vec<Str
     if let Some(bound) = listeners.peer_addr()? {
         peers.push(bound.to_string());
     }
-    tls::check_exposure(
-        &listeners.tls,
-        &[
-            ("REST", listeners.http_addr()?),
-            ("gRPC", listeners.grpc_addr()?),
-        ],
-        &peers,
-        cfg.insecure,
-    )
+    let mut api = vec![
+        ("REST", listeners.http_addr()?),
+        ("gRPC", listeners.grpc_addr()?),
+    ];
+    if let Some(g) = listeners.gateway_addr()? {
+        api.push(("the device gateway", g));
+    }
+    tls::check_exposure(&listeners.tls, &api, &peers, cfg.insecure)
 }
 
 /// Runs a node until `shutdown` resolves, then stops serving (finishing requests in flight) and
@@ -503,6 +519,52 @@ pub async fn run(
         cfg.retention.limits()?,
         stop_rx.clone(),
     ));
+    if let Some(dev) = &cfg.dev {
+        dev.device_auth.set(dev::device_auth(&cluster));
+    }
+    let gateway = match (listeners.gateway, &cfg.device_gateway) {
+        (Some(listener), Some(g)) => {
+            if cfg.dispatch.brokers.is_empty() {
+                return Err(NodeError::Config(
+                    "device_gateway needs a broker to forward devices to (--mqtt-url)".into(),
+                ));
+            }
+            let secret = muster_mqtt::credentials::FleetSecret::from_file(&g.fleet_secret_file)
+                .map_err(|e| NodeError::Config(format!("device_gateway.fleet_secret_file: {e}")))?;
+            let brokers = cfg
+                .dispatch
+                .endpoints()
+                .map_err(|e| NodeError::Config(format!("dispatch: {e}")))?;
+            let tls = match &listeners.tls.api {
+                Some(api) => {
+                    let mut config =
+                        muster_tls::https_server_config(&api.identity, api.client_ca.as_ref())
+                            .map_err(|e| NodeError::Config(format!("--tls-cert: {e}")))?;
+                    // MQTT, not HTTP: no ALPN offered.
+                    std::sync::Arc::make_mut(&mut config).alpn_protocols.clear();
+                    Some(tokio_rustls::TlsAcceptor::from(config))
+                }
+                None => None,
+            };
+            tracing::info!(
+                addr = %local(&listener)?,
+                tls = tls.is_some(),
+                "device gateway: devices log in with their SAS tokens here"
+            );
+            Some(tokio::spawn(
+                gateway::Gateway {
+                    listener,
+                    tls,
+                    cluster: cluster.clone(),
+                    secret,
+                    brokers,
+                    max_connections: g.max_connections,
+                }
+                .run(stop_rx.clone()),
+            ))
+        }
+        _ => None,
+    };
     let fleet = match (&cfg.dev, cfg.dispatch.brokers.first()) {
         (Some(dev), Some(url)) => {
             cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -546,6 +608,9 @@ pub async fn run(
     }
     let _ = leader.await;
     let _ = credentials.await;
+    if let Some(g) = gateway {
+        let _ = g.await;
+    }
     if let Some(f) = fleet {
         f.shutdown().await;
     }

@@ -183,6 +183,9 @@ pub(crate) fn group(g: &Group) -> pb::Group {
         display_name: g.display_name.clone(),
         query: g.query.text().to_string(),
         saved_at_ms: g.saved_at.millis(),
+        description: g.description.clone(),
+        // The same etag REST shows.
+        etag: g.version.to_string(),
     }
 }
 

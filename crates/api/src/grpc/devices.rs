@@ -170,7 +170,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                 .devices
                 .range(after(token))
                 .map(|(_, d)| d)
-                .filter(|d| query.matches(&d.twin_document()));
+                .filter(|d| query.matches(&d.query_document(query.names_metadata())));
             let (page, more) = take_page(matching, size);
             let ids: Vec<String> = page.iter().map(|d| d.id.to_string()).collect();
             let devices: Vec<pb::Device> = if req.ids_only {
@@ -488,20 +488,29 @@ impl pb::group_service_server::GroupService for GroupApi {
         } else {
             req.display_name
         };
+        let if_version = crate::hub_devices::etag_version(Some(&req.etag)).map_err(|_| {
+            Status::invalid_argument(
+                "etag: is not an etag of this service; send the etag from the last GetGroup, or leave it empty",
+            )
+        })?;
+        let description = match req.description {
+            Some(d) => d,
+            // Not given: a save keeps the description it has.
+            None => self
+                .cluster
+                .reader()
+                .read(|s| s.registry.groups.get(&id).map(|g| g.description.clone()))
+                .unwrap_or_default(),
+        };
         self.cluster
             .write_as(
                 who,
                 Command::SaveGroup {
                     id: id.clone(),
                     display_name,
-                    // gRPC's Group has no description: a save keeps the one IoT Central set.
-                    description: self
-                        .cluster
-                        .reader()
-                        .read(|s| s.registry.groups.get(&id).map(|g| g.description.clone()))
-                        .unwrap_or_default(),
+                    description,
                     query: req.query,
-                    if_version: None,
+                    if_version,
                     at: now(),
                 },
             )

@@ -335,6 +335,12 @@ pub enum GroupCmd {
         query: String,
         #[arg(long)]
         display_name: Option<String>,
+        /// A short summary (kept when not given).
+        #[arg(long)]
+        description: Option<String>,
+        /// Save only over this version of the group (the `etag` a get printed).
+        #[arg(long)]
+        etag: Option<String>,
     },
     /// Show a device group.
     Get { id: String },
@@ -1134,12 +1140,16 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
             id,
             query,
             display_name,
+            description,
+            etag,
         } => {
             let g = client
                 .put_group(pb::PutGroupRequest {
                     group_id: id,
                     display_name: display_name.unwrap_or_default(),
                     query: spec::full_query(&query),
+                    description,
+                    etag: etag.unwrap_or_default(),
                 })
                 .await
                 .map_err(rpc)?

@@ -221,8 +221,10 @@ pub fn group_json(g: &pb::Group) -> Value {
     json!({
         "groupId": g.group_id,
         "displayName": g.display_name,
+        "description": g.description,
         "query": g.query,
         "savedAt": time(g.saved_at_ms),
+        "etag": g.etag,
     })
 }
 

@@ -5,9 +5,11 @@
 //! * [`grants`](Grants): permissions, IoT Hub rights, IoT Central roles and the table between them.
 //! * [`credentials`](Auth): policies and API tokens as the state holds them.
 //! * [`sas`](authenticate): verifying an `Authorization` value; signing one.
+//! * [`device`](authenticate_device): a device's MQTT login with its SAS token.
 //! * `rules`: `decide`/`evolve` for the credentials commands.
 
 mod credentials;
+mod device;
 mod grants;
 mod principal;
 pub(crate) mod rules;
@@ -15,6 +17,9 @@ mod sas;
 
 pub use credentials::{
     check_credential_name, default_policies, AccessPolicy, ApiToken, Auth, Secret, REDACTED,
+};
+pub use device::{
+    authenticate_device, device_user, parse_device_user, sign_device, DeviceAuthFailure,
 };
 pub use grants::{rights_grants, Grants, Permission, Right, Role};
 pub use principal::{Principal, PrincipalError};

@@ -49,14 +49,14 @@ pub struct Authenticated {
 
 /// The fields of a token, as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fields<'a> {
-    sr: &'a str,
-    sig: &'a str,
-    se: &'a str,
-    skn: Option<&'a str>,
+pub(super) struct Fields<'a> {
+    pub(super) sr: &'a str,
+    pub(super) sig: &'a str,
+    pub(super) se: &'a str,
+    pub(super) skn: Option<&'a str>,
 }
 
-fn fields(header: &str) -> Result<Fields<'_>, AuthFailure> {
+pub(super) fn fields(header: &str) -> Result<Fields<'_>, AuthFailure> {
     if header.len() > MAX_TOKEN_BYTES {
         return Err(AuthFailure::Malformed("too long"));
     }
@@ -305,7 +305,7 @@ pub fn pct_decode(s: &str) -> Option<String> {
 }
 
 /// Compares without stopping at the first difference.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

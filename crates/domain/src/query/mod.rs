@@ -169,6 +169,12 @@ impl Query {
         &self.text
     }
 
+    /// Whether the text names the twin's `$metadata` or a `$version`, so the document it is
+    /// evaluated on must hold them ([`crate::Device::query_document`]).
+    pub fn names_metadata(&self) -> bool {
+        names_metadata(&self.text)
+    }
+
     /// Whether the device twin `doc` is selected: true only when the
     /// condition evaluates to *true* (not false, not unknown).
     pub fn matches(&self, doc: &Value) -> bool {
@@ -188,4 +194,9 @@ fn check_text(text: &str) -> Result<(), QueryError> {
         return Err(empty_query());
     }
     Ok(())
+}
+
+/// Whether a query text names `$metadata` or `$version` (conservatively: anywhere in it).
+pub(crate) fn names_metadata(text: &str) -> bool {
+    text.contains("$metadata") || text.contains("$version")
 }

@@ -177,7 +177,7 @@ impl Statement {
         };
         let mut last: Option<&DeviceId> = None;
         for device in candidates {
-            let doc = device.twin_document();
+            let doc = device.query_document(self.names_metadata());
             if !self.matches(&doc) {
                 continue;
             }
@@ -255,7 +255,7 @@ impl Statement {
     ) -> Option<Position> {
         let mut aggregator = Aggregator::new(self)?;
         for device in state.registry.devices.values() {
-            let doc = device.twin_document();
+            let doc = device.query_document(self.names_metadata());
             if self.matches(&doc) {
                 aggregator.add(&doc);
             }

@@ -184,6 +184,11 @@ impl Statement {
         self.top
     }
 
+    /// Whether the text names `$metadata` or a `$version` (see `Query::names_metadata`).
+    pub fn names_metadata(&self) -> bool {
+        super::names_metadata(&self.text)
+    }
+
     /// Whether the `WHERE` condition is true (not false, not unknown) for `doc`.
     pub fn matches(&self, doc: &Value) -> bool {
         self.predicate.eval(doc) == Truth::True

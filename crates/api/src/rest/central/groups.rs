@@ -188,7 +188,7 @@ async fn group_devices(
             s.registry.groups.get(&gid).map(|g| {
                 page(&s.registry.devices, p.after.as_ref(), p.size, |_, d| {
                     g.query
-                        .matches(&d.twin_document())
+                        .matches(&d.query_document(g.query.names_metadata()))
                         .then(|| central_device_json(d))
                 })
             })
