@@ -156,6 +156,8 @@ pub struct Report {
     pub refused: usize,
     pub indeterminate: usize,
     pub reads_checked: usize,
+    /// Refused and indeterminate operations by gRPC code, e.g. `Unavailable`.
+    pub errors: BTreeMap<String, usize>,
     pub anomalies: Vec<Anomaly>,
 }
 
@@ -177,6 +179,7 @@ impl fmt::Display for Report {
             self.reads_checked,
             self.anomalies.len()
         )?;
+        writeln!(f, "errors by code: {:?}", self.errors)?;
         for a in self.anomalies.iter().take(20) {
             write!(f, "{a}")?;
         }
@@ -206,6 +209,10 @@ pub fn check(
             Outcome::Ok(_) => r.acknowledged += 1,
             Outcome::Refused(_) => r.refused += 1,
             Outcome::Unknown(_) => r.indeterminate += 1,
+        }
+        if let Outcome::Refused(e) | Outcome::Unknown(e) = &op.outcome {
+            let code = e.split(':').next().unwrap_or_default().to_string();
+            *r.errors.entry(code).or_default() += 1;
         }
     }
     check_writes(history, views, &mut r);

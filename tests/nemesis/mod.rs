@@ -257,7 +257,9 @@ impl Harness {
     fn heal(&mut self, fault: Fault) -> anyhow::Result<()> {
         match fault {
             Fault::Isolate(_) | Fault::IsolateLeader | Fault::Bridge(_) | Fault::OneWay { .. } => {
-                net::heal()
+                let dropped = net::heal()?;
+                eprintln!("nemesis: healed; the partition dropped {dropped} packets");
+                Ok(())
             }
             Fault::Kill(n) => tokio::task::block_in_place(|| self.node(n).restart()),
             Fault::Pause(n) => self.node(n).signal("CONT"),

@@ -71,9 +71,18 @@ pub fn cut(from: usize, to: usize) -> anyhow::Result<()> {
     )
 }
 
-/// Removes every partition.
-pub fn heal() -> anyhow::Result<()> {
-    run("iptables", &["-F", CHAIN])
+/// Removes every partition; returns how many packets the partition rules dropped.
+pub fn heal() -> anyhow::Result<u64> {
+    let out = Command::new("iptables")
+        .args(["-L", CHAIN, "-v", "-n", "-x"])
+        .output()?;
+    // Rule lines start with the packet count; the two header lines do not parse.
+    let dropped = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    run("iptables", &["-F", CHAIN])?;
+    Ok(dropped)
 }
 
 /// Whether this process may make a namespace (root, `unshare` and `iptables` present).

@@ -90,6 +90,12 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut used = Duration::ZERO;
     let n = nodes as u64;
+    // The first seven faults are every kind once, in a seeded order, so that a short run
+    // covers them all; after that each is drawn at random.
+    let mut first: Vec<u64> = (0..7).collect();
+    for i in (1..first.len()).rev() {
+        first.swap(i, rng.below(i as u64 + 1) as usize);
+    }
     loop {
         let quiet = rng.millis(500, 2_000);
         let hold = rng.millis(1_500, 5_000);
@@ -99,7 +105,8 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
         used += quiet + hold;
         let node = 1 + rng.below(n) as usize;
         let other = 1 + ((node as u64 + rng.below(n - 1)) % n) as usize;
-        let fault = match rng.below(7) {
+        let pick = first.get(steps.len()).copied().unwrap_or_else(|| rng.below(7));
+        let fault = match pick {
             0 => Fault::Isolate(node),
             1 => Fault::IsolateLeader,
             2 => Fault::Bridge(node),
@@ -124,6 +131,16 @@ mod tests {
         let a = schedule(7, Duration::from_secs(120), 3);
         assert_eq!(a, schedule(7, Duration::from_secs(120), 3));
         assert_ne!(a, schedule(8, Duration::from_secs(120), 3));
+    }
+
+    #[test]
+    fn the_first_seven_faults_are_every_kind_once() {
+        for seed in 0..20 {
+            let steps = schedule(seed, Duration::from_secs(60), 3);
+            let kinds: std::collections::BTreeSet<_> =
+                steps.iter().take(7).map(|s| s.fault.kind()).collect();
+            assert_eq!(kinds.len(), 7, "seed {seed}: {steps:?}");
+        }
     }
 
     #[test]

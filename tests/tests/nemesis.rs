@@ -5,7 +5,7 @@
 //! is checked against the recorded history (`muster_tests::nemesis::history`), which prints a
 //! counterexample when a rule fails.
 //!
-//! - `nemesis_short`: CI's bounded run, about 25 s of faults with seed 18 (`MUSTER_NEMESIS_SEED`
+//! - `nemesis_short`: CI's bounded run, about 35 s of faults (every kind once) with seed 18 (`MUSTER_NEMESIS_SEED`
 //!   changes it);
 //! - `nemesis_soak` (opt-in): `MUSTER_NEMESIS_SECS=600 cargo test -p muster-tests --test nemesis
 //!   -- --ignored nemesis_soak --nocapture`.
@@ -74,7 +74,7 @@ fn nemesis_short() {
         "nemesis_short",
         Config {
             seed: seed(),
-            duration: Duration::from_secs(25),
+            duration: Duration::from_secs(35),
             clients: 4,
             sim_devices: 20,
             twin_devices: 4,
