@@ -23,17 +23,35 @@ pub type Micros = u64;
 /// What a client asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpKind {
-    CreateJob { job: String },
-    StopJob { job: String },
-    ResumeJob { job: String },
-    CancelJob { job: String },
-    RerunJob { job: String, rerun: String },
+    CreateJob {
+        job: String,
+    },
+    StopJob {
+        job: String,
+    },
+    ResumeJob {
+        job: String,
+    },
+    CancelJob {
+        job: String,
+    },
+    RerunJob {
+        job: String,
+        rerun: String,
+    },
     /// Merge `{key: true}` into the device's tags (each key written by one op only).
-    TwinWrite { device: String, key: String },
+    TwinWrite {
+        device: String,
+        key: String,
+    },
     /// A linearizable read of the device's tags.
-    ReadTwin { device: String },
+    ReadTwin {
+        device: String,
+    },
     /// A linearizable read of a job.
-    ReadJob { job: String },
+    ReadJob {
+        job: String,
+    },
 }
 
 /// What a read answered.
@@ -305,7 +323,9 @@ fn check_twice(
             if grew != twin.keys.len() as u64 {
                 let ops = history
                     .iter()
-                    .filter(|o| matches!(&o.kind, OpKind::TwinWrite { device: d, .. } if d == device))
+                    .filter(
+                        |o| matches!(&o.kind, OpKind::TwinWrite { device: d, .. } if d == device),
+                    )
                     .filter(|o| !o.ok())
                     .cloned()
                     .collect();
@@ -369,7 +389,8 @@ fn check_reads(history: &[Op], r: &mut Report) {
                             anomaly(r, "future-read", d, vec![(*w).clone(), read.clone()]);
                         }
                         None => {
-                            let d = format!("read of {device} saw tag {key}, which no client wrote");
+                            let d =
+                                format!("read of {device} saw tag {key}, which no client wrote");
                             anomaly(r, "phantom", d, vec![read.clone()]);
                         }
                         _ => {}
@@ -433,7 +454,10 @@ fn check_jobs(views: &[NodeView], r: &mut Report) {
             let mut seen = BTreeSet::new();
             for (device, _) in &job.devices {
                 if !seen.insert(device) {
-                    let d = format!("node {}: job {id} run {} lists {device} twice", v.node, job.run);
+                    let d = format!(
+                        "node {}: job {id} run {} lists {device} twice",
+                        v.node, job.run
+                    );
                     anomaly(r, "duplicate-device", d, vec![]);
                 }
             }
@@ -500,14 +524,20 @@ fn check_agreement(views: &[NodeView], r: &mut Report) {
                     anomaly(r, "divergence", d, vec![]);
                 }
                 None => {
-                    let d = format!("job {id} is on node {} but not on node {}", first.node, v.node);
+                    let d = format!(
+                        "job {id} is on node {} but not on node {}",
+                        first.node, v.node
+                    );
                     anomaly(r, "divergence", d, vec![]);
                 }
                 _ => {}
             }
         }
         for id in v.jobs.keys().filter(|id| !first.jobs.contains_key(*id)) {
-            let d = format!("job {id} is on node {} but not on node {}", v.node, first.node);
+            let d = format!(
+                "job {id} is on node {} but not on node {}",
+                v.node, first.node
+            );
             anomaly(r, "divergence", d, vec![]);
         }
         if v.twins != first.twins {
@@ -659,7 +689,10 @@ mod tests {
         let views = vec![view(1, &["k1"], 2), view(2, &[], 1)];
         let r = check(&h, &views, &versions());
         assert!(rules(&r).contains(&"lost-write"), "{r}");
-        assert!(r.to_string().contains("tag k1 of d is missing on node 2"), "{r}");
+        assert!(
+            r.to_string().contains("tag k1 of d is missing on node 2"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -790,7 +823,10 @@ mod tests {
 
     #[test]
     fn the_audit_line_parses() {
-        let a = parse_audit(true, "note: x\nok: seqs 1..=123 (123 records), chain head 00ff\n");
+        let a = parse_audit(
+            true,
+            "note: x\nok: seqs 1..=123 (123 records), chain head 00ff\n",
+        );
         assert_eq!((a.last_seq, a.head.as_str()), (123, "00ff"));
     }
 }

@@ -308,7 +308,9 @@ impl Harness {
         };
         for job in jobs {
             let _ = client
-                .resume_job(pb::ResumeJobRequest { job_id: job.clone() })
+                .resume_job(pb::ResumeJobRequest {
+                    job_id: job.clone(),
+                })
                 .await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -330,12 +332,17 @@ impl Harness {
             if Instant::now() > deadline {
                 for job in &open {
                     let _ = client
-                        .cancel_job(pb::CancelJobRequest { job_id: job.clone() })
+                        .cancel_job(pb::CancelJobRequest {
+                            job_id: job.clone(),
+                        })
                         .await;
                 }
             }
             if Instant::now() > deadline + PATIENCE {
-                bail!("jobs not final after cancelling them: {open:?}\n{}", self.logs());
+                bail!(
+                    "jobs not final after cancelling them: {open:?}\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -487,7 +494,8 @@ impl Harness {
     /// Registers the workload's twin devices; returns each one's twin version.
     pub async fn twin_devices(&self, ids: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
         let leader = self.leader(PATIENCE).await?;
-        let mut devices = pb::device_service_client::DeviceServiceClient::new(lazy_channel(leader)?);
+        let mut devices =
+            pb::device_service_client::DeviceServiceClient::new(lazy_channel(leader)?);
         let mut versions = BTreeMap::new();
         for id in ids {
             let d = devices
@@ -522,9 +530,13 @@ fn name(s: Result<&str, impl std::fmt::Debug>) -> String {
 /// read every node, audit, check.
 pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let mut h = Harness::start(&config).await?;
-    let twin_ids: Vec<String> = (0..config.twin_devices).map(|i| format!("nem-{i}")).collect();
+    let twin_ids: Vec<String> = (0..config.twin_devices)
+        .map(|i| format!("nem-{i}"))
+        .collect();
     let initial = h.twin_devices(&twin_ids).await?;
-    let sim: Vec<String> = (1..=config.sim_devices).map(|i| format!("sim-{i:06}")).collect();
+    let sim: Vec<String> = (1..=config.sim_devices)
+        .map(|i| format!("sim-{i:06}"))
+        .collect();
     let steps = schedule::schedule(config.seed, config.duration, NODES);
     eprintln!(
         "nemesis: seed {}, {} faults over {:?}, {} clients",
@@ -545,7 +557,12 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
             twin_devices: twin_ids.clone(),
             seed: config.seed,
         };
-        clients.push(tokio::spawn(workload::run(client, shared.clone(), start, until)));
+        clients.push(tokio::spawn(workload::run(
+            client,
+            shared.clone(),
+            start,
+            until,
+        )));
     }
     let faults = h.nemesis(&steps, until).await;
     // Whatever the nemesis did, nothing stays cut, frozen or down.

@@ -53,8 +53,18 @@ pub fn setup(nodes: usize) -> anyhow::Result<()> {
         run(
             "iptables",
             &[
-                "-t", "nat", "-A", "POSTROUTING", "-m", "owner", "--gid-owner", &gid, "-j", "SNAT",
-                "--to-source", &ip,
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-m",
+                "owner",
+                "--gid-owner",
+                &gid,
+                "-j",
+                "SNAT",
+                "--to-source",
+                &ip,
             ],
         )?;
     }
@@ -67,7 +77,18 @@ pub fn cut(from: usize, to: usize) -> anyhow::Result<()> {
     let ip = node_ip(to);
     run(
         "iptables",
-        &["-A", CHAIN, "-m", "owner", "--gid-owner", &gid, "-d", &ip, "-j", "DROP"],
+        &[
+            "-A",
+            CHAIN,
+            "-m",
+            "owner",
+            "--gid-owner",
+            &gid,
+            "-d",
+            &ip,
+            "-j",
+            "DROP",
+        ],
     )
 }
 
@@ -87,7 +108,10 @@ pub fn heal() -> anyhow::Result<u64> {
 
 /// Whether this process may make a namespace (root, `unshare` and `iptables` present).
 pub fn available() -> Result<(), String> {
-    let uid = Command::new("id").arg("-u").output().map_err(|e| e.to_string())?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| e.to_string())?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Err("not root: network namespaces and iptables need root".into());
     }
@@ -112,7 +136,14 @@ pub fn rerun_inside(name: &str) -> anyhow::Result<()> {
         .arg("-n")
         .arg("--")
         .arg(exe)
-        .args([name, "--exact", "--nocapture", "--include-ignored", "--test-threads", "1"])
+        .args([
+            name,
+            "--exact",
+            "--nocapture",
+            "--include-ignored",
+            "--test-threads",
+            "1",
+        ])
         .env(INSIDE, "1")
         .status()
         .context("unshare -n")?;

@@ -105,12 +105,18 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
         used += quiet + hold;
         let node = 1 + rng.below(n) as usize;
         let other = 1 + ((node as u64 + rng.below(n - 1)) % n) as usize;
-        let pick = first.get(steps.len()).copied().unwrap_or_else(|| rng.below(7));
+        let pick = first
+            .get(steps.len())
+            .copied()
+            .unwrap_or_else(|| rng.below(7));
         let fault = match pick {
             0 => Fault::Isolate(node),
             1 => Fault::IsolateLeader,
             2 => Fault::Bridge(node),
-            3 => Fault::OneWay { from: node, to: other },
+            3 => Fault::OneWay {
+                from: node,
+                to: other,
+            },
             4 => Fault::Kill(node),
             5 => Fault::Pause(node),
             _ => {

@@ -37,7 +37,10 @@ pub struct Client {
 }
 
 /// The outcome of a gRPC answer: judged and refused, or may-or-may-not.
-pub fn outcome_of<T>(r: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>, seen: impl FnOnce(T) -> Seen) -> Outcome {
+pub fn outcome_of<T>(
+    r: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>,
+    seen: impl FnOnce(T) -> Seen,
+) -> Outcome {
     match r {
         Err(_) => Outcome::Unknown(format!("no answer within {OP_TIMEOUT:?}")),
         Ok(Ok(v)) => Outcome::Ok(seen(v)),
@@ -146,15 +149,21 @@ pub async fn run(client: Client, shared: Arc<Mutex<Shared>>, start: Instant, unt
                 outcome_of(timeout(jobs.create_job(req)).await, |_| Seen::Nothing)
             }
             OpKind::StopJob { job } => {
-                let req = pb::StopJobRequest { job_id: job.clone() };
+                let req = pb::StopJobRequest {
+                    job_id: job.clone(),
+                };
                 outcome_of(timeout(jobs.stop_job(req)).await, |_| Seen::Nothing)
             }
             OpKind::ResumeJob { job } => {
-                let req = pb::ResumeJobRequest { job_id: job.clone() };
+                let req = pb::ResumeJobRequest {
+                    job_id: job.clone(),
+                };
                 outcome_of(timeout(jobs.resume_job(req)).await, |_| Seen::Nothing)
             }
             OpKind::CancelJob { job } => {
-                let req = pb::CancelJobRequest { job_id: job.clone() };
+                let req = pb::CancelJobRequest {
+                    job_id: job.clone(),
+                };
                 outcome_of(timeout(jobs.cancel_job(req)).await, |_| Seen::Nothing)
             }
             OpKind::RerunJob { job, rerun } => {
