@@ -45,7 +45,15 @@ fn nemesis_test(name: &str, config: Config) {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let out = rt.block_on(nemesis::run(config)).unwrap();
+    let out = match rt.block_on(nemesis::run(config)) {
+        Ok(out) => out,
+        Err(e) => {
+            // The error carries the nodes' logs: long, so it goes to a file too.
+            let path = std::env::temp_dir().join(format!("muster-nemesis-{name}.error"));
+            let _ = std::fs::write(&path, format!("{e:?}"));
+            panic!("the nemesis run failed ({} has it all): {e:?}", path.display());
+        }
+    };
     let r = &out.report;
     eprintln!(
         "nemesis: {:?} in {:.0?}; faults {:?}",
