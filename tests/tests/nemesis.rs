@@ -51,7 +51,10 @@ fn nemesis_test(name: &str, config: Config) {
             // The error carries the nodes' logs: long, so it goes to a file too.
             let path = std::env::temp_dir().join(format!("muster-nemesis-{name}.error"));
             let _ = std::fs::write(&path, format!("{e:?}"));
-            panic!("the nemesis run failed ({} has it all): {e:?}", path.display());
+            panic!(
+                "the nemesis run failed ({} has it all): {e:?}",
+                path.display()
+            );
         }
     };
     let r = &out.report;
