@@ -112,6 +112,16 @@ pub struct Server {
     log: PathBuf,
     /// The CA that the server's REST/gRPC certificate chains to, when it serves TLS.
     ca_cert: Option<PathBuf>,
+    /// How the process is started (group, environment); read again by every restart.
+    pub launch: Launch,
+}
+
+/// What a [`Server`] process is started with besides its flags: the nemesis harness runs each
+/// node under a group of its own (its partition rules match on it) and sets a clock skew.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub gid: Option<u32>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -142,6 +152,24 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("server.log"),
             ca_cert,
+            launch: Launch::default(),
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// Like [`start_with`](Self::start_with), started as `launch` says.
+    pub fn start_launch(dir: &Path, extra: &[&str], launch: Launch) -> anyhow::Result<Server> {
+        let mut s = Server {
+            child: None,
+            rest: String::new(),
+            grpc: String::new(),
+            peer: String::new(),
+            data_dir: dir.join("data"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: dir.join("server.log"),
+            ca_cert: None,
+            launch,
         };
         s.spawn()?;
         Ok(s)
@@ -153,10 +181,14 @@ impl Server {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(muster_bin()?);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(&self.data_dir);
+        if !self.extra.iter().any(|a| a == "--grpc-addr") {
+            cmd.args(["--grpc-addr", "127.0.0.1:0"]);
+        }
+        if let Some(gid) = self.launch.gid {
+            std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        }
+        cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         if !self.extra.iter().any(|a| a == "--http-addr") {
             cmd.args(["--http-addr", "127.0.0.1:0"]);
         }
@@ -1155,3 +1187,7 @@ pub fn muster_audit(args: &[&str], dir: &Path) -> anyhow::Result<std::process::O
         .arg(dir)
         .output()?)
 }
+
+/// The nemesis harness and history checker (issue 18); `tests/tests/nemesis.rs` runs it.
+#[path = "nemesis/mod.rs"]
+pub mod nemesis;

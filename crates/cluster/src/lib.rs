@@ -64,7 +64,20 @@ pub fn now() -> Timestamp {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    Timestamp::from_millis(ms)
+    Timestamp::from_millis(ms.saturating_add(clock_skew_ms()))
+}
+
+/// Fault injection for the nemesis harness (`tests/nemesis`): `MUSTER_TEST_CLOCK_SKEW_MS`
+/// shifts this node's command clock, as a badly synchronised host would; read once. Only the
+/// stamp moves: Raft's timers and every timeout keep the monotonic clock, as on such a host.
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("MUSTER_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// How a node takes part in Raft.

@@ -44,7 +44,19 @@ pub fn now() -> Timestamp {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    Timestamp::from_millis(ms)
+    Timestamp::from_millis(ms.saturating_add(clock_skew_ms()))
+}
+
+/// The nemesis harness's clock skew (`MUSTER_TEST_CLOCK_SKEW_MS`, read once), the same hook as
+/// `muster_cluster::now`'s: the leader's dispatcher and its API must stamp with one clock.
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("MUSTER_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// The target of spans for the trace exporter (the node's `muster_cluster::trace::TARGET`;

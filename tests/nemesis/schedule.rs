@@ -1,0 +1,174 @@
+//! The nemesis's seeded schedule: which fault, on which node, when, for how long. Pure, so the
+//! same seed replays the same schedule (print it, rerun with `MUSTER_NEMESIS_SEED`).
+
+use std::time::Duration;
+
+/// SplitMix64: small, seedable, good enough to pick faults (no dependency for it).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// Uniform in `lo..=hi` milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+/// One fault. Nodes are 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Node `n` is cut off from both others, both ways (a minority of one).
+    Isolate(usize),
+    /// Whichever node leads when the fault starts is cut off.
+    IsolateLeader,
+    /// Two nodes cannot reach each other; the third reaches both (a bridge).
+    Bridge(usize),
+    /// `from` cannot send to `to`; the other way works.
+    OneWay { from: usize, to: usize },
+    /// `kill -9`, restarted when the fault ends.
+    Kill(usize),
+    /// SIGSTOP, SIGCONT when the fault ends.
+    Pause(usize),
+    /// Restarted with its command clock `ms` milliseconds off; restarted without at the end.
+    Skew { node: usize, ms: i64 },
+}
+
+impl Fault {
+    /// A short name, for counting faults by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Isolate(_) => "isolate",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Bridge(_) => "bridge",
+            Fault::OneWay { .. } => "one-way",
+            Fault::Kill(_) => "kill-9",
+            Fault::Pause(_) => "sigstop",
+            Fault::Skew { .. } => "clock-skew",
+        }
+    }
+
+    /// Every kind, for reports.
+    pub const KINDS: [&'static str; 7] = [
+        "isolate",
+        "isolate-leader",
+        "bridge",
+        "one-way",
+        "kill-9",
+        "sigstop",
+        "clock-skew",
+    ];
+}
+
+/// A fault held for `hold`, after `quiet` without one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub quiet: Duration,
+    pub fault: Fault,
+    pub hold: Duration,
+}
+
+/// Steps filling about `total` for a cluster of `nodes`, from `seed`.
+pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
+    let mut rng = Rng::new(seed);
+    let mut steps = Vec::new();
+    let mut used = Duration::ZERO;
+    let n = nodes as u64;
+    // The first seven faults are every kind once, in a seeded order, so that a short run
+    // covers them all; after that each is drawn at random.
+    let mut first: Vec<u64> = (0..7).collect();
+    for i in (1..first.len()).rev() {
+        first.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    loop {
+        let quiet = rng.millis(500, 2_000);
+        let hold = rng.millis(1_500, 5_000);
+        if used + quiet + hold > total {
+            return steps;
+        }
+        used += quiet + hold;
+        let node = 1 + rng.below(n) as usize;
+        let other = 1 + ((node as u64 + rng.below(n - 1)) % n) as usize;
+        let pick = first
+            .get(steps.len())
+            .copied()
+            .unwrap_or_else(|| rng.below(7));
+        let fault = match pick {
+            0 => Fault::Isolate(node),
+            1 => Fault::IsolateLeader,
+            2 => Fault::Bridge(node),
+            3 => Fault::OneWay {
+                from: node,
+                to: other,
+            },
+            4 => Fault::Kill(node),
+            5 => Fault::Pause(node),
+            _ => {
+                let ms = rng.below(120_001) as i64 - 60_000;
+                Fault::Skew { node, ms }
+            }
+        };
+        steps.push(Step { quiet, fault, hold });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule_and_another_seed_another() {
+        let a = schedule(7, Duration::from_secs(120), 3);
+        assert_eq!(a, schedule(7, Duration::from_secs(120), 3));
+        assert_ne!(a, schedule(8, Duration::from_secs(120), 3));
+    }
+
+    #[test]
+    fn the_first_seven_faults_are_every_kind_once() {
+        for seed in 0..20 {
+            let steps = schedule(seed, Duration::from_secs(60), 3);
+            let kinds: std::collections::BTreeSet<_> =
+                steps.iter().take(7).map(|s| s.fault.kind()).collect();
+            assert_eq!(kinds.len(), 7, "seed {seed}: {steps:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_schedule_fits_its_time_and_has_every_kind_on_valid_nodes() {
+        let total = Duration::from_secs(600);
+        let steps = schedule(1, total, 3);
+        let used: Duration = steps.iter().map(|s| s.quiet + s.hold).sum();
+        assert!(used <= total);
+        for kind in Fault::KINDS {
+            assert!(steps.iter().any(|s| s.fault.kind() == kind), "{kind}");
+        }
+        for s in &steps {
+            match s.fault {
+                Fault::OneWay { from, to } => assert!(from != to && (1..=3).contains(&to)),
+                Fault::Isolate(n) | Fault::Bridge(n) | Fault::Kill(n) | Fault::Pause(n) => {
+                    assert!((1..=3).contains(&n))
+                }
+                Fault::Skew { node, ms } => {
+                    assert!((1..=3).contains(&node) && ms.abs() <= 60_000)
+                }
+                Fault::IsolateLeader => {}
+            }
+        }
+    }
+}
