@@ -8,6 +8,7 @@ use crate::event::Event;
 use crate::spec::{
     MethodCall, Operation, RetryPolicy, Rollout, Schedule, Target, TargetSelector,
 };
+use crate::error::DomainError;
 use crate::State;
 
 fn ts(s: &str) -> Timestamp {
@@ -301,4 +302,109 @@ proptest! {
         prop_assert_eq!(live.jobs.len(), got.len());
         prop_assert_eq!(State::replay(&log), state);
     }
+}
+
+/// The leader's work: an `Advance` when an occurrence is due, else a wake-up at the next one.
+#[test]
+fn actions_ask_for_an_advance_when_an_occurrence_is_due() {
+    use crate::actions::{actions, Action};
+    let mut state = State::default();
+    let start = ts("2026-01-01T00:00:00Z");
+    save(
+        &mut state,
+        JobSchedule {
+            start,
+            recurrence: Some(Recurrence::Seconds(60)),
+            end: None,
+            time_zone: None,
+        },
+        start.plus_secs(-10),
+    );
+    let before = actions(&state, start.plus_secs(-5), 100);
+    assert_eq!(before, vec![Action::WakeAt(start)]);
+    assert_eq!(actions(&state, start, 100).first(), Some(&Action::Advance));
+}
+
+/// Disabling skips what falls due meanwhile; enabling again never re-creates an occurrence that
+/// was already created, even within the grace minute.
+#[test]
+fn disable_then_enable_skips_and_never_repeats() {
+    let mut state = State::default();
+    let start = ts("2026-01-01T00:00:00Z");
+    let every_30s = JobSchedule {
+        start,
+        recurrence: Some(Recurrence::Seconds(30)),
+        end: None,
+        time_zone: None,
+    };
+    save(&mut state, every_30s.clone(), start);
+    let mut log = Vec::new();
+    log.extend(state.execute(&Command::Advance { at: start }).unwrap());
+    let mut off = spec(every_30s.clone());
+    off.enabled = false;
+    let t = start.plus_secs(10);
+    log.extend(
+        state
+            .execute(&Command::SaveScheduledJob {
+                id: sid(),
+                spec: off,
+                if_version: None,
+                at: t,
+            })
+            .unwrap(),
+    );
+    // Disabled across occurrences 1..=4: none is created.
+    for s in [30, 60, 90, 120] {
+        let at = start.plus_secs(s);
+        log.extend(state.execute(&Command::Advance { at }).unwrap());
+    }
+    assert_eq!(occurred(&log).len(), 1);
+    // Enabled at 125 s: occurrences 3 and 4 (90 s, 120 s) are within the grace minute and run;
+    // 0 never again.
+    let back = start.plus_secs(125);
+    log.extend(
+        state
+            .execute(&Command::SaveScheduledJob {
+                id: sid(),
+                spec: spec(every_30s),
+                if_version: None,
+                at: back,
+            })
+            .unwrap(),
+    );
+    for s in [125, 150] {
+        let at = start.plus_secs(s);
+        while state.schedules[&sid()].due(at).is_some() {
+            log.extend(state.execute(&Command::Advance { at }).unwrap());
+        }
+    }
+    let got: Vec<u32> = occurred(&log).iter().map(|o| o.0).collect();
+    assert_eq!(got, [0, 3, 4, 5]);
+    assert_eq!(State::replay(&log), state);
+}
+
+/// A stale etag is refused; the right one replaces.
+#[test]
+fn saves_are_conditional_on_the_version() {
+    let mut state = State::default();
+    let start = ts("2026-01-01T00:00:00Z");
+    let s = JobSchedule {
+        start,
+        recurrence: Some(Recurrence::Daily),
+        end: None,
+        time_zone: None,
+    };
+    save(&mut state, s.clone(), start);
+    let cmd = |v| Command::SaveScheduledJob {
+        id: sid(),
+        spec: spec(s.clone()),
+        if_version: Some(v),
+        at: start,
+    };
+    assert!(matches!(
+        state.clone().execute(&cmd(7)),
+        Err(DomainError::ScheduledJobVersionMismatch { actual: 1, .. })
+    ));
+    state.execute(&cmd(1)).unwrap();
+    assert_eq!(state.schedules[&sid()].version, 2);
 }
