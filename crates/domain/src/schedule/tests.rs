@@ -337,8 +337,7 @@ fn disable_then_enable_skips_and_never_repeats() {
         end: None,
         time_zone: None,
     };
-    save(&mut state, every_30s.clone(), start);
-    let mut log = Vec::new();
+    let mut log = save(&mut state, every_30s.clone(), start);
     log.extend(state.execute(&Command::Advance { at: start }).unwrap());
     let mut off = spec(every_30s.clone());
     off.enabled = false;
