@@ -167,11 +167,17 @@ async fn a_recurring_schedule_creates_each_occurrence_once_across_a_crash() {
     assert_eq!(names, ["nightly-1", "nightly-2", "nightly-3"]);
     for j in &jobs {
         assert_eq!(j["displayName"], "nightly ping", "{j}");
-        let devices_url = rest(&server, &format!("/api/jobs/{}/devices", j["id"].as_str().unwrap()));
+        let devices_url = rest(
+            &server,
+            &format!("/api/jobs/{}/devices", j["id"].as_str().unwrap()),
+        );
         let (_, devices) = get(&http, &devices_url).await;
         let devices = devices["value"].as_array().unwrap();
         assert_eq!(devices.len(), 3, "{devices:?}");
-        assert!(devices.iter().all(|d| d["status"] == "completed"), "{devices:?}");
+        assert!(
+            devices.iter().all(|d| d["status"] == "completed"),
+            "{devices:?}"
+        );
     }
     let (_, sj) = get(&http, &rest(&server, "/api/scheduledJobs/nightly")).await;
     assert_eq!(sj["completed"], true, "{sj}");
@@ -257,7 +263,11 @@ async fn scheduled_job_routes_validate_and_page() {
             "schedule": schedule,
         })
     };
-    let put = |id: &str, b: Value| http.put(rest(&format!("/api/scheduledJobs/{id}"))).json(&b).send();
+    let put = |id: &str, b: Value| {
+        http.put(rest(&format!("/api/scheduledJobs/{id}")))
+            .json(&b)
+            .send()
+    };
 
     // Bad input: 400 naming the field.
     for (schedule, field) in [
@@ -290,14 +300,20 @@ async fn scheduled_job_routes_validate_and_page() {
     for id in ["a", "b", "c"] {
         let r = put(
             id,
-            body(json!({"start": "2030-01-06T02:00:00Z", "recurrence": "weekly",
-                        "end": {"type": "date", "date": "2030-12-31"}})),
+            body(
+                json!({"start": "2030-01-06T02:00:00Z", "recurrence": "weekly",
+                        "end": {"type": "date", "date": "2030-12-31"}}),
+            ),
         )
         .await
         .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     }
-    let (_, page) = get(&http, &format!("{}&maxpagesize=2", rest("/api/scheduledJobs"))).await;
+    let (_, page) = get(
+        &http,
+        &format!("{}&maxpagesize=2", rest("/api/scheduledJobs")),
+    )
+    .await;
     assert_eq!(page["value"].as_array().unwrap().len(), 2, "{page}");
     let next = page["nextLink"].as_str().unwrap().to_string();
     let (_, page2) = get(&http, &next).await;

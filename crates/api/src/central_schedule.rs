@@ -10,7 +10,9 @@
 //! period in seconds instead of `recurrence`) and `timeZone` (IANA zone the recurrence steps in;
 //! UTC when absent).
 
-use muster_domain::schedule::{JobSchedule, Recurrence, ScheduleEnd, ScheduledJob, ScheduledJobSpec};
+use muster_domain::schedule::{
+    JobSchedule, Recurrence, ScheduleEnd, ScheduledJob, ScheduledJobSpec,
+};
 use muster_domain::{Event, State};
 use muster_types::{JobId, Timestamp};
 use serde_json::{Map, Value};
@@ -190,15 +192,13 @@ fn schedule(body: &Fields<'_>) -> Result<JobSchedule, ApiError> {
         (Some("daily"), None) => Some(Recurrence::Daily),
         (Some("weekly"), None) => Some(Recurrence::Weekly),
         (Some("monthly"), None) => Some(Recurrence::Monthly),
-        (Some(other), None) => {
-            return Err(ApiError::bad_request(
-                "schedule.recurrence",
-                format!(
-                    "unknown recurrence {}; use daily, weekly or monthly (or leave it out to run once)",
-                    quote(other)
-                ),
-            ))
-        }
+        (Some(other), None) => return Err(ApiError::bad_request(
+            "schedule.recurrence",
+            format!(
+                "unknown recurrence {}; use daily, weekly or monthly (or leave it out to run once)",
+                quote(other)
+            ),
+        )),
     };
     let end = match f.get("end") {
         None | Some(Value::Null) => None,

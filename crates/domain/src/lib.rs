@@ -51,8 +51,8 @@ pub use registry::{
     ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, Group,
     IdentityCondition, Registry, TwinSection,
 };
-pub use schedule::{JobSchedule, Recurrence, ScheduleEnd, ScheduledJob, ScheduledJobSpec};
 pub use retention::{retention_due, Retention, RetentionDue};
+pub use schedule::{JobSchedule, Recurrence, ScheduleEnd, ScheduledJob, ScheduledJobSpec};
 pub use spec::{
     BatchSize, CancellationThreshold, JobSpec, MethodCall, Operation, RetryPolicy, Rollout,
     Schedule, Target, TargetSelector, Threshold,

@@ -215,9 +215,7 @@ impl From<&DomainError> for CommandError {
             }
             DomainError::VersionMismatch { .. }
             | DomainError::GroupVersionMismatch { .. }
-            | DomainError::ScheduledJobVersionMismatch { .. } => {
-                (ErrorKind::VersionMismatch, None)
-            }
+            | DomainError::ScheduledJobVersionMismatch { .. } => (ErrorKind::VersionMismatch, None),
             // Only readers meet it (`decide` never reads cold rows); the nearest kind.
             DomainError::ColdRows(_) => (ErrorKind::Conflict, None),
         };

@@ -44,9 +44,7 @@ impl ScheduleApi {
             )
             .await
             .map_err(cluster_status)?;
-        self.cluster
-            .reader()
-            .read(|s| found(s, id))
+        self.cluster.reader().read(|s| found(s, id))
     }
 }
 
@@ -72,20 +70,24 @@ fn found(s: &State, id: &ScheduledJobId) -> Result<pb::ScheduledJob, Status> {
 }
 
 /// The request's spec, with the template's gaps filled as CreateJob fills them.
-fn spec(id: &ScheduledJobId, spec: Option<pb::ScheduledJobSpec>) -> Result<ScheduledJobSpec, Status> {
+fn spec(
+    id: &ScheduledJobId,
+    spec: Option<pb::ScheduledJobSpec>,
+) -> Result<ScheduledJobSpec, Status> {
     let mut spec =
         spec.ok_or_else(|| Status::invalid_argument("spec: give the scheduled job's spec"))?;
     let template = spec
         .template
         .take()
         .ok_or_else(|| Status::invalid_argument("spec.template: give the job template"))?;
-    let job_id = JobId::new(id.as_str()).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
-    let template = spec_from_request(&job_id, template)
-        .map_err(|s| Status::invalid_argument(s.message().replacen("spec.", "spec.template.", 1)))?;
-    let schedule = spec
-        .schedule
-        .take()
-        .ok_or_else(|| Status::invalid_argument("spec.schedule: give the schedule (start_ms at least)"))?;
+    let job_id =
+        JobId::new(id.as_str()).map_err(|e| Status::invalid_argument(format!("id: {e}")))?;
+    let template = spec_from_request(&job_id, template).map_err(|s| {
+        Status::invalid_argument(s.message().replacen("spec.", "spec.template.", 1))
+    })?;
+    let schedule = spec.schedule.take().ok_or_else(|| {
+        Status::invalid_argument("spec.schedule: give the schedule (start_ms at least)")
+    })?;
     let schedule = schedule
         .try_into()
         .map_err(|e| Status::invalid_argument(format!("spec.schedule.{e}")))?;
@@ -106,7 +108,11 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
         let req = request.into_inner();
         let id: ScheduledJobId = parse_id("id", &req.id)?;
         let spec = spec(&id, req.spec)?;
-        if self.cluster.reader().read(|s| s.schedules.contains_key(&id)) {
+        if self
+            .cluster
+            .reader()
+            .read(|s| s.schedules.contains_key(&id))
+        {
             return Err(Status::already_exists(format!(
                 "scheduled job {id} already exists; update it (UpdateSchedule) or pick another id"
             )));
@@ -166,7 +172,10 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (schedules, more) = self.cluster.reader().read(|s| {
             let (page, more) = take_page(s.schedules.range(after(token)).map(|(_, j)| j), size);
-            (page.into_iter().map(scheduled_job).collect::<Vec<_>>(), more)
+            (
+                page.into_iter().map(scheduled_job).collect::<Vec<_>>(),
+                more,
+            )
         });
         let next_page_token = match (more, schedules.last()) {
             (true, Some(last)) => last.id.clone(),

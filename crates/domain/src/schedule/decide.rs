@@ -43,7 +43,9 @@ pub(crate) fn save(
         if !state.registry.groups.contains_key(g) {
             return Err(DomainError::Invalid {
                 field: "group".into(),
-                message: format!("device group {g} does not exist; create it first or pick another"),
+                message: format!(
+                    "device group {g} does not exist; create it first or pick another"
+                ),
             });
         }
     }
@@ -106,7 +108,12 @@ pub(crate) fn delete(
 pub(crate) fn advance(
     state: &State,
     at: Timestamp,
-    create_job: impl Fn(&State, &muster_types::JobId, &crate::spec::JobSpec, Timestamp) -> Result<Vec<Event>, DomainError>,
+    create_job: impl Fn(
+        &State,
+        &muster_types::JobId,
+        &crate::spec::JobSpec,
+        Timestamp,
+    ) -> Result<Vec<Event>, DomainError>,
 ) -> Vec<Event> {
     let mut events = Vec::new();
     for (id, s) in &state.schedules {

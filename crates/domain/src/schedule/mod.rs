@@ -123,7 +123,10 @@ impl JobSchedule {
             message: m,
         };
         if !self.start.in_rfc3339_range() {
-            return Err(bad("start", "give a time between years 0000 and 9999".into()));
+            return Err(bad(
+                "start",
+                "give a time between years 0000 and 9999".into(),
+            ));
         }
         if let Some(name) = &self.time_zone {
             TimeZone::get(name).map_err(|_| {
@@ -142,9 +145,10 @@ impl JobSchedule {
             }
         }
         match self.end {
-            Some(ScheduleEnd::Date(d)) if !d.in_rfc3339_range() => {
-                Err(bad("end.date", "give a date between years 0000 and 9999".into()))
-            }
+            Some(ScheduleEnd::Date(d)) if !d.in_rfc3339_range() => Err(bad(
+                "end.date",
+                "give a date between years 0000 and 9999".into(),
+            )),
             Some(ScheduleEnd::Date(d)) if d < self.start => Err(bad(
                 "end.date",
                 format!(
@@ -153,10 +157,9 @@ impl JobSchedule {
                     self.start.to_rfc3339()
                 ),
             )),
-            Some(ScheduleEnd::Occurrences(0)) => Err(bad(
-                "end.occurrences",
-                "give at least 1 occurrence".into(),
-            )),
+            Some(ScheduleEnd::Occurrences(0)) => {
+                Err(bad("end.occurrences", "give at least 1 occurrence".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -195,9 +198,7 @@ impl JobSchedule {
                 Some(z.timestamp().as_millisecond())
             }
         }?;
-        Timestamp::from_millis(t)
-            .in_rfc3339_range()
-            .then_some(t)
+        Timestamp::from_millis(t).in_rfc3339_range().then_some(t)
     }
 
     /// When occurrence `i` is due, or `None` when the schedule has none (past its end date).

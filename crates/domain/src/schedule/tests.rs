@@ -4,11 +4,9 @@ use serde_json::json;
 
 use super::*;
 use crate::command::Command;
-use crate::event::Event;
-use crate::spec::{
-    MethodCall, Operation, RetryPolicy, Rollout, Schedule, Target, TargetSelector,
-};
 use crate::error::DomainError;
+use crate::event::Event;
+use crate::spec::{MethodCall, Operation, RetryPolicy, Rollout, Schedule, Target, TargetSelector};
 use crate::State;
 
 fn ts(s: &str) -> Timestamp {
@@ -84,7 +82,9 @@ fn daily_in_a_zone_keeps_civil_time_across_dst() {
         end: None,
         time_zone: Some("Europe/Berlin".into()),
     };
-    let got: Vec<String> = (0..4).map(|i| s.occurrence(i).unwrap().to_rfc3339()).collect();
+    let got: Vec<String> = (0..4)
+        .map(|i| s.occurrence(i).unwrap().to_rfc3339())
+        .collect();
     assert_eq!(
         got,
         [
@@ -104,7 +104,9 @@ fn monthly_clamps_to_the_last_day_without_drifting() {
         end: None,
         time_zone: None,
     };
-    let got: Vec<String> = (0..3).map(|i| s.occurrence(i).unwrap().to_rfc3339()).collect();
+    let got: Vec<String> = (0..3)
+        .map(|i| s.occurrence(i).unwrap().to_rfc3339())
+        .collect();
     assert_eq!(
         got,
         [

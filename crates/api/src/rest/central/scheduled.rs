@@ -37,7 +37,12 @@ pub(super) fn routes() -> Routes {
 }
 
 fn scheduled_id(s: &str) -> Result<ScheduledJobId, ApiError> {
-    path_id(s, |s: &str| ScheduledJobId::new(s), "id", "scheduled job id")
+    path_id(
+        s,
+        |s: &str| ScheduledJobId::new(s),
+        "id",
+        "scheduled job id",
+    )
 }
 
 fn not_found(id: &ScheduledJobId) -> ApiError {
@@ -58,7 +63,11 @@ impl ParseId<muster_types::IdError> for ScheduledJobId {
 async fn list(State(app): State<App>, list: ListRequest) -> Result<Response, ApiError> {
     let p = list.page("GET /api/scheduledJobs", &[], ScheduledJobId::parse_id)?;
     let (items, next) = app
-        .read(|s| page(&s.schedules, p.after.as_ref(), p.size, |_, j| Some(render(j))))
+        .read(|s| {
+            page(&s.schedules, p.after.as_ref(), p.size, |_, j| {
+                Some(render(j))
+            })
+        })
         .await?;
     Ok(list.answer(&p, items, next))
 }
