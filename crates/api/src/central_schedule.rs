@@ -192,13 +192,11 @@ fn schedule(body: &Fields<'_>) -> Result<JobSchedule, ApiError> {
         (Some("daily"), None) => Some(Recurrence::Daily),
         (Some("weekly"), None) => Some(Recurrence::Weekly),
         (Some("monthly"), None) => Some(Recurrence::Monthly),
-        (Some(other), None) => return Err(ApiError::bad_request(
-            "schedule.recurrence",
-            format!(
-                "unknown recurrence {}; use daily, weekly or monthly (or leave it out to run once)",
-                quote(other)
-            ),
-        )),
+        (Some(other), None) => {
+            let hint = "use daily, weekly or monthly (or leave it out to run once)";
+            let message = format!("unknown recurrence {}; {hint}", quote(other));
+            return Err(ApiError::bad_request("schedule.recurrence", message));
+        }
     };
     let end = match f.get("end") {
         None | Some(Value::Null) => None,
