@@ -20,6 +20,7 @@ const PROTO_FILES: &[&str] = &[
     "muster/v1/cluster.proto",
     "muster/v1/audit.proto",
     "muster/v1/auth.proto",
+    "muster/v1/schedules.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -378,3 +378,80 @@ fn an_unreachable_endpoint_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--endpoint"), "{err}");
 }
+
+/// `muster schedule`: a schedule every second, twice, then its jobs and its completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_commands_create_list_and_show_jobs() {
+    let dir = data_dir().unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    ready(&server).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let s = &server;
+        let created = ok(
+            s,
+            &[
+                "schedule",
+                "create",
+                "tick",
+                "--devices",
+                "cli-s1",
+                "--desired",
+                r#"{"a":1}"#,
+                "--start",
+                "now",
+                "--every",
+                "1",
+                "--occurrences",
+                "2",
+            ],
+        );
+        assert_eq!(created["id"], "tick", "{created}");
+        assert_eq!(created["enabled"], true, "{created}");
+        let deadline = std::time::Instant::now() + muster_tests::PATIENCE;
+        loop {
+            let got = ok(s, &["schedule", "get", "tick"]);
+            if got["completed"] == true {
+                assert_eq!(got["created"], 2, "{got}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never completed: {got}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let jobs = ok(s, &["schedule", "jobs", "tick"]);
+        let ids: Vec<&str> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["jobId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["tick-1", "tick-2"], "{jobs}");
+        let list = ok(s, &["schedule", "list"]);
+        assert_eq!(list[0]["id"], "tick", "{list}");
+        let err = fails(
+            s,
+            &[
+                "schedule",
+                "create",
+                "bad",
+                "--devices",
+                "x",
+                "--desired",
+                r#"{"a":1}"#,
+                "--start",
+                "now",
+                "--recurrence",
+                "daily",
+                "--time-zone",
+                "Mars/Base",
+            ],
+        );
+        assert!(err.contains("timeZone"), "{err}");
+        assert!(run(s, &["schedule", "delete", "tick"]).status.success());
+        assert!(fails(s, &["schedule", "get", "tick"]).contains("does not exist"));
+    })
+    .await
+    .unwrap();
+}

@@ -1125,6 +1125,7 @@ async fn devices_groups_health_and_reflection() {
         "muster.v1.GroupService",
         "muster.v1.EventService",
         "muster.v1.ClusterService",
+        "muster.v1.ScheduleService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == s), "{names:?}");

@@ -235,6 +235,15 @@ pub const GRPC_ACCESS: &[(&str, Access)] = {
         ("/muster.v1.JobService/ListJobDevices", Need(JobsRead)),
         ("/muster.v1.JobService/ListDeviceJobs", Need(JobsRead)),
         ("/muster.v1.JobService/WatchJob", Need(JobsRead)),
+        ("/muster.v1.ScheduleService/CreateSchedule", Need(JobsWrite)),
+        ("/muster.v1.ScheduleService/GetSchedule", Need(JobsRead)),
+        ("/muster.v1.ScheduleService/UpdateSchedule", Need(JobsWrite)),
+        ("/muster.v1.ScheduleService/DeleteSchedule", Need(JobsWrite)),
+        ("/muster.v1.ScheduleService/ListSchedules", Need(JobsRead)),
+        (
+            "/muster.v1.ScheduleService/ListScheduleJobs",
+            Need(JobsRead),
+        ),
         (
             "/muster.v1.DeviceService/RegisterDevice",
             Need(DevicesWrite),

@@ -80,15 +80,16 @@ impl From<&DomainError> for ApiError {
             DomainError::JobNotFound(_) => (404, "JobNotFound"),
             DomainError::DeviceNotFound(_) => (404, "DeviceNotFound"),
             DomainError::GroupNotFound(_) => (404, "DeviceGroupNotFound"),
+            DomainError::ScheduledJobNotFound(_) => (404, "ScheduledJobNotFound"),
             DomainError::JobExists(_) => (409, "JobExists"),
             DomainError::DeviceExists(_) => (409, "DeviceExists"),
             DomainError::RerunExists { .. } => (409, "RerunExists"),
             DomainError::Conflict { .. } => (409, "InvalidJobState"),
             DomainError::CredentialNotFound { .. } => (404, "NotFound"),
             DomainError::CredentialConflict(_) => (409, "Conflict"),
-            DomainError::VersionMismatch { .. } | DomainError::GroupVersionMismatch { .. } => {
-                (412, "PreconditionFailed")
-            }
+            DomainError::VersionMismatch { .. }
+            | DomainError::GroupVersionMismatch { .. }
+            | DomainError::ScheduledJobVersionMismatch { .. } => (412, "PreconditionFailed"),
             // A storage failure while reading: the detail goes to the log, not to the caller.
             DomainError::ColdRows(_) => {
                 tracing::error!("internal error answering a request: {e}");

@@ -46,6 +46,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "DesiredSent",
     "JobDetailExpired",
     "JobExpired",
+    "ScheduledJobSaved",
+    "ScheduledJobDeleted",
+    "ScheduledJobOccurred",
+    "ScheduledJobMissed",
 ];
 
 /// The canonical name of an event type written as `JobCreated`, `jobcreated` or `job_created`,

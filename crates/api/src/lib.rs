@@ -14,6 +14,7 @@ pub mod access;
 pub mod central;
 pub mod central_filter;
 pub mod central_rollout;
+pub mod central_schedule;
 pub mod console;
 pub mod credentials;
 pub mod error;

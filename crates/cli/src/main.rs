@@ -56,6 +56,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: client::GroupCmd,
     },
+    /// Scheduled (recurring) jobs: a job template run at each occurrence of a schedule.
+    Schedule {
+        #[command(flatten)]
+        opts: client::ClientOpts,
+        #[command(subcommand)]
+        cmd: client::ScheduleCmd,
+    },
     /// Follow the event log live (change data capture), from any seq.
     Events {
         #[command(flatten)]
@@ -113,6 +120,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Job { opts, cmd } => client::job(&opts, cmd).await,
             Cmd::Device { opts, cmd } => client::device(&opts, cmd).await,
             Cmd::Group { opts, cmd } => client::group(&opts, cmd).await,
+            Cmd::Schedule { opts, cmd } => client::schedule(&opts, cmd).await,
             Cmd::Query { opts, args } => client::query(&opts, args).await,
             Cmd::Events { opts, cmd } => client::events(&opts, cmd).await,
             Cmd::Cluster { opts, cmd } => cluster::cluster(&opts, cmd).await,

@@ -202,6 +202,12 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
     if !pushes.is_empty() {
         out.push(Action::PushDesired(pushes));
     }
+    // A due occurrence is created by the `Advance` proposed for it (`crate::schedule`).
+    for s in state.schedules.values() {
+        if let Some((_, t)) = s.upcoming() {
+            consider(t, &mut next, &mut due);
+        }
+    }
     for req in crate::invocation::actions(state, |t| consider(t, &mut next, &mut due)) {
         out.push(Action::Invoke(req));
     }

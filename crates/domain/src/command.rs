@@ -1,6 +1,8 @@
 //! Requests to change state. Each carries the time the leader stamped on it: the core has no clock.
 
-use muster_types::{DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, Timestamp};
+use muster_types::{
+    DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, ScheduledJobId, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -207,6 +209,19 @@ pub enum Command {
         pushes: Vec<crate::push::DesiredSent>,
         at: Timestamp,
     },
+    /// Creates or replaces a scheduled job (`crate::schedule`); with `if_version`, only the
+    /// schedule at that version (its etag), so IoT Central's PATCH loses no concurrent change.
+    SaveScheduledJob {
+        id: ScheduledJobId,
+        spec: crate::schedule::ScheduledJobSpec,
+        if_version: Option<u64>,
+        at: Timestamp,
+    },
+    /// Removes a schedule; the jobs it created stay.
+    DeleteScheduledJob {
+        id: ScheduledJobId,
+        at: Timestamp,
+    },
 }
 
 /// The `at` field of any command, by reference or by mutable reference (whichever `$cmd` is):
@@ -243,7 +258,9 @@ macro_rules! stamp_of {
             | Command::UpdateDevice { at, .. }
             | Command::InvokeMethod { at, .. }
             | Command::RecordMethodResponse { at, .. }
-            | Command::MarkDesiredSent { at, .. } => at,
+            | Command::MarkDesiredSent { at, .. }
+            | Command::SaveScheduledJob { at, .. }
+            | Command::DeleteScheduledJob { at, .. } => at,
         }
     };
 }

@@ -173,8 +173,16 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
         Command::Advance { at } => {
             let mut events = advance(state, *at);
             events.extend(crate::invocation::advance(state, *at));
+            events.extend(crate::schedule::advance(state, *at, create_job));
             Ok(events)
         }
+        Command::SaveScheduledJob {
+            id,
+            spec,
+            if_version,
+            at,
+        } => crate::schedule::save(state, id, spec, *if_version, *at),
+        Command::DeleteScheduledJob { id, at } => crate::schedule::delete(state, id, *at),
         Command::RegisterDevices {
             devices,
             upsert,

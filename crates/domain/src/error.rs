@@ -1,7 +1,7 @@
 //! The one error type of the pure core. Each variant maps to one HTTP/gRPC status at the edge, and
 //! its message tells the caller what to change.
 
-use muster_types::{DeviceId, GroupId, IdError, JobId, RerunId};
+use muster_types::{DeviceId, GroupId, IdError, JobId, RerunId, ScheduledJobId};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DomainError {
@@ -46,6 +46,14 @@ pub enum DomainError {
     #[error("device {device} has changed: it is at version (etag) {actual}, not {expected}; read it again and retry with the new etag")]
     VersionMismatch {
         device: DeviceId,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("scheduled job {0} does not exist")]
+    ScheduledJobNotFound(ScheduledJobId),
+    #[error("scheduled job {id} has changed: it is at version (etag) {actual}, not {expected}; read it again and retry with the new etag")]
+    ScheduledJobVersionMismatch {
+        id: ScheduledJobId,
         expected: u64,
         actual: u64,
     },

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use muster_types::{DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, Timestamp};
+use muster_types::{
+    DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, ScheduledJobId, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -245,6 +247,33 @@ pub enum Event {
         version: u64,
         at: Timestamp,
     },
+    /// A scheduled job was created or replaced; `next` is the first occurrence it considers.
+    ScheduledJobSaved {
+        id: ScheduledJobId,
+        spec: Box<crate::schedule::ScheduledJobSpec>,
+        next: u32,
+        at: Timestamp,
+    },
+    ScheduledJobDeleted {
+        id: ScheduledJobId,
+        at: Timestamp,
+    },
+    /// Occurrence `occurrence` (due at `due`) created `job`; follows the job's `JobCreated`.
+    ScheduledJobOccurred {
+        id: ScheduledJobId,
+        occurrence: u32,
+        due: Timestamp,
+        job: JobId,
+        at: Timestamp,
+    },
+    /// Occurrence `occurrence` could not create its job (e.g. its device group was deleted).
+    ScheduledJobMissed {
+        id: ScheduledJobId,
+        occurrence: u32,
+        due: Timestamp,
+        reason: String,
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -269,7 +298,8 @@ impl Event {
             | Event::JobContinued { job, .. }
             | Event::JobDetailExpired { job, .. }
             | Event::JobExpired { job, .. }
-            | Event::RateChanged { job, .. } => Some(job),
+            | Event::RateChanged { job, .. }
+            | Event::ScheduledJobOccurred { job, .. } => Some(job),
             _ => None,
         }
     }
@@ -347,7 +377,11 @@ impl Event {
             | Event::MethodSent { at, .. }
             | Event::DesiredSent { at, .. }
             | Event::MethodResponded { at, .. }
-            | Event::MethodFailed { at, .. } => *at,
+            | Event::MethodFailed { at, .. }
+            | Event::ScheduledJobSaved { at, .. }
+            | Event::ScheduledJobDeleted { at, .. }
+            | Event::ScheduledJobOccurred { at, .. }
+            | Event::ScheduledJobMissed { at, .. } => *at,
         }
     }
 
@@ -391,6 +425,10 @@ impl Event {
             Event::DesiredSent { .. } => "DesiredSent",
             Event::MethodResponded { .. } => "MethodResponded",
             Event::MethodFailed { .. } => "MethodFailed",
+            Event::ScheduledJobSaved { .. } => "ScheduledJobSaved",
+            Event::ScheduledJobDeleted { .. } => "ScheduledJobDeleted",
+            Event::ScheduledJobOccurred { .. } => "ScheduledJobOccurred",
+            Event::ScheduledJobMissed { .. } => "ScheduledJobMissed",
         }
     }
 }

@@ -259,6 +259,7 @@ pub fn evolve(state: &mut State, event: &Event) {
         }
         Event::JobExpired { job, .. } => {
             state.jobs.remove(job);
+            crate::schedule::forget_job(state, job);
         }
         Event::RerunStarted {
             job,
@@ -378,6 +379,10 @@ pub fn evolve(state: &mut State, event: &Event) {
         | Event::MethodResponded { .. }
         | Event::MethodFailed { .. } => crate::invocation::evolve(state, event),
         Event::DesiredSent { .. } => {}
+        Event::ScheduledJobSaved { .. }
+        | Event::ScheduledJobDeleted { .. }
+        | Event::ScheduledJobOccurred { .. }
+        | Event::ScheduledJobMissed { .. } => crate::schedule::evolve(state, event),
     }
     crate::push::after(state, event);
 }

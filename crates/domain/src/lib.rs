@@ -21,6 +21,7 @@ pub mod query;
 pub mod registry;
 pub mod retention;
 pub mod rollout;
+pub mod schedule;
 pub mod spec;
 pub mod twin_size;
 pub mod window;
@@ -51,6 +52,7 @@ pub use registry::{
     IdentityCondition, Registry, TwinSection,
 };
 pub use retention::{retention_due, Retention, RetentionDue};
+pub use schedule::{JobSchedule, Recurrence, ScheduleEnd, ScheduledJob, ScheduledJobSpec};
 pub use spec::{
     BatchSize, CancellationThreshold, JobSpec, MethodCall, Operation, RetryPolicy, Rollout,
     Schedule, Target, TargetSelector, Threshold,
@@ -68,6 +70,9 @@ pub struct State {
     /// Direct methods not yet ended (absent from snapshots of earlier builds: then none).
     #[serde(default)]
     pub invocations: invocation::Invocations,
+    /// Scheduled (recurring) jobs (absent from snapshots of earlier builds: then none).
+    #[serde(default)]
+    pub schedules: BTreeMap<muster_types::ScheduledJobId, schedule::ScheduledJob>,
 }
 
 impl State {

@@ -237,6 +237,13 @@ impl From<&Command> for pb::Command {
             Command::MarkDesiredSent { pushes, at } => {
                 crate::push::mark_desired_sent_case(pushes, *at)
             }
+            Command::SaveScheduledJob {
+                id,
+                spec,
+                if_version,
+                at,
+            } => crate::schedule::save_case(id, spec, *if_version, *at),
+            Command::DeleteScheduledJob { id, at } => crate::schedule::delete_case(id, *at),
         };
         pb::Command { kind: Some(kind) }
     }
@@ -444,6 +451,8 @@ fn command_kind(kind: Kind) -> Result<Command, ProtoError> {
         Kind::InvokeMethod(m) => crate::invocation::invoke_method(m)?,
         Kind::RecordMethodResponse(m) => crate::invocation::record_method_response(m)?,
         Kind::MarkDesiredSent(m) => crate::push::mark_desired_sent(m)?,
+        Kind::SaveScheduledJob(m) => crate::schedule::save(m)?,
+        Kind::DeleteScheduledJob(m) => crate::schedule::delete(m)?,
     })
 }
 

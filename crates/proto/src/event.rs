@@ -295,6 +295,24 @@ impl From<&Event> for pb::Event {
                 version,
                 at,
             } => crate::push::desired_sent_case(device, *version, *at),
+            Event::ScheduledJobSaved { id, spec, next, at } => {
+                crate::schedule::saved_case(id, spec, *next, *at)
+            }
+            Event::ScheduledJobDeleted { id, at } => crate::schedule::deleted_case(id, *at),
+            Event::ScheduledJobOccurred {
+                id,
+                occurrence,
+                due,
+                job,
+                at,
+            } => crate::schedule::occurred_case(id, *occurrence, *due, job, *at),
+            Event::ScheduledJobMissed {
+                id,
+                occurrence,
+                due,
+                reason,
+                at,
+            } => crate::schedule::missed_case(id, *occurrence, *due, reason, *at),
         };
         pb::Event { kind: Some(kind) }
     }
@@ -506,5 +524,9 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
         Kind::MethodResponded(m) => crate::invocation::method_responded(m)?,
         Kind::MethodFailed(m) => crate::invocation::method_failed(m)?,
         Kind::DesiredSent(m) => crate::push::desired_sent(m)?,
+        Kind::ScheduledJobSaved(m) => crate::schedule::saved(m)?,
+        Kind::ScheduledJobDeleted(m) => crate::schedule::deleted(m)?,
+        Kind::ScheduledJobOccurred(m) => crate::schedule::occurred(m)?,
+        Kind::ScheduledJobMissed(m) => crate::schedule::missed(m)?,
     })
 }

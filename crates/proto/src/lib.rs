@@ -26,6 +26,7 @@ mod job;
 mod push;
 mod registry;
 mod rollout;
+mod schedule;
 mod spec;
 
 use std::borrow::Cow;

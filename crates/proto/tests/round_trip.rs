@@ -184,6 +184,10 @@ impl Seen {
             Event::DesiredSent { .. } => "Event::DesiredSent",
             Event::JobDetailExpired { .. } => "Event::JobDetailExpired",
             Event::JobExpired { .. } => "Event::JobExpired",
+            Event::ScheduledJobSaved { .. } => "Event::ScheduledJobSaved",
+            Event::ScheduledJobDeleted { .. } => "Event::ScheduledJobDeleted",
+            Event::ScheduledJobOccurred { .. } => "Event::ScheduledJobOccurred",
+            Event::ScheduledJobMissed { .. } => "Event::ScheduledJobMissed",
         };
         self.0.insert(name);
     }
@@ -252,6 +256,8 @@ impl Seen {
                 "Command::RecordMethodResponse"
             }
             Command::MarkDesiredSent { .. } => "Command::MarkDesiredSent",
+            Command::SaveScheduledJob { .. } => "Command::SaveScheduledJob",
+            Command::DeleteScheduledJob { .. } => "Command::DeleteScheduledJob",
         };
         self.0.insert(name);
     }
@@ -297,6 +303,12 @@ const ALL_CASES: &[&str] = &[
     "Event::MethodFailed",
     "Event::DesiredSent",
     "Command::MarkDesiredSent",
+    "Event::ScheduledJobSaved",
+    "Event::ScheduledJobDeleted",
+    "Event::ScheduledJobOccurred",
+    "Event::ScheduledJobMissed",
+    "Command::SaveScheduledJob",
+    "Command::DeleteScheduledJob",
     "MethodOutcome::Responded",
     "MethodOutcome::Failed",
     "Command::SavePolicy",

@@ -52,6 +52,8 @@ const TAG_AUTH: u8 = 5;
 const TAG_INVOCATIONS: u8 = 6;
 const TAG_TREE: u8 = 7;
 const TAG_ENTRY: u8 = 8;
+/// A scheduled job (absent from files of earlier builds: then none).
+const TAG_SCHEDULE: u8 = 9;
 const TAG_END: u8 = 0xFF;
 
 /// What a snapshot is of: the first frame.
@@ -124,6 +126,7 @@ pub fn write_snapshot<W: Write>(
             },
         auth,
         invocations,
+        schedules,
     } = state;
     let mut w = FrameWriter {
         out,
@@ -142,6 +145,9 @@ pub fn write_snapshot<W: Write>(
     }
     for entry in jobs {
         w.record(TAG_JOB, &entry)?;
+    }
+    for entry in schedules {
+        w.record(TAG_SCHEDULE, &entry)?;
     }
     w.record(TAG_AUTH, auth)?;
     w.record(TAG_INVOCATIONS, invocations)?;
@@ -255,6 +261,7 @@ pub fn read_snapshot<R: Read>(
     let mut devices: BTreeMap<muster_types::DeviceId, muster_domain::Device> = BTreeMap::new();
     let mut groups = BTreeMap::new();
     let mut jobs = BTreeMap::new();
+    let mut schedules = BTreeMap::new();
     let mut auth = None;
     let mut invocations = None;
     let mut current_tree: Option<String> = None;
@@ -274,6 +281,10 @@ pub fn read_snapshot<R: Read>(
             TAG_JOB => {
                 let (k, v) = r.decode("job")?;
                 jobs.insert(k, v);
+            }
+            TAG_SCHEDULE => {
+                let (k, v) = r.decode("scheduled job")?;
+                schedules.insert(k, v);
             }
             TAG_AUTH => auth = Some(r.decode("credentials")?),
             TAG_INVOCATIONS => invocations = Some(r.decode("invocations")?),
@@ -337,6 +348,7 @@ pub fn read_snapshot<R: Read>(
         },
         auth,
         invocations,
+        schedules,
     };
     Ok((header, state))
 }

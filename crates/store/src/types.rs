@@ -205,6 +205,7 @@ impl From<&DomainError> for CommandError {
             DomainError::JobNotFound(_)
             | DomainError::DeviceNotFound(_)
             | DomainError::GroupNotFound(_)
+            | DomainError::ScheduledJobNotFound(_)
             | DomainError::CredentialNotFound { .. } => (ErrorKind::NotFound, None),
             DomainError::JobExists(_)
             | DomainError::DeviceExists(_)
@@ -212,9 +213,9 @@ impl From<&DomainError> for CommandError {
             DomainError::Conflict { .. } | DomainError::CredentialConflict(_) => {
                 (ErrorKind::Conflict, None)
             }
-            DomainError::VersionMismatch { .. } | DomainError::GroupVersionMismatch { .. } => {
-                (ErrorKind::VersionMismatch, None)
-            }
+            DomainError::VersionMismatch { .. }
+            | DomainError::GroupVersionMismatch { .. }
+            | DomainError::ScheduledJobVersionMismatch { .. } => (ErrorKind::VersionMismatch, None),
             // Only readers meet it (`decide` never reads cold rows); the nearest kind.
             DomainError::ColdRows(_) => (ErrorKind::Conflict, None),
         };

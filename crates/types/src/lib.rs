@@ -214,6 +214,12 @@ string_id!(
 );
 
 string_id!(
+    /// A scheduled (recurring) job's id, IoT Central's `scheduledJobId`. Job ids alphabet, but at
+    /// most 48 characters: each occurrence's job is named `{id}-{n}` and must fit a job id.
+    ScheduledJobId, "scheduled job id", 48, (is_job_char, &JOB_CHARS), JOB_ID_ALLOWED
+);
+
+string_id!(
     /// The caller's name for a rerun (IoT Central's `PUT /api/jobs/{id}/rerun/{rerunId}`).
     RerunId, "rerun id", 64, (is_job_char, &JOB_CHARS), JOB_ID_ALLOWED
 );

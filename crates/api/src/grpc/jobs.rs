@@ -54,7 +54,7 @@ impl JobApi {
 /// {"target": ..., "operations": [...]}}` is a complete request (see the conventions at the top of
 /// jobs.proto), then converts with the persisted format's checks. The domain's own validation
 /// runs later in `decide`, with the same messages the REST API gives.
-fn spec_from_request(id: &JobId, mut spec: pb::JobSpec) -> Result<JobSpec, Status> {
+pub(crate) fn spec_from_request(id: &JobId, mut spec: pb::JobSpec) -> Result<JobSpec, Status> {
     if spec.display_name.is_empty() {
         spec.display_name = id.to_string();
     }

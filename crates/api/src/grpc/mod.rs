@@ -18,6 +18,7 @@ mod measure;
 
 pub use measure::{Measure, MeasureLayer};
 mod query;
+mod schedules;
 
 use std::ops::Bound;
 
@@ -30,6 +31,7 @@ pub use cluster::ClusterApi;
 pub use devices::{DeviceApi, GroupApi};
 pub use events::EventApi;
 pub use jobs::JobApi;
+pub use schedules::ScheduleApi;
 
 use muster_proto::pb;
 
@@ -92,6 +94,7 @@ pub(crate) const CLIENT_SERVICES: &[&str] = &[
     "muster.v1.EventService",
     "muster.v1.ClusterService",
     "muster.v1.AuthService",
+    "muster.v1.ScheduleService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
 ];
@@ -129,6 +132,9 @@ pub fn routes(
             reporter
                 .set_serving::<pb::auth_service_server::AuthServiceServer<AuthApi>>()
                 .await;
+            reporter
+                .set_serving::<pb::schedule_service_server::ScheduleServiceServer<ScheduleApi>>()
+                .await;
         });
     }
     let mut routes = tonic::service::Routes::new(health)
@@ -147,6 +153,10 @@ pub fn routes(
     routes = routes.add_service(pb::cluster_service_server::ClusterServiceServer::new(
         cluster_api,
     ));
+    routes = routes.add_service(
+        pb::schedule_service_server::ScheduleServiceServer::new(ScheduleApi::new(cluster.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
     routes = routes.add_service(pb::auth_service_server::AuthServiceServer::new(
         AuthApi::new(cluster.clone(), gate),
     ));

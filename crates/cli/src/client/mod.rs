@@ -10,6 +10,7 @@ pub(crate) mod credential;
 mod events;
 mod query;
 mod render;
+mod schedule;
 mod spec;
 
 use std::io::Read;
@@ -28,6 +29,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub(crate) use credential::{Conn, Credential};
 
 use render::print_json;
+pub use schedule::{schedule, ScheduleCmd};
 
 pub use events::{events, EventsCmd};
 pub use query::{query, QueryArgs};

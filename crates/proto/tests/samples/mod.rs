@@ -748,7 +748,100 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 at: at(12_000),
             },
         ),
+        (
+            "event_scheduled_job_saved",
+            Event::ScheduledJobSaved {
+                id: schedule_id(),
+                spec: Box::new(scheduled_spec()),
+                next: 2,
+                at: at(13_000),
+            },
+        ),
+        (
+            "event_scheduled_job_saved_once",
+            Event::ScheduledJobSaved {
+                id: schedule_id(),
+                spec: Box::new(scheduled_once_spec()),
+                next: 0,
+                at: at(13_000),
+            },
+        ),
+        (
+            "event_scheduled_job_deleted",
+            Event::ScheduledJobDeleted {
+                id: schedule_id(),
+                at: at(13_100),
+            },
+        ),
+        (
+            "event_scheduled_job_occurred",
+            Event::ScheduledJobOccurred {
+                id: schedule_id(),
+                occurrence: 3,
+                due: at(13_000),
+                job: JobId::new("nightly-4").unwrap(),
+                at: at(13_050),
+            },
+        ),
+        (
+            "event_scheduled_job_missed",
+            Event::ScheduledJobMissed {
+                id: schedule_id(),
+                occurrence: 4,
+                due: at(14_000),
+                reason: "group: device group building-43 does not exist".into(),
+                at: at(14_050),
+            },
+        ),
     ]
+}
+
+pub fn schedule_id() -> muster_types::ScheduledJobId {
+    muster_types::ScheduledJobId::new("nightly").unwrap()
+}
+
+/// A daily schedule in a zone that ends after a number of jobs.
+pub fn scheduled_spec() -> muster_domain::ScheduledJobSpec {
+    use muster_domain::schedule::{JobSchedule, Recurrence, ScheduleEnd};
+    muster_domain::ScheduledJobSpec {
+        template: group_spec(),
+        schedule: JobSchedule {
+            start: at(0),
+            recurrence: Some(Recurrence::Daily),
+            end: Some(ScheduleEnd::Occurrences(7)),
+            time_zone: Some("Europe/Berlin".into()),
+        },
+        enabled: true,
+    }
+}
+
+/// The other schedule shapes: once (no recurrence) is below; an interval with an end date.
+pub fn scheduled_once_spec() -> muster_domain::ScheduledJobSpec {
+    use muster_domain::schedule::{JobSchedule, ScheduleEnd};
+    muster_domain::ScheduledJobSpec {
+        template: query_spec(),
+        schedule: JobSchedule {
+            start: at(60_000),
+            recurrence: None,
+            end: Some(ScheduleEnd::Date(at(120_000))),
+            time_zone: None,
+        },
+        enabled: false,
+    }
+}
+
+pub fn scheduled_interval_spec() -> muster_domain::ScheduledJobSpec {
+    use muster_domain::schedule::{JobSchedule, Recurrence};
+    muster_domain::ScheduledJobSpec {
+        template: query_spec(),
+        schedule: JobSchedule {
+            start: at(60_000),
+            recurrence: Some(Recurrence::Seconds(30)),
+            end: None,
+            time_zone: None,
+        },
+        enabled: true,
+    }
 }
 
 pub fn identity() -> DeviceIdentity {
@@ -1173,6 +1266,31 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                     },
                 ],
                 at: at(12_000),
+            },
+        ),
+        (
+            "command_save_scheduled_job",
+            Command::SaveScheduledJob {
+                id: schedule_id(),
+                spec: scheduled_spec(),
+                if_version: None,
+                at: at(13_000),
+            },
+        ),
+        (
+            "command_save_scheduled_job_conditional",
+            Command::SaveScheduledJob {
+                id: schedule_id(),
+                spec: scheduled_interval_spec(),
+                if_version: Some(3),
+                at: at(13_000),
+            },
+        ),
+        (
+            "command_delete_scheduled_job",
+            Command::DeleteScheduledJob {
+                id: schedule_id(),
+                at: at(13_100),
             },
         ),
     ]

@@ -74,6 +74,29 @@ pub fn create_job(id: &str, devices: usize, ms: i64) -> Command {
     }
 }
 
+/// A scheduled job every 2 s from `ms + 50`, two occurrences, on four devices.
+pub fn save_schedule(id: &str, ms: i64) -> Command {
+    use muster_domain::schedule::{JobSchedule, Recurrence, ScheduleEnd, ScheduledJobSpec};
+    let Command::CreateJob { spec, .. } = create_job(id, 4, ms) else {
+        unreachable!()
+    };
+    Command::SaveScheduledJob {
+        id: muster_types::ScheduledJobId::new(id).unwrap(),
+        spec: ScheduledJobSpec {
+            template: spec,
+            schedule: JobSchedule {
+                start: at(ms + 50),
+                recurrence: Some(Recurrence::Seconds(2)),
+                end: Some(ScheduleEnd::Occurrences(2)),
+                time_zone: None,
+            },
+            enabled: true,
+        },
+        if_version: None,
+        at: at(ms),
+    }
+}
+
 /// Registers devices, creates two jobs and drives them the way a leader would: advance,
 /// dispatch, results (every fifth device fails). Built against a shadow state so each command
 /// is one the leader would really propose.
@@ -83,6 +106,7 @@ pub fn workload() -> Vec<Command> {
         register(0, 20, 0),
         create_job("reboot-1", 20, 10),
         create_job("reboot-2", 6, 20),
+        save_schedule("nightly", 30),
     ];
     for c in &cmds {
         shadow.execute(c).unwrap();

@@ -8,11 +8,12 @@
 //! [`crate::central_filter`]). `GET /api/jobs/{id}/events` (muster's own addition) pages through a
 //! job's history the same way, its token being the seq the page ended with.
 //!
-//! The routes: [`jobs`], [`groups`], [`devices`].
+//! The routes: [`jobs`], [`groups`], [`devices`], [`scheduled`].
 
 mod devices;
 mod groups;
 mod jobs;
+mod scheduled;
 
 use std::collections::BTreeMap;
 
@@ -43,6 +44,7 @@ pub(super) fn routes() -> Routes {
         .merge(jobs::routes())
         .merge(groups::routes())
         .merge(devices::routes())
+        .merge(scheduled::routes())
 }
 
 /// The checked `api-version`, kept for the `nextLink`.
