@@ -17,7 +17,8 @@ use crate::command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyR
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::job::{
-    CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, JsonText, MethodResponse, Stats,
+    CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, JsonText,
+    MethodResponse, Stats,
 };
 use crate::registry::{
     ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition,

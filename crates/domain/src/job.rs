@@ -474,7 +474,10 @@ impl Run {
 
     /// The device's position in `devices` (its run order).
     pub fn position(&self, id: &DeviceId) -> Option<u32> {
-        self.index.find(&self.devices, id).ok().map(|k| self.index.0[k])
+        self.index
+            .find(&self.devices, id)
+            .ok()
+            .map(|k| self.index.0[k])
     }
 
     /// The batch whose devices are being worked on: the last one started.
@@ -561,7 +564,12 @@ impl RunIndex {
         if !positions.is_sorted_by(|a, b| id(a) <= id(b)) {
             positions.sort_by(|a, b| id(a).cmp(id(b)));
         }
-        if self.0.last().zip(positions.first()).is_none_or(|(l, f)| id(l) < id(f)) {
+        if self
+            .0
+            .last()
+            .zip(positions.first())
+            .is_none_or(|(l, f)| id(l) < id(f))
+        {
             self.0.extend(positions);
             return;
         }
@@ -600,14 +608,20 @@ impl<'de> Deserialize<'de> for RunIndex {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("device positions in id order, or a map from device id to position")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<RunIndex, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<RunIndex, A::Error> {
                 let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
                 while let Some(p) = a.next_element()? {
                     v.push(p);
                 }
                 Ok(RunIndex(v))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<RunIndex, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<RunIndex, A::Error> {
                 let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
                 while let Some((_, p)) = a.next_entry::<serde::de::IgnoredAny, u32>()? {
                     v.push(p);

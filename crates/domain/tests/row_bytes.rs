@@ -149,7 +149,10 @@ fn a_running_jobs_device_costs_at_most_200_bytes() {
     for (stage, bytes) in [
         ("pending", per(registered, pending)),
         ("dispatched", per(registered, running)),
-        ("answered, without the response text", per(registered, answered) - response),
+        (
+            "answered, without the response text",
+            per(registered, answered) - response,
+        ),
     ] {
         assert!(
             bytes <= BUDGET,

@@ -6,7 +6,7 @@ use muster_domain::{CancelReason, FailureReason, JobFailure, JsonText, MethodRes
 use serde_json::Value;
 
 use crate::error::ProtoError;
-use crate::fields::{json, json_text, required};
+use crate::fields::{json, required};
 use crate::pb;
 
 impl From<&FailureReason> for pb::FailureReason {
