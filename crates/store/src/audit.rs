@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{chain_hash, from_hex, to_hex, Hash, GENESIS};
 use crate::codec::{decode_event, decode_record, encode_event, from_json, parse_principal};
 use crate::error::StoreError;
-use crate::event_index::{EventIndex, Kind, JOB_TREE};
+use crate::event_index::{EventIndex, JOB_TREE};
 use crate::segment::raw_records;
 use crate::state_machine::{decode_stored, StoredEvent};
 use crate::state_machine::{
@@ -788,7 +788,7 @@ impl AuditLog {
             }
             if buffer.is_empty() && next <= to {
                 let index = self.index.as_ref()?;
-                match index.read(&self.events, Kind::Job, job.as_str(), next, to, 4096) {
+                match index.read_job(&self.events, job.as_str(), next, to, 4096) {
                     Ok(chunk) => {
                         next = match chunk.last() {
                             Some(r) if chunk.len() == 4096 => r.seq + 1,

@@ -166,6 +166,11 @@ impl StateReader {
         // Records, then their index entries, then the progress that counts them.
         shared.events.apply_batch(batch)?;
         index.write(&shared.index)?;
+        shared.index.devices.write_below(
+            (need.next..)
+                .zip(&events)
+                .filter_map(|(s, e)| e.device().map(|d| (s, d.as_str()))),
+        )?;
         let mut progress = sled::Batch::default();
         progress.insert(NEXT, &u64_key(seq));
         progress.insert(PREV, &prev);

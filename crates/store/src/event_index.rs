@@ -1,34 +1,36 @@
 //! Per-job and per-device indexes over the event log, so one job's (or device's) history costs
-//! what that job wrote instead of a walk over the whole log.
+//! what that job wrote instead of a walk over the whole log. This module has the job index and
+//! what both share; `device_index` has the device index, kept by a background indexer.
 //!
 //! Trees (keys big-endian):
 //!
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `events_by_job` | id length u16, job id, first seq u64 | count u32 |
-//! | `events_by_device` | id length u16, device id, first seq u64 | count u32 |
+//! | `events_by_device` | id length u16, device id, first seq u64 | the entry's further seqs, LEB128 deltas (see `device_index`) |
 //!
-//! An entry names a *run*: `count` consecutive seqs from `first seq` that all belong to the id
-//! (written by one command, or one chunk of a back-fill or of [`build`]). A command's events of one job are usually consecutive (a
-//! thousand results are one run), so the job index costs about one insert per command; a
-//! device's events are mostly alone (a run of one). The length prefix keeps `ab` from sorting
-//! inside `a`'s keys.
+//! A job entry names a *run*: `count` consecutive seqs from `first seq` that all belong to the
+//! job (written by one command, or one chunk of a back-fill or of [`build`]). A command's events
+//! of one job are usually consecutive (a thousand results are one run), so the job index costs
+//! about one insert per command, written by the apply. The length prefix keeps `ab` from
+//! sorting inside `a`'s keys.
 //!
-//! Durability follows the events (see `state_machine`): an apply writes its entries before the
-//! metadata that publishes `last_seq`, readers stop at `last_seq`, and the re-apply of an
+//! Durability follows the events (see `state_machine`): an apply writes its job entries before
+//! the metadata that publishes `last_seq`, readers stop at `last_seq`, and the re-apply of an
 //! interrupted entry writes the same runs again (`decide` is deterministic). Readers still check
 //! each record's event against the id, so an entry that points elsewhere (it cannot, short of a
-//! bug) is skipped rather than shown. The index covers exactly the records the `events` tree
-//! holds: a snapshot install clears both; a back-fill (see `backfill`) writes both.
+//! bug) is skipped rather than shown. A snapshot install clears both indexes with the events; a
+//! back-fill (see `backfill`) writes both for what it writes.
 //!
-//! `sm_meta["event_index"]` says the index is complete. A data directory written before the
-//! index existed lacks it and is indexed by [`build`] when the store opens.
+//! `sm_meta["event_index"]` says the job index is complete, in this layout. A data directory
+//! written before it is indexed by [`build`] when the store opens.
 
 use std::collections::HashMap;
 
 use muster_domain::Event;
 
 use crate::codec::u64_key;
+use crate::device_index::DeviceIndex;
 use crate::error::StoreError;
 use crate::segment::raw_records;
 use crate::state_machine::{decode_stored, StoredEvent};
@@ -38,23 +40,17 @@ pub(crate) const DEVICE_TREE: &str = "events_by_device";
 /// `sm_meta` key present once the index covers every stored record.
 pub(crate) const COMPLETE: &[u8] = b"event_index";
 /// Version of the index layout, the value of [`COMPLETE`].
-const FORMAT: u8 = 1;
+/// 2: device entries are seq lists written by the indexer (`device_index`).
+const FORMAT: u8 = 2;
 
 /// The two index trees.
 #[derive(Debug, Clone)]
 pub(crate) struct EventIndex {
     pub(crate) jobs: sled::Tree,
-    pub(crate) devices: sled::Tree,
+    pub(crate) devices: DeviceIndex,
 }
 
-/// Which index to read.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Kind {
-    Job,
-    Device,
-}
-
-fn key(id: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn id_key(id: &str, seq: u64) -> Vec<u8> {
     let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
     let mut k = Vec::with_capacity(2 + id.len() + 8);
     k.extend_from_slice(&len.to_be_bytes());
@@ -64,7 +60,7 @@ fn key(id: &str, seq: u64) -> Vec<u8> {
 }
 
 /// The first seq of a key (its last eight bytes).
-fn key_seq(k: &[u8]) -> Result<u64, StoreError> {
+pub(crate) fn key_seq(k: &[u8]) -> Result<u64, StoreError> {
     k.len()
         .checked_sub(8)
         .and_then(|at| k.get(at..))
@@ -83,7 +79,6 @@ fn value_count(v: &[u8]) -> Result<u64, StoreError> {
 #[derive(Default)]
 pub(crate) struct IndexBatch {
     pub(crate) jobs: sled::Batch,
-    pub(crate) devices: sled::Batch,
     pub(crate) entries: usize,
 }
 
@@ -96,37 +91,24 @@ impl IndexBatch {
     ) {
         // id -> (first seq, count) of the run still open for it.
         let mut jobs: HashMap<&str, (u64, u32)> = HashMap::new();
-        let mut devices: HashMap<&str, (u64, u32)> = HashMap::new();
         for (seq, event) in (first_seq..).zip(events) {
             if let Some(job) = event.job() {
-                self.extend(&mut jobs, Kind::Job, job.as_str(), seq);
-            }
-            if let Some(device) = event.device() {
-                self.extend(&mut devices, Kind::Device, device.as_str(), seq);
+                self.extend(&mut jobs, job.as_str(), seq);
             }
         }
         for (id, (start, count)) in jobs {
-            self.put(Kind::Job, id, start, count);
-        }
-        for (id, (start, count)) in devices {
-            self.put(Kind::Device, id, start, count);
+            self.put(id, start, count);
         }
     }
 
-    fn extend<'e>(
-        &mut self,
-        open: &mut HashMap<&'e str, (u64, u32)>,
-        kind: Kind,
-        id: &'e str,
-        seq: u64,
-    ) {
+    fn extend<'e>(&mut self, open: &mut HashMap<&'e str, (u64, u32)>, id: &'e str, seq: u64) {
         match open.get_mut(id) {
             Some((start, count)) if *start + u64::from(*count) == seq && *count < u32::MAX => {
                 *count += 1;
             }
             Some(run) => {
                 let (start, count) = std::mem::replace(run, (seq, 1));
-                self.put(kind, id, start, count);
+                self.put(id, start, count);
             }
             None => {
                 open.insert(id, (seq, 1));
@@ -134,12 +116,8 @@ impl IndexBatch {
         }
     }
 
-    fn put(&mut self, kind: Kind, id: &str, start: u64, count: u32) {
-        let batch = match kind {
-            Kind::Job => &mut self.jobs,
-            Kind::Device => &mut self.devices,
-        };
-        batch.insert(key(id, start), &count.to_be_bytes());
+    fn put(&mut self, id: &str, start: u64, count: u32) {
+        self.jobs.insert(id_key(id, start), &count.to_be_bytes());
         self.entries += 1;
     }
 
@@ -148,9 +126,7 @@ impl IndexBatch {
         if self.entries == 0 {
             return Ok(());
         }
-        index.jobs.apply_batch(self.jobs)?;
-        index.devices.apply_batch(self.devices)?;
-        Ok(())
+        Ok(index.jobs.apply_batch(self.jobs)?)
     }
 }
 
@@ -158,22 +134,21 @@ impl EventIndex {
     pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
         Ok(EventIndex {
             jobs: db.open_tree(JOB_TREE)?,
-            devices: db.open_tree(DEVICE_TREE)?,
+            devices: DeviceIndex::open(db.open_tree(DEVICE_TREE)?)?,
         })
     }
 
-    pub(crate) fn clear(&self) -> Result<(), StoreError> {
+    /// Empties both indexes: the events tree holds nothing up to `last_seq`.
+    pub(crate) fn clear(&self, last_seq: u64) -> Result<(), StoreError> {
         self.jobs.clear()?;
-        self.devices.clear()?;
-        Ok(())
+        self.devices.reset(last_seq)
     }
 
     /// Up to `limit` records of `id` with `from <= seq <= to`, in seq order, read from `events`
     /// through the index.
-    pub(crate) fn read(
+    pub(crate) fn read_job(
         &self,
         events: &sled::Tree,
-        kind: Kind,
         id: &str,
         from: u64,
         to: u64,
@@ -183,13 +158,10 @@ impl EventIndex {
         if from > to || limit == 0 {
             return Ok(out);
         }
-        let tree = match kind {
-            Kind::Job => &self.jobs,
-            Kind::Device => &self.devices,
-        };
-        let lowest = key(id, 0);
+        let tree = &self.jobs;
+        let lowest = id_key(id, 0);
         // A run that starts before `from` may reach into it.
-        let straddling = match tree.range(lowest.clone()..key(id, from)).next_back() {
+        let straddling = match tree.range(lowest.clone()..id_key(id, from)).next_back() {
             Some(entry) => {
                 let (k, v) = entry?;
                 let start = key_seq(&k)?;
@@ -198,7 +170,7 @@ impl EventIndex {
             }
             None => None,
         };
-        let rest = tree.range(key(id, from)..=key(id, to)).map(
+        let rest = tree.range(id_key(id, from)..=id_key(id, to)).map(
             |entry| -> Result<(u64, u64), StoreError> {
                 let (k, v) = entry?;
                 Ok((key_seq(&k)?, value_count(&v)?))
@@ -214,10 +186,7 @@ impl EventIndex {
             for r in raw_records(events, first, last) {
                 let r = r?;
                 let stored = decode_stored(r.seq, r.bytes())?;
-                let belongs = match kind {
-                    Kind::Job => stored.event.job().map(|j| j.as_str()) == Some(id),
-                    Kind::Device => stored.event.device().map(|d| d.as_str()) == Some(id),
-                };
+                let belongs = stored.event.job().map(|j| j.as_str()) == Some(id);
                 after = stored.seq + 1;
                 if !belongs {
                     continue;
@@ -242,9 +211,10 @@ impl EventIndex {
     }
 }
 
-/// Indexes every record of `events` from `from` to `to` (a data directory written before the
-/// index existed), after clearing whatever a build that stopped half-way left, then marks the
-/// index complete. Reads each record once, in chunks of commands' worth.
+/// Indexes every record of `events` from `from` to `to` by job (a data directory written
+/// before this index layout), after clearing whatever a build that stopped half-way left, then
+/// marks the index complete. The device index is emptied; its indexer reads the log in the
+/// background (see `device_index`).
 pub(crate) fn build(
     index: &EventIndex,
     events: &sled::Tree,
@@ -253,7 +223,8 @@ pub(crate) fn build(
     to: u64,
 ) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    index.clear()?;
+    index.jobs.clear()?;
+    index.devices.reset(from.saturating_sub(1))?;
     let mut batch = IndexBatch::default();
     let mut pending: Vec<Event> = Vec::new();
     let mut pending_first = from;
@@ -279,7 +250,7 @@ pub(crate) fn build(
     tracing::info!(
         events = n,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "indexed the event log by job and device (a data directory from before the index)"
+        "indexed the event log by job (a data directory from before this index layout); devices follow in the background"
     );
     Ok(())
 }
@@ -292,9 +263,9 @@ mod tests {
 
     #[test]
     fn keys_of_one_id_do_not_interleave_with_a_longer_one() {
-        let a = (key("a", 0), key("a", u64::MAX));
-        let ab = key("ab", 5);
+        let a = (id_key("a", 0), id_key("a", u64::MAX));
+        let ab = id_key("ab", 5);
         assert!(!(a.0 <= ab && ab <= a.1));
-        assert_eq!(key_seq(&key("dev-1", 42)).unwrap(), 42);
+        assert_eq!(key_seq(&id_key("dev-1", 42)).unwrap(), 42);
     }
 }

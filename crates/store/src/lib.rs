@@ -18,7 +18,8 @@
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq`, `backfill_next` / `chain_head`, `backfill_prev` / `event_index` | serde_json / u64 / 32 bytes / format byte |
-//! | `events_by_job`, `events_by_device` | id length u16, id, first seq u64 | run length u32, see `event_index` |
+//! | `events_by_job` | id length u16, job id, first seq u64 | run length u32, see `event_index` |
+//! | `events_by_device` | id length u16, device id, first seq u64 / empty key | the entry's further seqs as LEB128 deltas / watermark u64, see `device_index` |
 //! | `cold_rows` | job, NUL, run u32, `i` first device id / `p` chunk u32 | serde_json chunks of up to 256 `(position, DeviceRun)` by id / `DeviceRun` by position: finished runs' rows, see [`cold`] |
 //! | `snapshot` | `meta` / `file` | serde_json `SnapshotMeta` / name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's JSON `data` is converted at open) |
 //!
@@ -31,6 +32,7 @@ mod backfill;
 pub mod chain;
 mod codec;
 pub mod cold;
+mod device_index;
 mod error;
 mod event_index;
 mod flush;

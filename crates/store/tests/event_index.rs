@@ -30,8 +30,24 @@ fn scan_device(r: &StateReader, d: &DeviceId, from: u64, limit: usize) -> Vec<St
     scan_records(r, from, limit, |e| e.device() == Some(d)).unwrap()
 }
 
-/// Every id, from every seq, with a few limits: index == scan.
-fn assert_index_matches_scan(r: &StateReader) {
+/// Every id, from every seq, with a few limits: index == scan; for devices both before the
+/// background indexer has written the seqs (memory and log) and after (the tree).
+async fn assert_index_matches_scan(r: &StateReader) {
+    assert_reads_match_scan(r);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while r.device_index_watermark() < r.last_seq() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device index stays at {} of {}",
+            r.device_index_watermark(),
+            r.last_seq()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_reads_match_scan(r);
+}
+
+fn assert_reads_match_scan(r: &StateReader) {
     let last = r.last_seq();
     let jobs = [job("reboot-1"), job("reboot-2"), job("never")];
     for from in (0..=last + 1).step_by(7) {
@@ -66,7 +82,7 @@ async fn index_reads_equal_a_walk_of_the_log() {
     let all = by_job(&r, &job("reboot-1"), 1, usize::MAX);
     assert!(all.len() > 20, "the workload runs reboot-1: {}", all.len());
     assert!(all.iter().all(|s| s.event.job() == Some(&job("reboot-1"))));
-    assert_index_matches_scan(&r);
+    assert_index_matches_scan(&r).await;
 }
 
 #[tokio::test]
@@ -92,7 +108,7 @@ async fn a_data_directory_without_the_index_is_indexed_on_open() {
     let node = Node::open(dir.path()).await;
     let r = node.sm.reader();
     assert_eq!(by_job(&r, &job("reboot-1"), 1, usize::MAX), want);
-    assert_index_matches_scan(&r);
+    assert_index_matches_scan(&r).await;
 }
 
 #[tokio::test]
@@ -125,7 +141,7 @@ async fn an_installed_snapshot_clears_the_index_with_the_events() {
     }
     let held = by_job(&r, &job("reboot-1"), 1, usize::MAX);
     assert!(held.iter().all(|s| s.seq > snap_seq));
-    assert_index_matches_scan(&r);
+    assert_index_matches_scan(&r).await;
 }
 
 /// A replica seeded from a snapshot back-fills the history before it from a peer, chunk by
@@ -198,7 +214,7 @@ async fn a_back_fill_restores_the_history_before_the_snapshot() {
         by_job(&r, &job("reboot-1"), 1, usize::MAX),
         by_job(&source, &job("reboot-1"), 1, usize::MAX)
     );
-    assert_index_matches_scan(&r);
+    assert_index_matches_scan(&r).await;
     drop((follower, r));
     let follower = Node::open(dir.path()).await;
     assert_eq!(follower.sm.reader().first_seq_available(), 1);

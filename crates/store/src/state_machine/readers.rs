@@ -11,7 +11,6 @@ use super::{ApplyTrace, EventLog, StateReader, StateUpdate, StoredEvent};
 use crate::chain::Hash;
 use crate::codec::{decode_event, decode_record, parse_principal};
 use crate::error::StoreError;
-use crate::event_index;
 use crate::segment::raw_records;
 use crate::types::{LogId, StoredMembership};
 
@@ -119,7 +118,9 @@ impl EventLog for StateReader {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read_indexed(event_index::Kind::Job, job.as_str(), from_seq, limit)
+        let (first, last_seq) = self.available();
+        let (events, index) = (&self.shared.events, &self.shared.index);
+        index.read_job(events, job.as_str(), from_seq.max(first), last_seq, limit)
     }
 
     fn read_device_records(
@@ -128,31 +129,29 @@ impl EventLog for StateReader {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read_indexed(event_index::Kind::Device, device.as_str(), from_seq, limit)
-    }
-}
-
-impl StateReader {
-    fn read_indexed(
-        &self,
-        kind: event_index::Kind,
-        id: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        // Only what the applied metadata covers (see `apply_entries`).
-        let (first, last_seq) = {
-            let a = self.shared.read();
-            (a.first_seq_available, a.last_seq)
-        };
-        self.shared.index.read(
-            &self.shared.events,
-            kind,
-            id,
+        let (first, last_seq) = self.available();
+        let (events, index) = (&self.shared.events, &self.shared.index.devices);
+        index.read(
+            events,
+            device.as_str(),
             from_seq.max(first),
             last_seq,
             limit,
         )
+    }
+}
+
+impl StateReader {
+    /// The seqs readers may read: what the applied metadata covers (see `apply_entries`).
+    fn available(&self) -> (u64, u64) {
+        let a = self.shared.read();
+        (a.first_seq_available, a.last_seq)
+    }
+
+    /// The seq up to which the per-device event index is written; device history after it
+    /// comes from memory and the log (see `device_index`). For tests and status.
+    pub fn device_index_watermark(&self) -> u64 {
+        self.shared.index.devices.watermark()
     }
 }
 

@@ -167,6 +167,8 @@ impl StateMachine {
         );
 
         let (updates, _) = broadcast::channel(BROADCAST_CAPACITY);
+        // Subscribed before any apply, so the indexer misses nothing.
+        let indexer_updates = updates.subscribe();
         let applied = Applied {
             state,
             last_applied,
@@ -175,25 +177,25 @@ impl StateMachine {
             head,
             first_seq_available,
         };
-        Ok(StateMachine {
-            shared: Arc::new(Shared {
-                applied: RwLock::new(applied),
-                events,
-                index,
-                meta,
-                snapshot,
-                db: db.clone(),
-                snapshot_dir,
-                cold,
-                flusher,
-                updates,
-                snapshot_lock: Mutex::new(()),
-                snapshot_count: AtomicU64::new(0),
-                metrics: std::sync::OnceLock::new(),
-                apply_spans: Mutex::default(),
-                traced: std::sync::atomic::AtomicUsize::new(0),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            applied: RwLock::new(applied),
+            events,
+            index,
+            meta,
+            snapshot,
+            db: db.clone(),
+            snapshot_dir,
+            cold,
+            flusher,
+            updates,
+            snapshot_lock: Mutex::new(()),
+            snapshot_count: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
+            apply_spans: Mutex::default(),
+            traced: std::sync::atomic::AtomicUsize::new(0),
+        });
+        crate::device_index::spawn_indexer(Arc::downgrade(&shared), indexer_updates)?;
+        Ok(StateMachine { shared })
     }
 }
 

@@ -403,7 +403,7 @@ pub(super) fn install_snapshot(
     // Every local event is older than the snapshot (openraft installs only snapshots newer than
     // what was applied). If this stops half-way, `open` finishes it.
     shared.events.clear()?;
-    shared.index.clear()?;
+    shared.index.clear(last_seq)?;
     drop(guard);
     // The old state is freed outside the lock.
     drop(old);
