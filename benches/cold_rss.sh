@@ -35,6 +35,8 @@ if [ -z "${MQTT_URL:-}" ]; then
 fi
 
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+# Peak RSS so far: what a running job's hot rows cost shows here, before they spill.
+hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 du_mib() { du -sm "$DATA" | cut -f1; }
 
 start_node() {
@@ -63,13 +65,13 @@ until [ "$("$BIN" query --endpoint "$EP" "SELECT COUNT() AS n FROM devices WHERE
   sleep 1
 done
 echo "binary=$BIN devices=$N"
-echo "jobs_finished rss_mib data_mib job_secs"
-echo "0 $(rss_mib "$NODE") $(du_mib) -"
+echo "jobs_finished rss_mib peak_rss_mib data_mib job_secs"
+echo "0 $(rss_mib "$NODE") $(hwm_mib "$NODE") $(du_mib) -"
 for j in $(seq 1 "$JOBS"); do
   s=$(date +%s)
   "$BIN" job create "rss-$j" --endpoint "$EP" --method reboot --query "SELECT * FROM devices" --response-timeout 30 >/dev/null
   "$BIN" job watch "rss-$j" --endpoint "$EP" >/dev/null || true
-  echo "$j $(rss_mib "$NODE") $(du_mib) $(( $(date +%s) - s ))"
+  echo "$j $(rss_mib "$NODE") $(hwm_mib "$NODE") $(du_mib) $(( $(date +%s) - s ))"
 done
 
 kill -TERM "$NODE"

@@ -283,7 +283,7 @@ async fn a_method_job_on_forty_devices_completes() {
         assert_eq!((stats.devices, stats.succeeded), (40, 40));
         let r = j.current_run().devices[0].response.clone().unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.payload["method"], "reboot");
+        assert_eq!(r.payload.value()["method"], "reboot");
         assert_eq!(j.current_run().batches_started, 4);
     });
     let batches = host.result_batches.lock().unwrap().clone();

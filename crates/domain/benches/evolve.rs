@@ -110,7 +110,7 @@ fn result_events(fail_every: Option<usize>, with_response: bool) -> Vec<Event> {
                     reason: FailureReason::DeviceError { status: 500 },
                     response: with_response.then(|| MethodResponse {
                         status: 500,
-                        payload: std::sync::Arc::new(json!({"error": "flash failed"})),
+                        payload: json!({"error": "flash failed"}).into(),
                     }),
                     retry: false,
                     at,
@@ -123,7 +123,7 @@ fn result_events(fail_every: Option<usize>, with_response: bool) -> Vec<Event> {
                     attempt: 1,
                     response: with_response.then(|| MethodResponse {
                         status: 200,
-                        payload: std::sync::Arc::new(json!({"fw": "2.0"})),
+                        payload: json!({"fw": "2.0"}).into(),
                     }),
                     at,
                 }

@@ -224,8 +224,14 @@ impl Run {
         if self.is_cold() {
             return cold.scan_by_id(job, self.number, after, &mut |r| visit(Cow::Owned(r)));
         }
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        for (_, &i) in self.index.range((lower, Bound::Unbounded)) {
+        let from = match after {
+            Some(id) => match self.index.find(&self.devices, id) {
+                Ok(k) => k + 1,
+                Err(k) => k,
+            },
+            None => 0,
+        };
+        for &i in &self.index.positions()[from..] {
             if let Some(d) = self.devices.get(i as usize) {
                 if !visit(Cow::Borrowed(d)) {
                     break;
@@ -272,7 +278,7 @@ impl Run {
     pub fn has_device(&self, device: &DeviceId) -> bool {
         match &self.cold {
             Some(c) => c.has_member(device),
-            None => self.index.contains_key(device),
+            None => self.position(device).is_some(),
         }
     }
 
@@ -294,10 +300,15 @@ impl Run {
         let failed = self.failed_devices();
         let mut ids: Vec<DeviceId> = Vec::new();
         if members {
-            ids = self.index.keys().cloned().collect();
+            ids = self
+                .index
+                .positions()
+                .iter()
+                .map(|&i| self.devices[i as usize].device.clone())
+                .collect();
         }
         let rows = std::mem::take(&mut self.devices);
-        self.index = BTreeMap::new();
+        self.index.clear();
         self.ready.clear();
         self.deadlines.clear();
         self.cold = Some(ColdRun {
@@ -373,11 +384,7 @@ impl State {
                     rows.push(r);
                     true
                 })?;
-                run.index = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (r.device.clone(), i as u32))
-                    .collect();
+                run.index = crate::job::RunIndex::of(&rows);
                 run.devices = rows;
                 run.cold = None;
             }

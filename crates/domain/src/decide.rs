@@ -17,7 +17,8 @@ use crate::command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyR
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::job::{
-    CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, MethodResponse, Stats,
+    CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, JsonText,
+    MethodResponse, Stats,
 };
 use crate::registry::{
     ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition,
@@ -861,7 +862,7 @@ fn mark_dispatched(
         if allowance == 0 || s.status != JobStatus::Running {
             break;
         }
-        let Some(&i) = s.run_index(device) else {
+        let Some(i) = s.run_index(device) else {
             continue;
         };
         let (status, attempts) = s.device(i);
@@ -981,7 +982,7 @@ fn record_results(
             if r.run != s.job.current_run().number {
                 continue;
             }
-            let Some(&i) = s.run_index(&r.device) else {
+            let Some(i) = s.run_index(&r.device) else {
                 continue;
             };
             let (status, attempts) = s.device(i);
@@ -992,7 +993,7 @@ fn record_results(
                 Outcome::Responded { status, payload } => {
                     let response = Some(MethodResponse {
                         status: *status,
-                        payload: std::sync::Arc::clone(payload),
+                        payload: JsonText::from_value(payload),
                     });
                     if (200..300).contains(status) {
                         s.succeed(i, r.attempt, response);
@@ -1115,8 +1116,8 @@ impl<'a> Scratch<'a> {
         }
     }
 
-    fn run_index(&self, d: &DeviceId) -> Option<&'a u32> {
-        self.job.current_run().index.get(d)
+    fn run_index(&self, d: &DeviceId) -> Option<u32> {
+        self.job.current_run().position(d)
     }
 
     fn device(&self, i: u32) -> (DeviceStatus, u32) {

@@ -138,7 +138,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             let Some(r) = j.runs.get_mut(run.0 as usize) else {
                 return;
             };
-            let Some(&i) = r.index.get(device) else {
+            let Some(i) = r.position(device) else {
                 return;
             };
             set_status(r, i, DeviceStatus::Running);
@@ -464,7 +464,7 @@ fn locate<'a>(
     let j = state.jobs.get_mut(job)?;
     let window = j.spec.response_window_ms();
     let r = j.runs.get_mut(run.0 as usize)?;
-    let i = *r.index.get(device)?;
+    let i = r.position(device)?;
     Some((r, i, window))
 }
 

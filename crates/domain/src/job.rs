@@ -4,7 +4,7 @@
 //! Everything here changes only in `evolve`. The indexes (`ready`, `running`, `deadlines`) exist so
 //! that the leader's actions and the next deadline are found without scanning every device.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use muster_types::{DeviceId, JobId, RerunId, RunId, Timestamp};
@@ -127,7 +127,74 @@ impl FailureReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodResponse {
     pub status: i32,
-    pub payload: Arc<Value>,
+    pub payload: JsonText,
+}
+
+/// A JSON value kept as its compact text: a running job holds one response per answered device,
+/// and a parsed `Value` object costs ~600 bytes of small allocations where its text costs its
+/// length (issue 14: a row in a running job at most ~200 bytes). Readers parse it when they
+/// render it. Clones share the text. Serde reads and writes it as the JSON value it holds, so
+/// snapshots and cold rows keep their shape.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonText(Arc<str>);
+
+impl JsonText {
+    /// The compact text of `value` (the form the event log stores).
+    pub fn from_value(value: &Value) -> Self {
+        JsonText(Arc::from(value.to_string()))
+    }
+
+    /// Keeps `text` if it is one JSON value; the error says where it is not.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(text)?;
+        Ok(JsonText(Arc::from(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value, parsed anew (valid by construction; `null` if it somehow is not).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(value: Value) -> Self {
+        JsonText::from_value(&value)
+    }
+}
+
+impl From<&Value> for JsonText {
+    fn from(value: &Value) -> Self {
+        JsonText::from_value(value)
+    }
+}
+
+impl std::fmt::Display for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JsonText({})", &*self.0)
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let value: Value = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        value.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(JsonText::from_value(&Value::deserialize(d)?))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,7 +358,8 @@ pub struct Run {
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub devices: Vec<DeviceRun>,
-    pub index: BTreeMap<DeviceId, u32>,
+    /// `devices` in id order (see [`RunIndex`]).
+    pub index: RunIndex,
     pub batches: Vec<Batch>,
     /// Batches started so far (they start in order).
     pub batches_started: u32,
@@ -330,7 +398,7 @@ impl Run {
             created_at: at,
             started_at: None,
             devices: Vec::with_capacity(devices.len()),
-            index: BTreeMap::new(),
+            index: RunIndex::default(),
             batches: Vec::new(),
             batches_started: 0,
             stats: Stats::default(),
@@ -357,11 +425,23 @@ impl Run {
         let start = self.devices.len() as u32;
         let batch = self.batches.len() as u32;
         let mut stats = Stats::default();
+        let mut added: Vec<u32> = Vec::new();
+        // Ids mostly come sorted from the registry, where a repeat would sit next to its twin;
+        // otherwise a set of this batch's ids finds repeats.
+        let sorted = devices.windows(2).all(|w| w[0] <= w[1]);
+        let mut seen = std::collections::HashSet::new();
         for d in devices {
-            if self.index.contains_key(d) {
+            let repeat = if sorted {
+                added
+                    .last()
+                    .is_some_and(|&p| self.devices[p as usize].device == *d)
+            } else {
+                !seen.insert(d.clone())
+            };
+            if repeat || self.position(d).is_some() {
                 continue;
             }
-            self.index.insert(d.clone(), self.devices.len() as u32);
+            added.push(self.devices.len() as u32);
             self.devices.push(DeviceRun {
                 device: d.clone(),
                 batch,
@@ -376,6 +456,7 @@ impl Run {
             stats.add(DeviceStatus::Pending);
             self.stats.add(DeviceStatus::Pending);
         }
+        self.index.add(&self.devices, added);
         let end = self.devices.len() as u32;
         if end > start {
             self.batches.push(Batch {
@@ -388,7 +469,15 @@ impl Run {
     }
 
     pub fn device(&self, id: &DeviceId) -> Option<&DeviceRun> {
-        self.index.get(id).map(|&i| &self.devices[i as usize])
+        self.position(id).map(|i| &self.devices[i as usize])
+    }
+
+    /// The device's position in `devices` (its run order).
+    pub fn position(&self, id: &DeviceId) -> Option<u32> {
+        self.index
+            .find(&self.devices, id)
+            .ok()
+            .map(|k| self.index.0[k])
     }
 
     /// The batch whose devices are being worked on: the last one started.
@@ -432,6 +521,115 @@ impl Run {
     /// drop a duplicate and the dispatcher can route an answer without a lookup table.
     pub fn rid(job: &JobId, run: RunId, attempt: u32) -> String {
         format!("{job}:{}:{attempt}", run.0)
+    }
+}
+
+/// A run's device positions in device-id order: 4 bytes a device, where a map from id to
+/// position cost ~40 (a second handle on every id and the tree's nodes). Lookups binary-search
+/// it, comparing the rows' ids. Serialized as the positions; reads the map older snapshots
+/// wrote too (its values, in its key order, are exactly these positions).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunIndex(Vec<u32>);
+
+impl RunIndex {
+    /// Indexes `rows`, every one of them (ids must be distinct).
+    pub fn of(rows: &[DeviceRun]) -> Self {
+        let mut index = RunIndex::default();
+        index.add(rows, (0..rows.len() as u32).collect());
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Positions in device-id order.
+    pub fn positions(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// Where `id` is (`Ok`) or would go (`Err`) in `self.0`.
+    pub(crate) fn find(&self, rows: &[DeviceRun], id: &DeviceId) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|&p| rows[p as usize].device.as_str().cmp(id.as_str()))
+    }
+
+    /// Adds the rows at `positions` (new to the index); sorted input is merged in one pass.
+    pub(crate) fn add(&mut self, rows: &[DeviceRun], mut positions: Vec<u32>) {
+        let id = |p: &u32| rows[*p as usize].device.as_str();
+        if !positions.is_sorted_by(|a, b| id(a) <= id(b)) {
+            positions.sort_by(|a, b| id(a).cmp(id(b)));
+        }
+        if self
+            .0
+            .last()
+            .zip(positions.first())
+            .is_none_or(|(l, f)| id(l) < id(f))
+        {
+            self.0.extend(positions);
+            return;
+        }
+        let old = std::mem::take(&mut self.0);
+        let mut merged = Vec::with_capacity(old.len() + positions.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), positions.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if id(x) <= id(y) => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            merged.extend(next);
+        }
+        self.0 = merged;
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
+impl Serialize for RunIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunIndex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RunIndex;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("device positions in id order, or a map from device id to position")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<RunIndex, A::Error> {
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(p) = a.next_element()? {
+                    v.push(p);
+                }
+                Ok(RunIndex(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<RunIndex, A::Error> {
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some((_, p)) = a.next_entry::<serde::de::IgnoredAny, u32>()? {
+                    v.push(p);
+                }
+                Ok(RunIndex(v))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 

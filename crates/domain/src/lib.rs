@@ -44,7 +44,7 @@ pub use event::Event;
 pub use evolve::{apply, evolve};
 pub use invocation::{Invocation, InvokeRequest, MethodOutcome, PendingInvocation};
 pub use job::{
-    CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus,
+    CancelReason, DeviceRun, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, JsonText,
     MethodResponse, Run, Stats,
 };
 pub use registry::{
@@ -83,6 +83,29 @@ impl State {
             evolve(self, e);
         }
         Ok(events)
+    }
+
+    /// Makes every run's device ids share the registry's allocation of the same id, as the
+    /// live state does (a run takes its ids from the registry): after decoding a snapshot, where
+    /// each id came with its own copy. Only memory changes.
+    pub fn share_ids(&mut self) {
+        let registry = &self.registry.devices;
+        let shared = |id: &mut muster_types::DeviceId| {
+            if let Some((k, _)) = registry.get_key_value(id) {
+                *id = k.clone();
+            }
+        };
+        for job in self.jobs.values_mut() {
+            for run in &mut job.runs {
+                for row in &mut run.devices {
+                    shared(&mut row.device);
+                }
+                if let Some(cold) = &mut run.cold {
+                    cold.failed.iter_mut().for_each(shared);
+                    cold.members.iter_mut().for_each(shared);
+                }
+            }
+        }
     }
 
     /// Rebuilds state from a log of events: what `muster audit replay` does.

@@ -109,7 +109,7 @@ pub(crate) fn drop_detail(j: &mut Job) {
     j.detail_expired = true;
     for run in &mut j.runs {
         run.devices = Vec::new();
-        run.index = Default::default();
+        run.index.clear();
         run.ready.clear();
         run.deadlines.clear();
         run.backoff.clear();

@@ -668,10 +668,10 @@ fn check_state(state: &State) -> Result<(), String> {
             );
             for (i, d) in run.devices.iter().enumerate() {
                 ensure!(
-                    run.index.get(&d.device) == Some(&(i as u32)),
+                    run.position(&d.device) == Some(i as u32),
                     "job {id} run {k}: index of {} is {:?}, not {i}",
                     d.device,
-                    run.index.get(&d.device)
+                    run.position(&d.device)
                 );
                 // 7. attempts never exceed the policy
                 ensure!(

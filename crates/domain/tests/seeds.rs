@@ -248,7 +248,7 @@ fn central_seed_on_four_devices_runs_one_device_per_batch_to_complete() {
     let d = j.current_run().device(&sends[0]).unwrap();
     assert_eq!(d.attempts, 1);
     assert_eq!(
-        *d.response.as_ref().unwrap().payload,
+        d.response.as_ref().unwrap().payload.value(),
         json!({"maxTemp": 23})
     );
     assert_eq!(State::replay(&l.log), l.state);
@@ -308,7 +308,7 @@ fn central_seed_on_four_devices_one_failure_crosses_ten_percent() {
         Some(FailureReason::DeviceError { status: 500 })
     );
     assert_eq!(
-        *failed.response.as_ref().unwrap().payload,
+        failed.response.as_ref().unwrap().payload.value(),
         json!({"error": "sensor offline"})
     );
 }

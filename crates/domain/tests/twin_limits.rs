@@ -171,7 +171,7 @@ fn a_job_patch_that_would_overflow_fails_that_device_only() {
         .unwrap();
     let run = state.jobs[&job].current_run();
     let status = |d: usize| {
-        let i = run.index[&dev(d)];
+        let i = run.position(&dev(d)).unwrap();
         run.devices[i as usize].clone()
     };
     assert_eq!(status(0).status, DeviceStatus::Failed);

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use muster_domain::{CancelReason, FailureReason, JobFailure, MethodResponse};
+use muster_domain::{CancelReason, FailureReason, JobFailure, JsonText, MethodResponse};
 use serde_json::Value;
 
 use crate::error::ProtoError;
-use crate::fields::{json, json_text, required};
+use crate::fields::{json, required};
 use crate::pb;
 
 impl From<&FailureReason> for pb::FailureReason {
@@ -51,7 +51,7 @@ impl From<&MethodResponse> for pb::MethodResponse {
     fn from(r: &MethodResponse) -> Self {
         pb::MethodResponse {
             status: r.status,
-            payload_json: json_text(&r.payload),
+            payload_json: r.payload.as_str().to_string(),
         }
     }
 }
@@ -62,7 +62,10 @@ impl TryFrom<pb::MethodResponse> for MethodResponse {
     fn try_from(r: pb::MethodResponse) -> Result<Self, ProtoError> {
         Ok(MethodResponse {
             status: r.status,
-            payload: shared_payload("payload_json", &r.payload_json)?,
+            payload: JsonText::parse(&r.payload_json).map_err(|error| ProtoError::InvalidJson {
+                field: "payload_json".to_string(),
+                error,
+            })?,
         })
     }
 }

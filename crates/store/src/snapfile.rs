@@ -1,4 +1,4 @@
-//! The snapshot file format (format 3): binary, versioned, written and read one record at a
+//! The snapshot file format (format 4): binary, versioned, written and read one record at a
 //! time, so neither side ever holds the encoded snapshot as one buffer.
 //!
 //! ```text
@@ -30,8 +30,11 @@ use crate::types::{LogId, StoredMembership};
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"MUSTSNAP";
-/// The format this release writes and reads (1 and 2 were serde_json in a sled value).
-pub const FORMAT: u32 = 3;
+/// The format this release writes (1 and 2 were serde_json in a sled value; 3 wrote a run's
+/// index as a map from device id to position, 4 as the positions alone).
+pub const FORMAT: u32 = 4;
+/// The oldest format this release reads: a format-3 index reads as its positions.
+pub const OLDEST_READ: u32 = 3;
 
 /// The sled trees a snapshot carries beside the state, by name: trees the apply writes that a
 /// replica installed from a snapshot must hold too (cold rows, indexes). The build iterates
@@ -244,9 +247,9 @@ pub fn read_snapshot<R: Read>(
         return Err(corrupt("not a muster snapshot file (bad magic)"));
     }
     let format = u32::from_be_bytes([start[8], start[9], start[10], start[11]]);
-    if format != FORMAT {
+    if !(OLDEST_READ..=FORMAT).contains(&format) {
         return Err(corrupt(format!(
-            "format {format} (this release reads {FORMAT})"
+            "format {format} (this release reads {OLDEST_READ} to {FORMAT})"
         )));
     }
     let mut r = FrameReader {
@@ -271,7 +274,9 @@ pub fn read_snapshot<R: Read>(
         };
         match tag {
             TAG_DEVICE => {
-                let (k, v) = r.decode("device")?;
+                let (k, v): (muster_types::DeviceId, muster_domain::Device) = r.decode("device")?;
+                // One allocation of the id for the key and the device (see `share_ids`).
+                let k = if k == v.id { v.id.clone() } else { k };
                 devices.insert(k, v);
             }
             TAG_GROUP => {
@@ -339,7 +344,7 @@ pub fn read_snapshot<R: Read>(
         .filter(|d| d.desired_base.is_some())
         .map(|d| d.id.clone())
         .collect();
-    let state = State {
+    let mut state = State {
         jobs,
         registry: Registry {
             devices,
@@ -350,5 +355,6 @@ pub fn read_snapshot<R: Read>(
         invocations,
         schedules,
     };
+    state.share_ids();
     Ok((header, state))
 }

@@ -1,7 +1,8 @@
 //! The snapshot file format (`muster_store::snapfile`): golden bytes, round trips, carried trees,
 //! and damaged files as errors.
 //!
-//! `tests/golden/snapshot_v3.hex` holds the bytes of the workload's state at format 3. If the
+//! `tests/golden/snapshot_v4.hex` holds the bytes of the workload's state at format 4
+//! (`snapshot_v3.hex` those of format 3, which must still read into the same state). If the
 //! test fails on the bytes, a record's encoding changed: if files of this format can no longer
 //! be read (a field renamed or retyped, a field added without `#[serde(default)]`), bump
 //! `snapfile::FORMAT` and keep a reader for the old one; if the change is compatible (a field
@@ -67,9 +68,19 @@ fn from_hex(text: &str) -> Vec<u8> {
 }
 
 #[test]
-fn golden_bytes_of_format_3() {
+fn format_3_files_still_read() {
     let (state, _) = expected(&workload());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v3.hex");
+    let golden = from_hex(&std::fs::read_to_string(&path).unwrap());
+    let (h, decoded) = decode(&golden).unwrap();
+    assert_eq!(h, header(99));
+    assert_eq!(decoded, state);
+}
+
+#[test]
+fn golden_bytes_of_format_4() {
+    let (state, _) = expected(&workload());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v4.hex");
     if !path.exists() && std::env::var("MUSTER_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, to_hex(&encode(&state, &[]))).unwrap();

@@ -9,6 +9,7 @@ mod time;
 pub use time::{Timestamp, TimestampError};
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -141,9 +142,13 @@ fn check(
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $ok:expr, $allowed:expr) => {
         $(#[$doc])*
+        ///
+        /// The text is shared, not copied, between clones: a running job's rows, its index and
+        /// the registry all hold the same allocation of a device's id (issue 14: a row must stay
+        /// small), so a clone costs a reference count.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The longest value accepted, in characters.
@@ -153,11 +158,16 @@ macro_rules! string_id {
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 check($kind, &value, $max, $ok, $allowed)?;
-                Ok(Self(value))
+                Ok(Self(Arc::from(value)))
             }
 
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// Whether the two share one allocation (interning checks it).
+            pub fn same_text(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
             }
         }
 
@@ -183,7 +193,7 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                String::from(&*id.0)
             }
         }
 

@@ -375,7 +375,7 @@ pub fn device_job_document(job: &Job, run: &Run, device_run: &DeviceRun) -> Valu
         Some(r) => {
             let mut m = Map::new();
             m.insert("status".into(), Value::from(r.status));
-            m.insert("payload".into(), r.payload.as_ref().clone());
+            m.insert("payload".into(), r.payload.value());
             Value::Object(m)
         }
         None => Value::Null,

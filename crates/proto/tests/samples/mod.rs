@@ -314,9 +314,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 attempt: 1,
                 response: Some(MethodResponse {
                     status: 200,
-                    payload: std::sync::Arc::new(
-                        json!({"result": "ok", "fw": "2.1.0", "tookMs": 1234}),
-                    ),
+                    payload: json!({"result": "ok", "fw": "2.1.0", "tookMs": 1234}).into(),
                 }),
                 at: at(3_601_000),
             },
@@ -338,7 +336,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 FailureReason::DeviceError { status: 503 },
                 Some(MethodResponse {
                     status: 503,
-                    payload: std::sync::Arc::new(json!({"error": "busy", "retryAfterSecs": 60})),
+                    payload: json!({"error": "busy", "retryAfterSecs": 60}).into(),
                 }),
                 true,
             ),

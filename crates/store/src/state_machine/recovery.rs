@@ -233,7 +233,7 @@ fn convert_legacy(
         last_seq = header.last_seq,
         json_bytes = data.len(),
         bytes,
-        "converted the stored JSON snapshot (format 2) into a snapshot file (format 3)"
+        "converted the stored JSON snapshot (format 2) into a snapshot file"
     );
     Ok((header, p.state))
 }

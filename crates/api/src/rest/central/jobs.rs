@@ -299,7 +299,7 @@ fn job_device_details_json(d: &DeviceRun, run: u32) -> Value {
         "lastError": d.last_error.as_ref().map(FailureReason::describe),
         "response": d.response.as_ref().map(|r| serde_json::json!({
             "status": r.status,
-            "payload": &*r.payload,
+            "payload": &r.payload,
         })),
     })
 }
