@@ -121,6 +121,12 @@ const OPS: &[(&str, &str, Op)] = &[
     ("POST", "/api/jobs/{id}/continue", op("Continue a job its rollout gate paused (muster extension)", C, 204, Empty)),
     ("PUT", "/api/jobs/{id}/rerun/{rerun_id}", op("Rerun a job on its failed devices", C, 200, Json("CentralJob"))),
     ("GET", "/api/jobs/{id}/watch", op("A job's progress as server-sent events (muster extension)", C, 200, Events)),
+    ("GET", "/api/scheduledJobs", op("List scheduled (recurring) jobs", C_LIST, 200, Json("CentralPage"))),
+    ("GET", "/api/scheduledJobs/{id}", op("Get a scheduled job", C, 200, Json("Object"))),
+    ("PUT", "/api/scheduledJobs/{id}", with_body("Create or replace a scheduled job", C_IF, "Object", Json("Object"))),
+    ("PATCH", "/api/scheduledJobs/{id}", with_body("Update a scheduled job (JSON merge patch)", C_IF, "Object", Json("Object"))),
+    ("DELETE", "/api/scheduledJobs/{id}", op("Delete a scheduled job (the jobs it created stay)", C, 204, Empty)),
+    ("GET", "/api/scheduledJobs/{id}/jobs", op("List the jobs a scheduled job created", C_LIST, 200, Json("CentralPage"))),
     // IoT Central: device groups.
     ("GET", "/api/deviceGroups", op("List device groups", C_FILTERED, 200, Json("CentralPage"))),
     ("GET", "/api/deviceGroups/{id}", op("Get a device group", C, 200, Json("Object"))),
