@@ -11,8 +11,8 @@
 //! Tree `events_by_device`: key = id length u16, device id, first seq u64 (as the job index);
 //! value = the entry's other seqs as LEB128 deltas from the previous one. The empty key holds
 //! the *watermark* (u64): every stored record with `first_seq_available <= seq <= watermark`
-//! has its entry. Entries and the watermark go in one batch, so the tree never claims more than
-//! it has. A reader takes the entries up to the watermark, the seqs still in memory
+//! has its entry. The watermark is written after the entries it covers, so the tree never
+//! claims more than it has (plain inserts, not a batch: see [`put_entry`]). A reader takes the entries up to the watermark, the seqs still in memory
 //! ([`Pending`]), then walks the few records after those (not yet seen by the indexer), so
 //! every answer covers the log up to `last_seq` exactly as a walk would.
 //!
@@ -112,11 +112,10 @@ impl DeviceIndex {
         for (seq, device) in seqs {
             by_device.entry(device).or_default().push(seq);
         }
-        let mut batch = sled::Batch::default();
         for (device, seqs) in by_device {
-            put_entry(&mut batch, device, &seqs);
+            put_entry(&self.tree, device, &seqs)?;
         }
-        Ok(self.tree.apply_batch(batch)?)
+        Ok(())
     }
 
     /// Up to `limit` records of `device` with `from <= seq <= to`, in seq order.
@@ -230,12 +229,14 @@ impl DeviceIndex {
             }
             (std::mem::take(&mut p.seqs), p.seen)
         };
-        let mut batch = sled::Batch::default();
-        for (device, seqs) in &seqs {
-            put_entry(&mut batch, device, seqs);
-        }
-        batch.insert(WATERMARK, &u64_key(seen));
-        let written = self.tree.apply_batch(batch);
+        // Inserts, not a batch: a sled 0.34 batch takes the process-wide exclusive
+        // concurrency lock, and one queued behind a tree's flush deadlocked (see below).
+        // The watermark goes last, so it never covers an entry not yet written; a crash in
+        // between only makes the next pass write some seqs again, which readers de-duplicate.
+        let written = seqs
+            .iter()
+            .try_for_each(|(device, seqs)| put_entry(&self.tree, device, seqs))
+            .and_then(|()| self.tree.insert(WATERMARK, &u64_key(seen)).map(drop));
         let mut p = self.pending();
         match written {
             Ok(()) => {
@@ -272,10 +273,14 @@ fn read_watermark(tree: &sled::Tree) -> Result<u64, StoreError> {
     }
 }
 
-/// One entry: `seqs` ascending, non-empty.
-fn put_entry(batch: &mut sled::Batch, device: &str, seqs: &[u64]) {
+/// Writes one entry: `seqs` ascending (none: nothing).
+///
+/// Why not `sled::Batch`: in sled 0.34 `apply_batch` takes a process-wide exclusive lock that
+/// every reader and the log flusher share; a batch waiting for it behind a tree's final flush
+/// (a store being dropped) blocked both for good (the three-node commit bench, session 9).
+fn put_entry(tree: &sled::Tree, device: &str, seqs: &[u64]) -> sled::Result<()> {
     let Some((&first, rest)) = seqs.split_first() else {
-        return;
+        return Ok(());
     };
     let mut value = Vec::with_capacity(rest.len() * 2);
     let mut prev = first;
@@ -283,7 +288,7 @@ fn put_entry(batch: &mut sled::Batch, device: &str, seqs: &[u64]) {
         write_varint(&mut value, s.saturating_sub(prev));
         prev = s;
     }
-    batch.insert(id_key(device, first), value);
+    tree.insert(id_key(device, first), value).map(drop)
 }
 
 fn decode_entry(first: u64, value: &[u8]) -> Result<Vec<u64>, StoreError> {
@@ -461,10 +466,8 @@ mod tests {
                 let next = seqs[seqs.len() - 1] + d;
                 seqs.push(next);
             }
-            let mut batch = sled::Batch::default();
-            put_entry(&mut batch, "dev", &seqs);
             let db = sled::Config::new().temporary(true).open().unwrap();
-            db.apply_batch(batch).unwrap();
+            put_entry(&db, "dev", &seqs).unwrap();
             let (k, v) = db.iter().next().unwrap().unwrap();
             prop_assert_eq!(key_seq(&k).unwrap(), first);
             prop_assert_eq!(decode_entry(first, &v).unwrap(), seqs);
