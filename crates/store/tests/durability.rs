@@ -125,7 +125,7 @@ async fn restart_is_snapshot_plus_event_tail() {
     // Remove the events the snapshot covers, behind the store's back: if restart still yields
     // the full state, it came from the snapshot plus the tail.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = common::open_db(dir.path());
         let events = db.open_tree("events").unwrap();
         for seq in 1..=snap_seq {
             events.remove(seq.to_be_bytes()).unwrap();
@@ -293,7 +293,7 @@ async fn an_old_json_snapshot_is_converted_into_a_file_at_start() {
     // What an older release stored: meta + serde_json payload, no file; the events the
     // snapshot covers are gone, so the state can only come from it.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = common::open_db(dir.path());
         let snapshot = db.open_tree("snapshot").unwrap();
         snapshot.clear().unwrap();
         let meta = openraft::SnapshotMeta::<u64, muster_store::MusterNode> {
@@ -330,7 +330,7 @@ async fn an_old_json_snapshot_is_converted_into_a_file_at_start() {
     assert_eq!(&bytes_of(current.snapshot).await[..8], b"MUSTSNAP");
     drop(node);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = common::open_db(dir.path());
         let snapshot = db.open_tree("snapshot").unwrap();
         assert!(
             snapshot.get("data").unwrap().is_none(),

@@ -96,7 +96,7 @@ async fn a_data_directory_without_the_index_is_indexed_on_open() {
     drop(node);
     // What an older release left: no index trees, no completion mark.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = common::open_db(dir.path());
         db.drop_tree("events_by_job").unwrap();
         db.drop_tree("events_by_device").unwrap();
         db.open_tree("sm_meta")

@@ -273,3 +273,21 @@ impl Node {
         out.pop().unwrap()
     }
 }
+
+/// `sled::open` of a data directory whose store was just dropped: its background threads (the
+/// group flusher, the device indexer) may hold sled's lock a moment longer, as `Node::open`
+/// allows for.
+pub fn open_db(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    }
+}
