@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{BoxStream, StreamExt};
 use muster_devsim::{Fleet, FleetConfig};
-use muster_dispatch::{desired_patches, now, DispatchConfig, Dispatcher, Host, HostError, Update};
+use muster_dispatch::{wall_clock as now, DispatchConfig, Dispatcher, Host, HostError, Update};
 use muster_domain::{
     Command, DeviceRegistration, JobSpec, JobStatus, MethodCall, Operation, RetryPolicy, Rollout,
     Schedule, State, Target, TargetSelector,
@@ -46,12 +46,8 @@ impl MemHost {
         if events.is_empty() {
             return Ok(());
         }
-        let first = g.1 + 1;
         g.1 += events.len() as u64;
-        let u = Update::Applied {
-            last_seq: g.1,
-            desired: desired_patches(first, &events),
-        };
+        let u = Update::Applied;
         drop(g);
         let _ = self.tx.send(u);
         Ok(())
@@ -76,6 +72,10 @@ impl Host for MemHost {
         BroadcastStream::new(self.tx.subscribe())
             .map(|r| r.unwrap_or(Update::Resync))
             .boxed()
+    }
+
+    fn now(&self) -> muster_types::Timestamp {
+        now()
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use muster_domain::job::Run;
@@ -23,7 +23,7 @@ use muster_domain::{
     FailureReason, InvokeRequest, MethodInvocation, MethodOutcome, Outcome, PropertyReport,
     SendRequest,
 };
-use muster_types::{DeviceId, InvocationId, JobId, RunId, Timestamp};
+use muster_types::{DeviceId, InvocationId, JobId, RunId};
 use rumqttc::QoS;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -36,28 +36,6 @@ use crate::host::{Host, HostError, Update};
 use crate::link::{Link, LinkEvent};
 use crate::protocol::{self, Inbound};
 use crate::{DispatchConfig, DispatchError};
-
-/// The wall clock as a [`Timestamp`]. The leader stamps commands with it; the core never reads a
-/// clock.
-pub fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    Timestamp::from_millis(ms.saturating_add(clock_skew_ms()))
-}
-
-/// The nemesis harness's clock skew (`MUSTER_TEST_CLOCK_SKEW_MS`, read once), the same hook as
-/// `muster_cluster::now`'s: the leader's dispatcher and its API must stamp with one clock.
-fn clock_skew_ms() -> i64 {
-    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *SKEW.get_or_init(|| {
-        std::env::var("MUSTER_TEST_CLOCK_SKEW_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
-}
 
 /// The target of spans for the trace exporter (the node's `muster_cluster::trace::TARGET`;
 /// `dispatch` sits below `cluster`): disabled, and free, unless traces are exported.
@@ -394,7 +372,7 @@ impl<H: Host> Engine<H> {
             self.full_due = false;
             self.last_full = Some(started);
         }
-        let at = now();
+        let at = self.host.now();
         let free = self
             .cfg
             .max_in_flight
@@ -419,7 +397,7 @@ impl<H: Host> Engine<H> {
                         self.advancing = true;
                         let host = self.host.clone();
                         self.tasks.spawn(async move {
-                            Done::Advance(host.propose(Command::Advance { at: now() }).await)
+                            Done::Advance(host.propose(Command::Advance { at: host.now() }).await)
                         });
                     }
                 }
@@ -451,7 +429,7 @@ impl<H: Host> Engine<H> {
                                 job: job.clone(),
                                 run,
                                 devices: devices.clone(),
-                                at: now(),
+                                at: host.now(),
                             };
                             let result = host.propose(cmd).await;
                             Done::Dispatched {
@@ -631,7 +609,7 @@ impl<H: Host> Engine<H> {
         let cmd = Command::RecordMethodResponse {
             id: c.id.clone(),
             outcome,
-            at: now(),
+            at: self.host.now(),
         };
         let host = self.host.clone();
         let key = key.clone();
@@ -796,7 +774,7 @@ impl<H: Host> Engine<H> {
                 self.full_due = true;
             }
             // Desired patches are pushed from state (`Action::PushDesired`), not from the feed.
-            Update::Applied { .. } => {}
+            Update::Applied => {}
         }
     }
 
@@ -849,7 +827,7 @@ impl<H: Host> Engine<H> {
             let result = host
                 .propose(Command::MarkDesiredSent {
                     pushes: sent,
-                    at: now(),
+                    at: host.now(),
                 })
                 .await;
             Done::PushedDesired { devices, result }
@@ -911,7 +889,7 @@ impl<H: Host> Engine<H> {
                 async move {
                     let cmd = Command::RecordDeviceResults {
                         results: batch,
-                        at: now(),
+                        at: host.now(),
                     };
                     let result = host.propose(cmd).await;
                     Done::Results { keys, result }
@@ -936,13 +914,13 @@ impl<H: Host> Engine<H> {
                 RegistryBatch::Presence(changes) if !changes.is_empty() => {
                     Command::SetConnections {
                         changes: changes.clone(),
-                        at: now(),
+                        at: self.host.now(),
                     }
                 }
                 RegistryBatch::Reports(reports) if !reports.is_empty() => {
                     Command::ReportPropertiesBatch {
                         reports: reports.clone(),
-                        at: now(),
+                        at: self.host.now(),
                     }
                 }
                 _ => {

@@ -7,9 +7,8 @@
 use std::future::Future;
 
 use futures::stream::BoxStream;
-use muster_domain::{Command, Event, State, TwinSection};
-use muster_types::{DeviceId, JobId};
-use serde_json::Value;
+use muster_domain::{Command, State};
+use muster_types::{JobId, Timestamp};
 
 /// The leader's services, as the dispatcher sees them.
 pub trait Host: Clone + Send + Sync + 'static {
@@ -25,10 +24,13 @@ pub trait Host: Clone + Send + Sync + 'static {
 
     /// Changes from now on, in apply order. The stream ends when the host shuts down.
     ///
-    /// Over the store's `StateReader::subscribe()`: `StateUpdate::Events(a)` becomes
-    /// `Update::Applied { last_seq: a.last_seq(), desired: desired_patches(a.first_seq,
-    /// &a.events) }`; `SnapshotInstalled` and a lagging receiver become `Update::Resync`.
+    /// Over the store's `StateReader::subscribe()`: `StateUpdate::Events(_)` becomes
+    /// `Update::Applied`; `SnapshotInstalled` and a lagging receiver become `Update::Resync`.
     fn updates(&self) -> BoxStream<'static, Update>;
+
+    /// The clock that stamps the commands the dispatcher proposes: the node's, so its API and
+    /// its dispatcher stamp with one clock (and a test's skewed clock moves both).
+    fn now(&self) -> Timestamp;
 
     /// Makes `span`, about work on `job`, part of the trace the job was created in, when the
     /// host keeps one (the node does while traces are exported); by default it stays as it is.
@@ -37,6 +39,16 @@ pub trait Host: Clone + Send + Sync + 'static {
         let _ = job;
         span
     }
+}
+
+/// The system's wall clock, unskewed: for hosts outside a node (tests, examples), whose commands
+/// need a stamp. A node's host answers [`Host::now`] with the node's own command clock.
+pub fn wall_clock() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
 }
 
 /// Why a proposal did not take effect.
@@ -54,49 +66,12 @@ pub enum HostError {
 }
 
 /// One change notification.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Update {
-    /// Entries were applied; the state now includes every event up to `last_seq`. `desired`
-    /// lists the desired-property patches among the new events, which the dispatcher forwards to
-    /// the devices (everything else it re-derives from state).
-    Applied {
-        last_seq: u64,
-        desired: Vec<DesiredPatch>,
-    },
+    /// Entries were applied. The dispatcher re-derives its work from state (desired pushes
+    /// included, as `Action::PushDesired`), so what changed is not carried.
+    Applied,
     /// Changes were missed (the receiver lagged, or a snapshot replaced the state): the
     /// dispatcher re-reads everything it tracks.
     Resync,
-}
-
-/// A desired-property patch applied to a device's twin, with the event's global sequence number
-/// (the dispatcher uses it to give each patch the exact twin `$version` it produced).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredPatch {
-    pub seq: u64,
-    pub device: DeviceId,
-    pub patch: Value,
-}
-
-/// The desired-property patches among events numbered from `first_seq`: the helper a host's
-/// [`Host::updates`] uses, so only those few events are cloned.
-pub fn desired_patches<'a>(
-    first_seq: u64,
-    events: impl IntoIterator<Item = &'a Event>,
-) -> Vec<DesiredPatch> {
-    (first_seq..)
-        .zip(events)
-        .filter_map(|(seq, e)| match e {
-            Event::TwinPatched {
-                device,
-                section: TwinSection::Desired,
-                patch,
-                ..
-            } => Some(DesiredPatch {
-                seq,
-                device: device.clone(),
-                patch: patch.clone(),
-            }),
-            _ => None,
-        })
-        .collect()
 }

@@ -40,8 +40,8 @@ mod link;
 pub mod protocol;
 
 pub use config::DispatchConfig;
-pub use dispatcher::{now, Dispatcher};
-pub use host::{desired_patches, DesiredPatch, Host, HostError, Update};
+pub use dispatcher::Dispatcher;
+pub use host::{wall_clock, Host, HostError, Update};
 
 /// Why the dispatcher could not start.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{BoxStream, StreamExt};
 use muster_devsim::{Fleet, FleetConfig, FleetLogin};
-use muster_dispatch::{desired_patches, now, DispatchConfig, Dispatcher, Host, HostError, Update};
+use muster_dispatch::{wall_clock as now, DispatchConfig, Dispatcher, Host, HostError, Update};
 use muster_domain::{
     BatchSize, CancelReason, CancellationThreshold, Command, ConnectionState, DeviceRegistration,
     DeviceStatus, JobSpec, JobStatus, MethodCall, Operation, RetryPolicy, Rollout, Schedule, State,
@@ -77,12 +77,8 @@ impl TestHost {
         if events.is_empty() {
             return Ok(());
         }
-        let first = g.1 + 1;
         g.1 += events.len() as u64;
-        let update = Update::Applied {
-            last_seq: g.1,
-            desired: desired_patches(first, &events),
-        };
+        let update = Update::Applied;
         drop(g);
         let _ = self.tx.send(update);
         Ok(())
@@ -108,6 +104,10 @@ impl Host for TestHost {
         BroadcastStream::new(self.tx.subscribe())
             .map(|r| r.unwrap_or(Update::Resync))
             .boxed()
+    }
+
+    fn now(&self) -> muster_types::Timestamp {
+        now()
     }
 }
 

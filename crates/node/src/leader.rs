@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use muster_cluster::{Cluster, ClusterError, StateUpdate};
-use muster_dispatch::{desired_patches, DispatchConfig, Dispatcher, Host, HostError, Update};
+use muster_dispatch::{DispatchConfig, Dispatcher, Host, HostError, Update};
 use muster_domain::{Command, State};
 use tokio::sync::watch;
 use tokio_stream::wrappers::BroadcastStream;
@@ -36,6 +36,10 @@ impl Host for ClusterHost {
         self.cluster.reader().read_with_seq(f)
     }
 
+    fn now(&self) -> muster_types::Timestamp {
+        muster_cluster::now()
+    }
+
     fn adopt_span(&self, job: &muster_types::JobId, span: tracing::Span) -> tracing::Span {
         self.cluster.job_traces().adopt(job, span)
     }
@@ -43,10 +47,7 @@ impl Host for ClusterHost {
     fn updates(&self) -> BoxStream<'static, Update> {
         BroadcastStream::new(self.cluster.reader().subscribe())
             .map(|u| match u {
-                Ok(StateUpdate::Events(a)) => Update::Applied {
-                    last_seq: a.last_seq(),
-                    desired: desired_patches(a.first_seq, &a.events),
-                },
+                Ok(StateUpdate::Events(_)) => Update::Applied,
                 Ok(StateUpdate::SnapshotInstalled { .. }) | Err(_) => Update::Resync,
             })
             .boxed()
