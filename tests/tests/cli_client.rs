@@ -430,6 +430,30 @@ async fn schedule_commands_create_list_and_show_jobs() {
         assert_eq!(ids, ["tick-1", "tick-2"], "{jobs}");
         let list = ok(s, &["schedule", "list"]);
         assert_eq!(list[0]["id"], "tick", "{list}");
+        // Two creates of one id at once: the log decides, exactly one wins.
+        let create = [
+            "schedule",
+            "create",
+            "race",
+            "--devices",
+            "cli-s1",
+            "--desired",
+            r#"{"a":2}"#,
+            "--start",
+            "2099-01-01T00:00:00Z",
+            "--recurrence",
+            "daily",
+        ];
+        let outcomes: Vec<std::process::Output> = std::thread::scope(|t| {
+            let a = t.spawn(|| run(s, &create));
+            let b = t.spawn(|| run(s, &create));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        let won = outcomes.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "exactly one create of `race` succeeds");
+        let lost = outcomes.iter().find(|o| !o.status.success()).unwrap();
+        let err = String::from_utf8_lossy(&lost.stderr);
+        assert!(err.contains("already exists"), "{err}");
         let err = fails(
             s,
             &[

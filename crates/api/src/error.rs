@@ -84,6 +84,7 @@ impl From<&DomainError> for ApiError {
             DomainError::JobExists(_) => (409, "JobExists"),
             DomainError::DeviceExists(_) => (409, "DeviceExists"),
             DomainError::RerunExists { .. } => (409, "RerunExists"),
+            DomainError::ScheduledJobExists(_) => (409, "ScheduledJobExists"),
             DomainError::Conflict { .. } => (409, "InvalidJobState"),
             DomainError::CredentialNotFound { .. } => (404, "NotFound"),
             DomainError::CredentialConflict(_) => (409, "Conflict"),

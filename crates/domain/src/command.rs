@@ -211,6 +211,7 @@ pub enum Command {
     },
     /// Creates or replaces a scheduled job (`crate::schedule`); with `if_version`, only the
     /// schedule at that version (its etag), so IoT Central's PATCH loses no concurrent change.
+    /// Version 0 means "create only": refused if the id exists.
     SaveScheduledJob {
         id: ScheduledJobId,
         spec: crate::schedule::ScheduledJobSpec,

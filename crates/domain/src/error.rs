@@ -51,6 +51,8 @@ pub enum DomainError {
     },
     #[error("scheduled job {0} does not exist")]
     ScheduledJobNotFound(ScheduledJobId),
+    #[error("scheduled job {0} already exists; update it or pick another id")]
+    ScheduledJobExists(ScheduledJobId),
     #[error("scheduled job {id} has changed: it is at version (etag) {actual}, not {expected}; read it again and retry with the new etag")]
     ScheduledJobVersionMismatch {
         id: ScheduledJobId,

@@ -209,7 +209,8 @@ impl From<&DomainError> for CommandError {
             | DomainError::CredentialNotFound { .. } => (ErrorKind::NotFound, None),
             DomainError::JobExists(_)
             | DomainError::DeviceExists(_)
-            | DomainError::RerunExists { .. } => (ErrorKind::AlreadyExists, None),
+            | DomainError::RerunExists { .. }
+            | DomainError::ScheduledJobExists(_) => (ErrorKind::AlreadyExists, None),
             DomainError::Conflict { .. } | DomainError::CredentialConflict(_) => {
                 (ErrorKind::Conflict, None)
             }

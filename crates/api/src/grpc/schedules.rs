@@ -108,16 +108,9 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
         let req = request.into_inner();
         let id: ScheduledJobId = parse_id("id", &req.id)?;
         let spec = spec(&id, req.spec)?;
-        if self
-            .cluster
-            .reader()
-            .read(|s| s.schedules.contains_key(&id))
-        {
-            return Err(Status::already_exists(format!(
-                "scheduled job {id} already exists; update it (UpdateSchedule) or pick another id"
-            )));
-        }
-        self.save(who, &id, spec, None).await.map(Response::new)
+        // Version 0: only if it does not exist yet, decided in log order (two creates of one
+        // id cannot both succeed).
+        self.save(who, &id, spec, Some(0)).await.map(Response::new)
     }
 
     async fn get_schedule(

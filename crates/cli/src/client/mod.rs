@@ -947,12 +947,12 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
         }
         DeviceCmd::List { limit, page_size } => {
             let devices = all_devices(&mut client, limit, page_size).await?;
-            match opts.output {
-                Output::Json => print_json(&Value::Array(
-                    devices.iter().map(render::device_json).collect(),
-                )),
-                Output::Text | Output::Csv => println!("{}", render::devices_table(&devices)),
-            }
+            render::print_list(
+                opts.output,
+                &devices,
+                render::device_json,
+                render::devices_table,
+            );
         }
         DeviceCmd::Query {
             query,
@@ -1183,12 +1183,12 @@ pub async fn group(opts: &ClientOpts, cmd: GroupCmd) -> anyhow::Result<()> {
                 Ok((page.groups, page.next_page_token))
             })
             .await?;
-            match opts.output {
-                Output::Json => print_json(&Value::Array(
-                    groups.iter().map(render::group_json).collect(),
-                )),
-                Output::Text | Output::Csv => println!("{}", render::groups_table(&groups)),
-            }
+            render::print_list(
+                opts.output,
+                &groups,
+                render::group_json,
+                render::groups_table,
+            );
         }
         GroupCmd::Delete { id } => {
             client

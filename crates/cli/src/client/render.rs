@@ -236,6 +236,19 @@ pub fn print_json(v: &Value) {
     );
 }
 
+/// Prints a listing: a JSON array of `json(item)` with `-o json`, else the text table.
+pub fn print_list<T>(
+    output: super::Output,
+    items: &[T],
+    json: impl Fn(&T) -> Value,
+    table: impl Fn(&[T]) -> String,
+) {
+    match output {
+        super::Output::Json => print_json(&Value::Array(items.iter().map(json).collect())),
+        super::Output::Text | super::Output::Csv => println!("{}", table(items)),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Text
 // ---------------------------------------------------------------------------------------------

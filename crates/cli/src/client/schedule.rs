@@ -7,7 +7,7 @@ use muster_proto::pb;
 use muster_types::Timestamp;
 use serde_json::{json, Value};
 
-use super::render::{jobs_table, print_json, table};
+use super::render::{jobs_table, print_json, print_list, table};
 use super::{collect_pages, connect, no_csv, rpc, spec, ClientOpts, Output};
 
 #[derive(Debug, Subcommand)]
@@ -259,10 +259,7 @@ pub async fn schedule(opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::Result<()>
                 Ok((page.schedules, page.next_page_token))
             })
             .await?;
-            match opts.output {
-                Output::Json => print_json(&Value::Array(all.iter().map(schedule_json).collect())),
-                Output::Text | Output::Csv => println!("{}", schedules_table(&all)),
-            }
+            print_list(opts.output, &all, schedule_json, schedules_table);
         }
         ScheduleCmd::Delete { id } => {
             client
@@ -288,12 +285,7 @@ pub async fn schedule(opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::Result<()>
                 Ok((page.jobs, page.next_page_token))
             })
             .await?;
-            match opts.output {
-                Output::Json => print_json(&Value::Array(
-                    jobs.iter().map(super::render::job_json).collect(),
-                )),
-                Output::Text | Output::Csv => println!("{}", jobs_table(&jobs)),
-            }
+            print_list(opts.output, &jobs, super::render::job_json, jobs_table);
         }
     }
     Ok(())

@@ -18,7 +18,12 @@ pub(crate) fn save(
     at: Timestamp,
 ) -> Result<Vec<Event>, DomainError> {
     let old = state.schedules.get(id);
-    if let Some(v) = if_version {
+    // Versions start at 1, so version 0 names "not there yet": a create that two callers race
+    // on is decided here, in log order, not by a read before the write.
+    if if_version == Some(0) && old.is_some() {
+        return Err(DomainError::ScheduledJobExists(id.clone()));
+    }
+    if let Some(v) = if_version.filter(|v| *v != 0) {
         let actual = old
             .ok_or_else(|| DomainError::ScheduledJobNotFound(id.clone()))?
             .version;

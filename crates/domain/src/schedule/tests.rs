@@ -409,3 +409,28 @@ fn saves_are_conditional_on_the_version() {
     state.execute(&cmd(1)).unwrap();
     assert_eq!(state.schedules[&sid()].version, 2);
 }
+
+#[test]
+fn version_zero_creates_only_once() {
+    let mut state = State::default();
+    let start = ts("2026-01-01T00:00:00Z");
+    let s = JobSchedule {
+        start,
+        recurrence: Some(Recurrence::Daily),
+        end: None,
+        time_zone: None,
+    };
+    let create = Command::SaveScheduledJob {
+        id: sid(),
+        spec: spec(s),
+        if_version: Some(0),
+        at: start,
+    };
+    state.execute(&create).unwrap();
+    assert_eq!(state.schedules[&sid()].version, 1);
+    assert_eq!(
+        state.execute(&create),
+        Err(DomainError::ScheduledJobExists(sid()))
+    );
+    assert_eq!(state.schedules[&sid()].version, 1);
+}
