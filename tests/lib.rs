@@ -1188,6 +1188,49 @@ pub fn muster_audit(args: &[&str], dir: &Path) -> anyhow::Result<std::process::O
         .output()?)
 }
 
+/// The Mosquitto the end-to-end tests use (`MUSTER_TEST_MQTT_URL`; `.ci/run` starts one on
+/// 127.0.0.1:1883).
+pub fn mqtt_url() -> String {
+    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+}
+
+/// A devsim fleet of `devices` on the test broker, ids `{prefix}-…`, with the client-id prefix
+/// the broker's test ACLs expect.
+pub fn fleet_config(prefix: &str, devices: usize) -> muster_devsim::FleetConfig {
+    muster_devsim::FleetConfig {
+        brokers: vec![mqtt_url()],
+        devices,
+        prefix: prefix.to_owned(),
+        model_id: "dtmi:muster:simulated;1".into(),
+        client_id_prefix: format!("muster-e2e-{prefix}"),
+        ..muster_devsim::FleetConfig::default()
+    }
+}
+
+/// Registers `ids` in one import, each tagged `{"devsim": prefix}` so a group or query can
+/// select the fleet.
+pub async fn import_tagged(
+    channel: &AuthChannel,
+    ids: &[String],
+    prefix: &str,
+) -> anyhow::Result<()> {
+    use muster_proto::pb;
+    let mut registry = pb::device_service_client::DeviceServiceClient::new(channel.clone());
+    registry
+        .import_devices(pb::ImportDevicesRequest {
+            devices: ids
+                .iter()
+                .map(|id| pb::NewDevice {
+                    device_id: id.clone(),
+                    tags_json: serde_json::json!({ "devsim": prefix }).to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await?;
+    Ok(())
+}
+
 /// The nemesis harness and history checker (issue 18); `tests/tests/nemesis.rs` runs it.
 #[path = "nemesis/mod.rs"]
 pub mod nemesis;

@@ -149,10 +149,6 @@ async fn three_nodes_form_a_cluster_replicate_and_survive_losing_the_leader() {
     }
 }
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 async fn cluster_cmd(endpoint: &str, args: &[&str]) -> Value {
     muster_tests::cluster_cmd(endpoint, args).await.unwrap()
 }
@@ -184,7 +180,7 @@ async fn central_status(c: &reqwest::Client, node: &Server, job: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_joins_is_promoted_and_an_old_member_leaves_while_a_job_runs() {
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let mut cluster = TestCluster::start(3, &["--mqtt-url", &url]).unwrap();
     let leader = cluster.leader().await.unwrap();
     for n in &cluster.nodes {

@@ -43,10 +43,6 @@ const LONG: Duration = Duration::from_secs(600);
 /// 2099-01-01T00:00:00Z: jobs that start then stay scheduled while a test runs.
 const FAR_FUTURE_MS: i64 = 4_070_908_800_000;
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 fn fleet_size() -> usize {
     std::env::var("MUSTER_FAULTS_DEVICES")
         .ok()
@@ -385,7 +381,7 @@ async fn ready_cluster(args: &[&str]) -> (TestCluster, usize, Vec<AuthChannel>) 
 /// The 20,000-device failover scenario, the nodes configured by the TOML text `config`.
 async fn leader_killed_mid_job(config: &str) {
     let n = fleet_size();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let conf_dir = data_dir().unwrap();
     let conf = conf_dir.path().join("node.toml");
     std::fs::write(&conf, config).unwrap();
@@ -1068,7 +1064,7 @@ async fn a_write_forwarded_to_a_frozen_leader_is_refused_once_another_leads() {
 /// (`Action::PushDesired`) and recorded (`MarkDesiredSent`), not remembered by a dispatcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desired_patch_reaches_its_device_after_the_leader_is_killed() {
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let conf_dir = data_dir().unwrap();
     let conf = conf_dir.path().join("node.toml");
     std::fs::write(

@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 
 const V: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 async fn devices_in(
     devices: &mut DeviceServiceClient<muster_tests::AuthChannel>,
 ) -> Vec<pb::Device> {
@@ -33,7 +29,7 @@ async fn devices_in(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devsim_registers_serves_a_job_and_goes_offline_on_sigterm() {
     let dir = data_dir().unwrap();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let server = Server::start_with(dir.path(), &["--mqtt-url", &url]).unwrap();
     server.wait_ready().await.unwrap();
     let prefix = format!("dc-{}", std::process::id());
@@ -197,7 +193,7 @@ async fn devsim_and_the_node_spread_devices_over_two_brokers_alike() {
     ];
     let embedded =
         muster_devsim::broker::start_embedded("127.0.0.1:0".parse().unwrap(), &logins).unwrap();
-    let (first, second) = (mqtt_url(), embedded.url());
+    let (first, second) = (muster_tests::mqtt_url(), embedded.url());
     let dir = data_dir().unwrap();
     let dispatcher_pw = dir.path().join("dispatcher.pw");
     std::fs::write(&dispatcher_pw, "dispatcher-pw\n").unwrap();

@@ -19,10 +19,6 @@ use serde_json::{json, Value};
 const HUB: &str = "api-version=2021-04-12";
 const CENTRAL: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     let r = http.post(url).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
@@ -58,7 +54,7 @@ fn code(body: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_reach_a_simulated_device_through_every_edge() {
     let dir = data_dir().unwrap();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let server = Server::start_with(dir.path(), &["--mqtt-url", &url]).unwrap();
     server.wait_ready().await.unwrap();
     let prefix = format!("dm-{}", std::process::id());
@@ -310,7 +306,7 @@ async fn methods_reach_a_simulated_device_through_every_edge() {
 /// on a device that is not connected raises the SDK's HTTP error with 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_invokes_a_direct_method() {
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let Some(node) = muster_tests::SdkNode::start_with(&["--mqtt-url", &url])
         .await
         .unwrap()
@@ -366,7 +362,7 @@ async fn the_python_sdk_invokes_a_direct_method() {
 /// dispatcher reaches the device, and answers once it has applied the invocation's end itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_answers_with_the_devices_answer() {
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let cluster = muster_tests::TestCluster::start(3, &["--mqtt-url", &url]).unwrap();
     let leader = cluster.leader().await.unwrap();
     for n in &cluster.nodes {

@@ -19,10 +19,6 @@ use serde_json::{json, Value};
 
 const CENTRAL: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 /// One entry per device, so the log grows past a snapshot plus the entries kept behind it.
 async fn import_one_by_one(ch: &AuthChannel, ids: Vec<String>, tags: Value) {
     let mut tasks = Vec::new();
@@ -94,7 +90,7 @@ fn muster(args: &[&str], dir: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_every_member_keeps_the_whole_history() {
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     // Snapshots every 200 entries; openraft keeps 1,000 entries behind the last one, so a node
     // added after ~1,300 entries cannot catch up from the log alone.
     let conf_dir = data_dir().unwrap();

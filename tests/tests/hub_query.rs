@@ -278,13 +278,9 @@ async fn device_queries_page_project_count_and_refuse_bad_input() {
     assert_eq!(r.status().as_u16(), 400);
 }
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_jobs_show_every_devices_outcome_of_a_method_job() {
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let (_dir, server, api) = start(&["--mqtt-url", &url]).await;
     let prefix = format!("hq-{}", std::process::id());
     let cfg = FleetConfig {

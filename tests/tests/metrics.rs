@@ -16,10 +16,6 @@ use serde_json::{json, Value};
 
 const V: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 /// One scrape: the raw text, and every sample as `name{label="value",...}` -> value (labels
 /// sorted, histogram samples as their `_count`).
 struct Scrape {
@@ -68,7 +64,7 @@ impl Scrape {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_while_a_job_runs_and_need_a_credential() {
     let dir = data_dir().unwrap();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let server = Server::start_with(dir.path(), &["--mqtt-url", &url]).unwrap();
     server.wait_ready().await.unwrap();
     let http = muster_tests::http();

@@ -24,10 +24,6 @@ const CENTRAL: &str = "api-version=2022-07-31";
 const HUB: &str = "api-version=2021-04-12";
 const MODEL: &str = "dtmi:muster:simulated;1";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 /// A device-id prefix no other test (nor another test process) uses.
 fn unique_prefix(name: &str) -> String {
     format!("{name}-{}", std::process::id())
@@ -46,7 +42,7 @@ struct Env {
 impl Env {
     async fn start(name: &str) -> Env {
         let dir = data_dir().unwrap();
-        let url = mqtt_url();
+        let url = muster_tests::mqtt_url();
         let server = Server::start_with(dir.path(), &["--mqtt-url", &url]).unwrap();
         server.wait_ready().await.unwrap();
         let (jobs, devices) = clients(&server).await;
@@ -70,7 +66,7 @@ impl Env {
 
     fn fleet_config(&self, devices: usize) -> FleetConfig {
         FleetConfig {
-            brokers: vec![mqtt_url()],
+            brokers: vec![muster_tests::mqtt_url()],
             devices,
             prefix: self.prefix.clone(),
             model_id: MODEL.into(),

@@ -9,10 +9,6 @@ use serde_json::{json, Value};
 
 const V: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 async fn status_of(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = http.get(url).send().await.unwrap();
     let code = r.status().as_u16();
@@ -22,7 +18,7 @@ async fn status_of(http: &reqwest::Client, url: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_lose_their_devices_then_themselves_and_the_log_keeps_all() {
     let dir = data_dir().unwrap();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let mut server = Server::start_with(
         dir.path(),
         &[

@@ -12,10 +12,6 @@ use serde_json::{json, Value};
 
 const CENTRAL: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 async fn job(jobs: &mut JobServiceClient<muster_tests::AuthChannel>, id: &str) -> pb::Job {
     jobs.get_job(pb::GetJobRequest {
         job_id: id.into(),
@@ -67,12 +63,12 @@ fn pause_reason(j: &pb::Job) -> pb::pause_reason::Kind {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_then_failing_gate_pause_and_continue_resumes() {
     let dir = data_dir().unwrap();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let server = Server::start_with(dir.path(), &["--mqtt-url", &url]).unwrap();
     server.wait_ready().await.unwrap();
     let ch = grpc_channel(&server.grpc).await.unwrap();
     let mut jobs = JobServiceClient::new(ch.clone());
-    let mut registry = DeviceServiceClient::new(ch);
+    let registry = DeviceServiceClient::new(ch.clone());
     wait_for("a leader", || {
         let mut jobs = jobs.clone();
         async move { jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok() }
@@ -82,30 +78,13 @@ async fn canary_then_failing_gate_pause_and_continue_resumes() {
 
     // Six devices, batches of two; the first device of the second batch always fails.
     let prefix = format!("ro-gate-{}", std::process::id());
-    let cfg = FleetConfig {
-        brokers: vec![url.clone()],
-        devices: 6,
-        prefix: prefix.clone(),
-        model_id: "dtmi:muster:simulated;1".into(),
-        client_id_prefix: format!("muster-e2e-{prefix}"),
-        ..FleetConfig::default()
-    };
+    let cfg = muster_tests::fleet_config(&prefix, 6);
     let ids = cfg.device_ids();
     let cfg = FleetConfig {
         failing: vec![ids[2].clone()],
         ..cfg
     };
-    registry
-        .import_devices(pb::ImportDevicesRequest {
-            devices: ids
-                .iter()
-                .map(|id| pb::NewDevice {
-                    device_id: id.clone(),
-                    tags_json: json!({"devsim": prefix}).to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-        })
+    muster_tests::import_tagged(&ch, &ids, &prefix)
         .await
         .unwrap();
     let fleet = Fleet::start(cfg).await.unwrap();

@@ -5,7 +5,7 @@
 //! (`MUSTER_TEST_MQTT_URL`, default `mqtt://127.0.0.1:1883`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use muster_devsim::{Fleet, FleetConfig};
+use muster_devsim::Fleet;
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
 use muster_proto::pb::schedule_service_client::ScheduleServiceClient;
@@ -13,10 +13,6 @@ use muster_tests::{data_dir, grpc_channel, wait_for, Server};
 use serde_json::{json, Value};
 
 const CENTRAL: &str = "api-version=2022-07-31";
-
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -46,11 +42,11 @@ async fn created_jobs(http: &reqwest::Client, server: &Server, id: &str) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recurring_schedule_creates_each_occurrence_once_across_a_crash() {
     let dir = data_dir().unwrap();
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let mut server = Server::start_with(dir.path(), &["--mqtt-url", &url]).unwrap();
     server.wait_ready().await.unwrap();
     let ch = grpc_channel(&server.grpc).await.unwrap();
-    let mut registry = DeviceServiceClient::new(ch);
+    let registry = DeviceServiceClient::new(ch.clone());
     wait_for("a leader", || {
         let mut registry = registry.clone();
         async move {
@@ -64,26 +60,9 @@ async fn a_recurring_schedule_creates_each_occurrence_once_across_a_crash() {
     .unwrap();
 
     let prefix = format!("sched-{}", std::process::id());
-    let cfg = FleetConfig {
-        brokers: vec![url.clone()],
-        devices: 3,
-        prefix: prefix.clone(),
-        model_id: "dtmi:muster:simulated;1".into(),
-        client_id_prefix: format!("muster-e2e-{prefix}"),
-        ..FleetConfig::default()
-    };
+    let cfg = muster_tests::fleet_config(&prefix, 3);
     let ids = cfg.device_ids();
-    registry
-        .import_devices(pb::ImportDevicesRequest {
-            devices: ids
-                .iter()
-                .map(|id| pb::NewDevice {
-                    device_id: id.clone(),
-                    tags_json: json!({"devsim": prefix}).to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-        })
+    muster_tests::import_tagged(&ch, &ids, &prefix)
         .await
         .unwrap();
     let _fleet = Fleet::start(cfg).await.unwrap();

@@ -18,10 +18,6 @@ use serde_json::json;
 
 const V: &str = "api-version=2022-07-31";
 
-fn mqtt_url() -> String {
-    std::env::var("MUSTER_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
-}
-
 #[derive(Debug, Clone)]
 struct Span {
     trace: Vec<u8>,
@@ -82,7 +78,7 @@ async fn one_trace_spans_rest_forwarding_raft_mqtt_and_the_answer() {
     // Export every 100 ms instead of every 5 s (the SDK reads this from the environment).
     std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
     let (endpoint, spans) = receiver().await;
-    let url = mqtt_url();
+    let url = muster_tests::mqtt_url();
     let cluster =
         TestCluster::start(3, &["--mqtt-url", &url, "--otlp-endpoint", &endpoint]).unwrap();
     let leader = cluster.leader().await.unwrap();
