@@ -7,7 +7,7 @@ use muster_proto::pb;
 use muster_proto::pb::auth_service_client::AuthServiceClient;
 use serde_json::json;
 
-use crate::client::credential::header_value;
+use crate::client::credential::{header_value, token_text};
 use crate::client::{connect, rpc, ClientOpts, Output};
 
 #[derive(Debug, Subcommand)]
@@ -79,11 +79,7 @@ pub async fn auth(opts: &ClientOpts, cmd: AuthCmd) -> anyhow::Result<()> {
             .token
             .as_deref()
             .ok_or_else(|| anyhow!("give the connection string with --token or MUSTER_TOKEN (or @FILE, e.g. @DATA_DIR/admin.credential)"))?;
-        let text = match text.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)?,
-            None => text.to_string(),
-        };
-        println!("{}", header_value(text.trim(), ttl)?);
+        println!("{}", header_value(token_text(text)?.trim(), ttl)?);
         return Ok(());
     }
     let mut client = AuthServiceClient::new(connect(opts).await?);

@@ -41,3 +41,14 @@ fn a_missing_config_file_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/muster.toml"));
 }
+
+#[test]
+fn auth_sign_names_a_token_file_it_cannot_read() {
+    let out = muster()
+        .args(["auth", "sign", "--token", "@/nonexistent/admin.credential"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/admin.credential"), "{err}");
+}

@@ -22,16 +22,20 @@ pub fn from_arg(arg: Option<&str>) -> anyhow::Result<Credential> {
     let Some(arg) = arg.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(Bearer(None));
     };
-    let text = match arg.strip_prefix('@') {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("--token: cannot read {path}"))?
-        }
-        None => arg.to_string(),
-    };
-    let header = header_value(text.trim(), SIGNED_TTL_SECS)?;
+    let header = header_value(token_text(arg)?.trim(), SIGNED_TTL_SECS)?;
     let value = MetadataValue::try_from(header.as_str())
         .map_err(|_| anyhow!("--token: holds characters a header cannot carry"))?;
     Ok(Bearer(Some(value)))
+}
+
+/// `--token`'s text: the value itself, or the contents of the file `@PATH` names.
+pub fn token_text(arg: &str) -> anyhow::Result<String> {
+    match arg.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("--token: cannot read {path}"))
+        }
+        None => Ok(arg.to_string()),
+    }
 }
 
 /// The `Authorization` value for a token or a connection string (signed for `ttl_secs`).
