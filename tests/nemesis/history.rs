@@ -219,6 +219,8 @@ pub struct Report {
     pub dispatches_checked: usize,
     /// Refused and indeterminate operations by gRPC code, e.g. `Unavailable`.
     pub errors: BTreeMap<String, usize>,
+    /// The first message seen of each code, to tell what the errors were.
+    pub error_samples: BTreeMap<String, String>,
     pub anomalies: Vec<Anomaly>,
 }
 
@@ -243,6 +245,9 @@ impl fmt::Display for Report {
             self.anomalies.len()
         )?;
         writeln!(f, "errors by code: {:?}", self.errors)?;
+        for e in self.error_samples.values() {
+            writeln!(f, "  e.g. {e}")?;
+        }
         for a in self.anomalies.iter().take(20) {
             write!(f, "{a}")?;
         }
@@ -275,7 +280,8 @@ pub fn check(
         }
         if let Outcome::Refused(e) | Outcome::Unknown(e) = &op.outcome {
             let code = e.split(':').next().unwrap_or_default().to_string();
-            *r.errors.entry(code).or_default() += 1;
+            *r.errors.entry(code.clone()).or_default() += 1;
+            r.error_samples.entry(code).or_insert_with(|| e.clone());
         }
     }
     check_writes(history, views, &mut r);

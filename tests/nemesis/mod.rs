@@ -466,7 +466,12 @@ impl Harness {
             } else {
                 "exits-unexpected-restarted"
             };
-            eprintln!("nemesis: node {n} had exited ({what})");
+            let log = self.nodes[i].log_text();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            eprintln!("nemesis: node {n} had exited ({what}); its log ends:");
+            for line in tail.iter().rev() {
+                eprintln!("    {line}");
+            }
             *self.effects.entry(what).or_default() += 1;
             let server = &mut self.nodes[i];
             tokio::task::block_in_place(|| server.restart())?;
