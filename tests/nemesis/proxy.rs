@@ -70,7 +70,7 @@ impl Proxies {
     pub async fn start(nodes: usize, port: u16, seed: u64) -> anyhow::Result<Proxies> {
         let state = Arc::new(State {
             impaired: Mutex::new(vec![Impairment::default(); nodes]),
-            rng: Mutex::new(Rng::new(seed ^ 0x5052_4f58_59)),
+            rng: Mutex::new(Rng::new(seed ^ 0x0050_524f_5859)),
             delayed: AtomicU64::new(0),
             cut: AtomicU64::new(0),
         });
