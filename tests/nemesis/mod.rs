@@ -453,21 +453,26 @@ impl Harness {
     }
 
     /// Restarts a node that exited on its own (not killed by the nemesis, which restarts
-    /// those itself): counted as expected after its disk filled, as unexpected otherwise.
+    /// those itself): counted as expected when its disk was filled and its log ends on the
+    /// file system's refusal, as unexpected otherwise.
     fn restart_exited(&mut self) -> anyhow::Result<()> {
-        let filled = std::mem::take(&mut self.filled);
         for i in 0..self.nodes.len() {
             let n = i + 1;
             if self.nodes[i].is_running() {
                 continue;
             }
-            let what = if filled.contains(&n) {
+            let log = self.nodes[i].log_text();
+            let enospc = log
+                .lines()
+                .rev()
+                .take(20)
+                .any(|l| l.contains("No space left on device"));
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            let what = if self.filled.contains(&n) && enospc {
                 "exits-on-full-disk-restarted"
             } else {
                 "exits-unexpected-restarted"
             };
-            let log = self.nodes[i].log_text();
-            let tail: Vec<&str> = log.lines().rev().take(3).collect();
             eprintln!("nemesis: node {n} had exited ({what}); its log ends:");
             for line in tail.iter().rev() {
                 eprintln!("    {line}");

@@ -78,6 +78,13 @@ fn nemesis_test(name: &str, config: Config) {
         );
     }
     assert!(r.acknowledged > 0, "no operation was acknowledged: {r}");
+    let unexpected = out.effects.get("exits-unexpected-restarted");
+    assert!(
+        unexpected.is_none(),
+        "{unexpected:?} nodes exited on their own, not on a full disk (their logs end the run's \
+         output above):\n{}",
+        out.logs
+    );
     assert!(!out.faults.is_empty(), "no fault was injected");
 }
 
