@@ -925,3 +925,135 @@ pub fn save_history(path: &Path, history: &[Op]) -> anyhow::Result<()> {
     std::fs::write(path, text)?;
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::history::LogEvent as L;
+    use super::*;
+    use muster_domain::event::Event;
+    use muster_domain::spec::{
+        BatchSize, JobSpec, MethodCall, Operation, RetryPolicy, Rollout, Schedule, Target,
+        TargetSelector,
+    };
+    use muster_types::{DeviceId, JobId, RerunId, RunId, Timestamp};
+
+    fn ids(list: &[&str]) -> Vec<DeviceId> {
+        list.iter().map(|d| DeviceId::new(*d).unwrap()).collect()
+    }
+
+    fn spec(batch: Option<BatchSize>) -> JobSpec {
+        JobSpec {
+            display_name: "nemesis".into(),
+            description: String::new(),
+            target: Target {
+                selector: TargetSelector::Devices(ids(&["a", "b", "c"])),
+                continuous: false,
+            },
+            operations: vec![Operation::InvokeMethod(MethodCall {
+                name: "reboot".into(),
+                payload: serde_json::json!({}),
+                response_timeout_secs: 5,
+                connect_timeout_secs: 0,
+            })],
+            schedule: Schedule::default(),
+            rollout: Rollout {
+                batch,
+                ..Rollout::default()
+            },
+            cancellation: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn an_export_reduces_to_runs_cut_into_batches_and_the_job_events() {
+        let job = JobId::new("j").unwrap();
+        let at = Timestamp(0);
+        let events = [
+            Event::JobCreated {
+                job: job.clone(),
+                spec: Box::new(spec(Some(BatchSize::Count(2)))),
+                devices: ids(&["a", "b", "c"]),
+                at,
+            },
+            Event::BatchStarted {
+                job: job.clone(),
+                run: RunId(0),
+                batch: 0,
+                at,
+            },
+            Event::DeviceDispatched {
+                job: job.clone(),
+                run: RunId(0),
+                device: ids(&["a"])[0].clone(),
+                attempt: 1,
+                at,
+            },
+            Event::JobStopped {
+                job: job.clone(),
+                at,
+            },
+            Event::RerunStarted {
+                job: job.clone(),
+                run: RunId(1),
+                rerun_id: RerunId::new("r").unwrap(),
+                devices: ids(&["a", "b", "c"]),
+                at,
+            },
+        ];
+        let mut text: String = events
+            .iter()
+            .zip(1u64..)
+            .map(|(e, seq)| {
+                serde_json::json!({"seq": seq, "type": e.kind(), "body": e}).to_string() + "\n"
+            })
+            .collect();
+        // Other events are skipped without decoding their bodies.
+        text.push_str(r#"{"seq":6,"type":"TwinPatched","body":{}}"#);
+        let batches = || {
+            vec![
+                vec!["a".to_string(), "b".to_string()],
+                vec!["c".to_string()],
+            ]
+        };
+        assert_eq!(
+            log_events(&text).unwrap(),
+            vec![
+                (
+                    1,
+                    L::RunStarted {
+                        job: "j".into(),
+                        run: 0,
+                        batches: batches(),
+                    }
+                ),
+                (
+                    2,
+                    L::BatchStarted {
+                        job: "j".into(),
+                        run: 0,
+                        batch: 0,
+                    }
+                ),
+                (
+                    3,
+                    L::Dispatched {
+                        job: "j".into(),
+                        run: 0,
+                        device: "a".into(),
+                    }
+                ),
+                (4, L::Stopped { job: "j".into() }),
+                (
+                    5,
+                    L::RunStarted {
+                        job: "j".into(),
+                        run: 1,
+                        batches: batches(),
+                    }
+                ),
+            ]
+        );
+    }
+}
