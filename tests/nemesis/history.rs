@@ -11,7 +11,12 @@
 //! - reads are linearizable: a read invoked after a write was acknowledged sees it, a read never
 //!   sees a write invoked after the read completed, and a read invoked after another read
 //!   completed sees at least what that one saw (keys are never removed);
-//! - each device has one final outcome per run, and the job's statistics equal a recount;
+//! - each device has one final outcome in every run (earlier runs of a rerun job too), and the
+//!   job's statistics equal a recount;
+//! - nothing was dispatched while its job was stopped or after it ended, for a run other than
+//!   the job's latest, or to a device outside the batches started so far (from each node's
+//!   event log: `DeviceDispatched` against `JobStopped`/`JobResumed`/`BatchStarted`; the log is
+//!   the order every node applied, so the rule needs no clocks);
 //! - the nodes agree on every job and twin, and on their audit chains, each of which verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -120,6 +125,40 @@ pub struct JobView {
     pub stats: [u64; 7],
     /// Each row of the current run's device list: (device, status), in the order listed.
     pub devices: Vec<(String, String)>,
+    /// The same for each earlier run (a rerun job's), by run.
+    pub earlier: BTreeMap<u32, Vec<(String, String)>>,
+}
+
+/// An event of a node's log, reduced to what the dispatch rule needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    /// A run began (the job's creation is run 0, each rerun the next) with its devices cut
+    /// into batches: `batches[i]` is batch `i`.
+    RunStarted {
+        job: String,
+        run: u32,
+        batches: Vec<Vec<String>>,
+    },
+    BatchStarted {
+        job: String,
+        run: u32,
+        batch: u32,
+    },
+    Dispatched {
+        job: String,
+        run: u32,
+        device: String,
+    },
+    Stopped {
+        job: String,
+    },
+    Resumed {
+        job: String,
+    },
+    /// Completed, failed, cancelled or expired.
+    Ended {
+        job: String,
+    },
 }
 
 /// A twin as one node holds it at the end.
@@ -146,6 +185,8 @@ pub struct NodeView {
     pub jobs: BTreeMap<String, JobView>,
     pub twins: BTreeMap<String, TwinView>,
     pub audit: Option<AuditView>,
+    /// The job events of its log with their seqs, in log order.
+    pub log: Vec<(u64, LogEvent)>,
 }
 
 /// One violated rule, with the operations that show it.
@@ -174,8 +215,12 @@ pub struct Report {
     pub refused: usize,
     pub indeterminate: usize,
     pub reads_checked: usize,
+    /// `DeviceDispatched` events checked, summed over the nodes' logs.
+    pub dispatches_checked: usize,
     /// Refused and indeterminate operations by gRPC code, e.g. `Unavailable`.
     pub errors: BTreeMap<String, usize>,
+    /// The first message seen of each code, to tell what the errors were.
+    pub error_samples: BTreeMap<String, String>,
     pub anomalies: Vec<Anomaly>,
 }
 
@@ -189,15 +234,20 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} operations: {} acknowledged, {} refused, {} indeterminate; {} reads checked; {} anomalies",
+            "{} operations: {} acknowledged, {} refused, {} indeterminate; {} reads checked; {} \
+             dispatches checked; {} anomalies",
             self.ops,
             self.acknowledged,
             self.refused,
             self.indeterminate,
             self.reads_checked,
+            self.dispatches_checked,
             self.anomalies.len()
         )?;
         writeln!(f, "errors by code: {:?}", self.errors)?;
+        for e in self.error_samples.values() {
+            writeln!(f, "  e.g. {e}")?;
+        }
         for a in self.anomalies.iter().take(20) {
             write!(f, "{a}")?;
         }
@@ -230,13 +280,15 @@ pub fn check(
         }
         if let Outcome::Refused(e) | Outcome::Unknown(e) = &op.outcome {
             let code = e.split(':').next().unwrap_or_default().to_string();
-            *r.errors.entry(code).or_default() += 1;
+            *r.errors.entry(code.clone()).or_default() += 1;
+            r.error_samples.entry(code).or_insert_with(|| e.clone());
         }
     }
     check_writes(history, views, &mut r);
     check_twice(history, views, initial_versions, &mut r);
     check_reads(history, &mut r);
     check_jobs(views, &mut r);
+    check_dispatch(history, views, &mut r);
     check_agreement(views, &mut r);
     r
 }
@@ -478,6 +530,23 @@ fn check_jobs(views: &[NodeView], r: &mut Report) {
                     anomaly(r, "no-final-outcome", d, vec![]);
                 }
             }
+            for (run, devices) in &job.earlier {
+                let mut seen = BTreeSet::new();
+                for (device, status) in devices {
+                    if !seen.insert(device) {
+                        let d = format!("node {}: job {id} run {run} lists {device} twice", v.node);
+                        anomaly(r, "duplicate-device", d, vec![]);
+                    }
+                    if !DEVICE_FINAL.contains(&status.as_str()) {
+                        let d = format!(
+                            "node {}: job {id} is in run {} but device {device} of its earlier \
+                             run {run} is {status}",
+                            v.node, job.run
+                        );
+                        anomaly(r, "no-final-outcome", d, vec![]);
+                    }
+                }
+            }
             let count = |s: &str| job.devices.iter().filter(|(_, st)| st == s).count() as u64;
             let recount = [
                 job.devices.len() as u64,
@@ -495,6 +564,118 @@ fn check_jobs(views: &[NodeView], r: &mut Report) {
                     v.node, job.run, job.stats, recount
                 );
                 anomaly(r, "statistics", d, vec![]);
+            }
+        }
+    }
+}
+
+/// What the dispatch rule tracks of one job while reading a log.
+#[derive(Debug, Default)]
+struct Tracked {
+    run: u32,
+    /// Device -> its batch, in the current run.
+    batch_of: BTreeMap<String, u32>,
+    /// The highest batch of the current run started so far.
+    started: Option<u32>,
+    /// The seq of the `JobStopped` not yet resumed.
+    stopped: Option<u64>,
+    /// The seq of the event that ended the job.
+    ended: Option<u64>,
+}
+
+/// Nothing dispatched while its job was stopped or ended, for an older run, or outside the
+/// batches started. Each node's log is read in seq order; the same violation on several nodes
+/// (their logs are copies) is reported once, naming the first.
+fn check_dispatch(history: &[Op], views: &[NodeView], r: &mut Report) {
+    let mut reported: BTreeSet<(u64, String)> = BTreeSet::new();
+    for v in views {
+        let mut jobs: BTreeMap<&str, Tracked> = BTreeMap::new();
+        for (seq, e) in &v.log {
+            match e {
+                LogEvent::RunStarted { job, run, batches } => {
+                    let t = jobs.entry(job).or_default();
+                    t.run = *run;
+                    t.batch_of.clear();
+                    for (i, devices) in batches.iter().enumerate() {
+                        for d in devices {
+                            // A device listed twice stays in its first batch.
+                            t.batch_of.entry(d.clone()).or_insert(i as u32);
+                        }
+                    }
+                    t.started = None;
+                    t.stopped = None;
+                    t.ended = None;
+                }
+                LogEvent::BatchStarted { job, run, batch } => {
+                    let t = jobs.entry(job).or_default();
+                    if *run == t.run {
+                        t.started = Some(t.started.map_or(*batch, |b| b.max(*batch)));
+                    }
+                }
+                LogEvent::Stopped { job } => {
+                    jobs.entry(job).or_default().stopped = Some(*seq);
+                }
+                LogEvent::Resumed { job } => {
+                    jobs.entry(job).or_default().stopped = None;
+                }
+                LogEvent::Ended { job } => {
+                    jobs.entry(job).or_default().ended = Some(*seq);
+                }
+                LogEvent::Dispatched { job, run, device } => {
+                    r.dispatches_checked += 1;
+                    let what =
+                        format!("seq {seq} DeviceDispatched job {job} run {run} device {device}");
+                    let why = match jobs.get(job.as_str()) {
+                        None => Some("but the log never created the job".to_string()),
+                        Some(t) => {
+                            if let Some(at) = t.ended {
+                                Some(format!("after the job ended (seq {at})"))
+                            } else if let Some(at) = t.stopped {
+                                Some(format!(
+                                    "while the job was stopped (JobStopped at seq {at}, no \
+                                     JobResumed since)"
+                                ))
+                            } else if *run != t.run {
+                                Some(format!("but the job's current run is {}", t.run))
+                            } else {
+                                match (t.batch_of.get(device), t.started) {
+                                    (None, _) => Some("but the device is not in that run".into()),
+                                    (Some(b), None) => Some(format!(
+                                        "outside its batch: the device is in batch {b} and no \
+                                         batch of the run has started"
+                                    )),
+                                    (Some(b), Some(s)) if b > &s => Some(format!(
+                                        "outside its batch: the device is in batch {b}, batches \
+                                         0..={s} have started"
+                                    )),
+                                    _ => None,
+                                }
+                            }
+                        }
+                    };
+                    let Some(why) = why else {
+                        continue;
+                    };
+                    if !reported.insert((*seq, why.clone())) {
+                        continue;
+                    }
+                    let ops = history
+                        .iter()
+                        .filter(|o| match &o.kind {
+                            OpKind::StopJob { job: j }
+                            | OpKind::ResumeJob { job: j }
+                            | OpKind::CancelJob { job: j }
+                            | OpKind::RerunJob { job: j, .. } => j == job,
+                            _ => false,
+                        })
+                        .cloned()
+                        .collect();
+                    let d = format!(
+                        "node {}: {what} {why}; the clients' control operations on {job} follow",
+                        v.node
+                    );
+                    anomaly(r, "dispatch-outside", d, ops);
+                }
             }
         }
     }
@@ -623,6 +804,7 @@ mod tests {
                 .iter()
                 .map(|(d, s)| (d.to_string(), s.to_string()))
                 .collect(),
+            earlier: BTreeMap::new(),
         }
     }
 
@@ -819,6 +1001,133 @@ mod tests {
         c.audit = Some(parse_audit(false, "verification failed at seq 7: bad hash"));
         let r = check(&h, &[a, b, c], &versions());
         assert_eq!(rules(&r), vec!["audit", "divergence", "divergence"], "{r}");
+    }
+
+    fn log(events: Vec<LogEvent>) -> Vec<(u64, LogEvent)> {
+        (1..).zip(events).collect()
+    }
+
+    fn dispatched(device: &str, run: u32) -> LogEvent {
+        LogEvent::Dispatched {
+            job: "j".into(),
+            run,
+            device: device.into(),
+        }
+    }
+
+    fn run_started(run: u32) -> LogEvent {
+        LogEvent::RunStarted {
+            job: "j".into(),
+            run,
+            batches: vec![vec!["a".into(), "b".into()], vec!["c".into()]],
+        }
+    }
+
+    fn batch(batch: u32) -> LogEvent {
+        LogEvent::BatchStarted {
+            job: "j".into(),
+            run: 0,
+            batch,
+        }
+    }
+
+    #[test]
+    fn dispatches_within_started_batches_of_a_running_job_pass() {
+        let h = vec![create(0, (0, 5), ok())];
+        let mut v = view(1, &[], 1);
+        v.log = log(vec![
+            run_started(0),
+            batch(0),
+            dispatched("a", 0),
+            LogEvent::Stopped { job: "j".into() },
+            LogEvent::Resumed { job: "j".into() },
+            dispatched("b", 0),
+            batch(1),
+            dispatched("c", 0),
+            LogEvent::Ended { job: "j".into() },
+            run_started(1),
+            LogEvent::BatchStarted {
+                job: "j".into(),
+                run: 1,
+                batch: 0,
+            },
+            dispatched("a", 1),
+        ]);
+        let r = check(&h, &[v], &versions());
+        assert!(r.is_valid(), "{r}");
+    }
+
+    #[test]
+    fn a_dispatch_while_stopped_is_reported_with_the_log_and_the_stop() {
+        let stop = op(1, OpKind::StopJob { job: "j".into() }, 6, 9, ok());
+        let h = vec![create(0, (0, 5), ok()), stop];
+        let mut v = view(1, &[], 1);
+        v.log = log(vec![
+            run_started(0),
+            batch(0),
+            LogEvent::Stopped { job: "j".into() },
+            dispatched("a", 0),
+        ]);
+        let mut w = v.clone();
+        w.node = 2;
+        let r = check(&h, &[v, w], &versions());
+        // The second node's copy of the same log is not reported again.
+        assert_eq!(rules(&r), vec!["dispatch-outside"], "{r}");
+        let text = r.to_string();
+        assert!(
+            text.contains("node 1: seq 4 DeviceDispatched job j run 0 device a while the job was stopped (JobStopped at seq 3, no JobResumed since)"),
+            "{text}"
+        );
+        assert!(text.contains("StopJob"), "the stop op is shown: {text}");
+    }
+
+    #[test]
+    fn dispatches_outside_the_started_batches_or_run_or_after_the_end_are_reported() {
+        let h = vec![create(0, (0, 5), ok())];
+        let mut v = view(1, &[], 1);
+        v.log = log(vec![
+            run_started(0),
+            dispatched("a", 0),
+            batch(0),
+            dispatched("c", 0),
+            dispatched("a", 1),
+            LogEvent::Ended { job: "j".into() },
+            dispatched("b", 0),
+        ]);
+        let r = check(&h, &[v], &versions());
+        let text = r.to_string();
+        assert_eq!(rules(&r), vec!["dispatch-outside"; 4], "{text}");
+        for expected in [
+            "seq 2 DeviceDispatched job j run 0 device a outside its batch: the device is in batch 0 and no batch of the run has started",
+            "seq 4 DeviceDispatched job j run 0 device c outside its batch: the device is in batch 1, batches 0..=0 have started",
+            "seq 5 DeviceDispatched job j run 1 device a but the job's current run is 0",
+            "seq 7 DeviceDispatched job j run 0 device b after the job ended (seq 6)",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+    }
+
+    #[test]
+    fn an_earlier_run_with_a_device_not_final_is_reported() {
+        let h = vec![create(0, (0, 5), ok())];
+        let mut v = view(1, &[], 1);
+        if let Some(j) = v.jobs.get_mut("j") {
+            j.run = 1;
+            j.earlier.insert(
+                0,
+                vec![
+                    ("a".into(), "failed".into()),
+                    ("b".into(), "running".into()),
+                ],
+            );
+        }
+        let r = check(&h, &[v], &versions());
+        assert_eq!(rules(&r), vec!["no-final-outcome"], "{r}");
+        assert!(
+            r.to_string()
+                .contains("device b of its earlier run 0 is running"),
+            "{r}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The nemesis harness (issue 18): three real `muster serve` processes, Mosquitto and `muster
-//! devsim` in a network namespace of the test's own; concurrent clients; a seeded schedule of
-//! partitions, kills, pauses and clock skews; then every node's state and audit chain checked
-//! against the recorded history by [`history::check`].
+//! devsim` (or five nodes: `Config::nodes`) in a network namespace of the test's own; concurrent
+//! clients; a seeded schedule of partitions, kills, pauses, clock skews, slow and lossy peer
+//! links (through [`proxy`]) and a full disk (the last node's data directory is a tmpfs); then
+//! every node's state, event log and audit chain checked against the recorded history by
+//! [`history::check`].
 //!
 //! Run from `tests/tests/nemesis.rs`. The schedule and the clients' choices come from one seed
 //! (`MUSTER_NEMESIS_SEED`); the processes' timing does not, so a seed reproduces the faults, not
@@ -9,11 +11,13 @@
 
 pub mod history;
 pub mod net;
+pub mod proxy;
 pub mod schedule;
 pub mod workload;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,9 +27,13 @@ use tokio::time::Instant;
 
 use crate::{muster_audit, AuthChannel, Devsim, Launch, Mosquitto, Server, PATIENCE};
 use history::{JobView, NodeView, Op, TwinView};
+use proxy::{Impairment, Proxies};
 use schedule::{Fault, Step};
 
-const NODES: usize = 3;
+/// The size of the last node's data directory (a tmpfs), and the free space below which it
+/// refuses writes (`--min-free-disk-mib`).
+const DISK_MIB: u64 = 512;
+const DISK_RESERVE_MIB: u64 = 32;
 const MQTT_PORT: u16 = 1883;
 const PEER_PORT: u16 = 7000;
 const HTTP_PORT: u16 = 8080;
@@ -35,6 +43,8 @@ const GRPC_PORT: u16 = 9090;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub seed: u64,
+    /// 3 or 5.
+    pub nodes: usize,
     /// How long the clients and the nemesis run.
     pub duration: Duration,
     pub clients: usize,
@@ -48,6 +58,9 @@ pub struct Outcome {
     pub report: history::Report,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
+    /// What the faults did: packets dropped by partitions, chunks the proxy delayed,
+    /// connections it cut, nodes that exited on a full disk (and were restarted).
+    pub effects: BTreeMap<&'static str, u64>,
     pub schedule: Vec<Step>,
     pub history: Vec<Op>,
     pub logs: String,
@@ -59,13 +72,100 @@ pub struct Harness {
     pub nodes: Vec<Server>,
     devsim: Option<Devsim>,
     _mosquitto: Mosquitto,
+    proxies: Proxies,
+    /// The last node's data directory, a tmpfs of its own.
+    disk: Tmpfs,
+    effects: BTreeMap<&'static str, u64>,
+    /// Nodes filled by a `DiskFull` whose exit since is expected.
+    filled: Vec<usize>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
-fn node_flags(n: usize) -> Vec<String> {
-    let peers = (1..=NODES)
-        .map(|i| format!("{i}={}:{PEER_PORT}", net::node_ip(i)))
+/// A tmpfs mounted at a directory (inside the run's own mount namespace), unmounted when dropped.
+#[derive(Debug)]
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, mib: u64) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .output()?;
+        if !out.status.success() {
+            bail!("mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+
+    fn ballast(&self) -> PathBuf {
+        // Beside the data directory's contents, on the same file system.
+        self.0.join("nemesis-ballast")
+    }
+
+    /// Bytes free, as `statvfs` says (through `stat -f`: no libc dependency for one call).
+    fn free(&self) -> anyhow::Result<u64> {
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(&self.0)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace().map(|v| v.parse::<u64>());
+        match (it.next(), it.next()) {
+            (Some(Ok(blocks)), Some(Ok(size))) => Ok(blocks * size),
+            _ => bail!("stat -f {}: {text}", self.0.display()),
+        }
+    }
+
+    /// Writes the ballast until `leave` bytes are free (0: until the file system refuses).
+    fn fill(&self, leave: u64) -> anyhow::Result<u64> {
+        let target = self.free()?.saturating_sub(leave);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.ballast())?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        while leave > 0 && written + chunk.len() as u64 <= target {
+            f.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        if leave == 0 {
+            // To the last byte: big writes, then small ones, until ENOSPC.
+            for size in [1 << 20, 4096, 1] {
+                while let Ok(n) = f.write(&chunk[..size]) {
+                    if n == 0 {
+                        break;
+                    }
+                    written += n as u64;
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    fn unfill(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.ballast()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn node_flags(n: usize, nodes: usize) -> Vec<String> {
+    // Peers dial each other through the proxy.
+    let peers = (1..=nodes)
+        .map(|i| format!("{i}={}:{PEER_PORT}", net::proxy_ip(i)))
         .collect::<Vec<_>>()
         .join(",");
     let ip = net::node_ip(n);
@@ -85,6 +185,8 @@ fn node_flags(n: usize) -> Vec<String> {
         // Snapshots and their installation happen within a short run.
         "--snapshot-after".into(),
         "300".into(),
+        "--min-free-disk-mib".into(),
+        DISK_RESERVE_MIB.to_string(),
     ]
     .into()
 }
@@ -102,10 +204,11 @@ fn lazy_channel(n: usize) -> anyhow::Result<AuthChannel> {
 }
 
 impl Harness {
-    /// Inside the namespace: addresses and rules, Mosquitto, the three nodes (waits for a
-    /// leader), and devsim's fleet registered and connected.
+    /// Inside the namespace: addresses and rules, Mosquitto, the proxies, the nodes (waits
+    /// for a leader), and devsim's fleet registered and connected.
     pub async fn start(config: &Config) -> anyhow::Result<Harness> {
-        net::setup(NODES)?;
+        let nodes_n = config.nodes;
+        net::setup(nodes_n)?;
         let dir = crate::data_dir()?;
         let mosquitto = Mosquitto::start(
             dir.path(),
@@ -114,11 +217,13 @@ impl Harness {
             ),
             MQTT_PORT,
         )?;
+        let proxies = Proxies::start(nodes_n, PEER_PORT, config.seed).await?;
+        let disk = Tmpfs::mount(&dir.path().join(format!("node-{nodes_n}/data")), DISK_MIB)?;
         let mut nodes = Vec::new();
-        for n in 1..=NODES {
+        for n in 1..=nodes_n {
             let node_dir = dir.path().join(format!("node-{n}"));
             std::fs::create_dir_all(&node_dir)?;
-            let flags = node_flags(n);
+            let flags = node_flags(n, nodes_n);
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             let launch = Launch {
                 gid: Some(net::node_gid(n)),
@@ -133,6 +238,10 @@ impl Harness {
             nodes,
             devsim: None,
             _mosquitto: mosquitto,
+            proxies,
+            disk,
+            effects: BTreeMap::new(),
+            filled: Vec::new(),
             dir,
             http,
         };
@@ -172,7 +281,7 @@ impl Harness {
     pub async fn leader(&self, patience: Duration) -> anyhow::Result<usize> {
         let deadline = Instant::now() + patience;
         loop {
-            for n in 1..=NODES {
+            for n in 1..=self.nodes.len() {
                 let url = format!("http://{}:{HTTP_PORT}/readyz", net::node_ip(n));
                 if let Ok(r) = self.http.get(url).send().await {
                     if r.status().is_success() {
@@ -207,7 +316,8 @@ impl Harness {
     /// Starts `fault`; returns it as applied (the leader resolved), or `None` when it could
     /// not be (no leader to isolate).
     async fn inject(&mut self, fault: Fault) -> anyhow::Result<Option<Fault>> {
-        let others = |n: usize| (1..=NODES).filter(move |&o| o != n);
+        let count = self.nodes.len();
+        let others = move |n: usize| (1..=count).filter(move |&o| o != n);
         match fault {
             Fault::IsolateLeader => match self.leader(Duration::from_secs(5)).await {
                 Ok(n) => {
@@ -227,9 +337,15 @@ impl Harness {
                 Ok(Some(fault))
             }
             Fault::Bridge(n) => {
-                let pair: Vec<usize> = others(n).collect();
-                net::cut(pair[0], pair[1])?;
-                net::cut(pair[1], pair[0])?;
+                // The others in two halves that cannot reach each other; `n` reaches all.
+                let rest: Vec<usize> = others(n).collect();
+                let (a, b) = rest.split_at(rest.len() / 2);
+                for &x in a {
+                    for &y in b {
+                        net::cut(x, y)?;
+                        net::cut(y, x)?;
+                    }
+                }
                 Ok(Some(fault))
             }
             Fault::OneWay { from, to } => {
@@ -250,6 +366,34 @@ impl Harness {
                 tokio::task::block_in_place(|| server.restart())?;
                 Ok(Some(fault))
             }
+            Fault::Delay { node, ms } => {
+                let ms = Duration::from_millis(ms);
+                let what = Impairment {
+                    delay: ms,
+                    jitter: ms,
+                    cut_per_mille: 0,
+                };
+                self.proxies.impair(node, what);
+                Ok(Some(fault))
+            }
+            Fault::Lossy { node, per_mille } => {
+                let what = Impairment {
+                    cut_per_mille: per_mille,
+                    ..Impairment::default()
+                };
+                self.proxies.impair(node, what);
+                Ok(Some(fault))
+            }
+            Fault::DiskFull { node, leave_mib } => {
+                let written =
+                    tokio::task::block_in_place(|| self.disk.fill(leave_mib * 1024 * 1024))?;
+                eprintln!(
+                    "nemesis: node {node}'s disk filled with {} MiB of ballast",
+                    written >> 20
+                );
+                self.filled.push(node);
+                Ok(Some(fault))
+            }
         }
     }
 
@@ -258,9 +402,18 @@ impl Harness {
         match fault {
             Fault::Isolate(_) | Fault::IsolateLeader | Fault::Bridge(_) | Fault::OneWay { .. } => {
                 let dropped = net::heal()?;
+                *self
+                    .effects
+                    .entry("packets-dropped-by-partitions")
+                    .or_default() += dropped;
                 eprintln!("nemesis: healed; the partition dropped {dropped} packets");
                 Ok(())
             }
+            Fault::Delay { node, .. } | Fault::Lossy { node, .. } => {
+                self.proxies.impair(node, Impairment::default());
+                Ok(())
+            }
+            Fault::DiskFull { .. } => self.disk.unfill(),
             Fault::Kill(n) => tokio::task::block_in_place(|| self.node(n).restart()),
             Fault::Pause(n) => self.node(n).signal("CONT"),
             Fault::Skew { node, .. } => {
@@ -283,6 +436,7 @@ impl Harness {
             if Instant::now() + step.hold > until {
                 break;
             }
+            self.restart_exited()?;
             let Some(applied) = self.inject(step.fault).await? else {
                 continue;
             };
@@ -291,7 +445,51 @@ impl Harness {
             tokio::time::sleep(step.hold).await;
             self.heal(applied)?;
         }
+        self.restart_exited()?;
+        let (delayed, cut) = self.proxies.counts();
+        self.effects.insert("chunks-delayed-by-proxy", delayed);
+        self.effects.insert("connections-cut-by-proxy", cut);
         Ok(counts)
+    }
+
+    /// Restarts a node that exited on its own (not killed by the nemesis, which restarts
+    /// those itself): counted as expected when its disk was filled and its log ends on the
+    /// file system's refusal, as unexpected otherwise.
+    fn restart_exited(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            let n = i + 1;
+            if self.nodes[i].is_running() {
+                continue;
+            }
+            let log = self.nodes[i].log_text();
+            let enospc = log
+                .lines()
+                .rev()
+                .take(20)
+                .any(|l| l.contains("No space left on device"));
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            let what = if self.filled.contains(&n) && enospc {
+                "exits-on-full-disk-restarted"
+            } else {
+                "exits-unexpected-restarted"
+            };
+            eprintln!("nemesis: node {n} had exited ({what}); its log ends:");
+            for line in tail.iter().rev() {
+                eprintln!("    {line}");
+            }
+            *self.effects.entry(what).or_default() += 1;
+            let server = &mut self.nodes[i];
+            tokio::task::block_in_place(|| server.restart())?;
+        }
+        Ok(())
+    }
+
+    /// The last node's data directory's size, for the report.
+    pub fn disk_used_mib(&self) -> u64 {
+        self.disk
+            .free()
+            .map(|free| DISK_MIB.saturating_sub(free >> 20))
+            .unwrap_or(0)
     }
 
     /// After the faults: resume what was stopped, let jobs finish for a while, then cancel
@@ -390,29 +588,12 @@ impl Harness {
                         s.timed_out,
                         s.cancelled,
                     ],
-                    devices: Vec::new(),
+                    devices: list_devices(&mut jobs, &job.job_id, None).await?,
+                    earlier: BTreeMap::new(),
                 };
-                let mut dtoken = String::new();
-                loop {
-                    let page = jobs
-                        .list_job_devices(pb::ListJobDevicesRequest {
-                            job_id: job.job_id.clone(),
-                            page_size: 500,
-                            page_token: dtoken,
-                            stale_ok: true,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner();
-                    for d in page.devices {
-                        let status =
-                            name(pb::DeviceStatus::try_from(d.status).map(|s| s.as_str_name()));
-                        v.devices.push((d.device_id, status));
-                    }
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    dtoken = page.next_page_token;
+                for run in 0..job.run {
+                    let devices = list_devices(&mut jobs, &job.job_id, Some(run)).await?;
+                    v.earlier.insert(run, devices);
                 }
                 view.jobs.insert(job.job_id, v);
             }
@@ -447,12 +628,12 @@ impl Harness {
         let mut last = Vec::new();
         loop {
             let mut views = Vec::new();
-            for n in 1..=NODES {
+            for n in 1..=self.nodes.len() {
                 if let Ok(v) = self.view(n, twin_devices).await {
                     views.push(v);
                 }
             }
-            let complete = views.len() == NODES;
+            let complete = views.len() == self.nodes.len();
             let same = complete
                 && views
                     .windows(2)
@@ -464,7 +645,7 @@ impl Harness {
                 break;
             }
             if Instant::now() > deadline {
-                if last.len() != NODES {
+                if last.len() != self.nodes.len() {
                     bail!("could not read every node's state\n{}", self.logs());
                 }
                 break;
@@ -474,10 +655,24 @@ impl Harness {
         Ok(last)
     }
 
-    /// Stops every node (SIGTERM) and runs `muster audit verify` on its data directory.
+    /// Stops every node (SIGTERM), runs `muster audit verify` on its data directory and reads
+    /// its job events (`muster audit export`) for the dispatch rule.
     pub fn audit(&mut self, views: &mut [NodeView]) -> anyhow::Result<()> {
         for (i, server) in self.nodes.iter_mut().enumerate() {
             server.terminate()?;
+            let export = muster_audit(&["export"], server.data_dir())?;
+            if !export.status.success() {
+                bail!(
+                    "muster audit export on node {}: {}",
+                    i + 1,
+                    String::from_utf8_lossy(&export.stderr)
+                );
+            }
+            let log = log_events(&String::from_utf8_lossy(&export.stdout))
+                .with_context(|| format!("node {}'s export", i + 1))?;
+            if let Some(v) = views.iter_mut().find(|v| v.node == i + 1) {
+                v.log = log;
+            }
             let out = muster_audit(&["verify"], server.data_dir())?;
             let text = format!(
                 "{}{}",
@@ -515,6 +710,125 @@ impl Harness {
     }
 }
 
+/// One run's (`None`: the current run's) device rows: (device, status) in listed order.
+async fn list_devices(
+    jobs: &mut pb::job_service_client::JobServiceClient<AuthChannel>,
+    job: &str,
+    run: Option<u32>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut rows = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = jobs
+            .list_job_devices(pb::ListJobDevicesRequest {
+                job_id: job.to_string(),
+                run,
+                page_size: 500,
+                page_token: token,
+                stale_ok: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        for d in page.devices {
+            let status = name(pb::DeviceStatus::try_from(d.status).map(|s| s.as_str_name()));
+            rows.push((d.device_id, status));
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(rows);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The job events of a JSON Lines export, reduced for the dispatch rule. A run's batches are
+/// cut as the domain cuts them: its device list in chunks of the spec's batch size.
+fn log_events(export: &str) -> anyhow::Result<Vec<(u64, history::LogEvent)>> {
+    use history::LogEvent as L;
+    use muster_domain::event::Event as E;
+    const WANTED: [&str; 10] = [
+        "JobCreated",
+        "RerunStarted",
+        "BatchStarted",
+        "DeviceDispatched",
+        "JobStopped",
+        "JobResumed",
+        "JobCancelled",
+        "JobCompleted",
+        "JobFailed",
+        "JobExpired",
+    ];
+    let mut out = Vec::new();
+    let mut batch_size: BTreeMap<String, Option<muster_domain::spec::BatchSize>> = BTreeMap::new();
+    let cut = |size: Option<muster_domain::spec::BatchSize>, devices: &[muster_types::DeviceId]| {
+        let per = size.map_or(devices.len().max(1), |b| b.per_batch(devices.len()));
+        devices
+            .chunks(per.max(1))
+            .map(|c| c.iter().map(|d| d.as_str().to_string()).collect())
+            .collect()
+    };
+    for line in export.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line)?;
+        if !WANTED.contains(&row["type"].as_str().unwrap_or_default()) {
+            continue;
+        }
+        let seq = row["seq"].as_u64().unwrap_or_default();
+        let event: E = serde_json::from_value(row["body"].clone())?;
+        let e = match event {
+            E::JobCreated {
+                job, spec, devices, ..
+            } => {
+                let size = spec.rollout.batch;
+                batch_size.insert(job.as_str().to_string(), size);
+                L::RunStarted {
+                    job: job.as_str().into(),
+                    run: 0,
+                    batches: cut(size, &devices),
+                }
+            }
+            E::RerunStarted {
+                job, run, devices, ..
+            } => {
+                let size = batch_size.get(job.as_str()).copied().flatten();
+                L::RunStarted {
+                    job: job.as_str().into(),
+                    run: run.0,
+                    batches: cut(size, &devices),
+                }
+            }
+            E::BatchStarted {
+                job, run, batch, ..
+            } => L::BatchStarted {
+                job: job.as_str().into(),
+                run: run.0,
+                batch,
+            },
+            E::DeviceDispatched {
+                job, run, device, ..
+            } => L::Dispatched {
+                job: job.as_str().into(),
+                run: run.0,
+                device: device.as_str().into(),
+            },
+            E::JobStopped { job, .. } => L::Stopped {
+                job: job.as_str().into(),
+            },
+            E::JobResumed { job, .. } => L::Resumed {
+                job: job.as_str().into(),
+            },
+            E::JobCancelled { job, .. }
+            | E::JobCompleted { job, .. }
+            | E::JobFailed { job, .. }
+            | E::JobExpired { job, .. } => L::Ended {
+                job: job.as_str().into(),
+            },
+            _ => continue,
+        };
+        out.push((seq, e));
+    }
+    Ok(out)
+}
+
 /// `JOB_STATUS_COMPLETED` -> `completed`, `DEVICE_STATUS_TIMED_OUT` -> `timed_out`.
 fn name(s: Result<&str, impl std::fmt::Debug>) -> String {
     match s {
@@ -537,7 +851,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let sim: Vec<String> = (1..=config.sim_devices)
         .map(|i| format!("sim-{i:06}"))
         .collect();
-    let steps = schedule::schedule(config.seed, config.duration, NODES);
+    let steps = schedule::schedule(config.seed, config.duration, config.nodes);
     eprintln!(
         "nemesis: seed {}, {} faults over {:?}, {} clients",
         config.seed,
@@ -552,7 +866,9 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     for id in 0..config.clients {
         let client = workload::Client {
             id,
-            channels: (1..=NODES).map(lazy_channel).collect::<Result<_, _>>()?,
+            channels: (1..=config.nodes)
+                .map(lazy_channel)
+                .collect::<Result<_, _>>()?,
             sim_devices: sim.clone(),
             twin_devices: twin_ids.clone(),
             seed: config.seed,
@@ -565,8 +881,12 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         )));
     }
     let faults = h.nemesis(&steps, until).await;
-    // Whatever the nemesis did, nothing stays cut, frozen or down.
+    // Whatever the nemesis did, nothing stays cut, slow, full, frozen or down.
     let _ = net::heal();
+    for n in 1..=config.nodes {
+        h.proxies.impair(n, Impairment::default());
+    }
+    h.disk.unfill()?;
     for server in &mut h.nodes {
         let _ = server.signal("CONT");
         if !server.is_running() || !server.launch.env.is_empty() {
@@ -586,10 +906,13 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let mut views = h.views(&twin_ids).await?;
     let logs = h.logs();
     h.audit(&mut views)?;
+    let mut effects = h.effects.clone();
+    effects.insert("last-node-data-mib-at-end", h.disk_used_mib());
     let report = history::check(&history, &views, &initial);
     Ok(Outcome {
         report,
         faults,
+        effects,
         schedule: steps,
         history,
         logs,
@@ -601,4 +924,136 @@ pub fn save_history(path: &Path, history: &[Op]) -> anyhow::Result<()> {
     let text: String = history.iter().map(|o| format!("{o}\n")).collect();
     std::fs::write(path, text)?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::history::LogEvent as L;
+    use super::*;
+    use muster_domain::event::Event;
+    use muster_domain::spec::{
+        BatchSize, JobSpec, MethodCall, Operation, RetryPolicy, Rollout, Schedule, Target,
+        TargetSelector,
+    };
+    use muster_types::{DeviceId, JobId, RerunId, RunId, Timestamp};
+
+    fn ids(list: &[&str]) -> Vec<DeviceId> {
+        list.iter().map(|d| DeviceId::new(*d).unwrap()).collect()
+    }
+
+    fn spec(batch: Option<BatchSize>) -> JobSpec {
+        JobSpec {
+            display_name: "nemesis".into(),
+            description: String::new(),
+            target: Target {
+                selector: TargetSelector::Devices(ids(&["a", "b", "c"])),
+                continuous: false,
+            },
+            operations: vec![Operation::InvokeMethod(MethodCall {
+                name: "reboot".into(),
+                payload: serde_json::json!({}),
+                response_timeout_secs: 5,
+                connect_timeout_secs: 0,
+            })],
+            schedule: Schedule::default(),
+            rollout: Rollout {
+                batch,
+                ..Rollout::default()
+            },
+            cancellation: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn an_export_reduces_to_runs_cut_into_batches_and_the_job_events() {
+        let job = JobId::new("j").unwrap();
+        let at = Timestamp(0);
+        let events = [
+            Event::JobCreated {
+                job: job.clone(),
+                spec: Box::new(spec(Some(BatchSize::Count(2)))),
+                devices: ids(&["a", "b", "c"]),
+                at,
+            },
+            Event::BatchStarted {
+                job: job.clone(),
+                run: RunId(0),
+                batch: 0,
+                at,
+            },
+            Event::DeviceDispatched {
+                job: job.clone(),
+                run: RunId(0),
+                device: ids(&["a"])[0].clone(),
+                attempt: 1,
+                at,
+            },
+            Event::JobStopped {
+                job: job.clone(),
+                at,
+            },
+            Event::RerunStarted {
+                job: job.clone(),
+                run: RunId(1),
+                rerun_id: RerunId::new("r").unwrap(),
+                devices: ids(&["a", "b", "c"]),
+                at,
+            },
+        ];
+        let mut text: String = events
+            .iter()
+            .zip(1u64..)
+            .map(|(e, seq)| {
+                serde_json::json!({"seq": seq, "type": e.kind(), "body": e}).to_string() + "\n"
+            })
+            .collect();
+        // Other events are skipped without decoding their bodies.
+        text.push_str(r#"{"seq":6,"type":"TwinPatched","body":{}}"#);
+        let batches = || {
+            vec![
+                vec!["a".to_string(), "b".to_string()],
+                vec!["c".to_string()],
+            ]
+        };
+        assert_eq!(
+            log_events(&text).unwrap(),
+            vec![
+                (
+                    1,
+                    L::RunStarted {
+                        job: "j".into(),
+                        run: 0,
+                        batches: batches(),
+                    }
+                ),
+                (
+                    2,
+                    L::BatchStarted {
+                        job: "j".into(),
+                        run: 0,
+                        batch: 0,
+                    }
+                ),
+                (
+                    3,
+                    L::Dispatched {
+                        job: "j".into(),
+                        run: 0,
+                        device: "a".into(),
+                    }
+                ),
+                (4, L::Stopped { job: "j".into() }),
+                (
+                    5,
+                    L::RunStarted {
+                        job: "j".into(),
+                        run: 1,
+                        batches: batches(),
+                    }
+                ),
+            ]
+        );
+    }
 }

@@ -6,7 +6,9 @@
 //! every connection a node opens the source address of that node, so that a rule matching the
 //! sending node's group and the receiving node's address cuts one direction of one link, for
 //! connections opened either way. Clients and Mosquitto run as root's group on 127.0.0.1 and
-//! are never cut off.
+//! are never cut off. Peer (Raft) traffic goes through the harness's proxy (`proxy.rs`): node N
+//! is reached at 127.0.1.N, and the proxy dials N from 127.0.2.M for a connection node M
+//! opened, so a cut also drops what a node sends to either of those addresses.
 
 use std::process::Command;
 
@@ -19,6 +21,16 @@ const CHAIN: &str = "NEMESIS";
 /// Node `n`'s address (1-based).
 pub fn node_ip(n: usize) -> String {
     format!("127.0.0.{}", 10 + n)
+}
+
+/// Where the other nodes dial node `n`'s Raft port: its proxy.
+pub fn proxy_ip(n: usize) -> String {
+    format!("127.0.1.{n}")
+}
+
+/// The address the proxy dials from on node `n`'s behalf.
+pub fn origin_ip(n: usize) -> String {
+    format!("127.0.2.{n}")
 }
 
 /// Node `n`'s group id: what the partition rules match on.
@@ -71,25 +83,28 @@ pub fn setup(nodes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops everything node `from` sends to node `to` (one direction).
+/// Drops everything node `from` sends to node `to` (one direction): to its own address, to
+/// its proxy, and to the proxy's connections made on `to`'s behalf.
 pub fn cut(from: usize, to: usize) -> anyhow::Result<()> {
     let gid = node_gid(from).to_string();
-    let ip = node_ip(to);
-    run(
-        "iptables",
-        &[
-            "-A",
-            CHAIN,
-            "-m",
-            "owner",
-            "--gid-owner",
-            &gid,
-            "-d",
-            &ip,
-            "-j",
-            "DROP",
-        ],
-    )
+    for ip in [node_ip(to), proxy_ip(to), origin_ip(to)] {
+        run(
+            "iptables",
+            &[
+                "-A",
+                CHAIN,
+                "-m",
+                "owner",
+                "--gid-owner",
+                &gid,
+                "-d",
+                &ip,
+                "-j",
+                "DROP",
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes every partition; returns how many packets the partition rules dropped.
@@ -132,8 +147,9 @@ pub fn available() -> Result<(), String> {
 /// `--include-ignored` so an opt-in test runs there too; fails when it fails.
 pub fn rerun_inside(name: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
+    // -m too: the full-disk fault mounts a tmpfs, which then vanishes with the run.
     let status = Command::new("unshare")
-        .arg("-n")
+        .args(["-n", "-m"])
         .arg("--")
         .arg(exe)
         .args([

@@ -48,6 +48,13 @@ pub enum Fault {
     Pause(usize),
     /// Restarted with its command clock `ms` milliseconds off; restarted without at the end.
     Skew { node: usize, ms: i64 },
+    /// Every chunk of the node's peer links held `ms` (plus up to as much again) in the proxy.
+    Delay { node: usize, ms: u64 },
+    /// The proxy cuts the node's peer connections mid-chunk, `per_mille` of chunks.
+    Lossy { node: usize, per_mille: u64 },
+    /// The node's data directory (a tmpfs of its own, always the last node's) filled with a
+    /// ballast file until `leave_mib` MiB are free (0: not a byte), deleted at the end.
+    DiskFull { node: usize, leave_mib: u64 },
 }
 
 impl Fault {
@@ -61,11 +68,14 @@ impl Fault {
             Fault::Kill(_) => "kill-9",
             Fault::Pause(_) => "sigstop",
             Fault::Skew { .. } => "clock-skew",
+            Fault::Delay { .. } => "delay",
+            Fault::Lossy { .. } => "drop",
+            Fault::DiskFull { .. } => "disk-full",
         }
     }
 
     /// Every kind, for reports.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; KINDS] = [
         "isolate",
         "isolate-leader",
         "bridge",
@@ -73,8 +83,14 @@ impl Fault {
         "kill-9",
         "sigstop",
         "clock-skew",
+        "delay",
+        "drop",
+        "disk-full",
     ];
 }
+
+/// How many kinds of fault there are.
+const KINDS: usize = 10;
 
 /// A fault held for `hold`, after `quiet` without one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,15 +106,18 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut used = Duration::ZERO;
     let n = nodes as u64;
-    // The first seven faults are every kind once, in a seeded order, so that a short run
-    // covers them all; after that each is drawn at random.
-    let mut first: Vec<u64> = (0..7).collect();
+    // The first faults are every kind once, in a seeded order and held briefly, so that a
+    // short run covers them all; after that each is drawn at random.
+    let mut first: Vec<u64> = (0..KINDS as u64).collect();
     for i in (1..first.len()).rev() {
         first.swap(i, rng.below(i as u64 + 1) as usize);
     }
     loop {
-        let quiet = rng.millis(500, 2_000);
-        let hold = rng.millis(1_500, 5_000);
+        let (quiet, hold) = if steps.len() < KINDS {
+            (rng.millis(300, 1_000), rng.millis(1_500, 3_000))
+        } else {
+            (rng.millis(500, 2_000), rng.millis(1_500, 5_000))
+        };
         if used + quiet + hold > total {
             return steps;
         }
@@ -108,7 +127,7 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
         let pick = first
             .get(steps.len())
             .copied()
-            .unwrap_or_else(|| rng.below(7));
+            .unwrap_or_else(|| rng.below(KINDS as u64));
         let fault = match pick {
             0 => Fault::Isolate(node),
             1 => Fault::IsolateLeader,
@@ -119,6 +138,18 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
             },
             4 => Fault::Kill(node),
             5 => Fault::Pause(node),
+            7 => Fault::Delay {
+                node,
+                ms: 20 + rng.below(400),
+            },
+            8 => Fault::Lossy {
+                node,
+                per_mille: 5 + rng.below(100),
+            },
+            9 => Fault::DiskFull {
+                node: nodes,
+                leave_mib: [0, 4][rng.below(2) as usize],
+            },
             _ => {
                 let ms = rng.below(120_001) as i64 - 60_000;
                 Fault::Skew { node, ms }
@@ -140,34 +171,40 @@ mod tests {
     }
 
     #[test]
-    fn the_first_seven_faults_are_every_kind_once() {
-        for seed in 0..20 {
-            let steps = schedule(seed, Duration::from_secs(60), 3);
+    fn the_first_faults_are_every_kind_once_within_forty_seconds() {
+        for seed in 0..50 {
+            let steps = schedule(seed, Duration::from_secs(40), 3);
             let kinds: std::collections::BTreeSet<_> =
-                steps.iter().take(7).map(|s| s.fault.kind()).collect();
-            assert_eq!(kinds.len(), 7, "seed {seed}: {steps:?}");
+                steps.iter().take(KINDS).map(|s| s.fault.kind()).collect();
+            assert_eq!(kinds.len(), KINDS, "seed {seed}: {steps:?}");
         }
     }
 
     #[test]
     fn a_long_schedule_fits_its_time_and_has_every_kind_on_valid_nodes() {
         let total = Duration::from_secs(600);
-        let steps = schedule(1, total, 3);
-        let used: Duration = steps.iter().map(|s| s.quiet + s.hold).sum();
-        assert!(used <= total);
-        for kind in Fault::KINDS {
-            assert!(steps.iter().any(|s| s.fault.kind() == kind), "{kind}");
-        }
-        for s in &steps {
-            match s.fault {
-                Fault::OneWay { from, to } => assert!(from != to && (1..=3).contains(&to)),
-                Fault::Isolate(n) | Fault::Bridge(n) | Fault::Kill(n) | Fault::Pause(n) => {
-                    assert!((1..=3).contains(&n))
+        for nodes in [3, 5] {
+            let steps = schedule(1, total, nodes);
+            let used: Duration = steps.iter().map(|s| s.quiet + s.hold).sum();
+            assert!(used <= total);
+            for kind in Fault::KINDS {
+                assert!(steps.iter().any(|s| s.fault.kind() == kind), "{kind}");
+            }
+            let valid = |n: usize| (1..=nodes).contains(&n);
+            for s in &steps {
+                match s.fault {
+                    Fault::OneWay { from, to } => assert!(from != to && valid(from) && valid(to)),
+                    Fault::Isolate(n) | Fault::Bridge(n) | Fault::Kill(n) | Fault::Pause(n) => {
+                        assert!(valid(n))
+                    }
+                    Fault::Skew { node, ms } => assert!(valid(node) && ms.abs() <= 60_000),
+                    Fault::Delay { node, ms } => assert!(valid(node) && ms < 500),
+                    Fault::Lossy { node, per_mille } => {
+                        assert!(valid(node) && per_mille > 0 && per_mille < 1000)
+                    }
+                    Fault::DiskFull { node, .. } => assert_eq!(node, nodes),
+                    Fault::IsolateLeader => {}
                 }
-                Fault::Skew { node, ms } => {
-                    assert!((1..=3).contains(&node) && ms.abs() <= 60_000)
-                }
-                Fault::IsolateLeader => {}
             }
         }
     }

@@ -49,9 +49,8 @@ pub fn outcome_of<T>(
             let text = format!("{:?}: {}", s.code(), s.message());
             match s.code() {
                 InvalidArgument | NotFound | AlreadyExists | FailedPrecondition
-                | PermissionDenied | Unauthenticated | OutOfRange | Unimplemented => {
-                    Outcome::Refused(text)
-                }
+                | PermissionDenied | Unauthenticated | OutOfRange | Unimplemented
+                | ResourceExhausted => Outcome::Refused(text),
                 _ => Outcome::Unknown(text),
             }
         }

@@ -1,16 +1,17 @@
 //! The nemesis (issue 18): three real nodes, Mosquitto and devsim in a network namespace of the
 //! test's own, concurrent clients, and a seeded schedule of faults (partitions: one node cut
 //! off, the leader cut off, a bridge, one way; kill -9 and restart; SIGSTOP and SIGCONT; a
-//! node's command clock skewed by up to a minute). Afterwards every node's state and audit chain
-//! is checked against the recorded history (`muster_tests::nemesis::history`), which prints a
+//! node's command clock skewed by up to a minute; slow and lossy peer links through the
+//! harness's proxy; a full disk). Afterwards every node's state, event log and audit chain is
+//! checked against the recorded history (`muster_tests::nemesis::history`), which prints a
 //! counterexample when a rule fails.
 //!
-//! - `nemesis_short`: CI's bounded run, about 35 s of faults (every kind once) with seed 18 (`MUSTER_NEMESIS_SEED`
-//!   changes it);
-//! - `nemesis_soak` (opt-in): `MUSTER_NEMESIS_SECS=600 cargo test -p muster-tests --test nemesis
-//!   -- --ignored nemesis_soak --nocapture`.
+//! - `nemesis_short`: CI's bounded run, about 40 s of faults (every kind once) with seed 18
+//!   (`MUSTER_NEMESIS_SEED` changes it);
+//! - `nemesis_soak` (opt-in): `MUSTER_NEMESIS_SECS=600 MUSTER_NEMESIS_NODES=5 cargo test -p
+//!   muster-tests --test nemesis -- --ignored nemesis_soak --nocapture` (3 nodes by default).
 //!
-//! Each test re-runs itself under `unshare -n` (root only: CI runs as root; elsewhere it is
+//! Each test re-runs itself under `unshare -n -m` (root only: CI runs as root; elsewhere it is
 //! skipped with a message, and fails under `CI`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -59,10 +60,11 @@ fn nemesis_test(name: &str, config: Config) {
     };
     let r = &out.report;
     eprintln!(
-        "nemesis: {:?} in {:.0?}; faults {:?}",
+        "nemesis: {:?} in {:.0?}; faults {:?}; effects {:?}",
         name,
         started.elapsed(),
-        out.faults
+        out.faults,
+        out.effects
     );
     eprintln!("{r}");
     if !r.is_valid() {
@@ -76,6 +78,13 @@ fn nemesis_test(name: &str, config: Config) {
         );
     }
     assert!(r.acknowledged > 0, "no operation was acknowledged: {r}");
+    let unexpected = out.effects.get("exits-unexpected-restarted");
+    assert!(
+        unexpected.is_none(),
+        "{unexpected:?} nodes exited on their own, not on a full disk (their logs end the run's \
+         output above):\n{}",
+        out.logs
+    );
     assert!(!out.faults.is_empty(), "no fault was injected");
 }
 
@@ -85,7 +94,8 @@ fn nemesis_short() {
         "nemesis_short",
         Config {
             seed: seed(),
-            duration: Duration::from_secs(35),
+            nodes: 3,
+            duration: Duration::from_secs(40),
             clients: 4,
             sim_devices: 20,
             twin_devices: 4,
@@ -100,10 +110,16 @@ fn nemesis_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
+    let nodes = match std::env::var("MUSTER_NEMESIS_NODES").as_deref() {
+        Ok("5") => 5,
+        Ok("3") | Err(_) => 3,
+        Ok(other) => panic!("MUSTER_NEMESIS_NODES is 3 or 5, not {other}"),
+    };
     nemesis_test(
         "nemesis_soak",
         Config {
             seed: seed(),
+            nodes,
             duration: Duration::from_secs(secs),
             clients: 6,
             sim_devices: 50,
