@@ -231,7 +231,6 @@ pub fn progress_json(p: &pb::JobProgress) -> Value {
     }
     let reason = j
         .pause_reason
-        .clone()
         .map(muster_domain::rollout::PauseReason::try_from);
     if let Some(Ok(r)) = reason {
         m.insert("pauseReason".into(), json!(r.describe()));

@@ -495,9 +495,11 @@ function rolloutBox(job) {
   function show(p) {
     rate.textContent = p.ratePerMinute ? "Rate in force: " + p.ratePerMinute + " devices a minute" : "";
     rate.dataset.rate = p.ratePerMinute ? String(p.ratePerMinute) : "";
-    windowText.textContent = windowLine(p.window, mw && mw.cron);
+    windowText.textContent = windowLine(p.window, mw && [mw.cron, mw.timeZone === "UTC" ? "" : mw.timeZone].filter(Boolean).join(" "));
     windowText.dataset.state = p.window ? p.window.state : "";
-    line.hidden = !rate.textContent && !windowText.textContent;
+    rate.hidden = !rate.textContent;
+    windowText.hidden = !windowText.textContent;
+    line.hidden = rate.hidden && windowText.hidden;
     const paused = p.status === "paused";
     pause.hidden = !paused;
     // Batches are numbered from 1 on this page (the API's index is 0-based).
