@@ -232,6 +232,26 @@ fn scenario(s: &Server, files: &Path) {
             "Reboot",
             "--start-at",
             "2099-01-01T00:00:00Z",
+            // The rollout controls of issue 16.
+            "--rate-base",
+            "5",
+            "--rate-factor",
+            "1.5",
+            "--rate-increase-after",
+            "succeeded:2",
+            "--rate-max",
+            "50",
+            "--abort",
+            "failed:10%:min=2",
+            "--abort",
+            "any:2",
+            "--backoff",
+            "base=1s,factor=3,max=1m,jitter=20%",
+            "--backoff-timed-out",
+            "base=500ms",
+            "--gate-success",
+            "95",
+            "--pause-after-each-batch",
         ],
     );
     assert_eq!(j["jobId"], "cli-job");
@@ -241,6 +261,61 @@ fn scenario(s: &Server, files: &Path) {
     assert_eq!(j["stats"]["total"], 3);
     assert_eq!(j["batches"].as_array().unwrap().len(), 2);
     assert_eq!(j["spec"]["retry"]["max_attempts"], 3);
+    // `job get` shows the rollout flags back, as muster's JobSpec.
+    let got = ok(s, &["job", "get", "cli-job"]);
+    let (rollout, retry) = (&got["spec"]["rollout"], &got["spec"]["retry"]);
+    assert_eq!(
+        rollout["exponential"],
+        serde_json::json!({"base_per_minute": 5, "increment_factor_tenths": 15,
+            "criterion": {"SucceededDevices": 2}, "maximum_per_minute": 50}),
+        "{got}"
+    );
+    assert_eq!(
+        rollout["abort"],
+        serde_json::json!([
+            {"kind": "Failed", "threshold": {"Percentage": 10}, "min_finished": 2},
+            {"kind": "Any", "threshold": {"Count": 2}, "min_finished": 0},
+        ]),
+        "{got}"
+    );
+    assert_eq!(
+        rollout["gate"],
+        serde_json::json!({"success_percent": 95, "on_failure": "Pause",
+            "pause_after_each_batch": true}),
+        "{got}"
+    );
+    assert_eq!(
+        retry["backoff_failed"],
+        serde_json::json!({"base_ms": 1000, "factor": 3, "max_ms": 60000, "jitter_percent": 20}),
+        "{got}"
+    );
+    assert_eq!(
+        retry["backoff_timed_out"],
+        serde_json::json!({"base_ms": 500, "factor": 2, "max_ms": 500, "jitter_percent": 0}),
+        "{got}"
+    );
+    // A bad rollout flag is refused before anything is sent, naming the flag.
+    for (flag, value) in [
+        ("--abort", "failed:150%"),
+        ("--gate-success", "lots"),
+        ("--backoff", "base=soon"),
+    ] {
+        let err = fails(
+            s,
+            &[
+                "job",
+                "create",
+                "x",
+                "--method",
+                "m",
+                "--devices",
+                "cli-1",
+                flag,
+                value,
+            ],
+        );
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
     let err = fails(
         s,
         &[

@@ -370,6 +370,8 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
     )
     .await;
 
+    gate_window_and_schedules(c, &node).await;
+
     // On a phone-sized screen: the jobs list and the job page.
     c.set_window_size(390, 844).await.unwrap();
     c.goto(&format!("{}/ui#/jobs", node.rest)).await.unwrap();
@@ -444,7 +446,224 @@ async fn the_console_creates_watches_stops_and_resumes_jobs_in_a_browser() {
         assert_eq!(disabled, "true", "a viewer's {button} button");
     }
     screenshot(c, "viewer-job.png").await;
+    // A paused job: the viewer sees why, and gets no Continue button.
+    c.goto(&format!("{}/ui#/jobs/gated", node.rest))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the paused job for a viewer",
+        "!document.getElementById('job-paused')?.hidden && document.getElementById('job-pause-reason').textContent.includes('Paused after batch 2')",
+    )
+    .await;
+    assert_eq!(
+        text(c, "document.getElementById('continue') === null").await,
+        "true",
+        "a viewer's Continue button"
+    );
     browser.close().await;
+}
+
+/// Issue 16 in the console: a job its gate pauses after each batch (created with the CLI's
+/// rollout flags) shows why and continues with the page's button; a job waiting for its
+/// maintenance window says until when; the Schedules view lists scheduled jobs with their
+/// recurrence and the jobs their occurrences created, linked to the job page.
+async fn gate_window_and_schedules(c: &Client, node: &DevServer) {
+    let (ok, out, err) = muster(
+        node,
+        &[
+            "job",
+            "create",
+            "gated",
+            "--method",
+            "reboot",
+            "--group",
+            "all",
+            "--batch",
+            "5",
+            "--gate-success",
+            "100",
+            "--pause-after-each-batch",
+            "--rate-base",
+            "600",
+            "--rate-factor",
+            "2",
+            "--rate-increase-after",
+            "notified:5",
+            "--rate-max",
+            "2400",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    c.goto(&format!("{}/ui#/jobs/gated", node.rest))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the gated job paused after its first batch, with a Continue button",
+        "document.querySelector('#job-status .badge')?.dataset.status === 'paused' \
+         && document.getElementById('job-paused').dataset.batch === '0' \
+         && document.getElementById('job-pause-reason').textContent.startsWith('Paused after batch 1: ') \
+         && !document.getElementById('continue').disabled",
+    )
+    .await;
+    let rate: u32 = text(c, "document.getElementById('job-rate').dataset.rate")
+        .await
+        .parse()
+        .unwrap();
+    assert!((600..=2400).contains(&rate), "rate in force {rate}");
+    // Nothing past the first batch has started.
+    assert_eq!(
+        text(
+            c,
+            "document.querySelector(\"#batches .batch[data-batch='1'] .progress\").dataset.finished"
+        )
+        .await,
+        "0"
+    );
+    c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
+    screenshot(c, "job-paused.png").await;
+    find(c, "#continue").await.click().await.unwrap();
+    // The second batch runs to its end, and the gate holds the third.
+    until(
+        c,
+        "the second batch finished and the job paused after it",
+        "document.querySelector(\"#batches .batch[data-batch='1'] .progress\")?.dataset.finished === '5' \
+         && document.getElementById('job-paused').dataset.batch === '1' \
+         && document.querySelector('#job-status .badge')?.dataset.status === 'paused'",
+    )
+    .await;
+
+    // A job waiting for its maintenance window (01:00 on 1 January, UTC) says until when.
+    let (ok, out, err) = muster(
+        node,
+        &[
+            "job",
+            "create",
+            "windowed",
+            "--method",
+            "reboot",
+            "--group",
+            "all",
+            "--window-cron",
+            "0 1 1 1 *",
+            "--window-duration",
+            "3600",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    c.goto(&format!("{}/ui#/jobs/windowed", node.rest))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the job waiting for its window",
+        "document.getElementById('job-window')?.dataset.state === 'waiting' \
+         && document.getElementById('job-window').textContent.startsWith('Waiting for the maintenance window')",
+    )
+    .await;
+    screenshot(c, "job-window.png").await;
+    let (ok, out, err) = muster(node, &["job", "cancel", "windowed"]);
+    assert!(ok, "{out}{err}");
+
+    // Two schedules through IoT Central's REST shape: one every 2 s for 2 occurrences, one
+    // weekly from next year (no occurrence yet).
+    let admin = muster_tests::http_with(&node.token);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = |ms: i64| muster_types::Timestamp::from_millis(ms).to_rfc3339();
+    for (id, schedule) in [
+        (
+            "pings",
+            serde_json::json!({"start": at(now), "intervalSeconds": 2,
+                "end": {"type": "occurrences", "occurrences": 2}}),
+        ),
+        (
+            "weekly",
+            serde_json::json!({"start": at(now + 365 * 86_400_000), "recurrence": "weekly"}),
+        ),
+    ] {
+        let put = admin
+            .put(format!(
+                "{}/api/scheduledJobs/{id}?api-version=2022-07-31",
+                node.rest
+            ))
+            .json(&serde_json::json!({
+                "displayName": format!("{id} schedule"), "group": "all",
+                "data": [{"type": "CommandJobData", "path": "ping"}],
+                "schedule": schedule,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    }
+    find(c, "#nav a[data-nav='schedules']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        c,
+        "both occurrences' jobs in the Schedules view",
+        "document.querySelectorAll(\"#schedules tr[data-schedule='pings'] [data-job]\").length === 2",
+    )
+    .await;
+    let recurrence = text(
+        c,
+        "document.querySelector(\"#schedules tr[data-schedule='pings'] td[data-label=Recurrence]\").textContent",
+    )
+    .await;
+    assert!(
+        recurrence.starts_with("every 2 s") && recurrence.contains("2 occurrences"),
+        "{recurrence}"
+    );
+    let weekly = text(
+        c,
+        "document.querySelector(\"#schedules tr[data-schedule='weekly']\").textContent",
+    )
+    .await;
+    assert!(
+        weekly.contains("weekly") && weekly.contains("none yet"),
+        "{weekly}"
+    );
+    screenshot(c, "schedules.png").await;
+    // Disabling a schedule from the page.
+    find(c, "button[data-toggle='weekly']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    until(
+        c,
+        "the weekly schedule disabled",
+        "document.querySelector(\"#schedules tr[data-schedule='weekly']\")?.dataset.enabled === 'false'",
+    )
+    .await;
+    // An occurrence's job opens the job page.
+    let first = text(
+        c,
+        "document.querySelector(\"#schedules tr[data-schedule='pings'] [data-job]\").dataset.job",
+    )
+    .await;
+    find(
+        c,
+        &format!("#schedules tr[data-schedule='pings'] [data-job='{first}'] a"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    until(
+        c,
+        "the occurrence's job page",
+        &format!(
+            "location.hash === '#/jobs/{first}' && document.getElementById('job-title') !== null"
+        ),
+    )
+    .await;
 }
 
 /// Reads server-sent events from `resp` until an event says `final` (or the stream ends):

@@ -222,6 +222,25 @@ pub fn progress_json(p: &pb::JobProgress) -> Value {
     m.insert("batchCount".into(), json!(j.batches.len()));
     m.insert("batches".into(), Value::Array(batches));
     m.insert("runs".into(), Value::Array(runs));
+    // The rollout as it stands (issue 16), so the console's job page follows it live.
+    if let Some(r) = j.rate_per_minute {
+        m.insert("ratePerMinute".into(), json!(r));
+    }
+    if let Some(b) = j.paused_after_batch {
+        m.insert("pausedAfterBatch".into(), json!(b));
+    }
+    let reason = j
+        .pause_reason
+        .map(muster_domain::rollout::PauseReason::try_from);
+    if let Some(Ok(r)) = reason {
+        m.insert("pauseReason".into(), json!(r.describe()));
+    }
+    if let Some(w) = &j.window {
+        m.insert(
+            "window".into(),
+            json!({"state": if w.open { "open" } else { "waiting" }, "until": time(w.until_ms)}),
+        );
+    }
     Value::Object(m)
 }
 
@@ -269,5 +288,36 @@ mod tests {
         assert_eq!(v["status"], "running");
         assert_eq!(v["final"], false);
         assert_eq!(v["seq"], 7);
+        // No rate, pause or window: none of the fields.
+        for k in ["ratePerMinute", "pausedAfterBatch", "window"] {
+            assert!(v.get(k).is_none(), "{k}: {v}");
+        }
+    }
+
+    #[test]
+    fn the_console_sees_the_rate_the_pause_and_the_window() {
+        let p = pb::JobProgress {
+            job: Some(pb::Job {
+                status: pb::JobStatus::Paused as i32,
+                status_reason: "paused after batch 0".into(),
+                paused_after_batch: Some(0),
+                pause_reason: Some(muster_domain::rollout::PauseReason::AfterBatch.into()),
+                rate_per_minute: Some(120),
+                window: Some(pb::WindowStatus {
+                    open: false,
+                    until_ms: Some(86_400_000),
+                }),
+                ..pb::Job::default()
+            }),
+            seq: 3,
+        };
+        let v = progress_json(&p);
+        assert_eq!(v["status"], "paused");
+        assert_eq!(v["statusReason"], "paused after batch 0");
+        assert_eq!(v["pausedAfterBatch"], 0);
+        assert_eq!(v["pauseReason"], "the rollout pauses after every batch");
+        assert_eq!(v["ratePerMinute"], 120);
+        assert_eq!(v["window"]["state"], "waiting");
+        assert_eq!(v["window"]["until"], "1970-01-02T00:00:00.000Z");
     }
 }

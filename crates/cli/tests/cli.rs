@@ -43,6 +43,25 @@ fn a_missing_config_file_is_named() {
 }
 
 #[test]
+fn a_bad_rollout_flag_is_named_before_connecting() {
+    // Nothing listens on port 1: an error about the flag proves nothing was sent.
+    let out = muster()
+        .args(["job", "create", "j", "--method", "reboot", "--group", "g"])
+        .args(["--rate-base", "5", "--rate-factor", "1.55"])
+        .args(["--rate-increase-after", "notified:10"])
+        .args(["--endpoint", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--rate-factor") && err.contains("1.55"),
+        "{err}"
+    );
+    assert!(!err.contains("connect"), "{err}");
+}
+
+#[test]
 fn auth_sign_names_a_token_file_it_cannot_read() {
     let out = muster()
         .args(["auth", "sign", "--token", "@/nonexistent/admin.credential"])

@@ -10,6 +10,7 @@ pub(crate) mod credential;
 mod events;
 mod query;
 mod render;
+mod rollout;
 mod schedule;
 mod spec;
 

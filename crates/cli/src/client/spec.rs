@@ -20,7 +20,9 @@ pub struct SpecArgs {
         "method", "payload", "desired", "tags", "devices", "group", "query", "batch", "threshold",
         "per_batch", "continuous", "response_timeout", "connect_timeout", "max_attempts",
         "display_name", "description", "start_at", "max_execution_time", "rate",
-        "window_cron", "window_duration", "window_tz",
+        "window_cron", "window_duration", "window_tz", "rate_base", "rate_factor",
+        "rate_increase_after", "rate_max", "abort", "backoff", "backoff_failed",
+        "backoff_timed_out", "gate_success", "gate_on_failure", "pause_after_each_batch",
     ])]
     pub file: Option<String>,
 
@@ -94,6 +96,9 @@ pub struct SpecArgs {
     /// The IANA time zone the window's cron is read in.
     #[arg(long, value_name = "ZONE", default_value = "UTC")]
     pub window_tz: String,
+
+    #[command(flatten)]
+    pub rollout: super::rollout::RolloutArgs,
 }
 
 /// The spec to send for job `id`.
@@ -122,6 +127,7 @@ fn from_file(id: &str, path: &str) -> anyhow::Result<pb::JobSpec> {
 
 fn from_flags(a: SpecArgs) -> anyhow::Result<pb::JobSpec> {
     use pb::operation::Kind;
+    let rollout = a.rollout.parse()?;
     let mut operations = Vec::new();
     if let Some(name) = a.method {
         operations.push(pb::Operation {
@@ -213,14 +219,17 @@ fn from_flags(a: SpecArgs) -> anyhow::Result<pb::JobSpec> {
         rollout: Some(pb::Rollout {
             batch,
             max_devices_per_minute: a.rate,
-            ..Default::default()
+            exponential: rollout.exponential,
+            gate: rollout.gate,
+            abort: rollout.abort,
         }),
         cancellation,
         retry: Some(pb::RetryPolicy {
             max_attempts: a.max_attempts,
             retry_failed: a.max_attempts > 1,
             retry_timed_out: a.max_attempts > 1,
-            ..Default::default()
+            backoff_failed: rollout.backoff_failed,
+            backoff_timed_out: rollout.backoff_timed_out,
         }),
         maintenance_window: a.window_cron.map(|cron| pb::MaintenanceWindow {
             cron,

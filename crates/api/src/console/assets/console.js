@@ -299,6 +299,7 @@ async function render() {
       case "new": return await viewNewJob();
       case "devices": return parts[1] ? await viewDevice(parts[1]) : await viewDevices();
       case "groups": return await viewGroups();
+      case "schedules": return await viewSchedules();
       case "cluster": return await viewCluster();
       default: location.hash = "#/jobs";
     }
@@ -356,7 +357,7 @@ function jobRow(j) {
     el("td", { "data-label": "Job", class: "wrap" },
       el("div", {}, el("a", { href: "#/jobs/" + encodeURIComponent(j.id), text: j.displayName || j.id }),
         el("div", { class: "muted small mono", text: j.id }))),
-    el("td", { "data-label": "Status" }, el("span", {}, badge(j.status))),
+    el("td", { "data-label": "Status" }, el("span", {}, badge(j.rolloutState && j.rolloutState.paused ? "paused" : j.status))),
     el("td", { "data-label": "Progress" }, el("div", {}, progressBar(s), el("div", { class: "progress-label", text: progressLabel(s) }))),
     el("td", { "data-label": "Outcomes", class: "small" },
       el("span", { text: s ? s.succeeded + " succeeded · " + failures + " failed · " + s.cancelled + " cancelled" : "" })));
@@ -380,6 +381,7 @@ async function viewJob(id) {
   const counts = el("div", { class: "counts", id: "counts" });
   const batches = el("div", { class: "batches", id: "batches" });
   const batchNote = el("p", { class: "muted small" });
+  const rollout = rolloutBox(job);
 
   const need = can("jobs.write") ? null : "your role may not change jobs (needs jobs.write)";
   const buttons = {
@@ -394,10 +396,11 @@ async function viewJob(id) {
     const fin = snapshot && snapshot.final;
     const failures = snapshot ? snapshot.stats.failed + snapshot.stats.timedOut : 0;
     const allowed = can("jobs.write");
-    buttons.stop.disabled = !allowed || !["scheduled", "pending", "running"].includes(st);
+    buttons.stop.disabled = !allowed || !["scheduled", "pending", "running", "paused"].includes(st);
     buttons.resume.disabled = !allowed || st !== "stopped";
     buttons.cancel.disabled = !allowed || fin;
     buttons.rerun.disabled = !allowed || !fin || failures === 0;
+    rollout.enable(st, allowed);
   }
   async function act(button, f, done) {
     button.disabled = true;
@@ -413,6 +416,7 @@ async function viewJob(id) {
     const rerunId = "rerun-" + Date.now();
     act(buttons.rerun, () => api("PUT", path + "/rerun/" + encodeURIComponent(rerunId)), "Rerun " + rerunId + " started over the failed devices.");
   });
+  rollout.onContinue((button) => act(button, () => api("POST", path + "/continue"), "Continued: the next batch starts."));
 
   main.append(
     el("section", { class: "card" },
@@ -420,6 +424,7 @@ async function viewJob(id) {
         el("div", {}, title, el("div", { class: "muted small mono", text: id })),
         el("div", { class: "row" }, statusBox, live)),
       reason,
+      rollout.box,
       el("div", { class: "actions" }, Object.values(buttons))),
     el("section", { class: "card" },
       el("h2", { text: "Progress" }), bar, label, el("div", { class: "small muted", id: "run-note" }), el("p"), counts),
@@ -433,7 +438,8 @@ async function viewJob(id) {
     snapshot = p;
     title.textContent = p.displayName || id;
     clear(statusBox).append(badge(p.status));
-    reason.textContent = p.statusReason || "";
+    reason.textContent = p.status === "paused" ? "" : p.statusReason || "";
+    rollout.update(p);
     bar.update(p.stats);
     label.textContent = progressLabel(p.stats) + " devices finished";
     document.getElementById("run-note").textContent = p.run > 0 ? "run " + p.run + " (a rerun over the devices that failed)" : "";
@@ -460,6 +466,61 @@ async function viewJob(id) {
     live.classList.toggle("on", state === "live");
   });
   cleanup.push(stop);
+}
+
+// The rollout as it stands (issue 16): the rate in force, the maintenance window, and a job its
+// gate paused with why and a Continue button (for a caller who may change jobs). The first
+// values come from GET /api/jobs/{id} (rolloutState, maintenanceWindow); the live stream's
+// snapshots (ratePerMinute, window, pausedAfterBatch, pauseReason) replace them.
+function rolloutBox(job) {
+  const rs = job.rolloutState || {};
+  const mw = job.maintenanceWindow;
+  const rate = el("span", { id: "job-rate" });
+  const windowText = el("span", { id: "job-window" });
+  const pauseText = el("p", { id: "job-pause-reason" });
+  const cont = el("button", { type: "button", id: "continue", text: "Continue", title: "start the next batch" });
+  const pause = el("div", { class: "paused", id: "job-paused", hidden: true },
+    el("div", { class: "row spread" }, el("b", { text: "Paused between batches" }), can("jobs.write") ? cont : null), pauseText);
+  const line = el("p", { class: "small muted row", id: "job-rollout" }, rate, windowText);
+  const box = el("div", {}, pause, line);
+  let onContinue = null;
+  cont.addEventListener("click", () => { if (onContinue) onContinue(cont); });
+  function windowLine(w, cron) {
+    if (!w || !w.state) return "";
+    const at = w.until ? when(w.until) : null;
+    const what = cron ? " (" + cron + ")" : "";
+    if (w.state === "open") return "Maintenance window" + what + " open" + (at ? " until " + at : "");
+    return at ? "Waiting for the maintenance window" + what + " until " + at : "Waiting for a maintenance window" + what + " that never opens again";
+  }
+  function show(p) {
+    rate.textContent = p.ratePerMinute ? "Rate in force: " + p.ratePerMinute + " devices a minute" : "";
+    rate.dataset.rate = p.ratePerMinute ? String(p.ratePerMinute) : "";
+    windowText.textContent = windowLine(p.window, mw && [mw.cron, mw.timeZone === "UTC" ? "" : mw.timeZone].filter(Boolean).join(" "));
+    windowText.dataset.state = p.window ? p.window.state : "";
+    rate.hidden = !rate.textContent;
+    windowText.hidden = !windowText.textContent;
+    line.hidden = rate.hidden && windowText.hidden;
+    const paused = p.status === "paused";
+    pause.hidden = !paused;
+    // Batches are numbered from 1 on this page (the API's index is 0-based).
+    const after = p.pausedAfterBatch === undefined || p.pausedAfterBatch === null ? "" : " after batch " + (p.pausedAfterBatch + 1);
+    pauseText.textContent = paused ? "Paused" + after + ": " + (p.pauseReason || "the gate holds the next batch back") + ". " +
+      (can("jobs.write") ? "Continue starts the next batch." : "An operator (jobs.write) can continue it.") : "";
+    pause.dataset.batch = paused && p.pausedAfterBatch !== undefined ? String(p.pausedAfterBatch) : "";
+  }
+  show({
+    status: rs.paused ? "paused" : job.status,
+    pauseReason: rs.pauseReason,
+    pausedAfterBatch: rs.pausedAfterBatch,
+    ratePerMinute: rs.ratePerMinute,
+    window: mw && mw.state ? { state: mw.state, until: mw.until } : null,
+  });
+  return {
+    box,
+    update: show,
+    onContinue: (f) => { onContinue = f; },
+    enable: (status, allowed) => { cont.disabled = !allowed || status !== "paused"; },
+  };
 }
 
 // Reads GET /api/jobs/{id}/watch with fetch() and a stream reader (an EventSource could not send
@@ -867,6 +928,84 @@ async function viewGroups() {
     });
     main.append(form);
   }
+}
+
+// ------------------------------------------------------------------------------------------
+// Scheduled jobs (IoT Central's /api/scheduledJobs): each schedule with its recurrence, whether
+// it is enabled, and the jobs its occurrences created, linked to their pages.
+// ------------------------------------------------------------------------------------------
+
+const SCHEDULE_JOBS_SHOWN = 50;
+
+function recurrenceText(s) {
+  s = s || {};
+  let what = s.intervalSeconds ? "every " + s.intervalSeconds + " s" : s.recurrence || "once";
+  if (s.timeZone) what += " (" + s.timeZone + ")";
+  const parts = [what, "from " + when(s.start)];
+  if (s.end && s.end.type === "occurrences") parts.push(s.end.occurrences + (s.end.occurrences === 1 ? " occurrence" : " occurrences"));
+  if (s.end && s.end.type === "date") parts.push("until " + when(s.end.date));
+  return parts.join(", ");
+}
+
+async function viewSchedules() {
+  const body = el("tbody");
+  const more = el("p", { class: "muted small", hidden: true });
+  main.append(el("section", { class: "card" },
+    el("h1", { text: "Scheduled jobs" }),
+    el("p", { class: "muted small", text: "Each occurrence of a schedule creates a job from its template, with its own id and history." }),
+    el("table", { class: "stack", id: "schedules" },
+      el("thead", {}, el("tr", {}, ["Schedule", "Recurrence", "Enabled", "Jobs", ""].map((h) => el("th", { text: h })))), body),
+    more));
+  async function toggle(s, button) {
+    button.disabled = true;
+    try {
+      await api("PATCH", "/api/scheduledJobs/" + encodeURIComponent(s.id), { enabled: !s.enabled });
+      toast(s.enabled ? "Disabled: no further occurrences." : "Enabled.");
+      await load();
+    } catch (e) {
+      if (e.status !== 401) toast(e.message, true);
+      button.disabled = false;
+    }
+  }
+  async function jobsCell(s) {
+    const cell = el("div", { class: "occurrences" });
+    try {
+      const page = await api("GET", "/api/scheduledJobs/" + encodeURIComponent(s.id) + "/jobs" + qs({ maxpagesize: SCHEDULE_JOBS_SHOWN }));
+      if (!page.value.length) cell.append(el("span", { class: "muted small", text: "none yet" }));
+      for (const j of page.value) {
+        cell.append(el("div", { class: "row", "data-job": j.id },
+          el("a", { href: "#/jobs/" + encodeURIComponent(j.id), class: "mono small", text: j.id }), badge(j.status)));
+      }
+      if (page.nextLink) cell.append(el("div", { class: "muted small", text: "the first " + page.value.length + "; GET /api/scheduledJobs/" + s.id + "/jobs pages through all" }));
+    } catch (e) {
+      if (e.status !== 401) cell.append(el("span", { class: "error small", text: e.message }));
+    }
+    return cell;
+  }
+  async function load() {
+    const data = await api("GET", "/api/scheduledJobs" + qs({ maxpagesize: 100 }));
+    const rows = [];
+    for (const s of data.value) {
+      const toggleButton = el("button", {
+        type: "button", class: "ghost", text: s.enabled ? "Disable" : "Enable", "data-toggle": s.id,
+        disabled: !can("jobs.write") || s.completed, title: can("jobs.write") ? null : "needs jobs.write",
+      });
+      toggleButton.addEventListener("click", () => toggle(s, toggleButton));
+      rows.push(el("tr", { "data-schedule": s.id, "data-enabled": String(!!s.enabled) },
+        el("td", { "data-label": "Schedule", class: "wrap" }, el("div", {}, el("b", { text: s.displayName || s.id }), el("div", { class: "muted small mono", text: s.id }))),
+        el("td", { "data-label": "Recurrence", class: "wrap small", text: recurrenceText(s.schedule) }),
+        el("td", { "data-label": "Enabled", text: s.completed ? "completed" : s.enabled ? "yes" : "no" }),
+        el("td", { "data-label": "Jobs", class: "wrap" }, await jobsCell(s)),
+        el("td", { "data-label": "" }, el("span", {}, toggleButton))));
+    }
+    clear(body);
+    if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No scheduled jobs. Create one with PUT /api/scheduledJobs/{id} or muster schedule create." })));
+    body.append(...rows);
+    more.hidden = !data.nextLink;
+    more.textContent = data.nextLink ? "Showing the first " + data.value.length + " schedules." : "";
+  }
+  await load();
+  every(5000, () => load().catch(() => {}));
 }
 
 // ------------------------------------------------------------------------------------------
