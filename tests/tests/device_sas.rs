@@ -324,8 +324,9 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
             .unwrap(),
     );
 
-    // Regenerated keys: the open session is closed, the old token no longer gets in, a token
-    // from the new key does.
+    // Regenerated keys: the open session (alive: a method goes through) is closed, the old
+    // token no longer gets in, a token from the new key does.
+    invoke_through(&mut device, &c, &server.rest, "sas-1").await;
     put_device(
         &c,
         &server.rest,
@@ -346,6 +347,7 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
 
     // Disabled: the connected device is cut off, and refused with a token signed by its own
     // key.
+    invoke_through(&mut device, &c, &server.rest, "sas-1").await;
     put_device(
         &c,
         &server.rest,
@@ -369,11 +371,9 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
     let (status, body) = send(del).await;
     assert_eq!(status, 204, "{body}");
     wait_closed(&mut two, "device deleted").await;
-    assert!(
-        device_connect(&gateway, "sas-2", HOST, "sas-2", &token_two)
-            .await
-            .is_err()
-    );
+    assert!(device_connect(&gateway, "sas-2", HOST, "sas-2", &token_two)
+        .await
+        .is_err());
     drop(broker);
 }
 
@@ -402,6 +402,7 @@ async fn devices_log_in_to_the_dev_broker_with_their_sas_keys() {
     invoke_through(&mut device, &c, &dev.rest, "dev-sas-1").await;
     assert_refusals(&broker, "dev-sas-1", &primary, ("dev-sas-2", &two_primary)).await;
 
+    invoke_through(&mut device, &c, &dev.rest, "dev-sas-1").await;
     put_device(
         &c,
         &dev.rest,
@@ -422,6 +423,7 @@ async fn devices_log_in_to_the_dev_broker_with_their_sas_keys() {
     let mut device = device_connect(&broker, "dev-sas-1", HOST, "dev-sas-1", &fresh)
         .await
         .unwrap();
+    invoke_through(&mut device, &c, &dev.rest, "dev-sas-1").await;
     put_device(
         &c,
         &dev.rest,

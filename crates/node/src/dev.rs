@@ -193,13 +193,22 @@ pub(crate) fn device_auth(
 
 /// Connects to the broker at `addr` as `device`'s client id with a static login and leaves,
 /// which ends the device's own session there.
-async fn take_over(addr: &str, device: &DeviceId, user: &str, password: &Secret) -> Result<(), String> {
+async fn take_over(
+    addr: &str,
+    device: &DeviceId,
+    user: &str,
+    password: &Secret,
+) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = |e: std::io::Error| e.to_string();
     let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
-    s.write_all(&crate::gateway::connect_packet(device.as_str(), user, password.expose()))
-        .await
-        .map_err(io)?;
+    s.write_all(&crate::gateway::connect_packet(
+        device.as_str(),
+        user,
+        password.expose(),
+    ))
+    .await
+    .map_err(io)?;
     let mut ack = [0u8; 4];
     tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut ack))
         .await

@@ -225,7 +225,9 @@ impl Shared {
             .read(|s| device_session_holds(&s.registry, &id, &keys))
         {
             refuse(&mut device, NOT_AUTHORIZED).await;
-            return Err(format!("refused {id}: its identity changed while it logged in"));
+            return Err(format!(
+                "refused {id}: its identity changed while it logged in"
+            ));
         }
         let n = self.brokers.len();
         let broker = self
@@ -298,7 +300,10 @@ where
 
 /// Reads one MQTT packet (fixed header and body) into `packet`; `false` at a clean end of
 /// stream before a packet starts.
-async fn read_packet<S: AsyncRead + Unpin>(s: &mut S, packet: &mut Vec<u8>) -> Result<bool, String> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+    packet: &mut Vec<u8>,
+) -> Result<bool, String> {
     let io = |e: std::io::Error| e.to_string();
     packet.clear();
     let first = match s.read_u8().await {
@@ -350,7 +355,9 @@ fn check_packet(device: &str, packet: &[u8]) -> Result<(), String> {
     match kind {
         1 => Err(format!("{device}: a second CONNECT")),
         3 => {
-            let topic = r.field().map_err(|_| format!("{device}: malformed PUBLISH"))?;
+            let topic = r
+                .field()
+                .map_err(|_| format!("{device}: malformed PUBLISH"))?;
             match std::str::from_utf8(topic) {
                 Ok(t) if device_may_publish(device, t) => Ok(()),
                 _ => bad("PUBLISH to", topic),

@@ -8,10 +8,10 @@
 mod credentials;
 pub mod dev;
 pub mod gateway;
-mod sessions;
 pub mod guard;
 mod leader;
 mod retention;
+mod sessions;
 mod ticker;
 pub mod tls;
 

@@ -62,7 +62,12 @@ impl<T> Sessions<T> {
     }
 
     /// Adds a session that lasts as long as the returned guard.
-    pub(crate) fn register(&self, device: &DeviceId, keys: DeviceKeys, end: T) -> Registered<'_, T> {
+    pub(crate) fn register(
+        &self,
+        device: &DeviceId,
+        keys: DeviceKeys,
+        end: T,
+    ) -> Registered<'_, T> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(device.clone())

@@ -138,7 +138,10 @@ fn last_run(
     device: &DeviceId,
     method: &str,
 ) -> Result<Option<Value>, muster_cluster::StoreError> {
-    let mut found: Option<(muster_domain::Invocation, Option<(i32, std::sync::Arc<Value>)>)> = None;
+    let mut found: Option<(
+        muster_domain::Invocation,
+        Option<(i32, std::sync::Arc<Value>)>,
+    )> = None;
     let mut from = log.first_seq_available().max(1);
     loop {
         let chunk = log.read_device_records(device, from, READ_CHUNK)?;

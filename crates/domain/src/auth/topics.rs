@@ -38,15 +38,17 @@ pub fn device_may_publish(device: &str, topic: &str) -> bool {
     let Some(rest) = own_suffix(device, topic) else {
         return false;
     };
-    DEVICE_SENDS.iter().any(|allowed| match allowed.strip_suffix("/#") {
-        Some(prefix) => {
-            rest == prefix
-                || rest
-                    .strip_prefix(prefix)
-                    .is_some_and(|r| r.starts_with('/'))
-        }
-        None => rest == *allowed,
-    })
+    DEVICE_SENDS
+        .iter()
+        .any(|allowed| match allowed.strip_suffix("/#") {
+            Some(prefix) => {
+                rest == prefix
+                    || rest
+                        .strip_prefix(prefix)
+                        .is_some_and(|r| r.starts_with('/'))
+            }
+            None => rest == *allowed,
+        })
 }
 
 /// Whether every topic `filter` (a SUBSCRIBE topic filter, wildcards allowed) can match is one
