@@ -129,6 +129,12 @@ async fn central_command_history(
 /// The device's events read per step.
 const READ_CHUNK: usize = 1024;
 
+/// A call and its answer (status, payload) once it came.
+type LastCall = (
+    muster_domain::Invocation,
+    Option<(i32, std::sync::Arc<Value>)>,
+);
+
 /// The last invocation of `method` on `device` the log holds, in IoT Central's command shape:
 /// one forward pass over the device's own events (the store's per-device index, so the cost is
 /// what the device wrote, not the whole log), keeping the latest `MethodInvoked` and how it
@@ -138,10 +144,7 @@ fn last_run(
     device: &DeviceId,
     method: &str,
 ) -> Result<Option<Value>, muster_cluster::StoreError> {
-    let mut found: Option<(
-        muster_domain::Invocation,
-        Option<(i32, std::sync::Arc<Value>)>,
-    )> = None;
+    let mut found: Option<LastCall> = None;
     let mut from = log.first_seq_available().max(1);
     loop {
         let chunk = log.read_device_records(device, from, READ_CHUNK)?;
