@@ -49,6 +49,70 @@ async fn central_lists_refuse_odata_options_they_cannot_evaluate() {
     }
 }
 
+/// "Device Groups - List": IoT Central's 2022-07-31 reference takes no filter or orderby, its
+/// 2022-10-31-preview takes both; muster answers each version as its reference says, and pages
+/// either with maxpagesize.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_group_list_takes_the_options_of_the_callers_api_version() {
+    let dir = data_dir().unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    server.wait_ready().await.unwrap();
+    let http = muster_tests::http();
+    for (id, name) in [("g1", "Alpha sensors"), ("g2", "Beta thermostats")] {
+        let r = http
+            .put(format!(
+                "{}/api/deviceGroups/{id}?api-version=2022-07-31",
+                server.rest
+            ))
+            .json(&json!({"displayName": name, "filter": "SELECT * FROM devices"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    }
+    let list = format!("{}/api/deviceGroups", server.rest);
+    let get = |query: Vec<(&'static str, &'static str)>| {
+        let req = http.get(&list).query(&query);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    for (option, value) in [
+        ("filter", "contains(displayName, 'Beta')"),
+        ("orderby", "displayName desc"),
+    ] {
+        let (status, body) = get(vec![("api-version", "2022-07-31"), (option, value)]).await;
+        assert_eq!(status, 400, "{option}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(option), "{message}");
+        assert!(message.contains("2022-10-31-preview"), "{message}");
+    }
+    // Paging is every list's.
+    let (status, body) = get(vec![("api-version", "2022-07-31"), ("maxpagesize", "1")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), ["g1"]);
+    assert!(body["nextLink"].is_string(), "{body}");
+
+    let preview = ("api-version", "2022-10-31-preview");
+    let (status, body) = get(vec![preview, ("filter", "contains(displayName, 'Beta')")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), ["g2"]);
+    let (status, body) = get(vec![preview, ("orderby", "displayName desc")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), ["g2", "g1"]);
+}
+
 /// Follows `nextLink` from `first` to the last page: the devices' display names in order, and
 /// every link handed out.
 async fn walk(

@@ -3,11 +3,13 @@
 //! the primary or secondary key that `PUT /devices/{id}` returned.
 //!
 //! With Mosquitto (its own, no anonymous access, the password and ACL files of `muster device
-//! credentials`) devices connect to muster's device gateway, which checks the token and logs the
-//! device in to Mosquitto as itself; a direct method then travels through both to the device and
-//! back. In dev mode the embedded rumqttd checks the token itself. Either way a token that is
-//! expired, signed with the wrong key, made for another device, or for a disabled device is
-//! refused, and regenerated keys and disabling hold for the next connection.
+//! credentials`, written once with only the dispatcher's and the gateway's logins) devices
+//! created over REST while it runs connect to muster's device gateway, which checks the token
+//! and logs the device in under its own login, keeping it to its own topics; a direct method
+//! then travels through both to the device and back. In dev mode the embedded rumqttd checks
+//! the token itself. Either way a token that is expired, signed with the wrong key, made for
+//! another device, or for a disabled device is refused; through the gateway, regenerating keys,
+//! disabling or deleting a device also closes its open session.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -21,8 +23,8 @@ use serde_json::{json, Value};
 
 const V: &str = "api-version=2021-04-12";
 const HOST: &str = "sas-test.azure-devices.example";
-const SECRET: &str = "device-sas-test-fleet-secret-0123456789";
 const DISPATCHER_PASSWORD: &str = "dispatcher-password-for-the-sas-test";
+const GATEWAY_PASSWORD: &str = "gateway-password-for-the-sas-test";
 const NEW_PRIMARY: &str = "q83vEjRWeJASNFZ4kKvN7xI0VniQq83vEjRWeJCrze8=";
 const NEW_SECONDARY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -172,14 +174,42 @@ listener {port} 127.0.0.1
     )
 }
 
+/// Waits until the device's connection is closed (its client's event loop ended).
+async fn wait_closed(device: &mut muster_tests::MqttClient, what: &str) {
+    tokio::time::timeout(muster_tests::PATIENCE, async {
+        while device.messages.recv().await.is_some() {}
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the connection stayed open"));
+}
+
+/// A device logged in through `gateway` with a will on `will_topic`.
+async fn connect_with_will(
+    gateway: &str,
+    id: &str,
+    token: &str,
+    will_topic: &str,
+) -> anyhow::Result<muster_tests::MqttClient> {
+    let (h, p) = gateway.rsplit_once(':').unwrap();
+    let mut opts = rumqttc::MqttOptions::new(id, h, p.parse()?);
+    opts.set_credentials(muster_domain::auth::device_user(HOST, id), token);
+    opts.set_last_will(rumqttc::LastWill::new(
+        will_topic,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    muster_tests::mqtt_connect(opts).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
     let dir = data_dir().unwrap();
     let d = dir.path();
-    let secret_file = d.join("fleet.secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
     let dispatcher_pw = d.join("dispatcher.pw");
     std::fs::write(&dispatcher_pw, DISPATCHER_PASSWORD).unwrap();
+    let gateway_pw = d.join("gateway.pw");
+    std::fs::write(&gateway_pw, GATEWAY_PASSWORD).unwrap();
     let ports = free_ports(2).unwrap();
     let url = format!("mqtt://127.0.0.1:{}", ports[0]);
     let gateway = format!("127.0.0.1:{}", ports[1]);
@@ -194,31 +224,27 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
             dispatcher_pw.to_str().unwrap(),
             "--device-gateway-addr",
             &gateway,
-            "--device-gateway-secret-file",
-            secret_file.to_str().unwrap(),
+            "--device-gateway-password-file",
+            gateway_pw.to_str().unwrap(),
         ],
     )
     .unwrap();
     server.wait_ready().await.unwrap();
-    let c = http();
-    let one = put_device(&c, &server.rest, "sas-1", false, json!({})).await;
-    let two = put_device(&c, &server.rest, "sas-2", false, json!({})).await;
-    let (primary, secondary) = keys(&one);
-    let (two_primary, _) = keys(&two);
 
-    // The broker's side: its password and ACL files from the registry, as for any device.
+    // The broker's side, written once before any device exists: the dispatcher's and the
+    // gateway's logins and the ACL. No device is ever added to it.
     let out = muster_tests::muster_cmd()
         .unwrap()
         .args(["device", "--endpoint", &server.grpc, "--output", "json"])
         .arg("credentials")
-        .arg("--secret-file")
-        .arg(&secret_file)
         .arg("--passwd-out")
         .arg(d.join("passwd"))
         .arg("--acl-out")
         .arg(d.join("acl"))
         .arg("--dispatcher-password-file")
         .arg(&dispatcher_pw)
+        .arg("--gateway-password-file")
+        .arg(&gateway_pw)
         .output()
         .unwrap();
     assert!(
@@ -228,8 +254,14 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
     );
     let broker = Mosquitto::start(d, &mosquitto_config(d, ports[0]), ports[0]).unwrap();
 
-    // The primary key's token gets in through the gateway, and the session is a real one: a
-    // direct method reaches the device through Mosquitto and its answer comes back.
+    // Devices created over REST while everything runs log in at once: the primary key's token
+    // gets in through the gateway, and the session is a real one: a direct method reaches the
+    // device through Mosquitto and its answer comes back.
+    let c = http();
+    let one = put_device(&c, &server.rest, "sas-1", false, json!({})).await;
+    let two = put_device(&c, &server.rest, "sas-2", false, json!({})).await;
+    let (primary, secondary) = keys(&one);
+    let (two_primary, _) = keys(&two);
     let token = device_token(HOST, "sas-1", &primary, 3600);
     let mut device = device_connect(&gateway, "sas-1", HOST, "sas-1", &token)
         .await
@@ -242,13 +274,59 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
             .await
             .unwrap(),
     );
+    // That second session took over the first (same client id, as MQTT says).
+    wait_closed(&mut device, "a session taken over").await;
+    let mut device = device_connect(&gateway, "sas-1", HOST, "sas-1", &token)
+        .await
+        .unwrap();
     assert_refusals(&gateway, "sas-1", &primary, ("sas-2", &two_primary)).await;
     // The token is no password for Mosquitto itself: the gateway cannot be bypassed with it.
     assert!(device_connect(&url, "sas-1", HOST, "sas-1", &token)
         .await
         .is_err());
 
-    // Regenerated keys: the old token no longer gets in, a token from the new key does.
+    // One gateway login for every device, yet no device speaks for another: a publish on
+    // another device's topic, a subscription to another's calls, and a will on another's
+    // presence each end that device's connection (or refuse it).
+    let token_two = device_token(HOST, "sas-2", &two_primary, 3600);
+    let mut rogue = device_connect(&gateway, "sas-2", HOST, "sas-2", &token_two)
+        .await
+        .unwrap();
+    rogue
+        .client
+        .publish(
+            "devices/sas-1/methods/res/200/?$rid=1",
+            QoS::AtLeastOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    wait_closed(&mut rogue, "a publish for another device").await;
+    let mut rogue = device_connect(&gateway, "sas-2", HOST, "sas-2", &token_two)
+        .await
+        .unwrap();
+    rogue
+        .client
+        .subscribe("devices/+/methods/POST/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_closed(&mut rogue, "a subscription to every device's calls").await;
+    assert!(
+        connect_with_will(&gateway, "sas-2", &token_two, "devices/sas-1/presence")
+            .await
+            .is_err(),
+        "a will on another device's presence was let in"
+    );
+    drop(
+        connect_with_will(&gateway, "sas-2", &token_two, "devices/sas-2/presence")
+            .await
+            .unwrap(),
+    );
+
+    // Regenerated keys: the open session (alive: a method goes through) is closed, the old
+    // token no longer gets in, a token from the new key does.
+    invoke_through(&mut device, &c, &server.rest, "sas-1").await;
     put_device(
         &c,
         &server.rest,
@@ -258,17 +336,18 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
             {"primaryKey": NEW_PRIMARY, "secondaryKey": NEW_SECONDARY}}}),
     )
     .await;
+    wait_closed(&mut device, "keys regenerated").await;
     assert!(device_connect(&gateway, "sas-1", HOST, "sas-1", &token)
         .await
         .is_err());
     let fresh = device_token(HOST, "sas-1", NEW_PRIMARY, 3600);
-    drop(
-        device_connect(&gateway, "sas-1", HOST, "sas-1", &fresh)
-            .await
-            .unwrap(),
-    );
+    let mut device = device_connect(&gateway, "sas-1", HOST, "sas-1", &fresh)
+        .await
+        .unwrap();
 
-    // Disabled: refused with a token signed by its own key.
+    // Disabled: the connected device is cut off, and refused with a token signed by its own
+    // key.
+    invoke_through(&mut device, &c, &server.rest, "sas-1").await;
     put_device(
         &c,
         &server.rest,
@@ -277,10 +356,24 @@ async fn devices_log_in_through_the_gateway_to_mosquitto_with_their_sas_keys() {
         json!({"status": "disabled", "statusReason": "lost"}),
     )
     .await;
+    wait_closed(&mut device, "device disabled").await;
     assert!(device_connect(&gateway, "sas-1", HOST, "sas-1", &fresh)
         .await
         .is_err());
-    drop(device);
+
+    // Deleted: the same for sas-2.
+    let mut two = device_connect(&gateway, "sas-2", HOST, "sas-2", &token_two)
+        .await
+        .unwrap();
+    let del = c
+        .delete(format!("{}/devices/sas-2?{V}", server.rest))
+        .header("If-Match", "*");
+    let (status, body) = send(del).await;
+    assert_eq!(status, 204, "{body}");
+    wait_closed(&mut two, "device deleted").await;
+    assert!(device_connect(&gateway, "sas-2", HOST, "sas-2", &token_two)
+        .await
+        .is_err());
     drop(broker);
 }
 
@@ -309,6 +402,7 @@ async fn devices_log_in_to_the_dev_broker_with_their_sas_keys() {
     invoke_through(&mut device, &c, &dev.rest, "dev-sas-1").await;
     assert_refusals(&broker, "dev-sas-1", &primary, ("dev-sas-2", &two_primary)).await;
 
+    invoke_through(&mut device, &c, &dev.rest, "dev-sas-1").await;
     put_device(
         &c,
         &dev.rest,
@@ -318,11 +412,18 @@ async fn devices_log_in_to_the_dev_broker_with_their_sas_keys() {
             {"primaryKey": NEW_PRIMARY, "secondaryKey": NEW_SECONDARY}}}),
     )
     .await;
+    // The open session ends (the node takes its client id over), the old token is refused.
+    wait_closed(&mut device, "keys regenerated (dev broker)").await;
     assert!(
         device_connect(&broker, "dev-sas-1", HOST, "dev-sas-1", &token)
             .await
             .is_err()
     );
+    let fresh = device_token(HOST, "dev-sas-1", NEW_PRIMARY, 3600);
+    let mut device = device_connect(&broker, "dev-sas-1", HOST, "dev-sas-1", &fresh)
+        .await
+        .unwrap();
+    invoke_through(&mut device, &c, &dev.rest, "dev-sas-1").await;
     put_device(
         &c,
         &dev.rest,
@@ -331,7 +432,7 @@ async fn devices_log_in_to_the_dev_broker_with_their_sas_keys() {
         json!({"status": "disabled"}),
     )
     .await;
-    let fresh = device_token(HOST, "dev-sas-1", NEW_PRIMARY, 3600);
+    wait_closed(&mut device, "device disabled (dev broker)").await;
     assert!(
         device_connect(&broker, "dev-sas-1", HOST, "dev-sas-1", &fresh)
             .await

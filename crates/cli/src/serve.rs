@@ -139,18 +139,24 @@ pub struct ServeArgs {
     #[serde(skip)]
     mqtt_password_file: Option<PathBuf>,
     /// Devices log in here with their IoT Hub SAS tokens (`device_gateway.listen`, `HOST:PORT`):
-    /// muster checks each CONNECT and forwards it to the broker under the device's derived login.
+    /// muster checks each CONNECT and forwards it to the broker under the gateway's own login,
+    /// keeping each device to its own topics.
     #[arg(
         long,
         value_name = "HOST:PORT",
-        requires = "device_gateway_secret_file"
+        requires = "device_gateway_password_file"
     )]
     #[serde(skip)]
     device_gateway_addr: Option<String>,
-    /// The fleet secret of `muster device credentials` (`device_gateway.fleet_secret_file`).
+    /// A file holding the gateway's broker password (`device_gateway.password_file`; `muster
+    /// device credentials --gateway-password-file` writes its login).
     #[arg(long, value_name = "FILE", requires = "device_gateway_addr")]
     #[serde(skip)]
-    device_gateway_secret_file: Option<PathBuf>,
+    device_gateway_password_file: Option<PathBuf>,
+    /// The gateway's broker user name (`device_gateway.username`, default `muster-gateway`).
+    #[arg(long, value_name = "NAME", requires = "device_gateway_addr")]
+    #[serde(skip)]
+    device_gateway_user: Option<String>,
     /// Dev mode: data in a temporary directory (unless --data-dir), an embedded MQTT broker, and
     /// a registered simulated fleet.
     #[arg(long)]
@@ -311,15 +317,20 @@ fn load(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
         d.password = None;
         d.password_file.clone_from(&args.mqtt_password_file);
     }
-    if let (Some(listen), Some(file)) =
-        (&args.device_gateway_addr, &args.device_gateway_secret_file)
-    {
-        let max = cfg.device_gateway.as_ref().map(|g| g.max_connections);
-        cfg.device_gateway = Some(muster_node::gateway::GatewayConfig {
-            listen: listen.clone(),
-            fleet_secret_file: file.clone(),
-            max_connections: max.unwrap_or(10_000),
-        });
+    if let (Some(listen), Some(file)) = (
+        &args.device_gateway_addr,
+        &args.device_gateway_password_file,
+    ) {
+        let mut g = cfg
+            .device_gateway
+            .take()
+            .unwrap_or_else(|| muster_node::gateway::GatewayConfig::new(listen, file));
+        g.listen.clone_from(listen);
+        g.password_file.clone_from(file);
+        if let Some(user) = &args.device_gateway_user {
+            g.username.clone_from(user);
+        }
+        cfg.device_gateway = Some(g);
     }
     if args.dev {
         let mut dev = cfg.dev.take().unwrap_or_default();

@@ -2,6 +2,7 @@
 //! a new user can create a job and watch it finish with nothing else installed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use muster_cluster::{now, Cluster};
 use muster_devsim::broker::{start_embedded_with, DeviceAuthSlot, EmbeddedBroker};
@@ -13,6 +14,7 @@ use muster_types::DeviceId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::sessions::{follow, Sessions};
 use crate::NodeError;
 
 /// The simulated fleet of dev mode.
@@ -131,17 +133,90 @@ pub(crate) async fn start_fleet(
 }
 
 /// The embedded broker's check of a device's login: its SAS token against the registry as this
-/// node last applied it, at this node's clock (the rule is `authenticate_device`'s).
-pub(crate) fn device_auth(cluster: &Cluster) -> muster_devsim::broker::DeviceAuthFn {
+/// node last applied it, at this node's clock (the rule is `authenticate_device`'s). A device let
+/// in is remembered with its keys; when it is disabled, deleted or given new keys, the node
+/// ends its session on the broker at `broker_url` by connecting under its client id with the
+/// fleet's login (MQTT: a new connection with a client id replaces the old one) and leaving.
+pub(crate) fn device_auth(
+    cluster: &Cluster,
+    cfg: &DevConfig,
+    broker_url: Option<&str>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> muster_devsim::broker::DeviceAuthFn {
+    let sessions = Arc::new(Sessions::<()>::default());
+    let takeover = match (&cfg.fleet_login, broker_url) {
+        (FleetLogin::Shared { username, password }, Some(url)) => Some((
+            url.trim_start_matches("mqtt://").to_string(),
+            username.clone(),
+            password.clone(),
+        )),
+        _ => None,
+    };
+    if let Some((addr, user, password)) = takeover {
+        tokio::spawn(follow(
+            cluster.clone(),
+            sessions.clone(),
+            stop,
+            move |device, ()| {
+                let (addr, user, password) = (addr.clone(), user.clone(), password.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = take_over(&addr, &device, &user, &password).await {
+                        tracing::warn!(%device, "embedded broker: could not end the session: {e}");
+                    }
+                });
+            },
+        ));
+    }
     let cluster = cluster.clone();
-    std::sync::Arc::new(move |client_id: &str, user: &str, password: &str| {
+    Arc::new(move |client_id: &str, user: &str, password: &str| {
         let now_ms = now().millis();
         let verdict = cluster.reader().read(|s| {
             muster_domain::auth::authenticate_device(&s.registry, client_id, user, password, now_ms)
+                .map(|id| {
+                    let keys = s.registry.devices.get(&id).and_then(|d| d.keys.clone());
+                    (id, keys)
+                })
         });
-        if let Err(why) = &verdict {
-            tracing::debug!(client_id, "embedded broker: device login refused: {why}");
+        match verdict {
+            Ok((id, Some(keys))) => {
+                sessions.replace(&id, keys, ());
+                true
+            }
+            Ok((_, None)) => false,
+            Err(why) => {
+                tracing::debug!(client_id, "embedded broker: device login refused: {why}");
+                false
+            }
         }
-        verdict.is_ok()
     })
+}
+
+/// Connects to the broker at `addr` as `device`'s client id with a static login and leaves,
+/// which ends the device's own session there.
+async fn take_over(
+    addr: &str,
+    device: &DeviceId,
+    user: &str,
+    password: &Secret,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| e.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    s.write_all(&crate::gateway::connect_packet(
+        device.as_str(),
+        user,
+        password.expose(),
+    ))
+    .await
+    .map_err(io)?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut ack))
+        .await
+        .map_err(|_| "no CONNACK in time".to_string())?
+        .map_err(io)?;
+    if ack[0] != 0x20 || ack[3] != 0 {
+        return Err(format!("refused: {ack:?}"));
+    }
+    s.write_all(&[0xe0, 0x00]).await.map_err(io)?;
+    Ok(())
 }

@@ -3,42 +3,74 @@
 //! plugin stores fixed passwords too).
 //!
 //! It reads a device's MQTT 3.1.1 CONNECT, checks it with
-//! [`muster_domain::auth::authenticate_device`] against the registry as this node last applied it
-//! (so a regenerated key or a disabled device holds for the next connection), and refuses it with
-//! CONNACK 5 (not authorized) or 1 (not 3.1.1). An accepted CONNECT is rewritten to the device's
-//! broker login, user name = device id and password = the fleet-secret-derived password of
-//! `muster device credentials`, and sent to the device's broker (the dispatcher's FNV rule); from
-//! then on the gateway copies bytes both ways and Mosquitto's ACL keeps the device to its topics.
+//! [`muster_domain::auth::authenticate_device`] against the registry as this node last applied it,
+//! and refuses it with CONNACK 5 (not authorized) or 1 (not 3.1.1). An accepted CONNECT keeps
+//! its client id (the device id) and goes to the device's broker (the dispatcher's FNV rule)
+//! under the gateway's own broker login, so a device created a moment ago gets in without a new
+//! line in Mosquitto's password file. Mosquitto lets that one login use the device side of every
+//! device's topics; the gateway keeps each device to its own: it reads every packet the device
+//! sends and closes the connection at the first PUBLISH, SUBSCRIBE or will outside
+//! [`muster_domain::auth::device_may_publish`] / [`device_may_subscribe`], as IoT Hub closes a
+//! connection that uses a topic it does not serve. What the broker sends is copied unread.
+//!
+//! Open sessions follow the registry: the gateway watches the applied events, and when a device
+//! with a session is disabled, deleted or given new keys ([`device_session_holds`] no longer
+//! holds) its connections are closed (the broker then publishes its will).
 //! Over TLS with the REST listener's certificate when `[tls]` has one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use muster_cluster::{now, Cluster};
-use muster_domain::auth::authenticate_device;
-use muster_mqtt::credentials::FleetSecret;
-use muster_mqtt::Endpoint;
+use muster_domain::auth::{
+    authenticate_device, device_may_publish, device_may_subscribe, device_session_holds,
+    DeviceAuthFailure,
+};
+use muster_mqtt::{Endpoint, Secret};
+use muster_types::DeviceId;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
+
+use crate::sessions::{follow, Sessions};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// `[device_gateway]`: where devices connect with SAS tokens (flags `--device-gateway-addr`,
-/// `--device-gateway-secret-file`).
+/// `--device-gateway-password-file`, `--device-gateway-user`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Address to listen on (`HOST:PORT`).
     pub listen: String,
-    /// The fleet secret of `muster device credentials`: the gateway logs each device in to the
-    /// broker with the password derived from it.
-    pub fleet_secret_file: PathBuf,
+    /// The gateway's broker user name (`muster device credentials --gateway-user`).
+    #[serde(default = "default_username")]
+    pub username: String,
+    /// A file holding the gateway's broker password (`muster device credentials
+    /// --gateway-password-file` writes its login).
+    pub password_file: PathBuf,
     /// Device connections held at once; more wait in the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+}
+
+impl GatewayConfig {
+    /// A gateway on `listen` logging in to the broker as `muster-gateway` with the password in
+    /// `password_file`.
+    pub fn new(listen: &str, password_file: &Path) -> GatewayConfig {
+        GatewayConfig {
+            listen: listen.to_string(),
+            username: default_username(),
+            password_file: password_file.to_path_buf(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_username() -> String {
+    muster_mqtt::credentials::DEFAULT_GATEWAY_USER.to_string()
 }
 
 fn default_max_connections() -> usize {
@@ -48,6 +80,9 @@ fn default_max_connections() -> usize {
 /// A CONNECT larger than this is refused (a SAS token is a few hundred bytes; a will message
 /// is the only large part).
 const MAX_CONNECT_BYTES: usize = 64 * 1024;
+/// The largest packet a device may send after its CONNECT: IoT Hub's 256 KB message limit
+/// with room for the topic (muster's method answers are limited to 128 KB).
+const MAX_PACKET_BYTES: usize = 512 * 1024;
 /// How long a device may take to complete TLS and send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,17 +94,28 @@ pub(crate) struct Gateway {
     pub listener: TcpListener,
     pub tls: Option<TlsAcceptor>,
     pub cluster: Cluster,
-    pub secret: FleetSecret,
+    /// The gateway's own broker login (user, password).
+    pub login: (String, Secret),
     pub brokers: Vec<Endpoint>,
     pub max_connections: usize,
 }
 
 impl Gateway {
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let sessions = Arc::new(Sessions::default());
+        tokio::spawn(follow(
+            self.cluster.clone(),
+            sessions.clone(),
+            stop.clone(),
+            |_, cut: oneshot::Sender<()>| {
+                let _ = cut.send(());
+            },
+        ));
         let shared = Arc::new(Shared {
             cluster: self.cluster,
-            secret: self.secret,
+            login: self.login,
             brokers: self.brokers,
+            sessions,
         });
         let slots = Arc::new(Semaphore::new(self.max_connections.max(1)));
         loop {
@@ -120,8 +166,10 @@ impl Gateway {
 
 struct Shared {
     cluster: Cluster,
-    secret: FleetSecret,
+    login: (String, Secret),
     brokers: Vec<Endpoint>,
+    /// Each open session's way to close it.
+    sessions: Arc<Sessions<oneshot::Sender<()>>>,
 }
 
 impl Shared {
@@ -149,26 +197,44 @@ impl Shared {
         };
         let client_id = String::from_utf8_lossy(&connect.client_id).into_owned();
         let now_ms = now().millis();
-        let verdict = self
-            .cluster
-            .reader()
-            .read(|s| authenticate_device(&s.registry, &client_id, &user, &password, now_ms));
-        let id = match verdict {
-            Ok(id) => id,
+        let verdict = self.cluster.reader().read(|s| {
+            authenticate_device(&s.registry, &client_id, &user, &password, now_ms).and_then(|id| {
+                let keys = s.registry.devices.get(&id).and_then(|d| d.keys.clone());
+                keys.map(|k| (id, k)).ok_or(DeviceAuthFailure::NoKeys)
+            })
+        });
+        let (id, keys) = match verdict {
+            Ok(v) => v,
             Err(why) => {
                 refuse(&mut device, NOT_AUTHORIZED).await;
                 return Err(format!("refused {client_id:?}: {why}"));
             }
         };
+        if let Some((topic, _)) = &connect.will {
+            if !std::str::from_utf8(topic).is_ok_and(|t| device_may_publish(id.as_str(), t)) {
+                refuse(&mut device, NOT_AUTHORIZED).await;
+                return Err(format!("refused {id}: a will on another device's topic"));
+            }
+        }
+        let (cut_tx, cut) = oneshot::channel();
+        let _registered = self.sessions.register(&id, keys.clone(), cut_tx);
+        // A change applied between the check and the registration is not missed.
+        if !self
+            .cluster
+            .reader()
+            .read(|s| device_session_holds(&s.registry, &id, &keys))
+        {
+            refuse(&mut device, NOT_AUTHORIZED).await;
+            return Err(format!(
+                "refused {id}: its identity changed while it logged in"
+            ));
+        }
         let n = self.brokers.len();
         let broker = self
             .brokers
             .get(muster_dispatch::protocol::broker_index(id.as_str(), n))
             .ok_or("no broker configured")?;
-        let login = connect.with_login(
-            id.as_str(),
-            self.secret.device_password(id.as_str()).expose(),
-        );
+        let login = connect.with_login(&self.login.0, self.login.1.expose());
         let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
             .await
             .map_err(|e| format!("broker {}: {e}", broker.url))?;
@@ -182,30 +248,160 @@ impl Shared {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("broker {} TLS: {e}", broker.url))?;
-                pipe(device, up, &login).await
+                pipe(device, up, &login, &id, cut).await
             }
-            None => pipe(device, tcp, &login).await,
+            None => pipe(device, tcp, &login, &id, cut).await,
         }
     }
 }
 
-async fn pipe<D, U>(mut device: D, mut up: U, connect: &[u8]) -> Result<(), String>
+/// Sends the rewritten CONNECT, then copies the broker's bytes to the device unread and the
+/// device's packets to the broker one by one, each checked against the device's topics; ends
+/// when either side closes, a packet is refused, or `cut` fires.
+async fn pipe<D, U>(
+    device: D,
+    up: U,
+    connect: &[u8],
+    id: &DeviceId,
+    cut: oneshot::Receiver<()>,
+) -> Result<(), String>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    up.write_all(connect)
+    let (device_read, mut device_write) = tokio::io::split(device);
+    let (mut up_read, mut up_write) = tokio::io::split(up);
+    up_write
+        .write_all(connect)
         .await
         .map_err(|e| format!("broker: {e}"))?;
+    let upward = async {
+        let mut from_device = BufReader::with_capacity(16 * 1024, device_read);
+        let mut packet = Vec::new();
+        loop {
+            if !read_packet(&mut from_device, &mut packet).await? {
+                return Ok(());
+            }
+            check_packet(id.as_str(), &packet)?;
+            up_write
+                .write_all(&packet)
+                .await
+                .map_err(|e| format!("broker: {e}"))?;
+        }
+    };
     // Either side closing ends the session; errors here are the usual disconnects.
-    let _ = tokio::io::copy_bidirectional(&mut device, &mut up).await;
-    Ok(())
+    let downward = tokio::io::copy(&mut up_read, &mut device_write);
+    tokio::select! {
+        r = upward => r,
+        _ = downward => Ok(()),
+        _ = cut => Err(format!("{id}: session closed, the device was disabled, deleted or given new keys")),
+    }
+}
+
+/// Reads one MQTT packet (fixed header and body) into `packet`; `false` at a clean end of
+/// stream before a packet starts.
+async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+    packet: &mut Vec<u8>,
+) -> Result<bool, String> {
+    let io = |e: std::io::Error| e.to_string();
+    packet.clear();
+    let first = match s.read_u8().await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(io(e)),
+    };
+    packet.push(first);
+    let mut len = 0usize;
+    for i in 0..4 {
+        let b = s.read_u8().await.map_err(io)?;
+        packet.push(b);
+        len |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if len > MAX_PACKET_BYTES {
+                return Err(format!("a packet of {len} bytes"));
+            }
+            let start = packet.len();
+            packet.resize(start + len, 0);
+            s.read_exact(&mut packet[start..]).await.map_err(io)?;
+            return Ok(true);
+        }
+    }
+    Err("bad remaining length".into())
+}
+
+/// Where the body of a whole packet starts (after the fixed header).
+fn body(packet: &[u8]) -> &[u8] {
+    let n = packet
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(packet.len(), |i| i + 2);
+    packet.get(n..).unwrap_or_default()
+}
+
+/// Refuses a device's PUBLISH to, or SUBSCRIBE on, a topic that is not its own, and a second
+/// CONNECT; every other packet passes.
+fn check_packet(device: &str, packet: &[u8]) -> Result<(), String> {
+    let kind = packet.first().map_or(0, |b| b >> 4);
+    let mut r = Reader(body(packet));
+    let bad = |what: &str, topic: &[u8]| {
+        Err(format!(
+            "{device}: {what} {:?} is not its own topic; connection closed",
+            String::from_utf8_lossy(topic)
+        ))
+    };
+    match kind {
+        1 => Err(format!("{device}: a second CONNECT")),
+        3 => {
+            let topic = r
+                .field()
+                .map_err(|_| format!("{device}: malformed PUBLISH"))?;
+            match std::str::from_utf8(topic) {
+                Ok(t) if device_may_publish(device, t) => Ok(()),
+                _ => bad("PUBLISH to", topic),
+            }
+        }
+        8 => {
+            let malformed = |_| format!("{device}: malformed SUBSCRIBE");
+            r.byte().map_err(malformed)?;
+            r.byte().map_err(malformed)?;
+            if r.0.is_empty() {
+                return Err(format!("{device}: a SUBSCRIBE without topics"));
+            }
+            while !r.0.is_empty() {
+                let filter = r.field().map_err(malformed)?;
+                r.byte().map_err(malformed)?;
+                match std::str::from_utf8(filter) {
+                    Ok(f) if device_may_subscribe(device, f) => {}
+                    _ => return bad("SUBSCRIBE on", filter),
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(device: &mut S, code: u8) {
     let _ = device.write_all(&[0x20, 0x02, 0x00, code]).await;
     let _ = device.flush().await;
     let _ = device.shutdown().await;
+}
+
+/// A clean-session MQTT 3.1.1 CONNECT of `client_id` with a login and no will (dev mode ends a
+/// device's session on its broker with one).
+pub(crate) fn connect_packet(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    Connect {
+        flags: 0x02,
+        keep_alive: [0, 10],
+        client_id: client_id.as_bytes().to_vec(),
+        will: None,
+        user: None,
+        password: None,
+    }
+    .with_login(user, password)
 }
 
 /// Reads the first packet, which must be a CONNECT, and returns its body (after the fixed
@@ -393,6 +589,70 @@ mod tests {
         let mut reserved = c_bytes();
         reserved[7] |= 1;
         assert!(Connect::parse(&reserved).is_err());
+    }
+
+    fn publish(topic: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&u16::try_from(topic.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(b"payload");
+        let mut p = vec![0x30, u8::try_from(body.len()).unwrap()];
+        p.extend_from_slice(&body);
+        p
+    }
+
+    fn subscribe(filters: &[&str]) -> Vec<u8> {
+        let mut body = vec![0, 7];
+        for f in filters {
+            body.extend_from_slice(&u16::try_from(f.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(f.as_bytes());
+            body.push(1);
+        }
+        let mut p = vec![0x82, u8::try_from(body.len()).unwrap()];
+        p.extend_from_slice(&body);
+        p
+    }
+
+    #[tokio::test]
+    async fn packets_are_read_whole_and_checked_against_the_devices_topics() {
+        let own = publish("devices/d1/methods/res/200/?$rid=1");
+        let mut stream = own.clone();
+        stream.extend_from_slice(&[0xc0, 0x00]); // PINGREQ
+        let mut reader = &stream[..];
+        let mut packet = Vec::new();
+        assert!(read_packet(&mut reader, &mut packet).await.unwrap());
+        assert_eq!(packet, own);
+        assert!(check_packet("d1", &packet).is_ok());
+        assert!(read_packet(&mut reader, &mut packet).await.unwrap());
+        assert!(check_packet("d1", &packet).is_ok());
+        assert!(!read_packet(&mut reader, &mut packet).await.unwrap());
+
+        assert!(check_packet("d1", &publish("devices/d2/presence")).is_err());
+        assert!(check_packet("d1", &publish("devices/d1/methods/POST/x")).is_err());
+        assert!(check_packet("d1", &subscribe(&["devices/d1/methods/POST/#"])).is_ok());
+        assert!(check_packet(
+            "d1",
+            &subscribe(&["devices/d1/methods/POST/#", "devices/+/methods/POST/#"])
+        )
+        .is_err());
+        assert!(check_packet("d1", &subscribe(&["#"])).is_err());
+        assert!(check_packet("d1", &subscribe(&[])).is_err());
+        assert!(check_packet("d1", &c_bytes_packet()).is_err());
+        // Truncated packets are refused, not read past.
+        let p = publish("devices/d1/presence");
+        for cut in 2..p.len() - 7 {
+            let mut short = p[..cut].to_vec();
+            short[1] = u8::try_from(cut - 2).unwrap();
+            assert!(check_packet("d1", &short).is_err(), "{cut}");
+        }
+        let huge = [0x30, 0xff, 0xff, 0xff, 0x7f];
+        assert!(read_packet(&mut &huge[..], &mut packet).await.is_err());
+    }
+
+    fn c_bytes_packet() -> Vec<u8> {
+        let mut p = vec![0x10, u8::try_from(c_bytes().len()).unwrap()];
+        p.extend_from_slice(&c_bytes());
+        p
     }
 
     fn c_bytes() -> Vec<u8> {

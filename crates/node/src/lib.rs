@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod guard;
 mod leader;
 mod retention;
+mod sessions;
 mod ticker;
 pub mod tls;
 
@@ -520,7 +521,12 @@ pub async fn run(
         stop_rx.clone(),
     ));
     if let Some(dev) = &cfg.dev {
-        dev.device_auth.set(dev::device_auth(&cluster));
+        dev.device_auth.set(dev::device_auth(
+            &cluster,
+            dev,
+            cfg.dispatch.brokers.first().map(String::as_str),
+            stop_rx.clone(),
+        ));
     }
     let gateway = match (listeners.gateway, &cfg.device_gateway) {
         (Some(listener), Some(g)) => {
@@ -529,8 +535,14 @@ pub async fn run(
                     "device_gateway needs a broker to forward devices to (--mqtt-url)".into(),
                 ));
             }
-            let secret = muster_mqtt::credentials::FleetSecret::from_file(&g.fleet_secret_file)
-                .map_err(|e| NodeError::Config(format!("device_gateway.fleet_secret_file: {e}")))?;
+            if !muster_mqtt::credentials::valid_user_name(&g.username) {
+                return Err(NodeError::Config(format!(
+                    "device_gateway.username {:?} cannot be a broker user name (no ':', '+', '#', '/' or spaces)",
+                    g.username
+                )));
+            }
+            let password = muster_mqtt::read_secret_file(&g.password_file)
+                .map_err(|e| NodeError::Config(format!("device_gateway.password_file: {e}")))?;
             let brokers = cfg
                 .dispatch
                 .endpoints()
@@ -556,7 +568,7 @@ pub async fn run(
                     listener,
                     tls,
                     cluster: cluster.clone(),
-                    secret,
+                    login: (g.username.clone(), password),
                     brokers,
                     max_connections: g.max_connections,
                 }

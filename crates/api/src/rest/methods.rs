@@ -126,62 +126,58 @@ async fn central_command_history(
     ))
 }
 
-/// Events read from the log per step of a scan.
-const SCAN_CHUNK: u64 = 1024;
+/// The device's events read per step.
+const READ_CHUNK: usize = 1024;
+
+/// A call and its answer (status, payload) once it came.
+type LastCall = (
+    muster_domain::Invocation,
+    Option<(i32, std::sync::Arc<Value>)>,
+);
 
 /// The last invocation of `method` on `device` the log holds, in IoT Central's command shape:
-/// scans back from the newest event for its `MethodInvoked`, then forward for its end.
+/// one forward pass over the device's own events (the store's per-device index, so the cost is
+/// what the device wrote, not the whole log), keeping the latest `MethodInvoked` and how it
+/// ended.
 fn last_run(
     log: &impl EventLog,
     device: &DeviceId,
     method: &str,
 ) -> Result<Option<Value>, muster_cluster::StoreError> {
-    let first = log.first_seq_available().max(1);
-    let mut end = log.last_seq();
-    let mut found = None;
-    while end >= first && found.is_none() {
-        let from = end.saturating_sub(SCAN_CHUNK - 1).max(first);
-        let chunk = log.read_records(from, (end - from + 1) as usize)?;
-        found = chunk.iter().rev().find_map(|r| match &r.event {
-            Event::MethodInvoked { invocation, .. }
-                if invocation.device == *device && invocation.method == method =>
-            {
-                Some((r.seq, invocation.clone()))
-            }
-            _ => None,
-        });
-        if from == first {
-            break;
-        }
-        end = from - 1;
-    }
-    let Some((seq, call)) = found else {
-        return Ok(None);
-    };
-    let mut answer = None;
-    let mut from = seq + 1;
-    'scan: loop {
-        let chunk = log.read_records(from, SCAN_CHUNK as usize)?;
+    let mut found: Option<LastCall> = None;
+    let mut from = log.first_seq_available().max(1);
+    loop {
+        let chunk = log.read_device_records(device, from, READ_CHUNK)?;
         let Some(last) = chunk.last().map(|r| r.seq) else {
             break;
         };
         from = last + 1;
-        for r in &chunk {
-            match &r.event {
+        for r in chunk {
+            match r.event {
+                Event::MethodInvoked { invocation, .. }
+                    if invocation.device == *device && invocation.method == method =>
+                {
+                    found = Some((invocation, None));
+                }
                 Event::MethodResponded {
                     id,
                     status,
                     payload,
                     ..
-                } if *id == call.id => {
-                    answer = Some((*status, payload.clone()));
-                    break 'scan;
+                } => {
+                    if let Some((call, answer)) = &mut found {
+                        if call.id == id {
+                            *answer = Some((status, payload));
+                        }
+                    }
                 }
-                Event::MethodFailed { id, .. } if *id == call.id => break 'scan,
                 _ => {}
             }
         }
     }
+    let Some((call, answer)) = found else {
+        return Ok(None);
+    };
     let req = MethodRequest {
         method: call.method.clone(),
         payload: call.payload.clone(),
@@ -199,4 +195,94 @@ fn last_run(
             v
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use muster_types::{InvocationId, Timestamp};
+
+    /// An in-memory log: seq i+1 holds events[i]; devices' events are found by the trait's
+    /// default scan.
+    struct Log(Vec<Event>);
+
+    impl EventLog for Log {
+        fn last_seq(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn first_seq_available(&self) -> u64 {
+            1
+        }
+        fn read_records(
+            &self,
+            from_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<muster_store::StoredEvent>, muster_cluster::StoreError> {
+            Ok((1..)
+                .zip(self.0.iter().cloned())
+                .filter(|(s, _)| *s >= from_seq)
+                .take(limit)
+                .map(|(seq, event)| muster_store::StoredEvent {
+                    seq,
+                    event,
+                    hash: [0; 32],
+                    principal: muster_domain::Principal::System,
+                })
+                .collect())
+        }
+    }
+
+    fn invoked(id: &str, device: &str, method: &str) -> Event {
+        Event::MethodInvoked {
+            invocation: muster_domain::Invocation {
+                id: InvocationId::new(id).unwrap(),
+                device: DeviceId::new(device).unwrap(),
+                method: method.into(),
+                payload: json!({"call": id}),
+                response_timeout_secs: 30,
+                connect_timeout_secs: 0,
+            },
+            at: Timestamp::from_millis(1),
+        }
+    }
+
+    fn responded(id: &str, device: &str) -> Event {
+        Event::MethodResponded {
+            id: InvocationId::new(id).unwrap(),
+            device: DeviceId::new(device).unwrap(),
+            status: 200,
+            payload: std::sync::Arc::new(json!({"answer": id})),
+            at: Timestamp::from_millis(2),
+        }
+    }
+
+    #[test]
+    fn the_last_run_of_a_command_is_the_latest_call_with_its_own_answer() {
+        let d1 = DeviceId::new("d1").unwrap();
+        // Thousands of other devices' events around them: read through the device's records.
+        let mut events: Vec<Event> = (0..3000)
+            .map(|i| responded("aa", &format!("other{i}")))
+            .collect();
+        events.push(invoked("a1", "d1", "reboot"));
+        events.push(responded("a1", "d1"));
+        events.push(invoked("b1", "d2", "reboot"));
+        events.push(responded("b1", "d2"));
+        let log = Log(events.clone());
+        let run = last_run(&log, &d1, "reboot").unwrap().unwrap();
+        assert_eq!(run["id"], "a1");
+        assert_eq!(run["request"], json!({"call": "a1"}));
+        assert_eq!(run["response"], json!({"answer": "a1"}));
+        assert_eq!(run["responseCode"], 200);
+        assert!(last_run(&log, &d1, "other").unwrap().is_none());
+
+        // A later call still waiting: shown without response, never with the earlier answer.
+        events.push(invoked("a2", "d1", "reboot"));
+        events.push(invoked("a3", "d1", "ping"));
+        let run = last_run(&Log(events), &d1, "reboot").unwrap().unwrap();
+        assert_eq!(run["id"], "a2");
+        assert!(run.get("response").is_none());
+        assert!(run.get("responseCode").is_none());
+    }
 }

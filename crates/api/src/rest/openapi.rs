@@ -128,7 +128,7 @@ const OPS: &[(&str, &str, Op)] = &[
     ("DELETE", "/api/scheduledJobs/{id}", op("Delete a scheduled job (the jobs it created stay)", C, 204, Empty)),
     ("GET", "/api/scheduledJobs/{id}/jobs", op("List the jobs a scheduled job created", C_LIST, 200, Json("CentralPage"))),
     // IoT Central: device groups.
-    ("GET", "/api/deviceGroups", op("List device groups", C_FILTERED, 200, Json("CentralPage"))),
+    ("GET", "/api/deviceGroups", op("List device groups (filter and orderby not under api-version 2022-07-31, whose reference has neither)", C_FILTERED, 200, Json("CentralPage"))),
     ("GET", "/api/deviceGroups/{id}", op("Get a device group", C, 200, Json("Object"))),
     ("PUT", "/api/deviceGroups/{id}", with_body("Create or replace a device group", C_IF, "CentralDeviceGroup", Json("Object"))),
     ("PATCH", "/api/deviceGroups/{id}", with_body("Update a device group", C_IF, "CentralDeviceGroup", Json("Object"))),

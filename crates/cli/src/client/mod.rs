@@ -240,15 +240,18 @@ pub enum DeviceCmd {
         #[arg(long, default_value_t = 500)]
         page_size: u32,
     },
-    /// Write a Mosquitto password file and ACL file for every registered, enabled device, so
-    /// each device can log in (user name = device id, password = base64(HMAC-SHA256(fleet
-    /// secret, device id))) and use only its own topics; the dispatcher gets its own user. Run
-    /// it again after registering devices, then reload Mosquitto (SIGHUP).
+    /// Write a Mosquitto password file and ACL file: logins for the dispatcher and, with
+    /// `--gateway-password-file`, the device gateway (devices that log in with SAS tokens come
+    /// through it, so a new device needs no new line); with `--secret-file`, also one login per
+    /// registered, enabled device (user name = device id, password = base64(HMAC-SHA256(fleet
+    /// secret, device id))), each confined to its own topics. Device logins change when devices
+    /// do: run it again after registering devices, then reload Mosquitto (SIGHUP).
     Credentials {
         /// The fleet secret the device passwords are derived from (at least 16 characters;
-        /// `muster devsim --credentials-secret-file` takes the same file).
+        /// `muster devsim --credentials-secret-file` takes the same file). Without it no device
+        /// logins are written.
         #[arg(long, value_name = "FILE")]
-        secret_file: std::path::PathBuf,
+        secret_file: Option<std::path::PathBuf>,
         /// Where to write the password file (Mosquitto's `password_file`), mode 0600.
         #[arg(long, value_name = "FILE")]
         passwd_out: std::path::PathBuf,
@@ -261,6 +264,13 @@ pub enum DeviceCmd {
         /// A file holding the dispatcher's password (`muster serve --mqtt-password-file`).
         #[arg(long, value_name = "FILE")]
         dispatcher_password_file: std::path::PathBuf,
+        /// The device gateway's user name (`muster serve --device-gateway-user`).
+        #[arg(long, value_name = "NAME", default_value = muster_mqtt::credentials::DEFAULT_GATEWAY_USER)]
+        gateway_user: String,
+        /// A file holding the device gateway's password (`muster serve
+        /// --device-gateway-password-file`); without it the gateway gets no login.
+        #[arg(long, value_name = "FILE")]
+        gateway_password_file: Option<std::path::PathBuf>,
     },
     /// Every job the device is part of, with its outcome in each (IoT Hub's
     /// `SELECT * FROM devices.jobs WHERE devices.jobs.deviceId = '...'`).
@@ -902,19 +912,34 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
             acl_out,
             dispatcher_user,
             dispatcher_password_file,
+            gateway_user,
+            gateway_password_file,
         } => {
-            let secret = FleetSecret::from_file(&secret_file)?;
+            let secret = secret_file
+                .as_deref()
+                .map(FleetSecret::from_file)
+                .transpose()?;
             let dispatcher_password = muster_mqtt::read_secret_file(&dispatcher_password_file)?;
-            let devices = all_devices(&mut client, None, 1000).await?;
-            let (enabled, disabled): (Vec<_>, Vec<_>) =
-                devices.into_iter().partition(|d| d.enabled);
-            let ids: Vec<String> = enabled.into_iter().map(|d| d.device_id).collect();
-            let (passwd, left_out) = credentials::password_file(
-                &secret,
-                &ids,
-                Some((&dispatcher_user, &dispatcher_password)),
-            )?;
-            let acl = credentials::acl_file(&dispatcher_user)?;
+            let gateway_password = gateway_password_file
+                .as_deref()
+                .map(muster_mqtt::read_secret_file)
+                .transpose()?;
+            let (ids, disabled) = if secret.is_some() {
+                let devices = all_devices(&mut client, None, 1000).await?;
+                let (enabled, disabled): (Vec<_>, Vec<_>) =
+                    devices.into_iter().partition(|d| d.enabled);
+                let ids: Vec<String> = enabled.into_iter().map(|d| d.device_id).collect();
+                (ids, disabled)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let mut services = vec![(dispatcher_user.as_str(), &dispatcher_password)];
+            if let Some(pw) = &gateway_password {
+                services.push((gateway_user.as_str(), pw));
+            }
+            let (passwd, left_out) = credentials::password_file(secret.as_ref(), &ids, &services)?;
+            let gateway = gateway_password.as_ref().map(|_| gateway_user.as_str());
+            let acl = credentials::acl_file(&dispatcher_user, gateway)?;
             if !left_out.is_empty() {
                 eprintln!(
                     "warning: {} devices left out, their ids cannot be Mosquitto user names (they hold ':'): {}",
@@ -931,11 +956,13 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
                     "disabledSkipped": disabled.len(),
                     "leftOut": left_out,
                     "dispatcherUser": dispatcher_user,
+                    "gatewayUser": gateway,
                     "passwordFile": passwd_out.display().to_string(),
                     "aclFile": acl_out.display().to_string(),
                 })),
                 Output::Text | Output::Csv => println!(
-                    "wrote logins for {provisioned} devices and the dispatcher ({dispatcher_user}) to {}, and the ACL to {}{}; reload Mosquitto (SIGHUP) to use them",
+                    "wrote logins for {provisioned} devices, the dispatcher ({dispatcher_user}){} to {}, and the ACL to {}{}; reload Mosquitto (SIGHUP) to use them",
+                    gateway.map(|g| format!(" and the device gateway ({g})")).unwrap_or_default(),
                     passwd_out.display(),
                     acl_out.display(),
                     if disabled.is_empty() {

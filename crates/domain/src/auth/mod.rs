@@ -6,6 +6,7 @@
 //! * [`credentials`](Auth): policies and API tokens as the state holds them.
 //! * [`sas`](authenticate): verifying an `Authorization` value; signing one.
 //! * [`device`](authenticate_device): a device's MQTT login with its SAS token.
+//! * [`topics`](device_may_publish): the topics a device may use; whether its session stands.
 //! * `rules`: `decide`/`evolve` for the credentials commands.
 
 mod credentials;
@@ -14,6 +15,7 @@ mod grants;
 mod principal;
 pub(crate) mod rules;
 mod sas;
+mod topics;
 
 pub use credentials::{
     check_credential_name, default_policies, AccessPolicy, ApiToken, Auth, Secret, REDACTED,
@@ -26,4 +28,7 @@ pub use principal::{Principal, PrincipalError};
 pub use sas::{
     api_token_string, authenticate, hash_secret, pct_decode, pct_encode, sign, AuthFailure,
     Authenticated, ConnectionString, MAX_TOKEN_BYTES,
+};
+pub use topics::{
+    device_may_publish, device_may_subscribe, device_session_holds, DEVICE_RECEIVES, DEVICE_SENDS,
 };

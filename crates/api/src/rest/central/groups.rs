@@ -36,10 +36,22 @@ pub(super) fn routes() -> Routes {
         .delete("/api/deviceGroups/{id}", Need(GroupsWrite), delete_group)
 }
 
-/// `GET /api/deviceGroups`, with `filter` (on `id` and `displayName`), `orderby=displayName`,
-/// `top` and `maxpagesize`, paged like the device list.
+/// `GET /api/deviceGroups`, paged like the device list (`maxpagesize`, `top`). IoT Central's
+/// 2022-07-31 reference ("Device Groups - List") takes no other option; its 2022-10-31-preview
+/// adds `filter` (here on `id` and `displayName`) and `orderby` (`displayName`), which muster
+/// takes under every other api-version it serves and refuses under 2022-07-31 rather than
+/// answering a list the caller's own API version would not filter.
 async fn list_groups(State(app): State<App>, list: ListRequest) -> Result<Response, ApiError> {
-    version(&list.q)?;
+    if version(&list.q)? == "2022-07-31" {
+        for option in ["filter", "orderby"] {
+            if list.q.get(option).is_some_and(|s| !s.is_empty()) {
+                return Err(ApiError::bad_request(
+                    option,
+                    format!("IoT Central's 2022-07-31 reference defines no {option} for GET /api/deviceGroups; its 2022-10-31-preview does: send api-version=2022-10-31-preview, or leave {option} out and page with maxpagesize"),
+                ));
+            }
+        }
+    }
     let filter = central_filter::parse_filter(list.q.get("filter").unwrap_or_default())?;
     if let Some(field) = filter.as_ref().and_then(|f| f.device_only_field()) {
         return Err(ApiError::bad_request(
