@@ -202,7 +202,7 @@ async fn canary_then_failing_gate_pause_and_continue_resumes() {
         other => panic!("expected a failed gate, got {other:?}"),
     }
     assert!(
-        paused.status_reason.contains("paused after batch 1"),
+        paused.status_reason.contains("paused after batch 2"),
         "{paused:?}"
     );
     let devices = devices_of(&mut jobs, "canary").await;

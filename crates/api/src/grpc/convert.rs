@@ -108,7 +108,8 @@ fn status_reason(j: &Job) -> String {
             _,
         ) => {
             let scope = match batch {
-                Some(b) => format!(" in batch {b}"),
+                // Counted from 1, as the console and `muster audit` show batches.
+                Some(b) => format!(" in batch {}", b + 1),
                 None => String::new(),
             };
             format!(
@@ -118,7 +119,8 @@ fn status_reason(j: &Job) -> String {
         (JobStatus::Cancelled, Some(r), _) => format!("cancelled: {}", r.describe()),
         (JobStatus::Paused, _, _) => match &j.paused {
             Some((b, r)) => format!(
-                "paused after batch {b}: {}; continue it to start the next batch",
+                "paused after batch {}: {}; continue it to start the next batch",
+                b + 1,
                 r.describe()
             ),
             None => "paused".into(),
