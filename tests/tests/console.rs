@@ -2,8 +2,10 @@
 //! with the token `muster serve --dev` prints, save a device group and create a job through the
 //! console's forms, watch the job's progress bar reach 100% without reloading the page (server-
 //! sent events), see a failed device's reason, check the console's counts against `muster job
-//! watch`, then stop and resume a slow, rate-limited job with the page's buttons. Screenshots go
-//! to `target/test-artifacts/console/`.
+//! watch`, then stop and resume a slow, rate-limited job with the page's buttons, continue a job
+//! its gate paused, see a job waiting for its maintenance window, and find scheduled jobs and
+//! their occurrences' jobs in the Schedules view. Screenshots go to
+//! `target/test-artifacts/console/`.
 //!
 //! Without chromium and chromedriver the test says so and passes, except under `CI`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
