@@ -34,6 +34,8 @@ use schedule::{Fault, Step};
 /// refuses writes (`--min-free-disk-mib`).
 const DISK_MIB: u64 = 512;
 const DISK_RESERVE_MIB: u64 = 32;
+/// `errno` for a full file system.
+const ENOSPC: i32 = 28;
 const MQTT_PORT: u16 = 1883;
 const PEER_PORT: u16 = 7000;
 const HTTP_PORT: u16 = 8080;
@@ -128,8 +130,12 @@ impl Tmpfs {
         let chunk = vec![0u8; 1 << 20];
         let mut written = 0u64;
         while leave > 0 && written + chunk.len() as u64 <= target {
-            f.write_all(&chunk)?;
-            written += chunk.len() as u64;
+            // The node writes meanwhile, so the file system may fill before the target.
+            match f.write_all(&chunk) {
+                Ok(()) => written += chunk.len() as u64,
+                Err(e) if e.raw_os_error() == Some(ENOSPC) => break,
+                Err(e) => return Err(e.into()),
+            }
         }
         if leave == 0 {
             // To the last byte: big writes, then small ones, until ENOSPC.
