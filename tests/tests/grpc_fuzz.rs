@@ -11,11 +11,11 @@
 use std::time::Duration;
 
 use muster_tests::{data_dir, Server};
-use prost::bytes::{Buf, BufMut};
-use prost::encoding::{skip_field, DecodeContext, WireType};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use prost::bytes::{Buf, BufMut};
+use prost::encoding::{skip_field, DecodeContext, WireType};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Code;
 
@@ -106,8 +106,14 @@ fn encode(fields: &[(u32, Field)], out: &mut Vec<u8>) {
 
 fn leaf() -> impl Strategy<Value = Field> {
     prop_oneof![
-        prop_oneof![Just(0u64), Just(1), Just(u64::MAX), Just(1 << 63), any::<u64>()]
-            .prop_map(Field::Varint),
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(u64::MAX),
+            Just(1 << 63),
+            any::<u64>()
+        ]
+        .prop_map(Field::Varint),
         prop_oneof![
             "[a-z0-9-]{0,12}",
             Just("..".to_string()),
@@ -140,7 +146,7 @@ async fn arbitrary_request_bytes_get_an_answer_in_the_error_contract() {
     let cases: u32 = std::env::var("MUSTER_FUZZ_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(48);
     let dir = data_dir().unwrap();
     let server = Server::start(dir.path()).unwrap();
     server.wait_ready().await.unwrap();
@@ -167,11 +173,7 @@ async fn arbitrary_request_bytes_get_an_answer_in_the_error_contract() {
             let codec = tonic_prost::ProstCodec::<Raw, Raw>::default();
             // Server streaming for every method: a unary answer is a stream of one; only the
             // answer's status matters, so a stream is dropped once it opened.
-            let call = grpc.server_streaming(
-                request,
-                PathAndQuery::from_static(path),
-                codec,
-            );
+            let call = grpc.server_streaming(request, PathAndQuery::from_static(path), codec);
             let answer = tokio::time::timeout(Duration::from_secs(30), call)
                 .await
                 .unwrap_or_else(|_| panic!("{path} did not answer {bytes:?}"));

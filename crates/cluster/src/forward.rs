@@ -188,4 +188,3 @@ fn never_sent(status: &tonic::Status) -> bool {
     }
     text.contains("connect") || text.contains("refused")
 }
-

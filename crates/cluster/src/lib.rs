@@ -34,9 +34,9 @@ mod admin;
 mod backfill;
 mod forward;
 mod server;
+pub mod trace;
 mod transport;
 mod wire;
-pub mod trace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,11 +52,11 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 pub use admin::{ClusterStatus, MemberStatus, Role};
+use forward::{Forward, Forwarded};
 pub use muster_store::{
     AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
     StateReader, StateUpdate, Store, StoreError, TypeConfig,
 };
-use forward::{Forward, Forwarded};
 pub use server::PeerService;
 pub use transport::Network;
 

@@ -75,9 +75,7 @@ fn append_request(bytes: RaftBytes) -> Result<AppendEntriesRequest<TypeConfig>, 
 }
 
 /// An InstallSnapshot as a peer sends it: the JSON request, the chunk in `data`.
-fn snapshot_request(
-    bytes: RaftBytes,
-) -> Result<InstallSnapshotRequest<TypeConfig>, tonic::Status> {
+fn snapshot_request(bytes: RaftBytes) -> Result<InstallSnapshotRequest<TypeConfig>, tonic::Status> {
     let mut rpc: InstallSnapshotRequest<TypeConfig> = decode_json(&bytes.json)?;
     if rpc.data.is_empty() {
         rpc.data = bytes.data;
@@ -205,7 +203,6 @@ impl RaftService for PeerService {
     }
 }
 
-
 /// Fuzz targets (issue 18) for what the peer server decodes from the network, through the
 /// handlers' own decode functions: arbitrary and damaged bytes give a message or
 /// `INVALID_ARGUMENT`, never a panic. Bounded for CI; a longer run is
@@ -267,7 +264,11 @@ mod fuzz {
     fn refused<T>(r: Result<T, tonic::Status>) -> Result<(), TestCaseError> {
         if let Err(s) = r {
             prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
-            prop_assert!(s.message().starts_with("undecodable raft message"), "{}", s.message());
+            prop_assert!(
+                s.message().starts_with("undecodable raft message"),
+                "{}",
+                s.message()
+            );
         }
         Ok(())
     }

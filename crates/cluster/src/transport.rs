@@ -62,7 +62,10 @@ impl Dialer {
     }
 
     /// A lazily connecting gRPC client for the peer at `addr` (`host:port`).
-    pub(crate) fn connect(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    pub(crate) fn connect(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)

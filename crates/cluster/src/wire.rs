@@ -45,7 +45,10 @@ impl BinaryAppend {
     }
 
     /// The whole request, with the entries decoded from `data`.
-    pub(crate) fn into_request(self, data: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    pub(crate) fn into_request(
+        self,
+        data: &[u8],
+    ) -> Result<AppendEntriesRequest<TypeConfig>, String> {
         let mut rpc = self.append;
         if !rpc.entries.is_empty() {
             return Err("entries both in the header and in the data".into());
