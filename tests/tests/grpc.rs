@@ -467,6 +467,26 @@ async fn job_service_rpcs_and_their_errors() {
         Code::InvalidArgument,
         "page_token",
     );
+    // A position is not a token: only what next_page_token gave back is.
+    expect_code(
+        jobs.list_job_devices(pb::ListJobDevicesRequest {
+            job_id: "job-1".into(),
+            page_token: "1".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "restart the listing",
+    );
+    expect_code(
+        jobs.list_jobs(pb::ListJobsRequest {
+            page_token: "job-1".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "restart the listing",
+    );
     expect_code(
         jobs.list_job_devices(pb::ListJobDevicesRequest {
             job_id: "nope".into(),

@@ -348,6 +348,15 @@ async fn invalid_ids_in_the_path_are_named() {
         )
         .await;
     assert!(e.message.starts_with("continuationToken:"), "{e:?}");
+    // Nor is a well-formed id (what a page ended at, but not a token): restart the listing.
+    for url in [
+        format!("/jobs/v2/query?{HUB}&continuationToken=job-1"),
+        format!("/api/jobs?{CENTRAL}&$skiptoken=job-1"),
+        format!("/api/devices?{CENTRAL}&$skiptoken=d-1"),
+    ] {
+        let e = api.err(api.c.get(api.url(&url)), 400).await;
+        assert!(e.message.contains("restart the listing"), "{url}: {e:?}");
+    }
     let e = api
         .err(
             api.c

@@ -216,7 +216,36 @@ async fn a_recurring_schedule_creates_each_occurrence_once_across_a_crash() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.jobs.len(), 2);
-    assert_eq!(listed.next_page_token, "nightly-2");
+    assert!(!listed.next_page_token.is_empty());
+    let rest = schedules
+        .list_schedule_jobs(pb::ListScheduleJobsRequest {
+            id: "nightly".into(),
+            page_size: 2,
+            page_token: listed.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids = |jobs: &[pb::Job]| jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>();
+    assert!(ids(&rest.jobs)
+        .iter()
+        .all(|id| !ids(&listed.jobs).contains(id)));
+    // A job id is a position, not a token this API issued.
+    let forged = schedules
+        .list_schedule_jobs(pb::ListScheduleJobsRequest {
+            id: "nightly".into(),
+            page_size: 2,
+            page_token: "nightly-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument);
+    assert!(
+        forged.message().contains("restart the listing"),
+        "{forged:?}"
+    );
 }
 
 /// The routes' answers for what a caller gets wrong, and the list's paging: no MQTT needed.

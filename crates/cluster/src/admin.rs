@@ -15,7 +15,7 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::network::Forward;
+use crate::forward::Forward;
 use crate::{Cluster, ClusterError, MusterNode, TypeConfig};
 
 /// How long status waits for each other member's report.

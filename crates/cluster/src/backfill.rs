@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use muster_store::{BackfillNeed, BackfillStep};
 
-use crate::network::HISTORY_MAX;
+use crate::wire::HISTORY_MAX;
 use crate::Cluster;
 
 /// How long to wait before looking again when there is nothing to do or nobody could help.

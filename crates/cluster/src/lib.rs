@@ -11,8 +11,12 @@
 //! are (fast, possibly stale on a follower) or after [`Cluster::linearizable`] has confirmed this
 //! node is still the leader and its state machine has caught up with the commit index.
 //!
-//! The network between nodes is [`network`]: gRPC on each node's peer address. For the
-//! single-member cluster it is never called.
+//! The network between nodes is gRPC on each node's peer address, in modules that depend one
+//! way (as openraft's examples split client transport, server handlers and management):
+//! [`wire`] (the messages), [`transport`] (the Raft client and the dialer), [`forward`] (the
+//! forwarder of writes, reads, administration and history, over that dialer), [`admin`]
+//! (membership and status, through the forwarder) and [`server`] (the peer server's handlers,
+//! which call the Raft and [`admin`]). For the single-member cluster it is never called.
 //!
 //! A multi-member cluster is bootstrapped from [`ClusterConfig::peers`], the peer addresses of all
 //! initial members (the same list on every node): a new node then does not initialise a cluster
@@ -28,8 +32,11 @@
 
 mod admin;
 mod backfill;
-mod network;
+mod forward;
+mod server;
 pub mod trace;
+mod transport;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,12 +52,13 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 pub use admin::{ClusterStatus, MemberStatus, Role};
+use forward::{Forward, Forwarded};
 pub use muster_store::{
     AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
     StateReader, StateUpdate, Store, StoreError, TypeConfig,
 };
-use network::{Forward, Forwarded};
-pub use network::{Network, PeerService};
+pub use server::PeerService;
+pub use transport::Network;
 
 /// The openraft instance with muster's types.
 pub type MusterRaft = Raft<TypeConfig>;
@@ -180,7 +188,7 @@ pub struct Cluster {
     id: u64,
     raft: MusterRaft,
     reader: StateReader,
-    forwarder: network::Forwarder,
+    forwarder: forward::Forwarder,
     /// A leader that has not heard from a majority for this long refuses writes at once: it
     /// cannot commit them.
     quorum_lost_after: Duration,
@@ -229,7 +237,7 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Unavailable(format!("invalid raft settings: {e}")))?;
-        let dialer = network::Dialer::new(cfg.peer_tls.as_ref());
+        let dialer = transport::Dialer::new(cfg.peer_tls.as_ref());
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(config),
@@ -277,7 +285,7 @@ impl Cluster {
             id: cfg.node_id,
             raft,
             reader,
-            forwarder: network::Forwarder::new(dialer),
+            forwarder: forward::Forwarder::new(dialer),
             quorum_lost_after: (cfg.election_max * 3).max(Duration::from_millis(1500)),
             metrics: cfg.metrics.clone(),
             data_dir: Arc::new(cfg.data_dir.clone()),

@@ -16,6 +16,7 @@ pub mod event;
 mod evolve;
 pub mod invocation;
 pub mod job;
+pub mod page_token;
 pub mod push;
 pub mod query;
 pub mod registry;

@@ -54,6 +54,9 @@ pub const INSTALL_TREES_LOADED: &str = "install.trees-loaded";
 /// older than it are not yet deleted.
 pub const INSTALL_META_WRITTEN: &str = "install.meta-written";
 
+/// The device indexer wrote its entries; the watermark that covers them is not written yet.
+pub const INDEX_ENTRIES_WRITTEN: &str = "device-index.entries-written";
+
 /// Installs the process's hook; the first call wins (returns `false` after that).
 pub fn set(hook: Hook) -> bool {
     HOOK.set(hook).is_ok()

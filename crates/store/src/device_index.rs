@@ -102,6 +102,17 @@ impl DeviceIndex {
         Ok(())
     }
 
+    /// Forgets what the indexer holds in memory; the indexer starts again after `last_seq`. On
+    /// the snapshot-installed message: the install already emptied the tree (under the state's
+    /// lock), and a back-fill may have written entries since, which clearing again would lose.
+    fn forget(&self, last_seq: u64) {
+        *self.pending() = Pending {
+            indexed: last_seq,
+            seen: last_seq,
+            ..Pending::default()
+        };
+    }
+
     /// Writes entries for records below the watermark's range (a back-fill), `seqs[i]` naming
     /// the device of the record at that seq.
     pub(crate) fn write_below<'e>(
@@ -220,7 +231,7 @@ impl DeviceIndex {
         p.events >= FLUSH_EVENTS || p.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
     }
 
-    /// Writes what is pending, with the watermark, in one batch.
+    /// Writes what is pending, then the watermark.
     fn flush(&self) -> Result<(), StoreError> {
         let (seqs, seen) = {
             let mut p = self.pending();
@@ -236,7 +247,10 @@ impl DeviceIndex {
         let written = seqs
             .iter()
             .try_for_each(|(device, seqs)| put_entry(&self.tree, device, seqs))
-            .and_then(|()| self.tree.insert(WATERMARK, &u64_key(seen)).map(drop));
+            .and_then(|()| {
+                crate::crashpoint::hit(crate::crashpoint::INDEX_ENTRIES_WRITTEN, &self.tree);
+                self.tree.insert(WATERMARK, &u64_key(seen)).map(drop)
+            });
         let mut p = self.pending();
         match written {
             Ok(()) => {
@@ -408,7 +422,10 @@ fn follow(shared: &Shared, update: &StateUpdate) -> Result<(), StoreError> {
             }
             Ok(())
         }
-        StateUpdate::SnapshotInstalled { last_seq } => index.reset(*last_seq),
+        StateUpdate::SnapshotInstalled { last_seq } => {
+            index.forget(*last_seq);
+            Ok(())
+        }
     }
 }
 
@@ -472,6 +489,35 @@ mod tests {
             prop_assert_eq!(key_seq(&k).unwrap(), first);
             prop_assert_eq!(decode_entry(first, &v).unwrap(), seqs);
         }
+    }
+
+    /// The install empties the tree, a back-fill writes entries below the new watermark, then
+    /// the indexer reads the install's message: the back-filled entries stay.
+    #[test]
+    fn the_snapshot_installed_message_keeps_entries_a_back_fill_wrote() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = DeviceIndex::open(db.open_tree("devices").unwrap()).unwrap();
+        index.add(1, [Some("old"), None]);
+        index.reset(10).unwrap();
+        index
+            .write_below([(3, "dev"), (5, "other"), (7, "dev")])
+            .unwrap();
+        index.forget(10);
+
+        let entries: Vec<(u64, Vec<u64>)> = index
+            .tree
+            .range(id_key("dev", 0)..=id_key("dev", u64::MAX))
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                let first = key_seq(&k).unwrap();
+                (first, decode_entry(first, &v).unwrap())
+            })
+            .collect();
+        assert_eq!(entries, vec![(3, vec![3, 7])]);
+        assert!(index.tree.contains_key(id_key("other", 5)).unwrap());
+        assert_eq!(read_watermark(&index.tree).unwrap(), 10);
+        let p = index.pending();
+        assert_eq!((p.indexed, p.seen, p.seqs.len()), (10, 10, 0));
     }
 
     #[test]

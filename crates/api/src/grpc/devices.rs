@@ -9,9 +9,14 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::{
-    after, caller, cluster_status, id_token, page_size, parse_id, parse_json, read_barrier,
-    take_page,
+    after, caller, cluster_status, id_token, next_token, page_size, parse_id, parse_json,
+    read_barrier, take_page,
 };
+
+/// What the lists' page tokens are sealed for ([`muster_domain::page_token`]).
+const LIST_DEVICES: &str = "grpc DeviceService.ListDevices";
+const QUERY_DEVICES: &str = "grpc DeviceService.QueryDevices";
+const LIST_GROUPS: &str = "grpc GroupService.ListGroups";
 
 /// The device service over a cluster handle.
 #[derive(Debug, Clone)]
@@ -135,7 +140,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<DeviceId> = id_token(&req.page_token)?;
+        let token: Option<DeviceId> = id_token(LIST_DEVICES, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (devices, more) = self.cluster.reader().read(|s| {
@@ -144,10 +149,11 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                 page.into_iter().map(|(_, d)| convert::device(d)).collect();
             (devices, more)
         });
-        let next_page_token = match (more, devices.last()) {
-            (true, Some(last)) => last.device_id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = next_token(
+            LIST_DEVICES,
+            more,
+            devices.last().map(|d| d.device_id.as_str()),
+        );
         Ok(Response::new(pb::ListDevicesResponse {
             devices,
             next_page_token,
@@ -161,7 +167,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let req = request.into_inner();
         let query = Query::parse(&req.query)
             .map_err(|e| Status::invalid_argument(format!("query: {e}")))?;
-        let token: Option<DeviceId> = id_token(&req.page_token)?;
+        let token: Option<DeviceId> = id_token(QUERY_DEVICES, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (device_ids, devices, more) = self.cluster.reader().read(|s| {
@@ -180,10 +186,8 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             };
             (ids, devices, more)
         });
-        let next_page_token = match (more, device_ids.last()) {
-            (true, Some(last)) => last.clone(),
-            _ => String::new(),
-        };
+        let next_page_token =
+            next_token(QUERY_DEVICES, more, device_ids.last().map(String::as_str));
         Ok(Response::new(pb::QueryDevicesResponse {
             device_ids,
             devices,
@@ -534,7 +538,7 @@ impl pb::group_service_server::GroupService for GroupApi {
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<GroupId> = id_token(&req.page_token)?;
+        let token: Option<GroupId> = id_token(LIST_GROUPS, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (groups, more) = self.cluster.reader().read(|s| {
@@ -542,10 +546,11 @@ impl pb::group_service_server::GroupService for GroupApi {
             let groups: Vec<pb::Group> = page.into_iter().map(|(_, g)| convert::group(g)).collect();
             (groups, more)
         });
-        let next_page_token = match (more, groups.last()) {
-            (true, Some(last)) => last.group_id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = next_token(
+            LIST_GROUPS,
+            more,
+            groups.last().map(|g| g.group_id.as_str()),
+        );
         Ok(Response::new(pb::ListGroupsResponse {
             groups,
             next_page_token,

@@ -11,10 +11,15 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Detail};
 use super::{
-    after, bad_token, caller, cluster_status, id_token, page_size, parse_id, read_barrier,
-    take_page,
+    after, bad_token, caller, cluster_status, id_token, next_token, page_size, parse_id,
+    read_barrier, take_page,
 };
 use crate::watch::{self, WatchEnd};
+
+/// What `ListJobs` page tokens are sealed for ([`muster_domain::page_token`]).
+const LIST_JOBS: &str = "grpc JobService.ListJobs";
+/// What `ListJobDevices` page tokens (a position in the run's device list) are sealed for.
+const LIST_JOB_DEVICES: &str = "grpc JobService.ListJobDevices";
 
 /// Default response timeout of a method call whose request left it at 0: IoT Hub's default.
 const DEFAULT_RESPONSE_TIMEOUT_SECS: u32 = 30;
@@ -128,7 +133,7 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<JobId> = id_token(&req.page_token)?;
+        let token: Option<JobId> = id_token(LIST_JOBS, &req.page_token)?;
         let types = req
             .types
             .iter()
@@ -155,10 +160,7 @@ impl pb::job_service_server::JobService for JobApi {
                 .collect();
             (jobs, more)
         });
-        let next_page_token = match (more, jobs.last()) {
-            (true, Some(last)) => last.job_id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = next_token(LIST_JOBS, more, jobs.last().map(|j| j.job_id.as_str()));
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,
@@ -261,11 +263,8 @@ impl pb::job_service_server::JobService for JobApi {
         let status = convert::device_status_filter("status", req.status)?;
         // A position in the run's device list: devices are only ever appended to a run, so a
         // position stays valid between pages.
-        let start: usize = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token.parse().map_err(|_| bad_token())?
-        };
+        let start: usize = id_token::<String>(LIST_JOB_DEVICES, &req.page_token)?
+            .map_or(Ok(0), |position| position.parse().map_err(|_| bad_token()))?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (devices, next) = self.cluster.reader().read_cold(|s, cold| {
@@ -308,10 +307,11 @@ impl pb::job_service_server::JobService for JobApi {
                 tracing::error!(error = %e, "reading a finished run's devices");
                 Status::internal("could not read the run's devices; see the node's log")
             })?;
-            let next = match (more, last) {
-                (true, Some(pos)) => (pos as usize + 1).to_string(),
-                _ => String::new(),
-            };
+            let next = next_token(
+                LIST_JOB_DEVICES,
+                more,
+                last.map(|pos| (pos as usize + 1).to_string()).as_deref(),
+            );
             Ok::<_, Status>((devices, next))
         })?;
         Ok(Response::new(pb::ListJobDevicesResponse {

@@ -23,7 +23,7 @@ mod schedules;
 use std::ops::Bound;
 
 use muster_cluster::{Cluster, ClusterError, ErrorKind};
-use muster_domain::Principal;
+use muster_domain::{page_token, Principal};
 use tonic::Status;
 
 pub use auth::AuthApi;
@@ -247,23 +247,31 @@ pub(crate) fn after<T>(token: Option<T>) -> (Bound<T>, Bound<T>) {
     }
 }
 
-/// Parses a page token that holds the last id of the previous page; empty is the first page.
-pub(crate) fn id_token<T>(token: &str) -> Result<Option<T>, Status>
+/// Reads a page token of `list` ([`muster_domain::page_token`]) holding the last id of the
+/// previous page; empty is the first page.
+pub(crate) fn id_token<T>(list: &str, token: &str) -> Result<Option<T>, Status>
 where
     T: TryFrom<String>,
 {
     if token.is_empty() {
         return Ok(None);
     }
-    T::try_from(token.to_string())
+    page_token::open(list, token)
+        .and_then(|position| T::try_from(position).ok())
         .map(Some)
-        .map_err(|_| bad_token())
+        .ok_or_else(bad_token)
+}
+
+/// The `next_page_token` of a page of `list` that ended at `last`: empty unless `more`.
+pub(crate) fn next_token(list: &str, more: bool, last: Option<&str>) -> String {
+    match (more, last) {
+        (true, Some(last)) => page_token::seal(list, last),
+        _ => String::new(),
+    }
 }
 
 pub(crate) fn bad_token() -> Status {
-    Status::invalid_argument(
-        "page_token: not a token this API returned; pass next_page_token back unchanged, or leave it empty for the first page",
-    )
+    Status::invalid_argument(format!("page_token: {}", page_token::NOT_ISSUED))
 }
 
 /// A validated id from a request field, or INVALID_ARGUMENT naming the field.

@@ -11,8 +11,13 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, Detail};
 use super::jobs::spec_from_request;
 use super::{
-    after, caller, cluster_status, id_token, page_size, parse_id, read_barrier, take_page,
+    after, caller, cluster_status, id_token, next_token, page_size, parse_id, read_barrier,
+    take_page,
 };
+
+/// What the lists' page tokens are sealed for ([`muster_domain::page_token`]).
+const LIST_SCHEDULES: &str = "grpc ScheduleService.ListSchedules";
+const LIST_SCHEDULE_JOBS: &str = "grpc ScheduleService.ListScheduleJobs";
 
 /// The schedule service over a cluster handle.
 #[derive(Debug, Clone)]
@@ -160,7 +165,7 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
         request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<ScheduledJobId> = id_token(&req.page_token)?;
+        let token: Option<ScheduledJobId> = id_token(LIST_SCHEDULES, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (schedules, more) = self.cluster.reader().read(|s| {
@@ -170,10 +175,11 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
                 more,
             )
         });
-        let next_page_token = match (more, schedules.last()) {
-            (true, Some(last)) => last.id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = next_token(
+            LIST_SCHEDULES,
+            more,
+            schedules.last().map(|j| j.id.as_str()),
+        );
         Ok(Response::new(pb::ListSchedulesResponse {
             schedules,
             next_page_token,
@@ -186,7 +192,7 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
         let id: ScheduledJobId = parse_id("id", &req.id)?;
-        let token: Option<JobId> = id_token(&req.page_token)?;
+        let token: Option<JobId> = id_token(LIST_SCHEDULE_JOBS, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (jobs, more) = self.cluster.reader().read(|s| {
@@ -207,10 +213,11 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
                 .collect();
             Ok::<_, Status>((jobs, more))
         })?;
-        let next_page_token = match (more, jobs.last()) {
-            (true, Some(last)) => last.job_id.clone(),
-            _ => String::new(),
-        };
+        let next_page_token = next_token(
+            LIST_SCHEDULE_JOBS,
+            more,
+            jobs.last().map(|j| j.job_id.as_str()),
+        );
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,

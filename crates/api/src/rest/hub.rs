@@ -32,7 +32,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use muster_cluster::now;
 use muster_domain::auth::Permission;
-use muster_domain::{Command, Device, DeviceKeys, IdentityCondition, Job};
+use muster_domain::{page_token, Command, Device, DeviceKeys, IdentityCondition, Job};
 use muster_types::{DeviceId, JobId};
 use serde_json::{json, Value};
 
@@ -219,6 +219,9 @@ async fn cancel_job(
         .ok_or_else(|| job_not_found(&id))
 }
 
+/// What the job query's continuation tokens are sealed for ([`muster_domain::page_token`]).
+const HUB_JOBS_LIST: &str = "hub GET /jobs/v2/query";
+
 /// `GET /jobs/v2/query?jobType=&jobStatus=&pageSize=&continuationToken=`: see the module docs.
 async fn query_jobs(
     State(app): State<App>,
@@ -237,7 +240,9 @@ async fn query_jobs(
         .get("continuationToken")
         .filter(|s| !s.is_empty())
         .or_else(|| header_str(&headers, &CONTINUATION));
-    let after = token(raw_token, "continuationToken", |s: &str| JobId::new(s))?;
+    let after = token(raw_token, "continuationToken", HUB_JOBS_LIST, |s: &str| {
+        JobId::new(s)
+    })?;
     let (items, next) = app
         .read(|s| {
             page(&s.jobs, after.as_ref(), size, |_, j| {
@@ -245,6 +250,7 @@ async fn query_jobs(
             })
         })
         .await?;
+    let next = next.map(|position| page_token::seal(HUB_JOBS_LIST, &position));
     let mut result = serde_json::Map::new();
     result.insert("type".into(), Value::String("jobResponse".into()));
     result.insert("items".into(), Value::Array(items));
@@ -253,7 +259,7 @@ async fn query_jobs(
     }
     let mut resp = ok_json(Value::Object(result));
     if let Some(next) = next {
-        // Job ids are printable ASCII, so a token is always a valid header value.
+        // A page token is URL-safe base64, always a valid header value.
         match HeaderValue::from_str(&next) {
             Ok(v) => {
                 resp.headers_mut().insert(CONTINUATION, v);

@@ -42,7 +42,7 @@ use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, Json, Router};
 use muster_cluster::Cluster;
-use muster_domain::{Command, State as DomainState};
+use muster_domain::{page_token, Command, State as DomainState};
 use serde_json::{json, Value};
 
 use crate::access::{Access, Gate};
@@ -306,21 +306,20 @@ fn page_rows<T>(
     Ok((items, last.filter(|_| more).map(|d| d.to_string())))
 }
 
-/// Reads a page token: the id the previous page ended with. `parse` is the id type's
-/// constructor; a token that is not one is a 400 naming `param`.
+/// Reads a page token of `list` ([`muster_domain::page_token`]): the key the previous page
+/// ended with, which `parse` reads. A token not issued for `list` is a 400 naming `param`.
 fn token<K, E>(
     value: Option<&str>,
     param: &str,
+    list: &str,
     parse: impl Fn(&str) -> Result<K, E>,
 ) -> Result<Option<K>, ApiError> {
     match value.filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => parse(s).map(Some).map_err(|_| {
-            ApiError::bad_request(
-                param,
-                "is not a page token this service issued; use the one from the previous page, or leave it out to start from the first page",
-            )
-        }),
+        Some(s) => page_token::open(list, s)
+            .and_then(|position| parse(&position).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(param, page_token::NOT_ISSUED)),
     }
 }
 

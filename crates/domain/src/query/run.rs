@@ -11,8 +11,6 @@
 
 use std::ops::Bound;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use muster_types::{DeviceId, JobId, Timestamp};
 use serde_json::{Map, Value};
 
@@ -21,6 +19,7 @@ use super::QueryError;
 use crate::cold::RunRows;
 use crate::error::DomainError;
 use crate::job::{DeviceRun, DeviceStatus, FailureReason, Job, JobStatus, Run};
+use crate::page_token;
 use crate::registry::Device;
 use crate::State;
 
@@ -40,6 +39,9 @@ pub struct Page<'a> {
     pub next: Option<Cursor>,
 }
 
+/// The list name query tokens are sealed for (every query statement, REST and gRPC alike).
+const TOKEN_LIST: &str = "query";
+
 /// Where a page ended. Only the page that made it and [`Cursor::decode`] create one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -58,14 +60,15 @@ enum Position {
 }
 
 impl Cursor {
-    /// The opaque text form handed to clients: URL-safe base64, so it fits an HTTP header.
+    /// The opaque text form handed to clients: a [`crate::page_token`], so only issued ones
+    /// are read back.
     pub fn encode(&self) -> String {
         let plain = match &self.at {
             Position::Device(d) => format!("d:{}:{d}", self.returned),
             Position::DeviceJob(j, d) => format!("j:{}:{j}:{d}", self.returned),
             Position::Group => format!("g:{}", self.returned),
         };
-        URL_SAFE_NO_PAD.encode(plain)
+        page_token::seal(TOKEN_LIST, &plain)
     }
 
     /// Reads a token [`Cursor::encode`] made; anything else is an error saying what to do.
@@ -75,10 +78,7 @@ impl Cursor {
                 "the continuation token is not one this service issued; send the one from the previous page of the same query, or none to start from the first page",
             )
         };
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token.trim())
-            .map_err(|_| invalid())?;
-        let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let plain = page_token::open(TOKEN_LIST, token).ok_or_else(invalid)?;
         let mut parts = plain.splitn(3, ':');
         let kind = parts.next().ok_or_else(invalid)?;
         let returned: u64 = parts

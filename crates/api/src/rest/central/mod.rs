@@ -6,7 +6,8 @@
 //! `maxpagesize` (1..=1000, default 100) sets the page size and `top` caps the whole list, both
 //! carried in the link with the list's own options (`filter`, `orderby`, see
 //! [`crate::central_filter`]). `GET /api/jobs/{id}/events` (muster's own addition) pages through a
-//! job's history the same way, its token being the seq the page ended with.
+//! job's history the same way, its token being the seq the page ended with. Tokens are sealed
+//! for their route and order ([`muster_domain::page_token`]): only issued ones are read.
 //!
 //! The routes: [`jobs`], [`groups`], [`devices`], [`scheduled`].
 
@@ -21,6 +22,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
+use muster_domain::page_token;
 use muster_types::{DeviceId, GroupId, JobId};
 use serde_json::Value;
 
@@ -130,6 +132,8 @@ pub(super) struct Page<K> {
     pub(super) after: Option<K>,
     /// The list's own options, `&name=value` each, for the `nextLink`.
     carried: String,
+    /// What the page tokens are sealed for: the route and its order.
+    list: String,
 }
 
 impl ListRequest {
@@ -186,13 +190,23 @@ impl ListRequest {
         let given = number("maxpagesize")?;
         let top = number("top")?;
         let size = given.unwrap_or(DEFAULT_PAGE).min(top.unwrap_or(usize::MAX));
+        let list = format!(
+            "central {route} orderby={}",
+            q.get("orderby").unwrap_or_default().trim()
+        );
         Ok(Page {
             version,
             size,
             given,
             top,
-            after: token(q.get(NEXT_LINK_TOKEN_PARAM), NEXT_LINK_TOKEN_PARAM, parse)?,
+            after: token(
+                q.get(NEXT_LINK_TOKEN_PARAM),
+                NEXT_LINK_TOKEN_PARAM,
+                &list,
+                parse,
+            )?,
             carried: String::new(),
+            list,
         })
     }
 
@@ -204,7 +218,9 @@ impl ListRequest {
         next: Option<String>,
     ) -> Response {
         let left = p.top.map(|t| t.saturating_sub(items.len()));
-        let next = next.filter(|_| left != Some(0));
+        let next = next
+            .filter(|_| left != Some(0))
+            .map(|position| page_token::seal(&p.list, &position));
         let link = next_link(&self.base, &self.path, &p.version, next.as_deref()).map(|mut l| {
             l.push_str(&p.carried);
             if let Some(t) = left {
