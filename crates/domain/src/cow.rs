@@ -568,6 +568,23 @@ impl<'a, T> IntoIterator for &'a CowVec<T> {
     }
 }
 
+impl<'a, T: Clone> IntoIterator for &'a mut CowVec<T> {
+    type Item = &'a mut T;
+    type IntoIter = std::iter::FlatMap<
+        std::slice::IterMut<'a, Arc<Vec<T>>>,
+        std::slice::IterMut<'a, T>,
+        fn(&'a mut Arc<Vec<T>>) -> std::slice::IterMut<'a, T>,
+    >;
+
+    /// Every element, each chunk unshared first.
+    fn into_iter(self) -> Self::IntoIter {
+        fn chunk<T: Clone>(c: &mut Arc<Vec<T>>) -> std::slice::IterMut<'_, T> {
+            Arc::make_mut(c).iter_mut()
+        }
+        self.chunks.iter_mut().flat_map(chunk as fn(&'a mut Arc<Vec<T>>) -> _)
+    }
+}
+
 impl<T: Clone> FromIterator<T> for CowVec<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let mut v = CowVec::new();
