@@ -130,7 +130,9 @@ impl<K: Ord + Clone, V: Clone> CowMap<K, V> {
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.0.insert(key, Arc::new(value)).map(Arc::unwrap_or_clone)
+        self.0
+            .insert(key, Arc::new(value))
+            .map(Arc::unwrap_or_clone)
     }
 
     pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
@@ -524,7 +526,9 @@ impl<T: Clone> CowVec<T> {
 
     /// Every element, each chunk unshared first.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.chunks.iter_mut().flat_map(|c| Arc::make_mut(c).iter_mut())
+        self.chunks
+            .iter_mut()
+            .flat_map(|c| Arc::make_mut(c).iter_mut())
     }
 
     /// The elements by value (moved out of chunks no clone shares).
@@ -564,7 +568,9 @@ impl<'a, T> IntoIterator for &'a CowVec<T> {
         fn chunk<T>(c: &Arc<Vec<T>>) -> std::slice::Iter<'_, T> {
             c.iter()
         }
-        self.chunks.iter().flat_map(chunk as fn(&'a Arc<Vec<T>>) -> _)
+        self.chunks
+            .iter()
+            .flat_map(chunk as fn(&'a Arc<Vec<T>>) -> _)
     }
 }
 
@@ -581,7 +587,9 @@ impl<'a, T: Clone> IntoIterator for &'a mut CowVec<T> {
         fn chunk<T: Clone>(c: &mut Arc<Vec<T>>) -> std::slice::IterMut<'_, T> {
             Arc::make_mut(c).iter_mut()
         }
-        self.chunks.iter_mut().flat_map(chunk as fn(&'a mut Arc<Vec<T>>) -> _)
+        self.chunks
+            .iter_mut()
+            .flat_map(chunk as fn(&'a mut Arc<Vec<T>>) -> _)
     }
 }
 
@@ -658,7 +666,10 @@ mod tests {
             [100, CHUNK as u32 * 3 + 1]
         );
         assert_eq!(a.iter_from(a.len()).count(), 0);
-        assert_eq!(b.clone().into_vec(), (0..b.len() as u32).collect::<Vec<_>>());
+        assert_eq!(
+            b.clone().into_vec(),
+            (0..b.len() as u32).collect::<Vec<_>>()
+        );
         assert_eq!(a.get(a.len()), None);
     }
 
@@ -671,12 +682,18 @@ mod tests {
             map.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let json = serde_json::to_string(&map).unwrap();
         assert_eq!(json, serde_json::to_string(&std).unwrap());
-        assert_eq!(serde_json::from_str::<CowMap<String, u32>>(&json).unwrap(), map);
+        assert_eq!(
+            serde_json::from_str::<CowMap<String, u32>>(&json).unwrap(),
+            map
+        );
 
         let set: CowSet<(u64, u32)> = [(3, 1), (1, 2)].into_iter().collect();
         let json = serde_json::to_string(&set).unwrap();
         assert_eq!(json, "[[1,2],[3,1]]");
-        assert_eq!(serde_json::from_str::<CowSet<(u64, u32)>>(&json).unwrap(), set);
+        assert_eq!(
+            serde_json::from_str::<CowSet<(u64, u32)>>(&json).unwrap(),
+            set
+        );
 
         let v: CowVec<u8> = vec![1, 2, 3].into();
         let json = serde_json::to_string(&v).unwrap();
@@ -694,7 +711,7 @@ mod tests {
         assert_eq!(b[&7], "7");
         assert_eq!(a[&7], "7!");
         assert!(b.contains_key(&8) && !a.contains_key(&8));
-        assert_eq!(a.range(998..).count(), 2);
+        assert_eq!(a.range(998..).count(), 3);
         a.retain(|k, _| k % 2 == 0);
         assert_eq!(a.len(), 500);
         assert_eq!(b.len(), 1000);

@@ -36,8 +36,8 @@ pub use actions::{
 };
 pub use auth::Principal;
 pub use cold::{ColdOp, ColdRun, MemRows, NoColdRows, RunRows};
-pub use cow::{CowMap, CowSet, CowVec};
 pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
+pub use cow::{CowMap, CowSet, CowVec};
 pub use decide::{decide, responded};
 pub use error::DomainError;
 pub use event::Event;

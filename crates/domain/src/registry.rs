@@ -3,7 +3,6 @@
 //! Jobs are planned against the registry, and continuous jobs watch it, so it lives in the same
 //! replicated state as the jobs and changes only through events.
 
-
 use muster_types::{DeviceId, GroupId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

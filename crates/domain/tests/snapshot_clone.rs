@@ -193,8 +193,14 @@ fn a_snapshot_clone_is_cheap_and_writes_after_it_copy_little() {
     });
     let copied = shared - plain;
     let peak = clone_bytes + copied;
-    assert_eq!(copy.jobs[&job()].stats().succeeded, (N / 2 + TOUCHED) as u64);
-    assert_eq!(s.jobs[&job()].stats().succeeded, (N / 2 + 2 * TOUCHED) as u64);
+    assert_eq!(
+        copy.jobs[&job()].stats().succeeded,
+        (N / 2 + TOUCHED) as u64
+    );
+    assert_eq!(
+        s.jobs[&job()].stats().succeeded,
+        (N / 2 + 2 * TOUCHED) as u64
+    );
     drop(copy);
 
     let mib = |b: isize| b as f64 / (1024.0 * 1024.0);
