@@ -388,8 +388,10 @@ async fn failures_above_the_threshold_cancel_the_job() {
         assert_eq!(failed.status, DeviceStatus::Failed);
         assert_eq!(failed.response.as_ref().unwrap().status, 500);
         // Nothing after the first batch was sent.
-        assert!(j.current_run().devices[10..]
-            .iter()
+        assert!(j
+            .current_run()
+            .devices
+            .iter_from(10)
             .all(|d| d.attempts == 0));
     });
     d.stop().await;

@@ -253,8 +253,8 @@ impl Run {
             return cold
                 .scan_by_position(job, self.number, from, &mut |p, r| visit(p, Cow::Owned(r)));
         }
-        for (i, d) in self.devices.iter().enumerate().skip(from as usize) {
-            if !visit(i as u32, Cow::Borrowed(d)) {
+        for (i, d) in (from..).zip(self.devices.iter_from(from as usize)) {
+            if !visit(i, Cow::Borrowed(d)) {
                 break;
             }
         }
@@ -307,7 +307,7 @@ impl Run {
                 .map(|&i| self.devices[i as usize].device.clone())
                 .collect();
         }
-        let rows = std::mem::take(&mut self.devices);
+        let rows = std::mem::take(&mut self.devices).into_vec();
         self.index.clear();
         self.ready.clear();
         self.deadlines.clear();
@@ -374,27 +374,30 @@ impl State {
     /// Puts every cold run's rows back from `cold`: the complete state, as it was before any
     /// spill (tests compare it with a replay that never spilled).
     pub fn restore_rows(&mut self, cold: &dyn RunRows) -> Result<(), DomainError> {
-        for j in self.jobs.values_mut() {
+        let mut result = Ok(());
+        self.jobs.for_each_mut(|_, j| {
             for run in &mut j.runs {
-                if run.cold.is_none() {
+                if run.cold.is_none() || result.is_err() {
                     continue;
                 }
-                let mut rows = Vec::new();
-                cold.scan_by_position(&j.id, run.number, 0, &mut |_, r| {
+                let mut rows = crate::cow::CowVec::new();
+                result = cold.scan_by_position(&j.id, run.number, 0, &mut |_, r| {
                     rows.push(r);
                     true
-                })?;
+                });
                 run.index = crate::job::RunIndex::of(&rows);
                 run.devices = rows;
                 run.cold = None;
             }
-        }
-        Ok(())
+        });
+        result
     }
 
     /// Spills every finished run: after a restore (a snapshot of an older build, or events
     /// replayed), so the state is as the live one was. Writing the rows again is harmless.
     pub fn spill_all(&mut self) -> Vec<ColdOp> {
-        self.jobs.values_mut().flat_map(Job::spill).collect()
+        let mut ops = Vec::new();
+        self.jobs.for_each_mut(|_, j| ops.extend(j.spill()));
+        ops
     }
 }

@@ -4,13 +4,14 @@
 //! Everything here changes only in `evolve`. The indexes (`ready`, `running`, `deadlines`) exist so
 //! that the leader's actions and the next deadline are found without scanning every device.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use muster_types::{DeviceId, JobId, RerunId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cow::{CowSet, CowVec};
 use crate::query::Query;
 use crate::rollout::{AbortCriterion, PauseReason, Tally};
 use crate::spec::JobSpec;
@@ -357,7 +358,7 @@ pub struct Run {
     pub rerun_id: Option<RerunId>,
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
-    pub devices: Vec<DeviceRun>,
+    pub devices: CowVec<DeviceRun>,
     /// `devices` in id order (see [`RunIndex`]).
     pub index: RunIndex,
     pub batches: Vec<Batch>,
@@ -365,13 +366,13 @@ pub struct Run {
     pub batches_started: u32,
     pub stats: Stats,
     /// Devices of started batches waiting for dispatch, in dispatch order.
-    pub ready: BTreeSet<u32>,
+    pub ready: CowSet<u32>,
     /// Devices with an attempt in flight, keyed by the attempt's deadline.
-    pub deadlines: BTreeSet<(Timestamp, u32)>,
+    pub deadlines: CowSet<(Timestamp, u32)>,
     /// Devices waiting out a retry backoff, keyed by when they may be dispatched again (their
     /// `ready_since`). Due entries are eligible like `ready` ones; nothing moves them.
     #[serde(default)]
-    pub backoff: BTreeSet<(Timestamp, u32)>,
+    pub backoff: CowSet<(Timestamp, u32)>,
     /// Devices dispatched at least once (the exponential rate's "notified").
     #[serde(default)]
     pub notified: u64,
@@ -397,14 +398,14 @@ impl Run {
             rerun_id,
             created_at: at,
             started_at: None,
-            devices: Vec::with_capacity(devices.len()),
+            devices: CowVec::new(),
             index: RunIndex::default(),
             batches: Vec::new(),
             batches_started: 0,
             stats: Stats::default(),
-            ready: BTreeSet::new(),
-            deadlines: BTreeSet::new(),
-            backoff: BTreeSet::new(),
+            ready: CowSet::new(),
+            deadlines: CowSet::new(),
+            backoff: CowSet::new(),
             notified: 0,
             not_connected: 0,
             cold: None,
@@ -527,13 +528,14 @@ impl Run {
 /// A run's device positions in device-id order: 4 bytes a device, where a map from id to
 /// position cost ~40 (a second handle on every id and the tree's nodes). Lookups binary-search
 /// it, comparing the rows' ids. Serialized as the positions; reads the map older snapshots
-/// wrote too (its values, in its key order, are exactly these positions).
+/// wrote too (its values, in its key order, are exactly these positions). Shared behind an
+/// `Arc` (it changes only when devices join), so a snapshot's clone of the run copies nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RunIndex(Vec<u32>);
+pub struct RunIndex(Arc<Vec<u32>>);
 
 impl RunIndex {
     /// Indexes `rows`, every one of them (ids must be distinct).
-    pub fn of(rows: &[DeviceRun]) -> Self {
+    pub fn of(rows: &CowVec<DeviceRun>) -> Self {
         let mut index = RunIndex::default();
         index.add(rows, (0..rows.len() as u32).collect());
         index
@@ -553,27 +555,27 @@ impl RunIndex {
     }
 
     /// Where `id` is (`Ok`) or would go (`Err`) in `self.0`.
-    pub(crate) fn find(&self, rows: &[DeviceRun], id: &DeviceId) -> Result<usize, usize> {
+    pub(crate) fn find(&self, rows: &CowVec<DeviceRun>, id: &DeviceId) -> Result<usize, usize> {
         self.0
             .binary_search_by(|&p| rows[p as usize].device.as_str().cmp(id.as_str()))
     }
 
     /// Adds the rows at `positions` (new to the index); sorted input is merged in one pass.
-    pub(crate) fn add(&mut self, rows: &[DeviceRun], mut positions: Vec<u32>) {
+    pub(crate) fn add(&mut self, rows: &CowVec<DeviceRun>, mut positions: Vec<u32>) {
         let id = |p: &u32| rows[*p as usize].device.as_str();
         if !positions.is_sorted_by(|a, b| id(a) <= id(b)) {
             positions.sort_by(|a, b| id(a).cmp(id(b)));
         }
-        if self
-            .0
+        let own = Arc::make_mut(&mut self.0);
+        if own
             .last()
             .zip(positions.first())
             .is_none_or(|(l, f)| id(l) < id(f))
         {
-            self.0.extend(positions);
+            own.extend(positions);
             return;
         }
-        let old = std::mem::take(&mut self.0);
+        let old = std::mem::take(own);
         let mut merged = Vec::with_capacity(old.len() + positions.len());
         let (mut a, mut b) = (old.into_iter().peekable(), positions.into_iter().peekable());
         loop {
@@ -586,11 +588,11 @@ impl RunIndex {
             };
             merged.extend(next);
         }
-        self.0 = merged;
+        *own = merged;
     }
 
     pub fn clear(&mut self) {
-        self.0 = Vec::new();
+        self.0 = Arc::default();
     }
 }
 
@@ -616,7 +618,7 @@ impl<'de> Deserialize<'de> for RunIndex {
                 while let Some(p) = a.next_element()? {
                     v.push(p);
                 }
-                Ok(RunIndex(v))
+                Ok(RunIndex(Arc::new(v)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
@@ -626,7 +628,7 @@ impl<'de> Deserialize<'de> for RunIndex {
                 while let Some((_, p)) = a.next_entry::<serde::de::IgnoredAny, u32>()? {
                     v.push(p);
                 }
-                Ok(RunIndex(v))
+                Ok(RunIndex(Arc::new(v)))
             }
         }
         d.deserialize_any(Visitor)

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod auth;
 pub mod cold;
 pub mod command;
+pub mod cow;
 mod decide;
 pub mod error;
 pub mod event;
@@ -27,8 +28,6 @@ pub mod spec;
 pub mod twin_size;
 pub mod window;
 
-use std::collections::BTreeMap;
-
 use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +38,7 @@ pub use actions::{
 pub use auth::Principal;
 pub use cold::{ColdOp, ColdRun, MemRows, NoColdRows, RunRows};
 pub use command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyReport};
+pub use cow::{CowMap, CowSet, CowVec};
 pub use decide::{decide, responded};
 pub use error::DomainError;
 pub use event::Event;
@@ -63,7 +63,7 @@ pub use spec::{
 /// It is the replicated state machine's content and, at the same time, every projection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
-    pub jobs: BTreeMap<JobId, Job>,
+    pub jobs: CowMap<JobId, Job>,
     pub registry: Registry,
     /// Credentials (absent from snapshots of builds before authentication: then empty).
     #[serde(default)]
@@ -73,7 +73,7 @@ pub struct State {
     pub invocations: invocation::Invocations,
     /// Scheduled (recurring) jobs (absent from snapshots of earlier builds: then none).
     #[serde(default)]
-    pub schedules: BTreeMap<muster_types::ScheduledJobId, schedule::ScheduledJob>,
+    pub schedules: CowMap<muster_types::ScheduledJobId, schedule::ScheduledJob>,
 }
 
 impl State {
@@ -96,9 +96,9 @@ impl State {
                 *id = k.clone();
             }
         };
-        for job in self.jobs.values_mut() {
+        self.jobs.for_each_mut(|_, job| {
             for run in &mut job.runs {
-                for row in &mut run.devices {
+                for row in run.devices.iter_mut() {
                     shared(&mut row.device);
                 }
                 if let Some(cold) = &mut run.cold {
@@ -106,7 +106,7 @@ impl State {
                     cold.members.iter_mut().for_each(shared);
                 }
             }
-        }
+        });
     }
 
     /// Rebuilds state from a log of events: what `muster audit replay` does.

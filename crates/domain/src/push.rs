@@ -39,7 +39,7 @@ pub struct DesiredSent {
 
 /// Devices that have not been sent their current desired properties (kept by [`after`]), so
 /// listing pushes does not scan the fleet.
-pub type Unsent = BTreeSet<DeviceId>;
+pub type Unsent = crate::cow::CowSet<DeviceId>;
 
 /// Pushes listed per computation of actions; the rest follow once these are recorded.
 pub const MAX_PUSHES: usize = 1000;

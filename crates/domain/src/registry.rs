@@ -3,8 +3,6 @@
 //! Jobs are planned against the registry, and continuous jobs watch it, so it lives in the same
 //! replicated state as the jobs and changes only through events.
 
-use std::collections::BTreeMap;
-
 use muster_types::{DeviceId, GroupId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -433,8 +431,8 @@ pub struct Group {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Registry {
-    pub devices: BTreeMap<DeviceId, Device>,
-    pub groups: BTreeMap<GroupId, Group>,
+    pub devices: crate::cow::CowMap<DeviceId, Device>,
+    pub groups: crate::cow::CowMap<GroupId, Group>,
     /// Devices behind on their desired properties (see `crate::push`).
     #[serde(default)]
     pub desired_unsent: crate::push::Unsent,

@@ -108,7 +108,7 @@ pub(crate) fn decide(state: &State, limits: &Retention, at: Timestamp) -> Vec<Ev
 pub(crate) fn drop_detail(j: &mut Job) {
     j.detail_expired = true;
     for run in &mut j.runs {
-        run.devices = Vec::new();
+        run.devices = crate::cow::CowVec::new();
         run.index.clear();
         run.ready.clear();
         run.deadlines.clear();

@@ -17,11 +17,10 @@
 //! `State` and `Registry` without `..`: a new field there fails to compile here until the
 //! snapshot carries it.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use muster_domain::registry::Registry;
-use muster_domain::State;
+use muster_domain::{CowMap, State};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::Hash;
@@ -261,10 +260,10 @@ pub fn read_snapshot<R: Read>(
         return Err(corrupt("the first frame is not the header"));
     }
     let header: SnapshotHeader = r.decode("header")?;
-    let mut devices: BTreeMap<muster_types::DeviceId, muster_domain::Device> = BTreeMap::new();
-    let mut groups = BTreeMap::new();
-    let mut jobs = BTreeMap::new();
-    let mut schedules = BTreeMap::new();
+    let mut devices: CowMap<muster_types::DeviceId, muster_domain::Device> = CowMap::new();
+    let mut groups = CowMap::new();
+    let mut jobs = CowMap::new();
+    let mut schedules = CowMap::new();
     let mut auth = None;
     let mut invocations = None;
     let mut current_tree: Option<String> = None;

@@ -13,7 +13,7 @@
 //! the body with the pure mappings in [`crate::central`] / [`crate::hub`], then either propose
 //! **one** command (so a request is applied whole or not at all) or read the state after
 //! [`Cluster::linearizable`] (a read sees every write acknowledged before it began). Lists page
-//! through the state's `BTreeMap`s from the token, so a page never copies the whole state.
+//! through the state's ordered maps from the token, so a page never copies the whole state.
 //!
 //! Every error is `{"error": {"code", "message"}}` (see [`errors`]), including axum's own:
 //! unknown routes (404), wrong methods (405), bodies over [`MAX_BODY_BYTES`] (413).
@@ -42,7 +42,7 @@ use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, Json, Router};
 use muster_cluster::Cluster;
-use muster_domain::{page_token, Command, State as DomainState};
+use muster_domain::{page_token, Command, CowMap, State as DomainState};
 use serde_json::{json, Value};
 
 use crate::access::{Access, Gate};
@@ -247,11 +247,29 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// A map that [`page`] walks in key order: the state's copy-on-write maps and the ordered
+/// maps a handler builds for one response.
+pub(crate) trait Ordered<K, V> {
+    fn after<'a>(&'a self, lower: Bound<&'a K>) -> Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a>;
+}
+
+impl<K: Ord, V> Ordered<K, V> for BTreeMap<K, V> {
+    fn after<'a>(&'a self, lower: Bound<&'a K>) -> Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a> {
+        Box::new(self.range((lower, Bound::Unbounded)))
+    }
+}
+
+impl<K: Ord, V> Ordered<K, V> for CowMap<K, V> {
+    fn after<'a>(&'a self, lower: Bound<&'a K>) -> Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a> {
+        Box::new(self.range((lower, Bound::Unbounded)))
+    }
+}
+
 /// One page of `map` in key order, starting after `after`: up to `size` values that `render`
 /// keeps (it returns `None` to skip a filtered-out entry), and the key to continue after when
 /// at least one more entry would be kept.
 fn page<K, V, T>(
-    map: &BTreeMap<K, V>,
+    map: &impl Ordered<K, V>,
     after: Option<&K>,
     size: usize,
     mut render: impl FnMut(&K, &V) -> Option<T>,
@@ -262,7 +280,7 @@ where
     let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
     let mut items = Vec::new();
     let mut last: Option<&K> = None;
-    for (k, v) in map.range((lower, Bound::Unbounded)) {
+    for (k, v) in map.after(lower) {
         if items.len() == size {
             // Only hand out a token when another kept entry exists, so the last page has none.
             if render(k, v).is_some() {
@@ -329,7 +347,7 @@ mod tests {
 
     #[test]
     fn pages_walk_the_map_and_stop_with_no_token() {
-        let map: BTreeMap<u32, u32> = (0..10).map(|i| (i, i * 10)).collect();
+        let map: CowMap<u32, u32> = (0..10).map(|i| (i, i * 10)).collect();
         let (items, next) = page(&map, None, 4, |_, v| Some(*v));
         assert_eq!(items, vec![0, 10, 20, 30]);
         assert_eq!(next.as_deref(), Some("3"));
@@ -347,7 +365,7 @@ mod tests {
 
     #[test]
     fn filtered_pages_skip_and_need_a_further_match_for_a_token() {
-        let map: BTreeMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
+        let map: CowMap<u32, u32> = (0..10).map(|i| (i, i)).collect();
         let even = |_: &u32, v: &u32| v.is_multiple_of(2).then_some(*v);
         let (items, next) = page(&map, None, 2, even);
         assert_eq!(items, vec![0, 2]);

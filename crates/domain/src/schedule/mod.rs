@@ -327,10 +327,14 @@ pub(crate) fn evolve(state: &mut crate::State, event: &crate::event::Event) {
 
 /// Retention removed `job`: the schedule that created it no longer lists it.
 pub(crate) fn forget_job(state: &mut crate::State, job: &JobId) {
-    for s in state.schedules.values_mut() {
+    let owner = state
+        .schedules
+        .iter()
+        .find(|(_, s)| s.jobs.contains(job))
+        .map(|(id, _)| id.clone());
+    if let Some(s) = owner.and_then(|id| state.schedules.get_mut(&id)) {
         if let Some(i) = s.jobs.iter().position(|j| j == job) {
             s.jobs.remove(i);
-            return;
         }
     }
 }

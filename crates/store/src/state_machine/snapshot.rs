@@ -197,7 +197,8 @@ fn open_data(path: &Path) -> Result<Box<tokio::fs::File>, StoreError> {
 
 pub(super) fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     let started = std::time::Instant::now();
-    // Clone under the lock, serialise outside it, so applying waits for the clone only.
+    // Clone under the lock, serialise outside it, so applying waits for the clone only: O(1),
+    // the state's containers are copy-on-write (`muster_domain::cow`).
     let (state, header) = {
         let a = shared.read();
         (

@@ -301,7 +301,7 @@ pub(super) async fn named_list<I, V, E>(
     app: &App,
     list: &ListRequest,
     route: &str,
-    map: for<'a> fn(&'a muster_domain::State) -> &'a BTreeMap<I, V>,
+    map: for<'a> fn(&'a muster_domain::State) -> &'a muster_domain::CowMap<I, V>,
     name: fn(&V) -> &str,
     keeps: impl Fn(&V) -> bool,
     render: fn(&V) -> Value,
