@@ -134,6 +134,9 @@ struct ResultGen {
 #[derive(Debug, Clone)]
 enum Op {
     Advance(i64),
+    /// Time passes without an `Advance` (the next commands are stamped later, as when the
+    /// leader dispatches before its tick is applied).
+    Wait(i64),
     /// Advance to what `actions` says is due next (exact deadlines).
     AdvanceToWake,
     /// Dispatch (a prefix of) what `actions` proposes for one job.
@@ -352,6 +355,7 @@ fn op_gen() -> impl Strategy<Value = Op> {
     Union::new_weighted(vec![
         (4, (0i64..40_000).prop_map(Op::Advance).boxed()),
         (3, Just(Op::AdvanceToWake).boxed()),
+        (1, (0i64..20_000).prop_map(Op::Wait).boxed()),
         (
             8,
             (any::<usize>(), 1usize..=50)
@@ -1899,6 +1903,7 @@ impl Harness {
                 self.now = now.plus_millis(*dt);
                 self.apply(Command::Advance { at: self.now })?;
             }
+            Op::Wait(dt) => self.now = now.plus_millis(*dt),
             Op::AdvanceToWake => {
                 let acts = actions(&self.state, now, MAX_DISPATCH);
                 if !acts.contains(&Action::Advance) {
