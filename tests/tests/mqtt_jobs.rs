@@ -942,5 +942,53 @@ async fn a_job_dispatches_only_inside_its_maintenance_window() {
     }
     // An ended job no longer waits for its window.
     assert!(env.job("windowed").await.window.is_none());
+
+    // Its events show each window it ran in, and every dispatch follows the opening of the
+    // window it falls in.
+    let (s, page) = env.get("/api/jobs/windowed/events", CENTRAL).await;
+    assert_eq!(s, 200, "{page}");
+    let mut open: Option<(i64, i64)> = None;
+    let mut openings = 0;
+    for e in page["value"].as_array().expect("a page of events") {
+        let kind = e["type"].as_str().unwrap_or_default();
+        let body = &e["body"][kind];
+        match kind {
+            "WindowOpened" => {
+                let (since, until) = (body["since"].as_i64(), body["until"].as_i64());
+                let (Some(since), Some(until)) = (since, until) else {
+                    panic!("{e}");
+                };
+                assert!(since % 15_000 == 0 && until - since == 4_000, "{e}");
+                open = Some((since, until));
+                openings += 1;
+            }
+            "WindowClosed" => {
+                let next = body["next_open"].as_i64().expect("a next opening");
+                assert!(next % 15_000 == 0, "{e}");
+                open = None;
+            }
+            "DeviceDispatched" => {
+                let at = body["at"].as_i64().expect("a time");
+                assert!(
+                    open.is_some_and(|(since, until)| since <= at && at < until),
+                    "{e} outside the recorded window {open:?}: {page}"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(openings >= 1, "no WindowOpened in {page}");
     fleet.shutdown().await;
+
+    // And the audit timeline of the stopped node tells them.
+    assert!(env.server.terminate().unwrap(), "{}", env.server.log_text());
+    let t = muster_tests::muster_audit(&["timeline", "--job", "windowed"], env.server.data_dir())
+        .unwrap();
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    assert!(
+        text.lines()
+            .any(|l| l.contains("maintenance window open since") && l.ends_with("(by system)")),
+        "{text}"
+    );
 }

@@ -362,6 +362,7 @@ mod tests {
             recent_dispatches: Default::default(),
             rate_per_minute: None,
             paused: None,
+            window: None,
             detail_expired: false,
         };
         assert_eq!(write(&job), Some(rollout));

@@ -43,6 +43,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "JobPaused",
     "JobContinued",
     "RateChanged",
+    "WindowOpened",
+    "WindowClosed",
     "DesiredSent",
     "JobDetailExpired",
     "JobExpired",

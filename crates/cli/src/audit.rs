@@ -321,6 +321,18 @@ fn event_line(event: &Event) -> String {
         Event::RateChanged { per_minute, .. } => {
             format!("rollout rate rose to {per_minute} devices per minute")
         }
+        Event::WindowOpened { since, until, .. } => format!(
+            "maintenance window open since {} until {}",
+            since.to_rfc3339(),
+            until.to_rfc3339()
+        ),
+        Event::WindowClosed { next_open, .. } => match next_open {
+            Some(t) => format!(
+                "maintenance window closed; waiting until {}",
+                t.to_rfc3339()
+            ),
+            None => "maintenance window closed; it never opens again".into(),
+        },
         Event::JobCompleted { .. } => "completed".into(),
         Event::JobFailed { reason, .. } => format!("failed: {reason:?}"),
         Event::JobDetailExpired { .. } => {

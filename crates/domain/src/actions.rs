@@ -124,13 +124,17 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                 if j.status != JobStatus::Running {
                     continue;
                 }
-                if let Some(crate::window::WindowState::Closed { opens_at }) =
-                    crate::window::job_window(j, now)
-                {
-                    if let (Some(t), false) = (opens_at, run.ready.is_empty()) {
+                if let Some(w) = crate::window::job_window(j, now) {
+                    // Every opening and closing is recorded while the job runs; the next one
+                    // also lets devices go (or stops them).
+                    if crate::window::event_due(j, w, now).is_some() {
+                        due = true;
+                    } else if let Some(t) = crate::window::next_change(j) {
                         consider(t, &mut next, &mut due);
                     }
-                    continue;
+                    if !w.is_open() {
+                        continue;
+                    }
                 }
                 let needs_device = j.spec.needs_device();
                 let window = j.spec.connect_window_ms();

@@ -851,9 +851,12 @@ fn mark_dispatched(
     if j.status != JobStatus::Running || j.current_run().number != run {
         return Ok(Vec::new());
     }
-    if !crate::window::dispatch_open(j, at) {
+    let window = crate::window::job_window(j, at);
+    if window.is_some_and(|w| !w.is_open()) {
         return Ok(Vec::new());
     }
+    // A dispatch always follows the `WindowOpened` of its window in the log.
+    let opened = window.and_then(|w| crate::window::event_due(j, w, at));
     let (mut allowance, _) = j.dispatch_allowance(at);
     let needs_device = j.spec.needs_device();
     let mut s = Scratch::new(j, at);
@@ -916,7 +919,8 @@ fn mark_dispatched(
         }
     }
     s.progress();
-    let mut events = s.events;
+    let mut events: Vec<Event> = opened.into_iter().collect();
+    events.extend(s.events);
     let joins = continuous_joins(state, &registry_events, at);
     events.extend(registry_events);
     events.extend(joins);
@@ -1022,6 +1026,9 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
             JobStatus::Scheduled | JobStatus::Pending if j.start_at.is_none_or(|s| s <= at) => {
                 let mut s = Scratch::new(j, at);
                 s.start();
+                if s.status == JobStatus::Running {
+                    s.events.extend(crate::window::job_event_due(j, at));
+                }
                 events.extend(s.events);
             }
             JobStatus::Running | JobStatus::Stopped | JobStatus::Paused => {
@@ -1037,6 +1044,9 @@ fn advance(state: &State, at: Timestamp) -> Vec<Event> {
                         });
                         continue;
                     }
+                }
+                if j.status == JobStatus::Running {
+                    events.extend(crate::window::job_event_due(j, at));
                 }
                 let mut s = Scratch::new(j, at);
                 for &(deadline, i) in run.deadlines.iter() {

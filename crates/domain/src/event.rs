@@ -131,6 +131,21 @@ pub enum Event {
         per_minute: u32,
         at: Timestamp,
     },
+    /// A running job's maintenance window is open, from `since` until `until` (its occurrence),
+    /// as first seen at `at`.
+    WindowOpened {
+        job: JobId,
+        since: Timestamp,
+        until: Timestamp,
+        at: Timestamp,
+    },
+    /// A running job's maintenance window is closed; it opens again at `next_open` (`None`:
+    /// never). Also the first event of a job that starts outside its window.
+    WindowClosed {
+        job: JobId,
+        next_open: Option<Timestamp>,
+        at: Timestamp,
+    },
     RerunStarted {
         job: JobId,
         run: RunId,
@@ -299,6 +314,8 @@ impl Event {
             | Event::JobDetailExpired { job, .. }
             | Event::JobExpired { job, .. }
             | Event::RateChanged { job, .. }
+            | Event::WindowOpened { job, .. }
+            | Event::WindowClosed { job, .. }
             | Event::ScheduledJobOccurred { job, .. } => Some(job),
             _ => None,
         }
@@ -360,6 +377,8 @@ impl Event {
             | Event::JobDetailExpired { at, .. }
             | Event::JobExpired { at, .. }
             | Event::RateChanged { at, .. }
+            | Event::WindowOpened { at, .. }
+            | Event::WindowClosed { at, .. }
             | Event::DeviceRegistered { at, .. }
             | Event::DeviceUpdated { at, .. }
             | Event::TwinPatched { at, .. }
@@ -405,6 +424,8 @@ impl Event {
             Event::JobPaused { .. } => "JobPaused",
             Event::JobContinued { .. } => "JobContinued",
             Event::RateChanged { .. } => "RateChanged",
+            Event::WindowOpened { .. } => "WindowOpened",
+            Event::WindowClosed { .. } => "WindowClosed",
             Event::JobDetailExpired { .. } => "JobDetailExpired",
             Event::JobExpired { .. } => "JobExpired",
             Event::DeviceRegistered { .. } => "DeviceRegistered",

@@ -11,6 +11,7 @@ use crate::job::{DeviceStatus, FailureReason, Job, JobStatus, MethodResponse, Ru
 use crate::query::Query;
 use crate::registry::{ConnectionState, Device, Group, TwinSection};
 use crate::spec::TargetSelector;
+use crate::window::WindowMark;
 use crate::State;
 
 /// Like [`evolve`], but takes the event by value so a device's response moves into the state
@@ -78,6 +79,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     recent_dispatches: VecDeque::new(),
                     rate_per_minute: None,
                     paused: None,
+                    window: None,
                     detail_expired: false,
                 },
             );
@@ -217,6 +219,23 @@ pub fn evolve(state: &mut State, event: &Event) {
                 if j.current_run().number == *run {
                     j.rate_per_minute = Some(*per_minute);
                 }
+            }
+        }
+        Event::WindowOpened {
+            job, since, until, ..
+        } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.window = Some(WindowMark::Open {
+                    since: *since,
+                    until: *until,
+                });
+            }
+        }
+        Event::WindowClosed { job, next_open, .. } => {
+            if let Some(j) = state.jobs.get_mut(job) {
+                j.window = Some(WindowMark::Closed {
+                    next_open: *next_open,
+                });
             }
         }
         Event::JobResumed { job, at } => {

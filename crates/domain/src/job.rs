@@ -667,6 +667,10 @@ pub struct Job {
     /// Why and after which batch the job waits for `continue`, while it is paused.
     #[serde(default)]
     pub paused: Option<(u32, PauseReason)>,
+    /// What the log last said about the job's maintenance window (`WindowOpened` /
+    /// `WindowClosed`), so each opening and closing is recorded once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::window::WindowMark>,
     /// Retention dropped the per-device rows of every run (`Event::JobDetailExpired`); the
     /// summaries (statistics, status, times) stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -24,7 +24,9 @@
 //! 7. attempts never exceed `retry.max_attempts`, and each failure is retried exactly when the
 //!    policy says;
 //!
-//! and more: per-minute limits, no dispatch outside a maintenance window, batches start in order and only after the previous one is done,
+//! and more: per-minute limits, no dispatch outside a maintenance window (nor before the log
+//! recorded that window's opening), window openings and closings recorded exactly once each,
+//! only while the job runs, and none left owed after an Advance, batches start in order and only after the previous one is done,
 //! failures the core decides (not connected, not found, disabled, timeout) have their cause,
 //! `actions` only proposes what `decide` accepts and an Advance it asks for does something, joins
 //! of continuous jobs happen only for devices that start matching.
@@ -37,7 +39,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
-use muster_domain::window::MaintenanceWindow;
+use muster_domain::window::{MaintenanceWindow, WindowMark, WindowState};
 use muster_domain::{
     actions, actions_with, apply, decide, evolve, retention_due, Action, ActionOptions, BatchSize,
     CancelReason, CancellationThreshold, Command, ConnectionChange, ConnectionState,
@@ -132,6 +134,9 @@ struct ResultGen {
 #[derive(Debug, Clone)]
 enum Op {
     Advance(i64),
+    /// Time passes without an `Advance` (the next commands are stamped later, as when the
+    /// leader dispatches before its tick is applied).
+    Wait(i64),
     /// Advance to what `actions` says is due next (exact deadlines).
     AdvanceToWake,
     /// Dispatch (a prefix of) what `actions` proposes for one job.
@@ -350,6 +355,7 @@ fn op_gen() -> impl Strategy<Value = Op> {
     Union::new_weighted(vec![
         (4, (0i64..40_000).prop_map(Op::Advance).boxed()),
         (3, Just(Op::AdvanceToWake).boxed()),
+        (1, (0i64..20_000).prop_map(Op::Wait).boxed()),
         (
             8,
             (any::<usize>(), 1usize..=50)
@@ -889,6 +895,8 @@ struct Harness {
     final_seen: BTreeSet<(JobId, RunId, DeviceId)>,
     /// Dispatch times per (job, run), for the per-minute limit.
     dispatch_times: BTreeMap<(JobId, RunId), Vec<Timestamp>>,
+    /// Window occurrences recorded per job: (job, opened, `since` or `next_open`).
+    windows: BTreeSet<(JobId, bool, Option<Timestamp>)>,
     coverage: Coverage,
 }
 
@@ -908,6 +916,7 @@ impl Harness {
             next_device: 0,
             final_seen: BTreeSet::new(),
             dispatch_times: BTreeMap::new(),
+            windows: BTreeSet::new(),
             coverage: Coverage::default(),
         }
     }
@@ -1170,9 +1179,30 @@ impl Harness {
 
         check_state(&self.state)?;
 
-        // After an Advance nothing it handles is still due: no due start, no passed deadline.
+        // After an Advance nothing it handles is still due: no due start, no passed deadline, no
+        // window opening or closing unrecorded.
         if let Command::Advance { at } = cmd {
             for j in self.state.jobs.values() {
+                if let (Some(w), JobStatus::Running) = (&j.spec.schedule.window, j.status) {
+                    let recorded = match (w.state(*at), j.window) {
+                        (
+                            WindowState::Open { since, .. },
+                            Some(WindowMark::Open { since: s, until }),
+                        ) => s == since || *at < until,
+                        (
+                            WindowState::Closed { opens_at },
+                            Some(WindowMark::Closed { next_open }),
+                        ) => opens_at == next_open,
+                        _ => false,
+                    };
+                    ensure!(
+                        recorded,
+                        "job {} is running with its window {:?} at {at:?} but the log says {:?}",
+                        j.id,
+                        w.state(*at),
+                        j.window
+                    );
+                }
                 if matches!(j.status, JobStatus::Pending | JobStatus::Scheduled) {
                     ensure!(
                         j.start_at.is_some_and(|s| s > *at),
@@ -1339,7 +1369,7 @@ impl Harness {
             _ => None,
         };
         let Some((job, run, device, attempt)) = device_event else {
-            return self.check_job_event(k, e);
+            return self.check_job_event(cmd, k, e);
         };
         let j = state
             .jobs
@@ -1373,6 +1403,14 @@ impl Harness {
                     "event {k}: {e:?} outside the maintenance window {:?}",
                     j.spec.schedule.window
                 );
+                // ... and only after the log recorded that window's opening
+                if j.spec.schedule.window.is_some() {
+                    ensure!(
+                        matches!(j.window, Some(WindowMark::Open { since, until }) if since <= *at && *at < until),
+                        "event {k}: {e:?} but the log's window is {:?}",
+                        j.window
+                    );
+                }
                 ensure!(
                     pre.jobs
                         .get(job)
@@ -1489,9 +1527,58 @@ impl Harness {
         Ok(())
     }
 
-    fn check_job_event(&mut self, k: usize, e: &Event) -> Result<(), String> {
+    fn check_job_event(&mut self, cmd: &Command, k: usize, e: &Event) -> Result<(), String> {
         let state = &self.state;
         match e {
+            Event::WindowOpened {
+                job,
+                since,
+                until,
+                at,
+            } => {
+                // a window opening is recorded once, while the job runs, when it is open
+                let j = &state.jobs[job];
+                ensure!(
+                    j.status == JobStatus::Running
+                        && matches!(
+                            cmd,
+                            Command::Advance { .. } | Command::MarkDispatched { .. }
+                        ),
+                    "event {k}: {e:?} while the job is {:?}, from {cmd:?}",
+                    j.status
+                );
+                let w = j.spec.schedule.window.as_ref().map(|w| w.state(*at));
+                ensure!(
+                    w == Some(WindowState::Open {
+                        since: *since,
+                        until: *until
+                    }),
+                    "event {k}: {e:?} but the window is {w:?}"
+                );
+                ensure!(
+                    self.windows.insert((job.clone(), true, Some(*since))),
+                    "event {k}: {e:?} recorded this opening before"
+                );
+            }
+            Event::WindowClosed { job, next_open, at } => {
+                let j = &state.jobs[job];
+                ensure!(
+                    j.status == JobStatus::Running && matches!(cmd, Command::Advance { .. }),
+                    "event {k}: {e:?} while the job is {:?}, from {cmd:?}",
+                    j.status
+                );
+                let w = j.spec.schedule.window.as_ref().map(|w| w.state(*at));
+                ensure!(
+                    w == Some(WindowState::Closed {
+                        opens_at: *next_open
+                    }),
+                    "event {k}: {e:?} but the window is {w:?}"
+                );
+                ensure!(
+                    self.windows.insert((job.clone(), false, *next_open)),
+                    "event {k}: {e:?} recorded this closing before"
+                );
+            }
             Event::BatchStarted {
                 job, run, batch, ..
             } => {
@@ -1816,6 +1903,7 @@ impl Harness {
                 self.now = now.plus_millis(*dt);
                 self.apply(Command::Advance { at: self.now })?;
             }
+            Op::Wait(dt) => self.now = now.plus_millis(*dt),
             Op::AdvanceToWake => {
                 let acts = actions(&self.state, now, MAX_DISPATCH);
                 if !acts.contains(&Action::Advance) {
@@ -2341,6 +2429,8 @@ fn scripts_reach_the_interesting_corners() {
         "spilled",
         "JobDetailExpired",
         "JobExpired",
+        "WindowOpened",
+        "WindowClosed",
     ] {
         assert!(
             total.counts.get(key).copied().unwrap_or(0) > 0,

@@ -148,6 +148,24 @@ impl From<&Event> for pb::Event {
                 per_minute: *per_minute,
                 at_ms: at.millis(),
             }),
+            Event::WindowOpened {
+                job,
+                since,
+                until,
+                at,
+            } => Kind::WindowOpened(pb::event::WindowOpened {
+                job_id: job.to_string(),
+                since_ms: since.millis(),
+                until_ms: until.millis(),
+                at_ms: at.millis(),
+            }),
+            Event::WindowClosed { job, next_open, at } => {
+                Kind::WindowClosed(pb::event::WindowClosed {
+                    job_id: job.to_string(),
+                    next_open_ms: next_open.map(|t| t.millis()),
+                    at_ms: at.millis(),
+                })
+            }
             Event::JobStopped { job, at } => Kind::JobStopped(JobStopped {
                 job_id: job.to_string(),
                 at_ms: at.millis(),
@@ -406,6 +424,17 @@ fn event_kind(kind: Kind) -> Result<Event, ProtoError> {
             job: id("rate_changed.job_id", m.job_id)?,
             run: RunId(m.run),
             per_minute: m.per_minute,
+            at: time(m.at_ms),
+        },
+        Kind::WindowOpened(m) => Event::WindowOpened {
+            job: id("window_opened.job_id", m.job_id)?,
+            since: time(m.since_ms),
+            until: time(m.until_ms),
+            at: time(m.at_ms),
+        },
+        Kind::WindowClosed(m) => Event::WindowClosed {
+            job: id("window_closed.job_id", m.job_id)?,
+            next_open: m.next_open_ms.map(time),
             at: time(m.at_ms),
         },
         Kind::JobStopped(m) => Event::JobStopped {

@@ -152,6 +152,15 @@ impl Seen {
             Event::JobPaused { .. } => "Event::JobPaused",
             Event::JobContinued { .. } => "Event::JobContinued",
             Event::RateChanged { .. } => "Event::RateChanged",
+            Event::WindowOpened { .. } => "Event::WindowOpened",
+            Event::WindowClosed { next_open, .. } => {
+                self.0.insert(if next_open.is_some() {
+                    "WindowClosed(next_open)"
+                } else {
+                    "WindowClosed(never)"
+                });
+                "Event::WindowClosed"
+            }
             Event::DeviceRegistered { .. } => "Event::DeviceRegistered",
             Event::DeviceUpdated { .. } => "Event::DeviceUpdated",
             Event::TwinPatched { section, .. } => {
@@ -280,6 +289,10 @@ const ALL_CASES: &[&str] = &[
     "Event::JobContinued",
     "Event::JobPaused",
     "Event::RateChanged",
+    "Event::WindowOpened",
+    "Event::WindowClosed",
+    "WindowClosed(next_open)",
+    "WindowClosed(never)",
     "Command::Advance",
     "Command::CancelJob",
     "Command::CreateJob",

@@ -114,6 +114,33 @@ fn a_state_round_trips_and_starts_with_the_magic() {
     assert_eq!(decode(&out).unwrap().0, h0);
 }
 
+/// A job's window mark (`Job::window`, issue 16's window events) travels in the job record; a
+/// job without one writes nothing for it, so older files and the golden bytes stay as they are.
+#[test]
+fn window_marks_round_trip() {
+    use muster_domain::window::WindowMark;
+    use muster_types::Timestamp;
+    let (mut state, _) = expected(&workload());
+    let marks = [
+        WindowMark::Open {
+            since: Timestamp(1_000),
+            until: Timestamp(5_000),
+        },
+        WindowMark::Closed {
+            next_open: Some(Timestamp(9_000)),
+        },
+        WindowMark::Closed { next_open: None },
+    ];
+    let mut marked = 0;
+    for (j, m) in state.jobs.values_mut().zip(marks) {
+        j.window = Some(m);
+        marked += 1;
+    }
+    assert!(marked >= 2, "the workload has jobs to mark");
+    let (_, decoded) = decode(&encode(&state, &[])).unwrap();
+    assert_eq!(decoded, state);
+}
+
 #[test]
 fn carried_trees_travel_with_the_state() {
     let db = sled::Config::new().temporary(true).open().unwrap();

@@ -5,6 +5,12 @@
 //! a fixed duration. Whether it is open is a pure function of the spec and the command's
 //! timestamp: `decide` refuses to dispatch outside it, `actions` wakes the leader at its opening,
 //! and the edges show "waiting until" from the same function.
+//!
+//! The log records what a running job lived through: the first command whose stamp finds the
+//! window in a state the job's [`WindowMark`] has not recorded (an `Advance` the leader asks for at
+//! the opening or closing, or the `MarkDispatched` that dispatches in it) emits
+//! `Event::WindowOpened` or `Event::WindowClosed`, once per occurrence, and `evolve` stores the
+//! mark, so replay agrees and operators see each window in the audit timeline.
 
 mod cron;
 
@@ -15,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use cron::Cron;
 
 use crate::error::DomainError;
+use crate::event::Event;
 use crate::job::{DeviceRun, Job};
 
 /// The longest window: longer ones are better expressed as no window.
@@ -121,9 +128,65 @@ impl MaintenanceWindow {
     }
 }
 
+/// What a job's log last said about its window: the last `WindowOpened` or `WindowClosed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowMark {
+    Open { since: Timestamp, until: Timestamp },
+    Closed { next_open: Option<Timestamp> },
+}
+
+/// The window event a running job owes its log at `now`, given its window's state then (`None`:
+/// the mark already says it). Callers ask only for running jobs: a stopped or paused job
+/// dispatches nothing, so its log does not follow the window until it runs again.
+///
+/// An open window is the occurrence already recorded if it opened at the recorded `since`, or
+/// while `now` is before the recorded `until` (back-to-back occurrences merge, so the earliest
+/// occurrence still covering `now` moves on inside one open stretch). A closed window is the one
+/// recorded if it opens next at the recorded `next_open`. A close missed (the job was stopped
+/// across it) is not recorded late: the next opening says the earlier one ended.
+pub fn event_due(job: &Job, state: WindowState, now: Timestamp) -> Option<Event> {
+    match (state, job.window) {
+        (WindowState::Open { since, .. }, Some(WindowMark::Open { since: s, until: u }))
+            if s == since || now < u =>
+        {
+            None
+        }
+        (WindowState::Open { since, until }, _) => Some(Event::WindowOpened {
+            job: job.id.clone(),
+            since,
+            until,
+            at: now,
+        }),
+        (WindowState::Closed { opens_at }, Some(WindowMark::Closed { next_open }))
+            if next_open == opens_at =>
+        {
+            None
+        }
+        (WindowState::Closed { opens_at }, _) => Some(Event::WindowClosed {
+            job: job.id.clone(),
+            next_open: opens_at,
+            at: now,
+        }),
+    }
+}
+
+/// When the recorded window changes next (its close, or its next opening): the leader's wake-up
+/// for the next window event of a running job whose log is up to date.
+pub fn next_change(job: &Job) -> Option<Timestamp> {
+    match job.window? {
+        WindowMark::Open { until, .. } => Some(until),
+        WindowMark::Closed { next_open } => next_open,
+    }
+}
+
 /// The job's window state at `now`, or `None` if it has no window (always open).
 pub fn job_window(job: &Job, now: Timestamp) -> Option<WindowState> {
     job.spec.schedule.window.as_ref().map(|w| w.state(now))
+}
+
+/// [`event_due`] for the job's own window at `now` (`None` too when it has no window).
+pub fn job_event_due(job: &Job, now: Timestamp) -> Option<Event> {
+    job_window(job, now).and_then(|w| event_due(job, w, now))
 }
 
 /// Whether the job may dispatch devices at `now`.

@@ -505,6 +505,31 @@ pub fn events() -> Vec<(&'static str, Event)> {
             },
         ),
         (
+            "event_window_opened",
+            Event::WindowOpened {
+                job: job(),
+                since: at(3_600_000),
+                until: at(14_400_000),
+                at: at(3_600_250),
+            },
+        ),
+        (
+            "event_window_closed",
+            Event::WindowClosed {
+                job: job(),
+                next_open: Some(at(90_000_000)),
+                at: at(14_400_100),
+            },
+        ),
+        (
+            "event_window_closed_never",
+            Event::WindowClosed {
+                job: job(),
+                next_open: None,
+                at: at(14_400_100),
+            },
+        ),
+        (
             "event_job_completed",
             Event::JobCompleted {
                 job: job(),
