@@ -533,6 +533,9 @@ impl Harness {
                 }
             }
             open = still;
+            if open.is_empty() {
+                break;
+            }
             if Instant::now() > deadline {
                 for job in &open {
                     let _ = client
