@@ -211,32 +211,13 @@ impl RaftService for PeerService {
 mod fuzz {
     #![allow(clippy::unwrap_used)]
 
-    use muster_domain::Command;
-    use muster_store::LogId;
     use muster_types::Timestamp;
     use openraft::raft::{AppendEntriesResponse, VoteResponse};
-    use openraft::{CommittedLeaderId, EntryPayload, Vote};
     use proptest::prelude::*;
 
     use super::*;
     use crate::forward::history_answer;
-
-    fn request(n: u64) -> AppendEntriesRequest<TypeConfig> {
-        let log_id = |i| LogId::new(CommittedLeaderId::new(2, 1), i);
-        AppendEntriesRequest {
-            vote: Vote::new_committed(2, 1),
-            prev_log_id: Some(log_id(4)),
-            leader_commit: Some(log_id(3)),
-            entries: (5..5 + n)
-                .map(|i| muster_store::Entry {
-                    log_id: log_id(i),
-                    payload: EntryPayload::Normal(Request::from(Command::Advance {
-                        at: Timestamp(1_700_000_000_000 + i as i64),
-                    })),
-                })
-                .collect(),
-        }
-    }
+    use crate::wire::tests::request;
 
     /// A real AppendEntries with entries, as the client side sends it.
     fn real_append(n: u64) -> RaftBytes {

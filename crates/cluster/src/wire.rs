@@ -139,7 +139,7 @@ pub(crate) struct HistoryHeader {
 pub(crate) const HISTORY_MAX: usize = 4096;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use muster_domain::Command;
@@ -149,7 +149,8 @@ mod tests {
 
     use super::*;
 
-    fn request(n: u64) -> AppendEntriesRequest<TypeConfig> {
+    /// An append of `n` entries after index 4: the wire tests' and the fuzz targets' sample.
+    pub(crate) fn request(n: u64) -> AppendEntriesRequest<TypeConfig> {
         let log_id = |i| LogId::new(CommittedLeaderId::new(2, 1), i);
         AppendEntriesRequest {
             vote: Vote::new_committed(2, 1),
