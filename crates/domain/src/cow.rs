@@ -388,31 +388,46 @@ impl<'a, T: Ord> IntoIterator for &'a CowSet<T> {
 
 impl<T: Ord + Serialize> Serialize for CowSet<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut q = s.serialize_seq(Some(self.len()))?;
-        for v in self.iter() {
-            q.serialize_element(v)?;
-        }
-        q.end()
+        serialize_seq(s, self.len(), self.iter())
     }
 }
 
 impl<'de, T: Ord + Clone + Deserialize<'de>> Deserialize<'de> for CowSet<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SetVisitor<T>(PhantomData<T>);
-        impl<'de, T: Ord + Clone + Deserialize<'de>> Visitor<'de> for SetVisitor<T> {
-            type Value = CowSet<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sequence")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut set = CowSet::new();
-                while let Some(v) = a.next_element()? {
-                    set.insert(v);
-                }
-                Ok(set)
-            }
+        d.deserialize_seq(SeqVisitor(PhantomData))
+    }
+}
+
+/// A sequence with its length up front, as `Vec` and `BTreeSet` serialize (formats such as
+/// CBOR write a known length differently from an unknown one, and snapshots keep their bytes).
+fn serialize_seq<'a, S: Serializer, T: Serialize + 'a>(
+    s: S,
+    len: usize,
+    items: impl Iterator<Item = &'a T>,
+) -> Result<S::Ok, S::Error> {
+    let mut q = s.serialize_seq(Some(len))?;
+    for v in items {
+        q.serialize_element(v)?;
+    }
+    q.end()
+}
+
+/// Reads a sequence into any container that collects its elements one at a time.
+struct SeqVisitor<C, T>(PhantomData<(C, T)>);
+
+impl<'de, C: Default + Extend<T>, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<C, T> {
+    type Value = C;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<C, A::Error> {
+        let mut c = C::default();
+        while let Some(v) = a.next_element()? {
+            c.extend(std::iter::once(v));
         }
-        d.deserialize_seq(SetVisitor(PhantomData))
+        Ok(c)
     }
 }
 
@@ -617,30 +632,12 @@ impl<T: Clone> From<Vec<T>> for CowVec<T> {
 
 impl<T: Serialize> Serialize for CowVec<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut q = s.serialize_seq(Some(self.len))?;
-        for v in self.iter() {
-            q.serialize_element(v)?;
-        }
-        q.end()
+        serialize_seq(s, self.len, self.iter())
     }
 }
 
 impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for CowVec<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SeqVisitor<T>(PhantomData<T>);
-        impl<'de, T: Clone + Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
-            type Value = CowVec<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sequence")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut v = CowVec::new();
-                while let Some(x) = a.next_element()? {
-                    v.push(x);
-                }
-                Ok(v)
-            }
-        }
         d.deserialize_seq(SeqVisitor(PhantomData))
     }
 }

@@ -14,59 +14,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::System;
+mod common;
+
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use muster_domain::{
-    Command, ConnectionChange, DeviceRegistration, DeviceResult, JobSpec, MethodCall, Operation,
-    Outcome, PropertyReport, RetryPolicy, Rollout, Schedule, State, Target, TargetSelector,
-};
-use muster_types::{DeviceId, JobId, RunId, Timestamp};
-use serde_json::json;
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+use common::{device, dispatch_all, job, live, register, results, start_job, N, T0};
+use muster_domain::{Command, ConnectionChange, PropertyReport, State};
+use muster_types::Timestamp;
+use serde_json::{json, Value};
 
-#[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-const N: usize = 100_000;
-const T0: i64 = 1_700_000_000_000;
 /// Devices each write workload touches (results and twin reports each).
 const TOUCHED: usize = 10_000;
-
-/// Live heap bytes (requested sizes, not the allocator's rounding).
-fn live() -> isize {
-    let s = GLOBAL.stats();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize
-}
-
-fn device(i: usize) -> DeviceId {
-    DeviceId::new(format!("sim-{i:07}")).unwrap()
-}
-
-fn job() -> JobId {
-    JobId::new("reboot-all").unwrap()
-}
-
-fn spec() -> JobSpec {
-    JobSpec {
-        display_name: "reboot".into(),
-        description: String::new(),
-        target: Target {
-            selector: TargetSelector::Query("SELECT * FROM devices".into()),
-            continuous: false,
-        },
-        operations: vec![Operation::InvokeMethod(MethodCall {
-            name: "reboot".into(),
-            payload: json!({}),
-            response_timeout_secs: 3600,
-            connect_timeout_secs: 0,
-        })],
-        schedule: Schedule::default(),
-        rollout: Rollout::default(),
-        cancellation: None,
-        retry: RetryPolicy::default(),
-    }
-}
 
 fn report(i: usize, round: u32) -> PropertyReport {
     PropertyReport {
@@ -75,32 +34,14 @@ fn report(i: usize, round: u32) -> PropertyReport {
     }
 }
 
-/// Results for devices `from..to` (each answered with its own payload, as devsim does).
-fn results(s: &mut State, from: usize, to: usize, at: Timestamp) {
-    for chunk in (from..to).collect::<Vec<_>>().chunks(1_000) {
-        s.execute(&Command::RecordDeviceResults {
-            results: chunk
-                .iter()
-                .map(|&i| DeviceResult {
-                    job: job(),
-                    run: RunId(0),
-                    device: device(i),
-                    attempt: 1,
-                    outcome: Outcome::Responded {
-                        status: 200,
-                        payload: json!({"device": device(i), "ok": true}).into(),
-                    },
-                })
-                .collect(),
-            at,
-        })
-        .unwrap();
-    }
+/// Each device's answer, its own payload as devsim's.
+fn answer(i: usize) -> Value {
+    json!({"device": device(i), "ok": true})
 }
 
-/// Twin reports of devices `from..to`.
-fn reports(s: &mut State, from: usize, to: usize, round: u32, at: Timestamp) {
-    for chunk in (from..to).collect::<Vec<_>>().chunks(1_000) {
+/// Twin reports of `devices`.
+fn reports(s: &mut State, devices: Range<usize>, round: u32, at: Timestamp) {
+    for chunk in devices.collect::<Vec<_>>().chunks(1_000) {
         s.execute(&Command::ReportPropertiesBatch {
             reports: chunk.iter().map(|&i| report(i, round)).collect(),
             at,
@@ -122,26 +63,12 @@ fn a_snapshot_clone_is_cheap_and_writes_after_it_copy_little() {
     let at = Timestamp(T0);
     let base = live();
     let mut s = State::default();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
-        s.execute(&Command::RegisterDevices {
-            devices: chunk
-                .iter()
-                .map(|&i| DeviceRegistration {
-                    id: device(i),
-                    display_name: String::new(),
-                    model_id: None,
-                    enabled: true,
-                    tags: json!({}),
-                })
-                .collect(),
-            upsert: false,
-            at,
-        })
-        .unwrap();
+    for from in (0..N).step_by(10_000) {
+        let chunk = from..from + 10_000;
+        register(&mut s, chunk.clone(), at);
         s.execute(&Command::SetConnections {
             changes: chunk
-                .iter()
-                .map(|&i| ConnectionChange {
+                .map(|i| ConnectionChange {
                     device: device(i),
                     connected: true,
                 })
@@ -150,34 +77,20 @@ fn a_snapshot_clone_is_cheap_and_writes_after_it_copy_little() {
         })
         .unwrap();
     }
-    reports(&mut s, 0, N, 0, at);
+    reports(&mut s, 0..N, 0, at);
     let registry = live() - base;
 
-    s.execute(&Command::CreateJob {
-        id: job(),
-        spec: spec(),
-        at,
-    })
-    .unwrap();
-    s.execute(&Command::Advance { at }).unwrap();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
-        s.execute(&Command::MarkDispatched {
-            job: job(),
-            run: RunId(0),
-            devices: chunk.iter().map(|&i| device(i)).collect(),
-            at: at.plus_millis(10),
-        })
-        .unwrap();
-    }
+    start_job(&mut s, at);
+    dispatch_all(&mut s, at.plus_millis(10));
     // Half answered; the other half stays in flight, so the job's rows stay hot.
-    results(&mut s, N / 2, N, at.plus_millis(500));
+    results(&mut s, N / 2..N, at.plus_millis(500), answer);
     let state = live() - base;
 
     // Writes with no clone alive: what they cost anyway.
     let later = at.plus_millis(1_000);
     let (plain, plain_time) = measured(&mut s, |s| {
-        results(s, 0, TOUCHED, later);
-        reports(s, 0, TOUCHED, 1, later);
+        results(s, 0..TOUCHED, later, answer);
+        reports(s, 0..TOUCHED, 1, later);
     });
 
     // The snapshot's copy: the stall is the clone; the same writes on other devices while it is
@@ -188,8 +101,8 @@ fn a_snapshot_clone_is_cheap_and_writes_after_it_copy_little() {
     let stall = t.elapsed();
     let clone_bytes = live() - before;
     let (shared, shared_time) = measured(&mut s, |s| {
-        results(s, TOUCHED, 2 * TOUCHED, later);
-        reports(s, TOUCHED, 2 * TOUCHED, 1, later);
+        results(s, TOUCHED..2 * TOUCHED, later, answer);
+        reports(s, TOUCHED..2 * TOUCHED, 1, later);
     });
     let copied = shared - plain;
     let peak = clone_bytes + copied;

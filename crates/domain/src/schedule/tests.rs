@@ -42,19 +42,32 @@ fn spec(schedule: JobSchedule) -> ScheduledJobSpec {
     }
 }
 
+/// A schedule from `start` with no end, in UTC.
+fn open_ended(start: Timestamp, recurrence: Option<Recurrence>) -> JobSchedule {
+    JobSchedule {
+        start,
+        recurrence,
+        end: None,
+        time_zone: None,
+    }
+}
+
 fn sid() -> ScheduledJobId {
     ScheduledJobId::new("nightly").unwrap()
 }
 
+/// Saving the schedule `sid()`, if its version is `if_version` (when given).
+fn save_cmd(spec: ScheduledJobSpec, if_version: Option<u64>, at: Timestamp) -> Command {
+    Command::SaveScheduledJob {
+        id: sid(),
+        spec,
+        if_version,
+        at,
+    }
+}
+
 fn save(state: &mut State, schedule: JobSchedule, at: Timestamp) -> Vec<Event> {
-    state
-        .execute(&Command::SaveScheduledJob {
-            id: sid(),
-            spec: spec(schedule),
-            if_version: None,
-            at,
-        })
-        .unwrap()
+    state.execute(&save_cmd(spec(schedule), None, at)).unwrap()
 }
 
 fn occurred(events: &[Event]) -> Vec<(u32, Timestamp, Timestamp)> {
@@ -98,12 +111,7 @@ fn daily_in_a_zone_keeps_civil_time_across_dst() {
 
 #[test]
 fn monthly_clamps_to_the_last_day_without_drifting() {
-    let s = JobSchedule {
-        start: ts("2026-01-31T10:00:00Z"),
-        recurrence: Some(Recurrence::Monthly),
-        end: None,
-        time_zone: None,
-    };
+    let s = open_ended(ts("2026-01-31T10:00:00Z"), Some(Recurrence::Monthly));
     let got: Vec<String> = (0..3)
         .map(|i| s.occurrence(i).unwrap().to_rfc3339())
         .collect();
@@ -147,17 +155,11 @@ fn a_schedule_with_nothing_left_is_refused() {
     let state = State::default();
     let err = state
         .clone()
-        .execute(&Command::SaveScheduledJob {
-            id: sid(),
-            spec: spec(JobSchedule {
-                start: ts("2020-01-01T00:00:00Z"),
-                recurrence: None,
-                end: None,
-                time_zone: None,
-            }),
-            if_version: None,
-            at: ts("2026-01-01T00:00:00Z"),
-        })
+        .execute(&save_cmd(
+            spec(open_ended(ts("2020-01-01T00:00:00Z"), None)),
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        ))
         .unwrap_err();
     assert!(err.to_string().contains("no occurrence after"), "{err}");
 }
@@ -174,16 +176,7 @@ fn a_taken_job_id_is_skipped() {
             at,
         })
         .unwrap();
-    save(
-        &mut state,
-        JobSchedule {
-            start: at,
-            recurrence: None,
-            end: None,
-            time_zone: None,
-        },
-        at,
-    );
+    save(&mut state, open_ended(at, None), at);
     state.execute(&Command::Advance { at }).unwrap();
     assert_eq!(state.schedules[&sid()].jobs[0].as_str(), "nightly-2");
 }
@@ -314,12 +307,7 @@ fn actions_ask_for_an_advance_when_an_occurrence_is_due() {
     let start = ts("2026-01-01T00:00:00Z");
     save(
         &mut state,
-        JobSchedule {
-            start,
-            recurrence: Some(Recurrence::Seconds(60)),
-            end: None,
-            time_zone: None,
-        },
+        open_ended(start, Some(Recurrence::Seconds(60))),
         start.plus_secs(-10),
     );
     let before = actions(&state, start.plus_secs(-5), 100);
@@ -333,27 +321,13 @@ fn actions_ask_for_an_advance_when_an_occurrence_is_due() {
 fn disable_then_enable_skips_and_never_repeats() {
     let mut state = State::default();
     let start = ts("2026-01-01T00:00:00Z");
-    let every_30s = JobSchedule {
-        start,
-        recurrence: Some(Recurrence::Seconds(30)),
-        end: None,
-        time_zone: None,
-    };
+    let every_30s = open_ended(start, Some(Recurrence::Seconds(30)));
     let mut log = save(&mut state, every_30s.clone(), start);
     log.extend(state.execute(&Command::Advance { at: start }).unwrap());
     let mut off = spec(every_30s.clone());
     off.enabled = false;
     let t = start.plus_secs(10);
-    log.extend(
-        state
-            .execute(&Command::SaveScheduledJob {
-                id: sid(),
-                spec: off,
-                if_version: None,
-                at: t,
-            })
-            .unwrap(),
-    );
+    log.extend(state.execute(&save_cmd(off, None, t)).unwrap());
     // Disabled across occurrences 1..=4: none is created.
     for s in [30, 60, 90, 120] {
         let at = start.plus_secs(s);
@@ -363,16 +337,7 @@ fn disable_then_enable_skips_and_never_repeats() {
     // Enabled at 125 s: occurrences 3 and 4 (90 s, 120 s) are within the grace minute and run;
     // 0 never again.
     let back = start.plus_secs(125);
-    log.extend(
-        state
-            .execute(&Command::SaveScheduledJob {
-                id: sid(),
-                spec: spec(every_30s),
-                if_version: None,
-                at: back,
-            })
-            .unwrap(),
-    );
+    log.extend(save(&mut state, every_30s, back));
     for s in [125, 150] {
         let at = start.plus_secs(s);
         while state.schedules[&sid()].due(at).is_some() {
@@ -384,24 +349,23 @@ fn disable_then_enable_skips_and_never_repeats() {
     assert_eq!(State::replay(&log), state);
 }
 
+/// The versioned saves' setup: an empty state, and a daily schedule from 2026-01-01 00:00 UTC
+/// (returned with its start).
+fn daily_from_new_year() -> (State, Timestamp, JobSchedule) {
+    let start = ts("2026-01-01T00:00:00Z");
+    (
+        State::default(),
+        start,
+        open_ended(start, Some(Recurrence::Daily)),
+    )
+}
+
 /// A stale etag is refused; the right one replaces.
 #[test]
 fn saves_are_conditional_on_the_version() {
-    let mut state = State::default();
-    let start = ts("2026-01-01T00:00:00Z");
-    let s = JobSchedule {
-        start,
-        recurrence: Some(Recurrence::Daily),
-        end: None,
-        time_zone: None,
-    };
+    let (mut state, start, s) = daily_from_new_year();
     save(&mut state, s.clone(), start);
-    let cmd = |v| Command::SaveScheduledJob {
-        id: sid(),
-        spec: spec(s.clone()),
-        if_version: Some(v),
-        at: start,
-    };
+    let cmd = |v| save_cmd(spec(s.clone()), Some(v), start);
     assert!(matches!(
         state.clone().execute(&cmd(7)),
         Err(DomainError::ScheduledJobVersionMismatch { actual: 1, .. })
@@ -412,20 +376,8 @@ fn saves_are_conditional_on_the_version() {
 
 #[test]
 fn version_zero_creates_only_once() {
-    let mut state = State::default();
-    let start = ts("2026-01-01T00:00:00Z");
-    let s = JobSchedule {
-        start,
-        recurrence: Some(Recurrence::Daily),
-        end: None,
-        time_zone: None,
-    };
-    let create = Command::SaveScheduledJob {
-        id: sid(),
-        spec: spec(s),
-        if_version: Some(0),
-        at: start,
-    };
+    let (mut state, start, s) = daily_from_new_year();
+    let create = save_cmd(spec(s), Some(0), start);
     state.execute(&create).unwrap();
     assert_eq!(state.schedules[&sid()].version, 1);
     assert_eq!(

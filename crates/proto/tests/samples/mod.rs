@@ -1,4 +1,5 @@
-//! Sample commands and events shared by the round-trip and golden tests.
+//! Sample commands and events shared by the round-trip and golden tests (and muster-api's
+//! `event_types` test, which includes this file by path).
 //!
 //! Together the samples hold every `Command` and `Event` variant and every variant of the types
 //! inside them; `coverage` checks that with exhaustive matches, so a new domain variant fails to
