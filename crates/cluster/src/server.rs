@@ -3,12 +3,16 @@
 //! forward (writes, read index, administration, history). The client sides are
 //! [`crate::transport`] and [`crate::forward`]; the messages both read are [`crate::wire`].
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use muster_proto::pb::raft_service_server::{RaftService, RaftServiceServer};
 use muster_proto::pb::RaftBytes;
 use muster_tls::PeerTls;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -18,21 +22,73 @@ use muster_store::{Request, TypeConfig};
 use crate::admin::AdminRequest;
 use crate::wire::{
     BinaryAppend, ForwardError, HistoryHeader, HistoryRequest, HISTORY_MAX, MAX_MESSAGE_BYTES,
+    REFUSAL_DISK_FULL, REFUSAL_KEY,
 };
-use crate::Cluster;
+use crate::{Cluster, ClusterError};
 
 /// The server side of the peer RPCs: hands each request to this node's Raft.
 #[derive(Debug, Clone)]
 pub struct PeerService {
     cluster: Cluster,
+    refusals: Arc<Refusals>,
+}
+
+/// How often a follower refusing its leader's entries says so in its log.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether this node is refusing its leader's entries for want of disk space, and when it last
+/// logged it: one warning every few seconds while it lasts, one line when it ends.
+#[derive(Debug, Default)]
+struct Refusals {
+    refusing: AtomicBool,
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    fn refused(&self, why: &ClusterError) {
+        self.refusing.store(true, Ordering::Relaxed);
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.is_some_and(|at| at.elapsed() < REFUSAL_WARNING_EVERY) {
+            return;
+        }
+        *warned = Some(Instant::now());
+        tracing::warn!(
+            "refusing the leader's entries: {why}. This node falls behind (the others go on \
+             committing) and catches up by itself once space is freed"
+        );
+    }
+
+    fn accepted(&self) {
+        if self.refusing.swap(false, Ordering::Relaxed) {
+            *self.warned.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            tracing::info!(
+                "disk space is back above the reserve: accepting the leader's entries again"
+            );
+        }
+    }
+}
+
+/// The answer to a replication request this node has no room to store: `UNAVAILABLE`, so the
+/// leader's client counts this node as unreachable for now and retries, marked so that it
+/// retries at the heartbeat pace (see [`REFUSAL_KEY`]).
+fn disk_full_status(why: &ClusterError) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(why.to_string());
+    status.metadata_mut().insert(
+        REFUSAL_KEY,
+        tonic::metadata::MetadataValue::from_static(REFUSAL_DISK_FULL),
+    );
+    status
 }
 
 impl PeerService {
     /// The tonic service to serve on the peer listener.
     pub fn server(cluster: Cluster) -> RaftServiceServer<PeerService> {
-        RaftServiceServer::new(PeerService { cluster })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        RaftServiceServer::new(PeerService {
+            cluster,
+            refusals: Arc::default(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The peer server's TLS: this node's certificate, and a client certificate that chains to
@@ -94,6 +150,37 @@ fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftBytes>, tonic::
         .map_err(|e| tonic::Status::internal(format!("cannot encode raft answer: {e}")))
 }
 
+impl PeerService {
+    /// Refuses entries this node has no room to store, before anything is written (issue 18):
+    /// sled cannot recover from a failed write, and openraft stops the node on one.
+    ///
+    /// The leader keeps sending these entries and no heartbeat while they are outstanding, so
+    /// without word from it this node would call an election (and write its vote to the full
+    /// disk). Its Raft is handed the request without the entries instead: the heartbeat the
+    /// leader would send at this point, which keeps the leader's lease, commits only entries
+    /// this node already holds, and answers a higher vote or a conflicting log as the whole
+    /// request would be answered. Only an acceptance becomes the refusal.
+    async fn refuse_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        full: ClusterError,
+    ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
+        self.refusals.refused(&full);
+        let heartbeat = AppendEntriesRequest {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+            entries: Vec::new(),
+        };
+        match self.cluster.raft().append_entries(heartbeat).await {
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) => {
+                Err(disk_full_status(&full))
+            }
+            answer => encode(&answer),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for PeerService {
     async fn append_entries(
@@ -101,6 +188,13 @@ impl RaftService for PeerService {
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
         let rpc = append_request(req.into_inner())?;
+        if rpc.entries.is_empty() {
+            return encode(&self.cluster.raft().append_entries(rpc).await);
+        }
+        if let Err(full) = self.cluster.refuse_when_disk_full() {
+            return self.refuse_entries(rpc, full).await;
+        }
+        self.refusals.accepted();
         encode(&self.cluster.raft().append_entries(rpc).await)
     }
 
@@ -117,6 +211,12 @@ impl RaftService for PeerService {
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
         let rpc = snapshot_request(req.into_inner())?;
+        // The leader's heartbeats go on while it streams a snapshot, so this node keeps its
+        // leader meanwhile; a refused chunk is sent again after the backoff.
+        if let Err(full) = self.cluster.refuse_when_disk_full() {
+            self.refusals.refused(&full);
+            return Err(disk_full_status(&full));
+        }
         encode(&self.cluster.raft().install_snapshot(rpc).await)
     }
 
