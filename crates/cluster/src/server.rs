@@ -450,3 +450,125 @@ mod fuzz {
         assert_eq!(rpc.entries.len(), 3);
     }
 }
+
+/// Issue 18: below the reserve, entries and snapshot chunks are refused before anything is
+/// stored, while heartbeats pass and the refusal still keeps the leader's lease. A reserve of
+/// `u64::MAX` puts every disk below it, so this runs without mounting anything.
+#[cfg(test)]
+mod disk_full {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::error::RaftError;
+    use openraft::{SnapshotMeta, StoredMembership};
+
+    use super::*;
+    use crate::wire::tests::request;
+    use crate::ClusterConfig;
+    use muster_store::MusterNode;
+
+    fn bytes(rpc: &AppendEntriesRequest<TypeConfig>) -> RaftBytes {
+        if rpc.entries.is_empty() {
+            return RaftBytes {
+                json: serde_json::to_vec(rpc).unwrap(),
+                data: Vec::new(),
+            };
+        }
+        let (header, data) = BinaryAppend::encode(rpc).unwrap();
+        RaftBytes {
+            json: serde_json::to_vec(&header).unwrap(),
+            data,
+        }
+    }
+
+    /// Raft's answer, as the leader's client reads it (`None`: a Raft error).
+    fn answer(
+        r: Result<tonic::Response<RaftBytes>, tonic::Status>,
+    ) -> Option<AppendEntriesResponse<u64>> {
+        let read: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
+            serde_json::from_slice(&r.unwrap().into_inner().json).unwrap();
+        read.ok()
+    }
+
+    fn refused_for_disk_space(r: Result<tonic::Response<RaftBytes>, tonic::Status>) {
+        let status = r.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(
+            status.metadata().get(REFUSAL_KEY).unwrap().as_bytes(),
+            REFUSAL_DISK_FULL.as_bytes()
+        );
+        assert!(status.message().contains("MiB free"), "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_and_snapshots_are_refused_heartbeats_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ClusterConfig::new(2, dir.path().to_path_buf(), MusterNode::default());
+        // A node waiting to be added: an empty log that follows whoever leads.
+        cfg.join = true;
+        cfg.min_free_disk = u64::MAX;
+        let cluster = Cluster::start(cfg).await.unwrap();
+        let service = PeerService {
+            cluster: cluster.clone(),
+            refusals: Arc::default(),
+        };
+
+        // Entries from the start of the log: refused, nothing stored, yet the leader's vote
+        // reached Raft (its lease holds, so no election).
+        let mut rpc = request(2);
+        rpc.prev_log_id = None;
+        rpc.leader_commit = None;
+        for (i, e) in rpc.entries.iter_mut().enumerate() {
+            e.log_id.index = i as u64 + 1;
+        }
+        refused_for_disk_space(
+            service
+                .append_entries(tonic::Request::new(bytes(&rpc)))
+                .await,
+        );
+        let m = cluster.raft().metrics().borrow().clone();
+        assert_eq!(m.last_log_index, None);
+        assert_eq!(m.vote, rpc.vote);
+
+        // Entries after a log this node does not have: the conflict is answered as such, so the
+        // leader learns where to resume.
+        let r = service
+            .append_entries(tonic::Request::new(bytes(&request(2))))
+            .await;
+        assert!(matches!(answer(r), Some(AppendEntriesResponse::Conflict)));
+
+        // A heartbeat passes.
+        let mut heartbeat = rpc.clone();
+        heartbeat.entries.clear();
+        let r = service
+            .append_entries(tonic::Request::new(bytes(&heartbeat)))
+            .await;
+        assert!(matches!(answer(r), Some(AppendEntriesResponse::Success)));
+
+        // A snapshot chunk is refused the same way.
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: rpc.vote,
+            meta: SnapshotMeta {
+                last_log_id: rpc.entries.last().map(|e| e.log_id),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s1".into(),
+            },
+            offset: 0,
+            data: Vec::new(),
+            done: true,
+        };
+        refused_for_disk_space(
+            service
+                .install_snapshot(tonic::Request::new(RaftBytes {
+                    json: serde_json::to_vec(&snapshot).unwrap(),
+                    data: vec![1, 2, 3],
+                }))
+                .await,
+        );
+        let m = cluster.raft().metrics().borrow().clone();
+        assert_eq!(m.last_log_index, None);
+        assert_eq!(m.snapshot, None);
+        assert!(cluster.metrics.raft().writes_refused_disk_full.get() >= 2);
+        assert!(service.refusals.refusing.load(Ordering::Relaxed));
+        cluster.shutdown().await;
+    }
+}
