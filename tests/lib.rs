@@ -401,7 +401,26 @@ impl TestCluster {
         TestCluster::start_inner(n, extra, Some(certs))
     }
 
+    /// Like [`start`](Self::start), after `prepare(i, dir)` ran on node index `i`'s directory
+    /// (its data goes to `dir/data`), for instance to mount a file system there.
+    pub fn start_prepared(
+        n: usize,
+        extra: &[&str],
+        prepare: &mut dyn FnMut(usize, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<TestCluster> {
+        TestCluster::start_with_prepare(n, extra, None, prepare)
+    }
+
     fn start_inner(n: usize, extra: &[&str], certs: Option<&Path>) -> anyhow::Result<TestCluster> {
+        TestCluster::start_with_prepare(n, extra, certs, &mut |_, _| Ok(()))
+    }
+
+    fn start_with_prepare(
+        n: usize,
+        extra: &[&str],
+        certs: Option<&Path>,
+        prepare: &mut dyn FnMut(usize, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<TestCluster> {
         let ports = free_ports(n)?;
         let peers = ports
             .iter()
@@ -410,6 +429,9 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",");
         let dirs = (0..n).map(|_| data_dir()).collect::<Result<Vec<_>, _>>()?;
+        for (i, dir) in dirs.iter().enumerate() {
+            prepare(i, dir.path())?;
+        }
         let mut nodes = Vec::with_capacity(n);
         for (i, dir) in dirs.iter().enumerate() {
             let id = (i + 1).to_string();

@@ -5,6 +5,10 @@
 //! The node must answer writes with a clear error (507 in each REST shape's body, gRPC
 //! `RESOURCE_EXHAUSTED`), keep serving reads, say not ready, not damage its log, and accept
 //! writes again once the ballast is deleted, without a restart.
+//!
+//! A follower whose disk fills refuses the leader's entries instead of failing to store them
+//! (and stopping): the others go on committing, it stays up and not ready, and it catches up by
+//! itself once space is back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
@@ -13,7 +17,7 @@ use std::process::Command;
 
 use muster_proto::pb;
 use muster_proto::pb::device_service_client::DeviceServiceClient;
-use muster_tests::{data_dir, error_of, muster_audit, wait_for, Server};
+use muster_tests::{data_dir, error_of, muster_audit, wait_for, AuthChannel, Server, TestCluster};
 use serde_json::{json, Value};
 
 const HUB: &str = "api-version=2021-04-12";
@@ -199,4 +203,159 @@ async fn a_full_disk_refuses_writes_with_507_serves_reads_and_recovers_without_a
         String::from_utf8_lossy(&out.stderr)
     );
     drop(disk);
+}
+
+async fn import(ch: &AuthChannel, id: &str) -> Result<(), tonic::Status> {
+    DeviceServiceClient::new(ch.clone())
+        .import_devices(pb::ImportDevicesRequest {
+            devices: vec![pb::NewDevice {
+                device_id: id.into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Whether the node behind `ch` has device `id` in its own state (no leader asked).
+async fn has_device(ch: &AuthChannel, id: &str) -> bool {
+    DeviceServiceClient::new(ch.clone())
+        .get_device(pb::GetDeviceRequest {
+            device_id: id.into(),
+            stale_ok: true,
+        })
+        .await
+        .is_ok()
+}
+
+/// The value of the unlabelled metric `name` on the node at `rest` (0 when it cannot be read).
+async fn metric(c: &reqwest::Client, rest: &str, name: &str) -> f64 {
+    let Ok(r) = c.get(format!("{rest}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_refuses_entries_stays_up_and_catches_up() {
+    let probe = data_dir().unwrap();
+    if let Err(why) = Tmpfs::mount(&probe.path().join("probe"), "1m") {
+        eprintln!("skipped: cannot mount a tmpfs for the data directories ({why}); run as root");
+        return;
+    }
+    // Every node's data directory is a small tmpfs: which one ends up a follower is known only
+    // once a leader is elected.
+    let mut disks = Vec::new();
+    let mut cluster =
+        TestCluster::start_prepared(3, &["--min-free-disk-mib", "16"], &mut |_, dir| {
+            disks.push(Tmpfs::mount(&dir.join("data"), "64m").map_err(anyhow::Error::msg)?);
+            Ok(())
+        })
+        .unwrap();
+    let leader = cluster.leader().await.unwrap();
+    for n in &cluster.nodes {
+        n.wait_ready().await.unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    let c = cluster.http_client().unwrap();
+    let on_leader = cluster.nodes[leader].channel().await.unwrap();
+    let on_follower = cluster.nodes[follower].channel().await.unwrap();
+    let follower_rest = cluster.nodes[follower].rest.clone();
+
+    import(&on_leader, "before").await.unwrap();
+    wait_for("the follower to apply the first write", || {
+        has_device(&on_follower, "before")
+    })
+    .await
+    .unwrap();
+
+    let leader_rest = cluster.nodes[leader].rest.clone();
+    let term = metric(&c, &leader_rest, "muster_raft_term").await;
+    assert!(term > 0.0);
+    let data = cluster.dir(follower).join("data");
+    let ballast = data.join("ballast");
+    assert!(fill(&ballast) > 0);
+    assert!(muster_store::free_space(&data).unwrap() < 16 * 1024 * 1024);
+
+    // The leader and the other follower are a majority: writes go on.
+    let during: Vec<String> = (0..5).map(|i| format!("during-{i}")).collect();
+    for id in &during {
+        import(&on_leader, id).await.unwrap();
+    }
+    // The follower refuses them, again and again, without stopping and without calling an
+    // election: each refusal still tells its Raft that the leader is there. Twenty refusals
+    // (two seconds at the heartbeat pace) outlast its election timeout.
+    wait_for("the follower to refuse the leader's entries 20 times", || {
+        let c = c.clone();
+        let rest = follower_rest.clone();
+        async move { metric(&c, &rest, "muster_raft_writes_refused_disk_full_total").await >= 20.0 }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(
+        cluster.nodes[follower].is_running(),
+        "{}",
+        cluster.nodes[follower].log_text()
+    );
+    assert_eq!(
+        cluster.ready(&c, leader).await,
+        Some(true),
+        "the leader kept its place\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        metric(&c, &follower_rest, "muster_raft_term").await,
+        term,
+        "the follower called no election\n{}",
+        cluster.logs()
+    );
+    assert!(!has_device(&on_follower, "during-0").await);
+    assert!(has_device(&on_follower, "before").await);
+    let (s, b, _) = call(c.get(format!("{follower_rest}/readyz"))).await;
+    assert_eq!(s, 503, "{b}");
+    assert!(error_of(&b).unwrap().1.contains("MiB free"), "{b}");
+    let log = cluster.nodes[follower].log_text();
+    assert!(log.contains("refusing the leader's entries"), "{log}");
+
+    // Space returns: the follower catches up without a restart, and serves writes again.
+    std::fs::remove_file(&ballast).unwrap();
+    for id in &during {
+        wait_for("the follower to catch up", || has_device(&on_follower, id))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    }
+    cluster.nodes[follower].wait_ready().await.unwrap();
+    import(&on_follower, "after").await.unwrap();
+    wait_for("the follower to apply its own write", || {
+        has_device(&on_follower, "after")
+    })
+    .await
+    .unwrap();
+    assert!(cluster.nodes[follower]
+        .log_text()
+        .contains("accepting the leader's entries again"));
+    // Nor did its return unseat the leader.
+    assert_eq!(
+        metric(&c, &leader_rest, "muster_raft_term").await,
+        term,
+        "no election since the disk filled\n{}",
+        cluster.logs()
+    );
+
+    // Its log is whole.
+    for n in &mut cluster.nodes {
+        assert!(n.terminate().unwrap(), "{}", n.log_text());
+    }
+    let out = muster_audit(&["verify"], cluster.nodes[follower].data_dir()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(disks);
 }

@@ -45,3 +45,8 @@ pub use json::MAX_BODY_BYTES;
 /// Who a verified client certificate says the caller is; a request extension in REST and gRPC
 /// handlers (see `muster_api::grpc::identify` and the node's TLS listener).
 pub use muster_tls::ClientIdentity;
+
+/// What REST (503) and gRPC (`UNAVAILABLE`) answer once this node's Raft core, or the leader's
+/// it forwarded to, has stopped: that node will not serve again until it is restarted, so the
+/// caller should use another member. The cause is in the server log, not in the answer.
+pub(crate) const NODE_STOPPED: &str = "the cluster node serving this request has stopped (its Raft core ended) and cannot serve; send the request to another member of the cluster";

@@ -101,10 +101,11 @@ impl Forwarder {
         peer_addr: &str,
         context: &dyn Fn(&dyn std::fmt::Display) -> String,
     ) -> Result<RaftServiceClient<Channel>, Forwarded> {
+        // The map of clients stays whole whatever a holder of the lock did.
         let mut clients = self
             .clients
             .lock()
-            .map_err(|_| Forwarded::Failed(ClusterError::Fatal("forwarder lock".into())))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(match clients.get(peer_addr) {
             Some(c) => c.clone(),
             None => {

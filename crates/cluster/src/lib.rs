@@ -245,19 +245,27 @@ impl Cluster {
     /// failed write of its log as a global error and fails everything after it until the
     /// process restarts, and openraft stops the node on any storage error. A file system that
     /// cannot be asked (it vanished) is left to the write itself to report.
+    ///
+    /// Also guards the entries a follower receives from its leader (the peer server's
+    /// AppendEntries and InstallSnapshot), so the reserve is checked in this one place. Each
+    /// refusal is counted in `muster_raft_writes_refused_disk_full`.
     pub fn refuse_when_disk_full(&self) -> Result<(), ClusterError> {
+        self.disk_below_reserve().inspect_err(|_| {
+            self.metrics.raft().writes_refused_disk_full.inc();
+        })
+    }
+
+    /// The reserve check without counting a refusal, for `/readyz` (a probe refuses nothing).
+    pub fn disk_below_reserve(&self) -> Result<(), ClusterError> {
         if self.min_free_disk == 0 {
             return Ok(());
         }
         match muster_store::free_space(&self.data_dir) {
-            Ok(free) if free < self.min_free_disk => {
-                self.metrics.raft().writes_refused_disk_full.inc();
-                Err(ClusterError::DiskFull {
-                    node: self.id,
-                    free,
-                    reserve: self.min_free_disk,
-                })
-            }
+            Ok(free) if free < self.min_free_disk => Err(ClusterError::DiskFull {
+                node: self.id,
+                free,
+                reserve: self.min_free_disk,
+            }),
             _ => Ok(()),
         }
     }

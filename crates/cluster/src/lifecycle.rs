@@ -50,7 +50,7 @@ impl Cluster {
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(config),
-            Network::new(dialer.clone()),
+            Network::new(dialer.clone(), cfg.heartbeat),
             log,
             sm,
         )

@@ -3,12 +3,16 @@
 //! forward (writes, read index, administration, history). The client sides are
 //! [`crate::transport`] and [`crate::forward`]; the messages both read are [`crate::wire`].
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use muster_proto::pb::raft_service_server::{RaftService, RaftServiceServer};
 use muster_proto::pb::RaftBytes;
 use muster_tls::PeerTls;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -18,21 +22,73 @@ use muster_store::{Request, TypeConfig};
 use crate::admin::AdminRequest;
 use crate::wire::{
     BinaryAppend, ForwardError, HistoryHeader, HistoryRequest, HISTORY_MAX, MAX_MESSAGE_BYTES,
+    REFUSAL_DISK_FULL, REFUSAL_KEY,
 };
-use crate::Cluster;
+use crate::{Cluster, ClusterError};
 
 /// The server side of the peer RPCs: hands each request to this node's Raft.
 #[derive(Debug, Clone)]
 pub struct PeerService {
     cluster: Cluster,
+    refusals: Arc<Refusals>,
+}
+
+/// How often a follower refusing its leader's entries says so in its log.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether this node is refusing its leader's entries for want of disk space, and when it last
+/// logged it: one warning every few seconds while it lasts, one line when it ends.
+#[derive(Debug, Default)]
+struct Refusals {
+    refusing: AtomicBool,
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    fn refused(&self, why: &ClusterError) {
+        self.refusing.store(true, Ordering::Relaxed);
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.is_some_and(|at| at.elapsed() < REFUSAL_WARNING_EVERY) {
+            return;
+        }
+        *warned = Some(Instant::now());
+        tracing::warn!(
+            "refusing the leader's entries: {why}. This node falls behind (the others go on \
+             committing) and catches up by itself once space is freed"
+        );
+    }
+
+    fn accepted(&self) {
+        if self.refusing.swap(false, Ordering::Relaxed) {
+            *self.warned.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            tracing::info!(
+                "disk space is back above the reserve: accepting the leader's entries again"
+            );
+        }
+    }
+}
+
+/// The answer to a replication request this node has no room to store: `UNAVAILABLE`, so the
+/// leader's client counts this node as unreachable for now and retries, marked so that it
+/// retries at the heartbeat pace (see [`REFUSAL_KEY`]).
+fn disk_full_status(why: &ClusterError) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(why.to_string());
+    status.metadata_mut().insert(
+        REFUSAL_KEY,
+        tonic::metadata::MetadataValue::from_static(REFUSAL_DISK_FULL),
+    );
+    status
 }
 
 impl PeerService {
     /// The tonic service to serve on the peer listener.
     pub fn server(cluster: Cluster) -> RaftServiceServer<PeerService> {
-        RaftServiceServer::new(PeerService { cluster })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        RaftServiceServer::new(PeerService {
+            cluster,
+            refusals: Arc::default(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The peer server's TLS: this node's certificate, and a client certificate that chains to
@@ -94,6 +150,37 @@ fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<RaftBytes>, tonic::
         .map_err(|e| tonic::Status::internal(format!("cannot encode raft answer: {e}")))
 }
 
+impl PeerService {
+    /// Refuses entries this node has no room to store, before anything is written (issue 18):
+    /// sled cannot recover from a failed write, and openraft stops the node on one.
+    ///
+    /// The leader keeps sending these entries and no heartbeat while they are outstanding, so
+    /// without word from it this node would call an election (and write its vote to the full
+    /// disk). Its Raft is handed the request without the entries instead: the heartbeat the
+    /// leader would send at this point, which keeps the leader's lease, commits only entries
+    /// this node already holds, and answers a higher vote or a conflicting log as the whole
+    /// request would be answered. Only an acceptance becomes the refusal.
+    async fn refuse_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        full: ClusterError,
+    ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
+        self.refusals.refused(&full);
+        let heartbeat = AppendEntriesRequest {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+            entries: Vec::new(),
+        };
+        match self.cluster.raft().append_entries(heartbeat).await {
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)) => {
+                Err(disk_full_status(&full))
+            }
+            answer => encode(&answer),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for PeerService {
     async fn append_entries(
@@ -101,6 +188,13 @@ impl RaftService for PeerService {
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
         let rpc = append_request(req.into_inner())?;
+        if rpc.entries.is_empty() {
+            return encode(&self.cluster.raft().append_entries(rpc).await);
+        }
+        if let Err(full) = self.cluster.refuse_when_disk_full() {
+            return self.refuse_entries(rpc, full).await;
+        }
+        self.refusals.accepted();
         encode(&self.cluster.raft().append_entries(rpc).await)
     }
 
@@ -117,6 +211,12 @@ impl RaftService for PeerService {
         req: tonic::Request<RaftBytes>,
     ) -> Result<tonic::Response<RaftBytes>, tonic::Status> {
         let rpc = snapshot_request(req.into_inner())?;
+        // The leader's heartbeats go on while it streams a snapshot, so this node keeps its
+        // leader meanwhile; a refused chunk is sent again after the backoff.
+        if let Err(full) = self.cluster.refuse_when_disk_full() {
+            self.refusals.refused(&full);
+            return Err(disk_full_status(&full));
+        }
         encode(&self.cluster.raft().install_snapshot(rpc).await)
     }
 
@@ -348,5 +448,127 @@ mod fuzz {
     fn a_real_append_reads_back() {
         let rpc = append_request(real_append(3)).unwrap();
         assert_eq!(rpc.entries.len(), 3);
+    }
+}
+
+/// Issue 18: below the reserve, entries and snapshot chunks are refused before anything is
+/// stored, while heartbeats pass and the refusal still keeps the leader's lease. A reserve of
+/// `u64::MAX` puts every disk below it, so this runs without mounting anything.
+#[cfg(test)]
+mod disk_full {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::error::RaftError;
+    use openraft::{SnapshotMeta, StoredMembership};
+
+    use super::*;
+    use crate::wire::tests::request;
+    use crate::ClusterConfig;
+    use muster_store::MusterNode;
+
+    fn bytes(rpc: &AppendEntriesRequest<TypeConfig>) -> RaftBytes {
+        if rpc.entries.is_empty() {
+            return RaftBytes {
+                json: serde_json::to_vec(rpc).unwrap(),
+                data: Vec::new(),
+            };
+        }
+        let (header, data) = BinaryAppend::encode(rpc).unwrap();
+        RaftBytes {
+            json: serde_json::to_vec(&header).unwrap(),
+            data,
+        }
+    }
+
+    /// Raft's answer, as the leader's client reads it (`None`: a Raft error).
+    fn answer(
+        r: Result<tonic::Response<RaftBytes>, tonic::Status>,
+    ) -> Option<AppendEntriesResponse<u64>> {
+        let read: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
+            serde_json::from_slice(&r.unwrap().into_inner().json).unwrap();
+        read.ok()
+    }
+
+    fn refused_for_disk_space(r: Result<tonic::Response<RaftBytes>, tonic::Status>) {
+        let status = r.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(
+            status.metadata().get(REFUSAL_KEY).unwrap().as_bytes(),
+            REFUSAL_DISK_FULL.as_bytes()
+        );
+        assert!(status.message().contains("MiB free"), "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_and_snapshots_are_refused_heartbeats_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ClusterConfig::new(2, dir.path().to_path_buf(), MusterNode::default());
+        // A node waiting to be added: an empty log that follows whoever leads.
+        cfg.join = true;
+        cfg.min_free_disk = u64::MAX;
+        let cluster = Cluster::start(cfg).await.unwrap();
+        let service = PeerService {
+            cluster: cluster.clone(),
+            refusals: Arc::default(),
+        };
+
+        // Entries from the start of the log: refused, nothing stored, yet the leader's vote
+        // reached Raft (its lease holds, so no election).
+        let mut rpc = request(2);
+        rpc.prev_log_id = None;
+        rpc.leader_commit = None;
+        for (i, e) in rpc.entries.iter_mut().enumerate() {
+            e.log_id.index = i as u64 + 1;
+        }
+        refused_for_disk_space(
+            service
+                .append_entries(tonic::Request::new(bytes(&rpc)))
+                .await,
+        );
+        let m = cluster.raft().metrics().borrow().clone();
+        assert_eq!(m.last_log_index, None);
+        assert_eq!(m.vote, rpc.vote);
+
+        // Entries after a log this node does not have: the conflict is answered as such, so the
+        // leader learns where to resume.
+        let r = service
+            .append_entries(tonic::Request::new(bytes(&request(2))))
+            .await;
+        assert!(matches!(answer(r), Some(AppendEntriesResponse::Conflict)));
+
+        // A heartbeat passes.
+        let mut heartbeat = rpc.clone();
+        heartbeat.entries.clear();
+        let r = service
+            .append_entries(tonic::Request::new(bytes(&heartbeat)))
+            .await;
+        assert!(matches!(answer(r), Some(AppendEntriesResponse::Success)));
+
+        // A snapshot chunk is refused the same way.
+        let snapshot = InstallSnapshotRequest::<TypeConfig> {
+            vote: rpc.vote,
+            meta: SnapshotMeta {
+                last_log_id: rpc.entries.last().map(|e| e.log_id),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s1".into(),
+            },
+            offset: 0,
+            data: Vec::new(),
+            done: true,
+        };
+        refused_for_disk_space(
+            service
+                .install_snapshot(tonic::Request::new(RaftBytes {
+                    json: serde_json::to_vec(&snapshot).unwrap(),
+                    data: vec![1, 2, 3],
+                }))
+                .await,
+        );
+        let m = cluster.raft().metrics().borrow().clone();
+        assert_eq!(m.last_log_index, None);
+        assert_eq!(m.snapshot, None);
+        assert!(cluster.metrics.raft().writes_refused_disk_full.get() >= 2);
+        assert!(service.refusals.refusing.load(Ordering::Relaxed));
+        cluster.shutdown().await;
     }
 }

@@ -9,7 +9,10 @@
 //! openraft's own error ([`RPCError::RemoteError`]), and a gRPC failure means only that the
 //! transport failed. Transport failures are reported as [`RPCError::Unreachable`] (the peer is
 //! down, refused the connection or did not answer within the RPC's deadline), so openraft backs
-//! off before trying again, or [`RPCError::Network`] for anything else.
+//! off before trying again, or [`RPCError::Network`] for anything else. A follower whose disk is
+//! below its reserve refuses entries and snapshots the same way (`UNAVAILABLE`, marked with
+//! [`REFUSAL_KEY`]); the backoff is then the heartbeat interval, so the follower still hears
+//! from its leader often enough not to call an election (see [`crate::server`]).
 //!
 //! The client connects lazily, once per peer, and reconnects by itself (a tonic `Channel`).
 //! The server side is [`crate::server`].
@@ -23,7 +26,7 @@ use muster_proto::pb::RaftBytes;
 use muster_tls::PeerTls;
 use openraft::error::Unreachable;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -34,7 +37,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use muster_store::{MusterNode, TypeConfig};
 
-use crate::wire::{BinaryAppend, MAX_MESSAGE_BYTES};
+use crate::wire::{BinaryAppend, MAX_MESSAGE_BYTES, REFUSAL_DISK_FULL, REFUSAL_KEY};
 
 /// How long a connection attempt to a peer may take before the RPC counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -80,17 +83,21 @@ impl Dialer {
 }
 
 /// Builds a connection per peer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Network {
     dialer: Dialer,
     reachability: Reachability,
+    /// The Raft heartbeat interval: how soon a peer that refused for want of disk space is
+    /// tried again.
+    heartbeat: Duration,
 }
 
 impl Network {
-    pub(crate) fn new(dialer: Dialer) -> Network {
+    pub(crate) fn new(dialer: Dialer, heartbeat: Duration) -> Network {
         Network {
             dialer,
             reachability: Reachability::default(),
+            heartbeat,
         }
     }
 }
@@ -125,6 +132,9 @@ pub struct PeerClient {
     dialer: Dialer,
     client: Option<RaftServiceClient<Channel>>,
     reachability: Reachability,
+    heartbeat: Duration,
+    /// The last call was refused because the peer's disk is below its reserve.
+    refused_disk_full: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -137,6 +147,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             dialer: self.dialer.clone(),
             client: None,
             reachability: self.reachability.clone(),
+            heartbeat: self.heartbeat,
+            refused_disk_full: false,
         }
     }
 }
@@ -186,7 +198,7 @@ impl PeerClient {
             Some(false) => tracing::warn!(
                 node = self.target,
                 addr = %self.node.peer_addr,
-                "peer unreachable, retrying every half second (logged again when it answers): {}",
+                "peer unreachable or refusing, retrying (logged again when it answers): {}",
                 unreachable.unwrap_or_default()
             ),
             Some(true) => tracing::info!(
@@ -210,6 +222,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.refused_disk_full = false;
         let result: Result<Resp, RPCError<u64, MusterNode, E>> = async {
             if self.node.peer_addr.is_empty() {
                 return Err(self.unreachable("no peer address is known for this node"));
@@ -237,13 +250,20 @@ impl PeerClient {
             let answer = match tokio::time::timeout(ttl, call).await {
                 Err(_) => return Err(self.unreachable(format!("no answer within {ttl:?}"))),
                 Ok(Err(status)) => {
+                    if status
+                        .metadata()
+                        .get(REFUSAL_KEY)
+                        .is_some_and(|v| v.as_bytes() == REFUSAL_DISK_FULL.as_bytes())
+                    {
+                        self.refused_disk_full = true;
+                    }
                     return Err(match status.code() {
                         tonic::Code::Unavailable
                         | tonic::Code::DeadlineExceeded
                         | tonic::Code::Cancelled
                         | tonic::Code::Unknown => self.unreachable(status.message()),
                         _ => self.network(status.message()),
-                    })
+                    });
                 }
                 Ok(Ok(a)) => a.into_inner(),
             };
@@ -312,6 +332,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, MusterNode, RaftError<u64>>> {
         self.call(Rpc::Vote, &rpc, Vec::new(), &option).await
+    }
+
+    /// openraft asks right after an unreachable answer. A peer that does not answer is tried
+    /// every half second (openraft's default); one that refused for want of disk space at the
+    /// heartbeat pace, as the only word it gets from the leader while it refuses.
+    fn backoff(&self) -> Backoff {
+        let every = if self.refused_disk_full {
+            self.heartbeat
+        } else {
+            Duration::from_millis(500)
+        };
+        Backoff::new(std::iter::repeat(every))
     }
 }
 

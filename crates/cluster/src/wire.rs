@@ -12,6 +12,13 @@ use crate::ClusterError;
 /// Snapshot chunks and large append-entries batches are big messages.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// The metadata key, and its value, on the `UNAVAILABLE` a follower answers an AppendEntries
+/// with entries or an InstallSnapshot with while its disk is below the reserve: the leader's
+/// client then retries at the heartbeat pace instead of its half-second backoff for a peer that
+/// does not answer (see [`crate::server`]).
+pub(crate) const REFUSAL_KEY: &str = "muster-refusal";
+pub(crate) const REFUSAL_DISK_FULL: &str = "disk-full";
+
 /// The JSON header of an AppendEntries whose entries travel in `RaftBytes.data`, encoded by
 /// [`wire::encode_entries`]: the request with an empty entry list, and how many entries the data
 /// holds.

@@ -226,7 +226,7 @@ impl RaftMetrics {
         );
         r.register(
             "muster_raft_writes_refused_disk_full",
-            "Writes this node refused because its data directory had less free space than its reserve",
+            "Writes this node refused because its data directory had less free space than its reserve (client writes, and batches of entries or snapshot chunks from the leader)",
             m.writes_refused_disk_full.clone(),
         );
         r.register_with_unit(

@@ -213,7 +213,13 @@ pub(crate) fn cluster_status(e: ClusterError) -> Status {
             tracing::warn!("write refused: {e}");
             Status::resource_exhausted(e.to_string())
         }
-        e @ (ClusterError::Store(_) | ClusterError::Fatal(_)) => {
+        // A stopped core never serves again (the node exits for its supervisor): the caller
+        // should go to another member, which is what UNAVAILABLE tells a client.
+        ClusterError::Fatal(detail) => {
+            tracing::error!("gRPC request not served: the Raft core has stopped: {detail}");
+            Status::unavailable(crate::NODE_STOPPED)
+        }
+        e @ ClusterError::Store(_) => {
             tracing::error!("gRPC request failed: {e}");
             Status::internal("internal error on the server; the server log has the details")
         }
@@ -315,5 +321,22 @@ mod caller_tests {
             .extensions_mut()
             .insert(Principal::Policy("iothubowner".into()));
         assert_eq!(caller(&request), Principal::Policy("iothubowner".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18: a stopped Raft core is `UNAVAILABLE` (a client retries on another member),
+    /// not `INTERNAL`, and its cause stays in the log.
+    #[test]
+    fn a_stopped_core_is_unavailable_without_its_cause() {
+        let s = cluster_status(ClusterError::Fatal(
+            "storage error: sled: No space left on device".into(),
+        ));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("another member"), "{}", s.message());
+        assert!(!s.message().contains("sled"), "{}", s.message());
     }
 }

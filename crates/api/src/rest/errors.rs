@@ -316,7 +316,10 @@ pub(crate) fn cluster_error(e: ClusterError, codes: Codes) -> ApiError {
             ApiError::new(507, "InsufficientStorage", e.to_string())
         }
         ClusterError::Store(err) => internal(&err),
-        ClusterError::Fatal(detail) => internal(&detail),
+        ClusterError::Fatal(detail) => {
+            tracing::error!("request not served: the Raft core has stopped: {detail}");
+            ApiError::new(503, "ServiceUnavailable", crate::NODE_STOPPED)
+        }
     }
 }
 
@@ -410,5 +413,17 @@ mod tests {
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
+    }
+
+    /// Issue 18: a stopped Raft core is "try another node" (503), and its cause stays in the log.
+    #[test]
+    fn a_stopped_core_is_503_without_its_cause() {
+        let e = cluster_error(
+            ClusterError::Fatal("storage error: sled: No space left on device".into()),
+            TOKEN,
+        );
+        assert_eq!((e.status, e.code), (503, "ServiceUnavailable"));
+        assert!(e.message.contains("another member"), "{}", e.message);
+        assert!(!e.message.contains("sled"), "{}", e.message);
     }
 }

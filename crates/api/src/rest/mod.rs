@@ -197,13 +197,13 @@ async fn readyz(State(app): State<App>) -> Response {
         return ApiError::new(
             503,
             "NotReady",
-            "this node's Raft core has stopped and it cannot serve; it is exiting (restart it, and see its log for why)",
+            "this node's Raft core has stopped and it cannot serve; it is exiting (restart it, and see its log for why; meanwhile use another member of the cluster)",
         )
         .into_response();
     }
     // Reads would still be served, but every write would answer 507: out of rotation until an
     // operator frees space (healthz stays 200, so a supervisor does not restart it for this).
-    if let Err(e) = app.cluster.refuse_when_disk_full() {
+    if let Err(e) = app.cluster.disk_below_reserve() {
         return ApiError::new(503, "NotReady", e.to_string()).into_response();
     }
     // Credentials are created by the first leader right after it is elected: until this node
@@ -444,5 +444,53 @@ mod tests {
         assert_eq!(of("d2"), Some(who));
         assert_eq!(of("d3"), None);
         cluster.shutdown().await;
+    }
+
+    /// Issue 18: a node whose Raft core stopped is not ready, and its writes answer 503 with
+    /// "use another member" (not a 500, not the cause).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn a_stopped_core_is_not_ready_and_answers_503() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use muster_cluster::{ClusterConfig, MusterNode};
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(ClusterConfig::new(
+            1,
+            dir.path().to_path_buf(),
+            MusterNode::default(),
+        ))
+        .await
+        .unwrap();
+        cluster
+            .wait_for_leader(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let app = router(cluster.clone(), Gate::insecure());
+        let put = || {
+            Request::put("/api/devices/d1?api-version=2022-07-31")
+                .body(Body::from(r#"{"displayName": "a device"}"#))
+                .unwrap()
+        };
+        assert_eq!(app.clone().oneshot(put()).await.unwrap().status(), 200);
+
+        cluster.raft().shutdown().await.unwrap();
+        let body = |r: Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let ready = app
+            .clone()
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        assert!(body(ready).await.contains("Raft core has stopped"));
+        let write = app.clone().oneshot(put()).await.unwrap();
+        assert_eq!(write.status(), 503);
+        let text = body(write).await;
+        assert!(text.contains("another member"), "{text}");
     }
 }
