@@ -29,6 +29,7 @@ impl Cluster {
         let (mut log, sm) = open_store(&cfg.data_dir).await?;
         log.set_metrics(cfg.metrics.clone());
         sm.set_metrics(cfg.metrics.clone());
+        sm.set_min_free_disk(cfg.min_free_disk);
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: "muster".into(),

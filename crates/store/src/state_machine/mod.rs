@@ -37,7 +37,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use muster_domain::{Event, Principal, State};
@@ -229,6 +229,8 @@ pub(crate) struct Shared {
     pub(crate) snapshot_count: AtomicU64,
     /// Device outcomes and snapshot builds are recorded here once a node sets it.
     pub(crate) metrics: std::sync::OnceLock<muster_metrics::Metrics>,
+    /// Free bytes below which no snapshot is written (0: none); see [`StateMachine::set_min_free_disk`].
+    pub(crate) min_free_disk: AtomicU64,
     /// Spans to parent the apply of a command under, by the address of its `Arc<Command>`
     /// (see [`StateReader::trace_apply`]); `traced` counts them so an apply with none skips
     /// the lock.
@@ -295,6 +297,14 @@ impl StateMachine {
     /// from now on; the first call wins.
     pub fn set_metrics(&self, metrics: muster_metrics::Metrics) {
         let _ = self.shared.metrics.set(metrics);
+    }
+
+    /// The node's disk reserve: while the data directory has less free space, a snapshot
+    /// openraft asks for is not written (sled and openraft cannot recover from a failed write:
+    /// the node would stop). The current snapshot is answered instead, which openraft ignores
+    /// as not newer, and asks again after later applies.
+    pub fn set_min_free_disk(&self, bytes: u64) {
+        self.shared.min_free_disk.store(bytes, Ordering::Relaxed);
     }
 
     /// The handle the rest of the node reads state and events through.

@@ -191,6 +191,7 @@ impl StateMachine {
             snapshot_lock: Mutex::new(()),
             snapshot_count: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
+            min_free_disk: AtomicU64::new(0),
             apply_spans: Mutex::default(),
             traced: std::sync::atomic::AtomicUsize::new(0),
         });

@@ -190,12 +190,42 @@ fn store_snapshot(
     Ok(true)
 }
 
+/// Below the disk reserve: the current snapshot, or (with none yet) an empty one with no log id,
+/// either of which openraft ignores as not newer than what it has, so nothing is written.
+fn skip_when_disk_full(shared: &Shared) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+    let reserve = shared.min_free_disk.load(Ordering::Relaxed);
+    let free = match crate::free_space(&shared.snapshot_dir) {
+        Ok(free) if reserve > 0 && free < reserve => free,
+        _ => return Ok(None),
+    };
+    tracing::warn!(
+        free_mib = free >> 20,
+        reserve_mib = reserve >> 20,
+        "not building a snapshot: the data directory is below its free-space reserve; \
+         the log is kept until space returns"
+    );
+    if let Some(current) = current_snapshot(shared)? {
+        return Ok(Some(current));
+    }
+    Ok(Some(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "none-skipped".into(),
+        },
+        snapshot: Box::new(tokio::fs::File::from_std(tempfile::tempfile()?)),
+    }))
+}
+
 /// Opens a snapshot file as openraft's `SnapshotData`.
 fn open_data(path: &Path) -> Result<Box<tokio::fs::File>, StoreError> {
     Ok(Box::new(tokio::fs::File::from_std(File::open(path)?)))
 }
 
 pub(super) fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
+    if let Some(kept) = skip_when_disk_full(shared)? {
+        return Ok(kept);
+    }
     let started = std::time::Instant::now();
     // Clone under the lock, serialise outside it, so applying waits for the clone only: O(1),
     // the state's containers are copy-on-write (`muster_domain::cow`).
