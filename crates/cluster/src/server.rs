@@ -525,9 +525,14 @@ mod disk_full {
                 .append_entries(tonic::Request::new(bytes(&rpc)))
                 .await,
         );
-        let m = cluster.raft().metrics().borrow().clone();
+        // Raft answers before it publishes its metrics: wait for them to show the vote.
+        let m = cluster
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.vote == rpc.vote, "the leader's vote adopted")
+            .await
+            .unwrap();
         assert_eq!(m.last_log_index, None);
-        assert_eq!(m.vote, rpc.vote);
 
         // Entries after a log this node does not have: the conflict is answered as such, so the
         // leader learns where to resume.
