@@ -333,6 +333,23 @@ pub struct DeviceRun {
     pub response: Option<MethodResponse>,
 }
 
+impl DeviceRun {
+    /// A device that joined a run in `batch` and has not been tried yet.
+    pub(crate) fn pending(device: DeviceId, batch: u32) -> Self {
+        DeviceRun {
+            device,
+            batch,
+            status: DeviceStatus::Pending,
+            attempts: 0,
+            ready_since: None,
+            dispatched_at: None,
+            finished_at: None,
+            last_error: None,
+            response: None,
+        }
+    }
+}
+
 /// A contiguous slice of a run's devices, started in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
@@ -444,17 +461,7 @@ impl Run {
                 continue;
             }
             added.push(self.devices.len() as u32);
-            self.devices.push(DeviceRun {
-                device: d.clone(),
-                batch,
-                status: DeviceStatus::Pending,
-                attempts: 0,
-                ready_since: None,
-                dispatched_at: None,
-                finished_at: None,
-                last_error: None,
-                response: None,
-            });
+            self.devices.push(DeviceRun::pending(d.clone(), batch));
             stats.add(DeviceStatus::Pending);
             self.stats.add(DeviceStatus::Pending);
         }
@@ -830,17 +837,7 @@ mod tests {
     fn rows(ids: &[&str]) -> CowVec<DeviceRun> {
         let mut rows = CowVec::new();
         for id in ids {
-            rows.push(DeviceRun {
-                device: DeviceId::new(*id).unwrap(),
-                batch: 0,
-                status: DeviceStatus::Pending,
-                attempts: 0,
-                ready_since: None,
-                dispatched_at: None,
-                finished_at: None,
-                last_error: None,
-                response: None,
-            });
+            rows.push(DeviceRun::pending(DeviceId::new(*id).unwrap(), 0));
         }
         rows
     }

@@ -378,22 +378,13 @@ mod tests {
         assert_eq!(next, None);
     }
 
-    /// A write records the caller the gate verified: the policy of a SAS token, `anonymous`
-    /// on an insecure node; an unauthenticated write is refused and records nothing.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// A one-node cluster on `dir`, leading.
     #[allow(clippy::unwrap_used)]
-    async fn writes_record_the_callers_principal() {
-        use axum::body::Body;
-        use axum::http::Request;
-        use muster_cluster::{ClusterConfig, EventLog, MusterNode};
-        use muster_domain::Principal;
-        use tower::ServiceExt;
-
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = Cluster::start(ClusterConfig::new(
+    async fn one_node(dir: &std::path::Path) -> Cluster {
+        let cluster = Cluster::start(muster_cluster::ClusterConfig::new(
             1,
-            dir.path().to_path_buf(),
-            MusterNode::default(),
+            dir.to_path_buf(),
+            muster_cluster::MusterNode::default(),
         ))
         .await
         .unwrap();
@@ -401,6 +392,22 @@ mod tests {
             .wait_for_leader(std::time::Duration::from_secs(10))
             .await
             .unwrap();
+        cluster
+    }
+
+    /// A write records the caller the gate verified: the policy of a SAS token, `anonymous`
+    /// on an insecure node; an unauthenticated write is refused and records nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn writes_record_the_callers_principal() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use muster_cluster::EventLog;
+        use muster_domain::Principal;
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = one_node(dir.path()).await;
         const KEY: &str = "q83vEjRWeJASNFZ4kKvN7xI0VniQq83vEjRWeJCrze8=";
         cluster
             .write(Command::InitAuth {
@@ -453,21 +460,10 @@ mod tests {
     async fn a_stopped_core_is_not_ready_and_answers_503() {
         use axum::body::Body;
         use axum::http::Request;
-        use muster_cluster::{ClusterConfig, MusterNode};
         use tower::ServiceExt;
 
         let dir = tempfile::tempdir().unwrap();
-        let cluster = Cluster::start(ClusterConfig::new(
-            1,
-            dir.path().to_path_buf(),
-            MusterNode::default(),
-        ))
-        .await
-        .unwrap();
-        cluster
-            .wait_for_leader(std::time::Duration::from_secs(10))
-            .await
-            .unwrap();
+        let cluster = one_node(dir.path()).await;
         let app = router(cluster.clone(), Gate::insecure());
         let put = || {
             Request::put("/api/devices/d1?api-version=2022-07-31")
