@@ -365,15 +365,43 @@ pub fn data_dir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("muster-e2e-").tempdir()?)
 }
 
-/// Free loopback ports: bound on port 0, then released for the nodes to take.
+/// Free loopback ports for flags that need a number before the process starts (`--peers`).
+///
+/// They come from below the kernel's ephemeral range, so a port released here is not handed out
+/// again by a `bind(":0")` elsewhere (another node's gRPC or REST listener, a client socket)
+/// before its node takes it; each is checked free by binding it. Within one test process a
+/// counter never repeats a port; between processes the start is spread by the process id.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        if ports.len() == n {
+            break;
+        }
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    anyhow::ensure!(
+        ports.len() == n,
+        "no {n} free ports below the ephemeral range"
+    );
+    Ok(ports)
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Several real `muster serve` processes forming one Raft cluster from the same `--peers` list
