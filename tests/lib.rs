@@ -293,6 +293,14 @@ impl Server {
         self.spawn()
     }
 
+    /// How the process ended, once it ended on its own (`None` while it runs, and after
+    /// [`kill9`](Self::kill9) or [`terminate`](Self::terminate)).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -315,6 +323,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.kill9();
     }
+}
+
+/// Whether `status` is an exit by SIGABRT (`std::process::abort`: an armed crash point).
+pub fn aborted(status: std::process::ExitStatus) -> bool {
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(6)
 }
 
 /// Sends SIGTERM to `child` and waits up to [`PATIENCE`] for it to exit; after that it is killed

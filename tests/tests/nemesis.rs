@@ -2,7 +2,8 @@
 //! test's own, concurrent clients, and a seeded schedule of faults (partitions: one node cut
 //! off, the leader cut off, a bridge, one way; kill -9 and restart; SIGSTOP and SIGCONT; a
 //! node's command clock skewed by up to a minute; slow and lossy peer links through the
-//! harness's proxy; a full disk). Afterwards every node's state, event log and audit chain is
+//! harness's proxy; a full disk; a node restarted with one of the store's crash points armed,
+//! which the workload drives it into). Afterwards every node's state, event log and audit chain is
 //! checked against the recorded history (`muster_tests::nemesis::history`), which prints a
 //! counterexample when a rule fails.
 //!
@@ -60,11 +61,12 @@ fn nemesis_test(name: &str, config: Config) {
     };
     let r = &out.report;
     eprintln!(
-        "nemesis: {:?} in {:.0?}; faults {:?}; effects {:?}",
+        "nemesis: {:?} in {:.0?}; faults {:?}; effects {:?}; crash points (armed, reached) {:?}",
         name,
         started.elapsed(),
         out.faults,
-        out.effects
+        out.effects,
+        out.points
     );
     eprintln!("{r}");
     if !r.is_valid() {
