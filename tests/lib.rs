@@ -117,11 +117,14 @@ pub struct Server {
 }
 
 /// What a [`Server`] process is started with besides its flags: the nemesis harness runs each
-/// node under a group of its own (its partition rules match on it) and sets a clock skew.
+/// node under a group of its own (its partition rules match on it), sets a clock skew or arms
+/// a crash point (`env`, which its faults set and clear) on a setting every start keeps
+/// (`fixed_env`).
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
     pub gid: Option<u32>,
     pub env: Vec<(String, String)>,
+    pub fixed_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -188,6 +191,7 @@ impl Server {
         if let Some(gid) = self.launch.gid {
             std::os::unix::process::CommandExt::gid(&mut cmd, gid);
         }
+        cmd.envs(self.launch.fixed_env.iter().map(|(k, v)| (k, v)));
         cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         if !self.extra.iter().any(|a| a == "--http-addr") {
             cmd.args(["--http-addr", "127.0.0.1:0"]);

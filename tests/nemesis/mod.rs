@@ -35,6 +35,8 @@ use schedule::{Fault, Step};
 /// refuses writes (`--min-free-disk-mib`).
 const DISK_MIB: u64 = 512;
 const DISK_RESERVE_MIB: u64 = 32;
+/// Raft log entries a node keeps behind its snapshot (`MUSTER_TEST_LOG_KEEP`).
+const LOG_KEEP: u64 = 100;
 /// `errno` for a full file system.
 const ENOSPC: i32 = 28;
 const MQTT_PORT: u16 = 1883;
@@ -241,6 +243,9 @@ impl Harness {
             let launch = Launch {
                 gid: Some(net::node_gid(n)),
                 env: Vec::new(),
+                // A follower a few hundred entries behind is sent a snapshot (1,000 past the
+                // last one otherwise): installs, and their crash points, happen in a short run.
+                fixed_env: vec![("MUSTER_TEST_LOG_KEEP".into(), LOG_KEEP.to_string())],
             };
             nodes.push(Server::start_launch(&node_dir, &flags, launch)?);
         }
@@ -589,7 +594,8 @@ impl Harness {
             } else {
                 "exits-unexpected-restarted"
             };
-            eprintln!("nemesis: node {n} had exited ({what}); its log ends:");
+            let status = self.nodes[i].exited();
+            eprintln!("nemesis: node {n} had exited ({what}, {status:?}); its log ends:");
             for line in tail.iter().rev() {
                 eprintln!("    {line}");
             }
@@ -1027,6 +1033,14 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     h.audit(&mut views)?;
     let mut effects = h.effects.clone();
     effects.insert("last-node-data-mib-at-end", h.disk_used_mib());
+    // What the snapshot crash points need to be reached: snapshots built, and installed by a
+    // follower that fell behind the leader's log.
+    let lines = |what: &str| logs.lines().filter(|l| l.contains(what)).count() as u64;
+    effects.insert("snapshots-built", lines("built a snapshot"));
+    effects.insert(
+        "snapshots-installed",
+        lines("installed a snapshot from the leader"),
+    );
     let report = history::check(&history, &views, &initial);
     Ok(Outcome {
         report,

@@ -154,6 +154,7 @@ fn armed(dir: &std::path::Path, spec: &str) -> anyhow::Result<Server> {
     let launch = muster_tests::Launch {
         gid: None,
         env: vec![(muster_store::crashpoint::ENV.to_string(), spec.to_string())],
+        fixed_env: Vec::new(),
     };
     Server::start_launch(dir, &[], launch)
 }
