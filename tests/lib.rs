@@ -117,11 +117,14 @@ pub struct Server {
 }
 
 /// What a [`Server`] process is started with besides its flags: the nemesis harness runs each
-/// node under a group of its own (its partition rules match on it) and sets a clock skew.
+/// node under a group of its own (its partition rules match on it), sets a clock skew or arms
+/// a crash point (`env`, which its faults set and clear) on a setting every start keeps
+/// (`fixed_env`).
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
     pub gid: Option<u32>,
     pub env: Vec<(String, String)>,
+    pub fixed_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -188,6 +191,7 @@ impl Server {
         if let Some(gid) = self.launch.gid {
             std::os::unix::process::CommandExt::gid(&mut cmd, gid);
         }
+        cmd.envs(self.launch.fixed_env.iter().map(|(k, v)| (k, v)));
         cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         if !self.extra.iter().any(|a| a == "--http-addr") {
             cmd.args(["--http-addr", "127.0.0.1:0"]);
@@ -293,6 +297,14 @@ impl Server {
         self.spawn()
     }
 
+    /// How the process ended, once it ended on its own (`None` while it runs, and after
+    /// [`kill9`](Self::kill9) or [`terminate`](Self::terminate)).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -315,6 +327,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.kill9();
     }
+}
+
+/// Whether `status` is an exit by SIGABRT (`std::process::abort`: an armed crash point).
+pub fn aborted(status: std::process::ExitStatus) -> bool {
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(6)
 }
 
 /// Sends SIGTERM to `child` and waits up to [`PATIENCE`] for it to exit; after that it is killed

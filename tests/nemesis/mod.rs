@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use muster_proto::pb;
+use muster_store::crashpoint;
 use tokio::time::Instant;
 
 use crate::{muster_audit, AuthChannel, Devsim, Launch, Mosquitto, Server, PATIENCE};
@@ -52,6 +53,11 @@ pub struct Config {
     pub clients: usize,
     pub sim_devices: usize,
     pub twin_devices: usize,
+    /// Raft log entries each node keeps behind its snapshot (`MUSTER_TEST_LOG_KEEP`; `None`:
+    /// the default 1,000). A small number puts snapshot installs, and their crash points, in
+    /// reach; off by default until a node killed during an install starts again (see
+    /// ARCHITECTURE.md, the nemesis).
+    pub log_keep: Option<u64>,
 }
 
 /// What one run did and found.
@@ -63,6 +69,8 @@ pub struct Outcome {
     /// What the faults did: packets dropped by partitions, chunks the proxy delayed,
     /// connections it cut, nodes that exited on a full disk (and were restarted).
     pub effects: BTreeMap<&'static str, u64>,
+    /// Crash points armed (`crash-point` faults): (times armed, times reached), by point.
+    pub points: BTreeMap<&'static str, (u64, u64)>,
     pub schedule: Vec<Step>,
     pub history: Vec<Op>,
     pub logs: String,
@@ -80,6 +88,10 @@ pub struct Harness {
     effects: BTreeMap<&'static str, u64>,
     /// Nodes filled by a `DiskFull` whose exit since is expected.
     filled: Vec<usize>,
+    /// Crash points: (times armed, times reached), by point.
+    points: BTreeMap<&'static str, (u64, u64)>,
+    /// A node armed at an install point is still cut off.
+    install_cut: bool,
     dir: tempfile::TempDir,
     http: reqwest::Client,
 }
@@ -234,6 +246,13 @@ impl Harness {
             let launch = Launch {
                 gid: Some(net::node_gid(n)),
                 env: Vec::new(),
+                // With `log_keep`, a follower a few hundred entries behind is sent a snapshot
+                // (1,000 past the last one otherwise): installs, and their crash points, happen
+                // within a fault.
+                fixed_env: config
+                    .log_keep
+                    .map(|n| vec![("MUSTER_TEST_LOG_KEEP".into(), n.to_string())])
+                    .unwrap_or_default(),
             };
             nodes.push(Server::start_launch(&node_dir, &flags, launch)?);
         }
@@ -248,6 +267,8 @@ impl Harness {
             disk,
             effects: BTreeMap::new(),
             filled: Vec::new(),
+            points: BTreeMap::new(),
+            install_cut: false,
             dir,
             http,
         };
@@ -390,6 +411,43 @@ impl Harness {
                 self.proxies.impair(node, what);
                 Ok(Some(fault))
             }
+            Fault::CrashPoint {
+                node,
+                leader,
+                point,
+                nth,
+            } => {
+                let node = if leader {
+                    match self.leader(Duration::from_secs(5)).await {
+                        Ok(n) => n,
+                        Err(_) => return Ok(None),
+                    }
+                } else {
+                    node
+                };
+                if fault.needs_lag() {
+                    for o in others(node) {
+                        net::cut(node, o)?;
+                        net::cut(o, node)?;
+                    }
+                }
+                self.points.entry(point).or_default().0 += 1;
+                let server = self.node(node);
+                server.launch.env = vec![(crashpoint::ENV.into(), format!("{point}:{nth}"))];
+                if let Err(e) = tokio::task::block_in_place(|| server.restart()) {
+                    // It may abort before it printed its addresses (a replayed apply); the
+                    // heal tells that from a failed start.
+                    if server.exited().is_none() {
+                        return Err(e);
+                    }
+                }
+                Ok(Some(Fault::CrashPoint {
+                    node,
+                    leader,
+                    point,
+                    nth,
+                }))
+            }
             Fault::DiskFull { node, leave_mib } => {
                 let written =
                     tokio::task::block_in_place(|| self.disk.fill(leave_mib * 1024 * 1024))?;
@@ -407,13 +465,7 @@ impl Harness {
     fn heal(&mut self, fault: Fault) -> anyhow::Result<()> {
         match fault {
             Fault::Isolate(_) | Fault::IsolateLeader | Fault::Bridge(_) | Fault::OneWay { .. } => {
-                let dropped = net::heal()?;
-                *self
-                    .effects
-                    .entry("packets-dropped-by-partitions")
-                    .or_default() += dropped;
-                eprintln!("nemesis: healed; the partition dropped {dropped} packets");
-                Ok(())
+                self.heal_partition()
             }
             Fault::Delay { node, .. } | Fault::Lossy { node, .. } => {
                 self.proxies.impair(node, Impairment::default());
@@ -427,7 +479,78 @@ impl Harness {
                 server.launch.env.clear();
                 tokio::task::block_in_place(|| server.restart())
             }
+            Fault::CrashPoint { node, point, .. } => {
+                if self.install_cut {
+                    self.heal_partition()?;
+                    self.install_cut = false;
+                }
+                let server = &mut self.nodes[node - 1];
+                let status = server.exited();
+                let log = server.log_text();
+                let reached = log
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .any(|l| l.contains(crashpoint::REACHED));
+                let what = match status {
+                    Some(s) if crate::aborted(s) && reached => {
+                        self.points.entry(point).or_default().1 += 1;
+                        "crash-points-hit"
+                    }
+                    Some(_) => "exits-unexpected-restarted",
+                    None => "crash-points-not-reached",
+                };
+                eprintln!("nemesis: node {node}, armed at {point}: {what} ({status:?})");
+                if what == "exits-unexpected-restarted" {
+                    for line in log.lines().rev().take(3).collect::<Vec<_>>().iter().rev() {
+                        eprintln!("    {line}");
+                    }
+                }
+                *self.effects.entry(what).or_default() += 1;
+                server.launch.env.clear();
+                tokio::task::block_in_place(|| server.restart())
+            }
         }
+    }
+
+    /// Lifts every partition rule; counts what they dropped.
+    fn heal_partition(&mut self) -> anyhow::Result<()> {
+        let dropped = net::heal()?;
+        *self
+            .effects
+            .entry("packets-dropped-by-partitions")
+            .or_default() += dropped;
+        eprintln!("nemesis: healed; the partition dropped {dropped} packets");
+        Ok(())
+    }
+
+    /// Holds `fault` for `hold`. A node armed at a crash point is watched meanwhile: once it
+    /// aborted it is healed (restarted without the point) at once, and the rest of `hold`
+    /// passes without a fault; for an install point its partition ends 4 s before the end
+    /// (half-way in a short hold), so that it catches up from the leader (by a snapshot if it
+    /// fell behind the leader's kept log).
+    async fn hold(&mut self, fault: Fault, hold: Duration) -> anyhow::Result<()> {
+        let Fault::CrashPoint { node, .. } = fault else {
+            tokio::time::sleep(hold).await;
+            return self.heal(fault);
+        };
+        let start = Instant::now();
+        self.install_cut = fault.needs_lag();
+        let lift = hold.saturating_sub(Duration::from_secs(4)).max(hold / 2);
+        loop {
+            let elapsed = start.elapsed();
+            if self.install_cut && elapsed >= lift {
+                self.heal_partition()?;
+                self.install_cut = false;
+            }
+            if elapsed >= hold || self.nodes[node - 1].exited().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.heal(fault)?;
+        tokio::time::sleep(hold.saturating_sub(start.elapsed())).await;
+        Ok(())
     }
 
     /// Plays `steps` (or until `until`); counts the faults injected by kind.
@@ -448,8 +571,7 @@ impl Harness {
             };
             *counts.entry(step.fault.kind()).or_default() += 1;
             eprintln!("nemesis: {:?} for {:?}", applied, step.hold);
-            tokio::time::sleep(step.hold).await;
-            self.heal(applied)?;
+            self.hold(applied, step.hold).await?;
         }
         self.restart_exited()?;
         let (delayed, cut) = self.proxies.counts();
@@ -479,7 +601,8 @@ impl Harness {
             } else {
                 "exits-unexpected-restarted"
             };
-            eprintln!("nemesis: node {n} had exited ({what}); its log ends:");
+            let status = self.nodes[i].exited();
+            eprintln!("nemesis: node {n} had exited ({what}, {status:?}); its log ends:");
             for line in tail.iter().rev() {
                 eprintln!("    {line}");
             }
@@ -917,11 +1040,20 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     h.audit(&mut views)?;
     let mut effects = h.effects.clone();
     effects.insert("last-node-data-mib-at-end", h.disk_used_mib());
+    // What the snapshot crash points need to be reached: snapshots built, and installed by a
+    // follower that fell behind the leader's log.
+    let lines = |what: &str| logs.lines().filter(|l| l.contains(what)).count() as u64;
+    effects.insert("snapshots-built", lines("built a snapshot"));
+    effects.insert(
+        "snapshots-installed",
+        lines("installed a snapshot from the leader"),
+    );
     let report = history::check(&history, &views, &initial);
     Ok(Outcome {
         report,
         faults,
         effects,
+        points: h.points.clone(),
         schedule: steps,
         history,
         logs,

@@ -55,6 +55,18 @@ pub enum Fault {
     /// The node's data directory (a tmpfs of its own, always the last node's) filled with a
     /// ballast file until `leave_mib` MiB are free (0: not a byte), deleted at the end.
     DiskFull { node: usize, leave_mib: u64 },
+    /// Restarted with the store's crash point `point` armed for its `nth` pass
+    /// (`MUSTER_TEST_CRASH_AT`); the workload drives it there and it aborts, or the fault ends
+    /// first; either way it is restarted without. `leader`: whichever node leads when the fault
+    /// starts (`node` is then resolved). For a snapshot install point the node is also cut off
+    /// for most of the fault (held longer after the first round of kinds), so that it may fall
+    /// behind far enough to need one.
+    CrashPoint {
+        node: usize,
+        leader: bool,
+        point: &'static str,
+        nth: u32,
+    },
 }
 
 impl Fault {
@@ -71,7 +83,16 @@ impl Fault {
             Fault::Delay { .. } => "delay",
             Fault::Lossy { .. } => "drop",
             Fault::DiskFull { .. } => "disk-full",
+            Fault::CrashPoint { .. } => "crash-point",
         }
+    }
+
+    /// A crash point passed only while a snapshot from the leader is installed: the node must
+    /// first fall behind (it is cut off for most of the fault).
+    pub fn needs_lag(&self) -> bool {
+        use muster_store::crashpoint as cp;
+        matches!(self, Fault::CrashPoint { point, .. }
+            if *point == cp::INSTALL_TREES_LOADED || *point == cp::INSTALL_META_WRITTEN)
     }
 
     /// Every kind, for reports.
@@ -86,11 +107,12 @@ impl Fault {
         "delay",
         "drop",
         "disk-full",
+        "crash-point",
     ];
 }
 
 /// How many kinds of fault there are.
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 
 /// A fault held for `hold`, after `quiet` without one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,15 +135,11 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
         first.swap(i, rng.below(i as u64 + 1) as usize);
     }
     loop {
-        let (quiet, hold) = if steps.len() < KINDS {
-            (rng.millis(300, 1_000), rng.millis(1_500, 3_000))
+        let (quiet, mut hold) = if steps.len() < KINDS {
+            (rng.millis(300, 800), rng.millis(1_500, 2_600))
         } else {
             (rng.millis(500, 2_000), rng.millis(1_500, 5_000))
         };
-        if used + quiet + hold > total {
-            return steps;
-        }
-        used += quiet + hold;
         let node = 1 + rng.below(n) as usize;
         let other = 1 + ((node as u64 + rng.below(n - 1)) % n) as usize;
         let pick = first
@@ -150,11 +168,42 @@ pub fn schedule(seed: u64, total: Duration, nodes: usize) -> Vec<Step> {
                 node: nodes,
                 leave_mib: [0, 4][rng.below(2) as usize],
             },
+            10 => {
+                use muster_store::crashpoint as cp;
+                // The first round's fault is short: the point every apply passes (so CI's run
+                // reaches one); after that any point.
+                let point = if steps.len() < KINDS {
+                    cp::APPLY_EVENTS_WRITTEN
+                } else {
+                    cp::ALL[rng.below(cp::ALL.len() as u64) as usize]
+                };
+                // Applies pass their points many times a second; the others once in a while.
+                let nth = if point == cp::APPLY_EVENTS_WRITTEN {
+                    1 + rng.below(30) as u32
+                } else {
+                    1
+                };
+                Fault::CrashPoint {
+                    node,
+                    leader: rng.below(3) == 0,
+                    point,
+                    nth,
+                }
+            }
             _ => {
                 let ms = rng.below(120_001) as i64 - 60_000;
                 Fault::Skew { node, ms }
             }
         };
+        if steps.len() >= KINDS && fault.needs_lag() {
+            // Long enough to fall behind the log the leader keeps behind its last snapshot
+            // (100 entries in the nemesis: `MUSTER_TEST_LOG_KEEP`), and to be sent a snapshot.
+            hold = rng.millis(8_000, 15_000);
+        }
+        if used + quiet + hold > total {
+            return steps;
+        }
+        used += quiet + hold;
         steps.push(Step { quiet, fault, hold });
     }
 }
@@ -203,8 +252,19 @@ mod tests {
                         assert!(valid(node) && per_mille > 0 && per_mille < 1000)
                     }
                     Fault::DiskFull { node, .. } => assert_eq!(node, nodes),
+                    Fault::CrashPoint {
+                        node, point, nth, ..
+                    } => assert!(
+                        valid(node)
+                            && muster_store::crashpoint::ALL.contains(&point)
+                            && (1..=30).contains(&nth)
+                    ),
                     Fault::IsolateLeader => {}
                 }
+            }
+            // After the first round, an install point's fault is long enough to fall behind.
+            for s in steps.iter().skip(KINDS).filter(|s| s.fault.needs_lag()) {
+                assert!(s.hold >= Duration::from_secs(8), "{s:?}");
             }
         }
     }

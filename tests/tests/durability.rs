@@ -148,3 +148,86 @@ async fn writes_acknowledged_while_the_process_is_killed_are_not_lost() {
     .await;
     assert!(r.status().is_success());
 }
+
+/// A node started with `MUSTER_TEST_CRASH_AT` (a test-only fault).
+fn armed(dir: &std::path::Path, spec: &str) -> anyhow::Result<Server> {
+    let launch = muster_tests::Launch {
+        gid: None,
+        env: vec![(muster_store::crashpoint::ENV.to_string(), spec.to_string())],
+        fixed_env: Vec::new(),
+    };
+    Server::start_launch(dir, &[], launch)
+}
+
+#[test]
+fn a_node_armed_with_an_unknown_crash_point_refuses_to_start() {
+    let dir = data_dir().unwrap();
+    let e = format!("{:?}", armed(dir.path(), "apply.nowhere").unwrap_err());
+    assert!(e.contains("unknown crash point \"apply.nowhere\""), "{e}");
+    assert!(
+        e.contains("apply.events-written"),
+        "the points are listed: {e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_aborts_at_a_crash_point_keeps_what_it_acknowledged() {
+    let dir = data_dir().unwrap();
+    // The tenth apply (the node's own start takes a few): writes are acknowledged before it,
+    // one is in flight at it.
+    let mut server = armed(dir.path(), "apply.events-written:10").unwrap();
+    server.wait_ready().await.unwrap();
+    let c = muster_tests::http();
+    let mut acked = Vec::new();
+    for n in 0..100 {
+        let d = format!("cp-{n:03}");
+        match c
+            .put(format!("{}/api/devices/{d}?{CENTRAL}", server.rest))
+            .json(&json!({"displayName": d}))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => acked.push(d),
+            Ok(r) => panic!("write refused: {} {}", r.status(), r.text().await.unwrap()),
+            Err(_) => break, // the node aborted under the write
+        }
+    }
+    muster_tests::wait_for("the node to exit", || {
+        let exited = server.exited().is_some();
+        async move { exited }
+    })
+    .await
+    .unwrap();
+    let status = server.exited().unwrap();
+    assert!(
+        muster_tests::aborted(status),
+        "{status:?}\n{}",
+        server.log_text()
+    );
+    assert!(
+        server
+            .log_text()
+            .contains(muster_store::crashpoint::REACHED),
+        "{}",
+        server.log_text()
+    );
+
+    server.launch.env.clear();
+    server.restart().unwrap();
+    server.wait_ready().await.unwrap();
+    for d in &acked {
+        let (s, body) = get_json(&c, format!("{}/api/devices/{d}?{CENTRAL}", server.rest)).await;
+        assert_eq!(
+            s, 200,
+            "acknowledged device {d} lost at the crash point: {body}"
+        );
+    }
+    // And it takes writes again.
+    let r = put(
+        &c,
+        format!("{}/api/devices/cp-after?{CENTRAL}", server.rest),
+        json!({"displayName": "after"}),
+    )
+    .await;
+    assert!(r.status().is_success());
+}

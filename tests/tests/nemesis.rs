@@ -2,14 +2,17 @@
 //! test's own, concurrent clients, and a seeded schedule of faults (partitions: one node cut
 //! off, the leader cut off, a bridge, one way; kill -9 and restart; SIGSTOP and SIGCONT; a
 //! node's command clock skewed by up to a minute; slow and lossy peer links through the
-//! harness's proxy; a full disk). Afterwards every node's state, event log and audit chain is
+//! harness's proxy; a full disk; a node restarted with one of the store's crash points armed,
+//! which the workload drives it into). Afterwards every node's state, event log and audit chain is
 //! checked against the recorded history (`muster_tests::nemesis::history`), which prints a
 //! counterexample when a rule fails.
 //!
 //! - `nemesis_short`: CI's bounded run, about 40 s of faults (every kind once) with seed 18
 //!   (`MUSTER_NEMESIS_SEED` changes it);
 //! - `nemesis_soak` (opt-in): `MUSTER_NEMESIS_SECS=600 MUSTER_NEMESIS_NODES=5 cargo test -p
-//!   muster-tests --test nemesis -- --ignored nemesis_soak --nocapture` (3 nodes by default).
+//!   muster-tests --test nemesis -- --ignored nemesis_soak --nocapture` (3 nodes by default;
+//!   `MUSTER_NEMESIS_LOG_KEEP=100` puts snapshot installs and their crash points in reach, and
+//!   finds the node that does not start again after a kill during an install: not fixed yet).
 //!
 //! Each test re-runs itself under `unshare -n -m` (root only: CI runs as root; elsewhere it is
 //! skipped with a message, and fails under `CI`).
@@ -60,11 +63,12 @@ fn nemesis_test(name: &str, config: Config) {
     };
     let r = &out.report;
     eprintln!(
-        "nemesis: {:?} in {:.0?}; faults {:?}; effects {:?}",
+        "nemesis: {:?} in {:.0?}; faults {:?}; effects {:?}; crash points (armed, reached) {:?}",
         name,
         started.elapsed(),
         out.faults,
-        out.effects
+        out.effects,
+        out.points
     );
     eprintln!("{r}");
     if !r.is_valid() {
@@ -99,6 +103,7 @@ fn nemesis_short() {
             clients: 4,
             sim_devices: 20,
             twin_devices: 4,
+            log_keep: None,
         },
     );
 }
@@ -124,6 +129,9 @@ fn nemesis_soak() {
             clients: 6,
             sim_devices: 50,
             twin_devices: 6,
+            log_keep: std::env::var("MUSTER_NEMESIS_LOG_KEEP")
+                .ok()
+                .and_then(|s| s.parse().ok()),
         },
     );
 }

@@ -368,6 +368,145 @@ async fn invalid_ids_in_the_path_are_named() {
     api.still_serving(0).await;
 }
 
+/// The value of `name` in a URL's query (page tokens are URL-safe base64: nothing to decode).
+fn query_value(url: &str, name: &str) -> String {
+    let at = url.find(&format!("{name}=")).unwrap() + name.len() + 1;
+    url[at..].split('&').next().unwrap().to_string()
+}
+
+/// Issue 18: a page token continues only the listing it was issued for (route, path, filter);
+/// on another it is a 400 in that shape's error format (INVALID_ARGUMENT over gRPC) that says
+/// it belongs to another listing, not a silent jump into the other list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_of_another_listing_is_refused_in_each_shape() {
+    use muster_proto::pb;
+    let (_dir, server, api) = start().await;
+    for d in ["lt-1", "lt-2", "lt-3"] {
+        let (s, body) = api
+            .send(
+                api.c
+                    .put(api.url(&format!("/api/devices/{d}?{CENTRAL}")))
+                    .json(&json!({"displayName": d})),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let mut job = hub_job();
+    job["deviceIds"] = json!(["lt-1"]);
+    for j in ["lt-job-1", "lt-job-2"] {
+        let (s, body) = api
+            .send(
+                api.c
+                    .put(api.url(&format!("/jobs/v2/{j}?{HUB}")))
+                    .json(&job),
+            )
+            .await;
+        assert!(s == 200 || s == 201, "{body}");
+    }
+
+    // IoT Central: the nextLink's token, on the same list (another page size) and on others.
+    let (s, page) = api
+        .send(
+            api.c
+                .get(api.url(&format!("/api/devices?{CENTRAL}&maxpagesize=1"))),
+        )
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let token = query_value(page["nextLink"].as_str().unwrap(), "$skiptoken");
+    let (s, body) = api
+        .send(api.c.get(api.url(&format!(
+            "/api/devices?{CENTRAL}&maxpagesize=2&$skiptoken={token}"
+        ))))
+        .await;
+    assert_eq!(
+        s, 200,
+        "the same listing with another page size continues: {body}"
+    );
+    for req in [
+        api.c
+            .get(api.url(&format!("/api/deviceGroups?{CENTRAL}&$skiptoken={token}"))),
+        api.c
+            .get(api.url(&format!("/api/devices?{CENTRAL}&$skiptoken={token}")))
+            .query(&[("filter", "contains(displayName, 'lt')")]),
+        api.c.get(api.url(&format!(
+            "/api/devices?{CENTRAL}&orderby=displayName&$skiptoken={token}"
+        ))),
+    ] {
+        let e = api.err(req, 400).await;
+        assert!(
+            e.message
+                .starts_with("$skiptoken: belongs to another listing")
+                && e.message.contains("start this listing again without it"),
+            "{e:?}"
+        );
+    }
+
+    // IoT Hub's job query: the token belongs to its jobType/jobStatus.
+    let (s, page) = api
+        .send(
+            api.c
+                .get(api.url(&format!("/jobs/v2/query?{HUB}&pageSize=1"))),
+        )
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let token = page["continuationToken"].as_str().unwrap().to_string();
+    let e = api
+        .err(
+            api.c.get(api.url(&format!(
+                "/jobs/v2/query?{HUB}&jobStatus=failed&continuationToken={token}"
+            ))),
+            400,
+        )
+        .await;
+    assert!(e.message.contains("belongs to another listing"), "{e:?}");
+    let (s, body) = api
+        .send(
+            api.c
+                .get(api.url(&format!("/jobs/v2/query?{HUB}&pageSize=1")))
+                .header("x-ms-continuation", &token),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    // gRPC: a ListDevices token on ListJobs, and a ListJobDevices token on another job.
+    let ch = server.channel().await.unwrap();
+    let mut devices = pb::device_service_client::DeviceServiceClient::new(ch.clone());
+    let mut jobs = pb::job_service_client::JobServiceClient::new(ch);
+    let page = devices
+        .list_devices(pb::ListDevicesRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!page.next_page_token.is_empty());
+    let e = jobs
+        .list_jobs(pb::ListJobsRequest {
+            page_token: page.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("page_token: belongs to another listing"),
+        "{e:?}"
+    );
+    let more = devices
+        .list_devices(pb::ListDevicesRequest {
+            page_size: 1,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(more.devices.len(), 1);
+    api.still_serving(1).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_version_is_required_and_checked() {
     let (_dir, _server, api) = start().await;

@@ -448,6 +448,7 @@ impl tracing::field::Visit for AboutUnreachable {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    arm_crash_point()?;
     // Which subscriber to install depends on the settings (--otlp-endpoint): read them with the
     // log alone, then install both.
     let loaded = {
@@ -552,6 +553,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
     ran?;
+    Ok(())
+}
+
+/// Fault injection for the nemesis harness (`tests/nemesis`): `MUSTER_TEST_CRASH_AT=<point>[:<nth
+/// pass>]` makes this process abort at one of the store's crash points
+/// ([`muster_store::crashpoint`]), as a power cut there would. Read once, before anything is
+/// opened; a point that does not exist stops the node at start (a typo must not pass for a
+/// run in which the point was never reached). Never set it in production.
+fn arm_crash_point() -> anyhow::Result<()> {
+    use muster_store::crashpoint::{Armed, ENV};
+    let Some(spec) = std::env::var_os(ENV) else {
+        return Ok(());
+    };
+    let armed = Armed::parse(&spec.to_string_lossy())?;
+    armed.install();
+    eprintln!(
+        "{ENV}: this node aborts on pass {} of crash point {} (a test-only fault)",
+        armed.nth, armed.point
+    );
     Ok(())
 }
 

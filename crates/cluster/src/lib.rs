@@ -92,6 +92,20 @@ fn clock_skew_ms() -> i64 {
     })
 }
 
+/// Raft log entries kept behind a snapshot (a follower further behind is sent the snapshot):
+/// 1,000. Fault injection for the nemesis harness: `MUSTER_TEST_LOG_KEEP` lowers it, so that a
+/// follower cut off for seconds, not minutes, needs a snapshot installed (its crash points are
+/// then within reach). Read once; never set it in production.
+fn log_kept_after_snapshot() -> u64 {
+    static KEEP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEEP.get_or_init(|| {
+        std::env::var("MUSTER_TEST_LOG_KEEP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    })
+}
+
 /// How a node takes part in Raft.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

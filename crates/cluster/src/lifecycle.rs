@@ -37,7 +37,7 @@ impl Cluster {
             election_timeout_min: millis(cfg.election_min),
             election_timeout_max: millis(cfg.election_max),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: crate::log_kept_after_snapshot(),
             // openraft gives one AppendEntries exactly one heartbeat interval to complete; with
             // its default of 300 entries per request, entries of 1,000 results each do not make
             // it on a loaded machine, the followers miss heartbeats and call elections. A few

@@ -217,7 +217,20 @@ impl RaftService for PeerService {
             self.refusals.refused(&full);
             return Err(disk_full_status(&full));
         }
-        encode(&self.cluster.raft().install_snapshot(rpc).await)
+        // In a task of its own: openraft writes the chunk into the file it receives into and
+        // then moves its offset, and a caller that gives up (a timeout, a connection cut by
+        // the network) drops this future. Dropped half-way, the file's cursor had moved and
+        // the offset not, so the leader's retry of the chunk was written after the partial
+        // one, not over it: the received snapshot failed its checksum at install and the
+        // Raft core stopped (the nemesis soak found it). A task finishes the chunk either way.
+        let raft = self.cluster.raft().clone();
+        let chunk = tokio::spawn(async move { raft.install_snapshot(rpc).await });
+        match chunk.await {
+            Ok(answer) => encode(&answer),
+            Err(e) => Err(tonic::Status::internal(format!(
+                "receiving the snapshot chunk failed: {e}"
+            ))),
+        }
     }
 
     async fn client_write(
@@ -448,6 +461,143 @@ mod fuzz {
     fn a_real_append_reads_back() {
         let rpc = append_request(real_append(3)).unwrap();
         assert_eq!(rpc.entries.len(), 3);
+    }
+}
+
+/// Issue 18 (found by the nemesis soak): a snapshot chunk whose caller gave up is still
+/// written whole, so the leader's next chunk continues the file where it belongs.
+#[cfg(test)]
+mod abandoned_chunk {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use openraft::error::{InstallSnapshotError, RaftError};
+    use openraft::raft::InstallSnapshotResponse;
+    use openraft::SnapshotMeta;
+
+    use super::*;
+    use crate::ClusterConfig;
+    use muster_domain::{Command, DeviceRegistration};
+    use muster_store::MusterNode;
+    use muster_types::DeviceId;
+
+    fn chunk(
+        rpc: &InstallSnapshotRequest<TypeConfig>,
+        offset: usize,
+        data: &[u8],
+        done: bool,
+    ) -> tonic::Request<RaftBytes> {
+        let mut rpc = rpc.clone();
+        rpc.offset = offset as u64;
+        rpc.done = done;
+        tonic::Request::new(RaftBytes {
+            json: serde_json::to_vec(&rpc).unwrap(),
+            data: data.to_vec(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_chunk_whose_caller_gave_up_is_still_written_whole() {
+        // A leader of one with a snapshot of some devices.
+        let ldir = tempfile::tempdir().unwrap();
+        let leader = Cluster::start(ClusterConfig::new(
+            1,
+            ldir.path().to_path_buf(),
+            MusterNode::default(),
+        ))
+        .await
+        .unwrap();
+        leader
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .unwrap();
+        leader
+            .write(Command::RegisterDevices {
+                devices: (0..500)
+                    .map(|i| DeviceRegistration {
+                        id: DeviceId::new(format!("d{i:04}")).unwrap(),
+                        display_name: format!("device {i}"),
+                        model_id: None,
+                        enabled: true,
+                        tags: serde_json::json!({"i": i}),
+                    })
+                    .collect(),
+                upsert: false,
+                at: crate::now(),
+            })
+            .await
+            .unwrap();
+        leader.raft().trigger().snapshot().await.unwrap();
+        let m = leader
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.snapshot.is_some(), "a snapshot")
+            .await
+            .unwrap();
+        let file = std::fs::read_dir(ldir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "snap"))
+            .unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let rpc = InstallSnapshotRequest::<TypeConfig> {
+            vote: m.vote,
+            meta: SnapshotMeta {
+                last_log_id: m.snapshot,
+                last_membership: m.membership_config.as_ref().clone(),
+                snapshot_id: file.file_stem().unwrap().to_string_lossy().into_owned(),
+            },
+            offset: 0,
+            data: Vec::new(),
+            done: false,
+        };
+
+        // A node waiting to be added receives it.
+        let fdir = tempfile::tempdir().unwrap();
+        let mut cfg = ClusterConfig::new(2, fdir.path().to_path_buf(), MusterNode::default());
+        cfg.join = true;
+        let follower = Cluster::start(cfg).await.unwrap();
+        let service = PeerService {
+            cluster: follower.clone(),
+            refusals: Arc::default(),
+        };
+        let half = bytes.len() / 2;
+        // The caller of the first chunk gives up at once (its future is dropped unfinished).
+        let mut first = service.install_snapshot(chunk(&rpc, 0, &bytes[..half], false));
+        let answered = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(first.as_mut(), cx).is_ready())
+        })
+        .await;
+        assert!(!answered, "the first chunk was answered at once");
+        drop(first);
+        // The second chunk continues it: refused (with a mismatch) only until the first one is
+        // written, as the leader would otherwise start over.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = service
+                .install_snapshot(chunk(&rpc, half, &bytes[half..], true))
+                .await
+                .unwrap();
+            let answer: Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> =
+                serde_json::from_slice(&r.into_inner().json).unwrap();
+            match answer {
+                Ok(_) => break,
+                Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(_)))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the abandoned chunk was never written: {e}"),
+            }
+        }
+        let fm = follower
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|fm| fm.snapshot == m.snapshot, "the snapshot installed")
+            .await
+            .unwrap();
+        assert_eq!(fm.snapshot, m.snapshot);
+        follower.shutdown().await;
+        leader.shutdown().await;
     }
 }
 

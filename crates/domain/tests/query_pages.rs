@@ -215,7 +215,7 @@ fn paged_rows(statement: &Statement, state: &State, size: usize) -> Vec<Value> {
         rows.extend(rows_json(page.rows));
         match page.next {
             None => return rows,
-            Some(next) => cursor = Some(Cursor::decode(&next.encode()).unwrap()),
+            Some(next) => cursor = Some(Cursor::decode(&next.encode("q"), "q").unwrap()),
         }
     }
     panic!("paging did not end");
@@ -394,8 +394,16 @@ fn a_cursor_of_another_query_or_garbage_is_refused() {
         .page(&state, &muster_domain::NoColdRows, Some(&next), 2)
         .unwrap_err();
     assert!(err.message().contains("another query"), "{err}");
+    // Its text form is bound to the query's text: another query refuses it, whatever its kind.
+    let token = next.encode("SELECT * FROM devices");
+    assert_eq!(
+        Cursor::decode(&token, "  SELECT * FROM devices ").unwrap(),
+        next
+    );
+    let err = Cursor::decode(&token, "SELECT * FROM devices WHERE status = 'enabled'").unwrap_err();
+    assert!(err.message().contains("another listing"), "{err}");
     // The last one is `d:0:dev` without a check: a position, not an issued token.
     for garbage in ["", "!!", "eDox", "ZDp4OmRldg", "ZDowOmRldg"] {
-        assert!(Cursor::decode(garbage).is_err(), "{garbage}");
+        assert!(Cursor::decode(garbage, "q").is_err(), "{garbage}");
     }
 }

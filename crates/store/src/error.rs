@@ -21,6 +21,9 @@ pub enum StoreError {
     /// Reading an export or writing one (the audit tools' files and pipes).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// `MUSTER_TEST_CRASH_AT` (a test-only fault injection) names no crash point.
+    #[error("{0}")]
+    CrashPoint(String),
     /// A blocking task (sled write or flush) panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -12,6 +12,7 @@ use super::{
     after, caller, cluster_status, id_token, next_token, page_size, parse_id, parse_json,
     read_barrier, take_page,
 };
+use muster_domain::page_token::Listing;
 
 /// What the lists' page tokens are sealed for ([`muster_domain::page_token`]).
 const LIST_DEVICES: &str = "grpc DeviceService.ListDevices";
@@ -140,7 +141,8 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<DeviceId> = id_token(LIST_DEVICES, &req.page_token)?;
+        let listing = Listing::new(LIST_DEVICES);
+        let token: Option<DeviceId> = id_token(&listing, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (devices, more) = self.cluster.reader().read(|s| {
@@ -149,11 +151,8 @@ impl pb::device_service_server::DeviceService for DeviceApi {
                 page.into_iter().map(|(_, d)| convert::device(d)).collect();
             (devices, more)
         });
-        let next_page_token = next_token(
-            LIST_DEVICES,
-            more,
-            devices.last().map(|d| d.device_id.as_str()),
-        );
+        let next_page_token =
+            next_token(&listing, more, devices.last().map(|d| d.device_id.as_str()));
         Ok(Response::new(pb::ListDevicesResponse {
             devices,
             next_page_token,
@@ -167,7 +166,8 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         let req = request.into_inner();
         let query = Query::parse(&req.query)
             .map_err(|e| Status::invalid_argument(format!("query: {e}")))?;
-        let token: Option<DeviceId> = id_token(QUERY_DEVICES, &req.page_token)?;
+        let listing = Listing::new(QUERY_DEVICES).with("query", req.query.trim());
+        let token: Option<DeviceId> = id_token(&listing, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (device_ids, devices, more) = self.cluster.reader().read(|s| {
@@ -186,8 +186,7 @@ impl pb::device_service_server::DeviceService for DeviceApi {
             };
             (ids, devices, more)
         });
-        let next_page_token =
-            next_token(QUERY_DEVICES, more, device_ids.last().map(String::as_str));
+        let next_page_token = next_token(&listing, more, device_ids.last().map(String::as_str));
         Ok(Response::new(pb::QueryDevicesResponse {
             device_ids,
             devices,
@@ -538,7 +537,8 @@ impl pb::group_service_server::GroupService for GroupApi {
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<GroupId> = id_token(LIST_GROUPS, &req.page_token)?;
+        let listing = Listing::new(LIST_GROUPS);
+        let token: Option<GroupId> = id_token(&listing, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (groups, more) = self.cluster.reader().read(|s| {
@@ -546,11 +546,8 @@ impl pb::group_service_server::GroupService for GroupApi {
             let groups: Vec<pb::Group> = page.into_iter().map(|(_, g)| convert::group(g)).collect();
             (groups, more)
         });
-        let next_page_token = next_token(
-            LIST_GROUPS,
-            more,
-            groups.last().map(|g| g.group_id.as_str()),
-        );
+        let next_page_token =
+            next_token(&listing, more, groups.last().map(|g| g.group_id.as_str()));
         Ok(Response::new(pb::ListGroupsResponse {
             groups,
             next_page_token,

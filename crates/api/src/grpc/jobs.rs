@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Detail};
 use super::{
-    after, bad_token, caller, cluster_status, id_token, next_token, page_size, parse_id,
+    after, bad_token, caller, cluster_status, id_token, listed, next_token, page_size, parse_id,
     read_barrier, take_page,
 };
 use crate::watch::{self, WatchEnd};
+use muster_domain::page_token::Listing;
 
 /// What `ListJobs` page tokens are sealed for ([`muster_domain::page_token`]).
 const LIST_JOBS: &str = "grpc JobService.ListJobs";
@@ -133,7 +134,10 @@ impl pb::job_service_server::JobService for JobApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<JobId> = id_token(LIST_JOBS, &req.page_token)?;
+        let listing = Listing::new(LIST_JOBS)
+            .with("types", &listed(&req.types))
+            .with("statuses", &listed(&req.statuses));
+        let token: Option<JobId> = id_token(&listing, &req.page_token)?;
         let types = req
             .types
             .iter()
@@ -160,7 +164,7 @@ impl pb::job_service_server::JobService for JobApi {
                 .collect();
             (jobs, more)
         });
-        let next_page_token = next_token(LIST_JOBS, more, jobs.last().map(|j| j.job_id.as_str()));
+        let next_page_token = next_token(&listing, more, jobs.last().map(|j| j.job_id.as_str()));
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,
@@ -263,7 +267,11 @@ impl pb::job_service_server::JobService for JobApi {
         let status = convert::device_status_filter("status", req.status)?;
         // A position in the run's device list: devices are only ever appended to a run, so a
         // position stays valid between pages.
-        let start: usize = id_token::<String>(LIST_JOB_DEVICES, &req.page_token)?
+        let listing = Listing::new(LIST_JOB_DEVICES)
+            .with("job_id", id.as_str())
+            .with("run", &req.run.map(|r| r.to_string()).unwrap_or_default())
+            .with("status", &req.status.to_string());
+        let start: usize = id_token::<String>(&listing, &req.page_token)?
             .map_or(Ok(0), |position| position.parse().map_err(|_| bad_token()))?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
@@ -308,7 +316,7 @@ impl pb::job_service_server::JobService for JobApi {
                 Status::internal("could not read the run's devices; see the node's log")
             })?;
             let next = next_token(
-                LIST_JOB_DEVICES,
+                &listing,
                 more,
                 last.map(|pos| (pos as usize + 1).to_string()).as_deref(),
             );

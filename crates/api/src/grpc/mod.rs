@@ -23,7 +23,8 @@ mod schedules;
 use std::ops::Bound;
 
 use muster_cluster::{Cluster, ClusterError, ErrorKind};
-use muster_domain::{page_token, Principal};
+use muster_domain::page_token::{self, Listing};
+use muster_domain::Principal;
 use tonic::Status;
 
 pub use auth::AuthApi;
@@ -253,31 +254,43 @@ pub(crate) fn after<T>(token: Option<T>) -> (Bound<T>, Bound<T>) {
     }
 }
 
-/// Reads a page token of `list` ([`muster_domain::page_token`]) holding the last id of the
-/// previous page; empty is the first page.
-pub(crate) fn id_token<T>(list: &str, token: &str) -> Result<Option<T>, Status>
+/// Reads a page token of `listing` ([`muster_domain::page_token`]) holding the last id of the
+/// previous page; empty is the first page. A token of another listing (another list, filter,
+/// job, query) is INVALID_ARGUMENT saying so.
+pub(crate) fn id_token<T>(listing: &Listing, token: &str) -> Result<Option<T>, Status>
 where
     T: TryFrom<String>,
 {
     if token.is_empty() {
         return Ok(None);
     }
-    page_token::open(list, token)
-        .and_then(|position| T::try_from(position).ok())
-        .map(Some)
-        .ok_or_else(bad_token)
+    let position = page_token::open(listing, token).map_err(refused_token)?;
+    T::try_from(position).map(Some).map_err(|_| bad_token())
 }
 
-/// The `next_page_token` of a page of `list` that ended at `last`: empty unless `more`.
-pub(crate) fn next_token(list: &str, more: bool, last: Option<&str>) -> String {
+/// The `next_page_token` of a page of `listing` that ended at `last`: empty unless `more`.
+pub(crate) fn next_token(listing: &Listing, more: bool, last: Option<&str>) -> String {
     match (more, last) {
-        (true, Some(last)) => page_token::seal(list, last),
+        (true, Some(last)) => page_token::seal(listing, last),
         _ => String::new(),
     }
 }
 
 pub(crate) fn bad_token() -> Status {
-    Status::invalid_argument(format!("page_token: {}", page_token::NOT_ISSUED))
+    refused_token(page_token::Refused::NotIssued)
+}
+
+fn refused_token(why: page_token::Refused) -> Status {
+    Status::invalid_argument(format!("page_token: {}", why.message()))
+}
+
+/// Repeated enum values of a list filter, as a listing option.
+pub(crate) fn listed(values: &[i32]) -> String {
+    values
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A validated id from a request field, or INVALID_ARGUMENT naming the field.
@@ -312,6 +325,32 @@ pub(crate) fn take_page<I: Iterator>(iter: I, size: usize) -> (Vec<I::Item>, boo
 #[cfg(test)]
 mod caller_tests {
     use super::*;
+
+    #[test]
+    fn a_page_token_of_another_listing_is_invalid_argument_saying_so() {
+        let devices =
+            |job: &str| Listing::new("grpc JobService.ListJobDevices").with("job_id", job);
+        let t = next_token(&devices("j1"), true, Some("40"));
+        assert_eq!(
+            id_token::<String>(&devices("j1"), &t).unwrap().as_deref(),
+            Some("40")
+        );
+        let e = id_token::<String>(&devices("j2"), &t).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("page_token: belongs to another listing"),
+            "{e:?}"
+        );
+        let e = id_token::<String>(&devices("j1"), "40").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("is not a page token this service issued"),
+            "{e:?}"
+        );
+        assert_eq!(next_token(&devices("j1"), false, Some("40")), "");
+    }
 
     #[test]
     fn the_caller_is_the_extensions_principal_or_anonymous() {

@@ -16,6 +16,7 @@ use crate::hub::hub_twin_json;
 async fn run(
     cluster: &Cluster,
     statement: &Statement,
+    text: &str,
     page_token: &str,
     size: u32,
     stale_ok: bool,
@@ -24,7 +25,7 @@ async fn run(
         None
     } else {
         Some(
-            Cursor::decode(page_token)
+            Cursor::decode(page_token, text)
                 .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?,
         )
     };
@@ -42,7 +43,7 @@ async fn run(
                 Row::Document(doc) => doc,
             })
             .collect();
-        Ok((rows, page.next.map(|c| c.encode()).unwrap_or_default()))
+        Ok((rows, page.next.map(|c| c.encode(text)).unwrap_or_default()))
     })
 }
 
@@ -55,6 +56,7 @@ pub(super) async fn query(
     let (rows, next_page_token) = run(
         cluster,
         &statement,
+        &req.query,
         &req.page_token,
         req.page_size,
         req.stale_ok,
@@ -83,13 +85,13 @@ pub(super) async fn list_device_jobs(
     } else {
         format!("'{device}'")
     };
-    let statement = Statement::parse(&format!(
-        "SELECT * FROM devices.jobs WHERE devices.jobs.deviceId = {quoted}"
-    ))
-    .map_err(|e| Status::invalid_argument(format!("device_id: {e}")))?;
+    let text = format!("SELECT * FROM devices.jobs WHERE devices.jobs.deviceId = {quoted}");
+    let statement =
+        Statement::parse(&text).map_err(|e| Status::invalid_argument(format!("device_id: {e}")))?;
     let (rows, next_page_token) = run(
         cluster,
         &statement,
+        &text,
         &req.page_token,
         req.page_size,
         req.stale_ok,

@@ -14,6 +14,7 @@ use super::{
     after, caller, cluster_status, id_token, next_token, page_size, parse_id, read_barrier,
     take_page,
 };
+use muster_domain::page_token::Listing;
 
 /// What the lists' page tokens are sealed for ([`muster_domain::page_token`]).
 const LIST_SCHEDULES: &str = "grpc ScheduleService.ListSchedules";
@@ -165,7 +166,8 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
         request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
         let req = request.into_inner();
-        let token: Option<ScheduledJobId> = id_token(LIST_SCHEDULES, &req.page_token)?;
+        let listing = Listing::new(LIST_SCHEDULES);
+        let token: Option<ScheduledJobId> = id_token(&listing, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (schedules, more) = self.cluster.reader().read(|s| {
@@ -175,11 +177,7 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
                 more,
             )
         });
-        let next_page_token = next_token(
-            LIST_SCHEDULES,
-            more,
-            schedules.last().map(|j| j.id.as_str()),
-        );
+        let next_page_token = next_token(&listing, more, schedules.last().map(|j| j.id.as_str()));
         Ok(Response::new(pb::ListSchedulesResponse {
             schedules,
             next_page_token,
@@ -192,7 +190,8 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
         let id: ScheduledJobId = parse_id("id", &req.id)?;
-        let token: Option<JobId> = id_token(LIST_SCHEDULE_JOBS, &req.page_token)?;
+        let listing = Listing::new(LIST_SCHEDULE_JOBS).with("id", id.as_str());
+        let token: Option<JobId> = id_token(&listing, &req.page_token)?;
         let size = page_size(req.page_size);
         read_barrier(&self.cluster, req.stale_ok).await?;
         let (jobs, more) = self.cluster.reader().read(|s| {
@@ -213,11 +212,7 @@ impl pb::schedule_service_server::ScheduleService for ScheduleApi {
                 .collect();
             Ok::<_, Status>((jobs, more))
         })?;
-        let next_page_token = next_token(
-            LIST_SCHEDULE_JOBS,
-            more,
-            jobs.last().map(|j| j.job_id.as_str()),
-        );
+        let next_page_token = next_token(&listing, more, jobs.last().map(|j| j.job_id.as_str()));
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,

@@ -38,6 +38,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Params {
+        Params(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()

@@ -22,7 +22,8 @@
 //! sent. The page size is `pageSize` or, as the SDKs send it, the `x-ms-max-item-count` header
 //! (1..=1000, default 100). `jobType` takes `scheduleDeviceMethod` / `scheduleUpdateTwin` (and
 //! the seed's names); `jobStatus` takes IoT Hub's statuses (`queued` and `enqueued` mean
-//! `pending`).
+//! `pending`). A token belongs to its query's `jobType` and `jobStatus`: sent with others it is
+//! a 400 saying it belongs to another listing ([`muster_domain::page_token`]).
 //!
 //! A job whose id is `query` cannot be read through `GET /jobs/v2/query` (that path is the
 //! query); it can through IoT Central's `GET /api/jobs/query`.
@@ -240,7 +241,11 @@ async fn query_jobs(
         .get("continuationToken")
         .filter(|s| !s.is_empty())
         .or_else(|| header_str(&headers, &CONTINUATION));
-    let after = token(raw_token, "continuationToken", HUB_JOBS_LIST, |s: &str| {
+    // The filter as sent (trimmed): a token continues only the query it came from.
+    let listing = page_token::Listing::new(HUB_JOBS_LIST)
+        .with("jobType", q.get("jobType").unwrap_or_default().trim())
+        .with("jobStatus", q.get("jobStatus").unwrap_or_default().trim());
+    let after = token(raw_token, "continuationToken", &listing, |s: &str| {
         JobId::new(s)
     })?;
     let (items, next) = app
@@ -250,7 +255,7 @@ async fn query_jobs(
             })
         })
         .await?;
-    let next = next.map(|position| page_token::seal(HUB_JOBS_LIST, &position));
+    let next = next.map(|position| page_token::seal(&listing, &position));
     let mut result = serde_json::Map::new();
     result.insert("type".into(), Value::String("jobResponse".into()));
     result.insert("items".into(), Value::Array(items));

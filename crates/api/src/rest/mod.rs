@@ -324,26 +324,61 @@ fn page_rows<T>(
     Ok((items, last.filter(|_| more).map(|d| d.to_string())))
 }
 
-/// Reads a page token of `list` ([`muster_domain::page_token`]): the key the previous page
-/// ended with, which `parse` reads. A token not issued for `list` is a 400 naming `param`.
+/// Reads a page token of `listing` ([`muster_domain::page_token`]): the key the previous page
+/// ended with, which `parse` reads. A token not issued, or issued for another listing, is a
+/// 400 naming `param` that says which.
 fn token<K, E>(
     value: Option<&str>,
     param: &str,
-    list: &str,
+    listing: &page_token::Listing,
     parse: impl Fn(&str) -> Result<K, E>,
 ) -> Result<Option<K>, ApiError> {
     match value.filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => page_token::open(list, s)
-            .and_then(|position| parse(&position).ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(param, page_token::NOT_ISSUED)),
+        Some(s) => {
+            let position = page_token::open(listing, s)
+                .map_err(|why| ApiError::bad_request(param, why.message()))?;
+            parse(&position)
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(param, page_token::NOT_ISSUED))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_of_another_listing_is_a_400_saying_so() {
+        let jobs = |status: &str| {
+            page_token::Listing::new("hub GET /jobs/v2/query").with("jobStatus", status)
+        };
+        let t = page_token::seal(&jobs("running"), "job-3");
+        let parse = |s: &str| muster_types::JobId::new(s);
+        assert_eq!(
+            token(Some(&t), "continuationToken", &jobs("running"), parse).unwrap(),
+            Some(muster_types::JobId::new("job-3").unwrap())
+        );
+        let e = token(Some(&t), "continuationToken", &jobs("failed"), parse).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message
+                .starts_with("continuationToken: belongs to another listing"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("start this listing again without it"),
+            "{e}"
+        );
+        let e = token(Some("job-3"), "continuationToken", &jobs("running"), parse).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message
+                .contains("is not a page token this service issued"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn pages_walk_the_map_and_stop_with_no_token() {

@@ -92,7 +92,7 @@ async fn query_devices(
                 None
             } else {
                 Some(
-                    Cursor::decode(token)
+                    Cursor::decode(token, text)
                         .map_err(|e| ApiError::bad_request("x-ms-continuation", e))?,
                 )
             }
@@ -124,7 +124,7 @@ async fn query_devices(
         .insert(ITEM_TYPE, HeaderValue::from_static(item_type));
     if let Some(next) = next {
         // URL-safe base64: always a valid header value.
-        let value = HeaderValue::from_str(&next.encode()).map_err(|e| internal(&e))?;
+        let value = HeaderValue::from_str(&next.encode(text)).map_err(|e| internal(&e))?;
         resp.headers_mut().insert(CONTINUATION, value);
     }
     Ok(resp)

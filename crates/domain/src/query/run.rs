@@ -60,25 +60,37 @@ enum Position {
 }
 
 impl Cursor {
-    /// The opaque text form handed to clients: a [`crate::page_token`], so only issued ones
-    /// are read back.
-    pub fn encode(&self) -> String {
+    /// The listing a query's tokens belong to: the statement's text (trimmed), so a token of
+    /// one query is refused by another.
+    fn listing(query: &str) -> page_token::Listing {
+        page_token::Listing::new(TOKEN_LIST).with("query", query.trim())
+    }
+
+    /// The opaque text form handed to clients: a [`crate::page_token`] of the listing of
+    /// `query` (the statement's text), so only issued ones are read back, by the same query.
+    pub fn encode(&self, query: &str) -> String {
         let plain = match &self.at {
             Position::Device(d) => format!("d:{}:{d}", self.returned),
             Position::DeviceJob(j, d) => format!("j:{}:{j}:{d}", self.returned),
             Position::Group => format!("g:{}", self.returned),
         };
-        page_token::seal(TOKEN_LIST, &plain)
+        page_token::seal(&Cursor::listing(query), &plain)
     }
 
-    /// Reads a token [`Cursor::encode`] made; anything else is an error saying what to do.
-    pub fn decode(token: &str) -> Result<Cursor, QueryError> {
+    /// Reads a token [`Cursor::encode`] made for `query`; anything else is an error saying
+    /// what to do.
+    pub fn decode(token: &str, query: &str) -> Result<Cursor, QueryError> {
         let invalid = || {
             QueryError::new(
                 "the continuation token is not one this service issued; send the one from the previous page of the same query, or none to start from the first page",
             )
         };
-        let plain = page_token::open(TOKEN_LIST, token).ok_or_else(invalid)?;
+        let plain = page_token::open(&Cursor::listing(query), token).map_err(|r| match r {
+            page_token::Refused::OtherListing => QueryError::new(
+                "the continuation token belongs to another listing (another query's); start this query again without it, from the first page, or send the query that made it",
+            ),
+            page_token::Refused::NotIssued => invalid(),
+        })?;
         let mut parts = plain.splitn(3, ':');
         let kind = parts.next().ok_or_else(invalid)?;
         let returned: u64 = parts

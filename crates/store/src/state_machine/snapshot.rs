@@ -58,6 +58,36 @@ pub(crate) struct SnapshotPayload<S> {
     pub(crate) state: S,
 }
 
+/// A snapshot's id: its last log id, this process's count of builds, and a nonce of this build.
+///
+/// openraft receives a snapshot in chunks and continues a transfer whose chunks carry the same
+/// id at their offsets, so two different files must never share an id. Without the nonce two
+/// could: the last log id names the entry's leader, not the builder, two members may snapshot
+/// at the same index, and the count restarts with the process; a follower whose transfer went
+/// on with the next leader's file of that id would get half of each, and its install fail its
+/// checksum. Members' files of one log id differ (cold rows are laid out as each wrote them),
+/// so the builder is part of the id: the nonce hashes the data directory, the process and the
+/// time of the build.
+fn new_snapshot_id(last_applied: Option<&LogId>, n: u64, dir: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(dir.as_os_str().as_encoded_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(&nanos.to_le_bytes());
+    h.update(&n.to_le_bytes());
+    let nonce = &h.finalize().to_hex()[..12];
+    match last_applied {
+        Some(l) => format!(
+            "{}-{}-{}-{n}-{nonce}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("none-{n}-{nonce}"),
+    }
+}
+
 /// The file name for a snapshot id: ids come from the leader, so anything but letters, digits
 /// and `-` is replaced rather than trusted as a path.
 fn file_name(snapshot_id: &str) -> String {
@@ -278,13 +308,7 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     };
     let cloned = started.elapsed();
     let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
-    let snapshot_id = match header.last_applied {
-        Some(l) => format!(
-            "{}-{}-{}-{n}",
-            l.leader_id.term, l.leader_id.node_id, l.index
-        ),
-        None => format!("none-{n}"),
-    };
+    let snapshot_id = new_snapshot_id(header.last_applied.as_ref(), n, &shared.snapshot_dir);
     let name = file_name(&snapshot_id);
     let (tmp, bytes) = write_tmp(&shared.snapshot_dir, &name, &header, &state, &shared.db)?;
     drop(state);

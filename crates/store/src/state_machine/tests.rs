@@ -248,7 +248,9 @@ fn only_the_current_snapshot_file_is_kept() {
     build_snapshot(&leader.shared).unwrap();
     apply(&leader, 2, vec![register(3, 2)]);
     let snapshot = build_snapshot(&leader.shared).unwrap();
-    assert_eq!(snapshot_files(&leader), ["1-1-2-2.snap"]);
+    let file = format!("{}.snap", snapshot.meta.snapshot_id);
+    assert!(file.starts_with("1-1-2-2-"), "{file}");
+    assert_eq!(snapshot_files(&leader), [file.as_str()]);
 
     let follower = open();
     apply(&follower, 1, vec![register(0, 3)]);
@@ -259,11 +261,30 @@ fn only_the_current_snapshot_file_is_kept() {
         snapshot.snapshot.try_into_std().unwrap(),
     )
     .unwrap();
-    assert_eq!(snapshot_files(&follower), ["1-1-2-2.snap"]);
+    assert_eq!(snapshot_files(&follower), [file.as_str()]);
     assert_eq!(
         follower.reader().read(|s| s.clone()),
         leader.reader().read(|s| s.clone())
     );
+}
+
+/// Two members that snapshot the same log with the same count of builds give their files
+/// different ids, so a follower's chunked transfer cannot continue one member's file with
+/// another's.
+#[test]
+fn two_members_snapshots_of_the_same_log_have_different_ids() {
+    let a = open();
+    let b = open();
+    for sm in [&a, &b] {
+        apply(sm, 1, vec![register(0, 3)]);
+    }
+    let sa = build_snapshot(&a.shared).unwrap();
+    let sb = build_snapshot(&b.shared).unwrap();
+    assert_eq!(sa.meta.last_log_id, sb.meta.last_log_id);
+    assert_ne!(sa.meta.snapshot_id, sb.meta.snapshot_id);
+    // Nor do two builds of one member share one.
+    let again = build_snapshot(&a.shared).unwrap();
+    assert_ne!(again.meta.snapshot_id, sa.meta.snapshot_id);
 }
 
 /// Below the disk reserve a requested snapshot is not written: openraft gets the current one
@@ -280,13 +301,14 @@ fn below_the_disk_reserve_no_snapshot_is_written() {
     sm.set_min_free_disk(0);
     let built = build_snapshot(&sm.shared).unwrap();
     assert!(built.meta.last_log_id.is_some());
-    assert_eq!(snapshot_files(&sm), ["1-1-1-1.snap"]);
+    let file = format!("{}.snap", built.meta.snapshot_id);
+    assert_eq!(snapshot_files(&sm), [file.as_str()]);
 
     apply(&sm, 2, vec![register(3, 2)]);
     sm.set_min_free_disk(u64::MAX);
     let kept = build_snapshot(&sm.shared).unwrap();
     assert_eq!(kept.meta, built.meta);
-    assert_eq!(snapshot_files(&sm), ["1-1-1-1.snap"]);
+    assert_eq!(snapshot_files(&sm), [file.as_str()]);
 }
 
 /// A tmpfs of `mib` MiB mounted at a fresh directory, unmounted when dropped; `None` when this

@@ -7,7 +7,8 @@
 //! carried in the link with the list's own options (`filter`, `orderby`, see
 //! [`crate::central_filter`]). `GET /api/jobs/{id}/events` (muster's own addition) pages through a
 //! job's history the same way, its token being the seq the page ended with. Tokens are sealed
-//! for their route and order ([`muster_domain::page_token`]): only issued ones are read.
+//! for their listing ([`muster_domain::page_token`]): route and order, path, filter, status and
+//! search; only issued ones are read, and one of another listing is a 400 saying so.
 //!
 //! The routes: [`jobs`], [`groups`], [`devices`], [`scheduled`].
 
@@ -132,8 +133,9 @@ pub(super) struct Page<K> {
     pub(super) after: Option<K>,
     /// The list's own options, `&name=value` each, for the `nextLink`.
     carried: String,
-    /// What the page tokens are sealed for: the route and its order.
-    list: String,
+    /// What the page tokens are sealed for: the route and its order, the path (whose job,
+    /// group or schedule) and the filters.
+    list: page_token::Listing,
 }
 
 impl ListRequest {
@@ -190,10 +192,14 @@ impl ListRequest {
         let given = number("maxpagesize")?;
         let top = number("top")?;
         let size = given.unwrap_or(DEFAULT_PAGE).min(top.unwrap_or(usize::MAX));
-        let list = format!(
-            "central {route} orderby={}",
-            q.get("orderby").unwrap_or_default().trim()
-        );
+        // The route and order name the first format's tokens, which still open for it.
+        let option = |name: &str| q.get(name).unwrap_or_default().trim().to_string();
+        let list =
+            page_token::Listing::new(&format!("central {route} orderby={}", option("orderby")))
+                .with("path", &self.path)
+                .with("filter", &option("filter"))
+                .with("status", &option("status"))
+                .with("search", &option("search"));
         Ok(Page {
             version,
             size,
@@ -371,5 +377,68 @@ impl ParseId<muster_types::IdError> for DeviceId {
 impl ParseId<muster_types::IdError> for GroupId {
     fn parse_id(s: &str) -> Result<Self, muster_types::IdError> {
         GroupId::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, pairs: &[(&str, &str)]) -> ListRequest {
+        let mut all = vec![("api-version", "2022-07-31")];
+        all.extend_from_slice(pairs);
+        ListRequest {
+            q: Params::from_pairs(&all),
+            base: "http://h".into(),
+            path: path.into(),
+        }
+    }
+
+    const ROUTE: &str = "GET /api/jobs/{id}/devices";
+
+    #[test]
+    fn a_token_continues_only_its_own_listing() {
+        let parse = |s: &str| DeviceId::new(s);
+        let first = request("/api/jobs/j1/devices", &[("status", "failed")]);
+        let p = first.page(ROUTE, &[], parse).unwrap();
+        let t = page_token::seal(&p.list, "dev-9");
+        let next = |path: &str, pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push((NEXT_LINK_TOKEN_PARAM, t.as_str()));
+            request(path, &pairs).page(ROUTE, &[], parse)
+        };
+        // The same listing, with another page size: continues.
+        let p = next(
+            "/api/jobs/j1/devices",
+            &[("status", "failed"), ("maxpagesize", "7")],
+        )
+        .unwrap();
+        assert_eq!(p.after, Some(DeviceId::new("dev-9").unwrap()));
+        // Another filter, another job, another route: 400 saying the token is another listing's.
+        for (path, pairs) in [
+            ("/api/jobs/j1/devices", vec![("status", "succeeded")]),
+            ("/api/jobs/j1/devices", vec![]),
+            (
+                "/api/jobs/j1/devices",
+                vec![("status", "failed"), ("search", "x")],
+            ),
+            ("/api/jobs/j2/devices", vec![("status", "failed")]),
+        ] {
+            let e = next(path, &pairs).err().unwrap();
+            assert_eq!(e.status, 400, "{path} {pairs:?}");
+            assert!(
+                e.message.starts_with(&format!(
+                    "{NEXT_LINK_TOKEN_PARAM}: belongs to another listing"
+                )),
+                "{e}"
+            );
+        }
+        let mut pairs = vec![(NEXT_LINK_TOKEN_PARAM, t.as_str())];
+        pairs.push(("status", "failed"));
+        let e = request("/api/jobs", &pairs)
+            .page("GET /api/jobs", &[], |s: &str| JobId::new(s))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("belongs to another listing"), "{e}");
     }
 }
