@@ -75,6 +75,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ENTRIES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_after: Option<u64>,
+    /// The storage engine's (sled's) page cache in MiB (default 64): how much of what was
+    /// written (finished runs' device rows, the event and Raft logs) is kept in memory.
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sled_cache_mib: Option<u64>,
     /// The host name clients address this service by (`HOST[:PORT]`), written into the
     /// connection strings muster prints; SAS tokens must be signed for it (or for a member's
     /// address). Default: the advertised REST address.

@@ -61,6 +61,7 @@ pub use muster_store::{
     AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
     StateReader, StateUpdate, Store, StoreError, TypeConfig,
 };
+pub use muster_store::DEFAULT_CACHE_MIB as DEFAULT_SLED_CACHE_MIB;
 pub use server::PeerService;
 pub use transport::Network;
 
@@ -110,6 +111,8 @@ pub struct ClusterConfig {
     /// Build a snapshot after this many applied entries since the last one (the log behind it
     /// is then purged).
     pub snapshot_after: u64,
+    /// sled's page cache in bytes (see `muster_store::DEFAULT_CACHE_MIB`).
+    pub sled_cache: u64,
     /// A new data directory waits to be added to an existing cluster (`muster cluster
     /// add-learner`) instead of starting a cluster of one.
     pub join: bool,
@@ -140,6 +143,7 @@ impl ClusterConfig {
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(600),
             snapshot_after: 20_000,
+            sled_cache: muster_store::StoreOptions::default().cache_bytes,
             join: false,
             peer_tls: None,
             metrics: muster_metrics::Metrics::new(),

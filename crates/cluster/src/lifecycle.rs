@@ -26,7 +26,10 @@ impl Cluster {
                 cfg.data_dir.display()
             ))
         })?;
-        let (mut log, sm) = open_store(&cfg.data_dir).await?;
+        let options = muster_store::StoreOptions {
+            cache_bytes: cfg.sled_cache,
+        };
+        let (mut log, sm) = open_store(&cfg.data_dir, options).await?;
         log.set_metrics(cfg.metrics.clone());
         sm.set_metrics(cfg.metrics.clone());
         sm.set_min_free_disk(cfg.min_free_disk);
@@ -173,11 +176,12 @@ async fn count_leader_changes(mut rx: watch::Receiver<Metrics>, metrics: muster_
 /// this one); after that the directory is reported as in use.
 async fn open_store(
     dir: &std::path::Path,
+    options: muster_store::StoreOptions,
 ) -> Result<(muster_store::LogStore, muster_store::StateMachine), ClusterError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let d = dir.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&d))
+        let opened = tokio::task::spawn_blocking(move || Store::open_with(&d, options))
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         match opened {
