@@ -63,6 +63,9 @@ pub struct NodeConfig {
     pub election_max_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_after: u64,
+    /// Applied events between snapshots, whichever of the two bounds comes first (0: by
+    /// entries only); see `muster_cluster::DEFAULT_SNAPSHOT_AFTER_EVENTS`.
+    pub snapshot_after_events: u64,
     /// sled's page cache in MiB: how much of what was written (finished runs' device rows, the
     /// event log, the Raft log) stays in memory. See `muster_cluster::DEFAULT_SLED_CACHE_MIB`.
     pub sled_cache_mib: u64,
@@ -124,6 +127,7 @@ impl Default for NodeConfig {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_after: 20_000,
+            snapshot_after_events: muster_cluster::DEFAULT_SNAPSHOT_AFTER_EVENTS,
             sled_cache_mib: muster_cluster::DEFAULT_SLED_CACHE_MIB,
             dispatch: DispatchConfig {
                 brokers: Vec::new(),
@@ -398,6 +402,7 @@ pub async fn run(
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
+    ccfg.snapshot_after_events = cfg.snapshot_after_events;
     ccfg.sled_cache = cfg.sled_cache_mib.saturating_mul(1024 * 1024);
     ccfg.min_free_disk = cfg.min_free_disk_mib.saturating_mul(1024 * 1024);
     ccfg.peer_tls = listeners.tls.peer.clone();
