@@ -554,3 +554,41 @@ async fn schedule_commands_create_list_and_show_jobs() {
     .await
     .unwrap();
 }
+
+/// `device import` sends a large file in batches (one call per 10,000 devices: a million in one
+/// call would pass gRPC's message limit); a batch the node refuses says how many went in before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_import_sends_a_large_file_in_batches() {
+    let dir = data_dir().unwrap();
+    let server = Server::start(dir.path()).unwrap();
+    ready(&server).await.unwrap();
+    let files = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let lines = |n: usize, bad: Option<usize>| {
+            (0..n)
+                .map(|i| {
+                    let id = if Some(i) == bad {
+                        "has space".to_string()
+                    } else {
+                        format!("big-{i:05}")
+                    };
+                    format!("{{\"deviceId\": \"{id}\"}}\n")
+                })
+                .collect::<String>()
+        };
+        let big = write(&files, "big.jsonl", &lines(25_000, None));
+        assert_eq!(ok(&server, &["device", "import", &big])["imported"], 25_000);
+        let count = ok(&server, &["query", "SELECT COUNT() AS n FROM devices"]);
+        assert_eq!(count["items"][0]["n"], 25_000, "{count}");
+
+        let bad = write(&files, "bad.jsonl", &lines(25_000, Some(15_000)));
+        let err = fails(&server, &["device", "import", &bad]);
+        assert!(err.contains("devices[5000].device_id"), "{err}");
+        assert!(
+            err.contains("10000 of the 25000 devices were imported before this batch"),
+            "{err}"
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -209,6 +209,7 @@ impl Cluster {
         Fut: std::future::Future<Output = Result<(Resp, u64), ClusterError>>,
     {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut replaced_reads = 0;
         loop {
             let leader = match here(self.clone()).await {
                 Err(ClusterError::NotLeader { leader }) => leader,
@@ -232,8 +233,15 @@ impl Cluster {
                             leader = id
                         ));
                     match self.unless_replaced(id, call).await {
-                        // A read changes nothing: ask the new leader.
-                        Err(Replaced(m)) if matches!(what, Forward::ReadIndex) => m,
+                        // A read changes nothing: ask the new leader, even past the deadline
+                        // (the wait was for the old one's silence, and a leader is known now).
+                        Err(Replaced(m)) if matches!(what, Forward::ReadIndex) => {
+                            if replaced_reads < MAX_REPLACED_READS {
+                                replaced_reads += 1;
+                                continue;
+                            }
+                            m
+                        }
                         Err(Replaced(m)) => return Err(ClusterError::Unavailable(format!(
                             "{m}; it may or may not have taken effect: check before sending it again"
                         ))),
@@ -336,6 +344,9 @@ const LEADER_POLL: Duration = Duration::from_millis(200);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request forwarded to the leader may take (it waits for commit and apply there).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(35);
+/// How many times a read forwarded to a leader that was replaced is asked again of the new one
+/// regardless of [`LEADER_WAIT`] (bounded: leaders that keep changing end it).
+const MAX_REPLACED_READS: u32 = 3;
 /// A forwarded request given up because another node leads now (see
 /// `Cluster::unless_replaced`): what happened, for the caller's message.
 struct Replaced(String);

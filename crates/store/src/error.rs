@@ -27,6 +27,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the file system ran out of space (or quota) under this error.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::Io(e) => e,
+            StoreError::Sled(sled::Error::Io(e)) => e,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) || io.raw_os_error() == Some(28)
+    }
+
     pub(crate) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {
         StoreError::Corrupt {
             what,

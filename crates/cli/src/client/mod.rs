@@ -416,6 +416,10 @@ async fn connect_to(opts: &ClientOpts) -> anyhow::Result<Channel> {
 }
 
 /// An API error as one line: the status in words and the server's message.
+/// Devices per `ImportDevices` call of `muster device import`: one Raft entry each, well below
+/// gRPC's 32 MiB message limit (a million devices in one call would exceed it).
+const IMPORT_BATCH: usize = 10_000;
+
 pub(crate) fn rpc(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let what = match status.code() {
@@ -884,12 +888,34 @@ pub async fn device(opts: &ClientOpts, cmd: DeviceCmd) -> anyhow::Result<()> {
         }
         DeviceCmd::Import { file } => {
             let devices = import.unwrap_or_default();
-            let count = client
-                .import_devices(pb::ImportDevicesRequest { devices })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .count;
+            let total = devices.len();
+            let mut count = 0;
+            // An empty file still makes one call: the node says what is wrong with it.
+            for batch in devices.chunks(IMPORT_BATCH) {
+                count += client
+                    .import_devices(pb::ImportDevicesRequest {
+                        devices: batch.to_vec(),
+                    })
+                    .await
+                    .map_err(|e| {
+                        anyhow!(
+                            "{}; {count} of the {total} devices were imported before this batch \
+                             (importing the file again is safe: it updates them)",
+                            rpc(e)
+                        )
+                    })?
+                    .into_inner()
+                    .count;
+                if total > IMPORT_BATCH {
+                    eprintln!("imported {count} of {total} devices");
+                }
+            }
+            if devices.is_empty() {
+                client
+                    .import_devices(pb::ImportDevicesRequest { devices })
+                    .await
+                    .map_err(rpc)?;
+            }
             match opts.output {
                 Output::Json => print_json(&json!({ "imported": count })),
                 Output::Text | Output::Csv => println!("imported {count} devices from {file}"),

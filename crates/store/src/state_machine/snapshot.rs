@@ -91,7 +91,20 @@ pub(crate) fn write_tmp(
 ) -> Result<(PathBuf, u64), StoreError> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
-    let file = File::create(&tmp)?;
+    write_file(&tmp, header, state, db)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .map(|bytes| (tmp, bytes))
+}
+
+fn write_file(
+    tmp: &Path,
+    header: &SnapshotHeader,
+    state: &muster_domain::State,
+    db: &sled::Db,
+) -> Result<u64, StoreError> {
+    let file = File::create(tmp)?;
     let trees = CARRIED_TREES
         .iter()
         .map(|n| Ok((*n, db.open_tree(n)?)))
@@ -103,7 +116,7 @@ pub(crate) fn write_tmp(
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
     file.sync_all()?;
-    Ok((tmp, bytes))
+    Ok(bytes)
 }
 
 /// Renames a written `tmp` file to `dir/name`, durably. Callers other than `open` hold the
@@ -190,8 +203,7 @@ fn store_snapshot(
     Ok(true)
 }
 
-/// Below the disk reserve: the current snapshot, or (with none yet) an empty one with no log id,
-/// either of which openraft ignores as not newer than what it has, so nothing is written.
+/// Below the disk reserve: the snapshot openraft has already (see [`kept_snapshot`]).
 fn skip_when_disk_full(shared: &Shared) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
     let reserve = shared.min_free_disk.load(Ordering::Relaxed);
     let free = match crate::free_space(&shared.snapshot_dir) {
@@ -204,17 +216,24 @@ fn skip_when_disk_full(shared: &Shared) -> Result<Option<Snapshot<TypeConfig>>, 
         "not building a snapshot: the data directory is below its free-space reserve; \
          the log is kept until space returns"
     );
+    kept_snapshot(shared).map(Some)
+}
+
+/// The current snapshot, or (with none yet) an empty one with no log id: either is what
+/// openraft ignores as not newer than what it has, so a build that cannot write is no error (a
+/// snapshot only shortens the log, which keeps everything until one is written).
+fn kept_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     if let Some(current) = current_snapshot(shared)? {
-        return Ok(Some(current));
+        return Ok(current);
     }
-    Ok(Some(Snapshot {
+    Ok(Snapshot {
         meta: SnapshotMeta {
             last_log_id: None,
             last_membership: StoredMembership::default(),
             snapshot_id: "none-skipped".into(),
         },
         snapshot: Box::new(tokio::fs::File::from_std(tempfile::tempfile()?)),
-    }))
+    })
 }
 
 /// Opens a snapshot file as openraft's `SnapshotData`.
@@ -222,10 +241,26 @@ fn open_data(path: &Path) -> Result<Box<tokio::fs::File>, StoreError> {
     Ok(Box::new(tokio::fs::File::from_std(File::open(path)?)))
 }
 
+/// Builds a snapshot, or keeps the current one when the disk is below its reserve or fills up
+/// while this one is written (the reserve check and the write race with everything else that
+/// writes; a failed build would stop the Raft core for nothing).
 pub(super) fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     if let Some(kept) = skip_when_disk_full(shared)? {
         return Ok(kept);
     }
+    match build_new(shared) {
+        Err(e) if e.is_disk_full() => {
+            tracing::warn!(
+                "not building a snapshot: the disk filled up while it was written ({e}); \
+                 the log is kept until space returns"
+            );
+            kept_snapshot(shared)
+        }
+        other => other,
+    }
+}
+
+fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     let started = std::time::Instant::now();
     // Clone under the lock, serialise outside it, so applying waits for the clone only: O(1),
     // the state's containers are copy-on-write (`muster_domain::cow`).
@@ -261,7 +296,10 @@ pub(super) fn build_snapshot(shared: &Shared) -> Result<Snapshot<TypeConfig>, St
     // Opened before it is named current: if a newer snapshot is stored already, the file is
     // deleted, and the handle still reads it.
     let data = open_data(&tmp)?;
-    if store_snapshot(shared, &meta, &name, &tmp)? {
+    let current = store_snapshot(shared, &meta, &name, &tmp).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    if current {
         shared
             .snapshot_seq
             .fetch_max(header.last_seq, Ordering::Relaxed);

@@ -288,3 +288,76 @@ fn below_the_disk_reserve_no_snapshot_is_written() {
     assert_eq!(kept.meta, built.meta);
     assert_eq!(snapshot_files(&sm), ["1-1-1-1.snap"]);
 }
+
+/// A tmpfs of `mib` MiB mounted at a fresh directory, unmounted when dropped; `None` when this
+/// process may not mount (not root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+
+    fn resize(&self, mib: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Tmpfs {
+    /// Writes a ballast file until the file system is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("ballast")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The disk filling up while a snapshot is written (after the reserve check passed) is no error
+/// that stops Raft: the build keeps what there was, leaves no partial file, and the next build
+/// after space returns writes one.
+#[test]
+fn a_disk_that_fills_during_a_snapshot_build_keeps_the_current_one() {
+    let Some(fs) = Tmpfs::mount(1) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let sm =
+        StateMachine::open(&db, GroupFlusher::new(db.clone()), fs.0.join("snapshots")).unwrap();
+    apply(&sm, 1, vec![register(0, 20_000)]);
+    let kept = build_snapshot(&sm.shared).unwrap();
+    assert_eq!(kept.meta.last_log_id, None);
+    assert!(snapshot_files(&sm).is_empty(), "{:?}", snapshot_files(&sm));
+
+    fs.resize(64);
+    let built = build_snapshot(&sm.shared).unwrap();
+    assert!(built.meta.last_log_id.is_some());
+    assert_eq!(snapshot_files(&sm).len(), 1);
+
+    apply(&sm, 2, vec![register(20_000, 20_000)]);
+    fs.fill();
+    let kept = build_snapshot(&sm.shared).unwrap();
+    assert_eq!(kept.meta, built.meta);
+    assert_eq!(snapshot_files(&sm).len(), 1);
+}
