@@ -13,7 +13,8 @@
 //!   on a loopback port (real gRPC between them), default Raft settings: a write returns once a
 //!   majority has the entry durably and the leader has applied it.
 //!
-//! `MUSTER_BENCH_ONLY=one` or `=three` runs one of the two parts.
+//! `MUSTER_BENCH_ONLY=one` or `=three` runs one of the two parts. `MUSTER_BENCH_SLED_CACHE_MIB`
+//! gives the three nodes another sled page cache than the default (`sled_cache_mib`).
 //!
 //! Data goes to a temporary directory under `target/` (the real disk, not tmpfs); set
 //! `MUSTER_BENCH_DIR` to measure another disk.
@@ -75,6 +76,12 @@ async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
         };
         let mut cfg = ClusterConfig::new(i as u64 + 1, dir.path().to_path_buf(), me);
         cfg.peers = peers.clone();
+        if let Some(mib) = std::env::var("MUSTER_BENCH_SLED_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            cfg.sled_cache = mib * 1024 * 1024;
+        }
         nodes.push(Cluster::start(cfg).await.unwrap());
     }
     for (l, c) in listeners.into_iter().zip(&nodes) {

@@ -75,6 +75,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ENTRIES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_after: Option<u64>,
+    /// Also build a snapshot once this many events were applied since the last one (default
+    /// 200000; 0: by entries only). One entry carries up to 1,000 device results, so this is
+    /// what bounds the log a restart replays when jobs are large.
+    #[arg(long, value_name = "EVENTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_after_events: Option<u64>,
+    /// The storage engine's (sled's) page cache in MiB (default 64): how much of what was
+    /// written (finished runs' device rows, the event and Raft logs) is kept in memory.
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sled_cache_mib: Option<u64>,
     /// The host name clients address this service by (`HOST[:PORT]`), written into the
     /// connection strings muster prints; SAS tokens must be signed for it (or for a member's
     /// address). Default: the advertised REST address.

@@ -57,6 +57,7 @@ use openraft::{Raft, RaftMetrics};
 use tokio::sync::watch;
 
 pub use admin::{ClusterStatus, MemberStatus, Role};
+pub use muster_store::DEFAULT_CACHE_MIB as DEFAULT_SLED_CACHE_MIB;
 pub use muster_store::{
     AppliedEvents, AppliedRange, CommandError, ErrorKind, EventLog, MusterNode, Request, Response,
     StateReader, StateUpdate, Store, StoreError, TypeConfig,
@@ -124,6 +125,13 @@ pub struct ClusterConfig {
     /// Build a snapshot after this many applied entries since the last one (the log behind it
     /// is then purged).
     pub snapshot_after: u64,
+    /// Also build one once this many events were applied since the last one (0: by entries
+    /// only). One entry can carry 1,000 device results, so the entry count alone lets a log of
+    /// millions of events pile up between snapshots, and a restart replays all of it into
+    /// memory; see [`DEFAULT_SNAPSHOT_AFTER_EVENTS`].
+    pub snapshot_after_events: u64,
+    /// sled's page cache in bytes (see `muster_store::DEFAULT_CACHE_MIB`).
+    pub sled_cache: u64,
     /// A new data directory waits to be added to an existing cluster (`muster cluster
     /// add-learner`) instead of starting a cluster of one.
     pub join: bool,
@@ -143,6 +151,11 @@ pub struct ClusterConfig {
 /// a snapshot file) to land after the last check.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 256 * 1024 * 1024;
 
+/// The default of [`ClusterConfig::snapshot_after_events`]: a job over 100,000 devices applies
+/// about 200,000 events (each device's dispatch and its result), so a node running such jobs
+/// builds a snapshot every job or so, and a restart replays at most about this many events.
+pub const DEFAULT_SNAPSHOT_AFTER_EVENTS: u64 = 200_000;
+
 impl ClusterConfig {
     pub fn new(node_id: u64, data_dir: PathBuf, node: MusterNode) -> Self {
         ClusterConfig {
@@ -154,6 +167,8 @@ impl ClusterConfig {
             election_min: Duration::from_millis(300),
             election_max: Duration::from_millis(600),
             snapshot_after: 20_000,
+            snapshot_after_events: DEFAULT_SNAPSHOT_AFTER_EVENTS,
+            sled_cache: muster_store::StoreOptions::default().cache_bytes,
             join: false,
             peer_tls: None,
             metrics: muster_metrics::Metrics::new(),
@@ -337,6 +352,47 @@ mod tests {
         c.linearizable().await.unwrap();
         let n = c.reader().read(|s| s.registry.devices.len());
         assert_eq!(n, 1);
+        c.shutdown().await;
+    }
+
+    /// Issue 14: entries of many events (device results come 1,000 to an entry) build a
+    /// snapshot by their events, long before `snapshot_after` entries passed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_is_built_after_enough_events_although_few_entries_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = cfg(dir.path());
+        config.snapshot_after = 10_000;
+        config.snapshot_after_events = 500;
+        let c = Cluster::start(config).await.unwrap();
+        c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+        let many = |batch: usize| Command::RegisterDevices {
+            devices: (0..300)
+                .map(|i| DeviceRegistration {
+                    id: DeviceId::new(format!("b{batch}-d{i}")).unwrap(),
+                    display_name: String::new(),
+                    model_id: None,
+                    enabled: true,
+                    tags: serde_json::json!({}),
+                })
+                .collect(),
+            upsert: false,
+            at: now(),
+        };
+        let mut last_seq = 0;
+        for batch in 0..3 {
+            last_seq = c.write(many(batch)).await.unwrap().last_seq;
+        }
+        assert!(last_seq >= 900, "{last_seq} events");
+        let m = c
+            .raft()
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.snapshot.is_some(), "a snapshot")
+            .await
+            .unwrap();
+        let entries = m.last_applied.map(|l| l.index).unwrap_or_default();
+        assert!(entries < 10, "{entries} entries applied");
+        let (since, _) = c.reader().events_since_snapshot();
+        assert!(since < 500, "{since} events since the snapshot");
         c.shutdown().await;
     }
 

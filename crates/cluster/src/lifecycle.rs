@@ -26,7 +26,10 @@ impl Cluster {
                 cfg.data_dir.display()
             ))
         })?;
-        let (mut log, sm) = open_store(&cfg.data_dir).await?;
+        let options = muster_store::StoreOptions {
+            cache_bytes: cfg.sled_cache,
+        };
+        let (mut log, sm) = open_store(&cfg.data_dir, options).await?;
         log.set_metrics(cfg.metrics.clone());
         sm.set_metrics(cfg.metrics.clone());
         sm.set_min_free_disk(cfg.min_free_disk);
@@ -108,6 +111,13 @@ impl Cluster {
         ));
         tokio::spawn(publish_own_record(cluster.clone(), cfg.node.clone()));
         tokio::spawn(backfill::run(cluster.clone()));
+        if cfg.snapshot_after_events > 0 {
+            tokio::spawn(snapshot_by_events(
+                cluster.raft.clone(),
+                cluster.reader.clone(),
+                cfg.snapshot_after_events,
+            ));
+        }
         Ok(cluster)
     }
 
@@ -155,6 +165,33 @@ impl Cluster {
     }
 }
 
+/// The second snapshot bound beside openraft's own (`snapshot_after` entries): asks Raft for a
+/// snapshot once `threshold` events were applied since the current one, and since this last
+/// asked (a request while a build runs is dropped by openraft; one that a full disk turned
+/// down is not repeated before another `threshold` events). Checked whenever Raft's metrics
+/// change, which every apply does; runs until Raft stops.
+async fn snapshot_by_events(raft: MusterRaft, reader: muster_store::StateReader, threshold: u64) {
+    let mut metrics = raft.metrics();
+    let mut asked_at = 0;
+    while metrics.changed().await.is_ok() {
+        let (since_snapshot, last_seq) = reader.events_since_snapshot();
+        if !snapshot_due(since_snapshot, last_seq - asked_at.min(last_seq), threshold) {
+            continue;
+        }
+        asked_at = last_seq;
+        tracing::debug!(since_snapshot, last_seq, "asking for a snapshot by events");
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether enough events were applied for another snapshot: `threshold` since the current
+/// snapshot and since the last request.
+fn snapshot_due(since_snapshot: u64, since_asked: u64, threshold: u64) -> bool {
+    threshold > 0 && since_snapshot >= threshold && since_asked >= threshold
+}
+
 /// Counts every change of the leader this node sees (to another node or to none), for as long
 /// as Raft runs.
 async fn count_leader_changes(mut rx: watch::Receiver<Metrics>, metrics: muster_metrics::Metrics) {
@@ -173,11 +210,12 @@ async fn count_leader_changes(mut rx: watch::Receiver<Metrics>, metrics: muster_
 /// this one); after that the directory is reported as in use.
 async fn open_store(
     dir: &std::path::Path,
+    options: muster_store::StoreOptions,
 ) -> Result<(muster_store::LogStore, muster_store::StateMachine), ClusterError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let d = dir.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&d))
+        let opened = tokio::task::spawn_blocking(move || Store::open_with(&d, options))
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         match opened {
@@ -310,3 +348,17 @@ async fn publish_own_record(cluster: Cluster, me: MusterNode) {
 
 /// Log entries per AppendEntries request (see `Cluster::start`).
 const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn a_snapshot_is_due_after_threshold_events_since_the_last_one_and_the_last_request() {
+        assert!(!snapshot_due(99, 1_000, 100));
+        assert!(snapshot_due(100, 100, 100));
+        // Asked 50 events ago (a build was running, or the disk was full): not again yet.
+        assert!(!snapshot_due(150, 50, 100));
+        assert!(!snapshot_due(u64::MAX, u64::MAX, 0));
+    }
+}

@@ -63,6 +63,12 @@ pub struct NodeConfig {
     pub election_max_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_after: u64,
+    /// Applied events between snapshots, whichever of the two bounds comes first (0: by
+    /// entries only); see `muster_cluster::DEFAULT_SNAPSHOT_AFTER_EVENTS`.
+    pub snapshot_after_events: u64,
+    /// sled's page cache in MiB: how much of what was written (finished runs' device rows, the
+    /// event log, the Raft log) stays in memory. See `muster_cluster::DEFAULT_SLED_CACHE_MIB`.
+    pub sled_cache_mib: u64,
     /// The MQTT worker pool (`[dispatch]`; `brokers` are the `--mqtt-url`s). With no broker the
     /// leader still advances jobs but reaches no device.
     pub dispatch: DispatchConfig,
@@ -121,6 +127,8 @@ impl Default for NodeConfig {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_after: 20_000,
+            snapshot_after_events: muster_cluster::DEFAULT_SNAPSHOT_AFTER_EVENTS,
+            sled_cache_mib: muster_cluster::DEFAULT_SLED_CACHE_MIB,
             dispatch: DispatchConfig {
                 brokers: Vec::new(),
                 ..DispatchConfig::default()
@@ -172,6 +180,14 @@ impl NodeConfig {
         if self.snapshot_after == 0 {
             return bad("snapshot_after must be at least 1".into());
         }
+        if !(MIN_SLED_CACHE_MIB..=MAX_SLED_CACHE_MIB).contains(&self.sled_cache_mib) {
+            return bad(format!(
+                "sled_cache_mib must be between {MIN_SLED_CACHE_MIB} and {MAX_SLED_CACHE_MIB} (MiB), not {}: \
+                 it is the storage engine's page cache; the default is {}",
+                self.sled_cache_mib,
+                muster_cluster::DEFAULT_SLED_CACHE_MIB
+            ));
+        }
         if self.join && !self.peers.trim().is_empty() {
             return bad(
                 "join and peers do not go together: peers forms a new cluster, join waits to be added to a running one"
@@ -192,6 +208,11 @@ impl NodeConfig {
         parse_peers(&self.peers).map(|_| ())
     }
 }
+
+/// The smallest `sled_cache_mib`: below a few MiB sled evicts the pages it is writing.
+pub const MIN_SLED_CACHE_MIB: u64 = 8;
+/// The largest `sled_cache_mib` (1 TiB): larger is a typo (bytes given as MiB), not a cache.
+pub const MAX_SLED_CACHE_MIB: u64 = 1024 * 1024;
 
 /// The sockets a node serves on, bound before [`run`] so callers know the real ports.
 #[derive(Debug)]
@@ -381,6 +402,8 @@ pub async fn run(
     ccfg.election_min = Duration::from_millis(cfg.election_min_ms);
     ccfg.election_max = Duration::from_millis(cfg.election_max_ms);
     ccfg.snapshot_after = cfg.snapshot_after;
+    ccfg.snapshot_after_events = cfg.snapshot_after_events;
+    ccfg.sled_cache = cfg.sled_cache_mib.saturating_mul(1024 * 1024);
     ccfg.min_free_disk = cfg.min_free_disk_mib.saturating_mul(1024 * 1024);
     ccfg.peer_tls = listeners.tls.peer.clone();
     // One registry per node, handed down through the cluster handle (not a process global:
@@ -648,6 +671,19 @@ mod tests {
         for bad in ["1", "x=h:1", "1=h", "1=h:1,1=h:2"] {
             let e = parse_peers(bad).unwrap_err().to_string();
             assert!(e.contains("peers"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sled_cache_outside_its_range_is_refused_by_name() {
+        assert!(NodeConfig::default().check().is_ok());
+        for bad in [0, MIN_SLED_CACHE_MIB - 1, MAX_SLED_CACHE_MIB + 1] {
+            let cfg = NodeConfig {
+                sled_cache_mib: bad,
+                ..NodeConfig::default()
+            };
+            let e = cfg.check().unwrap_err().to_string();
+            assert!(e.contains("sled_cache_mib"), "{bad}: {e}");
         }
     }
 }

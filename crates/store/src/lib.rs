@@ -59,17 +59,28 @@ pub use types::{
     StorageError, StoredMembership, TypeConfig, MAX_PRINCIPAL_BYTES,
 };
 
-/// sled's page cache in bytes: `MUSTER_SLED_CACHE_MIB` (default 1024, sled's own default).
-/// Everything written passes through this cache, so it bounds how much of the cold tier (and
-/// of the event log) stays in memory; see BENCHMARKS.md ("Hot and cold state") for RSS with
-/// a smaller one. An experiment knob until its effect on throughput is measured.
-fn cache_bytes() -> u64 {
-    std::env::var("MUSTER_SLED_CACHE_MIB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|m| *m > 0)
-        .unwrap_or(1024)
-        .saturating_mul(1024 * 1024)
+/// sled's page cache when the caller names none: 64 MiB (sled's own default is 1 GiB).
+///
+/// Everything written passes through this cache, so it bounds how much of the cold tier, the
+/// event log and the Raft log stays in memory: with sled's 1 GiB a node that finished twenty
+/// 100,000-device jobs held 3.1 GiB, with 64 MiB 1.1 GiB (BENCHMARKS.md, "Scale at 100,000
+/// devices"). Reads of the hot state never go through it (that state is in memory), so a small
+/// cache costs little throughput; see BENCHMARKS.md ("sled's cache") for the measurement.
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+
+/// How a data directory is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's page cache in bytes (`sled::Config::cache_capacity`); see [`DEFAULT_CACHE_MIB`].
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: DEFAULT_CACHE_MIB * 1024 * 1024,
+        }
+    }
 }
 
 /// Bytes the file system holding `dir` has free for this process (statvfs' available blocks).
@@ -86,9 +97,17 @@ impl Store {
     /// the events after it). Only one process may have a directory open at a time (sled locks
     /// it).
     pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+        Store::open_with(dir, StoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with settings other than the defaults.
+    pub fn open_with(
+        dir: &Path,
+        options: StoreOptions,
+    ) -> Result<(LogStore, StateMachine), StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(cache_bytes())
+            .cache_capacity(options.cache_bytes)
             .open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
         let log = LogStore::open(&db, flusher.clone())?;

@@ -227,6 +227,10 @@ pub(crate) struct Shared {
     pub(crate) snapshot_lock: Mutex<()>,
     /// Makes snapshot ids unique within this process.
     pub(crate) snapshot_count: AtomicU64,
+    /// The `last_seq` of the current snapshot (built, installed or loaded at open; 0 with none):
+    /// how many events a restart would replay is `last_seq` minus this, see
+    /// [`StateReader::events_since_snapshot`].
+    pub(crate) snapshot_seq: AtomicU64,
     /// Device outcomes and snapshot builds are recorded here once a node sets it.
     pub(crate) metrics: std::sync::OnceLock<muster_metrics::Metrics>,
     /// Free bytes below which no snapshot is written (0: none); see [`StateMachine::set_min_free_disk`].

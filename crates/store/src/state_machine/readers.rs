@@ -50,6 +50,18 @@ impl StateReader {
         (a.last_seq, a.head)
     }
 
+    /// `(events applied since the current snapshot, last_seq)`: what a restart would replay
+    /// on top of the snapshot. The cluster asks for a snapshot when the first grows too large
+    /// (`ClusterConfig::snapshot_after_events`).
+    pub fn events_since_snapshot(&self) -> (u64, u64) {
+        let last_seq = self.shared.read().last_seq;
+        let snapshot_seq = self
+            .shared
+            .snapshot_seq
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (last_seq.saturating_sub(snapshot_seq), last_seq)
+    }
+
     /// The membership the state machine applied last (with every member's addresses).
     pub fn membership(&self) -> StoredMembership {
         self.shared.read().membership.clone()

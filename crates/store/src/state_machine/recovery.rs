@@ -190,6 +190,7 @@ impl StateMachine {
             updates,
             snapshot_lock: Mutex::new(()),
             snapshot_count: AtomicU64::new(0),
+            snapshot_seq: AtomicU64::new(snapshot_seq),
             metrics: std::sync::OnceLock::new(),
             min_free_disk: AtomicU64::new(0),
             apply_spans: Mutex::default(),

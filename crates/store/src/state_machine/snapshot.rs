@@ -320,9 +320,14 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     // Opened before it is named current: if a newer snapshot is stored already, the file is
     // deleted, and the handle still reads it.
     let data = open_data(&tmp)?;
-    store_snapshot(shared, &meta, &name, &tmp).inspect_err(|_| {
+    let current = store_snapshot(shared, &meta, &name, &tmp).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })?;
+    if current {
+        shared
+            .snapshot_seq
+            .fetch_max(header.last_seq, Ordering::Relaxed);
+    }
     if let Some(m) = shared.metrics.get() {
         let r = m.raft();
         r.snapshot_builds.inc();
@@ -500,6 +505,7 @@ pub(super) fn install_snapshot(
     // what was applied). If this stops half-way, `open` finishes it.
     shared.events.clear()?;
     shared.index.clear(last_seq)?;
+    shared.snapshot_seq.store(last_seq, Ordering::Relaxed);
     drop(guard);
     // The old state is freed outside the lock.
     drop(old);
