@@ -7,6 +7,7 @@ use muster_types::{DeviceId, GroupId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::doc::Doc;
 use crate::query::Query;
 
 /// What a caller supplies to register (or, with upsert, update) a device.
@@ -57,12 +58,12 @@ pub struct Device {
     pub display_name: String,
     pub model_id: Option<String>,
     pub enabled: bool,
-    pub tags: Value,
-    pub desired: Value,
+    pub tags: Doc,
+    pub desired: Doc,
     pub desired_version: u64,
-    pub reported: Value,
+    pub reported: Doc,
     pub reported_version: u64,
-    pub cloud_properties: Value,
+    pub cloud_properties: Doc,
     /// Bumped on every change of the twin (an ETag for optimistic concurrency).
     pub version: u64,
     pub connection: ConnectionState,
@@ -90,18 +91,18 @@ pub struct Device {
     pub identity_version: u64,
     /// When each desired property was last set and at which desired `$version`: the tree
     /// IoT Hub shows as `properties.desired.$metadata` (see [`touch_metadata`]).
-    #[serde(default)]
-    pub desired_meta: Value,
+    #[serde(default = "Doc::null")]
+    pub desired_meta: Doc,
     /// As `desired_meta`, for the reported properties (no versions per property).
-    #[serde(default)]
-    pub reported_meta: Value,
+    #[serde(default = "Doc::null")]
+    pub reported_meta: Doc,
     /// The desired `$version` last pushed to the device (see `crate::push`).
     #[serde(default)]
     pub desired_sent: u64,
     /// Every key of the desired documents since the last recorded push (that document
     /// included), kept only while the device is behind (`None`: up to date, or never patched).
     #[serde(default)]
-    pub desired_base: Option<Value>,
+    pub desired_base: Option<Box<Value>>,
 }
 
 fn first_version() -> u64 {
@@ -161,12 +162,12 @@ impl Device {
             display_name: reg.display_name.clone(),
             model_id: reg.model_id.clone(),
             enabled: reg.enabled,
-            tags: object_or_empty(&reg.tags),
-            desired: Value::Object(Map::new()),
+            tags: Doc::from(object_or_empty(&reg.tags)),
+            desired: Doc::empty(),
             desired_version: 0,
-            reported: Value::Object(Map::new()),
+            reported: Doc::empty(),
             reported_version: 0,
-            cloud_properties: Value::Object(Map::new()),
+            cloud_properties: Doc::empty(),
             version: 1,
             connection: ConnectionState::Unknown,
             registered_at: at,
@@ -177,8 +178,8 @@ impl Device {
             keys: None,
             iot_edge: false,
             identity_version: 1,
-            desired_meta: Value::Object(Map::new()),
-            reported_meta: Value::Object(Map::new()),
+            desired_meta: Doc::empty(),
+            reported_meta: Doc::empty(),
             desired_sent: 0,
             desired_base: None,
         }
@@ -242,7 +243,7 @@ impl Device {
             TwinSection::Desired => {
                 self.desired_version += 1;
                 match &mut self.desired_base {
-                    None => self.desired_base = Some(self.desired.clone()),
+                    None => self.desired_base = Some(Box::new((*self.desired).clone())),
                     Some(seen) => crate::push::remember(seen, &self.desired),
                 }
                 touch_metadata(
@@ -269,29 +270,32 @@ impl Device {
     pub fn replace(&mut self, section: TwinSection, value: &Value, at: Timestamp) {
         let value = object_or_empty(value);
         match section {
-            TwinSection::Tags => self.tags = value,
+            TwinSection::Tags => self.tags = value.into(),
             TwinSection::Desired => {
                 self.desired_version += 1;
                 match &mut self.desired_base {
-                    None => self.desired_base = Some(std::mem::take(&mut self.desired)),
+                    None => {
+                        self.desired_base =
+                            Some(Box::new(std::mem::take(&mut self.desired).into_value()))
+                    }
                     Some(seen) => crate::push::remember(seen, &self.desired),
                 }
-                self.desired_meta = Value::Object(Map::new());
+                self.desired_meta = Doc::empty();
                 touch_metadata(
                     &mut self.desired_meta,
                     &value,
                     at,
                     Some(self.desired_version),
                 );
-                self.desired = value;
+                self.desired = value.into();
             }
             TwinSection::Reported => {
                 self.reported_version += 1;
-                self.reported_meta = Value::Object(Map::new());
+                self.reported_meta = Doc::empty();
                 touch_metadata(&mut self.reported_meta, &value, at, None);
-                self.reported = value;
+                self.reported = value.into();
             }
-            TwinSection::CloudProperties => self.cloud_properties = value,
+            TwinSection::CloudProperties => self.cloud_properties = value.into(),
         }
         self.version += 1;
     }
@@ -398,15 +402,15 @@ impl Device {
         if let Some(m) = &self.model_id {
             doc.insert("$template".into(), Value::String(m.clone()));
         }
-        doc.insert("tags".into(), self.tags.clone());
+        doc.insert("tags".into(), self.tags.to_value());
         let mut props = Map::new();
-        props.insert("desired".into(), self.desired.clone());
-        props.insert("reported".into(), self.reported.clone());
+        props.insert("desired".into(), self.desired.to_value());
+        props.insert("reported".into(), self.reported.to_value());
         doc.insert("properties".into(), Value::Object(props));
         let mut capabilities = Map::new();
         capabilities.insert("iotEdge".into(), Value::Bool(self.iot_edge));
         doc.insert("capabilities".into(), Value::Object(capabilities));
-        doc.insert("cloudProperties".into(), self.cloud_properties.clone());
+        doc.insert("cloudProperties".into(), self.cloud_properties.to_value());
         Value::Object(doc)
     }
 }
