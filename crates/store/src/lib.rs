@@ -38,6 +38,7 @@ mod error;
 mod event_index;
 mod flush;
 mod log_store;
+mod purge_gate;
 pub mod segment;
 pub mod snapfile;
 mod state_machine;
@@ -110,8 +111,8 @@ impl Store {
             .cache_capacity(options.cache_bytes)
             .open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
-        let log = LogStore::open(&db, flusher.clone())?;
-        let sm = StateMachine::open(&db, flusher, dir.join(state_machine::SNAPSHOT_DIR))?;
+        let sm = StateMachine::open(&db, flusher.clone(), dir.join(state_machine::SNAPSHOT_DIR))?;
+        let log = LogStore::open(&db, flusher, sm.purge_gate())?;
         Ok((log, sm))
     }
 }

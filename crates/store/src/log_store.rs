@@ -22,6 +22,7 @@ use openraft::{OptionalSend, Vote};
 use crate::codec::{decode_entry, encode_entry, from_json, to_json, u64_key};
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
+use crate::purge_gate::PurgeGate;
 use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
@@ -36,6 +37,8 @@ pub struct LogStore {
     meta: sled::Tree,
     flusher: Arc<GroupFlusher>,
     recent: Arc<Mutex<RecentEntries>>,
+    /// Holds a purge until a snapshot being installed is stored (see [`crate::purge_gate`]).
+    gate: Arc<PurgeGate>,
     /// Where append latency is recorded; `None` outside a node (tools, tests).
     metrics: Option<muster_metrics::Metrics>,
 }
@@ -137,12 +140,17 @@ impl RecentEntries {
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db, flusher: Arc<GroupFlusher>) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        flusher: Arc<GroupFlusher>,
+        gate: Arc<PurgeGate>,
+    ) -> Result<Self, StoreError> {
         Ok(LogStore {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher,
             recent: Arc::default(),
+            gate,
             metrics: None,
         })
     }
@@ -343,6 +351,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if self.last_purged().raft(Op::ReadLogs)? >= Some(log_id) {
             return Ok(());
         }
+        self.gate.wait(log_id.index).await.raft(Op::WriteLogs)?;
         self.meta
             .insert(LAST_PURGED, to_json(&log_id).raft(Op::WriteLogs)?)
             .raft(Op::WriteLogs)?;

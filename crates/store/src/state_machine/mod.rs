@@ -231,6 +231,9 @@ pub(crate) struct Shared {
     /// how many events a restart would replay is `last_seq` minus this, see
     /// [`StateReader::events_since_snapshot`].
     pub(crate) snapshot_seq: AtomicU64,
+    /// Told when a snapshot from the leader starts arriving and when one is stored, for the log
+    /// store's purges (see [`crate::purge_gate`]).
+    pub(crate) purge_gate: Arc<crate::purge_gate::PurgeGate>,
     /// Device outcomes and snapshot builds are recorded here once a node sets it.
     pub(crate) metrics: std::sync::OnceLock<muster_metrics::Metrics>,
     /// Free bytes below which no snapshot is written (0: none); see [`StateMachine::set_min_free_disk`].
@@ -301,6 +304,11 @@ impl StateMachine {
     /// from now on; the first call wins.
     pub fn set_metrics(&self, metrics: muster_metrics::Metrics) {
         let _ = self.shared.metrics.set(metrics);
+    }
+
+    /// The gate the log store's purges pass (see [`crate::purge_gate`]).
+    pub(crate) fn purge_gate(&self) -> Arc<crate::purge_gate::PurgeGate> {
+        self.shared.purge_gate.clone()
     }
 
     /// The node's disk reserve: while the data directory has less free space, a snapshot

@@ -191,6 +191,11 @@ impl StateMachine {
             snapshot_lock: Mutex::new(()),
             snapshot_count: AtomicU64::new(0),
             snapshot_seq: AtomicU64::new(snapshot_seq),
+            purge_gate: Arc::new({
+                let gate = crate::purge_gate::PurgeGate::default();
+                gate.stored(snap_applied.map(|l| l.index), false);
+                gate
+            }),
             metrics: std::sync::OnceLock::new(),
             min_free_disk: AtomicU64::new(0),
             apply_spans: Mutex::default(),

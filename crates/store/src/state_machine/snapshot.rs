@@ -229,6 +229,9 @@ fn store_snapshot(
     batch.remove(SNAPSHOT_DATA);
     shared.snapshot.apply_batch(batch)?;
     shared.flusher.flush_blocking()?;
+    shared
+        .purge_gate
+        .stored(meta.last_log_id.map(|l| l.index), false);
     remove_others(&shared.snapshot_dir, file);
     Ok(true)
 }
@@ -353,6 +356,7 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
 /// once, so an interrupted transfer leaves nothing behind), written by openraft at the offsets
 /// of the chunks.
 pub(super) fn begin_receiving(shared: &Shared) -> Result<Box<tokio::fs::File>, StoreError> {
+    shared.purge_gate.receiving();
     std::fs::create_dir_all(&shared.snapshot_dir)?;
     let file = tempfile::tempfile_in(&shared.snapshot_dir)?;
     Ok(Box::new(tokio::fs::File::from_std(file)))
@@ -489,6 +493,9 @@ pub(super) fn install_snapshot(
         .map_err(sled_tx_error)?;
     shared.flusher.flush_blocking()?;
     crate::crashpoint::hit(crate::crashpoint::INSTALL_META_WRITTEN, &shared.meta);
+    shared
+        .purge_gate
+        .stored(meta.last_log_id.map(|l| l.index), true);
 
     let old = std::mem::replace(
         &mut *guard,
