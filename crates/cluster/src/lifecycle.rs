@@ -175,7 +175,7 @@ async fn snapshot_by_events(raft: MusterRaft, reader: muster_store::StateReader,
     let mut asked_at = 0;
     while metrics.changed().await.is_ok() {
         let (since_snapshot, last_seq) = reader.events_since_snapshot();
-        if !snapshot_due(since_snapshot, last_seq - asked_at.min(last_seq), threshold) {
+        if !snapshot_due(since_snapshot, last_seq.saturating_sub(asked_at), threshold) {
             continue;
         }
         asked_at = last_seq;
