@@ -79,65 +79,59 @@ pub(super) fn apply_entries(
     let mut index = IndexBatch::default();
     let mut responses = Vec::with_capacity(entries.len());
     // Inserting the events into sled costs about twice what deciding and evolving them does, so
-    // a large apply hands its events to a writer thread in chunks while it goes on with the next
+    // a large apply hands its events to the writer thread in chunks while it goes on with the next
     // ones (see `EventWriter`); a small one writes them in one batch here.
-    std::thread::scope(|scope| -> Result<(), StoreError> {
-        let mut writer = EventWriter::new(scope, &shared.events);
-        for entry in entries {
-            let result = match entry.payload {
-                EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Ok(AppliedRange::empty_after(applied.last_seq))
-                }
-                EntryPayload::Normal(req) => {
-                    match execute_traced(shared, &mut applied.state, &req, entry.log_id.index) {
-                        Ok(events) => {
-                            // Rows of runs this command finished go to the cold tier before
-                            // `last_applied` covers the command (see `crate::cold`).
-                            let spilled = applied.state.spill(&events);
-                            if !spilled.is_empty() {
-                                crate::cold::write_ops(&shared.cold, spilled)?;
-                            }
-                            let first_seq = applied.last_seq + 1;
-                            let mut hashes = Vec::with_capacity(events.len());
-                            let principal = principal_text(&req.principal);
-                            for event in &events {
-                                applied.last_seq += 1;
-                                let (record, hash) = encode_record(
-                                    applied.last_seq,
-                                    event,
-                                    &principal,
-                                    &applied.head,
-                                );
-                                writer.push(applied.last_seq, &record)?;
-                                applied.head = hash;
-                                hashes.push(hash);
-                            }
-                            writer.end_command();
-                            index.add_command(first_seq, &events);
-                            if !events.is_empty() {
-                                published.push(AppliedEvents {
-                                    first_seq,
-                                    events,
-                                    principal: req.principal.clone(),
-                                    hashes,
-                                });
-                            }
-                            Ok(AppliedRange {
-                                first_seq,
-                                last_seq: applied.last_seq,
-                            })
+    let mut writer = EventWriter::new(&shared.events, &shared.writer);
+    for entry in entries {
+        let result = match entry.payload {
+            EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
+            EntryPayload::Membership(m) => {
+                applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                Ok(AppliedRange::empty_after(applied.last_seq))
+            }
+            EntryPayload::Normal(req) => {
+                match execute_traced(shared, &mut applied.state, &req, entry.log_id.index) {
+                    Ok(events) => {
+                        // Rows of runs this command finished go to the cold tier before
+                        // `last_applied` covers the command (see `crate::cold`).
+                        let spilled = applied.state.spill(&events);
+                        if !spilled.is_empty() {
+                            crate::cold::write_ops(&shared.cold, spilled)?;
                         }
-                        Err(e) => Err(CommandError::from(&e)),
+                        let first_seq = applied.last_seq + 1;
+                        let mut hashes = Vec::with_capacity(events.len());
+                        let principal = principal_text(&req.principal);
+                        for event in &events {
+                            applied.last_seq += 1;
+                            let (record, hash) =
+                                encode_record(applied.last_seq, event, &principal, &applied.head);
+                            writer.push(applied.last_seq, &record)?;
+                            applied.head = hash;
+                            hashes.push(hash);
+                        }
+                        writer.end_command();
+                        index.add_command(first_seq, &events);
+                        if !events.is_empty() {
+                            published.push(AppliedEvents {
+                                first_seq,
+                                events,
+                                principal: req.principal.clone(),
+                                hashes,
+                            });
+                        }
+                        Ok(AppliedRange {
+                            first_seq,
+                            last_seq: applied.last_seq,
+                        })
                     }
+                    Err(e) => Err(CommandError::from(&e)),
                 }
-            };
-            applied.last_applied = Some(entry.log_id);
-            responses.push(Response { result });
-        }
-        writer.finish()
-    })?;
+            }
+        };
+        applied.last_applied = Some(entry.log_id);
+        responses.push(Response { result });
+    }
+    writer.finish()?;
     crate::crashpoint::hit(crate::crashpoint::APPLY_EVENTS_WRITTEN, &shared.meta);
     // Like the events: before the metadata that lets readers see them.
     index.write(&shared.index)?;
@@ -192,41 +186,98 @@ fn outcome_kind(event: &muster_domain::Event) -> Option<&'static str> {
 /// Events per sled batch once an apply has more than that many: one full segment.
 pub(super) const EVENT_CHUNK: usize = SEGMENT_MAX;
 
+/// What the applying thread asks of the [`WriterThread`].
+enum Job {
+    /// Insert these records (the tree travels with them, so an idle writer holds no handle on
+    /// the database and a closed store can be opened again at once).
+    Write(sled::Tree, sled::Batch),
+    /// Answer once every batch sent before is written, with the first error since the last
+    /// answer (batches after an error are dropped unwritten: the apply fails anyway).
+    Done(std::sync::mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+/// One long-lived thread that inserts the event batches of large applies while the applying
+/// thread goes on deciding and encoding. It lives as long as the state machine (the sender is
+/// in [`Shared`]); a thread per apply cost 1,500 thread creations in three minutes of
+/// 100,000-device jobs.
+#[derive(Debug)]
+pub(crate) struct WriterThread {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Job::Write(..) => "Write",
+            Job::Done(_) => "Done",
+        })
+    }
+}
+
+impl WriterThread {
+    pub(crate) fn start() -> Result<Self, StoreError> {
+        let (jobs, inbox) = std::sync::mpsc::sync_channel::<Job>(4);
+        std::thread::Builder::new()
+            .name("event-writer".into())
+            .spawn(move || {
+                let mut failed: Option<StoreError> = None;
+                for job in inbox {
+                    match job {
+                        Job::Write(tree, batch) => {
+                            if failed.is_none() {
+                                match tree.apply_batch(batch) {
+                                    Ok(()) => crate::crashpoint::hit(
+                                        crate::crashpoint::APPLY_CHUNK_WRITTEN,
+                                        &tree,
+                                    ),
+                                    Err(e) => failed = Some(e.into()),
+                                }
+                            }
+                        }
+                        Job::Done(reply) => {
+                            let _ = reply.send(failed.take().map_or(Ok(()), Err));
+                        }
+                    }
+                }
+            })?;
+        Ok(WriterThread { jobs })
+    }
+
+    fn sender(&self) -> std::sync::mpsc::SyncSender<Job> {
+        self.jobs.clone()
+    }
+}
+
 /// Writes an apply's event records to the `events` tree, in segments (see [`crate::segment`]).
 ///
 /// Finished segments collect in a batch; once it holds [`EVENT_CHUNK`] records or more it goes
-/// to a writer thread, started for this apply, which inserts them while the applying thread decides, evolves and encodes the
-/// next ones. [`finish`](Self::finish) writes what is left (fewer than [`EVENT_CHUNK`] records
-/// plus the last command's segment) on the applying thread when there is no writer thread, or
-/// hands it over and waits until the writer has written all of it. Batches are written in order, so
-/// the tree only ever holds a prefix of the apply's events beyond `last_seq`, exactly like a
-/// crash between the events batch and the metadata batch, which the apply's durability argument
-/// already covers.
-struct EventWriter<'scope, 'env> {
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    events: &'env sled::Tree,
+/// to the [`WriterThread`], which inserts it while the applying thread decides, evolves and
+/// encodes the next ones. [`finish`](Self::finish) writes what is left (fewer than
+/// [`EVENT_CHUNK`] records plus the last command's segment) on the applying thread when nothing
+/// was handed over, or hands it over too and waits until the writer has written all of it.
+/// Batches are written in order, so the tree only ever holds a prefix of the apply's events
+/// beyond `last_seq`, exactly like a crash between the events batch and the metadata batch,
+/// which the apply's durability argument already covers.
+struct EventWriter<'a> {
+    events: &'a sled::Tree,
+    writer: &'a WriterThread,
     segment: SegmentBuilder,
     batch: sled::Batch,
     /// Records in `batch`.
     pending: usize,
-    thread: Option<WriterThread<'scope>>,
+    /// Set once a batch went to the writer thread.
+    handed: Option<std::sync::mpsc::SyncSender<Job>>,
 }
 
-/// The writer thread of an [`EventWriter`]: where to send batches, and its outcome.
-type WriterThread<'scope> = (
-    std::sync::mpsc::SyncSender<sled::Batch>,
-    std::thread::ScopedJoinHandle<'scope, Result<(), StoreError>>,
-);
-
-impl<'scope, 'env> EventWriter<'scope, 'env> {
-    fn new(scope: &'scope std::thread::Scope<'scope, 'env>, events: &'env sled::Tree) -> Self {
+impl<'a> EventWriter<'a> {
+    fn new(events: &'a sled::Tree, writer: &'a WriterThread) -> Self {
         EventWriter {
-            scope,
             events,
+            writer,
             segment: SegmentBuilder::default(),
             batch: sled::Batch::default(),
             pending: 0,
-            thread: None,
+            handed: None,
         }
     }
 
@@ -252,34 +303,27 @@ impl<'scope, 'env> EventWriter<'scope, 'env> {
             return;
         }
         self.pending = 0;
-        let events = self.events;
-        let (sender, _) = self.thread.get_or_insert_with(|| {
-            let (sender, chunks) = std::sync::mpsc::sync_channel::<sled::Batch>(4);
-            let handle = self.scope.spawn(move || {
-                for chunk in chunks {
-                    events.apply_batch(chunk)?;
-                    crate::crashpoint::hit(crate::crashpoint::APPLY_CHUNK_WRITTEN, events);
-                }
-                Ok(())
-            });
-            (sender, handle)
-        });
-        // A send fails only when the writer stopped on an error, which `finish` reports.
-        let _ = sender.send(std::mem::take(&mut self.batch));
+        let batch = std::mem::take(&mut self.batch);
+        let sender = self.handed.get_or_insert_with(|| self.writer.sender());
+        // A send fails only when the writer thread is gone, which `finish` reports.
+        let _ = sender.send(Job::Write(self.events.clone(), batch));
     }
 
     /// Writes what is left and returns once every record is in the tree.
     fn finish(mut self) -> Result<(), StoreError> {
         self.end_command();
-        match self.thread {
-            None => Ok(self.events.apply_batch(self.batch)?),
-            Some((sender, handle)) => {
-                let _ = sender.send(self.batch);
-                drop(sender);
-                handle
-                    .join()
-                    .map_err(|_| StoreError::Io(std::io::Error::other("event writer panicked")))?
-            }
-        }
+        let Some(sender) = self.handed.take() else {
+            return Ok(self.events.apply_batch(std::mem::take(&mut self.batch))?);
+        };
+        let gone = || StoreError::Io(std::io::Error::other("the event writer thread stopped"));
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        sender
+            .send(Job::Write(
+                self.events.clone(),
+                std::mem::take(&mut self.batch),
+            ))
+            .map_err(|_| gone())?;
+        sender.send(Job::Done(reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
     }
 }

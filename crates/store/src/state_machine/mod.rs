@@ -243,6 +243,8 @@ pub(crate) struct Shared {
     /// the lock.
     pub(crate) apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
     pub(crate) traced: std::sync::atomic::AtomicUsize,
+    /// Inserts the event batches of large applies (see `apply::EventWriter`).
+    pub(crate) writer: apply::WriterThread,
 }
 
 impl Shared {

@@ -200,6 +200,7 @@ impl StateMachine {
             min_free_disk: AtomicU64::new(0),
             apply_spans: Mutex::default(),
             traced: std::sync::atomic::AtomicUsize::new(0),
+            writer: super::apply::WriterThread::start()?,
         });
         crate::device_index::spawn_indexer(Arc::downgrade(&shared), indexer_updates)?;
         Ok(StateMachine { shared })
