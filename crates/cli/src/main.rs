@@ -99,6 +99,7 @@ enum Cmd {
 /// a few small strings per event, often on different threads (the Raft apply task, `audit
 /// replay`'s reader threads), and glibc's arenas made that about a fifth of the work; with
 /// mimalloc, applying the log runs about twice as fast (BENCHMARKS.md, "Audit").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
