@@ -4,13 +4,12 @@ use muster_types::{
     DeviceId, GroupId, InvocationId, JobId, RerunId, RunId, ScheduledJobId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::auth::{AccessPolicy, ApiToken};
 use crate::invocation::{Invocation, MethodOutcome};
-use crate::job::FailureReason;
+use crate::job::{FailureReason, JsonText};
 use crate::registry::{DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition};
 use crate::spec::JobSpec;
 
@@ -307,9 +306,10 @@ pub struct DeviceResult {
 pub enum Outcome {
     /// The device answered; 200..=299 is success, anything else a device error.
     ///
-    /// The payload is shared: recording it (in `MethodResponse`) takes a reference, not a copy,
-    /// and equal small payloads decoded together share one value.
-    Responded { status: i32, payload: Arc<Value> },
+    /// The payload is kept as its compact text, as the state records it (`MethodResponse`):
+    /// a result waits in the dispatcher's batch, the Raft log's cache and the apply, and a
+    /// parsed object cost ~700 bytes of small allocations a device there (issue 14).
+    Responded { status: i32, payload: JsonText },
     /// The dispatcher gave up on the attempt without an answer.
     Failed(FailureReason),
 }

@@ -17,8 +17,7 @@ use crate::command::{Command, ConnectionChange, DeviceResult, Outcome, PropertyR
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::job::{
-    CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, JsonText,
-    MethodResponse, Stats,
+    CancelReason, DeviceStatus, FailureReason, Job, JobFailure, JobStatus, MethodResponse, Stats,
 };
 use crate::registry::{
     ConnectionState, Device, DeviceIdentity, DeviceKeys, DeviceRegistration, IdentityCondition,
@@ -997,7 +996,7 @@ fn record_results(
                 Outcome::Responded { status, payload } => {
                     let response = Some(MethodResponse {
                         status: *status,
-                        payload: JsonText::from_value(payload),
+                        payload: payload.clone(),
                     });
                     if (200..300).contains(status) {
                         s.succeed(i, r.attempt, response);

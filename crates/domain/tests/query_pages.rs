@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use muster_domain::query::{Cursor, Row, Statement};
 use muster_domain::{
@@ -170,7 +169,7 @@ fn build(devices: &[DeviceGen], jobs: &[JobGen]) -> State {
                 attempt: 1,
                 outcome: Outcome::Responded {
                     status,
-                    payload: Arc::new(json!({"ok": status == 200})),
+                    payload: json!({"ok": status == 200}).into(),
                 },
             })
             .collect();

@@ -488,7 +488,7 @@ impl From<&Outcome> for pb::Outcome {
         let kind = match o {
             Outcome::Responded { status, payload } => Kind::Responded(Responded {
                 status: *status,
-                payload_json: json_text(payload),
+                payload_json: payload.as_str().to_string(),
             }),
             Outcome::Failed(reason) => Kind::Failed(reason.into()),
         };
@@ -504,7 +504,7 @@ impl TryFrom<pb::Outcome> for Outcome {
         Ok(match required("kind", o.kind)? {
             Kind::Responded(r) => Outcome::Responded {
                 status: r.status,
-                payload: crate::job::shared_payload("responded.payload_json", &r.payload_json)?,
+                payload: crate::job::payload_text("responded.payload_json", r.payload_json)?,
             },
             Kind::Failed(reason) => Outcome::Failed(message("failed", Some(reason))?),
         })

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use muster_domain::job::JsonText;
 use muster_domain::{Command, Event, Invocation, MethodOutcome, Outcome};
 use muster_types::{InvocationId, Timestamp};
 
@@ -43,7 +44,7 @@ fn outcome(o: &MethodOutcome) -> pb::Outcome {
     let shared = match o {
         MethodOutcome::Responded { status, payload } => Outcome::Responded {
             status: *status,
-            payload: Arc::clone(payload),
+            payload: JsonText::from_value(payload),
         },
         MethodOutcome::Failed(reason) => Outcome::Failed(reason.clone()),
     };
@@ -52,7 +53,10 @@ fn outcome(o: &MethodOutcome) -> pb::Outcome {
 
 fn method_outcome(field: &str, o: Option<pb::Outcome>) -> Result<MethodOutcome, ProtoError> {
     Ok(match message::<_, Outcome>(field, o)? {
-        Outcome::Responded { status, payload } => MethodOutcome::Responded { status, payload },
+        Outcome::Responded { status, payload } => MethodOutcome::Responded {
+            status,
+            payload: Arc::new(payload.value()),
+        },
         Outcome::Failed(reason) => MethodOutcome::Failed(reason),
     })
 }

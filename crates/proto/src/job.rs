@@ -1,12 +1,9 @@
 //! Conversions of the reasons and answers that job events carry.
 
-use std::sync::Arc;
-
 use muster_domain::{CancelReason, FailureReason, JobFailure, JsonText, MethodResponse};
-use serde_json::Value;
 
 use crate::error::ProtoError;
-use crate::fields::{json, required};
+use crate::fields::required;
 use crate::pb;
 
 impl From<&FailureReason> for pb::FailureReason {
@@ -70,44 +67,49 @@ impl TryFrom<pb::MethodResponse> for MethodResponse {
     }
 }
 
-/// Responses whose JSON text is at most this long are remembered by [`shared_payload`].
+/// Responses whose JSON text is at most this long are remembered by [`payload_text`].
 const CACHED_PAYLOAD_MAX: usize = 256;
 /// How many recent payload texts each thread remembers.
 const CACHED_PAYLOADS: usize = 8;
 
-/// Recently parsed small payloads (text, value), with the next slot to overwrite.
-type RecentPayloads = (Vec<(String, Arc<Value>)>, usize);
+/// Recently read small payloads, with the next slot to overwrite.
+type RecentPayloads = (Vec<JsonText>, usize);
 
 thread_local! {
     static RECENT_PAYLOADS: std::cell::RefCell<RecentPayloads> =
         const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
-/// Parses a response payload, sharing the value with earlier identical small payloads.
+/// Checks a response payload's JSON text and keeps it as text, sharing it with earlier
+/// identical small payloads.
 ///
 /// Devices answering one job mostly answer the same few bodies (`{"ok":true}`, an error text):
-/// replaying the event log parsed each of them again (about a tenth of `muster audit replay`),
-/// and the state held a copy per device. Equal text gives an equal value, so sharing is
-/// invisible to everything but the allocator.
-pub(crate) fn shared_payload(field: &str, text: &str) -> Result<Arc<Value>, ProtoError> {
+/// replaying the event log checked each of them again, and the state held a copy per device.
+/// Equal text is an equal payload, so sharing is invisible to everything but the allocator.
+pub(crate) fn payload_text(field: &str, text: String) -> Result<JsonText, ProtoError> {
+    let parse = |text: &str| {
+        JsonText::parse(text).map_err(|error| ProtoError::InvalidJson {
+            field: field.to_string(),
+            error,
+        })
+    };
     if text.len() > CACHED_PAYLOAD_MAX {
-        return Ok(Arc::new(json(field, text)?));
+        return parse(&text);
     }
     RECENT_PAYLOADS.with(|cell| {
         let mut recent = cell.borrow_mut();
-        if let Some((_, value)) = recent.0.iter().find(|(t, _)| t == text) {
-            return Ok(Arc::clone(value));
+        if let Some(known) = recent.0.iter().find(|t| t.as_str() == text) {
+            return Ok(known.clone());
         }
-        let value = Arc::new(json(field, text)?);
-        let entry = (text.to_string(), Arc::clone(&value));
+        let payload = parse(&text)?;
         let (list, next) = &mut *recent;
         if list.len() < CACHED_PAYLOADS {
-            list.push(entry);
+            list.push(payload.clone());
         } else {
-            list[*next] = entry;
+            list[*next] = payload.clone();
             *next = (*next + 1) % CACHED_PAYLOADS;
         }
-        Ok(value)
+        Ok(payload)
     })
 }
 
@@ -198,29 +200,36 @@ impl TryFrom<pb::JobFailure> for JobFailure {
 mod tests {
     use super::*;
 
+    fn text(s: &str) -> String {
+        s.to_string()
+    }
+
     #[test]
-    fn equal_small_payloads_share_one_value() {
-        let a = shared_payload("p", r#"{"ok":true}"#).unwrap();
+    fn equal_small_payloads_share_one_text() {
+        let a = payload_text("p", text(r#"{"ok":true}"#)).unwrap();
         for n in 0..2 * CACHED_PAYLOADS {
-            shared_payload("p", &format!("{{\"n\":{n}}}")).unwrap();
+            payload_text("p", format!("{{\"n\":{n}}}")).unwrap();
         }
-        let b = shared_payload("p", r#"{"ok":true}"#).unwrap();
-        let c = shared_payload("p", r#"{"ok":true}"#).unwrap();
-        assert_eq!(a, b, "evicted or not, the value is the same");
-        assert!(Arc::ptr_eq(&b, &c), "a repeated payload is shared");
-        assert_eq!(*c, serde_json::json!({"ok": true}));
+        let b = payload_text("p", text(r#"{"ok":true}"#)).unwrap();
+        let c = payload_text("p", text(r#"{"ok":true}"#)).unwrap();
+        assert_eq!(a, b, "evicted or not, the payload is the same");
+        assert!(
+            std::ptr::eq(b.as_str(), c.as_str()),
+            "a repeated payload is shared"
+        );
+        assert_eq!(c.value(), serde_json::json!({"ok": true}));
     }
 
     #[test]
     fn large_and_invalid_payloads() {
         let big = format!("\"{}\"", "x".repeat(CACHED_PAYLOAD_MAX));
         assert_eq!(
-            *shared_payload("p", &big).unwrap(),
-            Value::String("x".repeat(CACHED_PAYLOAD_MAX))
+            payload_text("p", big).unwrap().value(),
+            serde_json::Value::String("x".repeat(CACHED_PAYLOAD_MAX))
         );
-        assert!(shared_payload("p", "{").is_err());
-        assert!(shared_payload("p", "").is_err());
+        assert!(payload_text("p", text("{")).is_err());
+        assert!(payload_text("p", text("")).is_err());
         // A refused text is not remembered as valid.
-        assert!(shared_payload("p", "{").is_err());
+        assert!(payload_text("p", text("{")).is_err());
     }
 }
