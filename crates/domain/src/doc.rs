@@ -4,12 +4,14 @@
 //!
 //! A section that is not empty is shared between devices that hold an equal one: devices of a
 //! fleet are mostly registered with the same few tag sets (`{"site": "b43"}`), and a small parsed
-//! object costs ~300 bytes. [`Doc::from`] looks among the last few small documents built on its
-//! thread for an equal one; writing through `DerefMut` copies a shared document first. Sharing is
+//! object costs ~300 bytes. [`Doc::from`] looks among the small documents recently built on its
+//! thread for an equal one (by a hash of the content); writing through `DerefMut` copies a shared document first. Sharing is
 //! invisible to everything but the allocator.
 
-use std::fmt;
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, LazyLock};
 
@@ -21,15 +23,59 @@ use serde_json::{Map, Value};
 #[derive(Clone, Default)]
 pub struct Doc(Option<Arc<Value>>);
 
-/// Documents with more top-level entries than this are not looked up for sharing: comparing
-/// them costs more than they are likely to save.
+/// Documents with more top-level entries than this are not looked up for sharing: hashing and
+/// comparing them costs more than they are likely to save.
 const SHARED_MAX_ENTRIES: usize = 16;
-/// How many recent small documents each thread remembers.
-const RECENT_DOCS: usize = 8;
+/// How many distinct small documents each thread remembers (then it starts again): a fleet's
+/// tag sets, cycling through a few hundred sites, still meet their twin.
+const RECENT_DOCS: usize = 4096;
 
 thread_local! {
-    /// Recently built small documents, with the next slot to overwrite.
-    static RECENT: RefCell<(Vec<Arc<Value>>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    /// Recently built small documents by their [`hash`].
+    static RECENT: RefCell<HashMap<u64, Arc<Value>>> = RefCell::new(HashMap::new());
+}
+
+/// A hash of a document's content, keys in their order.
+fn hash(v: &Value, h: &mut impl Hasher) {
+    match v {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => h.write_u8(1 + u8::from(*b)),
+        Value::Number(n) => {
+            h.write_u8(3);
+            n.hash(h);
+        }
+        Value::String(s) => {
+            h.write_u8(4);
+            s.hash(h);
+        }
+        Value::Array(a) => {
+            h.write_u8(5);
+            h.write_usize(a.len());
+            a.iter().for_each(|x| hash(x, h));
+        }
+        Value::Object(m) => {
+            h.write_u8(6);
+            h.write_usize(m.len());
+            for (k, x) in m {
+                k.hash(h);
+                hash(x, h);
+            }
+        }
+    }
+}
+
+/// Equal, and with every object's keys in the same order (`Value`'s `==` ignores the order,
+/// which serialization shows).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((k, p), (l, q))| k == l && same(p, q))
+        }
+        _ => a == b,
+    }
 }
 
 /// `v` in an `Arc`, shared with an equal recent document when it is small.
@@ -42,19 +88,19 @@ fn shared(v: Value) -> Arc<Value> {
     if !small {
         return Arc::new(v);
     }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    hash(&v, &mut h);
+    let key = h.finish();
     RECENT.with(|cell| {
         let mut recent = cell.borrow_mut();
-        if let Some(known) = recent.0.iter().find(|d| ***d == v) {
+        if let Some(known) = recent.get(&key).filter(|d| same(d, &v)) {
             return Arc::clone(known);
         }
-        let doc = Arc::new(v);
-        let (list, next) = &mut *recent;
-        if list.len() < RECENT_DOCS {
-            list.push(Arc::clone(&doc));
-        } else {
-            list[*next] = Arc::clone(&doc);
-            *next = (*next + 1) % RECENT_DOCS;
+        if recent.len() >= RECENT_DOCS {
+            recent.clear();
         }
+        let doc = Arc::new(v);
+        recent.insert(key, Arc::clone(&doc));
         doc
     })
 }
@@ -185,11 +231,33 @@ mod tests {
         let big: Map<String, Value> = (0..=SHARED_MAX_ENTRIES)
             .map(|i| (format!("k{i}"), json!(i)))
             .collect();
-        let (c, d) = (Doc::from(Value::Object(big.clone())), Doc::from(Value::Object(big)));
+        let (c, d) = (
+            Doc::from(Value::Object(big.clone())),
+            Doc::from(Value::Object(big)),
+        );
         let (Some(pc), Some(pd)) = (&c.0, &d.0) else {
             panic!("not empty")
         };
         assert!(!Arc::ptr_eq(pc, pd), "large documents are not compared");
         assert_eq!(c, d);
+    }
+
+    #[test]
+    fn tags_cycling_through_many_sites_are_still_shared() {
+        let site = |i: usize| Doc::from(json!({"site": format!("b{i}"), "floor": i % 7}));
+        let first: Vec<Doc> = (0..500).map(site).collect();
+        for (i, d) in first.iter().enumerate() {
+            let again = site(i);
+            let (Some(a), Some(b)) = (&d.0, &again.0) else {
+                panic!("not empty")
+            };
+            assert!(Arc::ptr_eq(a, b), "site {i} is shared");
+        }
+        // Equal content in another key order is another document: the order is shown.
+        let a = Doc::from(json!({"x": 1, "y": 2}));
+        let b = Doc::from(json!({"y": 2, "x": 1}));
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"x":1,"y":2}"#);
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"y":2,"x":1}"#);
+        assert!(!same(&a, &b));
     }
 }
