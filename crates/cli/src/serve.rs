@@ -76,8 +76,9 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_after: Option<u64>,
     /// Also build a snapshot once this many events were applied since the last one (default
-    /// 200000; 0: by entries only). One entry carries up to 1,000 device results, so this is
-    /// what bounds the log a restart replays when jobs are large.
+    /// 200000, and at least one per registered device; 0: by entries only). One entry carries
+    /// up to 1,000 device results, so this is what bounds the log a restart replays when jobs
+    /// are large.
     #[arg(long, value_name = "EVENTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_after_events: Option<u64>,

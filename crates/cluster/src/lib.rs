@@ -154,6 +154,8 @@ pub const DEFAULT_MIN_FREE_DISK: u64 = 256 * 1024 * 1024;
 /// The default of [`ClusterConfig::snapshot_after_events`]: a job over 100,000 devices applies
 /// about 200,000 events (each device's dispatch and its result), so a node running such jobs
 /// builds a snapshot every job or so, and a restart replays at most about this many events.
+/// A registry of more devices than this raises it to one event per device (a snapshot costs
+/// about a record per device; see `lifecycle::scaled`).
 pub const DEFAULT_SNAPSHOT_AFTER_EVENTS: u64 = 200_000;
 
 impl ClusterConfig {
