@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::invocation::InvokeRequest;
 use crate::job::{DeviceRun, DeviceStatus, Job, JobStatus, Run};
-use crate::registry::ConnectionState;
 use crate::spec::Operation;
 use crate::State;
 
@@ -171,11 +170,7 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                     {
                         continue;
                     }
-                    let offline = state
-                        .registry
-                        .devices
-                        .get(&d.device)
-                        .is_some_and(|r| r.connection == ConnectionState::Disconnected);
+                    let offline = state.registry.is_disconnected(&d.device);
                     if offline {
                         if let Some(t) = wait_until {
                             consider(t, &mut next, &mut due);

@@ -302,6 +302,8 @@ pub fn evolve(state: &mut State, event: &Event) {
             }
         }
         Event::DeviceRegistered { device, at } => {
+            // A device registered again starts over (`Unknown`).
+            state.registry.disconnected.remove(&device.id);
             state
                 .registry
                 .devices
@@ -327,6 +329,7 @@ pub fn evolve(state: &mut State, event: &Event) {
         }
         Event::DeviceDeleted { device, .. } => {
             state.registry.devices.remove(device);
+            state.registry.disconnected.remove(device);
         }
         Event::TwinPatched {
             device,
@@ -360,6 +363,11 @@ pub fn evolve(state: &mut State, event: &Event) {
                 d.connection = ConnectionState::from_connected(*connected);
                 d.connection_updated = Some(*at);
                 d.last_activity = Some(*at);
+                if *connected {
+                    state.registry.disconnected.remove(device);
+                } else {
+                    state.registry.disconnected.insert(device.clone());
+                }
             }
         }
         Event::GroupSaved {

@@ -623,6 +623,12 @@ fn retryable(policy: RetryPolicy, reason: &FailureReason) -> bool {
 
 /// Invariants of one state, on its own.
 fn check_state(state: &State) -> Result<(), String> {
+    ensure!(
+        state.registry.disconnected
+            == muster_domain::registry::disconnected_of(&state.registry.devices),
+        "the disconnected set {:?} is not the registry's disconnected devices",
+        state.registry.disconnected
+    );
     for (id, j) in &state.jobs {
         ensure!(&j.id == id, "job keyed {id} has id {}", j.id);
         ensure!(!j.runs.is_empty(), "job {id} has no run");

@@ -125,6 +125,7 @@ pub fn write_snapshot<W: Write>(
                 devices,
                 groups,
                 desired_unsent: _,
+                disconnected: _,
             },
         auth,
         invocations,
@@ -346,6 +347,7 @@ pub fn read_snapshot<R: Read>(
     let mut state = State {
         jobs,
         registry: Registry {
+            disconnected: muster_domain::registry::disconnected_of(&devices),
             devices,
             groups,
             desired_unsent,
