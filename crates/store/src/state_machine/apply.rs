@@ -327,3 +327,17 @@ impl<'a> EventWriter<'a> {
         answer.recv().map_err(|_| gone())?
     }
 }
+
+impl Drop for EventWriter<'_> {
+    /// An apply that fails half way (`?`) still waits for what it handed over, as a scoped
+    /// thread's join did, so no batch of a failed apply is written after it returned and the
+    /// writer's error does not reach the next apply.
+    fn drop(&mut self) {
+        if let Some(sender) = self.handed.take() {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            if sender.send(Job::Done(reply)).is_ok() {
+                let _ = answer.recv();
+            }
+        }
+    }
+}
