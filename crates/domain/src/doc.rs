@@ -4,9 +4,10 @@
 //!
 //! A section that is not empty is shared between devices that hold an equal one: devices of a
 //! fleet are mostly registered with the same few tag sets (`{"site": "b43"}`), and a small parsed
-//! object costs ~300 bytes. [`Doc::from`] looks among the small documents recently built on its
-//! thread for an equal one (by a hash of the content); writing through `DerefMut` copies a shared document first. Sharing is
-//! invisible to everything but the allocator.
+//! object costs ~300 bytes. [`Doc::from`] looks among the small documents (at most 16 entries
+//! and ~1 KB) recently built on its thread for an equal one, by a hash of the content; writing
+//! through `DerefMut` copies a shared document first. Sharing is invisible to everything but
+//! the allocator.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,6 +27,9 @@ pub struct Doc(Option<Arc<Value>>);
 /// Documents with more top-level entries than this are not looked up for sharing: hashing and
 /// comparing them costs more than they are likely to save.
 const SHARED_MAX_ENTRIES: usize = 16;
+/// Nor are documents heavier than this (bytes of text plus 16 a value, roughly): the threads'
+/// tables would otherwise keep up to [`RECENT_DOCS`] large twins each alive.
+const SHARED_MAX_WEIGHT: usize = 1024;
 /// How many distinct small documents each thread remembers (then it starts again): a fleet's
 /// tag sets, cycling through a few hundred sites, still meet their twin.
 const RECENT_DOCS: usize = 4096;
@@ -35,31 +39,42 @@ thread_local! {
     static RECENT: RefCell<HashMap<u64, Arc<Value>>> = RefCell::new(HashMap::new());
 }
 
-/// A hash of a document's content, keys in their order.
-fn hash(v: &Value, h: &mut impl Hasher) {
-    match v {
-        Value::Null => h.write_u8(0),
-        Value::Bool(b) => h.write_u8(1 + u8::from(*b)),
+/// Hashes a document's content, keys in their order, and returns its weight (see
+/// [`SHARED_MAX_WEIGHT`]).
+fn hash(v: &Value, h: &mut impl Hasher) -> usize {
+    16 + match v {
+        Value::Null => {
+            h.write_u8(0);
+            0
+        }
+        Value::Bool(b) => {
+            h.write_u8(1 + u8::from(*b));
+            0
+        }
         Value::Number(n) => {
             h.write_u8(3);
             n.hash(h);
+            0
         }
         Value::String(s) => {
             h.write_u8(4);
             s.hash(h);
+            s.len()
         }
         Value::Array(a) => {
             h.write_u8(5);
             h.write_usize(a.len());
-            a.iter().for_each(|x| hash(x, h));
+            a.iter().map(|x| hash(x, h)).sum()
         }
         Value::Object(m) => {
             h.write_u8(6);
             h.write_usize(m.len());
-            for (k, x) in m {
-                k.hash(h);
-                hash(x, h);
-            }
+            m.iter()
+                .map(|(k, x)| {
+                    k.hash(h);
+                    k.len() + hash(x, h)
+                })
+                .sum()
         }
     }
 }
@@ -89,7 +104,9 @@ fn shared(v: Value) -> Arc<Value> {
         return Arc::new(v);
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    hash(&v, &mut h);
+    if hash(&v, &mut h) > SHARED_MAX_WEIGHT {
+        return Arc::new(v);
+    }
     let key = h.finish();
     RECENT.with(|cell| {
         let mut recent = cell.borrow_mut();
@@ -240,6 +257,15 @@ mod tests {
         };
         assert!(!Arc::ptr_eq(pc, pd), "large documents are not compared");
         assert_eq!(c, d);
+        let heavy = || json!({"log": "x".repeat(SHARED_MAX_WEIGHT)});
+        let (e, f) = (Doc::from(heavy()), Doc::from(heavy()));
+        let (Some(pe), Some(pf)) = (&e.0, &f.0) else {
+            panic!("not empty")
+        };
+        assert!(
+            !Arc::ptr_eq(pe, pf),
+            "heavy documents are not kept for sharing"
+        );
     }
 
     #[test]
