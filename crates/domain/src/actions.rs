@@ -146,11 +146,13 @@ pub fn actions_with(state: &State, now: Timestamp, opts: ActionOptions) -> Vec<A
                 for i in run.eligible(now) {
                     let d = &run.devices[i as usize];
                     let full = devices.len() >= cap;
+                    // Nothing waits for a connection, or no device is offline: past the first
+                    // `cap`, no device changes what is due or when to wake (only an offline
+                    // one's connect timeout could), so the rest of a large batch is not walked.
+                    if full && (!needs_device || state.registry.disconnected.is_empty()) {
+                        break;
+                    }
                     if !needs_device {
-                        // Nothing waits for a connection: only the first `cap` matter.
-                        if full {
-                            break;
-                        }
                         devices.push(d.device.clone());
                         continue;
                     }
