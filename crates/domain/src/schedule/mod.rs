@@ -176,7 +176,9 @@ impl JobSchedule {
     fn raw(&self, i: u32) -> Option<i64> {
         let start = self.start.millis();
         let t = match self.recurrence {
-            None if i == 0 => Some(start),
+            // The start itself, even when its civil time is ambiguous (the second 02:30 of a
+            // DST fall-back would otherwise map to the first, an hour before the start).
+            _ if i == 0 => Some(start),
             None => None,
             Some(Recurrence::Seconds(s)) => {
                 start.checked_add(i64::from(i).checked_mul(i64::from(s) * 1000)?)

@@ -109,6 +109,26 @@ fn daily_in_a_zone_keeps_civil_time_across_dst() {
     );
 }
 
+/// A start in the repeated hour of the fall-back night (the second 02:00 in Berlin) is itself
+/// the first occurrence, not the first 02:00 an hour earlier; later days keep 02:00 local.
+#[test]
+fn a_start_in_the_repeated_hour_is_the_first_occurrence() {
+    let s = JobSchedule {
+        start: ts("2026-10-25T01:00:00Z"), // 02:00 CET, the second 02:00 that night
+        recurrence: Some(Recurrence::Daily),
+        end: None,
+        time_zone: Some("Europe/Berlin".into()),
+    };
+    let got: Vec<String> = (0..2)
+        .map(|i| s.occurrence(i).unwrap().to_rfc3339())
+        .collect();
+    assert_eq!(
+        got,
+        ["2026-10-25T01:00:00.000Z", "2026-10-26T01:00:00.000Z"]
+    );
+    assert_eq!(s.first_at_or_after(s.start), 0);
+}
+
 #[test]
 fn monthly_clamps_to_the_last_day_without_drifting() {
     let s = open_ended(ts("2026-01-31T10:00:00Z"), Some(Recurrence::Monthly));
