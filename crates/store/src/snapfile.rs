@@ -6,8 +6,9 @@
 //! frame  = tag u8 | length u32 | crc32 u32 (of tag and payload) | payload
 //! ```
 //! Integers are big-endian. The first frame is the header (log id, membership, seq and chain
-//! head), then the state one record per frame: a device, a group, a job (with its runs), the
-//! credentials, the pending direct methods. Then, for each sled tree in [`CARRIED_TREES`], a
+//! head), then the state one record per frame: a device, a group, a job (its runs without their
+//! device rows), then that job's rows, [`ROWS_PER_FRAME`] per frame, the credentials, the pending
+//! direct methods. Then, for each sled tree in [`CARRIED_TREES`], a
 //! tree frame naming it and one frame per key/value. The end frame holds the number of frames
 //! before it, so a truncated file is an error rather than a smaller state.
 //!
@@ -19,8 +20,10 @@
 
 use std::io::{Read, Write};
 
+use muster_domain::job::{DeviceRun, Job};
 use muster_domain::registry::Registry;
-use muster_domain::{CowMap, State};
+use muster_domain::{CowMap, CowVec, State};
+use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::Hash;
@@ -30,8 +33,9 @@ use crate::types::{LogId, StoredMembership};
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"MUSTSNAP";
 /// The format this release writes (1 and 2 were serde_json in a sled value; 3 wrote a run's
-/// index as a map from device id to position, 4 as the positions alone).
-pub const FORMAT: u32 = 4;
+/// index as a map from device id to position, 4 as the positions alone, each job's rows inside
+/// its record; 5 writes the rows in frames of their own).
+pub const FORMAT: u32 = 5;
 /// The oldest format this release reads: a format-3 index reads as its positions.
 pub const OLDEST_READ: u32 = 3;
 
@@ -43,7 +47,7 @@ pub const OLDEST_READ: u32 = 3;
 /// the applied seq.
 pub const CARRIED_TREES: &[&str] = &[crate::cold::TREE];
 
-/// A frame larger than this is corrupt (a job with a million device rows is far below it).
+/// A frame larger than this is corrupt.
 const MAX_FRAME: u32 = 1 << 30;
 
 const TAG_HEADER: u8 = 1;
@@ -56,6 +60,26 @@ const TAG_TREE: u8 = 7;
 const TAG_ENTRY: u8 = 8;
 /// A scheduled job (absent from files of earlier builds: then none).
 const TAG_SCHEDULE: u8 = 9;
+/// A slice of one run's device rows, after its job's record (format 5).
+const TAG_ROWS: u8 = 10;
+
+/// Device rows per frame. A run of a million devices in one record was a ~150 MB buffer on
+/// each side (encoded while the snapshot is built, decoded while it is installed), beside the
+/// state; in frames of this many rows the buffers stay under a megabyte.
+pub const ROWS_PER_FRAME: usize = 4096;
+
+/// `count` rows of a run from `start`, serialized as a sequence without collecting them.
+struct RowSlice<'a> {
+    rows: &'a CowVec<DeviceRun>,
+    start: usize,
+    count: usize,
+}
+
+impl Serialize for RowSlice<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.rows.iter_from(self.start).take(self.count))
+    }
+}
 const TAG_END: u8 = 0xFF;
 
 /// What a snapshot is of: the first frame.
@@ -146,8 +170,26 @@ pub fn write_snapshot<W: Write>(
     for entry in groups {
         w.record(TAG_GROUP, &entry)?;
     }
-    for entry in jobs {
-        w.record(TAG_JOB, &entry)?;
+    for (id, job) in jobs {
+        // The record without rows (runs share their parts with the state: a cheap clone), then
+        // the rows a slice at a time.
+        let mut head = job.clone();
+        for run in &mut head.runs {
+            run.devices = CowVec::new();
+        }
+        w.record(TAG_JOB, &(id, &head))?;
+        for (n, run) in job.runs.iter().enumerate() {
+            let n = u32::try_from(n).map_err(|_| corrupt("a job with over 2^32 runs"))?;
+            for start in (0..run.devices.len()).step_by(ROWS_PER_FRAME) {
+                let count = ROWS_PER_FRAME.min(run.devices.len() - start);
+                let rows = RowSlice {
+                    rows: &run.devices,
+                    start,
+                    count,
+                };
+                w.record(TAG_ROWS, &(id, n, rows))?;
+            }
+        }
     }
     for entry in schedules {
         w.record(TAG_SCHEDULE, &entry)?;
@@ -263,7 +305,7 @@ pub fn read_snapshot<R: Read>(
     let header: SnapshotHeader = r.decode("header")?;
     let mut devices: CowMap<muster_types::DeviceId, muster_domain::Device> = CowMap::new();
     let mut groups = CowMap::new();
-    let mut jobs = CowMap::new();
+    let mut jobs: CowMap<JobId, Job> = CowMap::new();
     let mut schedules = CowMap::new();
     let mut auth = None;
     let mut invocations = None;
@@ -286,6 +328,14 @@ pub fn read_snapshot<R: Read>(
             TAG_JOB => {
                 let (k, v) = r.decode("job")?;
                 jobs.insert(k, v);
+            }
+            TAG_ROWS => {
+                let (k, n, rows): (JobId, u32, Vec<DeviceRun>) = r.decode("run rows")?;
+                let run = jobs
+                    .get_mut(&k)
+                    .and_then(|j| j.runs.get_mut(n as usize))
+                    .ok_or_else(|| corrupt(format!("rows of run {n} of job {k} before its job")))?;
+                run.devices.extend(rows);
             }
             TAG_SCHEDULE => {
                 let (k, v) = r.decode("scheduled job")?;

@@ -1,8 +1,9 @@
 //! The snapshot file format (`muster_store::snapfile`): golden bytes, round trips, carried trees,
 //! and damaged files as errors.
 //!
-//! `tests/golden/snapshot_v4.hex` holds the bytes of the workload's state at format 4
-//! (`snapshot_v3.hex` those of format 3, which must still read into the same state). If the
+//! `tests/golden/snapshot_v5.hex` holds the bytes of the workload's state at format 5
+//! (`snapshot_v3.hex` and `snapshot_v4.hex` those of formats 3 and 4, which must still read into
+//! the same state). If the
 //! test fails on the bytes, a record's encoding changed: if files of this format can no longer
 //! be read (a field renamed or retyped, a field added without `#[serde(default)]`), bump
 //! `snapfile::FORMAT` and keep a reader for the old one; if the change is compatible (a field
@@ -77,10 +78,21 @@ fn format_3_files_still_read() {
     assert_eq!(decoded, state);
 }
 
+/// Format 4 kept each run's rows inside its job's record.
 #[test]
-fn golden_bytes_of_format_4() {
+fn format_4_files_still_read() {
     let (state, _) = expected(&workload());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v4.hex");
+    let golden = from_hex(&std::fs::read_to_string(&path).unwrap());
+    let (h, decoded) = decode(&golden).unwrap();
+    assert_eq!(h, header(99));
+    assert_eq!(decoded, state);
+}
+
+#[test]
+fn golden_bytes_of_format_5() {
+    let (state, _) = expected(&workload());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v5.hex");
     if !path.exists() && std::env::var("MUSTER_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, to_hex(&encode(&state, &[]))).unwrap();
@@ -94,6 +106,51 @@ fn golden_bytes_of_format_4() {
     assert!(
         encode(&state, &[]) == golden,
         "the encoding of the snapshot changed; see tests/snapfile.rs"
+    );
+}
+
+/// A run larger than a frame's worth of rows is written in several frames (no frame holds the
+/// whole run) and reads back whole, in order.
+#[test]
+fn a_large_run_travels_in_slices() {
+    use muster_domain::job::DeviceRun;
+    use muster_store::snapfile::ROWS_PER_FRAME;
+    let (mut state, _) = expected(&workload());
+    let extra = 2 * ROWS_PER_FRAME + 17;
+    let mut grown = false;
+    state.jobs.for_each_mut(|_, j| {
+        if grown {
+            return;
+        }
+        let run = j.runs.last_mut().unwrap();
+        if let Some(first) = run.devices.get(0).cloned() {
+            for i in 0..extra {
+                let mut row: DeviceRun = first.clone();
+                row.attempts = i as u32;
+                run.devices.push(row);
+            }
+            grown = true;
+        }
+    });
+    assert!(grown, "the workload has a job with rows");
+    let bytes = encode(&state, &[]);
+    let (_, decoded) = decode(&bytes).unwrap();
+    assert_eq!(decoded, state);
+    // The grown run's rows came in three frames of rows (tag 10), none near the whole file.
+    let (mut at, mut largest, mut rows_frames) = (12, 0, 0);
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        if bytes[at] == 10 {
+            rows_frames += 1;
+        }
+        largest = largest.max(len);
+        at += 9 + len;
+    }
+    assert!(rows_frames >= 3, "{rows_frames} frames of rows");
+    assert!(
+        largest < bytes.len() / 2,
+        "a frame of {largest} of {} bytes",
+        bytes.len()
     );
 }
 
