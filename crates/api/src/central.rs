@@ -827,14 +827,17 @@ pub fn central_device_json(d: &Device) -> Value {
         "etag".into(),
         Value::String(crate::hub_devices::device_etag(d)),
     );
-    m.insert("displayName".into(), Value::String(d.display_name.clone()));
+    m.insert(
+        "displayName".into(),
+        Value::String(d.display_name.to_string()),
+    );
     m.insert("simulated".into(), Value::Bool(false));
     m.insert(
         "provisioned".into(),
         Value::Bool(d.connection != muster_domain::ConnectionState::Unknown),
     );
     if let Some(t) = &d.model_id {
-        m.insert("template".into(), Value::String(t.clone()));
+        m.insert("template".into(), Value::String(t.to_string()));
     }
     m.insert("enabled".into(), Value::Bool(d.enabled));
     Value::Object(m)

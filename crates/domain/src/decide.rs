@@ -359,8 +359,10 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                 id: device.clone(),
                 display_name: display_name
                     .clone()
-                    .unwrap_or_else(|| d.display_name.clone()),
-                model_id: model_id.clone().or_else(|| d.model_id.clone()),
+                    .unwrap_or_else(|| d.display_name.to_string()),
+                model_id: model_id
+                    .clone()
+                    .or_else(|| d.model_id.as_ref().map(String::from)),
                 enabled: enabled.unwrap_or(d.enabled),
                 tags: Value::Object(serde_json::Map::new()),
             };
@@ -655,7 +657,7 @@ fn put_identity(
     let keys = identity
         .keys
         .as_ref()
-        .or_else(|| existing.and_then(|d| d.keys.as_ref()))
+        .or_else(|| existing.and_then(|d| d.keys.as_deref()))
         .unwrap_or(fresh_keys);
     for (field, key) in [
         ("authentication.symmetricKey.primaryKey", &keys.primary),

@@ -26,6 +26,7 @@ pub mod retention;
 pub mod rollout;
 pub mod schedule;
 pub mod spec;
+pub mod text;
 pub mod twin_size;
 pub mod window;
 
@@ -60,6 +61,7 @@ pub use spec::{
     BatchSize, CancellationThreshold, JobSpec, MethodCall, Operation, RetryPolicy, Rollout,
     Schedule, Target, TargetSelector, Threshold,
 };
+pub use text::Text;
 
 /// Everything muster knows: the jobs (with their runs, batches and devices) and the registry.
 /// It is the replicated state machine's content and, at the same time, every projection.

@@ -173,7 +173,11 @@ pub(crate) fn device_auth(
         let verdict = cluster.reader().read(|s| {
             muster_domain::auth::authenticate_device(&s.registry, client_id, user, password, now_ms)
                 .map(|id| {
-                    let keys = s.registry.devices.get(&id).and_then(|d| d.keys.clone());
+                    let keys = s
+                        .registry
+                        .devices
+                        .get(&id)
+                        .and_then(|d| d.keys.as_deref().cloned());
                     (id, keys)
                 })
         });

@@ -217,7 +217,7 @@ impl Shared {
             }
         }
         let (cut_tx, cut) = oneshot::channel();
-        let _registered = self.sessions.register(&id, keys.clone(), cut_tx);
+        let _registered = self.sessions.register(&id, (*keys).clone(), cut_tx);
         // A change applied between the check and the registration is not missed.
         if !self
             .cluster

@@ -316,7 +316,9 @@ pub fn read_snapshot<R: Read>(
         };
         match tag {
             TAG_DEVICE => {
-                let (k, v): (muster_types::DeviceId, muster_domain::Device) = r.decode("device")?;
+                let (k, mut v): (muster_types::DeviceId, muster_domain::Device) =
+                    r.decode("device")?;
+                v.share_texts();
                 // One allocation of the id for the key and the device (see `share_ids`).
                 let k = if k == v.id { v.id.clone() } else { k };
                 devices.insert(k, v);

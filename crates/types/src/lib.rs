@@ -165,6 +165,12 @@ macro_rules! string_id {
                 &self.0
             }
 
+            /// The text's allocation, for a value that should share it (a display name that
+            /// is the id).
+            pub fn shared_text(&self) -> Arc<str> {
+                self.0.clone()
+            }
+
             /// Whether the two share one allocation (interning checks it).
             pub fn same_text(&self, other: &Self) -> bool {
                 Arc::ptr_eq(&self.0, &other.0)

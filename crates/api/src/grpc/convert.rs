@@ -155,8 +155,8 @@ pub(crate) fn job_device(run: &Run, d: &DeviceRun) -> pb::JobDevice {
 pub(crate) fn device(d: &Device) -> pb::Device {
     pb::Device {
         device_id: d.id.to_string(),
-        display_name: d.display_name.clone(),
-        model_id: d.model_id.clone(),
+        display_name: d.display_name.to_string(),
+        model_id: d.model_id.as_ref().map(String::from),
         enabled: d.enabled,
         tags_json: d.tags.to_string(),
         desired_json: d.desired.to_string(),

@@ -170,9 +170,11 @@ mod tests {
             },
             Timestamp::from_millis(0),
         );
-        d.keys = keys.then(|| DeviceKeys {
-            primary: K1.into(),
-            secondary: K2.into(),
+        d.keys = keys.then(|| {
+            Box::new(DeviceKeys {
+                primary: K1.into(),
+                secondary: K2.into(),
+            })
         });
         r.devices.insert(id, d);
         r

@@ -77,7 +77,7 @@ pub fn device_session_holds(registry: &Registry, device: &DeviceId, keys: &Devic
     registry
         .devices
         .get(device)
-        .is_some_and(|d| d.enabled && d.keys.as_ref() == Some(keys))
+        .is_some_and(|d| d.enabled && d.keys.as_deref() == Some(keys))
 }
 
 #[cfg(test)]
