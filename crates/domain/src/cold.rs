@@ -19,6 +19,7 @@ use std::ops::Bound;
 use muster_types::{DeviceId, JobId, RunId};
 use serde::{Deserialize, Serialize};
 
+use crate::cow::CowVec;
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::job::{DeviceRun, DeviceStatus, Job, Run};
@@ -45,11 +46,12 @@ impl ColdRun {
 /// One change to the cold tier, in the order the store must make them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ColdOp {
-    /// A finished run's rows, in run order (position = index in `rows`).
+    /// A finished run's rows, in run order (position = index in `rows`). The run's own
+    /// chunks, moved, not copied: a million rows are ~130 MB.
     Write {
         job: JobId,
         run: RunId,
-        rows: Vec<DeviceRun>,
+        rows: CowVec<DeviceRun>,
     },
     /// Forget every cold row of a job (retention).
     DropJob { job: JobId },
@@ -132,7 +134,11 @@ impl MemRows {
                 ColdOp::Write { job, run, rows } => {
                     let t = MemRun {
                         by_position: rows.iter().map(|r| r.device.clone()).collect(),
-                        by_id: rows.into_iter().map(|r| (r.device.clone(), r)).collect(),
+                        by_id: rows
+                            .into_vec()
+                            .into_iter()
+                            .map(|r| (r.device.clone(), r))
+                            .collect(),
                     };
                     self.runs.insert((job, run.0), t);
                 }
@@ -296,7 +302,7 @@ impl Run {
     }
 
     /// Moves the rows out, leaving the summary; `members` keeps every id (continuous jobs).
-    fn spill(&mut self, members: bool) -> Vec<DeviceRun> {
+    fn spill(&mut self, members: bool) -> CowVec<DeviceRun> {
         let failed = self.failed_devices();
         let mut ids: Vec<DeviceId> = Vec::new();
         if members {
@@ -307,7 +313,7 @@ impl Run {
                 .map(|&i| self.devices[i as usize].device.clone())
                 .collect();
         }
-        let rows = std::mem::take(&mut self.devices).into_vec();
+        let rows = std::mem::take(&mut self.devices);
         self.index.clear();
         self.ready.clear();
         self.deadlines.clear();

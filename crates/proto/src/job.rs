@@ -59,10 +59,7 @@ impl TryFrom<pb::MethodResponse> for MethodResponse {
     fn try_from(r: pb::MethodResponse) -> Result<Self, ProtoError> {
         Ok(MethodResponse {
             status: r.status,
-            payload: JsonText::parse(&r.payload_json).map_err(|error| ProtoError::InvalidJson {
-                field: "payload_json".to_string(),
-                error,
-            })?,
+            payload: payload_text("payload_json", r.payload_json)?,
         })
     }
 }

@@ -92,8 +92,18 @@ fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usiz
                     let first = &chunk[0].1.device;
                     out.insert(id_key(&job, run, first), to_json(&chunk)?)?;
                 }
-                for (c, chunk) in rows.chunks(CHUNK).enumerate() {
-                    out.insert(position_key(&job, run, c as u32), to_json(&chunk)?)?;
+                let mut chunk: Vec<&DeviceRun> = Vec::with_capacity(CHUNK);
+                let mut c = 0u32;
+                for row in rows.iter() {
+                    chunk.push(row);
+                    if chunk.len() == CHUNK {
+                        out.insert(position_key(&job, run, c), to_json(&chunk)?)?;
+                        chunk.clear();
+                        c += 1;
+                    }
+                }
+                if !chunk.is_empty() {
+                    out.insert(position_key(&job, run, c), to_json(&chunk)?)?;
                 }
                 out.finish()?;
                 n += rows.len();
@@ -333,12 +343,12 @@ mod tests {
             ColdOp::Write {
                 job: job.clone(),
                 run: RunId(1),
-                rows: rows.clone(),
+                rows: rows.clone().into(),
             },
             ColdOp::Write {
                 job: other.clone(),
                 run: RunId(1),
-                rows: rows[..3].to_vec(),
+                rows: rows[..3].to_vec().into(),
             },
         ];
         let mut mem = MemRows::default();
@@ -392,7 +402,7 @@ mod tests {
         let op = ColdOp::Write {
             job: job.clone(),
             run: RunId(1),
-            rows: rows.clone(),
+            rows: rows.clone().into(),
         };
         assert_eq!(write_ops(&tree, vec![op.clone()]).unwrap(), n);
         let cold = ColdRows::new(tree.clone());
