@@ -62,6 +62,7 @@ const TAG_ENTRY: u8 = 8;
 const TAG_SCHEDULE: u8 = 9;
 /// A slice of one run's device rows, after its job's record (format 5).
 const TAG_ROWS: u8 = 10;
+const TAG_END: u8 = 0xFF;
 
 /// Device rows per frame. A run of a million devices in one record was a ~150 MB buffer on
 /// each side (encoded while the snapshot is built, decoded while it is installed), beside the
@@ -80,7 +81,6 @@ impl Serialize for RowSlice<'_> {
         s.collect_seq(self.rows.iter_from(self.start).take(self.count))
     }
 }
-const TAG_END: u8 = 0xFF;
 
 /// What a snapshot is of: the first frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

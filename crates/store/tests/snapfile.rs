@@ -68,25 +68,27 @@ fn from_hex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn format_3_files_still_read() {
+/// A golden file of an older format still reads into the workload's state.
+fn older_format_reads(file: &str) {
     let (state, _) = expected(&workload());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v3.hex");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
     let golden = from_hex(&std::fs::read_to_string(&path).unwrap());
     let (h, decoded) = decode(&golden).unwrap();
     assert_eq!(h, header(99));
     assert_eq!(decoded, state);
 }
 
+#[test]
+fn format_3_files_still_read() {
+    older_format_reads("snapshot_v3.hex");
+}
+
 /// Format 4 kept each run's rows inside its job's record.
 #[test]
 fn format_4_files_still_read() {
-    let (state, _) = expected(&workload());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot_v4.hex");
-    let golden = from_hex(&std::fs::read_to_string(&path).unwrap());
-    let (h, decoded) = decode(&golden).unwrap();
-    assert_eq!(h, header(99));
-    assert_eq!(decoded, state);
+    older_format_reads("snapshot_v4.hex");
 }
 
 #[test]
