@@ -31,6 +31,27 @@ const KIND_COMMAND: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 const HEADER_LEN: usize = 1 + 8 + 8 + 8 + 1;
 
+/// LEB128: seven bits a byte, low first, the high bit set on every byte but the last.
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The value and the bytes it took; `None` if cut short or longer than ten bytes.
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
 pub(crate) fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }

@@ -3,22 +3,23 @@
 //! One tree, `cold_rows`. Keys start with the job id, a NUL byte (ids never contain one, so a
 //! job's keys are one range) and the run (u32, big-endian), then a tag:
 //!
-//! | key after `job \0 run` | value |
+//! | key after `job \0 run` | value (see [`crate::cold_codec`]) |
 //! | --- | --- |
-//! | `i` first device id of the chunk | serde_json `[(position, DeviceRun)]`, up to 256, by id |
-//! | `p` chunk number (u32) | serde_json `[DeviceRun]`, positions 256 * chunk.., run order |
+//! | `p` chunk number (u32) | the rows of positions 256 * chunk.., run order |
+//! | `i` first device id of the chunk | up to 256 `(position, id)`, by id |
 //!
-//! `i` chunks page a run's devices in id order (the REST list, IoT Hub's `devices.jobs`), `p`
-//! chunks in run order (gRPC `ListJobDevices`, whose page token is a position). Each row is
-//! stored twice, in chunks: one insert per 256 rows keeps the apply short. Rows are written
-//! by the apply that finished their run, before `last_applied` moves, so a crash in between only
-//! leaves rows the re-apply writes again, byte for byte. A run is written in batches of a few
-//! thousand rows, its last position chunk last (see [`write_ops`]).
+//! `i` chunks page a run's devices in id order (the REST list, IoT Hub's `devices.jobs`) by
+//! looking each row up in its `p` chunk; `p` chunks page in run order (gRPC `ListJobDevices`,
+//! whose page token is a position). A row is stored once; one insert per 256 rows keeps the
+//! apply short. Rows are written by the apply that finished their run, before `last_applied`
+//! moves, so a crash in between only leaves rows the re-apply writes again, byte for byte. A
+//! run is written in batches of a few thousand rows, its last position chunk last (see
+//! [`write_ops`]). Chunks older releases wrote (JSON; `i` chunks with whole rows) still read.
 
 use muster_domain::{ColdOp, DeviceRun, DomainError, RunRows};
 use muster_types::{DeviceId, JobId, RunId};
 
-use crate::codec::{from_json, to_json};
+use crate::cold_codec::{decode_rows, encode_index, encode_rows, row_at, IdChunk};
 use crate::StoreError;
 
 pub(crate) const TREE: &str = "cold_rows";
@@ -90,20 +91,21 @@ fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usiz
                 let mut out = Batches::new(tree);
                 for chunk in by_id.chunks(CHUNK) {
                     let first = &chunk[0].1.device;
-                    out.insert(id_key(&job, run, first), to_json(&chunk)?)?;
+                    let index = encode_index(chunk.iter().map(|(p, r)| (*p, &r.device)));
+                    out.insert(id_key(&job, run, first), index)?;
                 }
+                drop(by_id);
                 let mut chunk: Vec<&DeviceRun> = Vec::with_capacity(CHUNK);
                 let mut c = 0u32;
                 for row in rows.iter() {
                     chunk.push(row);
                     if chunk.len() == CHUNK {
-                        out.insert(position_key(&job, run, c), to_json(&chunk)?)?;
-                        chunk.clear();
+                        out.insert(position_key(&job, run, c), encode_rows(chunk.drain(..)))?;
                         c += 1;
                     }
                 }
                 if !chunk.is_empty() {
-                    out.insert(position_key(&job, run, c), to_json(&chunk)?)?;
+                    out.insert(position_key(&job, run, c), encode_rows(chunk))?;
                 }
                 out.finish()?;
                 n += rows.len();
@@ -197,8 +199,50 @@ impl ColdRows {
     }
 }
 
-fn id_rows(bytes: &[u8]) -> Result<Vec<(u32, DeviceRun)>, DomainError> {
-    from_json("cold rows", bytes).map_err(cold_err)
+/// Reads rows by position for a walk in id order, keeping the last position chunk fetched: a
+/// run's devices mostly join it in id order, so consecutive ids mostly share a chunk.
+struct ByPosition<'a> {
+    tree: &'a sled::Tree,
+    job: &'a JobId,
+    run: RunId,
+    last: Option<(u32, sled::IVec)>,
+}
+
+impl<'a> ByPosition<'a> {
+    fn new(tree: &'a sled::Tree, job: &'a JobId, run: RunId) -> Self {
+        ByPosition {
+            tree,
+            job,
+            run,
+            last: None,
+        }
+    }
+
+    fn row(&mut self, position: u32, device: &DeviceId) -> Result<DeviceRun, DomainError> {
+        let chunk = position / CHUNK as u32;
+        let bytes = match &self.last {
+            Some((c, bytes)) if *c == chunk => bytes,
+            _ => {
+                let bytes = self
+                    .tree
+                    .get(position_key(self.job, self.run, chunk))
+                    .map_err(sled_err)?
+                    .ok_or_else(|| missing(device, position))?;
+                &self.last.insert((chunk, bytes)).1
+            }
+        };
+        row_at(bytes, (position % CHUNK as u32) as usize)
+            .map_err(cold_err)?
+            .filter(|row| row.device == *device)
+            .ok_or_else(|| missing(device, position))
+    }
+}
+
+fn missing(device: &DeviceId, position: u32) -> DomainError {
+    cold_err(StoreError::corrupt(
+        "cold rows",
+        format!("the id index puts {device} at position {position}, which holds no such row"),
+    ))
 }
 
 impl RunRows for ColdRows {
@@ -221,17 +265,27 @@ impl RunRows for ColdRows {
                 .map_or_else(|| prefix.clone(), |(k, _)| k.to_vec()),
             None => prefix.clone(),
         };
+        let mut rows = ByPosition::new(&self.tree, job, run);
         for kv in self.tree.range(start..) {
             let (key, value) = kv.map_err(sled_err)?;
             if !key.starts_with(&prefix) {
                 break;
             }
-            for (_, row) in id_rows(&value)? {
-                if after.is_some_and(|a| row.device <= *a) {
-                    continue;
+            let is_after = |d: &DeviceId| after.is_none_or(|a| d > a);
+            match IdChunk::decode(&value).map_err(cold_err)? {
+                IdChunk::Rows(chunk) => {
+                    for (_, row) in chunk {
+                        if is_after(&row.device) && !visit(row) {
+                            return Ok(());
+                        }
+                    }
                 }
-                if !visit(row) {
-                    return Ok(());
+                IdChunk::Index(chunk) => {
+                    for (position, device) in chunk {
+                        if is_after(&device) && !visit(rows.row(position, &device)?) {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
@@ -259,8 +313,11 @@ impl RunRows for ColdRows {
                 continue;
             };
             let base = u32::from_be_bytes(c) * CHUNK as u32;
-            let rows: Vec<DeviceRun> = from_json("cold rows", &value).map_err(cold_err)?;
-            for (i, row) in rows.into_iter().enumerate() {
+            for (i, row) in decode_rows(&value)
+                .map_err(cold_err)?
+                .into_iter()
+                .enumerate()
+            {
                 let pos = base + i as u32;
                 if pos < from {
                     continue;
@@ -282,12 +339,19 @@ impl RunRows for ColdRows {
         let Some(bytes) = self.id_chunk(job, run, device)? else {
             return Ok(None);
         };
-        let rows = id_rows(&bytes)?;
-        Ok(rows
-            .binary_search_by(|(_, r)| r.device.cmp(device))
-            .ok()
-            .and_then(|i| rows.into_iter().nth(i))
-            .map(|(_, r)| r))
+        match IdChunk::decode(&bytes).map_err(cold_err)? {
+            IdChunk::Rows(rows) => Ok(rows
+                .binary_search_by(|(_, r)| r.device.cmp(device))
+                .ok()
+                .and_then(|i| rows.into_iter().nth(i))
+                .map(|(_, r)| r)),
+            IdChunk::Index(pairs) => match pairs.binary_search_by(|(_, d)| d.cmp(device)) {
+                Ok(i) => ByPosition::new(&self.tree, job, run)
+                    .row(pairs[i].0, device)
+                    .map(Some),
+                Err(_) => Ok(None),
+            },
+        }
     }
 }
 
@@ -381,6 +445,51 @@ mod tests {
             ids(&cold, &other, None).len(),
             3,
             "another job keeps its rows"
+        );
+    }
+
+    /// Rows an older release wrote (JSON chunks; id chunks holding whole rows) read as they
+    /// did, beside a run written now.
+    #[test]
+    fn json_chunks_of_older_releases_still_read() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        let job = JobId::new("old").unwrap();
+        let rows: Vec<DeviceRun> = (0..600).map(row).collect();
+        let mut by_id: Vec<(u32, &DeviceRun)> = rows
+            .iter()
+            .enumerate()
+            .map(|(p, r)| (p as u32, r))
+            .collect();
+        by_id.sort_by(|a, b| a.1.device.cmp(&b.1.device));
+        for chunk in by_id.chunks(CHUNK) {
+            let key = id_key(&job, RunId(1), &chunk[0].1.device);
+            tree.insert(key, serde_json::to_vec(chunk).unwrap())
+                .unwrap();
+        }
+        for (c, chunk) in rows.chunks(CHUNK).enumerate() {
+            let key = position_key(&job, RunId(1), c as u32);
+            tree.insert(key, serde_json::to_vec(chunk).unwrap())
+                .unwrap();
+        }
+        let new = JobId::new("new").unwrap();
+        let ops = vec![ColdOp::Write {
+            job: new.clone(),
+            run: RunId(1),
+            rows: rows.clone().into(),
+        }];
+        write_ops(&tree, ops).unwrap();
+        let cold = ColdRows::new(tree.clone());
+        assert_eq!(ids(&cold, &job, None), ids(&cold, &new, None));
+        assert_eq!(positions(&cold, &job, 3), positions(&cold, &new, 3));
+        let after = rows[300].device.clone();
+        assert_eq!(
+            ids(&cold, &job, Some(&after)),
+            ids(&cold, &new, Some(&after))
+        );
+        assert_eq!(
+            cold.get(&job, RunId(1), &after).unwrap(),
+            Some(rows[300].clone())
         );
     }
 

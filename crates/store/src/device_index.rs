@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
-use crate::codec::u64_key;
+use crate::codec::{read_varint, u64_key, write_varint};
 use crate::error::StoreError;
 use crate::event_index::{id_key, key_seq};
 use crate::segment::raw_records;
@@ -321,25 +321,6 @@ fn decode_entry(first: u64, value: &[u8]) -> Result<Vec<u64>, StoreError> {
         out.push(prev);
     }
     Ok(out)
-}
-
-fn write_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
 }
 
 /// Starts the indexer of `shared`'s device index. It follows `updates` (subscribed before any

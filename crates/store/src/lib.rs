@@ -32,6 +32,7 @@ mod backfill;
 pub mod chain;
 mod codec;
 pub mod cold;
+mod cold_codec;
 pub mod crashpoint;
 mod device_index;
 mod error;
