@@ -445,7 +445,7 @@ mod tests {
         /// reads back its pairs.
         #[test]
         fn chunks_round_trip(rows in proptest::collection::vec(arb_row(), 0..40)) {
-            let bytes = encode_rows(rows.iter());
+            let bytes = encode_rows(&rows);
             prop_assert_eq!(&decode_rows(&bytes).unwrap(), &rows);
             for (i, row) in rows.iter().enumerate() {
                 prop_assert_eq!(row_at(&bytes, i).unwrap(), Some(row.clone()));
@@ -471,7 +471,7 @@ mod tests {
         /// A chunk cut anywhere is an error or fewer rows, never a panic or a wrong row.
         #[test]
         fn a_cut_chunk_is_refused(rows in proptest::collection::vec(arb_row(), 1..10), cut in 0usize..1000) {
-            let bytes = encode_rows(rows.iter());
+            let bytes = encode_rows(&rows);
             let cut = cut % bytes.len();
             if let Ok(read) = decode_rows(&bytes[..cut]) {
                 prop_assert!(read.is_empty() || read == rows[..read.len()].to_vec());
@@ -496,7 +496,7 @@ mod tests {
                 payload: JsonText::parse(r#"{"ok":true}"#).unwrap(),
             }),
         };
-        let one = encode_rows([&row].into_iter()).len();
+        let one = encode_rows([&row]).len();
         assert!(one < 50, "{one} bytes");
         let json = serde_json::to_vec(&[&row]).unwrap().len();
         assert!(json > 4 * one, "json {json} bytes vs {one}");
