@@ -27,7 +27,9 @@
 //!   `MUSTER_BENCH_WINDOW` (default 10000: the raw client's window; the node keeps its own
 //!   default `max_in_flight`, also 10000), `MUSTER_BENCH_MOSQUITTO` (default
 //!   `/usr/sbin/mosquitto`), `MUSTER_BENCH_DIR` (where node data goes), `MUSTER_BENCH_ONLY`
-//!   (`muster` or `raw`: one side only, for profiling).
+//!   (`muster` or `raw`: one side only, for profiling), `MUSTER_BENCH_CONNECT_SECS` (default
+//!   600: how long the registry may take to show every device connected; a million devices
+//!   took over 10 minutes on a machine whose Mosquitto was slow, session 15).
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing: a pass needs a release
 //! binary and minutes.
@@ -248,7 +250,8 @@ async fn muster_phase(
     let mark = CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid);
     let fleet = Fleet::start(fleet_cfg.clone()).await?;
     let connected = t.elapsed().as_secs_f64();
-    wait_all_connected(channel.clone(), Duration::from_secs(600)).await?;
+    let connect_secs = env_usize("MUSTER_BENCH_CONNECT_SECS", 600) as u64;
+    wait_all_connected(channel.clone(), Duration::from_secs(connect_secs)).await?;
     let presence_secs = t.elapsed().as_secs_f64();
     println!(
         "  fleet connected in {connected:.1} s; registry shows all {n} connected after {presence_secs:.1} s ({})",
