@@ -92,7 +92,7 @@ pub fn registrations(prefix: &str, range: std::ops::Range<usize>) -> Vec<DeviceR
             display_name: String::new(),
             model_id: None,
             enabled: true,
-            tags: json!({"site": "bench"}),
+            tags: json!({"site": "bench"}).into(),
         })
         .collect()
 }

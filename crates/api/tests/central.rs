@@ -156,7 +156,7 @@ fn fleet(group: &str, template: &str) -> State {
             display_name: format!("Thermostat {i}"),
             model_id: Some(template.to_string()),
             enabled: true,
-            tags: json!({}),
+            tags: json!({}).into(),
         })
         .collect();
     s.execute(&Command::RegisterDevices {

@@ -74,7 +74,7 @@ fn state_with_devices(n: usize) -> State {
             display_name: format!("d{i}"),
             model_id: None,
             enabled: true,
-            tags: json!({"building": "43", "floor": 3}),
+            tags: json!({"building": "43", "floor": 3}).into(),
         })
         .collect();
     s.execute(&Command::RegisterDevices {
@@ -608,7 +608,7 @@ fn twins() {
         display_name: "one".into(),
         model_id: Some("dtmi:x;1".into()),
         enabled: true,
-        tags: json!({"site": "b43"}),
+        tags: json!({"site": "b43"}).into(),
     };
     let mut d = Device::new(&reg, Timestamp(5));
     d.patch(TwinSection::Desired, &json!({"fw": "2"}), Timestamp(6));

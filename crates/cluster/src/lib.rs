@@ -323,7 +323,7 @@ mod tests {
                 display_name: id.into(),
                 model_id: None,
                 enabled: true,
-                tags: serde_json::json!({}),
+                tags: serde_json::json!({}).into(),
             }],
             upsert: false,
             at: now(),
@@ -374,7 +374,7 @@ mod tests {
                     display_name: String::new(),
                     model_id: None,
                     enabled: true,
-                    tags: serde_json::json!({}),
+                    tags: serde_json::json!({}).into(),
                 })
                 .collect(),
             upsert: false,

@@ -520,7 +520,7 @@ mod abandoned_chunk {
                         display_name: format!("device {i}"),
                         model_id: None,
                         enabled: true,
-                        tags: serde_json::json!({"i": i}),
+                        tags: serde_json::json!({"i": i}).into(),
                     })
                     .collect(),
                 upsert: false,

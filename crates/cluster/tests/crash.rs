@@ -48,7 +48,7 @@ fn register(batch: usize) -> Command {
                 display_name: format!("device {i} of batch {batch}"),
                 model_id: None,
                 enabled: true,
-                tags: serde_json::json!({"batch": batch}),
+                tags: serde_json::json!({"batch": batch}).into(),
             })
             .collect(),
         upsert: false,

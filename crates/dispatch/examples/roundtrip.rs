@@ -142,7 +142,7 @@ async fn job(url: &str, ids: &[String], model: &str) -> Res<f64> {
                 display_name: id.clone(),
                 model_id: Some(model.to_string()),
                 enabled: true,
-                tags: json!({}),
+                tags: json!({}).into(),
             })
         })
         .collect::<Res<Vec<_>>>()?;

@@ -156,7 +156,7 @@ fn register(host: &TestHost, ids: &[String], model: &str) {
             display_name: id.clone(),
             model_id: Some(model.to_string()),
             enabled: true,
-            tags: json!({}),
+            tags: json!({}).into(),
         })
         .collect();
     host.execute(Command::RegisterDevices {

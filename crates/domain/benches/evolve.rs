@@ -64,7 +64,7 @@ fn dispatched_state() -> State {
             display_name: String::new(),
             model_id: None,
             enabled: true,
-            tags: json!({"site": "a"}),
+            tags: json!({"site": "a"}).into(),
         })
         .collect();
     s.execute(&Command::RegisterDevices {

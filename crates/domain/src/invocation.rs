@@ -408,7 +408,7 @@ mod tests {
                 display_name: String::new(),
                 model_id: None,
                 enabled: true,
-                tags: Value::Null,
+                tags: Value::Null.into(),
             }],
             upsert: false,
             at: t(0),

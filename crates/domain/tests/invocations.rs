@@ -88,7 +88,7 @@ impl Run {
                 display_name: String::new(),
                 model_id: None,
                 enabled: true,
-                tags: serde_json::Value::Null,
+                tags: serde_json::Value::Null.into(),
             })
             .collect();
         r.exec(Command::RegisterDevices {

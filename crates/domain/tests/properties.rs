@@ -1818,7 +1818,7 @@ impl Harness {
                 display_name: format!("device {i}"),
                 model_id: None,
                 enabled: d.enabled,
-                tags: tags_of(d.site),
+                tags: tags_of(d.site).into(),
             })
             .collect();
         self.devices = regs.iter().map(|r| r.id.clone()).collect();
@@ -2163,7 +2163,7 @@ impl Harness {
                         display_name: "late device".into(),
                         model_id: None,
                         enabled: *enabled,
-                        tags: tags_of(*site),
+                        tags: tags_of(*site).into(),
                     }],
                     upsert,
                     at: now,
@@ -2457,7 +2457,7 @@ fn fleet(n: usize) -> Vec<DeviceRegistration> {
             display_name: String::new(),
             model_id: None,
             enabled: true,
-            tags: json!({}),
+            tags: json!({}).into(),
         })
         .collect()
 }
@@ -2605,7 +2605,7 @@ fn a_device_that_succeeded_does_not_rejoin_a_rerun_of_a_continuous_job() {
     let (d0, d1) = (did("dev-000"), did("dev-001"));
     let mut devices = fleet(2);
     for d in &mut devices {
-        d.tags = json!({"site": "a"});
+        d.tags = json!({"site": "a"}).into();
     }
     s.execute(&Command::RegisterDevices {
         devices,
@@ -2680,7 +2680,7 @@ fn devices_that_matched_while_the_job_had_ended_are_treated_alike_by_its_rerun()
     let id = jid("c");
     let d0 = did("dev-000");
     let mut devices = fleet(1);
-    devices[0].tags = json!({"site": "a"});
+    devices[0].tags = json!({"site": "a"}).into();
     s.execute(&Command::RegisterDevices {
         devices,
         upsert: false,
@@ -2729,7 +2729,7 @@ fn devices_that_matched_while_the_job_had_ended_are_treated_alike_by_its_rerun()
                 display_name: String::new(),
                 model_id: None,
                 enabled: true,
-                tags: json!({"site": "a"}),
+                tags: json!({"site": "a"}).into(),
             }],
             upsert: false,
             at,

@@ -144,7 +144,7 @@ proptest! {
                     display_name: String::new(),
                     model_id: None,
                     enabled: true,
-                    tags: json!({}),
+                    tags: json!({}).into(),
                 })
                 .collect(),
             upsert: false,

@@ -67,8 +67,8 @@ fn build(devices: &[DeviceGen], jobs: &[JobGen]) -> State {
             model_id: None,
             enabled: true,
             tags: match d.site {
-                Some(s) => json!({"site": SITES[s]}),
-                None => json!({}),
+                Some(s) => json!({"site": SITES[s]}).into(),
+                None => json!({}).into(),
             },
         })
         .collect();

@@ -39,7 +39,7 @@ fn fleet(n: usize) -> Vec<DeviceRegistration> {
             display_name: String::new(),
             model_id: None,
             enabled: true,
-            tags: json!({}),
+            tags: json!({}).into(),
         })
         .collect()
 }

@@ -62,7 +62,7 @@ impl Leader {
                 display_name: format!("Thermostat {i}"),
                 model_id: Some(template.to_string()),
                 enabled: true,
-                tags: json!({"building": 43, "floor": i % 3}),
+                tags: json!({"building": 43, "floor": i % 3}).into(),
             })
             .collect();
         self.exec(Command::RegisterDevices {
@@ -262,7 +262,7 @@ impl Leader {
                 display_name: "other".into(),
                 model_id: Some("dtmi:other;1".into()),
                 enabled: true,
-                tags: json!({}),
+                tags: json!({}).into(),
             }],
             upsert: false,
             at: self.now,
@@ -665,7 +665,7 @@ fn continuous_job_takes_devices_that_join_the_group_later() {
             display_name: String::new(),
             model_id: Some(TEMPLATE.into()),
             enabled: true,
-            tags: json!({}),
+            tags: json!({}).into(),
         }],
         upsert: false,
         at: l.now,

@@ -22,7 +22,7 @@ fn with_devices(n: usize) -> State {
             display_name: format!("Device {i}"),
             model_id: None,
             enabled: true,
-            tags: Value::Null,
+            tags: Value::Null.into(),
         })
         .collect();
     state

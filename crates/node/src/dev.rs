@@ -115,7 +115,7 @@ pub(crate) async fn start_fleet(
                     display_name: id.clone(),
                     model_id: Some(fleet_cfg.model_id.clone()),
                     enabled: true,
-                    tags: json!({"simulated": true}),
+                    tags: json!({"simulated": true}).into(),
                 })
             })
             .collect::<Result<Vec<_>, NodeError>>()?;

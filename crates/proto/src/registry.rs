@@ -27,7 +27,7 @@ impl TryFrom<pb::DeviceRegistration> for DeviceRegistration {
             display_name: d.display_name,
             model_id: d.model_id,
             enabled: d.enabled,
-            tags: json("tags_json", &d.tags_json)?,
+            tags: json("tags_json", &d.tags_json)?.into(),
         })
     }
 }

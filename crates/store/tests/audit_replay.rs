@@ -228,7 +228,7 @@ async fn run(dir: &std::path::Path) -> (State, Vec<Past>) {
                 display_name: format!("Sensor {i}"),
                 model_id: None,
                 enabled: i % 61 != 5,
-                tags: json!({"building": i % 4, "floor": i % 3}),
+                tags: json!({"building": i % 4, "floor": i % 3}).into(),
             })
             .collect(),
         upsert: false,

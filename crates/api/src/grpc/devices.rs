@@ -62,7 +62,7 @@ fn registration(field: &str, d: pb::NewDevice) -> Result<DeviceRegistration, Sta
         id,
         model_id: d.model_id.filter(|m| !m.is_empty()),
         enabled: d.enabled.unwrap_or(true),
-        tags,
+        tags: tags.into(),
     })
 }
 

@@ -166,7 +166,7 @@ mod tests {
                 display_name: "dev-1".into(),
                 model_id: None,
                 enabled,
-                tags: json!({}),
+                tags: json!({}).into(),
             },
             Timestamp::from_millis(0),
         );

@@ -64,7 +64,7 @@ pub fn register(s: &mut State, devices: Range<usize>, at: Timestamp) {
                 display_name: String::new(),
                 model_id: None,
                 enabled: true,
-                tags: json!({}),
+                tags: json!({}).into(),
             })
             .collect(),
         upsert: false,

@@ -224,7 +224,7 @@ pub fn registration() -> DeviceRegistration {
         display_name: "Thermostat 7, floor 2".into(),
         model_id: Some("dtmi:contoso:Thermostat;1".into()),
         enabled: true,
-        tags: json!({"site": "b43", "floor": 2}),
+        tags: json!({"site": "b43", "floor": 2}).into(),
     }
 }
 
@@ -568,7 +568,7 @@ pub fn events() -> Vec<(&'static str, Event)> {
                 device: DeviceRegistration {
                     model_id: None,
                     enabled: false,
-                    tags: json!({}),
+                    tags: json!({}).into(),
                     ..registration()
                 },
                 at: at(1_000),
@@ -1044,7 +1044,7 @@ pub fn commands() -> Vec<(&'static str, Command)> {
                         display_name: String::new(),
                         model_id: None,
                         enabled: true,
-                        tags: json!(null),
+                        tags: json!(null).into(),
                     },
                 ],
                 upsert: true,

@@ -33,7 +33,7 @@ fn register(from: usize, n: usize) -> Command {
                 display_name: format!("Device {i}"),
                 model_id: None,
                 enabled: true,
-                tags: json!({"floor": i % 3}),
+                tags: json!({"floor": i % 3}).into(),
             })
             .collect(),
         upsert: false,

@@ -37,7 +37,7 @@ pub fn register(from: usize, n: usize, ms: i64) -> Command {
                 display_name: format!("Sensor {i}"),
                 model_id: None,
                 enabled: true,
-                tags: json!({"building": 43, "floor": i % 3}),
+                tags: json!({"building": 43, "floor": i % 3}).into(),
             })
             .collect(),
         upsert: false,
