@@ -82,12 +82,7 @@ fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usiz
                 // Id chunks first, then position chunks in order: the last position chunk is
                 // the run's last write, so it is there only if all of the run is (sled recovers
                 // a prefix of its writes), which is what a restore's check above relies on.
-                let mut by_id: Vec<(u32, &DeviceRun)> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(p, r)| (p as u32, r))
-                    .collect();
-                by_id.sort_by(|a, b| a.1.device.cmp(&b.1.device));
+                let by_id = by_id(rows.iter());
                 let mut out = Batches::new(tree);
                 for chunk in by_id.chunks(CHUNK) {
                     let first = &chunk[0].1.device;
@@ -120,6 +115,13 @@ fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usiz
         }
     }
     Ok(n)
+}
+
+/// A run's rows with their positions, in id order (what the id chunks list).
+fn by_id<'a>(rows: impl Iterator<Item = &'a DeviceRun>) -> Vec<(u32, &'a DeviceRun)> {
+    let mut out: Vec<(u32, &DeviceRun)> = rows.enumerate().map(|(p, r)| (p as u32, r)).collect();
+    out.sort_by(|a, b| a.1.device.cmp(&b.1.device));
+    out
 }
 
 /// Chunks per sled batch. A batch holds its chunks' JSON until it is applied: a run of a
@@ -456,13 +458,7 @@ mod tests {
         let tree = db.open_tree(TREE).unwrap();
         let job = JobId::new("old").unwrap();
         let rows: Vec<DeviceRun> = (0..600).map(row).collect();
-        let mut by_id: Vec<(u32, &DeviceRun)> = rows
-            .iter()
-            .enumerate()
-            .map(|(p, r)| (p as u32, r))
-            .collect();
-        by_id.sort_by(|a, b| a.1.device.cmp(&b.1.device));
-        for chunk in by_id.chunks(CHUNK) {
+        for chunk in by_id(rows.iter()).chunks(CHUNK) {
             let key = id_key(&job, RunId(1), &chunk[0].1.device);
             tree.insert(key, serde_json::to_vec(chunk).unwrap())
                 .unwrap();
