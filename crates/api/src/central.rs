@@ -812,7 +812,7 @@ pub fn device_registration_from_central(
         display_name,
         model_id: template,
         enabled,
-        tags: Value::Object(Map::new()).into(),
+        tags: muster_domain::Doc::empty(),
     })
 }
 

@@ -364,7 +364,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Event>, DomainError> {
                     .clone()
                     .or_else(|| d.model_id.as_ref().map(String::from)),
                 enabled: enabled.unwrap_or(d.enabled),
-                tags: Value::Object(serde_json::Map::new()).into(),
+                tags: crate::Doc::empty(),
             };
             check_registration(0, &reg, "")?;
             with_joins(

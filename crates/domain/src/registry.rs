@@ -216,7 +216,7 @@ impl Device {
                 display_name: identity.id.to_string(),
                 model_id: None,
                 enabled: identity.enabled,
-                tags: Value::Object(Map::new()).into(),
+                tags: Doc::empty(),
             },
             at,
         );
