@@ -40,6 +40,7 @@ mod event_index;
 mod flush;
 mod log_store;
 mod purge_gate;
+mod recent;
 pub mod segment;
 pub mod snapfile;
 mod state_machine;
@@ -114,6 +115,7 @@ impl Store {
         let flusher = flush::GroupFlusher::new(db.clone());
         let sm = StateMachine::open(&db, flusher.clone(), dir.join(state_machine::SNAPSHOT_DIR))?;
         let log = LogStore::open(&db, flusher, sm.purge_gate())?;
+        sm.share_recent(log.recent_entries());
         Ok((log, sm))
     }
 }

@@ -11,10 +11,9 @@
 //! removes, and `last_purged` is written before the entries go (sled recovers a prefix of its
 //! write order), so the log never looks like it has a hole.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, Vote};
@@ -23,6 +22,7 @@ use crate::codec::{decode_entry, encode_entry, from_json, to_json, u64_key};
 use crate::error::{Op, RaftResult, StoreError};
 use crate::flush::GroupFlusher;
 use crate::purge_gate::PurgeGate;
+use crate::recent::Recent;
 use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
@@ -36,107 +36,11 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Arc<GroupFlusher>,
-    recent: Arc<Mutex<RecentEntries>>,
+    recent: Recent,
     /// Holds a purge until a snapshot being installed is stored (see [`crate::purge_gate`]).
     gate: Arc<PurgeGate>,
     /// Where append latency is recorded; `None` outside a node (tools, tests).
     metrics: Option<muster_metrics::Metrics>,
-}
-
-/// How much memory [`RecentEntries`] may take, as estimated by [`decoded_size`].
-const RECENT_BYTES: usize = 64 << 20;
-
-/// An estimate of what an entry stored in `stored` bytes takes decoded: its strings and maps
-/// take two to three times their protobuf bytes, plus a fixed overhead per entry.
-fn decoded_size(stored: usize) -> usize {
-    stored * 3 + 256
-}
-
-/// The newest entries, decoded, as a contiguous run of indexes ending at the last appended one.
-///
-/// openraft reads every entry back soon after appending it: to apply it, and on a leader once
-/// per follower to replicate it. Decoding a thousand-result command from sled each time was a
-/// fifth of a three-node cluster's CPU; a cached entry costs a reference-count increment (the
-/// command is behind an `Arc`). sled stays the truth: the cache is filled only after sled took
-/// the entries, trimmed with every truncation and purge, and a read it cannot answer in full
-/// goes to sled.
-#[derive(Debug, Default)]
-struct RecentEntries {
-    /// Index -> (entry, its estimated size).
-    entries: BTreeMap<u64, (Entry, usize)>,
-    bytes: usize,
-}
-
-/// Entries taken out of the cache, to be dropped after its lock is released (a purge can free
-/// tens of megabytes of commands).
-type Removed = Vec<(Entry, usize)>;
-
-impl RecentEntries {
-    /// Adds entries with their stored sizes; returns the ones evicted to stay in budget.
-    #[must_use]
-    fn appended(&mut self, entries: Vec<(Entry, usize)>) -> Removed {
-        let mut removed = Removed::new();
-        for (entry, stored) in entries {
-            let size = decoded_size(stored);
-            let index = entry.log_id.index;
-            // Appends continue the run; anything else (the first append after a restart, or one
-            // after a gap openraft would not leave) starts a new run.
-            if self
-                .entries
-                .last_key_value()
-                .is_some_and(|(&last, _)| last + 1 != index)
-            {
-                removed.extend(std::mem::take(&mut self.entries).into_values());
-                self.bytes = 0;
-            }
-            self.bytes += size;
-            self.entries.insert(index, (entry, size));
-        }
-        while self.bytes > RECENT_BYTES {
-            match self.entries.pop_first() {
-                Some((_, (entry, size))) => {
-                    self.bytes -= size;
-                    removed.push((entry, size));
-                }
-                None => break,
-            }
-        }
-        removed
-    }
-
-    /// Entries `start..end`, if every one of them is here.
-    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
-        let (&first, _) = self.entries.first_key_value()?;
-        let (&last, _) = self.entries.last_key_value()?;
-        if start < first || end > last + 1 {
-            return None;
-        }
-        Some(
-            self.entries
-                .range(start..end)
-                .map(|(_, (e, _))| e.clone())
-                .collect(),
-        )
-    }
-
-    /// Takes out the entries from `index` on.
-    #[must_use]
-    fn truncate(&mut self, index: u64) -> Removed {
-        let removed: Removed = self.entries.split_off(&index).into_values().collect();
-        self.bytes -= removed.iter().map(|(_, size)| size).sum::<usize>();
-        removed
-    }
-
-    /// Takes out the entries up to and including `index`.
-    #[must_use]
-    fn purge(&mut self, index: u64) -> Removed {
-        let keep = self.entries.split_off(&index.saturating_add(1));
-        let removed: Removed = std::mem::replace(&mut self.entries, keep)
-            .into_values()
-            .collect();
-        self.bytes -= removed.iter().map(|(_, size)| size).sum::<usize>();
-        removed
-    }
 }
 
 impl LogStore {
@@ -149,7 +53,7 @@ impl LogStore {
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             flusher,
-            recent: Arc::default(),
+            recent: Recent::default(),
             gate,
             metrics: None,
         })
@@ -160,10 +64,13 @@ impl LogStore {
         self.metrics = Some(metrics);
     }
 
-    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
-        // Every change to the cache is a few map operations that do not panic; a poisoned lock
-        // still holds a consistent cache.
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    fn recent(&self) -> std::sync::MutexGuard<'_, crate::recent::RecentEntries> {
+        self.recent.lock()
+    }
+
+    /// The cache of decoded entries, for the state machine to tell what it applied.
+    pub(crate) fn recent_entries(&self) -> Recent {
+        self.recent.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -358,63 +265,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let removed = self.recent().purge(log_id.index);
         drop(removed);
         self.remove(..=u64_key(log_id.index)).raft(Op::WriteLogs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-
-    fn entry(index: u64) -> (Entry, usize) {
-        let entry = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Blank,
-        };
-        // Stored sizes chosen so that each entry is charged 1 MiB.
-        (entry, ((1 << 20) - 256) / 3)
-    }
-
-    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
-        entries.map(|es| es.iter().map(|e| e.log_id.index).collect())
-    }
-
-    #[test]
-    fn answers_only_ranges_it_holds_in_full() {
-        let mut r = RecentEntries::default();
-        assert!(r.appended((5..10).map(entry).collect()).is_empty());
-        assert_eq!(indexes(r.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
-        assert_eq!(indexes(r.get(7, 8)), Some(vec![7]));
-        assert_eq!(r.get(4, 6), None);
-        assert_eq!(r.get(9, 11), None);
-
-        assert_eq!(r.truncate(8).len(), 2);
-        assert_eq!(r.get(7, 9), None);
-        assert_eq!(indexes(r.get(5, 8)), Some(vec![5, 6, 7]));
-        assert!(r.appended(vec![entry(8)]).is_empty());
-        assert_eq!(indexes(r.get(7, 9)), Some(vec![7, 8]));
-
-        assert_eq!(r.purge(6).len(), 2);
-        assert_eq!(r.get(6, 8), None);
-        assert_eq!(indexes(r.get(7, 9)), Some(vec![7, 8]));
-        assert_eq!(r.bytes, 2 << 20);
-
-        // A run that does not continue the last one replaces it.
-        assert_eq!(r.appended(vec![entry(20)]).len(), 2);
-        assert_eq!(r.get(7, 9), None);
-        assert_eq!(indexes(r.get(20, 21)), Some(vec![20]));
-        assert_eq!(r.bytes, 1 << 20);
-    }
-
-    #[test]
-    fn keeps_the_newest_within_its_budget() {
-        let mut r = RecentEntries::default();
-        let n = (RECENT_BYTES >> 20) as u64;
-        assert_eq!(r.appended((1..=n + 10).map(entry).collect()).len(), 10);
-        assert_eq!(r.bytes, RECENT_BYTES);
-        assert_eq!(r.get(10, 12), None);
-        assert_eq!(indexes(r.get(n + 10, n + 11)), Some(vec![n + 10]));
-        assert_eq!(r.entries.len() as u64, n);
     }
 }

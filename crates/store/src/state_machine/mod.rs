@@ -247,6 +247,9 @@ pub(crate) struct Shared {
     pub(crate) traced: std::sync::atomic::AtomicUsize,
     /// Inserts the event batches of large applies (see `apply::EventWriter`).
     pub(crate) writer: apply::WriterThread,
+    /// The log store's cache of decoded entries, told what each apply applied (see
+    /// [`crate::recent::RecentEntries::applied`]); unset outside a node's store.
+    pub(crate) recent: std::sync::OnceLock<crate::recent::Recent>,
 }
 
 impl Shared {
@@ -315,6 +318,12 @@ impl StateMachine {
         self.shared.purge_gate.clone()
     }
 
+    /// Tells the log store's cache what each apply applied from now on.
+    pub(crate) fn share_recent(&self, recent: crate::recent::Recent) {
+        // Set once, by `Store::open_with`, right after both halves are opened.
+        let _ = self.shared.recent.set(recent);
+    }
+
     /// The node's disk reserve: while the data directory has less free space, a snapshot
     /// openraft asks for is not written (sled and openraft cannot recover from a failed write:
     /// the node would stop). The current snapshot is answered instead, which openraft ignores
@@ -353,9 +362,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        self.blocking(move |shared| apply_entries(shared, entries))
+        let last = entries.last().map(|e| e.log_id.index);
+        let responses = self
+            .blocking(move |shared| apply_entries(shared, entries))
             .await
-            .raft(Op::WriteStateMachine)
+            .raft(Op::WriteStateMachine)?;
+        if let (Some(recent), Some(last)) = (self.shared.recent.get(), last) {
+            let removed = recent.lock().applied(last);
+            drop(removed);
+        }
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

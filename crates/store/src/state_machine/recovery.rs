@@ -201,6 +201,7 @@ impl StateMachine {
             apply_spans: Mutex::default(),
             traced: std::sync::atomic::AtomicUsize::new(0),
             writer: super::apply::WriterThread::start()?,
+            recent: std::sync::OnceLock::new(),
         });
         crate::device_index::spawn_indexer(Arc::downgrade(&shared), indexer_updates)?;
         Ok(StateMachine { shared })
