@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::types::Entry;
 
 /// How much memory [`RecentEntries`] may take, as estimated by [`decoded_size`].
-pub(crate) const RECENT_BYTES: usize = 64 << 20;
+const RECENT_BYTES: usize = 64 << 20;
 
 /// How much of it may go to entries already applied (see [`RecentEntries::applied`]).
-pub(crate) const APPLIED_BYTES: usize = 4 << 20;
+const APPLIED_BYTES: usize = 4 << 20;
 
 /// An estimate of what an entry stored in `stored` bytes takes decoded: its strings and maps
 /// take two to three times their protobuf bytes, plus a fixed overhead per entry.
-pub(crate) fn decoded_size(stored: usize) -> usize {
+fn decoded_size(stored: usize) -> usize {
     stored * 3 + 256
 }
 
@@ -103,6 +103,7 @@ impl RecentEntries {
         self.bytes -= removed.iter().map(|(_, size)| size).sum::<usize>();
         removed
     }
+
     /// Entries up to `index` are applied. openraft reads such an entry again only to send it
     /// to a follower that lags behind the commit, so past [`APPLIED_BYTES`] they go (that
     /// follower's reads decode sled's copy). Without this the cache stayed full after a job:
@@ -202,7 +203,7 @@ mod tests {
         assert_eq!(r.get(5, 7), None);
         assert_eq!(indexes(r.get(6, n + 11)), Some((6..=n + 10).collect()));
         assert_eq!(r.bytes, ((n + 5) as usize) << 20);
-        // Unapplied entries stay whatever their size.
+        // Once every entry is applied, only the budget's worth stays.
         assert_eq!(r.applied(n + 10).len(), 5);
         assert_eq!(r.entries.len() as u64, n);
         assert_eq!(r.bytes, APPLIED_BYTES);
