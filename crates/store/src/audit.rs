@@ -25,9 +25,7 @@ use crate::error::StoreError;
 use crate::event_index::{EventIndex, JOB_TREE};
 use crate::segment::raw_records;
 use crate::state_machine::{decode_stored, StoredEvent};
-use crate::state_machine::{
-    read_head, read_stored, read_u64, FIRST_SEQ, LAST_APPLIED, LAST_SEQ, SNAPSHOT_DIR,
-};
+use crate::state_machine::{read_stored, AppliedMeta, SNAPSHOT_DIR};
 
 /// A data directory opened for reading.
 #[derive(Debug)]
@@ -167,12 +165,15 @@ impl AuditLog {
         })
     }
 
+    /// `(first_seq, last_seq)`: the seqs readers see.
+    fn applied_range(&self) -> Result<(u64, u64), StoreError> {
+        let (meta, _) = AppliedMeta::read(&self.meta)?;
+        Ok((meta.first_seq, meta.last_seq))
+    }
+
     pub fn info(&self) -> Result<LogInfo, StoreError> {
-        let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
-        let applied: Option<crate::types::LogId> = match self.meta.get(LAST_APPLIED)? {
-            Some(v) => from_json("state machine metadata", &v)?,
-            None => None,
-        };
+        let (meta, _) = AppliedMeta::read(&self.meta)?;
+        let applied = meta.last_applied;
         let committed: Option<crate::types::LogId> = match self.raft_meta.get(b"committed")? {
             Some(v) => Some(from_json("raft metadata", &v)?),
             None => None,
@@ -183,9 +184,9 @@ impl AuditLog {
             (None, _) => 0,
         };
         Ok(LogInfo {
-            first_seq: read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1),
-            last_seq,
-            chain_head: read_head(&self.meta, last_seq)?,
+            first_seq: meta.first_seq,
+            last_seq: meta.last_seq,
+            chain_head: meta.chain_head,
             snapshot_seq: self.snapshot()?.map(|s| s.last_seq),
             committed_unapplied,
         })
@@ -215,9 +216,8 @@ impl AuditLog {
         from: u64,
         to: u64,
     ) -> Result<impl Iterator<Item = Result<(u64, Event), StoreError>> + '_, StoreError> {
-        let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
         // Records below `first_seq` are an unfinished back-fill's, not yet part of the log.
-        let first = read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1);
+        let (first, last_seq) = self.applied_range()?;
         Ok(
             raw_records(&self.events, from.max(first), to.min(last_seq)).map(|r| {
                 let r = r?;
@@ -671,9 +671,8 @@ impl AuditLog {
         from: u64,
         to: u64,
     ) -> Result<impl Iterator<Item = Result<StoredEvent, StoreError>> + '_, StoreError> {
-        let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
         // Records below `first_seq` are an unfinished back-fill's, not yet part of the log.
-        let first = read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1);
+        let (first, last_seq) = self.applied_range()?;
         Ok(
             raw_records(&self.events, from.max(first), to.min(last_seq)).map(|r| {
                 let r = r?;
@@ -776,8 +775,7 @@ impl AuditLog {
         from: u64,
         to: u64,
     ) -> Result<Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_>, StoreError> {
-        let last_seq = read_u64(&self.meta, LAST_SEQ)?.unwrap_or(0);
-        let first = read_u64(&self.meta, FIRST_SEQ)?.unwrap_or(1);
+        let (first, last_seq) = self.applied_range()?;
         let to = to.min(last_seq);
         let mut next = from.max(first);
         let mut buffer = std::collections::VecDeque::new();

@@ -5,11 +5,12 @@
 //! before that, in chunks from seq 1 upwards, and hands each chunk to
 //! [`StateReader::backfill`], which checks the hash chain from the zero hash at seq 1 on,
 //! writes the records (in segments) and their index entries below `first_seq_available`, and
-//! records its progress (`sm_meta`: `backfill_next`, the next seq wanted, and
-//! `backfill_prev`, the link of the seq before it), so a restart resumes where it stopped.
+//! records its progress (`sm_meta`'s `backfill_next`: the next seq wanted and the link of the
+//! seq before it), so a restart resumes where it stopped.
 //! Readers do not see back-filled records until the last chunk is in and its last link chains
 //! into the record at `first_seq_available` (or into the chain head when nothing was applied
-//! since the snapshot); then `first_seq_available` becomes 1, in memory and in `sm_meta`.
+//! since the snapshot); then `first_seq_available` becomes 1, in memory and in the applied
+//! record.
 //!
 //! Records past `backfill_next` (a chunk written without its progress) are deleted on open like
 //! other records outside the applied range. A snapshot install drops the back-fill with the
@@ -20,16 +21,19 @@
 use std::sync::PoisonError;
 
 use crate::chain::{chain_hash, Hash, GENESIS};
-use crate::codec::{decode_event, decode_record, u64_key};
+use crate::codec::{decode_event, decode_record, key_u64, u64_key};
 use crate::error::StoreError;
 use crate::event_index::IndexBatch;
 use crate::segment::{raw_records, SegmentBuilder};
-use crate::state_machine::{read_u64, StateReader, FIRST_SEQ};
+use crate::state_machine::{AppliedMeta, StateReader};
+use crate::writes::{insert_all, remove_ascending};
 
-/// `sm_meta`: the next seq a back-fill wants (absent: 1).
-pub(crate) const NEXT: &[u8] = b"backfill_next";
-/// `sm_meta`: the hash-chain link of seq `NEXT - 1` (absent: the zero hash).
-pub(crate) const PREV: &[u8] = b"backfill_prev";
+/// `sm_meta`: a back-fill's progress (absent: none yet): the next seq it wants (big-endian u64)
+/// followed by the hash-chain link of the seq before it, in one value so that one insert moves
+/// both (the store writes no sled batches, see [`crate::writes`]).
+const NEXT: &[u8] = b"backfill_next";
+/// `sm_meta`, releases before the progress was one value: the link, beside an 8-byte `NEXT`.
+const PREV: &[u8] = b"backfill_prev";
 
 /// The history a replica still lacks: seqs `next..=until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +60,45 @@ pub struct HistoryChunk {
     pub records: Vec<Vec<u8>>,
 }
 
-fn read_prev(meta: &sled::Tree) -> Result<Hash, StoreError> {
-    match meta.get(PREV)? {
-        Some(v) => Hash::try_from(v.as_ref())
-            .map_err(|_| StoreError::corrupt("back-fill link", format!("{} bytes", v.len()))),
-        None => Ok(GENESIS),
-    }
+/// The stored progress: the next seq wanted and the link before it (seq 1 and the genesis hash
+/// when there is none).
+fn read_progress(meta: &sled::Tree) -> Result<(u64, Hash), StoreError> {
+    let Some(v) = meta.get(NEXT)? else {
+        return Ok((1, GENESIS));
+    };
+    let bad = || StoreError::corrupt("back-fill progress", format!("{} bytes", v.len()));
+    let next = key_u64("back-fill progress", v.get(..8).ok_or_else(bad)?)?;
+    let prev = match v.len() {
+        40 => Hash::try_from(&v[8..]).map_err(|_| bad())?,
+        8 => match meta.get(PREV)? {
+            Some(p) => Hash::try_from(p.as_ref())
+                .map_err(|_| StoreError::corrupt("back-fill link", format!("{} bytes", p.len())))?,
+            None => GENESIS,
+        },
+        _ => return Err(bad()),
+    };
+    Ok((next, prev))
+}
+
+fn write_progress(meta: &sled::Tree, next: u64, prev: &Hash) -> Result<(), StoreError> {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(&u64_key(next));
+    v.extend_from_slice(prev);
+    meta.insert(NEXT, v)?;
+    meta.remove(PREV)?;
+    Ok(())
+}
+
+/// Drops a back-fill's progress: the next one starts at seq 1.
+pub(crate) fn forget(meta: &sled::Tree) -> Result<(), StoreError> {
+    meta.remove(NEXT)?;
+    meta.remove(PREV)?;
+    Ok(())
 }
 
 /// The seq below which records are the back-fill's (kept by `open`), 1 when there is none.
 pub(crate) fn kept_below(meta: &sled::Tree) -> Result<u64, StoreError> {
-    Ok(read_u64(meta, NEXT)?.unwrap_or(1))
+    Ok(read_progress(meta)?.0)
 }
 
 impl StateReader {
@@ -125,10 +157,10 @@ impl StateReader {
             Some(now) if now != need => return Ok(BackfillStep::More(now)),
             Some(_) => {}
         }
-        let mut prev = read_prev(&shared.meta)?;
+        let (_, mut prev) = read_progress(&shared.meta)?;
         let mut seq = need.next;
         let mut segments = SegmentBuilder::default();
-        let mut batch = sled::Batch::default();
+        let mut written = Vec::new();
         let mut events = Vec::new();
         for bytes in records {
             if seq > need.until {
@@ -150,13 +182,13 @@ impl StateReader {
             }
             events.push(decode_event(&record.event)?);
             if let Some(full) = segments.push(seq, bytes)? {
-                batch.insert(&full.key, full.value);
+                written.push((full.key, full.value));
             }
             prev = hash;
             seq += 1;
         }
         if let Some(last) = segments.finish() {
-            batch.insert(&last.key, last.value);
+            written.push((last.key, last.value));
         }
         if seq == need.next {
             return Ok(BackfillStep::More(need));
@@ -164,17 +196,14 @@ impl StateReader {
         let mut index = IndexBatch::default();
         index.add_command(need.next, &events);
         // Records, then their index entries, then the progress that counts them.
-        shared.events.apply_batch(batch)?;
+        insert_all(&shared.events, written)?;
         index.write(&shared.index)?;
         shared.index.devices.write_below(
             (need.next..)
                 .zip(&events)
                 .filter_map(|(s, e)| e.device().map(|d| (s, d.as_str()))),
         )?;
-        let mut progress = sled::Batch::default();
-        progress.insert(NEXT, &u64_key(seq));
-        progress.insert(PREV, &prev);
-        shared.meta.apply_batch(progress)?;
+        write_progress(&shared.meta, seq, &prev)?;
         if seq <= need.until {
             return Ok(BackfillStep::More(BackfillNeed {
                 next: seq,
@@ -204,16 +233,10 @@ impl StateReader {
         };
         if !chains {
             drop(applied);
-            // Drop what was written; the next attempt starts at seq 1 again.
-            let mut stale = sled::Batch::default();
-            for key in shared.events.range(..u64_key(first)).keys() {
-                stale.remove(key?);
-            }
-            shared.events.apply_batch(stale)?;
-            let mut reset = sled::Batch::default();
-            reset.remove(NEXT);
-            reset.remove(PREV);
-            shared.meta.apply_batch(reset)?;
+            // Drop what was written (the progress first, so that a crash part way leaves
+            // records no progress counts); the next attempt starts at seq 1 again.
+            forget(&shared.meta)?;
+            remove_ascending(&shared.events, ..u64_key(first))?;
             return Err(StoreError::corrupt(
                 "back-filled history",
                 format!(
@@ -222,12 +245,10 @@ impl StateReader {
                 ),
             ));
         }
-        let mut done = sled::Batch::default();
-        done.insert(FIRST_SEQ, &u64_key(1));
-        done.remove(NEXT);
-        done.remove(PREV);
-        shared.meta.apply_batch(done)?;
         applied.first_seq_available = 1;
+        // The record first: once it says seq 1, leftover progress means nothing.
+        AppliedMeta::of(&applied).write(&shared.meta)?;
+        forget(&shared.meta)?;
         drop(applied);
         shared.flusher.flush_blocking()?;
         tracing::info!(

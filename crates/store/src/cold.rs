@@ -13,8 +13,7 @@
 //! whose page token is a position). A row is stored once; one insert per 256 rows keeps the
 //! apply short. Rows are written by the apply that finished their run, before `last_applied`
 //! moves, so a crash in between only leaves rows the re-apply writes again, byte for byte. A
-//! run is written in batches of a few thousand rows, its last position chunk last (see
-//! [`write_ops`]). Chunks older releases wrote (JSON; `i` chunks with whole rows) still read.
+//! run is written one chunk at a time, its last position chunk last (see [`write_ops`]). Chunks older releases wrote (JSON; `i` chunks with whole rows) still read.
 
 use muster_domain::{ColdOp, DeviceRun, DomainError, RunRows};
 use muster_types::{DeviceId, JobId, RunId};
@@ -61,8 +60,8 @@ pub(crate) fn write_ops(tree: &sled::Tree, ops: Vec<ColdOp>) -> Result<usize, St
     write(tree, ops, false)
 }
 
-/// [`write_ops`] for a restore: a run whose rows are there already (a run is written in one
-/// batch, so its last chunk is there only if all of it is) is not written again.
+/// [`write_ops`] for a restore: a run whose rows are there already (its last chunk is written
+/// last, so it is there only if all of the run is) is not written again.
 pub(crate) fn restore_ops(tree: &sled::Tree, ops: Vec<ColdOp>) -> Result<usize, StoreError> {
     write(tree, ops, true)
 }
@@ -83,11 +82,10 @@ fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usiz
                 // the run's last write, so it is there only if all of the run is (sled recovers
                 // a prefix of its writes), which is what a restore's check above relies on.
                 let by_id = by_id(rows.iter());
-                let mut out = Batches::new(tree);
                 for chunk in by_id.chunks(CHUNK) {
                     let first = &chunk[0].1.device;
                     let index = encode_index(chunk.iter().map(|(p, r)| (*p, &r.device)));
-                    out.insert(id_key(&job, run, first), index)?;
+                    tree.insert(id_key(&job, run, first), index)?;
                 }
                 drop(by_id);
                 let mut chunk: Vec<&DeviceRun> = Vec::with_capacity(CHUNK);
@@ -95,22 +93,17 @@ fn write(tree: &sled::Tree, ops: Vec<ColdOp>, skip_written: bool) -> Result<usiz
                 for row in rows.iter() {
                     chunk.push(row);
                     if chunk.len() == CHUNK {
-                        out.insert(position_key(&job, run, c), encode_rows(chunk.drain(..)))?;
+                        tree.insert(position_key(&job, run, c), encode_rows(chunk.drain(..)))?;
                         c += 1;
                     }
                 }
                 if !chunk.is_empty() {
-                    out.insert(position_key(&job, run, c), encode_rows(chunk))?;
+                    tree.insert(position_key(&job, run, c), encode_rows(chunk))?;
                 }
-                out.finish()?;
                 n += rows.len();
             }
             ColdOp::DropJob { job } => {
-                let mut batch = sled::Batch::default();
-                for key in tree.scan_prefix(job_prefix(&job)).keys() {
-                    batch.remove(key?);
-                }
-                tree.apply_batch(batch)?;
+                crate::writes::remove_prefix(tree, &job_prefix(&job))?;
             }
         }
     }
@@ -122,45 +115,6 @@ fn by_id<'a>(rows: impl Iterator<Item = &'a DeviceRun>) -> Vec<(u32, &'a DeviceR
     let mut out: Vec<(u32, &DeviceRun)> = rows.enumerate().map(|(p, r)| (p as u32, r)).collect();
     out.sort_by(|a, b| a.1.device.cmp(&b.1.device));
     out
-}
-
-/// Chunks per sled batch. A batch holds its chunks' JSON until it is applied: a run of a
-/// million rows written as one batch held ~500 MB of it at once, the node's peak at the end of
-/// a 1,000,000-device job. 64 chunks is ~16,000 rows, a few MB.
-const CHUNKS_PER_BATCH: usize = 64;
-
-/// Inserts in order, applied a batch of [`CHUNKS_PER_BATCH`] at a time.
-struct Batches<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    pending: usize,
-}
-
-impl<'a> Batches<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
-        Batches {
-            tree,
-            batch: sled::Batch::default(),
-            pending: 0,
-        }
-    }
-
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        self.batch.insert(key, value);
-        self.pending += 1;
-        if self.pending == CHUNKS_PER_BATCH {
-            self.finish()?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), StoreError> {
-        if self.pending > 0 {
-            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
-            self.pending = 0;
-        }
-        Ok(())
-    }
 }
 
 fn cold_err(e: StoreError) -> DomainError {
@@ -489,15 +443,15 @@ mod tests {
         );
     }
 
-    /// A run larger than one batch is written in several, its last position chunk last, and
-    /// reads back whole in both orders; a restore rewrites a run cut short before that chunk
-    /// (a crash between its batches) and skips one written whole.
+    /// A run of many chunks is written its last position chunk last, and reads back whole in
+    /// both orders; a restore rewrites a run cut short before that chunk (a crash part way) and
+    /// skips one written whole.
     #[test]
-    fn a_large_run_is_written_in_batches_last_chunk_last() {
+    fn a_large_run_is_written_last_chunk_last() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree(TREE).unwrap();
         let job = JobId::new("big").unwrap();
-        let n = CHUNK * CHUNKS_PER_BATCH * 2 + 300;
+        let n = CHUNK * 128 + 300;
         let rows: Vec<DeviceRun> = (0..n)
             .map(|i| DeviceRun {
                 device: DeviceId::new(format!("d-{i:06}")).unwrap(),

@@ -59,6 +59,9 @@ pub const SNAPSHOT_PUBLISHED: &str = "snapshot.file-published";
 /// During a snapshot install: the carried trees (cold rows, ...) are replaced with the
 /// leader's, the metadata still describes the old state.
 pub const INSTALL_TREES_LOADED: &str = "install.trees-loaded";
+/// During a snapshot install: the `snapshot` tree points at the new snapshot, the applied
+/// record still describes the old state (`open` finishes the install).
+pub const INSTALL_POINTER_WRITTEN: &str = "install.pointer-written";
 /// During a snapshot install: the metadata names the new snapshot (flushed), the local events
 /// older than it are not yet deleted.
 pub const INSTALL_META_WRITTEN: &str = "install.meta-written";
@@ -67,12 +70,13 @@ pub const INSTALL_META_WRITTEN: &str = "install.meta-written";
 pub const INDEX_ENTRIES_WRITTEN: &str = "device-index.entries-written";
 
 /// Every point, by name.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     APPLY_EVENTS_WRITTEN,
     APPLY_CHUNK_WRITTEN,
     SNAPSHOT_BUILT,
     SNAPSHOT_PUBLISHED,
     INSTALL_TREES_LOADED,
+    INSTALL_POINTER_WRITTEN,
     INSTALL_META_WRITTEN,
     INDEX_ENTRIES_WRITTEN,
 ];

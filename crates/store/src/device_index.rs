@@ -289,9 +289,7 @@ fn read_watermark(tree: &sled::Tree) -> Result<u64, StoreError> {
 
 /// Writes one entry: `seqs` ascending (none: nothing).
 ///
-/// Why not `sled::Batch`: in sled 0.34 `apply_batch` takes a process-wide exclusive lock that
-/// every reader and the log flusher share; a batch waiting for it behind a tree's final flush
-/// (a store being dropped) blocked both for good (the three-node commit bench, session 9).
+/// One insert, like every write of the store (see [`crate::writes`] for why no sled batches).
 fn put_entry(tree: &sled::Tree, device: &str, seqs: &[u64]) -> sled::Result<()> {
     let Some((&first, rest)) = seqs.split_first() else {
         return Ok(());

@@ -78,8 +78,8 @@ fn value_count(v: &[u8]) -> Result<u64, StoreError> {
 /// The index entries of some events, collected while they are applied (or back-filled).
 #[derive(Default)]
 pub(crate) struct IndexBatch {
-    pub(crate) jobs: sled::Batch,
-    pub(crate) entries: usize,
+    /// `(key, run length)` in the order they were found (a later one for the same key wins).
+    pub(crate) jobs: Vec<(Vec<u8>, [u8; 4])>,
 }
 
 impl IndexBatch {
@@ -117,16 +117,16 @@ impl IndexBatch {
     }
 
     fn put(&mut self, id: &str, start: u64, count: u32) {
-        self.jobs.insert(id_key(id, start), &count.to_be_bytes());
-        self.entries += 1;
+        self.jobs.push((id_key(id, start), count.to_be_bytes()));
     }
 
-    /// Writes the entries (each tree's as one batch).
+    /// Inserts the entries (readers only follow them up to the applied seq, so a crash part way
+    /// leaves nothing they see; the re-apply writes the same entries again).
     pub(crate) fn write(self, index: &EventIndex) -> Result<(), StoreError> {
-        if self.entries == 0 {
-            return Ok(());
-        }
-        Ok(index.jobs.apply_batch(self.jobs)?)
+        crate::writes::insert_all(
+            &index.jobs,
+            self.jobs.into_iter().map(|(k, v)| (k, v.to_vec())),
+        )
     }
 }
 

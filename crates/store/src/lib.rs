@@ -46,6 +46,7 @@ pub mod snapfile;
 mod state_machine;
 mod types;
 pub mod wire;
+mod writes;
 
 use std::path::Path;
 

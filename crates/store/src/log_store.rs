@@ -4,7 +4,7 @@
 //! - `raft_log`: big-endian index -> entry envelope ([`crate::codec::encode_entry`]).
 //! - `raft_meta`: `vote`, `committed`, `last_purged` -> serde_json of openraft's types.
 //!
-//! Durability: `append` writes the entries in one sled batch, then flushes (blocking flush on a
+//! Durability: `append` inserts the entries in index order, then flushes (blocking flush on a
 //! blocking thread, through the shared [`GroupFlusher`]) and only then reports the entries
 //! flushed to openraft. Vote, committed and truncation are flushed before the call returns.
 //! Purge is not flushed: losing a purge in a crash only leaves entries that a later purge
@@ -126,33 +126,23 @@ impl LogStore {
             .collect()
     }
 
-    /// Writes `entries` in one batch; returns once they are readable (not yet durable).
+    /// Inserts `entries` in index order (a crash part way leaves a contiguous log, see
+    /// [`crate::writes`]); returns once they are readable (not yet durable).
     async fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut batch = sled::Batch::default();
             let mut sized = Vec::with_capacity(entries.len());
             for entry in entries {
                 let bytes = encode_entry(&entry)?;
+                this.log
+                    .insert(u64_key(entry.log_id.index), bytes.as_slice())?;
                 sized.push((entry, bytes.len()));
-                batch.insert(&u64_key(sized[sized.len() - 1].0.log_id.index), bytes);
             }
-            this.log.apply_batch(batch)?;
             let evicted = this.recent().appended(sized);
             drop(evicted);
             Ok::<_, StoreError>(())
         })
         .await?
-    }
-
-    /// Removes every entry whose index is in `range` in one batch.
-    fn remove(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(range).keys() {
-            batch.remove(key?);
-        }
-        self.log.apply_batch(batch)?;
-        Ok(())
     }
 }
 
@@ -248,7 +238,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let removed = self.recent().truncate(log_id.index);
         drop(removed);
-        self.remove(u64_key(log_id.index)..).raft(Op::WriteLogs)?;
+        // Highest first: a crash part way leaves a shorter log, never one with a hole.
+        crate::writes::remove_descending(&self.log, u64_key(log_id.index)..).raft(Op::WriteLogs)?;
         self.flusher.flush().await.raft(Op::WriteLogs)
     }
 
@@ -264,6 +255,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .raft(Op::WriteLogs)?;
         let removed = self.recent().purge(log_id.index);
         drop(removed);
-        self.remove(..=u64_key(log_id.index)).raft(Op::WriteLogs)
+        crate::writes::remove_ascending(&self.log, ..=u64_key(log_id.index))
+            .map(drop)
+            .raft(Op::WriteLogs)
     }
 }

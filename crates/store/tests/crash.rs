@@ -53,6 +53,7 @@ async fn child_install() {
     let mut parts = spec.splitn(3, ' ');
     let point: &'static str = match parts.next().unwrap() {
         p if p == crashpoint::INSTALL_TREES_LOADED => crashpoint::INSTALL_TREES_LOADED,
+        p if p == crashpoint::INSTALL_POINTER_WRITTEN => crashpoint::INSTALL_POINTER_WRITTEN,
         p if p == crashpoint::INSTALL_META_WRITTEN => crashpoint::INSTALL_META_WRITTEN,
         other => panic!("unknown point {other}"),
     };
@@ -98,7 +99,9 @@ fn crash_at(point: &'static str) {
     }));
 }
 
-async fn crash_during_install(point: &str) {
+/// Crashes at `point` during an install; `finished` says whether `open` must come back with the
+/// snapshot's state (the install got far enough that only finishing it is consistent).
+async fn crash_during_install(point: &str, finished: bool) {
     let leader_dir = tempfile::tempdir().unwrap();
     let snap_seq = leader(leader_dir.path()).await;
     let follower_dir = tempfile::tempdir().unwrap();
@@ -118,6 +121,9 @@ async fn crash_during_install(point: &str) {
     {
         let reader = follower.sm.reader();
         let state = full_state(&reader);
+        if finished {
+            assert_eq!(reader.last_seq(), snap_seq, "after a crash at {point}");
+        }
         if reader.last_seq() == snap_seq {
             assert_eq!(reader.first_seq_available(), snap_seq + 1);
             assert_eq!(state, expected(&cmds[..cmds.len() - 1]).0);
@@ -148,12 +154,19 @@ async fn crash_during_install(point: &str) {
 
 #[tokio::test]
 async fn a_crash_after_an_installing_snapshot_replaced_the_carried_trees_recovers() {
-    crash_during_install(crashpoint::INSTALL_TREES_LOADED).await;
+    crash_during_install(crashpoint::INSTALL_TREES_LOADED, false).await;
 }
 
 #[tokio::test]
 async fn a_crash_before_an_installed_snapshot_dropped_the_older_events_recovers() {
-    crash_during_install(crashpoint::INSTALL_META_WRITTEN).await;
+    crash_during_install(crashpoint::INSTALL_META_WRITTEN, true).await;
+}
+
+/// The pointer names the new snapshot, the applied record is the old one: `open` finishes the
+/// install rather than refusing a snapshot ahead of the applied state.
+#[tokio::test]
+async fn a_crash_between_an_installs_pointer_and_its_metadata_finishes_the_install() {
+    crash_during_install(crashpoint::INSTALL_POINTER_WRITTEN, true).await;
 }
 
 /// The child of the device-index crash: applies the workload and waits for the background

@@ -6,12 +6,13 @@ use std::sync::{Arc, PoisonError};
 use muster_domain::{Event, State};
 use openraft::EntryPayload;
 
-use super::{AppliedEvents, Shared, StateUpdate, CHAIN_HEAD, LAST_APPLIED, LAST_SEQ, MEMBERSHIP};
-use crate::codec::{encode_record, principal_text, to_json, u64_key};
+use super::{AppliedEvents, AppliedMeta, Shared, StateUpdate};
+use crate::codec::{encode_record, principal_text};
 use crate::error::StoreError;
 use crate::event_index::IndexBatch;
 use crate::segment::{Segment, SegmentBuilder, SEGMENT_MAX};
 use crate::types::{AppliedRange, CommandError, Entry, Response, StoredMembership};
+use crate::writes::insert_all;
 
 /// See [`StateReader::trace_apply`]; forgets the span when dropped.
 #[derive(Debug)]
@@ -80,7 +81,7 @@ pub(super) fn apply_entries(
     let mut responses = Vec::with_capacity(entries.len());
     // Inserting the events into sled costs about twice what deciding and evolving them does, so
     // a large apply hands its events to the writer thread in chunks while it goes on with the next
-    // ones (see `EventWriter`); a small one writes them in one batch here.
+    // ones (see `EventWriter`); a small one writes them here.
     let mut writer = EventWriter::new(&shared.events, &shared.writer);
     for entry in entries {
         let result = match entry.payload {
@@ -136,18 +137,12 @@ pub(super) fn apply_entries(
     // Like the events: before the metadata that lets readers see them.
     index.write(&shared.index)?;
 
-    let mut meta_batch = sled::Batch::default();
-    meta_batch.insert(LAST_APPLIED, to_json(&applied.last_applied)?);
-    meta_batch.insert(MEMBERSHIP, to_json(&applied.membership)?);
-    meta_batch.insert(LAST_SEQ, &u64_key(applied.last_seq));
-    meta_batch.insert(CHAIN_HEAD, &applied.head);
     // Events first (every one of them is written when `finish` returns), then the metadata that
-    // makes them count. A crash before the metadata leaves events past `last_seq`, which nothing
-    // reads (readers stop at `last_seq`), which `open` deletes, and which the re-apply of the
-    // same entries after restart writes again (`decide` is deterministic). This is
-    // several times cheaper than a sled transaction over both trees, which re-buffers every
-    // insert.
-    shared.meta.apply_batch(meta_batch)?;
+    // makes them count, in one value. A crash before the metadata leaves events past
+    // `last_seq`, which nothing reads (readers stop at `last_seq`), which `open` deletes, and
+    // which the re-apply of the same entries after restart writes again (`decide` is
+    // deterministic).
+    AppliedMeta::of(applied).write(&shared.meta)?;
     drop(guard);
 
     if let Some(m) = shared.metrics.get() {
@@ -183,20 +178,21 @@ fn outcome_kind(event: &muster_domain::Event) -> Option<&'static str> {
     })
 }
 
-/// Events per sled batch once an apply has more than that many: one full segment.
+/// Events per chunk handed to the writer thread once an apply has more than that many: one
+/// full segment.
 pub(super) const EVENT_CHUNK: usize = SEGMENT_MAX;
 
 /// What the applying thread asks of the [`WriterThread`].
 enum Job {
-    /// Insert these records (the tree travels with them, so an idle writer holds no handle on
-    /// the database and a closed store can be opened again at once).
-    Write(sled::Tree, sled::Batch),
-    /// Answer once every batch sent before is written, with the first error since the last
-    /// answer (batches after an error are dropped unwritten: the apply fails anyway).
+    /// Insert these segments in order (the tree travels with them, so an idle writer holds no
+    /// handle on the database and a closed store can be opened again at once).
+    Write(sled::Tree, Vec<Segment>),
+    /// Answer once every chunk sent before is written, with the first error since the last
+    /// answer (chunks after an error are dropped unwritten: the apply fails anyway).
     Done(std::sync::mpsc::SyncSender<Result<(), StoreError>>),
 }
 
-/// One long-lived thread that inserts the event batches of large applies while the applying
+/// One long-lived thread that inserts the event chunks of large applies while the applying
 /// thread goes on deciding and encoding. It lives as long as the state machine (the sender is
 /// in [`Shared`]); a thread per apply cost 1,500 thread creations in three minutes of
 /// 100,000-device jobs.
@@ -223,14 +219,14 @@ impl WriterThread {
                 let mut failed: Option<StoreError> = None;
                 for job in inbox {
                     match job {
-                        Job::Write(tree, batch) => {
+                        Job::Write(tree, chunk) => {
                             if failed.is_none() {
-                                match tree.apply_batch(batch) {
+                                match insert_segments(&tree, chunk) {
                                     Ok(()) => crate::crashpoint::hit(
                                         crate::crashpoint::APPLY_CHUNK_WRITTEN,
                                         &tree,
                                     ),
-                                    Err(e) => failed = Some(e.into()),
+                                    Err(e) => failed = Some(e),
                                 }
                             }
                         }
@@ -250,22 +246,22 @@ impl WriterThread {
 
 /// Writes an apply's event records to the `events` tree, in segments (see [`crate::segment`]).
 ///
-/// Finished segments collect in a batch; once it holds [`EVENT_CHUNK`] records or more it goes
+/// Finished segments collect in a chunk; once it holds [`EVENT_CHUNK`] records or more it goes
 /// to the [`WriterThread`], which inserts it while the applying thread decides, evolves and
 /// encodes the next ones. [`finish`](Self::finish) writes what is left (fewer than
 /// [`EVENT_CHUNK`] records plus the last command's segment) on the applying thread when nothing
 /// was handed over, or hands it over too and waits until the writer has written all of it.
-/// Batches are written in order, so the tree only ever holds a prefix of the apply's events
-/// beyond `last_seq`, exactly like a crash between the events batch and the metadata batch,
-/// which the apply's durability argument already covers.
+/// Segments are inserted in order, so the tree only ever holds a prefix of the apply's events
+/// beyond `last_seq`, exactly like a crash between the events and the metadata, which the
+/// apply's durability argument already covers.
 struct EventWriter<'a> {
     events: &'a sled::Tree,
     writer: &'a WriterThread,
     segment: SegmentBuilder,
-    batch: sled::Batch,
-    /// Records in `batch`.
+    chunk: Vec<Segment>,
+    /// Records in `chunk`.
     pending: usize,
-    /// Set once a batch went to the writer thread.
+    /// Set once a chunk went to the writer thread.
     handed: Option<std::sync::mpsc::SyncSender<Job>>,
 }
 
@@ -275,7 +271,7 @@ impl<'a> EventWriter<'a> {
             events,
             writer,
             segment: SegmentBuilder::default(),
-            batch: sled::Batch::default(),
+            chunk: Vec::new(),
             pending: 0,
             handed: None,
         }
@@ -297,30 +293,30 @@ impl<'a> EventWriter<'a> {
     }
 
     fn add_segment(&mut self, segment: Segment) {
-        self.batch.insert(&segment.key, segment.value);
         self.pending += segment.records;
+        self.chunk.push(segment);
         if self.pending < EVENT_CHUNK {
             return;
         }
         self.pending = 0;
-        let batch = std::mem::take(&mut self.batch);
+        let chunk = std::mem::take(&mut self.chunk);
         let sender = self.handed.get_or_insert_with(|| self.writer.sender());
         // A send fails only when the writer thread is gone, which `finish` reports.
-        let _ = sender.send(Job::Write(self.events.clone(), batch));
+        let _ = sender.send(Job::Write(self.events.clone(), chunk));
     }
 
     /// Writes what is left and returns once every record is in the tree.
     fn finish(mut self) -> Result<(), StoreError> {
         self.end_command();
         let Some(sender) = self.handed.take() else {
-            return Ok(self.events.apply_batch(std::mem::take(&mut self.batch))?);
+            return insert_segments(self.events, std::mem::take(&mut self.chunk));
         };
         let gone = || StoreError::Io(std::io::Error::other("the event writer thread stopped"));
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         sender
             .send(Job::Write(
                 self.events.clone(),
-                std::mem::take(&mut self.batch),
+                std::mem::take(&mut self.chunk),
             ))
             .map_err(|_| gone())?;
         sender.send(Job::Done(reply)).map_err(|_| gone())?;
@@ -330,7 +326,7 @@ impl<'a> EventWriter<'a> {
 
 impl Drop for EventWriter<'_> {
     /// An apply that fails half way (`?`) still waits for what it handed over, as a scoped
-    /// thread's join did, so no batch of a failed apply is written after it returned and the
+    /// thread's join did, so no chunk of a failed apply is written after it returned and the
     /// writer's error does not reach the next apply.
     fn drop(&mut self) {
         if let Some(sender) = self.handed.take() {
@@ -340,4 +336,9 @@ impl Drop for EventWriter<'_> {
             }
         }
     }
+}
+
+/// Inserts `segments` in seq order.
+fn insert_segments(events: &sled::Tree, segments: Vec<Segment>) -> Result<(), StoreError> {
+    insert_all(events, segments.into_iter().map(|s| (s.key, s.value)))
 }

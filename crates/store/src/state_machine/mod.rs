@@ -7,17 +7,18 @@
 //!   big-endian seq of its first record (see [`crate::segment`]). Seqs are global, start at 1
 //!   and have no gaps from `first_seq` on. Readers get the stored link with each event ([`EventLog::read_records`], and
 //!   [`AppliedEvents::hashes`] in the live feed) rather than recomputing the chain.
-//! - `sm_meta`: `last_applied` and `membership` (serde_json of openraft's types), `last_seq` and
-//!   `first_seq` (big-endian u64), `chain_head` (the 32-byte hash of event `last_seq`; the
-//!   genesis hash when there is none).
+//! - `sm_meta`: `applied`, serde_json of [`AppliedMeta`]: `last_applied` and `membership`
+//!   (openraft's types), `last_seq` and `first_seq`, `chain_head` (the hash of event
+//!   `last_seq`; the genesis hash when there is none), in one value so that one insert moves
+//!   them together (see `meta`).
 //! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `file` (the name of the current snapshot
 //!   file in the data directory's `snapshots/`, see [`crate::snapfile`] and `snapshot`); `data`
 //!   only in a directory of an older release (a format-2 JSON [`SnapshotPayload`]), converted
 //!   into a file and removed by `open`.
 //!
 //! Applying a batch of entries runs `State::execute` per command and writes the new events and
-//! then the new `sm_meta` (events first: one batch, or chunks written by a writer thread while
-//! the apply goes on, see `EventWriter`; then the metadata as one atomic batch), so
+//! then the new `applied` record (events first: on the applying thread, or in chunks by a writer
+//! thread while the apply goes on, see `EventWriter`; then the record, one insert), so
 //! `last_applied` never covers events that are not written. It does not flush: the entries are durable in the Raft log already, and after a
 //! crash openraft re-applies the committed entries after `last_applied` (it reads `committed`
 //! from the log store), which re-creates the same events with the same seqs because `decide`
@@ -31,6 +32,7 @@
 //! with an error naming the seq instead of serving a state it cannot vouch for.
 
 mod apply;
+mod meta;
 mod readers;
 mod recovery;
 mod snapshot;
@@ -61,11 +63,7 @@ pub(crate) use readers::decode_stored;
 use snapshot::{begin_receiving, current_snapshot, install_snapshot};
 pub(crate) use snapshot::{read_stored, SNAPSHOT_DIR};
 
-pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
-const MEMBERSHIP: &[u8] = b"membership";
-pub(crate) const LAST_SEQ: &[u8] = b"last_seq";
-pub(crate) const FIRST_SEQ: &[u8] = b"first_seq";
-pub(crate) const CHAIN_HEAD: &[u8] = b"chain_head";
+pub(crate) use meta::AppliedMeta;
 
 /// How many applied batches a slow subscriber may fall behind before it sees `Lagged` and has
 /// to catch up from the events tree. The channel holds every batch some subscriber has not read
@@ -285,8 +283,8 @@ pub(crate) fn read_u64(tree: &sled::Tree, key: &'static [u8]) -> Result<Option<u
 }
 
 /// The stored chain head; absent only in a store that has applied no event yet.
-pub(crate) fn read_head(meta: &sled::Tree, last_seq: u64) -> Result<Hash, StoreError> {
-    match meta.get(CHAIN_HEAD)? {
+fn read_head(meta: &sled::Tree, last_seq: u64) -> Result<Hash, StoreError> {
+    match meta.get(meta::CHAIN_HEAD)? {
         Some(v) => Hash::try_from(v.as_ref())
             .map_err(|_| StoreError::corrupt("chain head", format!("{} bytes", v.len()))),
         None if last_seq == 0 => Ok(GENESIS),
@@ -297,7 +295,7 @@ pub(crate) fn read_head(meta: &sled::Tree, last_seq: u64) -> Result<Hash, StoreE
     }
 }
 
-pub(super) fn read_json<T: serde::de::DeserializeOwned>(
+fn read_json<T: serde::de::DeserializeOwned>(
     tree: &sled::Tree,
     key: &'static [u8],
 ) -> Result<Option<T>, StoreError> {

@@ -8,13 +8,10 @@ use muster_domain::{evolve, State};
 use tokio::sync::broadcast;
 
 use super::snapshot::{
-    publish, read_stored, remove_leftovers, write_tmp, SnapshotPayload, SNAPSHOT_DATA,
+    publish, read_stored, remove_leftovers, write_tmp, Pointer, SnapshotPayload, SNAPSHOT_DATA,
     SNAPSHOT_FILE, SNAPSHOT_FORMAT,
 };
-use super::{
-    read_head, read_json, read_u64, Applied, Shared, StateMachine, BROADCAST_CAPACITY, FIRST_SEQ,
-    LAST_APPLIED, LAST_SEQ, MEMBERSHIP,
-};
+use super::{Applied, AppliedMeta, Shared, StateMachine, BROADCAST_CAPACITY};
 use crate::chain::{chain_hash, to_hex, GENESIS};
 use crate::codec::{decode_event, decode_record, from_json, u64_key};
 use crate::error::StoreError;
@@ -22,7 +19,8 @@ use crate::event_index::{self, EventIndex};
 use crate::flush::GroupFlusher;
 use crate::segment::raw_records;
 use crate::snapfile::SnapshotHeader;
-use crate::types::{LogId, StoredMembership};
+use crate::types::StoredMembership;
+use crate::writes::remove_ascending;
 
 impl StateMachine {
     /// Opens the state machine's trees and restores the state: stored snapshot, then the event
@@ -38,16 +36,12 @@ impl StateMachine {
         let snapshot = db.open_tree("snapshot")?;
         let cold = db.open_tree(crate::cold::TREE)?;
 
-        let last_seq = read_u64(&meta, LAST_SEQ)?.unwrap_or(0);
-        let first_seq_available = read_u64(&meta, FIRST_SEQ)?.unwrap_or(1);
-        let last_applied: Option<LogId> = read_json(&meta, LAST_APPLIED)?.flatten();
-        let membership: Option<StoredMembership> = read_json(&meta, MEMBERSHIP)?;
-        let head = read_head(&meta, last_seq)?;
+        let (mut stored_meta, legacy) = AppliedMeta::read(&meta)?;
 
         remove_leftovers(&snapshot_dir);
         let stored = match snapshot.get(SNAPSHOT_DATA)? {
             // An older release's JSON snapshot: converted into a file once.
-            Some(data) if snapshot.get(SNAPSHOT_FILE)?.is_none() => {
+            Some(data) if Pointer::read(&snapshot)?.file.is_none() => {
                 Some(convert_legacy(&snapshot, &snapshot_dir, db, &data)?)
             }
             _ => read_stored(&snapshot, &snapshot_dir)?,
@@ -62,10 +56,36 @@ impl StateMachine {
             ),
             None => (State::default(), 0, None, None, GENESIS),
         };
-        if snapshot_seq > last_seq || snap_applied > last_applied {
-            // Cannot happen: a built snapshot only captures state whose `sm_meta` was written
-            // already (apply holds the lock through its write), and an installed one is written
-            // in one transaction with `sm_meta`.
+        if snap_applied > stored_meta.last_applied {
+            // A built snapshot only captures state whose record was written before it (apply
+            // holds the lock through its write, and sled recovers a prefix of its writes), so
+            // this is an install that stopped between its pointer and its record: finish it.
+            tracing::warn!(
+                snapshot_seq,
+                last_seq = stored_meta.last_seq,
+                "finishing a snapshot install that stopped before its metadata"
+            );
+            stored_meta = AppliedMeta {
+                last_applied: snap_applied,
+                membership: snap_membership.clone().unwrap_or_default(),
+                last_seq: snapshot_seq,
+                first_seq: snapshot_seq + 1,
+                chain_head: prev,
+            };
+            stored_meta.write(&meta)?;
+            crate::backfill::forget(&meta)?;
+            index.clear(snapshot_seq)?;
+        } else if legacy {
+            stored_meta.upgrade(&meta)?;
+        }
+        let AppliedMeta {
+            last_applied,
+            membership,
+            last_seq,
+            first_seq: first_seq_available,
+            chain_head: head,
+        } = stored_meta;
+        if snapshot_seq > last_seq {
             return Err(StoreError::corrupt(
                 "state machine",
                 format!("snapshot at seq {snapshot_seq} is ahead of the applied seq {last_seq}"),
@@ -83,22 +103,10 @@ impl StateMachine {
         // Leftovers of an install that stopped between committing the snapshot and clearing the
         // old events, and records past `last_seq` from an apply that stopped before its
         // metadata (the re-apply writes them again, possibly cut into other segments).
-        let mut stale = sled::Batch::default();
-        let mut before = 0usize;
         // Below `kept_below`: a back-fill's verified records (see `crate::backfill`).
         let kept_below = crate::backfill::kept_below(&meta)?.min(first_seq_available);
-        for key in events
-            .range(u64_key(kept_below)..u64_key(first_seq_available))
-            .keys()
-        {
-            stale.remove(key?);
-            before += 1;
-        }
-        let mut after = 0usize;
-        for key in events.range(u64_key(last_seq.saturating_add(1))..).keys() {
-            stale.remove(key?);
-            after += 1;
-        }
+        let before = remove_ascending(&events, u64_key(kept_below)..u64_key(first_seq_available))?;
+        let after = remove_ascending(&events, u64_key(last_seq.saturating_add(1))..)?;
         if before + after > 0 {
             tracing::warn!(
                 first_seq_available,
@@ -109,7 +117,6 @@ impl StateMachine {
                  install or apply; the re-apply of committed entries writes the later ones again)"
             );
         }
-        events.apply_batch(stale)?;
 
         let mut expected = snapshot_seq + 1;
         for r in raw_records(&events, expected, last_seq) {
@@ -172,7 +179,11 @@ impl StateMachine {
         let applied = Applied {
             state,
             last_applied,
-            membership: membership.or(snap_membership).unwrap_or_default(),
+            membership: if membership == StoredMembership::default() {
+                snap_membership.unwrap_or_default()
+            } else {
+                membership
+            },
             last_seq,
             head,
             first_seq_available,
@@ -233,10 +244,10 @@ fn convert_legacy(
     let name = format!("converted-{}.snap", p.last_seq);
     let (tmp, bytes) = write_tmp(dir, &name, &header, &p.state, db)?;
     publish(dir, &tmp, &name)?;
-    let mut batch = sled::Batch::default();
-    batch.insert(SNAPSHOT_FILE, name.as_bytes());
-    batch.remove(SNAPSHOT_DATA);
-    snapshot.apply_batch(batch)?;
+    // The file name first: from then on it is read instead of the JSON (the older layout's
+    // `meta` stays beside it until the next snapshot is stored).
+    snapshot.insert(SNAPSHOT_FILE, name.as_bytes())?;
+    snapshot.remove(SNAPSHOT_DATA)?;
     db.flush()?;
     tracing::info!(
         last_seq = header.last_seq,

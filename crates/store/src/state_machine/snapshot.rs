@@ -16,21 +16,20 @@ use std::sync::PoisonError;
 use openraft::storage::{RaftSnapshotBuilder, Snapshot};
 use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
-use super::{
-    read_json, Applied, Shared, StateMachine, StateUpdate, CHAIN_HEAD, FIRST_SEQ, LAST_APPLIED,
-    LAST_SEQ, MEMBERSHIP,
-};
+use super::{read_json, Applied, AppliedMeta, Shared, StateMachine, StateUpdate};
 use crate::chain::Hash;
-use crate::codec::{to_json, u64_key};
+use crate::codec::{from_json, to_json};
 use crate::error::{Op, RaftResult, StoreError};
 use crate::snapfile::{read_snapshot, write_snapshot, SnapshotHeader, CARRIED_TREES};
 use crate::types::{LogId, MusterNode, StorageError, StoredMembership, TypeConfig};
 
-pub(crate) const SNAPSHOT_META: &[u8] = b"meta";
-/// The current snapshot's file name (in `snapshots/`).
+/// The current snapshot: serde_json of a [`Pointer`].
+const SNAPSHOT_CURRENT: &[u8] = b"current";
+/// Before [`SNAPSHOT_CURRENT`]: the current snapshot's openraft meta, beside
+/// [`SNAPSHOT_FILE`] (both read until a snapshot is stored in the new layout).
+const SNAPSHOT_META: &[u8] = b"meta";
+/// Before [`SNAPSHOT_CURRENT`]: the current snapshot's file name (in `snapshots/`).
 pub(crate) const SNAPSHOT_FILE: &[u8] = b"file";
 /// A snapshot of format 2 (serde_json of [`SnapshotPayload`]), from releases before snapshot
 /// files; `open` converts it into a file once and removes it.
@@ -41,6 +40,53 @@ pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
 
 /// The folder of snapshot files inside a data directory.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+
+/// The current snapshot's openraft meta and file, in one value so that one insert replaces both
+/// (the store writes no sled batches, see [`crate::writes`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Pointer {
+    pub(crate) meta: Option<SnapshotMeta<u64, MusterNode>>,
+    pub(crate) file: Option<String>,
+}
+
+impl Pointer {
+    /// The stored pointer, or an older release's separate keys (a converted format-2 snapshot
+    /// has a file and the meta of the release that wrote it).
+    pub(crate) fn read(snapshot: &sled::Tree) -> Result<Self, StoreError> {
+        if let Some(v) = snapshot.get(SNAPSHOT_CURRENT)? {
+            return from_json("snapshot pointer", &v);
+        }
+        let file = match snapshot.get(SNAPSHOT_FILE)? {
+            Some(f) => Some(
+                std::str::from_utf8(&f)
+                    .map_err(|_| StoreError::corrupt("snapshot", "a file name that is not UTF-8"))?
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(Pointer {
+            meta: read_json(snapshot, SNAPSHOT_META)?,
+            file,
+        })
+    }
+
+    /// Points at `file`, then drops the older layout's keys (which the pointer overrides).
+    fn write(
+        snapshot: &sled::Tree,
+        meta: &SnapshotMeta<u64, MusterNode>,
+        file: &str,
+    ) -> Result<(), StoreError> {
+        let pointer = Pointer {
+            meta: Some(meta.clone()),
+            file: Some(file.to_owned()),
+        };
+        snapshot.insert(SNAPSHOT_CURRENT, to_json(&pointer)?)?;
+        for key in [SNAPSHOT_META, SNAPSHOT_FILE, SNAPSHOT_DATA] {
+            snapshot.remove(key)?;
+        }
+        Ok(())
+    }
+}
 
 /// Writes go through a buffer of this size; reads too.
 const IO_BUFFER: usize = 1 << 20;
@@ -214,8 +260,7 @@ fn store_snapshot(
         .snapshot_lock
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let current: Option<SnapshotMeta<u64, MusterNode>> =
-        read_json(&shared.snapshot, SNAPSHOT_META)?;
+    let current = Pointer::read(&shared.snapshot)?.meta;
     if current.is_some_and(|c| c.last_log_id > meta.last_log_id) {
         let _ = std::fs::remove_file(tmp);
         return Ok(false);
@@ -223,11 +268,7 @@ fn store_snapshot(
     crate::crashpoint::hit(crate::crashpoint::SNAPSHOT_BUILT, &shared.meta);
     publish(&shared.snapshot_dir, tmp, file)?;
     crate::crashpoint::hit(crate::crashpoint::SNAPSHOT_PUBLISHED, &shared.meta);
-    let mut batch = sled::Batch::default();
-    batch.insert(SNAPSHOT_META, to_json(meta)?);
-    batch.insert(SNAPSHOT_FILE, file.as_bytes());
-    batch.remove(SNAPSHOT_DATA);
-    shared.snapshot.apply_batch(batch)?;
+    Pointer::write(&shared.snapshot, meta, file)?;
     shared.flusher.flush_blocking()?;
     shared
         .purge_gate
@@ -377,41 +418,24 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Writes the entries of carried trees into sled as an install reads them, in batches.
+/// Writes the entries of carried trees into sled as an install reads them.
 struct TreeLoader<'a> {
     db: &'a sled::Db,
-    current: Option<(sled::Tree, sled::Batch, usize)>,
+    current: Option<sled::Tree>,
 }
 
 impl TreeLoader<'_> {
-    const BATCH: usize = 10_000;
-
     /// Empties tree `name`, whose entries come next.
     fn start(&mut self, name: &str) -> Result<(), StoreError> {
-        self.finish()?;
         let tree = self.db.open_tree(name)?;
         tree.clear()?;
-        self.current = Some((tree, sled::Batch::default(), 0));
+        self.current = Some(tree);
         Ok(())
     }
 
     fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let Some((tree, batch, n)) = &mut self.current else {
-            return Ok(());
-        };
-        batch.insert(key, value);
-        *n += 1;
-        if *n >= Self::BATCH {
-            tree.apply_batch(std::mem::take(batch))?;
-            *n = 0;
-        }
-        Ok(())
-    }
-
-    /// Writes what is left of the current tree.
-    fn finish(&mut self) -> Result<(), StoreError> {
-        if let Some((tree, batch, _)) = self.current.take() {
-            tree.apply_batch(batch)?;
+        if let Some(tree) = &self.current {
+            tree.insert(key, value)?;
         }
         Ok(())
     }
@@ -447,7 +471,7 @@ pub(super) fn install_snapshot(
         |name| loader.borrow_mut().start(name),
         |_, k, v| loader.borrow_mut().insert(k, v),
     );
-    let (header, state) = match result.and_then(|r| loader.borrow_mut().finish().map(|()| r)) {
+    let (header, state) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -471,26 +495,20 @@ pub(super) fn install_snapshot(
     publish(dir, &tmp, &name)?;
     let mut guard = shared.write();
 
-    let mut snap_batch = sled::Batch::default();
-    snap_batch.insert(SNAPSHOT_META, to_json(meta)?);
-    snap_batch.insert(SNAPSHOT_FILE, name.as_bytes());
-    snap_batch.remove(SNAPSHOT_DATA);
-    let mut meta_batch = sled::Batch::default();
-    meta_batch.insert(LAST_APPLIED, to_json(&meta.last_log_id)?);
-    meta_batch.insert(MEMBERSHIP, to_json(&meta.last_membership)?);
-    meta_batch.insert(LAST_SEQ, &u64_key(last_seq));
-    meta_batch.insert(FIRST_SEQ, &u64_key(first_seq_available));
-    meta_batch.insert(CHAIN_HEAD, &header.chain_head);
+    // The pointer first, then the metadata: `open` finishes an install that stopped between
+    // the two (a stored snapshot ahead of the applied record can only be an install's).
+    Pointer::write(&shared.snapshot, meta, &name)?;
+    crate::crashpoint::hit(crate::crashpoint::INSTALL_POINTER_WRITTEN, &shared.meta);
+    let applied = AppliedMeta {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        last_seq,
+        first_seq: first_seq_available,
+        chain_head: header.chain_head,
+    };
+    applied.write(&shared.meta)?;
     // A back-fill in progress wanted history up to the old snapshot; it starts over.
-    meta_batch.remove(crate::backfill::NEXT);
-    meta_batch.remove(crate::backfill::PREV);
-    (&shared.snapshot, &shared.meta)
-        .transaction(|(snap, sm_meta)| {
-            snap.apply_batch(&snap_batch)?;
-            sm_meta.apply_batch(&meta_batch)?;
-            Ok::<_, ConflictableTransactionError<()>>(())
-        })
-        .map_err(sled_tx_error)?;
+    crate::backfill::forget(&shared.meta)?;
     shared.flusher.flush_blocking()?;
     crate::crashpoint::hit(crate::crashpoint::INSTALL_META_WRITTEN, &shared.meta);
     shared
@@ -538,17 +556,14 @@ pub(super) fn current_snapshot(
         .snapshot_lock
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let meta: Option<SnapshotMeta<u64, MusterNode>> = read_json(&shared.snapshot, SNAPSHOT_META)?;
-    let file = shared.snapshot.get(SNAPSHOT_FILE)?;
-    Ok(match (meta, file) {
-        (Some(meta), Some(file)) => {
-            let name = std::str::from_utf8(&file)
-                .map_err(|_| StoreError::corrupt("snapshot", "a file name that is not UTF-8"))?;
-            Some(Snapshot {
-                meta,
-                snapshot: open_data(&shared.snapshot_dir.join(name))?,
-            })
-        }
+    Ok(match Pointer::read(&shared.snapshot)? {
+        Pointer {
+            meta: Some(meta),
+            file: Some(name),
+        } => Some(Snapshot {
+            meta,
+            snapshot: open_data(&shared.snapshot_dir.join(name))?,
+        }),
         _ => None,
     })
 }
@@ -561,10 +576,8 @@ pub(crate) fn read_stored(
     snapshot: &sled::Tree,
     dir: &Path,
 ) -> Result<Option<(SnapshotHeader, muster_domain::State)>, StoreError> {
-    if let Some(f) = snapshot.get(SNAPSHOT_FILE)? {
-        let name = std::str::from_utf8(&f)
-            .map_err(|_| StoreError::corrupt("snapshot", "a file name that is not UTF-8"))?;
-        return read_file(dir, name).map(Some);
+    if let Some(name) = Pointer::read(snapshot)?.file {
+        return read_file(dir, &name).map(Some);
     }
     let Some(data) = snapshot.get(SNAPSHOT_DATA)? else {
         return Ok(None);
@@ -588,12 +601,5 @@ pub(crate) fn read_stored(
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.blocking(build_snapshot).await.raft(Op::WriteSnapshot)
-    }
-}
-
-fn sled_tx_error(e: TransactionError<()>) -> StoreError {
-    match e {
-        TransactionError::Storage(e) => StoreError::Sled(e),
-        TransactionError::Abort(()) => StoreError::corrupt("transaction", "aborted"),
     }
 }
