@@ -43,6 +43,10 @@ const FLUSH_EVENTS: usize = 262_144;
 const IDLE: Duration = Duration::from_millis(20);
 /// Records read per step when catching up from the log.
 const CATCH_UP_CHUNK: u64 = 16_384;
+/// An entry grows by appending (see [`extend_entry`]) until its value reaches this many bytes:
+/// a few dozen seqs, so a device's history is a handful of reads, and rewriting the value on
+/// each flush stays cheap.
+const ENTRY_BYTES: usize = 96;
 /// Entries before `from` a reader looks into: one normally reaches past it at most; a
 /// back-fill resumed after a crash may have cut the same seqs differently.
 const STRADDLING: usize = 4;
@@ -246,7 +250,7 @@ impl DeviceIndex {
         // between only makes the next pass write some seqs again, which readers de-duplicate.
         let written = seqs
             .iter()
-            .try_for_each(|(device, seqs)| put_entry(&self.tree, device, seqs))
+            .try_for_each(|(device, seqs)| extend_entry(&self.tree, device, seqs))
             .and_then(|()| {
                 crate::crashpoint::hit(crate::crashpoint::INDEX_ENTRIES_WRITTEN, &self.tree);
                 self.tree.insert(WATERMARK, &u64_key(seen)).map(drop)
@@ -295,12 +299,62 @@ fn put_entry(tree: &sled::Tree, device: &str, seqs: &[u64]) -> sled::Result<()> 
         return Ok(());
     };
     let mut value = Vec::with_capacity(rest.len() * 2);
-    let mut prev = first;
-    for &s in rest {
-        write_varint(&mut value, s.saturating_sub(prev));
+    push_deltas(&mut value, first, rest);
+    tree.insert(id_key(device, first), value).map(drop)
+}
+
+/// Appends `seqs` to `value`, each as its distance from the one before (`prev` first).
+fn push_deltas(value: &mut Vec<u8>, mut prev: u64, seqs: &[u64]) {
+    for &s in seqs {
+        write_varint(value, s.saturating_sub(prev));
         prev = s;
     }
-    tree.insert(id_key(device, first), value).map(drop)
+}
+
+/// Writes the indexer's newer `seqs` of `device` (ascending) onto the device's newest entry
+/// while it is shorter than [`ENTRY_BYTES`], else as a new entry. Seqs the newest entry already
+/// holds are left out, so writing the same seqs again (a flush repeated after a crash) changes
+/// nothing.
+///
+/// Why append: sled keeps memory for every page a tree has, and a leaf page holds at most 16
+/// keys, so one key per device per flush made the node's memory and data directory grow with
+/// every job each device took part in (BENCHMARKS.md, session 16). Appending keeps the tree
+/// near one key per device per [`ENTRY_BYTES`] of seqs.
+fn extend_entry(tree: &sled::Tree, device: &str, seqs: &[u64]) -> sled::Result<()> {
+    let newest = tree
+        .range(id_key(device, 0)..=id_key(device, u64::MAX))
+        .next_back()
+        .transpose()?;
+    let Some((key, value)) = newest else {
+        return put_entry(tree, device, seqs);
+    };
+    let Some((first, held)) = key_seq(&key)
+        .ok()
+        .and_then(|first| decode_entry(first, &value).ok().map(|held| (first, held)))
+    else {
+        // Unreadable (readers report it): leave it as it is.
+        return put_entry(tree, device, seqs);
+    };
+    let last = held.last().copied().unwrap_or(first);
+    let fresh_from = seqs.partition_point(|&s| s <= last);
+    let (older, fresh) = seqs.split_at(fresh_from);
+    // Seqs before the entry's first are not in it (it only ever grows at its end).
+    let below = &older[..older.partition_point(|&s| s < first)];
+    put_entry(tree, device, below)?;
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    if value.len() >= ENTRY_BYTES {
+        return put_entry(tree, device, fresh);
+    }
+    let mut longer = value.to_vec();
+    push_deltas(&mut longer, last, fresh);
+    // Only the indexer appends, but a back-fill may write the same key meanwhile: then the
+    // seqs go to an entry of their own rather than over what it wrote.
+    match tree.compare_and_swap(&key, Some(&value), Some(longer))? {
+        Ok(()) => Ok(()),
+        Err(_) => put_entry(tree, device, fresh),
+    }
 }
 
 fn decode_entry(first: u64, value: &[u8]) -> Result<Vec<u64>, StoreError> {
@@ -468,6 +522,78 @@ mod tests {
             prop_assert_eq!(key_seq(&k).unwrap(), first);
             prop_assert_eq!(decode_entry(first, &v).unwrap(), seqs);
         }
+    }
+
+    /// Every seq of a device as the tree holds it, entry by entry.
+    fn entries(tree: &sled::Tree, device: &str) -> Vec<(u64, Vec<u64>)> {
+        tree.range(id_key(device, 0)..=id_key(device, u64::MAX))
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                let first = key_seq(&k).unwrap();
+                (first, decode_entry(first, &v).unwrap())
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Flushes of ascending seqs, some repeated whole (a flush redone after a crash), some
+        /// older (a back-fill): the entries hold each seq once, each entry ascending, and the
+        /// tree has far fewer keys than flushes.
+        #[test]
+        fn appended_entries_hold_every_seq_once(
+            gaps in proptest::collection::vec(proptest::collection::vec(1u64..1 << 20, 1..4), 1..60),
+            repeat in proptest::collection::vec(any::<bool>(), 60),
+            older in proptest::collection::vec(1u64..1000, 0..5),
+        ) {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let mut next = 1_000_000u64;
+            let mut all = std::collections::BTreeSet::new();
+            for (i, g) in gaps.iter().enumerate() {
+                let mut flush = Vec::new();
+                for d in g {
+                    next += d;
+                    flush.push(next);
+                }
+                extend_entry(&db, "dev", &flush).unwrap();
+                if repeat[i] {
+                    extend_entry(&db, "dev", &flush).unwrap();
+                }
+                all.extend(flush);
+            }
+            let mut older: Vec<u64> = older.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            extend_entry(&db, "dev", &older).unwrap();
+            all.append(&mut older.drain(..).collect());
+            let entries = entries(&db, "dev");
+            let held: Vec<u64> = entries.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+            let mut sorted = held.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, all.into_iter().collect::<Vec<_>>());
+            for (first, seqs) in &entries {
+                prop_assert_eq!(seqs[0], *first);
+                prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+            }
+            // Each entry but a back-fill's fills to ENTRY_BYTES before the next starts.
+            prop_assert!(entries.len() <= 2 + held.len() / (ENTRY_BYTES / 3));
+        }
+    }
+
+    #[test]
+    fn flushes_append_to_the_device_entry_until_it_is_full() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        extend_entry(&db, "dev", &[10, 12]).unwrap();
+        extend_entry(&db, "dev", &[20]).unwrap();
+        extend_entry(&db, "dev", &[20]).unwrap();
+        extend_entry(&db, "other", &[21]).unwrap();
+        assert_eq!(entries(&db, "dev"), vec![(10, vec![10, 12, 20])]);
+        let mut seq = 20;
+        while entries(&db, "dev").len() == 1 {
+            seq += 1_000_000;
+            extend_entry(&db, "dev", &[seq]).unwrap();
+        }
+        let e = entries(&db, "dev");
+        assert_eq!(e[1], (seq, vec![seq]));
+        assert!(db.get(id_key("dev", 10)).unwrap().unwrap().len() >= ENTRY_BYTES);
+        assert_eq!(entries(&db, "other"), vec![(21, vec![21])]);
     }
 
     /// The install empties the tree, a back-fill writes entries below the new watermark, then
