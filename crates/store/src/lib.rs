@@ -6,6 +6,10 @@
 //! `Raft::new`, take a [`StateReader`] from it: that is how queries read the applied state and how
 //! the API's `WatchJob` and the leader's dispatcher follow applied events.
 //!
+//! The store never uses sled's batches or transactions: several keys are written one insert at
+//! a time in an order whose every prefix recovery accepts, and values that must change together
+//! share one key (see `writes` for the deadlock that rules batches out).
+//!
 //! One sled database holds every tree, so one flush makes everything written before it durable;
 //! see `log_store` and `state_machine` for each tree and its durability rule, and `flush` for
 //! the group commit that shares flushes between concurrent callers.
@@ -17,11 +21,11 @@
 //! | `raft_log` | index u64 | entry envelope: format, log id, kind, protobuf command (format 2: after its principal) / JSON membership |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | serde_json of openraft's types |
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
-//! | `sm_meta` | `last_applied`, `membership` / `last_seq`, `first_seq`, `backfill_next` / `chain_head`, `backfill_prev` / `event_index` | serde_json / u64 / 32 bytes / format byte |
+//! | `sm_meta` | `applied` / `backfill_next` / `event_index` | serde_json of `AppliedMeta` (last applied log id, membership, `last_seq`, `first_seq`, chain head) / next seq u64 + link 32 bytes / format byte |
 //! | `events_by_job` | id length u16, job id, first seq u64 | run length u32, see `event_index` |
 //! | `events_by_device` | id length u16, device id, first seq u64 / empty key | the entry's further seqs as LEB128 deltas / watermark u64, see `device_index` |
 //! | `cold_rows` | job, NUL, run u32, `i` first device id / `p` chunk u32 | serde_json chunks of up to 256 `(position, DeviceRun)` by id / `DeviceRun` by position: finished runs' rows, see [`cold`] |
-//! | `snapshot` | `meta` / `file` | serde_json `SnapshotMeta` / name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's JSON `data` is converted at open) |
+//! | `snapshot` | `current` | serde_json of openraft's `SnapshotMeta` and the name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's `meta`, `file` and JSON `data` still read) |
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
 //! through [`EventLog::read_records`] and [`AppliedEvents::hashes`]. [`audit`] reads a data
