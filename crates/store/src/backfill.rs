@@ -258,3 +258,29 @@ impl StateReader {
         Ok(BackfillStep::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The progress is one value now; an older release's two keys still read, and writing the
+    /// progress drops the older link key.
+    #[test]
+    fn progress_reads_in_both_layouts() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let meta = db.open_tree("sm_meta").unwrap();
+        assert_eq!(read_progress(&meta).unwrap(), (1, GENESIS));
+        meta.insert(NEXT, &u64_key(7)).unwrap();
+        meta.insert(PREV, &[3u8; 32]).unwrap();
+        assert_eq!(read_progress(&meta).unwrap(), (7, [3u8; 32]));
+        write_progress(&meta, 9, &[4u8; 32]).unwrap();
+        assert_eq!(read_progress(&meta).unwrap(), (9, [4u8; 32]));
+        assert!(!meta.contains_key(PREV).unwrap());
+        meta.insert(NEXT, &[1u8; 5]).unwrap();
+        assert!(read_progress(&meta).is_err());
+        forget(&meta).unwrap();
+        assert_eq!(kept_below(&meta).unwrap(), 1);
+    }
+}

@@ -9,7 +9,7 @@ use super::apply::{apply_entries, EVENT_CHUNK};
 use super::snapshot::{build_snapshot, install_snapshot};
 use super::*;
 use crate::chain::chain_hash;
-use crate::codec::{decode_record, encode_record, u64_key};
+use crate::codec::{decode_record, encode_record, to_json, u64_key};
 use crate::segment::{raw_records, SEGMENT_MAX};
 use crate::types::Request;
 
@@ -382,4 +382,60 @@ fn a_disk_that_fills_during_a_snapshot_build_keeps_the_current_one() {
     let kept = build_snapshot(&sm.shared).unwrap();
     assert_eq!(kept.meta, built.meta);
     assert_eq!(snapshot_files(&sm).len(), 1);
+}
+
+/// A store in the layout before the `applied` record and the snapshot pointer (one key per
+/// field, written in sled batches) opens to the same state; `open` rewrites the metadata as the
+/// record, and the pointer's older keys still name the snapshot.
+#[test]
+fn the_layout_before_the_applied_record_still_opens() {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let open_here = || StateMachine::open(&db, GroupFlusher::new(db.clone()), dir.clone()).unwrap();
+    let sm = open_here();
+    apply(&sm, 1, vec![register(0, 3)]);
+    let snapshot = build_snapshot(&sm.shared).unwrap();
+    apply(&sm, 2, vec![register(3, 2)]);
+    let reader = sm.reader();
+    let (state, head) = (reader.read(|s| s.clone()), reader.chain_head());
+    let (record, legacy) = AppliedMeta::read(&sm.shared.meta).unwrap();
+    assert!(!legacy);
+    let file = snapshot::Pointer::read(&sm.shared.snapshot)
+        .unwrap()
+        .file
+        .unwrap();
+    drop((reader, sm));
+
+    let meta = db.open_tree("sm_meta").unwrap();
+    meta.remove(meta::APPLIED).unwrap();
+    meta.insert("last_applied", to_json(&record.last_applied).unwrap())
+        .unwrap();
+    meta.insert("membership", to_json(&record.membership).unwrap())
+        .unwrap();
+    meta.insert("last_seq", &u64_key(record.last_seq)).unwrap();
+    meta.insert("first_seq", &u64_key(record.first_seq))
+        .unwrap();
+    meta.insert("chain_head", &record.chain_head).unwrap();
+    let tree = db.open_tree("snapshot").unwrap();
+    tree.remove("current").unwrap();
+    tree.insert("meta", to_json(&snapshot.meta).unwrap())
+        .unwrap();
+    tree.insert("file", file.as_bytes()).unwrap();
+
+    let sm = open_here();
+    let reader = sm.reader();
+    assert_eq!(reader.read(|s| s.clone()), state);
+    assert_eq!(reader.chain_head(), head);
+    assert_eq!(AppliedMeta::read(&meta).unwrap(), (record, false));
+    for key in [
+        "last_applied",
+        "membership",
+        "last_seq",
+        "first_seq",
+        "chain_head",
+    ] {
+        assert!(!meta.contains_key(key).unwrap(), "{key} left behind");
+    }
+    let current = current_snapshot(&sm.shared).unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
 }
