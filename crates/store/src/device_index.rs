@@ -384,9 +384,28 @@ pub(crate) fn spawn_indexer(
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("muster-device-index".into())
-        .spawn(move || run(&shared, updates))
+        .spawn(move || {
+            yield_to_applies();
+            run(&shared, updates)
+        })
         .map(drop)
         .map_err(StoreError::Io)
+}
+
+/// How much lower than the node's other threads the indexer runs (a nice value).
+const NICENESS: i32 = 10;
+
+/// Lowers the indexer thread's CPU priority by [`NICENESS`].
+///
+/// Why: the index is background work that readers do not wait for (they walk what it has not
+/// written), and under load it took ~40% of two cores that the applies needed (the three-node
+/// commit bench, BENCHMARKS.md session 17). At a lower priority it uses the cores the applies
+/// leave idle and catches up after a burst. Linux gives each thread its own nice value.
+fn yield_to_applies() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICENESS) {
+        tracing::debug!("the device indexer keeps the default CPU priority: {e}");
+    }
 }
 
 fn run(shared: &Weak<Shared>, mut updates: broadcast::Receiver<StateUpdate>) {
@@ -629,5 +648,45 @@ mod tests {
     fn a_cut_entry_is_an_error_not_a_panic() {
         assert!(decode_entry(1, &[0x80]).is_err());
         assert_eq!(decode_entry(5, &[]).unwrap(), vec![5]);
+    }
+
+    /// The indexer thread runs at a lower priority than the rest of the node.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_indexer_runs_niced() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let _sm = crate::StateMachine::open(
+            &db,
+            crate::flush::GroupFlusher::new(db.clone()),
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        let nice_of_indexers = || -> Vec<i64> {
+            std::fs::read_dir("/proc/thread-self/..")
+                .unwrap()
+                .filter_map(|t| {
+                    let path = t.unwrap().path();
+                    let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                    (comm.trim() == "muster-device-i").then_some(())?;
+                    let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                    // Fields after the parenthesised name: state is field 3, nice field 19.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(16)?.parse().ok()
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let nice = loop {
+            let nice = nice_of_indexers();
+            if nice.iter().any(|&n| n == i64::from(NICENESS)) || Instant::now() > deadline {
+                break nice;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            nice.contains(&i64::from(NICENESS)),
+            "indexer threads' nice values: {nice:?}"
+        );
     }
 }
