@@ -163,15 +163,24 @@ impl DeviceIndex {
                 .range(id_key(device, 0)..id_key(device, from))
                 .rev()
                 .take(STRADDLING);
+            // Closed entries up to `top`, then the open one (the newest, whatever its first).
             let after = self.tree.range(id_key(device, from)..=id_key(device, top));
-            for entry in before.chain(after) {
+            let open = self
+                .tree
+                .get(id_key(device, OPEN))
+                .map(|v| v.map(|v| (id_key(device, OPEN).into(), v)))
+                .transpose();
+            for entry in before.chain(after).chain(open) {
                 let (k, v) = entry?;
-                let first = key_seq(&k)?;
+                let (first, seqs) = decode_any(&k, &v)?;
+                if first > top {
+                    break;
+                }
                 if wanted.len() >= limit && wanted.iter().nth(limit - 1).is_some_and(|&s| s < first)
                 {
                     break;
                 }
-                for s in decode_entry(first, &v)? {
+                for s in seqs {
                     if from <= s && s <= top {
                         wanted.insert(s);
                     }
@@ -311,29 +320,29 @@ fn push_deltas(value: &mut Vec<u8>, mut prev: u64, seqs: &[u64]) {
     }
 }
 
-/// Writes the indexer's newer `seqs` of `device` (ascending) onto the device's newest entry
-/// while it is shorter than [`ENTRY_BYTES`], else as a new entry. Seqs the newest entry already
-/// holds are left out, so writing the same seqs again (a flush repeated after a crash) changes
-/// nothing.
+/// The key seq of a device's *open* entry: the newest one, which the indexer appends to. Its
+/// value starts with its real first seq (big-endian u64), then the deltas.
+const OPEN: u64 = u64::MAX;
+
+/// Writes the indexer's newer `seqs` of `device` (ascending) onto the device's open entry while
+/// its deltas are shorter than [`ENTRY_BYTES`]; a full one is closed (stored under its first
+/// seq like any entry) and the seqs open the next. Seqs the open entry already holds are left
+/// out, so writing the same seqs again (a flush repeated after a crash) changes nothing.
 ///
 /// Why append: sled keeps memory for every page a tree has, and a leaf page holds at most 16
 /// keys, so one key per device per flush made the node's memory and data directory grow with
 /// every job each device took part in (BENCHMARKS.md, session 16). Appending keeps the tree
-/// near one key per device per [`ENTRY_BYTES`] of seqs.
+/// near one key per device per [`ENTRY_BYTES`] of seqs. Why under a fixed key: finding the
+/// newest entry by its first seq took a reverse range scan, which copies the leaf it lands on;
+/// with that and a compare-and-swap the indexer was 45% of the three-node commit bench's CPU
+/// (BENCHMARKS.md, session 17). Only the indexer writes the open entry (a back-fill writes
+/// closed entries of older seqs), so a point read and an insert do.
 fn extend_entry(tree: &sled::Tree, device: &str, seqs: &[u64]) -> sled::Result<()> {
-    let newest = tree
-        .range(id_key(device, 0)..=id_key(device, u64::MAX))
-        .next_back()
-        .transpose()?;
-    let Some((key, value)) = newest else {
-        return put_entry(tree, device, seqs);
-    };
-    let Some((first, held)) = key_seq(&key)
-        .ok()
-        .and_then(|first| decode_entry(first, &value).ok().map(|held| (first, held)))
-    else {
-        // Unreadable (readers report it): leave it as it is.
-        return put_entry(tree, device, seqs);
+    let open_key = id_key(device, OPEN);
+    let open = tree.get(&open_key)?;
+    let Some((first, held)) = open.as_ref().and_then(|v| decode_open(v).ok()) else {
+        // None yet, or unreadable (readers report it until then): these seqs open a new one.
+        return put_open(tree, &open_key, seqs);
     };
     let last = held.last().copied().unwrap_or(first);
     let fresh_from = seqs.partition_point(|&s| s <= last);
@@ -344,16 +353,47 @@ fn extend_entry(tree: &sled::Tree, device: &str, seqs: &[u64]) -> sled::Result<(
     if fresh.is_empty() {
         return Ok(());
     }
-    if value.len() >= ENTRY_BYTES {
-        return put_entry(tree, device, fresh);
+    let Some(value) = open else {
+        return put_open(tree, &open_key, fresh);
+    };
+    if value.len() - 8 >= ENTRY_BYTES {
+        // Closed first: a crash in between leaves its seqs in both, which readers de-duplicate.
+        tree.insert(id_key(device, first), &value[8..])?;
+        return put_open(tree, &open_key, fresh);
     }
     let mut longer = value.to_vec();
     push_deltas(&mut longer, last, fresh);
-    // Only the indexer appends, but a back-fill may write the same key meanwhile: then the
-    // seqs go to an entry of their own rather than over what it wrote.
-    match tree.compare_and_swap(&key, Some(&value), Some(longer))? {
-        Ok(()) => Ok(()),
-        Err(_) => put_entry(tree, device, fresh),
+    tree.insert(open_key, longer).map(drop)
+}
+
+/// Stores `seqs` (ascending; none: nothing) as the open entry under `key`.
+fn put_open(tree: &sled::Tree, key: &[u8], seqs: &[u64]) -> sled::Result<()> {
+    let Some((&first, rest)) = seqs.split_first() else {
+        return Ok(());
+    };
+    let mut value = Vec::with_capacity(8 + rest.len() * 2);
+    value.extend_from_slice(&u64_key(first));
+    push_deltas(&mut value, first, rest);
+    tree.insert(key, value).map(drop)
+}
+
+/// The first seq and the seqs of an open entry's value.
+fn decode_open(value: &[u8]) -> Result<(u64, Vec<u64>), StoreError> {
+    let first = value
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| {
+            StoreError::corrupt("device index entry", format!("{} bytes", value.len()))
+        })?;
+    Ok((first, decode_entry(first, &value[8..])?))
+}
+
+/// The seqs of any entry, open or closed, from its key and value.
+fn decode_any(key: &[u8], value: &[u8]) -> Result<(u64, Vec<u64>), StoreError> {
+    match key_seq(key)? {
+        OPEN => decode_open(value),
+        first => Ok((first, decode_entry(first, value)?)),
     }
 }
 
@@ -545,11 +585,10 @@ mod tests {
 
     /// Every seq of a device as the tree holds it, entry by entry.
     fn entries(tree: &sled::Tree, device: &str) -> Vec<(u64, Vec<u64>)> {
-        tree.range(id_key(device, 0)..=id_key(device, u64::MAX))
+        tree.range(id_key(device, 0)..=id_key(device, OPEN))
             .map(|e| {
                 let (k, v) = e.unwrap();
-                let first = key_seq(&k).unwrap();
-                (first, decode_entry(first, &v).unwrap())
+                decode_any(&k, &v).unwrap()
             })
             .collect()
     }

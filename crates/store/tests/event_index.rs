@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{device, workload, Node};
+use common::{device, register, workload, Node};
 use muster_store::{scan_records, EventLog, StateReader, StoredEvent};
 use muster_types::{DeviceId, JobId};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -83,6 +83,52 @@ async fn index_reads_equal_a_walk_of_the_log() {
     assert!(all.len() > 20, "the workload runs reboot-1: {}", all.len());
     assert!(all.iter().all(|s| s.event.job() == Some(&job("reboot-1"))));
     assert_index_matches_scan(&r).await;
+}
+
+/// A device with more events than one index entry holds: its open entry fills, is closed under
+/// its first seq and the next one opens; reads across the closed and the open entries, from any
+/// seq and with any limit, still equal a walk of the log.
+#[tokio::test]
+async fn a_long_device_history_reads_across_closed_and_open_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::open(dir.path()).await;
+    node.propose(register(0, 2, 1_000)).await;
+    let r = node.sm.reader();
+    // Each round is its own flush: 60 one-byte deltas, so the second fills the open entry
+    // (96 bytes) and the third closes it.
+    for round in 0..3 {
+        for i in 0..60 {
+            let mut c = register(0, 1, 2_000 + round * 100 + i);
+            if let muster_domain::Command::RegisterDevices {
+                devices, upsert, ..
+            } = &mut c
+            {
+                *upsert = true;
+                devices[0].display_name = format!("round {round} step {i}");
+            }
+            node.propose(c).await;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while r.device_index_watermark() < r.last_seq() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the indexer stays behind"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let d = device(0);
+    let all = by_device(&r, &d, 1, usize::MAX);
+    assert_eq!(all.len(), 181, "a registration and 180 updates");
+    for from in (0..=r.last_seq() + 1).step_by(5) {
+        for limit in [1, 7, 100, usize::MAX] {
+            assert_eq!(
+                by_device(&r, &d, from, limit),
+                scan_device(&r, &d, from, limit),
+                "device {d} from {from} limit {limit}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
