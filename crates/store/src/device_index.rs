@@ -9,7 +9,9 @@
 //! that time costs one insert, not two or three, and none on the apply's path.
 //!
 //! Tree `events_by_device`: key = id length u16, device id, first seq u64 (as the job index);
-//! value = the entry's other seqs as LEB128 deltas from the previous one. The empty key holds
+//! value = the entry's other seqs as LEB128 deltas from the previous one. A device's newest
+//! entry, the one the indexer appends to, is *open*: its key's seq is `u64::MAX` and its value
+//! starts with its first seq (see [`extend_entry`]). The empty key holds
 //! the *watermark* (u64): every stored record with `first_seq_available <= seq <= watermark`
 //! has its entry. The watermark is written after the entries it covers, so the tree never
 //! claims more than it has (plain inserts, not a batch: see [`put_entry`]). A reader takes the entries up to the watermark, the seqs still in memory

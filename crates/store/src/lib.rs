@@ -23,7 +23,7 @@
 //! | `events` | seq u64 of a segment's first record | segment: up to 256 consecutive protobuf `muster.v1.EventRecord`s (seq, event, hash-chain link, principal) of one command, see [`segment`] |
 //! | `sm_meta` | `applied` / `backfill_next` / `event_index` | serde_json of `AppliedMeta` (last applied log id, membership, `last_seq`, `first_seq`, chain head) / next seq u64 + link 32 bytes / format byte |
 //! | `events_by_job` | id length u16, job id, first seq u64 | run length u32, see `event_index` |
-//! | `events_by_device` | id length u16, device id, first seq u64 / empty key | the entry's further seqs as LEB128 deltas / watermark u64, see `device_index` |
+//! | `events_by_device` | id length u16, device id, first seq u64 (`u64::MAX`: the open entry) / empty key | the entry's further seqs as LEB128 deltas (the open entry: its first seq u64, then those) / watermark u64, see `device_index` |
 //! | `cold_rows` | job, NUL, run u32, `i` first device id / `p` chunk u32 | serde_json chunks of up to 256 `(position, DeviceRun)` by id / `DeviceRun` by position: finished runs' rows, see [`cold`] |
 //! | `snapshot` | `current` | serde_json of openraft's `SnapshotMeta` and the name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's `meta`, `file` and JSON `data` still read) |
 //!
