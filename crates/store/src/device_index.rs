@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
-use crate::codec::{read_varint, u64_key, write_varint};
+use crate::codec::{key_u64, read_varint, u64_key, write_varint};
 use crate::error::StoreError;
 use crate::event_index::{id_key, key_seq};
 use crate::segment::raw_records;
@@ -381,13 +381,8 @@ fn put_open(tree: &sled::Tree, key: &[u8], seqs: &[u64]) -> sled::Result<()> {
 
 /// The first seq and the seqs of an open entry's value.
 fn decode_open(value: &[u8]) -> Result<(u64, Vec<u64>), StoreError> {
-    let first = value
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| {
-            StoreError::corrupt("device index entry", format!("{} bytes", value.len()))
-        })?;
+    // A value shorter than 8 bytes fails as a whole (its length is reported).
+    let first = key_u64("device index entry", value.get(..8).unwrap_or(value))?;
     Ok((first, decode_entry(first, &value[8..])?))
 }
 

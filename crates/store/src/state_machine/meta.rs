@@ -63,12 +63,12 @@ impl AppliedMeta {
             first_seq: read_u64(meta, FIRST_SEQ)?.unwrap_or(1),
             chain_head: read_head(meta, last_seq)?,
         };
-        let any = LEGACY
-            .iter()
-            .map(|k| meta.contains_key(k))
-            .collect::<Result<Vec<_>, _>>()?
-            .contains(&true);
-        Ok((legacy, any))
+        for key in LEGACY {
+            if meta.contains_key(key)? {
+                return Ok((legacy, true));
+            }
+        }
+        Ok((legacy, false))
     }
 
     pub(crate) fn write(&self, meta: &sled::Tree) -> Result<(), StoreError> {
