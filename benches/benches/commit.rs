@@ -57,7 +57,14 @@ fn result_writers() -> usize {
 
 /// Three in-process members of one cluster, each serving Raft on its own loopback port; returns
 /// them with the leader first.
-async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
+/// Three members with their peer servers (abort those before dropping the members, so each
+/// store closes while the runtime still runs, not during its teardown).
+async fn three_nodes(
+    dirs: &[tempfile::TempDir],
+) -> (
+    Vec<Cluster>,
+    Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+) {
     let mut listeners = Vec::new();
     for _ in 0..3 {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -84,11 +91,12 @@ async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
         }
         nodes.push(Cluster::start(cfg).await.unwrap());
     }
+    let mut servers = Vec::new();
     for (l, c) in listeners.into_iter().zip(&nodes) {
         let server = tonic::transport::Server::builder()
             .add_service(PeerService::server(c.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
-        tokio::spawn(server);
+        servers.push(tokio::spawn(server));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -98,7 +106,7 @@ async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<Cluster> {
             for n in &nodes {
                 n.wait_for_leader(Duration::from_secs(30)).await.unwrap();
             }
-            return nodes;
+            return (nodes, servers);
         }
         assert!(Instant::now() < deadline, "no leader among three nodes");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -260,7 +268,7 @@ fn main() {
             let mut res3 = vec![];
             for run in 0..RUNS {
                 let dirs = [bench_dir(), bench_dir(), bench_dir()];
-                let nodes = three_nodes(&dirs).await;
+                let (nodes, servers) = three_nodes(&dirs).await;
                 let t = Instant::now();
                 register_fleet(&nodes[0], "b", DEVICES).await;
                 let setup = t.elapsed();
@@ -284,6 +292,11 @@ fn main() {
                 for n in &nodes {
                     n.shutdown().await;
                 }
+                for s in servers {
+                    s.abort();
+                    let _ = s.await;
+                }
+                drop(nodes);
                 res3.push(r);
             }
             println!(
