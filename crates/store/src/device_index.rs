@@ -259,8 +259,12 @@ impl DeviceIndex {
         // concurrency lock, and one queued behind a tree's flush deadlocked (see below).
         // The watermark goes last, so it never covers an entry not yet written; a crash in
         // between only makes the next pass write some seqs again, which readers de-duplicate.
-        let written = seqs
-            .iter()
+        // In key order (id length, then id), so consecutive writes land in the same leaf
+        // pages instead of all over the tree.
+        let mut ordered: Vec<(&String, &Vec<u64>)> = seqs.iter().collect();
+        ordered.sort_unstable_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
+        let written = ordered
+            .into_iter()
             .try_for_each(|(device, seqs)| extend_entry(&self.tree, device, seqs))
             .and_then(|()| {
                 crate::crashpoint::hit(crate::crashpoint::INDEX_ENTRIES_WRITTEN, &self.tree);
