@@ -82,7 +82,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "EVENTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_after_events: Option<u64>,
-    /// The storage engine's (sled's) page cache in MiB (default 64): how much of what was
+    /// The storage engine's (sled's) page cache in MiB (default 16): how much of what was
     /// written (finished runs' device rows, the event and Raft logs) is kept in memory.
     #[arg(long, value_name = "MIB")]
     #[serde(skip_serializing_if = "Option::is_none")]

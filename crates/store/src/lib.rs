@@ -67,14 +67,17 @@ pub use types::{
     StorageError, StoredMembership, TypeConfig, MAX_PRINCIPAL_BYTES,
 };
 
-/// sled's page cache when the caller names none: 64 MiB (sled's own default is 1 GiB).
+/// sled's page cache when the caller names none: 16 MiB (sled's own default is 1 GiB).
 ///
-/// Everything written passes through this cache, so it bounds how much of the cold tier, the
-/// event log and the Raft log stays in memory: with sled's 1 GiB a node that finished twenty
-/// 100,000-device jobs held 3.1 GiB, with 64 MiB 1.1 GiB (BENCHMARKS.md, "Scale at 100,000
-/// devices"). Reads of the hot state never go through it (that state is in memory), so a small
-/// cache costs little throughput; see BENCHMARKS.md ("sled's cache") for the measurement.
-pub const DEFAULT_CACHE_MIB: u64 = 64;
+/// Everything written passes through this cache, and every snapshot reads the whole cold tier
+/// through it, so it fills with pages of finished jobs. sled counts a page by its stored size;
+/// in memory a cached page took about twice that (a heap profile: ~130 MB of sled pages at a
+/// 64 MiB setting), and it filled over the first ten or so 100,000-device jobs, so the node's
+/// memory grew with the jobs it had run. At 16 MiB it is full after the first job: RSS over
+/// twenty jobs stayed within ~20% of the first job's, against +78% at 64 MiB (BENCHMARKS.md,
+/// session 18). Reads of the hot state never go through it (that state is in memory); the
+/// three-node commit rate pays ~5-10% for it (same section).
+pub const DEFAULT_CACHE_MIB: u64 = 16;
 
 /// How a data directory is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
