@@ -609,8 +609,8 @@ pub async fn run(
         }
         _ => None,
     };
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(http);
+    let mut grpc = tokio::spawn(grpc);
+    let mut http = tokio::spawn(http);
     let peer = peer.map(tokio::spawn);
     // A Raft core that stopped by itself (a storage error, a panic) never comes back: every
     // call would fail, so the node stops and says so to its supervisor (exit non-zero).
@@ -624,7 +624,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(10);
-    match tokio::time::timeout(grace, async { (grpc.await, http.await) }).await {
+    match tokio::time::timeout(grace, async { ((&mut grpc).await, (&mut http).await) }).await {
         Ok((g, h)) => {
             if let Ok(Err(e)) = g {
                 tracing::warn!("gRPC server: {e}");
@@ -633,12 +633,25 @@ pub async fn run(
                 tracing::warn!("REST server: {e}");
             }
         }
-        Err(_) => tracing::warn!("requests still running after {grace:?}; stopping anyway"),
+        Err(_) => {
+            tracing::warn!("requests still running after {grace:?}; stopping anyway");
+            // Cancelled and awaited here, not left to the runtime's teardown: a server task
+            // holds the cluster, and the store must close while the runtime still runs (a
+            // store dropped during the teardown hung in sled's flush; BENCHMARKS.md, session 18).
+            grpc.abort();
+            http.abort();
+            let _ = (grpc.await, http.await);
+        }
     }
-    if let Some(p) = peer {
+    if let Some(mut p) = peer {
         // Raft RPCs are short; the peer server stops with Raft below either way.
-        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), p).await {
-            tracing::warn!("peer server: {e}");
+        match tokio::time::timeout(Duration::from_secs(2), &mut p).await {
+            Ok(Ok(Err(e))) => tracing::warn!("peer server: {e}"),
+            Ok(_) => {}
+            Err(_) => {
+                p.abort();
+                let _ = p.await;
+            }
         }
     }
     let _ = leader.await;
