@@ -56,9 +56,9 @@ fn result_writers() -> usize {
 }
 
 /// Three in-process members of one cluster, each serving Raft on its own loopback port; returns
-/// them with the leader first.
-/// Three members with their peer servers (abort those before dropping the members, so each
-/// store closes while the runtime still runs, not during its teardown).
+/// them with the leader first, and their peer servers: abort those before dropping the members,
+/// so each store closes while the runtime still runs (a store dropped during the runtime's
+/// teardown hung the bench at exit, BENCHMARKS.md session 18).
 async fn three_nodes(
     dirs: &[tempfile::TempDir],
 ) -> (

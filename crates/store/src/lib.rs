@@ -73,9 +73,8 @@ pub use types::{
 /// through it, so it fills with pages of finished jobs. sled counts a page by its stored size;
 /// in memory a cached page took about twice that (a heap profile: ~130 MB of sled pages at a
 /// 64 MiB setting), and it filled over the first ten or so 100,000-device jobs, so the node's
-/// memory grew with the jobs it had run. At 16 MiB it is full after the first job: RSS over
-/// twenty jobs stayed within ~20% of the first job's, against +78% at 64 MiB (BENCHMARKS.md,
-/// session 18). Reads of the hot state never go through it (that state is in memory); the
+/// memory grew with the jobs it had run. At 16 MiB it fills early: RSS over twenty jobs
+/// stayed within ~20% of the first job's, against +76% at 64 MiB (BENCHMARKS.md, session 18). Reads of the hot state never go through it (that state is in memory); the
 /// three-node commit rate pays ~5-10% for it (same section).
 pub const DEFAULT_CACHE_MIB: u64 = 16;
 
