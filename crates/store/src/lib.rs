@@ -69,13 +69,14 @@ pub use types::{
 
 /// sled's page cache when the caller names none: 16 MiB (sled's own default is 1 GiB).
 ///
-/// Everything written passes through this cache, and every snapshot reads the whole cold tier
-/// through it, so it fills with pages of finished jobs. sled counts a page by its stored size;
-/// in memory a cached page took about twice that (a heap profile: ~130 MB of sled pages at a
-/// 64 MiB setting), and it filled over the first ten or so 100,000-device jobs, so the node's
-/// memory grew with the jobs it had run. At 16 MiB it fills early: RSS over twenty jobs
-/// stayed within ~20% of the first job's, against +76% at 64 MiB (BENCHMARKS.md, session 18). Reads of the hot state never go through it (that state is in memory); the
-/// three-node commit rate pays ~5-10% for it (same section).
+/// Everything written passes through this cache, so it fills with pages of finished jobs. A
+/// heap profile of a node over 100,000-device jobs (BENCHMARKS.md, session 18) found ~70 MB of
+/// sled pages from the write paths at a 64 MiB setting, filling over the first ten or so jobs,
+/// so the node's memory grew with the jobs it had run; at 16 MiB those are a few MB and RSS
+/// over twenty jobs stayed within ~20% of the first job's, against +76% at 64 MiB. (Pages a
+/// snapshot reads while copying the cold tier stay in memory at either setting: the growth
+/// left.) Reads of the hot state never go through the cache (that state is in memory); the
+/// three-node commit rate pays ~5-10% for the smaller one (same section).
 pub const DEFAULT_CACHE_MIB: u64 = 16;
 
 /// How a data directory is opened.
