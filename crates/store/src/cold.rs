@@ -36,10 +36,28 @@ fn job_prefix(job: &JobId) -> Vec<u8> {
 }
 
 fn run_prefix(job: &JobId, run: RunId, tag: u8) -> Vec<u8> {
-    let mut k = job_prefix(job);
-    k.extend_from_slice(&run.0.to_be_bytes());
+    let mut k = run_key(job, run);
     k.push(tag);
     k
+}
+
+/// The prefix every key of one run starts with (`job \0 run`).
+pub(crate) fn run_key(job: &JobId, run: RunId) -> Vec<u8> {
+    let mut k = job_prefix(job);
+    k.extend_from_slice(&run.0.to_be_bytes());
+    k
+}
+
+/// The run prefix ([`run_key`]) of a stored key, and whether the key is a position chunk's.
+pub(crate) fn key_run(key: &[u8]) -> Option<(&[u8], bool)> {
+    let end = key.iter().position(|b| *b == 0)? + 5;
+    let tag = *key.get(end)?;
+    Some((&key[..end], tag == BY_POSITION))
+}
+
+/// How many position chunks a run of `rows` rows is stored in.
+pub(crate) fn position_chunks(rows: u32) -> u64 {
+    u64::from(rows).div_ceil(CHUNK as u64)
 }
 
 fn id_key(job: &JobId, run: RunId, device: &DeviceId) -> Vec<u8> {

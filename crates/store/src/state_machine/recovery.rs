@@ -242,7 +242,7 @@ fn convert_legacy(
         chain_head: p.chain_head,
     };
     let name = format!("converted-{}.snap", p.last_seq);
-    let (tmp, bytes) = write_tmp(dir, &name, &header, &p.state, db)?;
+    let (tmp, bytes) = write_tmp(dir, &name, &header, &p.state, db, None)?;
     publish(dir, &tmp, &name)?;
     // The file name first: from then on it is read instead of the JSON (the older layout's
     // `meta` stays beside it until the next snapshot is stored).

@@ -21,7 +21,9 @@ use super::{read_json, Applied, AppliedMeta, Shared, StateMachine, StateUpdate};
 use crate::chain::Hash;
 use crate::codec::{from_json, to_json};
 use crate::error::{Op, RaftResult, StoreError};
-use crate::snapfile::{read_snapshot, write_snapshot, SnapshotHeader, CARRIED_TREES};
+use crate::snapfile::{
+    read_snapshot, write_snapshot_reusing, Previous, SnapshotHeader, CARRIED_TREES,
+};
 use crate::types::{LogId, MusterNode, StorageError, StoredMembership, TypeConfig};
 
 /// The current snapshot: serde_json of a [`Pointer`].
@@ -164,10 +166,11 @@ pub(crate) fn write_tmp(
     header: &SnapshotHeader,
     state: &muster_domain::State,
     db: &sled::Db,
+    previous: Option<&Previous>,
 ) -> Result<(PathBuf, u64), StoreError> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
-    write_file(&tmp, header, state, db)
+    write_file(&tmp, header, state, db, previous)
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
@@ -179,6 +182,7 @@ fn write_file(
     header: &SnapshotHeader,
     state: &muster_domain::State,
     db: &sled::Db,
+    previous: Option<&Previous>,
 ) -> Result<u64, StoreError> {
     let file = File::create(tmp)?;
     let trees = CARRIED_TREES
@@ -187,7 +191,7 @@ fn write_file(
         .collect::<Result<Vec<_>, StoreError>>()?;
     let tree_refs: Vec<(&str, &sled::Tree)> = trees.iter().map(|(n, t)| (*n, t)).collect();
     let mut out = BufWriter::with_capacity(IO_BUFFER, file);
-    let bytes = write_snapshot(&mut out, header, state, &tree_refs)?;
+    let bytes = write_snapshot_reusing(&mut out, header, state, &tree_refs, previous)?;
     let file = out
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
@@ -354,7 +358,26 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
     let snapshot_id = new_snapshot_id(header.last_applied.as_ref(), n, &shared.snapshot_dir);
     let name = file_name(&snapshot_id);
-    let (tmp, bytes) = write_tmp(&shared.snapshot_dir, &name, &header, &state, &shared.db)?;
+    let previous = previous_file(shared, &state);
+    let copied = previous.as_ref().map_or(0, Previous::runs);
+    let write = |previous| {
+        write_tmp(
+            &shared.snapshot_dir,
+            &name,
+            &header,
+            &state,
+            &shared.db,
+            previous,
+        )
+    };
+    let (tmp, bytes) = match write(previous.as_ref()) {
+        Err(e) if previous.is_some() && !e.is_disk_full() => {
+            tracing::warn!("copying from the previous snapshot file failed ({e}); reading every cold run from the store");
+            write(None)?
+        }
+        other => other?,
+    };
+    drop(previous);
     drop(state);
     let meta = SnapshotMeta {
         last_log_id: header.last_applied,
@@ -384,6 +407,7 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         last_seq = header.last_seq,
         bytes,
         clone_ms = cloned.as_millis() as u64,
+        copied_runs = copied,
         total_ms = started.elapsed().as_millis() as u64,
         "built a snapshot"
     );
@@ -391,6 +415,29 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         meta,
         snapshot: data,
     })
+}
+
+/// The current snapshot file, indexed for the cold runs it shares with `state` (see
+/// [`crate::snapfile::Previous`]); `None`, and a build that reads every run from sled, when
+/// there is none or it cannot be read.
+fn previous_file(shared: &Shared, state: &muster_domain::State) -> Option<Previous> {
+    let name = match Pointer::read(&shared.snapshot) {
+        Ok(p) => p.file?,
+        Err(e) => {
+            tracing::warn!("not copying from the previous snapshot: {e}");
+            return None;
+        }
+    };
+    // Gone if a newer snapshot replaced it since: nothing to copy from.
+    let file = File::open(shared.snapshot_dir.join(&name)).ok()?;
+    Previous::index(file, state)
+        .inspect_err(|e| {
+            tracing::warn!(
+                file = name,
+                "not copying from the previous snapshot file: {e}"
+            );
+        })
+        .ok()
 }
 
 /// Where a snapshot from the leader is received: an anonymous file in `snapshots/` (unlinked at

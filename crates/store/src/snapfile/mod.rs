@@ -26,6 +26,9 @@ use muster_domain::{CowMap, CowVec, State};
 use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
+mod reuse;
+pub use reuse::Previous;
+
 use crate::chain::Hash;
 use crate::error::StoreError;
 use crate::types::{LogId, StoredMembership};
@@ -123,6 +126,21 @@ impl<W: Write> FrameWriter<W> {
         Ok(())
     }
 
+    /// One entry frame per key and value.
+    fn entries(&mut self, kvs: sled::Iter) -> Result<(), StoreError> {
+        let mut payload = Vec::new();
+        for kv in kvs {
+            let (k, v) = kv?;
+            let klen = u32::try_from(k.len()).map_err(|_| corrupt("a key over 4 GiB"))?;
+            payload.clear();
+            payload.extend_from_slice(&klen.to_be_bytes());
+            payload.extend_from_slice(&k);
+            payload.extend_from_slice(&v);
+            self.raw(TAG_ENTRY, &payload)?;
+        }
+        Ok(())
+    }
+
     fn record<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<(), StoreError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -140,6 +158,18 @@ pub fn write_snapshot<W: Write>(
     header: &SnapshotHeader,
     state: &State,
     trees: &[(&str, &sled::Tree)],
+) -> Result<u64, StoreError> {
+    write_snapshot_reusing(out, header, state, trees, None)
+}
+
+/// [`write_snapshot`], copying the cold runs `previous` holds from its file instead of reading
+/// them from sled; the bytes written are the same.
+pub fn write_snapshot_reusing<W: Write>(
+    out: W,
+    header: &SnapshotHeader,
+    state: &State,
+    trees: &[(&str, &sled::Tree)],
+    previous: Option<&Previous>,
 ) -> Result<u64, StoreError> {
     let State {
         jobs,
@@ -198,20 +228,27 @@ pub fn write_snapshot<W: Write>(
     w.record(TAG_INVOCATIONS, invocations)?;
     for (name, tree) in trees {
         w.raw(TAG_TREE, name.as_bytes())?;
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            let klen = u32::try_from(k.len()).map_err(|_| corrupt("a key over 4 GiB"))?;
-            let mut payload = Vec::with_capacity(4 + k.len() + v.len());
-            payload.extend_from_slice(&klen.to_be_bytes());
-            payload.extend_from_slice(&k);
-            payload.extend_from_slice(&v);
-            w.raw(TAG_ENTRY, &payload)?;
+        match previous {
+            Some(p) if *name == crate::cold::TREE => p.write_cold(&mut w, tree)?,
+            _ => w.entries(tree.iter())?,
         }
     }
     let frames = w.frames;
     w.raw(TAG_END, &frames.to_be_bytes())?;
     w.out.flush()?;
     Ok(w.bytes)
+}
+
+/// The key and the value of an entry frame's payload.
+fn split_entry(b: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
+    let klen = b
+        .get(..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .ok_or_else(|| corrupt("a tree entry shorter than its key length"))?;
+    if b.len() - 4 < klen {
+        return Err(corrupt("a tree entry shorter than its key"));
+    }
+    Ok(b[4..].split_at(klen))
 }
 
 /// Reads frames from `input`, checking each one's crc.
@@ -358,15 +395,8 @@ pub fn read_snapshot<R: Read>(
                 let Some(name) = &current_tree else {
                     return Err(corrupt("a tree entry before any tree"));
                 };
-                let b = &r.buf;
-                if b.len() < 4 {
-                    return Err(corrupt("a tree entry shorter than its key length"));
-                }
-                let klen = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                if b.len() - 4 < klen {
-                    return Err(corrupt("a tree entry shorter than its key"));
-                }
-                entry(name, &b[4..4 + klen], &b[4 + klen..])?;
+                let (k, v) = split_entry(&r.buf)?;
+                entry(name, k, v)?;
             }
             TAG_END => {
                 let count: [u8; 8] = r
