@@ -12,6 +12,9 @@
 //! tree frame naming it and one frame per key/value. The end frame holds the number of frames
 //! before it, so a truncated file is an error rather than a smaller state.
 //!
+//! A build may copy the cold tree's unchanged runs from the previous file instead of reading
+//! them from sled ([`Previous`], `reuse.rs`): the same bytes, without sled's pages.
+//!
 //! Records are CBOR (serde): self-describing, so a field added with `#[serde(default)]` still
 //! reads older files, and it carries twins (`serde_json::Value`) as they are. A change that
 //! older files cannot be read into bumps [`FORMAT`]. The encoder and the decoder destructure
