@@ -41,7 +41,7 @@ du_mib() { du -sm "$DATA" | cut -f1; }
 
 start_node() {
   "$BIN" serve --data-dir "$DATA" --grpc-addr 127.0.0.1:$GRPC_PORT --http-addr 127.0.0.1:$HTTP_PORT \
-    --mqtt-url "$MQTT_URL" --log warn >>"$WORK/node.log" 2>&1 &
+    --mqtt-url "$MQTT_URL" --log warn,muster_store=info >>"$WORK/node.log" 2>&1 &
   NODE=$!
   PIDS+=($NODE)
 }
@@ -73,6 +73,12 @@ for j in $(seq 1 "$JOBS"); do
   "$BIN" job watch "rss-$j" --endpoint "$EP" >/dev/null || true
   echo "$j $(rss_mib "$NODE") $(hwm_mib "$NODE") $(du_mib) $(( $(date +%s) - s ))"
 done
+
+# Snapshot builds over the jobs: how many, their mean and longest time, the last file's size.
+grep "built a snapshot" "$WORK/node.log" | awk '
+  { for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "total_ms") { t = kv[2]; s += t; if (t > m) m = t }
+    if (kv[1] == "bytes") b = kv[2] } n++ }
+  END { if (n) printf "snapshots=%d mean_build_ms=%.0f max_build_ms=%d last_snapshot_mib=%.0f\n", n, s / n, m, b / 1048576 }'
 
 kill -TERM "$NODE"
 wait "$NODE" 2>/dev/null || true

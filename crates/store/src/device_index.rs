@@ -31,7 +31,7 @@ use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use crate::codec::{key_u64, read_varint, u64_key, write_varint};
 use crate::error::StoreError;
-use crate::event_index::{id_key, key_seq};
+use crate::event_index::{id_key, id_order, key_seq};
 use crate::segment::raw_records;
 use crate::state_machine::{decode_stored, Shared, StateUpdate, StoredEvent};
 
@@ -259,10 +259,10 @@ impl DeviceIndex {
         // concurrency lock, and one queued behind a tree's flush deadlocked (see below).
         // The watermark goes last, so it never covers an entry not yet written; a crash in
         // between only makes the next pass write some seqs again, which readers de-duplicate.
-        // In key order (id length, then id), so consecutive writes land in the same leaf
-        // pages instead of all over the tree.
+        // In key order, so consecutive writes land in the same leaf pages instead of all over
+        // the tree.
         let mut ordered: Vec<(&String, &Vec<u64>)> = seqs.iter().collect();
-        ordered.sort_unstable_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
+        ordered.sort_unstable_by(|a, b| id_order(a.0).cmp(&id_order(b.0)));
         let written = ordered
             .into_iter()
             .try_for_each(|(device, seqs)| extend_entry(&self.tree, device, seqs))

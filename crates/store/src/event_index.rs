@@ -50,6 +50,12 @@ pub(crate) struct EventIndex {
     pub(crate) devices: DeviceIndex,
 }
 
+/// How [`id_key`] orders ids: by length, then bytes (writers that sort by it write in key
+/// order).
+pub(crate) fn id_order(id: &str) -> (usize, &str) {
+    (id.len(), id)
+}
+
 pub(crate) fn id_key(id: &str, seq: u64) -> Vec<u8> {
     let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
     let mut k = Vec::with_capacity(2 + id.len() + 8);
