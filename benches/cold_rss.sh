@@ -75,7 +75,7 @@ for j in $(seq 1 "$JOBS"); do
 done
 
 # Snapshot builds over the jobs: how many, their mean and longest time, the last file's size.
-grep "built a snapshot" "$WORK/node.log" | awk '
+{ grep "built a snapshot" "$WORK/node.log" || true; } | awk '
   { for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "total_ms") { t = kv[2]; s += t; if (t > m) m = t }
     if (kv[1] == "bytes") b = kv[2] } n++ }
   END { if (n) printf "snapshots=%d mean_build_ms=%.0f max_build_ms=%d last_snapshot_mib=%.0f\n", n, s / n, m, b / 1048576 }'
@@ -84,5 +84,15 @@ kill -TERM "$NODE"
 wait "$NODE" 2>/dev/null || true
 t0=$(( $(date +%s%N) / 1000000 ))
 start_node
+# PERF=1: a CPU profile of the restart (perf on PATH), its top functions printed at the end.
+if [ -n "${PERF:-}" ]; then
+  perf record -F 199 -g -p "$NODE" -o "$WORK/perf.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+fi
 ms=$(wait_serving "$t0")
+if [ -n "${PERF:-}" ]; then
+  kill -TERM "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
+  perf report -i "$WORK/perf.data" --no-children --sort dso,sym -g none --stdio --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]' | head -25
+fi
+grep "state machine restored" "$WORK/node.log" | tail -1 || true
 echo "restart_to_serving_ms=$ms rss_after_restart_mib=$(rss_mib "$NODE") data_mib=$(du_mib)"

@@ -38,6 +38,7 @@ impl StateMachine {
 
         let (mut stored_meta, legacy) = AppliedMeta::read(&meta)?;
 
+        let started = std::time::Instant::now();
         remove_leftovers(&snapshot_dir);
         let stored = match snapshot.get(SNAPSHOT_DATA)? {
             // An older release's JSON snapshot: converted into a file once.
@@ -118,6 +119,7 @@ impl StateMachine {
             );
         }
 
+        let snapshot_read = started.elapsed();
         let mut expected = snapshot_seq + 1;
         for r in raw_records(&events, expected, last_seq) {
             let r = r?;
@@ -170,6 +172,8 @@ impl StateMachine {
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
             last_seq,
+            snapshot_ms = snapshot_read.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
             "state machine restored"
         );
 
