@@ -73,10 +73,11 @@ pub use types::{
 /// heap profile of a node over 100,000-device jobs (BENCHMARKS.md, session 18) found ~70 MB of
 /// sled pages from the write paths at a 64 MiB setting, filling over the first ten or so jobs,
 /// so the node's memory grew with the jobs it had run; at 16 MiB those are a few MB and RSS
-/// over twenty jobs stayed within ~20% of the first job's, against +76% at 64 MiB. (Pages a
-/// snapshot reads while copying the cold tier stay in memory at either setting: the growth
-/// left.) Reads of the hot state never go through the cache (that state is in memory); the
-/// three-node commit rate pays ~5-10% for the smaller one (same section).
+/// over twenty jobs stayed within ~20% of the first job's, against +76% at 64 MiB. (Pages an
+/// iteration reads stay in memory at either setting, which is why a snapshot build copies the
+/// unchanged cold runs from the previous file: `snapfile::Previous`.) Reads of the hot state
+/// never go through the cache (that state is in memory); the three-node commit rate pays
+/// ~5-10% for the smaller one (same section).
 pub const DEFAULT_CACHE_MIB: u64 = 16;
 
 /// How a data directory is opened.
