@@ -5,6 +5,7 @@
 #
 #   benches/cold_rss.sh                       # target/release/muster, 50,000 devices, 10 jobs
 #   BIN=target/debug/muster N=10000 JOBS=5 MQTT_PORT=18834 benches/cold_rss.sh
+#   KEEP=/tmp/kept N=100000 JOBS=20 benches/cold_rss.sh    # keeps the data dir before the restart
 #
 # Needs `mosquitto` on PATH (started here on MQTT_PORT unless MQTT_URL is given).
 set -euo pipefail
@@ -82,6 +83,10 @@ done
 
 kill -TERM "$NODE"
 wait "$NODE" 2>/dev/null || true
+# KEEP=dir: a copy of the stopped node's data directory, to time restarts of it again later.
+if [ -n "${KEEP:-}" ]; then
+  rm -rf "$KEEP" && cp -a "$DATA" "$KEEP"
+fi
 t0=$(( $(date +%s%N) / 1000000 ))
 start_node
 # PERF=1: a CPU profile of the restart (perf on PATH), its top functions printed at the end.

@@ -36,6 +36,8 @@ pub struct AuditLog {
     snapshot: sled::Tree,
     /// The data directory's snapshot files.
     snapshot_dir: std::path::PathBuf,
+    /// The data directory's cold run files.
+    cold: crate::cold::ColdRows,
     raft_meta: sled::Tree,
     /// The per-job index, when the directory has a complete one (written by this release).
     index: Option<EventIndex>,
@@ -160,6 +162,20 @@ impl AuditLog {
             meta,
             snapshot: db.open_tree("snapshot")?,
             snapshot_dir: dir.join(SNAPSHOT_DIR),
+            cold: {
+                let rows = crate::cold::ColdRows::at(dir.join(crate::cold::DIR));
+                if db
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.as_ref() == crate::cold::TREE.as_bytes())
+                {
+                    // An older release's directory: its rows move into files as a node's
+                    // open would move them.
+                    let rows = crate::cold::ColdRows::open(dir.join(crate::cold::DIR))?;
+                    crate::cold::migrate(&db, &rows)?;
+                }
+                rows
+            },
             raft_meta: db.open_tree("raft_meta")?,
             _db: db,
         })
@@ -197,10 +213,9 @@ impl AuditLog {
             return Ok(None);
         };
         // Offline tools work on the complete state (a replay never spills): the rows of the
-        // snapshot's cold runs, which the directory's cold tree holds, go back in.
-        let rows = crate::cold::ColdRows::new(self._db.open_tree(crate::cold::TREE)?);
+        // snapshot's cold runs, which the directory's run files hold, go back in.
         state
-            .restore_rows(&rows)
+            .restore_rows(&self.cold)
             .map_err(|e| StoreError::corrupt("snapshot", e))?;
         Ok(Some(StoredSnapshot {
             last_seq: h.last_seq,

@@ -696,12 +696,9 @@ mod tests {
     fn the_indexer_runs_niced() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let _sm = crate::StateMachine::open(
-            &db,
-            crate::flush::GroupFlusher::new(db.clone()),
-            dir.path().to_path_buf(),
-        )
-        .unwrap();
+        let _sm =
+            crate::StateMachine::open(&db, crate::flush::GroupFlusher::new(db.clone()), dir.path())
+                .unwrap();
         let nice_of_indexers = || -> Vec<i64> {
             std::fs::read_dir("/proc/thread-self/..")
                 .unwrap()

@@ -42,6 +42,7 @@ mod device_index;
 mod error;
 mod event_index;
 mod flush;
+mod frame;
 mod log_store;
 mod purge_gate;
 mod recent;
@@ -122,7 +123,7 @@ impl Store {
             .cache_capacity(options.cache_bytes)
             .open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
-        let sm = StateMachine::open(&db, flusher.clone(), dir.join(state_machine::SNAPSHOT_DIR))?;
+        let sm = StateMachine::open(&db, flusher.clone(), dir)?;
         let log = LogStore::open(&db, flusher, sm.purge_gate())?;
         sm.share_recent(log.recent_entries());
         Ok((log, sm))

@@ -62,13 +62,3 @@ where
     }
     Ok(n)
 }
-
-/// Removes every key that starts with `prefix` (order does not matter to the caller).
-pub(crate) fn remove_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for key in tree.scan_prefix(prefix).keys() {
-        tree.remove(key?)?;
-        n += 1;
-    }
-    Ok(n)
-}

@@ -21,7 +21,7 @@ use std::path::Path;
 use common::{expected, workload};
 use muster_domain::State;
 use muster_store::chain::GENESIS;
-use muster_store::snapfile::{read_snapshot, write_snapshot, SnapshotHeader, MAGIC};
+use muster_store::snapfile::{read_snapshot, write_snapshot, Carried, SnapshotHeader, MAGIC};
 use muster_store::{LogId, StoredMembership};
 use openraft::CommittedLeaderId;
 
@@ -34,7 +34,7 @@ fn header(last_seq: u64) -> SnapshotHeader {
     }
 }
 
-fn encode(state: &State, trees: &[(&str, &sled::Tree)]) -> Vec<u8> {
+fn encode(state: &State, trees: &[Carried<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     let n = write_snapshot(&mut out, &header(99), state, trees).unwrap();
     assert_eq!(
@@ -215,7 +215,10 @@ fn carried_trees_travel_with_the_state() {
     let index = db.open_tree("index").unwrap();
     index.insert(b"", b"empty key").unwrap();
     let (state, _) = expected(&workload());
-    let bytes = encode(&state, &[("cold", &cold), ("index", &index)]);
+    let bytes = encode(
+        &state,
+        &[Carried::Tree("cold", &cold), Carried::Tree("index", &index)],
+    );
 
     let mut got: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
     let mut trees = Vec::new();
@@ -269,65 +272,102 @@ async fn finished_job(node: &mut common::Node, id: &str, n: usize, sent: usize, 
     }
 }
 
-async fn file_bytes(file: Box<tokio::fs::File>) -> Vec<u8> {
-    let mut file = file.into_std().await;
-    let mut bytes = Vec::new();
-    std::io::Seek::rewind(&mut file).unwrap();
-    std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
-    bytes
+/// The run files of the data directory `dir`, by name.
+fn run_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir.join("cold"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
 }
 
+/// A snapshot's cold section is the leader's run files copied as they are; a follower that
+/// installs it holds the same files byte for byte and the same rows, and still does after a
+/// restart (which passes over the section unread).
 #[tokio::test]
-async fn a_build_copies_the_unchanged_cold_runs_of_the_previous_file_byte_for_byte() {
-    use openraft::storage::RaftSnapshotBuilder;
+async fn an_install_writes_the_run_files_the_build_copied_byte_for_byte() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = common::Node::open(leader_dir.path()).await;
+    leader.propose(common::register(0, 700, 0)).await;
+    finished_job(&mut leader, "a", 700, 0, 10).await;
+    finished_job(&mut leader, "b", 300, 100, 500).await;
+    finished_job(&mut leader, "a-2", 600, 600, 700).await;
+    let snap = leader.sm.build_snapshot().await.unwrap();
+    let want = common::full_state(&leader.sm.reader());
+    let files = run_files(leader_dir.path());
+    assert_eq!(
+        files.len(),
+        3,
+        "one file per finished run: {:?}",
+        files.keys()
+    );
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = common::Node::open(follower_dir.path()).await;
+    let mut buf = follower.sm.begin_receiving_snapshot().await.unwrap();
+    *buf = *snap.snapshot;
+    follower.sm.install_snapshot(&snap.meta, buf).await.unwrap();
+    assert!(
+        run_files(follower_dir.path()) == files,
+        "the same run files"
+    );
+    assert_eq!(common::full_state(&follower.sm.reader()), want);
+    drop(follower);
+    let follower = common::Node::open(follower_dir.path()).await;
+    assert_eq!(common::full_state(&follower.sm.reader()), want);
+    assert!(run_files(follower_dir.path()) == files);
+}
+
+/// A data directory of an older release kept the cold rows in sled's `cold_rows` tree: `open`
+/// moves them into run files once, and they read as before.
+#[tokio::test]
+async fn an_older_release_cold_tree_moves_into_run_files() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = common::Node::open(dir.path()).await;
     node.propose(common::register(0, 700, 0)).await;
     finished_job(&mut node, "a", 700, 0, 10).await;
     finished_job(&mut node, "b", 300, 100, 500).await;
-    let first = node.sm.build_snapshot().await.unwrap();
-    // Retention removes job a (b ended too recently); a job of the same id and size, with
-    // other rows, replaces it.
-    let retention = muster_domain::Command::ApplyRetention {
-        finished_jobs_ms: None,
-        jobs_ms: Some(100),
-        at: common::at(550),
-    };
-    node.propose(retention).await.into_result().unwrap();
-    finished_job(&mut node, "a", 700, 200, 600).await;
+    let want = common::full_state(&node.sm.reader());
     drop(node);
-
-    // After a restart, the first file still offers b's run, and not the new job a's.
-    let mut node = common::Node::open(dir.path()).await;
-    let state = node.sm.reader().read(State::clone);
-    let first = first.snapshot.into_std().await;
-    let previous = muster_store::snapfile::Previous::index(first, &state).unwrap();
-    eprintln!("RUNS {}", previous.runs());
-    for (k, j) in state.jobs.iter() {
-        eprintln!(
-            "{k} {:?} {:?}",
-            j.stats(),
-            j.runs[0].cold.as_ref().map(|c| c.rows)
-        );
+    // Put the rows back where an older release kept them.
+    let files = run_files(dir.path());
+    {
+        let db = common::open_db(dir.path());
+        let tree = db.open_tree("cold_rows").unwrap();
+        let mut state = State::default();
+        let header = header(0);
+        let mut bytes = Vec::new();
+        let rows = muster_store::ColdRows::open_dir(&dir.path().join("cold")).unwrap();
+        write_snapshot(&mut bytes, &header, &state, &[Carried::Cold(&rows)]).unwrap();
+        (_, state) = read_snapshot(
+            bytes.as_slice(),
+            &["cold_rows"],
+            |_| Ok(()),
+            |_, k, v| {
+                tree.insert(k, v).unwrap();
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(state, State::default());
+        db.flush().unwrap();
     }
-    let second = node.sm.build_snapshot().await.unwrap();
-    let state = node.sm.reader().read(State::clone);
-    drop(node);
-
-    // The same bytes as a build that reads every cold row from the store.
-    let built = file_bytes(second.snapshot).await;
-    let (header, _) = decode(&built).unwrap();
-    let db = common::open_db(dir.path());
-    let trees: Vec<(&str, sled::Tree)> = muster_store::snapfile::CARRIED_TREES
-        .iter()
-        .map(|n| (*n, db.open_tree(n).unwrap()))
-        .collect();
-    let trees: Vec<(&str, &sled::Tree)> = trees.iter().map(|(n, t)| (*n, t)).collect();
-    let mut full = Vec::new();
-    write_snapshot(&mut full, &header, &state, &trees).unwrap();
+    std::fs::remove_dir_all(dir.path().join("cold")).unwrap();
+    let node = common::Node::open(dir.path()).await;
+    assert_eq!(common::full_state(&node.sm.reader()), want);
     assert!(
-        full == built,
-        "a build that copies writes what a full build writes"
+        run_files(dir.path()) == files,
+        "the same files as written live"
+    );
+    drop(node);
+    let db = common::open_db(dir.path());
+    assert!(
+        !db.tree_names().iter().any(|n| n.as_ref() == b"cold_rows"),
+        "the tree is gone"
     );
 }
 

@@ -12,8 +12,8 @@
 //! tree frame naming it and one frame per key/value. The end frame holds the number of frames
 //! before it, so a truncated file is an error rather than a smaller state.
 //!
-//! A build may copy the cold tree's unchanged runs from the previous file instead of reading
-//! them from sled ([`Previous`], `reuse.rs`): the same bytes, without sled's pages.
+//! The cold section is the run files' entry frames copied as they are (`crate::cold::file`),
+//! and a restart passes over it unread: the run files hold the same rows.
 //!
 //! Records are CBOR (serde): self-describing, so a field added with `#[serde(default)]` still
 //! reads older files, and it carries twins (`serde_json::Value`) as they are. A change that
@@ -21,7 +21,7 @@
 //! `State` and `Registry` without `..`: a new field there fails to compile here until the
 //! snapshot carries it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use muster_domain::job::{DeviceRun, Job};
 use muster_domain::registry::Registry;
@@ -29,11 +29,11 @@ use muster_domain::{CowMap, CowVec, State};
 use muster_types::JobId;
 use serde::{Deserialize, Serialize};
 
-mod reuse;
-pub use reuse::Previous;
-
 use crate::chain::Hash;
+use crate::cold::ColdRows;
 use crate::error::StoreError;
+pub use crate::frame::Skip;
+use crate::frame::{split_entry, FrameReader, FrameWriter, TAG_END, TAG_ENTRY};
 use crate::types::{LogId, StoredMembership};
 
 /// The first bytes of every snapshot file.
@@ -53,9 +53,6 @@ pub const OLDEST_READ: u32 = 3;
 /// the applied seq.
 pub const CARRIED_TREES: &[&str] = &[crate::cold::TREE];
 
-/// A frame larger than this is corrupt.
-const MAX_FRAME: u32 = 1 << 30;
-
 const TAG_HEADER: u8 = 1;
 const TAG_DEVICE: u8 = 2;
 const TAG_GROUP: u8 = 3;
@@ -63,12 +60,11 @@ const TAG_JOB: u8 = 4;
 const TAG_AUTH: u8 = 5;
 const TAG_INVOCATIONS: u8 = 6;
 const TAG_TREE: u8 = 7;
-const TAG_ENTRY: u8 = 8;
 /// A scheduled job (absent from files of earlier builds: then none).
 const TAG_SCHEDULE: u8 = 9;
 /// A slice of one run's device rows, after its job's record (format 5).
 const TAG_ROWS: u8 = 10;
-const TAG_END: u8 = 0xFF;
+const WHAT: &str = "snapshot";
 
 /// Device rows per frame. A run of a million devices in one record was a ~150 MB buffer on
 /// each side (encoded while the snapshot is built, decoded while it is installed), beside the
@@ -103,76 +99,37 @@ fn corrupt(detail: impl std::fmt::Display) -> StoreError {
     StoreError::corrupt("snapshot", detail)
 }
 
-/// Writes frames into `out`, encoding each record into one reused buffer.
-struct FrameWriter<W: Write> {
-    out: W,
-    buf: Vec<u8>,
-    frames: u64,
-    bytes: u64,
+/// Encodes `value` as CBOR into one frame.
+fn record<W: Write, T: Serialize + ?Sized>(
+    w: &mut FrameWriter<W>,
+    tag: u8,
+    value: &T,
+) -> Result<(), StoreError> {
+    let mut buf = std::mem::take(&mut w.buf);
+    buf.clear();
+    ciborium::into_writer(value, &mut buf).map_err(|e| corrupt(format!("encoding: {e}")))?;
+    let r = w.raw(tag, &buf);
+    w.buf = buf;
+    r
 }
 
-impl<W: Write> FrameWriter<W> {
-    fn raw(&mut self, tag: u8, payload: &[u8]) -> Result<(), StoreError> {
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|l| *l <= MAX_FRAME)
-            .ok_or_else(|| corrupt(format!("a record of {} bytes", payload.len())))?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&[tag]);
-        crc.update(payload);
-        self.out.write_all(&[tag])?;
-        self.out.write_all(&len.to_be_bytes())?;
-        self.out.write_all(&crc.finalize().to_be_bytes())?;
-        self.out.write_all(payload)?;
-        self.frames += 1;
-        self.bytes += 9 + u64::from(len);
-        Ok(())
-    }
-
-    /// One entry frame per key and value.
-    fn entries(&mut self, kvs: sled::Iter) -> Result<(), StoreError> {
-        let mut payload = Vec::new();
-        for kv in kvs {
-            let (k, v) = kv?;
-            let klen = u32::try_from(k.len()).map_err(|_| corrupt("a key over 4 GiB"))?;
-            payload.clear();
-            payload.extend_from_slice(&klen.to_be_bytes());
-            payload.extend_from_slice(&k);
-            payload.extend_from_slice(&v);
-            self.raw(TAG_ENTRY, &payload)?;
-        }
-        Ok(())
-    }
-
-    fn record<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<(), StoreError> {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        ciborium::into_writer(value, &mut buf).map_err(|e| corrupt(format!("encoding: {e}")))?;
-        let r = self.raw(tag, &buf);
-        self.buf = buf;
-        r
-    }
+/// What a snapshot carries beside the state, each as a named section of entries in key order.
+#[derive(Debug, Clone, Copy)]
+pub enum Carried<'a> {
+    /// A sled tree's entries, under the tree's name.
+    Tree(&'a str, &'a sled::Tree),
+    /// The cold tier's run files, as the section [`crate::cold::TREE`] (an older release's tree
+    /// of that name held the same entries).
+    Cold(&'a ColdRows),
 }
 
-/// Writes `state` (at `header`) and the carried `trees` (name and tree) as a snapshot file into
-/// `out`; returns the bytes written.
+/// Writes `state` (at `header`) and the `carried` sections as a snapshot file into `out`;
+/// returns the bytes written.
 pub fn write_snapshot<W: Write>(
     out: W,
     header: &SnapshotHeader,
     state: &State,
-    trees: &[(&str, &sled::Tree)],
-) -> Result<u64, StoreError> {
-    write_snapshot_reusing(out, header, state, trees, None)
-}
-
-/// [`write_snapshot`], copying the cold runs `previous` holds from its file instead of reading
-/// them from sled; the bytes written are the same.
-pub fn write_snapshot_reusing<W: Write>(
-    out: W,
-    header: &SnapshotHeader,
-    state: &State,
-    trees: &[(&str, &sled::Tree)],
-    previous: Option<&Previous>,
+    carried: &[Carried<'_>],
 ) -> Result<u64, StoreError> {
     let State {
         jobs,
@@ -188,20 +145,15 @@ pub fn write_snapshot_reusing<W: Write>(
         invocations,
         schedules,
     } = state;
-    let mut w = FrameWriter {
-        out,
-        buf: Vec::new(),
-        frames: 0,
-        bytes: 12,
-    };
-    w.out.write_all(MAGIC)?;
-    w.out.write_all(&FORMAT.to_be_bytes())?;
-    w.record(TAG_HEADER, header)?;
+    let mut w = FrameWriter::new(out, WHAT);
+    w.preamble(MAGIC)?;
+    w.preamble(&FORMAT.to_be_bytes())?;
+    record(&mut w, TAG_HEADER, header)?;
     for entry in devices {
-        w.record(TAG_DEVICE, &entry)?;
+        record(&mut w, TAG_DEVICE, &entry)?;
     }
     for entry in groups {
-        w.record(TAG_GROUP, &entry)?;
+        record(&mut w, TAG_GROUP, &entry)?;
     }
     for (id, job) in jobs {
         // The record without rows (runs share their parts with the state: a cheap clone), then
@@ -210,7 +162,7 @@ pub fn write_snapshot_reusing<W: Write>(
         for run in &mut head.runs {
             run.devices = CowVec::new();
         }
-        w.record(TAG_JOB, &(id, &head))?;
+        record(&mut w, TAG_JOB, &(id, &head))?;
         for (n, run) in job.runs.iter().enumerate() {
             let n = u32::try_from(n).map_err(|_| corrupt("a job with over 2^32 runs"))?;
             for start in (0..run.devices.len()).step_by(ROWS_PER_FRAME) {
@@ -220,106 +172,61 @@ pub fn write_snapshot_reusing<W: Write>(
                     start,
                     count,
                 };
-                w.record(TAG_ROWS, &(id, n, rows))?;
+                record(&mut w, TAG_ROWS, &(id, n, rows))?;
             }
         }
     }
     for entry in schedules {
-        w.record(TAG_SCHEDULE, &entry)?;
+        record(&mut w, TAG_SCHEDULE, &entry)?;
     }
-    w.record(TAG_AUTH, auth)?;
-    w.record(TAG_INVOCATIONS, invocations)?;
-    for (name, tree) in trees {
-        w.raw(TAG_TREE, name.as_bytes())?;
-        match previous {
-            Some(p) if *name == crate::cold::TREE => p.write_cold(&mut w, tree)?,
-            _ => w.entries(tree.iter())?,
-        }
-    }
-    let frames = w.frames;
-    w.raw(TAG_END, &frames.to_be_bytes())?;
-    w.out.flush()?;
-    Ok(w.bytes)
-}
-
-/// The key and the value of an entry frame's payload.
-fn split_entry(b: &[u8]) -> Result<(&[u8], &[u8]), StoreError> {
-    let klen = b
-        .get(..4)
-        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-        .ok_or_else(|| corrupt("a tree entry shorter than its key length"))?;
-    if b.len() - 4 < klen {
-        return Err(corrupt("a tree entry shorter than its key"));
-    }
-    Ok(b[4..].split_at(klen))
-}
-
-/// Reads frames from `input`, checking each one's crc.
-struct FrameReader<R: Read> {
-    input: R,
-    buf: Vec<u8>,
-    frames: u64,
-}
-
-impl<R: Read> FrameReader<R> {
-    /// The next frame's tag; its payload is in `self.buf`. `None` at a clean end of input.
-    fn next(&mut self) -> Result<Option<u8>, StoreError> {
-        let mut head = [0u8; 9];
-        let mut got = 0;
-        while got < head.len() {
-            match self.input.read(&mut head[got..]) {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(corrupt("the file ends inside a frame header")),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+    record(&mut w, TAG_AUTH, auth)?;
+    record(&mut w, TAG_INVOCATIONS, invocations)?;
+    for section in carried {
+        match section {
+            Carried::Tree(name, tree) => {
+                w.raw(TAG_TREE, name.as_bytes())?;
+                w.entries(tree.iter())?;
+            }
+            Carried::Cold(rows) => {
+                w.raw(TAG_TREE, crate::cold::TREE.as_bytes())?;
+                let (frames, bytes) = rows.copy_frames(&mut w.out)?;
+                w.frames += frames;
+                w.bytes += bytes;
             }
         }
-        let tag = head[0];
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        let crc = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-        if len > MAX_FRAME {
-            return Err(corrupt(format!("a frame of {len} bytes")));
-        }
-        self.buf.clear();
-        // `take` + `read_to_end` grows the buffer as bytes arrive, so a damaged length cannot
-        // allocate a gigabyte up front.
-        (&mut self.input)
-            .take(u64::from(len))
-            .read_to_end(&mut self.buf)?;
-        if self.buf.len() != len as usize {
-            return Err(corrupt(format!(
-                "the file ends inside frame {} (tag {tag})",
-                self.frames
-            )));
-        }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&[tag]);
-        h.update(&self.buf);
-        if h.finalize() != crc {
-            return Err(corrupt(format!(
-                "frame {} (tag {tag}) fails its checksum",
-                self.frames
-            )));
-        }
-        self.frames += 1;
-        Ok(Some(tag))
     }
-
-    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, StoreError> {
-        ciborium::from_reader(self.buf.as_slice())
-            .map_err(|e| corrupt(format!("{what} record {}: {e}", self.frames - 1)))
-    }
+    w.end()?;
+    Ok(w.bytes)
 }
 
 /// Reads a snapshot file: the header and the state; hands each carried tree entry to `entry`
 /// (tree name, key, value) as it is read, after `tree` was called with the tree's name.
 /// A tree not in `carried` is an error.
-pub fn read_snapshot<R: Read>(
+pub fn read_snapshot<R: Skip>(
+    input: R,
+    carried: &[&str],
+    tree: impl FnMut(&str) -> Result<(), StoreError>,
+    mut entry: impl FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(SnapshotHeader, State), StoreError> {
+    read(input, carried, tree, Some(&mut entry))
+}
+
+/// [`read_snapshot`] for a reader that has the carried entries already: their frames are
+/// passed over unread (a file read through a `BufReader` seeks past them).
+pub fn read_snapshot_state<R: Skip>(
+    input: R,
+    carried: &[&str],
+) -> Result<(SnapshotHeader, State), StoreError> {
+    read(input, carried, |_| Ok(()), None)
+}
+
+type EntryFn<'a> = &'a mut dyn FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>;
+
+fn read<R: Skip>(
     mut input: R,
     carried: &[&str],
     mut tree: impl FnMut(&str) -> Result<(), StoreError>,
-    mut entry: impl FnMut(&str, &[u8], &[u8]) -> Result<(), StoreError>,
+    mut entry: Option<EntryFn<'_>>,
 ) -> Result<(SnapshotHeader, State), StoreError> {
     let mut start = [0u8; 12];
     input
@@ -334,11 +241,7 @@ pub fn read_snapshot<R: Read>(
             "format {format} (this release reads {OLDEST_READ} to {FORMAT})"
         )));
     }
-    let mut r = FrameReader {
-        input,
-        buf: Vec::new(),
-        frames: 0,
-    };
+    let mut r = FrameReader::new(input, WHAT);
     if r.next()? != Some(TAG_HEADER) {
         return Err(corrupt("the first frame is not the header"));
     }
@@ -351,7 +254,11 @@ pub fn read_snapshot<R: Read>(
     let mut invocations = None;
     let mut current_tree: Option<String> = None;
     loop {
-        let Some(tag) = r.next()? else {
+        let next = match entry {
+            Some(_) => r.next()?,
+            None => r.next_skipping(TAG_ENTRY)?,
+        };
+        let Some(tag) = next else {
             return Err(corrupt("the file ends before its end frame"));
         };
         match tag {
@@ -398,8 +305,10 @@ pub fn read_snapshot<R: Read>(
                 let Some(name) = &current_tree else {
                     return Err(corrupt("a tree entry before any tree"));
                 };
-                let (k, v) = split_entry(&r.buf)?;
-                entry(name, k, v)?;
+                if let Some(entry) = &mut entry {
+                    let (k, v) = split_entry(WHAT, &r.buf)?;
+                    entry(name, k, v)?;
+                }
             }
             TAG_END => {
                 let count: [u8; 8] = r

@@ -97,7 +97,7 @@ pub(super) fn apply_entries(
                         // `last_applied` covers the command (see `crate::cold`).
                         let spilled = applied.state.spill(&events);
                         if !spilled.is_empty() {
-                            crate::cold::write_ops(&shared.cold, spilled)?;
+                            shared.cold.write_ops(spilled)?;
                         }
                         let first_seq = applied.last_seq + 1;
                         let mut hashes = Vec::with_capacity(events.len());

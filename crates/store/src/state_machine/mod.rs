@@ -216,9 +216,7 @@ pub(crate) struct Shared {
     pub(crate) meta: sled::Tree,
     pub(crate) snapshot: sled::Tree,
     /// Finished runs' device rows (see [`crate::cold`]).
-    pub(crate) cold: sled::Tree,
-    /// For the carried trees (see [`crate::snapfile::CARRIED_TREES`]).
-    pub(crate) db: sled::Db,
+    pub(crate) cold: crate::cold::ColdRows,
     /// The data directory's `snapshots/` folder.
     pub(crate) snapshot_dir: std::path::PathBuf,
     pub(crate) flusher: Arc<GroupFlusher>,

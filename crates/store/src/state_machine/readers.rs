@@ -23,13 +23,13 @@ impl StateReader {
     /// Like [`read`](Self::read), with the cold tier: a finished run's rows are read through
     /// it (`Run::scan_by_id` and friends), under the same lock, so state and rows agree.
     pub fn read_cold<T>(&self, f: impl FnOnce(&State, &dyn muster_domain::RunRows) -> T) -> T {
-        let rows = crate::cold::ColdRows::new(self.shared.cold.clone());
+        let rows = self.shared.cold.clone();
         f(&self.shared.read().state, &rows)
     }
 
     /// The cold tier alone, for readers that page it outside the state's lock.
     pub fn cold(&self) -> crate::cold::ColdRows {
-        crate::cold::ColdRows::new(self.shared.cold.clone())
+        self.shared.cold.clone()
     }
 
     /// Like [`read`](Self::read), also passing the seq of the newest event the state includes:

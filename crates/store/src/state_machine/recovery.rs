@@ -1,6 +1,6 @@
 //! Restoring the state machine at start: stored snapshot, then the event tail after it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -28,13 +28,17 @@ impl StateMachine {
     pub(crate) fn open(
         db: &sled::Db,
         flusher: Arc<GroupFlusher>,
-        snapshot_dir: PathBuf,
+        dir: &Path,
     ) -> Result<Self, StoreError> {
+        let snapshot_dir = dir.join(super::snapshot::SNAPSHOT_DIR);
+        // There from the start: the disk reserve is checked on the file system holding it.
+        std::fs::create_dir_all(&snapshot_dir)?;
         let events = db.open_tree("events")?;
         let index = EventIndex::open(db)?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
-        let cold = db.open_tree(crate::cold::TREE)?;
+        let cold = crate::cold::ColdRows::open(dir.join(crate::cold::DIR))?;
+        crate::cold::migrate(db, &cold)?;
 
         let (mut stored_meta, legacy) = AppliedMeta::read(&meta)?;
 
@@ -43,7 +47,7 @@ impl StateMachine {
         let stored = match snapshot.get(SNAPSHOT_DATA)? {
             // An older release's JSON snapshot: converted into a file once.
             Some(data) if Pointer::read(&snapshot)?.file.is_none() => {
-                Some(convert_legacy(&snapshot, &snapshot_dir, db, &data)?)
+                Some(convert_legacy(&snapshot, &snapshot_dir, db, &cold, &data)?)
             }
             _ => read_stored(&snapshot, &snapshot_dir)?,
         };
@@ -167,7 +171,7 @@ impl StateMachine {
         // Runs that finished in the replayed tail (or in a snapshot of an older build) leave
         // the state as they did live; rows already written (the normal case: apply wrote them
         // before `last_applied`) are not written again.
-        crate::cold::restore_ops(&cold, state.spill_all())?;
+        cold.restore_ops(state.spill_all())?;
         tracing::info!(
             snapshot_seq,
             replayed = last_seq - snapshot_seq,
@@ -198,7 +202,6 @@ impl StateMachine {
             index,
             meta,
             snapshot,
-            db: db.clone(),
             snapshot_dir,
             cold,
             flusher,
@@ -230,6 +233,7 @@ fn convert_legacy(
     snapshot: &sled::Tree,
     dir: &Path,
     db: &sled::Db,
+    cold: &crate::cold::ColdRows,
     data: &[u8],
 ) -> Result<(SnapshotHeader, State), StoreError> {
     let p: SnapshotPayload<State> = from_json("snapshot", data)?;
@@ -246,7 +250,7 @@ fn convert_legacy(
         chain_head: p.chain_head,
     };
     let name = format!("converted-{}.snap", p.last_seq);
-    let (tmp, bytes) = write_tmp(dir, &name, &header, &p.state, db, None)?;
+    let (tmp, bytes) = write_tmp(dir, &name, &header, &p.state, cold)?;
     publish(dir, &tmp, &name)?;
     // The file name first: from then on it is read instead of the JSON (the older layout's
     // `meta` stays beside it until the next snapshot is stored).

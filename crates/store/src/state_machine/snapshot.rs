@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use super::{read_json, Applied, AppliedMeta, Shared, StateMachine, StateUpdate};
 use crate::chain::Hash;
 use crate::codec::{from_json, to_json};
+use crate::cold::ColdRows;
 use crate::error::{Op, RaftResult, StoreError};
 use crate::snapfile::{
-    read_snapshot, write_snapshot_reusing, Previous, SnapshotHeader, CARRIED_TREES,
+    read_snapshot, read_snapshot_state, write_snapshot, Carried, SnapshotHeader, CARRIED_TREES,
 };
 use crate::types::{LogId, MusterNode, StorageError, StoredMembership, TypeConfig};
 
@@ -165,12 +166,11 @@ pub(crate) fn write_tmp(
     name: &str,
     header: &SnapshotHeader,
     state: &muster_domain::State,
-    db: &sled::Db,
-    previous: Option<&Previous>,
+    cold: &ColdRows,
 ) -> Result<(PathBuf, u64), StoreError> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
-    write_file(&tmp, header, state, db, previous)
+    write_file(&tmp, header, state, cold)
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
@@ -181,17 +181,11 @@ fn write_file(
     tmp: &Path,
     header: &SnapshotHeader,
     state: &muster_domain::State,
-    db: &sled::Db,
-    previous: Option<&Previous>,
+    cold: &ColdRows,
 ) -> Result<u64, StoreError> {
     let file = File::create(tmp)?;
-    let trees = CARRIED_TREES
-        .iter()
-        .map(|n| Ok((*n, db.open_tree(n)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let tree_refs: Vec<(&str, &sled::Tree)> = trees.iter().map(|(n, t)| (*n, t)).collect();
     let mut out = BufWriter::with_capacity(IO_BUFFER, file);
-    let bytes = write_snapshot_reusing(&mut out, header, state, &tree_refs, previous)?;
+    let bytes = write_snapshot(&mut out, header, state, &[Carried::Cold(cold)])?;
     let file = out
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
@@ -225,14 +219,9 @@ pub(crate) fn read_file(
     name: &str,
 ) -> Result<(SnapshotHeader, muster_domain::State), StoreError> {
     let file = File::open(dir.join(name))?;
-    // The trees it carries are in sled already (the file was written from them, or installed
-    // into them): skip its entries.
-    read_snapshot(
-        BufReader::with_capacity(IO_BUFFER, file),
-        CARRIED_TREES,
-        |_| Ok(()),
-        |_, _, _| Ok(()),
-    )
+    // The cold rows it carries are in the run files already (the file was written from them,
+    // or installed into them): its entries are passed over unread.
+    read_snapshot_state(BufReader::with_capacity(IO_BUFFER, file), CARRIED_TREES)
 }
 
 /// Deletes every snapshot file in `dir` but `keep` (and files being written).
@@ -358,26 +347,7 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
     let n = shared.snapshot_count.fetch_add(1, Ordering::Relaxed) + 1;
     let snapshot_id = new_snapshot_id(header.last_applied.as_ref(), n, &shared.snapshot_dir);
     let name = file_name(&snapshot_id);
-    let previous = previous_file(shared, &state);
-    let copied = previous.as_ref().map_or(0, Previous::runs);
-    let write = |previous| {
-        write_tmp(
-            &shared.snapshot_dir,
-            &name,
-            &header,
-            &state,
-            &shared.db,
-            previous,
-        )
-    };
-    let (tmp, bytes) = match write(previous.as_ref()) {
-        Err(e) if previous.is_some() && !e.is_disk_full() => {
-            tracing::warn!("copying from the previous snapshot file failed ({e}); reading every cold run from the store");
-            write(None)?
-        }
-        other => other?,
-    };
-    drop(previous);
+    let (tmp, bytes) = write_tmp(&shared.snapshot_dir, &name, &header, &state, &shared.cold)?;
     drop(state);
     let meta = SnapshotMeta {
         last_log_id: header.last_applied,
@@ -407,7 +377,6 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         last_seq = header.last_seq,
         bytes,
         clone_ms = cloned.as_millis() as u64,
-        copied_runs = copied,
         total_ms = started.elapsed().as_millis() as u64,
         "built a snapshot"
     );
@@ -415,29 +384,6 @@ fn build_new(shared: &Shared) -> Result<Snapshot<TypeConfig>, StoreError> {
         meta,
         snapshot: data,
     })
-}
-
-/// The current snapshot file, indexed for the cold runs it shares with `state` (see
-/// [`crate::snapfile::Previous`]); `None`, and a build that reads every run from sled, when
-/// there is none or it cannot be read.
-fn previous_file(shared: &Shared, state: &muster_domain::State) -> Option<Previous> {
-    let name = match Pointer::read(&shared.snapshot) {
-        Ok(p) => p.file?,
-        Err(e) => {
-            tracing::warn!("not copying from the previous snapshot: {e}");
-            return None;
-        }
-    };
-    // Gone if a newer snapshot replaced it since: nothing to copy from.
-    let file = File::open(shared.snapshot_dir.join(&name)).ok()?;
-    Previous::index(file, state)
-        .inspect_err(|e| {
-            tracing::warn!(
-                file = name,
-                "not copying from the previous snapshot file: {e}"
-            );
-        })
-        .ok()
 }
 
 /// Where a snapshot from the leader is received: an anonymous file in `snapshots/` (unlinked at
@@ -465,29 +411,6 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Writes the entries of carried trees into sled as an install reads them.
-struct TreeLoader<'a> {
-    db: &'a sled::Db,
-    current: Option<sled::Tree>,
-}
-
-impl TreeLoader<'_> {
-    /// Empties tree `name`, whose entries come next.
-    fn start(&mut self, name: &str) -> Result<(), StoreError> {
-        let tree = self.db.open_tree(name)?;
-        tree.clear()?;
-        self.current = Some(tree);
-        Ok(())
-    }
-
-    fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        if let Some(tree) = &self.current {
-            tree.insert(key, value)?;
-        }
-        Ok(())
-    }
-}
-
 /// Replaces state, `sm_meta` and the stored snapshot with the leader's snapshot (read from
 /// `received`), and drops the local events: from here on this replica's event log starts at the
 /// snapshot's `last_seq + 1` (`first_seq_available`), because the events before it were never
@@ -506,18 +429,19 @@ pub(super) fn install_snapshot(
         from: BufReader::with_capacity(IO_BUFFER, received),
         copy: BufWriter::with_capacity(IO_BUFFER, File::create(&tmp)?),
     };
-    // Carried trees are replaced as they stream in (a replica installing a snapshot is behind
+    // The cold tier is replaced as it streams in (a replica installing a snapshot is behind
     // anyway; its readers may see the new rows a moment before the new state).
-    let loader = std::cell::RefCell::new(TreeLoader {
-        db: &shared.db,
-        current: None,
-    });
+    let loader = std::cell::RefCell::new(shared.cold.loader());
     let result = read_snapshot(
         &mut tee,
         CARRIED_TREES,
-        |name| loader.borrow_mut().start(name),
+        |_| shared.cold.clear(),
         |_, k, v| loader.borrow_mut().insert(k, v),
-    );
+    )
+    .and_then(|r| {
+        loader.into_inner().finish()?;
+        Ok(r)
+    });
     let (header, state) = match result {
         Ok(r) => r,
         Err(e) => {

@@ -21,7 +21,7 @@ fn open() -> StateMachine {
 /// The state machine over `db`, with its snapshot files in a fresh temporary folder.
 fn open_db(db: &sled::Db) -> StateMachine {
     let dir = tempfile::tempdir().unwrap().keep();
-    StateMachine::open(db, GroupFlusher::new(db.clone()), dir).unwrap()
+    StateMachine::open(db, GroupFlusher::new(db.clone()), &dir).unwrap()
 }
 
 /// Registers `n` devices from `from` on: one command, `n` events.
@@ -365,8 +365,7 @@ fn a_disk_that_fills_during_a_snapshot_build_keeps_the_current_one() {
         return;
     };
     let db = sled::Config::new().temporary(true).open().unwrap();
-    let sm =
-        StateMachine::open(&db, GroupFlusher::new(db.clone()), fs.0.join("snapshots")).unwrap();
+    let sm = StateMachine::open(&db, GroupFlusher::new(db.clone()), &fs.0).unwrap();
     apply(&sm, 1, vec![register(0, 20_000)]);
     let kept = build_snapshot(&sm.shared).unwrap();
     assert_eq!(kept.meta.last_log_id, None);
@@ -391,7 +390,7 @@ fn a_disk_that_fills_during_a_snapshot_build_keeps_the_current_one() {
 fn the_layout_before_the_applied_record_still_opens() {
     let db = sled::Config::new().temporary(true).open().unwrap();
     let dir = tempfile::tempdir().unwrap().keep();
-    let open_here = || StateMachine::open(&db, GroupFlusher::new(db.clone()), dir.clone()).unwrap();
+    let open_here = || StateMachine::open(&db, GroupFlusher::new(db.clone()), &dir).unwrap();
     let sm = open_here();
     apply(&sm, 1, vec![register(0, 3)]);
     let snapshot = build_snapshot(&sm.shared).unwrap();
