@@ -24,8 +24,11 @@
 //! | `sm_meta` | `applied` / `backfill_next` / `event_index` | serde_json of `AppliedMeta` (last applied log id, membership, `last_seq`, `first_seq`, chain head) / next seq u64 + link 32 bytes / format byte |
 //! | `events_by_job` | id length u16, job id, first seq u64 | run length u32, see `event_index` |
 //! | `events_by_device` | id length u16, device id, first seq u64 (`u64::MAX`: the open entry) / empty key | the entry's further seqs as LEB128 deltas (the open entry: its first seq u64, then those) / watermark u64, see `device_index` |
-//! | `cold_rows` | job, NUL, run u32, `i` first device id / `p` chunk u32 | serde_json chunks of up to 256 `(position, DeviceRun)` by id / `DeviceRun` by position: finished runs' rows, see [`cold`] |
+//! | `cold_rows` | (an older release's; `open` moves it into `cold/` and drops it) | finished runs' rows, now in run files, see [`cold`] |
 //! | `snapshot` | `current` | serde_json of openraft's `SnapshotMeta` and the name of the current snapshot file in `snapshots/` (format 3, see `snapfile`; an older release's `meta`, `file` and JSON `data` still read) |
+//!
+//! Beside sled: `snapshots/` (the current snapshot file, see [`snapfile`]) and `cold/` (one file
+//! per finished run's rows, see [`cold`]).
 //!
 //! [`chain`] describes the hash chain over the event log; readers get each event's stored link
 //! through [`EventLog::read_records`] and [`AppliedEvents::hashes`]. [`audit`] reads a data
@@ -75,8 +78,8 @@ pub use types::{
 /// sled pages from the write paths at a 64 MiB setting, filling over the first ten or so jobs,
 /// so the node's memory grew with the jobs it had run; at 16 MiB those are a few MB and RSS
 /// over twenty jobs stayed within ~20% of the first job's, against +76% at 64 MiB. (Pages an
-/// iteration reads stay in memory at either setting, which is why a snapshot build copies the
-/// unchanged cold runs from the previous file: `snapfile::Previous`.) Reads of the hot state
+/// iteration reads stay in memory at either setting, one reason the cold rows are files.) Reads
+/// of the hot state
 /// never go through the cache (that state is in memory); the three-node commit rate pays
 /// ~5-10% for the smaller one (same section).
 pub const DEFAULT_CACHE_MIB: u64 = 16;
@@ -118,12 +121,14 @@ impl Store {
         dir: &Path,
         options: StoreOptions,
     ) -> Result<(LogStore, StateMachine), StoreError> {
+        // The snapshot file is decoded while sled opens (see `state_machine::prefetch`).
+        let prefetch = state_machine::Prefetch::start(&dir.join(state_machine::SNAPSHOT_DIR));
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
             .open()?;
         let flusher = flush::GroupFlusher::new(db.clone());
-        let sm = StateMachine::open(&db, flusher.clone(), dir)?;
+        let sm = StateMachine::open_prefetched(&db, flusher.clone(), dir, prefetch)?;
         let log = LogStore::open(&db, flusher, sm.purge_gate())?;
         sm.share_recent(log.recent_entries());
         Ok((log, sm))

@@ -395,3 +395,30 @@ fn damaged_or_truncated_files_are_errors_not_states() {
     let e = decode(&other).unwrap_err().to_string();
     assert!(e.contains("format 2"), "{e}");
 }
+
+/// A restart decodes the newest snapshot file while sled opens; when that file is not the one
+/// the store names current (a damaged stray here), it reads the current one instead.
+#[tokio::test]
+async fn a_restart_reads_the_current_snapshot_file_whatever_is_newest() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = common::Node::open(dir.path()).await;
+    node.propose(common::register(0, 300, 0)).await;
+    finished_job(&mut node, "a", 300, 100, 10).await;
+    node.sm.build_snapshot().await.unwrap();
+    node.propose(common::register(300, 5, 20)).await;
+    let want = common::full_state(&node.sm.reader());
+    drop(node);
+    let node = common::Node::open(dir.path()).await;
+    assert_eq!(common::full_state(&node.sm.reader()), want);
+    drop(node);
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(
+        dir.path().join("snapshots").join("zz-stray.snap"),
+        b"not a snapshot",
+    )
+    .unwrap();
+    let node = common::Node::open(dir.path()).await;
+    assert_eq!(common::full_state(&node.sm.reader()), want);
+}

@@ -97,7 +97,15 @@ pub(super) fn apply_entries(
                         // `last_applied` covers the command (see `crate::cold`).
                         let spilled = applied.state.spill(&events);
                         if !spilled.is_empty() {
-                            shared.cold.write_ops(spilled)?;
+                            let started = std::time::Instant::now();
+                            let rows = shared.cold.write_ops(spilled)?;
+                            if rows > 0 {
+                                tracing::info!(
+                                    rows,
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "wrote finished runs' rows to their run files"
+                                );
+                            }
                         }
                         let first_seq = applied.last_seq + 1;
                         let mut hashes = Vec::with_capacity(events.len());

@@ -33,6 +33,7 @@
 
 mod apply;
 mod meta;
+mod prefetch;
 mod readers;
 mod recovery;
 mod snapshot;
@@ -59,6 +60,7 @@ use crate::types::{
 
 use apply::apply_entries;
 pub use apply::ApplyTrace;
+pub(crate) use prefetch::Prefetch;
 pub(crate) use readers::decode_stored;
 use snapshot::{begin_receiving, current_snapshot, install_snapshot};
 pub(crate) use snapshot::{read_stored, SNAPSHOT_DIR};

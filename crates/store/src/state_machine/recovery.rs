@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use muster_domain::{evolve, State};
 use tokio::sync::broadcast;
 
+use super::prefetch::Prefetch;
 use super::snapshot::{
     publish, read_stored, remove_leftovers, write_tmp, Pointer, SnapshotPayload, SNAPSHOT_DATA,
     SNAPSHOT_FILE, SNAPSHOT_FORMAT,
@@ -25,10 +26,21 @@ use crate::writes::remove_ascending;
 impl StateMachine {
     /// Opens the state machine's trees and restores the state: stored snapshot, then the event
     /// tail after it.
+    #[cfg(test)]
     pub(crate) fn open(
         db: &sled::Db,
         flusher: Arc<GroupFlusher>,
         dir: &Path,
+    ) -> Result<Self, StoreError> {
+        Self::open_prefetched(db, flusher, dir, None)
+    }
+
+    /// [`open`](Self::open), with the snapshot file `prefetch` may have read already.
+    pub(crate) fn open_prefetched(
+        db: &sled::Db,
+        flusher: Arc<GroupFlusher>,
+        dir: &Path,
+        prefetch: Option<Prefetch>,
     ) -> Result<Self, StoreError> {
         let snapshot_dir = dir.join(super::snapshot::SNAPSHOT_DIR);
         // There from the start: the disk reserve is checked on the file system holding it.
@@ -44,12 +56,22 @@ impl StateMachine {
 
         let started = std::time::Instant::now();
         remove_leftovers(&snapshot_dir);
+        let mut prefetched = false;
         let stored = match snapshot.get(SNAPSHOT_DATA)? {
             // An older release's JSON snapshot: converted into a file once.
             Some(data) if Pointer::read(&snapshot)?.file.is_none() => {
                 Some(convert_legacy(&snapshot, &snapshot_dir, db, &cold, &data)?)
             }
-            _ => read_stored(&snapshot, &snapshot_dir)?,
+            _ => {
+                let current = Pointer::read(&snapshot)?.file;
+                match prefetch.zip(current).and_then(|(p, name)| p.take(&name)) {
+                    Some(read) => {
+                        prefetched = true;
+                        Some(read?)
+                    }
+                    None => read_stored(&snapshot, &snapshot_dir)?,
+                }
+            }
         };
         let (mut state, snapshot_seq, snap_applied, snap_membership, mut prev) = match stored {
             Some((h, state)) => (
@@ -177,6 +199,7 @@ impl StateMachine {
             replayed = last_seq - snapshot_seq,
             last_seq,
             snapshot_ms = snapshot_read.as_millis() as u64,
+            prefetched,
             total_ms = started.elapsed().as_millis() as u64,
             "state machine restored"
         );

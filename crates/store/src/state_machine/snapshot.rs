@@ -92,7 +92,7 @@ impl Pointer {
 }
 
 /// Writes go through a buffer of this size; reads too.
-const IO_BUFFER: usize = 1 << 20;
+pub(super) const IO_BUFFER: usize = 1 << 20;
 
 /// A format-2 snapshot: serde_json of this struct in one sled value (read only, to convert it).
 #[derive(Debug, Serialize, Deserialize)]
