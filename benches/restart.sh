@@ -38,7 +38,8 @@ for r in $(seq 1 "$RUNS"); do
   done
   ms=$(( $(date +%s%N) / 1000000 - t0 ))
   rss=$(awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$NODE/status")
-  grep "state machine restored" "$WORK/node.log" | tail -1 | sed 's/.*restored //'
+  grep "opened the sled database" "$WORK/node.log" | tail -1 | sed 's/.*INFO //' || true
+  grep "state machine restored" "$WORK/node.log" | tail -1 | sed 's/.*INFO //' || true
   echo "run=$r restart_to_serving_ms=$ms rss_mib=$rss"
   kill -TERM "$NODE"; wait "$NODE" 2>/dev/null || true
   NODE=

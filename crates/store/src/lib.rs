@@ -123,10 +123,17 @@ impl Store {
     ) -> Result<(LogStore, StateMachine), StoreError> {
         // The snapshot file is decoded while sled opens (see `state_machine::prefetch`).
         let prefetch = state_machine::Prefetch::start(&dir.join(state_machine::SNAPSHOT_DIR));
+        let started = std::time::Instant::now();
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
             .open()?;
+        // sled re-reads what was written to it since it last opened: most of a long-running
+        // node's restart (BENCHMARKS.md, session 20).
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "opened the sled database"
+        );
         let flusher = flush::GroupFlusher::new(db.clone());
         let sm = StateMachine::open_prefetched(&db, flusher.clone(), dir, prefetch)?;
         let log = LogStore::open(&db, flusher, sm.purge_gate())?;
