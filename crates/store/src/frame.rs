@@ -27,6 +27,7 @@ pub(crate) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Sto
 }
 
 /// Writes frames into `out`.
+#[derive(Debug)]
 pub(crate) struct FrameWriter<W: Write> {
     pub(crate) out: W,
     /// A reused buffer for encoding records.

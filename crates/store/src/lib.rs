@@ -43,6 +43,7 @@ mod cold_codec;
 pub mod crashpoint;
 mod device_index;
 mod error;
+mod event_files;
 mod event_index;
 mod flush;
 mod frame;
