@@ -473,3 +473,29 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 }
+
+/// How long an open takes at a million devices' twenty jobs: 272,704 segments of ~17 KB (what
+/// the `events` tree held, BENCHMARKS.md session 20). Opt-in, writes ~4.6 GB:
+/// `MUSTER_EVENT_FILES_DIR=/some/dir cargo test --release -p muster-store --lib event_files_open_at_scale -- --ignored --nocapture`
+#[cfg(test)]
+#[test]
+#[ignore = "writes ~4.6 GB; run by hand"]
+fn event_files_open_at_scale() {
+    let base = std::env::var("MUSTER_EVENT_FILES_DIR").unwrap_or_else(|_| "/tmp".into());
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let files = EventFiles::open(dir.path()).unwrap();
+    let value = vec![0x5au8; 17_000];
+    let started = std::time::Instant::now();
+    for chunk in 0..(272_704 / 64) {
+        let segs: Vec<(u64, &[u8])> = (0..64u64)
+            .map(|i| (1 + (chunk * 64 + i) * 256, value.as_slice()))
+            .collect();
+        files.append(&segs).unwrap();
+    }
+    files.sync().unwrap();
+    eprintln!("wrote {} segments in {:?}", files.len(), started.elapsed());
+    drop(files);
+    let started = std::time::Instant::now();
+    let files = EventFiles::open(dir.path()).unwrap();
+    eprintln!("opened {} segments in {:?}", files.len(), started.elapsed());
+}
