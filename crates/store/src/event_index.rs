@@ -253,11 +253,14 @@ pub(crate) fn build(
     batch.add_command(pending_first, &pending);
     batch.write(index)?;
     EventIndex::mark_complete(meta)?;
-    tracing::info!(
-        events = n,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "indexed the event log by job (a data directory from before this index layout); devices follow in the background"
-    );
+    // A new data directory has nothing to index: only an upgrade is worth a line.
+    if n > 0 {
+        tracing::info!(
+            events = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "indexed the event log by job (a data directory from before this index layout); devices follow in the background"
+        );
+    }
     Ok(())
 }
 

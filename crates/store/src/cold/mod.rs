@@ -105,7 +105,8 @@ struct Inner {
 const OPENED: usize = 8;
 
 impl ColdRows {
-    /// The cold tier in `dir` (created if missing; writes an interrupted stop left are removed).
+    /// The cold tier in `dir`, created if missing; `.tmp` files of writes a stop interrupted
+    /// are removed.
     pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)?;
         file::remove_leftovers(&dir)?;
