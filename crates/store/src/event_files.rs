@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::StoreError;
-use crate::frame::{crc_matches, parse_head, split_entry, FrameWriter, FRAME_HEAD, TAG_ENTRY};
+use crate::frame::{
+    crc_matches, parse_head, split_entry, sync_dir, FrameWriter, FRAME_HEAD, TAG_ENTRY,
+};
 
 const MAGIC: &[u8; 8] = b"MUSTEVTS";
 const FORMAT: u32 = 1;
@@ -200,7 +202,7 @@ impl EventFiles {
             a.out.out.flush()?;
             a.out.out.get_ref().sync_data()?;
             if std::mem::take(&mut a.new) {
-                File::open(&self.dir)?.sync_all()?;
+                sync_dir(&self.dir)?;
             }
         }
         Ok(())
@@ -262,7 +264,7 @@ impl EventFiles {
             .open(file_path(&self.dir, first.file))?;
         file.set_len(first.at)?;
         file.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         Ok(cut.len())
     }
 
@@ -274,7 +276,7 @@ impl EventFiles {
         for n in std::mem::take(&mut files.readers).into_keys() {
             std::fs::remove_file(file_path(&self.dir, n))?;
         }
-        File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         Ok(())
     }
 

@@ -140,6 +140,30 @@ pub(crate) fn crc_matches(tag: u8, payload: &[u8], crc: u32) -> bool {
     h.finalize() == crc
 }
 
+/// Makes the names in `dir` durable (a file renamed or created there survives a crash).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Deletes the `.tmp` files in `dir`: framed files whose write a stop interrupted. A missing
+/// `dir` has none; a file that cannot be deleted does not stop the others (the first such
+/// error is returned).
+pub(crate) fn remove_tmp_files(dir: &std::path::Path) -> Result<(), StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut first_error = None;
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.ends_with(".tmp")) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
 /// How a [`FrameReader`] passes over a frame it is told to skip.
 pub trait Skip: Read {
     /// Moves past the next `n` bytes.

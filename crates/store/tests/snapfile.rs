@@ -284,6 +284,16 @@ fn run_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8
         .collect()
 }
 
+/// A node in `dir` with 700 devices and two finished jobs (`a` on all of them, none sent;
+/// `b` on 300, 100 sent): two runs' rows in run files.
+async fn with_finished_jobs(dir: &std::path::Path) -> common::Node {
+    let mut node = common::Node::open(dir).await;
+    node.propose(common::register(0, 700, 0)).await;
+    finished_job(&mut node, "a", 700, 0, 10).await;
+    finished_job(&mut node, "b", 300, 100, 500).await;
+    node
+}
+
 /// A snapshot's cold section is the leader's run files copied as they are; a follower that
 /// installs it holds the same files byte for byte and the same rows, and still does after a
 /// restart (which passes over the section unread).
@@ -291,10 +301,7 @@ fn run_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8
 async fn an_install_writes_the_run_files_the_build_copied_byte_for_byte() {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
     let leader_dir = tempfile::tempdir().unwrap();
-    let mut leader = common::Node::open(leader_dir.path()).await;
-    leader.propose(common::register(0, 700, 0)).await;
-    finished_job(&mut leader, "a", 700, 0, 10).await;
-    finished_job(&mut leader, "b", 300, 100, 500).await;
+    let mut leader = with_finished_jobs(leader_dir.path()).await;
     finished_job(&mut leader, "a-2", 600, 600, 700).await;
     let snap = leader.sm.build_snapshot().await.unwrap();
     let want = common::full_state(&leader.sm.reader());
@@ -327,10 +334,7 @@ async fn an_install_writes_the_run_files_the_build_copied_byte_for_byte() {
 #[tokio::test]
 async fn an_older_release_cold_tree_moves_into_run_files() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = common::Node::open(dir.path()).await;
-    node.propose(common::register(0, 700, 0)).await;
-    finished_job(&mut node, "a", 700, 0, 10).await;
-    finished_job(&mut node, "b", 300, 100, 500).await;
+    let node = with_finished_jobs(dir.path()).await;
     let want = common::full_state(&node.sm.reader());
     drop(node);
     // Put the rows back where an older release kept them.
@@ -413,12 +417,16 @@ async fn a_restart_reads_the_current_snapshot_file_whatever_is_newest() {
     assert_eq!(common::full_state(&node.sm.reader()), want);
     drop(node);
 
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::write(
-        dir.path().join("snapshots").join("zz-stray.snap"),
-        b"not a snapshot",
-    )
-    .unwrap();
+    // A stray file, newer than the current one: the read ahead takes it, `open` must not.
+    let stray = dir.path().join("snapshots").join("zz-stray.snap");
+    std::fs::write(&stray, b"not a snapshot").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stray)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
     let node = common::Node::open(dir.path()).await;
     assert_eq!(common::full_state(&node.sm.reader()), want);
 }

@@ -70,11 +70,6 @@ pub(crate) fn job_file_prefix(job: &[u8]) -> String {
     format!("{}.", hex(job))
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 /// The runs in `dir`, in key order (job id bytes, then run).
 pub(crate) fn list(dir: &Path) -> Result<BTreeMap<RunName, PathBuf>, StoreError> {
     let mut out = BTreeMap::new();
@@ -90,19 +85,6 @@ pub(crate) fn list(dir: &Path) -> Result<BTreeMap<RunName, PathBuf>, StoreError>
         }
     }
     Ok(out)
-}
-
-/// Deletes the `.tmp` files of writes a stop interrupted.
-pub(crate) fn remove_leftovers(dir: &Path) -> Result<(), StoreError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_str().is_some_and(|n| n.ends_with(".tmp")) {
-            std::fs::remove_file(e.path())?;
-        }
-    }
-    Ok(())
 }
 
 /// Writes one run file from its entries (in key order), durably but for the directory entry

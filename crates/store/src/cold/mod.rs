@@ -109,7 +109,7 @@ impl ColdRows {
     /// are removed.
     pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)?;
-        file::remove_leftovers(&dir)?;
+        crate::frame::remove_tmp_files(&dir)?;
         Ok(Self::at(dir))
     }
 
@@ -228,7 +228,7 @@ impl ColdRows {
             }
         }
         if changed {
-            file::sync_dir(dir)?;
+            crate::frame::sync_dir(dir)?;
         }
         Ok(n)
     }
@@ -239,7 +239,7 @@ impl ColdRows {
             std::fs::remove_file(path)?;
         }
         self.forget(|_| true);
-        file::sync_dir(&self.inner.dir)
+        crate::frame::sync_dir(&self.inner.dir)
     }
 
     /// Writes entries that arrive in key order (a snapshot's cold section, or the sled tree of
@@ -346,7 +346,7 @@ impl Loader<'_> {
     /// Names the last run's file and makes the names durable.
     pub(crate) fn finish(mut self) -> Result<(), StoreError> {
         self.close()?;
-        file::sync_dir(&self.rows.inner.dir)
+        crate::frame::sync_dir(&self.rows.inner.dir)
     }
 }
 

@@ -22,6 +22,7 @@ use crate::chain::Hash;
 use crate::codec::{from_json, to_json};
 use crate::cold::ColdRows;
 use crate::error::{Op, RaftResult, StoreError};
+use crate::frame::sync_dir;
 use crate::snapfile::{
     read_snapshot, read_snapshot_state, write_snapshot, Carried, SnapshotHeader, CARRIED_TREES,
 };
@@ -154,11 +155,6 @@ fn file_name(snapshot_id: &str) -> String {
 }
 
 /// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 /// Writes a snapshot file of `state` at `header` as `dir/name.tmp`, synced; returns its path
 /// and size. [`publish`] gives it its name.
 pub(crate) fn write_tmp(
@@ -203,14 +199,7 @@ pub(crate) fn publish(dir: &Path, tmp: &Path, name: &str) -> Result<(), StoreErr
 /// Deletes the `.tmp` files of builds and installs a stop interrupted (at `open`, when none
 /// runs).
 pub(crate) fn remove_leftovers(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_str().is_some_and(|n| n.ends_with(".tmp")) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    let _ = crate::frame::remove_tmp_files(dir);
 }
 
 /// Reads the snapshot file `dir/name`.
