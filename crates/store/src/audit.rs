@@ -31,7 +31,7 @@ use crate::state_machine::{read_stored, AppliedMeta, SNAPSHOT_DIR};
 #[derive(Debug)]
 pub struct AuditLog {
     _db: sled::Db,
-    events: sled::Tree,
+    events: crate::event_files::EventFiles,
     meta: sled::Tree,
     snapshot: sled::Tree,
     /// The data directory's snapshot files.
@@ -156,8 +156,12 @@ impl AuditLog {
         } else {
             None
         };
+        let events = crate::event_files::EventFiles::open(dir)?;
+        // An older release's directory: its events move into files as a node's open would
+        // move them.
+        events.migrate(&db, AppliedMeta::read(&meta)?.0.first_seq)?;
         Ok(AuditLog {
-            events: db.open_tree("events")?,
+            events,
             index,
             meta,
             snapshot: db.open_tree("snapshot")?,

@@ -26,7 +26,6 @@ use crate::error::StoreError;
 use crate::event_index::IndexBatch;
 use crate::segment::{raw_records, SegmentBuilder};
 use crate::state_machine::{AppliedMeta, StateReader};
-use crate::writes::{insert_all, remove_ascending};
 
 /// `sm_meta`: a back-fill's progress (absent: none yet): the next seq it wants (big-endian u64)
 /// followed by the hash-chain link of the seq before it, in one value so that one insert moves
@@ -196,7 +195,11 @@ impl StateReader {
         let mut index = IndexBatch::default();
         index.add_command(need.next, &events);
         // Records, then their index entries, then the progress that counts them.
-        insert_all(&shared.events, written)?;
+        let refs: Vec<(u64, &[u8])> = written
+            .iter()
+            .map(|(k, v)| (u64::from_be_bytes(*k), v.as_slice()))
+            .collect();
+        shared.events.append_history(&refs)?;
         index.write(&shared.index)?;
         shared.index.devices.write_below(
             (need.next..)
@@ -236,7 +239,7 @@ impl StateReader {
             // Drop what was written (the progress first, so that a crash part way leaves
             // records no progress counts); the next attempt starts at seq 1 again.
             forget(&shared.meta)?;
-            remove_ascending(&shared.events, ..u64_key(first))?;
+            shared.events.clear_history()?;
             return Err(StoreError::corrupt(
                 "back-filled history",
                 format!(

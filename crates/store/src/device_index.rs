@@ -138,7 +138,7 @@ impl DeviceIndex {
     /// Up to `limit` records of `device` with `from <= seq <= to`, in seq order.
     pub(crate) fn read(
         &self,
-        events: &sled::Tree,
+        events: &crate::event_files::EventFiles,
         device: &str,
         from: u64,
         to: u64,
@@ -696,9 +696,12 @@ mod tests {
     fn the_indexer_runs_niced() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let _sm =
-            crate::StateMachine::open(&db, crate::flush::GroupFlusher::new(db.clone()), dir.path())
-                .unwrap();
+        let _sm = crate::StateMachine::open(
+            &db,
+            crate::flush::GroupFlusher::open(&db, dir.path()).unwrap(),
+            dir.path(),
+        )
+        .unwrap();
         let nice_of_indexers = || -> Vec<i64> {
             std::fs::read_dir("/proc/thread-self/..")
                 .unwrap()

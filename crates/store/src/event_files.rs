@@ -1,24 +1,27 @@
-//! The event log's segments in append-only files. **Work in progress, not used yet**: the plan
-//! (issue 14, session 20's note) is to move the `events` tree here, because sled 0.34 re-reads
-//! everything written to it since it last opened, and the segments are nearly all of that.
+//! The event log's segments (see [`crate::segment`]) in append-only files, not in sled: sled
+//! 0.34 re-reads everything written to it since it last opened, and the segments were nearly
+//! all of that (a restart at a million devices' twenty jobs spent 14 s in sled's open,
+//! BENCHMARKS.md sessions 20 and 21).
 //!
 //! ```text
-//! DATA/events/NNNNNNNN.seg = magic "MUSTEVTS" | format u32 | entry frame*
-//! entry frame (crate::frame)  = key: the segment's first seq (u64 BE) | value: the segment
+//! DATA/events/NNNNNNNN.seg         the log from `first_seq_available` on (the live lane)
+//! DATA/events/history/NNNNNNNN.seg back-filled history below it (see `crate::backfill`)
+//! file        = magic "MUSTEVTS" | format u32 | entry frame*
+//! entry frame = (crate::frame) key: the segment's first seq (u64 BE) | value: the segment
 //! ```
-//! Files are numbered in the order they were started and hold ascending seqs; the next file is
-//! started when one passes [`ROLL`] bytes. Appends go through the page cache (`write`, no
-//! fsync): they survive the process being killed; [`EventFiles::sync`] makes them durable and
-//! must run before sled's flush that makes the `applied` record covering them durable.
+//! Each lane's files are numbered in the order they were started and hold ascending seqs; the
+//! next file is started when one passes [`ROLL`] bytes. Two lanes because a back-fill writes
+//! seqs older than the live log while the live log grows, and each lane only ever drops its
+//! tail (or everything): the live lane's after an apply that stopped before its metadata, the
+//! history's after a back-fill chunk written without its progress.
 //!
-//! In memory: each segment's first seq -> file, offset and length (~16 bytes plus the map's
-//! overhead a segment; a sidecar index per sealed file would bound it, not done).
+//! Durability: appends go through the page cache (`write`, no fsync), so they survive the
+//! process being killed; [`EventFiles::sync`] makes them durable, and the group flusher
+//! (`crate::flush`) runs it before every sled flush, so a durable `applied` record never
+//! covers events that are not. sled is opened without its periodic flush for the same reason.
 //!
-//! Open questions for the wiring (see the note): back-filled history (older seqs, written after
-//! newer ones) needs files of its own; the offline `AuditLog` reads the same files.
-
-// Wired in by the next step of issue 14; until then only its tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! In memory: each segment's first seq -> file, offset and length (~40 bytes a segment of up
+//! to 256 events with the map's overhead: ~11 MB at 272,704 segments).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -32,6 +35,12 @@ use crate::frame::{
     crc_matches, parse_head, split_entry, sync_dir, FrameWriter, FRAME_HEAD, TAG_ENTRY,
 };
 
+/// The directory (in the data directory) holding the live lane's files.
+pub(crate) const DIR: &str = "events";
+/// The history lane's directory, inside [`DIR`].
+const HISTORY: &str = "history";
+/// The sled tree an older release kept the segments in.
+const TREE: &str = "events";
 const MAGIC: &[u8; 8] = b"MUSTEVTS";
 const FORMAT: u32 = 1;
 const PREAMBLE: u64 = 12;
@@ -64,9 +73,9 @@ struct Files {
     active: Option<Active>,
 }
 
-/// The segment files of one data directory.
+/// One lane's files.
 #[derive(Debug)]
-pub(crate) struct EventFiles {
+struct Lane {
     dir: PathBuf,
     files: Mutex<Files>,
 }
@@ -91,7 +100,7 @@ fn numbers(dir: &Path) -> Result<Vec<u32>, StoreError> {
     Ok(out)
 }
 
-impl EventFiles {
+impl Lane {
     /// Opens (or creates) `dir`, indexing every file's frames. A frame cut short or failing
     /// its checksum at the end of the last file (a write the stop interrupted) is cut off; one
     /// anywhere else is an error.
@@ -115,7 +124,7 @@ impl EventFiles {
             }
             files.readers.insert(*number, Arc::new(file));
         }
-        Ok(EventFiles {
+        Ok(Lane {
             dir: dir.to_path_buf(),
             files: Mutex::new(files),
         })
@@ -195,38 +204,51 @@ impl EventFiles {
             .ok_or_else(|| StoreError::corrupt(WHAT, "no file to append to"))
     }
 
-    /// Makes every append so far durable.
+    /// Makes every append so far durable. The fsync runs outside the lock, so appends go on
+    /// meanwhile (a file that fills up is synced when the next one starts).
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
-        let mut files = self.lock();
-        if let Some(a) = &mut files.active {
+        let (file, new) = {
+            let mut files = self.lock();
+            let Some(a) = &mut files.active else {
+                return Ok(());
+            };
             a.out.out.flush()?;
-            a.out.out.get_ref().sync_data()?;
-            if std::mem::take(&mut a.new) {
-                sync_dir(&self.dir)?;
-            }
+            let new = std::mem::take(&mut a.new);
+            let number = a.number;
+            (files.readers.get(&number).cloned(), new)
+        };
+        if let Some(file) = file {
+            file.sync_data()?;
+        }
+        if new {
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
 
-    /// The segments whose first seq is in `from..=to`, and the one before `from` that may hold
-    /// it, in order: (first seq, bytes).
-    pub(crate) fn segments(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    /// The largest first seq at or below `seq`.
+    fn at_or_before(&self, seq: u64) -> Option<u64> {
+        self.lock().index.range(..=seq).next_back().map(|(k, _)| *k)
+    }
+
+    /// The first segment whose first seq is in `from..=to`: its first seq, where it is and the
+    /// file to read it from (read outside the lock).
+    fn next_in(&self, from: u64, to: u64) -> Option<(u64, Loc, Arc<File>)> {
+        if from > to {
+            return None;
+        }
         let files = self.lock();
-        let start = files
-            .index
-            .range(..=from)
-            .next_back()
-            .map_or(from, |(k, _)| *k);
-        let wanted: Vec<(u64, Loc, Arc<File>)> = files
-            .index
-            .range(start..=to.max(start))
-            .filter_map(|(k, loc)| Some((*k, *loc, files.readers.get(&loc.file)?.clone())))
-            .collect();
-        drop(files);
-        wanted
-            .into_iter()
-            .map(|(k, loc, file)| Ok((k, read_value(&file, loc)?)))
-            .collect()
+        let (k, loc) = files.index.range(from..=to).next()?;
+        Some((*k, *loc, files.readers.get(&loc.file)?.clone()))
+    }
+
+    /// The lowest and highest first seqs stored.
+    fn bounds(&self) -> Option<(u64, u64)> {
+        let files = self.lock();
+        Some((
+            *files.index.first_key_value()?.0,
+            *files.index.last_key_value()?.0,
+        ))
     }
 
     /// Removes every segment whose first seq is after `seq` (the tail a restart drops when the
@@ -284,6 +306,221 @@ impl EventFiles {
     pub(crate) fn len(&self) -> usize {
         self.lock().index.len()
     }
+}
+
+/// The event log of one data directory: the live lane and the back-filled history.
+#[derive(Debug)]
+pub(crate) struct EventFiles {
+    live: Lane,
+    history: Lane,
+}
+
+/// A segment as read back: its first seq and its bytes.
+pub(crate) type StoredSegment = (u64, Arc<Vec<u8>>);
+
+impl EventFiles {
+    /// Opens (or creates) the event files of the data directory `data`.
+    pub(crate) fn open(data: &Path) -> Result<Self, StoreError> {
+        let dir = data.join(DIR);
+        let live = Lane::open(&dir)?;
+        let history = Lane::open(&dir.join(HISTORY))?;
+        Ok(EventFiles { live, history })
+    }
+
+    /// Appends the segments of applied events (ascending, after every stored one).
+    pub(crate) fn append(&self, segments: &[(u64, &[u8])]) -> Result<(), StoreError> {
+        self.live.append(segments)
+    }
+
+    /// Appends back-filled segments (ascending, after every back-filled one, below the live
+    /// lane), dropping first any back-filled segment at or after the first of them (a chunk
+    /// written before a crash without its progress, written again).
+    pub(crate) fn append_history(&self, segments: &[(u64, &[u8])]) -> Result<(), StoreError> {
+        if let Some((first, _)) = segments.first() {
+            self.history.truncate_after(first.saturating_sub(1))?;
+        }
+        self.history.append(segments)
+    }
+
+    /// Makes every append so far durable (both lanes).
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        self.live.sync()?;
+        self.history.sync()
+    }
+
+    /// Drops the applied segments whose first seq is after `seq`; returns how many.
+    pub(crate) fn truncate_after(&self, seq: u64) -> Result<usize, StoreError> {
+        self.live.truncate_after(seq)
+    }
+
+    /// Drops the back-filled segments whose first seq is `seq` or later; returns how many.
+    pub(crate) fn truncate_history_from(&self, seq: u64) -> Result<usize, StoreError> {
+        self.history.truncate_after(seq.saturating_sub(1))
+    }
+
+    /// Drops the applied segments below `first` (an install that stopped before it cleared
+    /// the events older than its snapshot): all of them, or an error when the lane also holds
+    /// later ones, which no install leaves.
+    pub(crate) fn drop_below(&self, first: u64) -> Result<usize, StoreError> {
+        match self.live.bounds() {
+            Some((_, last)) if last < first => {
+                let n = self.live.len();
+                self.live.clear()?;
+                Ok(n)
+            }
+            Some((lowest, _)) if lowest < first => Err(StoreError::corrupt(
+                WHAT,
+                format!("the log holds seqs on both sides of seq {first}, where it starts"),
+            )),
+            _ => Ok(0),
+        }
+    }
+
+    /// Drops the back-filled history.
+    pub(crate) fn clear_history(&self) -> Result<(), StoreError> {
+        self.history.clear()
+    }
+
+    /// Drops every segment (an install: the replica's log starts after the snapshot).
+    pub(crate) fn clear(&self) -> Result<(), StoreError> {
+        self.live.clear()?;
+        self.history.clear()
+    }
+
+    /// How many segments are stored (both lanes).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.live.len() + self.history.len()
+    }
+
+    /// Where a walk from `from` starts: the first seq of the segment that may hold it.
+    pub(crate) fn start(&self, from: u64) -> u64 {
+        self.live
+            .at_or_before(from)
+            .max(self.history.at_or_before(from))
+            .unwrap_or(from)
+    }
+
+    /// The first segment whose first seq is in `from..=to`, from either lane.
+    pub(crate) fn next_in(&self, from: u64, to: u64) -> Result<Option<StoredSegment>, StoreError> {
+        let found = match (self.history.next_in(from, to), self.live.next_in(from, to)) {
+            (Some(h), Some(l)) => Some(if h.0 <= l.0 { h } else { l }),
+            (h, l) => h.or(l),
+        };
+        let Some((k, loc, file)) = found else {
+            return Ok(None);
+        };
+        Ok(Some((k, Arc::new(read_value(&file, loc)?))))
+    }
+
+    /// Every segment from `from` on, in order.
+    #[cfg(test)]
+    pub(crate) fn all_from(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = self.start(from);
+        while let Some((k, v)) = self.next_in(next, u64::MAX)? {
+            out.push((k, v.as_ref().clone()));
+            match k.checked_add(1) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves an older release's `events` tree into the files, once: segments below
+    /// `first_seq_available` into the history lane (the back-fill's; `open` then drops what
+    /// its progress does not count), the rest into the live lane; the files are synced, then
+    /// the tree dropped and sled flushed. A stop part way leaves the tree, and the next open
+    /// starts over.
+    pub(crate) fn migrate(
+        &self,
+        db: &sled::Db,
+        first_seq_available: u64,
+    ) -> Result<(), StoreError> {
+        if !db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == TREE.as_bytes())
+        {
+            return Ok(());
+        }
+        let tree = db.open_tree(TREE)?;
+        let started = std::time::Instant::now();
+        self.clear()?;
+        let mut n = 0usize;
+        let mut batch: Vec<(u64, sled::IVec)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut history = true;
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let seq = crate::codec::key_u64("event key", &k)?;
+            if history && seq >= first_seq_available {
+                self.flush_batch(&mut batch, history)?;
+                history = false;
+            }
+            bytes += v.len();
+            batch.push((seq, v));
+            n += 1;
+            if batch.len() >= 1024 {
+                self.flush_batch(&mut batch, history)?;
+            }
+        }
+        self.flush_batch(&mut batch, history)?;
+        self.sync()?;
+        drop(tree);
+        db.drop_tree(TREE)?;
+        db.flush()?;
+        if n > 0 {
+            tracing::info!(
+                segments = n,
+                bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "moved the event log out of sled into event files (a data directory of an \
+                 older release)"
+            );
+        }
+        Ok(())
+    }
+
+    fn flush_batch(
+        &self,
+        batch: &mut Vec<(u64, sled::IVec)>,
+        history: bool,
+    ) -> Result<(), StoreError> {
+        let refs: Vec<(u64, &[u8])> = batch.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        if history {
+            self.history.append(&refs)?;
+        } else {
+            self.live.append(&refs)?;
+        }
+        batch.clear();
+        Ok(())
+    }
+}
+
+/// Rewrites the applied segments of the data directory `data` (a node must not have it open)
+/// after `edit` changed them: for tools that repair a directory by hand and for the tests that
+/// damage one on purpose. Keys are first seqs, values segments (see [`crate::segment`]).
+pub fn edit_segments(
+    data: &Path,
+    edit: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>),
+) -> Result<(), StoreError> {
+    let lane = Lane::open(&data.join(DIR))?;
+    let mut all = BTreeMap::new();
+    let mut next = 0u64;
+    while let Some((k, loc, file)) = lane.next_in(next, u64::MAX) {
+        all.insert(k, read_value(&file, loc)?);
+        next = k.saturating_add(1);
+        if k == u64::MAX {
+            break;
+        }
+    }
+    edit(&mut all);
+    lane.clear()?;
+    let refs: Vec<(u64, &[u8])> = all.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    lane.append(&refs)?;
+    lane.sync()
 }
 
 /// Reads one segment's frame and checks it.
@@ -389,14 +626,25 @@ mod tests {
             .into_bytes()
     }
 
-    fn all(files: &EventFiles) -> Vec<(u64, Vec<u8>)> {
-        files.segments(0, u64::MAX).unwrap()
+    /// The segments of `lane` whose first seq is in `from..=to` and the one before `from`.
+    fn segs(lane: &Lane, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut next = lane.at_or_before(from).unwrap_or(from);
+        while let Some((k, loc, file)) = lane.next_in(next, to) {
+            out.push((k, read_value(&file, loc).unwrap()));
+            next = k + 1;
+        }
+        out
+    }
+
+    fn all(lane: &Lane) -> Vec<(u64, Vec<u8>)> {
+        segs(lane, 0, u64::MAX)
     }
 
     #[test]
     fn appends_read_back_across_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let files = EventFiles::open(dir.path()).unwrap();
+        let files = Lane::open(dir.path()).unwrap();
         let want: Vec<(u64, Vec<u8>)> = (0..50).map(|i| (1 + i * 10, seg(i))).collect();
         for chunk in want.chunks(7) {
             let refs: Vec<(u64, &[u8])> = chunk.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -405,7 +653,7 @@ mod tests {
         files.sync().unwrap();
         assert_eq!(all(&files), want);
         assert_eq!(
-            files.segments(25, 40).unwrap(),
+            segs(&files, 25, 40),
             want[2..4].to_vec(),
             "from the segment holding 25"
         );
@@ -415,7 +663,7 @@ mod tests {
         );
         drop(files);
 
-        let files = EventFiles::open(dir.path()).unwrap();
+        let files = Lane::open(dir.path()).unwrap();
         assert_eq!(all(&files), want);
         files.append(&[(1000, b"more".as_slice())]).unwrap();
         drop(files);
@@ -424,19 +672,16 @@ mod tests {
         let len = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 3).unwrap();
-        let files = EventFiles::open(dir.path()).unwrap();
+        let files = Lane::open(dir.path()).unwrap();
         assert_eq!(all(&files), want, "the torn segment is gone, the rest kept");
         files.append(&[(1000, b"again".as_slice())]).unwrap();
-        assert_eq!(
-            files.segments(1000, 1000).unwrap(),
-            vec![(1000, b"again".to_vec())]
-        );
+        assert_eq!(segs(&files, 1000, 1000), vec![(1000, b"again".to_vec())]);
     }
 
     #[test]
     fn truncate_and_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let files = EventFiles::open(dir.path()).unwrap();
+        let files = Lane::open(dir.path()).unwrap();
         let want: Vec<(u64, Vec<u8>)> = (0..20).map(|i| (1 + i, seg(i))).collect();
         let refs: Vec<(u64, &[u8])> = want.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         files.append(&refs).unwrap();
@@ -444,22 +689,103 @@ mod tests {
         assert_eq!(all(&files), want[..10].to_vec());
         files.append(&[(11, b"eleven".as_slice())]).unwrap();
         drop(files);
-        let files = EventFiles::open(dir.path()).unwrap();
+        let files = Lane::open(dir.path()).unwrap();
         assert_eq!(files.len(), 11);
-        assert_eq!(
-            files.segments(11, 11).unwrap(),
-            vec![(11, b"eleven".to_vec())]
-        );
+        assert_eq!(segs(&files, 11, 11), vec![(11, b"eleven".to_vec())]);
         files.clear().unwrap();
         assert_eq!(files.len(), 0);
         drop(files);
-        assert_eq!(EventFiles::open(dir.path()).unwrap().len(), 0);
+        assert_eq!(Lane::open(dir.path()).unwrap().len(), 0);
+    }
+
+    /// Both lanes read as one log; each drops only its own tail; an install's leftovers go as
+    /// a whole.
+    #[test]
+    fn lanes_merge_and_drop_their_own_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventFiles::open(dir.path()).unwrap();
+        let v = |s: u64| seg(s);
+        log.append(&[(100, &v(100)), (110, &v(110)), (120, &v(120))])
+            .unwrap();
+        log.append_history(&[(1, &v(1)), (50, &v(50))]).unwrap();
+        let keys = |log: &EventFiles| -> Vec<u64> {
+            log.all_from(0)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(&log), vec![1, 50, 100, 110, 120]);
+        assert!(log.drop_below(105).is_err(), "seqs on both sides");
+        assert_eq!(log.start(60), 50);
+        assert_eq!(log.start(115), 110);
+        assert_eq!(log.next_in(51, 200).unwrap().unwrap().0, 100);
+        // A chunk written again (its progress was lost) replaces what it overlaps.
+        log.append_history(&[(50, &v(51)), (70, &v(70))]).unwrap();
+        assert_eq!(keys(&log), vec![1, 50, 70, 100, 110, 120]);
+        assert_eq!(log.truncate_after(105).unwrap(), 2);
+        assert_eq!(log.truncate_history_from(50).unwrap(), 2);
+        assert_eq!(keys(&log), vec![1, 100]);
+        assert_eq!(log.drop_below(50).unwrap(), 0);
+        log.sync().unwrap();
+        drop(log);
+        let log = EventFiles::open(dir.path()).unwrap();
+        assert_eq!(keys(&log), vec![1, 100]);
+        assert_eq!(log.drop_below(200).unwrap(), 1);
+        assert_eq!(keys(&log), vec![1]);
+        log.clear().unwrap();
+        assert_eq!(log.len(), 0);
+    }
+
+    /// An older release's `events` tree moves into the lanes once; a stop before the tree was
+    /// dropped starts over.
+    #[test]
+    fn an_events_tree_moves_into_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        for k in [3u64, 7, 20, 30] {
+            tree.insert(k.to_be_bytes(), seg(k)).unwrap();
+        }
+        let log = EventFiles::open(dir.path()).unwrap();
+        log.append(&[(1, b"left by a stopped move")]).unwrap();
+        log.migrate(&db, 20).unwrap();
+        assert!(!db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == TREE.as_bytes()));
+        let want: Vec<(u64, Vec<u8>)> = [3u64, 7, 20, 30].iter().map(|k| (*k, seg(*k))).collect();
+        assert_eq!(log.all_from(0).unwrap(), want);
+        assert_eq!(log.history.len(), 2, "below 20: the back-fill's lane");
+        log.migrate(&db, 20).unwrap();
+        assert_eq!(log.all_from(0).unwrap(), want, "once");
+    }
+
+    #[test]
+    fn edits_rewrite_the_live_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventFiles::open(dir.path()).unwrap();
+        log.append(&[(1, b"one"), (2, b"two")]).unwrap();
+        drop(log);
+        edit_segments(dir.path(), |m| {
+            m.remove(&1);
+            m.insert(5, b"five".to_vec());
+        })
+        .unwrap();
+        let log = EventFiles::open(dir.path()).unwrap();
+        assert_eq!(
+            log.all_from(0).unwrap(),
+            vec![(2, b"two".to_vec()), (5, b"five".to_vec())]
+        );
     }
 
     #[test]
     fn a_damaged_frame_in_the_middle_is_an_error_when_read() {
         let dir = tempfile::tempdir().unwrap();
-        let files = EventFiles::open(dir.path()).unwrap();
+        let files = Lane::open(dir.path()).unwrap();
         let v = vec![7u8; 1000];
         files
             .append(&[(1, v.as_slice()), (2, v.as_slice())])
@@ -471,7 +797,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         // The last file is checked at open: a bad frame with whole frames after it is damage,
         // not a torn write. (A sealed file is checked when read.)
-        let err = EventFiles::open(dir.path()).unwrap_err();
+        let err = Lane::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 }
@@ -485,7 +811,7 @@ mod tests {
 fn event_files_open_at_scale() {
     let base = std::env::var("MUSTER_EVENT_FILES_DIR").unwrap_or_else(|_| "/tmp".into());
     let dir = tempfile::tempdir_in(base).unwrap();
-    let files = EventFiles::open(dir.path()).unwrap();
+    let files = Lane::open(dir.path()).unwrap();
     let value = vec![0x5au8; 17_000];
     let started = std::time::Instant::now();
     for chunk in 0..(272_704 / 64) {
@@ -498,6 +824,6 @@ fn event_files_open_at_scale() {
     eprintln!("wrote {} segments in {:?}", files.len(), started.elapsed());
     drop(files);
     let started = std::time::Instant::now();
-    let files = EventFiles::open(dir.path()).unwrap();
+    let files = Lane::open(dir.path()).unwrap();
     eprintln!("opened {} segments in {:?}", files.len(), started.elapsed());
 }

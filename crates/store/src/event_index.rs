@@ -154,7 +154,7 @@ impl EventIndex {
     /// through the index.
     pub(crate) fn read_job(
         &self,
-        events: &sled::Tree,
+        events: &crate::event_files::EventFiles,
         id: &str,
         from: u64,
         to: u64,
@@ -223,7 +223,7 @@ impl EventIndex {
 /// background (see `device_index`).
 pub(crate) fn build(
     index: &EventIndex,
-    events: &sled::Tree,
+    events: &crate::event_files::EventFiles,
     meta: &sled::Tree,
     from: u64,
     to: u64,

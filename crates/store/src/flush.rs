@@ -12,10 +12,14 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::StoreError;
+use crate::event_files::EventFiles;
 
 #[derive(Debug)]
 pub(crate) struct GroupFlusher {
     db: sled::Db,
+    /// Synced before each flush: the sled writes a flush makes durable (the `applied` record,
+    /// a back-fill's progress) may count events, never the other way round.
+    events: Arc<EventFiles>,
     state: Mutex<FlushState>,
     finished: Condvar,
 }
@@ -30,12 +34,23 @@ struct FlushState {
 }
 
 impl GroupFlusher {
-    pub(crate) fn new(db: sled::Db) -> Arc<Self> {
+    pub(crate) fn new(db: sled::Db, events: Arc<EventFiles>) -> Arc<Self> {
         Arc::new(GroupFlusher {
             db,
+            events,
             state: Mutex::new(FlushState::default()),
             finished: Condvar::new(),
         })
+    }
+
+    /// A flusher for the data directory `dir` (its event files and `db`).
+    pub(crate) fn open(db: &sled::Db, dir: &std::path::Path) -> Result<Arc<Self>, StoreError> {
+        Ok(Self::new(db.clone(), Arc::new(EventFiles::open(dir)?)))
+    }
+
+    /// The event files this flusher syncs.
+    pub(crate) fn events(&self) -> &Arc<EventFiles> {
+        &self.events
     }
 
     fn lock(&self) -> MutexGuard<'_, FlushState> {
@@ -64,7 +79,10 @@ impl GroupFlusher {
             s.running = true;
             let covers = s.requested;
             drop(s);
-            let result = self.db.flush();
+            let result = self
+                .events
+                .sync()
+                .and_then(|()| self.db.flush().map(drop).map_err(StoreError::from));
             s = self.lock();
             s.running = false;
             if result.is_ok() {
@@ -92,7 +110,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("t").unwrap();
-        let flusher = GroupFlusher::new(db);
+        let flusher = GroupFlusher::open(&db, dir.path()).unwrap();
         std::thread::scope(|scope| {
             for t in 0..8u64 {
                 let flusher = &flusher;

@@ -125,9 +125,12 @@ impl Store {
         // The snapshot file is decoded while sled opens (see `state_machine::prefetch`).
         let prefetch = state_machine::Prefetch::start(&dir.join(state_machine::SNAPSHOT_DIR));
         let started = std::time::Instant::now();
+        // No periodic flush: every flush goes through the group flusher, which syncs the event
+        // files first (see `event_files`).
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
             .open()?;
         // sled re-reads what was written to it since it last opened: most of a long-running
         // node's restart (BENCHMARKS.md, session 20).
@@ -135,7 +138,7 @@ impl Store {
             ms = started.elapsed().as_millis() as u64,
             "opened the sled database"
         );
-        let flusher = flush::GroupFlusher::new(db.clone());
+        let flusher = flush::GroupFlusher::open(&db, dir)?;
         let sm = StateMachine::open_prefetched(&db, flusher.clone(), dir, prefetch)?;
         let log = LogStore::open(&db, flusher, sm.purge_gate())?;
         sm.share_recent(log.recent_entries());

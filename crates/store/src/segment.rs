@@ -1,5 +1,5 @@
-//! How event records are laid out in the `events` tree: in *segments*, several consecutive
-//! records under one key.
+//! How event records are laid out in the event files ([`crate::event_files`]): in *segments*,
+//! several consecutive records under one key.
 //!
 //! A segment is stored under the big-endian seq of its first record and holds up to
 //! [`SEGMENT_MAX`] records of one command (a command's events never share a segment with
@@ -18,9 +18,12 @@
 //! of one.
 
 use std::ops::Range;
+use std::sync::Arc;
 
-use crate::codec::{key_u64, u64_key};
+use crate::codec::u64_key;
 use crate::error::StoreError;
+pub use crate::event_files::edit_segments;
+use crate::event_files::EventFiles;
 
 /// The most records one segment holds: large enough that a 1,000-result command is four
 /// inserts, small enough that a reader starting inside a segment skips little.
@@ -165,7 +168,7 @@ impl Cursor {
 #[derive(Debug, Clone)]
 pub(crate) struct RawRecord {
     pub(crate) seq: u64,
-    value: sled::IVec,
+    value: Arc<Vec<u8>>,
     range: Range<usize>,
 }
 
@@ -175,59 +178,48 @@ impl RawRecord {
     }
 }
 
-/// The records with `from <= seq <= to`, in key order, whether they are the ones their places
+/// The records with `from <= seq <= to`, in order, whether they are the ones their places
 /// say (a reader checks each record's own seq against [`RawRecord::seq`]; a gap shows as a
 /// jump in `seq`). A value that cannot be split ends the walk with an error naming the seq.
-pub(crate) fn raw_records(tree: &sled::Tree, from: u64, to: u64) -> RawRecords {
-    let mut walk = RawRecords {
-        iter: None,
+pub(crate) fn raw_records(log: &EventFiles, from: u64, to: u64) -> RawRecords<'_> {
+    RawRecords {
+        log,
+        // The segment holding `from` may start before it.
+        next_key: if from > to {
+            None
+        } else {
+            Some(log.start(from))
+        },
         current: None,
         from,
         to,
         failed: false,
-        pending_error: None,
-    };
-    if from > to {
-        return walk;
     }
-    // The segment holding `from` may start before it.
-    let start = match tree.range(..=u64_key(from)).next_back() {
-        Some(Ok((k, _))) => k,
-        Some(Err(e)) => {
-            walk.pending_error = Some(e.into());
-            return walk;
-        }
-        None => sled::IVec::from(&u64_key(from)),
-    };
-    walk.iter = Some(tree.range(start..=sled::IVec::from(&u64_key(to))));
-    walk
 }
 
 /// See [`raw_records`].
-pub(crate) struct RawRecords {
-    iter: Option<sled::Iter>,
+pub(crate) struct RawRecords<'a> {
+    log: &'a EventFiles,
+    /// The lowest first seq the next segment may have; `None` once the walk is past `to`.
+    next_key: Option<u64>,
     /// The value being walked, the seq its next record has, and where that record starts.
-    current: Option<(sled::IVec, u64, Cursor)>,
+    current: Option<(Arc<Vec<u8>>, u64, Cursor)>,
     from: u64,
     to: u64,
     failed: bool,
-    pending_error: Option<StoreError>,
 }
 
-impl RawRecords {
+impl RawRecords<'_> {
     fn fail(&mut self, e: StoreError) -> Option<Result<RawRecord, StoreError>> {
         self.failed = true;
         Some(Err(e))
     }
 }
 
-impl Iterator for RawRecords {
+impl Iterator for RawRecords<'_> {
     type Item = Result<RawRecord, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(e) = self.pending_error.take() {
-            return self.fail(e);
-        }
         loop {
             if self.failed {
                 return None;
@@ -271,14 +263,16 @@ impl Iterator for RawRecords {
                     }
                 }
             }
-            let (k, v) = match self.iter.as_mut()?.next()? {
-                Ok(kv) => kv,
-                Err(e) => return self.fail(e.into()),
-            };
-            match key_u64("event key", &k) {
-                Ok(seq) => {
-                    let cursor = Cursor::new(&v);
-                    self.current = Some((v, seq, cursor));
+            let key = self.next_key?;
+            match self.log.next_in(key, self.to) {
+                Ok(Some((seq, value))) => {
+                    self.next_key = seq.checked_add(1);
+                    let cursor = Cursor::new(&value);
+                    self.current = Some((value, seq, cursor));
+                }
+                Ok(None) => {
+                    self.next_key = None;
+                    return None;
                 }
                 Err(e) => return self.fail(e),
             }
@@ -290,9 +284,15 @@ impl Iterator for RawRecords {
 mod tests {
     use super::*;
 
-    fn tree() -> sled::Tree {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        db.open_tree("events").unwrap()
+    /// An empty event log; segments are appended with [`put`].
+    fn tree() -> (tempfile::TempDir, EventFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventFiles::open(dir.path()).unwrap();
+        (dir, log)
+    }
+
+    fn put(t: &(tempfile::TempDir, EventFiles), key: [u8; 8], value: Vec<u8>) {
+        t.1.append(&[(u64::from_be_bytes(key), &value)]).unwrap();
     }
 
     fn rec(seq: u64) -> Vec<u8> {
@@ -302,8 +302,8 @@ mod tests {
         r
     }
 
-    fn walk(t: &sled::Tree, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
-        raw_records(t, from, to)
+    fn walk(t: &(tempfile::TempDir, EventFiles), from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+        raw_records(&t.1, from, to)
             .map(|r| {
                 let r = r.unwrap();
                 (r.seq, r.bytes().to_vec())
@@ -332,16 +332,18 @@ mod tests {
     fn walks_start_and_stop_inside_segments_and_read_lone_records() {
         let t = tree();
         // Segments 1..=3 and 4..=4, a lone record 5, a segment 6..=9.
-        t.insert(u64_key(1), join_segment(&[rec(1), rec(2), rec(3)]).unwrap())
-            .unwrap();
-        t.insert(u64_key(4), join_segment(&[rec(4)]).unwrap())
-            .unwrap();
-        t.insert(u64_key(5), rec(5)).unwrap();
-        t.insert(
+        put(
+            &t,
+            u64_key(1),
+            join_segment(&[rec(1), rec(2), rec(3)]).unwrap(),
+        );
+        put(&t, u64_key(4), join_segment(&[rec(4)]).unwrap());
+        put(&t, u64_key(5), rec(5));
+        put(
+            &t,
             u64_key(6),
             join_segment(&[rec(6), rec(7), rec(8), rec(9)]).unwrap(),
-        )
-        .unwrap();
+        );
         let all: Vec<u64> = walk(&t, 1, u64::MAX).iter().map(|r| r.0).collect();
         assert_eq!(all, (1..=9).collect::<Vec<_>>());
         for (seq, bytes) in walk(&t, 1, 9) {
@@ -362,8 +364,8 @@ mod tests {
         let t = tree();
         let mut v = join_segment(&[rec(1), rec(2)]).unwrap();
         v.truncate(v.len() - 2);
-        t.insert(u64_key(1), v.clone()).unwrap();
-        let mut w = raw_records(&t, 1, 9);
+        put(&t, u64_key(1), v.clone());
+        let mut w = raw_records(&t.1, 1, 9);
         assert_eq!(w.next().unwrap().unwrap().seq, 1);
         let e = w.next().unwrap().unwrap_err();
         assert!(e.to_string().contains("seq 2"), "{e}");
@@ -384,12 +386,11 @@ mod tests {
             let mut seq = 1u64;
             for (n, lone) in cuts {
                 if lone {
-                    t.insert(u64_key(seq), rec(seq)).unwrap();
+                    put(&t, u64_key(seq), rec(seq));
                     seq += 1;
                 } else {
                     let records: Vec<Vec<u8>> = (seq..seq + n as u64).map(rec).collect();
-                    t.insert(u64_key(seq), join_segment(&records).unwrap())
-                        .unwrap();
+                    put(&t, u64_key(seq), join_segment(&records).unwrap());
                     seq += n as u64;
                 }
             }
@@ -408,10 +409,9 @@ mod tests {
     fn a_value_without_records_is_an_error() {
         for empty in [vec![], vec![SEGMENT_TAG]] {
             let t = tree();
-            t.insert(u64_key(1), join_segment(&[rec(1)]).unwrap())
-                .unwrap();
-            t.insert(u64_key(2), empty).unwrap();
-            let mut w = raw_records(&t, 1, 9);
+            put(&t, u64_key(1), join_segment(&[rec(1)]).unwrap());
+            put(&t, u64_key(2), empty);
+            let mut w = raw_records(&t.1, 1, 9);
             assert_eq!(w.next().unwrap().unwrap().seq, 1);
             let e = w.next().unwrap().unwrap_err();
             assert!(e.to_string().contains("seq 2 holds no record"), "{e}");
@@ -422,10 +422,8 @@ mod tests {
     #[test]
     fn a_gap_between_segments_shows_as_a_jump() {
         let t = tree();
-        t.insert(u64_key(1), join_segment(&[rec(1), rec(2)]).unwrap())
-            .unwrap();
-        t.insert(u64_key(5), join_segment(&[rec(5)]).unwrap())
-            .unwrap();
+        put(&t, u64_key(1), join_segment(&[rec(1), rec(2)]).unwrap());
+        put(&t, u64_key(5), join_segment(&[rec(5)]).unwrap());
         let seqs: Vec<u64> = walk(&t, 1, 9).iter().map(|r| r.0).collect();
         assert_eq!(seqs, vec![1, 2, 5]);
     }

@@ -5,13 +5,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{expected, log_id, register, workload, Node};
 use muster_domain::{Principal, State};
 use muster_proto::EventRecordBytes;
 use muster_store::audit::{AuditLog, ExportFilter, ExportFormat, ReplayTo};
-use muster_store::segment::{join_segment, split_segment};
+use muster_store::segment::{edit_segments, join_segment, split_segment};
 use muster_store::{EventLog, StoreError};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 
@@ -36,7 +37,8 @@ async fn build(dir: &Path) -> (u64, u64) {
 }
 
 fn tamper(dir: &Path, f: impl FnOnce(&mut Records)) {
-    // The store or reader dropped just before may hold sled's lock for a moment longer.
+    // The store or reader dropped just before may hold its files for a moment longer: sled's
+    // lock is the sign.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let db = loop {
         match sled::open(dir) {
@@ -46,49 +48,44 @@ fn tamper(dir: &Path, f: impl FnOnce(&mut Records)) {
             other => break other.unwrap(),
         }
     };
-    let mut records = Records(db.open_tree("events").unwrap());
-    f(&mut records);
-    db.flush().unwrap();
+    edit_segments(dir, |segments| {
+        let mut records = Records(std::mem::take(segments));
+        f(&mut records);
+        *segments = records.0;
+    })
+    .unwrap();
+    drop(db);
 }
 
 /// The stored event records, one by one, whatever segments hold them (see
 /// `muster_store::segment`).
-struct Records(sled::Tree);
+struct Records(BTreeMap<u64, Vec<u8>>);
 
 impl Records {
     /// The key of the segment holding `seq` and its records.
-    fn segment(&self, seq: u64) -> (sled::IVec, Vec<Vec<u8>>) {
-        let (k, v) = self
-            .0
-            .range(..=seq.to_be_bytes())
-            .next_back()
-            .unwrap()
-            .unwrap();
-        (k, split_segment(&v).unwrap())
-    }
-
-    fn index(key: &[u8], seq: u64) -> usize {
-        (seq - u64::from_be_bytes(key.try_into().unwrap())) as usize
+    fn segment(&self, seq: u64) -> (u64, Vec<Vec<u8>>) {
+        let (k, v) = self.0.range(..=seq).next_back().unwrap();
+        (*k, split_segment(v).unwrap())
     }
 
     fn get(&self, seq: u64) -> Vec<u8> {
         let (k, records) = self.segment(seq);
-        records[Self::index(&k, seq)].clone()
+        records[(seq - k) as usize].clone()
     }
 
     fn set(&mut self, seq: u64, record: Vec<u8>) {
         let (k, mut records) = self.segment(seq);
-        records[Self::index(&k, seq)] = record;
-        self.0.insert(k, join_segment(&records).unwrap()).unwrap();
+        records[(seq - k) as usize] = record;
+        self.0.insert(k, join_segment(&records).unwrap());
     }
 
     fn remove(&mut self, seq: u64) {
         let (k, mut records) = self.segment(seq);
-        records.remove(Self::index(&k, seq));
+        records.remove((seq - k) as usize);
         if records.is_empty() {
-            self.0.remove(k).unwrap();
+            self.0.remove(&k);
         } else {
-            self.0.insert(k, join_segment(&records).unwrap()).unwrap();
+            self.0.insert(k, join_segment(&records).unwrap());
         }
     }
 }
@@ -191,7 +188,7 @@ async fn a_record_stored_twice_fails_at_its_seq() {
     // The first command's segment holds seqs 1..=20; a second copy of seq 3 under its own key.
     tamper(dir.path(), |events| {
         let three = events.get(3);
-        events.0.insert(3u64.to_be_bytes(), three).unwrap();
+        events.0.insert(3, three);
     });
     let v = AuditLog::open(dir.path()).unwrap().verify().unwrap();
     let failure = v.failure.unwrap();

@@ -125,12 +125,10 @@ async fn restart_is_snapshot_plus_event_tail() {
     // Remove the events the snapshot covers, behind the store's back: if restart still yields
     // the full state, it came from the snapshot plus the tail.
     {
-        let db = common::open_db(dir.path());
-        let events = db.open_tree("events").unwrap();
-        for seq in 1..=snap_seq {
-            events.remove(seq.to_be_bytes()).unwrap();
-        }
-        db.flush().unwrap();
+        muster_store::segment::edit_segments(dir.path(), |segments| {
+            segments.retain(|first, _| *first > snap_seq)
+        })
+        .unwrap();
     }
 
     let mut node = Node::open(dir.path()).await;
@@ -315,11 +313,11 @@ async fn an_old_json_snapshot_is_converted_into_a_file_at_start() {
         snapshot
             .insert("data", serde_json::to_vec(&payload).unwrap())
             .unwrap();
-        let events = db.open_tree("events").unwrap();
-        for seq in 1..=snap_seq {
-            events.remove(seq.to_be_bytes()).unwrap();
-        }
         db.flush().unwrap();
+        muster_store::segment::edit_segments(dir.path(), |segments| {
+            segments.retain(|first, _| *first > snap_seq)
+        })
+        .unwrap();
     }
     let _ = std::fs::remove_dir_all(dir.path().join("snapshots"));
 

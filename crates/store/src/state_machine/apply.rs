@@ -12,7 +12,6 @@ use crate::error::StoreError;
 use crate::event_index::IndexBatch;
 use crate::segment::{Segment, SegmentBuilder, SEGMENT_MAX};
 use crate::types::{AppliedRange, CommandError, Entry, Response, StoredMembership};
-use crate::writes::insert_all;
 
 /// See [`StateReader::trace_apply`]; forgets the span when dropped.
 #[derive(Debug)]
@@ -79,10 +78,7 @@ pub(super) fn apply_entries(
     let mut published = Vec::new();
     let mut index = IndexBatch::default();
     let mut responses = Vec::with_capacity(entries.len());
-    // Inserting the events into sled costs about twice what deciding and evolving them does, so
-    // a large apply hands its events to the writer thread in chunks while it goes on with the next
-    // ones (see `EventWriter`); a small one writes them here.
-    let mut writer = EventWriter::new(&shared.events, &shared.writer);
+    let mut writer = EventWriter::new(shared);
     for entry in entries {
         let result = match entry.payload {
             EntryPayload::Blank => Ok(AppliedRange::empty_after(applied.last_seq)),
@@ -118,7 +114,7 @@ pub(super) fn apply_entries(
                             applied.head = hash;
                             hashes.push(hash);
                         }
-                        writer.end_command();
+                        writer.end_command()?;
                         index.add_command(first_seq, &events);
                         if !events.is_empty() {
                             published.push(AppliedEvents {
@@ -186,167 +182,76 @@ fn outcome_kind(event: &muster_domain::Event) -> Option<&'static str> {
     })
 }
 
-/// Events per chunk handed to the writer thread once an apply has more than that many: one
-/// full segment.
+/// Records per chunk appended to the event files (and a crash point passed) while an apply of
+/// more than that many goes on: one full segment.
 pub(super) const EVENT_CHUNK: usize = SEGMENT_MAX;
 
-/// What the applying thread asks of the [`WriterThread`].
-enum Job {
-    /// Insert these segments in order (the tree travels with them, so an idle writer holds no
-    /// handle on the database and a closed store can be opened again at once).
-    Write(sled::Tree, Vec<Segment>),
-    /// Answer once every chunk sent before is written, with the first error since the last
-    /// answer (chunks after an error are dropped unwritten: the apply fails anyway).
-    Done(std::sync::mpsc::SyncSender<Result<(), StoreError>>),
-}
-
-/// One long-lived thread that inserts the event chunks of large applies while the applying
-/// thread goes on deciding and encoding. It lives as long as the state machine (the sender is
-/// in [`Shared`]); a thread per apply cost 1,500 thread creations in three minutes of
-/// 100,000-device jobs.
-#[derive(Debug)]
-pub(crate) struct WriterThread {
-    jobs: std::sync::mpsc::SyncSender<Job>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Job::Write(..) => "Write",
-            Job::Done(_) => "Done",
-        })
-    }
-}
-
-impl WriterThread {
-    pub(crate) fn start() -> Result<Self, StoreError> {
-        let (jobs, inbox) = std::sync::mpsc::sync_channel::<Job>(4);
-        std::thread::Builder::new()
-            .name("event-writer".into())
-            .spawn(move || {
-                let mut failed: Option<StoreError> = None;
-                for job in inbox {
-                    match job {
-                        Job::Write(tree, chunk) => {
-                            if failed.is_none() {
-                                match insert_segments(&tree, chunk) {
-                                    Ok(()) => crate::crashpoint::hit(
-                                        crate::crashpoint::APPLY_CHUNK_WRITTEN,
-                                        &tree,
-                                    ),
-                                    Err(e) => failed = Some(e),
-                                }
-                            }
-                        }
-                        Job::Done(reply) => {
-                            let _ = reply.send(failed.take().map_or(Ok(()), Err));
-                        }
-                    }
-                }
-            })?;
-        Ok(WriterThread { jobs })
-    }
-
-    fn sender(&self) -> std::sync::mpsc::SyncSender<Job> {
-        self.jobs.clone()
-    }
-}
-
-/// Writes an apply's event records to the `events` tree, in segments (see [`crate::segment`]).
+/// Writes an apply's event records to the event files, in segments (see [`crate::segment`]).
 ///
-/// Finished segments collect in a chunk; once it holds [`EVENT_CHUNK`] records or more it goes
-/// to the [`WriterThread`], which inserts it while the applying thread decides, evolves and
-/// encodes the next ones. [`finish`](Self::finish) writes what is left (fewer than
-/// [`EVENT_CHUNK`] records plus the last command's segment) on the applying thread when nothing
-/// was handed over, or hands it over too and waits until the writer has written all of it.
-/// Segments are inserted in order, so the tree only ever holds a prefix of the apply's events
-/// beyond `last_seq`, exactly like a crash between the events and the metadata, which the
-/// apply's durability argument already covers.
+/// Finished segments collect in a chunk, appended once it holds [`EVENT_CHUNK`] records or more
+/// and by [`finish`](Self::finish). Appends go to the page cache (no fsync, see
+/// [`crate::event_files`]), which costs little beside deciding and encoding, so they run on the
+/// applying thread. Segments are appended in order, so the files only ever hold a prefix of the
+/// apply's events beyond `last_seq`, exactly like a crash between the events and the metadata,
+/// which the apply's durability argument already covers.
 struct EventWriter<'a> {
-    events: &'a sled::Tree,
-    writer: &'a WriterThread,
+    shared: &'a Shared,
     segment: SegmentBuilder,
     chunk: Vec<Segment>,
     /// Records in `chunk`.
     pending: usize,
-    /// Set once a chunk went to the writer thread.
-    handed: Option<std::sync::mpsc::SyncSender<Job>>,
 }
 
 impl<'a> EventWriter<'a> {
-    fn new(events: &'a sled::Tree, writer: &'a WriterThread) -> Self {
+    fn new(shared: &'a Shared) -> Self {
         EventWriter {
-            events,
-            writer,
+            shared,
             segment: SegmentBuilder::default(),
             chunk: Vec::new(),
             pending: 0,
-            handed: None,
         }
     }
 
     /// Adds the record of `seq` (the next seq) to the current command's segment.
     fn push(&mut self, seq: u64, record: &[u8]) -> Result<(), StoreError> {
         if let Some(full) = self.segment.push(seq, record)? {
-            self.add_segment(full);
+            self.add_segment(full)?;
         }
         Ok(())
     }
 
     /// Closes the current command's last segment: the next command starts its own.
-    fn end_command(&mut self) {
+    fn end_command(&mut self) -> Result<(), StoreError> {
         if let Some(last) = self.segment.finish() {
-            self.add_segment(last);
+            self.add_segment(last)?;
         }
+        Ok(())
     }
 
-    fn add_segment(&mut self, segment: Segment) {
+    fn add_segment(&mut self, segment: Segment) -> Result<(), StoreError> {
         self.pending += segment.records;
         self.chunk.push(segment);
         if self.pending < EVENT_CHUNK {
-            return;
+            return Ok(());
         }
+        self.write_chunk()?;
+        crate::crashpoint::hit(crate::crashpoint::APPLY_CHUNK_WRITTEN, &self.shared.meta);
+        Ok(())
+    }
+
+    fn write_chunk(&mut self) -> Result<(), StoreError> {
         self.pending = 0;
         let chunk = std::mem::take(&mut self.chunk);
-        let sender = self.handed.get_or_insert_with(|| self.writer.sender());
-        // A send fails only when the writer thread is gone, which `finish` reports.
-        let _ = sender.send(Job::Write(self.events.clone(), chunk));
+        let refs: Vec<(u64, &[u8])> = chunk
+            .iter()
+            .map(|s| (u64::from_be_bytes(s.key), s.value.as_slice()))
+            .collect();
+        self.shared.events.append(&refs)
     }
 
-    /// Writes what is left and returns once every record is in the tree.
+    /// Writes what is left; every record is in the files when it returns.
     fn finish(mut self) -> Result<(), StoreError> {
-        self.end_command();
-        let Some(sender) = self.handed.take() else {
-            return insert_segments(self.events, std::mem::take(&mut self.chunk));
-        };
-        let gone = || StoreError::Io(std::io::Error::other("the event writer thread stopped"));
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        sender
-            .send(Job::Write(
-                self.events.clone(),
-                std::mem::take(&mut self.chunk),
-            ))
-            .map_err(|_| gone())?;
-        sender.send(Job::Done(reply)).map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
+        self.end_command()?;
+        self.write_chunk()
     }
-}
-
-impl Drop for EventWriter<'_> {
-    /// An apply that fails half way (`?`) still waits for what it handed over, as a scoped
-    /// thread's join did, so no chunk of a failed apply is written after it returned and the
-    /// writer's error does not reach the next apply.
-    fn drop(&mut self) {
-        if let Some(sender) = self.handed.take() {
-            let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            if sender.send(Job::Done(reply)).is_ok() {
-                let _ = answer.recv();
-            }
-        }
-    }
-}
-
-/// Inserts `segments` in seq order.
-fn insert_segments(events: &sled::Tree, segments: Vec<Segment>) -> Result<(), StoreError> {
-    insert_all(events, segments.into_iter().map(|s| (s.key, s.value)))
 }

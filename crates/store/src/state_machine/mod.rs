@@ -212,7 +212,8 @@ pub fn scan_records<L: EventLog + ?Sized>(
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) applied: RwLock<Applied>,
-    pub(crate) events: sled::Tree,
+    /// The event log's segments (see [`crate::event_files`]).
+    pub(crate) events: Arc<crate::event_files::EventFiles>,
     /// Per-job and per-device entries over `events` (see [`crate::event_index`]).
     pub(crate) index: EventIndex,
     pub(crate) meta: sled::Tree,
@@ -243,8 +244,6 @@ pub(crate) struct Shared {
     /// the lock.
     pub(crate) apply_spans: Mutex<std::collections::HashMap<usize, tracing::Span>>,
     pub(crate) traced: std::sync::atomic::AtomicUsize,
-    /// Inserts the event batches of large applies (see `apply::EventWriter`).
-    pub(crate) writer: apply::WriterThread,
     /// The log store's cache of decoded entries, told what each apply applied (see
     /// [`crate::recent::RecentEntries::applied`]); unset outside a node's store.
     pub(crate) recent: std::sync::OnceLock<crate::recent::Recent>,

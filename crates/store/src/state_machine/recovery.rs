@@ -14,14 +14,13 @@ use super::snapshot::{
 };
 use super::{Applied, AppliedMeta, Shared, StateMachine, BROADCAST_CAPACITY};
 use crate::chain::{chain_hash, to_hex, GENESIS};
-use crate::codec::{decode_event, decode_record, from_json, u64_key};
+use crate::codec::{decode_event, decode_record, from_json};
 use crate::error::StoreError;
 use crate::event_index::{self, EventIndex};
 use crate::flush::GroupFlusher;
 use crate::segment::raw_records;
 use crate::snapfile::SnapshotHeader;
 use crate::types::StoredMembership;
-use crate::writes::remove_ascending;
 
 impl StateMachine {
     /// Opens the state machine's trees and restores the state: stored snapshot, then the event
@@ -45,7 +44,7 @@ impl StateMachine {
         let snapshot_dir = dir.join(super::snapshot::SNAPSHOT_DIR);
         // There from the start: the disk reserve is checked on the file system holding it.
         std::fs::create_dir_all(&snapshot_dir)?;
-        let events = db.open_tree("events")?;
+        let events = Arc::clone(flusher.events());
         let index = EventIndex::open(db)?;
         let meta = db.open_tree("sm_meta")?;
         let snapshot = db.open_tree("snapshot")?;
@@ -131,9 +130,14 @@ impl StateMachine {
         // old events, and records past `last_seq` from an apply that stopped before its
         // metadata (the re-apply writes them again, possibly cut into other segments).
         // Below `kept_below`: a back-fill's verified records (see `crate::backfill`).
+        events.migrate(db, first_seq_available)?;
         let kept_below = crate::backfill::kept_below(&meta)?.min(first_seq_available);
-        let before = remove_ascending(&events, u64_key(kept_below)..u64_key(first_seq_available))?;
-        let after = remove_ascending(&events, u64_key(last_seq.saturating_add(1))..)?;
+        // (A complete back-fill made `first_seq_available` 1: its lane is the log's start.)
+        let mut before = events.drop_below(first_seq_available)?;
+        if kept_below < first_seq_available {
+            before += events.truncate_history_from(kept_below)?;
+        }
+        let after = events.truncate_after(last_seq)?;
         if before + after > 0 {
             tracing::warn!(
                 first_seq_available,
@@ -241,7 +245,6 @@ impl StateMachine {
             min_free_disk: AtomicU64::new(0),
             apply_spans: Mutex::default(),
             traced: std::sync::atomic::AtomicUsize::new(0),
-            writer: super::apply::WriterThread::start()?,
             recent: std::sync::OnceLock::new(),
         });
         crate::device_index::spawn_indexer(Arc::downgrade(&shared), indexer_updates)?;

@@ -15,13 +15,12 @@ use crate::types::Request;
 
 fn open() -> StateMachine {
     let db = sled::Config::new().temporary(true).open().unwrap();
-    open_db(&db)
+    open_db(&db, &tempfile::tempdir().unwrap().keep())
 }
 
-/// The state machine over `db`, with its snapshot files in a fresh temporary folder.
-fn open_db(db: &sled::Db) -> StateMachine {
-    let dir = tempfile::tempdir().unwrap().keep();
-    StateMachine::open(db, GroupFlusher::new(db.clone()), &dir).unwrap()
+/// The state machine over `db`, with its files (events, snapshots, cold rows) in `dir`.
+fn open_db(db: &sled::Db, dir: &std::path::Path) -> StateMachine {
+    StateMachine::open(db, GroupFlusher::open(db, dir).unwrap(), dir).unwrap()
 }
 
 /// Registers `n` devices from `from` on: one command, `n` events.
@@ -93,9 +92,10 @@ fn large_applies_store_every_event_on_the_chain() {
     let keys: Vec<u64> = sm
         .shared
         .events
-        .iter()
-        .keys()
-        .map(|k| key_u64("event key", &k.unwrap()).unwrap())
+        .all_from(0)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
         .collect();
     let second = n as u64 + 1;
     let m = SEGMENT_MAX as u64;
@@ -111,25 +111,24 @@ fn large_applies_store_every_event_on_the_chain() {
 #[test]
 fn restart_deletes_records_past_the_applied_seq() {
     let db = sled::Config::new().temporary(true).open().unwrap();
-    let sm = open_db(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let sm = open_db(&db, dir.path());
     apply(&sm, 1, vec![register(0, 5)]);
     let last = sm.reader().last_seq();
-    let events = db.open_tree("events").unwrap();
     let junk = |seq: u64| {
         let (record, _) = encode_record(seq, &register_event(), "", &GENESIS);
         record
     };
-    events.insert(u64_key(last + 1), junk(last + 1)).unwrap();
-    events
-        .insert(
-            u64_key(last + 3),
-            crate::segment::join_segment(&[junk(last + 3), junk(last + 4)]).unwrap(),
-        )
+    let pair = crate::segment::join_segment(&[junk(last + 3), junk(last + 4)]).unwrap();
+    sm.shared
+        .events
+        .append(&[(last + 1, &junk(last + 1)), (last + 3, &pair)])
         .unwrap();
     drop(sm);
 
-    let sm = open_db(&db);
-    assert_eq!(events.range(u64_key(last + 1)..).count(), 0);
+    let sm = open_db(&db, dir.path());
+    let kept = sm.shared.events.all_from(0).unwrap();
+    assert!(kept.iter().all(|(k, _)| *k <= last), "nothing after {last}");
     apply(&sm, 2, vec![register(5, 3)]);
     let all = sm.reader().read_records(1, usize::MAX).unwrap();
     assert_eq!(all.len(), 8);
@@ -365,7 +364,10 @@ fn a_disk_that_fills_during_a_snapshot_build_keeps_the_current_one() {
         return;
     };
     let db = sled::Config::new().temporary(true).open().unwrap();
-    let sm = StateMachine::open(&db, GroupFlusher::new(db.clone()), &fs.0).unwrap();
+    // The events elsewhere: only the snapshot files meet the full disk.
+    let events = tempfile::tempdir().unwrap();
+    let flusher = GroupFlusher::open(&db, events.path()).unwrap();
+    let sm = StateMachine::open(&db, flusher, &fs.0).unwrap();
     apply(&sm, 1, vec![register(0, 20_000)]);
     let kept = build_snapshot(&sm.shared).unwrap();
     assert_eq!(kept.meta.last_log_id, None);
@@ -390,7 +392,7 @@ fn a_disk_that_fills_during_a_snapshot_build_keeps_the_current_one() {
 fn the_layout_before_the_applied_record_still_opens() {
     let db = sled::Config::new().temporary(true).open().unwrap();
     let dir = tempfile::tempdir().unwrap().keep();
-    let open_here = || StateMachine::open(&db, GroupFlusher::new(db.clone()), &dir).unwrap();
+    let open_here = || open_db(&db, &dir);
     let sm = open_here();
     apply(&sm, 1, vec![register(0, 3)]);
     let snapshot = build_snapshot(&sm.shared).unwrap();
@@ -437,4 +439,37 @@ fn the_layout_before_the_applied_record_still_opens() {
     }
     let current = current_snapshot(&sm.shared).unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
+}
+
+/// A data directory of a release that kept the events in the sled tree `events` opens to the
+/// same state and records: the tree moves into the event files once and is gone.
+#[test]
+fn an_events_tree_of_an_older_release_moves_into_files() {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sm = open_db(&db, dir.path());
+    apply(&sm, 1, vec![register(0, 3), register(3, 2 * EVENT_CHUNK)]);
+    build_snapshot(&sm.shared).unwrap();
+    apply(&sm, 3, vec![register(600, 4)]);
+    let reader = sm.reader();
+    let (state, records) = (
+        reader.read(|s| s.clone()),
+        reader.read_records(1, usize::MAX).unwrap(),
+    );
+    // The older layout: the same segments in the tree, no event files.
+    let tree = db.open_tree("events").unwrap();
+    for (k, v) in sm.shared.events.all_from(0).unwrap() {
+        tree.insert(u64_key(k), v).unwrap();
+    }
+    sm.shared.events.clear().unwrap();
+    drop((sm, reader, tree));
+
+    let sm = open_db(&db, dir.path());
+    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"events"));
+    let reader = sm.reader();
+    assert_eq!(reader.read(|s| s.clone()), state);
+    assert_eq!(reader.read_records(1, usize::MAX).unwrap(), records);
+    drop((sm, reader));
+    let sm = open_db(&db, dir.path());
+    assert_eq!(sm.reader().read_records(1, usize::MAX).unwrap(), records);
 }
