@@ -1021,3 +1021,26 @@ fn event_files_open_at_scale() {
     let files = Lane::open(dir.path()).unwrap();
     eprintln!("opened {} segments in {:?}", files.len(), started.elapsed());
 }
+
+/// Opens the event files of a kept data directory (`benches/cold_rss.sh`'s `KEEP`) without
+/// opening sled, which would write its snapshot and make the next restart cheaper: writes the
+/// sidecars a directory from before them lacks (what a node's first start does), then times a
+/// second open. `MUSTER_KEPT_DATA=/dir cargo test --release -p muster-store --lib event_files_open_kept -- --ignored --nocapture`
+#[cfg(test)]
+#[test]
+#[ignore = "needs a kept data directory; run by hand"]
+fn event_files_open_kept() {
+    let Ok(dir) = std::env::var("MUSTER_KEPT_DATA") else {
+        eprintln!("set MUSTER_KEPT_DATA");
+        return;
+    };
+    for pass in ["first", "second"] {
+        let started = std::time::Instant::now();
+        let files = EventFiles::open(Path::new(&dir)).unwrap();
+        eprintln!(
+            "{pass} open: {} segments in {:?}",
+            files.len(),
+            started.elapsed()
+        );
+    }
+}
