@@ -6,6 +6,7 @@
 //! ```text
 //! DATA/events/NNNNNNNN.seg         the log from `first_seq_available` on (the live lane)
 //! DATA/events/history/NNNNNNNN.seg back-filled history below it (see `crate::backfill`)
+//! NNNNNNNN.idx                     a sealed (full) file's index (see `write_sidecar`)
 //! file        = magic "MUSTEVTS" | format u32 | entry frame*
 //! entry frame = (crate::frame) key: the segment's first seq (u64 BE) | value: the segment
 //! ```
