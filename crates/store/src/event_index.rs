@@ -144,7 +144,7 @@ impl EventIndex {
         })
     }
 
-    /// Empties both indexes: the events tree holds nothing up to `last_seq`.
+    /// Empties both indexes: the event log holds nothing up to `last_seq`.
     pub(crate) fn clear(&self, last_seq: u64) -> Result<(), StoreError> {
         self.jobs.clear()?;
         self.devices.reset(last_seq)

@@ -1,25 +1,25 @@
 //! The replicated state machine: openraft's `RaftStateMachine` over the domain's [`State`], with
 //! the event log beside it.
 //!
-//! Trees:
-//! - `events`: protobuf `muster.v1.EventRecord`s (seq, the event, its hash-chain link, see
+//! Where things are:
+//! - the event files (`DATA/events/`, see [`crate::event_files`]): protobuf `muster.v1.EventRecord`s (seq, the event, its hash-chain link, see
 //!   [`crate::chain`]; and the principal of the command that produced it) in segments of up to 256 consecutive records of one command, each under the
 //!   big-endian seq of its first record (see [`crate::segment`]). Seqs are global, start at 1
 //!   and have no gaps from `first_seq` on. Readers get the stored link with each event ([`EventLog::read_records`], and
 //!   [`AppliedEvents::hashes`] in the live feed) rather than recomputing the chain.
-//! - `sm_meta`: `applied`, serde_json of [`AppliedMeta`]: `last_applied` and `membership`
+//! - sled tree `sm_meta`: `applied`, serde_json of [`AppliedMeta`]: `last_applied` and `membership`
 //!   (openraft's types), `last_seq` and `first_seq`, `chain_head` (the hash of event
 //!   `last_seq`; the genesis hash when there is none), in one value so that one insert moves
 //!   them together (see `meta`).
-//! - `snapshot`: `meta` (serde_json `SnapshotMeta`) and `file` (the name of the current snapshot
+//! - sled tree `snapshot`: `meta` (serde_json `SnapshotMeta`) and `file` (the name of the current snapshot
 //!   file in the data directory's `snapshots/`, see [`crate::snapfile`] and `snapshot`); `data`
 //!   only in a directory of an older release (a format-2 JSON [`SnapshotPayload`]), converted
 //!   into a file and removed by `open`.
 //!
 //! Applying a batch of entries runs `State::execute` per command and writes the new events and
-//! then the new `applied` record (events first: on the applying thread, or in chunks by a writer
-//! thread while the apply goes on, see `EventWriter`; then the record, one insert), so
-//! `last_applied` never covers events that are not written. It does not flush: the entries are durable in the Raft log already, and after a
+//! then the new `applied` record (events first: appended to the event files a chunk at a time,
+//! see `EventWriter`; then the record, one insert), so `last_applied` never covers events that
+//! are not written (and every sled flush syncs the event files first). It does not flush: the entries are durable in the Raft log already, and after a
 //! crash openraft re-applies the committed entries after `last_applied` (it reads `committed`
 //! from the log store), which re-creates the same events with the same seqs because `decide`
 //! is deterministic. Snapshots and installed snapshots are flushed, because openraft purges the
@@ -68,7 +68,7 @@ pub(crate) use snapshot::{read_stored, SNAPSHOT_DIR};
 pub(crate) use meta::AppliedMeta;
 
 /// How many applied batches a slow subscriber may fall behind before it sees `Lagged` and has
-/// to catch up from the events tree. The channel holds every batch some subscriber has not read
+/// to catch up from the event files. The channel holds every batch some subscriber has not read
 /// yet, so this bounds memory too: at 1,024 the device indexer, behind a million-device import
 /// of 5,000-device batches, kept ~640,000 registrations alive (~200 MB at the import's peak).
 const BROADCAST_CAPACITY: usize = 64;
