@@ -73,6 +73,9 @@ struct Files {
     index: BTreeMap<u64, Loc>,
     readers: BTreeMap<u32, Arc<File>>,
     active: Option<Active>,
+    /// An append failed part way: the file may end in part of a frame, so nothing more is
+    /// appended until a restart (whose open cuts that tail) or a `clear`.
+    failed: bool,
 }
 
 /// One lane's files.
@@ -137,6 +140,11 @@ impl Lane {
             if !last {
                 write_sidecar(dir, *number, &files.index);
             }
+            if last {
+                // Pages a killed process left unsynced: durable before anything counts them.
+                file.sync_all()?;
+                sync_dir(dir)?;
+            }
             if last && good < file.metadata()?.len() {
                 tracing::warn!(
                     file = %path.display(),
@@ -162,6 +170,11 @@ impl Lane {
     /// Appends segments (first seq and bytes, in ascending order, after every stored one).
     pub(crate) fn append(&self, segments: &[(u64, &[u8])]) -> Result<(), StoreError> {
         let mut files = self.lock();
+        if files.failed {
+            return Err(StoreError::Io(std::io::Error::other(
+                "an earlier write to the event files failed; restart the node",
+            )));
+        }
         if let (Some((first, _)), Some((&last, _))) =
             (segments.first(), files.index.last_key_value())
         {
@@ -172,8 +185,27 @@ impl Lane {
                 ));
             }
         }
+        let result = self.append_locked(&mut files, segments);
+        if result.is_err() {
+            // Readers must not find what may not be written; the buffer is dropped unwritten.
+            for (seq, _) in segments {
+                files.index.remove(seq);
+            }
+            if let Some(a) = files.active.take() {
+                let _ = a.out.out.into_parts();
+            }
+            files.failed = true;
+        }
+        result
+    }
+
+    fn append_locked(
+        &self,
+        files: &mut Files,
+        segments: &[(u64, &[u8])],
+    ) -> Result<(), StoreError> {
         for (seq, value) in segments {
-            let active = self.active(&mut files)?;
+            let active = self.active(files)?;
             let at = active.len;
             active.out.entry(&seq.to_be_bytes(), value)?;
             let len = u32::try_from(4 + 8 + value.len()).unwrap_or(u32::MAX);
@@ -248,13 +280,18 @@ impl Lane {
             let number = a.number;
             (files.readers.get(&number).cloned(), new)
         };
-        if let Some(file) = file {
-            file.sync_data()?;
+        let synced = match file {
+            Some(file) => file.sync_data().map_err(StoreError::from),
+            None => Ok(()),
         }
-        if new {
-            sync_dir(&self.dir)?;
+        .and_then(|()| if new { sync_dir(&self.dir) } else { Ok(()) });
+        if synced.is_err() && new {
+            // The next sync tries the directory again.
+            if let Some(a) = &mut self.lock().active {
+                a.new = true;
+            }
         }
-        Ok(())
+        synced
     }
 
     /// The largest first seq at or below `seq`.
@@ -327,6 +364,7 @@ impl Lane {
     pub(crate) fn clear(&self) -> Result<(), StoreError> {
         let mut files = self.lock();
         files.active = None;
+        files.failed = false;
         files.index.clear();
         for n in std::mem::take(&mut files.readers).into_keys() {
             remove_numbered(&self.dir, n)?;
@@ -452,7 +490,7 @@ impl EventFiles {
         let Some((k, loc, file)) = found else {
             return Ok(None);
         };
-        Ok(Some((k, Arc::new(read_value(&file, loc)?))))
+        Ok(Some((k, Arc::new(read_value(&file, k, loc)?))))
     }
 
     /// Every segment from `from` on, in order.
@@ -552,7 +590,7 @@ pub fn edit_segments(
     let mut all = BTreeMap::new();
     let mut next = 0u64;
     while let Some((k, loc, file)) = lane.next_in(next, u64::MAX) {
-        all.insert(k, read_value(&file, loc)?);
+        all.insert(k, read_value(&file, k, loc)?);
         next = k.saturating_add(1);
         if k == u64::MAX {
             break;
@@ -654,7 +692,7 @@ fn remove_numbered(dir: &Path, number: u32) -> Result<(), StoreError> {
 }
 
 /// Reads one segment's frame and checks it.
-fn read_value(file: &File, loc: Loc) -> Result<Vec<u8>, StoreError> {
+fn read_value(file: &File, key: u64, loc: Loc) -> Result<Vec<u8>, StoreError> {
     let mut frame = vec![0u8; FRAME_HEAD as usize + loc.len as usize];
     file.read_exact_at(&mut frame, loc.at)?;
     let mut head = [0u8; 9];
@@ -667,7 +705,13 @@ fn read_value(file: &File, loc: Loc) -> Result<Vec<u8>, StoreError> {
             format!("the segment at offset {} fails its checksum", loc.at),
         ));
     }
-    let (_, value) = split_entry(WHAT, payload)?;
+    let (k, value) = split_entry(WHAT, payload)?;
+    if k != key.to_be_bytes() {
+        return Err(StoreError::corrupt(
+            WHAT,
+            format!("the segment at offset {} is not seq {key}'s", loc.at),
+        ));
+    }
     Ok(value.to_vec())
 }
 
@@ -761,7 +805,7 @@ mod tests {
         let mut out = Vec::new();
         let mut next = lane.at_or_before(from).unwrap_or(from);
         while let Some((k, loc, file)) = lane.next_in(next, to) {
-            out.push((k, read_value(&file, loc).unwrap()));
+            out.push((k, read_value(&file, k, loc).unwrap()));
             next = k + 1;
         }
         out
@@ -863,7 +907,7 @@ mod tests {
         let mut next = 0;
         let mut failed = false;
         while let Some((k, loc, file)) = lane.next_in(next, u64::MAX) {
-            failed |= read_value(&file, loc).is_err();
+            failed |= read_value(&file, k, loc).is_err();
             next = k + 1;
         }
         assert!(failed);
@@ -891,6 +935,37 @@ mod tests {
         assert_eq!(all(&lane), want[..3].to_vec());
         lane.clear().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// An append that fails (a full disk) drops what it indexed and stops the lane's appends
+    /// (its file may end in part of a frame); the next open cuts that tail and appends go on.
+    #[test]
+    fn a_failed_append_stops_appends_until_the_next_open() {
+        let Some(fs) = crate::tmpfs::Tmpfs::mount(1) else {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        };
+        let dir = fs.0.join("lane");
+        let lane = Lane::open(&dir).unwrap();
+        lane.append(&[(1, b"one")]).unwrap();
+        fs.fill();
+        let big = vec![7u8; 2 << 20];
+        assert!(lane.append(&[(2, &big)]).is_err());
+        std::fs::remove_file(fs.0.join("ballast")).unwrap();
+        assert!(
+            lane.append(&[(3, b"three")]).is_err(),
+            "no appends after a failed one"
+        );
+        assert_eq!(all(&lane), vec![(1, b"one".to_vec())]);
+        drop(lane);
+        let lane = Lane::open(&dir).unwrap();
+        assert_eq!(all(&lane), vec![(1, b"one".to_vec())]);
+        lane.append(&[(2, b"two")]).unwrap();
+        drop(lane);
+        assert_eq!(
+            all(&Lane::open(&dir).unwrap()),
+            vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
+        );
     }
 
     /// Both lanes read as one log; each drops only its own tail; an install's leftovers go as

@@ -53,6 +53,8 @@ mod recent;
 pub mod segment;
 pub mod snapfile;
 mod state_machine;
+#[cfg(test)]
+mod tmpfs;
 mod types;
 pub mod wire;
 mod writes;

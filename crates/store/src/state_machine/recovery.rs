@@ -131,9 +131,26 @@ impl StateMachine {
         // metadata (the re-apply writes them again, possibly cut into other segments).
         // Below `kept_below`: a back-fill's verified records (see `crate::backfill`).
         events.migrate(db, first_seq_available)?;
-        let kept_below = crate::backfill::kept_below(&meta)?.min(first_seq_available);
+        let mut kept_below = crate::backfill::kept_below(&meta)?.min(first_seq_available);
         // (A complete back-fill made `first_seq_available` 1: its lane is the log's start.)
         let mut before = events.drop_below(first_seq_available)?;
+        if kept_below > 1 && kept_below < first_seq_available {
+            // The progress counts records up to `kept_below - 1`; after a power cut the files
+            // may end before them (sled made the progress durable on its own). Start over
+            // rather than resume past a hole.
+            let held = raw_records(&events, kept_below - 1, kept_below - 1)
+                .next()
+                .is_some_and(|r| r.is_ok_and(|r| r.seq == kept_below - 1));
+            if !held {
+                tracing::warn!(
+                    kept_below,
+                    "the back-filled history ends before its recorded progress; the back-fill starts over"
+                );
+                crate::backfill::forget(&meta)?;
+                events.clear_history()?;
+                kept_below = 1;
+            }
+        }
         if kept_below < first_seq_available {
             before += events.truncate_history_from(kept_below)?;
         }

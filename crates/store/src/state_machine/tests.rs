@@ -11,6 +11,7 @@ use super::*;
 use crate::chain::chain_hash;
 use crate::codec::{decode_record, encode_record, to_json, u64_key};
 use crate::segment::{raw_records, SEGMENT_MAX};
+use crate::tmpfs::Tmpfs;
 use crate::types::Request;
 
 fn open() -> StateMachine {
@@ -308,50 +309,6 @@ fn below_the_disk_reserve_no_snapshot_is_written() {
     let kept = build_snapshot(&sm.shared).unwrap();
     assert_eq!(kept.meta, built.meta);
     assert_eq!(snapshot_files(&sm), [file.as_str()]);
-}
-
-/// A tmpfs of `mib` MiB mounted at a fresh directory, unmounted when dropped; `None` when this
-/// process may not mount (not root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(mib: u64) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs(dir))
-    }
-
-    fn resize(&self, mib: u64) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={mib}m")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Tmpfs {
-    /// Writes a ballast file until the file system is full.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join("ballast")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// The disk filling up while a snapshot is written (after the reserve check passed) is no error
