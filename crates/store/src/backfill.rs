@@ -24,7 +24,7 @@ use crate::chain::{chain_hash, Hash, GENESIS};
 use crate::codec::{decode_event, decode_record, key_u64, u64_key};
 use crate::error::StoreError;
 use crate::event_index::IndexBatch;
-use crate::segment::{raw_records, SegmentBuilder};
+use crate::segment::{raw_records, Segment, SegmentBuilder};
 use crate::state_machine::{AppliedMeta, StateReader};
 
 /// `sm_meta`: a back-fill's progress (absent: none yet): the next seq it wants (big-endian u64)
@@ -181,13 +181,13 @@ impl StateReader {
             }
             events.push(decode_event(&record.event)?);
             if let Some(full) = segments.push(seq, bytes)? {
-                written.push((full.key, full.value));
+                written.push(full);
             }
             prev = hash;
             seq += 1;
         }
         if let Some(last) = segments.finish() {
-            written.push((last.key, last.value));
+            written.push(last);
         }
         if seq == need.next {
             return Ok(BackfillStep::More(need));
@@ -195,11 +195,9 @@ impl StateReader {
         let mut index = IndexBatch::default();
         index.add_command(need.next, &events);
         // Records, then their index entries, then the progress that counts them.
-        let refs: Vec<(u64, &[u8])> = written
-            .iter()
-            .map(|(k, v)| (u64::from_be_bytes(*k), v.as_slice()))
-            .collect();
-        shared.events.append_history(&refs)?;
+        shared
+            .events
+            .append_history(&Segment::as_appends(&written))?;
         index.write(&shared.index)?;
         shared.index.devices.write_below(
             (need.next..)

@@ -310,6 +310,21 @@ impl Lane {
         Some((*k, *loc, files.readers.get(&loc.file)?.clone()))
     }
 
+    /// The segments whose first seq is in `from..=to` and the one before `from` that may hold
+    /// it, in order (tools and tests; the node walks with [`EventFiles::next_in`]).
+    fn segments(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = self.at_or_before(from).unwrap_or(from);
+        while let Some((k, loc, file)) = self.next_in(next, to) {
+            out.push((k, read_value(&file, k, loc)?));
+            match k.checked_add(1) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// The lowest and highest first seqs stored.
     fn bounds(&self) -> Option<(u64, u64)> {
         let files = self.lock();
@@ -587,15 +602,7 @@ pub fn edit_segments(
     edit: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>),
 ) -> Result<(), StoreError> {
     let lane = Lane::open(&data.join(DIR))?;
-    let mut all = BTreeMap::new();
-    let mut next = 0u64;
-    while let Some((k, loc, file)) = lane.next_in(next, u64::MAX) {
-        all.insert(k, read_value(&file, k, loc)?);
-        next = k.saturating_add(1);
-        if k == u64::MAX {
-            break;
-        }
-    }
+    let mut all: BTreeMap<u64, Vec<u8>> = lane.segments(0, u64::MAX)?.into_iter().collect();
     edit(&mut all);
     lane.clear()?;
     let refs: Vec<(u64, &[u8])> = all.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -800,15 +807,8 @@ mod tests {
             .into_bytes()
     }
 
-    /// The segments of `lane` whose first seq is in `from..=to` and the one before `from`.
     fn segs(lane: &Lane, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut next = lane.at_or_before(from).unwrap_or(from);
-        while let Some((k, loc, file)) = lane.next_in(next, to) {
-            out.push((k, read_value(&file, k, loc).unwrap()));
-            next = k + 1;
-        }
-        out
+        lane.segments(from, to).unwrap()
     }
 
     fn all(lane: &Lane) -> Vec<(u64, Vec<u8>)> {
@@ -904,13 +904,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let lane = Lane::open_rolling_at(dir.path(), 100).unwrap();
         // ...but when the segment is read.
-        let mut next = 0;
-        let mut failed = false;
-        while let Some((k, loc, file)) = lane.next_in(next, u64::MAX) {
-            failed |= read_value(&file, k, loc).is_err();
-            next = k + 1;
-        }
-        assert!(failed);
+        assert!(lane.segments(0, u64::MAX).is_err());
         drop(lane);
         bytes[at] ^= 1;
         std::fs::write(&path, &bytes).unwrap();

@@ -78,6 +78,16 @@ pub(crate) struct Segment {
     pub(crate) records: usize,
 }
 
+impl Segment {
+    /// `segments` as the event files take them: (first seq, bytes).
+    pub(crate) fn as_appends(segments: &[Segment]) -> Vec<(u64, &[u8])> {
+        segments
+            .iter()
+            .map(|s| (u64::from_be_bytes(s.key), s.value.as_slice()))
+            .collect()
+    }
+}
+
 fn push_record(buf: &mut Vec<u8>, record: &[u8]) -> Result<(), StoreError> {
     // Commands are bounded far below 4 GiB (the API's message limits), so no event record
     // reaches it; refusing is still better than writing a length that lies.
@@ -285,7 +295,7 @@ mod tests {
     use super::*;
 
     /// An empty event log; segments are appended with [`put`].
-    fn tree() -> (tempfile::TempDir, EventFiles) {
+    fn log() -> (tempfile::TempDir, EventFiles) {
         let dir = tempfile::tempdir().unwrap();
         let log = EventFiles::open(dir.path()).unwrap();
         (dir, log)
@@ -330,7 +340,7 @@ mod tests {
 
     #[test]
     fn walks_start_and_stop_inside_segments_and_read_lone_records() {
-        let t = tree();
+        let t = log();
         // Segments 1..=3 and 4..=4, a lone record 5, a segment 6..=9.
         put(
             &t,
@@ -361,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_cut_segment_is_an_error_at_its_seq() {
-        let t = tree();
+        let t = log();
         let mut v = join_segment(&[rec(1), rec(2)]).unwrap();
         v.truncate(v.len() - 2);
         put(&t, u64_key(1), v.clone());
@@ -382,7 +392,7 @@ mod tests {
             from in 0u64..80,
             len in 0u64..80,
         ) {
-            let t = tree();
+            let t = log();
             let mut seq = 1u64;
             for (n, lone) in cuts {
                 if lone {
@@ -408,7 +418,7 @@ mod tests {
     #[test]
     fn a_value_without_records_is_an_error() {
         for empty in [vec![], vec![SEGMENT_TAG]] {
-            let t = tree();
+            let t = log();
             put(&t, u64_key(1), join_segment(&[rec(1)]).unwrap());
             put(&t, u64_key(2), empty);
             let mut w = raw_records(&t.1, 1, 9);
@@ -421,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_gap_between_segments_shows_as_a_jump() {
-        let t = tree();
+        let t = log();
         put(&t, u64_key(1), join_segment(&[rec(1), rec(2)]).unwrap());
         put(&t, u64_key(5), join_segment(&[rec(5)]).unwrap());
         let seqs: Vec<u64> = walk(&t, 1, 9).iter().map(|r| r.0).collect();

@@ -242,11 +242,7 @@ impl<'a> EventWriter<'a> {
     fn write_chunk(&mut self) -> Result<(), StoreError> {
         self.pending = 0;
         let chunk = std::mem::take(&mut self.chunk);
-        let refs: Vec<(u64, &[u8])> = chunk
-            .iter()
-            .map(|s| (u64::from_be_bytes(s.key), s.value.as_slice()))
-            .collect();
-        self.shared.events.append(&refs)
+        self.shared.events.append(&Segment::as_appends(&chunk))
     }
 
     /// Writes what is left; every record is in the files when it returns.
