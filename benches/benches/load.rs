@@ -13,7 +13,9 @@
 //!    method job over `SELECT * FROM devices` over gRPC and waits for it to complete. It prints
 //!    device operations per second (job started -> ended, from the job's own timestamps),
 //!    p50/p99 per-device latency (the job's `dispatched_at` -> `finished_at`, i.e. dispatch ->
-//!    result recorded) and the node's peak memory (`VmHWM` of its process).
+//!    result recorded) and the node's peak memory (`VmHWM` of its process), then the node's CPU
+//!    over the job by kind of thread (`/proc/PID/task/*`: tokio's workers, the device
+//!    indexer, sled's IO threads), to see where a change moved CPU without a profiler.
 //! 2. **raw**: the node stopped, a plain rumqttc client publishes the same method requests to the
 //!    same fleet with the same in-flight window (the dispatcher's `max_in_flight`, 10,000) and
 //!    counts the replies: the broker's and simulator's round-trip rate with no muster in between.
@@ -35,7 +37,7 @@
 //! binary and minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -73,12 +75,58 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// CPU time (user + system) a process has used so far, in seconds.
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_secs_of(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds from a `stat` file of `/proc` (a process's or a thread's).
+fn cpu_secs_of(path: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = s.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds each kind of thread of a process has used so far: threads named alike but for a
+/// trailing number (`sled-io-0`, `sled-io-1`) count together.
+fn thread_cpu_secs(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(comm), Some(secs)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")),
+            cpu_secs_of(&format!("/proc/{pid}/task/{tid}/stat")),
+        ) else {
+            continue;
+        };
+        let kind = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches('-')
+            .to_owned();
+        *out.entry(kind).or_default() += secs;
+    }
+    out
+}
+
+/// What each kind of thread used between two [`thread_cpu_secs`], largest first, as text.
+fn thread_cpu_since(now: &BTreeMap<String, f64>, earlier: &BTreeMap<String, f64>) -> String {
+    let mut used: Vec<(&String, f64)> = now
+        .iter()
+        .map(|(k, v)| (k, v - earlier.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v >= 0.05)
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.iter()
+        .map(|(k, v)| format!("{k} {v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// CPU seconds used by the node, the broker and this process (fleet, raw client) over a phase.
@@ -211,6 +259,9 @@ struct MusterRun {
     presence_secs: f64,
     /// CPU used from CreateJob to the job seen complete.
     cpu: Cpu,
+    /// The node's CPU over the same span by kind of thread (a single node; a cluster's
+    /// leader), as text.
+    node_threads: String,
     /// Devices per second from the job's started_at to its ended_at.
     rate: f64,
     /// Devices per second from the client's CreateJob to seeing the job completed.
@@ -262,6 +313,7 @@ async fn muster_phase(
     let mut jobs = JobServiceClient::new(channel.clone());
     let t = Instant::now();
     let mark = CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid);
+    let threads_mark = thread_cpu_secs(node.pid());
     jobs.create_job(pb::CreateJobRequest {
         job_id: JOB_ID.into(),
         spec: Some(pb::JobSpec::from(&method_job("SELECT * FROM devices"))),
@@ -292,6 +344,7 @@ async fn muster_phase(
     let wall = t.elapsed().as_secs_f64();
     let cpu =
         CpuMark::with_followers(Some(node.pid()), &node.follower_pids(), broker_pid).since(mark);
+    let node_threads = thread_cpu_since(&thread_cpu_secs(node.pid()), &threads_mark);
     let stats = job.stats.unwrap_or_default();
     if stats.succeeded != n as u64 {
         bail!(
@@ -317,6 +370,7 @@ async fn muster_phase(
     let r = MusterRun {
         presence_secs,
         cpu,
+        node_threads,
         rate: n as f64 / span,
         wall_rate: n as f64 / wall,
         p50_ms: percentile(&mut lat, 50.0).as_secs_f64() * 1e3,
@@ -481,6 +535,9 @@ async fn bench() -> Result<()> {
              {} requests for {devices} devices; {}",
             m.rate, m.wall_rate, m.p50_ms, m.p99_ms, m.peak_mib, m.requests_received, m.cpu
         );
+        if !m.node_threads.is_empty() {
+            println!("  node CPU s by thread over the job: {}", m.node_threads);
+        }
         let raw = if only.as_deref() == Some("muster") {
             RawRun {
                 rate: f64::NAN,
